@@ -1,0 +1,12 @@
+using System.CommandLine;
+
+namespace QLoraNet.Cli;
+
+/// <summary>The verbs. Each verb lives in its own file as a static class with a Create() method.</summary>
+public static partial class Commands
+{
+    public static IEnumerable<Command> All(TextWriter stdout)
+    {
+        yield return InfoCommand.Create(stdout);
+    }
+}

@@ -1,0 +1,3 @@
+using QLoraNet.Cli;
+
+return CliApp.Run(args);

@@ -1,0 +1,1 @@
+namespace QLoraNet.Models;

@@ -1,0 +1,36 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Quant;
+
+/// <summary>
+/// The seam between a frozen base weight and everything above it (LoRA, merge, the model): a bias-free linear map
+/// y = x @ W^T whose weight W [OutFeatures, InFeatures] is stored in some format (dense bf16/fp32, NF4, FP4,
+/// int8/int4, ...) and never trained. Implementations hold the stored form only; Forward materialises W in the
+/// compute dtype transiently (custom autograd keeps only the stored form for backward).
+/// LoRA and merge see nothing but this class.
+/// </summary>
+public abstract class FrozenLinear : nn.Module<Tensor, Tensor>
+{
+    protected FrozenLinear(string name, long inFeatures, long outFeatures, ScalarType computeDType) : base(name)
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        ComputeDType = computeDType;
+    }
+
+    public long InFeatures { get; }
+    public long OutFeatures { get; }
+
+    /// <summary>The dtype the weight is materialised in for the matmul (bf16 on GPU, fp32 for CPU tests).</summary>
+    public ScalarType ComputeDType { get; }
+
+    /// <summary>A short format name for logs and `inspect`: "bf16", "nf4", "nf4-dq", "fp4", "int8", "int4-g64", ...</summary>
+    public abstract string FormatName { get; }
+
+    /// <summary>Bytes held by the stored weight and its quantization state.</summary>
+    public abstract long StorageBytes { get; }
+
+    /// <summary>The dense weight [OutFeatures, InFeatures] in <paramref name="dtype"/> (a new tensor; for merge/export).</summary>
+    public abstract Tensor DequantizeWeight(ScalarType dtype);
+}
