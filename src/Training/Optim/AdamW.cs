@@ -79,8 +79,8 @@ public sealed class AdamW
         var d = new Dictionary<string, Tensor>();
         foreach (var (name, (m, v)) in _state)
         {
-            d[name + ".exp_avg"] = m.cpu();
-            d[name + ".exp_avg_sq"] = v.cpu();
+            d[name + ".exp_avg"] = m.detach().cpu().clone();
+            d[name + ".exp_avg_sq"] = v.detach().cpu().clone();
         }
         return (d, Step);
     }
@@ -97,7 +97,7 @@ public sealed class AdamW
             }
             if (!m.shape.SequenceEqual(p.shape)) throw new InvalidDataException($"optimizer state for '{name}' has shape [{string.Join(", ", m.shape)}], parameter is [{string.Join(", ", p.shape)}]");
             if (_state.TryGetValue(name, out var old)) { old.M.Dispose(); old.V.Dispose(); }
-            _state[name] = (m.to(ScalarType.Float32, p.device).DetachFromDisposeScope(), v.to(ScalarType.Float32, p.device).DetachFromDisposeScope());
+            _state[name] = (m.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope(), v.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope());
         }
     }
 }
