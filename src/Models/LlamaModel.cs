@@ -22,6 +22,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         RotaryEmbedding rotaryEmb, ScalarType computeDType) : base(name)
     {
         embed_tokens = nn.Embedding_from_pretrained(embedTokens, freeze: true);
+        embed_tokens.weight!.requires_grad_(false);   // from_pretrained's freeze flag does not reach the parameter in TorchSharp 0.107
         this.layers = nn.ModuleList(layers.ToArray());
         this.norm = norm;
         rotary_emb = rotaryEmb;
