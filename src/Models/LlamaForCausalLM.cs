@@ -29,7 +29,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     public FrozenLinear? LmHead => lm_head;
 
     /// <summary>Where the model lives (the caller chose it at load time).</summary>
-    public Device Device => model.EmbedTokens.weight!.device;
+    public Device Device => model.EmbedTokens.Weight.device;
 
     public override Tensor forward(Tensor inputIds) => forward(inputIds, null, null, null);
 
@@ -46,7 +46,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     public Tensor Logits(Tensor hidden)
     {
         using var scope = NewDisposeScope();
-        var logits = lm_head is null ? F.linear(hidden, model.EmbedTokens.weight!.to(hidden.dtype)) : lm_head.call(hidden);
+        var logits = lm_head is null ? F.linear(hidden, model.EmbedTokens.Weight.to(hidden.dtype)) : lm_head.call(hidden);
         return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 

@@ -10,7 +10,7 @@ namespace QLoraNet.Models;
 /// </summary>
 public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 {
-    readonly Embedding embed_tokens;
+    readonly FrozenEmbedding embed_tokens;
     readonly ModuleList<LlamaDecoderLayer> layers;
     readonly RmsNorm norm;
     readonly RotaryEmbedding rotary_emb;
@@ -21,8 +21,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     public LlamaModel(string name, Tensor embedTokens, IEnumerable<LlamaDecoderLayer> layers, RmsNorm norm,
         RotaryEmbedding rotaryEmb, ScalarType computeDType) : base(name)
     {
-        embed_tokens = nn.Embedding_from_pretrained(embedTokens, freeze: true);
-        embed_tokens.weight!.requires_grad_(false);   // from_pretrained's freeze flag does not reach the parameter in TorchSharp 0.107
+        embed_tokens = new FrozenEmbedding("embed_tokens", embedTokens);
         this.layers = nn.ModuleList(layers.ToArray());
         this.norm = norm;
         rotary_emb = rotaryEmb;
@@ -30,7 +29,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public Embedding EmbedTokens => embed_tokens;
+    public FrozenEmbedding EmbedTokens => embed_tokens;
     public ModuleList<LlamaDecoderLayer> Layers => layers;
     public RotaryEmbedding Rotary => rotary_emb;
     public ScalarType ComputeDType => computeDType;
