@@ -8,5 +8,6 @@ public static partial class Commands
     public static IEnumerable<Command> All(TextWriter stdout)
     {
         yield return InfoCommand.Create(stdout);
+        yield return GenerateCommand.Create(stdout);
     }
 }
