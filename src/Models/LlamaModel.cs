@@ -34,6 +34,10 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     public RotaryEmbedding Rotary => rotary_emb;
     public ScalarType ComputeDType => computeDType;
 
+    /// <summary>Recompute each decoder layer in backward instead of keeping its activations (see
+    /// <see cref="LayerCheckpoint"/>). Only takes effect while gradients are enabled and no KV cache is used.</summary>
+    public bool GradientCheckpointing { get; set; }
+
     public override Tensor forward(Tensor inputIds) => forward(inputIds, null, null, null);
 
     /// <param name="inputIds">(B, T) int64 token ids</param>
@@ -51,7 +55,21 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         var (cos, sin) = rotary_emb.call(positionIds);                                  // (B, T, headDim) each
 
         var h = embed_tokens.call(inputIds).to(computeDType);                          // (B, T, hidden)
-        foreach (var layer in layers) h = layer.call(h, cos, sin, attentionMask, cache);
+        if (GradientCheckpointing && cache is null && torch.is_grad_enabled())
+        {
+            // The frozen embedding output does not require grad; the checkpoint function must see an input that
+            // does, or autograd skips its backward and the first layers' adapters get no gradient.
+            h.requires_grad_(true);
+            foreach (var layer in layers)
+            {
+                long seed = torch.randint(0, int.MaxValue, [1], ScalarType.Int64).item<long>();
+                h = LayerCheckpoint.apply(h, layer, cos, sin, attentionMask!, seed);
+            }
+        }
+        else
+        {
+            foreach (var layer in layers) h = layer.call(h, cos, sin, attentionMask, cache);
+        }
         cache?.Advance(t);
         return norm.call(h).MoveToOuterDisposeScope();
     }
