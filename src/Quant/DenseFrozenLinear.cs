@@ -17,7 +17,7 @@ public sealed class DenseFrozenLinear : FrozenLinear
     {
         if (weight.dim() != 2)
             throw new ArgumentException($"a dense frozen linear needs a 2-D [out, in] weight, got [{string.Join(", ", weight.shape)}]");
-        this.weight = weight.detach().requires_grad_(false);
+        this.weight = weight.detach().requires_grad_(false).DetachFromDisposeScope(); // owned by the module
         AdoptDeviceOf(this.weight);
         RegisterComponents();
     }

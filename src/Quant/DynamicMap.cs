@@ -16,14 +16,17 @@ public static class DynamicMap
     static readonly Lazy<float[]> Table = new(Build);
     static readonly Lazy<float[]> MidpointTable = new(() =>
     {
-        var v = Table.Value;
-        return Enumerable.Range(0, 255).Select(i => (v[i] + v[i + 1]) / 2f).ToArray();
+        return FourBitCodebook.Midpoints(Table.Value);
     });
 
     /// <summary>The 256 code values (ascending), index = 8-bit code; a copy.</summary>
     public static float[] Values() => Table.Value.ToArray();
 
-    /// <summary>The 255 fp32 midpoints between neighbouring codes (ascending); a copy.</summary>
+    /// <summary>
+    /// The 255 thresholds between neighbouring codes (ascending; a copy), defined as for the 4-bit codebooks
+    /// (nearest code, exact ties to the lower). bitsandbytes compares with fp32-rounded midpoints instead; the two can
+    /// differ only for a value within one ulp of a midpoint, and only in which of two adjacent codes it gets.
+    /// </summary>
     public static float[] Thresholds() => MidpointTable.Value.ToArray();
 
     /// <summary>The code of one value in [-1, 1]: nearest entry, a value exactly on a midpoint takes the lower code.</summary>

@@ -35,12 +35,20 @@ public static class FourBitCodebook
 
     static readonly float[] Fp4Values = BuildFp4Values();
 
-    /// <summary>NF4 thresholds: fp32 midpoints of neighbouring codes (15 values, ascending).</summary>
+    /// <summary>
+    /// NF4 thresholds (15, ascending), see <see cref="Midpoints"/>. bitsandbytes' CUDA dQuantizeNF4 pivots (decimal
+    /// literals) and its torch backend's fp32 sums are the same numbers up to one ulp; where the exact midpoint falls
+    /// between two floats they sometimes take the upper one, giving that single float the lower code.
+    /// </summary>
     static readonly float[] Nf4Midpoints = Midpoints(Nf4Values);
 
     /// <summary>FP4 magnitudes in ascending order and the 3-bit code of each.</summary>
     static readonly (float[] Sorted, byte[] Codes) Fp4Magnitudes = SortFp4Magnitudes();
 
+    /// <summary>
+    /// FP4 magnitude thresholds (7), defined like the NF4 ones. bitsandbytes' CUDA dQuantizeFP4 hard-codes shortened
+    /// decimals (e.g. 0.583333f for 0.58333333), so values within a few ulp of those pivots may code differently there.
+    /// </summary>
     static readonly float[] Fp4MagnitudeMidpoints = Midpoints(Fp4Magnitudes.Sorted);
 
     /// <summary>The 16 code values (fp32), index = 4-bit code; a copy.</summary>
@@ -95,6 +103,17 @@ public static class FourBitCodebook
         return (codes.Select(c => Fp4RawMagnitudes[c] / 12f).ToArray(), codes);
     }
 
-    static float[] Midpoints(float[] sorted) =>
-        Enumerable.Range(0, sorted.Length - 1).Select(i => (sorted[i] + sorted[i + 1]) / 2f).ToArray();
+    /// <summary>
+    /// Thresholds between neighbouring codes: the largest fp32 not above their exact midpoint (exact in double).
+    /// Then "x &gt; threshold" holds exactly when x is nearer to the upper code, and an x exactly on the midpoint
+    /// takes the lower code: nearest-code rounding with no rounding error of its own.
+    /// </summary>
+    internal static float[] Midpoints(float[] sorted) =>
+        Enumerable.Range(0, sorted.Length - 1).Select(i => FloorToFloat(((double)sorted[i] + sorted[i + 1]) / 2)).ToArray();
+
+    static float FloorToFloat(double exact)
+    {
+        float f = (float)exact;
+        return f > exact ? MathF.BitDecrement(f) : f;
+    }
 }

@@ -46,6 +46,8 @@ public sealed class FourBitLinear : FrozenLinear
             default:
                 throw new ArgumentException($"unknown block scales {stored.Scales.GetType().Name}");
         }
+        foreach (var t in new[] { weight, absmax, nested_absmax }.OfType<Tensor>())
+            t.DetachFromDisposeScope(); // the module owns its buffers from here
         AdoptDeviceOf(weight);
         RegisterComponents();
     }

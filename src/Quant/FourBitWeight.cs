@@ -44,7 +44,8 @@ public sealed record FourBitWeight(
         var packed = PackNibbles(codes.narrow(0, 0, n + n % 2)).MoveToOuterDisposeScope();
         BlockScales scales = doubleQuant
             ? DoubleQuantizedScales.Quantize(absmax, nestedBlockSize)
-            : new PlainScales(absmax.MoveToOuterDisposeScope());
+            : new PlainScales(absmax);
+        foreach (var t in scales.Tensors) t.MoveToOuterDisposeScope();
         return new FourBitWeight(type, packed, scales, weight.shape, blockSize, weight.dtype);
     }
 

@@ -16,27 +16,11 @@ public static class FrozenLinearFactory
         var onDevice = weight.detach().to(device);
         FrozenLinear module = spec switch
         {
-            DenseSpec dense => new DenseFrozenLinear(onDevice.to(dense.DType ?? onDevice.dtype, copy: true).DetachFromDisposeScope(), computeDType),
-            FourBitSpec f => new FourBitLinear(Detached(FourBitWeight.Quantize(onDevice, f.Type, f.BlockSize, f.DoubleQuant, f.NestedBlockSize, name)), computeDType),
-            LinearQuantSpec l => new LinearQuantLinear(Detached(LinearQuantWeight.Quantize(onDevice, l, name)), computeDType),
+            DenseSpec dense => new DenseFrozenLinear(onDevice.to(dense.DType ?? onDevice.dtype, copy: true), computeDType),
+            FourBitSpec f => new FourBitLinear(FourBitWeight.Quantize(onDevice, f.Type, f.BlockSize, f.DoubleQuant, f.NestedBlockSize, name), computeDType),
+            LinearQuantSpec l => new LinearQuantLinear(LinearQuantWeight.Quantize(onDevice, l, name), computeDType),
             _ => throw new ArgumentException($"unsupported base format {spec}"),
         };
-        return module;
-    }
-
-    /// <summary>Takes the stored tensors out of the factory's dispose scope: the module owns them from here.</summary>
-    static FourBitWeight Detached(FourBitWeight w)
-    {
-        w.Packed.DetachFromDisposeScope();
-        foreach (var t in w.Scales.Tensors) t.DetachFromDisposeScope();
-        return w;
-    }
-
-    static LinearQuantWeight Detached(LinearQuantWeight w)
-    {
-        w.Codes.DetachFromDisposeScope();
-        w.Scales.DetachFromDisposeScope();
-        w.ZeroPoints?.DetachFromDisposeScope();
-        return w;
+        return module; // its constructor took its buffers out of this scope
     }
 }

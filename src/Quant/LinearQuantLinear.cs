@@ -27,6 +27,8 @@ public sealed class LinearQuantLinear : FrozenLinear
         codes = stored.Codes;
         scales = stored.Scales;
         zero_points = stored.ZeroPoints;
+        foreach (var t in new[] { codes, scales, zero_points }.OfType<Tensor>())
+            t.DetachFromDisposeScope(); // the module owns its buffers from here
         AdoptDeviceOf(codes);
         RegisterComponents();
     }
