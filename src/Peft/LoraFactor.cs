@@ -1,0 +1,25 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Peft;
+
+/// <summary>
+/// One trainable LoRA factor: a bias-free linear map holding a single parameter named `weight`, so that LoRA's
+/// parameters are named `lora_A.weight` / `lora_B.weight` exactly as peft names them (its factors are nn.Linear).
+/// It has no forward of its own: <see cref="LoraLinear"/> casts the weight to the base's compute dtype first.
+/// </summary>
+public sealed class LoraFactor : nn.Module
+{
+    private readonly Parameter weight;
+
+    /// <param name="initial">the starting value [outFeatures, inFeatures]; kept in fp32 whatever the compute dtype.</param>
+    public LoraFactor(string name, Tensor initial) : base(name)
+    {
+        weight = new Parameter(initial.to(ScalarType.Float32).detach().clone(), requires_grad: true);
+        RegisterComponents();
+    }
+
+    /// <summary>The parameter as currently registered (<c>Module.to</c> replaces parameter objects).</summary>
+    public Parameter Weight => get_parameter("weight")!;
+}
