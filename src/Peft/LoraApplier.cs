@@ -54,7 +54,7 @@ public static partial class LoraApplier
             {
                 if (!linearPaths.Any(p => MatchesTarget(p, target)))
                     throw new ArgumentException(
-                        $"LoRA target '{target}' matches no frozen linear module; the model's linear modules are: {string.Join(", ", linearPaths.Select(LeafName).Distinct())}");
+                        $"LoRA target '{target}' matches no frozen linear module; the model's linear modules are: {string.Join(", ", linearPaths.Select(LeafName).Distinct().Order(StringComparer.Ordinal))}");
             }
             selected = linearPaths.Where(p => settings.Targets.Any(t => MatchesTarget(p, t))).ToList();
         }
