@@ -11,9 +11,10 @@ namespace QLoraNet.Peft;
 ///
 ///     y = base(x) + scaling · B(A(dropout(x)))        A [r, in] Kaiming-uniform, B [out, r] zeros
 ///
-/// B = 0 at the start, so the wrapped layer begins exactly as the base. A and B live in fp32 (the optimizer state
-/// and the update stay precise) and are cast to the base's compute dtype for the matmuls, as peft does for
-/// bitsandbytes 4-bit layers. Child names follow peft: `base_layer`, `lora_A`, `lora_B`, `lora_dropout`.
+/// B = 0 at the start, so the wrapped layer begins exactly as the base. A and B live in fp32 so that AdamW's
+/// small updates are not rounded away, and are cast to the base's compute dtype for the matmuls (bf16 on GPU: the
+/// adapter path then runs at the base's speed; peft without autocast computes it in the adapter's dtype instead).
+/// Child names follow peft: `base_layer`, `lora_A`, `lora_B`, `lora_dropout`.
 /// </summary>
 public sealed class LoraLinear : nn.Module<Tensor, Tensor>
 {
@@ -32,7 +33,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         Generator? generator = null) : base(nameof(LoraLinear))
     {
         if (dropout < 0 || dropout >= 1)
-            throw new ArgumentOutOfRangeException(nameof(dropout), $"LoRA dropout {dropout} must be in [0, 1)");
+            throw new ArgumentException($"LoRA dropout {dropout} must be in [0, 1)");
         Rank = r;
         Alpha = alpha;
         Scaling = LoraMath.Scaling(alpha, r, useRsLora);

@@ -13,7 +13,7 @@ public static class LoraMath
     /// </summary>
     public static double Scaling(double alpha, int r, bool useRsLora)
     {
-        if (r <= 0) throw new ArgumentOutOfRangeException(nameof(r), $"LoRA rank r={r} must be positive");
+        if (r <= 0) throw new ArgumentException($"LoRA rank r={r} must be positive");
         return useRsLora ? alpha / Math.Sqrt(r) : alpha / r;
     }
 

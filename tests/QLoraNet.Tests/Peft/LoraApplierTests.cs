@@ -129,6 +129,39 @@ public class LoraApplierTests
             + "declare it as nn.Module<Tensor, Tensor> so that LoRA can wrap it", e.Message);
     }
 
+    [Fact]
+    public void AModuleListEntryIsReplacedInTheListItself()
+    {
+        using var model = new ListHolder();
+        using var x = torch.randn(2, 4);
+        var wrapped = LoraApplier.Apply(model, new LoraSettings(R: 2, Dropout: 0, TargetModules: ["experts.1"]));
+        Assert.Equal(["experts.1"], wrapped);
+        var lora = (LoraLinear)model.named_modules().Single(m => m.name == "experts.1").module;
+        using var before = model.forward(x);
+        using (torch.no_grad()) lora.B.fill_(1f);
+        using var after = model.forward(x);
+        Assert.False(after.allclose(before, rtol: 0, atol: 1e-4));
+    }
+
+    [Fact]
+    public void InvalidRankOrDropoutIsAOneLineError()
+    {
+        using var model = new TinyTestModel(layers: 1);
+        Assert.Equal("LoRA rank r=0 must be positive",
+            Assert.Throws<ArgumentException>(() => LoraApplier.Apply(model, new LoraSettings(R: 0))).Message);
+        using var other = new TinyTestModel(layers: 1);
+        Assert.Equal("LoRA dropout 1 must be in [0, 1)",
+            Assert.Throws<ArgumentException>(() => LoraApplier.Apply(other, new LoraSettings(Dropout: 1))).Message);
+    }
+
+    private sealed class ListHolder : nn.Module<Tensor, Tensor>
+    {
+        private readonly TorchSharp.Modules.ModuleList<nn.Module<Tensor, Tensor>> experts =
+            new(DenseTestLinear.Random(4, 4, seed: 1), DenseTestLinear.Random(4, 4, seed: 2));
+        public ListHolder() : base(nameof(ListHolder)) => RegisterComponents();
+        public override Tensor forward(Tensor x) => experts[0].forward(x) + experts[1].forward(x);
+    }
+
     private sealed class StrictlyTypedHolder : nn.Module<Tensor, Tensor>
     {
         private readonly FrozenLinear q_proj = DenseTestLinear.Random(4, 4, seed: 1);
