@@ -17,8 +17,18 @@ public sealed class LoraFactor : nn.Module
     public LoraFactor(string name, Tensor initial) : base(name)
     {
         weight = new Parameter(initial.to(ScalarType.Float32).detach().clone(), requires_grad: true);
+        (_deviceType, _deviceIndex) = LoraDevice.RecordFor(weight);
         RegisterComponents();
     }
+
+    /// <summary>
+    /// The factors stay fp32 whatever dtype the model is converted to: the optimizer's updates to them are far
+    /// smaller than bf16's resolution. Device moves still apply.
+    /// </summary>
+    protected override nn.Module _to(ScalarType dtype, bool non_blocking) => this;
+
+    protected override nn.Module _to(Device device, ScalarType dtype, bool non_blocking) =>
+        _to(device.type, device.index, non_blocking);
 
     /// <summary>The parameter as currently registered (<c>Module.to</c> replaces parameter objects).</summary>
     public Parameter Weight => get_parameter("weight")!;

@@ -53,6 +53,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
             lora_B = new LoraFactor("lora_B", bOnDevice);  // (out, r)
         }
         lora_dropout = dropout > 0 ? nn.Dropout(dropout) : nn.Identity();
+        (_deviceType, _deviceIndex) = LoraDevice.RecordFor(lora_A.Weight);
         RegisterComponents();
     }
 

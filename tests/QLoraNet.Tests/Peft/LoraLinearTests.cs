@@ -87,6 +87,20 @@ public class LoraLinearTests
     }
 
     [Fact]
+    public void ConvertingTheModelsDTypeKeepsTheFactorsFp32()
+    {
+        using var model = new TinyTestModel(layers: 1);
+        LoraApplier.Apply(model, new LoraSettings(R: 2));
+        model.to(ScalarType.BFloat16);
+        Assert.Equal(ScalarType.BFloat16, model.get_parameter("model.norm")!.dtype);
+        foreach (var (name, p) in model.named_parameters().Where(p => AdapterKeys.IsLoraParameter(p.name)))
+        {
+            Assert.Equal(ScalarType.Float32, p.dtype);
+            Assert.True(p.requires_grad, name);
+        }
+    }
+
+    [Fact]
     public void AdamW_MovesOnlyAAndB_BaseUnchangedBitForBit()
     {
         using var model = new TinyTestModel();
