@@ -21,9 +21,9 @@ public static partial class LoraApplier
         var modules = model.named_modules().ToList();
         if (modules.Any(m => m.module is LoraLinear))
             throw new InvalidOperationException("the model already has LoRA adapters; apply LoRA once, to a model without them");
-        var linears = modules.Where(m => m.module is FrozenLinear).Select(m => (m.name, linear: (FrozenLinear)m.module)).ToList();
+        var linearPaths = modules.Where(m => m.module is FrozenLinear).Select(m => m.name).ToList();
 
-        var selected = Select(linears.Select(l => l.name).ToList(), settings);
+        var selected = Select(linearPaths, settings);
         var byPath = modules.ToDictionary(m => m.name, m => m.module);
 
         using var generator = settings.Seed is long seed ? new Generator((ulong)seed) : null;
