@@ -85,6 +85,9 @@ public sealed record TrainConfig(
 
     static void CheckAcrossSections(TrainConfig c, ConfigSection root)
     {
+        if (c.Data.Format == DataFormat.Chat && c.Data.Template == TemplateKind.Alpaca)
+            throw root.Section("data").ErrorAt("template",
+                "'data.template' alpaca renders instruction rows only; use llama2-chat or none with data.format chat");
         bool hasValidation = c.Data.Validation != null || c.Data.ValFraction > 0;
         if (c.Training.EarlyStoppingPatience != null && !hasValidation)
             throw root.Section("training").ErrorAt("early_stopping_patience",
