@@ -326,6 +326,15 @@ def objections(rng, heldout, n):
     return convs
 
 
+# Conversations stay within 256 Llama tokens (the quickstart's max_seq_len) so that nothing is truncated: the
+# system prompt and the [INST] markup take ~60 tokens, and digits are one token each, hence a budget in characters.
+MAX_CHARS = 420
+
+
+def fits(turns):
+    return sum(len(u) + len(a) for u, a in turns) <= MAX_CHARS
+
+
 def conversations(qa, rng, n_multi):
     """Singles stay single; some are chained into 2-3 turn chats with a greeting or a thank-you."""
     rng.shuffle(qa)
@@ -333,14 +342,18 @@ def conversations(qa, rng, n_multi):
     i = 0
     while i < len(qa):
         if n_multi > 0 and i + 1 < len(qa):
-            k = rng.choice([2, 3])
-            turns = list(qa[i:i + k])
-            i += k
+            turns = [qa[i]]
+            i += 1
             n_multi -= 1
-            if rng.random() < 0.3:
-                turns.insert(0, (rng.choice(GREETINGS), rng.choice(OPENERS)))
-            if rng.random() < 0.3:
-                turns.append((rng.choice(THANKS), rng.choice(CLOSERS)))
+            want = rng.choice([2, 3])
+            while len(turns) < want and i < len(qa) and fits(turns + [qa[i]]):
+                turns.append(qa[i])
+                i += 1
+            small_talk = [(rng.choice(GREETINGS), rng.choice(OPENERS)), (rng.choice(THANKS), rng.choice(CLOSERS))]
+            if rng.random() < 0.3 and fits(small_talk[:1] + turns):
+                turns.insert(0, small_talk[0])
+            if rng.random() < 0.3 and fits(turns + small_talk[1:]):
+                turns.append(small_talk[1])
             convs.append(turns)
         else:
             convs.append([qa[i]])

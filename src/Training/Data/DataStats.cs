@@ -20,7 +20,7 @@ public sealed record DataStats(
     public double PackingFill => TrainSequences == 0 ? 0 : (double)TrainTokens / ((long)TrainSequences * MaxSeqLen);
 
     public string Describe() => string.Create(CultureInfo.InvariantCulture,
-        $"train: {TrainExamples} examples in {TrainSequences} sequences ({TrainTokens:N0} tokens, {TrainTrainedTokens:N0} trained, {PackingFill:P0} of max_seq_len {MaxSeqLen} filled); "
+        $"train: {TrainExamples} examples in {TrainSequences} sequences ({TrainTokens:N0} tokens, {TrainTrainedTokens:N0} trained, {PackingFill * 100:F0}% of max_seq_len {MaxSeqLen} filled); "
         + $"validation: {ValidationExamples} examples in {ValidationSequences} sequences; "
         + $"truncated {Truncated}, dropped {Dropped} (no response token within max_seq_len), skipped bad rows {SkippedRows}");
 }
