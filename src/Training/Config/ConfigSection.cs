@@ -48,6 +48,7 @@ internal sealed class ConfigSection
     {
         var value = OptionalString(key);
         if (value == null) source.Missing(anchor, Full(key));
+        else if (value.Trim().Length == 0) throw Bad(ValueNode(key)!, key, "a non-empty string");
         return value ?? "";
     }
 

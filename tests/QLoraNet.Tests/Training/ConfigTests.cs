@@ -100,6 +100,23 @@ public sealed class ConfigTests : IDisposable
     }
 
     [Fact]
+    public void Empty_required_value_and_chat_with_alpaca_are_errors()
+    {
+        Assert.Equal("x.yaml:2: 'model.path' must be a non-empty string; got ''", ErrorOf(Minimal.Replace(Paths.TinyModel, "\"\"")));
+        Assert.Equal("x.yaml:4: 'data.template' alpaca renders instruction rows only; use llama2-chat or none with data.format chat",
+            ErrorOf(Minimal.Replace("data:\n", "data:\n  template: alpaca\n")));
+        Assert.Equal(TemplateKind.Alpaca, Parse(Minimal, "data.format=instruction", "data.template=alpaca").Data.Template);
+    }
+
+    [Fact]
+    public void Yaml_null_means_the_default()
+    {
+        var c = Parse(Minimal + "lora:\n  r: ~\n  target_modules:\ntraining:\n  seed: null\n");
+        Assert.Equal((16, 42), (c.Lora.R, c.Training.Seed));
+        Assert.Equal(LoraConfig.LlamaLinearNames, c.Lora.TargetModules);
+    }
+
+    [Fact]
     public void Int8_defaults_to_no_double_quant()
     {
         Assert.False(Parse(Minimal, "quantization.type=int8").Quantization.DoubleQuant);
@@ -152,13 +169,15 @@ public sealed class ConfigTests : IDisposable
     [Fact]
     public void ToYaml_round_trips_the_resolved_config()
     {
-        var c = Parse(Minimal, "lora.layers=[1,2]", "training.warmup_steps=5", "data.system_prompt=You are helpful.",
-            "output.dir=runs/a b");
+        var c = Parse(Minimal.Replace("data:\n", "data:\n  system_prompt: |\n    Line one: 'quoted'.\n    Line two # not a comment\n"),
+            "lora.layers=[1,2]", "training.warmup_steps=5", "output.dir=runs/a b", "data.train=" + train, "data.columns.output=123");
         string yaml = c.ToYaml();
         var back = Parse(yaml);
         Assert.Equal(yaml, back.ToYaml());
         Assert.Equal(c.Training, back.Training);
         Assert.Equal(c.Lora.Layers, back.Lora.Layers);
+        Assert.Equal("Line one: 'quoted'.\nLine two # not a comment\n", back.Data.SystemPrompt);
+        Assert.Equal("123", back.Data.Columns.Output);
         Assert.Contains("warmup_steps: 5", yaml);
         Assert.DoesNotContain("warmup_ratio", yaml);
         Assert.DoesNotContain("...", yaml);

@@ -73,6 +73,20 @@ public class TokenizerAndTemplateTests
     }
 
     [Fact]
+    public void Template_none_renders_bare_contents_with_eos_after_each_answer()
+    {
+        var chat = new ChatExample("t:1", "S", [new ChatTurn("Hi", "Hello"), new ChatTurn("Bye", "Ciao")]);
+        var segments = PromptTemplates.Render(chat, QLoraNet.Training.Config.TemplateKind.None, null);
+        Assert.Equal(new Segment[] { new("S", false, Bos: true), new("Hi", false), new("Hello", true, Eos: true),
+            new("Bye", false), new("Ciao", true, Eos: true) }, segments);
+        var (t, _) = new ExampleEncoder(Tok, 512, false).Encode(segments);
+        // <s> ▁S ▁Hi | ▁Hello </s> | ▁By e | ▁C iao </s>: only the answers and their EOS are trained.
+        Assert.Equal(new[] { I, I, I, 15043, 2 }, t!.Labels[..5]);
+        Assert.Equal(2, t.Labels[^1]);
+        Assert.Equal(3, t.TrainedTokens - Tok.Encode("Ciao", false, false).Count); // ▁Hello </s> ... </s>
+    }
+
+    [Fact]
     public void Completion_trains_every_token_but_the_first()
     {
         var segments = PromptTemplates.Render(new CompletionExample("t:1", "Hello world!"), QLoraNet.Training.Config.TemplateKind.Llama2Chat, "ignored");
