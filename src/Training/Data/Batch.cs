@@ -84,15 +84,3 @@ public sealed record Batch(int Rows, int Length, long[] InputIds, long[] Labels,
         using (cpu) return cpu.to(device);
     }
 }
-
-/// <summary>The tensors of a <see cref="Batch"/>; dispose them (or create them inside the step's dispose scope).</summary>
-public sealed record BatchTensors(Tensor InputIds, Tensor Labels, Tensor PositionIds, Tensor AttentionMask) : IDisposable
-{
-    public void Dispose()
-    {
-        InputIds.Dispose();
-        Labels.Dispose();
-        PositionIds.Dispose();
-        AttentionMask.Dispose();
-    }
-}

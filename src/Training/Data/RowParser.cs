@@ -74,6 +74,3 @@ public static class RowParser
 
     static string Clip(string s) => s.Length <= 60 ? s : s[..57] + "...";
 }
-
-/// <summary>A row that cannot become an example; skipped and counted when <c>data.skip_bad_rows</c> is on.</summary>
-public sealed class BadRowException(string message) : Exception(message);
