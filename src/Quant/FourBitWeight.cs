@@ -1,5 +1,6 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using QLoraNet.Quant.Kernels;
 
 namespace QLoraNet.Quant;
 
@@ -49,14 +50,39 @@ public sealed record FourBitWeight(
         return new FourBitWeight(type, packed, scales, weight.shape, blockSize, weight.dtype);
     }
 
-    /// <summary>The dense weight of <see cref="Shape"/> in <paramref name="dtype"/>.</summary>
+    /// <summary>
+    /// The dense weight of <see cref="Shape"/> in <paramref name="dtype"/>. On CUDA this is the fused kernel
+    /// (<see cref="FourBitCudaKernel"/>: same arithmetic, one pass over memory, equal bit for bit); elsewhere, or
+    /// when the kernel cannot run, the torch-op path.
+    /// </summary>
     public Tensor Dequantize(ScalarType dtype)
+    {
+        if (Packed.device_type == DeviceType.CUDA && TryDequantizeWithKernel(dtype) is { } fast) return fast;
+        return DequantizeWithTorchOps(dtype);
+    }
+
+    /// <summary>The torch-op path: the reference for the CUDA kernel and the path on CPU.</summary>
+    public Tensor DequantizeWithTorchOps(ScalarType dtype)
     {
         using var scope = NewDisposeScope();
         var pairs = CodeTables.NibblePairs(FourBitCodebook.Name(Type), Packed.device, FourBitCodebook.Values(Type));
         var values = pairs.index_select(0, Packed.to(ScalarType.Int64)).view(-1); // (2 * nBytes) fp32
         var dense = Blockwise.MultiplyByBlockScale(values, Scales.Dequantize(), BlockSize, Numel);
         return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
+    }
+
+    Tensor? TryDequantizeWithKernel(ScalarType dtype)
+    {
+        var codebook = CodeTables.Float(FourBitCodebook.Name(Type) + "/values", Packed.device, () => FourBitCodebook.Values(Type));
+        var dense = Scales switch
+        {
+            PlainScales p => FourBitCudaKernel.TryDequantize(Packed, p.Absmax, null, null, null, 0f, codebook, Numel, BlockSize, 0, dtype),
+            DoubleQuantizedScales d => FourBitCudaKernel.TryDequantize(Packed, null, d.Codes, d.NestedAbsmax,
+                CodeTables.Float("dynamic/values", Packed.device, DynamicMap.Values), d.Offset, codebook, Numel, BlockSize, d.NestedBlockSize, dtype),
+            _ => null,
+        };
+        if (dense is null) return null;
+        using (dense) return dense.view(Shape);
     }
 
     /// <summary>Dequantizes to the dtype the weight had before quantization.</summary>
