@@ -13,10 +13,10 @@ namespace QLoraNet.Models;
 /// </summary>
 public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, KvCache?, Tensor>
 {
-    readonly FrozenLinear q_proj;
-    readonly FrozenLinear k_proj;
-    readonly FrozenLinear v_proj;
-    readonly FrozenLinear o_proj;
+    readonly nn.Module<Tensor, Tensor> q_proj; // a FrozenLinear, or LoRA wrapping one
+    readonly nn.Module<Tensor, Tensor> k_proj; // a FrozenLinear, or LoRA wrapping one
+    readonly nn.Module<Tensor, Tensor> v_proj; // a FrozenLinear, or LoRA wrapping one
+    readonly nn.Module<Tensor, Tensor> o_proj; // a FrozenLinear, or LoRA wrapping one
     readonly int layerIndex;
     readonly long numHeads;
     readonly long numKvHeads;

@@ -9,9 +9,9 @@ namespace QLoraNet.Models;
 /// down(silu(gate(x)) * up(x)), no biases.</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 {
-    readonly FrozenLinear gate_proj;
-    readonly FrozenLinear up_proj;
-    readonly FrozenLinear down_proj;
+    readonly nn.Module<Tensor, Tensor> gate_proj; // a FrozenLinear, or LoRA wrapping one
+    readonly nn.Module<Tensor, Tensor> up_proj; // a FrozenLinear, or LoRA wrapping one
+    readonly nn.Module<Tensor, Tensor> down_proj; // a FrozenLinear, or LoRA wrapping one
 
     public LlamaMlp(string name, FrozenLinear gateProj, FrozenLinear upProj, FrozenLinear downProj) : base(name)
     {

@@ -1,0 +1,91 @@
+using System.Globalization;
+using CsvHelper;
+
+namespace QLoraNet.Training.Trainer;
+
+/// <summary>
+/// <c>metrics.csv</c>: one row per optimizer step (validation loss on the steps that evaluated), appended as the
+/// run goes so a crash loses nothing. On resume, rows past the checkpoint's step are dropped first, so the file
+/// reads as one uninterrupted run. The rows also feed the loss curve.
+/// </summary>
+public sealed class MetricsLog
+{
+    public sealed record Row(int Step, double Epoch, double Loss, double? ValidationLoss, double LearningRate,
+        double GradNorm, long Tokens, double TokensPerSecond, double StepSeconds, double ElapsedSeconds, double MemoryMb);
+
+    static readonly string[] Header =
+        ["step", "epoch", "loss", "val_loss", "learning_rate", "grad_norm", "tokens", "tokens_per_s", "step_s", "elapsed_s", "memory_mb"];
+
+    readonly List<Row> _rows = new();
+
+    public string Path { get; }
+    public IReadOnlyList<Row> Rows => _rows;
+
+    /// <summary>Opens the log, keeping rows up to <paramref name="keepThroughStep"/> from an earlier run (0: start afresh).</summary>
+    public MetricsLog(string path, int keepThroughStep)
+    {
+        Path = path;
+        if (keepThroughStep > 0 && File.Exists(path)) _rows.AddRange(Read(path).Where(r => r.Step <= keepThroughStep));
+        Rewrite();
+    }
+
+    public void Append(Row row)
+    {
+        _rows.Add(row);
+        using var w = new StreamWriter(Path, append: true);
+        WriteRow(w, row);
+    }
+
+    /// <summary>Sets the validation loss of the last row (evaluation runs after the step's row was written).</summary>
+    public void SetValidationLoss(int step, double loss)
+    {
+        int i = _rows.FindLastIndex(r => r.Step == step);
+        if (i < 0) return;
+        _rows[i] = _rows[i] with { ValidationLoss = loss };
+        Rewrite();
+    }
+
+    void Rewrite()
+    {
+        string tmp = Path + ".tmp";
+        using (var w = new StreamWriter(tmp, append: false))
+        {
+            using var csv = CsvWriter.Create(w, null, leaveOpen: true);
+            foreach (var h in Header) csv.WriteField(h);
+            csv.EndRecord();
+            csv.Flush();
+            foreach (var r in _rows) WriteRow(w, r);
+        }
+        File.Move(tmp, Path, overwrite: true);
+    }
+
+    static void WriteRow(TextWriter w, Row r)
+    {
+        using var csv = CsvWriter.Create(w, null, leaveOpen: true);
+        foreach (var f in new[]
+                 {
+                     S(r.Step), S(r.Epoch), S(r.Loss), r.ValidationLoss is { } v ? S(v) : "", S(r.LearningRate), S(r.GradNorm),
+                     S(r.Tokens), S(r.TokensPerSecond), S(r.StepSeconds), S(r.ElapsedSeconds), S(r.MemoryMb),
+                 })
+            csv.WriteField(f);
+        csv.EndRecord();
+        csv.Flush();
+    }
+
+    static string S(double x) => x.ToString("G9", CultureInfo.InvariantCulture);
+    static string S(long x) => x.ToString(CultureInfo.InvariantCulture);
+
+    public static IReadOnlyList<Row> Read(string path)
+    {
+        var rows = new List<Row>();
+        using var reader = CsvReader.FromFile(path, new CsvReaderOptions { HasHeader = true });
+        while (reader.Read())
+        {
+            double D(int i) => double.Parse(reader.GetString(i), CultureInfo.InvariantCulture);
+            string val = reader.GetString(3);
+            rows.Add(new Row((int)D(0), D(1), D(2), val.Length == 0 ? null : double.Parse(val, CultureInfo.InvariantCulture),
+                D(4), D(5), (long)D(6), D(7), D(8), D(9), D(10)));
+        }
+        return rows;
+    }
+}
