@@ -21,6 +21,9 @@ public sealed record FourBitWeight(
 {
     public const int DefaultBlockSize = 64;
 
+    /// <summary>Elements per step of the CPU path (16 MiB of fp32).</summary>
+    const long ChunkElements = 1 << 22;
+
     public long Numel => QuantInputChecks.Numel(Shape);
 
     public bool IsDoubleQuantized => Scales is DoubleQuantizedScales;
@@ -30,18 +33,27 @@ public sealed record FourBitWeight(
     /// <paramref name="name"/> only labels errors (NaN/Inf, bad blocksize).
     /// </summary>
     public static FourBitWeight Quantize(Tensor weight, FourBitType type, int blockSize = DefaultBlockSize,
-        bool doubleQuant = false, int nestedBlockSize = DoubleQuantizedScales.DefaultNestedBlockSize, string? name = null)
+        bool doubleQuant = false, int nestedBlockSize = DoubleQuantizedScales.DefaultNestedBlockSize, string? name = null) =>
+        Quantize(weight, type, blockSize, doubleQuant, nestedBlockSize, name, useTorchOps: false);
+
+    /// <summary>
+    /// The one place the quantizer path is chosen: the fused CPU kernel for CPU tensors, torch ops elsewhere (CUDA).
+    /// Tests force <paramref name="useTorchOps"/> to hold both paths to the reference.
+    /// </summary>
+    internal static FourBitWeight Quantize(Tensor weight, FourBitType type, int blockSize, bool doubleQuant,
+        int nestedBlockSize, string? name, bool useTorchOps)
     {
-        QuantInputChecks.RequireFiniteFloat(weight, name);
+        QuantInputChecks.RequireFloat(weight, name);
         long n = weight.numel();
         QuantInputChecks.RequireBlockSize(blockSize, n, name);
 
         using var scope = NewDisposeScope();
-        var flat = weight.detach().reshape(-1).to(ScalarType.Float32);           // (n)
-        var (scaled, absmax) = Blockwise.ScaleByAbsmax(Blockwise.ToBlocks(flat, blockSize));
-        var codes = EncodeCodes(type, scaled).view(-1);                           // (nBlocks * blockSize) uint8
-        // An odd n keeps one padding code (the code of 0.0) in the last low nibble, as bitsandbytes does.
-        var packed = PackNibbles(codes.narrow(0, 0, n + n % 2)).MoveToOuterDisposeScope();
+        var flat = weight.detach().reshape(-1);                                   // (n)
+        var (packed, absmax) = useTorchOps || flat.device_type != DeviceType.CPU
+            ? QuantizeWithTorchOps(flat, type, blockSize)
+            : QuantizeWithCpuKernel(flat, type, blockSize);
+        QuantInputChecks.RequireFinite(absmax, name); // a NaN or Inf anywhere makes its block's absmax NaN or Inf
+        packed.MoveToOuterDisposeScope();
         BlockScales scales = doubleQuant
             ? DoubleQuantizedScales.Quantize(absmax, nestedBlockSize)
             : new PlainScales(absmax);
@@ -70,6 +82,32 @@ public sealed record FourBitWeight(
     /// <summary>"nf4", "nf4-dq", "fp4-b128", ...: the same spelling <see cref="QuantSpec.Parse"/> reads.</summary>
     public string FormatName => new FourBitSpec(Type, BlockSize, IsDoubleQuantized,
         (Scales as DoubleQuantizedScales)?.NestedBlockSize ?? DoubleQuantizedScales.DefaultNestedBlockSize).ToString();
+
+    /// <summary>Device-agnostic path: packed codes (ceil(n/2)) and absmax (nBlocks) from torch ops.</summary>
+    static (Tensor Packed, Tensor Absmax) QuantizeWithTorchOps(Tensor flat, FourBitType type, int blockSize)
+    {
+        long n = flat.shape[0];
+        var (scaled, absmax) = Blockwise.ScaleByAbsmax(Blockwise.ToBlocks(flat.to(ScalarType.Float32), blockSize));
+        var codes = EncodeCodes(type, scaled).view(-1);                           // (nBlocks * blockSize) uint8
+        // An odd n keeps one padding code (the code of 0.0) in the last low nibble, as bitsandbytes does.
+        return (PackNibbles(codes.narrow(0, 0, n + n % 2)), absmax);
+    }
+
+    /// <summary>CPU path: the fused kernel over fp32 chunks of whole blocks (bounds the fp32 copy of a bf16 weight).</summary>
+    static (Tensor Packed, Tensor Absmax) QuantizeWithCpuKernel(Tensor flat, FourBitType type, int blockSize)
+    {
+        long n = flat.shape[0], chunk = Math.Max(blockSize, ChunkElements);
+        var packed = new List<Tensor>();
+        var absmax = new List<Tensor>();
+        for (long start = 0; start < n; start += chunk)
+        {
+            var part = flat.narrow(0, start, Math.Min(chunk, n - start)).to(ScalarType.Float32).contiguous();
+            var (p, a) = CpuFourBitKernel.Quantize(part, type, blockSize);
+            packed.Add(p);
+            absmax.Add(a);
+        }
+        return packed.Count == 1 ? (packed[0], absmax[0]) : (cat(packed, 0), cat(absmax, 0));
+    }
 
     static Tensor EncodeCodes(FourBitType type, Tensor scaled)
     {

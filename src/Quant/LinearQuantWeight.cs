@@ -31,7 +31,7 @@ public sealed record LinearQuantWeight(
     /// <summary>Quantizes a 2-D weight [out, in] with torch ops on its own device.</summary>
     public static LinearQuantWeight Quantize(Tensor weight, LinearQuantSpec spec, string? name = null)
     {
-        QuantInputChecks.RequireFiniteFloat(weight, name);
+        QuantInputChecks.RequireFloat(weight, name);
         long groupLength = GroupLength(spec, weight.shape, name);
 
         using var scope = NewDisposeScope();
@@ -40,13 +40,16 @@ public sealed record LinearQuantWeight(
         Tensor? zero = null;
         if (spec.Symmetric)
         {
-            scale = NonZero(groups.abs().amax([1]) / (float)spec.QMax);                 // (groups)
+            var max = groups.abs().amax([1]);                                           // (groups)
+            QuantInputChecks.RequireFinite(max, name);
+            scale = NonZero(max / (float)spec.QMax);
             q = (groups / scale.unsqueeze(1)).round();
         }
         else
         {
             var rmin = groups.amin([1]).clamp_max(0);
             var rmax = groups.amax([1]).clamp_min(0);
+            QuantInputChecks.RequireFinite(rmax - rmin, name);
             scale = NonZero((rmax - rmin) / (float)(spec.QMax - spec.QMin));
             zero = (spec.QMin - rmin / scale).round().clamp(spec.QMin, spec.QMax);      // (groups)
             q = (groups / scale.unsqueeze(1) + zero.unsqueeze(1)).round();
