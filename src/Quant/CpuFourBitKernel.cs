@@ -5,11 +5,13 @@ using static TorchSharp.torch;
 namespace QLoraNet.Quant;
 
 /// <summary>
-/// The CPU fast path of <see cref="FourBitWeight.Quantize"/>: absmax, scaling, encoding and packing fused into one
-/// pass over each block, with SIMD compares against the thresholds (code = number of thresholds below the value)
-/// and blocks spread over the cores. libtorch's bucketize is a scalar binary search and dominated the tensor path
-/// (about 2.5 s of 3+ s for a 4096 x 11008 weight on this project's 2-core CPU). Same fp32 operations as the
-/// reference (x * (1 / max(absmax, 1e-38)), strict compares), so it is bit-identical to it; tests hold it so.
+/// The CPU fast paths of <see cref="FourBitWeight"/>. Quantize fuses absmax, scaling, encoding and packing into one
+/// pass over each block, with SIMD compares against the thresholds (code = number of thresholds below the value);
+/// libtorch's bucketize is a scalar binary search and dominated the tensor path (about 2.5 s of 3+ s for a
+/// 4096 x 11008 weight on this project's 2-core CPU). Dequantize writes codebook[code] * absmax straight into the
+/// output instead of the five full-size temporaries of the torch ops. Both use the reference's fp32 operations
+/// (x * (1 / max(absmax, 1e-38)), strict compares, one multiply), so they are bit-identical to it; tests hold them so.
+/// Blocks are spread over the cores.
 /// </summary>
 static unsafe class CpuFourBitKernel
 {
@@ -50,6 +52,31 @@ static unsafe class CpuFourBitKernel
             }
         });
         return (packed, absmax);
+    }
+
+    /// <summary>fp32 (n) from packed codes (ceil(n / 2)) and fp32 scales (ceil(n / blockSize)), contiguous CPU tensors.</summary>
+    public static Tensor Dequantize(Tensor packed, Tensor absmax, FourBitType type, int blockSize, long n)
+    {
+        var output = empty(n, ScalarType.Float32);
+        nint p = Address(packed), a = Address(absmax), o = Address(output);
+        var values = FourBitCodebook.Values(type);
+        long blocks = QuantInputChecks.CeilDiv(n, blockSize);
+        long perTask = Math.Max(1, (1L << 16) / blockSize);
+        Parallel.For(0, QuantInputChecks.CeilDiv(blocks, perTask), task =>
+        {
+            long end = Math.Min(blocks, (task + 1) * perTask);
+            for (long b = task * perTask; b < end; b++)
+            {
+                float scale = ((float*)a)[b];
+                long start = b * blockSize, stop = Math.Min(start + blockSize, n);
+                for (long i = start; i < stop; i++)
+                {
+                    byte pair = ((byte*)p)[i / 2];
+                    ((float*)o)[i] = values[(i & 1) == 0 ? pair >> 4 : pair & 0xF] * scale;
+                }
+            }
+        });
+        return output;
     }
 
     /// <summary>max |v| over the block; NaN when any value is NaN or Inf.</summary>

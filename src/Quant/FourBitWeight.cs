@@ -62,13 +62,27 @@ public sealed record FourBitWeight(
     }
 
     /// <summary>The dense weight of <see cref="Shape"/> in <paramref name="dtype"/>.</summary>
-    public Tensor Dequantize(ScalarType dtype)
+    public Tensor Dequantize(ScalarType dtype) => Dequantize(dtype, useTorchOps: false);
+
+    /// <summary>The CPU kernel for CPU tensors, torch ops elsewhere; tests force <paramref name="useTorchOps"/>.</summary>
+    internal Tensor Dequantize(ScalarType dtype, bool useTorchOps)
     {
         using var scope = NewDisposeScope();
+        if (!useTorchOps && Packed.device_type == DeviceType.CPU && Numel <= int.MaxValue / 4)
+        {
+            var scales = Scales.Dequantize().contiguous();
+            var dense = CpuFourBitKernel.Dequantize(Packed.contiguous(), scales, Type, BlockSize, Numel);
+            return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
+        }
+        return DequantizeWithTorchOps(dtype).MoveToOuterDisposeScope();
+    }
+
+    Tensor DequantizeWithTorchOps(ScalarType dtype)
+    {
         var pairs = CodeTables.NibblePairs(FourBitCodebook.Name(Type), Packed.device, FourBitCodebook.Values(Type));
         var values = pairs.index_select(0, Packed.to(ScalarType.Int64)).view(-1); // (2 * nBytes) fp32
         var dense = Blockwise.MultiplyByBlockScale(values, Scales.Dequantize(), BlockSize, Numel);
-        return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
+        return dense.view(Shape).to(dtype);
     }
 
     /// <summary>Dequantizes to the dtype the weight had before quantization.</summary>

@@ -110,7 +110,9 @@ public class FourBitWeightTests
         {
             AssertBitsEqual(Floats(((PlainScales)reference.Scales).Absmax), Floats(((PlainScales)fast.Scales).Absmax), "absmax");
         }
-        AssertBitsEqual(FourBitReference.Dequantize(reference), Floats(fast.Dequantize(ScalarType.Float32)), "dequantized");
+        var expected = FourBitReference.Dequantize(reference);
+        AssertBitsEqual(expected, Floats(fast.Dequantize(ScalarType.Float32, useTorchOps: false)), "dequantized (cpu kernel)");
+        AssertBitsEqual(expected, Floats(fast.Dequantize(ScalarType.Float32, useTorchOps: true)), "dequantized (torch ops)");
     }
 
     [Fact]
