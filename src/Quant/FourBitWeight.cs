@@ -29,7 +29,8 @@ public sealed record FourBitWeight(
     public bool IsDoubleQuantized => Scales is DoubleQuantizedScales;
 
     /// <summary>
-    /// Quantizes <paramref name="weight"/> (fp32/bf16/fp16, any device) with torch ops on its own device.
+    /// Quantizes <paramref name="weight"/> (fp32/bf16/fp16) on its own device: a fused kernel on the CPU, torch ops
+    /// elsewhere (CUDA), both bit-identical to <see cref="FourBitReference"/>.
     /// <paramref name="name"/> only labels errors (NaN/Inf, bad blocksize).
     /// </summary>
     public static FourBitWeight Quantize(Tensor weight, FourBitType type, int blockSize = DefaultBlockSize,
@@ -64,6 +65,9 @@ public sealed record FourBitWeight(
     /// <summary>The dense weight of <see cref="Shape"/> in <paramref name="dtype"/>.</summary>
     public Tensor Dequantize(ScalarType dtype) => Dequantize(dtype, useTorchOps: false);
 
+    /// <summary>Dequantizes to the dtype the weight had before quantization.</summary>
+    public Tensor Dequantize() => Dequantize(DType);
+
     /// <summary>The CPU kernel for CPU tensors, torch ops elsewhere; tests force <paramref name="useTorchOps"/>.</summary>
     internal Tensor Dequantize(ScalarType dtype, bool useTorchOps)
     {
@@ -77,17 +81,6 @@ public sealed record FourBitWeight(
         return DequantizeWithTorchOps(dtype).MoveToOuterDisposeScope();
     }
 
-    Tensor DequantizeWithTorchOps(ScalarType dtype)
-    {
-        var pairs = CodeTables.NibblePairs(FourBitCodebook.Name(Type), Packed.device, FourBitCodebook.Values(Type));
-        var values = pairs.index_select(0, Packed.to(ScalarType.Int64)).view(-1); // (2 * nBytes) fp32
-        var dense = Blockwise.MultiplyByBlockScale(values, Scales.Dequantize(), BlockSize, Numel);
-        return dense.view(Shape).to(dtype);
-    }
-
-    /// <summary>Dequantizes to the dtype the weight had before quantization.</summary>
-    public Tensor Dequantize() => Dequantize(DType);
-
     public FourBitWeight To(Device device) => this with { Packed = Packed.to(device), Scales = Scales.To(device) };
 
     /// <summary>Packed codes plus scales (the 16-entry codebook is shared and not counted).</summary>
@@ -96,6 +89,15 @@ public sealed record FourBitWeight(
     /// <summary>"nf4", "nf4-dq", "fp4-b128", ...: the same spelling <see cref="QuantSpec.Parse"/> reads.</summary>
     public string FormatName => new FourBitSpec(Type, BlockSize, IsDoubleQuantized,
         (Scales as DoubleQuantizedScales)?.NestedBlockSize ?? DoubleQuantizedScales.DefaultNestedBlockSize).ToString();
+
+    /// <summary>Device-agnostic path: a 256-entry byte -> (high, low) value table, then one multiply per block.</summary>
+    Tensor DequantizeWithTorchOps(ScalarType dtype)
+    {
+        var pairs = CodeTables.NibblePairs(FourBitCodebook.Name(Type), Packed.device, FourBitCodebook.Values(Type));
+        var values = pairs.index_select(0, Packed.to(ScalarType.Int64)).view(-1); // (2 * nBytes) fp32
+        var dense = Blockwise.MultiplyByBlockScale(values, Scales.Dequantize(), BlockSize, Numel);
+        return dense.view(Shape).to(dtype);
+    }
 
     /// <summary>Device-agnostic path: packed codes (ceil(n/2)) and absmax (nBlocks) from torch ops.</summary>
     static (Tensor Packed, Tensor Absmax) QuantizeWithTorchOps(Tensor flat, FourBitType type, int blockSize)
