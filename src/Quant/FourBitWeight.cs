@@ -1,5 +1,6 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using QLoraNet.Quant.Kernels;
 
 namespace QLoraNet.Quant;
 
@@ -62,23 +63,59 @@ public sealed record FourBitWeight(
         return new FourBitWeight(type, packed, scales, weight.shape, blockSize, weight.dtype);
     }
 
-    /// <summary>The dense weight of <see cref="Shape"/> in <paramref name="dtype"/>.</summary>
+    /// <summary>
+    /// The dense weight of <see cref="Shape"/> in <paramref name="dtype"/>. On CUDA the fused kernel
+    /// (<see cref="FourBitCudaKernel"/>), on the CPU the <see cref="CpuFourBitKernel"/>, the torch-op path where
+    /// neither can run; all the same arithmetic, equal bit for bit.
+    /// </summary>
     public Tensor Dequantize(ScalarType dtype) => Dequantize(dtype, useTorchOps: false);
 
     /// <summary>Dequantizes to the dtype the weight had before quantization.</summary>
     public Tensor Dequantize() => Dequantize(DType);
 
-    /// <summary>The CPU kernel for CPU tensors, torch ops elsewhere; tests force <paramref name="useTorchOps"/>.</summary>
+    /// <summary>The one place the dequantizer path is chosen; tests force <paramref name="useTorchOps"/>.</summary>
     internal Tensor Dequantize(ScalarType dtype, bool useTorchOps)
     {
-        using var scope = NewDisposeScope();
+        if (!useTorchOps && Packed.device_type == DeviceType.CUDA && TryDequantizeWithCudaKernel(dtype) is { } fast)
+            return fast;
         if (!useTorchOps && Packed.device_type == DeviceType.CPU && Numel <= int.MaxValue / 4)
+            return DequantizeWithCpuKernel(dtype);
+        return DequantizeWithTorchOps(dtype);
+    }
+
+    /// <summary>
+    /// The device-agnostic torch-op path (a 256-entry byte -> (high, low) value table, then one multiply per block):
+    /// the reference the kernels are measured against.
+    /// </summary>
+    public Tensor DequantizeWithTorchOps(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var pairs = CodeTables.NibblePairs(FourBitCodebook.Name(Type), Packed.device, FourBitCodebook.Values(Type));
+        var values = pairs.index_select(0, Packed.to(ScalarType.Int64)).view(-1); // (2 * nBytes) fp32
+        var dense = Blockwise.MultiplyByBlockScale(values, Scales.Dequantize(), BlockSize, Numel);
+        return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
+    }
+
+    Tensor DequantizeWithCpuKernel(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var scales = Scales.Dequantize().contiguous();                            // (nBlocks) fp32
+        var dense = CpuFourBitKernel.Dequantize(Packed.contiguous(), scales, Type, BlockSize, Numel);
+        return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
+    }
+
+    Tensor? TryDequantizeWithCudaKernel(ScalarType dtype)
+    {
+        var codebook = CodeTables.Float(FourBitCodebook.Name(Type) + "/values", Packed.device, () => FourBitCodebook.Values(Type));
+        var dense = Scales switch
         {
-            var scales = Scales.Dequantize().contiguous();
-            var dense = CpuFourBitKernel.Dequantize(Packed.contiguous(), scales, Type, BlockSize, Numel);
-            return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
-        }
-        return DequantizeWithTorchOps(dtype).MoveToOuterDisposeScope();
+            PlainScales p => FourBitCudaKernel.TryDequantize(Packed, p.Absmax, null, null, null, 0f, codebook, Numel, BlockSize, 0, dtype),
+            DoubleQuantizedScales d => FourBitCudaKernel.TryDequantize(Packed, null, d.Codes, d.NestedAbsmax,
+                CodeTables.Float("dynamic/values", Packed.device, DynamicMap.Values), d.Offset, codebook, Numel, BlockSize, d.NestedBlockSize, dtype),
+            _ => null,
+        };
+        if (dense is null) return null;
+        using (dense) return dense.view(Shape);
     }
 
     public FourBitWeight To(Device device) => this with { Packed = Packed.to(device), Scales = Scales.To(device) };
@@ -89,15 +126,6 @@ public sealed record FourBitWeight(
     /// <summary>"nf4", "nf4-dq", "fp4-b128", ...: the same spelling <see cref="QuantSpec.Parse"/> reads.</summary>
     public string FormatName => new FourBitSpec(Type, BlockSize, IsDoubleQuantized,
         (Scales as DoubleQuantizedScales)?.NestedBlockSize ?? DoubleQuantizedScales.DefaultNestedBlockSize).ToString();
-
-    /// <summary>Device-agnostic path: a 256-entry byte -> (high, low) value table, then one multiply per block.</summary>
-    Tensor DequantizeWithTorchOps(ScalarType dtype)
-    {
-        var pairs = CodeTables.NibblePairs(FourBitCodebook.Name(Type), Packed.device, FourBitCodebook.Values(Type));
-        var values = pairs.index_select(0, Packed.to(ScalarType.Int64)).view(-1); // (2 * nBytes) fp32
-        var dense = Blockwise.MultiplyByBlockScale(values, Scales.Dequantize(), BlockSize, Numel);
-        return dense.view(Shape).to(dtype);
-    }
 
     /// <summary>Device-agnostic path: packed codes (ceil(n/2)) and absmax (nBlocks) from torch ops.</summary>
     static (Tensor Packed, Tensor Absmax) QuantizeWithTorchOps(Tensor flat, FourBitType type, int blockSize)

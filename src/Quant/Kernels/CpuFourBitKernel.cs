@@ -2,7 +2,7 @@ using System.Numerics;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace QLoraNet.Quant;
+namespace QLoraNet.Quant.Kernels;
 
 /// <summary>
 /// The CPU fast paths of <see cref="FourBitWeight"/>. Quantize fuses absmax, scaling, encoding and packing into one
