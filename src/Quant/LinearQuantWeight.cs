@@ -109,10 +109,12 @@ public sealed record LinearQuantWeight(
         return FourBitWeight.PackNibbles(nibbles);
     }
 
+    /// <summary>Value of each two's complement nibble: 0..7, then -8..-1.</summary>
+    static readonly float[] SignedNibbles = Enumerable.Range(0, 16).Select(v => (float)(v >= 8 ? v - 16 : v)).ToArray();
+
     Tensor UnpackInt4()
     {
-        var signedNibbles = Enumerable.Range(0, 16).Select(v => (float)(v >= 8 ? v - 16 : v)).ToArray();
-        var pairs = CodeTables.NibblePairs("int4", Codes.device, signedNibbles);
+        var pairs = CodeTables.NibblePairs("int4", Codes.device, SignedNibbles);
         return pairs.index_select(0, Codes.to(ScalarType.Int64)).view(-1).narrow(0, 0, Numel);
     }
 }
