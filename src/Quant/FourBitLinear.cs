@@ -23,10 +23,8 @@ public sealed class FourBitLinear : FrozenLinear
     readonly int nestedBlockSize;
 
     public FourBitLinear(FourBitWeight stored, ScalarType computeDType, string name = "FourBitLinear")
-        : base(name, stored.Shape[1], stored.Shape[0], computeDType)
+        : base(name, Matrix(stored.Shape)[1], Matrix(stored.Shape)[0], computeDType)
     {
-        if (stored.Shape.Length != 2)
-            throw new ArgumentException($"a 4-bit linear needs a 2-D [out, in] weight, got [{string.Join(", ", stored.Shape)}]");
         type = stored.Type;
         blockSize = stored.BlockSize;
         shape = stored.Shape;
@@ -51,6 +49,10 @@ public sealed class FourBitLinear : FrozenLinear
         AdoptDeviceOf(weight);
         RegisterComponents();
     }
+
+    static long[] Matrix(long[] shape) => shape.Length == 2
+        ? shape
+        : throw new ArgumentException($"a 4-bit linear needs a 2-D [out, in] weight, got [{string.Join(", ", shape)}]");
 
     /// <summary>The stored weight as a value, rebuilt from the current buffers (they change identity on .to()).</summary>
     public FourBitWeight Stored => new(type, weight, Scales, shape, blockSize, sourceDType);

@@ -22,27 +22,40 @@ public sealed record FourBitWeight(
 {
     public const int DefaultBlockSize = 64;
 
+    /// <summary>Elements per step of the CPU path (16 MiB of fp32).</summary>
+    const long ChunkElements = 1 << 22;
+
     public long Numel => QuantInputChecks.Numel(Shape);
 
     public bool IsDoubleQuantized => Scales is DoubleQuantizedScales;
 
     /// <summary>
-    /// Quantizes <paramref name="weight"/> (fp32/bf16/fp16, any device) with torch ops on its own device.
+    /// Quantizes <paramref name="weight"/> (fp32/bf16/fp16) on its own device: a fused kernel on the CPU, torch ops
+    /// elsewhere (CUDA), both bit-identical to <see cref="FourBitReference"/>.
     /// <paramref name="name"/> only labels errors (NaN/Inf, bad blocksize).
     /// </summary>
     public static FourBitWeight Quantize(Tensor weight, FourBitType type, int blockSize = DefaultBlockSize,
-        bool doubleQuant = false, int nestedBlockSize = DoubleQuantizedScales.DefaultNestedBlockSize, string? name = null)
+        bool doubleQuant = false, int nestedBlockSize = DoubleQuantizedScales.DefaultNestedBlockSize, string? name = null) =>
+        Quantize(weight, type, blockSize, doubleQuant, nestedBlockSize, name, useTorchOps: false);
+
+    /// <summary>
+    /// The one place the quantizer path is chosen: the fused CPU kernel for CPU tensors, torch ops elsewhere (CUDA).
+    /// Tests force <paramref name="useTorchOps"/> to hold both paths to the reference.
+    /// </summary>
+    internal static FourBitWeight Quantize(Tensor weight, FourBitType type, int blockSize, bool doubleQuant,
+        int nestedBlockSize, string? name, bool useTorchOps)
     {
-        QuantInputChecks.RequireFiniteFloat(weight, name);
+        QuantInputChecks.RequireFloat(weight, name);
         long n = weight.numel();
         QuantInputChecks.RequireBlockSize(blockSize, n, name);
 
         using var scope = NewDisposeScope();
-        var flat = weight.detach().reshape(-1).to(ScalarType.Float32);           // (n)
-        var (scaled, absmax) = Blockwise.ScaleByAbsmax(Blockwise.ToBlocks(flat, blockSize));
-        var codes = EncodeCodes(type, scaled).view(-1);                           // (nBlocks * blockSize) uint8
-        // An odd n keeps one padding code (the code of 0.0) in the last low nibble, as bitsandbytes does.
-        var packed = PackNibbles(codes.narrow(0, 0, n + n % 2)).MoveToOuterDisposeScope();
+        var flat = weight.detach().reshape(-1);                                   // (n)
+        var (packed, absmax) = useTorchOps || flat.device_type != DeviceType.CPU
+            ? QuantizeWithTorchOps(flat, type, blockSize)
+            : QuantizeWithCpuKernel(flat, type, blockSize);
+        QuantInputChecks.RequireFinite(absmax, name); // a NaN or Inf anywhere makes its block's absmax NaN or Inf
+        packed.MoveToOuterDisposeScope();
         BlockScales scales = doubleQuant
             ? DoubleQuantizedScales.Quantize(absmax, nestedBlockSize)
             : new PlainScales(absmax);
@@ -51,17 +64,29 @@ public sealed record FourBitWeight(
     }
 
     /// <summary>
-    /// The dense weight of <see cref="Shape"/> in <paramref name="dtype"/>. On CUDA this is the fused kernel
-    /// (<see cref="FourBitCudaKernel"/>: same arithmetic, one pass over memory, equal bit for bit); elsewhere, or
-    /// when the kernel cannot run, the torch-op path.
+    /// The dense weight of <see cref="Shape"/> in <paramref name="dtype"/>. On CUDA the fused kernel
+    /// (<see cref="FourBitCudaKernel"/>), on the CPU the <see cref="CpuFourBitKernel"/>, the torch-op path where
+    /// neither can run; all the same arithmetic, equal bit for bit.
     /// </summary>
-    public Tensor Dequantize(ScalarType dtype)
+    public Tensor Dequantize(ScalarType dtype) => Dequantize(dtype, useTorchOps: false);
+
+    /// <summary>Dequantizes to the dtype the weight had before quantization.</summary>
+    public Tensor Dequantize() => Dequantize(DType);
+
+    /// <summary>The one place the dequantizer path is chosen; tests force <paramref name="useTorchOps"/>.</summary>
+    internal Tensor Dequantize(ScalarType dtype, bool useTorchOps)
     {
-        if (Packed.device_type == DeviceType.CUDA && TryDequantizeWithKernel(dtype) is { } fast) return fast;
+        if (!useTorchOps && Packed.device_type == DeviceType.CUDA && TryDequantizeWithCudaKernel(dtype) is { } fast)
+            return fast;
+        if (!useTorchOps && Packed.device_type == DeviceType.CPU && Numel <= int.MaxValue / 4)
+            return DequantizeWithCpuKernel(dtype);
         return DequantizeWithTorchOps(dtype);
     }
 
-    /// <summary>The torch-op path: the reference for the CUDA kernel and the path on CPU.</summary>
+    /// <summary>
+    /// The device-agnostic torch-op path (a 256-entry byte -> (high, low) value table, then one multiply per block):
+    /// the reference the kernels are measured against.
+    /// </summary>
     public Tensor DequantizeWithTorchOps(ScalarType dtype)
     {
         using var scope = NewDisposeScope();
@@ -71,7 +96,15 @@ public sealed record FourBitWeight(
         return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
     }
 
-    Tensor? TryDequantizeWithKernel(ScalarType dtype)
+    Tensor DequantizeWithCpuKernel(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var scales = Scales.Dequantize().contiguous();                            // (nBlocks) fp32
+        var dense = CpuFourBitKernel.Dequantize(Packed.contiguous(), scales, Type, BlockSize, Numel);
+        return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
+    }
+
+    Tensor? TryDequantizeWithCudaKernel(ScalarType dtype)
     {
         var codebook = CodeTables.Float(FourBitCodebook.Name(Type) + "/values", Packed.device, () => FourBitCodebook.Values(Type));
         var dense = Scales switch
@@ -85,9 +118,6 @@ public sealed record FourBitWeight(
         using (dense) return dense.view(Shape);
     }
 
-    /// <summary>Dequantizes to the dtype the weight had before quantization.</summary>
-    public Tensor Dequantize() => Dequantize(DType);
-
     public FourBitWeight To(Device device) => this with { Packed = Packed.to(device), Scales = Scales.To(device) };
 
     /// <summary>Packed codes plus scales (the 16-entry codebook is shared and not counted).</summary>
@@ -96,6 +126,32 @@ public sealed record FourBitWeight(
     /// <summary>"nf4", "nf4-dq", "fp4-b128", ...: the same spelling <see cref="QuantSpec.Parse"/> reads.</summary>
     public string FormatName => new FourBitSpec(Type, BlockSize, IsDoubleQuantized,
         (Scales as DoubleQuantizedScales)?.NestedBlockSize ?? DoubleQuantizedScales.DefaultNestedBlockSize).ToString();
+
+    /// <summary>Device-agnostic path: packed codes (ceil(n/2)) and absmax (nBlocks) from torch ops.</summary>
+    static (Tensor Packed, Tensor Absmax) QuantizeWithTorchOps(Tensor flat, FourBitType type, int blockSize)
+    {
+        long n = flat.shape[0];
+        var (scaled, absmax) = Blockwise.ScaleByAbsmax(Blockwise.ToBlocks(flat.to(ScalarType.Float32), blockSize));
+        var codes = EncodeCodes(type, scaled).view(-1);                           // (nBlocks * blockSize) uint8
+        // An odd n keeps one padding code (the code of 0.0) in the last low nibble, as bitsandbytes does.
+        return (PackNibbles(codes.narrow(0, 0, n + n % 2)), absmax);
+    }
+
+    /// <summary>CPU path: the fused kernel over fp32 chunks of whole blocks (bounds the fp32 copy of a bf16 weight).</summary>
+    static (Tensor Packed, Tensor Absmax) QuantizeWithCpuKernel(Tensor flat, FourBitType type, int blockSize)
+    {
+        long n = flat.shape[0], chunk = Math.Max(blockSize, ChunkElements);
+        var packed = new List<Tensor>();
+        var absmax = new List<Tensor>();
+        for (long start = 0; start < n; start += chunk)
+        {
+            var part = flat.narrow(0, start, Math.Min(chunk, n - start)).to(ScalarType.Float32).contiguous();
+            var (p, a) = CpuFourBitKernel.Quantize(part, type, blockSize);
+            packed.Add(p);
+            absmax.Add(a);
+        }
+        return packed.Count == 1 ? (packed[0], absmax[0]) : (cat(packed, 0), cat(absmax, 0));
+    }
 
     static Tensor EncodeCodes(FourBitType type, Tensor scaled)
     {

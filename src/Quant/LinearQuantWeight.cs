@@ -31,7 +31,7 @@ public sealed record LinearQuantWeight(
     /// <summary>Quantizes a 2-D weight [out, in] with torch ops on its own device.</summary>
     public static LinearQuantWeight Quantize(Tensor weight, LinearQuantSpec spec, string? name = null)
     {
-        QuantInputChecks.RequireFiniteFloat(weight, name);
+        QuantInputChecks.RequireFloat(weight, name);
         long groupLength = GroupLength(spec, weight.shape, name);
 
         using var scope = NewDisposeScope();
@@ -40,13 +40,16 @@ public sealed record LinearQuantWeight(
         Tensor? zero = null;
         if (spec.Symmetric)
         {
-            scale = NonZero(groups.abs().amax([1]) / (float)spec.QMax);                 // (groups)
+            var max = groups.abs().amax([1]);                                           // (groups)
+            QuantInputChecks.RequireFinite(max, name);
+            scale = NonZero(max / (float)spec.QMax);
             q = (groups / scale.unsqueeze(1)).round();
         }
         else
         {
             var rmin = groups.amin([1]).clamp_max(0);
             var rmax = groups.amax([1]).clamp_min(0);
+            QuantInputChecks.RequireFinite(rmax - rmin, name);
             scale = NonZero((rmax - rmin) / (float)(spec.QMax - spec.QMin));
             zero = (spec.QMin - rmin / scale).round().clamp(spec.QMin, spec.QMax);      // (groups)
             q = (groups / scale.unsqueeze(1) + zero.unsqueeze(1)).round();
@@ -106,10 +109,12 @@ public sealed record LinearQuantWeight(
         return FourBitWeight.PackNibbles(nibbles);
     }
 
+    /// <summary>Value of each two's complement nibble: 0..7, then -8..-1.</summary>
+    static readonly float[] SignedNibbles = Enumerable.Range(0, 16).Select(v => (float)(v >= 8 ? v - 16 : v)).ToArray();
+
     Tensor UnpackInt4()
     {
-        var signedNibbles = Enumerable.Range(0, 16).Select(v => (float)(v >= 8 ? v - 16 : v)).ToArray();
-        var pairs = CodeTables.NibblePairs("int4", Codes.device, signedNibbles);
+        var pairs = CodeTables.NibblePairs("int4", Codes.device, SignedNibbles);
         return pairs.index_select(0, Codes.to(ScalarType.Int64)).view(-1).narrow(0, 0, Numel);
     }
 }

@@ -6,19 +6,28 @@ namespace QLoraNet.Quant;
 /// <summary>The one-line errors for bad quantizer input, shared by every format.</summary>
 static class QuantInputChecks
 {
-    /// <summary>A floating tensor with at least one element and only finite values.</summary>
-    public static void RequireFiniteFloat(Tensor weight, string? name)
+    /// <summary>A floating tensor with at least one element.</summary>
+    public static void RequireFloat(Tensor weight, string? name)
     {
-        string what = name is null ? "weight" : $"tensor '{name}'";
         if (!weight.is_floating_point())
-            throw new ArgumentException($"cannot quantize {what}: dtype {weight.dtype} is not floating point");
+            throw new ArgumentException($"cannot quantize {What(name)}: dtype {weight.dtype} is not floating point");
         if (weight.numel() == 0)
-            throw new ArgumentException($"cannot quantize {what}: it has no elements");
-        // One scalar comes back to the host; the data stays on its device.
-        using var finite = weight.isfinite().all();
-        if (!finite.item<bool>())
-            throw new ArgumentException($"cannot quantize {what}: it contains NaN or Inf values; fix the checkpoint or skip this tensor");
+            throw new ArgumentException($"cannot quantize {What(name)}: it has no elements");
     }
+
+    /// <summary>
+    /// Only finite values in <paramref name="reduced"/>: a per-block max/min, where any NaN or Inf of the weight
+    /// shows up, so the check reads a few thousand values instead of the whole weight. One bool comes back to the
+    /// host; the data stays on its device.
+    /// </summary>
+    public static void RequireFinite(Tensor reduced, string? name)
+    {
+        using var finite = reduced.isfinite().all();
+        if (!finite.item<bool>())
+            throw new ArgumentException($"cannot quantize {What(name)}: it contains NaN or Inf values; fix the checkpoint or skip this tensor");
+    }
+
+    static string What(string? name) => name is null ? "weight" : $"tensor '{name}'";
 
     /// <summary>A power of two, at least 2 (two codes share a byte), at most the number of elements.</summary>
     public static void RequireBlockSize(int blockSize, long numel, string? name, string what = "blocksize")

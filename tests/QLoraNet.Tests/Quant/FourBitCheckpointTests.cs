@@ -90,6 +90,10 @@ public class FourBitCheckpointTests
         notJson[stateKey] = tensor(Encoding.UTF8.GetBytes("{\"quant_type\": "));
         AssertOneLineError(notJson, stateKey);
 
+        var otherMap = FourBitCheckpoint.ToTensors(q, Prefix);
+        otherMap[Prefix + "weight.quant_map"] = tensor(FourBitCodebook.Values(FourBitType.Fp4));
+        AssertOneLineError(otherMap, Prefix + "weight.quant_map");
+
         var wrongType = FourBitCheckpoint.ToTensors(q, Prefix);
         wrongType[stateKey] = tensor(Encoding.UTF8.GetBytes(
             Encoding.UTF8.GetString(Bytes(wrongType[stateKey])).Replace("\"nf4\"", "\"fp4\"")));

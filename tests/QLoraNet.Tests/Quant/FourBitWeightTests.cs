@@ -20,16 +20,18 @@ public class FourBitWeightTests
     }
 
     [Theory]
-    [InlineData(FourBitType.Nf4)]
-    [InlineData(FourBitType.Fp4)]
-    public void A_value_exactly_on_a_midpoint_takes_the_lower_code_and_just_above_takes_the_upper(FourBitType type)
+    [InlineData(FourBitType.Nf4, false)]
+    [InlineData(FourBitType.Fp4, false)]
+    [InlineData(FourBitType.Nf4, true)]
+    [InlineData(FourBitType.Fp4, true)]
+    public void A_value_exactly_on_a_midpoint_takes_the_lower_code_and_just_above_takes_the_upper(FourBitType type, bool useTorchOps)
     {
         var thresholds = FourBitCodebook.Thresholds(type);
         // Block of 16 (or 8) with absmax exactly 1, so scaled value == stored value.
         var onMidpoint = new[] { 1f }.Concat(thresholds).ToArray();
         var above = new[] { 1f }.Concat(thresholds.Select(m => MathF.BitIncrement(m))).ToArray();
-        var codesOn = Codes(Quantize(onMidpoint, type));
-        var codesAbove = Codes(Quantize(above, type));
+        var codesOn = Codes(Quantize(onMidpoint, type, useTorchOps));
+        var codesAbove = Codes(Quantize(above, type, useTorchOps));
         var values = FourBitCodebook.Values(type);
         for (int i = 0; i < thresholds.Length; i++)
         {
@@ -77,17 +79,25 @@ public class FourBitWeightTests
         { FourBitType.Fp4, 64 * 600, 64, true },
         { FourBitType.Nf4, 4096, 128, true },
         { FourBitType.Fp4, 999, 32, false },
+        { FourBitType.Nf4, 998, 4, false },            // blocks narrower than a SIMD vector
+        { FourBitType.Nf4, (1 << 22) + 64 * 3 + 1, 64, true }, // more than one CPU chunk, odd numel
+
     };
 
     [Theory]
     [MemberData(nameof(ReferenceCases))]
-    public void Tensor_path_equals_the_reference_bit_for_bit(FourBitType type, int n, int blockSize, bool doubleQuant)
+    public void Cpu_kernel_and_torch_ops_equal_the_reference_bit_for_bit(FourBitType type, int n, int blockSize, bool doubleQuant)
     {
         var data = Normal(n, seed: n + blockSize, sigma: 0.02f);
         data[5] = 0f; data[n / 2] = -0f; // zeros of both signs
-        var fast = FourBitWeight.Quantize(tensor(data), type, blockSize, doubleQuant);
         var reference = FourBitReference.Quantize(data, [n], type, blockSize, doubleQuant);
+        foreach (bool useTorchOps in new[] { false, true })
+            AssertEqual(reference, FourBitWeight.Quantize(tensor(data), type, blockSize, doubleQuant,
+                DoubleQuantizedScales.DefaultNestedBlockSize, null, useTorchOps), doubleQuant);
+    }
 
+    static void AssertEqual(FourBitWeight reference, FourBitWeight fast, bool doubleQuant)
+    {
         Assert.Equal(Bytes(reference.Packed), Bytes(fast.Packed));
         if (doubleQuant)
         {
@@ -100,7 +110,9 @@ public class FourBitWeightTests
         {
             AssertBitsEqual(Floats(((PlainScales)reference.Scales).Absmax), Floats(((PlainScales)fast.Scales).Absmax), "absmax");
         }
-        AssertBitsEqual(FourBitReference.Dequantize(reference), Floats(fast.Dequantize(ScalarType.Float32)), "dequantized");
+        var expected = FourBitReference.Dequantize(reference);
+        AssertBitsEqual(expected, Floats(fast.Dequantize(ScalarType.Float32, useTorchOps: false)), "dequantized (cpu kernel)");
+        AssertBitsEqual(expected, Floats(fast.Dequantize(ScalarType.Float32, useTorchOps: true)), "dequantized (torch ops)");
     }
 
     [Fact]
@@ -134,7 +146,8 @@ public class FourBitWeightTests
     }
 
     /// <summary>One block holding all of <paramref name="data"/> (its length a power of two).</summary>
-    static FourBitWeight Quantize(float[] data, FourBitType type) => FourBitWeight.Quantize(tensor(data), type, blockSize: data.Length);
+    static FourBitWeight Quantize(float[] data, FourBitType type, bool useTorchOps = false) =>
+        FourBitWeight.Quantize(tensor(data), type, data.Length, false, DoubleQuantizedScales.DefaultNestedBlockSize, null, useTorchOps);
 
     static byte[] Codes(FourBitWeight q) =>
         Bytes(q.Packed).SelectMany(b => new[] { (byte)(b >> 4), (byte)(b & 0xF) }).Take((int)q.Numel).ToArray();

@@ -41,6 +41,21 @@ public class FrozenLinearTests
     }
 
     [Fact]
+    public void Bf16_compute_matches_a_bf16_linear_on_the_dequantized_weight()
+    {
+        using var scope = NewDisposeScope();
+        var weight = tensor(Normal(32 * 64, seed: 13, sigma: 0.05f), [32, 64]).to(ScalarType.BFloat16);
+        var linear = FrozenLinearFactory.Create(weight, QuantSpec.Parse("nf4-dq"), ScalarType.BFloat16, CPU);
+        var x = tensor(Normal(4 * 64, seed: 14), [4, 64]).to(ScalarType.BFloat16).requires_grad_(true);
+        var y = linear.forward(x);
+        Assert.Equal(ScalarType.BFloat16, y.dtype);
+        var expected = nn.functional.linear(x.detach(), linear.DequantizeWeight(ScalarType.BFloat16));
+        AssertBitsEqual(Floats(expected), Floats(y), "bf16 output");
+        y.sum().backward();
+        Assert.Equal(ScalarType.BFloat16, x.grad!.dtype);
+    }
+
+    [Fact]
     public void Four_bit_linear_holds_its_stored_form_as_buffers_and_ignores_dtype_conversion()
     {
         using var scope = NewDisposeScope();
