@@ -76,6 +76,15 @@ public class LoraApplierTests
     }
 
     [Theory]
+    [InlineData("model.layers.0.self_attn.q_proj", "q_proj", true)]
+    [InlineData("model.layers.0.self_attn.q_proj", "self_attn.q_proj", true)]
+    [InlineData("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.q_proj", true)]
+    [InlineData("model.layers.0.self_attn.xq_proj", "q_proj", false)]
+    [InlineData("model.layers.0.self_attn.q_proj", "proj", false)]
+    public void TargetsMatchWholeTrailingPathComponents(string path, string target, bool expected) =>
+        Assert.Equal(expected, LoraApplier.MatchesTarget(path, target));
+
+    [Theory]
     [InlineData("model.layers.12.self_attn.q_proj", 12)]
     [InlineData("layers.3.mlp.up_proj", 3)]
     [InlineData("lm_head", null)]
