@@ -12,29 +12,35 @@ namespace QLoraNet.Peft;
 /// </summary>
 public static class ChildModuleReplacer
 {
-    public static void Replace(nn.Module parent, string childName, nn.Module replacement)
+    /// <summary>Throws unless <paramref name="parent"/>'s child <paramref name="childName"/> can be swapped for a <paramref name="replacementType"/>.</summary>
+    public static void EnsureReplaceable(nn.Module parent, string childName, Type replacementType)
     {
         var current = parent.named_children().FirstOrDefault(c => c.name == childName).module
             ?? throw new InvalidOperationException(
                 $"module {parent.GetType().Name} has no child '{childName}'; children: {string.Join(", ", parent.named_children().Select(c => c.name))}");
+        if (parent is IList<nn.Module<Tensor, Tensor>> && int.TryParse(childName, out _))
+        {
+            if (!typeof(nn.Module<Tensor, Tensor>).IsAssignableFrom(replacementType))
+                throw new InvalidOperationException($"cannot put a {replacementType.Name} into the ModuleList at '{childName}'");
+        }
+        else if (FieldHolding(parent, childName, current) is { } field && !field.FieldType.IsAssignableFrom(replacementType))
+        {
+            throw new InvalidOperationException(
+                $"field {parent.GetType().Name}.{field.Name} is declared as {field.FieldType.Name}, which cannot hold a {replacementType.Name}; declare it as nn.Module<Tensor, Tensor> so that LoRA can wrap it");
+        }
+    }
 
+    public static void Replace(nn.Module parent, string childName, nn.Module replacement)
+    {
+        EnsureReplaceable(parent, childName, replacement.GetType());
         if (parent is IList<nn.Module<Tensor, Tensor>> list && int.TryParse(childName, out int index))
         {
-            // A ModuleList's forward-facing store is its list, not a field.
-            if (replacement is not nn.Module<Tensor, Tensor> typed)
-                throw new InvalidOperationException($"cannot put a {replacement.GetType().Name} into the ModuleList at '{childName}'");
-            list[index] = typed;
+            list[index] = (nn.Module<Tensor, Tensor>)replacement;  // a ModuleList's forward-facing store is its list, not a field
         }
         else
         {
-            var field = FieldHolding(parent, childName, current);
-            if (field != null)
-            {
-                if (!field.FieldType.IsInstanceOfType(replacement))
-                    throw new InvalidOperationException(
-                        $"field {parent.GetType().Name}.{field.Name} is declared as {field.FieldType.Name}, which cannot hold a {replacement.GetType().Name}; declare it as nn.Module<Tensor, Tensor> so that LoRA can wrap it");
-                field.SetValue(parent, replacement);
-            }
+            var current = parent.named_children().First(c => c.name == childName).module;
+            FieldHolding(parent, childName, current)?.SetValue(parent, replacement);
         }
 
         parent.register_module(childName, null!);  // null unregisters; register_module refuses to overwrite a name

@@ -26,14 +26,24 @@ public static partial class LoraApplier
         var selected = Select(linearPaths, settings);
         var byPath = modules.ToDictionary(m => m.name, m => m.module);
 
+        (nn.Module parent, string name) ParentOf(string path)
+        {
+            int dot = path.LastIndexOf('.');
+            return (dot < 0 ? model : byPath[path[..dot]], path[(dot + 1)..]);
+        }
+        // Check every swap first, so that a model that cannot take LoRA is left as it was.
+        foreach (var path in selected)
+        {
+            var (parent, name) = ParentOf(path);
+            ChildModuleReplacer.EnsureReplaceable(parent, name, typeof(LoraLinear));
+        }
+
         using var generator = settings.Seed is long seed ? new Generator((ulong)seed) : null;
         foreach (var path in selected)
         {
-            var linear = (FrozenLinear)byPath[path];
-            var wrapped = new LoraLinear(linear, settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator);
-            int dot = path.LastIndexOf('.');
-            var parent = dot < 0 ? model : byPath[path[..dot]];
-            ChildModuleReplacer.Replace(parent, path[(dot + 1)..], wrapped);
+            var wrapped = new LoraLinear((FrozenLinear)byPath[path], settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator);
+            var (parent, name) = ParentOf(path);
+            ChildModuleReplacer.Replace(parent, name, wrapped);
         }
 
         FreezeAllButLora(model);

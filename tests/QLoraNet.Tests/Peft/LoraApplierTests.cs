@@ -76,6 +76,15 @@ public class LoraApplierTests
     }
 
     [Theory]
+    [InlineData("model.layers.0.self_attn.q_proj", "q_proj", true)]
+    [InlineData("model.layers.0.self_attn.q_proj", "self_attn.q_proj", true)]
+    [InlineData("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.q_proj", true)]
+    [InlineData("model.layers.0.self_attn.xq_proj", "q_proj", false)]
+    [InlineData("model.layers.0.self_attn.q_proj", "proj", false)]
+    public void TargetsMatchWholeTrailingPathComponents(string path, string target, bool expected) =>
+        Assert.Equal(expected, LoraApplier.MatchesTarget(path, target));
+
+    [Theory]
     [InlineData("model.layers.12.self_attn.q_proj", 12)]
     [InlineData("layers.3.mlp.up_proj", 3)]
     [InlineData("lm_head", null)]
@@ -124,9 +133,12 @@ public class LoraApplierTests
     public void AFieldTypedAsFrozenLinearCannotBeWrapped()
     {
         using var model = new StrictlyTypedHolder();
-        var e = Assert.Throws<InvalidOperationException>(() => LoraApplier.Apply(model, new LoraSettings(TargetModules: ["q_proj"])));
+        var e = Assert.Throws<InvalidOperationException>(() => LoraApplier.Apply(model, new LoraSettings(TargetModules: ["k_proj", "q_proj"])));
         Assert.Equal("field StrictlyTypedHolder.q_proj is declared as FrozenLinear, which cannot hold a LoraLinear; "
             + "declare it as nn.Module<Tensor, Tensor> so that LoRA can wrap it", e.Message);
+        // k_proj could have been wrapped, but a failed Apply leaves the whole model as it was.
+        Assert.DoesNotContain(model.modules(), m => m is LoraLinear);
+        Assert.True(model.get_parameter("k_proj.weight")!.requires_grad);
     }
 
     [Fact]
@@ -164,8 +176,9 @@ public class LoraApplierTests
 
     private sealed class StrictlyTypedHolder : nn.Module<Tensor, Tensor>
     {
+        private readonly nn.Module<Tensor, Tensor> k_proj = DenseTestLinear.Random(4, 4, seed: 2);
         private readonly FrozenLinear q_proj = DenseTestLinear.Random(4, 4, seed: 1);
         public StrictlyTypedHolder() : base(nameof(StrictlyTypedHolder)) => RegisterComponents();
-        public override Tensor forward(Tensor x) => q_proj.forward(x);
+        public override Tensor forward(Tensor x) => q_proj.forward(k_proj.forward(x));
     }
 }
