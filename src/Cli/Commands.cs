@@ -9,5 +9,6 @@ public static partial class Commands
     {
         yield return InfoCommand.Create(stdout);
         yield return BenchCommand.Create(stdout);
+        yield return ExportCommand.Create(stdout);
     }
 }

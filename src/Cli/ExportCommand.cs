@@ -1,0 +1,59 @@
+using System.CommandLine;
+using QLoraNet.Formats;
+
+namespace QLoraNet.Cli;
+
+/// <summary>
+/// `export`: writes a Hugging Face Llama checkpoint as one GGUF v3 file for llama.cpp (f16, q8_0 or q4_0 weights),
+/// streaming tensor by tensor. Which tensors keep which type is documented on <see cref="GgufTypePolicy"/>.
+/// </summary>
+public static class ExportCommand
+{
+    public static Command Create(TextWriter stdout)
+    {
+        var model = new Option<string>("--model") { Description = "Hugging Face Llama directory (config.json, *.safetensors, tokenizer.model)", Required = true };
+        var format = new Option<string>("--format") { Description = "output format: gguf", DefaultValueFactory = _ => "gguf" };
+        var type = new Option<string>("--type") { Description = "weight type: f16, q8_0 or q4_0 (norms stay f32)", DefaultValueFactory = _ => "f16" };
+        var output = new Option<string>("--out") { Description = "output file, e.g. model.gguf", Required = true };
+        var overwrite = new Option<bool>("--overwrite") { Description = "replace --out if it exists" };
+        var cmd = new Command("export", "export a Llama checkpoint to GGUF for llama.cpp");
+        foreach (var o in new Option[] { model, format, type, output, overwrite }) cmd.Options.Add(o);
+        cmd.SetAction(pr =>
+        {
+            string fmt = pr.GetValue(format)!;
+            if (!fmt.Equals("gguf", StringComparison.OrdinalIgnoreCase))
+                throw new ArgumentException($"--format '{fmt}' is not supported; use gguf");
+            var exportType = GgufTypePolicy.Parse(pr.GetValue(type)!);
+            string outPath = pr.GetValue(output)!;
+            bool replace = pr.GetValue(overwrite);
+            CheckOutput(outPath, replace);
+            LibTorchProbe.EnsureLoaded();
+
+            var summary = GgufLlamaExporter.Export(pr.GetValue(model)!, outPath, exportType, replace);
+            foreach (var w in summary.Warnings) stdout.WriteLine($"warning: {w}");
+            var counts = summary.Tensors.GroupBy(t => t.Type).OrderBy(g => g.Key).Select(g => $"{g.Count()} {GgmlTypes.Name(g.Key)}");
+            stdout.WriteLine($"wrote {outPath}: {summary.Tensors.Count} tensors ({string.Join(", ", counts)}), {summary.FileBytes / 1e6:F1} MB");
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>Fails before any work when the output cannot be written: the export itself may take minutes.</summary>
+    static void CheckOutput(string outPath, bool overwrite)
+    {
+        if (Directory.Exists(outPath)) throw new IOException($"--out '{outPath}' is a directory; give a file name such as model.gguf");
+        string dir = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
+        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"--out '{outPath}': directory '{dir}' does not exist");
+        if (File.Exists(outPath) && !overwrite) throw new IOException($"{outPath} already exists; pass --overwrite to replace it");
+        string probe = outPath + ".tmp";
+        try
+        {
+            using (new FileStream(probe, FileMode.Create, FileAccess.Write, FileShare.None)) { }
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+        {
+            throw new IOException($"--out '{outPath}' is not writable ({e.Message})");
+        }
+    }
+}
