@@ -44,42 +44,35 @@ function nextTokenStats(output, target) {
 }
 
 function logitRequest(token, target) {
-    const filter = {tokens: target === undefined ? [] : [target], includeMax: true};
+    // includeTop: 1 brings the max logit (includeMax returns nothing in node-llama-cpp 3.22.1).
+    const filter = {tokens: target === undefined ? [] : [target], includeTop: 1};
     return [token, {generateNext: {logits: {filter}, totalLogitWeight: true}}];
 }
 
-async function generate(context, model, prompt, n) {
+async function generate(sequence, model, prompt, n) {
     const promptIds = Array.from(model.tokenize(prompt));
     if (model.tokens.bos != null && model.fileInfo.metadata?.tokenizer?.ggml?.add_bos_token !== false)
         promptIds.unshift(model.tokens.bos);
-    const sequence = context.getSequence();
-    try {
-        const generated = [];
-        let input = promptIds.map((t, i) => i === promptIds.length - 1 ? logitRequest(t) : t);
-        for (let step = 0; step < n; step++) {
-            const out = await sequence.controlledEvaluate(input);
-            const next = nextTokenStats(out[input.length - 1]).argmax;
-            generated.push(next);
-            input = [logitRequest(next)];
-        }
-        return {prompt, prompt_ids: promptIds, generated_ids: generated, text: model.detokenize(generated)};
-    } finally {
-        sequence.dispose();
+    await sequence.clearHistory();
+    const generated = [];
+    let input = promptIds.map((t, i) => i === promptIds.length - 1 ? logitRequest(t) : t);
+    for (let step = 0; step < n; step++) {
+        const out = await sequence.controlledEvaluate(input);
+        const next = nextTokenStats(out[input.length - 1]).argmax;
+        generated.push(next);
+        input = [logitRequest(next)];
     }
+    return {prompt, prompt_ids: promptIds, generated_ids: generated, text: model.detokenize(generated)};
 }
 
-async function meanLoss(context, ids) {
-    const sequence = context.getSequence();
-    try {
-        const input = ids.map((t, i) => i + 1 < ids.length ? logitRequest(t, ids[i + 1]) : t);
-        const out = await sequence.controlledEvaluate(input);
-        let sum = 0;
-        for (let i = 0; i + 1 < ids.length; i++) sum -= nextTokenStats(out[i], ids[i + 1]).logProb;
-        const mean = sum / (ids.length - 1);
-        return {n_predicted: ids.length - 1, mean_loss: mean, perplexity: Math.exp(mean)};
-    } finally {
-        sequence.dispose();
-    }
+async function meanLoss(sequence, ids) {
+    await sequence.clearHistory();
+    const input = ids.map((t, i) => i + 1 < ids.length ? logitRequest(t, ids[i + 1]) : t);
+    const out = await sequence.controlledEvaluate(input);
+    let sum = 0;
+    for (let i = 0; i + 1 < ids.length; i++) sum -= nextTokenStats(out[i], ids[i + 1]).logProb;
+    const mean = sum / (ids.length - 1);
+    return {n_predicted: ids.length - 1, mean_loss: mean, perplexity: Math.exp(mean)};
 }
 
 function readIds(path) {
@@ -97,13 +90,14 @@ async function main() {
     const contextSize = args.contextSize ?? Math.max(64, ids ? ids.length + 8 : 256);
     const context = await model.createContext({contextSize, batchSize: contextSize, sequences: 1, threads: 2});
     try {
+        const sequence = context.getSequence();
         let result;
         if (args.command === "generate") {
             const results = [];
-            for (const prompt of args.prompts) results.push(await generate(context, model, prompt, args.n));
+            for (const prompt of args.prompts) results.push(await generate(sequence, model, prompt, args.n));
             result = {results};
         } else {
-            result = await meanLoss(context, ids);
+            result = await meanLoss(sequence, ids);
         }
         process.stdout.write(JSON.stringify(result) + "\n");
     } finally {
