@@ -8,6 +8,7 @@ public static partial class Commands
     public static IEnumerable<Command> All(TextWriter stdout)
     {
         yield return InfoCommand.Create(stdout);
+        yield return GenerateCommand.Create(stdout);
         yield return BenchCommand.Create(stdout);
         yield return ExportCommand.Create(stdout);
     }

@@ -1,0 +1,55 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Models;
+
+/// <summary>
+/// Activation checkpointing for one decoder layer (Chen et al. 2016, "Training Deep Nets with Sublinear Memory
+/// Cost"), re-entrant style like PyTorch's checkpoint(use_reentrant=True): forward runs the layer without building a
+/// graph and keeps only its input; backward runs the layer again with a graph and back-propagates through it,
+/// which accumulates the LoRA gradients of that layer and yields the gradient of its input. TorchSharp has no
+/// checkpointing of its own. Memory per layer drops from every intermediate (attention, MLP, dequantized weights)
+/// to one (B, T, hidden) tensor, for one extra forward.
+/// Randomness (LoRA dropout) must be the same in the recomputation: the global generator is seeded with the same
+/// value before both runs.
+/// Call: <c>LayerCheckpoint.apply(hidden, layer, cos, sin, mask, seed)</c>; hidden must require grad (the caller
+/// sets it on the embedding output, which is frozen) or backward never reaches this layer.
+/// </summary>
+public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpoint>
+{
+    public override string Name => nameof(LayerCheckpoint);
+
+    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var hidden = (Tensor)vars[0];
+        var layer = (LlamaDecoderLayer)vars[1];
+        var (cos, sin, mask, seed) = ((Tensor)vars[2], (Tensor)vars[3], (Tensor?)vars[4], (long)vars[5]);
+        // Tensors go through save_for_backward (autograd keeps them alive after the caller's dispose scope ends);
+        // the layer and the seed are plain data.
+        ctx.save_for_backward(mask is null ? [hidden, cos, sin] : [hidden, cos, sin, mask]);
+        ctx.save_data("layer", layer);
+        ctx.save_data("seed", seed);
+        using var noGrad = torch.no_grad();
+        torch.manual_seed(seed);
+        return layer.forward(hidden, cos, sin, mask);
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+    {
+        var saved = ctx.get_saved_variables();
+        var (hidden, cos, sin, mask) = (saved[0], saved[1], saved[2], saved.Count > 3 ? saved[3] : null);
+        var layer = (LlamaDecoderLayer)ctx.get_data("layer");
+        var seed = (long)ctx.get_data("seed");
+
+        using var enableGrad = torch.enable_grad();
+        torch.manual_seed(seed);
+        var input = hidden.detach().requires_grad_(true);
+        using (var scope = NewDisposeScope())
+        {
+            var output = layer.forward(input, cos, sin, mask);
+            torch.autograd.backward([output], [gradOutput]);
+        }
+        var gradInput = input.grad ?? torch.zeros_like(input);
+        return [gradInput, null!, null!, null!, null!, null!];
+    }
+}

@@ -1,0 +1,92 @@
+using QLoraNet.Quant;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace QLoraNet.Models;
+
+/// <summary>
+/// Causal self-attention with rotary positions and grouped-query attention (Ainslie et al. 2023, "GQA",
+/// arXiv:2305.13245): numHeads query heads share numKvHeads key/value heads, each kv head serving
+/// numHeads/numKvHeads consecutive query heads (HF's repeat_kv order). The four projections are frozen linears;
+/// their field names are the Hugging Face state-dict names so LoRA finds "...self_attn.q_proj" by path.
+/// </summary>
+public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, KvCache?, Tensor>
+{
+    readonly FrozenLinear q_proj;
+    readonly FrozenLinear k_proj;
+    readonly FrozenLinear v_proj;
+    readonly FrozenLinear o_proj;
+    readonly int layerIndex;
+    readonly long numHeads;
+    readonly long numKvHeads;
+    readonly long headDim;
+
+    public LlamaAttention(string name, int layerIndex, long numHeads, long numKvHeads, long headDim,
+        FrozenLinear qProj, FrozenLinear kProj, FrozenLinear vProj, FrozenLinear oProj) : base(name)
+    {
+        if (numHeads % numKvHeads != 0)
+            throw new ArgumentException($"num_attention_heads ({numHeads}) must be a multiple of num_key_value_heads ({numKvHeads})");
+        this.layerIndex = layerIndex;
+        this.numHeads = numHeads;
+        this.numKvHeads = numKvHeads;
+        this.headDim = headDim;
+        q_proj = qProj;
+        k_proj = kProj;
+        v_proj = vProj;
+        o_proj = oProj;
+        RegisterComponents();
+    }
+
+    public long NumHeads => numHeads;
+    public long NumKvHeads => numKvHeads;
+    public long HeadDim => headDim;
+
+    /// <param name="hidden">(B, T, hidden)</param>
+    /// <param name="cos">(B, T, headDim) from <see cref="RotaryEmbedding"/></param>
+    /// <param name="sin">(B, T, headDim)</param>
+    /// <param name="mask">null for plain causal attention, or a boolean mask broadcastable to (B, heads, T, S),
+    /// true = may attend, that replaces the causal rule (it must include causality itself; see <see cref="AttentionMask"/>).</param>
+    /// <param name="cache">past keys/values; this layer appends its new ones.</param>
+    /// <returns>(B, T, hidden)</returns>
+    public override Tensor forward(Tensor hidden, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache)
+    {
+        using var scope = NewDisposeScope();
+        long b = hidden.shape[0], t = hidden.shape[1];
+
+        var q = q_proj.call(hidden).view(b, t, numHeads, headDim).transpose(1, 2);     // (B, nHeads, T, headDim)
+        var k = k_proj.call(hidden).view(b, t, numKvHeads, headDim).transpose(1, 2);   // (B, nKv, T, headDim)
+        var v = v_proj.call(hidden).view(b, t, numKvHeads, headDim).transpose(1, 2);   // (B, nKv, T, headDim)
+        q = RotaryEmbedding.Apply(q, cos, sin);
+        k = RotaryEmbedding.Apply(k, cos, sin);
+
+        if (cache is not null) (k, v) = cache.Append(layerIndex, k, v);               // (B, nKv, S, headDim)
+        long s = k.shape[2];
+        k = RepeatKv(k);                                                                // (B, nHeads, S, headDim)
+        v = RepeatKv(v);
+
+        // Causal unless told otherwise. SDPA's is_causal aligns the triangle top-left, right only when T == S; a
+        // single new token after a cache sees everything; several new tokens after a cache need a shifted triangle.
+        Tensor? attnMask = mask;
+        bool isCausal = false;
+        if (mask is null)
+        {
+            if (t == s) isCausal = t > 1;
+            else if (t > 1) attnMask = AttentionMask.Causal(t, s, hidden.device);
+        }
+        // Scale defaults to 1/sqrt(headDim), as in the paper and HF.
+        var attn = F.scaled_dot_product_attention(q, k, v, attnMask, p: 0.0, is_casual: isCausal); // (B, nHeads, T, headDim)
+
+        var merged = attn.transpose(1, 2).reshape(b, t, numHeads * headDim);         // (B, T, nHeads*headDim)
+        return o_proj.call(merged).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>(B, nKv, S, D) -> (B, nKv * rep, S, D), kv head j serving query heads j*rep .. j*rep+rep-1.</summary>
+    Tensor RepeatKv(Tensor x)
+    {
+        long rep = numHeads / numKvHeads;
+        if (rep == 1) return x;
+        long b = x.shape[0], s = x.shape[2];
+        return x.unsqueeze(2).expand(b, numKvHeads, rep, s, headDim).reshape(b, numHeads, s, headDim);
+    }
+}

@@ -1,0 +1,76 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Models;
+
+/// <summary>
+/// The Llama decoder stack (Touvron et al. 2023, arXiv:2302.13971): token embedding, N decoder layers, final RMSNorm.
+/// Module names equal Hugging Face's state-dict keys under "model.": embed_tokens, layers.{i}, norm.
+/// </summary>
+public sealed class LlamaModel : nn.Module<Tensor, Tensor>
+{
+    readonly FrozenEmbedding embed_tokens;
+    readonly ModuleList<LlamaDecoderLayer> layers;
+    readonly RmsNorm norm;
+    readonly RotaryEmbedding rotary_emb;
+    readonly ScalarType computeDType;
+
+    /// <param name="embedTokens">(vocab, hidden) embedding matrix, frozen; may be stored in a narrower dtype than the compute dtype.</param>
+    /// <param name="computeDType">dtype of the hidden states (embedding rows are cast to it).</param>
+    public LlamaModel(string name, Tensor embedTokens, IEnumerable<LlamaDecoderLayer> layers, RmsNorm norm,
+        RotaryEmbedding rotaryEmb, ScalarType computeDType) : base(name)
+    {
+        embed_tokens = new FrozenEmbedding("embed_tokens", embedTokens);
+        this.layers = nn.ModuleList(layers.ToArray());
+        this.norm = norm;
+        rotary_emb = rotaryEmb;
+        this.computeDType = computeDType;
+        RegisterComponents();
+    }
+
+    public FrozenEmbedding EmbedTokens => embed_tokens;
+    public ModuleList<LlamaDecoderLayer> Layers => layers;
+    public RotaryEmbedding Rotary => rotary_emb;
+    public ScalarType ComputeDType => computeDType;
+
+    /// <summary>Recompute each decoder layer in backward instead of keeping its activations (see
+    /// <see cref="LayerCheckpoint"/>). Only takes effect while gradients are enabled and no KV cache is used.</summary>
+    public bool GradientCheckpointing { get; set; }
+
+    public override Tensor forward(Tensor inputIds) => forward(inputIds, null, null, null);
+
+    /// <param name="inputIds">(B, T) int64 token ids</param>
+    /// <param name="positionIds">(B, T) int64; null = cache length + 0..T-1 in every row. Packed rows pass positions
+    /// restarting at each sequence start together with <see cref="AttentionMask.BlockCausal"/>.</param>
+    /// <param name="attentionMask">null = causal; else boolean, broadcastable to (B, heads, T, S), true = attend.</param>
+    /// <param name="cache">KV cache for generation; advanced by T.</param>
+    /// <returns>(B, T, hidden) final normed hidden states in the compute dtype.</returns>
+    public Tensor forward(Tensor inputIds, Tensor? positionIds, Tensor? attentionMask, KvCache? cache)
+    {
+        using var scope = NewDisposeScope();
+        long b = inputIds.shape[0], t = inputIds.shape[1];
+        long past = cache?.Length ?? 0;
+        positionIds ??= arange(past, past + t, ScalarType.Int64, inputIds.device).unsqueeze(0).expand(b, t);
+        var (cos, sin) = rotary_emb.call(positionIds);                                  // (B, T, headDim) each
+
+        var h = embed_tokens.call(inputIds).to(computeDType);                          // (B, T, hidden)
+        if (GradientCheckpointing && cache is null && torch.is_grad_enabled())
+        {
+            // The frozen embedding output does not require grad; the checkpoint function must see an input that
+            // does, or autograd skips its backward and the first layers' adapters get no gradient.
+            h.requires_grad_(true);
+            foreach (var layer in layers)
+            {
+                long seed = torch.randint(0, int.MaxValue, [1], ScalarType.Int64).item<long>();
+                h = LayerCheckpoint.apply(h, layer, cos, sin, attentionMask!, seed);
+            }
+        }
+        else
+        {
+            foreach (var layer in layers) h = layer.call(h, cos, sin, attentionMask, cache);
+        }
+        cache?.Advance(t);
+        return norm.call(h).MoveToOuterDisposeScope();
+    }
+}

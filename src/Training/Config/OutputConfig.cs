@@ -1,0 +1,20 @@
+using YamlDotNet.RepresentationModel;
+
+namespace QLoraNet.Training.Config;
+
+/// <summary>
+/// Where a run writes (relative to the current directory): checkpoints/step-N/, the resolved config, metrics.
+/// Only the newest <see cref="KeepLast"/> checkpoints are kept (the best one by validation loss too, by the trainer).
+/// </summary>
+public sealed record OutputConfig(string Dir, int KeepLast = 3)
+{
+    internal static OutputConfig Bind(ConfigSection s, string defaultDir)
+    {
+        var c = new OutputConfig(s.OptionalString("dir") ?? defaultDir, s.Int("keep_last", 3, 1));
+        s.Finish();
+        if (c.Dir.Length == 0) throw s.ErrorAt("dir", $"'{s.Full("dir")}' is empty; name a directory such as runs/my-run");
+        return c;
+    }
+
+    internal YamlMappingNode ToYaml() => YamlOut.Map(("dir", YamlOut.Scalar(Dir)), ("keep_last", YamlOut.Scalar(KeepLast)));
+}

@@ -1,0 +1,96 @@
+using YamlDotNet.Core;
+using YamlDotNet.RepresentationModel;
+
+namespace QLoraNet.Training.Config;
+
+/// <summary>
+/// A fine-tuning run, as read from one YAML file plus command-line overrides (an axolotl user should find the
+/// sections familiar). <see cref="Load"/> is the single place where the file is parsed and every key checked:
+/// unknown keys, wrong types, bad choices and missing files fail with one line naming file:line and what is
+/// valid. Relative paths inside the config resolve from the current directory (the README runs from the repo root).
+/// </summary>
+public sealed record TrainConfig(
+    ModelConfig Model,
+    QuantizationConfig Quantization,
+    LoraConfig Lora,
+    DataConfig Data,
+    TrainingConfig Training,
+    OutputConfig Output)
+{
+    /// <summary>Reads, overrides (<c>section.key=value</c>), binds and validates a config file.</summary>
+    public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
+    {
+        if (!File.Exists(path)) throw new ConfigException($"config file '{path}' not found (relative paths resolve from the current directory {Environment.CurrentDirectory})");
+        return Parse(File.ReadAllText(path), path, overrides);
+    }
+
+    /// <summary>Like <see cref="Load"/> on YAML text; <paramref name="file"/> names it in messages.</summary>
+    public static TrainConfig Parse(string yaml, string file, IEnumerable<string>? overrides = null)
+    {
+        var source = new ConfigSource(file);
+        var root = ReadRoot(yaml, source);
+        ConfigOverrides.Apply(root, overrides ?? [], source);
+
+        var s = new ConfigSection(source, "", root, root);
+        var config = new TrainConfig(
+            ModelConfig.Bind(s.Section("model")),
+            QuantizationConfig.Bind(s.Section("quantization")),
+            LoraConfig.Bind(s.Section("lora")),
+            DataConfig.Bind(s.Section("data")),
+            TrainingConfig.Bind(s.Section("training")),
+            OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))));
+        s.Finish();
+        source.ThrowIfMissing();
+        CheckAcrossSections(config, s);
+        return config;
+    }
+
+    /// <summary>The resolved config (every default written out) as YAML that <see cref="Parse"/> reads back.</summary>
+    public string ToYaml()
+    {
+        var root = YamlOut.Map(
+            ("model", Model.ToYaml()), ("quantization", Quantization.ToYaml()), ("lora", Lora.ToYaml()),
+            ("data", Data.ToYaml()), ("training", Training.ToYaml()), ("output", Output.ToYaml()));
+        var writer = new StringWriter();
+        new YamlStream(new YamlDocument(root)).Save(writer, assignAnchors: false);
+        // YamlStream ends every document with "..."; a config file has exactly one document.
+        return writer.ToString().Replace("\r\n", "\n").TrimEnd().TrimEnd('.').TrimEnd() + "\n";
+    }
+
+    static YamlMappingNode ReadRoot(string yaml, ConfigSource source)
+    {
+        var stream = new YamlStream();
+        try
+        {
+            stream.Load(new StringReader(yaml));
+        }
+        catch (YamlException e)
+        {
+            // YamlDotNet's message repeats the position as "(Line: 3, Col: 5, Idx: ...) - (...)": keep only the reason.
+            string reason = e.InnerException?.Message ?? e.Message;
+            int dash = reason.LastIndexOf("): ", StringComparison.Ordinal);
+            if (dash >= 0) reason = reason[(dash + 3)..];
+            throw new ConfigException($"{source.File}:{e.Start.Line}: malformed YAML: {reason}");
+        }
+        catch (InvalidOperationException e)
+        {
+            // YamlDotNet 18's scanner throws this, with no position, on some unclosed flow collections ("[8").
+            throw new ConfigException($"{source.File}: malformed YAML ({e.Message}); check for an unclosed [ or {{");
+        }
+        if (stream.Documents.Count == 0) return new YamlMappingNode();
+        if (stream.Documents.Count > 1) throw new ConfigException($"{source.File}: holds {stream.Documents.Count} YAML documents; a config is one");
+        return stream.Documents[0].RootNode as YamlMappingNode
+            ?? throw source.Error(stream.Documents[0].RootNode, "a config must be a mapping of sections (model:, lora:, data:, ...)");
+    }
+
+    static void CheckAcrossSections(TrainConfig c, ConfigSection root)
+    {
+        if (c.Data.Format == DataFormat.Chat && c.Data.Template == TemplateKind.Alpaca)
+            throw root.Section("data").ErrorAt("template",
+                "'data.template' alpaca renders instruction rows only; use llama2-chat or none with data.format chat");
+        bool hasValidation = c.Data.Validation != null || c.Data.ValFraction > 0;
+        if (c.Training.EarlyStoppingPatience != null && !hasValidation)
+            throw root.Section("training").ErrorAt("early_stopping_patience",
+                "'training.early_stopping_patience' needs validation data; set 'data.validation' or 'data.val_fraction'");
+    }
+}

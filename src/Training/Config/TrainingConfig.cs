@@ -1,0 +1,87 @@
+using YamlDotNet.RepresentationModel;
+
+namespace QLoraNet.Training.Config;
+
+/// <summary>
+/// The optimisation loop. Defaults follow the QLoRA paper's 7B/13B setup (Dettmers et al. 2023, appendix B):
+/// AdamW, lr 2e-4, constant schedule after a 3% warmup, max grad norm 0.3, no weight decay, effective batch 16,
+/// gradient checkpointing on. A step is one optimizer update of <see cref="MicroBatchSize"/> x
+/// <see cref="GradientAccumulationSteps"/> sequences. <see cref="MaxSteps"/>, when set, wins over
+/// <see cref="Epochs"/> (as in Hugging Face's Trainer). Intervals are in steps; 0 turns a periodic action off
+/// (evaluation and saving still happen once at the end). Early stopping counts evaluations without a new best
+/// validation loss and needs validation data.
+/// </summary>
+public sealed record TrainingConfig(
+    int Epochs = 1,
+    int? MaxSteps = null,
+    int MicroBatchSize = 4,
+    int GradientAccumulationSteps = 4,
+    double LearningRate = 2e-4,
+    SchedulerKind Scheduler = SchedulerKind.Constant,
+    int? WarmupSteps = null,
+    double WarmupRatio = 0.03,
+    double WeightDecay = 0.0,
+    double AdamBeta1 = 0.9,
+    double AdamBeta2 = 0.999,
+    double AdamEpsilon = 1e-8,
+    double MaxGradNorm = 0.3,
+    bool GradientCheckpointing = true,
+    int Seed = 42,
+    int LogEvery = 10,
+    int EvalEvery = 100,
+    int SaveEvery = 100,
+    int? EarlyStoppingPatience = null)
+{
+    /// <summary>Optimizer steps of the run, given the number of micro-batches in one epoch.</summary>
+    public int TotalSteps(int microBatchesPerEpoch) =>
+        MaxSteps ?? Math.Max(1, (int)Math.Ceiling((double)Epochs * microBatchesPerEpoch / GradientAccumulationSteps));
+
+    /// <summary>Warmup length in steps: <see cref="WarmupSteps"/> if set, else the ratio of the total.</summary>
+    public int Warmup(int totalSteps) => WarmupSteps ?? (int)Math.Round(WarmupRatio * totalSteps);
+
+    internal static TrainingConfig Bind(ConfigSection s)
+    {
+        var d = new TrainingConfig();
+        var c = new TrainingConfig(
+            Epochs: s.Int("epochs", d.Epochs, 1),
+            MaxSteps: s.OptionalInt("max_steps", 1),
+            MicroBatchSize: s.Int("micro_batch_size", d.MicroBatchSize, 1),
+            GradientAccumulationSteps: s.Int("gradient_accumulation_steps", d.GradientAccumulationSteps, 1),
+            LearningRate: s.Double("learning_rate", d.LearningRate, 0, 1, minExclusive: true),
+            Scheduler: s.Enum("scheduler", d.Scheduler),
+            WarmupSteps: s.OptionalInt("warmup_steps", 0),
+            WarmupRatio: s.Double("warmup_ratio", d.WarmupRatio, 0, 1),
+            WeightDecay: s.Double("weight_decay", d.WeightDecay, 0),
+            AdamBeta1: s.Double("adam_beta1", d.AdamBeta1, 0, 1),
+            AdamBeta2: s.Double("adam_beta2", d.AdamBeta2, 0, 1),
+            AdamEpsilon: s.Double("adam_epsilon", d.AdamEpsilon, 0, minExclusive: true),
+            MaxGradNorm: s.Double("max_grad_norm", d.MaxGradNorm, 0),
+            GradientCheckpointing: s.Bool("gradient_checkpointing", d.GradientCheckpointing),
+            Seed: s.Int("seed", d.Seed, 0),
+            LogEvery: s.Int("log_every", d.LogEvery, 1),
+            EvalEvery: s.Int("eval_every", d.EvalEvery, 0),
+            SaveEvery: s.Int("save_every", d.SaveEvery, 0),
+            EarlyStoppingPatience: s.OptionalInt("early_stopping_patience", 1));
+        bool ratioGiven = s.OptionalDouble("warmup_ratio") != null;
+        s.Finish();
+        if (c.WarmupSteps != null && ratioGiven)
+            throw s.ErrorAt("warmup_ratio", $"set '{s.Full("warmup_steps")}' or '{s.Full("warmup_ratio")}', not both");
+        return c;
+    }
+
+    internal YamlMappingNode ToYaml() => YamlOut.Map(
+        ("epochs", YamlOut.Scalar(Epochs)), ("max_steps", YamlOut.Scalar(MaxSteps)),
+        ("micro_batch_size", YamlOut.Scalar(MicroBatchSize)),
+        ("gradient_accumulation_steps", YamlOut.Scalar(GradientAccumulationSteps)),
+        ("learning_rate", YamlOut.Scalar(LearningRate)), ("scheduler", YamlOut.Scalar(Scheduler)),
+        ("warmup_steps", YamlOut.Scalar(WarmupSteps)),
+        // The resolved config names one warmup; writing both would make it fail to load again.
+        ("warmup_ratio", WarmupSteps == null ? YamlOut.Scalar(WarmupRatio) : null),
+        ("weight_decay", YamlOut.Scalar(WeightDecay)),
+        ("adam_beta1", YamlOut.Scalar(AdamBeta1)), ("adam_beta2", YamlOut.Scalar(AdamBeta2)),
+        ("adam_epsilon", YamlOut.Scalar(AdamEpsilon)), ("max_grad_norm", YamlOut.Scalar(MaxGradNorm)),
+        ("gradient_checkpointing", YamlOut.Scalar(GradientCheckpointing)), ("seed", YamlOut.Scalar(Seed)),
+        ("log_every", YamlOut.Scalar(LogEvery)), ("eval_every", YamlOut.Scalar(EvalEvery)),
+        ("save_every", YamlOut.Scalar(SaveEvery)),
+        ("early_stopping_patience", YamlOut.Scalar(EarlyStoppingPatience)));
+}

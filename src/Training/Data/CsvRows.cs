@@ -1,0 +1,48 @@
+using System.Text.Json;
+using CsvHelper;
+
+namespace QLoraNet.Training.Data;
+
+/// <summary>
+/// The records of a CSV file with a header row (RFC 4180 quoting; cells may span lines). The columns a format
+/// needs are checked against the header first: a missing one fails for the whole file, naming the columns found.
+/// A chat file keeps its messages as a JSON array in one cell.
+/// </summary>
+public static class CsvRows
+{
+    public static IEnumerable<Func<RowParser.Row>> Read(string path, IReadOnlyList<string> requiredColumns)
+    {
+        using var reader = CsvReader.FromFile(path, new CsvReaderOptions { HasHeader = true, TrackLineNumbers = true });
+        string[] header = reader.Headers.ToArray();
+        var missing = requiredColumns.Where(c => !header.Contains(c)).ToArray();
+        if (missing.Length > 0)
+            throw new InvalidDataException($"{path}: missing column(s) {string.Join(", ", missing)}; the header has: {string.Join(", ", header)} (map names with data.columns)");
+        while (reader.Read())
+        {
+            var cells = new Dictionary<string, string>();
+            for (int i = 0; i < header.Length && i < reader.FieldCount; i++) cells[header[i]] = reader.GetString(i);
+            var row = new CsvRow($"{path}:{reader.LineNumber}", header, cells);
+            yield return () => row;
+        }
+    }
+
+    sealed class CsvRow(string origin, IReadOnlyList<string> header, Dictionary<string, string> cells) : RowParser.Row
+    {
+        public string Origin => origin;
+        public IReadOnlyList<string> FieldNames => header;
+        public string? String(string name) => cells.GetValueOrDefault(name);
+
+        public JsonElement? Json(string name)
+        {
+            if (cells.GetValueOrDefault(name) is not { Length: > 0 } text) return null;
+            try
+            {
+                return JsonDocument.Parse(text).RootElement;
+            }
+            catch (JsonException e)
+            {
+                throw new BadRowException($"{origin}: column '{name}' is not valid JSON ({e.Message.Split(". ")[0]})");
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+using QLoraNet.Training.Config;
+
+namespace QLoraNet.Training.Data;
+
+/// <summary>
+/// The data of a run, ready for the trainer: read -> render with the template -> tokenize and mask -> truncate
+/// -> shuffle (seed) -> split off validation -> pack -> per-epoch shuffled micro-batches.
+/// Shuffles come from <see cref="Pcg32"/> streams of the seed: <see cref="SplitStream"/> orders the examples once
+/// (before the val_fraction split and packing), and epoch e visits the train sequences in the permutation of
+/// stream <see cref="EpochStream"/> + e, so a run resumed at (epoch, micro-batch) sees the same batches.
+/// Validation (a file, or val_fraction of the shuffled examples) keeps its order.
+/// </summary>
+public sealed class TrainingData
+{
+    public const ulong SplitStream = 1;
+    public const ulong EpochStream = 1000;
+
+    readonly int seed;
+
+    TrainingData(IReadOnlyList<PackedSequence> train, IReadOnlyList<PackedSequence> validation, DataStats stats, int padId, int seed)
+    {
+        Train = train;
+        Validation = validation;
+        Stats = stats;
+        PadId = padId;
+        this.seed = seed;
+    }
+
+    public IReadOnlyList<PackedSequence> Train { get; }
+    public IReadOnlyList<PackedSequence> Validation { get; }
+    public DataStats Stats { get; }
+    public int PadId { get; }
+
+    public static TrainingData Build(DataConfig config, ITokenizer tokenizer, int seed)
+    {
+        if (config.Format == DataFormat.Chat && config.Template == TemplateKind.Alpaca)
+            throw new InvalidDataException("data.template 'alpaca' renders instruction rows only; use llama2-chat or none with data.format chat");
+        var encoder = new ExampleEncoder(tokenizer, config.MaxSeqLen, config.TrainOnInputs);
+        var counts = new Counts();
+
+        var train = Encode(config, config.Train, encoder, counts);
+        IReadOnlyList<TokenizedExample> validation = config.Validation != null ? Encode(config, [config.Validation], encoder, counts) : [];
+
+        var order = new Pcg32((ulong)seed, SplitStream).Permutation(train.Count);
+        var shuffled = order.Select(i => train[i]).ToArray();
+        if (config.ValFraction > 0)
+        {
+            if (shuffled.Length < 2)
+                throw new InvalidDataException($"data.val_fraction needs at least 2 examples; {string.Join(", ", config.Train)} gave {shuffled.Length}");
+            int nVal = Math.Clamp((int)Math.Round(config.ValFraction * shuffled.Length), 1, shuffled.Length - 1);
+            validation = shuffled[..nVal];
+            shuffled = shuffled[nVal..];
+        }
+
+        var trainSeq = SequencePacker.Pack(shuffled, config.MaxSeqLen, config.Packing);
+        var valSeq = SequencePacker.Pack(validation, config.MaxSeqLen, config.Packing);
+        var stats = new DataStats(shuffled.Length, validation.Count, trainSeq.Count, valSeq.Count,
+            shuffled.Sum(e => (long)e.Length), shuffled.Sum(e => (long)e.TrainedTokens), config.MaxSeqLen,
+            counts.Truncated, counts.Dropped, counts.Skipped, counts.FirstSkipReason);
+        return new TrainingData(trainSeq, valSeq, stats, tokenizer.PadId, seed);
+    }
+
+    public int MicroBatchesPerEpoch(int microBatchSize) => (Train.Count + microBatchSize - 1) / microBatchSize;
+
+    /// <summary>
+    /// The micro-batches of epoch <paramref name="epoch"/> (0-based) in order, starting after the first
+    /// <paramref name="skip"/> (to resume). The last one may be smaller.
+    /// </summary>
+    public IEnumerable<Batch> TrainBatches(int epoch, int microBatchSize, int skip = 0)
+    {
+        var perm = new Pcg32((ulong)seed, EpochStream + (ulong)epoch).Permutation(Train.Count);
+        for (int start = skip * microBatchSize; start < perm.Length; start += microBatchSize)
+            yield return Batch.Collate(perm[start..Math.Min(start + microBatchSize, perm.Length)].Select(i => Train[i]).ToArray(), PadId);
+    }
+
+    public IEnumerable<Batch> ValidationBatches(int microBatchSize)
+    {
+        for (int start = 0; start < Validation.Count; start += microBatchSize)
+            yield return Batch.Collate(Validation.Skip(start).Take(microBatchSize).ToArray(), PadId);
+    }
+
+    static List<TokenizedExample> Encode(DataConfig config, IReadOnlyList<string> files, ExampleEncoder encoder, Counts counts)
+    {
+        string names = string.Join(", ", files);
+        var read = ExampleFiles.Read(files, config.Format, config.Columns, config.SkipBadRows);
+        counts.Skipped += read.SkippedRows;
+        counts.FirstSkipReason ??= read.FirstSkipReason;
+        if (read.Examples.Count == 0)
+            throw new InvalidDataException(read.SkippedRows > 0
+                ? $"{names}: every row was bad and skipped ({read.SkippedRows}); the first: {read.FirstSkipReason}"
+                : $"{names}: no examples (the file is empty)");
+
+        var result = new List<TokenizedExample>(read.Examples.Count);
+        foreach (var raw in read.Examples)
+        {
+            var segments = PromptTemplates.Render(raw, config.Template, config.SystemPrompt);
+            var (example, outcome) = encoder.Encode(segments);
+            if (outcome == ExampleEncoder.Outcome.Truncated) counts.Truncated++;
+            if (example == null)
+            {
+                counts.Dropped++;
+                continue;
+            }
+            result.Add(example);
+        }
+        if (result.Count == 0)
+            throw new InvalidDataException($"{names}: all {read.Examples.Count} examples were dropped: none has a response token within data.max_seq_len={config.MaxSeqLen} tokens; raise max_seq_len");
+        return result;
+    }
+
+    sealed class Counts
+    {
+        public int Truncated, Dropped, Skipped;
+        public string? FirstSkipReason;
+    }
+}

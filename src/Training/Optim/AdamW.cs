@@ -1,0 +1,103 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Training.Optim;
+
+/// <summary>
+/// AdamW (Loshchilov &amp; Hutter 2019, "Decoupled Weight Decay Regularization"), with the exact update order of
+/// torch.optim.AdamW (foreach=False): decay p by lr*wd, then m = b1*m + (1-b1)*g, v = b2*v + (1-b2)*g^2,
+/// p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
+/// Ours rather than TorchSharp's so that its whole state (step and the two moments per parameter) is plain named
+/// tensors: a checkpoint stores them in safetensors and a resumed run continues bit for bit. The moments are kept
+/// in fp32 whatever the parameter dtype (LoRA parameters are fp32 already).
+/// </summary>
+public sealed class AdamW
+{
+    readonly IReadOnlyList<(string Name, Tensor Param)> _params;
+    readonly Dictionary<string, (Tensor M, Tensor V)> _state = new();
+
+    public double LearningRate { get; set; }
+    public double Beta1 { get; }
+    public double Beta2 { get; }
+    public double Eps { get; }
+    public double WeightDecay { get; }
+    public long Step { get; private set; }
+
+    public AdamW(IEnumerable<(string Name, Tensor Param)> parameters, double lr, double beta1 = 0.9, double beta2 = 0.999,
+        double eps = 1e-8, double weightDecay = 0.0)
+    {
+        _params = parameters.ToList();
+        LearningRate = lr;
+        Beta1 = beta1;
+        Beta2 = beta2;
+        Eps = eps;
+        WeightDecay = weightDecay;
+    }
+
+    /// <summary>One update from the gradients currently in each parameter's .grad (parameters without a gradient are skipped).</summary>
+    public void StepOnce()
+    {
+        using var _ = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        Step++;
+        double bc1 = 1 - Math.Pow(Beta1, Step);
+        double bc2Sqrt = Math.Sqrt(1 - Math.Pow(Beta2, Step));
+        double stepSize = LearningRate / bc1;
+        foreach (var (name, p) in _params)
+        {
+            var g = p.grad;
+            if (g is null) continue;
+            if (!_state.TryGetValue(name, out var s))
+            {
+                s = (torch.zeros_like(p, dtype: ScalarType.Float32).DetachFromDisposeScope(),
+                     torch.zeros_like(p, dtype: ScalarType.Float32).DetachFromDisposeScope());
+                _state[name] = s;
+            }
+            var g32 = g.to(ScalarType.Float32);
+            if (WeightDecay != 0) p.mul_(1 - LearningRate * WeightDecay);
+            s.M.mul_(Beta1).add_(g32, alpha: 1 - Beta1);
+            s.V.mul_(Beta2).addcmul_(g32, g32, value: 1 - Beta2);
+            var denom = s.V.sqrt().div_(bc2Sqrt).add_(Eps);
+            var update = s.M.div(denom).mul_(stepSize);
+            p.sub_(update.to(p.dtype));
+        }
+    }
+
+    public void ZeroGrad()
+    {
+        foreach (var (_, p) in _params)
+        {
+            var g = p.grad;
+            if (g is null) continue;
+            g.zero_();
+        }
+    }
+
+    /// <summary>State as named CPU tensors ("{param}.exp_avg", "{param}.exp_avg_sq") plus the step, for a checkpoint.</summary>
+    public (Dictionary<string, Tensor> Tensors, long Step) Save()
+    {
+        var d = new Dictionary<string, Tensor>();
+        foreach (var (name, (m, v)) in _state)
+        {
+            d[name + ".exp_avg"] = m.detach().cpu().clone();
+            d[name + ".exp_avg_sq"] = v.detach().cpu().clone();
+        }
+        return (d, Step);
+    }
+
+    public void Load(IReadOnlyDictionary<string, Tensor> tensors, long step)
+    {
+        Step = step;
+        foreach (var (name, p) in _params)
+        {
+            if (!tensors.TryGetValue(name + ".exp_avg", out var m) || !tensors.TryGetValue(name + ".exp_avg_sq", out var v))
+            {
+                if (step > 0) throw new InvalidDataException($"optimizer state has no moments for parameter '{name}'");
+                continue;
+            }
+            if (!m.shape.SequenceEqual(p.shape)) throw new InvalidDataException($"optimizer state for '{name}' has shape [{string.Join(", ", m.shape)}], parameter is [{string.Join(", ", p.shape)}]");
+            if (_state.TryGetValue(name, out var old)) { old.M.Dispose(); old.V.Dispose(); }
+            _state[name] = (m.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope(), v.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope());
+        }
+    }
+}

@@ -1,0 +1,194 @@
+using QLoraNet.Training.Config;
+
+namespace QLoraNet.Tests.Training;
+
+public sealed class ConfigTests : IDisposable
+{
+    readonly TempDir dir = Paths.Temp();
+    readonly string train;
+
+    public ConfigTests()
+    {
+        train = dir["train.jsonl"];
+        File.WriteAllText(train, "{\"text\": \"hello\"}\n");
+    }
+
+    public void Dispose() => dir.Dispose();
+
+    // A minimal valid config; line 1 is "model:", line 2 its path, line 3 "data:", line 4 the train file.
+    string Minimal => $"model:\n  path: {Paths.TinyModel}\ndata:\n  train: {train}\n";
+
+    TrainConfig Parse(string yaml, params string[] overrides) => TrainConfig.Parse(yaml, "x.yaml", overrides);
+
+    string ErrorOf(string yaml, params string[] overrides) =>
+        Assert.Throws<ConfigException>(() => Parse(yaml, overrides)).Message;
+
+    [Fact]
+    public void Minimal_config_gets_the_documented_defaults()
+    {
+        var c = Parse(Minimal);
+        Assert.Equal(DType.Bf16, c.Model.Dtype);
+        Assert.Equal(DeviceKind.Auto, c.Model.Device);
+        Assert.Equal(new QuantizationConfig(QuantType.Nf4, true, 64, DType.Bf16), c.Quantization);
+        Assert.Equal(16, c.Lora.R);
+        Assert.Equal(32.0, c.Lora.Alpha);
+        Assert.Equal(2.0, c.Lora.Scaling);
+        Assert.Equal(LoraConfig.LlamaLinearNames, c.Lora.TargetModules);
+        Assert.Null(c.Lora.Layers);
+        Assert.Equal(DataFormat.Chat, c.Data.Format);
+        Assert.Equal(TemplateKind.Llama2Chat, c.Data.Template);
+        Assert.Equal(512, c.Data.MaxSeqLen);
+        Assert.Equal(new[] { train }, c.Data.Train);
+        Assert.Equal(new TrainingConfig(), c.Training);
+        Assert.Equal(2e-4, c.Training.LearningRate);
+        Assert.Equal(0.3, c.Training.MaxGradNorm);
+        Assert.Equal(Path.Combine("runs", "x"), c.Output.Dir);
+        Assert.Equal(3, c.Output.KeepLast);
+    }
+
+    [Fact]
+    public void Unknown_key_names_file_line_and_the_valid_keys()
+    {
+        string msg = ErrorOf(Minimal + "lora:\n  r: 8\n  rank: 4\n");
+        Assert.Equal("x.yaml:7: unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora", msg);
+    }
+
+    [Fact]
+    public void Unknown_top_level_key_is_reported_before_the_missing_key_it_hides()
+    {
+        string msg = ErrorOf($"modle:\n  path: {Paths.TinyModel}\ndata:\n  train: {train}\n");
+        Assert.StartsWith("x.yaml:1: unknown key 'modle'; valid keys at the top level: model, quantization, lora, data, training, output", msg);
+    }
+
+    [Fact]
+    public void Missing_required_key_is_named()
+    {
+        Assert.Equal("x.yaml:1: missing required key 'model.path'", ErrorOf($"model:\n  dtype: bf16\ndata:\n  train: {train}\n"));
+        Assert.Contains("missing required key 'data.train'", ErrorOf($"model:\n  path: {Paths.TinyModel}\n"));
+    }
+
+    [Fact]
+    public void Wrong_type_gives_line_and_expected_type()
+    {
+        Assert.Equal("x.yaml:6: 'training.learning_rate' must be a number in (0, 1]; got 'abc'",
+            ErrorOf(Minimal + "training:\n  learning_rate: abc\n"));
+        Assert.Equal("x.yaml:6: 'lora.r' must be an integer in [1, 4096]; got '8.5'", ErrorOf(Minimal + "lora:\n  r: 8.5\n"));
+        Assert.Equal("x.yaml:4: 'data.packing' must be true or false; got 'maybe'",
+            ErrorOf(Minimal.Replace("data:\n", "data:\n  packing: maybe\n")));
+        Assert.Contains("'lora' must be a mapping of keys (a section); got '8'", ErrorOf(Minimal + "lora: 8\n"));
+    }
+
+    [Fact]
+    public void Bad_enum_value_lists_the_choices()
+    {
+        Assert.Equal("x.yaml:6: 'quantization.type' must be one of nf4, fp4, int8, int4, none; got 'nf5'",
+            ErrorOf(Minimal + "quantization:\n  type: nf5\n"));
+        Assert.Equal("x.yaml:4: 'data.template' must be one of llama2-chat, alpaca, none; got 'chatml'",
+            ErrorOf(Minimal.Replace("data:\n", "data:\n  template: chatml\n")));
+    }
+
+    [Fact]
+    public void Out_of_range_and_inconsistent_values_are_errors()
+    {
+        Assert.Contains("'lora.dropout' must be a number in [0, 1]; got '1.5'", ErrorOf(Minimal + "lora:\n  dropout: 1.5\n"));
+        Assert.Contains("'quantization.blocksize' must be a power of two", ErrorOf(Minimal + "quantization:\n  blocksize: 100\n"));
+        Assert.Contains("set 'training.warmup_steps' or 'training.warmup_ratio', not both",
+            ErrorOf(Minimal + "training:\n  warmup_steps: 10\n  warmup_ratio: 0.1\n"));
+        Assert.Contains("'lora.target_modules' has unknown module 'qproj'", ErrorOf(Minimal + "lora:\n  target_modules: [qproj]\n"));
+        Assert.Contains("needs validation data", ErrorOf(Minimal + "training:\n  early_stopping_patience: 3\n"));
+        Assert.Contains("applies to nf4 and fp4 only", ErrorOf(Minimal + "quantization:\n  type: int8\n  double_quant: true\n"));
+    }
+
+    [Fact]
+    public void Empty_required_value_and_chat_with_alpaca_are_errors()
+    {
+        Assert.Equal("x.yaml:2: 'model.path' must be a non-empty string; got ''", ErrorOf(Minimal.Replace(Paths.TinyModel, "\"\"")));
+        Assert.Equal("x.yaml:4: 'data.template' alpaca renders instruction rows only; use llama2-chat or none with data.format chat",
+            ErrorOf(Minimal.Replace("data:\n", "data:\n  template: alpaca\n")));
+        Assert.Equal(TemplateKind.Alpaca, Parse(Minimal, "data.format=instruction", "data.template=alpaca").Data.Template);
+    }
+
+    [Fact]
+    public void Yaml_null_means_the_default()
+    {
+        var c = Parse(Minimal + "lora:\n  r: ~\n  target_modules:\ntraining:\n  seed: null\n");
+        Assert.Equal((16, 42), (c.Lora.R, c.Training.Seed));
+        Assert.Equal(LoraConfig.LlamaLinearNames, c.Lora.TargetModules);
+    }
+
+    [Fact]
+    public void Int8_defaults_to_no_double_quant()
+    {
+        Assert.False(Parse(Minimal, "quantization.type=int8").Quantization.DoubleQuant);
+    }
+
+    [Fact]
+    public void Missing_files_are_errors_with_the_line_of_the_key()
+    {
+        string msg = ErrorOf(Minimal.Replace(train, "nope/train.jsonl"));
+        Assert.StartsWith("x.yaml:4: 'data.train' file 'nope/train.jsonl' not found", msg);
+        Assert.StartsWith("x.yaml:2: model directory 'nope' not found", ErrorOf(Minimal.Replace(Paths.TinyModel, "nope")));
+        Assert.Contains("unsupported extension", ErrorOf(Minimal.Replace("train.jsonl", "train.parquet")));
+        var e = Assert.Throws<ConfigException>(() => TrainConfig.Load(dir["absent.yaml"]));
+        Assert.StartsWith($"config file '{dir["absent.yaml"]}' not found", e.Message);
+    }
+
+    [Fact]
+    public void Malformed_yaml_names_the_line()
+    {
+        string msg = ErrorOf(Minimal + "lora:\n  r: 8\n alpha: 16\n");
+        Assert.Matches(@"^x\.yaml:7: malformed YAML: ", msg);
+        Assert.DoesNotContain("\n", msg);
+        Assert.StartsWith("x.yaml: malformed YAML", ErrorOf(Minimal + "lora:\n  r: [8\n  alpha: 16\n"));
+    }
+
+    [Fact]
+    public void Overrides_replace_values_create_sections_and_parse_lists()
+    {
+        var c = Parse(Minimal + "training:\n  learning_rate: 0.001\n",
+            "training.learning_rate=1e-4", "lora.target_modules=[q_proj,v_proj]", "lora.layers=[0, 3]",
+            "data.max_seq_len=256", "training.max_steps=50");
+        Assert.Equal(1e-4, c.Training.LearningRate);
+        Assert.Equal(new[] { "q_proj", "v_proj" }, c.Lora.TargetModules);
+        Assert.Equal(new[] { 0, 3 }, c.Lora.Layers);
+        Assert.Equal(256, c.Data.MaxSeqLen);
+        Assert.Equal(50, c.Training.TotalSteps(1000));
+        Assert.Null(Parse(Minimal + "training:\n  max_steps: 5\n", "training.max_steps=null").Training.MaxSteps);
+    }
+
+    [Fact]
+    public void Override_errors_point_at_the_override()
+    {
+        Assert.Equal("override 'lora.rank=8': unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora",
+            ErrorOf(Minimal, "lora.rank=8"));
+        Assert.Equal("override 'training.seed=x': 'training.seed' must be an integer >= 0; got 'x'", ErrorOf(Minimal, "training.seed=x"));
+        Assert.Contains("expected key=value", ErrorOf(Minimal, "training.seed"));
+        Assert.Contains("'model.path' is a value, not a section", ErrorOf(Minimal, "model.path.x=1"));
+    }
+
+    [Fact]
+    public void ToYaml_round_trips_the_resolved_config()
+    {
+        var c = Parse(Minimal.Replace("data:\n", "data:\n  system_prompt: |\n    Line one: 'quoted'.\n    Line two # not a comment\n"),
+            "lora.layers=[1,2]", "training.warmup_steps=5", "output.dir=runs/a b", "data.train=" + train, "data.columns.output=123");
+        string yaml = c.ToYaml();
+        var back = Parse(yaml);
+        Assert.Equal(yaml, back.ToYaml());
+        Assert.Equal(c.Training, back.Training);
+        Assert.Equal(c.Lora.Layers, back.Lora.Layers);
+        Assert.Equal("Line one: 'quoted'.\nLine two # not a comment\n", back.Data.SystemPrompt);
+        Assert.Equal("123", back.Data.Columns.Output);
+        Assert.Contains("warmup_steps: 5", yaml);
+        Assert.DoesNotContain("warmup_ratio", yaml);
+        Assert.DoesNotContain("...", yaml);
+    }
+
+    [Fact]
+    public void Schedule_helpers_compute_steps_and_warmup()
+    {
+        var t = new TrainingConfig(Epochs: 2, GradientAccumulationSteps: 4, WarmupRatio: 0.1);
+        Assert.Equal(50, t.TotalSteps(100)); // 2 epochs x 100 micro-batches / 4
+        Assert.Equal(5, t.Warmup(50));
+        Assert.Equal(7, (t with { WarmupSteps = 7 }).Warmup(50));
+    }
+}
