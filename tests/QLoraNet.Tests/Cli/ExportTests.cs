@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Peft;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -187,5 +188,49 @@ public class ExportTests
         Assert.Equal(1, code);
         Assert.Contains(expected, stderr);
         Assert.Single(stderr.Trim().Split('\n'));
+    }
+
+    static string WriteAdapter(string dir, string module)
+    {
+        Directory.CreateDirectory(dir);
+        new AdapterConfig(R: 2, LoraAlpha: 8, LoraDropout: 0, TargetModules: new[] { "q_proj" }).Save(dir);
+        torch.manual_seed(5);
+        SafeTensors.Write(Path.Combine(dir, AdapterFiles.WeightsFileName), new Dictionary<string, Tensor>
+        {
+            [AdapterKeys.ToPeft(module, AdapterKeys.A)] = randn(2, 256),
+            [AdapterKeys.ToPeft(module, AdapterKeys.B)] = randn(256, 2) * 0.1f,
+        });
+        return dir;
+    }
+
+    [Fact]
+    public void An_adapter_is_merged_into_the_weights_it_names()
+    {
+        using var tmp = Paths.Temp();
+        const string module = "model.layers.0.self_attn.q_proj";
+        string adapter = WriteAdapter(tmp["adapter"], module);
+        var (code, stdout, stderr) = CliRunner.Run("export", "--model", Paths.TinyModel, "--type", "f16", "--out", tmp["m.gguf"], "--adapter", adapter);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("merged 1 LoRA modules", stdout);
+
+        using var g = GgufReader.Open(tmp["m.gguf"]);
+        using var ckpt = CheckpointReader.Open(Paths.TinyModel);
+        using var factors = SafeTensorsFile.Open(Path.Combine(adapter, AdapterFiles.WeightsFileName));
+        var merged = LoraMath.MergedWeight(ckpt.Read(module + ".weight"), factors.Read(AdapterKeys.ToPeft(module, AdapterKeys.A)),
+            factors.Read(AdapterKeys.ToPeft(module, AdapterKeys.B)), scaling: 8.0 / 2);
+        Assert.Equal(Bytes(GgufRopePermutation.Permute(merged, 8).to(ScalarType.Float16)), g.ReadBytes(g.Tensor("blk.0.attn_q.weight")));
+        var untouched = GgufRopePermutation.Permute(Source("model.layers.1.self_attn.q_proj.weight"), 8);
+        Assert.Equal(Bytes(untouched.to(ScalarType.Float16)), g.ReadBytes(g.Tensor("blk.1.attn_q.weight")));
+    }
+
+    [Fact]
+    public void An_adapter_for_another_model_is_refused_before_writing()
+    {
+        using var tmp = Paths.Temp();
+        string adapter = WriteAdapter(tmp["adapter"], "model.layers.9.self_attn.q_proj");
+        var (code, _, stderr) = CliRunner.Run("export", "--model", Paths.TinyModel, "--type", "f16", "--out", tmp["m.gguf"], "--adapter", adapter);
+        Assert.Equal(1, code);
+        Assert.Contains("LoRA module 'model.layers.9.self_attn.q_proj' has no weight", stderr);
+        Assert.False(File.Exists(tmp["m.gguf"]));
     }
 }
