@@ -18,8 +18,7 @@ public static class GgufQ4_0
     /// <summary>Quantizes a tensor whose last dim is a multiple of 32 (any float dtype, any device).</summary>
     public static GgmlBlocks Quantize(Tensor x)
     {
-        GgufQ8_0.RequireRows(x.shape);
-        byte[] scales, packed;
+        GgmlBlocks.RequireWholeBlocks(x.shape, BlockSize);
         using (NewDisposeScope())
         {
             var blocks = x.detach().to(ScalarType.Float32).cpu().reshape(-1, BlockSize);   // (nBlocks, 32)
@@ -32,10 +31,8 @@ public static class GgufQ4_0
             var id = where(d.ne(0), d.reciprocal(), zeros_like(d));
             var q = (blocks * id + 8.5f).trunc().clamp_max(15).to(ScalarType.Byte);          // (nBlocks, 32), 0..15
             var nibbles = q[.., ..16] + q[.., 16..] * 16;                                    // (nBlocks, 16)
-            scales = GgufQ8_0.Bytes(d.to(ScalarType.Float16));
-            packed = GgufQ8_0.Bytes(nibbles.to(ScalarType.Byte));
+            return GgmlBlocks.FromParts(GgmlType.Q4_0, x.shape, d.to(ScalarType.Float16), nibbles.to(ScalarType.Byte), BlockSize / 2);
         }
-        return new GgmlBlocks(GgmlType.Q4_0, x.shape, GgufQ8_0.Interleave(scales, packed, BlockSize / 2));
     }
 
     /// <summary>Per-element reference: quantize_row_q4_0_ref over <paramref name="x"/> (a multiple of 32 values).</summary>

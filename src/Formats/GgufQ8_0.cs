@@ -17,22 +17,19 @@ public static class GgufQ8_0
     /// <summary>Quantizes a tensor whose last dim is a multiple of 32 (any float dtype, any device).</summary>
     public static GgmlBlocks Quantize(Tensor x)
     {
-        RequireRows(x.shape);
-        byte[] scales, quants;
+        GgmlBlocks.RequireWholeBlocks(x.shape, BlockSize);
         using (NewDisposeScope())
         {
             var blocks = x.detach().to(ScalarType.Float32).cpu().reshape(-1, BlockSize);   // (nBlocks, 32)
             var d = blocks.abs().amax(new long[] { -1 }, keepdim: true) / 127f;              // (nBlocks, 1)
             var id = where(d.ne(0), d.reciprocal(), zeros_like(d));
             var q = RoundHalfAwayFromZero(blocks * id).to(ScalarType.Int8);                 // (nBlocks, 32)
-            scales = Bytes(d.to(ScalarType.Float16));
-            quants = Bytes(q);
+            return GgmlBlocks.FromParts(GgmlType.Q8_0, x.shape, d.to(ScalarType.Float16), q, BlockSize);
         }
-        return new GgmlBlocks(GgmlType.Q8_0, x.shape, Interleave(scales, quants, BlockSize));
     }
 
     /// <summary>C's roundf (halves away from zero; torch.round rounds halves to even). v - trunc(v) is exact in float32.</summary>
-    internal static Tensor RoundHalfAwayFromZero(Tensor v)
+    static Tensor RoundHalfAwayFromZero(Tensor v)
     {
         var t = v.trunc();
         return t + v.sign() * (v - t).abs().ge(0.5f).to(v.dtype);
@@ -70,36 +67,5 @@ public static class GgufQ8_0
             for (int j = 0; j < BlockSize; j++) x[b * BlockSize + j] = (sbyte)bytes[o + 2 + j] * d;
         }
         return tensor(x).reshape(blocks.Shape);
-    }
-
-    internal static void RequireRows(long[] shape)
-    {
-        long row = shape.Length == 0 ? 1 : shape[^1];
-        if (row % BlockSize != 0) throw new ArgumentException($"rows of {row} values are not a multiple of the {BlockSize}-value block");
-    }
-
-    /// <summary>A contiguous CPU tensor's bytes.</summary>
-    internal static byte[] Bytes(Tensor t)
-    {
-        using var c = t.contiguous();
-        var result = new byte[c.numel() * c.element_size()];
-        long at = 0;
-        NativeTensorMemory.ForEachChunk(c, chunk => { chunk.CopyTo(result.AsSpan((int)at)); at += chunk.Length; });
-        return result;
-    }
-
-    /// <summary>Block i = the 2 scale bytes of block i, then its <paramref name="payloadBytes"/> bytes.</summary>
-    internal static byte[] Interleave(byte[] scales, byte[] payload, int payloadBytes)
-    {
-        int n = scales.Length / 2;
-        var y = new byte[n * (2 + payloadBytes)];
-        for (int b = 0; b < n; b++)
-        {
-            int o = b * (2 + payloadBytes);
-            y[o] = scales[2 * b];
-            y[o + 1] = scales[2 * b + 1];
-            Buffer.BlockCopy(payload, b * payloadBytes, y, o + 2, payloadBytes);
-        }
-        return y;
     }
 }
