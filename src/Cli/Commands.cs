@@ -11,5 +11,6 @@ public static partial class Commands
         yield return TrainCommand.Create(stdout);
         yield return GenerateCommand.Create(stdout);
         yield return BenchCommand.Create(stdout);
+        yield return ExportCommand.Create(stdout);
     }
 }

@@ -1,0 +1,113 @@
+using System.CommandLine;
+using QLoraNet.Formats;
+using QLoraNet.Peft;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Cli;
+
+/// <summary>
+/// `export`: writes a Hugging Face Llama checkpoint as one GGUF v3 file for llama.cpp (f16, q8_0 or q4_0 weights),
+/// streaming tensor by tensor. Which tensors keep which type is documented on <see cref="GgufTypePolicy"/>.
+/// With <c>--adapter</c>, a peft LoRA adapter is folded into each base weight as it streams past
+/// (W + scaling·B·A, <see cref="LoraMath.MergedWeight"/>), so the GGUF holds the fine-tuned model.
+/// </summary>
+public static class ExportCommand
+{
+    public static Command Create(TextWriter stdout)
+    {
+        var model = new Option<string>("--model") { Description = "Hugging Face Llama directory (config.json, *.safetensors, tokenizer.model)", Required = true };
+        var format = new Option<string>("--format") { Description = "output format: gguf", DefaultValueFactory = _ => "gguf" };
+        var type = new Option<string>("--type") { Description = "weight type: f16, q8_0 or q4_0 (norms stay f32)", DefaultValueFactory = _ => "f16" };
+        var output = new Option<string>("--out") { Description = "output file, e.g. model.gguf", Required = true };
+        var overwrite = new Option<bool>("--overwrite") { Description = "replace --out if it exists" };
+        var adapter = new Option<string?>("--adapter") { Description = "peft LoRA adapter directory to merge into the weights first" };
+        var cmd = new Command("export", "export a Llama checkpoint to GGUF for llama.cpp");
+        foreach (var o in new Option[] { model, format, type, output, overwrite, adapter }) cmd.Options.Add(o);
+        cmd.SetAction(pr =>
+        {
+            string fmt = pr.GetValue(format)!;
+            if (!fmt.Equals("gguf", StringComparison.OrdinalIgnoreCase))
+                throw new ArgumentException($"--format '{fmt}' is not supported; use gguf");
+            var exportType = GgufTypePolicy.Parse(pr.GetValue(type)!);
+            string outPath = pr.GetValue(output)!;
+            bool replace = pr.GetValue(overwrite);
+            CheckOutput(outPath, replace);
+            LibTorchProbe.EnsureLoaded();
+
+            string? adapterDir = pr.GetValue(adapter);
+            using var merge = adapterDir is null ? null : new AdapterMerge(adapterDir, pr.GetValue(model)!);
+            var summary = GgufLlamaExporter.Export(pr.GetValue(model)!, outPath, exportType, replace, merge is null ? null : merge.Apply);
+            if (merge != null) stdout.WriteLine($"merged {merge.MergedCount} LoRA modules from {adapterDir}");
+            foreach (var w in summary.Warnings) stdout.WriteLine($"warning: {w}");
+            var counts = summary.Tensors.GroupBy(t => t.Type).OrderBy(g => g.Key).Select(g => $"{g.Count()} {GgmlTypes.Name(g.Key)}");
+            stdout.WriteLine($"wrote {outPath}: {summary.Tensors.Count} tensors ({string.Join(", ", counts)}), {summary.FileBytes / 1e6:F1} MB");
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>Fails before any work when the output cannot be written: the export itself may take minutes.</summary>
+    static void CheckOutput(string outPath, bool overwrite)
+    {
+        if (Directory.Exists(outPath)) throw new IOException($"--out '{outPath}' is a directory; give a file name such as model.gguf");
+        string dir = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
+        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"--out '{outPath}': directory '{dir}' does not exist");
+        if (File.Exists(outPath) && !overwrite) throw new IOException($"{outPath} already exists; pass --overwrite to replace it");
+        string probe = outPath + ".tmp";
+        try
+        {
+            using (new FileStream(probe, FileMode.Create, FileAccess.Write, FileShare.None)) { }
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+        {
+            throw new IOException($"--out '{outPath}' is not writable ({e.Message})");
+        }
+    }
+
+    /// <summary>The transform that folds a peft adapter into base weights: module path = HF weight name minus ".weight".</summary>
+    sealed class AdapterMerge : IDisposable
+    {
+        readonly SafeTensorsFile _weights;
+        readonly HashSet<string> _modules = new();
+        readonly double _scaling;
+
+        public int MergedCount { get; private set; }
+
+        public AdapterMerge(string dir, string modelDir)
+        {
+            var config = AdapterConfig.Load(dir);
+            _scaling = LoraMath.Scaling(config.LoraAlpha, config.R, config.UseRsLora);
+            string file = Path.Combine(dir, AdapterFiles.WeightsFileName);
+            if (!File.Exists(file)) throw new FileNotFoundException($"{file}: not found (a peft adapter directory needs an {AdapterFiles.WeightsFileName})", file);
+            _weights = SafeTensorsFile.Open(file);
+            foreach (var key in _weights.Names)
+            {
+                if (!AdapterKeys.TryParse(key, out var module, out _))
+                    throw new InvalidDataException($"{file}: tensor '{key}' is not a LoRA factor (expected {AdapterKeys.Prefix}<module>.lora_A.weight or .lora_B.weight)");
+                _modules.Add(module);
+            }
+            // Checked before anything is written: an adapter for another model must not half-apply.
+            using var checkpoint = CheckpointReader.Open(modelDir);
+            var missing = _modules.FirstOrDefault(m => !checkpoint.Contains(m + ".weight"));
+            if (missing != null)
+            {
+                _weights.Dispose();
+                throw new InvalidDataException($"{dir}: LoRA module '{missing}' has no weight '{missing}.weight' in {modelDir}; is the adapter for another model?");
+            }
+        }
+
+        public Tensor Apply(string hfName, Tensor weight)
+        {
+            if (!hfName.EndsWith(".weight", StringComparison.Ordinal)) return weight;
+            string module = hfName[..^".weight".Length];
+            if (!_modules.Contains(module)) return weight;
+            using var a = _weights.Read(AdapterKeys.ToPeft(module, AdapterKeys.A));
+            using var b = _weights.Read(AdapterKeys.ToPeft(module, AdapterKeys.B));
+            MergedCount++;
+            return LoraMath.MergedWeight(weight, a, b, _scaling);
+        }
+
+        public void Dispose() => _weights.Dispose();
+    }
+}

@@ -1,0 +1,96 @@
+using static TorchSharp.torch;
+
+namespace QLoraNet.Formats;
+
+/// <summary>What an export wrote: one line per tensor (name, source shape, ggml type) and any fallbacks.</summary>
+public sealed record GgufExportSummary(string Path, long FileBytes, IReadOnlyList<GgufTensorSpec> Tensors, IReadOnlyList<string> Warnings);
+
+/// <summary>
+/// Exports a Hugging Face Llama checkpoint directory (config.json, safetensors, tokenizer.model) to one GGUF v3
+/// file that llama.cpp loads as architecture <c>llama</c>. Tensors stream from the checkpoint one at a time:
+/// read, optionally transformed (the LoRA-merge hook of <see cref="CheckpointTensors.Stream"/>), q/k permuted for
+/// llama.cpp's RoPE layout, converted to their ggml type and written; peak memory stays near one tensor.
+/// </summary>
+public static class GgufLlamaExporter
+{
+    /// <summary>Rows are quantized this many values at a time, bounding the float32 working copies.</summary>
+    const long ChunkValues = 1 << 22;
+
+    public static GgufExportSummary Export(string modelDir, string outPath, GgufExportType type, bool overwrite = false,
+        Func<string, Tensor, Tensor>? transform = null)
+    {
+        var config = LlamaConfig.Load(modelDir);
+        var vocab = GgufLlamaVocab.Load(modelDir, config.VocabSize);
+        using var reader = CheckpointReader.Open(modelDir);
+
+        var sources = new List<(SourceTensor Source, GgufTensorSpec Spec)>();
+        var warnings = new List<string>();
+        var mapped = CheckpointTensors.Stream(reader, transform)
+            .Select(s => (Source: s, Name: GgufLlamaNames.Map(s.Name)))
+            .Where(x => x.Name != null).ToList();
+        bool hasOutput = mapped.Any(x => x.Name == GgufLlamaNames.Output);
+        foreach (var (source, ggufName) in mapped)
+        {
+            var ggmlType = GgufTypePolicy.Choose(ggufName!, source.Shape, type, hasOutput, out var warning);
+            if (warning != null) warnings.Add(warning);
+            sources.Add((source, new GgufTensorSpec(ggufName!, source.Shape, ggmlType)));
+        }
+        CheckComplete(modelDir, config, sources.Select(s => s.Spec.Name).ToHashSet(), hasOutput);
+
+        string modelName = new DirectoryInfo(Path.GetFullPath(modelDir)).Name;
+        var metadata = GgufLlamaMetadata.Build(config, vocab, modelName, type);
+        var bySpec = sources.ToDictionary(s => s.Spec.Name, s => s.Source);
+        var specs = sources.Select(s => s.Spec).ToList();
+        GgufWriter.Write(outPath, metadata, specs, (spec, stream) => WriteTensor(spec, bySpec[spec.Name], config, stream), overwrite);
+        return new GgufExportSummary(outPath, new FileInfo(outPath).Length, specs, warnings);
+    }
+
+    static void CheckComplete(string modelDir, LlamaConfig config, HashSet<string> names, bool hasOutput)
+    {
+        var required = new List<string> { GgufLlamaNames.TokenEmbedding, GgufLlamaNames.OutputNorm };
+        for (int l = 0; l < config.NumHiddenLayers; l++) required.AddRange(GgufLlamaNames.LayerNames(l));
+        var missing = required.Where(n => !names.Contains(n)).ToList();
+        if (missing.Count > 0)
+            throw new InvalidDataException($"{modelDir}: the checkpoint lacks {missing.Count} tensor(s) llama.cpp needs, first '{missing[0]}' (GGUF name)");
+        if (!hasOutput && !config.TieWordEmbeddings)
+            throw new InvalidDataException($"{modelDir}: no lm_head.weight and tie_word_embeddings is false in config.json");
+    }
+
+    static void WriteTensor(GgufTensorSpec spec, SourceTensor source, LlamaConfig config, Stream output)
+    {
+        using var scope = NewDisposeScope();
+        var weight = source.Produce();
+        if (spec.Name.EndsWith(".attn_q.weight", StringComparison.Ordinal))
+            weight = GgufRopePermutation.Permute(weight, config.NumAttentionHeads);
+        else if (spec.Name.EndsWith(".attn_k.weight", StringComparison.Ordinal))
+            weight = GgufRopePermutation.Permute(weight, config.NumKeyValueHeads);
+
+        switch (spec.Type)
+        {
+            case GgmlType.F32: WriteRaw(weight.to(ScalarType.Float32), output); break;
+            case GgmlType.F16: WriteRaw(weight.to(ScalarType.Float16), output); break;
+            case GgmlType.Q8_0: WriteBlocks(weight, output, GgufQ8_0.Quantize); break;
+            case GgmlType.Q4_0: WriteBlocks(weight, output, GgufQ4_0.Quantize); break;
+            default: throw new NotSupportedException($"{spec.Name}: writing {spec.Type} is not implemented");
+        }
+    }
+
+    static void WriteRaw(Tensor t, Stream output)
+    {
+        using var c = t.cpu().contiguous();
+        NativeTensorMemory.ForEachChunk(c, chunk => output.Write(chunk));
+    }
+
+    /// <summary>Quantizes a few rows at a time: (rows, rowLength) → blocks, in row order.</summary>
+    static void WriteBlocks(Tensor weight, Stream output, Func<Tensor, GgmlBlocks> quantize)
+    {
+        long rowLength = weight.shape[^1];
+        var rows = weight.reshape(-1, rowLength);                          // (rows, rowLength)
+        long chunkRows = Math.Max(1, ChunkValues / rowLength);
+        for (long r = 0; r < rows.shape[0]; r += chunkRows)
+        {
+            using var chunk = rows.narrow(0, r, Math.Min(chunkRows, rows.shape[0] - r));
+            output.Write(quantize(chunk).Bytes.Span);
+        }
+    }
+}

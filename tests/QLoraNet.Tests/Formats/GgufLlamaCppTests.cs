@@ -1,0 +1,123 @@
+using System.Diagnostics;
+using System.Text.Json;
+using QLoraNet.Tests.Cli;
+using Xunit.Abstractions;
+
+namespace QLoraNet.Tests.Formats;
+
+/// <summary>
+/// Runs the exported tiny model in real llama.cpp: the prebuilt CPU binaries of npm `node-llama-cpp`, driven by
+/// scripts/llamacpp/run.mjs. The package is installed into scripts/llamacpp/node_modules (git-ignored) on first
+/// use; without npm, or with neither that folder nor a reachable registry, the tests are skipped with the reason.
+/// </summary>
+public class GgufLlamaCppTests(ITestOutputHelper output)
+{
+    static readonly JsonElement Reference = JsonDocument.Parse(File.ReadAllText(Path.Combine(Paths.TinyModel, "reference.json"))).RootElement;
+
+    [LlamaCppFact]
+    public void Greedy_continuations_in_llama_cpp_match_the_transformers_reference()
+    {
+        var (path, _) = TinyModelExports.Get("f16");
+        var cases = Reference.GetProperty("cases").EnumerateArray().ToList();
+        var args = new List<string> { "generate", "--model", path, "--n", "16" };
+        foreach (var c in cases) args.AddRange(new[] { "--prompt", c.GetProperty("prompt").GetString()! });
+        var results = LlamaCpp.Run(args).GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal(cases.Count, results.Count);
+        for (int i = 0; i < cases.Count; i++)
+        {
+            var inputIds = Ints(cases[i].GetProperty("input_ids"));
+            var expected = Ints(cases[i].GetProperty("greedy_24")).Skip(inputIds.Length).Take(16).ToArray();
+            output.WriteLine($"{cases[i].GetProperty("prompt").GetString()} -> {results[i].GetProperty("text").GetString()}");
+            Assert.Equal(inputIds, Ints(results[i].GetProperty("prompt_ids")));     // llama.cpp tokenizes with our vocab as SentencePiece does
+            Assert.Equal(expected, Ints(results[i].GetProperty("generated_ids")));
+        }
+    }
+
+    [LlamaCppFact]
+    public void Held_out_loss_in_llama_cpp_f16_matches_the_reference_and_quantized_files_stay_close()
+    {
+        using var tmp = Paths.Temp();
+        string ids = tmp["ids.json"];
+        File.WriteAllText(ids, Reference.GetProperty("heldout_text_first_512_ids").GetRawText());
+        double refLoss = Reference.GetProperty("heldout_mean_loss_fp32").GetDouble();
+        var loss = new Dictionary<string, double>();
+        foreach (var type in new[] { "f16", "q8_0", "q4_0" })
+        {
+            var r = LlamaCpp.Run(new[] { "loss", "--model", TinyModelExports.Get(type).Path, "--ids-file", ids });
+            Assert.Equal(511, r.GetProperty("n_predicted").GetInt32());
+            loss[type] = r.GetProperty("mean_loss").GetDouble();
+            output.WriteLine($"{type}: mean loss {loss[type]:F5}, perplexity {Math.Exp(loss[type]):F2} (reference fp32 {refLoss:F5})");
+        }
+        Assert.InRange(loss["f16"], refLoss - 0.01, refLoss + 0.01);
+        Assert.InRange(Math.Exp(loss["q8_0"]) / Math.Exp(loss["f16"]), 0.98, 1.02);
+        Assert.InRange(Math.Exp(loss["q4_0"]) / Math.Exp(loss["f16"]), 0.98, 1.10);
+    }
+
+    static int[] Ints(JsonElement e) => e.EnumerateArray().Select(x => x.GetInt32()).ToArray();
+}
+
+/// <summary>A fact skipped at discovery, with the reason, when llama.cpp via npm cannot be had here.</summary>
+public sealed class LlamaCppFactAttribute : FactAttribute
+{
+    public LlamaCppFactAttribute()
+    {
+        if (LlamaCpp.Unavailable is { } reason) Skip = reason;
+    }
+}
+
+public static class LlamaCpp
+{
+    static readonly string ScriptDir = Path.Combine(Paths.RepoRoot, "scripts", "llamacpp");
+    static readonly Lazy<string?> WhyUnavailable = new(Probe);
+    static readonly Lazy<bool> Installed = new(Install);
+
+    public static string? Unavailable => WhyUnavailable.Value;
+
+    static bool PackagePresent => File.Exists(Path.Combine(ScriptDir, "node_modules", "node-llama-cpp", "package.json"));
+
+    static string? Probe()
+    {
+        foreach (var tool in new[] { "node", "npm" })
+            if (FindOnPath(tool) is null) return $"{tool} is not on PATH; install Node.js 18+ to run the llama.cpp checks";
+        if (PackagePresent) return null;
+        var (code, _, err) = Exec("npm", new[] { "ping" }, ScriptDir, timeoutMs: 20_000);
+        return code == 0 ? null : $"the npm registry is not reachable (npm ping: {err.Trim().Split('\n').LastOrDefault()}) and scripts/llamacpp/node_modules is absent";
+    }
+
+    static bool Install()
+    {
+        if (PackagePresent) return true;
+        var (code, stdout, stderr) = Exec("npm", new[] { "install", "--no-audit", "--no-fund" }, ScriptDir, timeoutMs: 600_000);
+        if (code != 0) throw new InvalidOperationException($"npm install in {ScriptDir} failed ({code}): {stderr}{stdout}");
+        return true;
+    }
+
+    /// <summary>Runs run.mjs with <paramref name="args"/> and returns its JSON output.</summary>
+    public static JsonElement Run(IEnumerable<string> args)
+    {
+        _ = Installed.Value;
+        var (code, stdout, stderr) = Exec("node", new[] { "run.mjs" }.Concat(args), ScriptDir, timeoutMs: 300_000);
+        Assert.True(code == 0, $"node run.mjs failed ({code}): {stderr}");
+        return JsonDocument.Parse(stdout).RootElement;
+    }
+
+    static (int Code, string Stdout, string Stderr) Exec(string tool, IEnumerable<string> args, string dir, int timeoutMs)
+    {
+        var psi = new ProcessStartInfo(FindOnPath(tool)!) { WorkingDirectory = dir, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(timeoutMs))
+        {
+            p.Kill(entireProcessTree: true);
+            return (-1, stdout.Result, $"timed out after {timeoutMs / 1000} s");
+        }
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    static string? FindOnPath(string tool) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator)
+            .Select(d => Path.Combine(d, OperatingSystem.IsWindows() ? tool + (tool == "npm" ? ".cmd" : ".exe") : tool))
+            .FirstOrDefault(File.Exists);
+}
