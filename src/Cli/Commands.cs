@@ -12,5 +12,6 @@ public static partial class Commands
         yield return GenerateCommand.Create(stdout);
         yield return BenchCommand.Create(stdout);
         yield return ExportCommand.Create(stdout);
+        yield return MergeCommand.Create(stdout);
     }
 }

@@ -9,7 +9,7 @@ namespace QLoraNet.Cli;
 /// `export`: writes a Hugging Face Llama checkpoint as one GGUF v3 file for llama.cpp (f16, q8_0 or q4_0 weights),
 /// streaming tensor by tensor. Which tensors keep which type is documented on <see cref="GgufTypePolicy"/>.
 /// With <c>--adapter</c>, a peft LoRA adapter is folded into each base weight as it streams past
-/// (W + scaling·B·A, <see cref="LoraMath.MergedWeight"/>), so the GGUF holds the fine-tuned model.
+/// (W + scaling·B·A in fp32, <see cref="AdapterMerge"/>, the same fold `merge` writes), so the GGUF holds the fine-tuned model.
 /// </summary>
 public static class ExportCommand
 {
@@ -35,7 +35,8 @@ public static class ExportCommand
             LibTorchProbe.EnsureLoaded();
 
             string? adapterDir = pr.GetValue(adapter);
-            using var merge = adapterDir is null ? null : new AdapterMerge(adapterDir, pr.GetValue(model)!);
+            using var checkpoint = adapterDir is null ? null : CheckpointReader.Open(pr.GetValue(model)!);
+            using var merge = adapterDir is null ? null : AdapterMerge.Open(adapterDir, checkpoint!);
             var summary = GgufLlamaExporter.Export(pr.GetValue(model)!, outPath, exportType, replace, merge is null ? null : merge.Apply);
             if (merge != null) stdout.WriteLine($"merged {merge.MergedCount} LoRA modules from {adapterDir}");
             foreach (var w in summary.Warnings) stdout.WriteLine($"warning: {w}");
@@ -63,51 +64,5 @@ public static class ExportCommand
         {
             throw new IOException($"--out '{outPath}' is not writable ({e.Message})");
         }
-    }
-
-    /// <summary>The transform that folds a peft adapter into base weights: module path = HF weight name minus ".weight".</summary>
-    sealed class AdapterMerge : IDisposable
-    {
-        readonly SafeTensorsFile _weights;
-        readonly HashSet<string> _modules = new();
-        readonly double _scaling;
-
-        public int MergedCount { get; private set; }
-
-        public AdapterMerge(string dir, string modelDir)
-        {
-            var config = AdapterConfig.Load(dir);
-            _scaling = LoraMath.Scaling(config.LoraAlpha, config.R, config.UseRsLora);
-            string file = Path.Combine(dir, AdapterFiles.WeightsFileName);
-            if (!File.Exists(file)) throw new FileNotFoundException($"{file}: not found (a peft adapter directory needs an {AdapterFiles.WeightsFileName})", file);
-            _weights = SafeTensorsFile.Open(file);
-            foreach (var key in _weights.Names)
-            {
-                if (!AdapterKeys.TryParse(key, out var module, out _))
-                    throw new InvalidDataException($"{file}: tensor '{key}' is not a LoRA factor (expected {AdapterKeys.Prefix}<module>.lora_A.weight or .lora_B.weight)");
-                _modules.Add(module);
-            }
-            // Checked before anything is written: an adapter for another model must not half-apply.
-            using var checkpoint = CheckpointReader.Open(modelDir);
-            var missing = _modules.FirstOrDefault(m => !checkpoint.Contains(m + ".weight"));
-            if (missing != null)
-            {
-                _weights.Dispose();
-                throw new InvalidDataException($"{dir}: LoRA module '{missing}' has no weight '{missing}.weight' in {modelDir}; is the adapter for another model?");
-            }
-        }
-
-        public Tensor Apply(string hfName, Tensor weight)
-        {
-            if (!hfName.EndsWith(".weight", StringComparison.Ordinal)) return weight;
-            string module = hfName[..^".weight".Length];
-            if (!_modules.Contains(module)) return weight;
-            using var a = _weights.Read(AdapterKeys.ToPeft(module, AdapterKeys.A));
-            using var b = _weights.Read(AdapterKeys.ToPeft(module, AdapterKeys.B));
-            MergedCount++;
-            return LoraMath.MergedWeight(weight, a, b, _scaling);
-        }
-
-        public void Dispose() => _weights.Dispose();
     }
 }

@@ -216,7 +216,7 @@ public class ExportTests
         using var g = GgufReader.Open(tmp["m.gguf"]);
         using var ckpt = CheckpointReader.Open(Paths.TinyModel);
         using var factors = SafeTensorsFile.Open(Path.Combine(adapter, AdapterFiles.WeightsFileName));
-        var merged = LoraMath.MergedWeight(ckpt.Read(module + ".weight"), factors.Read(AdapterKeys.ToPeft(module, AdapterKeys.A)),
+        var merged = LoraMath.MergedWeight(ckpt.Read(module + ".weight").to(ScalarType.Float32), factors.Read(AdapterKeys.ToPeft(module, AdapterKeys.A)),
             factors.Read(AdapterKeys.ToPeft(module, AdapterKeys.B)), scaling: 8.0 / 2);
         Assert.Equal(Bytes(GgufRopePermutation.Permute(merged, 8).to(ScalarType.Float16)), g.ReadBytes(g.Tensor("blk.0.attn_q.weight")));
         var untouched = GgufRopePermutation.Permute(Source("model.layers.1.self_attn.q_proj.weight"), 8);

@@ -1,0 +1,61 @@
+using System.CommandLine;
+using QLoraNet.Peft;
+using QLoraNet.Quant;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Cli;
+
+/// <summary>
+/// `merge`: folds a peft LoRA adapter into its base model and writes a complete Hugging Face checkpoint
+/// (W' = dequant(W) + scaling·B·A per adapted module, see <see cref="AdapterMerge"/> and <see cref="MergedCheckpoint"/>).
+/// </summary>
+public static class MergeCommand
+{
+    public static Command Create(TextWriter stdout)
+    {
+        var model = new Option<string>("--model") { Description = "Hugging Face Llama directory the adapter was trained on", Required = true };
+        var adapter = new Option<string>("--adapter") { Description = "peft LoRA adapter directory (adapter_config.json, adapter_model.safetensors)", Required = true };
+        var output = new Option<string>("--out") { Description = "output directory for the merged checkpoint", Required = true };
+        var dtype = new Option<string?>("--dtype") { Description = "dtype of the written weights: bf16 | fp16 | fp32 (default: the checkpoint's)" };
+        var baseFormat = new Option<string>("--base") { Description = "frozen format the adapter was trained on (QLoRA: nf4-dq); W is quantized and dequantized in it before B·A is added", DefaultValueFactory = _ => "none" };
+        var quantization = new Option<string>("--quantization") { Description = "write the merged projections 4-bit with bitsandbytes keys: none | nf4 | nf4-dq | fp4 | fp4-dq", DefaultValueFactory = _ => "none" };
+        var shardSize = new Option<string>("--max-shard-size") { Description = "largest safetensors shard, e.g. 5GB, 500MB, 2GiB", DefaultValueFactory = _ => "5GB" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "replace a non-empty --out (only after the new checkpoint is complete)" };
+        dtype.AcceptOnlyFromAmong("bf16", "fp16", "fp32");
+
+        var cmd = new Command("merge", "merge a LoRA adapter into its base model and write a Hugging Face checkpoint");
+        foreach (var o in new Option[] { model, adapter, output, dtype, baseFormat, quantization, shardSize, overwrite }) cmd.Options.Add(o);
+        cmd.SetAction(pr =>
+        {
+            var options = new MergeOptions(
+                DType: ParseDType(pr.GetValue(dtype)),
+                BaseFormat: QuantSpec.Parse(pr.GetValue(baseFormat)!),
+                Quantization: ParseQuantization(pr.GetValue(quantization)!),
+                MaxShardBytes: ShardSize.Parse(pr.GetValue(shardSize)!),
+                Overwrite: pr.GetValue(overwrite));
+            LibTorchProbe.EnsureLoaded();
+            string outDir = pr.GetValue(output)!;
+            var summary = MergedCheckpoint.Write(pr.GetValue(model)!, pr.GetValue(adapter)!, outDir, options);
+            string format = options.Quantization is null ? MergedModelConfig.DTypeName(summary.DType) : $"{options.Quantization} + {MergedModelConfig.DTypeName(summary.DType)}";
+            stdout.WriteLine($"merged {summary.MergedModules} LoRA modules; wrote {outDir}: {summary.Tensors} tensors ({format}) in {summary.Shards.Count} shard(s), {summary.Bytes / 1e6:F1} MB");
+            return 0;
+        });
+        return cmd;
+    }
+
+    static ScalarType? ParseDType(string? name) => name switch
+    {
+        null => null,
+        "bf16" => ScalarType.BFloat16,
+        "fp16" => ScalarType.Float16,
+        _ => ScalarType.Float32,
+    };
+
+    /// <summary>Only bitsandbytes' 4-bit layouts have a loader everywhere (transformers): blocksize 64, nested 256.</summary>
+    static FourBitSpec? ParseQuantization(string text) => QuantSpec.Parse(text) switch
+    {
+        DenseSpec { DType: null } => null,
+        FourBitSpec { BlockSize: FourBitWeight.DefaultBlockSize, NestedBlockSize: DoubleQuantizedScales.DefaultNestedBlockSize } f => f,
+        var other => throw new ArgumentException($"--quantization '{text}' ({other}) cannot be written for transformers; use none, nf4, nf4-dq, fp4 or fp4-dq"),
+    };
+}

@@ -1,0 +1,174 @@
+using QLoraNet.Formats;
+using QLoraNet.Quant;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Peft;
+
+/// <summary>
+/// Writes base model + LoRA adapter as one complete Hugging Face checkpoint directory: sharded safetensors with
+/// model.safetensors.index.json (<see cref="CheckpointWriter"/>), config.json (dtype updated), generation config and
+/// tokenizer files copied. Tensors stream one at a time (read, merge, cast, write), so host memory stays near one
+/// tensor, never the model. The directory is built beside the output under a temporary name and renamed into place
+/// only when complete; on any failure (including a full disk) the temporary directory is deleted, so nothing
+/// half-written ever sits where a model is expected.
+/// </summary>
+public static class MergedCheckpoint
+{
+    /// <summary>Files other than weights and config.json that make the directory usable on its own.</summary>
+    public static readonly IReadOnlyList<string> CopiedFiles =
+        ["generation_config.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "added_tokens.json"];
+
+    public static MergeSummary Write(string modelDir, string adapterDir, string outDir, MergeOptions options)
+    {
+        string target = Path.GetFullPath(outDir);
+        CheckOutput(target, options.Overwrite);
+        string configPath = Path.Combine(modelDir, LlamaConfig.FileName);
+        LlamaConfig.Load(modelDir);  // a readable Llama config, checked before any work
+        using var reader = CheckpointReader.Open(modelDir);
+        using var merge = AdapterMerge.Open(adapterDir, reader, options.BaseFormat);
+        var dtype = options.DType ?? StoredDType(reader);
+        string config = MergedModelConfig.Rewrite(File.ReadAllText(configPath), configPath, dtype, options.Quantization);
+
+        var producer = new TensorProducer(reader, merge, dtype, options.Quantization, options.OnTensor);
+        string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
+        try
+        {
+            var layout = producer.Layout();
+            var shards = CheckpointWriter.Write(staging, layout, producer.Produce, options.MaxShardBytes);
+            producer.Dispose();
+            File.WriteAllText(Path.Combine(staging, LlamaConfig.FileName), config);
+            foreach (var file in CopiedFiles)
+            {
+                string from = Path.Combine(modelDir, file);
+                if (File.Exists(from)) File.Copy(from, Path.Combine(staging, file));
+            }
+            long bytes = layout.Sum(e => e.Shape.Aggregate(1L, (a, b) => a * b) * SafeTensorsDType.ElementSize(e.DType));
+            ReplaceDirectory(staging, target);
+            return new MergeSummary(merge.Modules.Count, layout.Count, shards, dtype, bytes);
+        }
+        catch
+        {
+            producer.Dispose();
+            try { if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true); } catch (IOException) { }
+            throw;
+        }
+    }
+
+    /// <summary>Refuses a file, or a non-empty directory without overwrite, before any work is done.</summary>
+    static void CheckOutput(string target, bool overwrite)
+    {
+        if (File.Exists(target)) throw new IOException($"output '{target}' is a file; give a directory for the merged model");
+        if (Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any() && !overwrite)
+            throw new IOException($"output directory '{target}' exists and is not empty; pass --overwrite to replace it");
+        string parent = Path.GetDirectoryName(target)!;
+        if (!Directory.Exists(parent)) throw new DirectoryNotFoundException($"output '{target}': parent directory '{parent}' does not exist");
+    }
+
+    /// <summary>The checkpoint's dtype: that of most of its float tensors (norms are sometimes kept in fp32).</summary>
+    static ScalarType StoredDType(CheckpointReader reader) =>
+        reader.Names.Select(reader.Info)
+            .Where(i => i.DType is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)
+            .GroupBy(i => i.DType).OrderByDescending(g => g.Sum(i => i.NumElements)).Select(g => g.Key)
+            .DefaultIfEmpty(ScalarType.Float32).First();
+
+    /// <summary>Moves the complete staging directory into place; an old target is moved aside first, then deleted.</summary>
+    static void ReplaceDirectory(string staging, string target)
+    {
+        if (!Directory.Exists(target))
+        {
+            Directory.Move(staging, target);
+            return;
+        }
+        string old = target + ".old-" + Guid.NewGuid().ToString("N")[..8];
+        Directory.Move(target, old);
+        Directory.Move(staging, target);
+        Directory.Delete(old, recursive: true);
+    }
+
+    /// <summary>
+    /// The merged tensors in checkpoint order, produced on demand. A 4-bit projection becomes its bitsandbytes
+    /// tensors (weight, absmax, quant_map, ..., quant_state); the header needs their sizes up front and the
+    /// quant_state's JSON length depends on the quantized values (nested_offset), so <see cref="Layout"/> quantizes
+    /// each projection once to measure it and <see cref="Produce"/> quantizes it again: twice the compute, never
+    /// more than one weight in memory.
+    /// </summary>
+    sealed class TensorProducer(CheckpointReader reader, AdapterMerge merge, ScalarType dtype, FourBitSpec? quantization,
+        Action<string>? onTensor) : IDisposable
+    {
+        readonly Dictionary<string, string> _sourceOf = new(StringComparer.Ordinal);  // written name -> checkpoint name
+        string? _cachedSource;
+        Dictionary<string, Tensor>? _cached;
+        FourBitWeight? _owned;
+
+        public List<SafeTensors.Entry> Layout()
+        {
+            var layout = new List<SafeTensors.Entry>();
+            foreach (var name in reader.Names)
+            {
+                var info = reader.Info(name);
+                if (quantization != null && DecoderProjections.Contains(name, info.Shape))
+                {
+                    foreach (var (key, t) in QuantizedTensors(name))
+                    {
+                        layout.Add(new SafeTensors.Entry(key, t.dtype, t.shape));
+                        _sourceOf[key] = name;
+                    }
+                    DropCache();
+                }
+                else
+                {
+                    layout.Add(new SafeTensors.Entry(name, IsFloat(info.DType) ? dtype : info.DType, info.Shape));
+                    _sourceOf[name] = name;
+                }
+            }
+            return layout;
+        }
+
+        public Tensor Produce(string key)
+        {
+            string source = _sourceOf[key];
+            onTensor?.Invoke(key);
+            // All tensors of one 4-bit projection are consecutive in the layout: quantized on the first, handed out after.
+            return key == source && !IsQuantized(source) ? Dense(source) : QuantizedTensors(source)[key].alias();
+        }
+
+        bool IsQuantized(string source) => quantization != null && DecoderProjections.Contains(source, reader.Info(source).Shape);
+
+        Tensor Dense(string name)
+        {
+            using var raw = reader.Read(name);
+            if (!IsFloat(raw.dtype)) return raw.alias();
+            using var merged = merge.Apply(name, raw);
+            return merged.to(dtype, copy: true);
+        }
+
+        Dictionary<string, Tensor> QuantizedTensors(string source)
+        {
+            if (_cachedSource == source) return _cached!;
+            DropCache();
+            using var scope = NewDisposeScope();
+            var raw = reader.Read(source);
+            var merged = merge.Apply(source, raw).to(dtype);   // bitsandbytes records the dtype it quantized from
+            var weight = FourBitWeight.Quantize(merged, quantization!.Type, quantization.BlockSize, quantization.DoubleQuant,
+                quantization.NestedBlockSize, source);
+            string prefix = source[..^"weight".Length];
+            var tensors = FourBitCheckpoint.ToTensors(weight, prefix);
+            foreach (var t in tensors.Values) t.MoveToOuterDisposeScope();
+            foreach (var t in weight.Scales.Tensors.Append(weight.Packed)) t.MoveToOuterDisposeScope();
+            (_cachedSource, _cached, _owned) = (source, tensors, weight);
+            return tensors;
+        }
+
+        void DropCache()
+        {
+            if (_cached != null) foreach (var t in _cached.Values) t.Dispose();
+            if (_owned != null) { _owned.Packed.Dispose(); foreach (var t in _owned.Scales.Tensors) t.Dispose(); }
+            (_cachedSource, _cached, _owned) = (null, null, null);
+        }
+
+        static bool IsFloat(ScalarType t) => t is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float64;
+
+        public void Dispose() => DropCache();
+    }
+}
