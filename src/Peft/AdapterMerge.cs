@@ -74,7 +74,7 @@ public sealed class AdapterMerge : IDisposable
                 throw new InvalidDataException($"{file}: tensor '{key}' is not a LoRA factor (expected {AdapterKeys.Prefix}<module>.lora_A.weight or .lora_B.weight)");
             string weightName = module + ".weight";
             if (!model.Contains(weightName))
-                throw new InvalidDataException($"{file}: LoRA module '{module}' (tensor '{key}') has no weight '{weightName}' in {model.Directory}; is the adapter for another model?");
+                throw new InvalidDataException($"{file}: LoRA module '{module}' has no weight '{weightName}' in {model.Directory} (tensor '{key}'); is the adapter for another model?");
             var w = model.Info(weightName);
             var shape = factors.Info(key).Shape;
             if (w.Shape.Length != 2)

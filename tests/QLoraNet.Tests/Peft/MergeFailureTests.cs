@@ -37,7 +37,7 @@ public class MergeFailureTests
         using var tmp = Paths.Temp();
         const string missing = "model.layers.9.self_attn.q_proj";
         var msg = Refused(WriteAdapter(tmp["adapter"], 2, (A(missing), [2, 256]), (B(missing), [256, 2])), tmp);
-        Assert.Contains($"LoRA module '{missing}' (tensor '{A(missing)}') has no weight '{missing}.weight'", msg);
+        Assert.Contains($"LoRA module '{missing}' has no weight '{missing}.weight' in {Paths.TinyModel} (tensor '{A(missing)}')", msg);
     }
 
     [Fact]
