@@ -135,12 +135,15 @@ public static class MergedCheckpoint
 
         bool IsQuantized(string source) => quantization != null && DecoderProjections.Contains(source, reader.Info(source).Shape);
 
+        /// <summary>A tensor read, merged and cast; one that needs neither is handed on as read (no second copy).</summary>
         Tensor Dense(string name)
         {
-            using var raw = reader.Read(name);
-            if (!IsFloat(raw.dtype)) return raw.alias();
-            using var merged = merge.Apply(name, raw);
-            return merged.to(dtype, copy: true);
+            var raw = reader.Read(name);
+            if (!IsFloat(raw.dtype)) return raw;
+            var merged = merge.Apply(name, raw);
+            if (!ReferenceEquals(merged, raw)) raw.Dispose();
+            if (merged.dtype == dtype) return merged;
+            using (merged) return merged.to(dtype);
         }
 
         Dictionary<string, Tensor> QuantizedTensors(string source)
