@@ -30,7 +30,7 @@ public static class MergedCheckpoint
         var dtype = options.DType ?? StoredDType(reader);
         string config = MergedModelConfig.Rewrite(File.ReadAllText(configPath), configPath, dtype, options.Quantization);
 
-        var producer = new TensorProducer(reader, merge, dtype, options.Quantization, options.OnTensor);
+        var producer = new MergedTensors(reader, merge, dtype, options.Quantization, options.OnTensor);
         string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
         try
         {
@@ -84,94 +84,5 @@ public static class MergedCheckpoint
         Directory.Move(target, old);
         Directory.Move(staging, target);
         Directory.Delete(old, recursive: true);
-    }
-
-    /// <summary>
-    /// The merged tensors in checkpoint order, produced on demand. A 4-bit projection becomes its bitsandbytes
-    /// tensors (weight, absmax, quant_map, ..., quant_state); the header needs their sizes up front and the
-    /// quant_state's JSON length depends on the quantized values (nested_offset), so <see cref="Layout"/> quantizes
-    /// each projection once to measure it and <see cref="Produce"/> quantizes it again: twice the compute, never
-    /// more than one weight in memory.
-    /// </summary>
-    sealed class TensorProducer(CheckpointReader reader, AdapterMerge merge, ScalarType dtype, FourBitSpec? quantization,
-        Action<string>? onTensor) : IDisposable
-    {
-        readonly Dictionary<string, string> _sourceOf = new(StringComparer.Ordinal);  // written name -> checkpoint name
-        string? _cachedSource;
-        Dictionary<string, Tensor>? _cached;
-        FourBitWeight? _owned;
-
-        public List<SafeTensors.Entry> Layout()
-        {
-            var layout = new List<SafeTensors.Entry>();
-            foreach (var name in reader.Names)
-            {
-                var info = reader.Info(name);
-                if (quantization != null && DecoderProjections.Contains(name, info.Shape))
-                {
-                    foreach (var (key, t) in QuantizedTensors(name))
-                    {
-                        layout.Add(new SafeTensors.Entry(key, t.dtype, t.shape));
-                        _sourceOf[key] = name;
-                    }
-                    DropCache();
-                }
-                else
-                {
-                    layout.Add(new SafeTensors.Entry(name, IsFloat(info.DType) ? dtype : info.DType, info.Shape));
-                    _sourceOf[name] = name;
-                }
-            }
-            return layout;
-        }
-
-        public Tensor Produce(string key)
-        {
-            string source = _sourceOf[key];
-            onTensor?.Invoke(key);
-            // All tensors of one 4-bit projection are consecutive in the layout: quantized on the first, handed out after.
-            return key == source && !IsQuantized(source) ? Dense(source) : QuantizedTensors(source)[key].alias();
-        }
-
-        bool IsQuantized(string source) => quantization != null && DecoderProjections.Contains(source, reader.Info(source).Shape);
-
-        /// <summary>A tensor read, merged and cast; one that needs neither is handed on as read (no second copy).</summary>
-        Tensor Dense(string name)
-        {
-            var raw = reader.Read(name);
-            if (!IsFloat(raw.dtype)) return raw;
-            var merged = merge.Apply(name, raw);
-            if (!ReferenceEquals(merged, raw)) raw.Dispose();
-            if (merged.dtype == dtype) return merged;
-            using (merged) return merged.to(dtype);
-        }
-
-        Dictionary<string, Tensor> QuantizedTensors(string source)
-        {
-            if (_cachedSource == source) return _cached!;
-            DropCache();
-            using var scope = NewDisposeScope();
-            var raw = reader.Read(source);
-            var merged = merge.Apply(source, raw).to(dtype);   // bitsandbytes records the dtype it quantized from
-            var weight = FourBitWeight.Quantize(merged, quantization!.Type, quantization.BlockSize, quantization.DoubleQuant,
-                quantization.NestedBlockSize, source);
-            string prefix = source[..^"weight".Length];
-            var tensors = FourBitCheckpoint.ToTensors(weight, prefix);
-            foreach (var t in tensors.Values) t.MoveToOuterDisposeScope();
-            foreach (var t in weight.Scales.Tensors.Append(weight.Packed)) t.MoveToOuterDisposeScope();
-            (_cachedSource, _cached, _owned) = (source, tensors, weight);
-            return tensors;
-        }
-
-        void DropCache()
-        {
-            if (_cached != null) foreach (var t in _cached.Values) t.Dispose();
-            if (_owned != null) { _owned.Packed.Dispose(); foreach (var t in _owned.Scales.Tensors) t.Dispose(); }
-            (_cachedSource, _cached, _owned) = (null, null, null);
-        }
-
-        static bool IsFloat(ScalarType t) => t is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float64;
-
-        public void Dispose() => DropCache();
     }
 }
