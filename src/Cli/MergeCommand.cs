@@ -27,18 +27,40 @@ public static class MergeCommand
         foreach (var o in new Option[] { model, adapter, output, dtype, baseFormat, quantization, shardSize, overwrite }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
+            // Ctrl-C stops between two tensors; the merge then deletes its temporary directory (a second Ctrl-C kills).
+            using var cts = new CancellationTokenSource();
+            ConsoleCancelEventHandler onCancel = (_, e) =>
+            {
+                if (cts.IsCancellationRequested) return;
+                e.Cancel = true;
+                cts.Cancel();
+            };
             var options = new MergeOptions(
                 DType: ParseDType(pr.GetValue(dtype)),
                 BaseFormat: QuantSpec.Parse(pr.GetValue(baseFormat)!),
                 Quantization: ParseQuantization(pr.GetValue(quantization)!),
                 MaxShardBytes: ShardSize.Parse(pr.GetValue(shardSize)!),
-                Overwrite: pr.GetValue(overwrite));
+                Overwrite: pr.GetValue(overwrite),
+                OnTensor: _ => cts.Token.ThrowIfCancellationRequested());
             LibTorchProbe.EnsureLoaded();
             string outDir = pr.GetValue(output)!;
-            var summary = MergedCheckpoint.Write(pr.GetValue(model)!, pr.GetValue(adapter)!, outDir, options);
-            string format = options.Quantization is null ? MergedModelConfig.DTypeName(summary.DType) : $"{options.Quantization} + {MergedModelConfig.DTypeName(summary.DType)}";
-            stdout.WriteLine($"merged {summary.MergedModules} LoRA modules; wrote {outDir}: {summary.Tensors} tensors ({format}) in {summary.Shards.Count} shard(s), {summary.Bytes / 1e6:F1} MB");
-            return 0;
+            Console.CancelKeyPress += onCancel;
+            try
+            {
+                var summary = MergedCheckpoint.Write(pr.GetValue(model)!, pr.GetValue(adapter)!, outDir, options);
+                string format = options.Quantization is null ? MergedModelConfig.DTypeName(summary.DType) : $"{options.Quantization} + {MergedModelConfig.DTypeName(summary.DType)}";
+                stdout.WriteLine($"merged {summary.MergedModules} LoRA modules; wrote {outDir}: {summary.Tensors} tensors ({format}) in {summary.Shards.Count} shard(s), {summary.Bytes / 1e6:F1} MB");
+                return 0;
+            }
+            catch (OperationCanceledException)
+            {
+                stdout.WriteLine($"interrupted: nothing written to {outDir}");
+                return CliApp.ExitInterrupted;
+            }
+            finally
+            {
+                Console.CancelKeyPress -= onCancel;
+            }
         });
         return cmd;
     }

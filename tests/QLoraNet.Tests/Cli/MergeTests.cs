@@ -110,6 +110,14 @@ public class MergeTests
         Assert.False(Directory.Exists(tmp["out"]));
     }
 
+    [Theory]
+    [InlineData("5GB", 5_000_000_000L)]
+    [InlineData("500MB", 500_000_000L)]
+    [InlineData("2GiB", 2L << 30)]
+    [InlineData("1.5 KiB", 1536L)]
+    [InlineData("4096", 4096L)]
+    public void Shard_sizes_use_transformers_units(string text, long bytes) => Assert.Equal(bytes, QLoraNet.Cli.ShardSize.Parse(text));
+
     [Fact]
     public void A_missing_adapter_is_a_one_line_error()
     {
