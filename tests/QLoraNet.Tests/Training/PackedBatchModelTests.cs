@@ -28,8 +28,8 @@ public sealed class PackedBatchModelTests : IDisposable
     public void Packed_loss_equals_the_sum_of_the_examples_losses()
     {
         string file = dir["few.jsonl"];
-        File.WriteAllLines(file, File.ReadLines(Path.Combine(Paths.RepoRoot, "datasets/sales/train.jsonl")).Take(4));
-        DataConfig Cfg(bool packing) => new([file], null, 0, DataFormat.Chat, TemplateKind.Llama2Chat, null, 512, packing,
+        File.WriteAllLines(file, File.ReadLines(Path.Combine(Paths.RepoRoot, "datasets/sales/train.jsonl")).Take(3));
+        DataConfig Cfg(bool packing) => new([file], null, 0, DataFormat.Chat, TemplateKind.Llama2Chat, null, 256, packing,
             false, false, new ColumnMapping());
         var packed = TrainingData.Build(Cfg(true), TokenizerAndTemplateTests.Tok, 0);
         var single = TrainingData.Build(Cfg(false), TokenizerAndTemplateTests.Tok, 0);
