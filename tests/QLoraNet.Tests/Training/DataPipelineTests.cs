@@ -175,6 +175,16 @@ public sealed class DataPipelineTests : IDisposable
     }
 
     [Fact]
+    public void Unclosed_csv_quote_is_a_one_line_error_naming_file_and_line()
+    {
+        // CsvHelper reads an unclosed quote to the end of the file as one cell, so the row lacks its output.
+        string f = Write("bad.csv", "instruction,output\n\"open quote,never closed\n");
+        var e = Assert.Throws<InvalidDataException>(() => TrainingData.Build(Config(f), Tok, 0));
+        Assert.StartsWith($"{f}:2: missing or empty field 'output'", e.Message);
+        Assert.DoesNotContain("\n", e.Message);
+    }
+
+    [Fact]
     public void Empty_dataset_is_an_error()
     {
         string f = Write("empty.jsonl", "\n\n");
