@@ -3,7 +3,6 @@ using System.Text.Encodings.Web;
 using System.Text.Json;
 using QLoraNet.Formats;
 using QLoraNet.Models;
-using QLoraNet.Models.Internal;
 using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -33,4 +33,23 @@ public abstract class FrozenLinear : nn.Module<Tensor, Tensor>
 
     /// <summary>The dense weight [OutFeatures, InFeatures] in <paramref name="dtype"/> (a new tensor; for merge/export).</summary>
     public abstract Tensor DequantizeWeight(ScalarType dtype);
+
+    /// <summary>
+    /// The stored dtypes are part of the format (fp32 scales, uint8 codes), and the compute dtype is fixed at
+    /// construction, so converting a frozen linear to another dtype changes nothing; only device moves apply.
+    /// </summary>
+    protected override nn.Module _to(ScalarType dtype, bool non_blocking) => this;
+
+    protected override nn.Module _to(Device device, ScalarType dtype, bool non_blocking) =>
+        _to(device.type, device.index, non_blocking);
+
+    /// <summary>
+    /// Records the device the stored tensors were built on, so that a later .to(device) compares against the truth
+    /// (TorchSharp assumes a new module lives on the CPU and skips a move to the CPU otherwise).
+    /// </summary>
+    protected void AdoptDeviceOf(Tensor stored)
+    {
+        _deviceType = stored.device_type;
+        _deviceIndex = stored.device_type == DeviceType.CUDA ? stored.device_index : -1;
+    }
 }

@@ -1,5 +1,4 @@
 using QLoraNet.Models;
-using QLoraNet.Models.Internal;
 using QLoraNet.Quant;
 using static TorchSharp.torch;
 

@@ -1,6 +1,6 @@
 using System.Text.Json;
 using QLoraNet.Models;
-using QLoraNet.Models.Internal;
+using QLoraNet.Quant;
 using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Models;

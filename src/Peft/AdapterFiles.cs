@@ -1,0 +1,149 @@
+using QLoraNet.Formats;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Peft;
+
+/// <summary>
+/// A peft adapter directory: <c>adapter_config.json</c> and <c>adapter_model.safetensors</c> holding every LoRA
+/// factor under its peft key (<see cref="AdapterKeys"/>), fp32, with safetensors metadata {"format": "pt"} as peft
+/// writes it. Such a directory loads in peft (`PeftModel.from_pretrained`) and peft's load here.
+/// </summary>
+public static class AdapterFiles
+{
+    public const string WeightsFileName = "adapter_model.safetensors";
+
+    /// <summary>
+    /// Writes the model's LoRA factors and <paramref name="config"/> into a fresh sibling directory, then renames it
+    /// to <paramref name="directory"/>, so a crash mid-save never leaves a half-written adapter where a complete one
+    /// is expected. An existing <paramref name="directory"/> is replaced as a whole.
+    /// </summary>
+    public static void Save(string directory, nn.Module model, AdapterConfig config)
+    {
+        var loras = LoraModules(model);
+        if (loras.Count == 0) throw new InvalidOperationException("the model has no LoRA modules to save; apply LoRA first");
+        foreach (var (path, lora) in loras)
+        {
+            if (lora.Rank != config.R)
+                throw new ArgumentException($"LoRA module {path} has rank {lora.Rank} but the adapter config says r={config.R}");
+        }
+
+        string target = Path.GetFullPath(directory);
+        string parent = Path.GetDirectoryName(target)!;
+        Directory.CreateDirectory(parent);
+        string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
+        try
+        {
+            Directory.CreateDirectory(staging);
+            using (var scope = NewDisposeScope())
+            {
+                var tensors = loras.SelectMany(l => new[]
+                {
+                    new KeyValuePair<string, Tensor>(AdapterKeys.ToPeft(l.path, AdapterKeys.A), l.lora.A.detach().to(ScalarType.Float32)),
+                    new KeyValuePair<string, Tensor>(AdapterKeys.ToPeft(l.path, AdapterKeys.B), l.lora.B.detach().to(ScalarType.Float32)),
+                }).ToList();
+                SafeTensors.Write(Path.Combine(staging, WeightsFileName), tensors);
+            }
+            config.Save(staging);
+            ReplaceDirectory(staging, target);
+        }
+        catch
+        {
+            try { Directory.Delete(staging, recursive: true); } catch (IOException) { }
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Reads the adapter in <paramref name="directory"/>, applies LoRA to <paramref name="model"/> as its config says
+    /// and loads the factors (see <see cref="LoadWeights"/>). Returns the config.
+    /// </summary>
+    public static AdapterConfig ApplyAndLoad(string directory, nn.Module model)
+    {
+        var config = AdapterConfig.Load(directory);
+        LoraApplier.Apply(model, config.ToSettings());
+        LoadWeights(directory, model, config);
+        return config;
+    }
+
+    /// <summary>
+    /// Copies the factors of <c>adapter_model.safetensors</c> into a model that already carries LoRA. Every tensor
+    /// must name a LoRA module of the model with the shape it has there, and every LoRA module must get both its
+    /// factors; nothing is copied unless all of that holds.
+    /// </summary>
+    public static void LoadWeights(string directory, nn.Module model, AdapterConfig config)
+    {
+        string file = Path.Combine(directory, WeightsFileName);
+        if (!File.Exists(file)) throw new FileNotFoundException($"{file}: not found (a peft adapter directory needs an {WeightsFileName})", file);
+        var loras = LoraModules(model).ToDictionary(l => l.path, l => l.lora);
+        if (loras.Count == 0) throw new InvalidOperationException($"{directory}: the model has no LoRA modules to load into; apply LoRA first");
+
+        using var f = SafeTensorsFile.Open(file);
+        var plan = new List<(string key, Parameter target)>();
+        foreach (var key in f.Names)
+        {
+            if (!AdapterKeys.TryParse(key, out var path, out var factor))
+                throw new InvalidDataException(
+                    $"{file}: tensor '{key}' is not a LoRA factor (expected {AdapterKeys.Prefix}<module>.lora_A.weight or .lora_B.weight)");
+            var shape = f.Info(key).Shape;
+            if (!loras.TryGetValue(path, out var lora))
+                throw new InvalidDataException(
+                    $"{file}: tensor '{key}' {Text(shape)} is for module '{path}', which has no LoRA in the model (LoRA modules: {Preview(loras.Keys)})");
+            // A is [r, in] and B is [out, r]: the rank is A's rows and B's columns.
+            long rank = shape.Length != 2 ? -1 : factor == AdapterKeys.A ? shape[0] : shape[1];
+            if (rank != config.R)
+                throw new InvalidDataException($"{file}: tensor '{key}' {Text(shape)} has rank {rank} but {AdapterConfig.FileName} says r={config.R}");
+            var target = factor == AdapterKeys.A ? lora.A : lora.B;
+            if (!target.shape.SequenceEqual(shape))
+                throw new InvalidDataException(
+                    $"{file}: tensor '{key}' is {Text(shape)} but the model's {path}.{factor}.weight is {Text(target.shape)}");
+            plan.Add((key, target));
+        }
+        var present = plan.Select(p => p.key).ToHashSet();
+        foreach (var path in loras.Keys)
+        {
+            foreach (var factor in new[] { AdapterKeys.A, AdapterKeys.B })
+            {
+                string key = AdapterKeys.ToPeft(path, factor);
+                if (!present.Contains(key))
+                    throw new InvalidDataException($"{file}: no tensor '{key}' for the model's LoRA module {path}");
+            }
+        }
+
+        using (torch.no_grad())
+        {
+            foreach (var (key, target) in plan)
+            {
+                using var value = f.Read(key);
+                target.copy_(value);  // converts the stored dtype (peft may save bf16/fp16) to our fp32
+            }
+        }
+    }
+
+    /// <summary>The model's LoRA modules with their paths, in model order.</summary>
+    public static IReadOnlyList<(string path, LoraLinear lora)> LoraModules(nn.Module model) =>
+        model.named_modules().Where(m => m.module is LoraLinear).Select(m => (m.name, (LoraLinear)m.module)).ToList();
+
+    private static void ReplaceDirectory(string staging, string target)
+    {
+        if (!Directory.Exists(target))
+        {
+            Directory.Move(staging, target);
+            return;
+        }
+        // Directory.Move cannot overwrite: move the old one aside first, so the target is never half old, half new.
+        string old = target + ".old-" + Guid.NewGuid().ToString("N")[..8];
+        Directory.Move(target, old);
+        Directory.Move(staging, target);
+        Directory.Delete(old, recursive: true);
+    }
+
+    private static string Text(long[] shape) => "[" + string.Join(", ", shape) + "]";
+
+    private static string Preview(IEnumerable<string> paths)
+    {
+        var list = paths.ToList();
+        return string.Join(", ", list.Take(4)) + (list.Count > 4 ? $", ... ({list.Count} in all)" : "");
+    }
+}

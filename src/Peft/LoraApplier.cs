@@ -1,0 +1,97 @@
+using System.Text.RegularExpressions;
+using QLoraNet.Quant;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Peft;
+
+/// <summary>
+/// Puts LoRA on a model by module names, the way peft's `get_peft_model` does for a LoraConfig: every frozen linear
+/// whose path ends in a target name (optionally only in the listed layers) is replaced in its parent by a
+/// <see cref="LoraLinear"/> wrapping it, and every other parameter of the model is frozen.
+/// </summary>
+public static partial class LoraApplier
+{
+    /// <summary>The output head, which "all-linear" leaves alone (peft excludes the output embedding layer too).</summary>
+    public const string OutputHeadName = "lm_head";
+
+    /// <summary>Wraps the targeted modules and freezes the rest; returns the wrapped module paths in model order.</summary>
+    public static IReadOnlyList<string> Apply(nn.Module model, LoraSettings settings)
+    {
+        var modules = model.named_modules().ToList();
+        if (modules.Any(m => m.module is LoraLinear))
+            throw new InvalidOperationException("the model already has LoRA adapters; apply LoRA once, to a model without them");
+        var linearPaths = modules.Where(m => m.module is FrozenLinear).Select(m => m.name).ToList();
+
+        var selected = Select(linearPaths, settings);
+        var byPath = modules.ToDictionary(m => m.name, m => m.module);
+
+        using var generator = settings.Seed is long seed ? new Generator((ulong)seed) : null;
+        foreach (var path in selected)
+        {
+            var linear = (FrozenLinear)byPath[path];
+            var wrapped = new LoraLinear(linear, settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator);
+            int dot = path.LastIndexOf('.');
+            var parent = dot < 0 ? model : byPath[path[..dot]];
+            ChildModuleReplacer.Replace(parent, path[(dot + 1)..], wrapped);
+        }
+
+        FreezeAllButLora(model);
+        return selected;
+    }
+
+    /// <summary>The paths among <paramref name="linearPaths"/> that <paramref name="settings"/> targets, in their order.</summary>
+    public static IReadOnlyList<string> Select(IReadOnlyList<string> linearPaths, LoraSettings settings)
+    {
+        List<string> selected;
+        if (settings.IsAllLinear)
+        {
+            selected = linearPaths.Where(p => LeafName(p) != OutputHeadName).ToList();
+        }
+        else
+        {
+            foreach (var target in settings.Targets)
+            {
+                if (!linearPaths.Any(p => MatchesTarget(p, target)))
+                    throw new ArgumentException(
+                        $"LoRA target '{target}' matches no frozen linear module; the model's linear modules are: {string.Join(", ", linearPaths.Select(LeafName).Distinct().Order(StringComparer.Ordinal))}");
+            }
+            selected = linearPaths.Where(p => settings.Targets.Any(t => MatchesTarget(p, t))).ToList();
+        }
+
+        if (settings.LayerIndices is { } layers)
+        {
+            var present = linearPaths.Select(LayerIndex).OfType<int>().Distinct().Order().ToList();
+            foreach (int layer in layers)
+            {
+                if (!present.Contains(layer))
+                    throw new ArgumentException(
+                        $"LoRA layer index {layer} does not exist; the model's layers are {string.Join(", ", present)}");
+            }
+            selected = selected.Where(p => LayerIndex(p) is int i && layers.Contains(i)).ToList();
+        }
+        return selected;
+    }
+
+    /// <summary>peft's rule for a list of names: the path equals the target or ends with "." + target.</summary>
+    public static bool MatchesTarget(string path, string target) => path == target || path.EndsWith("." + target, StringComparison.Ordinal);
+
+    /// <summary>The decoder layer a module belongs to, read from the `layers.&lt;i&gt;.` part of its path (null outside layers).</summary>
+    public static int? LayerIndex(string path)
+    {
+        var m = LayerInPath().Match(path);
+        return m.Success ? int.Parse(m.Groups[1].Value) : null;
+    }
+
+    public static string LeafName(string path) => path[(path.LastIndexOf('.') + 1)..];
+
+    /// <summary>Only A and B train: QLoRA backpropagates through the frozen base into the adapters (Dettmers et al. 2023, §3).</summary>
+    public static void FreezeAllButLora(nn.Module model)
+    {
+        foreach (var (name, parameter) in model.named_parameters())
+            parameter.requires_grad = AdapterKeys.IsLoraParameter(name);
+    }
+
+    [GeneratedRegex(@"(?:^|\.)layers\.(\d+)\.")]
+    private static partial Regex LayerInPath();
+}

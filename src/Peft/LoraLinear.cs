@@ -1,0 +1,91 @@
+using QLoraNet.Quant;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Peft;
+
+/// <summary>
+/// A frozen base linear with a trainable low-rank update (LoRA, Hu et al. 2021, eq. 3), as QLoRA (Dettmers et al.
+/// 2023, eq. 5) uses it on a quantized base:
+///
+///     y = base(x) + scaling · B(A(dropout(x)))        A [r, in] Kaiming-uniform, B [out, r] zeros
+///
+/// B = 0 at the start, so the wrapped layer begins exactly as the base. A and B live in fp32 so that AdamW's
+/// small updates are not rounded away, and are cast to the base's compute dtype for the matmuls (bf16 on GPU: the
+/// adapter path then runs at the base's speed; peft without autocast computes it in the adapter's dtype instead).
+/// Child names follow peft: `base_layer`, `lora_A`, `lora_B`, `lora_dropout`.
+/// </summary>
+public sealed class LoraLinear : nn.Module<Tensor, Tensor>
+{
+    private readonly FrozenLinear base_layer;
+    private readonly LoraFactor lora_A;
+    private readonly LoraFactor lora_B;
+    private readonly nn.Module<Tensor, Tensor> lora_dropout;
+
+    /// <param name="baseLayer">the frozen linear to wrap; it becomes this module's child `base_layer`.</param>
+    /// <param name="r">the rank of the update.</param>
+    /// <param name="alpha">LoRA's alpha; the update is multiplied by alpha/r (or alpha/sqrt(r) with rsLoRA).</param>
+    /// <param name="dropout">dropout probability on A's input (0 = none).</param>
+    /// <param name="useRsLora">scale by alpha/sqrt(r) (rsLoRA) instead of alpha/r.</param>
+    /// <param name="generator">a CPU generator for A's initial values, or null for torch's default one.</param>
+    public LoraLinear(FrozenLinear baseLayer, int r, double alpha, double dropout, bool useRsLora,
+        Generator? generator = null) : base(nameof(LoraLinear))
+    {
+        if (dropout < 0 || dropout >= 1)
+            throw new ArgumentException($"LoRA dropout {dropout} must be in [0, 1)");
+        Rank = r;
+        Alpha = alpha;
+        Scaling = LoraMath.Scaling(alpha, r, useRsLora);
+        base_layer = baseLayer;
+
+        // A and B are drawn on the CPU, so one seed gives the same adapter on every device, then moved next to the base.
+        var device = DeviceOf(baseLayer);
+        double bound = LoraMath.KaimingUniformBound(baseLayer.InFeatures);
+        using (var a = torch.empty(r, baseLayer.InFeatures, ScalarType.Float32))
+        using (var b = torch.zeros(baseLayer.OutFeatures, r, ScalarType.Float32))
+        using (torch.no_grad())
+        {
+            a.uniform_(-bound, bound, generator);
+            using var aOnDevice = a.to(device);
+            using var bOnDevice = b.to(device);
+            lora_A = new LoraFactor("lora_A", aOnDevice);  // (r, in)
+            lora_B = new LoraFactor("lora_B", bOnDevice);  // (out, r)
+        }
+        lora_dropout = dropout > 0 ? nn.Dropout(dropout) : nn.Identity();
+        (_deviceType, _deviceIndex) = LoraDevice.RecordFor(lora_A.Weight);
+        RegisterComponents();
+    }
+
+    public FrozenLinear BaseLayer => base_layer;
+    public int Rank { get; }
+    public double Alpha { get; }
+    public double Scaling { get; }
+    public long InFeatures => base_layer.InFeatures;
+    public long OutFeatures => base_layer.OutFeatures;
+
+    /// <summary>A [r, in], the trainable down-projection (fp32).</summary>
+    public Parameter A => lora_A.Weight;
+
+    /// <summary>B [out, r], the trainable up-projection (fp32).</summary>
+    public Parameter B => lora_B.Weight;
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var result = base_layer.forward(x);                          // (..., out), base output dtype
+        var dtype = base_layer.ComputeDType;
+        var h = lora_dropout.forward(x).to(dtype);                   // (..., in)
+        var down = nn.functional.linear(h, A.to(dtype));             // (..., r)
+        var up = nn.functional.linear(down, B.to(dtype));            // (..., out)
+        var y = result + up.mul(Scaling).to(result.dtype);
+        return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The device of the base's stored weight (a parameter or, for packed formats, a buffer).</summary>
+    private static Device DeviceOf(FrozenLinear baseLayer)
+    {
+        var t = baseLayer.parameters().Cast<Tensor>().Concat(baseLayer.buffers()).FirstOrDefault();
+        return t?.device ?? torch.CPU;
+    }
+}

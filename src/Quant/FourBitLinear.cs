@@ -1,0 +1,70 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Quant;
+
+/// <summary>
+/// A frozen bias-free linear whose weight is stored in NF4/FP4 (QLoRA's base layer). The packed codes and scales are
+/// buffers, so they move with .to(device); forward runs <see cref="FrozenMatMul"/>, which materialises the weight in
+/// the compute dtype only for the duration of the matmul.
+/// </summary>
+public sealed class FourBitLinear : FrozenLinear
+{
+    // Buffers (field names are the buffer names).
+    Tensor weight;            // uint8 (ceil(numel / 2)): packed codes
+    Tensor absmax;            // fp32 (nBlocks), or uint8 (nBlocks) when double-quantized
+    Tensor? nested_absmax;    // fp32 (ceil(nBlocks / nestedBlockSize)) when double-quantized
+
+    readonly FourBitType type;
+    readonly int blockSize;
+    readonly long[] shape;
+    readonly ScalarType sourceDType;
+    readonly float nestedOffset;
+    readonly int nestedBlockSize;
+
+    public FourBitLinear(FourBitWeight stored, ScalarType computeDType, string name = "FourBitLinear")
+        : base(name, stored.Shape[1], stored.Shape[0], computeDType)
+    {
+        if (stored.Shape.Length != 2)
+            throw new ArgumentException($"a 4-bit linear needs a 2-D [out, in] weight, got [{string.Join(", ", stored.Shape)}]");
+        type = stored.Type;
+        blockSize = stored.BlockSize;
+        shape = stored.Shape;
+        sourceDType = stored.DType;
+        weight = stored.Packed;
+        switch (stored.Scales)
+        {
+            case PlainScales plain:
+                absmax = plain.Absmax;
+                break;
+            case DoubleQuantizedScales dq:
+                absmax = dq.Codes;
+                nested_absmax = dq.NestedAbsmax;
+                nestedOffset = dq.Offset;
+                nestedBlockSize = dq.NestedBlockSize;
+                break;
+            default:
+                throw new ArgumentException($"unknown block scales {stored.Scales.GetType().Name}");
+        }
+        foreach (var t in new[] { weight, absmax, nested_absmax }.OfType<Tensor>())
+            t.DetachFromDisposeScope(); // the module owns its buffers from here
+        AdoptDeviceOf(weight);
+        RegisterComponents();
+    }
+
+    /// <summary>The stored weight as a value, rebuilt from the current buffers (they change identity on .to()).</summary>
+    public FourBitWeight Stored => new(type, weight, Scales, shape, blockSize, sourceDType);
+
+    BlockScales Scales => nested_absmax is null
+        ? new PlainScales(absmax)
+        : new DoubleQuantizedScales(absmax, nested_absmax, nestedOffset, nestedBlockSize);
+
+    public override string FormatName => Stored.FormatName;
+
+    public override long StorageBytes => Stored.StorageBytes;
+
+    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
+
+    /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
+    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType);
+}
