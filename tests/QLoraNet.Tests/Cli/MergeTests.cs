@@ -119,6 +119,26 @@ public class MergeTests
     public void Shard_sizes_use_transformers_units(string text, long bytes) => Assert.Equal(bytes, QLoraNet.Cli.ShardSize.Parse(text));
 
     [Fact]
+    public void An_adapter_for_another_architecture_is_a_one_line_error_and_writes_nothing()
+    {
+        using var tmp = Paths.Temp();
+        string adapter = tmp["adapter"];
+        Directory.CreateDirectory(adapter);
+        new QLoraNet.Peft.AdapterConfig(R: 4, LoraAlpha: 8, LoraDropout: 0, TargetModules: ["o_proj"]).Save(adapter);
+        const string module = "model.layers.1.self_attn.o_proj";   // a 4096-wide model's o_proj
+        SafeTensors.Write(Path.Combine(adapter, QLoraNet.Peft.AdapterFiles.WeightsFileName), new Dictionary<string, TorchSharp.torch.Tensor>
+        {
+            [QLoraNet.Peft.AdapterKeys.ToPeft(module, "lora_A")] = TorchSharp.torch.zeros(4, 4096),
+            [QLoraNet.Peft.AdapterKeys.ToPeft(module, "lora_B")] = TorchSharp.torch.zeros(4096, 4),
+        });
+        var (code, _, stderr) = Merge("--adapter", adapter, "--out", tmp["out"]);
+        Assert.Equal(1, code);
+        Assert.Single(stderr.Trim().Split('\n'));
+        Assert.Contains($"tensor 'base_model.model.{module}.lora_A.weight' is [4, 4096] but the model's '{module}.weight' is [256, 256] (in features 256)", stderr);
+        Assert.False(Directory.Exists(tmp["out"]));
+    }
+
+    [Fact]
     public void A_missing_adapter_is_a_one_line_error()
     {
         using var tmp = Paths.Temp();
