@@ -22,6 +22,9 @@ public static class MergedCheckpoint
     public static MergeSummary Write(string modelDir, string adapterDir, string outDir, MergeOptions options)
     {
         string target = Path.GetFullPath(outDir);
+        foreach (var (input, what) in new[] { (modelDir, "model"), (adapterDir, "adapter") })
+            if (Path.GetFullPath(input).TrimEnd('/') == target.TrimEnd('/'))
+                throw new IOException($"output '{outDir}' is the {what} directory being read; write the merged model elsewhere");
         CheckOutput(target, options.Overwrite);
         string configPath = Path.Combine(modelDir, LlamaConfig.FileName);
         LlamaConfig.Load(modelDir);  // a readable Llama config, checked before any work

@@ -97,4 +97,13 @@ public class MergeFailureTests
         Assert.Equal(["old.txt"], Directory.GetFileSystemEntries(tmp["out"]).Select(p => Path.GetFileName(p)!));
         Assert.Equal(2, Directory.GetFileSystemEntries(tmp.Path).Length);
     }
+
+    [Fact]
+    public void The_model_directory_itself_is_refused_as_output()
+    {
+        using var tmp = Paths.Temp();
+        string adapter = MergeTestAdapter.Create(tmp["adapter"]);
+        var e = Assert.Throws<IOException>(() => MergedCheckpoint.Write(Paths.TinyModel, adapter, Paths.TinyModel + "/", new MergeOptions(Overwrite: true)));
+        Assert.Contains("is the model directory being read", e.Message);
+    }
 }
