@@ -53,6 +53,7 @@ public sealed class ModelOptions
         var tokenizer = LlamaTextTokenizer.Load(dir);
         var config = LlamaConfig.Load(dir);
         var adapterConfig = adapterDir is null ? null : AdapterConfig.Load(adapterDir);
+        QuantizedCheckpoint.RequireCompatible(dir, format);
         var headDType = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : compute;
         var model = LlamaLoader.Load(dir, new LoadOptions(device, compute, LinearPolicies.Quantized(format, compute, device, headDType)));
         try
