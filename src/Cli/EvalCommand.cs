@@ -34,6 +34,9 @@ public static class EvalCommand
             if (ids != null && !File.Exists(ids)) throw new FileNotFoundException($"--token-ids-json '{ids}' does not exist", ids);
             int window = parsed.GetValue(maxLen);
 
+            // libtorch's own libraries (~200 MB resident) are mapped first, so the peak below is the load's.
+            LibTorchProbe.EnsureLoaded();
+            zeros(1).Dispose();
             bool peakReset = HostMemory.ResetPeak();
             long? rssBefore = HostMemory.ResidentBytes;
             using var loaded = modelOptions.Load(parsed);
