@@ -39,7 +39,9 @@ public static class EvalCommand
             zeros(1).Dispose();
             bool peakReset = HostMemory.ResetPeak();
             long? rssBefore = HostMemory.ResidentBytes;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             using var loaded = modelOptions.Load(parsed);
+            double loadSeconds = clock.Elapsed.TotalSeconds;
             long? loadPeak = peakReset ? HostMemory.PeakResidentBytes : null;
 
             var tokens = ids is null ? loaded.Tokenizer.Encode(File.ReadAllText(text!)).Select(i => (long)i).ToList() : ReadIds(ids);
@@ -57,7 +59,7 @@ public static class EvalCommand
             }
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"mean loss {totals.Mean:F5}, perplexity {totals.Perplexity:F2} over {totals.Tokens} predicted tokens (base {format}, max-len {window})"));
-            stdout.WriteLine($"model tensors {ModelBytes(loaded.Model) / 1e6:F1} MB"
+            stdout.WriteLine($"model tensors {ModelBytes(loaded.Model) / 1e6:F1} MB, loaded in {loadSeconds:F1} s"
                 + (loadPeak is { } p && rssBefore is { } b ? $"; host RSS peak during load {p / 1e6:F1} MB (before load {b / 1e6:F1} MB)" : ""));
             return 0;
         });
