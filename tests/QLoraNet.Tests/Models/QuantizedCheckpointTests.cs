@@ -110,6 +110,25 @@ public class QuantizedCheckpointTests(QuantizedTinyFixture quantized) : IClassFi
     }
 
     [Fact]
+    public void Sharded_output_loads_like_a_single_file()
+    {
+        using var dir = Paths.Temp();
+        SyntheticLlama.Write(Directory.CreateDirectory(dir["src"]).FullName);
+        var spec = new FourBitSpec(FourBitType.Nf4, BlockSize: 16);
+        QuantizedCheckpoint.Write(dir["src"], dir["one"], spec);
+        var summary = QuantizedCheckpoint.Write(dir["src"], dir["many"], spec, maxShardBytes: 256);
+        Assert.True(summary.Files.Count > 3, string.Join(", ", summary.Files));
+        Assert.True(File.Exists(Path.Combine(dir["many"], CheckpointReader.IndexFile)));
+        var options = new LoadOptions(CPU, ScalarType.Float32, (_, w) => new DenseFrozenLinear(w, ScalarType.Float32));
+        using var one = LlamaLoader.Load(dir["one"], options);
+        using var many = LlamaLoader.Load(dir["many"], options);
+        using var ids = tensor(new long[] { 1, 5, 7, 2 }).unsqueeze(0);
+        using var a = one.forward(ids);
+        using var b = many.forward(ids);
+        Assert.True(Bits.Same(a, b));
+    }
+
+    [Fact]
     public void Missing_quant_state_is_named()
     {
         string key = "model.layers.0.mlp.gate_proj.weight.quant_state.bitsandbytes__nf4";
