@@ -53,8 +53,9 @@ public sealed record TrainConfig(
             ("data", Data.ToYaml()), ("training", Training.ToYaml()), ("output", Output.ToYaml()));
         var writer = new StringWriter();
         new YamlStream(new YamlDocument(root)).Save(writer, assignAnchors: false);
-        // YamlStream ends every document with "..."; a config file has exactly one document.
-        return writer.ToString().Replace("\r\n", "\n").TrimEnd().TrimEnd('.').TrimEnd() + "\n";
+        // YamlStream ends every document with a "..." line; a config file has exactly one document.
+        var lines = writer.ToString().Replace("\r\n", "\n").TrimEnd('\n').Split('\n');
+        return string.Join("\n", lines[^1] == "..." ? lines[..^1] : lines) + "\n";
     }
 
     static YamlMappingNode ReadRoot(string yaml, ConfigSource source)

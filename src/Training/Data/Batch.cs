@@ -41,41 +41,21 @@ public sealed record Batch(int Rows, int Length, long[] InputIds, long[] Labels,
     public bool IsPacked => DocumentIds.Any(d => d > 1);
 
     /// <summary>
-    /// The attention mask, shape (Rows, 1, Length, Length) row-major, true where query i may attend to key j:
-    /// j &lt;= i and both in the same example (block-diagonal causal, so packed examples never see each other).
-    /// A padding query attends to itself only: a row with no allowed key would make softmax NaN, and its outputs
-    /// are ignored by the loss anyway.
-    /// </summary>
-    public bool[] AttentionMask()
-    {
-        int t = Length;
-        var mask = new bool[Rows * t * t];
-        for (int r = 0; r < Rows; r++)
-        {
-            int row = r * t;
-            for (int i = 0; i < t; i++)
-            {
-                long di = DocumentIds[row + i];
-                int q = (r * t + i) * t;
-                if (di == 0) { mask[q + i] = true; continue; }
-                for (int j = i; j >= 0 && DocumentIds[row + j] == di; j--) mask[q + j] = true;
-            }
-        }
-        return mask;
-    }
-
-    /// <summary>
     /// The batch as tensors on <paramref name="device"/>: input_ids, labels and position_ids (B, T) int64, and the
-    /// attention mask (B, 1, T, T) bool (true = attend), which broadcasts over heads in scaled dot-product attention.
+    /// attention mask (B, 1, T, T) bool, true where query i may attend to key j: j &lt;= i within the same example
+    /// (block-diagonal causal, <see cref="QLoraNet.Models.AttentionMask.BlockCausal"/>), so packed examples never
+    /// see each other. Padding (document 0) sees only padding, which keeps every row of the softmax non-empty;
+    /// its outputs are ignored by the loss.
     /// </summary>
     public BatchTensors ToTensors(Device device)
     {
         long[] shape = [Rows, Length];
+        using var documents = On(device, tensor(DocumentIds, shape));
         return new BatchTensors(
             On(device, tensor(InputIds, shape)),
             On(device, tensor(Labels, shape)),
             On(device, tensor(PositionIds, shape)),
-            On(device, tensor(AttentionMask(), [Rows, 1, Length, Length])));
+            QLoraNet.Models.AttentionMask.BlockCausal(documents));
     }
 
     static Tensor On(Device device, Tensor cpu)

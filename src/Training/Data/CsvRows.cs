@@ -12,18 +12,28 @@ public static class CsvRows
 {
     public static IEnumerable<Func<RowParser.Row>> Read(string path, IReadOnlyList<string> requiredColumns)
     {
-        using var reader = CsvReader.FromFile(path, new CsvReaderOptions { HasHeader = true, TrackLineNumbers = true });
-        string[] header = reader.Headers.ToArray();
-        var missing = requiredColumns.Where(c => !header.Contains(c)).ToArray();
-        if (missing.Length > 0)
-            throw new InvalidDataException($"{path}: missing column(s) {string.Join(", ", missing)}; the header has: {string.Join(", ", header)} (map names with data.columns)");
-        while (reader.Read())
+        var rows = new List<Func<RowParser.Row>>();
+        try
         {
-            var cells = new Dictionary<string, string>();
-            for (int i = 0; i < header.Length && i < reader.FieldCount; i++) cells[header[i]] = reader.GetString(i);
-            var row = new CsvRow($"{path}:{reader.LineNumber}", header, cells);
-            yield return () => row;
+            using var reader = CsvReader.FromFile(path, new CsvReaderOptions { HasHeader = true, TrackLineNumbers = true });
+            string[] header = reader.Headers.ToArray();
+            var missing = requiredColumns.Where(c => !header.Contains(c)).ToArray();
+            if (missing.Length > 0)
+                throw new InvalidDataException($"{path}: missing column(s) {string.Join(", ", missing)}; the header has: {string.Join(", ", header)} (map names with data.columns)");
+            while (reader.Read())
+            {
+                var cells = new Dictionary<string, string>();
+                for (int i = 0; i < header.Length && i < reader.FieldCount; i++) cells[header[i]] = reader.GetString(i);
+                var row = new CsvRow($"{path}:{reader.LineNumber}", header, cells);
+                rows.Add(() => row);
+            }
         }
+        catch (CsvFormatException e)
+        {
+            // The whole file is suspect after a quoting error, so it is not a skippable bad row.
+            throw new InvalidDataException($"{path}: malformed CSV ({e.Message.Split('\n')[0]})");
+        }
+        return rows;
     }
 
     sealed class CsvRow(string origin, IReadOnlyList<string> header, Dictionary<string, string> cells) : RowParser.Row

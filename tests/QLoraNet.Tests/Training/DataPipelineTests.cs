@@ -43,7 +43,7 @@ public sealed class DataPipelineTests : IDisposable
     }
 
     [Fact]
-    public void Attention_mask_is_block_diagonal_causal_and_padding_sees_only_itself()
+    public void Attention_mask_is_block_diagonal_causal_and_padding_sees_only_padding()
     {
         var packed = SequencePacker.Pack([Ex(2, 10), Ex(2, 20)], 8, true);
         var single = SequencePacker.Pack([Ex(3, 30)], 8, false);
@@ -52,10 +52,6 @@ public sealed class DataPipelineTests : IDisposable
         Assert.Equal(new long[] { 10, 11, 20, 21, 30, 31, 32, 0 }, batch.InputIds);
         Assert.Equal(new long[] { I, 11, I, 21, I, 31, 32, I }, batch.Labels);
         Assert.Equal(new long[] { 0, 1, 0, 1, 0, 1, 2, 0 }, batch.PositionIds);
-        var m = batch.AttentionMask();
-        string Row(int b, int i) => string.Concat(Enumerable.Range(0, 4).Select(j => m[(b * 4 + i) * 4 + j] ? '1' : '0'));
-        Assert.Equal(new[] { "1000", "1100", "0010", "0011" }, Enumerable.Range(0, 4).Select(i => Row(0, i)));
-        Assert.Equal(new[] { "1000", "1100", "1110", "0001" }, Enumerable.Range(0, 4).Select(i => Row(1, i)));
         Assert.True(batch.IsPacked);
 
         using var t = batch.ToTensors(CPU);
@@ -64,6 +60,10 @@ public sealed class DataPipelineTests : IDisposable
         Assert.Equal(ScalarType.Bool, t.AttentionMask.dtype);
         Assert.Equal(ScalarType.Int64, t.Labels.dtype);
         Assert.Equal(2L, t.PositionIds[1, 2].item<long>());
+        var m = t.AttentionMask.data<bool>().ToArray();
+        string Row(int b, int i) => string.Concat(Enumerable.Range(0, 4).Select(j => m[(b * 4 + i) * 4 + j] ? '1' : '0'));
+        Assert.Equal(new[] { "1000", "1100", "0010", "0011" }, Enumerable.Range(0, 4).Select(i => Row(0, i)));
+        Assert.Equal(new[] { "1000", "1100", "1110", "0001" }, Enumerable.Range(0, 4).Select(i => Row(1, i)));
         Assert.False(t.AttentionMask[0, 0, 2, 1].item<bool>());
     }
 
@@ -172,6 +172,16 @@ public sealed class DataPipelineTests : IDisposable
         Assert.Contains(texts, t => t.Contains("2, of course"));
         var e = Assert.Throws<InvalidDataException>(() => TrainingData.Build(Config(f), Tok, 0));
         Assert.Equal($"{f}: missing column(s) instruction, output; the header has: question, context, answer (map names with data.columns)", e.Message);
+    }
+
+    [Fact]
+    public void Unclosed_csv_quote_is_a_one_line_error_naming_file_and_line()
+    {
+        // CsvHelper reads an unclosed quote to the end of the file as one cell, so the row lacks its output.
+        string f = Write("bad.csv", "instruction,output\n\"open quote,never closed\n");
+        var e = Assert.Throws<InvalidDataException>(() => TrainingData.Build(Config(f), Tok, 0));
+        Assert.StartsWith($"{f}:2: missing or empty field 'output'", e.Message);
+        Assert.DoesNotContain("\n", e.Message);
     }
 
     [Fact]
