@@ -7,5 +7,6 @@ cd "$(git rev-parse --show-toplevel)"
 if [[ -x ../shared/gpu/pack.sh ]]; then ../shared/gpu/pack.sh; fi
 rm -rf .device/app
 dotnet publish QLoraNet.csproj -c Release -r linux-x64 --self-contained false -p:TorchBackend=system -o .device/app 2>&1 | grep -E "error|->" || true
-cp scripts/gpu/*.sh scripts/gpu/*.py .device/ 2>/dev/null || true
+# The GPU runs need no plotting natives or debug symbols; keep what travels under the 64 MiB limit.
+rm -f .device/app/*.pdb .device/app/libSkiaSharp.so .device/app/libHarfBuzzSharp.so
 du -sh .device/app .device

@@ -12,6 +12,9 @@ public static partial class Commands
         yield return GenerateCommand.Create(stdout);
         yield return BenchCommand.Create(stdout);
         yield return ExportCommand.Create(stdout);
+        yield return InspectCommand.Create(stdout);
+        yield return EvalCommand.Create(stdout);
+        yield return QuantizeCommand.Create(stdout);
         yield return MergeCommand.Create(stdout);
     }
 }

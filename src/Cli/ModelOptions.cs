@@ -17,7 +17,7 @@ public sealed class ModelOptions
     public Option<string> Model { get; } = new("--model") { Description = "Hugging Face model directory (config.json, *.safetensors, tokenizer.model)", Required = true };
     public Option<string> Device { get; } = new("--device") { Description = "cpu | cuda | auto (cuda when available)", DefaultValueFactory = _ => "auto" };
     public Option<string?> DType { get; } = new("--dtype") { Description = "compute dtype fp32 | bf16 (default: fp32 on cpu, bf16 on cuda)" };
-    public Option<string> Quantization { get; } = new("--quantization") { Description = "base format of the linears, quantized on load: none | nf4[-dq] | fp4[-dq] | int8 | int4[-g64] | bf16 ... (see docs/QUANTIZATION.md)", DefaultValueFactory = _ => "none" };
+    public Option<string> Quantization { get; } = new("--quantization") { Description = "base format of the linears, quantized on load: none | nf4[-dq] | fp4[-dq] | int8 | int4[-g64] | bf16 ... (see docs/QUANTIZATION.md); a pre-quantized directory loads as stored", DefaultValueFactory = _ => "none" };
     public Option<string?> Adapter { get; } = new("--adapter") { Description = "peft LoRA adapter directory to apply (unmerged)" };
 
     public ModelOptions()
@@ -53,6 +53,7 @@ public sealed class ModelOptions
         var tokenizer = LlamaTextTokenizer.Load(dir);
         var config = LlamaConfig.Load(dir);
         var adapterConfig = adapterDir is null ? null : AdapterConfig.Load(adapterDir);
+        QuantizedCheckpoint.RequireCompatible(dir, format); // a `quantize` output keeps its stored format
         var headDType = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : compute;
         var model = LlamaLoader.Load(dir, new LoadOptions(device, compute, LinearPolicies.Quantized(format, compute, device, headDType)));
         try

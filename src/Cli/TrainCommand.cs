@@ -86,7 +86,7 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
     }
 
     public void OnEvaluation(int step, double validationLoss, bool isBest) =>
-        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"eval  step {step,5}  validation loss {validationLoss:F4}{(isBest ? "  (best)" : "")}"));
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"eval  step {step,5}  validation loss {validationLoss:F4}{(step == 0 ? "  (base model, before training)" : isBest ? "  (best)" : "")}"));
 
     public void OnCheckpoint(int step, string directory) => stdout.WriteLine($"saved {directory}");
 
@@ -96,7 +96,7 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
     {
         if (r.Message != null) stdout.WriteLine(r.Message);
         if (r.FinalAdapter != null)
-            stdout.WriteLine($"done: {r.StepsDone} steps, last loss {r.LastLoss:F4}" + (r.BestValidationLoss is { } b ? $", best validation loss {b:F4}" : "")
+            stdout.WriteLine($"done: {r.StepsDone} steps, last loss {r.LastLoss:F4}" + (r.BestValidationLoss is { } b ? $", best validation loss {b:F4}" + (r.InitialValidationLoss is { } v0 ? $" (base model {v0:F4})" : "") : "")
                 + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, TrainingRun.MetricsFile)}, curve in {Path.Combine(r.OutputDir, TrainingRun.LossCurveFile)}");
     }
 

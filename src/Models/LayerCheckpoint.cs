@@ -43,13 +43,17 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
 
         using var enableGrad = torch.enable_grad();
         torch.manual_seed(seed);
-        var input = hidden.detach().requires_grad_(true);
+        Tensor gradInput;
         using (var scope = NewDisposeScope())
         {
+            var input = hidden.detach().requires_grad_(true);
             var output = layer.forward(input, cos, sin, mask);
             torch.autograd.backward([output], [gradOutput]);
+            gradInput = (input.grad ?? torch.zeros_like(input)).MoveToOuterDisposeScope();
         }
-        var gradInput = input.grad ?? torch.zeros_like(input);
-        return [gradInput, null!, null!, null!, null!, null!];
+        // On CUDA this runs on libtorch's device thread, outside any dispose scope: release the handles now.
+        foreach (var t in saved) t?.Dispose();
+        gradOutput.Dispose();
+        return [QLoraNet.Quant.BackwardHandles.Defer(gradInput), null!, null!, null!, null!, null!];
     }
 }

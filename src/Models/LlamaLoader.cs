@@ -38,6 +38,12 @@ public static class LlamaLoader
             foreach (var name in ckpt.Names)
             {
                 if (!expected.TryGetValue(name, out var want)) continue;     // tolerated extras (see Validate)
+                if (want.Kind == Kind.Linear && QuantizedCheckpoint.IsStored(ckpt, name))
+                {
+                    // Stored in 4 bits (a `quantize` output): the codes are read back, never quantized again.
+                    linears[name[..^".weight".Length]] = QuantizedCheckpoint.ReadLinear(ckpt, name, want.Shape, options.Device, options.ComputeDType);
+                    continue;
+                }
                 using var raw = ckpt.Read(name);
                 if (want.Kind == Kind.Linear)
                 {
@@ -91,17 +97,23 @@ public static class LlamaLoader
                 throw new InvalidDataException(name == "lm_head.weight"
                     ? $"{modelDir}: checkpoint has no 'lm_head.weight' and config.json says tie_word_embeddings is false; add the head or set tie_word_embeddings true"
                     : $"{modelDir}: checkpoint is missing tensor '{name}' (required by config.json)");
+            if (want.Kind == Kind.Linear && QuantizedCheckpoint.IsStored(ckpt, name))
+            {
+                QuantizedCheckpoint.ValidateHeader(ckpt, name, want.Shape);
+                continue;
+            }
             var info = ckpt.Info(name);
             if (!info.Shape.SequenceEqual(want.Shape))
                 throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' has shape {info.ShapeText}, config.json implies [{string.Join(", ", want.Shape)}]");
             if (info.DType is not (ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32 or ScalarType.Float64))
-                throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' is {info.DType}; pre-quantized checkpoints are not supported, load the original float weights");
+                throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' is {info.DType}; pre-quantized weights load only in bitsandbytes 4-bit layout (with a quant_state, see `quantize`); otherwise load the original float weights");
         }
         foreach (var name in ckpt.Names)
         {
             // A tied head may still be stored (HF ignores it and reuses the embedding); old checkpoints also carry
             // the derived rotary inv_freq buffers. Anything else means the config and the weights disagree.
-            if (expected.ContainsKey(name) || name == "lm_head.weight" || name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)) continue;
+            if (expected.ContainsKey(name) || name == "lm_head.weight" || name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)
+                || (QuantizedCheckpoint.IsStateOf(name, out var weight) && expected.ContainsKey(weight))) continue;
             throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor '{name}' for a {Architecture} with this config.json (wrong config or not a Llama checkpoint)");
         }
     }

@@ -33,9 +33,14 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
         var computeDType = (ScalarType)ctx.get_data("dtype");
         var inputDType = (ScalarType)ctx.get_data("inputDType");
 
-        using var scope = NewDisposeScope();
-        var w = weight.Dequantize(computeDType);                                   // (out, in)
-        var gradInput = gradOutput.to(computeDType).matmul(w).to(inputDType);      // (..., in)
-        return [gradInput.MoveToOuterDisposeScope(), null!, null!];
+        Tensor gradInput;
+        using (var scope = NewDisposeScope())
+        {
+            var w = weight.Dequantize(computeDType);                               // (out, in)
+            gradInput = gradOutput.to(computeDType).matmul(w).to(inputDType)       // (..., in)
+                .MoveToOuterDisposeScope();
+        }
+        gradOutput.Dispose(); // TorchSharp's handle on the incoming gradient (see BackwardHandles)
+        return [BackwardHandles.Defer(gradInput), null!, null!];
     }
 }

@@ -4,7 +4,8 @@ namespace QLoraNet.Training.Config;
 
 /// <summary>
 /// The LoRA adapters: W x + (Alpha / R) * B A x on each target linear (Hu et al. 2021), or Alpha / sqrt(R) with
-/// rsLoRA (Kalajdzievski 2023). <see cref="TargetModules"/> holds Llama linear names; <c>all-linear</c> in YAML
+/// rsLoRA (Kalajdzievski 2023). <see cref="TargetModules"/> holds Llama linear names (default: the attention
+/// projections q/k/v/o, as the design brief and peft do); <c>all-linear</c> in YAML
 /// expands to all seven, which the QLoRA paper found necessary to match full fine-tuning (sec. 4).
 /// <see cref="Layers"/> restricts adapters to those decoder layer indices (null: every layer).
 /// </summary>
@@ -22,7 +23,10 @@ public sealed record LoraConfig(
 
     public const string AllLinear = "all-linear";
 
-    public static LoraConfig Default { get; } = new(16, 32, 0.05, LlamaLinearNames, null, false);
+    /// <summary>The attention projections: the default targets (the design brief's; peft's for Llama too).</summary>
+    public static readonly IReadOnlyList<string> AttentionNames = ["q_proj", "k_proj", "v_proj", "o_proj"];
+
+    public static LoraConfig Default { get; } = new(16, 32, 0.05, AttentionNames, null, false);
 
     /// <summary>The factor on B A x.</summary>
     public double Scaling => Rslora ? Alpha / Math.Sqrt(R) : Alpha / R;
@@ -33,7 +37,7 @@ public sealed record LoraConfig(
         var r = s.Int("r", d.R, 1, 4096);
         var alpha = s.Double("alpha", d.Alpha, 0, minExclusive: true);
         var dropout = s.Double("dropout", d.Dropout, 0, 1);
-        var targets = s.OptionalStringList("target_modules") ?? [AllLinear];
+        var targets = s.OptionalStringList("target_modules") ?? d.TargetModules.ToList();
         var layers = s.OptionalIntList("layers", 0);
         var rslora = s.Bool("rslora", d.Rslora);
         s.Finish();

@@ -51,7 +51,8 @@ public sealed record TrainResult(
     double? LastLoss,
     double? BestValidationLoss,
     TrainStop Stop,
-    string? Message);
+    string? Message,
+    double? InitialValidationLoss = null);
 
 public enum TrainStop { Completed, EarlyStopped, Interrupted, NonFiniteLoss }
 

@@ -77,6 +77,14 @@ public static class TrainingRun
         if (state.Step >= totalSteps)
             observer.OnMessage($"checkpoint is at step {state.Step}, the run has {totalSteps} steps: nothing to do");
 
+        // The base model's validation loss, before any step: the "before" of the run's before/after.
+        double? initialValidation = null;
+        if (state.Step == 0 && data.Validation.Count > 0 && totalSteps > 0)
+        {
+            initialValidation = Evaluate(model, data, t.MicroBatchSize, device);
+            observer.OnEvaluation(0, initialValidation.Value, false);
+        }
+
         var clock = Stopwatch.StartNew();
         double elapsedBefore = metrics.Rows.LastOrDefault()?.ElapsedSeconds ?? 0;
         var stop = TrainStop.Completed;
@@ -110,6 +118,7 @@ public static class TrainingRun
                     var logits = model.forward(x.InputIds, x.PositionIds, batch.IsPacked ? x.AttentionMask : null, null);
                     var sum = TokenLoss.Sum(logits, x.Labels);
                     (sum / countedTokens).backward();
+                    BackwardHandles.Release();
                     lossSum += sum.item<float>();
                     inputTokens += (long)batch.Rows * batch.Length;
                 }
@@ -181,7 +190,7 @@ public static class TrainingRun
             catch (Exception e) { observer.OnMessage($"could not draw {LossCurveFile}: {e.Message}"); }
         }
         if (stop == TrainStop.Interrupted) stopMessage = $"interrupted at step {state.Step}; resume with --resume";
-        return new TrainResult(outDir, finalAdapter, state.Step, state.LastLoss, state.BestValidationLoss, stop, stopMessage);
+        return new TrainResult(outDir, finalAdapter, state.Step, state.LastLoss, state.BestValidationLoss, stop, stopMessage, initialValidation);
     }
 
     /// <summary>Mean next-token loss over the validation sequences (no dropout, no graph).</summary>

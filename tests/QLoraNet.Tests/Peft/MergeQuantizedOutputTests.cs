@@ -50,6 +50,22 @@ public class MergeQuantizedOutputTests
         Assert.Equal("bfloat16", qc.GetProperty("bnb_4bit_compute_dtype").GetString());
     }
 
+    [Fact]
+    public void The_4bit_output_loads_and_equals_the_bf16_merge_quantized_on_load()
+    {
+        using var tmp = Paths.Temp();
+        string adapter = MergeTestAdapter.Create(tmp["adapter"]);
+        var nf4dq = QuantSpec.Parse("nf4-dq");
+        MergedCheckpoint.Write(Paths.TinyModel, adapter, tmp["nf4"], new MergeOptions(Quantization: (FourBitSpec)nf4dq));
+        MergedCheckpoint.Write(Paths.TinyModel, adapter, tmp["bf16"], new MergeOptions());
+
+        using var stored = MergeTestAdapter.LoadBase(dir: tmp["nf4"]);                 // codes read back
+        using var onLoad = MergeTestAdapter.LoadBase(nf4dq, dir: tmp["bf16"]);         // bf16 merge, quantized on load
+        using var a = MergeTestAdapter.Logits(stored);
+        using var b = MergeTestAdapter.Logits(onLoad);
+        Assert.True(Bits.Same(a, b));
+    }
+
     static void AssertQuantizedFrom(Tensor dense, FourBitWeight written)
     {
         Assert.Equal(ScalarType.BFloat16, written.DType);

@@ -33,7 +33,7 @@ public sealed class ConfigTests : IDisposable
         Assert.Equal(16, c.Lora.R);
         Assert.Equal(32.0, c.Lora.Alpha);
         Assert.Equal(2.0, c.Lora.Scaling);
-        Assert.Equal(LoraConfig.LlamaLinearNames, c.Lora.TargetModules);
+        Assert.Equal(LoraConfig.AttentionNames, c.Lora.TargetModules);
         Assert.Null(c.Lora.Layers);
         Assert.Equal(DataFormat.Chat, c.Data.Format);
         Assert.Equal(TemplateKind.Llama2Chat, c.Data.Template);
@@ -113,7 +113,7 @@ public sealed class ConfigTests : IDisposable
     {
         var c = Parse(Minimal + "lora:\n  r: ~\n  target_modules:\ntraining:\n  seed: null\n");
         Assert.Equal((16, 42), (c.Lora.R, c.Training.Seed));
-        Assert.Equal(LoraConfig.LlamaLinearNames, c.Lora.TargetModules);
+        Assert.Equal(LoraConfig.AttentionNames, c.Lora.TargetModules);
     }
 
     [Fact]

@@ -1,0 +1,49 @@
+using QLoraNet.Formats;
+using QLoraNet.Quant;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Cli;
+
+/// <summary>
+/// A rough GPU-memory estimate of one QLoRA training step (NF4 + double-quantized base, bf16 compute, LoRA on
+/// q/k/v/o, AdamW, per-layer gradient checkpointing), in bytes, to set against measured peaks:
+/// <code>
+///   base        = NF4-DQ decoder projections + bf16 embedding, norms and head   (ModelFootprint, exact)
+///   lora        = P_lora * (4 + 4 + 8)    fp32 parameters, gradients, Adam m and v;
+///                 P_lora = L * r * (in + out) summed over q, k, v, o
+///   boundaries  = L * B * T * H * 2       the bf16 hidden state each checkpointed layer keeps for its recompute
+///   recompute   = B * T * (10 H + 4 I) * 2  one layer's bf16 activations while it is recomputed and
+///                 + 2 * B * heads * T^2 * 2  differentiated (norms, q, k, v, rotated q/k, attention output,
+///                                           o_proj, residuals; gate, up, silu, product) plus bf16 attention
+///                                           scores and probabilities (the math SDPA path; flash needs none)
+///   logits      = 3 * B * T * V * 4       fp32 logits, their log-softmax and its gradient
+///   context     = 0.5 GiB                 CUDA context and the caching allocator's slack
+/// </code>
+/// The factors 10 and 4 are counts of tensors alive at once, not measurements; allocator fragmentation is not
+/// modelled, so a measured peak above the estimate by 10-30 % is expected.
+/// </summary>
+public sealed record TrainingMemoryEstimate(long BaseWeights, long LoraParameters, long LoraState, long Boundaries,
+    long LayerRecompute, long Logits, long CudaContext)
+{
+    public const long ContextBytes = 512L * 1024 * 1024;
+
+    public long Total => BaseWeights + LoraState + Boundaries + LayerRecompute + Logits + CudaContext;
+
+    public static TrainingMemoryEstimate Compute(LlamaConfig c, int seq, int batch, int rank)
+    {
+        if (seq <= 0 || batch <= 0 || rank <= 0)
+            throw new ArgumentException($"--seq {seq}, --batch {batch} and --lora-r {rank} must be positive");
+        long b = batch, t = seq, h = c.HiddenSize, layers = c.NumHiddenLayers;
+        var attention = ModelFootprint.LayerLinears(c).Where(l => l.Name is "q_proj" or "k_proj" or "v_proj" or "o_proj");
+        long lora = layers * attention.Sum(l => rank * (l.Rows + l.Cols));
+        long baseBytes = ModelFootprint.Size(c, "nf4-dq", QuantSpec.Parse("nf4-dq"), ScalarType.BFloat16).Total;
+        return new TrainingMemoryEstimate(
+            BaseWeights: baseBytes,
+            LoraParameters: lora,
+            LoraState: lora * 16,
+            Boundaries: layers * b * t * h * 2,
+            LayerRecompute: b * t * (10 * h + 4L * c.IntermediateSize) * 2 + 2 * b * c.NumAttentionHeads * t * t * 2,
+            Logits: 3 * b * t * c.VocabSize * 4,
+            CudaContext: ContextBytes);
+    }
+}

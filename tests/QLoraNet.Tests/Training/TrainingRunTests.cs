@@ -1,0 +1,120 @@
+using QLoraNet.Training.Config;
+using QLoraNet.Training.Trainer;
+
+namespace QLoraNet.Tests.Training;
+
+/// <summary>End-to-end runs of the recipe on the tiny model (NF4 + DQ base, fp32 on CPU): resume equivalence,
+/// checkpoint atomicity, output-dir protection. Kept to a few short steps.</summary>
+[Collection("training runs")] // sequential: they are the heaviest tests and share the hook below
+public class TrainingRunTests
+{
+    static TrainConfig Config(string outDir, params string[] extra) => TrainConfig.Load(
+        Path.Combine(Paths.RepoRoot, "configs", "quickstart.yaml"),
+        new[]
+        {
+            $"model.path={Paths.TinyModel}",
+            $"data.train={Path.Combine(Paths.RepoRoot, "datasets", "sales", "train.jsonl")}",
+            $"data.validation={Path.Combine(Paths.RepoRoot, "datasets", "sales", "validation.jsonl")}",
+            "data.max_seq_len=96", "data.packing=false", "training.micro_batch_size=2",
+            "training.gradient_accumulation_steps=2", "training.max_steps=6", "training.save_every=2",
+            "training.eval_every=3", "training.warmup_steps=2", "training.gradient_checkpointing=true",
+            "lora.dropout=0.1", $"output.dir={outDir}", "output.keep_last=5",
+        }.Concat(extra));
+
+    sealed class Recorder(Action<StepMetrics>? onStep = null) : ITrainingObserver
+    {
+        public readonly Dictionary<int, double> Losses = new();
+        public readonly Dictionary<int, double> Validation = new();
+        public void OnStart(RunSummary summary) { }
+        public void OnStep(StepMetrics m) { Losses[m.Step] = m.Loss; onStep?.Invoke(m); }
+        public void OnEvaluation(int step, double loss, bool best) => Validation[step] = loss;
+        public void OnCheckpoint(int step, string directory) { }
+        public void OnMessage(string message) { }
+    }
+
+    [Fact]
+    public void Interrupted_and_resumed_run_gives_the_same_losses_as_an_uninterrupted_one()
+    {
+        using var tmp = Paths.Temp();
+        var whole = new Recorder();
+        var r1 = TrainingRun.Run(Config(tmp["whole"]), new TrainOptions(), whole, CancellationToken.None);
+        Assert.Equal(TrainStop.Completed, r1.Stop);
+        Assert.Equal(6, whole.Losses.Count);
+
+        using var cts = new CancellationTokenSource();
+        var first = new Recorder(m => { if (m.Step == 3) cts.Cancel(); });
+        var r2 = TrainingRun.Run(Config(tmp["split"]), new TrainOptions(), first, cts.Token);
+        Assert.Equal(TrainStop.Interrupted, r2.Stop);
+        Assert.Equal(3, r2.StepsDone);
+        Assert.True(Directory.Exists(Path.Combine(tmp["split"], "checkpoints", "step-3")));
+
+        var second = new Recorder();
+        var r3 = TrainingRun.Run(Config(tmp["split"]), new TrainOptions("latest"), second, CancellationToken.None);
+        Assert.Equal(TrainStop.Completed, r3.Stop);
+        Assert.Equal(new[] { 4, 5, 6 }, second.Losses.Keys.Order());
+        for (int s = 1; s <= 6; s++)
+            Assert.Equal(whole.Losses[s], s <= 3 ? first.Losses[s] : second.Losses[s]); // exact, fp32 on CPU
+        Assert.Equal(whole.Validation[6], second.Validation[6]);
+
+        var a = File.ReadAllBytes(Path.Combine(r1.FinalAdapter!, "adapter_model.safetensors"));
+        var b = File.ReadAllBytes(Path.Combine(r3.FinalAdapter!, "adapter_model.safetensors"));
+        Assert.Equal(a, b);
+        // metrics.csv reads as one run: steps 1..6 once each
+        Assert.Equal(Enumerable.Range(1, 6), MetricsLog.Read(Path.Combine(tmp["split"], "metrics.csv")).Select(r => r.Step));
+        Assert.True(whole.Losses[6] < whole.Losses[1], "loss should fall");
+    }
+
+    [Fact]
+    public void A_kill_while_writing_a_checkpoint_leaves_the_previous_one_intact()
+    {
+        using var tmp = Paths.Temp();
+        string outDir = tmp["run"];
+        // Die while step-4's checkpoint is half written (after its adapter, before the optimizer state).
+        CheckpointStore.AfterFileWritten = f => { if (f.Contains(".step-4.tmp") && f.EndsWith("adapter")) throw new IOException("simulated kill"); };
+        try
+        {
+            Assert.Throws<IOException>(() => TrainingRun.Run(Config(outDir), new TrainOptions(), new Recorder(), CancellationToken.None));
+        }
+        finally
+        {
+            CheckpointStore.AfterFileWritten = null;
+        }
+        var store = new CheckpointStore(outDir, 5);
+        Assert.Equal(new[] { 2 }, store.List().Select(c => c.Step));
+        Assert.False(Directory.Exists(store.PathFor(4)));
+
+        // A leftover staging directory from a real kill is never taken for a checkpoint.
+        Directory.CreateDirectory(Path.Combine(store.Root, ".step-4.tmp-deadbeef", "adapter"));
+        Assert.EndsWith("step-2", store.Latest());
+
+        var resumed = new Recorder();
+        var r = TrainingRun.Run(Config(outDir), new TrainOptions("latest"), resumed, CancellationToken.None);
+        Assert.Equal(TrainStop.Completed, r.Stop);
+        Assert.Equal(new[] { 3, 4, 5, 6 }, resumed.Losses.Keys.Order());
+        Assert.Empty(Directory.GetDirectories(store.Root, ".step-*"));
+    }
+
+    [Fact]
+    public void A_new_run_refuses_an_output_dir_holding_checkpoints()
+    {
+        using var tmp = Paths.Temp();
+        TrainingRun.Run(Config(tmp["run"], "training.max_steps=2"), new TrainOptions(), new Recorder(), CancellationToken.None);
+        var e = Assert.Throws<InvalidOperationException>(() =>
+            TrainingRun.Run(Config(tmp["run"], "training.max_steps=2"), new TrainOptions(), new Recorder(), CancellationToken.None));
+        Assert.Contains("--resume", e.Message);
+        Assert.Contains(tmp["run"], e.Message);
+    }
+
+    [Fact]
+    public void Run_writes_a_peft_adapter_metrics_curve_and_resolved_config()
+    {
+        using var tmp = Paths.Temp();
+        var r = TrainingRun.Run(Config(tmp["run"], "training.max_steps=2", "training.gradient_checkpointing=false"), new TrainOptions(), new Recorder(), CancellationToken.None);
+        Assert.True(File.Exists(Path.Combine(r.FinalAdapter!, "adapter_model.safetensors")));
+        Assert.True(File.Exists(Path.Combine(r.FinalAdapter!, "adapter_config.json")));
+        Assert.True(new FileInfo(Path.Combine(tmp["run"], TrainingRun.LossCurveFile)).Length > 1000);
+        Assert.Equal(3, File.ReadAllLines(Path.Combine(tmp["run"], TrainingRun.MetricsFile)).Length);
+        var reloaded = TrainConfig.Load(Path.Combine(tmp["run"], TrainingRun.ResolvedConfigFile));
+        Assert.Equal(2, reloaded.Training.MaxSteps);
+    }
+}
