@@ -42,7 +42,7 @@ public static class MergedModelConfig
         ["bnb_4bit_use_double_quant"] = q.DoubleQuant,
         ["llm_int8_enable_fp32_cpu_offload"] = false,
         ["llm_int8_has_fp16_weight"] = false,
-        ["llm_int8_skip_modules"] = null,
+        ["llm_int8_skip_modules"] = new JsonArray("lm_head"),   // the head stays dense (DecoderProjections)
         ["llm_int8_threshold"] = 6.0,
         ["load_in_4bit"] = true,
         ["load_in_8bit"] = false,
