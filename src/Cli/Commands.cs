@@ -16,5 +16,6 @@ public static partial class Commands
         yield return EvalCommand.Create(stdout);
         yield return QuantizeCommand.Create(stdout);
         yield return MergeCommand.Create(stdout);
+        yield return LogitsCommand.Create(stdout);
     }
 }
