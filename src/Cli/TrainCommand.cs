@@ -60,14 +60,19 @@ public static class TrainCommand
     }
 }
 
-/// <summary>Renders a run: a summary table at start, one line per logged step (loss, lr, tokens/s, ETA, memory).</summary>
+/// <summary>
+/// Renders a run: a summary table at start; on a terminal, a live status line rewritten every step; one kept line
+/// every training.log_every steps (loss, lr, grad norm, tokens/s, ETA, memory) and for every evaluation/checkpoint.
+/// </summary>
 sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
 {
     int logEvery = 1;
+    readonly bool live = ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected;
+    int liveWidth;
 
     public void OnStart(RunSummary s)
     {
-        logEvery = Math.Max(1, s.TotalSteps / 50);
+        logEvery = Math.Max(1, s.LogEvery);
         var grid = new Grid().AddColumn().AddColumn();
         void Row(string k, string v) => grid.AddRow(new Markup($"[grey]{k}[/]"), new Text(v));
         Row("model", $"{s.ModelPath} on {s.Device}, compute {s.ComputeDType}");
@@ -80,20 +85,46 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
 
     public void OnStep(StepMetrics m)
     {
-        if (m.Step % logEvery != 0 && m.Step != m.TotalSteps && m.Step != 1) return;
-        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"step {m.Step,5}/{m.TotalSteps}  epoch {m.Epoch:F2}  loss {m.Loss:F4}  lr {m.LearningRate:E2}  |g| {m.GradNorm:F3}  {m.TokensPerSecond,7:F0} tok/s  ETA {Eta(m.EtaSeconds)}  mem {m.MemoryBytes / 1048576.0:F0} MiB"));
+        string line = string.Create(CultureInfo.InvariantCulture,
+            $"step {m.Step,5}/{m.TotalSteps}  epoch {m.Epoch:F2}  loss {m.Loss:F4}  lr {m.LearningRate:E2}  |g| {m.GradNorm:F3}  {m.TokensPerSecond,7:F0} tok/s  ETA {Eta(m.EtaSeconds)}  mem {m.MemoryBytes / 1048576.0:F0} MiB");
+        bool keep = m.Step % logEvery == 0 || m.Step == m.TotalSteps || m.Step == 1;
+        if (live)
+        {
+            // The status line is rewritten in place; kept lines end with a newline and the next status starts fresh.
+            stdout.Write("\r" + line.PadRight(liveWidth) + (keep ? "\n" : ""));
+            liveWidth = keep ? 0 : line.Length;
+        }
+        else if (keep) stdout.WriteLine(line);
     }
 
-    public void OnEvaluation(int step, double validationLoss, bool isBest) =>
+    void EndLive()
+    {
+        if (!live || liveWidth == 0) return;
+        stdout.Write("\r" + new string(' ', liveWidth) + "\r");
+        liveWidth = 0;
+    }
+
+    public void OnEvaluation(int step, double validationLoss, bool isBest)
+    {
+        EndLive();
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"eval  step {step,5}  validation loss {validationLoss:F4}{(step == 0 ? "  (base model, before training)" : isBest ? "  (best)" : "")}"));
+    }
 
-    public void OnCheckpoint(int step, string directory) => stdout.WriteLine($"saved {directory}");
+    public void OnCheckpoint(int step, string directory)
+    {
+        EndLive();
+        stdout.WriteLine($"saved {directory}");
+    }
 
-    public void OnMessage(string message) => stdout.WriteLine(message);
+    public void OnMessage(string message)
+    {
+        EndLive();
+        stdout.WriteLine(message);
+    }
 
     public void Finish(TrainResult r)
     {
+        EndLive();
         if (r.Message != null) stdout.WriteLine(r.Message);
         if (r.FinalAdapter != null)
             stdout.WriteLine($"done: {r.StepsDone} steps, last loss {r.LastLoss:F4}" + (r.BestValidationLoss is { } b ? $", best validation loss {b:F4}" + (r.InitialValidationLoss is { } v0 ? $" (base model {v0:F4})" : "") : "")

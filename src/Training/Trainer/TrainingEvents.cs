@@ -26,7 +26,8 @@ public sealed record RunSummary(
     int MicroBatchesPerEpoch,
     int SequencesPerStep,
     double LoadSeconds,
-    long BaseBytes);
+    long BaseBytes,
+    int LogEvery = 10);
 
 /// <summary>One optimizer step. Loss is the mean over the step's trained (unmasked) tokens.</summary>
 public sealed record StepMetrics(

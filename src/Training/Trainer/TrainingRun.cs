@@ -73,7 +73,7 @@ public static class TrainingRun
         long baseBytes = model.named_modules().Select(m => m.module).OfType<FrozenLinear>().Sum(f => f.StorageBytes);
         observer.OnStart(new RunSummary(config.Model.Path, device.ToString(), compute.ToString(), spec.ToString(),
             TrainableParameters.Count(model), data.Stats, totalSteps, state.Step, batches.PerEpoch,
-            t.MicroBatchSize * t.GradientAccumulationSteps, loadSeconds, baseBytes));
+            t.MicroBatchSize * t.GradientAccumulationSteps, loadSeconds, baseBytes, t.LogEvery));
         if (state.Step >= totalSteps)
             observer.OnMessage($"checkpoint is at step {state.Step}, the run has {totalSteps} steps: nothing to do");
 

@@ -14,7 +14,7 @@ public class TrainingRunTests
         {
             $"model.path={Paths.TinyModel}",
             $"data.train={Path.Combine(Paths.RepoRoot, "datasets", "sales", "train.jsonl")}",
-            $"data.validation={Path.Combine(Paths.RepoRoot, "datasets", "sales", "validation.jsonl")}",
+            "data.validation=null", "data.val_fraction=0.03", // ~16 held-out examples: quick evaluations
             "data.max_seq_len=96", "data.packing=false", "training.micro_batch_size=2",
             "training.gradient_accumulation_steps=2", "training.max_steps=6", "training.save_every=2",
             "training.eval_every=3", "training.warmup_steps=2", "training.gradient_checkpointing=true",
@@ -61,7 +61,7 @@ public class TrainingRunTests
         Assert.Equal(a, b);
         // metrics.csv reads as one run: steps 1..6 once each
         Assert.Equal(Enumerable.Range(1, 6), MetricsLog.Read(Path.Combine(tmp["split"], "metrics.csv")).Select(r => r.Step));
-        Assert.True(whole.Losses[6] < whole.Losses[1], "loss should fall");
+        Assert.True(whole.Validation[6] < whole.Validation[0] - 0.05, $"validation loss should fall: {whole.Validation[0]} -> {whole.Validation[6]}");
     }
 
     [Fact]
@@ -116,5 +116,21 @@ public class TrainingRunTests
         Assert.Equal(3, File.ReadAllLines(Path.Combine(tmp["run"], TrainingRun.MetricsFile)).Length);
         var reloaded = TrainConfig.Load(Path.Combine(tmp["run"], TrainingRun.ResolvedConfigFile));
         Assert.Equal(2, reloaded.Training.MaxSteps);
+    }
+
+    [Fact]
+    public void Early_stopping_ends_the_run_when_validation_loss_stops_improving()
+    {
+        using var tmp = Paths.Temp();
+        // A learning rate far too high makes every evaluation after the first worse.
+        var rec = new Recorder();
+        var r = TrainingRun.Run(Config(tmp["run"], "training.learning_rate=1.0", "training.max_grad_norm=0",
+            "training.eval_every=1", "training.early_stopping_patience=2", "training.max_steps=12", "training.warmup_steps=0"),
+            new TrainOptions(), rec, CancellationToken.None);
+        Assert.Equal(TrainStop.EarlyStopped, r.Stop);
+        Assert.True(r.StepsDone < 12, $"ran {r.StepsDone} steps");
+        Assert.Contains("early stopping", r.Message);
+        Assert.NotNull(r.FinalAdapter);
+        Assert.True(File.Exists(Path.Combine(r.FinalAdapter!, "adapter_model.safetensors")));
     }
 }
