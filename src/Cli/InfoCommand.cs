@@ -15,6 +15,7 @@ public static class InfoCommand
             stdout.WriteLine($"QLoraNet {typeof(InfoCommand).Assembly.GetName().Version}");
             stdout.WriteLine($"TorchSharp {typeof(torch).Assembly.GetName().Version}, libtorch {torch.__version__}");
             stdout.WriteLine($"CUDA available: {torch.cuda.is_available()}" + (torch.cuda.is_available() ? $" ({torch.cuda.device_count()} devices)" : ""));
+            stdout.WriteLine($"fused 4-bit dequantization kernel: {QLoraNet.Quant.Kernels.FourBitCudaKernel.Unavailable ?? "embedded (used on CUDA tensors)"}");
             return 0;
         });
         return cmd;

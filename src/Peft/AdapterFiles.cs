@@ -46,7 +46,7 @@ public static class AdapterFiles
                 SafeTensors.Write(Path.Combine(staging, WeightsFileName), tensors);
             }
             config.Save(staging);
-            ReplaceDirectory(staging, target);
+            DirectorySwap.Replace(staging, target);
         }
         catch
         {
@@ -124,20 +124,6 @@ public static class AdapterFiles
     /// <summary>The model's LoRA modules with their paths, in model order.</summary>
     public static IReadOnlyList<(string path, LoraLinear lora)> LoraModules(nn.Module model) =>
         model.named_modules().Where(m => m.module is LoraLinear).Select(m => (m.name, (LoraLinear)m.module)).ToList();
-
-    private static void ReplaceDirectory(string staging, string target)
-    {
-        if (!Directory.Exists(target))
-        {
-            Directory.Move(staging, target);
-            return;
-        }
-        // Directory.Move cannot overwrite: move the old one aside first, so the target is never half old, half new.
-        string old = target + ".old-" + Guid.NewGuid().ToString("N")[..8];
-        Directory.Move(target, old);
-        Directory.Move(staging, target);
-        Directory.Delete(old, recursive: true);
-    }
 
     private static string Text(long[] shape) => "[" + string.Join(", ", shape) + "]";
 

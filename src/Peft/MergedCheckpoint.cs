@@ -47,7 +47,7 @@ public static class MergedCheckpoint
                 if (File.Exists(from)) File.Copy(from, Path.Combine(staging, file));
             }
             long bytes = layout.Sum(e => e.Shape.Aggregate(1L, (a, b) => a * b) * SafeTensorsDType.ElementSize(e.DType));
-            ReplaceDirectory(staging, target);
+            DirectorySwap.Replace(staging, target);
             return new MergeSummary(merge.Modules.Count, layout.Count, shards, dtype, bytes);
         }
         catch
@@ -74,18 +74,4 @@ public static class MergedCheckpoint
             .Where(i => i.DType is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)
             .GroupBy(i => i.DType).OrderByDescending(g => g.Sum(i => i.NumElements)).Select(g => g.Key)
             .DefaultIfEmpty(ScalarType.Float32).First();
-
-    /// <summary>Moves the complete staging directory into place; an old target is moved aside first, then deleted.</summary>
-    static void ReplaceDirectory(string staging, string target)
-    {
-        if (!Directory.Exists(target))
-        {
-            Directory.Move(staging, target);
-            return;
-        }
-        string old = target + ".old-" + Guid.NewGuid().ToString("N")[..8];
-        Directory.Move(target, old);
-        Directory.Move(staging, target);
-        Directory.Delete(old, recursive: true);
-    }
 }
