@@ -133,4 +133,30 @@ public class TrainingRunTests
         Assert.NotNull(r.FinalAdapter);
         Assert.True(File.Exists(Path.Combine(r.FinalAdapter!, "adapter_model.safetensors")));
     }
+
+    [Fact]
+    public void A_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint()
+    {
+        using var tmp = Paths.Temp();
+        // A copy of the tiny model whose final norm weight is NaN: every loss is NaN from the first step on.
+        string model = tmp["model"];
+        Directory.CreateDirectory(model);
+        foreach (var f in Directory.GetFiles(Paths.TinyModel)) File.Copy(f, Path.Combine(model, Path.GetFileName(f)));
+        using (var ckpt = QLoraNet.Formats.CheckpointReader.Open(Paths.TinyModel))
+        {
+            string shard = ckpt.Info("model.norm.weight").ShardPath;
+            using var f = QLoraNet.Formats.SafeTensorsFile.Open(shard);
+            var tensors = f.Names.ToDictionary(n => n, n => f.Read(n));
+            tensors["model.norm.weight"].fill_(double.NaN);
+            QLoraNet.Formats.SafeTensors.Write(Path.Combine(model, Path.GetFileName(shard)), tensors);
+        }
+        var r = TrainingRun.Run(Config(tmp["run"], $"model.path={model}", "quantization.type=none", "quantization.double_quant=false"),
+            new TrainOptions(), new Recorder(), CancellationToken.None);
+        Assert.Equal(TrainStop.NonFiniteLoss, r.Stop);
+        Assert.Equal(0, r.StepsDone);
+        Assert.Null(r.FinalAdapter);
+        Assert.Contains("NaN", r.Message);
+        Assert.Contains("learning_rate", r.Message);
+        Assert.Empty(new CheckpointStore(tmp["run"], 5).List());
+    }
 }
