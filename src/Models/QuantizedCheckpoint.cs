@@ -214,24 +214,30 @@ public static class QuantizedCheckpoint
     static void WriteConfig(string modelDir, string outDir, FourBitSpec spec)
     {
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(modelDir, LlamaConfig.FileName)))!.AsObject();
-        config["quantization_config"] = new JsonObject
-        {
-            ["_load_in_4bit"] = true,
-            ["_load_in_8bit"] = false,
-            ["bnb_4bit_compute_dtype"] = "bfloat16",
-            ["bnb_4bit_quant_storage"] = "uint8",
-            ["bnb_4bit_quant_type"] = FourBitCodebook.Name(spec.Type),
-            ["bnb_4bit_use_double_quant"] = spec.DoubleQuant,
-            ["llm_int8_enable_fp32_cpu_offload"] = false,
-            ["llm_int8_has_fp16_weight"] = false,
-            ["llm_int8_skip_modules"] = new JsonArray("lm_head"),
-            ["llm_int8_threshold"] = 6.0,
-            ["load_in_4bit"] = true,
-            ["load_in_8bit"] = false,
-            ["quant_method"] = "bitsandbytes",
-        };
+        config["quantization_config"] = BitsAndBytesConfig(spec, "bfloat16");
         File.WriteAllText(Path.Combine(outDir, LlamaConfig.FileName), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }
+
+    /// <summary>
+    /// transformers' BitsAndBytesConfig(load_in_4bit=True, ...).to_dict(), keys sorted as it serialises them: what a
+    /// config.json carries for a bitsandbytes 4-bit checkpoint. The output head stays dense (llm_int8_skip_modules).
+    /// </summary>
+    public static JsonObject BitsAndBytesConfig(FourBitSpec spec, string computeDType) => new()
+    {
+        ["_load_in_4bit"] = true,
+        ["_load_in_8bit"] = false,
+        ["bnb_4bit_compute_dtype"] = computeDType,
+        ["bnb_4bit_quant_storage"] = "uint8",
+        ["bnb_4bit_quant_type"] = FourBitCodebook.Name(spec.Type),
+        ["bnb_4bit_use_double_quant"] = spec.DoubleQuant,
+        ["llm_int8_enable_fp32_cpu_offload"] = false,
+        ["llm_int8_has_fp16_weight"] = false,
+        ["llm_int8_skip_modules"] = new JsonArray(LinearPolicies.OutputHead),
+        ["llm_int8_threshold"] = 6.0,
+        ["load_in_4bit"] = true,
+        ["load_in_8bit"] = false,
+        ["quant_method"] = "bitsandbytes",
+    };
 
     static bool IsTokenizerFile(string path)
     {

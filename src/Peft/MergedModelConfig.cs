@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using QLoraNet.Models;
 using QLoraNet.Quant;
 using static TorchSharp.torch;
 
@@ -27,27 +28,9 @@ public static class MergedModelConfig
         if (!any) config["torch_dtype"] = name;
 
         config.Remove("quantization_config");
-        if (quantization != null) config["quantization_config"] = BitsAndBytes(quantization, name);
+        if (quantization != null) config["quantization_config"] = QuantizedCheckpoint.BitsAndBytesConfig(quantization, name);
         return config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
     }
-
-    /// <summary>BitsAndBytesConfig(load_in_4bit=True, ...).to_dict(), keys sorted as transformers serialises them.</summary>
-    static JsonObject BitsAndBytes(FourBitSpec q, string computeDType) => new()
-    {
-        ["_load_in_4bit"] = true,
-        ["_load_in_8bit"] = false,
-        ["bnb_4bit_compute_dtype"] = computeDType,
-        ["bnb_4bit_quant_storage"] = "uint8",
-        ["bnb_4bit_quant_type"] = FourBitCodebook.Name(q.Type),
-        ["bnb_4bit_use_double_quant"] = q.DoubleQuant,
-        ["llm_int8_enable_fp32_cpu_offload"] = false,
-        ["llm_int8_has_fp16_weight"] = false,
-        ["llm_int8_skip_modules"] = new JsonArray("lm_head"),   // the head stays dense (DecoderProjections)
-        ["llm_int8_threshold"] = 6.0,
-        ["load_in_4bit"] = true,
-        ["load_in_8bit"] = false,
-        ["quant_method"] = "bitsandbytes",
-    };
 
     /// <summary>str(torch.dtype) without "torch.", as transformers writes it.</summary>
     public static string DTypeName(ScalarType dtype) => dtype switch
