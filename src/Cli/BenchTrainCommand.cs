@@ -86,7 +86,7 @@ public static class BenchTrainCommand
         {
             using var scope = NewDisposeScope();
             var logits = llama.forward(ids, null, null, null);
-            var l = TokenLoss.Sum(logits, ids) / (shape.Batch * (shape.Seq - 1));
+            var l = CausalLmLoss.Sum(logits, ids) / (shape.Batch * (shape.Seq - 1));
             l.backward();
             BackwardHandles.Release();
             opt.StepOnce();

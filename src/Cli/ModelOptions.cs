@@ -22,7 +22,7 @@ public sealed class ModelOptions
 
     public ModelOptions()
     {
-        Device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
+        Device.AcceptOnlyFromAmong(DeviceChoice.Names);
         DType.AcceptOnlyFromAmong("fp32", "bf16");
     }
 
@@ -43,7 +43,7 @@ public sealed class ModelOptions
         LibTorchProbe.EnsureLoaded();
         string dir = parsed.GetValue(Model)!;
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"model directory '{dir}' does not exist");
-        var device = ResolveDevice(parsed.GetValue(Device)!);
+        var device = DeviceChoice.Resolve(parsed.GetValue(Device)!, "--device");
         var compute = ResolveDType(parsed.GetValue(DType), device);
         var format = QuantSpec.Parse(parsed.GetValue(Quantization)!);
         string? adapterDir = parsed.GetValue(Adapter);
@@ -68,15 +68,6 @@ public sealed class ModelOptions
         }
         return new Loaded(model, tokenizer, config, device, compute, format, adapterConfig);
     }
-
-    /// <summary>"auto" picks CUDA when libtorch sees a GPU: the only place that asks.</summary>
-    public static Device ResolveDevice(string name) => name switch
-    {
-        "cpu" => CPU,
-        "cuda" when !cuda.is_available() => throw new InvalidOperationException("--device cuda: no CUDA device is visible to libtorch (use --device cpu, or build with a CUDA backend; README, Backends)"),
-        "cuda" => CUDA,
-        _ => cuda.is_available() ? CUDA : CPU,
-    };
 
     /// <summary>fp32 on CPU (exact and fast enough for small models), bf16 on CUDA (half the memory, tensor cores).</summary>
     public static ScalarType ResolveDType(string? name, Device device) => name switch

@@ -45,7 +45,7 @@ public static class TrainingRun
         var data = TrainingData.Build(config.Data, tokenizer, t.Seed);
 
         // ---- model: quantize-on-load, then LoRA ----
-        var device = ResolveDevice(config.Model.Device);
+        var device = DeviceChoice.Resolve(config.Model.Device.ToString().ToLowerInvariant(), "model.device");
         var compute = DTypes.ToScalar(config.Quantization.ComputeDtype);
         var frozen = DTypes.ToScalar(config.Model.Dtype);
         var spec = BaseFormat(config.Quantization, frozen);
@@ -116,7 +116,7 @@ public static class TrainingRun
                     using var microScope = torch.NewDisposeScope();
                     var x = batch.ToTensors(device);
                     var logits = model.forward(x.InputIds, x.PositionIds, batch.IsPacked ? x.AttentionMask : null, null);
-                    var sum = TokenLoss.Sum(logits, x.Labels);
+                    var sum = CausalLmLoss.Sum(logits, x.Labels);
                     (sum / countedTokens).backward();
                     BackwardHandles.Release();
                     lossSum += sum.item<float>();
@@ -207,7 +207,7 @@ public static class TrainingRun
                 using var scope = torch.NewDisposeScope();
                 var x = batch.ToTensors(device);
                 var logits = model.forward(x.InputIds, x.PositionIds, batch.IsPacked ? x.AttentionMask : null, null);
-                sum += TokenLoss.Sum(logits, x.Labels).item<float>();
+                sum += CausalLmLoss.Sum(logits, x.Labels).item<float>();
                 count += TokenLoss.Counted(batch);
             }
             return count == 0 ? double.NaN : sum / count;
@@ -263,15 +263,6 @@ public static class TrainingRun
             throw new InvalidOperationException(
                 $"output dir '{outDir}' holds an earlier run's checkpoints; pass --resume to continue it, or set output.dir to a new directory (or delete it)");
     }
-
-    static Device ResolveDevice(DeviceKind kind) => kind switch
-    {
-        DeviceKind.Cpu => CPU,
-        DeviceKind.Cuda when !torch.cuda.is_available() =>
-            throw new InvalidOperationException("model.device is cuda but libtorch sees no CUDA device; use model.device: cpu, or the `system` backend with a CUDA libtorch (README, Backends)"),
-        DeviceKind.Cuda => CUDA,
-        _ => torch.cuda.is_available() ? CUDA : CPU,
-    };
 
     static QuantSpec BaseFormat(QuantizationConfig q, ScalarType denseDType) => q.Type switch
     {
