@@ -21,9 +21,14 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         this.model = model;
         lm_head = lmHead;
         RegisterComponents();
+        lmHead?.DeferBackwardHandlesTo(model.BackwardHandles);
     }
 
     public LlamaModel Model => model;
+
+    /// <summary>Where backward through this model defers its gradient handles; release after each backward pass
+    /// (<see cref="Quant.BackwardHandles.Release"/>).</summary>
+    public BackwardHandles BackwardHandles => model.BackwardHandles;
 
     /// <summary>The untied output head, or null when the head is tied to the input embedding.</summary>
     public FrozenLinear? LmHead => lm_head;

@@ -144,44 +144,37 @@ public static class QuantizedCheckpoint
             throw new InvalidDataException($"{modelDir}: already a 4-bit checkpoint; quantize the original weights instead");
         var layout = Plan(ckpt, spec);
 
-        string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
-        try
+        var current = new Dictionary<string, Tensor>();
+        FourBitWeight? held = null;
+        Tensor Produce(string name)
         {
-            var current = new Dictionary<string, Tensor>();
-            FourBitWeight? held = null;
-            Tensor Produce(string name)
+            if (DecoderLinear.IsMatch(name))
             {
-                if (DecoderLinear.IsMatch(name))
-                {
-                    using var dense = ckpt.Read(name);
-                    held = Quantize(dense, spec, name);
-                    current = FourBitCheckpoint.ToTensors(held, name[..^"weight".Length]);
-                }
-                if (!current.Remove(name, out var t)) return ckpt.Read(name);
-                if (current.Count == 0 && held is not null)
-                {
-                    // All keys of this weight are out; the writer disposes each one it gets, and the keys hold
-                    // the scales themselves but only a view of the packed codes.
-                    held.Packed.Dispose();
-                    held = null;
-                }
-                return t;
+                using var dense = ckpt.Read(name);
+                held = Quantize(dense, spec, name);
+                current = FourBitCheckpoint.ToTensors(held, name[..^"weight".Length]);
             }
-            var files = CheckpointWriter.Write(staging, layout, Produce, maxShardBytes);
+            if (!current.Remove(name, out var t)) return ckpt.Read(name);
+            if (current.Count == 0 && held is not null)
+            {
+                // All keys of this weight are out; the writer disposes each one it gets, and the keys hold
+                // the scales themselves but only a view of the packed codes.
+                held.Packed.Dispose();
+                held = null;
+            }
+            return t;
+        }
+        IReadOnlyList<string> files = [];
+        AtomicDirectory.Write(target, staging =>
+        {
+            files = CheckpointWriter.Write(staging, layout, Produce, maxShardBytes);
             WriteConfig(modelDir, staging, spec);
             foreach (var file in Directory.EnumerateFiles(modelDir).Where(IsTokenizerFile))
                 File.Copy(file, Path.Combine(staging, Path.GetFileName(file)));
-            if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
-            Directory.Move(staging, target);
-            long bytes = Directory.EnumerateFiles(target).Sum(f => new FileInfo(f).Length);
-            int quantized = layout.Count(e => DecoderLinear.IsMatch(e.Name));
-            return new Summary(quantized, ckpt.Names.Count - quantized, files, bytes);
-        }
-        catch
-        {
-            try { if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true); } catch (IOException) { }
-            throw;
-        }
+        });
+        long bytes = Directory.EnumerateFiles(target).Sum(f => new FileInfo(f).Length);
+        int quantized = layout.Count(e => DecoderLinear.IsMatch(e.Name));
+        return new Summary(quantized, ckpt.Names.Count - quantized, files, bytes);
     }
 
     /// <summary>Every output tensor's name, dtype and shape, in file order; projections become their bitsandbytes keys.</summary>
