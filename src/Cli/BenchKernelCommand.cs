@@ -32,7 +32,7 @@ public static class BenchKernelCommand
     static void Run(TextWriter o, int iters)
     {
         var dev = torch.CUDA;
-        torch.manual_seed(0);
+        using var rng = new torch.Generator(0, dev);   // the run's own random stream, not torch's process-wide one
         double copyGbs = CopyBandwidth(dev, iters);
         o.WriteLine($"device-to-device copy: {copyGbs:F0} GB/s (bytes read + written)");
         o.WriteLine("shape          dq  dtype  parity  kernel_us  kernel_GB/s  %copy  torch_us  torch_GB/s  speedup");
@@ -43,7 +43,7 @@ public static class BenchKernelCommand
                     using var scope = torch.NewDisposeScope();
                     long n = rows * cols, nb = n / 64;
                     // A real quantized weight (random normal values, quantized on the GPU) so every code and scale occurs.
-                    var w = FourBitWeight.Quantize(torch.randn(new[] { rows, cols }, ScalarType.BFloat16, dev), FourBitType.Nf4, 64, dq);
+                    var w = FourBitWeight.Quantize(torch.randn(new[] { rows, cols }, ScalarType.BFloat16, dev, generator: rng), FourBitType.Nf4, 64, dq);
                     var reference = w.DequantizeWithTorchOps(dtype);
                     var fast = w.Dequantize(dtype);
                     if (FourBitCudaKernel.Unavailable is { } why) throw new InvalidOperationException("kernel unavailable: " + why);
