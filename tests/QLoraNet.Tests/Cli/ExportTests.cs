@@ -33,6 +33,7 @@ public static class TinyModelExports
     }
 }
 
+[Trait("tier", "e2e")]
 public class ExportTests
 {
     static Tensor Source(string hfName)

@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Formats;
 
 /// <summary>Q8_0 / Q4_0 blocks against hand-computed bytes (ggml-quants.c quantize_row_q8_0_ref / q4_0_ref).</summary>
+[Trait("tier", "unit")]
 public class GgufQuantTests
 {
     [Fact]

@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Formats;
 
+[Trait("tier", "parity")]
 public class GgufRopePermutationTests
 {
     [Fact]

@@ -3,6 +3,7 @@ using QLoraNet.Formats;
 
 namespace QLoraNet.Tests.Formats;
 
+[Trait("tier", "unit")]
 public class GgufWriterTests
 {
     static readonly KeyValuePair<string, GgufValue>[] Metadata =

@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Formats;
 
+[Trait("tier", "unit")]
 public class SafeTensorsTests
 {
     [Fact]

@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Training;
 
+[Trait("tier", "unit")]
 public class AdamWTests
 {
     [Fact]

@@ -7,6 +7,7 @@ namespace QLoraNet.Tests.Training;
 /// <summary>End-to-end runs of the recipe on the tiny model (NF4 + DQ base, fp32 on CPU): resume equivalence,
 /// checkpoint atomicity, output-dir protection. Kept to a few short steps.</summary>
 [Collection("training runs")] // sequential: they are the heaviest tests
+[Trait("tier", "e2e")]
 public class LoraFinetuneRecipeTests
 {
     static TrainConfig Config(string outDir, params string[] extra) => TrainConfig.Load(

@@ -2,6 +2,7 @@ using QLoraNet.Training.Data;
 
 namespace QLoraNet.Tests.Training;
 
+[Trait("tier", "unit")]
 public class TokenizerAndTemplateTests
 {
     internal static readonly LlamaSentencePieceTokenizer Tok = LlamaSentencePieceTokenizer.Load(Paths.TinyModel);
