@@ -20,6 +20,9 @@ namespace QLoraNet.Training.Recipes;
 /// The per-step work (<see cref="TrainStep"/>), the loss (<see cref="ITrainingLoss"/>, here
 /// <see cref="CausalLmTokenMeanLoss"/>) and validation (<see cref="Evaluator"/>) are components: another objective
 /// is a sibling recipe passing its own loss, and `bench train` times the same TrainStep on random tokens.
+/// Data-parallel: a launcher runs one recipe per replica (<see cref="TrainOptions.Replicas"/>); every replica
+/// holds the same model, draws the same data stream and takes its share of each step's micro-batches, the step
+/// sums gradients over replicas, and only replica 0 writes files.
 /// </summary>
 public sealed class LoraFinetuneRecipe : IDisposable
 {
@@ -27,6 +30,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     readonly TrainingConfig _t;
     readonly ITrainingObserver _observer;
     readonly string _outDir;
+    readonly IReplicaGroup _replicas;
 
     // Set up in order by Setup; the loop reads them.
     CheckpointStore _store = null!;
@@ -48,18 +52,22 @@ public sealed class LoraFinetuneRecipe : IDisposable
     MetricsLog _metrics = null!;
     int? _bestStep;
 
-    LoraFinetuneRecipe(TrainConfig config, ITrainingObserver observer)
+    LoraFinetuneRecipe(TrainConfig config, ITrainingObserver observer, IReplicaGroup? replicas)
     {
         _config = config;
         _t = config.Training;
         _observer = observer;
         _outDir = config.Output.Dir;
+        _replicas = replicas ?? SingleReplica.Instance;
     }
+
+    /// <summary>Replica 0 writes the run's files (config, metrics, checkpoints, adapter, curve); the others only train.</summary>
+    bool WritesFiles => _replicas.Rank == 0;
 
     /// <summary>Sets up and runs the whole job; returns how it ended.</summary>
     public static TrainResult Run(TrainConfig config, TrainOptions options, ITrainingObserver observer, CancellationToken cancel)
     {
-        using var recipe = new LoraFinetuneRecipe(config, observer);
+        using var recipe = new LoraFinetuneRecipe(config, observer, options.Replicas);
         recipe.Setup(options);
         return recipe.Train(cancel);
     }
@@ -76,7 +84,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         SetupStep();
         _observer.OnStart(new RunSummary(_config.Model.Path, _device.ToString(), _model.Model.ComputeDType.ToString(),
             _baseFormat.ToString(), TrainableParameters.Count(_model), _data.Stats, _totalSteps, _state.Step,
-            _batches.PerEpoch, _t.MicroBatchSize * _t.GradientAccumulationSteps, _loadSeconds,
+            _batches.PerEpoch, _t.MicroBatchSize * _t.GradientAccumulationSteps * _replicas.Size, _loadSeconds,
             _model.named_modules().Select(m => m.module).OfType<FrozenLinear>().Sum(f => f.StorageBytes), _t.LogEvery));
         if (_state.Step >= _totalSteps)
             _observer.OnMessage($"checkpoint is at step {_state.Step}, the run has {_totalSteps} steps: nothing to do");
@@ -88,6 +96,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         _store = new CheckpointStore(_outDir, _config.Output.KeepLast, _observer.OnCheckpointFileWritten);
         _resumeFrom = RunOutput.ResolveResume(resume, _store);
         if (_resumeFrom is null) RunOutput.GuardNewRun(_outDir, _store);
+        if (!WritesFiles) return;
         Directory.CreateDirectory(_outDir);
         RunOutput.WriteResolvedConfig(_outDir, _config);
     }
@@ -103,6 +112,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     void SetupModel()
     {
         _device = DeviceChoice.Resolve(_config.Model.Device.ToString().ToLowerInvariant(), "model.device");
+        if (_replicas.Size > 1 && _device.type == DeviceType.CUDA) _device = new Device(DeviceType.CUDA, _replicas.Rank);
         var compute = DTypes.ToScalar(_config.Quantization.ComputeDtype);
         var frozen = DTypes.ToScalar(_config.Model.Dtype);
         _baseFormat = BaseFormat(_config.Quantization, frozen);
@@ -139,7 +149,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     void SetupSchedule()
     {
         _batches = new BatchStream(_data, _t.MicroBatchSize, _state.Epoch, _state.MicroBatch);
-        _totalSteps = _t.TotalSteps(_batches.PerEpoch);
+        _totalSteps = _t.TotalSteps(_batches.PerEpoch, _replicas.Size);
         _schedule = new LrSchedule(DTypes.Name(_t.Scheduler), _t.LearningRate, _t.Warmup(_totalSteps), _totalSteps);
     }
 
@@ -148,9 +158,9 @@ public sealed class LoraFinetuneRecipe : IDisposable
     {
         var loss = new CausalLmTokenMeanLoss();
         _step = new TrainStep(_model, _optimizer, loss,
-            new TrainStepSettings(_t.GradientAccumulationSteps, _t.MaxGradNorm, _t.Seed), _dropoutGenerator);
+            new TrainStepSettings(_t.GradientAccumulationSteps, _t.MaxGradNorm, _t.Seed), _dropoutGenerator, _replicas);
         _evaluator = new Evaluator(_model, loss);
-        _metrics = new MetricsLog(Path.Combine(_outDir, RunOutput.MetricsFile), _state.Step);
+        _metrics = new MetricsLog(WritesFiles ? Path.Combine(_outDir, RunOutput.MetricsFile) : null, _state.Step);
     }
 
     /// <summary>The loop: one optimizer step at a time, with evaluation, early stopping and checkpoints as configured.</summary>
@@ -165,7 +175,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
 
         for (int step = _state.Step; step < _totalSteps; step++)
         {
-            if (cancel.IsCancellationRequested)
+            // All replicas stop at the same step (one that ran on alone would wait forever in the step's sums).
+            if (_replicas.Sum(cancel.IsCancellationRequested ? 1 : 0) > 0)
             {
                 stop = TrainStop.Interrupted;
                 break;
@@ -238,8 +249,11 @@ public sealed class LoraFinetuneRecipe : IDisposable
             tokensPerSecond, stepSeconds, elapsed, (_totalSteps - step) / Math.Max(1e-9, rate), rss));
     }
 
-    void SaveCheckpoint() =>
-        _observer.OnCheckpoint(_state.Step, TrainingCheckpoint.Save(_store, _state, _model, _adapterConfig, _optimizer, _bestStep));
+    void SaveCheckpoint()
+    {
+        if (WritesFiles)
+            _observer.OnCheckpoint(_state.Step, TrainingCheckpoint.Save(_store, _state, _model, _adapterConfig, _optimizer, _bestStep));
+    }
 
     /// <summary>The last checkpoint and the final adapter (unless the loss went non-finite), the loss curve, the result.</summary>
     TrainResult Finish(TrainStop stop, string? message, double? initialValidation)
@@ -251,10 +265,10 @@ public sealed class LoraFinetuneRecipe : IDisposable
             if (stop != TrainStop.Interrupted)
             {
                 finalAdapter = Path.Combine(_outDir, RunOutput.FinalAdapterDir);
-                AdapterFiles.Save(finalAdapter, _model, _adapterConfig);
+                if (WritesFiles) AdapterFiles.Save(finalAdapter, _model, _adapterConfig);
             }
         }
-        if (_metrics.Rows.Count > 0)
+        if (WritesFiles && _metrics.Rows.Count > 0)
         {
             string title = $"{Path.GetFileName(Path.GetFullPath(_config.Model.Path))} + LoRA r={_config.Lora.R}";
             try { LossCurve.Write(Path.Combine(_outDir, RunOutput.LossCurveFile), _metrics.Rows, title); }

@@ -20,13 +20,15 @@ public sealed class MetricsLog
 
     readonly List<Row> _rows = new();
 
-    public string Path { get; }
+    /// <summary>The file, or null for a log kept in memory only (a data-parallel replica that writes no files).</summary>
+    public string? Path { get; }
     public IReadOnlyList<Row> Rows => _rows;
 
     /// <summary>Opens the log, keeping rows up to <paramref name="keepThroughStep"/> from an earlier run (0: start afresh).</summary>
-    public MetricsLog(string path, int keepThroughStep)
+    public MetricsLog(string? path, int keepThroughStep)
     {
         Path = path;
+        if (path is null) return;
         if (keepThroughStep > 0 && File.Exists(path)) _rows.AddRange(Read(path).Where(r => r.Step <= keepThroughStep));
         Rewrite();
     }
@@ -34,6 +36,7 @@ public sealed class MetricsLog
     public void Append(Row row)
     {
         _rows.Add(row);
+        if (Path is null) return;
         using var w = new StreamWriter(Path, append: true);
         WriteRow(w, row);
     }
@@ -44,10 +47,10 @@ public sealed class MetricsLog
         int i = _rows.FindLastIndex(r => r.Step == step);
         if (i < 0) return;
         _rows[i] = _rows[i] with { ValidationLoss = loss };
-        Rewrite();
+        if (Path is not null) Rewrite();
     }
 
-    void Rewrite() => AtomicFile.Write(Path, stream =>
+    void Rewrite() => AtomicFile.Write(Path!, stream =>
     {
         using var w = new StreamWriter(stream, leaveOpen: true);
         using (var csv = CsvWriter.Create(w, null, leaveOpen: true))

@@ -155,4 +155,37 @@ public class LoraFinetuneRecipeTests
         Assert.Contains("learning_rate", r.Message);
         Assert.Empty(new CheckpointStore(tmp["run"], 5).List());
     }
+
+    /// <summary>
+    /// The recipe as a data-parallel launcher would run it: two replicas (threads of this process, a loopback for
+    /// NCCL) of one micro-batch per step train exactly as one replica accumulating two: the same losses, validation
+    /// and adapter, bit for bit; only replica 0 writes files.
+    /// </summary>
+    [Fact]
+    public void Two_replicas_run_the_recipe_of_one_replica_accumulating_their_micro_batches()
+    {
+        using var tmp = Paths.Temp();
+        string[] shape = ["training.max_steps=2", "training.eval_every=2", "training.save_every=0", "data.val_fraction=0.01", "data.max_seq_len=64"];
+        var single = new Recorder();
+        var r1 = LoraFinetuneRecipe.Run(Config(tmp["single"], [.. shape, "training.gradient_accumulation_steps=2"]), new TrainOptions(), single, CancellationToken.None);
+
+        var group = LoopbackReplicas.Group(2);
+        var primary = new Recorder();
+        var results = new TrainResult[2];
+        var threads = group.Select(replica => new Thread(() =>
+        {
+            ITrainingObserver observer = replica.Rank == 0 ? primary : NullObserver.Instance;
+            results[replica.Rank] = LoraFinetuneRecipe.Run(Config(tmp["dp"], [.. shape, "training.gradient_accumulation_steps=1"]),
+                new TrainOptions(Replicas: replica), observer, CancellationToken.None);
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+
+        Assert.Equal(single.Losses, primary.Losses);
+        Assert.Equal(single.Validation, primary.Validation);
+        Assert.Equal(r1.LastLoss, results[1].LastLoss);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(r1.FinalAdapter!, "adapter_model.safetensors")),
+            File.ReadAllBytes(Path.Combine(results[0].FinalAdapter!, "adapter_model.safetensors")));
+        Assert.Equal(new[] { 2 }, new CheckpointStore(tmp["dp"], 5).List().Select(c => c.Step));
+    }
 }
