@@ -52,10 +52,10 @@ public static class BenchTrainCommand
             var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt),
                 pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout));
             var loadClock = Stopwatch.StartNew();
-            using var dropoutGenerator = new Generator(0, dev);
-            using var llama = Load(pr.GetValue(model)!, spec, shape, dev, dropoutGenerator);
+            var dropoutRandom = new RandomStream();
+            using var llama = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
             double loadS = loadClock.Elapsed.TotalSeconds;
-            var (tokS, stepMs, loss) = TimeSteps(llama, shape, dropoutGenerator, pr.GetValue(steps), pr.GetValue(warmup));
+            var (tokS, stepMs, loss) = TimeSteps(llama, shape, dropoutRandom, pr.GetValue(steps), pr.GetValue(warmup));
             var fields = new List<string>
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
@@ -76,25 +76,25 @@ public static class BenchTrainCommand
     sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing, int GradientAccumulation,
         double MaxGradNorm, double Dropout);
 
-    static LlamaForCausalLM Load(string dir, QuantSpec spec, Shape shape, Device device, Generator dropoutGenerator)
+    static LlamaForCausalLM Load(string dir, QuantSpec spec, Shape shape, Device device, RandomStream dropoutRandom)
     {
         var compute = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
         var llama = LlamaLoader.Load(dir, new LoadOptions(device, compute, LinearPolicies.Quantized(spec, compute, device, compute), compute));
         llama.Model.GradientCheckpointing = shape.Checkpointing;
-        LoraApplier.Apply(llama, new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets, null, 0), dropoutGenerator);
+        LoraApplier.Apply(llama, new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets, null, 0), dropoutRandom);
         return llama;
     }
 
     /// <summary>Warm-up, then timed optimizer steps of <see cref="TrainStep"/> on random tokens (labels = inputs, as
     /// the peer does).</summary>
     static (double TokensPerSecond, double StepMs, double Loss) TimeSteps(LlamaForCausalLM llama, Shape shape,
-        Generator dropoutGenerator, int steps, int warmup)
+        RandomStream dropoutRandom, int steps, int warmup)
     {
         const double learningRate = 2e-4;
         var trainable = llama.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
         var optimizer = new AdamW(trainable, learningRate);
         var step = new TrainStep(llama, optimizer, new CausalLmTokenMeanLoss(),
-            new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutGenerator);
+            new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutRandom);
         var data = new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq);
         bool onCuda = llama.Device.type == DeviceType.CUDA;
         double loss = 0;

@@ -1,14 +1,12 @@
-using static TorchSharp.torch;
-
 namespace QLoraNet.Models;
 
 /// <summary>
-/// A module whose training forward draws random numbers (dropout masks) from an explicit generator rather than
-/// torch's process-wide one. <see cref="LayerCheckpoint"/> finds these in a layer and saves and restores their
-/// generators around the recomputation, so the recomputed forward draws exactly what the first forward drew.
+/// A module whose training forward draws random numbers (dropout masks) from an explicit <see cref="RandomStream"/>
+/// rather than torch's process-wide generators. <see cref="LayerCheckpoint"/> finds these in a layer and saves and
+/// restores their streams around the recomputation, so the recomputed forward draws exactly what the first did.
 /// </summary>
 public interface IStochasticModule
 {
-    /// <summary>The generator the module draws from (on the device of its inputs).</summary>
-    Generator Generator { get; }
+    /// <summary>The stream the module draws from.</summary>
+    RandomStream Random { get; }
 }

@@ -12,8 +12,8 @@ namespace QLoraNet.Models;
 /// checkpointing of its own. Memory per layer drops from every intermediate (attention, MLP, dequantized weights)
 /// to one (B, T, hidden) tensor, for one extra forward.
 /// Randomness (LoRA dropout) must be the same in the recomputation: like PyTorch's checkpoint (preserve_rng_state),
-/// the states of the layer's generators (<see cref="IStochasticModule"/>) are saved before the forward, set again
-/// for the recomputation, and put back afterwards, so the draws of later layers and micro-batches are untouched.
+/// the positions of the layer's random streams (<see cref="IStochasticModule"/>) are saved before the forward, set
+/// again for the recomputation, and put back afterwards, so the draws of later layers and micro-batches are untouched.
 /// Call: <c>LayerCheckpoint.apply(hidden, layer, cos, sin, mask, handles)</c>; hidden must require grad (the caller
 /// sets it on the embedding output, which is frozen) or backward never reaches this layer; handles is the model's
 /// <see cref="BackwardHandles"/>, where backward defers the gradient it returns.
@@ -28,11 +28,11 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         var layer = (LlamaDecoderLayer)vars[1];
         var (cos, sin, mask, handles) = ((Tensor)vars[2], (Tensor)vars[3], (Tensor?)vars[4], (BackwardHandles)vars[5]);
         // Tensors go through save_for_backward (autograd keeps them alive after the caller's dispose scope ends);
-        // the layer, the generator states and the handle queue are plain data.
+        // the layer, the stream positions and the handle queue are plain data.
         ctx.save_for_backward(mask is null ? [hidden, cos, sin] : [hidden, cos, sin, mask]);
         ctx.save_data("layer", layer);
         ctx.save_data("handles", handles);
-        ctx.save_data("rng", GeneratorStates(layer));
+        ctx.save_data("rng", StreamPositions(layer));
         using var noGrad = torch.no_grad();
         return layer.forward(hidden, cos, sin, mask);
     }
@@ -43,10 +43,10 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         var (hidden, cos, sin, mask) = (saved[0], saved[1], saved[2], saved.Count > 3 ? saved[3] : null);
         var layer = (LlamaDecoderLayer)ctx.get_data("layer");
         var handles = (BackwardHandles)ctx.get_data("handles");
-        var atForward = (List<(Generator Generator, byte[] State)>)ctx.get_data("rng");
+        var atForward = (List<(RandomStream Stream, RandomStream.Position State)>)ctx.get_data("rng");
 
         using var enableGrad = torch.enable_grad();
-        var current = atForward.Select(s => (s.Generator, State(s.Generator))).ToList();
+        var current = atForward.Select(s => (s.Stream, s.Stream.State)).ToList();
         Restore(atForward);
         Tensor gradInput;
         try
@@ -67,23 +67,13 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         return [handles.Defer(gradInput), null!, null!, null!, null!, null!];
     }
 
-    /// <summary>The state of every distinct generator the layer's modules draw from.</summary>
-    static List<(Generator Generator, byte[] State)> GeneratorStates(LlamaDecoderLayer layer) =>
-        layer.modules().OfType<IStochasticModule>().Select(m => m.Generator).Distinct()
-            .Select(g => (g, State(g))).ToList();
+    /// <summary>The position of every distinct random stream the layer's modules draw from.</summary>
+    static List<(RandomStream Stream, RandomStream.Position State)> StreamPositions(LlamaDecoderLayer layer) =>
+        layer.modules().OfType<IStochasticModule>().Select(m => m.Random).Distinct()
+            .Select(r => (r, r.State)).ToList();
 
-    static byte[] State(Generator g)
+    static void Restore(IEnumerable<(RandomStream Stream, RandomStream.Position State)> states)
     {
-        using var state = g.get_state(); // a CPU uint8 tensor, whatever the generator's device
-        return state.data<byte>().ToArray();
-    }
-
-    static void Restore(IEnumerable<(Generator Generator, byte[] State)> states)
-    {
-        foreach (var (g, bytes) in states)
-        {
-            using var state = torch.tensor(bytes, ScalarType.Byte);
-            g.set_state(state);
-        }
+        foreach (var (stream, state) in states) stream.Restore(state);
     }
 }

@@ -16,9 +16,9 @@ public static partial class LoraApplier
     public const string OutputHeadName = "lm_head";
 
     /// <summary>Wraps the targeted modules and freezes the rest; returns the wrapped module paths in model order.
-    /// <paramref name="dropoutGenerator"/>: where every adapter draws its dropout masks (a training run's generator);
+    /// <paramref name="dropoutRandom"/>: where every adapter draws its dropout masks (a training run's stream);
     /// null = each adapter its own (<see cref="LoraDropout"/>).</summary>
-    public static IReadOnlyList<string> Apply(nn.Module model, LoraSettings settings, Generator? dropoutGenerator = null)
+    public static IReadOnlyList<string> Apply(nn.Module model, LoraSettings settings, Models.RandomStream? dropoutRandom = null)
     {
         var modules = model.named_modules().ToList();
         if (modules.Any(m => m.module is LoraLinear))
@@ -43,7 +43,7 @@ public static partial class LoraApplier
         using var generator = settings.Seed is long seed ? new Generator((ulong)seed) : null;
         foreach (var path in selected)
         {
-            var wrapped = new LoraLinear((FrozenLinear)byPath[path], settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutGenerator);
+            var wrapped = new LoraLinear((FrozenLinear)byPath[path], settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom);
             var (parent, name) = ParentOf(path);
             ChildModuleReplacer.Replace(parent, name, wrapped);
         }

@@ -40,7 +40,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     QuantSpec _baseFormat = null!;
     double _loadSeconds;
     LlamaForCausalLM _model = null!;
-    Generator _dropoutGenerator = null!;
+    readonly RandomStream _dropoutRandom = new();
     AdapterConfig _adapterConfig = null!;
     AdamW _optimizer = null!;
     TrainerState _state = TrainerState.Start;
@@ -123,13 +123,12 @@ public sealed class LoraFinetuneRecipe : IDisposable
         _loadSeconds = clock.Elapsed.TotalSeconds;
     }
 
-    /// <summary>LoRA on the target modules (A from the seed), everything else frozen; dropout draws from the run's generator.</summary>
+    /// <summary>LoRA on the target modules (A from the seed), everything else frozen; dropout draws from the run's stream.</summary>
     void SetupAdapters()
     {
         var l = _config.Lora;
-        _dropoutGenerator = new Generator((ulong)_t.Seed, _device);
         var lora = new LoraSettings(l.R, l.Alpha, l.Dropout, l.Rslora, l.TargetModules, l.Layers, _t.Seed);
-        var wrapped = LoraApplier.Apply(_model, lora, _dropoutGenerator);
+        var wrapped = LoraApplier.Apply(_model, lora, _dropoutRandom);
         _adapterConfig = AdapterConfig.From(lora, wrapped, _config.Model.Path);
     }
 
@@ -158,7 +157,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     {
         var loss = new CausalLmTokenMeanLoss();
         _step = new TrainStep(_model, _optimizer, loss,
-            new TrainStepSettings(_t.GradientAccumulationSteps, _t.MaxGradNorm, _t.Seed), _dropoutGenerator, _replicas);
+            new TrainStepSettings(_t.GradientAccumulationSteps, _t.MaxGradNorm, _t.Seed), _dropoutRandom, _replicas);
         _evaluator = new Evaluator(_model, loss);
         _metrics = new MetricsLog(WritesFiles ? Path.Combine(_outDir, RunOutput.MetricsFile) : null, _state.Step);
     }
@@ -290,6 +289,5 @@ public sealed class LoraFinetuneRecipe : IDisposable
     public void Dispose()
     {
         _model?.Dispose();
-        _dropoutGenerator?.Dispose();
     }
 }

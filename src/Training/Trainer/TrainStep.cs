@@ -11,7 +11,7 @@ namespace QLoraNet.Training.Trainer;
 /// <summary>The numbers of a step: accumulation, clipping, and the seed that dropout masks derive from.</summary>
 /// <param name="GradientAccumulationSteps">micro-batches per optimizer step (per replica).</param>
 /// <param name="MaxGradNorm">clip the global gradient norm to this; 0 = measure only.</param>
-/// <param name="Seed">the run's seed: micro-batch i of step s draws its dropout masks from a generator seeded by (seed, s, i).</param>
+/// <param name="Seed">the run's seed: micro-batch i of step s draws its dropout masks from a stream seeded by (seed, s, i).</param>
 public sealed record TrainStepSettings(int GradientAccumulationSteps, double MaxGradNorm, long Seed);
 
 /// <summary>What one optimizer step did. <see cref="Loss"/> is the mean over the step's loss terms (trained tokens);
@@ -23,13 +23,13 @@ public sealed record StepOutcome(double Loss, double GradNorm, long InputTokens,
 
 /// <summary>
 /// One optimizer step, the unit that `train` loops over and `bench train` times: draw the step's micro-batches;
-/// for each (in its own dispose scope), reseed the dropout generator from (seed, step, micro-batch), run the loss
+/// for each (in its own dispose scope), reseed the dropout stream from (seed, step, micro-batch), run the loss
 /// (forward included) and back-propagate its share of the step's mean, then release the model's backward handles;
 /// sum the gradients over replicas (once per optimizer step); clip; AdamW; zero the gradients.
 /// The loss is injected (<see cref="ITrainingLoss"/>), and so are the replicas (<see cref="IReplicaGroup"/>):
 /// a new objective or data-parallel training changes what is passed in, not this class.
 /// Masks that depend only on (seed, step, micro-batch) make a resumed run draw exactly what the uninterrupted one
-/// did, with no generator state in the checkpoint, and make N replicas x k micro-batches draw what one replica x
+/// did, with no random state in the checkpoint, and make N replicas x k micro-batches draw what one replica x
 /// N·k micro-batches draws.
 /// </summary>
 public sealed class TrainStep
@@ -38,15 +38,15 @@ public sealed class TrainStep
     readonly AdamW _optimizer;
     readonly ITrainingLoss _loss;
     readonly TrainStepSettings _settings;
-    readonly Generator? _dropoutGenerator;
+    readonly RandomStream? _dropoutRandom;
     readonly IReplicaGroup _replicas;
     readonly IReadOnlyList<Parameter> _trainable;
 
     /// <param name="model">the model; its parameters that require grad are the ones <paramref name="optimizer"/> updates.</param>
-    /// <param name="dropoutGenerator">the generator the model's dropout draws from (null: the model draws no random numbers).</param>
+    /// <param name="dropoutRandom">the stream the model's dropout draws from (null: the model draws no random numbers).</param>
     /// <param name="replicas">null = a single device.</param>
     public TrainStep(LlamaForCausalLM model, AdamW optimizer, ITrainingLoss loss, TrainStepSettings settings,
-        Generator? dropoutGenerator = null, IReplicaGroup? replicas = null)
+        RandomStream? dropoutRandom = null, IReplicaGroup? replicas = null)
     {
         if (settings.GradientAccumulationSteps < 1)
             throw new ArgumentException($"gradient accumulation steps must be at least 1, got {settings.GradientAccumulationSteps}");
@@ -54,7 +54,7 @@ public sealed class TrainStep
         _optimizer = optimizer;
         _loss = loss;
         _settings = settings;
-        _dropoutGenerator = dropoutGenerator;
+        _dropoutRandom = dropoutRandom;
         _replicas = replicas ?? SingleReplica.Instance;
         _trainable = model.parameters().Where(p => p.requires_grad).ToList();
     }
@@ -75,7 +75,7 @@ public sealed class TrainStep
         foreach (var (index, batch) in mine)
         {
             using var microScope = torch.NewDisposeScope();
-            _dropoutGenerator?.manual_seed(MicroBatchSeed(_settings.Seed, step, index));
+            _dropoutRandom?.Reseed(MicroBatchSeed(_settings.Seed, step, index));
             var sum = _loss.Sum(_model, batch);
             (sum / terms).backward();
             _model.BackwardHandles.Release();

@@ -13,13 +13,13 @@ namespace QLoraNet.Tests.Training;
 
 /// <summary>
 /// One small training run on the tiny Llama, built the way the recipe builds it: fp32 on the CPU, LoRA r=4 on q/v
-/// with dropout drawing from the run's own generator, gradient checkpointing, AdamW, a <see cref="TrainStep"/>, and
+/// with dropout drawing from the run's own random stream, gradient checkpointing, AdamW, a <see cref="TrainStep"/>, and
 /// random-token micro-batches of its own seed.
 /// </summary>
 sealed class SmallRun : IDisposable
 {
     public LlamaForCausalLM Model { get; }
-    public Generator Dropout { get; }
+    public RandomStream Dropout { get; } = new();
     public AdamW Optimizer { get; }
     public TrainStep Step { get; }
     public IBatchSource Data { get; }
@@ -31,7 +31,6 @@ sealed class SmallRun : IDisposable
             ? TinyLlamaFixture.Load()
             : LlamaLoader.Load(Paths.TinyModel, new LoadOptions(CPU, ScalarType.Float32, LinearPolicies.Quantized(baseFormat, ScalarType.Float32, CPU, ScalarType.Float32)));
         Model.Model.GradientCheckpointing = true;
-        Dropout = new Generator((ulong)seed);
         LoraApplier.Apply(Model, new LoraSettings(R: 4, Alpha: 8, Dropout: dropout, TargetModules: ["q_proj", "v_proj"], Seed: seed), Dropout);
         Optimizer = new AdamW(Model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter)), 1e-3);
         Step = new TrainStep(Model, Optimizer, loss ?? new CausalLmTokenMeanLoss(), new TrainStepSettings(accumulation, 1.0, seed), Dropout, replicas);
@@ -47,7 +46,6 @@ sealed class SmallRun : IDisposable
     public void Dispose()
     {
         Model.Dispose();
-        Dropout.Dispose();
     }
 }
 

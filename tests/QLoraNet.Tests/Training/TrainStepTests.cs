@@ -45,7 +45,7 @@ public class TrainStepTests
         dropout.train();
         Tensor Masked(int step, int micro)
         {
-            run.Dropout.manual_seed(TrainStep.MicroBatchSeed(3, step, micro));
+            run.Dropout.Reseed(TrainStep.MicroBatchSeed(3, step, micro));
             return dropout.forward(x);
         }
         using var first = Masked(5, 1);
