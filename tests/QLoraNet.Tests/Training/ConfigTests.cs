@@ -1,3 +1,5 @@
+using QLoraNet.Peft;
+using QLoraNet.Quant;
 using QLoraNet.Training.Config;
 
 namespace QLoraNet.Tests.Training;
@@ -29,11 +31,11 @@ public sealed class ConfigTests : IDisposable
         var c = Parse(Minimal);
         Assert.Equal(DType.Bf16, c.Model.Dtype);
         Assert.Equal(DeviceKind.Auto, c.Model.Device);
-        Assert.Equal(new QuantizationConfig(QuantType.Nf4, true, 64, DType.Bf16), c.Quantization);
+        Assert.Equal(new QuantizationConfig(BaseFormat.Parse("nf4-dq"), DType.Bf16), c.Quantization);
         Assert.Equal(16, c.Lora.R);
         Assert.Equal(32.0, c.Lora.Alpha);
         Assert.Equal(2.0, c.Lora.Scaling);
-        Assert.Equal(LoraConfig.AttentionNames, c.Lora.TargetModules);
+        Assert.Equal(LoraSettings.DefaultTargets, c.Lora.TargetModules);
         Assert.Null(c.Lora.Layers);
         Assert.Equal(DataFormat.Chat, c.Data.Format);
         Assert.Equal(TemplateKind.Llama2Chat, c.Data.Template);
@@ -113,13 +115,13 @@ public sealed class ConfigTests : IDisposable
     {
         var c = Parse(Minimal + "lora:\n  r: ~\n  target_modules:\ntraining:\n  seed: null\n");
         Assert.Equal((16, 42), (c.Lora.R, c.Training.Seed));
-        Assert.Equal(LoraConfig.AttentionNames, c.Lora.TargetModules);
+        Assert.Equal(LoraSettings.DefaultTargets, c.Lora.TargetModules);
     }
 
     [Fact]
     public void Int8_defaults_to_no_double_quant()
     {
-        Assert.False(Parse(Minimal, "quantization.type=int8").Quantization.DoubleQuant);
+        Assert.Equal("int8", Parse(Minimal, "quantization.type=int8").Quantization.Format.ToString());
     }
 
     [Fact]
