@@ -87,7 +87,8 @@ public sealed record FourBitFormat : BaseFormat
             "double_quant" when bool.TryParse(value, out bool dq) => dq ? "dq" : null,
             "double_quant" => throw new FormatException($"must be true or false; got '{value}'"),
             "blocksize" when int.TryParse(value, out int size) =>
-                PowerOfTwoProblem(size, MinBlockSize, MaxBlockSize) is { } problem ? throw new FormatException(problem) : $"b{size}",
+                PowerOfTwoProblem(size, MinBlockSize, MaxBlockSize) is { } problem ? throw new FormatException(problem)
+                : size == FourBitWeight.DefaultBlockSize ? null : $"b{size}",
             "blocksize" => throw new FormatException($"must be an integer; got '{value}'"),
             _ => base.StructuredOption(key, value),
         };

@@ -34,18 +34,19 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
         {
             string? value = s.OptionalString(optionKey);
             if (value is null || kind is null) continue;
+            var owners = BaseFormats.Kinds.Where(k => k.StructuredKeys.Contains(optionKey)).ToList();
             if (!kind.StructuredKeys.Contains(optionKey))
-                throw s.ErrorAt(optionKey, $"'{s.Full(optionKey)}' applies to {string.Join(", ", BaseFormats.Kinds.Where(k => k.StructuredKeys.Contains(optionKey)).SelectMany(k => k.Names))} only; remove it for {kindName}");
+            {
+                if (StatesADefault(owners, optionKey, value)) continue;   // double_quant: false or blocksize: 64 under none
+                throw s.ErrorAt(optionKey, $"'{s.Full(optionKey)}' applies to {string.Join(", ", owners.SelectMany(k => k.Names))} only; remove it for {kindName}");
+            }
+            string? option;
+            try { option = kind.StructuredOption(optionKey, value); }
+            catch (FormatException e) { throw s.ErrorAt(optionKey, $"'{s.Full(optionKey)}' {e.Message}"); }
+            if (option is null) continue;
             if (type is not null && type.Contains('-'))
                 throw s.ErrorAt(optionKey, $"'{s.Full(TypeKey)}' is a whole spelling ({type}); give the options in it or as keys, not both");
-            try
-            {
-                if (kind.StructuredOption(optionKey, value) is { } option) options.Add(option);
-            }
-            catch (FormatException e)
-            {
-                throw s.ErrorAt(optionKey, $"'{s.Full(optionKey)}' {e.Message}");
-            }
+            options.Add(option);
         }
         if (type is null && s.OptionalString("double_quant") is null) options.Add("dq");   // QLoRA's default
         var compute = s.Enum(ComputeKey, DType.Bf16);
@@ -55,6 +56,18 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
         string spelling = string.Join('-', options.Prepend((type ?? kindName).Trim()));
         return new QuantizationConfig(Parse(spelling, problem => s.ErrorAt(TypeKey, $"'{s.Full(TypeKey)}': {problem}")), compute);
     }
+
+    /// <summary>
+    /// True when the key's value is a default of some kind that reads it (double_quant: false, blocksize: 64), so a
+    /// config that switches type (quantization.type=none on the command line) keeps working; a value that would
+    /// change a format (double_quant: true) under a kind that cannot have it is an error.
+    /// </summary>
+    static bool StatesADefault(IEnumerable<BaseFormatKind> owners, string key, string value) =>
+        owners.Any(k =>
+        {
+            try { return k.StructuredOption(key, value) is null; }
+            catch (FormatException) { return false; }
+        });
 
     static BaseFormat Parse(string spelling, Func<string, ConfigException> error)
     {
