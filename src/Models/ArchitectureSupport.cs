@@ -5,9 +5,9 @@ namespace QLoraNet.Models;
 /// <summary>
 /// The features of a <see cref="ModelArchitecture"/> this model code computes, checked once before any weight is
 /// read. A family that only combines implemented features (biases, tied or untied head, GQA, pre/post norms,
-/// RMSNorm, SwiGLU, unscaled RoPE) loads without edits here; a feature the record can describe but nothing here
-/// computes yet (Gemma's offset RMSNorm and GeGLU, BitNet's squared ReLU, Gemma 2's soft-caps and sliding windows,
-/// scaled embeddings) is refused by name, and implementing it means its arithmetic in the module that owns it
+/// RMSNorm, SwiGLU, unscaled RoPE, per-layer sliding-window attention) loads without edits here; a feature the record can describe but nothing here
+/// computes yet (Gemma's offset RMSNorm and GeGLU, BitNet's squared ReLU, Gemma 2's soft-caps, scaled embeddings)
+/// is refused by name, and implementing it means its arithmetic in the module that owns it
 /// (<see cref="RmsNorm"/>, <see cref="LlamaMlp"/>, <see cref="LlamaAttention"/>, <see cref="LlamaModel"/>) plus
 /// removing its line here.
 /// </summary>
@@ -21,7 +21,6 @@ public static class ArchitectureSupport
             : a.Activation != Activation.Silu ? $"activation {a.Activation}"
             : a.Rope.Scaling != RopeScalingKind.None ? $"RoPE scaling {a.Rope.Scaling}"
             : a.Rope.RotaryDim != a.HeadDim ? $"partial rotary dimension {a.Rope.RotaryDim} of {a.HeadDim}"
-            : a.AttentionWindows?.Any(w => w is not null) == true ? "sliding-window attention"
             : a.AttentionSoftCap is not null ? "attention logit soft-capping"
             : a.FinalLogitSoftCap is not null ? "final logit soft-capping"
             : a.QueryPreAttentionScalar is not null ? "query_pre_attn_scalar"

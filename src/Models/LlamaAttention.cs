@@ -20,10 +20,12 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
     readonly long numHeads;
     readonly long numKvHeads;
     readonly long headDim;
+    readonly int? window;
 
     /// <param name="projections">the Query, Key, Value and Output linears with their record entries and optional biases (out).</param>
+    /// <param name="window">sliding attention window of this layer (the family record's), or null for full causal attention.</param>
     public LlamaAttention(string name, int layerIndex, long numHeads, long numKvHeads, long headDim,
-        IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections) : base(name)
+        IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections, int? window = null) : base(name)
     {
         if (numHeads % numKvHeads != 0)
             throw new ArgumentException($"num_attention_heads ({numHeads}) must be a multiple of num_key_value_heads ({numKvHeads})");
@@ -31,6 +33,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         this.numHeads = numHeads;
         this.numKvHeads = numKvHeads;
         this.headDim = headDim;
+        this.window = window;
         RegisterComponents();
         this.projections = new LinearSlots(this);
         foreach (var (spec, linear, bias) in projections) this.projections.Add(spec.Name, spec.Role, linear, bias);
@@ -70,7 +73,13 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         // single new token after a cache sees everything; several new tokens after a cache need a shifted triangle.
         Tensor? attnMask = mask;
         bool isCausal = false;
-        if (mask is null)
+        if (window is int w && s > w)
+        {
+            // The window cuts keys off: causality and the band in one mask, within the packed mask if there is one.
+            var band = AttentionMask.Causal(t, s, hidden.device, w);                    // (T, S)
+            attnMask = mask is null ? band : mask.logical_and(band);
+        }
+        else if (mask is null)
         {
             if (t == s) isCausal = t > 1;
             else if (t > 1) attnMask = AttentionMask.Causal(t, s, hidden.device);

@@ -102,7 +102,7 @@ public static class LlamaLoader
             (LayerLinear, FrozenLinear, Tensor?) Projection(LayerLinear l) =>
                 (l, linears[p + l.Path], l.HasBias ? frozen[p + l.Path + ".bias"] : null);
             var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
-                a.LayerLinears.Where(l => l.IsAttention).Select(Projection));
+                a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i));
             var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection));
             var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen[p + n.Path + ".weight"], a.NormEps, a.Norm)));
             layers.Add(new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms));
