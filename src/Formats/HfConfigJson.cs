@@ -37,8 +37,6 @@ public sealed class HfConfigJson
     public static HfConfigJson Parse(JsonElement root, string path) =>
         root.ValueKind == JsonValueKind.Object ? new HfConfigJson(root, path) : throw new InvalidDataException($"{path}: expected a JSON object");
 
-    public bool Has(string key) => Root.TryGetProperty(key, out var v) && v.ValueKind != JsonValueKind.Null;
-
     public int RequiredInt(string key) => Int(key) ?? throw new InvalidDataException($"{Path}: missing required field '{key}'");
 
     public int? Int(string key) => Int(Root, key);
