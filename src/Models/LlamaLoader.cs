@@ -33,16 +33,17 @@ public static class LlamaLoader
         var frozen = new Dictionary<string, Tensor>();
         try
         {
+            foreach (var want in expected.Values)
+            {
+                // Stored pre-quantized (a `quantize` output): the codes are read back, never quantized again. A layout
+                // may keep no "...weight" tensor at all (GPTQ's qweight), so these are found by the layout, not the file.
+                if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, want.Name) is { } layout)
+                    linears[want.ModulePath] = QuantizedCheckpoint.ReadLinear(ckpt, layout, want.Name, want.Shape, options.Device, options.ComputeDType, kernels);
+            }
             foreach (var name in ckpt.Names)
             {
-                if (!expected.TryGetValue(name, out var want)) continue;     // tolerated extras (see Validate)
-                bool isLinear = want.Role is TensorRole.Linear or TensorRole.Head;
-                if (isLinear && QuantizedCheckpoint.LayoutOf(ckpt, name) is { } layout)
-                {
-                    // Stored pre-quantized (a `quantize` output): the codes are read back, never quantized again.
-                    linears[want.ModulePath] = QuantizedCheckpoint.ReadLinear(ckpt, layout, name, want.Shape, options.Device, options.ComputeDType, kernels);
-                    continue;
-                }
+                if (!expected.TryGetValue(name, out var want) || linears.ContainsKey(want.ModulePath) && IsLinear(want)) continue; // extras, stored linears
+                bool isLinear = IsLinear(want);
                 using var raw = ckpt.Read(name);
                 if (isLinear)
                 {
@@ -68,15 +69,15 @@ public static class LlamaLoader
     {
         foreach (var (name, want) in expected)
         {
-            if (!ckpt.Contains(name))
-                throw new InvalidDataException(want.Role == TensorRole.Head
-                    ? $"{modelDir}: checkpoint has no '{name}' and config.json says tie_word_embeddings is false; add the head or set tie_word_embeddings true"
-                    : $"{modelDir}: checkpoint is missing tensor '{name}' (required by config.json)");
-            if (want.Role is TensorRole.Linear or TensorRole.Head && QuantizedCheckpoint.LayoutOf(ckpt, name) is { } layout)
+            if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, name) is { } layout)
             {
                 QuantizedCheckpoint.CheckHeader(ckpt, layout, name, want.Shape);
                 continue;
             }
+            if (!ckpt.Contains(name))
+                throw new InvalidDataException(want.Role == TensorRole.Head
+                    ? $"{modelDir}: checkpoint has no '{name}' and config.json says tie_word_embeddings is false; add the head or set tie_word_embeddings true"
+                    : $"{modelDir}: checkpoint is missing tensor '{name}' (required by config.json)");
             var info = ckpt.Info(name);
             if (!info.Shape.SequenceEqual(want.Shape))
                 throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' has shape {info.ShapeText}, config.json implies [{string.Join(", ", want.Shape)}]");
@@ -92,6 +93,8 @@ public static class LlamaLoader
             throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor '{name}' for a {string.Join(", ", arch.Architectures.DefaultIfEmpty(arch.Family))} with this config.json (wrong config or not a {arch.Family} checkpoint)");
         }
     }
+
+    static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;
 
     static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o)
     {

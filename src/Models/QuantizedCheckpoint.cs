@@ -56,7 +56,7 @@ public static class QuantizedCheckpoint
         using var ckpt = CheckpointReader.Open(modelDir);
         foreach (var name in ckpt.Names)
             foreach (var layout in BaseFormats.Layouts)
-                if (layout.IsStateKey(name, out var weight) && ckpt.Contains(weight))
+                if (layout.IsStateKey(name, out var weight))
                 {
                     using var scope = NewDisposeScope();
                     var tensors = layout.Keys(weight, ckpt.Contains).ToDictionary(k => k, ckpt.Read);
@@ -108,22 +108,26 @@ public static class QuantizedCheckpoint
         using var ckpt = CheckpointReader.Open(modelDir);
         if (IsQuantized(ckpt))
             throw new InvalidDataException($"{modelDir}: already a quantized checkpoint; quantize the original weights instead");
-        var plan = Plan(ckpt, arch, format, layout);
+        var (plan, sourceOf) = Plan(ckpt, arch, format, layout);
 
         string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
         try
         {
+            string? currentSource = null;
             var current = new Dictionary<string, Tensor>();
-            Tensor Produce(string name)
+            Tensor Produce(string key)
             {
-                if (arch.IsBaseLinearWeight(name))
+                string source = sourceOf[key];
+                if (!arch.IsBaseLinearWeight(source)) return ckpt.Read(source);
+                if (currentSource != source)
                 {
-                    using var dense = ckpt.Read(name);
-                    current = layout.Write(dense, format, name);
+                    // All keys of one linear are consecutive in the plan: quantized on the first, handed out after.
+                    using var dense = ckpt.Read(source);
+                    (currentSource, current) = (source, layout.Write(dense, format, source));
                 }
-                return current.Remove(name, out var t) ? t : ckpt.Read(name);  // the writer disposes each tensor it gets
+                return current.Remove(key, out var t) ? t : throw new InvalidOperationException($"{key} was planned but not produced");
             }
-            var files = CheckpointWriter.Write(staging, plan, Produce, maxShardBytes);
+            var files = CheckpointWriter.Write(staging, plan, Produce, maxShardBytes);  // the writer disposes each tensor it gets
             WriteConfig(modelDir, staging, format, arch);
             foreach (var file in Directory.EnumerateFiles(modelDir).Where(IsTokenizerFile))
                 File.Copy(file, Path.Combine(staging, Path.GetFileName(file)));
@@ -140,24 +144,31 @@ public static class QuantizedCheckpoint
         }
     }
 
-    /// <summary>Every output tensor's name, dtype and shape, in file order; linears become their layout's keys.</summary>
-    static List<SafeTensors.Entry> Plan(CheckpointReader ckpt, ModelArchitecture arch, BaseFormat format, CheckpointLayout layout)
+    /// <summary>Every output tensor's name, dtype and shape, in file order (linears become their layout's keys), and
+    /// the checkpoint tensor each output key comes from.</summary>
+    static (List<SafeTensors.Entry> Plan, Dictionary<string, string> SourceOf) Plan(CheckpointReader ckpt, ModelArchitecture arch,
+        BaseFormat format, CheckpointLayout layout)
     {
         var plan = new List<SafeTensors.Entry>();
+        var sourceOf = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var name in ckpt.Names)
         {
             var info = ckpt.Info(name);
             if (!arch.IsBaseLinearWeight(name))
             {
                 plan.Add(new(name, info.DType, info.Shape));
+                sourceOf[name] = name;
                 continue;
             }
             using var scope = NewDisposeScope();
             using var dense = ckpt.Read(name);
             foreach (var (key, t) in layout.Write(dense, format, name))
+            {
                 plan.Add(new(key, t.dtype, t.shape));
+                sourceOf[key] = name;
+            }
         }
-        return plan;
+        return (plan, sourceOf);
     }
 
     /// <summary>
