@@ -42,8 +42,9 @@ public static class LlamaLoader
             }
             foreach (var name in ckpt.Names)
             {
-                if (!expected.TryGetValue(name, out var want) || linears.ContainsKey(want.ModulePath) && IsLinear(want)) continue; // extras, stored linears
+                if (!expected.TryGetValue(name, out var want)) continue;         // tolerated extras (see Validate)
                 bool isLinear = IsLinear(want);
+                if (isLinear && linears.ContainsKey(want.ModulePath)) continue;   // read from its stored layout above
                 using var raw = ckpt.Read(name);
                 if (isLinear)
                 {
