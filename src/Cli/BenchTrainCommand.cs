@@ -40,7 +40,7 @@ public static class BenchTrainCommand
         {
             LibTorchProbe.EnsureLoaded();
             if (!cuda.is_available()) throw new InvalidOperationException("bench train needs a CUDA device");
-            var spec = QuantSpec.Parse(pr.GetValue(format)!);
+            var spec = BaseFormat.Parse(pr.GetValue(format)!);
             var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt));
             var loadClock = Stopwatch.StartNew();
             using var llama = Load(pr.GetValue(model)!, spec, shape);
@@ -64,12 +64,11 @@ public static class BenchTrainCommand
 
     sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing);
 
-    static LlamaForCausalLM Load(string dir, QuantSpec spec, Shape shape)
+    static LlamaForCausalLM Load(string dir, BaseFormat spec, Shape shape)
     {
-        var compute = ScalarType.BFloat16;
-        var llama = LlamaLoader.Load(dir, new LoadOptions(CUDA, compute, LinearPolicies.Quantized(spec, compute, CUDA, compute), compute));
-        llama.Model.GradientCheckpointing = shape.Checkpointing;
-        LoraApplier.Apply(llama, new LoraSettings(shape.R, 2 * shape.R, 0.0, false, shape.Targets, null, 0));
+        var llama = ModelBuilder.Build(dir, new ModelBuildOptions(CUDA, ScalarType.BFloat16, spec, KernelChoice.For(CUDA),
+            GradientCheckpointing: shape.Checkpointing, NewAdapter: new LoraSettings(shape.R, 2 * shape.R, 0.0, false, shape.Targets),
+            AdapterSeed: 0)).Model;
         llama.train();
         return llama;
     }

@@ -13,7 +13,7 @@ public interface ITrainingObserver
     void OnMessage(string message);
 }
 
-/// <summary>Printed once at the start: what is being trained on what.</summary>
+/// <summary>Printed once at the start: what is being trained on what (and which kernels run: <c>Kernels</c>).</summary>
 public sealed record RunSummary(
     string ModelPath,
     string Device,
@@ -27,7 +27,8 @@ public sealed record RunSummary(
     int SequencesPerStep,
     double LoadSeconds,
     long BaseBytes,
-    int LogEvery = 10);
+    int LogEvery = 10,
+    IReadOnlyList<string>? Kernels = null);
 
 /// <summary>One optimizer step. Loss is the mean over the step's trained (unmasked) tokens.</summary>
 public sealed record StepMetrics(

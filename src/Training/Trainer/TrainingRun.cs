@@ -3,6 +3,7 @@ using QLoraNet.Formats;
 using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
+using QLoraNet.Quant.Kernels;
 using QLoraNet.Training.Config;
 using QLoraNet.Training.Data;
 using QLoraNet.Training.Optim;
@@ -13,7 +14,8 @@ namespace QLoraNet.Training.Trainer;
 
 /// <summary>Options of one invocation that are not part of the run's config.</summary>
 /// <param name="Resume">null: a new run; "latest": the newest checkpoint of the output dir; else a checkpoint directory.</param>
-public sealed record TrainOptions(string? Resume = null);
+/// <param name="Kernels">the caller's kernel choices for the run's device; null = <see cref="KernelSelection.For"/> with defaults.</param>
+public sealed record TrainOptions(string? Resume = null, KernelSelection? Kernels = null);
 
 /// <summary>
 /// The QLoRA fine-tuning recipe, as one visible loop (torchtune style): load the base with its linears quantized as
@@ -41,23 +43,18 @@ public static class TrainingRun
         WriteAtomically(Path.Combine(outDir, ResolvedConfigFile), config.ToYaml());
 
         // ---- data ----
-        var tokenizer = LlamaSentencePieceTokenizer.Load(config.Model.Path);
+        var tokenizer = TextTokenizers.Load(config.Model.Path);
         var data = TrainingData.Build(config.Data, tokenizer, t.Seed);
 
         // ---- model: quantize-on-load, then LoRA ----
         var device = DeviceChoice.Resolve(config.Model.Device.ToString().ToLowerInvariant(), "model.device");
         var compute = DTypes.ToScalar(config.Quantization.ComputeDtype);
         var frozen = DTypes.ToScalar(config.Model.Dtype);
-        var spec = BaseFormat(config.Quantization, frozen);
         var loadClock = Stopwatch.StartNew();
         torch.manual_seed(t.Seed);
-        using var model = LlamaLoader.Load(config.Model.Path,
-            new LoadOptions(device, compute, LinearPolicies.Quantized(spec, compute, device, frozen), frozen));
-        model.Model.GradientCheckpointing = t.GradientCheckpointing;
-        var lora = new LoraSettings(config.Lora.R, config.Lora.Alpha, config.Lora.Dropout, config.Lora.Rslora,
-            config.Lora.TargetModules, config.Lora.Layers, t.Seed);
-        var wrapped = LoraApplier.Apply(model, lora);
-        var adapterConfig = AdapterConfig.From(lora, wrapped, config.Model.Path);
+        using var built = ModelBuilder.Build(config.Model.Path, new ModelBuildOptions(device, compute, config.Quantization.Format,
+            options.Kernels ?? KernelSelection.For(device), frozen, t.GradientCheckpointing, NewAdapter: config.Lora, AdapterSeed: t.Seed));
+        var (model, spec, adapterConfig) = (built.Model, built.BaseFormat, built.Adapter!);
         double loadSeconds = loadClock.Elapsed.TotalSeconds;
 
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
@@ -70,10 +67,9 @@ public static class TrainingRun
         int totalSteps = t.TotalSteps(batches.PerEpoch);
         var schedule = new LrSchedule(DTypes.Name(t.Scheduler), t.LearningRate, t.Warmup(totalSteps), totalSteps);
         var metrics = new MetricsLog(Path.Combine(outDir, MetricsFile), state.Step);
-        long baseBytes = model.named_modules().Select(m => m.module).OfType<FrozenLinear>().Sum(f => f.StorageBytes);
         observer.OnStart(new RunSummary(config.Model.Path, device.ToString(), compute.ToString(), spec.ToString(),
             TrainableParameters.Count(model), data.Stats, totalSteps, state.Step, batches.PerEpoch,
-            t.MicroBatchSize * t.GradientAccumulationSteps, loadSeconds, baseBytes, t.LogEvery));
+            t.MicroBatchSize * t.GradientAccumulationSteps, loadSeconds, built.BaseBytes, t.LogEvery, built.Kernels.Report()));
         if (state.Step >= totalSteps)
             observer.OnMessage($"checkpoint is at step {state.Step}, the run has {totalSteps} steps: nothing to do");
 
@@ -263,15 +259,6 @@ public static class TrainingRun
             throw new InvalidOperationException(
                 $"output dir '{outDir}' holds an earlier run's checkpoints; pass --resume to continue it, or set output.dir to a new directory (or delete it)");
     }
-
-    static QuantSpec BaseFormat(QuantizationConfig q, ScalarType denseDType) => q.Type switch
-    {
-        QuantType.Nf4 => new FourBitSpec(FourBitType.Nf4, q.BlockSize, q.DoubleQuant),
-        QuantType.Fp4 => new FourBitSpec(FourBitType.Fp4, q.BlockSize, q.DoubleQuant),
-        QuantType.Int8 => QuantSpec.Parse("int8"),
-        QuantType.Int4 => QuantSpec.Parse($"int4-g{q.BlockSize}"),
-        _ => new DenseSpec(denseDType),
-    };
 
     static void WriteAtomically(string path, string text)
     {
