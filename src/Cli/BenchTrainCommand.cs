@@ -48,7 +48,7 @@ public static class BenchTrainCommand
             LibTorchProbe.EnsureLoaded();
             var dev = DeviceChoice.Resolve(pr.GetValue(device)!, "--device");
             if (pr.GetValue(split) && dev.type != DeviceType.CUDA) throw new InvalidOperationException("--split needs --device cuda");
-            var spec = QuantSpec.Parse(pr.GetValue(format)!);
+            var spec = BaseFormat.Parse(pr.GetValue(format)!);
             var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt),
                 pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout));
             var loadClock = Stopwatch.StartNew();
@@ -76,12 +76,14 @@ public static class BenchTrainCommand
     sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing, int GradientAccumulation,
         double MaxGradNorm, double Dropout);
 
-    static LlamaForCausalLM Load(string dir, QuantSpec spec, Shape shape, Device device, RandomStream dropoutRandom)
+    /// <summary>The model as `train` builds it (<see cref="ModelBuilder"/>), with adapters whose dropout draws from
+    /// <paramref name="dropoutRandom"/>, the stream the step reseeds.</summary>
+    static LlamaForCausalLM Load(string dir, BaseFormat spec, Shape shape, Device device, RandomStream dropoutRandom)
     {
         var compute = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
-        var llama = LlamaLoader.Load(dir, new LoadOptions(device, compute, LinearPolicies.Quantized(spec, compute, device, compute), compute));
-        llama.Model.GradientCheckpointing = shape.Checkpointing;
-        LoraApplier.Apply(llama, new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets, null, 0), dropoutRandom);
+        var llama = ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, spec, KernelChoice.For(device),
+            GradientCheckpointing: shape.Checkpointing, NewAdapter: new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets),
+            AdapterSeed: 0, AdapterDropout: dropoutRandom)).Model;
         return llama;
     }
 

@@ -36,7 +36,7 @@ public static class ExportCommand
 
             string? adapterDir = pr.GetValue(adapter);
             using var checkpoint = adapterDir is null ? null : CheckpointReader.Open(pr.GetValue(model)!);
-            using var merge = adapterDir is null ? null : AdapterMerge.Open(adapterDir, checkpoint!);
+            using var merge = adapterDir is null ? null : AdapterMerge.Open(adapterDir, checkpoint!, ModelFamilies.Load(pr.GetValue(model)!));
             var summary = GgufLlamaExporter.Export(pr.GetValue(model)!, outPath, exportType, replace, merge is null ? null : merge.Apply);
             if (merge != null) stdout.WriteLine($"merged {merge.MergedCount} LoRA modules from {adapterDir}");
             foreach (var w in summary.Warnings) stdout.WriteLine($"warning: {w}");

@@ -43,7 +43,8 @@ public static class TrainCommand
             try
             {
                 var observer = new ConsoleTrainingObserver(stdout);
-                var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg), observer, cts.Token);
+                var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
+                var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device)), observer, cts.Token);
                 observer.Finish(result);
                 return result.Stop switch
                 {
@@ -78,6 +79,7 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
         void Row(string k, string v) => grid.AddRow(new Markup($"[grey]{k}[/]"), new Text(v));
         Row("model", $"{s.ModelPath} on {s.Device}, compute {s.ComputeDType}");
         Row("base", $"{s.BaseFormat}, {s.BaseBytes / 1048576.0:F1} MiB in frozen linears (loaded in {s.LoadSeconds:F1} s)");
+        foreach (var line in s.Kernels ?? []) Row("kernel", line);
         Row("parameters", s.Parameters.ToString());
         Row("data", s.Data.Describe());
         Row("steps", $"{s.TotalSteps} x {s.SequencesPerStep} sequences ({s.MicroBatchesPerEpoch} micro-batches per epoch)" + (s.StartStep > 0 ? $", resuming after step {s.StartStep}" : ""));

@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -25,8 +26,8 @@ public static class AdapterFiles
         if (loras.Count == 0) throw new InvalidOperationException("the model has no LoRA modules to save; apply LoRA first");
         foreach (var (path, lora) in loras)
         {
-            if (lora.Rank != config.R)
-                throw new ArgumentException($"LoRA module {path} has rank {lora.Rank} but the adapter config says r={config.R}");
+            if (lora.Rank != config.Lora.R)
+                throw new ArgumentException($"LoRA module {path} has rank {lora.Rank} but the adapter config says r={config.Lora.R}");
         }
 
         AtomicDirectory.Write(directory, staging =>
@@ -48,10 +49,10 @@ public static class AdapterFiles
     /// Reads the adapter in <paramref name="directory"/>, applies LoRA to <paramref name="model"/> as its config says
     /// and loads the factors (see <see cref="LoadWeights"/>). Returns the config.
     /// </summary>
-    public static AdapterConfig ApplyAndLoad(string directory, nn.Module model)
+    public static AdapterConfig ApplyAndLoad<TModel>(string directory, TModel model) where TModel : nn.Module, IReplaceableLinears
     {
         var config = AdapterConfig.Load(directory);
-        LoraApplier.Apply(model, config.ToSettings());
+        LoraApplier.Apply(model, config.Lora);
         LoadWeights(directory, model, config);
         return config;
     }
@@ -81,8 +82,8 @@ public static class AdapterFiles
                     $"{file}: tensor '{key}' {Text(shape)} is for module '{path}', which has no LoRA in the model (LoRA modules: {Preview(loras.Keys)})");
             // A is [r, in] and B is [out, r]: the rank is A's rows and B's columns.
             long rank = shape.Length != 2 ? -1 : factor == AdapterKeys.A ? shape[0] : shape[1];
-            if (rank != config.R)
-                throw new InvalidDataException($"{file}: tensor '{key}' {Text(shape)} has rank {rank} but {AdapterConfig.FileName} says r={config.R}");
+            if (rank != config.Lora.R)
+                throw new InvalidDataException($"{file}: tensor '{key}' {Text(shape)} has rank {rank} but {AdapterConfig.FileName} says r={config.Lora.R}");
             var target = factor == AdapterKeys.A ? lora.A : lora.B;
             if (!target.shape.SequenceEqual(shape))
                 throw new InvalidDataException(

@@ -14,7 +14,9 @@ namespace QLoraNet.Peft;
 /// B = 0 at the start, so the wrapped layer begins exactly as the base. A and B live in fp32 so that AdamW's
 /// small updates are not rounded away, and are cast to the base's compute dtype for the matmuls (bf16 on GPU: the
 /// adapter path then runs at the base's speed; peft without autocast computes it in the adapter's dtype instead).
-/// Child names follow peft: `base_layer`, `lora_A`, `lora_B`, `lora_dropout`.
+/// Child names follow peft: `base_layer`, `lora_A`, `lora_B`, `lora_dropout`. With <see cref="Disabled"/> set the
+/// module computes base(x) alone (torchtune's LoRALinear.disabled; peft's disable_adapter): a reference model for
+/// free, as DPO needs it (<see cref="AdapterSwitch.DisableAdapters"/>).
 /// </summary>
 public sealed class LoraLinear : nn.Module<Tensor, Tensor>
 {
@@ -72,8 +74,12 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// <summary>B [out, r], the trainable up-projection (fp32).</summary>
     public Parameter B => lora_B.Weight;
 
+    /// <summary>When set, forward is the base layer's alone.</summary>
+    public bool Disabled { get; set; }
+
     public override Tensor forward(Tensor x)
     {
+        if (Disabled) return base_layer.forward(x);
         using var scope = NewDisposeScope();
         var result = base_layer.forward(x);                          // (..., out), base output dtype
         var dtype = base_layer.ComputeDType;

@@ -14,7 +14,7 @@ public sealed class LinearQuantLinear : FrozenLinear
     Tensor scales;            // fp32 (groups)
     Tensor? zero_points;      // int8 (groups) when asymmetric
 
-    readonly LinearQuantSpec spec;
+    readonly LinearQuantFormat spec;
     readonly long[] shape;
     readonly ScalarType sourceDType;
 

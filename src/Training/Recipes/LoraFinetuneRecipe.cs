@@ -2,6 +2,7 @@ using System.Diagnostics;
 using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
+using QLoraNet.Quant.Kernels;
 using QLoraNet.Training.Config;
 using QLoraNet.Training.Data;
 using QLoraNet.Training.Losses;
@@ -14,7 +15,7 @@ namespace QLoraNet.Training.Recipes;
 
 /// <summary>
 /// The QLoRA fine-tuning recipe, shaped like torchtune's lora_finetune_single_device: setup in separate steps (the
-/// output directory and the checkpoint to resume, data, the model with its base quantized as it loads, the LoRA
+/// output directory and the checkpoint to resume, data, the model with its base quantized as it loads and its LoRA
 /// adapters, optimizer, resume, schedule, then the step, loss and evaluator), apart from one visible loop: per
 /// optimizer step { <see cref="TrainStep"/>; metrics; evaluate, stop early, checkpoint as configured }.
 /// The per-step work (<see cref="TrainStep"/>), the loss (<see cref="ITrainingLoss"/>, here
@@ -37,8 +38,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
     string? _resumeFrom;
     TrainingData _data = null!;
     Device _device = null!;
-    QuantSpec _baseFormat = null!;
     double _loadSeconds;
+    BuiltModel _built = null!;
     LlamaForCausalLM _model = null!;
     readonly RandomStream _dropoutRandom = new();
     AdapterConfig _adapterConfig = null!;
@@ -76,16 +77,15 @@ public sealed class LoraFinetuneRecipe : IDisposable
     {
         SetupOutput(options.Resume);
         SetupData();
-        SetupModel();
-        SetupAdapters();
+        SetupModel(options.Kernels);
         SetupOptimizer();
         SetupResume();
         SetupSchedule();
         SetupStep();
         _observer.OnStart(new RunSummary(_config.Model.Path, _device.ToString(), _model.Model.ComputeDType.ToString(),
-            _baseFormat.ToString(), TrainableParameters.Count(_model), _data.Stats, _totalSteps, _state.Step,
+            _built.BaseFormat.ToString(), TrainableParameters.Count(_model), _data.Stats, _totalSteps, _state.Step,
             _batches.PerEpoch, _t.MicroBatchSize * _t.GradientAccumulationSteps * _replicas.Size, _loadSeconds,
-            _model.named_modules().Select(m => m.module).OfType<FrozenLinear>().Sum(f => f.StorageBytes), _t.LogEvery));
+            _built.BaseBytes, _t.LogEvery, _built.Kernels.Report()));
         if (_state.Step >= _totalSteps)
             _observer.OnMessage($"checkpoint is at step {_state.Step}, the run has {_totalSteps} steps: nothing to do");
     }
@@ -104,32 +104,28 @@ public sealed class LoraFinetuneRecipe : IDisposable
     /// <summary>Read, render, tokenize, mask, pack; shuffled by the seed.</summary>
     void SetupData()
     {
-        var tokenizer = LlamaSentencePieceTokenizer.Load(_config.Model.Path);
+        var tokenizer = TextTokenizers.Load(_config.Model.Path);
         _data = TrainingData.Build(_config.Data, tokenizer, _t.Seed);
     }
 
-    /// <summary>The base model, its decoder linears quantized as they stream in.</summary>
-    void SetupModel()
+    /// <summary>
+    /// The base model, its decoder linears quantized as they stream in, with fresh LoRA adapters on the target
+    /// modules (A from the seed; dropout masks from the run's stream, which the step reseeds) and everything else
+    /// frozen: assembled by <see cref="ModelBuilder"/>, as the inference verbs and `bench train` assemble theirs.
+    /// </summary>
+    /// <param name="kernels">the caller's kernel choices for the run's device; null = the defaults for it.</param>
+    void SetupModel(KernelSelection? kernels)
     {
         _device = DeviceChoice.Resolve(_config.Model.Device.ToString().ToLowerInvariant(), "model.device");
         if (_replicas.Size > 1 && _device.type == DeviceType.CUDA) _device = new Device(DeviceType.CUDA, _replicas.Rank);
         var compute = DTypes.ToScalar(_config.Quantization.ComputeDtype);
         var frozen = DTypes.ToScalar(_config.Model.Dtype);
-        _baseFormat = BaseFormat(_config.Quantization, frozen);
         var clock = Stopwatch.StartNew();
-        _model = LlamaLoader.Load(_config.Model.Path,
-            new LoadOptions(_device, compute, LinearPolicies.Quantized(_baseFormat, compute, _device, frozen), frozen));
-        _model.Model.GradientCheckpointing = _t.GradientCheckpointing;
+        _built = ModelBuilder.Build(_config.Model.Path, new ModelBuildOptions(_device, compute, _config.Quantization.Format,
+            kernels ?? KernelSelection.For(_device), frozen, _t.GradientCheckpointing,
+            NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom));
+        (_model, _adapterConfig) = (_built.Model, _built.Adapter!);
         _loadSeconds = clock.Elapsed.TotalSeconds;
-    }
-
-    /// <summary>LoRA on the target modules (A from the seed), everything else frozen; dropout draws from the run's stream.</summary>
-    void SetupAdapters()
-    {
-        var l = _config.Lora;
-        var lora = new LoraSettings(l.R, l.Alpha, l.Dropout, l.Rslora, l.TargetModules, l.Layers, _t.Seed);
-        var wrapped = LoraApplier.Apply(_model, lora, _dropoutRandom);
-        _adapterConfig = AdapterConfig.From(lora, wrapped, _config.Model.Path);
     }
 
     void SetupOptimizer()
@@ -277,17 +273,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
         return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation);
     }
 
-    static QuantSpec BaseFormat(QuantizationConfig q, ScalarType denseDType) => q.Type switch
-    {
-        QuantType.Nf4 => new FourBitSpec(FourBitType.Nf4, q.BlockSize, q.DoubleQuant),
-        QuantType.Fp4 => new FourBitSpec(FourBitType.Fp4, q.BlockSize, q.DoubleQuant),
-        QuantType.Int8 => QuantSpec.Parse("int8"),
-        QuantType.Int4 => QuantSpec.Parse($"int4-g{q.BlockSize}"),
-        _ => new DenseSpec(denseDType),
-    };
-
     public void Dispose()
     {
-        _model?.Dispose();
+        _built?.Dispose();
     }
 }

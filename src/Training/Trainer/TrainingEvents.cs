@@ -17,7 +17,7 @@ public interface ITrainingObserver
     void OnCheckpointFileWritten(string path) { }
 }
 
-/// <summary>Printed once at the start: what is being trained on what.</summary>
+/// <summary>Printed once at the start: what is being trained on what (and which kernels run: <c>Kernels</c>).</summary>
 public sealed record RunSummary(
     string ModelPath,
     string Device,
@@ -31,7 +31,8 @@ public sealed record RunSummary(
     int SequencesPerStep,
     double LoadSeconds,
     long BaseBytes,
-    int LogEvery = 10);
+    int LogEvery = 10,
+    IReadOnlyList<string>? Kernels = null);
 
 /// <summary>One optimizer step. Loss is the mean over the step's trained (unmasked) tokens; <see cref="HostRssBytes"/>
 /// is the process's resident memory on the host.</summary>

@@ -194,7 +194,7 @@ public class ExportTests
     static string WriteAdapter(string dir, string module)
     {
         Directory.CreateDirectory(dir);
-        new AdapterConfig(R: 2, LoraAlpha: 8, LoraDropout: 0, TargetModules: new[] { "q_proj" }).Save(dir);
+        new AdapterConfig(new LoraSettings(R: 2, Alpha: 8, Dropout: 0, TargetModules: new[] { "q_proj" })).Save(dir);
         using var rng = new Generator(5);
         SafeTensors.Write(Path.Combine(dir, AdapterFiles.WeightsFileName), new Dictionary<string, Tensor>
         {

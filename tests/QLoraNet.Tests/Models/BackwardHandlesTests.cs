@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using QLoraNet.Models;
 using QLoraNet.Quant;
 using TorchSharp;
@@ -10,7 +11,7 @@ namespace QLoraNet.Tests.Models;
 public class BackwardHandlesTests
 {
     static LlamaForCausalLM Nf4Tiny() => LlamaLoader.Load(Paths.TinyModel,
-        new LoadOptions(CPU, ScalarType.Float32, LinearPolicies.Quantized(QuantSpec.Parse("nf4"), ScalarType.Float32, CPU, ScalarType.Float32)));
+        new LoadOptions(CPU, ScalarType.Float32, LinearPolicies.Quantized(ModelFamilies.Load(Paths.TinyModel), BaseFormat.Parse("nf4"), ScalarType.Float32, CPU, ScalarType.Float32)));
 
     /// <summary>
     /// Backward through one model defers into that model's queue and no other, so releasing one model's handles

@@ -60,7 +60,7 @@ public class LoraDropoutTests
     {
         using var model = TinyLlamaFixture.Load();
         var random = new RandomStream();
-        LoraApplier.Apply(model, new LoraSettings(R: 4, Alpha: 8, Dropout: 0.3, TargetModules: ["q_proj", "v_proj", "down_proj"], Seed: 1), random);
+        LoraApplier.Apply(model, new LoraSettings(R: 4, Alpha: 8, Dropout: 0.3, TargetModules: ["q_proj", "v_proj", "down_proj"]), seed: 1, dropoutRandom: random);
         var loras = AdapterFiles.LoraModules(model).Select(l => l.lora).ToList();
         using (torch.no_grad())
             foreach (var l in loras) l.B.copy_(torch.randn(l.B.shape, generator: new Generator(2)) * 0.1);  // B != 0: A gets gradients too

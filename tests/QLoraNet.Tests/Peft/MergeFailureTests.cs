@@ -14,7 +14,7 @@ public class MergeFailureTests
     static string WriteAdapter(string dir, int configRank, params (string Key, long[] Shape)[] factors)
     {
         Directory.CreateDirectory(dir);
-        new AdapterConfig(R: configRank, LoraAlpha: 8, LoraDropout: 0, TargetModules: ["q_proj"]).Save(dir);
+        new AdapterConfig(new LoraSettings(R: configRank, Alpha: 8, Dropout: 0, TargetModules: ["q_proj"])).Save(dir);
         SafeTensors.Write(Path.Combine(dir, AdapterFiles.WeightsFileName),
             factors.Select(f => new KeyValuePair<string, Tensor>(f.Key, randn(f.Shape))).ToList());
         return dir;

@@ -12,7 +12,7 @@ namespace QLoraNet.Tests.Peft;
 [Trait("tier", "parity")]
 public class MergeParityTests
 {
-    static readonly QuantSpec Nf4Dq = QuantSpec.Parse("nf4-dq");
+    static readonly BaseFormat Nf4Dq = BaseFormat.Parse("nf4-dq");
 
     [Fact]
     public void Dense_base_fp32_merged_logits_equal_the_unmerged_ones()

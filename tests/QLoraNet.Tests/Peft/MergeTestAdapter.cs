@@ -15,12 +15,13 @@ namespace QLoraNet.Tests.Peft;
 /// </summary>
 public static class MergeTestAdapter
 {
-    public static readonly LoraSettings Settings = new(R: 8, Alpha: 16, Dropout: 0, TargetModules: ["q_proj", "v_proj", "down_proj"], Seed: 7);
+    public static readonly LoraSettings Settings = new(R: 8, Alpha: 16, Dropout: 0, TargetModules: ["q_proj", "v_proj", "down_proj"]);
+    public const long Seed = 7;
 
-    public static string Create(string dir, double bScale = 0.05, QuantSpec? baseFormat = null)
+    public static string Create(string dir, double bScale = 0.05, BaseFormat? baseFormat = null)
     {
         using var model = LoadBase(baseFormat);
-        var wrapped = LoraApplier.Apply(model, Settings);
+        var wrapped = LoraApplier.Apply(model, Settings, Seed);
         var generator = new Generator(11);
         using (torch.no_grad())
             foreach (var (_, lora) in AdapterFiles.LoraModules(model))
@@ -33,12 +34,11 @@ public static class MergeTestAdapter
     }
 
     /// <summary>The tiny model with its projections in <paramref name="baseFormat"/> (fp32 compute, CPU), as training holds it.</summary>
-    public static LlamaForCausalLM LoadBase(QuantSpec? baseFormat = null, string? dir = null) =>
-        LlamaLoader.Load(dir ?? Paths.TinyModel, new LoadOptions(CPU, ScalarType.Float32,
-            LinearPolicies.Quantized(baseFormat ?? new DenseSpec(null), ScalarType.Float32, CPU, ScalarType.Float32)));
+    public static LlamaForCausalLM LoadBase(BaseFormat? baseFormat = null, string? dir = null) =>
+        ModelBuilder.Build(dir ?? Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32, baseFormat ?? new DenseFormat(null))).Model;
 
     /// <summary>Base in <paramref name="baseFormat"/> plus the adapter, unmerged (LoraLinear wrappers).</summary>
-    public static LlamaForCausalLM LoadUnmerged(string adapterDir, QuantSpec? baseFormat = null)
+    public static LlamaForCausalLM LoadUnmerged(string adapterDir, BaseFormat? baseFormat = null)
     {
         var model = LoadBase(baseFormat);
         AdapterFiles.ApplyAndLoad(adapterDir, model);
@@ -68,8 +68,8 @@ public static class MergeTestAdapter
     /// </summary>
     public static double Fp32Tolerance(Tensor logits)
     {
-        var c = LlamaConfig.Load(Paths.TinyModel);
-        long n = c.NumHiddenLayers * (6L * c.HiddenSize + c.IntermediateSize) + c.HiddenSize;
+        var a = ModelFamilies.Load(Paths.TinyModel);
+        long n = a.NumLayers * a.LayerLinears.Sum(l => l.InFeatures) + a.Hidden;
         using var max = logits.abs().max();
         return 6 * Math.Sqrt(n) * 5.9604644775390625e-8 * max.item<float>();
     }

@@ -1,3 +1,4 @@
+using QLoraNet.Models;
 using QLoraNet.Training.Config;
 using QLoraNet.Training.Data;
 using static TorchSharp.torch;
@@ -8,7 +9,7 @@ namespace QLoraNet.Tests.Training;
 public sealed class DataPipelineTests : IDisposable
 {
     readonly TempDir dir = Paths.Temp();
-    static ITokenizer Tok => TokenizerAndTemplateTests.Tok;
+    static ITextTokenizer Tok => TokenizerAndTemplateTests.Tok;
     const int I = TokenizedExample.IgnoreIndex;
 
     public void Dispose() => dir.Dispose();

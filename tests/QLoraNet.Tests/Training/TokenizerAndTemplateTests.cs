@@ -1,3 +1,4 @@
+using QLoraNet.Models;
 using QLoraNet.Training.Data;
 
 namespace QLoraNet.Tests.Training;
@@ -5,7 +6,7 @@ namespace QLoraNet.Tests.Training;
 [Trait("tier", "unit")]
 public class TokenizerAndTemplateTests
 {
-    internal static readonly LlamaSentencePieceTokenizer Tok = LlamaSentencePieceTokenizer.Load(Paths.TinyModel);
+    internal static readonly ITextTokenizer Tok = TextTokenizers.Load(Paths.TinyModel);
     const int I = TokenizedExample.IgnoreIndex;
 
     [Fact]

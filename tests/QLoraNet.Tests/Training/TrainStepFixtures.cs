@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
@@ -25,13 +26,13 @@ sealed class SmallRun : IDisposable
     public IBatchSource Data { get; }
 
     public SmallRun(int seed, int accumulation = 2, IReplicaGroup? replicas = null, ITrainingLoss? loss = null,
-        double dropout = 0.2, QuantSpec? baseFormat = null)
+        double dropout = 0.2, BaseFormat? baseFormat = null)
     {
         Model = baseFormat is null
             ? TinyLlamaFixture.Load()
-            : LlamaLoader.Load(Paths.TinyModel, new LoadOptions(CPU, ScalarType.Float32, LinearPolicies.Quantized(baseFormat, ScalarType.Float32, CPU, ScalarType.Float32)));
+            : LlamaLoader.Load(Paths.TinyModel, new LoadOptions(CPU, ScalarType.Float32, LinearPolicies.Quantized(ModelFamilies.Load(Paths.TinyModel), baseFormat, ScalarType.Float32, CPU, ScalarType.Float32)));
         Model.Model.GradientCheckpointing = true;
-        LoraApplier.Apply(Model, new LoraSettings(R: 4, Alpha: 8, Dropout: dropout, TargetModules: ["q_proj", "v_proj"], Seed: seed), Dropout);
+        LoraApplier.Apply(Model, new LoraSettings(R: 4, Alpha: 8, Dropout: dropout, TargetModules: ["q_proj", "v_proj"]), seed, Dropout);
         Optimizer = new AdamW(Model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter)), 1e-3);
         Step = new TrainStep(Model, Optimizer, loss ?? new CausalLmTokenMeanLoss(), new TrainStepSettings(accumulation, 1.0, seed), Dropout, replicas);
         Data = new RandomTokenBatches(32000, rows: 2, length: 20, seed: (ulong)seed);
