@@ -46,4 +46,18 @@ public class BackwardHandlesTests
         a.BackwardHandles.Release();
         Assert.Equal(0, a.BackwardHandles.Count);
     }
+
+    /// <summary>A frozen linear that enters the model later through its slot seam (as an adapter's base does) defers
+    /// into the model's queue too; on a queue of its own its handles would never be released.</summary>
+    [Fact]
+    public void A_frozen_linear_put_into_a_slot_defers_into_the_models_queue()
+    {
+        using var model = Nf4Tiny();
+        string path = model.LinearPaths[0];
+        using var dense = ((FrozenLinear)model.GetLinear(path)).DequantizeWeight(ScalarType.Float32);
+        var replacement = new DenseFrozenLinear(dense, ScalarType.Float32);
+        Assert.NotSame(model.BackwardHandles, replacement.BackwardHandles);
+        model.ReplaceLinear(path, replacement);
+        Assert.Same(model.BackwardHandles, replacement.BackwardHandles);
+    }
 }
