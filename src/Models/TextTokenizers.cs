@@ -42,6 +42,6 @@ public static class TextTokenizers
                 spec = spec with { Nfc = true, SplitPatterns = [Qwen2Pattern], AddPrefixSpace = false, IgnoreMerges = false, PrefixIds = [], SuffixIds = [] };
             return ByteLevelBpeTextTokenizer.Create(spec, config, modelDir);
         }
-        throw new FileNotFoundException($"{modelDir}: no tokenizer.model or tokenizer.json; the model directory needs its tokenizer", Path.Combine(modelDir, SentencePieceModel.FileName));
+        throw new FileNotFoundException($"{Path.Combine(modelDir, SentencePieceModel.FileName)} (or {TokenizerJson.FileName}) not found: the model directory needs its tokenizer", Path.Combine(modelDir, SentencePieceModel.FileName));
     }
 }

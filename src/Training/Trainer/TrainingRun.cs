@@ -44,7 +44,7 @@ public static class TrainingRun
 
         // ---- data ----
         var tokenizer = TextTokenizers.Load(config.Model.Path);
-        var data = TrainingData.Build(config.Data, tokenizer, t.Seed);
+        var data = TrainingData.Build(config.Data, tokenizer, t.Seed, config.Model.Path);
 
         // ---- model: quantize-on-load, then LoRA ----
         var device = DeviceChoice.Resolve(config.Model.Device.ToString().ToLowerInvariant(), "model.device");
