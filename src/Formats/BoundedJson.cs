@@ -31,11 +31,19 @@ public static class BoundedJson
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: not found ({what})", path);
         using var stream = File.OpenRead(path);
-        if (stream.Length > maxBytes)
+        if (stream.CanSeek && stream.Length > maxBytes)
             throw new InvalidDataException($"{path}: {stream.Length:N0} bytes is more than a {what} can be ({maxBytes:N0}); is it the right file?");
-        var bytes = new byte[stream.Length];
-        stream.ReadExactly(bytes);
-        return bytes;
+        // Read at most maxBytes + 1 (a pipe has no length to check first).
+        using var buffer = new MemoryStream();
+        var chunk = new byte[81920];
+        int n;
+        while ((n = stream.Read(chunk, 0, (int)Math.Min(chunk.Length, maxBytes + 1 - buffer.Length))) > 0)
+        {
+            buffer.Write(chunk, 0, n);
+            if (buffer.Length > maxBytes)
+                throw new InvalidDataException($"{path}: more than {maxBytes:N0} bytes, more than a {what} can be; is it the right file?");
+        }
+        return buffer.ToArray();
     }
 
     static string FirstSentence(string message)
