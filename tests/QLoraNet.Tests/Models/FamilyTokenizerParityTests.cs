@@ -49,4 +49,32 @@ public class FamilyTokenizerParityTests
         }
         Assert.True(failures.Count == 0, string.Join("\n", failures));
     }
+
+    [Theory, InlineData("llama3"), InlineData("qwen2")]
+    public void Byte_level_decoding_gives_back_the_text(string family)
+    {
+        var tok = TextTokenizers.Load(Paths.Family(family));
+        foreach (var p in Reference(family).GetProperty("probes").EnumerateArray())
+        {
+            string text = p.GetProperty("text").GetString()!;
+            var ids = tok.Tokenize(text, addSpecialTokens: false).Ids;
+            if (ids.Any(tok.IsSpecial)) continue;
+            string want = family == "qwen2" ? QLoraNet.Models.Tokenization.UnicodeNfc.Shared.Normalize(text) : text;
+            Assert.Equal(want, tok.Decode(ids));
+        }
+    }
+
+    [Fact]
+    public void Token_starts_point_at_each_tokens_first_character()
+    {
+        var tok = TextTokenizers.Load(Paths.Family("qwen2"));
+        string text = "e\u0301 caf\u00e9<|im_end|>\n日本";
+        var t = tok.Tokenize(text, addSpecialTokens: false);
+        Assert.Equal(t.Ids.Count, t.Starts.Count);
+        Assert.Equal(0, t.Starts[0]);
+        Assert.Equal(text.IndexOf("<|im_end|>", StringComparison.Ordinal), t.Starts[t.Ids.ToList().IndexOf(1021)]);
+        Assert.True(t.Starts.Zip(t.Starts.Skip(1)).All(p => p.First <= p.Second));
+        var sp = TextTokenizers.Load(Paths.Family("mistral")).Tokenize(" [/INST] Ridge", addSpecialTokens: false);
+        Assert.Contains(8, sp.Starts);                                          // "▁R..." starts at the space before Ridge
+    }
 }
