@@ -91,7 +91,7 @@ public sealed record TokenizerJson
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
         if (!model.TryGetProperty("vocab", out var v) || v.ValueKind != JsonValueKind.Object) throw Bad(path, "model.vocab must be an object of token: id");
         foreach (var p in v.EnumerateObject())
-            vocab[p.Name] = p.Value.TryGetInt32(out int id) && id >= 0 ? id : throw Bad(path, $"model.vocab['{p.Name}'] must be a non-negative integer id");
+            vocab[p.Name] = p.Value.ValueKind == JsonValueKind.Number && p.Value.TryGetInt32(out int id) && id >= 0 ? id : throw Bad(path, $"model.vocab['{p.Name}'] must be a non-negative integer id");
 
         var merges = new List<(string, string)>();
         if (model.TryGetProperty("merges", out var ms) && ms.ValueKind == JsonValueKind.Array)
@@ -172,7 +172,7 @@ public sealed record TokenizerJson
         if (!root.TryGetProperty("added_tokens", out var list) || list.ValueKind != JsonValueKind.Array) return added;
         foreach (var t in list.EnumerateArray())
         {
-            if (t.ValueKind != JsonValueKind.Object || !t.TryGetProperty("id", out var idEl) || !idEl.TryGetInt32(out int id) || id < 0 || Str(t, "content") is not { Length: > 0 } content)
+            if (t.ValueKind != JsonValueKind.Object || !t.TryGetProperty("id", out var idEl) || idEl.ValueKind != JsonValueKind.Number || !idEl.TryGetInt32(out int id) || id < 0 || Str(t, "content") is not { Length: > 0 } content)
                 throw Bad(path, $"added_tokens entry {Clip(t.GetRawText())} needs an id and a content");
             added.Add(new AddedTokenSpec(id, content, Flag(t, "special"), Flag(t, "lstrip"), Flag(t, "rstrip"), Flag(t, "single_word"), Flag(t, "normalized")));
         }

@@ -49,6 +49,24 @@ public class TokenizerFileTests
         Assert.Contains("decoder 'WordPiece'", Refusal(j => j["decoder"] = new JsonObject { ["type"] = "WordPiece" }));
     }
 
+    [Theory]
+    [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b c\"]}}", "neither \"a b\" nor")]
+    [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": [\"a\"]}}", "model.vocab must be an object")]
+    [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}}}", "model.vocab['a'] must be a non-negative integer id")]
+    [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": {}}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"added_tokens\": [{\"content\": \"<x>\"}]}", "needs an id and a content")]
+    [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": {}", "not valid JSON")]
+    [InlineData("[1, 2]", "expected a JSON object")]
+    public void Malformed_tokenizer_json_is_one_error_naming_the_file(string json, string expected)
+    {
+        using var dir = Paths.Temp();
+        File.WriteAllText(dir["tokenizer.json"], json);
+        var e = Assert.ThrowsAny<Exception>(() => TextTokenizers.Load(dir.Path));
+        Assert.True(e is InvalidDataException or NotSupportedException, e.GetType().Name);
+        Assert.Contains(dir["tokenizer.json"], e.Message);
+        Assert.Contains(expected, e.Message);
+        Assert.DoesNotContain("\n", e.Message);
+    }
+
     [Fact]
     public void Unknown_tokenizer_class_is_refused_by_name()
     {
