@@ -29,7 +29,7 @@ public static class TrainCommand
         cmd.SetAction(pr =>
         {
             var cfg = TrainConfig.Load(pr.GetValue(config)!, pr.GetValue(overrides) ?? []);
-            LibTorchProbe.EnsureLoaded();
+            LibTorchProbe.RequireCudaIfAsked(YamlNames.Of(cfg.Model.Device), "model.device");
             string? resumeArg = pr.GetResult(resume) is null ? null : pr.GetValue(resume) ?? "latest";
             using var cts = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) =>
