@@ -51,7 +51,9 @@ public static class LossCurve
         lr.XLabel("step");
         lr.YLabel("learning rate");
 
-        // Both panels show the same steps, so their x axes line up.
+        // Both panels show the same steps with the same margins, so their x axes line up.
+        loss.Layout.Fixed(new PixelPadding(90, 25, 40, 110));
+        lr.Layout.Fixed(new PixelPadding(90, 25, 55, 10));
         foreach (var p in new[] { loss, lr })
         {
             p.Font.Set(font);
