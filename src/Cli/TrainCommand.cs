@@ -22,13 +22,24 @@ public static class TrainCommand
             Description = "continue from the newest checkpoint in output.dir, or from the checkpoint directory given",
             Arity = ArgumentArity.ZeroOrOne,
         };
+        var preview = new Option<int?>("--preview")
+        {
+            Description = "load only the tokenizer and data, print the first N rows with the trained tokens marked and the truncation/packing figures, and exit",
+        };
         var cmd = new Command("train", "QLoRA fine-tuning from a YAML config");
         cmd.Arguments.Add(config);
         cmd.Arguments.Add(overrides);
         cmd.Options.Add(resume);
+        cmd.Options.Add(preview);
         cmd.SetAction(pr =>
         {
             var cfg = TrainConfig.Load(pr.GetValue(config)!, pr.GetValue(overrides) ?? []);
+            if (pr.GetValue(preview) is { } rows)
+            {
+                if (rows < 0) throw new ArgumentException($"--preview must be >= 0 rows, got {rows}");
+                DataPreviewPrinter.Print(cfg, rows, stdout, colour: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
+                return 0;
+            }
             LibTorchProbe.EnsureLoaded();
             string? resumeArg = pr.GetResult(resume) is null ? null : pr.GetValue(resume) ?? "latest";
             using var cts = new CancellationTokenSource();

@@ -61,6 +61,22 @@ public sealed class TrainingData
         return new TrainingData(trainSeq, valSeq, stats, tokenizer.PadId, seed);
     }
 
+    /// <summary>
+    /// The examples of <paramref name="files"/> as validation data (in file order, rendered, masked, truncated and
+    /// packed exactly as a run's <c>data.validation</c>), with no training split: what `eval --data` scores, so its
+    /// loss equals the validation loss a run reports on the same file.
+    /// </summary>
+    public static TrainingData ForEvaluation(DataConfig config, ITextTokenizer tokenizer, IReadOnlyList<string> files)
+    {
+        var encoder = new ExampleEncoder(tokenizer, config.MaxSeqLen, config.TrainOnInputs);
+        var counts = new Counts();
+        var examples = Encode(config, files, encoder, counts);
+        var sequences = SequencePacker.Pack(examples, config.MaxSeqLen, config.Packing);
+        var stats = new DataStats(0, examples.Count, 0, sequences.Count, 0, 0, config.MaxSeqLen,
+            counts.Truncated, counts.Dropped, counts.Skipped, counts.FirstSkipReason);
+        return new TrainingData([], sequences, stats, tokenizer.PadId, 0);
+    }
+
     public int MicroBatchesPerEpoch(int microBatchSize) => (Train.Count + microBatchSize - 1) / microBatchSize;
 
     /// <summary>
