@@ -44,6 +44,9 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     /// <see cref="LayerCheckpoint"/>). Only takes effect while gradients are enabled and no KV cache is used.</summary>
     public bool GradientCheckpointing { get; set; }
 
+    /// <summary>Gemma's embedding normalizer: hidden**0.5 as a 0-dim tensor in <paramref name="dtype"/> (rounded to it, as transformers builds it).</summary>
+    public static Tensor EmbeddingScale(long hidden, ScalarType dtype, Device device) => tensor(Math.Pow(hidden, 0.5), dtype, device);
+
     public override Tensor forward(Tensor inputIds) => forward(inputIds, null, null, null);
 
     /// <param name="inputIds">(B, T) int64 token ids</param>
@@ -61,7 +64,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         var (cos, sin) = rotary_emb.call(positionIds);                                  // (B, T, headDim) each
 
         var h = embed_tokens.call(inputIds).to(computeDType);                          // (B, T, hidden)
-        if (scaleEmbeddings) h = h * tensor(Math.Pow(h.shape[^1], 0.5), computeDType, h.device);
+        if (scaleEmbeddings) h = h * EmbeddingScale(h.shape[^1], computeDType, h.device);
         if (GradientCheckpointing && cache is null && torch.is_grad_enabled())
         {
             // The frozen embedding output does not require grad; the checkpoint function must see an input that
