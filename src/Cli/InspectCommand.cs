@@ -39,7 +39,7 @@ public static class InspectCommand
     static string Text(string path, ModelArchitecture c, ParameterCounts n, IReadOnlyList<FootprintRow> sizes, TrainingMemoryEstimate e, int seq, int batch, int rank)
     {
         var w = new StringWriter { NewLine = "\n" };
-        w.WriteLine($"{path}: {c.NumLayers} layers, hidden {c.Hidden}, intermediate {c.Intermediate}, heads {c.NumHeads} (kv {c.NumKvHeads}), vocab {c.VocabSize}, tied head {(c.TiedHead ? "yes" : "no")}");
+        w.WriteLine($"{path}: {c.NumLayers} layers, hidden {c.Hidden}, intermediate {c.Intermediate}, heads {c.NumHeads} (kv {c.NumKvHeads}, head_dim {c.HeadDim}), vocab {c.VocabSize}, tied head {(c.TiedHead ? "yes" : "no")}, family {c.Family}");
         w.WriteLine();
         w.WriteLine("parameters");
         w.WriteLine($"  embeddings            {N(n.Embeddings),16}");
