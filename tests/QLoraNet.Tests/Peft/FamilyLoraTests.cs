@@ -36,7 +36,7 @@ public class FamilyLoraTests
     static double MaxDiff(Tensor a, Tensor b) => (a - b).abs().max().item<float>();
 
     /// <summary>An adapter with small random B on every linear (a trained-looking one), saved in peft's format.</summary>
-    static string NonZeroAdapter(string family, string dir)
+    internal static string NonZeroAdapter(string family, string dir)
     {
         using var built = Build(family, Dense, AllLinear);
         var generator = new Generator(17);
