@@ -59,7 +59,7 @@ public static class InspectCommand
         w.WriteLine($"  LoRA params+grads+Adam       {Gb(e.LoraState),8} GB   ({N(e.LoraParameters)} fp32 parameters x 16 bytes)");
         w.WriteLine($"  layer-boundary hidden states {Gb(e.Boundaries),8} GB");
         w.WriteLine($"  one layer's recompute        {Gb(e.LayerRecompute),8} GB");
-        w.WriteLine($"  logits (fp32 x 3)            {Gb(e.Logits),8} GB");
+        w.WriteLine($"  logits (fp32 x {(c.FinalLogitSoftCap is null ? 3 : 4)})            {Gb(e.Logits),8} GB");
         w.WriteLine($"  CUDA context                 {Gb(e.CudaContext),8} GB");
         w.WriteLine($"  total                        {Gb(e.Total),8} GB");
         return w.ToString();
