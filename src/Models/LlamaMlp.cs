@@ -8,8 +8,9 @@ namespace QLoraNet.Models;
 
 /// <summary>Gated feed-forward down(act(gate(x)) * up(x)) (Shazeer 2020, "GLU Variants Improve Transformer",
 /// arXiv:2002.05202): with SiLU, SwiGLU (Llama, Mistral, Qwen2); with the tanh approximation of GELU, GeGLU (Gemma,
-/// transformers' "gelu_pytorch_tanh" = torch's gelu(approximate="tanh")). The three linears sit in <see cref="LinearSlots"/> under the family record's
-/// names, with their biases when mlp_bias is set; the activation is the record's.</summary>
+/// transformers' "gelu_pytorch_tanh" = torch's gelu(approximate="tanh")). The three linears sit in
+/// <see cref="LinearSlots"/> under the family record's names, with their biases when mlp_bias is set; the activation
+/// is the record's.</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 {
     readonly LinearSlots projections;
