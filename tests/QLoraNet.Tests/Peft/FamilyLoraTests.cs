@@ -155,7 +155,8 @@ public class FamilyLoraTests
         using var original = Logits(baseModel.Model, family);
         Assert.True(MaxDiff(expected, original) > 0.1, $"{family}: the adapter must change the logits");
         // fp32: W' = W + s·B·A rounds once per weight where the unmerged model adds s·B(A x) to W x; the logits
-        // (|logit| < 45) move by a few ulps of the largest partial sums, ~1e-5 (measured at most 3e-6).
+        // (|logit| < 45) move by a few ulps of the largest partial sums, ~1e-5 (the 11M tiny Llama's merge: 1.2e-5),
+        // so the families' parity bound of 1e-4 holds with room.
         Assert.True(MaxDiff(expected, actual) < 1e-4, $"{family}: merged vs unmerged max |Δ logit| {MaxDiff(expected, actual):E2}");
 
         // Biases (Qwen2's q/k/v) pass through the merge unchanged: LoRA adds to base(x) + bias, the merged linear keeps it.
