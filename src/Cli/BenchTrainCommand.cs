@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using QLoraNet.Models;
 using QLoraNet.Peft;
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using QLoraNet.Training.Optim;
 using QLoraNet.Training.Trainer;

@@ -54,6 +54,6 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         // On CUDA this runs on libtorch's device thread, outside any dispose scope: release the handles now.
         foreach (var t in saved) t?.Dispose();
         gradOutput.Dispose();
-        return [QLoraNet.Quant.BackwardHandles.Defer(gradInput), null!, null!, null!, null!, null!];
+        return [QLoraNet.Kernels.BackwardHandles.Defer(gradInput), null!, null!, null!, null!, null!];
     }
 }

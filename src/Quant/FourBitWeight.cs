@@ -104,14 +104,17 @@ public sealed record FourBitWeight(
         return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
     }
 
-    Tensor? TryDequantizeWithCudaKernel(ScalarType dtype)
+    /// <summary>The fused CUDA kernel in a given variant (for `bench kernel`); null where that variant cannot run.</summary>
+    public Tensor? DequantizeWithCudaKernel(ScalarType dtype, FourBitCudaKernel.Variant variant) => TryDequantizeWithCudaKernel(dtype, variant);
+
+    Tensor? TryDequantizeWithCudaKernel(ScalarType dtype, FourBitCudaKernel.Variant? variant = null)
     {
         var codebook = CodeTables.Float(FourBitCodebook.Name(Type) + "/values", Packed.device, () => FourBitCodebook.Values(Type));
         var dense = Scales switch
         {
-            PlainScales p => FourBitCudaKernel.TryDequantize(Packed, p.Absmax, null, null, null, 0f, codebook, Numel, BlockSize, 0, dtype),
+            PlainScales p => FourBitCudaKernel.TryDequantize(Packed, p.Absmax, null, null, null, 0f, codebook, Numel, BlockSize, 0, dtype, variant),
             DoubleQuantizedScales d => FourBitCudaKernel.TryDequantize(Packed, null, d.Codes, d.NestedAbsmax,
-                CodeTables.Float("dynamic/values", Packed.device, DynamicMap.Values), d.Offset, codebook, Numel, BlockSize, d.NestedBlockSize, dtype),
+                CodeTables.Float("dynamic/values", Packed.device, DynamicMap.Values), d.Offset, codebook, Numel, BlockSize, d.NestedBlockSize, dtype, variant),
             _ => null,
         };
         if (dense is null) return null;

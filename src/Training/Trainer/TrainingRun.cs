@@ -2,6 +2,7 @@ using System.Diagnostics;
 using QLoraNet.Formats;
 using QLoraNet.Models;
 using QLoraNet.Peft;
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using QLoraNet.Training.Config;
 using QLoraNet.Training.Data;

@@ -1,15 +1,16 @@
 using System.Reflection;
 using System.Runtime.InteropServices;
 
-namespace QLoraNet.Quant.Kernels;
+namespace QLoraNet.Kernels.Cuda;
 
 /// <summary>
 /// The few CUDA driver API calls needed to run our own PTX on TorchSharp's CUDA tensors, with no native build of
 /// our own: libtorch has already initialised the device and made its primary context current, so we load a module
-/// into that context and launch on stream 0 (the legacy default stream libtorch uses, so launches are ordered with
-/// its kernels). Library: libcuda.so.1 (Linux) / nvcuda.dll (Windows), resolved at first use.
+/// into that context and launch on stream 0, the legacy default stream, which is libtorch's default ("current")
+/// stream: TorchSharp exposes no way to change the current stream, so our launches are ordered with libtorch's
+/// kernels. Library: libcuda.so.1 (Linux) / nvcuda.dll (Windows), resolved at first use.
 /// </summary>
-internal static unsafe class CudaDriver
+public static unsafe class CudaDriver
 {
     const string Lib = "qln_cuda_driver";
 
@@ -29,19 +30,25 @@ internal static unsafe class CudaDriver
 
     [DllImport(Lib)] static extern int cuInit(uint flags);
     [DllImport(Lib)] static extern int cuCtxGetCurrent(out IntPtr ctx);
+    [DllImport(Lib)] static extern int cuCtxGetDevice(out int device);
+    [DllImport(Lib)] static extern int cuDeviceGetAttribute(out int value, int attrib, int device);
     [DllImport(Lib)] static extern int cuModuleLoadData(out IntPtr module, byte* image);
     [DllImport(Lib)] static extern int cuModuleGetFunction(out IntPtr fn, IntPtr module, [MarshalAs(UnmanagedType.LPStr)] string name);
     [DllImport(Lib)] static extern int cuLaunchKernel(IntPtr f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz,
         uint sharedMem, IntPtr stream, void** kernelParams, void** extra);
     [DllImport(Lib)] static extern int cuGetErrorString(int err, out IntPtr str);
-    [DllImport(Lib)] static extern int cuDeviceGetAttribute(out int value, int attrib, int device);
-    [DllImport(Lib)] static extern int cuCtxGetDevice(out int device);
+    [DllImport(Lib)] static extern int cuEventCreate(out IntPtr ev, uint flags);
+    [DllImport(Lib)] static extern int cuEventRecord(IntPtr ev, IntPtr stream);
+    [DllImport(Lib)] static extern int cuEventSynchronize(IntPtr ev);
+    [DllImport(Lib)] static extern int cuEventElapsedTime(out float ms, IntPtr start, IntPtr end);
+    [DllImport(Lib)] static extern int cuEventDestroy_v2(IntPtr ev);
 
     [DllImport("LibTorchSharp")] static extern IntPtr THSTensor_data(IntPtr handle);
 
     /// <summary>Raw device (or host) address of a tensor's first element.</summary>
     public static IntPtr DataPointer(TorchSharp.torch.Tensor t) => THSTensor_data(t.Handle);
 
+    /// <summary>Throws with the driver's message when <paramref name="rc"/> is not CUDA_SUCCESS.</summary>
     public static void Check(int rc, string what)
     {
         if (rc == 0) return;
@@ -49,6 +56,7 @@ internal static unsafe class CudaDriver
         throw new InvalidOperationException($"CUDA driver call {what} failed: {rc} ({msg})");
     }
 
+    /// <summary>The context libtorch made current on this thread (modules are loaded per context).</summary>
     public static IntPtr CurrentContext()
     {
         Check(cuInit(0), "cuInit");
@@ -57,6 +65,7 @@ internal static unsafe class CudaDriver
         return ctx;
     }
 
+    /// <summary>Streaming multiprocessors of the current device: sizes persistent grids.</summary>
     public static int MultiprocessorCount()
     {
         Check(cuCtxGetDevice(out int dev), "cuCtxGetDevice");
@@ -79,8 +88,36 @@ internal static unsafe class CudaDriver
         return fn;
     }
 
-    public static void Launch(IntPtr fn, uint grid, uint block, void** args)
+    /// <summary>Launches on stream 0 (see the class summary); <paramref name="args"/> points at each argument's value.</summary>
+    public static void Launch(IntPtr fn, uint gridX, uint gridY, uint blockX, void** args, uint sharedBytes = 0)
     {
-        Check(cuLaunchKernel(fn, grid, 1, 1, block, 1, 1, 0, IntPtr.Zero, args, null), "cuLaunchKernel");
+        Check(cuLaunchKernel(fn, gridX, gridY, 1, blockX, 1, 1, sharedBytes, IntPtr.Zero, args, null), "cuLaunchKernel");
+    }
+
+    /// <summary>Device time between two points of stream 0, for benchmarks: record, enqueue work, record, read.</summary>
+    public sealed class Event : IDisposable
+    {
+        IntPtr _handle;
+
+        public Event()
+        {
+            Check(cuEventCreate(out _handle, 0), "cuEventCreate");
+        }
+
+        public void Record() => Check(cuEventRecord(_handle, IntPtr.Zero), "cuEventRecord");
+
+        /// <summary>Milliseconds from <paramref name="start"/> to this event, waiting for this one to complete.</summary>
+        public float MillisecondsSince(Event start)
+        {
+            Check(cuEventSynchronize(_handle), "cuEventSynchronize");
+            Check(cuEventElapsedTime(out float ms, start._handle, _handle), "cuEventElapsedTime");
+            return ms;
+        }
+
+        public void Dispose()
+        {
+            if (_handle != IntPtr.Zero) cuEventDestroy_v2(_handle);
+            _handle = IntPtr.Zero;
+        }
     }
 }

@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
 using static TorchSharp.torch;
 
-namespace QLoraNet.Quant;
+namespace QLoraNet.Kernels;
 
 /// <summary>
 /// Deterministic release of the tensor handles that cross a custom autograd function's backward.

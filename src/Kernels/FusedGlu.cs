@@ -1,0 +1,99 @@
+using QLoraNet.Kernels.Cuda;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Kernels;
+
+/// <summary>
+/// act(gate) * up as one CUDA kernel each way (Cuda/glu.cu): forward reads gate and up once and writes the product,
+/// backward writes both gradients in one pass, and only the two inputs are kept for backward (autograd through the
+/// reference keeps act(gate) as well). Same values as <see cref="GluReference"/> up to the last bit of e^x inside
+/// the activation (glu.cu states the bound); the reference runs wherever the kernel cannot (CPU, fp16, layouts
+/// other than contiguous, QLORANET_DISABLE_CUDA_KERNELS=1).
+/// Drop-in: LlamaMlp's <c>F.silu(gate) * up</c> is <c>FusedGlu.Apply(gate, up, GluActivation.Silu)</c>.
+/// </summary>
+public static unsafe class FusedGlu
+{
+    static readonly PtxModule Ptx = new(typeof(FusedGlu).Assembly, "glu.ptx");
+    const int Threads = 256; // kThreads in glu.cu; 8 elements per thread
+
+    /// <summary>Why the kernel cannot run here (null when it can).</summary>
+    public static string? Unavailable => Ptx.Unavailable;
+
+    /// <param name="gate">(..., I) gate projection output.</param>
+    /// <param name="up">(..., I) up projection output, same shape and dtype.</param>
+    /// <returns>(..., I) act(gate) * up.</returns>
+    public static Tensor Apply(Tensor gate, Tensor up, GluActivation activation = GluActivation.Silu) =>
+        KernelFits(gate, up) ? GluFunction.apply(gate, up, activation, true) : GluReference.Forward(gate, up, activation);
+
+    /// <summary>The autograd function with the reference forward and backward (CPU tests of its plumbing).</summary>
+    internal static Tensor ApplyWithReferenceFunction(Tensor gate, Tensor up, GluActivation activation) =>
+        GluFunction.apply(gate, up, activation, false);
+
+    static bool KernelFits(Tensor gate, Tensor up) =>
+        gate.device_type == DeviceType.CUDA && Unavailable is null && DeviceTensors.IsKernelDType(gate.dtype)
+        && up.dtype == gate.dtype && up.shape.SequenceEqual(gate.shape) && gate.numel() % 8 == 0
+        && DeviceTensors.OnOneCudaDevice(gate, up);
+
+    static string Suffix(GluActivation activation, ScalarType dtype) =>
+        (activation == GluActivation.Silu ? "swiglu" : "geglu") + (dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
+
+    static Tensor? ForwardKernel(Tensor gate, Tensor up, GluActivation activation)
+    {
+        if (Ptx.TryFunction("qln_glu_fwd_" + Suffix(activation, gate.dtype)) is not { } fn) return null;
+        using var scope = NewDisposeScope();
+        var (g, u) = (gate.contiguous(), up.contiguous());
+        if (!DeviceTensors.Aligned16(g) || !DeviceTensors.Aligned16(u)) return null;
+        var output = empty_like(g);
+        long n8 = g.numel() / 8;
+        IntPtr pg = DeviceTensors.Ptr(g), pu = DeviceTensors.Ptr(u), po = DeviceTensors.Ptr(output);
+        void** args = stackalloc void*[] { &pg, &pu, &po, &n8 };
+        if (DeviceTensors.Blocks(n8, Threads) is not { } blocks) return null;
+        CudaDriver.Launch(fn, blocks, 1, Threads, args);
+        return output.MoveToOuterDisposeScope();
+    }
+
+    static (Tensor DGate, Tensor DUp)? BackwardKernel(Tensor dy, Tensor gate, Tensor up, GluActivation activation)
+    {
+        if (Ptx.TryFunction("qln_glu_bwd_" + Suffix(activation, gate.dtype)) is not { } fn) return null;
+        using var scope = NewDisposeScope();
+        var (d, g, u) = (dy.to(gate.dtype).contiguous(), gate.contiguous(), up.contiguous());
+        if (!DeviceTensors.Aligned16(d) || !DeviceTensors.Aligned16(g) || !DeviceTensors.Aligned16(u)) return null;
+        var (dg, du) = (empty_like(g), empty_like(u));
+        long n8 = g.numel() / 8;
+        IntPtr pd = DeviceTensors.Ptr(d), pg = DeviceTensors.Ptr(g), pu = DeviceTensors.Ptr(u);
+        IntPtr pdg = DeviceTensors.Ptr(dg), pdu = DeviceTensors.Ptr(du);
+        void** args = stackalloc void*[] { &pd, &pg, &pu, &pdg, &pdu, &n8 };
+        if (DeviceTensors.Blocks(n8, Threads) is not { } blocks) return null;
+        CudaDriver.Launch(fn, blocks, 1, Threads, args);
+        return (dg.MoveToOuterDisposeScope(), du.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>forward(gate, up, activation, useKernel) -> act(gate) * up.</summary>
+    sealed class GluFunction : autograd.SingleTensorFunction<GluFunction>
+    {
+        public override string Name => "FusedGlu";
+
+        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var (gate, up, activation, useKernel) = ((Tensor)vars[0], (Tensor)vars[1], (GluActivation)vars[2], (bool)vars[3]);
+            ctx.save_for_backward([gate, up]);
+            ctx.save_data("activation", activation);
+            ctx.save_data("useKernel", useKernel);
+            return (useKernel ? ForwardKernel(gate, up, activation) : null) ?? GluReference.Forward(gate, up, activation);
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        {
+            var saved = ctx.get_saved_variables();
+            var (gate, up) = (saved[0], saved[1]);
+            var activation = (GluActivation)ctx.get_data("activation");
+            bool useKernel = (bool)ctx.get_data("useKernel");
+            var (dg, du) = (useKernel ? BackwardKernel(gradOutput, gate, up, activation) : null)
+                           ?? GluReference.Backward(gradOutput, gate, up, activation);
+            foreach (var t in saved) t.Dispose();
+            gradOutput.Dispose(); // see BackwardHandles
+            return [BackwardHandles.Defer(dg), BackwardHandles.Defer(du), null!, null!];
+        }
+    }
+}

@@ -1,0 +1,194 @@
+using QLoraNet.Kernels.Cuda;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Kernels;
+
+/// <summary>
+/// RMSNorm with a frozen weight as one CUDA kernel each way (Cuda/rms_norm.cu): the row is read once, statistics in
+/// fp32, the output written once in the compute dtype, where the torch ops of <see cref="RmsNormReference"/> make
+/// about ten passes over an fp32 copy. Also with the residual add fused in front (h = x + residual; y = norm(h)),
+/// the pre-norm block's "h + sublayer(...)" then "norm(h)". Same signatures and results as the reference (up to one
+/// rounding of the output, see rms_norm.cu), which runs wherever the kernel cannot: CPU tensors, fp16, rows wider
+/// than 8192 or not a multiple of 8, QLORANET_DISABLE_CUDA_KERNELS=1.
+/// Drop-in: RmsNorm.forward(x) is <c>FusedRmsNorm.Apply(x, weight, eps)</c>; a decoder layer's
+/// <c>h = hidden + attn; y = norm(h)</c> is <c>(h, y) = FusedRmsNorm.ApplyWithResidual(attn, hidden, weight, eps)</c>.
+/// </summary>
+public static unsafe class FusedRmsNorm
+{
+    static readonly PtxModule Ptx = new(typeof(FusedRmsNorm).Assembly, "rms_norm.ptx");
+    const int Threads = 256, MaxWidth = 8192; // kThreads, kThreads * kMaxChunks * 8 in rms_norm.cu
+
+    /// <summary>Why the kernel cannot run here (null when it can).</summary>
+    public static string? Unavailable => Ptx.Unavailable;
+
+    /// <summary>y = RMSNorm(x) * weight (or * (1 + weight) with <paramref name="unitOffset"/>, Gemma).</summary>
+    /// <param name="x">(..., H) in the compute dtype.</param>
+    /// <param name="weight">(H), frozen.</param>
+    /// <returns>(..., H) in x's dtype.</returns>
+    public static Tensor Apply(Tensor x, Tensor weight, double eps, bool unitOffset = false) =>
+        KernelFits(x, null, weight)
+            ? NormFunction.apply(x, weight, eps, unitOffset, true)
+            : RmsNormReference.Forward(x, weight, eps, unitOffset);
+
+    /// <summary>h = x + residual (rounded to the compute dtype, as a torch add) and y = RMSNorm(h) * weight.</summary>
+    /// <param name="x">(..., H) the sublayer's output.</param>
+    /// <param name="residual">(..., H) the residual stream.</param>
+    /// <returns>Sum: h, the new residual stream; Normed: y, the next sublayer's input.</returns>
+    public static (Tensor Sum, Tensor Normed) ApplyWithResidual(Tensor x, Tensor residual, Tensor weight, double eps, bool unitOffset = false)
+    {
+        if (KernelFits(x, residual, weight))
+        {
+            var outputs = AddNormFunction.apply(x, residual, weight, eps, unitOffset, true);
+            return (outputs[0], outputs[1]);
+        }
+        var h = x + residual;
+        return (h, RmsNormReference.Forward(h, weight, eps, unitOffset));
+    }
+
+    /// <summary>The autograd functions with the torch-op forward and closed-form backward instead of the kernels: what
+    /// CPU tests run to check the functions' plumbing (saved tensors, gradient routing) against plain autograd.</summary>
+    internal static Tensor ApplyWithReferenceFunction(Tensor x, Tensor weight, double eps, bool unitOffset) =>
+        NormFunction.apply(x, weight, eps, unitOffset, false);
+
+    internal static (Tensor Sum, Tensor Normed) ApplyWithResidualReferenceFunction(Tensor x, Tensor residual, Tensor weight, double eps, bool unitOffset)
+    {
+        var outputs = AddNormFunction.apply(x, residual, weight, eps, unitOffset, false);
+        return (outputs[0], outputs[1]);
+    }
+
+    static bool KernelFits(Tensor x, Tensor? residual, Tensor weight)
+    {
+        if (x.device_type != DeviceType.CUDA || Unavailable is not null) return false;
+        if (!DeviceTensors.IsKernelDType(x.dtype) || weight.dtype != x.dtype || weight.dim() != 1) return false;
+        long width = x.shape[^1];
+        if (width % 8 != 0 || width > MaxWidth || weight.shape[0] != width || x.numel() / width > int.MaxValue) return false;
+        if (residual is not null && (residual.dtype != x.dtype || !residual.shape.SequenceEqual(x.shape))) return false;
+        return residual is null ? DeviceTensors.OnOneCudaDevice(x, weight) : DeviceTensors.OnOneCudaDevice(x, residual, weight);
+    }
+
+    static string Suffix(bool residual, bool unitOffset, ScalarType dtype) =>
+        (residual ? "_res" : "") + (unitOffset ? "_gemma" : "") + (dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
+
+    /// <summary>Forward kernel: y (and h with a residual) plus the per-row inverse RMS, or null if it cannot launch.</summary>
+    static (Tensor Y, Tensor? H, Tensor InverseRms)? ForwardKernel(Tensor x, Tensor? residual, Tensor weight, double eps, bool unitOffset)
+    {
+        if (Ptx.TryFunction("qln_rmsnorm_fwd" + Suffix(residual is not null, unitOffset, x.dtype)) is not { } fn) return null;
+        using var scope = NewDisposeScope();
+        var xc = x.contiguous();
+        var rc = residual?.contiguous();
+        var wc = weight.contiguous();
+        if (!DeviceTensors.Aligned16(xc) || !DeviceTensors.Aligned16(wc) || (rc is not null && !DeviceTensors.Aligned16(rc))) return null;
+        int width = (int)x.shape[^1];
+        long rows = x.numel() / width;
+        var y = empty_like(xc);
+        var h = rc is null ? null : empty_like(xc);
+        var inverseRms = empty(x.shape[..^1], ScalarType.Float32, x.device);
+        IntPtr px = DeviceTensors.Ptr(xc), pr = rc is null ? IntPtr.Zero : DeviceTensors.Ptr(rc), pw = DeviceTensors.Ptr(wc);
+        IntPtr py = DeviceTensors.Ptr(y), ph = h is null ? IntPtr.Zero : DeviceTensors.Ptr(h), ps = DeviceTensors.Ptr(inverseRms);
+        float epsF = (float)eps;
+        void** args = stackalloc void*[] { &px, &pr, &pw, &py, &ph, &ps, &width, &epsF };
+        if (rows > 0) CudaDriver.Launch(fn, (uint)rows, 1, Threads, args);
+        return (y.MoveToOuterDisposeScope(), h?.MoveToOuterDisposeScope(), inverseRms.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>Backward kernel: dx from dy, the saved h and inverse RMS (plus dh, the gradient of h's other use).</summary>
+    static Tensor? BackwardKernel(Tensor dy, Tensor h, Tensor inverseRms, Tensor weight, Tensor? dh, bool unitOffset)
+    {
+        if (Ptx.TryFunction("qln_rmsnorm_bwd" + Suffix(dh is not null, unitOffset, h.dtype)) is not { } fn) return null;
+        using var scope = NewDisposeScope();
+        var dyc = dy.to(h.dtype).contiguous();
+        var dhc = dh?.to(h.dtype).contiguous();
+        var wc = weight.contiguous();
+        if (!DeviceTensors.Aligned16(dyc) || (dhc is not null && !DeviceTensors.Aligned16(dhc))) return null;
+        int width = (int)h.shape[^1];
+        long rows = h.numel() / width;
+        var dx = empty_like(h);
+        IntPtr pdy = DeviceTensors.Ptr(dyc), ph = DeviceTensors.Ptr(h), ps = DeviceTensors.Ptr(inverseRms), pw = DeviceTensors.Ptr(wc);
+        IntPtr pdh = dhc is null ? IntPtr.Zero : DeviceTensors.Ptr(dhc), pdx = DeviceTensors.Ptr(dx);
+        void** args = stackalloc void*[] { &pdy, &ph, &ps, &pw, &pdh, &pdx, &width };
+        if (rows > 0) CudaDriver.Launch(fn, (uint)rows, 1, Threads, args);
+        return dx.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>y = norm(x): forward(x, weight, eps, unitOffset, useKernel).</summary>
+    sealed class NormFunction : autograd.SingleTensorFunction<NormFunction>
+    {
+        public override string Name => "FusedRmsNorm";
+
+        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var (x, weight, eps, unitOffset, useKernel) = ((Tensor)vars[0], (Tensor)vars[1], (double)vars[2], (bool)vars[3], (bool)vars[4]);
+            using var scope = NewDisposeScope();
+            Tensor y, h, inverseRms;
+            if (useKernel && ForwardKernel(x, null, weight, eps, unitOffset) is { } k)
+                (y, h, inverseRms) = (k.Y, x.contiguous(), k.InverseRms);
+            else
+                (y, h, inverseRms) = (RmsNormReference.Forward(x, weight, eps, unitOffset), x, RmsNormReference.InverseRms(x, eps));
+            ctx.save_for_backward([SavedTensors.Keep(h), SavedTensors.Keep(inverseRms), weight]);
+            ctx.save_data("unitOffset", unitOffset);
+            ctx.save_data("useKernel", useKernel);
+            return y.MoveToOuterDisposeScope();
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        {
+            var saved = ctx.get_saved_variables();
+            var (h, inverseRms, weight) = (saved[0], saved[1], saved[2]);
+            bool unitOffset = (bool)ctx.get_data("unitOffset"), useKernel = (bool)ctx.get_data("useKernel");
+            Tensor dx;
+            using (var scope = NewDisposeScope())
+            {
+                dx = ((useKernel ? BackwardKernel(gradOutput, h, inverseRms, weight, null, unitOffset) : null)
+                      ?? RmsNormReference.Backward(gradOutput, h, inverseRms, weight, unitOffset)).MoveToOuterDisposeScope();
+            }
+            foreach (var t in saved) t.Dispose();
+            gradOutput.Dispose(); // see BackwardHandles
+            return [BackwardHandles.Defer(dx), null!, null!, null!, null!];
+        }
+    }
+
+    /// <summary>(h, y) = (x + residual, norm(x + residual)): forward(x, residual, weight, eps, unitOffset, useKernel).</summary>
+    sealed class AddNormFunction : autograd.MultiTensorFunction<AddNormFunction>
+    {
+        public override string Name => "FusedAddRmsNorm";
+
+        public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var (x, residual, weight) = ((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2]);
+            var (eps, unitOffset, useKernel) = ((double)vars[3], (bool)vars[4], (bool)vars[5]);
+            using var scope = NewDisposeScope();
+            Tensor y, h, inverseRms;
+            if (useKernel && ForwardKernel(x, residual, weight, eps, unitOffset) is { H: { } kh } k)
+                (y, h, inverseRms) = (k.Y, kh, k.InverseRms);
+            else
+            {
+                h = x + residual;
+                (y, inverseRms) = (RmsNormReference.Forward(h, weight, eps, unitOffset), RmsNormReference.InverseRms(h, eps));
+            }
+            ctx.save_for_backward([SavedTensors.Keep(h), SavedTensors.Keep(inverseRms), weight]);
+            ctx.save_data("unitOffset", unitOffset);
+            ctx.save_data("useKernel", useKernel);
+            return [h.MoveToOuterDisposeScope(), y.MoveToOuterDisposeScope()];
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs)
+        {
+            var saved = ctx.get_saved_variables();
+            var (h, inverseRms, weight) = (saved[0], saved[1], saved[2]);
+            bool unitOffset = (bool)ctx.get_data("unitOffset"), useKernel = (bool)ctx.get_data("useKernel");
+            var (dh, dy) = (gradOutputs[0], gradOutputs[1]); // materialized: zeros where an output got no gradient
+            Tensor dx;
+            using (var scope = NewDisposeScope())
+            {
+                // Autograd would add the two gradients of h in the compute dtype: dh + (norm's dx rounded to it).
+                dx = ((useKernel ? BackwardKernel(dy, h, inverseRms, weight, dh, unitOffset) : null)
+                      ?? dh.to(h.dtype) + RmsNormReference.Backward(dy, h, inverseRms, weight, unitOffset)).MoveToOuterDisposeScope();
+            }
+            foreach (var t in saved) t.Dispose();
+            foreach (var g in gradOutputs) g.Dispose();
+            // x and residual enter h = x + residual alike: both get dx (two handles, each released after backward).
+            return [BackwardHandles.Defer(dx), BackwardHandles.Defer(dx.alias()), null!, null!, null!, null!];
+        }
+    }
+}
