@@ -29,7 +29,7 @@ public static class ChunkedCrossEntropy
     /// <param name="headWeight">(vocab, H) the frozen output head (or the tied embedding), dense; cast to hidden's dtype.</param>
     /// <param name="labels">(B, T) int64 token ids or <see cref="IgnoreIndex"/>; position t is predicted from t - 1.</param>
     /// <param name="chunkTokens">tokens per chunk; 0 = <see cref="DefaultLogitsPerChunk"/> / vocab (at least 64).</param>
-    /// <returns>fp32 scalar: the sum over counted tokens of -log softmax(hidden[t-1] W^T)[labels[t]].</returns>
+    /// <returns>fp32 scalar (fp64 for fp64 hidden states): the sum over counted tokens of -log softmax(hidden[t-1] W^T)[labels[t]].</returns>
     public static Tensor Sum(Tensor hidden, Tensor headWeight, Tensor labels, long chunkTokens = 0)
     {
         long vocab = headWeight.shape[0];
@@ -53,11 +53,13 @@ public static class ChunkedCrossEntropy
         return cat([labels.narrow(1, 1, t - 1).to(ScalarType.Int64), pad], dim: 1).reshape(-1).MoveToOuterDisposeScope(); // (B*T)
     }
 
-    /// <summary>Summed cross-entropy of one chunk of rows: the reference's ops exactly.</summary>
+    /// <summary>Summed cross-entropy of one chunk of rows: the reference's ops exactly (logits in fp32, or in fp64
+    /// when the hidden states are fp64, as in the tests that check this against the full loss to fp64 precision).</summary>
     static Tensor ChunkLoss(Tensor rows, Tensor weight, Tensor targets)
     {
         using var scope = NewDisposeScope();
-        var logits = F.linear(rows, weight).to(ScalarType.Float32);                       // (c, vocab) fp32
+        var logits = F.linear(rows, weight);                                              // (c, vocab)
+        if (logits.dtype != ScalarType.Float64) logits = logits.to(ScalarType.Float32);
         return F.cross_entropy(logits, targets, ignore_index: IgnoreIndex, reduction: nn.Reduction.Sum).MoveToOuterDisposeScope();
     }
 
@@ -74,7 +76,7 @@ public static class ChunkedCrossEntropy
             var rows = hidden.reshape(-1, width);                                          // (B*T, H), a view
             var weight = headWeight.to(hidden.dtype);
             var targets = ShiftedTargets(labels);                                          // (B*T)
-            var total = zeros(Array.Empty<long>(), ScalarType.Float32, hidden.device);
+            var total = zeros(Array.Empty<long>(), hidden.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32, hidden.device);
             for (long start = 0; start < rows.shape[0]; start += chunk)
             {
                 long n = Math.Min(chunk, rows.shape[0] - start);

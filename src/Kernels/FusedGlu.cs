@@ -20,6 +20,13 @@ public static unsafe class FusedGlu
     /// <summary>Why the kernel cannot run here (null when it can).</summary>
     public static string? Unavailable => Ptx.Unavailable;
 
+    /// <summary>Every kernel this op may launch (a test holds them to the embedded PTX).</summary>
+    internal static IEnumerable<string> KernelNames =>
+        from direction in new[] { "fwd", "bwd" }
+        from activation in new[] { GluActivation.Silu, GluActivation.GeluTanh }
+        from dtype in new[] { ScalarType.BFloat16, ScalarType.Float32 }
+        select "qln_glu_" + direction + "_" + Suffix(activation, dtype);
+
     /// <param name="gate">(..., I) gate projection output.</param>
     /// <param name="up">(..., I) up projection output, same shape and dtype.</param>
     /// <returns>(..., I) act(gate) * up.</returns>

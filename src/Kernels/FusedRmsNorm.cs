@@ -22,6 +22,14 @@ public static unsafe class FusedRmsNorm
     /// <summary>Why the kernel cannot run here (null when it can).</summary>
     public static string? Unavailable => Ptx.Unavailable;
 
+    /// <summary>Every kernel this op may launch (a test holds them to the embedded PTX).</summary>
+    internal static IEnumerable<string> KernelNames =>
+        from direction in new[] { "fwd", "bwd" }
+        from residual in new[] { false, true }
+        from unitOffset in new[] { false, true }
+        from dtype in new[] { ScalarType.BFloat16, ScalarType.Float32 }
+        select "qln_rmsnorm_" + direction + Suffix(residual, unitOffset, dtype);
+
     /// <summary>y = RMSNorm(x) * weight (or * (1 + weight) with <paramref name="unitOffset"/>, Gemma).</summary>
     /// <param name="x">(..., H) in the compute dtype.</param>
     /// <param name="weight">(H), frozen.</param>

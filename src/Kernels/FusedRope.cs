@@ -22,6 +22,9 @@ public static unsafe class FusedRope
     /// <summary>Why the kernel cannot run here (null when it can).</summary>
     public static string? Unavailable => Ptx.Unavailable;
 
+    /// <summary>Every kernel this op may launch (a test holds them to the embedded PTX).</summary>
+    internal static IEnumerable<string> KernelNames => ["qln_rope_fwd_bf16", "qln_rope_fwd_f32", "qln_rope_bwd_bf16", "qln_rope_bwd_f32"];
+
     /// <param name="x">(B, heads, T, D), last dimension contiguous.</param>
     /// <param name="cos">(B, T, D) in x's dtype.</param>
     /// <param name="sin">(B, T, D)</param>

@@ -34,8 +34,9 @@ public static class GluReference
         var dtype = gate.dtype;
         var act = activation == GluActivation.Silu ? F.silu(gate) : F.gelu(gate, GELU.Approximate.tanh);
         var du = dy * act;
-        var d = (dy * up).to(ScalarType.Float32);
-        var g = gate.to(ScalarType.Float32);
+        // fp32 arithmetic, as torch's activation-backward kernels (fp64 for fp64 inputs).
+        var d = (dy * up).to(dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32);
+        var g = gate.to(d.dtype);
         Tensor derivative;
         if (activation == GluActivation.Silu)
         {

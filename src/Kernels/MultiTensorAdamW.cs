@@ -32,6 +32,9 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
     /// <summary>Why the kernel cannot run here (null when it can).</summary>
     public static string? Unavailable => Ptx.Unavailable;
 
+    /// <summary>Every kernel this op may launch (a test holds them to the embedded PTX).</summary>
+    internal static IEnumerable<string> KernelNames => ["qln_adamw"];
+
     /// <summary>adamw.cu's `flags` (0 = torch's CUDA arithmetic; see its header); for `bench kernel` only.</summary>
     internal int Flags { get; init; }
 

@@ -23,21 +23,24 @@ public static class RmsNormReference
     {
         using var scope = NewDisposeScope();
         var dtype = x.dtype;
-        var x32 = x.to(ScalarType.Float32);
+        var x32 = Wide(x);
         var variance = x32.pow(2).mean([-1L], keepdim: true);                 // (..., 1)
         var normed = x32 * rsqrt(variance + eps);
         var y = unitOffset
-            ? (normed * (1.0 + weight.to(ScalarType.Float32))).to(dtype)
+            ? (normed * (1.0 + Wide(weight))).to(dtype)
             : weight.to(dtype) * normed.to(dtype);
         return y.MoveToOuterDisposeScope();
     }
 
+    /// <summary>The statistics dtype: fp32 (fp64 for fp64 inputs, which the tests use to check the formulas exactly).</summary>
+    static Tensor Wide(Tensor t) => t.dtype == ScalarType.Float64 ? t : t.to(ScalarType.Float32);
+
     /// <summary>r = rsqrt(mean(h^2) + eps) per row, fp32: what forward saves for backward.</summary>
-    /// <returns>(...) fp32, one value per row of <paramref name="h"/>.</returns>
+    /// <returns>(...) fp32 (fp64 for fp64 h), one value per row of <paramref name="h"/>.</returns>
     public static Tensor InverseRms(Tensor h, double eps)
     {
         using var scope = NewDisposeScope();
-        var h32 = h.to(ScalarType.Float32);
+        var h32 = Wide(h);
         return rsqrt(h32.pow(2).mean([-1L]) + eps).MoveToOuterDisposeScope();
     }
 
@@ -50,11 +53,11 @@ public static class RmsNormReference
         using var scope = NewDisposeScope();
         var dtype = h.dtype;
         long width = h.shape[^1];
-        var h32 = h.to(ScalarType.Float32);
+        var h32 = Wide(h);
         var r = inverseRms.unsqueeze(-1);                                     // (..., 1)
         var g = unitOffset
-            ? dy.to(ScalarType.Float32) * (1.0 + weight.to(ScalarType.Float32))
-            : (dy * weight.to(dtype)).to(ScalarType.Float32);
+            ? Wide(dy) * (1.0 + Wide(weight))
+            : Wide(dy * weight.to(dtype));
         var s = (g * h32).sum([-1L], keepdim: true);                         // (..., 1)
         var dx = g * r - h32 * (r.pow(3) * s / width);
         return dx.to(dtype).MoveToOuterDisposeScope();

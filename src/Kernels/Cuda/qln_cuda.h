@@ -6,7 +6,14 @@
 //    where an FMA is meant (because the torch kernel being mirrored computes one), qln_fma says so;
 //  - special functions are inline PTX with their accuracy stated, since neither libdevice nor CUDA's headers
 //    are used (clang's -nocudalib).
+// A third build, QLN_HOST (scripts/check_kernels_on_cpu.sh), compiles the kernels as plain C++ against
+// tests/KernelsOnCpu/qln_host.h, which emulates threads, barriers and shuffles: it checks every kernel's indexing
+// against scalar loops on a machine without a GPU.
 #pragma once
+
+#if defined(QLN_HOST)
+#include "qln_host.h"
+#else
 
 #if defined(__clang__) && !defined(__NVCC__)
 #define __global__ __attribute__((global))
@@ -60,6 +67,23 @@ QLN_DEVICE float qln_ex2_approx(float x) { float r; asm("ex2.approx.f32 %0, %1;"
 QLN_DEVICE float qln_sqrt_rn(float x) { float r; asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
 QLN_DEVICE float qln_rint(float x) { float r; asm("cvt.rni.f32.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
 
+// 16-byte global memory access (the address must be 16-byte aligned). Inline PTX, since clang lowers a struct
+// copy to two 8-byte accesses; volatile, so that a guarded load is never hoisted above its bounds check.
+QLN_DEVICE qln_u32x4 qln_ld16(const void* p)
+{
+    qln_u32x4 v;
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+QLN_DEVICE void qln_st16(void* p, qln_u32x4 v)
+{
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" :: "l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
+
+#endif // QLN_HOST
+
+// Built on the primitives above, in every build.
+
 // e^x for the activations: x = j*ln2 + f with j = rint(x*log2(e)) and f from a two-constant (Cody-Waite)
 // reduction, |f| <= ln2/2, then 2^(f*log2 e) by ex2.approx (relative error ~2^-22) times 2^j (exact).
 // About 2 ulp over the range where e^x is a normal float; 0 below, +inf above, like expf.
@@ -83,17 +107,4 @@ QLN_DEVICE float qln_tanh(float y)
     float a = y < 0.0f ? -y : y;
     float t = a > 9.0f ? 1.0f : 1.0f - 2.0f / (qln_exp(2.0f * a) + 1.0f);
     return y < 0.0f ? -t : t;
-}
-
-// 16-byte global memory access (the address must be 16-byte aligned). Inline PTX, since clang lowers a struct
-// copy to two 8-byte accesses; volatile, so that a guarded load is never hoisted above its bounds check.
-QLN_DEVICE qln_u32x4 qln_ld16(const void* p)
-{
-    qln_u32x4 v;
-    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-QLN_DEVICE void qln_st16(void* p, qln_u32x4 v)
-{
-    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" :: "l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
 }

@@ -34,6 +34,14 @@ public static unsafe class FourBitCudaKernel
     /// <summary>Why the kernel cannot run here (null when it can), for logs and `info`.</summary>
     public static string? Unavailable => Ptx.Unavailable;
 
+    /// <summary>Every kernel <see cref="TryDequantize"/> may launch (a test holds them to the embedded PTX).</summary>
+    internal static IEnumerable<string> KernelNames =>
+        from v in new[] { "w", "v", "t" }
+        from dq in new[] { "", "_dq" }
+        from dtype in new[] { "_bf16", "_f32" }
+        where !(v == "t" && dtype == "_f32")
+        select "qln_dequant4_" + v + dq + dtype;
+
     /// <summary>
     /// Dequantizes on the GPU when possible; returns null (caller uses the torch-op path) when the tensors are not on
     /// CUDA, the shape does not fit the kernel, or the kernel is unavailable.
