@@ -104,6 +104,7 @@ public static unsafe class FusedRmsNorm
     static Tensor? BackwardKernel(Tensor dy, Tensor h, Tensor inverseRms, Tensor weight, Tensor? dh, bool unitOffset)
     {
         if (Ptx.TryFunction("qln_rmsnorm_bwd" + Suffix(dh is not null, unitOffset, h.dtype)) is not { } fn) return null;
+        if (!h.is_contiguous() || !DeviceTensors.Aligned16(h) || !DeviceTensors.Aligned16(weight)) return null;
         using var scope = NewDisposeScope();
         var dyc = dy.to(h.dtype).contiguous();
         var dhc = dh?.to(h.dtype).contiguous();
@@ -129,13 +130,14 @@ public static unsafe class FusedRmsNorm
             var (x, weight, eps, unitOffset, useKernel) = ((Tensor)vars[0], (Tensor)vars[1], (double)vars[2], (bool)vars[3], (bool)vars[4]);
             using var scope = NewDisposeScope();
             Tensor y, h, inverseRms;
-            if (useKernel && ForwardKernel(x, null, weight, eps, unitOffset) is { } k)
-                (y, h, inverseRms) = (k.Y, x.contiguous(), k.InverseRms);
+            var k = useKernel ? ForwardKernel(x, null, weight, eps, unitOffset) : null;
+            if (k is { } kk)
+                (y, h, inverseRms) = (kk.Y, x.contiguous(), kk.InverseRms);
             else
                 (y, h, inverseRms) = (RmsNormReference.Forward(x, weight, eps, unitOffset), x, RmsNormReference.InverseRms(x, eps));
             ctx.save_for_backward([SavedTensors.Keep(h), SavedTensors.Keep(inverseRms), weight]);
             ctx.save_data("unitOffset", unitOffset);
-            ctx.save_data("useKernel", useKernel);
+            ctx.save_data("useKernel", k is not null); // backward's kernel wants forward's contiguous h
             return y.MoveToOuterDisposeScope();
         }
 
@@ -167,8 +169,9 @@ public static unsafe class FusedRmsNorm
             var (eps, unitOffset, useKernel) = ((double)vars[3], (bool)vars[4], (bool)vars[5]);
             using var scope = NewDisposeScope();
             Tensor y, h, inverseRms;
-            if (useKernel && ForwardKernel(x, residual, weight, eps, unitOffset) is { H: { } kh } k)
-                (y, h, inverseRms) = (k.Y, kh, k.InverseRms);
+            var k = useKernel ? ForwardKernel(x, residual, weight, eps, unitOffset) : null;
+            if (k is { H: { } kh } kk)
+                (y, h, inverseRms) = (kk.Y, kh, kk.InverseRms);
             else
             {
                 h = x + residual;
@@ -176,7 +179,7 @@ public static unsafe class FusedRmsNorm
             }
             ctx.save_for_backward([SavedTensors.Keep(h), SavedTensors.Keep(inverseRms), weight]);
             ctx.save_data("unitOffset", unitOffset);
-            ctx.save_data("useKernel", useKernel);
+            ctx.save_data("useKernel", k is not null);
             return [h.MoveToOuterDisposeScope(), y.MoveToOuterDisposeScope()];
         }
 

@@ -42,6 +42,7 @@ public static unsafe class CudaDriver
     [DllImport(Lib)] static extern int cuEventSynchronize(IntPtr ev);
     [DllImport(Lib)] static extern int cuEventElapsedTime(out float ms, IntPtr start, IntPtr end);
     [DllImport(Lib)] static extern int cuEventDestroy_v2(IntPtr ev);
+    [DllImport(Lib)] static extern int cuMemGetInfo_v2(out ulong free, out ulong total);
 
     [DllImport("LibTorchSharp")] static extern IntPtr THSTensor_data(IntPtr handle);
 
@@ -92,6 +93,13 @@ public static unsafe class CudaDriver
     public static void Launch(IntPtr fn, uint gridX, uint gridY, uint blockX, void** args, uint sharedBytes = 0)
     {
         Check(cuLaunchKernel(fn, gridX, gridY, 1, blockX, 1, 1, sharedBytes, IntPtr.Zero, args, null), "cuLaunchKernel");
+    }
+
+    /// <summary>Bytes of device memory in use on the current device (by every process and allocator cache), for benchmarks.</summary>
+    public static long DeviceMemoryUsed()
+    {
+        Check(cuMemGetInfo_v2(out ulong free, out ulong total), "cuMemGetInfo");
+        return (long)(total - free);
     }
 
     /// <summary>Device time between two points of stream 0, for benchmarks: record, enqueue work, record, read.</summary>
