@@ -30,8 +30,12 @@ public static unsafe class FusedGlu
     /// <param name="gate">(..., I) gate projection output.</param>
     /// <param name="up">(..., I) up projection output, same shape and dtype.</param>
     /// <returns>(..., I) act(gate) * up.</returns>
-    public static Tensor Apply(Tensor gate, Tensor up, GluActivation activation = GluActivation.Silu) =>
-        KernelFits(gate, up) ? GluFunction.apply(gate, up, activation, true) : GluReference.Forward(gate, up, activation);
+    public static Tensor Apply(Tensor gate, Tensor up, GluActivation activation = GluActivation.Silu)
+    {
+        if (!KernelFits(gate, up)) return GluReference.Forward(gate, up, activation);
+        if (!KernelPath.NeedsGraph(gate, up) && ForwardKernel(gate, up, activation) is { } output) return output;
+        return GluFunction.apply(gate, up, activation, true);
+    }
 
     /// <summary>The autograd function with the reference forward and backward (CPU tests of its plumbing).</summary>
     internal static Tensor ApplyWithReferenceFunction(Tensor gate, Tensor up, GluActivation activation) =>

@@ -34,10 +34,16 @@ public static unsafe class FusedRmsNorm
     /// <param name="x">(..., H) in the compute dtype.</param>
     /// <param name="weight">(H), frozen.</param>
     /// <returns>(..., H) in x's dtype.</returns>
-    public static Tensor Apply(Tensor x, Tensor weight, double eps, bool unitOffset = false) =>
-        KernelFits(x, null, weight)
-            ? NormFunction.apply(x, weight, eps, unitOffset, true)
-            : RmsNormReference.Forward(x, weight, eps, unitOffset);
+    public static Tensor Apply(Tensor x, Tensor weight, double eps, bool unitOffset = false)
+    {
+        if (!KernelFits(x, null, weight)) return RmsNormReference.Forward(x, weight, eps, unitOffset);
+        if (!KernelPath.NeedsGraph(x) && ForwardKernel(x, null, weight, eps, unitOffset) is { } k)
+        {
+            k.InverseRms.Dispose();
+            return k.Y;
+        }
+        return NormFunction.apply(x, weight, eps, unitOffset, true);
+    }
 
     /// <summary>h = x + residual (rounded to the compute dtype, as a torch add) and y = RMSNorm(h) * weight.</summary>
     /// <param name="x">(..., H) the sublayer's output.</param>
@@ -47,6 +53,11 @@ public static unsafe class FusedRmsNorm
     {
         if (KernelFits(x, residual, weight))
         {
+            if (!KernelPath.NeedsGraph(x, residual) && ForwardKernel(x, residual, weight, eps, unitOffset) is { H: { } kh } k)
+            {
+                k.InverseRms.Dispose();
+                return (kh, k.Y);
+            }
             var outputs = AddNormFunction.apply(x, residual, weight, eps, unitOffset, true);
             return (outputs[0], outputs[1]);
         }

@@ -29,13 +29,18 @@ public static unsafe class FusedRope
     /// <param name="cos">(B, T, D) in x's dtype.</param>
     /// <param name="sin">(B, T, D)</param>
     /// <returns>(B, heads, T, D) x rotated.</returns>
-    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin) =>
-        KernelFits(x, null, cos, sin) ? RopeFunction.apply(x, null!, cos, sin, true)[0] : RopeReference.Forward(x, cos, sin);
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    {
+        if (!KernelFits(x, null, cos, sin)) return RopeReference.Forward(x, cos, sin);
+        if (!KernelPath.NeedsGraph(x) && Kernel(x, null, cos, sin, backward: false) is { } r) return r.Q;
+        return RopeFunction.apply(x, null!, cos, sin, true)[0];
+    }
 
     /// <summary>Both q (B, heads, T, D) and k (B, kvHeads, T, D) in one launch.</summary>
     public static (Tensor Q, Tensor K) ApplyQk(Tensor q, Tensor k, Tensor cos, Tensor sin)
     {
         if (!KernelFits(q, k, cos, sin)) return (RopeReference.Forward(q, cos, sin), RopeReference.Forward(k, cos, sin));
+        if (!KernelPath.NeedsGraph(q, k) && Kernel(q, k, cos, sin, backward: false) is { K: { } kr } r) return (r.Q, kr);
         var outputs = RopeFunction.apply(q, k, cos, sin, true);
         return (outputs[0], outputs[1]);
     }
@@ -50,28 +55,39 @@ public static unsafe class FusedRope
     static bool KernelFits(Tensor x, Tensor? k, Tensor cos, Tensor sin)
     {
         if (x.device_type != DeviceType.CUDA || Unavailable is not null) return false;
-        if (!DeviceTensors.IsKernelDType(x.dtype) || cos.dtype != x.dtype || sin.dtype != x.dtype) return false;
+        if (!DeviceTensors.IsKernelDType(x.dtype) || cos.dtype != x.dtype || sin.dtype != x.dtype || (k is not null && k.dtype != x.dtype)) return false;
         if (!DeviceTensors.OnOneCudaDevice(x, cos, sin) || (k is not null && !DeviceTensors.OnOneCudaDevice(x, k))) return false;
-        if (!Fits(x, cos) || (k is not null && (k.dtype != x.dtype || !Fits(k, cos)))) return false;
-        return cos.dim() == 3 && sin.dim() == 3 && cos.shape.SequenceEqual(sin.shape) && cos.stride(2) == 1 && sin.stride(2) == 1
-            && cos.stride(0) == sin.stride(0) && cos.stride(1) == sin.stride(1) && VectorAligned(cos) && VectorAligned(sin);
+        var (c, s) = (Layout.Of(cos), Layout.Of(sin));
+        if (!Fits(Layout.Of(x), c) || (k is not null && !Fits(Layout.Of(k), c))) return false;
+        return c.Shape.Length == 3 && c.Shape.SequenceEqual(s.Shape) && c.Strides.SequenceEqual(s.Strides) && c.Strides[2] == 1
+            && c.VectorAligned && s.VectorAligned;
     }
 
-    /// <summary>(B, heads, T, D) with D a multiple of 16 and the 8-element groups the kernel moves 16-byte aligned.</summary>
-    static bool Fits(Tensor x, Tensor cos)
+    /// <summary>A tensor's shape, strides and address, read once (each is a native call).</summary>
+    readonly record struct Layout(long[] Shape, long[] Strides, long ElementSize, long Address)
     {
-        if (x.dim() != 4 || x.stride(3) != 1 || x.shape[3] % 16 != 0) return false;
-        if (cos.shape[0] != x.shape[0] && cos.shape[0] != 1 || cos.shape[1] != x.shape[2] || cos.shape[2] != x.shape[3]) return false;
-        if (x.numel() / 16 >= int.MaxValue) return false; // rope.cu's 32-bit thread index
-        return VectorAligned(x);
+        public static Layout Of(Tensor t) => new(t.shape, t.stride(), t.element_size(), DeviceTensors.Ptr(t));
+
+        /// <summary>Every 8-element group the kernel moves starts on a 16-byte boundary.</summary>
+        public bool VectorAligned
+        {
+            get
+            {
+                long vector = 16 / ElementSize; // elements per 16 bytes
+                for (int d = 0; d < Shape.Length - 1; d++)
+                    if (Shape[d] > 1 && Strides[d] % vector != 0) return false;
+                return Address % 16 == 0;
+            }
+        }
     }
 
-    static bool VectorAligned(Tensor t)
+    /// <summary>(B, heads, T, D) with D a multiple of 16, the last dimension contiguous, groups aligned; cos (B or 1, T, D).</summary>
+    static bool Fits(Layout x, Layout cos)
     {
-        long vector = 16 / t.element_size(); // elements per 16 bytes
-        for (int d = 0; d < t.dim() - 1; d++)
-            if (t.shape[d] > 1 && t.stride(d) % vector != 0) return false;
-        return DeviceTensors.Aligned16(t);
+        if (x.Shape.Length != 4 || x.Strides[3] != 1 || x.Shape[3] % 16 != 0) return false;
+        if (cos.Shape.Length != 3 || (cos.Shape[0] != x.Shape[0] && cos.Shape[0] != 1) || cos.Shape[1] != x.Shape[2] || cos.Shape[2] != x.Shape[3]) return false;
+        if (x.Shape[0] * x.Shape[1] * x.Shape[2] * x.Shape[3] / 16 >= int.MaxValue) return false; // rope.cu's 32-bit thread index
+        return x.VectorAligned;
     }
 
     /// <summary>rope.cu's RopeTensor, passed by value: pointers, element strides (b, head, t) in and out, rows, heads.</summary>
@@ -83,12 +99,12 @@ public static unsafe class FusedRope
         public long Rows;
         public int Heads, Pad;
 
-        public static RopeTensor Of(Tensor input, Tensor output) => new()
+        public static RopeTensor Of(Layout input, Layout output) => new()
         {
-            In = DeviceTensors.Ptr(input), Out = DeviceTensors.Ptr(output),
-            InB = input.shape[0] > 1 ? input.stride(0) : 0, InH = input.stride(1), InT = input.stride(2),
-            OutB = output.shape[0] > 1 ? output.stride(0) : 0, OutH = output.stride(1), OutT = output.stride(2),
-            Rows = input.shape[0] * input.shape[1] * input.shape[2], Heads = (int)input.shape[1],
+            In = (IntPtr)input.Address, Out = (IntPtr)output.Address,
+            InB = input.Shape[0] > 1 ? input.Strides[0] : 0, InH = input.Strides[1], InT = input.Strides[2],
+            OutB = output.Shape[0] > 1 ? output.Strides[0] : 0, OutH = output.Strides[1], OutT = output.Strides[2],
+            Rows = input.Shape[0] * input.Shape[1] * input.Shape[2], Heads = (int)input.Shape[1],
         };
     }
 
@@ -97,15 +113,17 @@ public static unsafe class FusedRope
     {
         string name = "qln_rope_" + (backward ? "bwd" : "fwd") + (q.dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
         if (Ptx.TryFunction(name) is not { } fn) return null;
-        if (backward && (!Fits(q, cos) || (k is not null && !Fits(k, cos)))) return null; // incoming gradients' layout
+        var (lq, lk, lc) = (Layout.Of(q), k is null ? default : Layout.Of(k), Layout.Of(cos));
+        if (backward && (!Fits(lq, lc) || (k is not null && !Fits(lk, lc)))) return null; // incoming gradients' layout
         var qOut = empty_like(q);   // same strides as the input (a dense permuted view stays so)
         var kOut = k is null ? null : empty_like(k);
-        if (!Fits(qOut, cos) || (kOut is not null && !Fits(kOut, cos))) { qOut.Dispose(); kOut?.Dispose(); return null; }
-        var tq = RopeTensor.Of(q, qOut);
-        var tk = k is null ? tq : RopeTensor.Of(k, kOut!);
-        IntPtr pc = DeviceTensors.Ptr(cos), ps = DeviceTensors.Ptr(sin);
-        int t = (int)q.shape[2], d = (int)q.shape[3];
-        long csB = cos.shape[0] > 1 ? cos.stride(0) : 0, csT = cos.stride(1);
+        var (oq, ok) = (Layout.Of(qOut), kOut is null ? default : Layout.Of(kOut));
+        if (!Fits(oq, lc) || (kOut is not null && !Fits(ok, lc))) { qOut.Dispose(); kOut?.Dispose(); return null; }
+        var tq = RopeTensor.Of(lq, oq);
+        var tk = k is null ? tq : RopeTensor.Of(lk, ok);
+        IntPtr pc = (IntPtr)lc.Address, ps = DeviceTensors.Ptr(sin);
+        int t = (int)lq.Shape[2], d = (int)lq.Shape[3];
+        long csB = lc.Shape[0] > 1 ? lc.Strides[0] : 0, csT = lc.Strides[1];
         void** args = stackalloc void*[] { &tq, &tk, &pc, &ps, &t, &d, &csB, &csT };
         long threads = Math.Max(tq.Rows, k is null ? 0 : tk.Rows) * (d / 16);
         uint gridX = DeviceTensors.Blocks(threads, Threads) ?? 0;

@@ -26,8 +26,12 @@ public static unsafe class FourBitCudaKernel
         Staged,
     }
 
-    /// <summary>The variant <see cref="TryDequantize"/> uses where it applies (chosen by `bench kernel` on an H200).</summary>
-    public const Variant DefaultVariant = Variant.Vectors;
+    /// <summary>
+    /// The variant <see cref="TryDequantize"/> uses where it applies (bf16, blocksize >= 32), else
+    /// <see cref="Variant.Words"/>. Chosen by `bench kernel` on an H200 (docs/BENCHMARKS.md, "Fused kernels"): Staged and
+    /// Words within 1-2% of each other on every 7B/13B shape, Vectors 30-45% slower (its 64-byte-strided stores).
+    /// </summary>
+    public const Variant DefaultVariant = Variant.Staged;
 
     const int Threads = 256, BlocksPerMultiprocessor = 8; // kThreads in nf4_dequant.cu; 2048 threads per SM
 
@@ -63,9 +67,13 @@ public static unsafe class FourBitCudaKernel
         if (!packed.is_contiguous() || !DeviceTensors.Aligned16(packed)) return null;
 
         var v = variant ?? DefaultVariant;
-        bool vectorsFit = numel % 32 == 0 && blocksize >= 32;
-        if (v != Variant.Words && !vectorsFit) { if (variant is not null) return null; v = Variant.Words; }
-        if (v == Variant.Staged && dtype != ScalarType.BFloat16) { if (variant is not null) return null; v = Variant.Vectors; }
+        bool applies = v == Variant.Words
+            || (numel % 32 == 0 && blocksize >= 32 && (v == Variant.Vectors || dtype == ScalarType.BFloat16));
+        if (!applies)
+        {
+            if (variant is not null) return null; // asked for explicitly (bench kernel)
+            v = Variant.Words;                   // the general one, as fast as Staged (bench kernel, H200)
+        }
         string name = "qln_dequant4_" + (v switch { Variant.Words => "w", Variant.Vectors => "v", _ => "t" })
             + (dq ? "_dq" : "") + (dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
         if (Ptx.TryFunction(name) is not { } fn) return null;
