@@ -21,7 +21,7 @@ namespace QLoraNet.Cli;
 /// </summary>
 public static class BenchKernelCommand
 {
-    static readonly string[] Sections = ["nf4", "rmsnorm", "rope", "glu", "adamw", "ce", "lora"];
+    static readonly string[] Sections = ["nf4", "rmsnorm", "rope", "glu", "dropout", "adamw", "ce", "lora"];
 
     public static Command Create(TextWriter stdout)
     {
@@ -56,17 +56,29 @@ public static class BenchKernelCommand
     sealed class Bench(TextWriter o, int iters, bool small)
     {
         readonly Device _dev = small ? CPU : CUDA;
+        // The CLI's selection, as `train` makes it: on the CPU (--smoke) every op is its reference.
+        readonly KernelSelection _kernels = KernelChoice.For(small ? CPU : CUDA);
+        // The backward handles of the ops run here (a model would own them); released after each backward.
+        readonly BackwardHandles _handles = new();
         int _checks, _failures;
         CudaTiming _timing = null!;
+
+        FusedKernels Fused => _kernels.Fused;
 
         public int Run(string[] sections)
         {
             manual_seed(0);
             using var timing = _timing = new CudaTiming(_dev);
             Emit(new() { ["bench"] = "copy", ["gbs"] = R(_timing.CopyGbs), ["note"] = "device-to-device copy, bytes read + written" });
-            Emit(new() { ["bench"] = "kernels", ["rms_norm"] = FusedRmsNorm.Unavailable ?? "available", ["rope"] = FusedRope.Unavailable ?? "available",
-                ["glu"] = FusedGlu.Unavailable ?? "available", ["adamw"] = MultiTensorAdamW.Unavailable ?? "available",
-                ["nf4"] = FourBitCudaKernel.Unavailable ?? "available" });
+            Emit(new() { ["bench"] = "kernels", ["selection"] = _kernels.Report() });
+            // Off the CPU every kernel must have loaded: a parity run that silently measured references would say nothing.
+            if (!small)
+                foreach (var line in _kernels.Report().Where(l => l.Contains(": torch-ops (")))
+                {
+                    _checks++;
+                    _failures++;
+                    Emit(new() { ["kernel_not_loaded"] = line });
+                }
             foreach (var s in sections)
             {
                 try
@@ -77,6 +89,7 @@ public static class BenchKernelCommand
                         case "rmsnorm": RmsNorm(); break;
                         case "rope": Rope(); break;
                         case "glu": Glu(); break;
+                        case "dropout": Dropout(); break;
                         case "adamw": AdamW(); break;
                         case "ce": CrossEntropy(); break;
                         case "lora": Lora(); break;
@@ -88,9 +101,8 @@ public static class BenchKernelCommand
                     Emit(new() { ["section"] = s, ["error"] = e.GetType().Name + ": " + e.Message });
                 }
             }
-            Emit(new() { ["summary"] = "bench kernel", ["parity_checks"] = _checks, ["failures"] = _failures,
-                ["unavailable_after_run"] = string.Join("; ", new[] { FusedRmsNorm.Unavailable, FusedRope.Unavailable, FusedGlu.Unavailable,
-                    MultiTensorAdamW.Unavailable, FourBitCudaKernel.Unavailable }.Where(u => u is not null)) });
+            var calls = Fused.CallCounts().ToDictionary(kv => kv.Key, kv => (object?)new Dictionary<string, long> { ["kernel"] = kv.Value.Kernel, ["reference"] = kv.Value.Reference });
+            Emit(new() { ["summary"] = "bench kernel", ["parity_checks"] = _checks, ["failures"] = _failures, ["calls_by_path"] = calls });
             return _failures == 0 ? 0 : 1;
         }
 
@@ -195,15 +207,15 @@ public static class BenchKernelCommand
                             // Poison: free a NaN-filled block of the output's size so the kernel's output likely reuses
                             // it; an element the kernel fails to write then shows as a NaN.
                             using (full(new[] { n }, double.NaN, dtype, _dev)) { }
-                            using var fast = weights[0].DequantizeWithCudaKernel(dtype, variant);
-                            if (fast is null) continue;
+                            if (_kernels.FourBitCuda is not { } nf4 || !FourBitCudaKernel.Applies(weights[0], dtype, variant)) continue;
+                            using var fast = nf4.Dequantize(weights[0], dtype, variant);
                             var parity = Exact(fast, reference);
                             var ring = new Tensor?[3];
                             int k = 0;
                             var t = _timing.Time(() =>
                             {
                                 ring[k % 3]?.Dispose();
-                                ring[k % 3] = weights[k % 2].DequantizeWithCudaKernel(dtype, variant);
+                                ring[k % 3] = nf4.Dequantize(weights[k % 2], dtype, variant);
                                 k++;
                             }, iters);
                             foreach (var r in ring) r?.Dispose();
@@ -241,12 +253,12 @@ public static class BenchKernelCommand
                     var h = residual ? x + res : x;
                     if (residual)
                     {
-                        var (hk, yk) = FusedRmsNorm.ApplyWithResidual(x, res, w, eps, gemma);
+                        var (hk, yk) = Fused.RmsNorm.ApplyWithResidual(x, res, w, eps, gemma, _handles);
                         foreach (var (kk, v) in Prefixed("h", Exact(hk, h))) forwardParity[kk] = v;
                         foreach (var (kk, v) in Prefixed("y", Within(yk, RmsNormReference.Forward(h, w, eps, gemma), ForwardBound(h, w, eps, gemma), ForwardNote))) forwardParity[kk] = v;
                     }
                     else
-                        forwardParity = Prefixed("y", Within(FusedRmsNorm.Apply(x, w, eps, gemma), RmsNormReference.Forward(x, w, eps, gemma), ForwardBound(x, w, eps, gemma), ForwardNote));
+                        forwardParity = Prefixed("y", Within(Fused.RmsNorm.Apply(x, w, eps, gemma, _handles), RmsNormReference.Forward(x, w, eps, gemma), ForwardBound(x, w, eps, gemma), ForwardNote));
 
                     // Backward: the kernel's dx against autograd through the torch ops.
                     var xr = x.detach().requires_grad_(true);
@@ -256,30 +268,30 @@ public static class BenchKernelCommand
                     {
                         var hp = xr + rr;
                         expected = autograd.grad([hp, RmsNormReference.Forward(hp, w, eps, gemma)], [xr], [dh, dy])[0];
-                        var (hk, yk) = FusedRmsNorm.ApplyWithResidual(xr, rr, w, eps, gemma);
+                        var (hk, yk) = Fused.RmsNorm.ApplyWithResidual(xr, rr, w, eps, gemma, _handles);
                         actual = autograd.grad([hk, yk], [xr], [dh, dy])[0];
                     }
                     else
                     {
                         expected = autograd.grad([RmsNormReference.Forward(xr, w, eps, gemma)], [xr], [dy])[0];
-                        actual = autograd.grad([FusedRmsNorm.Apply(xr, w, eps, gemma)], [xr], [dy])[0];
+                        actual = autograd.grad([Fused.RmsNorm.Apply(xr, w, eps, gemma, _handles)], [xr], [dy])[0];
                     }
                     var backwardBound = BackwardBound(h, w, dy, eps, gemma, residual ? expected - dh : expected);
                     if (residual) backwardBound = backwardBound + 2 * U(dtype) * (D64(expected).abs() + backwardBound);
                     var backwardParity = Prefixed("dx", Within(actual, expected, backwardBound, BackwardNote));
 
                     var fwdFused = residual
-                        ? Time(() => { using var _ = no_grad(); FusedRmsNorm.ApplyWithResidual(x, res, w, eps, gemma); })
-                        : Time(() => { using var _ = no_grad(); FusedRmsNorm.Apply(x, w, eps, gemma); });
+                        ? Time(() => { using var _ = no_grad(); Fused.RmsNorm.ApplyWithResidual(x, res, w, eps, gemma, _handles); })
+                        : Time(() => { using var _ = no_grad(); Fused.RmsNorm.Apply(x, w, eps, gemma, _handles); });
                     var fwd = Speed("fwd", fwdFused, residual
                         ? Time(() => { using var _ = no_grad(); var hh = x + res; RmsNormReference.Forward(hh, w, eps, gemma); })
                         : Time(() => { using var _ = no_grad(); RmsNormReference.Forward(x, w, eps, gemma); }));
                     var both = Speed("fwd_bwd",
                         Time(() =>
                         {
-                            if (residual) { var (hk, yk) = FusedRmsNorm.ApplyWithResidual(xr, rr, w, eps, gemma); autograd.grad([hk, yk], [xr, rr], [dh, dy]); }
-                            else autograd.grad([FusedRmsNorm.Apply(xr, w, eps, gemma)], [xr], [dy]);
-                            BackwardHandles.Release();
+                            if (residual) { var (hk, yk) = Fused.RmsNorm.ApplyWithResidual(xr, rr, w, eps, gemma, _handles); autograd.grad([hk, yk], [xr, rr], [dh, dy]); }
+                            else autograd.grad([Fused.RmsNorm.Apply(xr, w, eps, gemma, _handles)], [xr], [dy]);
+                            _handles.Release();
                         }),
                         Time(() =>
                         {
@@ -338,14 +350,14 @@ public static class BenchKernelCommand
                 var dq = randn(new[] { batch, heads, seq, dim }, ScalarType.Float32, _dev).to(dtype);
                 var dk = randn(new[] { batch, kvHeads, seq, dim }, ScalarType.Float32, _dev).to(dtype);
                 var (qr, kr) = (RopeReference.Forward(q, cos, sin), RopeReference.Forward(k, cos, sin));
-                var (qf, kf) = FusedRope.ApplyQk(q, k, cos, sin);
+                var (qf, kf) = Fused.Rope.ApplyQk(q, k, cos, sin, _handles);
                 var g1 = autograd.grad([qr, kr], [q, k], [dq, dk]);
                 var g2 = autograd.grad([qf, kf], [q, k], [dq, dk]);
-                BackwardHandles.Release();
-                var fwdFused = Time(() => { using var _ = no_grad(); FusedRope.ApplyQk(q, k, cos, sin); });
+                _handles.Release();
+                var fwdFused = Time(() => { using var _ = no_grad(); Fused.Rope.ApplyQk(q, k, cos, sin, _handles); });
                 var fwd = Speed("fwd", fwdFused, Time(() => { using var _ = no_grad(); RopeReference.Forward(q, cos, sin); RopeReference.Forward(k, cos, sin); }));
                 var both = Speed("fwd_bwd",
-                    Time(() => { var (a, b) = FusedRope.ApplyQk(q, k, cos, sin); autograd.grad([a, b], [q, k], [dq, dk]); BackwardHandles.Release(); }),
+                    Time(() => { var (a, b) = Fused.Rope.ApplyQk(q, k, cos, sin, _handles); autograd.grad([a, b], [q, k], [dq, dk]); _handles.Release(); }),
                     Time(() => { autograd.grad([RopeReference.Forward(q, cos, sin), RopeReference.Forward(k, cos, sin)], [q, k], [dq, dk]); }));
                 long bytes = 2 * (q.numel() + k.numel()) * (dtype == ScalarType.BFloat16 ? 2 : 4);
                 Emit("rope_qk", $"q {batch}x{heads}x{seq}x{dim}, k {kvHeads} heads", dtype,
@@ -372,10 +384,10 @@ public static class BenchKernelCommand
                 var u = randn(rows, width, ScalarType.Float32, _dev).to(dtype).requires_grad_(true);
                 var dy = randn(rows, width, ScalarType.Float32, _dev).to(dtype);
                 var reference = GluReference.Forward(g, u, activation);
-                var fused = FusedGlu.Apply(g, u, activation);
+                var fused = Fused.Glu.Apply(g, u, activation, _handles);
                 var expected = autograd.grad([reference], [g, u], [dy]);
                 var actual = autograd.grad([fused], [g, u], [dy]);
-                BackwardHandles.Release();
+                _handles.Release();
                 // act in fp32 by torch, for the bounds.
                 var g32 = g.detach().to(ScalarType.Float32);
                 var act = D64(activation == GluActivation.Silu ? F.silu(g32) : F.gelu(g32, TorchSharp.Modules.GELU.Approximate.tanh));
@@ -389,15 +401,77 @@ public static class BenchKernelCommand
                 var pre = U32 * (D64(dy) * D64(u)).abs() * (1 + 2 * uu) * (16 + 4 * gAbs * (1 + 0.134145 * gAbs.pow(2)));
                 var dgBound = pre + 2 * uu * (D64(expected[0]).abs() + pre) + 1e-30;
                 const string note = "out, du: (2u |act| + e_act) |x| + 2u |ref|, e_act = 8 u32 |act| (+ 3 u32 |g| for gelu's 1 + tanh); dg: u32 |dy u| (16 + 4|g|(1 + 3 kappa g^2)) + 2u (|ref| + that)";
-                var fwdFused = Time(() => { using var _ = no_grad(); FusedGlu.Apply(g, u, activation); });
+                var fwdFused = Time(() => { using var _ = no_grad(); Fused.Glu.Apply(g, u, activation, _handles); });
                 var fwd = Speed("fwd", fwdFused, Time(() => { using var _ = no_grad(); GluReference.Forward(g, u, activation); }));
                 var both = Speed("fwd_bwd",
-                    Time(() => { autograd.grad([FusedGlu.Apply(g, u, activation)], [g, u], [dy]); BackwardHandles.Release(); }),
+                    Time(() => { autograd.grad([Fused.Glu.Apply(g, u, activation, _handles)], [g, u], [dy]); _handles.Release(); }),
                     Time(() => { autograd.grad([GluReference.Forward(g, u, activation)], [g, u], [dy]); }));
                 long bytes = rows * width * 3 * (dtype == ScalarType.BFloat16 ? 2 : 4);
                 Emit(activation == GluActivation.Silu ? "swiglu" : "geglu_tanh", $"{rows}x{width}", dtype,
                     Prefixed("out", Within(fused, reference, outBound, note)), Prefixed("dgate", Within(actual[0], expected[0], dgBound, note)),
                     Prefixed("dup", Within(actual[1], expected[1], duBound, note)), fwd, both,
+                    new() { ["fwd_gbs"] = R(Gbs(bytes, fwdFused)), ["fwd_pct_copy"] = R(100 * Gbs(bytes, fwdFused) / _timing.CopyGbs) });
+            }
+        }
+
+        // ---- LoRA dropout ---------------------------------------------------------------------------------------
+
+        /// <summary>Bit for bit (bytes, so -0 and NaN payloads count) against the reference; records the check.</summary>
+        Dictionary<string, object?> Bitwise(Tensor actual, Tensor expected)
+        {
+            using var scope = NewDisposeScope();
+            var a = actual.detach().cpu().contiguous().bytes.ToArray();
+            var b = expected.detach().cpu().contiguous().bytes.ToArray();
+            int size = (int)actual.element_size();
+            long differing = 0;
+            for (int i = 0; i < a.Length; i += size)
+                if (!a.AsSpan(i, size).SequenceEqual(b.AsSpan(i, size))) differing++;
+            bool pass = a.Length == b.Length && differing == 0;
+            _checks++;
+            if (!pass) _failures++;
+            return new() { ["parity"] = pass ? "exact" : "FAIL", ["differing_elements"] = differing };
+        }
+
+        void Dropout()
+        {
+            var shapes = small
+                ? new[] { (24L, 40L, ScalarType.BFloat16, 0.1), (8L, 16L, ScalarType.Float32, 0.05) }
+                : new[] { (2048L, 4096L, ScalarType.BFloat16, 0.05), (2048L, 4096L, ScalarType.BFloat16, 0.1), (2048L, 11008L, ScalarType.BFloat16, 0.1),
+                          (2048L, 4096L, ScalarType.Float32, 0.1) };
+            foreach (var (rows, width, dtype, p) in shapes)
+            {
+                using var scope = NewDisposeScope();
+                var x = (randn(rows, width, ScalarType.Float32, _dev) * 3).to(dtype);
+                x[0, 0] = float.NaN; x[0, 1] = float.PositiveInfinity; x[0, 2] = -0.0f; x[0, 3] = float.NegativeInfinity;
+                var xr = x.detach().requires_grad_(true);
+                var dy = randn(rows, width, ScalarType.Float32, _dev).to(dtype);
+                dy[0, 4] = float.NaN;
+                var stream = new RandomStream(1234);
+                double scale = 1 / (1 - RandomStream.DropProbability(p));
+                long threshold = RandomStream.DropThreshold(p);
+                if (!Fused.Dropout.Fits(x))
+                {
+                    Emit("lora_dropout", $"{rows}x{width}", dtype, new Dictionary<string, object?> { ["path"] = "torch-ops (the kernel does not take this tensor here)" });
+                    continue;
+                }
+                // Draw 0 by the kernel and by the reference (the stream's mask and x.mul(keep).mul_(scale)), same key.
+                ulong key = stream.NextKey();
+                var keep = stream.MaskOf(key, x.shape, threshold, _dev);
+                var reference = Fused.Dropout.ApplyReference(xr, keep, scale);
+                var expected = autograd.grad([reference], [xr], [dy])[0];
+                var fused = Fused.Dropout.Apply(xr, key, threshold, scale, _handles);
+                var actual = autograd.grad([fused], [xr], [dy])[0];
+                _handles.Release();
+                double kept = keep.to(ScalarType.Float64).mean().item<double>();
+                var fwdFused = Time(() => { using var _ = no_grad(); Fused.Dropout.Apply(x, key, threshold, scale, _handles); });
+                var fwd = Speed("fwd", fwdFused,
+                    Time(() => { using var _ = no_grad(); Fused.Dropout.ApplyReference(x, stream.MaskOf(key, x.shape, threshold, _dev), scale); }));
+                var both = Speed("fwd_bwd",
+                    Time(() => { autograd.grad([Fused.Dropout.Apply(xr, key, threshold, scale, _handles)], [xr], [dy]); _handles.Release(); }),
+                    Time(() => { autograd.grad([Fused.Dropout.ApplyReference(xr, stream.MaskOf(key, x.shape, threshold, _dev), scale)], [xr], [dy]); }));
+                long bytes = rows * width * 2 * (dtype == ScalarType.BFloat16 ? 2 : 4);
+                Emit("lora_dropout", $"{rows}x{width}, p {p}", dtype, new() { ["kept_fraction"] = R(kept), ["keep_probability"] = R(1 - RandomStream.DropProbability(p)) },
+                    Prefixed("y", Bitwise(fused, reference)), Prefixed("dx", Bitwise(actual, expected)), fwd, both,
                     new() { ["fwd_gbs"] = R(Gbs(bytes, fwdFused)), ["fwd_pct_copy"] = R(100 * Gbs(bytes, fwdFused) / _timing.CopyGbs) });
             }
         }
@@ -426,7 +500,7 @@ public static class BenchKernelCommand
             for (int flags = 0; flags < 8; flags++)
             {
                 var (kp, km, kv) = (Clone(p0), Clone(m0), Clone(v0));
-                using var fused = new MultiTensorAdamW { Flags = flags };
+                using var fused = new MultiTensorAdamW(Fused.AdamW) { Flags = flags };
                 fused.Step(Slots(kp, km, kv), hyper);
                 var (pp, mm, vv) = (Exact(flat(kp), flat(rp)), Exact(flat(km), flat(rm)), Exact(flat(kv), flat(rv)));
                 bool exact = (string)pp["parity"]! == "exact" && (string)mm["parity"]! == "exact" && (string)vv["parity"]! == "exact";
@@ -442,13 +516,13 @@ public static class BenchKernelCommand
                     Prefixed("param", pp), Prefixed("exp_avg", mm), Prefixed("exp_avg_sq", vv));
             }
             var (tp, tm, tv) = (Clone(p0), Clone(m0), Clone(v0));
-            using var timed = new MultiTensorAdamW();
+            using var timed = new MultiTensorAdamW(Fused.AdamW);
             var slots = Slots(tp, tm, tv);
             var stepFused = Time(() => timed.Step(slots, hyper));
             var speed = Speed("step", stepFused, Time(() => MultiTensorAdamW.ReferenceStep(slots, hyper), Math.Max(3, iters / 4)));
             long bytes = 7L * 4 * shapes.Sum(s => s[0] * s[1]);
             Emit("adamw_multi_tensor", shape, ScalarType.Float32, speed,
-                new() { ["bit_exact_flags"] = exactFlags, ["step_gbs"] = R(Gbs(bytes, stepFused)), ["step_pct_copy"] = R(100 * Gbs(bytes, stepFused) / _timing.CopyGbs) });
+                new() { ["bit_exact_flags"] = exactFlags, ["path"] = FusedOp.Spell(timed.LastPath), ["step_gbs"] = R(Gbs(bytes, stepFused)), ["step_pct_copy"] = R(100 * Gbs(bytes, stepFused) / _timing.CopyGbs) });
         }
 
         // ---- chunked cross-entropy -----------------------------------------------------------------------------
@@ -461,7 +535,7 @@ public static class BenchKernelCommand
             var head = (randn(vocab, hiddenSize, ScalarType.Float32, _dev) * 0.02).to(ScalarType.BFloat16);
             var labels = randint(0, vocab, new[] { batch, seq }, ScalarType.Int64, _dev);
             labels.narrow(1, 0, seq / 16).fill_(ChunkedCrossEntropy.IgnoreIndex); // a prompt at the start of every row
-            long chunk = small ? 16 : Math.Max(64, ChunkedCrossEntropy.DefaultLogitsPerChunk / vocab);
+            long chunk = small ? 16 : ChunkedCrossEntropy.TokensPerChunk(vocab);
 
             // Does a chunk's head matmul round like the full one (cuBLAS may pick another algorithm for fewer rows)?
             var rows = hidden.reshape(-1, hiddenSize);
@@ -470,9 +544,9 @@ public static class BenchKernelCommand
             long MemoryUsed() => small ? 0 : CudaDriver.DeviceMemoryUsed();
             long before = MemoryUsed();
             var h1 = hidden.detach().requires_grad_(true);
-            var chunked = ChunkedCrossEntropy.Sum(h1, head, labels, chunk);
+            var chunked = ChunkedCrossEntropy.Sum(h1, ChunkedCrossEntropy.LinearHead(head), labels, chunk, _handles);
             var g1 = autograd.grad([chunked], [h1])[0];
-            BackwardHandles.Release();
+            _handles.Release();
             long afterChunked = MemoryUsed();
             var h2 = hidden.detach().requires_grad_(true);
             var full = CausalLmLoss.Sum(F.linear(h2, head).to(ScalarType.Float32), labels);
@@ -487,7 +561,7 @@ public static class BenchKernelCommand
             bool lossOk = !logitsIdentical || Math.Abs(l1 - l2) <= sumBound;
             if (!lossOk) _failures++;
             var speed = Speed("fwd_bwd",
-                Time(() => { var h = hidden.detach().requires_grad_(true); autograd.grad([ChunkedCrossEntropy.Sum(h, head, labels, chunk)], [h]); BackwardHandles.Release(); }, Math.Max(3, iters / 2)),
+                Time(() => { var h = hidden.detach().requires_grad_(true); autograd.grad([ChunkedCrossEntropy.Sum(h, ChunkedCrossEntropy.LinearHead(head), labels, chunk, _handles)], [h]); _handles.Release(); }, Math.Max(3, iters / 2)),
                 Time(() => { var h = hidden.detach().requires_grad_(true); autograd.grad([CausalLmLoss.Sum(F.linear(h, head).to(ScalarType.Float32), labels)], [h]); }, Math.Max(3, iters / 2)));
             Emit("chunked_cross_entropy", $"{batch}x{seq} tokens, vocab {vocab}, chunk {chunk}", ScalarType.BFloat16,
                 new()

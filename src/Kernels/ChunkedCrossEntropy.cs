@@ -5,17 +5,20 @@ using F = TorchSharp.torch.nn.functional;
 namespace QLoraNet.Kernels;
 
 /// <summary>
-/// Next-token cross-entropy summed over the counted tokens, computed from the final hidden states and the frozen
-/// output head in chunks of tokens, so that the (tokens, vocab) fp32 logits, their log-softmax and their gradient
-/// never exist at once: a chunk's logits are made, reduced to its loss and dropped in forward, and made again in
-/// backward (the head matmul is the cheap part of the step). Memory for the loss drops from ~20 bytes per logit of
-/// the whole batch to ~20 bytes per logit of one chunk; the price is one more head matmul per token.
-/// Each chunk runs exactly the reference's ops on its rows (head matmul in the compute dtype, cast to fp32,
-/// F.cross_entropy with ignore_index, its autograd backward), so per-token losses and gradients equal those of the
-/// whole batch whenever the chunk's head matmul rounds like the big one's; the sum differs from one big reduction
-/// only in fp32 summation order (ChunkedCrossEntropyTests states the bound). Pure torch ops: no kernel of its own.
-/// Drop-in: <c>CausalLmLoss.Sum(head(hidden) as fp32, labels)</c> is
-/// <c>ChunkedCrossEntropy.Sum(hidden, headWeight, labels)</c>; divide by <see cref="Count"/> for the mean.
+/// Next-token cross-entropy summed over the counted tokens, computed from the final hidden states and the output
+/// head in chunks of tokens, so that the (tokens, vocab) fp32 logits, their log-softmax and their gradient never
+/// exist at once: a chunk's logits are made, reduced to its loss and dropped in forward, and made again in backward
+/// (the head matmul is the cheap part of the step). Memory for the loss drops from ~20 bytes per logit of the whole
+/// batch to ~20 bytes per logit of one chunk; the price is one more head matmul per token when training.
+/// Each chunk runs exactly the reference's ops on its rows (the head, the cast to fp32, an optional logit transform
+/// such as Gemma 2's final soft-capping, F.cross_entropy with ignore_index, autograd's backward through them), so
+/// per-token losses and gradients equal those of the whole batch whenever the chunk's head matmul rounds like the
+/// big one's; the sum differs from one big reduction only in fp32 summation order (ChunkedCrossEntropyTests states
+/// the bound). Pure torch ops: no kernel of its own. The head may hold trainable parameters (LoRA on lm_head): the
+/// backward's recomputation back-propagates into them as well.
+/// Drop-in: <c>CausalLmLoss.Sum(model.Logits(hidden), labels)</c> is
+/// <c>ChunkedCrossEntropy.Sum(hidden, model.Logits, labels, chunkTokens, handles)</c>; divide by <see cref="Count"/>
+/// for the mean.
 /// </summary>
 public static class ChunkedCrossEntropy
 {
@@ -25,20 +28,55 @@ public static class ChunkedCrossEntropy
     /// <summary>Logits per chunk when the caller does not choose: 16M (64 MiB in fp32), ~330 MiB of transients.</summary>
     public const long DefaultLogitsPerChunk = 1L << 24;
 
-    /// <param name="hidden">(B, T, H) final hidden states (after the last norm) in the compute dtype.</param>
-    /// <param name="headWeight">(vocab, H) the frozen output head (or the tied embedding), dense; cast to hidden's dtype.</param>
-    /// <param name="labels">(B, T) int64 token ids or <see cref="IgnoreIndex"/>; position t is predicted from t - 1.</param>
-    /// <param name="chunkTokens">tokens per chunk; 0 = <see cref="DefaultLogitsPerChunk"/> / vocab (at least 64).</param>
-    /// <returns>fp32 scalar (fp64 for fp64 hidden states): the sum over counted tokens of -log softmax(hidden[t-1] W^T)[labels[t]].</returns>
-    public static Tensor Sum(Tensor hidden, Tensor headWeight, Tensor labels, long chunkTokens = 0)
+    /// <summary>Tokens per chunk for a vocabulary of <paramref name="vocab"/>: <paramref name="logitsPerChunk"/> / vocab, at least 64.</summary>
+    public static long TokensPerChunk(long vocab, long logitsPerChunk = DefaultLogitsPerChunk) => Math.Max(64, logitsPerChunk / Math.Max(1, vocab));
+
+    /// <summary>A head that is a plain (vocab, H) weight: rows -> fp32 logits, with the weight cast to the rows' dtype
+    /// (fp64 rows keep fp64 logits, for tests that check the arithmetic to fp64 precision).</summary>
+    public static Func<Tensor, Tensor> LinearHead(Tensor weight) => rows =>
     {
-        long vocab = headWeight.shape[0];
-        if (chunkTokens <= 0) chunkTokens = Math.Max(64, DefaultLogitsPerChunk / vocab);
-        return LossFunction.apply(hidden, headWeight, labels, chunkTokens);
+        using var scope = NewDisposeScope();
+        var logits = F.linear(rows, weight.to(rows.dtype));
+        if (logits.dtype != ScalarType.Float64) logits = logits.to(ScalarType.Float32);
+        return logits.MoveToOuterDisposeScope();
+    };
+
+    /// <param name="hidden">(B, T, H) final hidden states (after the last norm) in the compute dtype.</param>
+    /// <param name="logitsOf">the head: (c, H) rows -> (c, vocab) fp32 logits (the model's Logits, or <see cref="LinearHead"/>).</param>
+    /// <param name="labels">(B, T) int64 token ids or <see cref="IgnoreIndex"/>; position t is predicted from t - 1.</param>
+    /// <param name="chunkTokens">tokens per chunk (<see cref="TokensPerChunk"/>).</param>
+    /// <param name="handles">where backward defers the gradient it returns (the model's).</param>
+    /// <param name="logitTransform">applied to each chunk's fp32 logits before the loss (e.g. soft-capping
+    /// cap * tanh(logits / cap)); null = none. Autograd differentiates through it.</param>
+    /// <returns>fp32 scalar (fp64 for fp64 logits): the sum over counted tokens of -log softmax(logits[t-1])[labels[t]].</returns>
+    public static Tensor Sum(Tensor hidden, Func<Tensor, Tensor> logitsOf, Tensor labels, long chunkTokens, BackwardHandles handles,
+        Func<Tensor, Tensor>? logitTransform = null)
+    {
+        if (chunkTokens < 1) throw new ArgumentException($"chunk of {chunkTokens} tokens: must be at least 1");
+        var head = new Head(logitsOf, logitTransform);
+        if (!torch.is_grad_enabled()) return SumWithoutGraph(hidden, head, labels, chunkTokens);
+        // The head may close over trainable parameters (an adapter on lm_head) that only backward's recomputation
+        // reaches: the function's output must take part in the graph even when the hidden states do not.
+        if (!hidden.requires_grad)
+        {
+            var leaf = hidden.detach().requires_grad_(true);
+            return LossFunction.apply(leaf, head, labels, chunkTokens, handles);
+        }
+        return LossFunction.apply(hidden, head, labels, chunkTokens, handles);
     }
 
     /// <summary>The number of tokens that count: labels[:, 1:] != IgnoreIndex (int64 scalar).</summary>
     public static Tensor Count(Tensor labels) => labels.narrow(1, 1, labels.shape[1] - 1).ne(IgnoreIndex).sum();
+
+    /// <summary>The projection and the transform of one loss.</summary>
+    sealed record Head(Func<Tensor, Tensor> LogitsOf, Func<Tensor, Tensor>? Transform)
+    {
+        public Tensor Logits(Tensor rows)
+        {
+            var logits = LogitsOf(rows);
+            return Transform is null ? logits : Transform(logits);
+        }
+    }
 
     /// <summary>
     /// The target of every position: labels shifted left by one, the last position of each row ignored. Every position
@@ -53,68 +91,81 @@ public static class ChunkedCrossEntropy
         return cat([labels.narrow(1, 1, t - 1).to(ScalarType.Int64), pad], dim: 1).reshape(-1).MoveToOuterDisposeScope(); // (B*T)
     }
 
-    /// <summary>Summed cross-entropy of one chunk of rows: the reference's ops exactly (logits in fp32, or in fp64
-    /// when the hidden states are fp64, as in the tests that check this against the full loss to fp64 precision).</summary>
-    static Tensor ChunkLoss(Tensor rows, Tensor weight, Tensor targets)
+    /// <summary>Summed cross-entropy of one chunk of rows: the reference's ops exactly.</summary>
+    static Tensor ChunkLoss(Tensor rows, Head head, Tensor targets)
     {
         using var scope = NewDisposeScope();
-        var logits = F.linear(rows, weight);                                              // (c, vocab)
-        if (logits.dtype != ScalarType.Float64) logits = logits.to(ScalarType.Float32);
+        var logits = head.Logits(rows);                                                    // (c, vocab) fp32
         return F.cross_entropy(logits, targets, ignore_index: IgnoreIndex, reduction: nn.Reduction.Sum).MoveToOuterDisposeScope();
     }
 
-    /// <summary>forward(hidden, headWeight, labels, chunkTokens) -> fp32 scalar sum.</summary>
+    /// <summary>The chunks' losses added up (the forward, also the whole computation when no graph is wanted).</summary>
+    static Tensor SumWithoutGraph(Tensor hidden, Head head, Tensor labels, long chunk)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var rows = hidden.reshape(-1, hidden.shape[^1]);                                   // (B*T, H), a view
+        var targets = ShiftedTargets(labels);                                              // (B*T)
+        Tensor? total = null;
+        for (long start = 0; start < rows.shape[0]; start += chunk)
+        {
+            long n = Math.Min(chunk, rows.shape[0] - start);
+            using var chunkScope = NewDisposeScope();
+            var loss = ChunkLoss(rows.narrow(0, start, n), head, targets.narrow(0, start, n));
+            if (total is null) total = loss.MoveToOuterDisposeScope();
+            else total.add_(loss);
+        }
+        return (total ?? zeros(Array.Empty<long>(), ScalarType.Float32, hidden.device)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>forward(hidden, head, labels, chunkTokens, handles) -> fp32 scalar sum.</summary>
     sealed class LossFunction : autograd.SingleTensorFunction<LossFunction>
     {
         public override string Name => "ChunkedCrossEntropy";
 
         public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
         {
-            var (hidden, headWeight, labels, chunk) = ((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2], (long)vars[3]);
+            var (hidden, head, labels, chunk, handles) = ((Tensor)vars[0], (Head)vars[1], (Tensor)vars[2], (long)vars[3], (BackwardHandles)vars[4]);
             using var scope = NewDisposeScope();
-            long width = hidden.shape[^1];
-            var rows = hidden.reshape(-1, width);                                          // (B*T, H), a view
-            var weight = headWeight.to(hidden.dtype);
-            var targets = ShiftedTargets(labels);                                          // (B*T)
-            var total = zeros(Array.Empty<long>(), hidden.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32, hidden.device);
-            for (long start = 0; start < rows.shape[0]; start += chunk)
-            {
-                long n = Math.Min(chunk, rows.shape[0] - start);
-                using var chunkScope = NewDisposeScope();
-                total.add_(ChunkLoss(rows.narrow(0, start, n), weight, targets.narrow(0, start, n)));
-            }
-            ctx.save_for_backward([hidden, SavedTensors.Keep(weight), SavedTensors.Keep(targets)]);
+            var total = SumWithoutGraph(hidden, head, labels, chunk);
+            ctx.save_for_backward([hidden, SavedTensors.Keep(ShiftedTargets(labels))]);
+            ctx.save_data("head", head);
             ctx.save_data("chunk", chunk);
+            ctx.save_data("handles", handles);
             return total.MoveToOuterDisposeScope();
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var saved = ctx.get_saved_variables();
-            var (hidden, weight, targets) = (saved[0], saved[1], saved[2]);
+            var (hidden, targets) = (saved[0], saved[1]);
+            var head = (Head)ctx.get_data("head");
             long chunk = (long)ctx.get_data("chunk");
+            var handles = (BackwardHandles)ctx.get_data("handles");
             Tensor gradHidden;
             using (var scope = NewDisposeScope())
             {
-                long width = hidden.shape[^1];
-                var rows = hidden.reshape(-1, width);
+                var rows = hidden.reshape(-1, hidden.shape[^1]);
                 var grad = empty_like(rows);                                               // (B*T, H)
                 using var enableGrad = torch.enable_grad();
                 for (long start = 0; start < rows.shape[0]; start += chunk)
                 {
                     long n = Math.Min(chunk, rows.shape[0] - start);
                     using var chunkScope = NewDisposeScope();
-                    // Recompute the chunk with a graph and let autograd take it back: the reference's backward ops.
+                    // Recompute the chunk with a graph and back-propagate through it: the reference's backward ops,
+                    // into the rows and into any trainable parameter of the head.
                     var leaf = rows.narrow(0, start, n).detach().requires_grad_(true);
-                    var loss = ChunkLoss(leaf, weight, targets.narrow(0, start, n));
-                    var g = torch.autograd.grad([loss], [leaf], [gradOutput])[0];
-                    grad.narrow(0, start, n).copy_(g);
+                    var loss = ChunkLoss(leaf, head, targets.narrow(0, start, n));
+                    torch.autograd.backward([loss], [gradOutput]);
+                    var g = leaf.grad;
+                    if (g is null) grad.narrow(0, start, n).zero_();
+                    else grad.narrow(0, start, n).copy_(g);
                 }
                 gradHidden = grad.view(hidden.shape).MoveToOuterDisposeScope();
             }
             foreach (var t in saved) t.Dispose();
             gradOutput.Dispose(); // see BackwardHandles
-            return [BackwardHandles.Defer(gradHidden), null!, null!, null!];
+            return [handles.Defer(gradHidden), null!, null!, null!, null!];
         }
     }
 }

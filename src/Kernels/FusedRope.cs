@@ -9,18 +9,18 @@ namespace QLoraNet.Kernels;
 /// Rotary position embedding of q and k in one CUDA kernel each way (Cuda/rope.cu), reading the (B, heads, T, D)
 /// views of the projections in place and writing the rotated tensors in the same layout: one pass instead of the
 /// reference's six (two slices, a negation, a concatenation, two multiplies and an add per tensor). Equal bit for bit
-/// to <see cref="RopeReference"/>, which runs wherever the kernel cannot (CPU, fp16, odd layouts,
-/// QLORANET_DISABLE_CUDA_KERNELS=1). cos/sin are read as given (RotaryEmbedding computes them once per forward).
-/// Drop-in: <c>RotaryEmbedding.Apply(x, cos, sin)</c> is <c>FusedRope.Apply(x, cos, sin)</c>, and the pair
-/// <c>q = Apply(q, ..); k = Apply(k, ..)</c> is <c>(q, k) = FusedRope.ApplyQk(q, k, cos, sin)</c>.
+/// to <see cref="RopeReference"/>, which runs wherever the kernel cannot (CPU, fp16, odd layouts, or an instance made
+/// without the kernel: <see cref="FusedKernels"/> decides). cos/sin are read as given (RotaryEmbedding computes them
+/// once per forward).
+/// Drop-in: <c>RotaryEmbedding.Apply(x, cos, sin)</c> is <c>kernels.Rope.Apply(x, cos, sin, handles)</c>, and the pair
+/// <c>q = Apply(q, ..); k = Apply(k, ..)</c> is <c>(q, k) = kernels.Rope.ApplyQk(q, k, cos, sin, handles)</c>.
 /// </summary>
-public static unsafe class FusedRope
+public sealed unsafe class FusedRope : FusedOp
 {
-    static readonly PtxModule Ptx = new(typeof(FusedRope).Assembly, "rope.ptx");
+    internal const string PtxFile = "rope.ptx";
     const int Threads = 256; // kThreads in rope.cu
 
-    /// <summary>Why the kernel cannot run here (null when it can).</summary>
-    public static string? Unavailable => Ptx.Unavailable;
+    internal FusedRope(PtxModule? module, string reason) : base(module, reason) { }
 
     /// <summary>Every kernel this op may launch (a test holds them to the embedded PTX).</summary>
     internal static IEnumerable<string> KernelNames => ["qln_rope_fwd_bf16", "qln_rope_fwd_f32", "qln_rope_bwd_bf16", "qln_rope_bwd_f32"];
@@ -29,32 +29,43 @@ public static unsafe class FusedRope
     /// <param name="cos">(B, T, D) in x's dtype.</param>
     /// <param name="sin">(B, T, D)</param>
     /// <returns>(B, heads, T, D) x rotated.</returns>
-    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    /// <param name="handles">where backward defers the gradient it returns (the model's).</param>
+    public Tensor Apply(Tensor x, Tensor cos, Tensor sin, BackwardHandles handles)
     {
-        if (!KernelFits(x, null, cos, sin)) return RopeReference.Forward(x, cos, sin);
+        if (!KernelFits(x, null, cos, sin))
+        {
+            CountReference();
+            return RopeReference.Forward(x, cos, sin);
+        }
+        CountKernel();
         if (!KernelPath.NeedsGraph(x) && Kernel(x, null, cos, sin, backward: false) is { } r) return r.Q;
-        return RopeFunction.apply(x, null!, cos, sin, true)[0];
+        return RopeFunction.apply(x, null!, cos, sin, this, handles)[0];
     }
 
     /// <summary>Both q (B, heads, T, D) and k (B, kvHeads, T, D) in one launch.</summary>
-    public static (Tensor Q, Tensor K) ApplyQk(Tensor q, Tensor k, Tensor cos, Tensor sin)
+    public (Tensor Q, Tensor K) ApplyQk(Tensor q, Tensor k, Tensor cos, Tensor sin, BackwardHandles handles)
     {
-        if (!KernelFits(q, k, cos, sin)) return (RopeReference.Forward(q, cos, sin), RopeReference.Forward(k, cos, sin));
+        if (!KernelFits(q, k, cos, sin))
+        {
+            CountReference();
+            return (RopeReference.Forward(q, cos, sin), RopeReference.Forward(k, cos, sin));
+        }
+        CountKernel();
         if (!KernelPath.NeedsGraph(q, k) && Kernel(q, k, cos, sin, backward: false) is { K: { } kr } r) return (r.Q, kr);
-        var outputs = RopeFunction.apply(q, k, cos, sin, true);
+        var outputs = RopeFunction.apply(q, k, cos, sin, this, handles);
         return (outputs[0], outputs[1]);
     }
 
     /// <summary>The autograd function with the reference forward and backward (CPU tests of its plumbing).</summary>
-    internal static (Tensor Q, Tensor K) ApplyQkWithReferenceFunction(Tensor q, Tensor k, Tensor cos, Tensor sin)
+    internal static (Tensor Q, Tensor K) ApplyQkWithReferenceFunction(Tensor q, Tensor k, Tensor cos, Tensor sin, BackwardHandles handles)
     {
-        var outputs = RopeFunction.apply(q, k, cos, sin, false);
+        var outputs = RopeFunction.apply(q, k, cos, sin, null!, handles);
         return (outputs[0], outputs[1]);
     }
 
-    static bool KernelFits(Tensor x, Tensor? k, Tensor cos, Tensor sin)
+    bool KernelFits(Tensor x, Tensor? k, Tensor cos, Tensor sin)
     {
-        if (x.device_type != DeviceType.CUDA || Unavailable is not null) return false;
+        if (Module is null || x.device_type != DeviceType.CUDA) return false;
         if (!DeviceTensors.IsKernelDType(x.dtype) || cos.dtype != x.dtype || sin.dtype != x.dtype || (k is not null && k.dtype != x.dtype)) return false;
         if (!DeviceTensors.OnOneCudaDevice(x, cos, sin) || (k is not null && !DeviceTensors.OnOneCudaDevice(x, k))) return false;
         var (c, s) = (Layout.Of(cos), Layout.Of(sin));
@@ -109,10 +120,9 @@ public static unsafe class FusedRope
     }
 
     /// <summary>Rotates q (and k when given) forward, or their gradients backward, into new tensors of the same layout.</summary>
-    static (Tensor Q, Tensor? K)? Kernel(Tensor q, Tensor? k, Tensor cos, Tensor sin, bool backward)
+    (Tensor Q, Tensor? K)? Kernel(Tensor q, Tensor? k, Tensor cos, Tensor sin, bool backward)
     {
-        string name = "qln_rope_" + (backward ? "bwd" : "fwd") + (q.dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
-        if (Ptx.TryFunction(name) is not { } fn) return null;
+        string fn = "qln_rope_" + (backward ? "bwd" : "fwd") + (q.dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
         var (lq, lk, lc) = (Layout.Of(q), k is null ? default : Layout.Of(k), Layout.Of(cos));
         if (backward && (!Fits(lq, lc) || (k is not null && !Fits(lk, lc)))) return null; // incoming gradients' layout
         var qOut = empty_like(q);   // same strides as the input (a dense permuted view stays so)
@@ -127,22 +137,24 @@ public static unsafe class FusedRope
         void** args = stackalloc void*[] { &tq, &tk, &pc, &ps, &t, &d, &csB, &csT };
         long threads = Math.Max(tq.Rows, k is null ? 0 : tk.Rows) * (d / 16);
         uint gridX = DeviceTensors.Blocks(threads, Threads) ?? 0;
-        if (gridX > 0) CudaDriver.Launch(fn, gridX, k is null ? 1u : 2u, Threads, args);
+        if (gridX > 0) Launch(fn, gridX, k is null ? 1u : 2u, Threads, args);
         return (qOut, kOut);
     }
 
-    /// <summary>forward(q, k or null, cos, sin, useKernel) -> [q rotated, k rotated (when given)].</summary>
+    /// <summary>forward(q, k or null, cos, sin, op (null: the reference), handles) -> [q rotated, k rotated (when given)].</summary>
     sealed class RopeFunction : autograd.MultiTensorFunction<RopeFunction>
     {
         public override string Name => "FusedRope";
 
         public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
         {
-            var (q, k, cos, sin, useKernel) = ((Tensor)vars[0], vars[1] as Tensor, (Tensor)vars[2], (Tensor)vars[3], (bool)vars[4]);
+            var (q, k, cos, sin) = ((Tensor)vars[0], vars[1] as Tensor, (Tensor)vars[2], (Tensor)vars[3]);
+            var (op, handles) = (vars[4] as FusedRope, (BackwardHandles)vars[5]);
             ctx.save_for_backward([cos, sin]);
-            ctx.save_data("useKernel", useKernel);
+            ctx.save_data("op", op!);
+            ctx.save_data("handles", handles);
             ctx.save_data("hasK", k is not null);
-            if (useKernel && Kernel(q, k, cos, sin, backward: false) is { } r)
+            if (op?.Kernel(q, k, cos, sin, backward: false) is { } r)
                 return r.K is null ? [r.Q] : [r.Q, r.K];
             var qr = RopeReference.Forward(q, cos, sin);
             return k is null ? [qr] : [qr, RopeReference.Forward(k, cos, sin)];
@@ -152,17 +164,18 @@ public static unsafe class FusedRope
         {
             var saved = ctx.get_saved_variables();
             var (cos, sin) = (saved[0], saved[1]);
-            bool useKernel = (bool)ctx.get_data("useKernel"), hasK = (bool)ctx.get_data("hasK");
+            bool hasK = (bool)ctx.get_data("hasK");
+            var (op, handles) = (ctx.get_data("op") as FusedRope, (BackwardHandles)ctx.get_data("handles"));
             var (dq, dk) = (gradOutputs[0], hasK ? gradOutputs[1] : null);
             Tensor gq;
             Tensor? gk;
-            if (useKernel && Kernel(dq, dk, cos, sin, backward: true) is { } r)
+            if (op?.Kernel(dq, dk, cos, sin, backward: true) is { } r)
                 (gq, gk) = r;
             else
                 (gq, gk) = (RopeReference.Backward(dq, cos, sin), dk is null ? null : RopeReference.Backward(dk, cos, sin));
             foreach (var t in saved) t.Dispose();
             foreach (var g in gradOutputs) g.Dispose(); // see BackwardHandles
-            return [BackwardHandles.Defer(gq), gk is null ? null! : BackwardHandles.Defer(gk), null!, null!, null!];
+            return [handles.Defer(gq), gk is null ? null! : handles.Defer(gk), null!, null!, null!, null!];
         }
     }
 }

@@ -23,6 +23,8 @@ public static class LoraPath
     /// <returns>(..., out) base + scaling * h A^T B^T.</returns>
     public static Tensor AddLowRank(Tensor baseOutput, Tensor h, Tensor a, Tensor b, double scaling)
     {
+        // addmm wants one dtype; a base whose output is in another (none of ours) takes the reference's casts.
+        if (baseOutput.dtype != h.dtype) return Reference(baseOutput, h, a, b, scaling);
         using var scope = NewDisposeScope();
         long outF = b.shape[0], r = b.shape[1];
         var down = F.linear(h, a).reshape(-1, r);                                    // (N, r)

@@ -8,16 +8,16 @@ namespace QLoraNet.Kernels;
 /// <summary>
 /// One AdamW step (Loshchilov &amp; Hutter 2019) over all adapter parameters in a single CUDA launch
 /// (Cuda/adamw.cu), where the per-tensor torch ops of QLoraNet's AdamW cost ~11 launches per parameter tensor
-/// (~2800 for a 7B model with LoRA on q/k/v/o). Same update as <see cref="ReferenceStep"/>, which is AdamW.cs's
-/// loop body verbatim and runs wherever the kernel cannot (CPU, non-fp32 or non-contiguous tensors,
-/// QLORANET_DISABLE_CUDA_KERNELS=1). The instance keeps the kernel's device-side pointer table between steps
-/// (parameters, gradients and moments keep their storage, so it is built once) and owns nothing else.
-/// Drop-in: AdamW.StepOnce's loop becomes one <c>Step(slots, hyper)</c> over the parameters that have a gradient.
+/// (~2800 for a 7B model with LoRA on q/k/v/o). Same update as <see cref="ReferenceStep"/>, the torch-op loop of
+/// Training's AdamW, which runs wherever the kernel cannot (CPU, non-fp32 or non-contiguous tensors, or a
+/// <see cref="FusedAdamW"/> made without the kernel). The instance keeps the kernel's device-side pointer table
+/// between steps (parameters, gradients and moments keep their storage, so it is built once) and owns nothing else:
+/// one per optimizer.
 /// </summary>
 public sealed unsafe class MultiTensorAdamW : IDisposable
 {
-    static readonly PtxModule Ptx = new(typeof(MultiTensorAdamW).Assembly, "adamw.ptx");
-    const int Threads = 256, Chunk = 256 * 16; // kThreads, kChunk in adamw.cu
+    const int Chunk = 256 * 16; // kChunk in adamw.cu
+    readonly FusedAdamW _kernel;
 
     /// <summary>One parameter with its gradient and fp32 moments (exp_avg, exp_avg_sq), all the same shape.</summary>
     public readonly record struct Slot(Tensor Param, Tensor Grad, Tensor ExpAvg, Tensor ExpAvgSq);
@@ -29,20 +29,28 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
     long[]? _tableHost;        // what _table holds, to see when pointers change
     long _blocks;
 
-    /// <summary>Why the kernel cannot run here (null when it can).</summary>
-    public static string? Unavailable => Ptx.Unavailable;
-
-    /// <summary>Every kernel this op may launch (a test holds them to the embedded PTX).</summary>
-    internal static IEnumerable<string> KernelNames => ["qln_adamw"];
+    /// <param name="kernel">the loaded kernel (<see cref="FusedKernels.AdamW"/>), or one without it (the reference runs).</param>
+    public MultiTensorAdamW(FusedAdamW kernel) => _kernel = kernel;
 
     /// <summary>adamw.cu's `flags` (0 = torch's CUDA arithmetic; see its header); for `bench kernel` only.</summary>
     internal int Flags { get; init; }
+
+    /// <summary>The path the last <see cref="Step"/> took.</summary>
+    public FusedPath LastPath { get; private set; } = FusedPath.TorchOps;
 
     /// <summary>One update of every slot, in place: one kernel launch when all are fp32 contiguous CUDA tensors.</summary>
     public void Step(IReadOnlyList<Slot> slots, Hyper h)
     {
         if (slots.Count == 0) return;
-        if (!KernelFits(slots) || !Launch(slots, h)) ReferenceStep(slots, h);
+        if (KernelFits(slots) && Launch(slots, h))
+        {
+            LastPath = FusedPath.CudaPtx;
+            _kernel.Counted(kernel: true);
+            return;
+        }
+        ReferenceStep(slots, h);
+        LastPath = FusedPath.TorchOps;
+        _kernel.Counted(kernel: false);
     }
 
     /// <summary>AdamW.cs's update, tensor by tensor, in torch ops (the reference, and the CPU path).</summary>
@@ -65,9 +73,9 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
         }
     }
 
-    static bool KernelFits(IReadOnlyList<Slot> slots)
+    bool KernelFits(IReadOnlyList<Slot> slots)
     {
-        if (Unavailable is not null || slots[0].Param.device_type != DeviceType.CUDA) return false;
+        if (_kernel.Path != FusedPath.CudaPtx || slots[0].Param.device_type != DeviceType.CUDA) return false;
         foreach (var (p, g, m, v) in slots)
         {
             foreach (var t in new[] { p, g, m, v })
@@ -80,7 +88,6 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
 
     bool Launch(IReadOnlyList<Slot> slots, Hyper h)
     {
-        if (Ptx.TryFunction("qln_adamw") is not { } fn) return false;
         var host = new long[slots.Count * 6];
         long blocks = 0;
         for (int i = 0; i < slots.Count; i++)
@@ -112,7 +119,7 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
         IntPtr table = DeviceTensors.Ptr(_table);
         int count = slots.Count, flags = Flags;
         void** args = stackalloc void*[] { &table, &count, &decay, &b1, &oneMinusB1, &b2, &oneMinusB2, &bc2, &invBc2, &eps, &stepSize, &flags };
-        CudaDriver.Launch(fn, (uint)_blocks, 1, Threads, args);
+        _kernel.Launch((uint)_blocks, args);
         return true;
     }
 

@@ -31,6 +31,8 @@ public static unsafe class CudaDriver
     [DllImport(Lib)] static extern int cuInit(uint flags);
     [DllImport(Lib)] static extern int cuCtxGetCurrent(out IntPtr ctx);
     [DllImport(Lib)] static extern int cuCtxGetDevice(out int device);
+    [DllImport(Lib)] static extern int cuCtxPushCurrent_v2(IntPtr ctx);
+    [DllImport(Lib)] static extern int cuCtxPopCurrent_v2(out IntPtr ctx);
     [DllImport(Lib)] static extern int cuDeviceGetAttribute(out int value, int attrib, int device);
     [DllImport(Lib)] static extern int cuModuleLoadData(out IntPtr module, byte* image);
     [DllImport(Lib)] static extern int cuModuleGetFunction(out IntPtr fn, IntPtr module, [MarshalAs(UnmanagedType.LPStr)] string name);
@@ -89,10 +91,25 @@ public static unsafe class CudaDriver
         return fn;
     }
 
-    /// <summary>Launches on stream 0 (see the class summary); <paramref name="args"/> points at each argument's value.</summary>
-    public static void Launch(IntPtr fn, uint gridX, uint gridY, uint blockX, void** args, uint sharedBytes = 0)
+    /// <summary>
+    /// Launches on stream 0 (see the class summary) in <paramref name="context"/>, the context the kernel's module was
+    /// loaded into; <paramref name="args"/> points at each argument's value. A thread whose current context is another
+    /// device's (a second GPU of a multi-device run) gets the module's pushed for the launch and popped after it, so
+    /// libtorch's notion of the current device is left as it was.
+    /// </summary>
+    public static void Launch(IntPtr context, IntPtr fn, uint gridX, uint gridY, uint blockX, void** args, uint sharedBytes = 0)
     {
-        Check(cuLaunchKernel(fn, gridX, gridY, 1, blockX, 1, 1, sharedBytes, IntPtr.Zero, args, null), "cuLaunchKernel");
+        Check(cuCtxGetCurrent(out var current), "cuCtxGetCurrent");
+        bool push = current != context;
+        if (push) Check(cuCtxPushCurrent_v2(context), "cuCtxPushCurrent");
+        try
+        {
+            Check(cuLaunchKernel(fn, gridX, gridY, 1, blockX, 1, 1, sharedBytes, IntPtr.Zero, args, null), "cuLaunchKernel");
+        }
+        finally
+        {
+            if (push) cuCtxPopCurrent_v2(out _);
+        }
     }
 
     /// <summary>Bytes of device memory in use on the current device (by every process and allocator cache), for benchmarks.</summary>

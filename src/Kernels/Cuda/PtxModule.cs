@@ -3,96 +3,76 @@ using System.Reflection;
 namespace QLoraNet.Kernels.Cuda;
 
 /// <summary>
-/// One PTX image embedded in an assembly (built from its .cu by scripts/build_ptx.sh), loaded with the CUDA driver
-/// into each context at most once (cuModuleLoadData: the driver compiles the PTX for the GPU at that point), with
-/// its kernels looked up by name. A CUDA module belongs to the process's context, so an instance is meant to be
-/// held in a static readonly field of the op that launches its kernels: the cache is of a process-wide resource,
-/// like libtorch's own kernel cache, and holds no training state.
-/// QLORANET_DISABLE_CUDA_KERNELS=1 turns every kernel off (the ops then run their torch-op references);
-/// QLORANET_PTX_DIR=dir loads dir/NAME.ptx instead of the embedded image (kernel development).
+/// One PTX image (built from its .cu by scripts/build_ptx.sh and embedded in an assembly, or read from a directory
+/// during kernel development) loaded with the CUDA driver into the current context (cuModuleLoadData: the driver
+/// compiles the PTX for the GPU at that point), with every kernel its op launches looked up once. An instance is
+/// immutable: it is made by <see cref="Load"/> when the caller selects kernels (<see cref="FusedKernels.Load"/>,
+/// Quant's KernelSelection), so a PTX that does not load or lacks a kernel is a reason reported up front, never a
+/// surprise mid-run.
 /// </summary>
 public sealed class PtxModule
 {
-    readonly Assembly _assembly;
-    readonly string _resource;
-    readonly string _fileName;
-    readonly object _gate = new();
-    readonly Dictionary<IntPtr, Dictionary<string, IntPtr>> _functionsByContext = new();
-    string? _loadFailure;
+    readonly IReadOnlyDictionary<string, IntPtr> _functions;
 
-    /// <param name="assembly">the assembly the PTX is embedded in.</param>
-    /// <param name="fileName">the PTX file name, e.g. "rms_norm.ptx"; its resource is "{assembly name}.{fileName}".</param>
-    public PtxModule(Assembly assembly, string fileName)
+    PtxModule(IntPtr context, IReadOnlyDictionary<string, IntPtr> functions, string source)
     {
-        _assembly = assembly;
-        _fileName = fileName;
-        _resource = assembly.GetName().Name + "." + fileName;
+        Context = context;
+        _functions = functions;
+        Source = source;
     }
 
-    /// <summary>Why the kernels of this module cannot run (null when they can, as far as is known before a launch).</summary>
-    public string? Unavailable
-    {
-        get
-        {
-            if (Environment.GetEnvironmentVariable("QLORANET_DISABLE_CUDA_KERNELS") == "1") return "disabled by QLORANET_DISABLE_CUDA_KERNELS=1";
-            if (_loadFailure is { } f) return f;
-            if (DevelopmentPath() is null && _assembly.GetManifestResourceInfo(_resource) is null)
-                return $"{_fileName} is not embedded in this build (scripts/build_ptx.sh builds it)";
-            return null;
-        }
-    }
+    /// <summary>The CUDA context the module lives in (launches go there).</summary>
+    public IntPtr Context { get; }
+
+    /// <summary>Where the image came from: "embedded" or the file's path.</summary>
+    public string Source { get; }
+
+    /// <summary>The resource name of <paramref name="fileName"/> in <paramref name="assembly"/>.</summary>
+    static string ResourceName(Assembly assembly, string fileName) => assembly.GetName().Name + "." + fileName;
+
+    /// <summary>True when <paramref name="assembly"/> carries <paramref name="fileName"/> (scripts/build_ptx.sh builds it).</summary>
+    public static bool IsEmbedded(Assembly assembly, string fileName) =>
+        assembly.GetManifestResourceInfo(ResourceName(assembly, fileName)) is not null;
 
     /// <summary>
-    /// The kernel <paramref name="name"/> in the current context, loading the module on first use. Null when it
-    /// cannot be had (the reason is then in <see cref="Unavailable"/>, and the caller runs its reference).
+    /// Loads <paramref name="fileName"/> (from <paramref name="ptxDir"/> when that directory holds it, else the image
+    /// embedded in <paramref name="assembly"/>) into the current CUDA context and looks up <paramref name="kernels"/>.
+    /// libtorch must have made the context current (any CUDA tensor on the device does). Throws
+    /// <see cref="InvalidOperationException"/> with the driver's message when anything fails.
     /// </summary>
-    public IntPtr? TryFunction(string name)
-    {
-        if (Unavailable is not null) return null;
-        lock (_gate)
-        {
-            try
-            {
-                var ctx = CudaDriver.CurrentContext();
-                if (!_functionsByContext.TryGetValue(ctx, out var fns))
-                {
-                    fns = new Dictionary<string, IntPtr> { ["<module>"] = CudaDriver.LoadModule(Image()) };
-                    _functionsByContext[ctx] = fns;
-                }
-                if (!fns.TryGetValue(name, out var fn))
-                {
-                    fn = CudaDriver.GetFunction(fns["<module>"], name);
-                    fns[name] = fn;
-                }
-                return fn;
-            }
-            catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
-            {
-                _loadFailure = $"{_fileName}: {e.Message}";
-                return null;
-            }
-        }
-    }
-
-    string? DevelopmentPath()
-    {
-        var dir = Environment.GetEnvironmentVariable("QLORANET_PTX_DIR");
-        return dir is null ? null : Path.Combine(dir, _fileName);
-    }
-
-    /// <summary>The PTX text, NUL-terminated as cuModuleLoadData wants it.</summary>
-    byte[] Image()
+    public static PtxModule Load(Assembly assembly, string fileName, IEnumerable<string> kernels, string? ptxDir = null)
     {
         byte[] text;
-        if (DevelopmentPath() is { } path) text = File.ReadAllBytes(path);
+        string source;
+        if (ptxDir is not null && File.Exists(Path.Combine(ptxDir, fileName)))
+        {
+            source = Path.Combine(ptxDir, fileName);
+            text = File.ReadAllBytes(source);
+        }
         else
         {
-            using var s = _assembly.GetManifestResourceStream(_resource)!;
+            using var s = assembly.GetManifestResourceStream(ResourceName(assembly, fileName))
+                ?? throw new InvalidOperationException($"{fileName} is not embedded in this build (scripts/build_ptx.sh builds it)");
             text = new byte[s.Length];
             s.ReadExactly(text);
+            source = "embedded";
         }
-        var image = new byte[text.Length + 1];
+        var image = new byte[text.Length + 1]; // the driver wants a NUL-terminated image
         text.CopyTo(image, 0);
-        return image;
+        try
+        {
+            var context = CudaDriver.CurrentContext();
+            var module = CudaDriver.LoadModule(image);
+            var functions = kernels.Distinct().ToDictionary(name => name, name => CudaDriver.GetFunction(module, name));
+            return new PtxModule(context, functions, source);
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            throw new InvalidOperationException($"the CUDA driver library cannot be used: {e.Message}", e);
+        }
     }
+
+    /// <summary>The kernel <paramref name="name"/>, one of those given to <see cref="Load"/>.</summary>
+    public IntPtr Function(string name) =>
+        _functions.TryGetValue(name, out var fn) ? fn : throw new ArgumentException($"kernel {name} was not loaded from this module");
 }

@@ -5,15 +5,25 @@ using static TorchSharp.torch;
 namespace QLoraNet.Quant.Kernels;
 
 /// <summary>
-/// The fused 4-bit dequantization kernel (nf4_dequant.cu, shipped as PTX built by scripts/build_ptx.sh and
-/// embedded here): packed codes + (double-quantized) absmax -> dense bf16/fp32 weight in one pass over memory. It is
-/// the fast path on CUDA only; the torch-op path stays the reference (and the CPU path), and `bench kernel` holds
-/// the two equal bit for bit. Selected in one place (<see cref="TryDequantize"/>); set
-/// QLORANET_DISABLE_CUDA_KERNELS=1 to compare.
+/// The fused 4-bit dequantization kernel (nf4_dequant.cu, shipped as PTX built by scripts/build_ptx.sh and embedded
+/// here): packed codes + (double-quantized) absmax -> dense bf16/fp32 weight in one pass over memory, bit for bit
+/// equal to <see cref="FourBitWeight.DequantizeWithTorchOps"/> (`bench kernel` holds the two equal on the device).
+/// An instance is the module loaded into one CUDA context; <see cref="KernelSelection"/> loads it once per run
+/// and decides where it is used. A load failure is an exception for the selection to report, never a silent swap.
 /// </summary>
-public static unsafe class FourBitCudaKernel
+public sealed unsafe class FourBitCudaKernel
 {
-    static readonly PtxModule Ptx = new(typeof(FourBitCudaKernel).Assembly, "nf4_dequant.ptx");
+    const string PtxFile = "nf4_dequant.ptx";
+    const int Threads = 256, BlocksPerMultiprocessor = 8; // kThreads in nf4_dequant.cu; 2048 threads per SM
+
+    readonly PtxModule _module;
+    readonly int _multiprocessors;
+
+    FourBitCudaKernel(PtxModule module, int multiprocessors)
+    {
+        _module = module;
+        _multiprocessors = multiprocessors;
+    }
 
     /// <summary>How a kernel moves the bytes (nf4_dequant.cu's header compares them); all compute the same values.</summary>
     public enum Variant
@@ -27,18 +37,19 @@ public static unsafe class FourBitCudaKernel
     }
 
     /// <summary>
-    /// The variant <see cref="TryDequantize"/> uses where it applies (bf16, blocksize >= 32), else
+    /// The variant <see cref="Dequantize"/> uses where it applies (bf16, blocksize >= 32), else
     /// <see cref="Variant.Words"/>. Chosen by `bench kernel` on an H200 (docs/BENCHMARKS.md, "Fused kernels"): Staged and
     /// Words within 1-2% of each other on every 7B/13B shape, Vectors 30-45% slower (its 64-byte-strided stores).
     /// </summary>
     public const Variant DefaultVariant = Variant.Staged;
 
-    const int Threads = 256, BlocksPerMultiprocessor = 8; // kThreads in nf4_dequant.cu; 2048 threads per SM
+    /// <summary>True when this build carries the PTX (scripts/build_ptx.sh builds it).</summary>
+    public static bool IsEmbedded => PtxModule.IsEmbedded(typeof(FourBitCudaKernel).Assembly, PtxFile);
 
-    /// <summary>Why the kernel cannot run here (null when it can), for logs and `info`.</summary>
-    public static string? Unavailable => Ptx.Unavailable;
+    /// <summary>Where the loaded image came from ("embedded" or a path).</summary>
+    public string Source => _module.Source;
 
-    /// <summary>Every kernel <see cref="TryDequantize"/> may launch (a test holds them to the embedded PTX).</summary>
+    /// <summary>Every kernel <see cref="Dequantize"/> may launch (a test holds them to the embedded PTX).</summary>
     internal static IEnumerable<string> KernelNames =>
         from v in new[] { "w", "v", "t" }
         from dq in new[] { "", "_dq" }
@@ -47,68 +58,93 @@ public static unsafe class FourBitCudaKernel
         select "qln_dequant4_" + v + dq + dtype;
 
     /// <summary>
-    /// Dequantizes on the GPU when possible; returns null (caller uses the torch-op path) when the tensors are not on
-    /// CUDA, the shape does not fit the kernel, or the kernel is unavailable.
+    /// Loads the PTX (<paramref name="ptxDir"/>/nf4_dequant.ptx during kernel development, else the embedded one)
+    /// into the current CUDA context; libtorch must already have made it current (any CUDA tensor does). Throws with
+    /// the driver's error.
     /// </summary>
-    /// <param name="packed">uint8 codes, two per byte, numel/2 bytes (contiguous).</param>
-    /// <param name="absmax">fp32 per-block absmax (no double quantization), else null.</param>
-    /// <param name="absmaxQ">uint8 double-quantized absmax codes, else null.</param>
-    /// <param name="nestedAbsmax">fp32 scale per nested block of absmax codes.</param>
-    /// <param name="nestedCode">fp32 [256] dynamic map for the absmax codes.</param>
-    /// <param name="variant">null = <see cref="DefaultVariant"/>, falling back to <see cref="Variant.Words"/> where it does not apply.</param>
-    public static Tensor? TryDequantize(Tensor packed, Tensor? absmax, Tensor? absmaxQ, Tensor? nestedAbsmax, Tensor? nestedCode,
-        float offset, Tensor codebook, long numel, int blocksize, int nestedBlocksize, ScalarType dtype, Variant? variant = null)
+    public static FourBitCudaKernel Load(string? ptxDir = null) =>
+        new(PtxModule.Load(typeof(FourBitCudaKernel).Assembly, PtxFile, KernelNames, ptxDir), CudaDriver.MultiprocessorCount());
+
+    /// <summary>
+    /// Why this weight cannot go through the kernel (null when it can): the output must be bf16 or fp32, and one
+    /// 32-bit word of codes (8 weights) must lie within one quantization block, so numel % 8 == 0 and the block and
+    /// nested block sizes are powers of two, the block at least 8 (every <see cref="FourBitFormat"/> is).
+    /// </summary>
+    public static string? Unsupported(FourBitWeight w, ScalarType dtype)
     {
-        if (packed.device_type != DeviceType.CUDA || Unavailable != null) return null;
-        if (dtype != ScalarType.BFloat16 && dtype != ScalarType.Float32) return null;
-        if (numel % 8 != 0 || blocksize < 8 || (blocksize & (blocksize - 1)) != 0) return null;
-        bool dq = absmaxQ is not null;
-        if (dq && (nestedAbsmax is null || nestedCode is null || (nestedBlocksize & (nestedBlocksize - 1)) != 0)) return null;
-        if (!packed.is_contiguous() || !DeviceTensors.Aligned16(packed)) return null;
+        if (dtype != ScalarType.BFloat16 && dtype != ScalarType.Float32) return $"output dtype {dtype} (the kernel writes bf16 or fp32)";
+        if (w.Numel % 8 != 0) return $"{w.Numel} weights, not a multiple of 8";
+        if (w.BlockSize < 8 || (w.BlockSize & (w.BlockSize - 1)) != 0) return $"blocksize {w.BlockSize}";
+        if (w.Scales is DoubleQuantizedScales d && (d.NestedBlockSize & (d.NestedBlockSize - 1)) != 0) return $"nested blocksize {d.NestedBlockSize}";
+        return null;
+    }
 
+    /// <summary>Whether <paramref name="variant"/> can dequantize <paramref name="w"/> to <paramref name="dtype"/> (the weight is supported).</summary>
+    public static bool Applies(FourBitWeight w, ScalarType dtype, Variant variant) =>
+        variant == Variant.Words
+        || (w.Numel % 32 == 0 && w.BlockSize >= 32 && (variant == Variant.Vectors || dtype == ScalarType.BFloat16));
+
+    /// <summary>
+    /// The dense weight of <paramref name="w"/> (on CUDA) in <paramref name="dtype"/>; the caller checked
+    /// <see cref="Unsupported"/>. <paramref name="variant"/>: null = <see cref="DefaultVariant"/> where it applies,
+    /// else <see cref="Variant.Words"/>; a variant asked for explicitly (`bench kernel`) must apply.
+    /// </summary>
+    public Tensor Dequantize(FourBitWeight w, ScalarType dtype, Variant? variant = null)
+    {
+        if (w.Packed.device_type != DeviceType.CUDA) throw new ArgumentException("the CUDA kernel dequantizes CUDA tensors only");
+        if (Unsupported(w, dtype) is { } why) throw new ArgumentException($"the CUDA kernel cannot dequantize this weight: {why}");
         var v = variant ?? DefaultVariant;
-        bool applies = v == Variant.Words
-            || (numel % 32 == 0 && blocksize >= 32 && (v == Variant.Vectors || dtype == ScalarType.BFloat16));
-        if (!applies)
+        if (!Applies(w, dtype, v))
         {
-            if (variant is not null) return null; // asked for explicitly (bench kernel)
-            v = Variant.Words;                   // the general one, as fast as Staged (bench kernel, H200)
+            if (variant is not null) throw new ArgumentException($"variant {v} does not apply to this weight");
+            v = Variant.Words; // the general one, as fast as Staged (bench kernel, H200)
         }
-        string name = "qln_dequant4_" + (v switch { Variant.Words => "w", Variant.Vectors => "v", _ => "t" })
-            + (dq ? "_dq" : "") + (dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
-        if (Ptx.TryFunction(name) is not { } fn) return null;
-
-        var device = packed.device;
+        var device = w.Packed.device;
+        bool dq = w.Scales is DoubleQuantizedScales;
         using var scope = torch.NewDisposeScope();
-        var cb = OnDevice(codebook, ScalarType.Float32, device)!;
-        var am = OnDevice(absmax, ScalarType.Float32, device);
-        var aq = OnDevice(absmaxQ, ScalarType.Byte, device);
-        var na = OnDevice(nestedAbsmax, ScalarType.Float32, device);
-        var nc = OnDevice(nestedCode, ScalarType.Float32, device);
-        var output = torch.empty(new[] { numel }, dtype, device);
+        var packed = w.Packed.contiguous();
+        if (!DeviceTensors.Aligned16(packed)) packed = packed.clone(); // the kernels read 16-byte vectors; a fresh allocation is aligned
+        var codebook = CodeTables.Float(FourBitCodebook.Name(w.Type) + "/values", device, () => FourBitCodebook.Values(w.Type));
+        Tensor? absmax = null, absmaxQ = null, nestedAbsmax = null, nestedCode = null;
+        float offset = 0f;
+        int log2Nested = 0;
+        switch (w.Scales)
+        {
+            case PlainScales p:
+                absmax = OnDevice(p.Absmax, ScalarType.Float32, device);
+                break;
+            case DoubleQuantizedScales d:
+                absmaxQ = OnDevice(d.Codes, ScalarType.Byte, device);
+                nestedAbsmax = OnDevice(d.NestedAbsmax, ScalarType.Float32, device);
+                nestedCode = CodeTables.Float("dynamic/values", device, DynamicMap.Values);
+                offset = d.Offset;
+                log2Nested = System.Numerics.BitOperations.Log2((uint)d.NestedBlockSize);
+                break;
+        }
+        var output = torch.empty([w.Numel], dtype, device);
 
-        IntPtr pPacked = DeviceTensors.Ptr(packed), pAbsmax = dq ? IntPtr.Zero : DeviceTensors.Ptr(am!);
-        IntPtr pAq = dq ? DeviceTensors.Ptr(aq!) : IntPtr.Zero, pNa = dq ? DeviceTensors.Ptr(na!) : IntPtr.Zero;
-        IntPtr pNc = dq ? DeviceTensors.Ptr(nc!) : IntPtr.Zero, pCb = DeviceTensors.Ptr(cb), pOut = DeviceTensors.Ptr(output);
+        IntPtr pPacked = DeviceTensors.Ptr(packed), pAbsmax = dq ? IntPtr.Zero : DeviceTensors.Ptr(absmax!);
+        IntPtr pAq = dq ? DeviceTensors.Ptr(absmaxQ!) : IntPtr.Zero, pNa = dq ? DeviceTensors.Ptr(nestedAbsmax!) : IntPtr.Zero;
+        IntPtr pNc = dq ? DeviceTensors.Ptr(nestedCode!) : IntPtr.Zero, pCb = DeviceTensors.Ptr(codebook), pOut = DeviceTensors.Ptr(output);
         // Work units: 4-byte words (8 weights) or 16-byte vectors (32 weights) of codes; a warp takes 128 words or 64
         // vectors per step (kWords, kVecs in nf4_dequant.cu).
-        long units = v == Variant.Words ? numel / 8 : numel / 32;
+        long units = v == Variant.Words ? w.Numel / 8 : w.Numel / 32;
         long unitsPerBlockStep = (Threads / 32) * (v == Variant.Words ? 128 : 64);
-        int log2Block = System.Numerics.BitOperations.Log2((uint)blocksize);
-        int log2Nested = dq ? System.Numerics.BitOperations.Log2((uint)nestedBlocksize) : 0;
+        int log2Block = System.Numerics.BitOperations.Log2((uint)w.BlockSize);
         long wanted = (units + unitsPerBlockStep - 1) / unitsPerBlockStep;
-        uint grid = (uint)Math.Max(1, Math.Min(wanted, (long)CudaDriver.MultiprocessorCount() * BlocksPerMultiprocessor));
+        uint grid = (uint)Math.Max(1, Math.Min(wanted, (long)_multiprocessors * BlocksPerMultiprocessor));
         void** args = stackalloc void*[11];
         args[0] = &pPacked; args[1] = &pAbsmax; args[2] = &pAq; args[3] = &pNa; args[4] = &pNc; args[5] = &offset;
         args[6] = &pCb; args[7] = &pOut; args[8] = &units; args[9] = &log2Block; args[10] = &log2Nested;
-        CudaDriver.Launch(fn, grid, 1, Threads, args);
-        return output.MoveToOuterDisposeScope();
+        string name = "qln_dequant4_" + (v switch { Variant.Words => "w", Variant.Vectors => "v", _ => "t" })
+            + (dq ? "_dq" : "") + (dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
+        CudaDriver.Launch(_module.Context, _module.Function(name), grid, 1, Threads, args);
+        return output.view(w.Shape).MoveToOuterDisposeScope();
     }
 
     /// <summary>The tensor itself when it already has the dtype/device and is contiguous (no copy), else a converted copy.</summary>
-    static Tensor? OnDevice(Tensor? t, ScalarType dtype, Device device)
+    static Tensor OnDevice(Tensor t, ScalarType dtype, Device device)
     {
-        if (t is null) return null;
         if (t.dtype == dtype && t.device_type == device.type && t.device_index == device.index && t.is_contiguous()) return t.alias();
         return t.to(dtype, device).contiguous();
     }

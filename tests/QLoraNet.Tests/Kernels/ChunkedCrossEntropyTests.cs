@@ -10,6 +10,7 @@ namespace QLoraNet.Tests.Kernels;
 /// <summary>The chunked loss against the full one (head matmul over all tokens, fp32 logits, CausalLmLoss.Sum):
 /// the same function in fp64, within fp32's error bound in fp32, for chunk sizes that do and do not divide the
 /// tokens, with ignored labels.</summary>
+[Trait("tier", "unit")]
 public class ChunkedCrossEntropyTests
 {
     const long B = 2, T = 7, H = 16, Vocab = 50;
@@ -43,7 +44,7 @@ public class ChunkedCrossEntropyTests
         // CausalLmLoss casts logits to fp32; in fp64 the reference is the same formula without that cast.
         var full = F.cross_entropy(F.linear(h1, weight).narrow(1, 0, T - 1).reshape(-1, Vocab), labels.narrow(1, 1, T - 1).reshape(-1),
             ignore_index: ChunkedCrossEntropy.IgnoreIndex, reduction: nn.Reduction.Sum);
-        var chunked = ChunkedCrossEntropy.Sum(h2, weight, labels, chunk);
+        var chunked = ChunkedCrossEntropy.Sum(h2, ChunkedCrossEntropy.LinearHead(weight), labels, chunk == 0 ? ChunkedCrossEntropy.TokensPerChunk(Vocab) : chunk, new BackwardHandles());
         Assert.Equal(ScalarType.Float64, chunked.dtype);
         Assert.True(RelativeError(chunked, full) < 1e-14, $"loss {chunked.item<double>():R} vs {full.item<double>():R}");
         full.backward();
@@ -61,7 +62,7 @@ public class ChunkedCrossEntropyTests
         var h1 = hidden.clone().requires_grad_(true);
         var h2 = hidden.clone().requires_grad_(true);
         var full = FullLoss(h1, weight, labels);
-        var chunked = ChunkedCrossEntropy.Sum(h2, weight, labels, chunk);
+        var chunked = ChunkedCrossEntropy.Sum(h2, ChunkedCrossEntropy.LinearHead(weight), labels, chunk == 0 ? ChunkedCrossEntropy.TokensPerChunk(Vocab) : chunk, new BackwardHandles());
         Assert.Equal(ScalarType.Float32, chunked.dtype);
         full.backward();
         chunked.backward();
@@ -73,13 +74,69 @@ public class ChunkedCrossEntropyTests
     }
 
     [Fact]
+    public void A_logit_transform_applies_per_chunk_as_on_the_full_logits_in_fp64()
+    {
+        // Gemma 2's final soft-capping: cap * tanh(logits / cap), differentiated through by autograd in both.
+        using var scope = NewDisposeScope();
+        var (hidden, weight, labels) = Inputs(ScalarType.Float64);
+        Func<Tensor, Tensor> softCap = logits => (logits / 2.0).tanh() * 2.0;
+        var h1 = hidden.clone().requires_grad_(true);
+        var h2 = hidden.clone().requires_grad_(true);
+        var full = F.cross_entropy(softCap(F.linear(h1, weight)).narrow(1, 0, T - 1).reshape(-1, Vocab), labels.narrow(1, 1, T - 1).reshape(-1),
+            ignore_index: ChunkedCrossEntropy.IgnoreIndex, reduction: nn.Reduction.Sum);
+        var chunked = ChunkedCrossEntropy.Sum(h2, ChunkedCrossEntropy.LinearHead(weight), labels, 4, new BackwardHandles(), softCap);
+        Assert.True(RelativeError(chunked, full) < 1e-14, $"loss {chunked.item<double>():R} vs {full.item<double>():R}");
+        // The cap changes the loss: the transform was applied, not skipped.
+        var uncapped = ChunkedCrossEntropy.Sum(hidden, ChunkedCrossEntropy.LinearHead(weight), labels, 4, new BackwardHandles());
+        Assert.True(RelativeError(uncapped, full) > 1e-3);
+        full.backward();
+        chunked.backward();
+        Assert.True(RelativeError(h2.grad!, h1.grad!) < 1e-13, $"gradient {RelativeError(h2.grad!, h1.grad!):G3}");
+    }
+
+    [Fact]
+    public void A_head_with_trainable_parameters_gets_their_gradient_from_the_recomputation()
+    {
+        // LoRA on lm_head: the head closes over a parameter that is not an input of the loss function; backward's
+        // recomputation must still accumulate its gradient, as plain autograd through the full logits does. The
+        // hidden states here do not require grad (no adapter below the head).
+        using var scope = NewDisposeScope();
+        var (hidden, weight, labels) = Inputs(ScalarType.Float64);
+        var delta1 = zeros_like(weight).requires_grad_(true);
+        var delta2 = zeros_like(weight).requires_grad_(true);
+        var full = F.cross_entropy(F.linear(hidden, weight + delta1).narrow(1, 0, T - 1).reshape(-1, Vocab), labels.narrow(1, 1, T - 1).reshape(-1),
+            ignore_index: ChunkedCrossEntropy.IgnoreIndex, reduction: nn.Reduction.Sum);
+        var handles = new BackwardHandles();
+        var chunked = ChunkedCrossEntropy.Sum(hidden, rows => F.linear(rows, weight + delta2), labels, 3, handles);
+        Assert.True(chunked.requires_grad);
+        full.backward();
+        chunked.backward();
+        handles.Release();
+        Assert.True(RelativeError(delta2.grad!, delta1.grad!) < 1e-13, $"gradient {RelativeError(delta2.grad!, delta1.grad!):G3}");
+        Assert.True(delta1.grad!.abs().max().item<double>() > 0);
+    }
+
+    [Fact]
+    public void Without_gradients_it_is_the_same_sum_and_builds_no_graph()
+    {
+        using var scope = NewDisposeScope();
+        var (hidden, weight, labels) = Inputs(ScalarType.Float32);
+        var h = hidden.requires_grad_(true);
+        var withGraph = ChunkedCrossEntropy.Sum(h, ChunkedCrossEntropy.LinearHead(weight), labels, 5, new BackwardHandles());
+        using var noGrad = torch.no_grad();
+        var evaluated = ChunkedCrossEntropy.Sum(h, ChunkedCrossEntropy.LinearHead(weight), labels, 5, new BackwardHandles());
+        Assert.False(evaluated.requires_grad);
+        AssertIdentical(evaluated, withGraph.detach(), "loss");
+    }
+
+    [Fact]
     public void All_ignored_labels_give_zero_loss_and_zero_gradient()
     {
         using var scope = NewDisposeScope();
         var (hidden, weight, _) = Inputs(ScalarType.Float32);
         var h = hidden.requires_grad_(true);
         var labels = full([B, T], ChunkedCrossEntropy.IgnoreIndex, ScalarType.Int64);
-        var loss = ChunkedCrossEntropy.Sum(h, weight, labels, 3);
+        var loss = ChunkedCrossEntropy.Sum(h, ChunkedCrossEntropy.LinearHead(weight), labels, 3, new BackwardHandles());
         loss.backward();
         Assert.Equal(0f, loss.item<float>());
         Assert.Equal(0.0, h.grad!.abs().max().item<float>());

@@ -6,6 +6,9 @@ namespace QLoraNet.Tests.Kernels;
 /// <summary>Seeded inputs and the comparisons the kernel-op tests share.</summary>
 static class KernelTestData
 {
+    /// <summary>The fused ops as selected for the CPU: every one runs its torch-op reference.</summary>
+    public static QLoraNet.Kernels.FusedKernels Cpu => QLoraNet.Kernels.FusedKernels.Load(CPU);
+
     /// <summary>N(0, scale^2) values of the given shape and dtype, drawn in fp64 from a local seeded generator.</summary>
     public static Tensor Randn(long[] shape, ScalarType dtype, int seed, double scale = 1.0)
     {

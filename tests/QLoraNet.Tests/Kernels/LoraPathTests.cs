@@ -7,6 +7,7 @@ namespace QLoraNet.Tests.Kernels;
 
 /// <summary>The LoRA addmm path against LoraLinear's ops: the same function (fp64), the same gradients, and in
 /// fp32/bf16 within the roundings the reference makes and the fused GEMM epilogue does not.</summary>
+[Trait("tier", "unit")]
 public class LoraPathTests
 {
     const long N = 6, In = 20, Out = 12, R = 4;

@@ -8,6 +8,7 @@ namespace QLoraNet.Tests.Kernels;
 
 /// <summary>The multi-tensor AdamW's reference (what the CUDA kernel mirrors, and its CPU path) against the
 /// trainer's AdamW, bit for bit over several steps with weight decay.</summary>
+[Trait("tier", "unit")]
 public class MultiTensorAdamWTests
 {
     static readonly long[][] Shapes = [[16, 24], [24, 16], [7], [1]];
@@ -23,7 +24,7 @@ public class MultiTensorAdamWTests
         var theirs = ours.Select(p => p.detach().clone().requires_grad_(true)).ToArray();
         var moments = ours.Select(p => (zeros_like(p), zeros_like(p))).ToArray();
         var trainer = new AdamW(theirs.Select((p, i) => ($"p{i}", p)), lr, beta1, beta2, eps, weightDecay);
-        using var fused = new MultiTensorAdamW();
+        using var fused = new MultiTensorAdamW(Cpu.AdamW);
         for (int step = 1; step <= 4; step++)
         {
             for (int i = 0; i < ours.Length; i++)
@@ -51,7 +52,7 @@ public class MultiTensorAdamWTests
     [Fact]
     public void An_empty_step_changes_nothing()
     {
-        using var fused = new MultiTensorAdamW();
+        using var fused = new MultiTensorAdamW(Cpu.AdamW);
         fused.Step([], new MultiTensorAdamW.Hyper(1e-3, 0.9, 0.999, 1e-8, 0, 1));
     }
 }

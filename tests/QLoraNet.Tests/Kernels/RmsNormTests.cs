@@ -10,6 +10,7 @@ namespace QLoraNet.Tests.Kernels;
 /// The RMSNorm reference (what the CUDA kernel is held to, and what runs on the CPU) against the model's RmsNorm and
 /// against autograd; and the fused op's autograd functions, run with the reference inside, against plain autograd.
 /// </summary>
+[Trait("tier", "unit")]
 public class RmsNormTests
 {
     const double Eps = 1e-6;
@@ -26,7 +27,7 @@ public class RmsNormTests
         using var module = new RmsNorm("norm", w.clone(), Eps); // the module takes over the handle it is given
         AssertIdentical(RmsNormReference.Forward(x, w, Eps, unitOffset: false), module.call(x), "forward");
         // The op itself takes the reference path off the GPU.
-        AssertIdentical(FusedRmsNorm.Apply(x, w, Eps), module.call(x), "FusedRmsNorm.Apply on the CPU");
+        AssertIdentical(Cpu.RmsNorm.Apply(x, w, Eps, false, new BackwardHandles()), module.call(x), "FusedRmsNorm.Apply on the CPU");
     }
 
     [Fact]
@@ -66,7 +67,7 @@ public class RmsNormTests
         var w = (1.0 + Randn([Shape[^1]], ScalarType.Float64, 9, 0.1)).to(dtype);
         var dy = Randn(Shape, dtype, 10);
         var plain = RmsNormReference.Forward(x, w, Eps, unitOffset);
-        var fused = FusedRmsNorm.ApplyWithReferenceFunction(x, w, Eps, unitOffset);
+        var fused = FusedRmsNorm.ApplyWithReferenceFunction(x, w, Eps, unitOffset, new BackwardHandles());
         AssertIdentical(fused, plain, "forward");
         var expected = Grads(plain, dy, x)[0];
         var actual = Grads(fused, dy, x)[0];
@@ -86,7 +87,7 @@ public class RmsNormTests
 
         var hPlain = x + residual;
         var yPlain = RmsNormReference.Forward(hPlain, w, Eps, false);
-        var (h, y) = FusedRmsNorm.ApplyWithResidualReferenceFunction(x, residual, w, Eps, false);
+        var (h, y) = FusedRmsNorm.ApplyWithResidualReferenceFunction(x, residual, w, Eps, false, new BackwardHandles());
         AssertIdentical(h, hPlain, "h");
         AssertIdentical(y, yPlain, "y");
         // Both outputs used downstream, as in a decoder layer: loss = <h, dh> + <y, dy>.
@@ -106,7 +107,7 @@ public class RmsNormTests
         using var scope = NewDisposeScope();
         var x = Randn([3, 8200], ScalarType.Float32, 16); // wider than the kernel's 8192 and not a multiple of 8 * 256
         var w = ones(8200);
-        var (h, y) = FusedRmsNorm.ApplyWithResidual(x, x, w, Eps);
+        var (h, y) = Cpu.RmsNorm.ApplyWithResidual(x, x, w, Eps, false, new BackwardHandles());
         AssertIdentical(y, RmsNormReference.Forward(x + x, w, Eps, false), "y");
     }
 
