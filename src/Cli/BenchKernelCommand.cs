@@ -416,16 +416,23 @@ public static class BenchKernelCommand
 
         // ---- LoRA dropout ---------------------------------------------------------------------------------------
 
-        /// <summary>Bit for bit (bytes, so -0 and NaN payloads count) against the reference; records the check.</summary>
+        /// <summary>Bit for bit against the reference, as bits (so -0 counts), a NaN equal to any NaN (payloads are the
+        /// conversion instruction's business); bf16 or fp32. Records the check.</summary>
         Dictionary<string, object?> Bitwise(Tensor actual, Tensor expected)
         {
             using var scope = NewDisposeScope();
             var a = actual.detach().cpu().contiguous().bytes.ToArray();
             var b = expected.detach().cpu().contiguous().bytes.ToArray();
             int size = (int)actual.element_size();
+            static bool IsNaN(ReadOnlySpan<byte> e) => e.Length == 2
+                ? (BitConverter.ToUInt16(e) & 0x7F80) == 0x7F80 && (BitConverter.ToUInt16(e) & 0x7F) != 0
+                : float.IsNaN(BitConverter.ToSingle(e));
             long differing = 0;
             for (int i = 0; i < a.Length; i += size)
-                if (!a.AsSpan(i, size).SequenceEqual(b.AsSpan(i, size))) differing++;
+            {
+                ReadOnlySpan<byte> ea = a.AsSpan(i, size), eb = b.AsSpan(i, size);
+                if (!ea.SequenceEqual(eb) && !(IsNaN(ea) && IsNaN(eb))) differing++;
+            }
             bool pass = a.Length == b.Length && differing == 0;
             _checks++;
             if (!pass) _failures++;
