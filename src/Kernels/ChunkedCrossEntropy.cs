@@ -7,18 +7,24 @@ namespace QLoraNet.Kernels;
 /// <summary>
 /// Next-token cross-entropy summed over the counted tokens, computed from the final hidden states and the output
 /// head in chunks of tokens, so that the (tokens, vocab) fp32 logits, their log-softmax and their gradient never
-/// exist at once: a chunk's logits are made, reduced to its loss and dropped in forward, and made again in backward
-/// (the head matmul is the cheap part of the step). Memory for the loss drops from ~20 bytes per logit of the whole
-/// batch to ~20 bytes per logit of one chunk; the price is one more head matmul per token when training.
+/// exist at once. Memory for the loss drops from ~20 bytes per logit of the whole batch to ~20 bytes per logit of
+/// one chunk. Two ways to get the gradient, neither of which keeps a chunk's logits:
+/// <list type="bullet">
+/// <item>a frozen head (the usual case): each chunk's gradient with respect to its hidden rows is taken in forward,
+/// right after its loss (as Liger-Kernel's fused linear cross-entropy does), and kept, (tokens, H) in the compute
+/// dtype; backward only scales it by the incoming gradient. Two head matmuls per token, as the full logits' path;</item>
+/// <item>a head with trainable parameters (LoRA on lm_head), whose gradients must wait for backward: forward keeps
+/// nothing but the hidden states and backward makes each chunk's logits again and back-propagates through them
+/// into the rows and the parameters. One head matmul more per token.</item>
+/// </list>
 /// Each chunk runs exactly the reference's ops on its rows (the head, the cast to fp32, an optional logit transform
 /// such as Gemma 2's final soft-capping, F.cross_entropy with ignore_index, autograd's backward through them), so
-/// per-token losses and gradients equal those of the whole batch whenever the chunk's head matmul rounds like the
-/// big one's; the sum differs from one big reduction only in fp32 summation order (ChunkedCrossEntropyTests states
-/// the bound). Pure torch ops: no kernel of its own. The head may hold trainable parameters (LoRA on lm_head): the
-/// backward's recomputation back-propagates into them as well.
+/// per-token losses equal those of the whole batch whenever the chunk's head matmul rounds like the big one's; the
+/// sum differs from one big reduction only in fp32 summation order, and the gradient of the frozen-head way by
+/// where the scaling by the incoming gradient rounds (ChunkedCrossEntropyTests states the bounds). Pure torch ops.
 /// Drop-in: <c>CausalLmLoss.Sum(model.Logits(hidden), labels)</c> is
-/// <c>ChunkedCrossEntropy.Sum(hidden, model.Logits, labels, chunkTokens, handles)</c>; divide by <see cref="Count"/>
-/// for the mean.
+/// <c>ChunkedCrossEntropy.Sum(hidden, model.Logits, labels, chunkTokens, handles, headTrains: ...)</c>; divide by
+/// <see cref="Count"/> for the mean.
 /// </summary>
 public static class ChunkedCrossEntropy
 {
@@ -48,13 +54,16 @@ public static class ChunkedCrossEntropy
     /// <param name="handles">where backward defers the gradient it returns (the model's).</param>
     /// <param name="logitTransform">applied to each chunk's fp32 logits before the loss (e.g. soft-capping
     /// cap * tanh(logits / cap)); null = none. Autograd differentiates through it.</param>
+    /// <param name="headTrains">the head holds parameters that require grad (LoRA on lm_head): backward recomputes
+    /// the chunks to reach them. False: the head is frozen and forward takes the rows' gradient.</param>
     /// <returns>fp32 scalar (fp64 for fp64 logits): the sum over counted tokens of -log softmax(logits[t-1])[labels[t]].</returns>
     public static Tensor Sum(Tensor hidden, Func<Tensor, Tensor> logitsOf, Tensor labels, long chunkTokens, BackwardHandles handles,
-        Func<Tensor, Tensor>? logitTransform = null)
+        Func<Tensor, Tensor>? logitTransform = null, bool headTrains = false)
     {
         if (chunkTokens < 1) throw new ArgumentException($"chunk of {chunkTokens} tokens: must be at least 1");
         var head = new Head(logitsOf, logitTransform);
-        if (!torch.is_grad_enabled()) return SumWithoutGraph(hidden, head, labels, chunkTokens);
+        if (!torch.is_grad_enabled() || (!headTrains && !hidden.requires_grad)) return SumWithoutGraph(hidden, head, labels, chunkTokens);
+        if (!headTrains) return GradientInForwardFunction.apply(hidden, head, labels, chunkTokens, handles);
         // The head may close over trainable parameters (an adapter on lm_head) that only backward's recomputation
         // reaches: the function's output must take part in the graph even when the hidden states do not.
         if (!hidden.requires_grad)
@@ -118,7 +127,49 @@ public static class ChunkedCrossEntropy
         return (total ?? zeros(Array.Empty<long>(), ScalarType.Float32, hidden.device)).MoveToOuterDisposeScope();
     }
 
-    /// <summary>forward(hidden, head, labels, chunkTokens, handles) -> fp32 scalar sum.</summary>
+    /// <summary>forward(hidden, head, labels, chunkTokens, handles) -> fp32 scalar sum; a frozen head: the gradient of
+    /// the sum with respect to hidden is taken chunk by chunk in forward and scaled in backward.</summary>
+    sealed class GradientInForwardFunction : autograd.SingleTensorFunction<GradientInForwardFunction>
+    {
+        public override string Name => "ChunkedCrossEntropyGradientInForward";
+
+        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var (hidden, head, labels, chunk, handles) = ((Tensor)vars[0], (Head)vars[1], (Tensor)vars[2], (long)vars[3], (BackwardHandles)vars[4]);
+            using var scope = NewDisposeScope();
+            var rows = hidden.detach().reshape(-1, hidden.shape[^1]);                      // (B*T, H), a view
+            var targets = ShiftedTargets(labels);
+            var grad = empty_like(rows);                                                   // (B*T, H) d(sum)/d(rows)
+            Tensor? total = null;
+            using (var enableGrad = torch.enable_grad())
+                for (long start = 0; start < rows.shape[0]; start += chunk)
+                {
+                    long n = Math.Min(chunk, rows.shape[0] - start);
+                    using var chunkScope = NewDisposeScope();
+                    var leaf = rows.narrow(0, start, n).detach().requires_grad_(true);
+                    var loss = ChunkLoss(leaf, head, targets.narrow(0, start, n));
+                    grad.narrow(0, start, n).copy_(torch.autograd.grad([loss], [leaf])[0]);
+                    if (total is null) total = loss.detach().MoveToOuterDisposeScope();
+                    else total.add_(loss.detach());
+                }
+            ctx.save_for_backward([SavedTensors.Keep(grad.view(hidden.shape))]);
+            ctx.save_data("handles", handles);
+            return (total ?? zeros(Array.Empty<long>(), ScalarType.Float32, hidden.device)).MoveToOuterDisposeScope();
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        {
+            var saved = ctx.get_saved_variables();
+            var handles = (BackwardHandles)ctx.get_data("handles");
+            // The scaling in fp32 (the incoming gradient, 1 / terms for a step's mean, is no bf16 number), one rounding.
+            var gradHidden = saved[0].to(gradOutput.dtype).mul_(gradOutput).to(saved[0].dtype);
+            foreach (var t in saved) t.Dispose();
+            gradOutput.Dispose(); // see BackwardHandles
+            return [handles.Defer(gradHidden), null!, null!, null!, null!];
+        }
+    }
+
+    /// <summary>forward(hidden, head, labels, chunkTokens, handles) -> fp32 scalar sum; backward recomputes each chunk.</summary>
     sealed class LossFunction : autograd.SingleTensorFunction<LossFunction>
     {
         public override string Name => "ChunkedCrossEntropy";

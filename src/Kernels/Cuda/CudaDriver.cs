@@ -45,6 +45,8 @@ public static unsafe class CudaDriver
     [DllImport(Lib)] static extern int cuEventElapsedTime(out float ms, IntPtr start, IntPtr end);
     [DllImport(Lib)] static extern int cuEventDestroy_v2(IntPtr ev);
     [DllImport(Lib)] static extern int cuMemGetInfo_v2(out ulong free, out ulong total);
+    [DllImport(Lib)] static extern int cuProfilerStart();
+    [DllImport(Lib)] static extern int cuProfilerStop();
 
     [DllImport("LibTorchSharp")] static extern IntPtr THSTensor_data(IntPtr handle);
 
@@ -118,6 +120,12 @@ public static unsafe class CudaDriver
         Check(cuMemGetInfo_v2(out ulong free, out ulong total), "cuMemGetInfo");
         return (long)(total - free);
     }
+
+    /// <summary>
+    /// Opens (<paramref name="on"/>) or closes the range an outside profiler captures when started with a capture range
+    /// of the profiler API (`nsys profile --capture-range=cudaProfilerApi`); without one, nothing happens.
+    /// </summary>
+    public static void ProfilerRange(bool on) => Check(on ? cuProfilerStart() : cuProfilerStop(), on ? "cuProfilerStart" : "cuProfilerStop");
 
     /// <summary>Device time between two points of stream 0, for benchmarks: record, enqueue work, record, read.</summary>
     public sealed class Event : IDisposable

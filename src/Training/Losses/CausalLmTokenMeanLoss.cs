@@ -11,7 +11,8 @@ namespace QLoraNet.Training.Losses;
 /// than -100 at positions 1..T-1 (position t predicts label t+1). Packed rows get their block-diagonal mask.
 /// The loss is taken from the final hidden states in chunks of tokens (<see cref="ChunkedCrossEntropy"/> through the
 /// model's own head, <see cref="LlamaForCausalLM.Logits"/>), so the (B, T, vocab) fp32 logits are never made, in
-/// training or in evaluation; per token it is the same arithmetic as the full logits' loss.
+/// training or in evaluation; per token it is the same arithmetic as the full logits' loss, and with a frozen head
+/// (the usual case) it costs no more head matmuls than they do.
 /// </summary>
 /// <param name="logitsPerChunk">how many logits one chunk holds (<see cref="FusedKernels.LogitsPerChunk"/>).</param>
 /// <param name="logitTransform">applied to each chunk's fp32 logits before the loss (a family's final soft-capping);
@@ -27,9 +28,14 @@ public sealed class CausalLmTokenMeanLoss(long logitsPerChunk = ChunkedCrossEntr
         var x = batch.ToTensors(model.Device);
         var hidden = model.HiddenStates(x.InputIds, x.PositionIds, x.AttentionMask);     // (B, T, H)
         long chunk = ChunkedCrossEntropy.TokensPerChunk(model.Architecture.VocabSize, logitsPerChunk);
-        return ChunkedCrossEntropy.Sum(hidden, model.Logits, x.Labels, chunk, model.BackwardHandles, logitTransform)
+        return ChunkedCrossEntropy.Sum(hidden, model.Logits, x.Labels, chunk, model.BackwardHandles, logitTransform, HeadTrains(model))
             .MoveToOuterDisposeScope();
     }
+
+    /// <summary>Whether the output head (an adapter on lm_head, or a trainable tied embedding) has parameters to train.</summary>
+    static bool HeadTrains(LlamaForCausalLM model) => model.HeadPath is { } head
+        ? model.GetLinear(head).parameters().Any(p => p.requires_grad)
+        : model.Model.EmbedTokens.Weight.requires_grad;
 
     /// <summary>The tokens <see cref="CausalLmLoss.Sum"/> counts in <paramref name="batch"/>.</summary>
     public static long CountedTokens(Batch batch)
