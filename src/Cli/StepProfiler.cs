@@ -22,12 +22,24 @@ internal sealed class StepProfiler : IStepPhaseMarker, IDisposable
     readonly Dictionary<StepPhase, (double Device, double Host)> _totals = new();
     CudaDriver.Event? _lastDone;
     double _betweenMs, _stepDeviceMs, _stepHostMs;
-    int _steps, _recomputes, _betweenCount;
+    int _steps, _recomputes, _betweenCount, _lostMarks;
 
     public void Enter(StepPhase phase)
     {
-        var e = new CudaDriver.Event();
-        e.Record();
+        CudaDriver.Event? e = null;
+        try
+        {
+            e = new CudaDriver.Event();
+            e.Record();
+        }
+        catch (InvalidOperationException)
+        {
+            // A thread without the device's context current (not expected: libtorch's autograd thread sets it): the
+            // mark is lost and counted, rather than failing the step it measures.
+            e?.Dispose();
+            Interlocked.Increment(ref _lostMarks);
+            return;
+        }
         lock (_gate) _marks.Add((phase, e, _clock.Elapsed.TotalMilliseconds));
     }
 
@@ -76,7 +88,7 @@ internal sealed class StepProfiler : IStepPhaseMarker, IDisposable
             ["profiled_steps"] = _steps, ["phases"] = phases,
             ["step_device_ms"] = Per(_stepDeviceMs), ["step_host_ms"] = Per(_stepHostMs),
             ["between_steps_device_ms"] = _betweenCount == 0 ? null : Math.Round(_betweenMs / _betweenCount, 2),
-            ["recomputed_layers_per_step"] = Per(_recomputes),
+            ["recomputed_layers_per_step"] = Per(_recomputes), ["lost_marks"] = _lostMarks,
         };
     }
 
