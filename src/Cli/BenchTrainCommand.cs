@@ -146,7 +146,7 @@ public static class BenchTrainCommand
         using var profiler = new StepProfiler();
         s.Step.Phases = profiler;
         cuda.synchronize();
-        CudaDriver.ProfilerRange(on: true);
+        string? rangeError = CudaDriver.ProfilerRange(on: true);
         var clock = Stopwatch.StartNew();
         try
         {
@@ -159,7 +159,7 @@ public static class BenchTrainCommand
         finally
         {
             cuda.synchronize();
-            CudaDriver.ProfilerRange(on: false);
+            rangeError ??= CudaDriver.ProfilerRange(on: false);
             s.Step.Phases = null;
         }
         double wallMs = clock.Elapsed.TotalMilliseconds / Math.Max(1, count);
@@ -173,6 +173,7 @@ public static class BenchTrainCommand
             ["reference"] = (kv.Value.Reference - before[kv.Key].Reference) / (double)count,
         });
         summary["kernels"] = built.Kernels.Report();
+        if (rangeError is not null) summary["profiler_range_error"] = rangeError;
         return summary;
     }
 

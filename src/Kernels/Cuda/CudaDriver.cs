@@ -123,9 +123,15 @@ public static unsafe class CudaDriver
 
     /// <summary>
     /// Opens (<paramref name="on"/>) or closes the range an outside profiler captures when started with a capture range
-    /// of the profiler API (`nsys profile --capture-range=cudaProfilerApi`); without one, nothing happens.
+    /// of the profiler API (`nsys profile --capture-range=cudaProfilerApi`); without one, nothing happens. Returns the
+    /// driver's error, if any, instead of throwing: a benchmark should not fail over its profiler hooks.
     /// </summary>
-    public static void ProfilerRange(bool on) => Check(on ? cuProfilerStart() : cuProfilerStop(), on ? "cuProfilerStart" : "cuProfilerStop");
+    public static string? ProfilerRange(bool on)
+    {
+        int rc = on ? cuProfilerStart() : cuProfilerStop();
+        if (rc == 0) return null;
+        return cuGetErrorString(rc, out var p) == 0 && p != IntPtr.Zero ? Marshal.PtrToStringAnsi(p) : $"error {rc}";
+    }
 
     /// <summary>Device time between two points of stream 0, for benchmarks: record, enqueue work, record, read.</summary>
     public sealed class Event : IDisposable
