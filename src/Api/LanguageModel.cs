@@ -183,7 +183,13 @@ public sealed class LanguageModel : IDisposable
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         try
         {
-            await foreach (var delta in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false)) yield return delta;
+            // ReadAllAsync hands out what is buffered without looking at the token: check it before every piece, so
+            // nothing more is yielded once the caller cancels.
+            await foreach (var delta in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                yield return delta;
+            }
         }
         finally
         {
