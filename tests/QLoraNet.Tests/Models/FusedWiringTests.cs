@@ -4,6 +4,7 @@ using QLoraNet.Quant;
 using QLoraNet.Quant.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
+using static QLoraNet.Tests.Kernels.KernelTestData;
 using F = TorchSharp.torch.nn.functional;
 
 namespace QLoraNet.Tests.Models;
@@ -48,7 +49,7 @@ public class FusedWiringTests
         using var portable = LoadTiny(KernelSelection.Portable);
         var ids = tensor(new long[] { 1, 450, 3681, 29892, 278, 7037, 310, 278 }).view(2, 4);
         using var _ = no_grad();
-        Assert.True(fused.forward(ids).equal(portable.forward(ids)));
+        AssertIdentical(fused.forward(ids), portable.forward(ids), "logits");
     }
 
     [Theory]
@@ -74,8 +75,8 @@ public class FusedWiringTests
         var yPlain = UnfusedLayer(layer, xPlain, cos, sin);
         yPlain.backward([dy]);
 
-        Assert.True(yFused.equal(yPlain), "forward");
-        Assert.True(xFused.grad!.equal(xPlain.grad!), "backward");
+        AssertIdentical(yFused, yPlain, "forward");
+        AssertIdentical(xFused.grad!, xPlain.grad!, "backward");
     }
 
     /// <summary>The layer as the model files computed it before the fused ops (Llama: no window, SDPA, causal).</summary>
@@ -130,7 +131,9 @@ public class FusedWiringTests
         var yb = norm.forward(hb);
         autograd.backward([hb, yb], [dh, dy]);
 
-        Assert.True(h.equal(hb) && y.equal(yb), "forward");
-        Assert.True(xa.grad!.equal(xb.grad!) && ra.grad!.equal(rb.grad!), "backward");
+        AssertIdentical(h, hb, "sum");
+        AssertIdentical(y, yb, "normed");
+        AssertIdentical(xa.grad!, xb.grad!, "gradient of x");
+        AssertIdentical(ra.grad!, rb.grad!, "gradient of the residual");
     }
 }
