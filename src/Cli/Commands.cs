@@ -17,5 +17,6 @@ public static partial class Commands
         yield return QuantizeCommand.Create(stdout);
         yield return MergeCommand.Create(stdout);
         yield return LogitsCommand.Create(stdout);
+        yield return DistSelfTestCommand.Create(stdout); // hidden: collective checks for tests and the GPU bench
     }
 }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using QLoraNet.Distributed;
 using QLoraNet.Training.Config;
 using QLoraNet.Training.Trainer;
 using Spectre.Console;
@@ -8,7 +9,9 @@ namespace QLoraNet.Cli;
 
 /// <summary>
 /// `train CONFIG [key=value ...] [--resume [DIR]]`: the QLoRA fine-tuning job. Ctrl-C finishes the current step,
-/// saves a checkpoint and exits (130); a second Ctrl-C aborts at once.
+/// saves a checkpoint and exits (130); a second Ctrl-C aborts at once. `--gpus N` (N &gt; 1) runs N data-parallel
+/// ranks of this command on this host (docs/DISTRIBUTED.md); a rank (RANK/WORLD_SIZE set, by --gpus or torchrun)
+/// continues into the run.
 /// </summary>
 public static class TrainCommand
 {
@@ -21,15 +24,36 @@ public static class TrainCommand
             Description = "continue from the newest checkpoint in output.dir, or from the checkpoint directory given",
             Arity = ArgumentArity.ZeroOrOne,
         };
+        var gpus = new Option<int>("--gpus")
+        {
+            Description = "data-parallel on N GPUs of this host: starts N ranks of this command (torchrun works too; docs/DISTRIBUTED.md)",
+            DefaultValueFactory = _ => 1,
+        };
         var cmd = new Command("train", "QLoRA fine-tuning from a YAML config");
         cmd.Arguments.Add(config);
         cmd.Arguments.Add(overrides);
         cmd.Options.Add(resume);
+        cmd.Options.Add(gpus);
         cmd.SetAction(pr =>
         {
             var cfg = TrainConfig.Load(pr.GetValue(config)!, pr.GetValue(overrides) ?? []);
-            LibTorchProbe.EnsureLoaded();
             string? resumeArg = pr.GetResult(resume) is null ? null : pr.GetValue(resume) ?? "latest";
+            int ranks = pr.GetValue(gpus);
+            if (ranks < 1) throw new ArgumentException($"--gpus {ranks}: must be at least 1");
+            if (ranks > 1)
+            {
+                // The config was checked once here; each rank runs this verb again without --gpus.
+                string[] rankArgs = ["train", pr.GetValue(config)!, .. pr.GetValue(overrides) ?? [],
+                    .. pr.GetResult(resume) is null ? [] : pr.GetValue(resume) is { } r ? new[] { "--resume", r } : ["--resume"],
+                    .. pr.GetValue(CliApp.Verbose) ? new[] { "--verbose" } : []];
+                return DistributedLaunch.Launch(rankArgs, ranks, stdout, pr.InvocationConfiguration.Error);
+            }
+            var dist = DistributedEnvironment.FromProcess();
+            if (dist.IsDistributed) DistributedLaunch.AttachChild(dist, pr.InvocationConfiguration.Error);
+            // TODO(issue 16, step wiring): pass `dist` to the run, which connects the collectives
+            // (Collectives.Connect), shards each step's micro-batches (RankShard), syncs gradients (GradientSync)
+            // and lets rank 0 alone print and write; docs/DISTRIBUTED.md, "Wiring into the step".
+            LibTorchProbe.EnsureLoaded();
             using var cts = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) =>
             {
