@@ -14,7 +14,7 @@ namespace QLoraNet.Distributed;
 /// <para>
 /// Faults: a peer whose connection closes (its process exited) is named at once; a peer that sends nothing within
 /// <see cref="ICollectives.Timeout"/> is named as hung. Rank 0 tells every other rank what went wrong before
-/// closing; the others wait up to 1.25 x the timeout (at most 10 s more) so that rank 0's diagnosis, which names
+/// closing; the others wait a grace longer (a quarter of the timeout, at least 2 s, at most 10 s) so that rank 0's diagnosis, which names
 /// the culprit, reaches them first. Frame: u8 kind (1 data, 2 error), u8 operation (1 all_reduce, 2 broadcast, 3 barrier),
 /// u16 dtype, u32 call number, u64 byte length, then the bytes (error: i32 failed rank, UTF-8 message).
 /// </para>
@@ -144,7 +144,7 @@ public sealed class LoopbackCollectives : BucketedCollectives
         text.CopyTo(body, 4);
         var frame = Frame(Error, 0, ScalarType.Byte, 0, body);
         using var quick = new CancellationTokenSource(TimeSpan.FromSeconds(2));
-        await Task.WhenAll(_links.Peers.Where(r => r != failure.FailedRank).Select(async r =>
+        await Task.WhenAll(_links.Peers.Select(async r =>
         {
             try { await _links.Stream(r).WriteAsync(frame, quick.Token).ConfigureAwait(false); }
             catch (Exception) { } // that peer is gone too; it will not need the message
@@ -186,7 +186,7 @@ public sealed class LoopbackCollectives : BucketedCollectives
         }
     }
 
-    static TimeSpan Grace(TimeSpan timeout) => TimeSpan.FromTicks(Math.Min(timeout.Ticks / 4, TimeSpan.FromSeconds(10).Ticks));
+    static TimeSpan Grace(TimeSpan timeout) => TimeSpan.FromTicks(Math.Clamp(timeout.Ticks / 4, TimeSpan.FromSeconds(2).Ticks, TimeSpan.FromSeconds(10).Ticks));
 
     // ---- frames ----
 
