@@ -36,10 +36,10 @@ public static class TrainCommand
         cmd.Options.Add(gpus);
         cmd.SetAction(pr =>
         {
-            var cfg = TrainConfig.Load(pr.GetValue(config)!, pr.GetValue(overrides) ?? []);
-            string? resumeArg = pr.GetResult(resume) is null ? null : pr.GetValue(resume) ?? "latest";
             int ranks = pr.GetValue(gpus);
             if (ranks < 1) throw new ArgumentException($"--gpus {ranks}: must be at least 1");
+            var cfg = TrainConfig.Load(pr.GetValue(config)!, pr.GetValue(overrides) ?? []);
+            string? resumeArg = pr.GetResult(resume) is null ? null : pr.GetValue(resume) ?? "latest";
             if (ranks > 1)
             {
                 // The config was checked once here; each rank runs this verb again without --gpus.

@@ -12,7 +12,11 @@ public sealed record LaunchSpec(string FileName, IReadOnlyList<string> Arguments
     /// <summary>MASTER_PORT; 0 = a free port found by binding port 0 (a small race with other programs, as torchrun's).</summary>
     public int MasterPort { get; init; }
 
-    /// <summary>After a rank fails: how long the others get to stop after SIGTERM before SIGKILL.</summary>
+    /// <summary>After a rank fails: how long the others get to stop by themselves (their collectives notice a dead
+    /// peer at once and report what they saw) before they are sent SIGTERM.</summary>
+    public TimeSpan FailureGrace { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>After SIGTERM: how long before SIGKILL.</summary>
     public TimeSpan StopTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
     /// <summary>Extra environment for every child (a null value removes the variable).</summary>

@@ -28,6 +28,7 @@ public sealed unsafe class NcclCollectives : BucketedCollectives
     readonly IntPtr _context;
     readonly PeerWatch _watch;
     IntPtr _comm;
+    bool _broken; // aborted after an error: no goodbye, no finalize
 
     NcclCollectives(NcclLibrary nccl, PeerLinks links, IntPtr context, int localRank, TimeSpan timeout, long bucketBytes)
         : base(links.Rank, links.WorldSize, new Device(DeviceType.CUDA, localRank), timeout, bucketBytes)
@@ -212,6 +213,7 @@ public sealed unsafe class NcclCollectives : BucketedCollectives
     /// <summary>Aborts the communicator (so nothing more waits on it) and makes the exception.</summary>
     CollectiveException Failure(string op, string problem, int? peer = null)
     {
+        _broken = true;
         Abort();
         return new CollectiveException(Rank, op, problem, peer);
     }
@@ -226,6 +228,7 @@ public sealed unsafe class NcclCollectives : BucketedCollectives
 
     protected override void Close(bool failed)
     {
+        failed |= _broken;
         if (!failed && _comm != IntPtr.Zero)
         {
             // Finalize flushes this rank's outstanding work; bounded, since a peer may be gone.

@@ -22,9 +22,10 @@ public enum ForwardedSignal
 /// <see cref="LauncherChild"/>). CUDA_VISIBLE_DEVICES is passed through unchanged: rank r uses the r-th visible GPU.
 /// <para>
 /// Output: rank 0's standard output passes through as it is (the progress lines); every other line is prefixed
-/// "[rank r] ". Faults: when a rank exits non-zero (or dies by a signal), the launcher says which, sends SIGTERM to
-/// the others, SIGKILLs those still running after <see cref="LaunchSpec.StopTimeout"/>, and returns that rank's
-/// exit code. <see cref="Forward"/> passes Ctrl-C / SIGTERM on; when every rank then exits 130, so does the launcher.
+/// "[rank r] ". Faults: when a rank exits non-zero (or dies by a signal), the launcher says which, gives the others
+/// <see cref="LaunchSpec.FailureGrace"/> (2 s) to stop by themselves (their collectives notice a dead peer at once
+/// and print what they saw), then sends SIGTERM, then SIGKILL after <see cref="LaunchSpec.StopTimeout"/> (10 s), and
+/// returns that rank's exit code: at most 12 s from the first failure to the last rank gone. <see cref="Forward"/> passes Ctrl-C / SIGTERM on; when every rank then exits 130, so does the launcher.
 /// </para>
 /// </summary>
 public sealed class ProcessLauncher : IDisposable
@@ -142,12 +143,14 @@ public sealed class ProcessLauncher : IDisposable
                 failure = (child.Rank, code);
                 var others = running.Values.ToList();
                 Say($"rank {child.Rank} {Describe(code)}"
-                    + (others.Count > 0 ? $"; stopping rank{(others.Count > 1 ? "s" : "")} {string.Join(", ", others.Select(o => o.Rank))} (SIGTERM, then SIGKILL after {_spec.StopTimeout.TotalSeconds:0.#} s)" : ""));
-                foreach (var o in others) Kill(o, PosixProcess.SigTerm);
+                    + (others.Count > 0 ? $"; stopping rank{(others.Count > 1 ? "s" : "")} {string.Join(", ", others.Select(o => o.Rank))} "
+                        + $"(SIGTERM after {_spec.FailureGrace.TotalSeconds:0.#} s, SIGKILL {_spec.StopTimeout.TotalSeconds:0.#} s later)" : ""));
+                int stage = 0;
                 killTimer = new Timer(_ =>
                 {
-                    foreach (var o in others) Kill(o, PosixProcess.SigKill);
-                }, null, _spec.StopTimeout, System.Threading.Timeout.InfiniteTimeSpan);
+                    int signal = Interlocked.Increment(ref stage) == 1 ? PosixProcess.SigTerm : PosixProcess.SigKill;
+                    foreach (var o in others) Kill(o, signal);
+                }, null, _spec.FailureGrace, _spec.StopTimeout);
             }
         }
         finally
