@@ -9,6 +9,7 @@ namespace QLoraNet.Distributed;
 /// and, when known, the peer that failed, within <see cref="Timeout"/> (a rank that dies is usually noticed at once,
 /// a rank that hangs after the timeout). Implementations: <see cref="NcclCollectives"/> (CUDA tensors),
 /// <see cref="LoopbackCollectives"/> (CPU, over TCP; for tests), <see cref="SingleProcessCollectives"/> (no-ops).
+/// Not thread-safe: one thread (the training thread) makes the calls.
 /// </summary>
 public interface ICollectives : IDisposable
 {
