@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using QLoraNet.Distributed;
 using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
@@ -21,6 +22,9 @@ namespace QLoraNet.Cli;
 /// source swapped for random tokens (<see cref="RandomTokenBatches"/>). Prints one JSON line. Peak device memory is measured outside the process (nvidia-smi sampling, scripts/gpu/bench_7b.sh), the
 /// same way as the peer's NVML figure. With --split, the step is divided into dequantization (by ablation: the same
 /// step on a dense bf16 base), attention and matmuls (each timed alone at the step's shapes), and the rest.
+/// Data-parallel: `--gpus N` (or torchrun) runs one rank per GPU, each with the same per-GPU micro-batch and
+/// accumulation, through the same step with the replicas' gradient sum; rank 0 prints world_size and the cluster's
+/// tokens/s (all ranks' tokens over rank 0's wall time, which waits for the slowest rank at every step).
 /// </summary>
 public static class BenchTrainCommand
 {
@@ -41,13 +45,30 @@ public static class BenchTrainCommand
         var clip = new Option<double>("--max-grad-norm") { Description = "gradient clipping (training.max_grad_norm; 0 = measure only)", DefaultValueFactory = _ => 0.3 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout (lora.dropout; 0 as in the peer benchmark)", DefaultValueFactory = _ => 0.0 };
         var device = new Option<string>("--device") { Description = "cuda, or cpu for a quick check on a small model", DefaultValueFactory = _ => "cuda" };
+        var gpus = new Option<int>("--gpus") { Description = "data-parallel ranks on this host (one per GPU; torchrun works too)", DefaultValueFactory = _ => 1 };
         var cmd = new Command("train", "time QLoRA training steps (train's step, random tokens) on a real-size model (CUDA)");
-        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, gpus }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
+            int ranks = pr.GetValue(gpus);
+            if (ranks < 1) throw new ArgumentException($"--gpus {ranks}: must be at least 1");
+            if (ranks > 1 && pr.GetValue(split)) throw new ArgumentException("--split times one GPU's step: drop --gpus");
+            if (ranks > 1)
+            {
+                var args = pr.Tokens.Where(t => t.Type != System.CommandLine.Parsing.TokenType.Command).Select(t => t.Value).ToList();
+                int i = args.IndexOf("--gpus");
+                args.RemoveRange(i, 2);
+                return DistributedLaunch.Launch(["bench", "train", .. args], ranks, stdout, pr.InvocationConfiguration.Error);
+            }
+            var dist = DistributedEnvironment.FromProcess();
+            if (dist.IsDistributed) DistributedLaunch.AttachChild(dist, pr.InvocationConfiguration.Error);
+            if (dist.IsDistributed && pr.GetValue(split)) throw new ArgumentException("--split times one GPU's step: run it without a launcher");
             LibTorchProbe.EnsureLoaded();
             var dev = DeviceChoice.Resolve(pr.GetValue(device)!, "--device");
             if (pr.GetValue(split) && dev.type != DeviceType.CUDA) throw new InvalidOperationException("--split needs --device cuda");
+            using var replicas = DistributedLaunch.JoinAsReplica(dist, dev, "bench train", string.Join(" ", pr.Tokens.Select(t => t.Value)));
+            dev = replicas?.Group.Device ?? dev;
+            IReplicaGroup group = replicas?.Group ?? (IReplicaGroup)SingleReplica.Instance;
             var spec = BaseFormat.Parse(pr.GetValue(format)!);
             var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt),
                 pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout));
@@ -55,19 +76,20 @@ public static class BenchTrainCommand
             var dropoutRandom = new RandomStream();
             using var llama = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
             double loadS = loadClock.Elapsed.TotalSeconds;
-            var (tokS, stepMs, loss) = TimeSteps(llama, shape, dropoutRandom, pr.GetValue(steps), pr.GetValue(warmup));
+            var (tokS, stepMs, loss) = TimeSteps(llama, shape, dropoutRandom, group, pr.GetValue(steps), pr.GetValue(warmup));
             var fields = new List<string>
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
                 J("grad_accum", shape.GradientAccumulation), J("max_grad_norm", shape.MaxGradNorm), J("dropout", shape.Dropout),
                 J("ckpt", shape.Checkpointing), J("targets", string.Join(",", shape.Targets)), J("r", shape.R),
                 J("trainable", TrainableParameters.Count(llama).Trainable), J("load_s", Math.Round(loadS, 1)),
-                J("tokens_per_s", Math.Round(tokS, 1)), J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
+                J("world_size", group.Size), J("tokens_per_s", Math.Round(tokS, 1)), J("tokens_per_s_per_gpu", Math.Round(tokS / group.Size, 1)),
+                J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
                 J("base_gib", Math.Round(llama.named_modules().Select(m => m.module).OfType<FrozenLinear>().Sum(f => f.StorageBytes) / Math.Pow(2, 30), 2)),
             };
             Thread.Sleep(TimeSpan.FromSeconds(pr.GetValue(hold)));
             if (pr.GetValue(split)) fields.AddRange(Split(llama, pr.GetValue(model)!, shape, stepMs, pr.GetValue(steps)));
-            stdout.WriteLine("{" + string.Join(", ", fields) + "}");
+            if (group.Rank == 0) stdout.WriteLine("{" + string.Join(", ", fields) + "}");
             return 0;
         });
         return cmd;
@@ -88,26 +110,31 @@ public static class BenchTrainCommand
     }
 
     /// <summary>Warm-up, then timed optimizer steps of <see cref="TrainStep"/> on random tokens (labels = inputs, as
-    /// the peer does).</summary>
+    /// the peer does); tokens/s counts every replica's tokens.</summary>
     static (double TokensPerSecond, double StepMs, double Loss) TimeSteps(LlamaForCausalLM llama, Shape shape,
-        RandomStream dropoutRandom, int steps, int warmup)
+        RandomStream dropoutRandom, IReplicaGroup replicas, int steps, int warmup)
     {
         const double learningRate = 2e-4;
         var trainable = llama.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
         var optimizer = new AdamW(trainable, learningRate);
         var step = new TrainStep(llama, optimizer, new CausalLmTokenMeanLoss(),
-            new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutRandom);
+            new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutRandom, replicas);
         var data = new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq);
         bool onCuda = llama.Device.type == DeviceType.CUDA;
         double loss = 0;
         for (int i = 0; i < warmup; i++) loss = step.Run(i, learningRate, data).Loss;
         if (onCuda) cuda.synchronize();
+        replicas.Barrier();
         var sw = Stopwatch.StartNew();
-        for (int i = 0; i < steps; i++) loss = step.Run(warmup + i, learningRate, data).Loss;
+        long tokens = 0;
+        for (int i = 0; i < steps; i++)
+        {
+            var outcome = step.Run(warmup + i, learningRate, data);
+            (loss, tokens) = (outcome.Loss, tokens + outcome.InputTokens);
+        }
         if (onCuda) cuda.synchronize();
         double s = sw.Elapsed.TotalSeconds;
-        long tokensPerStep = (long)shape.Batch * shape.Seq * shape.GradientAccumulation;
-        return (tokensPerStep * steps / s, s / steps * 1000, loss);
+        return (tokens / s, s / steps * 1000, loss);
     }
 
     /// <summary>Where a step's time goes, measured piece by piece at the step's shapes.</summary>

@@ -1,6 +1,9 @@
 using System.Reflection;
 using System.Runtime.InteropServices;
 using QLoraNet.Distributed;
+using QLoraNet.Training.Trainer;
+using TorchSharp;
+using static TorchSharp.torch;
 
 namespace QLoraNet.Cli;
 
@@ -48,6 +51,21 @@ static class DistributedLaunch
         }
     }
 
+    /// <summary>
+    /// In a rank of a launch (torchrun or --gpus): joins the job's collectives (NCCL when the run is on CUDA, on GPU
+    /// LOCAL_RANK; the loopback TCP backend on CPU) and returns this rank's replica group; null for a single process.
+    /// The rendezvous refuses ranks whose <paramref name="agreed"/> strings (the resolved config, the resume choice)
+    /// or build differ. Timeouts: QLORANET_RDZV_TIMEOUT, QLORANET_COLLECTIVE_TIMEOUT.
+    /// </summary>
+    public static ReplicaMembership? JoinAsReplica(DistributedEnvironment env, Device device, params string[] agreed)
+    {
+        if (!env.IsDistributed) return null;
+        string build = typeof(DistributedLaunch).Assembly.ManifestModule.ModuleVersionId.ToString();
+        var collectives = Collectives.Connect(env, device.type == DeviceType.CUDA, Collectives.Fingerprint([build, .. agreed]),
+            CollectiveTimeouts.FromEnvironment());
+        return new ReplicaMembership(collectives);
+    }
+
     /// <summary>In a rank: when our launcher started it, leave the terminal's process group and stop if the launcher dies.</summary>
     public static void AttachChild(DistributedEnvironment env, TextWriter stderr) =>
         LauncherChild.Attach(() =>
@@ -64,4 +82,13 @@ static class DistributedLaunch
         string entry = Assembly.GetEntryAssembly()?.Location is { Length: > 0 } l ? l : throw new InvalidOperationException("cannot tell this app's entry assembly");
         return (exe, [entry]);
     }
+}
+
+/// <summary>This process's place in a data-parallel job: the collectives it joined and the replica group over them.
+/// Disposing leaves the job (NCCL: destroys the communicator).</summary>
+sealed class ReplicaMembership(ICollectives collectives) : IDisposable
+{
+    public ICollectives Collectives { get; } = collectives;
+    public CollectiveReplicaGroup Group { get; } = new(collectives);
+    public void Dispose() => Collectives.Dispose();
 }

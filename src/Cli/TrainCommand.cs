@@ -51,24 +51,25 @@ public static class TrainCommand
             }
             var dist = DistributedEnvironment.FromProcess();
             if (dist.IsDistributed) DistributedLaunch.AttachChild(dist, pr.InvocationConfiguration.Error);
-            // TODO(issue 16, step wiring): pass `dist` to the run, which connects the collectives
-            // (Collectives.Connect), shards each step's micro-batches (RankShard), syncs gradients (GradientSync)
-            // and lets rank 0 alone print and write; docs/DISTRIBUTED.md, "Wiring into the step".
             LibTorchProbe.EnsureLoaded();
+            var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
+            // A rank joins the job before loading anything (NCCL picks its GPU); every rank must run the same config and build.
+            using var replicas = DistributedLaunch.JoinAsReplica(dist, device, cfg.ToYaml(), resumeArg ?? "");
+            device = replicas?.Group.Device ?? device;
             using var cts = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) =>
             {
                 if (cts.IsCancellationRequested) return; // second Ctrl-C: let the process die
                 e.Cancel = true;
                 cts.Cancel();
-                stdout.WriteLine("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again aborts)");
+                if (dist.IsRankZero) stdout.WriteLine("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again aborts)");
             };
             Console.CancelKeyPress += onCancel;
             try
             {
-                var observer = new ConsoleTrainingObserver(stdout);
-                var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
-                var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device)), observer, cts.Token);
+                // One progress display: rank 0's. The other ranks report only errors (to stderr, labelled by the launcher).
+                var observer = new ConsoleTrainingObserver(dist.IsRankZero ? stdout : TextWriter.Null);
+                var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device), replicas?.Group), observer, cts.Token);
                 observer.Finish(result);
                 return result.Stop switch
                 {

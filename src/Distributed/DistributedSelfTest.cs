@@ -91,7 +91,7 @@ public static class DistributedSelfTest
         return list;
     }
 
-    /// <summary>Exact: the rank-order reference of <see cref="ReductionOrder"/>. Else: within (W-1) u sum_r|x_r| of the exact sum.</summary>
+    /// <summary>Exact: the reference of <see cref="ReductionOrder"/> (the pairwise tree over the ranks). Else: within (W-1) u sum_r|x_r| of the exact sum.</summary>
     static SelfTestCheck Compare(string name, IReadOnlyList<Tensor> got, IReadOnlyList<IReadOnlyList<Tensor>> perTensorRanks, bool exact)
     {
         int bad = 0;
@@ -102,8 +102,8 @@ public static class DistributedSelfTest
             var g = got[i].cpu();
             if (exact)
             {
-                var acc = xs[0].to(g.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32).clone();
-                foreach (var x in xs.Skip(1)) acc.add_(x.to(acc.dtype));
+                var wide = g.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+                var acc = PairwiseOrder.Sum(xs.Select(x => x.to(wide)).ToList(), (a, b) => a.add(b));
                 if (!SameBits(g, acc.to(g.dtype))) bad++;
             }
             else
@@ -119,7 +119,7 @@ public static class DistributedSelfTest
             }
         }
         string detail = exact
-            ? $"{got.Count - bad}/{got.Count} tensors equal the rank-order sum bit for bit"
+            ? $"{got.Count - bad}/{got.Count} tensors equal the pairwise rank sum bit for bit"
             : $"{got.Count - bad}/{got.Count} tensors within the reordering bound (worst at {worst:F3} of it)";
         return new SelfTestCheck(name, bad == 0, detail);
     }

@@ -8,7 +8,7 @@ namespace QLoraNet.Distributed;
 
 /// <summary>
 /// A CPU backend over the rendezvous's TCP star, for CI and CPU-only runs: exact and deterministic rather than
-/// fast. All-reduce: every rank sends its buffer to rank 0, which sums in rank order (<see cref="ReductionOrder"/>)
+/// fast. All-reduce: every rank sends its buffer to rank 0, which sums them in a fixed order (<see cref="ReductionOrder"/>)
 /// and sends the result back; broadcast: rank 0 sends its buffer. Every frame carries the operation and its number,
 /// so ranks that call different operations, or pass different sizes, fail with a message naming both sides.
 /// <para>

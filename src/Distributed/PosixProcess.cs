@@ -6,7 +6,7 @@ namespace QLoraNet.Distributed;
 /// terminal's process group, asking for the parent. Linux and macOS share these signal numbers.</summary>
 internal static partial class PosixProcess
 {
-    public const int SigInt = 2, SigKill = 9, SigTerm = 15;
+    public const int SigInt = 2, SigKill = 9, SigTerm = 15, SigStop = 19; // SIGSTOP on Linux (macOS: 17); tests stop a rank with it
 
     public static bool Supported => OperatingSystem.IsLinux() || OperatingSystem.IsMacOS();
 

@@ -17,7 +17,8 @@ public enum ForwardedSignal
 /// <summary>
 /// Our own launcher, behind <c>train CONFIG --gpus N</c>: starts N copies of a command on this host with the
 /// variables torchrun would set (<c>RANK</c>, <c>LOCAL_RANK</c> = RANK, <c>WORLD_SIZE</c>, <c>LOCAL_WORLD_SIZE</c>,
-/// <c>MASTER_ADDR</c>=127.0.0.1, <c>MASTER_PORT</c> = a free port), plus <c>NCCL_NVLS_ENABLE=0</c> when unset and
+/// <c>MASTER_ADDR</c>=127.0.0.1, <c>MASTER_PORT</c> = a free port), plus <c>NCCL_NVLS_ENABLE=0</c> and
+/// <c>OMP_NUM_THREADS=1</c> (torchrun's default for several ranks: CPU work is the GPU's feeding) when unset, and
 /// <c>QLORANET_LAUNCHER_PID</c> (the child then leaves the terminal's process group and stops if the launcher dies;
 /// <see cref="LauncherChild"/>). CUDA_VISIBLE_DEVICES is passed through unchanged: rank r uses the r-th visible GPU.
 /// <para>
@@ -30,7 +31,7 @@ public enum ForwardedSignal
 /// </summary>
 public sealed class ProcessLauncher : IDisposable
 {
-    public const string LauncherPidVar = "QLORANET_LAUNCHER_PID";
+    public const string LauncherPidVar = "QLORANET_LAUNCHER_PID", OmpThreadsVar = "OMP_NUM_THREADS";
     public const int ExitInterrupted = 130, ExitTerminated = 128 + PosixProcess.SigTerm;
 
     readonly LaunchSpec _spec;
@@ -88,6 +89,8 @@ public sealed class ProcessLauncher : IDisposable
         env.Remove(DistributedEnvironment.TorchElasticAgentStoreVar);
         foreach (var (k, v) in DistributedEnvironment.ChildVariables(rank, rank, _spec.WorldSize, _spec.WorldSize, _spec.MasterAddr, MasterPort)) env[k] = v;
         if (!env.ContainsKey(NcclCollectives.NvlsVar)) env[NcclCollectives.NvlsVar] = "0";
+        // As torchrun: N ranks each starting one CPU thread per core would oversubscribe the host.
+        if (_spec.WorldSize > 1 && !env.ContainsKey(OmpThreadsVar)) env[OmpThreadsVar] = "1";
         env[LauncherPidVar] = Environment.ProcessId.ToString();
         foreach (var (k, v) in _spec.Environment)
         {

@@ -4,11 +4,12 @@ namespace QLoraNet.Distributed;
 /// Which micro-batches of each optimizer step this rank trains on. The data order is one global sequence of
 /// micro-batches, the same on every rank and for every world size (each rank builds it from the same seed); a
 /// step consumes the next <see cref="MicroBatchesPerStep"/> = accumulation x world of them, and rank r trains on
-/// those at positions r, r + W, r + 2W, ... within the step. So the global batch is micro-batch size x
-/// accumulation x world, a 2-rank run with accumulation A trains each step on exactly the sequences of a 1-rank
-/// run with accumulation 2A, and the data position a checkpoint stores (in global micro-batches) means the same
-/// for any world size: a run may resume on another world size when the global batch stays the same
-/// (<see cref="ResumeProblem"/>).
+/// the contiguous block r·A .. r·A + A - 1 of them. So the global batch is micro-batch size x accumulation x world,
+/// a 2-rank run with accumulation A trains each step on exactly the sequences of a 1-rank run with accumulation 2A,
+/// and contiguous blocks are subtrees of the step's summation tree (<see cref="PairwiseOrder"/>), so the two add
+/// their gradients identically. The data position a checkpoint stores (in global micro-batches) means the same
+/// for any world size: a run may resume on another world size when the global batch can be kept
+/// (<see cref="AccumulationToResume"/>).
 /// </summary>
 /// <param name="Rank">this rank, 0..WorldSize-1</param>
 /// <param name="WorldSize">ranks in the job</param>
@@ -26,10 +27,10 @@ public sealed record RankShard(int Rank, int WorldSize, int AccumulationSteps)
     public int GlobalBatchSize(int microBatchSize) => microBatchSize * MicroBatchesPerStep;
 
     /// <summary>Whether position <paramref name="indexInStep"/> (0..MicroBatchesPerStep-1) of a step is this rank's.</summary>
-    public bool Owns(int indexInStep) => indexInStep % WorldSize == Rank;
+    public bool Owns(int indexInStep) => indexInStep / AccumulationSteps == Rank;
 
-    /// <summary>This rank's positions within a step: Rank, Rank + W, ...</summary>
-    public IEnumerable<int> Positions() => Enumerable.Range(0, AccumulationSteps).Select(i => Rank + i * WorldSize);
+    /// <summary>This rank's positions within a step: Rank·A .. Rank·A + A - 1.</summary>
+    public IEnumerable<int> Positions() => Enumerable.Range(Rank * AccumulationSteps, AccumulationSteps);
 
     /// <summary>This rank's micro-batches out of one step's global micro-batches (all ranks', in order).</summary>
     public IReadOnlyList<T> Take<T>(IReadOnlyList<T> stepMicroBatches)
@@ -39,27 +40,25 @@ public sealed record RankShard(int Rank, int WorldSize, int AccumulationSteps)
         return Positions().Select(i => stepMicroBatches[i]).ToList();
     }
 
-    /// <summary>Optimizer steps over <paramref name="microBatches"/> global micro-batches, the last one possibly partial.</summary>
-    public int Steps(long microBatches) => (int)((microBatches + MicroBatchesPerStep - 1) / MicroBatchesPerStep);
-
     /// <summary>
-    /// Null when a checkpoint written with (micro, accumulation, world) = saved can continue with this shard and
-    /// <paramref name="microBatchSize"/>; else a one-line reason with the accumulation that would make it work.
-    /// The condition: the same micro-batch size (the global sequence of micro-batches is built from it) and the same
-    /// micro-batches per step (accumulation x world), so step boundaries, the schedule and the data position mean
-    /// the same.
+    /// The accumulation with which this rank continues a checkpoint written by a run of
+    /// <paramref name="savedWorldSize"/> ranks with (<paramref name="savedMicroBatchSize"/>,
+    /// <paramref name="savedAccumulation"/>): on the same world size, this shard's own (the config rules, as on one
+    /// GPU); on another, the one that keeps the checkpoint's global batch, so that step boundaries, the
+    /// learning-rate schedule and the data position mean what they meant. Throws a one-line
+    /// <see cref="InvalidOperationException"/> when the global batch cannot be kept.
     /// </summary>
-    public string? ResumeProblem(int savedMicroBatchSize, int savedAccumulation, int savedWorldSize, int microBatchSize)
+    public int AccumulationToResume(int savedMicroBatchSize, int savedAccumulation, int savedWorldSize, int microBatchSize)
     {
+        if (savedWorldSize == WorldSize) return AccumulationSteps;
         int savedPerStep = savedAccumulation * savedWorldSize;
-        string saved = $"{savedMicroBatchSize} x {savedAccumulation} x {savedWorldSize} (micro-batch x accumulation x world)";
-        string now = $"{microBatchSize} x {AccumulationSteps} x {WorldSize}";
+        string saved = $"{savedMicroBatchSize} x {savedAccumulation} x {savedWorldSize} (micro-batch x accumulation x world) = {savedMicroBatchSize * savedPerStep} sequences per step";
         if (savedMicroBatchSize != microBatchSize)
-            return $"the checkpoint was trained with micro_batch_size {savedMicroBatchSize}, this run has {microBatchSize}: set training.micro_batch_size={savedMicroBatchSize} to resume";
-        if (savedPerStep == MicroBatchesPerStep) return null;
-        string fix = savedPerStep % WorldSize == 0
-            ? $"set training.gradient_accumulation_steps={savedPerStep / WorldSize} to keep the global batch on {WorldSize} rank{(WorldSize > 1 ? "s" : "")}"
-            : $"the global batch {savedPerStep} micro-batches cannot be split over {WorldSize} ranks; resume on a world size that divides {savedPerStep}";
-        return $"the checkpoint's global batch is {saved} = {savedMicroBatchSize * savedPerStep} sequences per step, this run's is {now} = {microBatchSize * MicroBatchesPerStep}: {fix}";
+            throw new InvalidOperationException($"the checkpoint's global batch is {saved}; this run has micro_batch_size {microBatchSize}: set training.micro_batch_size={savedMicroBatchSize} to resume on {Ranks(WorldSize)}");
+        if (savedPerStep % WorldSize != 0)
+            throw new InvalidOperationException($"the checkpoint's global batch is {saved}: its {savedPerStep} micro-batches per step cannot be split over {Ranks(WorldSize)}; resume on a world size that divides {savedPerStep}");
+        return savedPerStep / WorldSize;
     }
+
+    static string Ranks(int n) => n == 1 ? "1 rank" : $"{n} ranks";
 }

@@ -5,39 +5,46 @@ using static TorchSharp.torch;
 namespace QLoraNet.Distributed;
 
 /// <summary>
-/// The loopback backend's arithmetic, fixed so that a test can reproduce it in one process: the sum over ranks is
-/// taken in rank order, <c>((x0 + x1) + x2) + ...</c>, element by element. float32 and float64 add in their own
-/// precision (IEEE addition, so the result equals torch's <c>x0.add(x1).add(x2)</c> bit for bit); bfloat16 and
-/// float16 accumulate in float32 in the same order and round once to nearest-even at the end (so they equal
-/// <c>x0.float().add(x1.float())....to(dtype)</c>). NCCL sums in its own ring/tree order and, for 16-bit types,
-/// rounds at every step: its results agree to floating-point tolerance, not bit for bit.
+/// The loopback backend's arithmetic, fixed so that a test can reproduce it in one process: the ranks' buffers are
+/// added element by element along <see cref="PairwiseOrder"/>'s tree over the ranks (for up to three ranks the
+/// rank order, <c>(x0 + x1) + x2</c>), the order the training step adds its micro-batches in, so W ranks add what one
+/// process accumulating their micro-batches adds. float32 and float64 add in their own precision (IEEE addition,
+/// so the result equals torch's <c>add</c> along the same tree bit for bit); bfloat16 and float16 accumulate in
+/// float32 along the tree and round once to nearest-even at the end. NCCL sums in its own ring/tree order and, for
+/// 16-bit types, rounds at every step: its results agree to floating-point tolerance, not bit for bit.
 /// </summary>
 internal static class ReductionOrder
 {
-    /// <summary>Sums <paramref name="others"/> (ranks 1..N-1, in order) into <paramref name="acc"/> (rank 0's data), in place.</summary>
+    /// <summary>Sums the ranks' buffers (<paramref name="acc"/> is rank 0's, <paramref name="others"/> ranks
+    /// 1..N-1 in order, overwritten as scratch) into <paramref name="acc"/>.</summary>
     public static void SumInto(Span<byte> acc, IReadOnlyList<byte[]> others, ScalarType dtype)
     {
+        var terms = new List<byte[]> { acc.ToArray() };
+        terms.AddRange(others);
         switch (dtype)
         {
             case ScalarType.Float32:
-                foreach (var o in others) Add(MemoryMarshal.Cast<byte, float>(acc), MemoryMarshal.Cast<byte, float>(o.AsSpan()));
+                PairwiseOrder.Sum(terms, (a, b) => { Add(MemoryMarshal.Cast<byte, float>(a.AsSpan()), MemoryMarshal.Cast<byte, float>(b.AsSpan())); return a; });
+                terms[0].CopyTo(acc);
                 break;
             case ScalarType.Float64:
-                foreach (var o in others) Add(MemoryMarshal.Cast<byte, double>(acc), MemoryMarshal.Cast<byte, double>(o.AsSpan()));
+                PairwiseOrder.Sum(terms, (a, b) => { Add(MemoryMarshal.Cast<byte, double>(a.AsSpan()), MemoryMarshal.Cast<byte, double>(b.AsSpan())); return a; });
+                terms[0].CopyTo(acc);
                 break;
             case ScalarType.BFloat16:
             case ScalarType.Float16:
             {
                 bool bf = dtype == ScalarType.BFloat16;
-                var a16 = MemoryMarshal.Cast<byte, ushort>(acc);
-                var wide = new float[a16.Length];
-                for (int i = 0; i < wide.Length; i++) wide[i] = bf ? FromBf16(a16[i]) : (float)BitConverter.UInt16BitsToHalf(a16[i]);
-                foreach (var o in others)
+                var wide = terms.Select(t =>
                 {
-                    var x = MemoryMarshal.Cast<byte, ushort>(o.AsSpan());
-                    for (int i = 0; i < wide.Length; i++) wide[i] += bf ? FromBf16(x[i]) : (float)BitConverter.UInt16BitsToHalf(x[i]);
-                }
-                for (int i = 0; i < wide.Length; i++) a16[i] = bf ? ToBf16(wide[i]) : BitConverter.HalfToUInt16Bits((Half)wide[i]);
+                    var x = MemoryMarshal.Cast<byte, ushort>(t.AsSpan());
+                    var w = new float[x.Length];
+                    for (int i = 0; i < w.Length; i++) w[i] = bf ? FromBf16(x[i]) : (float)BitConverter.UInt16BitsToHalf(x[i]);
+                    return w;
+                }).ToList();
+                var sum = PairwiseOrder.Sum(wide, (a, b) => { Add<float>(a, b); return a; });
+                var a16 = MemoryMarshal.Cast<byte, ushort>(acc);
+                for (int i = 0; i < sum.Length; i++) a16[i] = bf ? ToBf16(sum[i]) : BitConverter.HalfToUInt16Bits((Half)sum[i]);
                 break;
             }
             default:

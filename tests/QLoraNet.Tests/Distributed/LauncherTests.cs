@@ -1,5 +1,3 @@
-using System.Diagnostics;
-using System.Text;
 using QLoraNet.Distributed;
 
 namespace QLoraNet.Tests.Distributed;
@@ -10,57 +8,18 @@ namespace QLoraNet.Tests.Distributed;
 /// naming it and the launcher stop everything and exit non-zero; Ctrl-C is passed on and the launch exits 130.
 /// </summary>
 [Collection("processes")] // one launch at a time: each starts up to three .NET processes
+[Trait("tier", "e2e")]
 public class LauncherTests
 {
-    /// <summary>Thread-safe line recorder for a launcher's output, with a wait for a given line.</summary>
-    sealed class Lines : TextWriter
-    {
-        readonly StringBuilder _text = new();
-        public override Encoding Encoding => Encoding.UTF8;
-        public override void Write(char value) { lock (_text) { _text.Append(value); Monitor.PulseAll(_text); } }
-        public override void Write(string? value) { lock (_text) { _text.Append(value); Monitor.PulseAll(_text); } }
-        public override string ToString() { lock (_text) return _text.ToString(); }
-
-        public bool WaitFor(string fragment, TimeSpan timeout)
-        {
-            var until = DateTime.UtcNow + timeout;
-            lock (_text)
-                while (!_text.ToString().Contains(fragment))
-                    if (!Monitor.Wait(_text, until - DateTime.UtcNow > TimeSpan.Zero ? until - DateTime.UtcNow : TimeSpan.Zero)) return false;
-            return true;
-        }
-    }
-
     static LaunchSpec SelfTest(int ranks, params string[] extra)
     {
-        string dll = Path.Combine(AppContext.BaseDirectory, "QLoraNet.dll");
-        string dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h ? h : "dotnet";
-        return new LaunchSpec(dotnet, [dll, "dist-selftest", "--backend", "loopback", .. extra], ranks) { StopTimeout = TimeSpan.FromSeconds(5) };
+        return new LaunchSpec(Cli.Dotnet, [Cli.Dll, "dist-selftest", "--backend", "loopback", .. extra], ranks) { StopTimeout = TimeSpan.FromSeconds(5) };
     }
 
-    static (int Code, string Out, string Err, IReadOnlyList<int> Pids) Launch(LaunchSpec spec, Action<ProcessLauncher, Lines>? during = null)
-    {
-        var stdout = new Lines();
-        var stderr = new Lines();
-        using var launcher = new ProcessLauncher(spec, stdout, stderr);
-        launcher.Start();
-        during?.Invoke(launcher, stdout);
-        int code = launcher.Wait();
-        return (code, stdout.ToString(), stderr.ToString(), launcher.ProcessIds);
-    }
+    static (int Code, string Out, string Err, IReadOnlyList<int> Pids) Launch(LaunchSpec spec, Action<ProcessLauncher, Lines>? during = null) =>
+        Cli.Launch(spec, during);
 
-    static void AssertAllExited(IEnumerable<int> pids)
-    {
-        foreach (int pid in pids)
-        {
-            try
-            {
-                using var p = Process.GetProcessById(pid);
-                Assert.True(p.HasExited, $"process {pid} still runs");
-            }
-            catch (ArgumentException) { } // gone
-        }
-    }
+    static void AssertAllExited(IEnumerable<int> pids) => Cli.AssertAllExited(pids);
 
     [Theory]
     [InlineData(2)]
@@ -72,7 +31,7 @@ public class LauncherTests
         var json = stdout.Split('\n').Single(l => l.StartsWith('{'));
         Assert.Contains($"\"world_size\":{ranks}", json);
         Assert.Contains("\"ok\":true", json);
-        Assert.Contains("equal the rank-order sum bit for bit", json);
+        Assert.Contains("equal the pairwise rank sum bit for bit", json);
         AssertAllExited(pids);
     }
 

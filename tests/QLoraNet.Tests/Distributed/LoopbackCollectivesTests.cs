@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Distributed;
 
 /// <summary>The CPU backend with 2 and 3 ranks (threads over real TCP): results against a single-process
-/// computation in the same order, bit for bit; faults named within the timeout.</summary>
+/// computation along the same tree (PairwiseOrder), bit for bit; faults named within the timeout.</summary>
 public class LoopbackCollectivesTests
 {
     /// <summary>Rank r's tensors: many, of assorted shapes, so that 4 KiB buckets hold several and split between them.</summary>
@@ -21,7 +21,8 @@ public class LoopbackCollectivesTests
     [Theory]
     [InlineData(2)]
     [InlineData(3)]
-    public void Bucketed_all_reduce_of_many_fp32_tensors_equals_the_single_process_sum_bit_for_bit(int world)
+    [InlineData(4)]
+    public void Bucketed_all_reduce_of_many_fp32_tensors_equals_the_single_process_pairwise_sum_bit_for_bit(int world)
     {
         var results = InProcessRanks.Run(world, c =>
         {
@@ -29,21 +30,23 @@ public class LoopbackCollectivesTests
             c.AllReduceSum(mine);
             return mine;
         });
-        // One process, the same order: ((x0 + x1) + x2), tensor by tensor.
+        // One process, the same tree: ((x0 + x1) + x2) for three ranks, (x0 + x1) + (x2 + x3) for four.
         var all = Enumerable.Range(0, world).Select(r => Data(r, ScalarType.Float32)).ToList();
         for (int i = 0; i < all[0].Count; i++)
         {
-            var expected = all[0][i].clone();
-            for (int r = 1; r < world; r++) expected.add_(all[r][i]);
+            var expected = PairwiseOrder.Sum(all.Select(d => d[i]).ToList(), (a, b) => a.add(b));
             for (int r = 0; r < world; r++) Assert.True(SameBits(expected, results[r][i]), $"rank {r}, tensor {i}");
         }
-        // The order matters: with three ranks another order differs somewhere, so the test can tell.
-        if (world == 3)
-            Assert.Contains(Enumerable.Range(0, all[0].Count), i => !SameBits(all[2][i].add(all[1][i]).add(all[0][i]), results[0][i]));
+        // The order matters: another order differs somewhere, so the test can tell.
+        if (world >= 3)
+            Assert.Contains(Enumerable.Range(0, all[0].Count), i =>
+                !SameBits(Enumerable.Range(1, world - 1).Aggregate(all[world - 1][i].clone(), (acc, k) => acc.add(all[world - 1 - k][i])), results[0][i]));
+        if (world == 4)
+            Assert.Contains(Enumerable.Range(0, all[0].Count), i => !SameBits(all[0][i].add(all[1][i]).add(all[2][i]).add(all[3][i]), results[0][i]));
     }
 
     [Fact]
-    public void Bf16_sums_accumulate_in_fp32_in_rank_order_and_round_once()
+    public void Bf16_sums_accumulate_in_fp32_along_the_tree_and_round_once()
     {
         var results = InProcessRanks.Run(3, c =>
         {
