@@ -30,12 +30,17 @@ public static class Cli
     public static string Dll => Path.Combine(AppContext.BaseDirectory, "QLoraNet.dll");
     public static string Dotnet => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h ? h : "dotnet";
 
-    /// <summary>Runs `dotnet QLoraNet.dll ARGS` to the end (killing it and its ranks after <paramref name="timeout"/>).</summary>
+    /// <summary>
+    /// Runs `dotnet QLoraNet.dll ARGS` to the end (killing it and its ranks after <paramref name="timeout"/>), with one
+    /// CPU thread, as the ranks of a launch have (OMP_NUM_THREADS=1): libtorch's CPU matmuls split their sums by
+    /// thread count, so a one-process reference must run with the ranks' thread count to match them bit for bit.
+    /// </summary>
     public static (int Code, string Out, string Err) Run(IEnumerable<string> args, TimeSpan? timeout = null)
     {
         var psi = new ProcessStartInfo(Dotnet) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(Dll);
         foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment[ProcessLauncher.OmpThreadsVar] = "1";
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
