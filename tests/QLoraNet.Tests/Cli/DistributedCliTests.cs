@@ -1,5 +1,6 @@
 namespace QLoraNet.Tests.Cli;
 
+[Trait("tier", "unit")]
 public class DistributedCliTests
 {
     static string Quickstart => Path.Combine(Paths.RepoRoot, "configs", "quickstart.yaml");
@@ -13,6 +14,15 @@ public class DistributedCliTests
         Assert.DoesNotContain("dist-selftest", stdout);
         var train = CliRunner.Run("train", "--help");
         Assert.Contains("--gpus", train.Stdout);
+        Assert.Contains("--gpus", CliRunner.Run("bench", "train", "--help").Stdout);
+    }
+
+    [Fact]
+    public void Bench_train_refuses_a_split_across_ranks()
+    {
+        var (code, _, stderr) = CliRunner.Run("bench", "train", "--model", Paths.TinyModel, "--split", "--gpus", "2");
+        Assert.Equal(1, code);
+        Assert.Equal("error: --split times one GPU's step: drop --gpus", stderr.Trim());
     }
 
     [Fact]

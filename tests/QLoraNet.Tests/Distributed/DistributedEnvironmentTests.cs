@@ -2,6 +2,7 @@ using QLoraNet.Distributed;
 
 namespace QLoraNet.Tests.Distributed;
 
+[Trait("tier", "unit")]
 public class DistributedEnvironmentTests
 {
     static DistributedEnvironment From(params (string Key, string Value)[] vars)

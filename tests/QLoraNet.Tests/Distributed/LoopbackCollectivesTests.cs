@@ -7,6 +7,7 @@ namespace QLoraNet.Tests.Distributed;
 
 /// <summary>The CPU backend with 2 and 3 ranks (threads over real TCP): results against a single-process
 /// computation along the same tree (PairwiseOrder), bit for bit; faults named within the timeout.</summary>
+[Trait("tier", "unit")]
 public class LoopbackCollectivesTests
 {
     /// <summary>Rank r's tensors: many, of assorted shapes, so that 4 KiB buckets hold several and split between them.</summary>

@@ -6,6 +6,7 @@ namespace QLoraNet.Tests.Distributed;
 
 /// <summary>The rendezvous: mismatched ranks fail fast (well before the deadline, which is long here) on both sides,
 /// with a message naming both; missing ranks and an absent rank 0 are named at the deadline.</summary>
+[Trait("tier", "unit")]
 public class TcpRendezvousTests
 {
     static readonly TimeSpan Long = TimeSpan.FromSeconds(60);

@@ -3,6 +3,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Distributed;
 
+[Trait("tier", "unit")]
 public class TensorBucketsTests
 {
     [Fact]
