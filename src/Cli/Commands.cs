@@ -17,6 +17,7 @@ public static partial class Commands
         yield return QuantizeCommand.Create(stdout);
         yield return MergeCommand.Create(stdout);
         yield return LogitsCommand.Create(stdout);
+        yield return TokenizeCommand.Create(stdout);
         yield return DistSelfTestCommand.Create(stdout); // hidden: collective checks for tests and the GPU bench
     }
 }

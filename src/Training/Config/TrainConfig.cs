@@ -111,7 +111,7 @@ public sealed record TrainConfig(
     {
         if (c.Data.Format == DataFormat.Chat && c.Data.Template == TemplateKind.Alpaca)
             throw root.Section("data").ErrorAt("template",
-                "'data.template' alpaca renders instruction rows only; use llama2-chat or none with data.format chat");
+                $"'data.template' alpaca renders instruction rows only; use one of {string.Join(", ", QLoraNet.Training.Data.ChatTemplates.ChatKinds.Select(k => YamlNames.Of(k)))} or auto with data.format chat");
         bool hasValidation = c.Data.Validation != null || c.Data.ValFraction > 0;
         if (c.Training.EarlyStoppingPatience != null && !hasValidation)
             throw root.Section("training").ErrorAt("early_stopping_patience",
