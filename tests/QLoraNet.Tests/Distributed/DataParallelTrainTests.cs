@@ -128,8 +128,9 @@ public class DataParallelTrainTests
         Assert.Equal(1, code);
         Assert.Matches(@"\[rank 0\] error: rank 0: [a-z_]+ #\d+: rank 1( \([^)]*\))? sent nothing within 8 s", stderr);
         Assert.Contains("launcher: rank 0 exited with code 1; stopping rank 1", stderr);
-        // 8 s timeout (a healthy rank on a loaded machine is never that late), 2 s grace, SIGTERM (held while stopped), SIGKILL 3 s later; generous for a loaded machine.
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"took {clock.Elapsed}");
+        // 8 s timeout (healthy ranks on a loaded machine stay well within it), 2 s grace, SIGTERM (held while
+        // stopped), SIGKILL 3 s later: ~13 s; the bound leaves room for a loaded machine.
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(45), $"took {clock.Elapsed}");
         Cli.AssertAllExited(pids);
         Assert.All(new CheckpointStore(tmp["run"], 20).List(), c => Assert.True(File.Exists(Path.Combine(c.Path, TrainerState.FileName))));
     }
