@@ -83,11 +83,13 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLi
     }
 
     /// <summary>(..., hidden) -> (..., vocab) in fp32. Separate from forward so generation can project only the last
-    /// position and a loss can project in chunks.</summary>
+    /// position and a loss can project in chunks. With a final soft-cap c (Gemma 2) the logits are c · tanh(logits / c),
+    /// computed in the compute dtype before the cast, as transformers does.</summary>
     public Tensor Logits(Tensor hidden)
     {
         using var scope = NewDisposeScope();
         var logits = HeadPath is null ? F.linear(hidden, model.EmbedTokens.Weight.to(hidden.dtype)) : head.Call(LinearRole.Output, hidden);
+        if (Architecture.FinalLogitSoftCap is double cap) logits = (logits / cap).tanh() * cap;
         return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 

@@ -54,7 +54,7 @@ public sealed class ConfigTests : IDisposable
     public void Unknown_key_names_file_line_and_the_valid_keys()
     {
         string msg = ErrorOf(Minimal + "lora:\n  r: 8\n  rank: 4\n");
-        Assert.Equal("x.yaml:7: unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora", msg);
+        Assert.Equal("x.yaml:7: unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora, init_from", msg);
     }
 
     [Fact]
@@ -166,7 +166,7 @@ public sealed class ConfigTests : IDisposable
     [Fact]
     public void Override_errors_point_at_the_override()
     {
-        Assert.Equal("override 'lora.rank=8': unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora",
+        Assert.Equal("override 'lora.rank=8': unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora, init_from",
             ErrorOf(Minimal, "lora.rank=8"));
         Assert.Equal("override 'training.seed=x': 'training.seed' must be an integer >= 0; got 'x'", ErrorOf(Minimal, "training.seed=x"));
         Assert.Contains("expected key=value", ErrorOf(Minimal, "training.seed"));
@@ -230,8 +230,8 @@ public sealed class ConfigTests : IDisposable
     public void The_model_family_is_checked_at_the_model_path_line_and_decides_the_lora_names()
     {
         using var model = Paths.Temp();
-        File.WriteAllText(model["config.json"], """{"architectures":["MistralForCausalLM"],"model_type":"mistral"}""");
-        Assert.StartsWith("x.yaml:2: " + model["config.json"] + ": architecture MistralForCausalLM is not supported",
+        File.WriteAllText(model["config.json"], """{"architectures":["Phi3ForCausalLM"],"model_type":"phi3"}""");
+        Assert.StartsWith("x.yaml:2: " + model["config.json"] + ": architecture Phi3ForCausalLM is not supported",
             ErrorOf(Minimal.Replace(Paths.TinyModel, model.Path)));
         Assert.Equal(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
             Parse(Minimal, "lora.target_modules=all-linear").Lora.Targets);
