@@ -1,4 +1,5 @@
 using QLoraNet.Distributed;
+using QLoraNet.Kernels;
 using QLoraNet.Models;
 using QLoraNet.Training.Data;
 using QLoraNet.Training.Losses;
@@ -47,6 +48,7 @@ public sealed class TrainStep
     readonly IReplicaGroup _replicas;
     readonly RankShard _shard;
     readonly IReadOnlyList<(string Name, Parameter Param)> _trainable;
+    IStepPhaseMarker? _phases;
 
     /// <param name="model">the model; its parameters that require grad are the ones <paramref name="optimizer"/> updates.</param>
     /// <param name="dropoutRandom">the stream the model's dropout draws from (null: the model draws no random numbers).</param>
@@ -64,6 +66,18 @@ public sealed class TrainStep
         _replicas = replicas ?? SingleReplica.Instance;
         _shard = new RankShard(_replicas.Rank, _replicas.Size, settings.GradientAccumulationSteps);
         _trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+    }
+
+    /// <summary>Receives the step's phase boundaries (`bench train --profile`); null = none. Set on the model's backward
+    /// handles as well, where checkpointed layers mark their recomputation.</summary>
+    public IStepPhaseMarker? Phases
+    {
+        get => _phases;
+        set
+        {
+            _phases = value;
+            _model.BackwardHandles.PhaseMarker = value;
+        }
     }
 
     /// <summary>Runs optimizer step <paramref name="step"/> (0-based) at <paramref name="learningRate"/> on the next
@@ -86,19 +100,23 @@ public sealed class TrainStep
             var (index, batch) = mine[k];
             using var microScope = torch.NewDisposeScope();
             _dropoutRandom?.Reseed(MicroBatchSeed(_settings.Seed, step, index));
+            _phases?.Enter(StepPhase.Forward);
             var sum = _loss.Sum(_model, batch);
+            _phases?.Enter(StepPhase.Backward);
             (sum / terms).backward();
             _model.BackwardHandles.Release();
             gradients.TakeMicroBatch();
             lossSums[k] = sum.item<float>();
             inputTokens += (long)batch.Rows * batch.Length;
         }
+        _phases?.Enter(StepPhase.Optimizer);
         double loss = _replicas.Sum(PairwiseOrder.Sum(lossSums)) / terms;
         long tokens = (long)_replicas.Sum(inputTokens);
         var grads = gradients.Finish();
         if (!double.IsFinite(loss))
         {
             _optimizer.ZeroGrad();
+            _phases?.Enter(StepPhase.Done);
             return new StepOutcome(loss, double.NaN, tokens, (long)terms);
         }
 
@@ -107,6 +125,7 @@ public sealed class TrainStep
         double gradNorm = nn.utils.clip_grad_norm_(_trainable.Select(p => p.Param), _settings.MaxGradNorm > 0 ? _settings.MaxGradNorm : double.PositiveInfinity);
         _optimizer.StepOnce();
         _optimizer.ZeroGrad();
+        _phases?.Enter(StepPhase.Done);
         return new StepOutcome(loss, gradNorm, tokens, (long)terms);
     }
 
