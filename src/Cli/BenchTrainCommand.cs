@@ -90,7 +90,8 @@ public static class BenchTrainCommand
             var llama = built.Model;
             double loadS = loadClock.Elapsed.TotalSeconds;
             var (step, data) = NewStep(built, shape, dropoutRandom, group);
-            var (tokS, stepMs, loss) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
+            var (tokS, stepMs, losses) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
+            double loss = losses.Count > 0 ? losses[^1] : double.NaN;
             var fields = new List<string>
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
@@ -99,6 +100,8 @@ public static class BenchTrainCommand
                 J("trainable", TrainableParameters.Count(llama).Trainable), J("load_s", Math.Round(loadS, 1)),
                 J("world_size", group.Size), J("tokens_per_s", Math.Round(tokS, 1)), J("tokens_per_s_per_gpu", Math.Round(tokS / group.Size, 1)),
                 J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
+                // Every step's loss, warm-up included, unrounded: runs with the same global batch compare step by step.
+                "\"losses\": [" + string.Join(", ", losses.Select(l => l.ToString("R", CultureInfo.InvariantCulture))) + "]",
                 J("base_gib", Math.Round(llama.named_modules().Select(m => m.module).OfType<FrozenLinear>().Sum(f => f.StorageBytes) / Math.Pow(2, 30), 2)),
                 J("logits_per_chunk", shape.LogitsPerChunk), J("adamw_path", FusedOp.Spell(step.Optimizer.LastPath)),
             };
@@ -141,14 +144,14 @@ public static class BenchTrainCommand
     }
 
     /// <summary>Warm-up, then timed optimizer steps; tokens/s counts every replica's tokens.</summary>
-    static (double TokensPerSecond, double StepMs, double Loss) TimeSteps((TrainStep Step, AdamW Optimizer) run, RandomTokenBatches data,
+    static (double TokensPerSecond, double StepMs, List<double> Losses) TimeSteps((TrainStep Step, AdamW Optimizer) run, RandomTokenBatches data,
         Device device, IReplicaGroup replicas, int steps, int warmup)
     {
         const double learningRate = LearningRate;
         var step = run.Step;
         bool onCuda = device.type == DeviceType.CUDA;
-        double loss = 0;
-        for (int i = 0; i < warmup; i++) loss = step.Run(i, learningRate, data).Loss;
+        var losses = new List<double>();
+        for (int i = 0; i < warmup; i++) losses.Add(step.Run(i, learningRate, data).Loss);
         if (onCuda) cuda.synchronize();
         replicas.Barrier();
         var sw = Stopwatch.StartNew();
@@ -156,11 +159,12 @@ public static class BenchTrainCommand
         for (int i = 0; i < steps; i++)
         {
             var outcome = step.Run(warmup + i, learningRate, data);
-            (loss, tokens) = (outcome.Loss, tokens + outcome.InputTokens);
+            losses.Add(outcome.Loss);
+            tokens += outcome.InputTokens;
         }
         if (onCuda) cuda.synchronize();
         double s = sw.Elapsed.TotalSeconds;
-        return (tokens / s, s / steps * 1000, loss);
+        return (tokens / s, s / steps * 1000, losses);
     }
 
     /// <summary>

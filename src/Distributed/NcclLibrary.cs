@@ -112,7 +112,7 @@ internal sealed unsafe class NcclLibrary
             if (!File.Exists(explicitPath)) throw new FileNotFoundException($"{PathVar}={explicitPath}: no such file", explicitPath);
             return new NcclLibrary(explicitPath, NativeLibrary.Load(explicitPath));
         }
-        if (NativeLibrary.TryLoad(FileName, out var h)) return new NcclLibrary(FileName + " (dynamic loader search)", h);
+        if (NativeLibrary.TryLoad(FileName, out var h)) return new NcclLibrary(MappedFile("libnccl") ?? FileName + " (dynamic loader search)", h);
         tried.Add("the dynamic loader's search path (LD_LIBRARY_PATH, ld.so.cache)");
         foreach (var candidate in Candidates())
         {
@@ -121,6 +121,23 @@ internal sealed unsafe class NcclLibrary
         }
         throw new DllNotFoundException($"{FileName} not found; looked in {string.Join(", ", tried.Distinct())}. It comes with a CUDA PyTorch "
             + $"(pip install torch: site-packages/nvidia/nccl/lib); put that directory on LD_LIBRARY_PATH, or set {PathVar} to the file");
+    }
+
+    /// <summary>The file a loaded library whose name starts with <paramref name="prefix"/> was mapped from (the loader
+    /// may have reused the copy libtorch_cuda loaded, wherever that was), for the logs; null when unreadable.</summary>
+    static string? MappedFile(string prefix)
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/maps"))
+            {
+                int slash = line.IndexOf('/');
+                if (slash >= 0 && System.IO.Path.GetFileName(line[slash..]).StartsWith(prefix, StringComparison.Ordinal)) return line[slash..];
+            }
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return null;
     }
 
     /// <summary>Files to try: beside each libtorch directory (loaded in this process, or on LD_LIBRARY_PATH) and in

@@ -26,6 +26,25 @@ public class TcpRendezvousTests
         Assert.Equal(payload, root.Payload.ToArray());
     }
 
+    /// <summary>Rank 0 cannot listen where something else already does (a previous job, another program): one line
+    /// naming the port and the variable to change, not a socket stack trace.</summary>
+    [Fact]
+    public void Rank_zero_names_a_rendezvous_port_in_use_and_the_variable_to_change()
+    {
+        using var taken = TcpRendezvous.Listen(0);
+        var vars = new Dictionary<string, string>
+        {
+            ["RANK"] = "0", ["LOCAL_RANK"] = "0", ["WORLD_SIZE"] = "2", ["MASTER_ADDR"] = "127.0.0.1", ["MASTER_PORT"] = taken.Port.ToString(),
+        };
+        var env = DistributedEnvironment.From(k => vars.GetValueOrDefault(k));
+
+        var e = Assert.Throws<CollectiveException>(() => TcpRendezvous.Connect(env, "cfg", () => [], Long));
+
+        Assert.Equal("rendezvous", e.Operation);
+        Assert.Contains($"port {taken.Port} is in use on this host; set {DistributedEnvironment.RendezvousPortVar}", e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
     [Fact]
     public void A_rank_with_another_world_size_stops_the_rendezvous_at_once_on_both_sides()
     {
