@@ -122,9 +122,22 @@ if [[ $dry == 0 && ! -f $ckpt/config.json ]]; then
   echo "checkpoint 7B rc=$? $(( $(date +%s) - t ))s"
 fi
 
-# torchrun, when there is one: PyTorch's module, else a torchrun on PATH.
+# torchrun: PyTorch's module on the GPU machine. The CPU dry path sets what torchrun sets for its workers itself
+# (a CPU machine's torchrun may be missing or too old): RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR,
+# MASTER_PORT, and TORCHELASTIC_USE_AGENT_STORE=True (its store holds MASTER_PORT: our rendezvous takes the next).
 torchrun=()
-if python3 -c 'import torch.distributed.run' 2>/dev/null; then torchrun=(python3 -m torch.distributed.run)
+if [[ $dry == 1 ]]; then
+  cat > "$res/torchrun-env.sh" <<'SH'
+# --standalone --nproc_per_node N --no_python CMD...: N copies of CMD with torchrun's worker variables; fails if any fails.
+n=$3; shift 4; port=$(( 20000 + RANDOM % 20000 )); pids=(); rc=0
+for (( r = 0; r < n; r++ )); do
+  RANK=$r LOCAL_RANK=$r WORLD_SIZE=$n LOCAL_WORLD_SIZE=$n MASTER_ADDR=127.0.0.1 MASTER_PORT=$port TORCHELASTIC_USE_AGENT_STORE=True "$@" & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+exit $rc
+SH
+  torchrun=(bash "$res/torchrun-env.sh")
+elif python3 -c 'import torch.distributed.run' 2>/dev/null; then torchrun=(python3 -m torch.distributed.run)
 elif command -v torchrun >/dev/null; then torchrun=(torchrun); fi
 
 # 1. Collectives, 2. the 7B step on 1 and 2 GPUs at the same global batch, 3. what the budget leaves room for.

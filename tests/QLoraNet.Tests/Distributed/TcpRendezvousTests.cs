@@ -86,9 +86,10 @@ public class TcpRendezvousTests
         using var host = TcpRendezvous.Listen(0);
         using var stray = new TcpClient("127.0.0.1", host.Port); // connects, says nothing useful
         stray.GetStream().Write("GET / HTTP/1.0\r\n\r\n"u8);
-        var joiner = Task.Run(() => TcpRendezvous.Join("127.0.0.1", host.Port, 2, 4, "c", Long));
-        var e = Assert.Throws<CollectiveException>(() => host.Accept(4, "c", [], TimeSpan.FromSeconds(1.5)));
-        Assert.Contains("ranks 1, 3 did not join within 1.5 s", e.Message);
+        // Its own thread, not the pool's: rank 2 must have joined before the deadline even on a loaded machine.
+        var joiner = Task.Factory.StartNew(() => TcpRendezvous.Join("127.0.0.1", host.Port, 2, 4, "c", Long), TaskCreationOptions.LongRunning);
+        var e = Assert.Throws<CollectiveException>(() => host.Accept(4, "c", [], TimeSpan.FromSeconds(4)));
+        Assert.Contains("ranks 1, 3 did not join within 4 s", e.Message);
         Assert.Contains("rank 0 stopped the rendezvous", Assert.Throws<CollectiveException>(() => joiner.GetAwaiter().GetResult()).Message);
     }
 
