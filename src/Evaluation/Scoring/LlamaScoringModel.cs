@@ -1,0 +1,91 @@
+using QLoraNet.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace QLoraNet.Evaluation.Scoring;
+
+/// <summary>
+/// <see cref="IScoringModel"/> over today's <see cref="LlamaForCausalLM"/> (any base format, with or without LoRA)
+/// and <see cref="LlamaTextTokenizer"/>. The only file of the evaluation engine that knows the model; rewrite it when
+/// the tokenizer seam and the model family record land.
+/// Log-likelihoods: right-padded batch, causal attention (padding sits after every real token, so it changes nothing
+/// a real position sees), one forward for hidden states, then the head only at the positions that predict
+/// continuation tokens (cheap: a few rows of the vocabulary projection instead of all T), log-softmax in fp32.
+/// </summary>
+public sealed class LlamaScoringModel(LlamaForCausalLM model, LlamaTextTokenizer tokenizer, int maxLength, IReadOnlyList<int> eosIds)
+    : IScoringModel
+{
+    public IReadOnlyList<int> Encode(string text) => tokenizer.Encode(text);
+    public IReadOnlyList<int> EncodeWithoutSpecialTokens(string text) => tokenizer.EncodeWithoutSpecialTokens(text);
+    public string Decode(IReadOnlyList<int> ids) => tokenizer.Decode(ids);
+    public int PrefixTokenId => tokenizer.BosId;
+    public IReadOnlyList<int> EosIds => eosIds.Count > 0 ? eosIds : [tokenizer.EosId];
+    public int MaxLength => maxLength;
+
+    public IReadOnlyList<ContinuationScore> Score(IReadOnlyList<ScoringRow> rows)
+    {
+        if (rows.Count == 0) return [];
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        int t = rows.Max(r => r.Input.Count);
+        var ids = new long[rows.Count * t]; // right padding with id 0: never attended to by a real position
+        for (int b = 0; b < rows.Count; b++)
+            for (int i = 0; i < rows[b].Input.Count; i++) ids[b * t + i] = rows[b].Input[i];
+        var input = tensor(ids, [rows.Count, t], ScalarType.Int64, model.Device);             // (B, T)
+        var hidden = model.Model.forward(input, null, null, null);                             // (B, T, hidden)
+
+        // The positions that predict continuation tokens, row by row: (sum of continuation lengths, hidden).
+        var picked = cat(rows.Select((r, b) => hidden[b].narrow(0, r.Input.Count - r.Continuation.Count, r.Continuation.Count)).ToArray(), 0);
+        var logProbs = F.log_softmax(model.Logits(picked), -1);                               // (N, vocab) fp32
+        var targets = tensor(rows.SelectMany(r => r.Continuation.Select(c => (long)c)).ToArray(), ScalarType.Int64, model.Device);
+        var tokenLogProbs = logProbs.gather(1, targets.unsqueeze(1)).squeeze(1).to(ScalarType.Float64).cpu();   // (N)
+        var greedy = logProbs.argmax(1).eq(targets).cpu();                                     // (N)
+
+        var lp = tokenLogProbs.data<double>().ToArray();
+        var hit = greedy.data<bool>().ToArray();
+        var result = new ContinuationScore[rows.Count];
+        int offset = 0;
+        for (int b = 0; b < rows.Count; b++)
+        {
+            int n = rows[b].Continuation.Count;
+            double sum = 0;
+            bool all = true;
+            for (int i = 0; i < n; i++)
+            {
+                sum += lp[offset + i];
+                all &= hit[offset + i];
+            }
+            result[b] = new ContinuationScore(sum, all);
+            offset += n;
+        }
+        return result;
+    }
+
+    public string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens)
+    {
+        var generated = new List<int>();
+        if (maxNewTokens <= 0 || contextIds.Count == 0) return "";
+        using var noGrad = no_grad();
+        using var cache = model.NewKvCache(batch: 1, capacity: contextIds.Count + maxNewTokens);
+        long[] next = contextIds.Select(i => (long)i).ToArray();
+        var eos = EosIds;
+        while (generated.Count < maxNewTokens)
+        {
+            using var scope = NewDisposeScope();
+            var ids = tensor(next, [1, next.Length], ScalarType.Int64, model.Device);          // (1, T)
+            var hidden = model.Model.forward(ids, null, null, cache);                          // (1, T, hidden)
+            int token = (int)model.Logits(hidden[0, -1]).argmax().item<long>();                // greedy
+            if (eos.Contains(token)) break;
+            generated.Add(token);
+            // Stop strings are text: a stop like "Question:" may span tokens, so the decoded text is checked.
+            if (until.Count > 0)
+            {
+                string text = tokenizer.Decode(generated);
+                if (until.Any(s => text.Contains(s, StringComparison.Ordinal))) break;
+            }
+            next = [token];
+        }
+        return tokenizer.Decode(generated);
+    }
+}
