@@ -1,0 +1,60 @@
+using System.Text.Json;
+
+namespace QLoraNet.Tests.Cli;
+
+/// <summary>`eval --tasks` end to end on the tiny model: the results JSON in the harness's layout, the file, the
+/// table, and one-line errors for bad options.</summary>
+public class EvalTasksTests
+{
+    static readonly string SalesData = Path.Combine(Paths.RepoRoot, "datasets", "sales");
+
+    [Fact]
+    public void Sales_mc_json_and_results_file()
+    {
+        using var dir = Paths.Temp();
+        var (code, stdout, stderr) = CliRunner.Run("eval", "--model", Paths.TinyModel, "--device", "cpu", "--tasks", "sales_mc",
+            "--task-data", $"sales_mc={SalesData}", "--limit", "6", "--batch-size", "4", "--json", "--output", dir["r/results.json"]);
+        Assert.True(code == 0, stderr);
+        var json = JsonDocument.Parse(stdout).RootElement;
+        var sales = json.GetProperty("results").GetProperty("sales_mc");
+        double acc = sales.GetProperty("acc,none").GetDouble();
+        Assert.InRange(acc, 0, 1);
+        Assert.Equal(0, Math.Round(acc * 6) - acc * 6, 9);                       // a count out of 6 rows
+        Assert.True(sales.GetProperty("acc_stderr,none").GetDouble() >= 0);
+        Assert.Equal(6, json.GetProperty("n-samples").GetProperty("sales_mc").GetProperty("effective").GetInt32());
+        Assert.Equal("none", json.GetProperty("config").GetProperty("quantization").GetString());
+        var file = JsonDocument.Parse(File.ReadAllText(dir["r/results.json"])).RootElement;
+        Assert.Equal(acc, file.GetProperty("results").GetProperty("sales_mc").GetProperty("acc,none").GetDouble());
+    }
+
+    [Fact]
+    public void Table_lists_each_metric_with_its_stderr()
+    {
+        var (code, stdout, stderr) = CliRunner.Run("eval", "--model", Paths.TinyModel, "--device", "cpu", "--quantization", "nf4-dq",
+            "--tasks", "sales_mc", "--task-data", $"sales_mc={SalesData}", "--limit", "3");
+        Assert.True(code == 0, stderr);
+        Assert.Matches(@"sales_mc\s+0\s+acc\s+[01]\.\d{4}\s+± \d\.\d{4}\s+3", stdout);
+        Assert.Matches(@"sales_mc\s+0\s+acc_norm\s+", stdout);
+        Assert.Contains("base nf4-dq", stdout);
+    }
+
+    [Fact]
+    public void Bad_options_are_one_line_errors()
+    {
+        var unknown = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", "sales_mcq");
+        Assert.Equal(1, unknown.Code);
+        Assert.StartsWith("error: unknown task 'sales_mcq'; built-in tasks and groups:", unknown.Stderr);
+
+        var both = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", "sales_mc", "--text-file", "x.txt");
+        Assert.Equal("error: --tasks scores tasks; leave out --text-file and --token-ids-json", both.Stderr.TrimEnd());
+
+        var data = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", "sales_mc", "--task-data", "sales_mc");
+        Assert.Contains("--task-data 'sales_mc' must read NAME=PATH", data.Stderr);
+
+        var other = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", "sales_mc", "--task-data", $"arc_easy={SalesData}");
+        Assert.Contains("--task-data arc_easy=...: 'arc_easy' is none of the selected tasks", other.Stderr);
+
+        var batch = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", "sales_mc", "--batch-size", "0");
+        Assert.Equal("error: --batch-size 0 must be at least 1", batch.Stderr.TrimEnd());
+    }
+}
