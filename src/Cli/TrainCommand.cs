@@ -129,6 +129,9 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
         if (r.FinalAdapter != null)
             stdout.WriteLine($"done: {r.StepsDone} steps, last loss {r.LastLoss:F4}" + (r.BestValidationLoss is { } b ? $", best validation loss {b:F4}" + (r.InitialValidationLoss is { } v0 ? $" (base model {v0:F4})" : "") : "")
                 + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, TrainingRun.MetricsFile)}, curve in {Path.Combine(r.OutputDir, TrainingRun.LossCurveFile)}");
+        if (r.TaskScores is { Count: > 0 } scores)
+            stdout.WriteLine("tasks: " + string.Join(", ", scores.Select(kv => string.Create(CultureInfo.InvariantCulture,
+                $"{kv.Key} {kv.Value:F4}{(r.InitialTaskScores?.TryGetValue(kv.Key, out var before) == true ? $" (base model {before:F4})" : "")}"))));
     }
 
     static string Eta(double seconds) => double.IsFinite(seconds) ? TimeSpan.FromSeconds(Math.Round(seconds)).ToString(@"h\:mm\:ss") : "-";

@@ -15,8 +15,12 @@ public sealed record TrainConfig(
     LoraConfig Lora,
     DataConfig Data,
     TrainingConfig Training,
-    OutputConfig Output)
+    OutputConfig Output,
+    EvalConfig? Eval = null)
 {
+    /// <summary>The benchmark tasks scored during training (none unless the config has an <c>eval:</c> section).</summary>
+    public EvalConfig EvalTasks => Eval ?? EvalConfig.None;
+
     /// <summary>Reads, overrides (<c>section.key=value</c>), binds and validates a config file.</summary>
     public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
     {
@@ -38,7 +42,8 @@ public sealed record TrainConfig(
             LoraConfig.Bind(s.Section("lora")),
             DataConfig.Bind(s.Section("data")),
             TrainingConfig.Bind(s.Section("training")),
-            OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))));
+            OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))),
+            EvalConfig.Bind(s.Section("eval")));
         s.Finish();
         source.ThrowIfMissing();
         CheckAcrossSections(config, s);
@@ -50,7 +55,7 @@ public sealed record TrainConfig(
     {
         var root = YamlOut.Map(
             ("model", Model.ToYaml()), ("quantization", Quantization.ToYaml()), ("lora", Lora.ToYaml()),
-            ("data", Data.ToYaml()), ("training", Training.ToYaml()), ("output", Output.ToYaml()));
+            ("data", Data.ToYaml()), ("training", Training.ToYaml()), ("output", Output.ToYaml()), ("eval", EvalTasks.ToYaml()));
         var writer = new StringWriter();
         new YamlStream(new YamlDocument(root)).Save(writer, assignAnchors: false);
         // YamlStream ends every document with a "..." line; a config file has exactly one document.

@@ -6,12 +6,14 @@ namespace QLoraNet.Training.Trainer;
 /// <summary>
 /// <c>metrics.csv</c>: one row per optimizer step (validation loss on the steps that evaluated), appended as the
 /// run goes so a crash loses nothing. On resume, rows past the checkpoint's step are dropped first, so the file
-/// reads as one uninterrupted run. The rows also feed the loss curve.
+/// reads as one uninterrupted run. The rows also feed the loss curve. Benchmark task scores (<c>eval:</c> section)
+/// are extra columns after the fixed ones, named "task/metric", filled on the steps that scored them.
 /// </summary>
 public sealed class MetricsLog
 {
     public sealed record Row(int Step, double Epoch, double Loss, double? ValidationLoss, double LearningRate,
-        double GradNorm, long Tokens, double TokensPerSecond, double StepSeconds, double ElapsedSeconds, double MemoryMb);
+        double GradNorm, long Tokens, double TokensPerSecond, double StepSeconds, double ElapsedSeconds, double MemoryMb,
+        IReadOnlyDictionary<string, double>? TaskScores = null);
 
     static readonly string[] Header =
         ["step", "epoch", "loss", "val_loss", "learning_rate", "grad_norm", "tokens", "tokens_per_s", "step_s", "elapsed_s", "memory_mb"];
@@ -32,9 +34,22 @@ public sealed class MetricsLog
     public void Append(Row row)
     {
         _rows.Add(row);
+        if (row.TaskScores is { Count: > 0 }) { Rewrite(); return; }
         using var w = new StreamWriter(Path, append: true);
-        WriteRow(w, row);
+        WriteRow(w, row, TaskColumns());
     }
+
+    /// <summary>Sets the benchmark task scores of a step's row (a step 0 row holds the scores before training).</summary>
+    public void SetTaskScores(int step, IReadOnlyDictionary<string, double> scores)
+    {
+        if (scores.Count == 0) return;
+        int i = _rows.FindLastIndex(r => r.Step == step);
+        if (i < 0) return;
+        _rows[i] = _rows[i] with { TaskScores = scores };
+        Rewrite();
+    }
+
+    List<string> TaskColumns() => _rows.SelectMany(r => r.TaskScores?.Keys ?? []).Distinct().ToList();
 
     /// <summary>Sets the validation loss of the last row (evaluation runs after the step's row was written).</summary>
     public void SetValidationLoss(int step, double loss)
@@ -51,22 +66,23 @@ public sealed class MetricsLog
         using (var w = new StreamWriter(tmp, append: false))
         {
             using var csv = CsvWriter.Create(w, null, leaveOpen: true);
-            foreach (var h in Header) csv.WriteField(h);
+            var tasks = TaskColumns();
+            foreach (var h in Header.Concat(tasks)) csv.WriteField(h);
             csv.EndRecord();
             csv.Flush();
-            foreach (var r in _rows) WriteRow(w, r);
+            foreach (var r in _rows) WriteRow(w, r, tasks);
         }
         File.Move(tmp, Path, overwrite: true);
     }
 
-    static void WriteRow(TextWriter w, Row r)
+    static void WriteRow(TextWriter w, Row r, IReadOnlyList<string> taskColumns)
     {
         using var csv = CsvWriter.Create(w, null, leaveOpen: true);
         foreach (var f in new[]
                  {
                      S(r.Step), S(r.Epoch), S(r.Loss), r.ValidationLoss is { } v ? S(v) : "", S(r.LearningRate), S(r.GradNorm),
                      S(r.Tokens), S(r.TokensPerSecond), S(r.StepSeconds), S(r.ElapsedSeconds), S(r.MemoryMb),
-                 })
+                 }.Concat(taskColumns.Select(c => r.TaskScores?.TryGetValue(c, out var v) == true ? S(v) : "")))
             csv.WriteField(f);
         csv.EndRecord();
         csv.Flush();
@@ -79,12 +95,16 @@ public sealed class MetricsLog
     {
         var rows = new List<Row>();
         using var reader = CsvReader.FromFile(path, new CsvReaderOptions { HasHeader = true });
+        string[] headers = reader.Headers.ToArray();
         while (reader.Read())
         {
             double D(int i) => double.Parse(reader.GetString(i), CultureInfo.InvariantCulture);
             string val = reader.GetString(3);
+            var tasks = new Dictionary<string, double>();
+            for (int c = Header.Length; c < headers.Length && c < reader.FieldCount; c++)
+                if (reader.GetString(c) is { Length: > 0 } t) tasks[headers[c]] = double.Parse(t, CultureInfo.InvariantCulture);
             rows.Add(new Row((int)D(0), D(1), D(2), val.Length == 0 ? null : double.Parse(val, CultureInfo.InvariantCulture),
-                D(4), D(5), (long)D(6), D(7), D(8), D(9), D(10)));
+                D(4), D(5), (long)D(6), D(7), D(8), D(9), D(10), tasks.Count > 0 ? tasks : null));
         }
         return rows;
     }

@@ -53,7 +53,9 @@ public sealed record TrainResult(
     double? BestValidationLoss,
     TrainStop Stop,
     string? Message,
-    double? InitialValidationLoss = null);
+    double? InitialValidationLoss = null,
+    IReadOnlyDictionary<string, double>? TaskScores = null,
+    IReadOnlyDictionary<string, double>? InitialTaskScores = null);
 
 public enum TrainStop { Completed, EarlyStopped, Interrupted, NonFiniteLoss }
 

@@ -85,6 +85,16 @@ public static class TrainingRun
             observer.OnEvaluation(0, initialValidation.Value, false);
         }
 
+        // ---- eval: section -> TaskEvaluation (benchmark tasks) before training, at eval_every and at the end ----
+        var tasks = config.EvalTasks;
+        var taskTokenizer = tasks.Tasks.Count > 0 ? LlamaTextTokenizer.Load(config.Model.Path) : null;
+        var modelConfig = LlamaConfig.Load(config.Model.Path);
+        IReadOnlyDictionary<string, double>? initialTasks = null, lastTasks = null;
+        IReadOnlyDictionary<string, double> ScoreTasks() => TaskEvaluation.Run(model, taskTokenizer!, modelConfig.MaxPositionEmbeddings, modelConfig.EosTokenIds, tasks, cancel);
+        if (taskTokenizer != null && state.Step == 0 && totalSteps > 0)
+            observer.OnMessage($"tasks step     0  {TaskEvaluation.Describe(initialTasks = ScoreTasks())}  (base model, before training)");
+        // ---- end eval: section ----
+
         var clock = Stopwatch.StartNew();
         double elapsedBefore = metrics.Rows.LastOrDefault()?.ElapsedSeconds ?? 0;
         var stop = TrainStop.Completed;
@@ -168,6 +178,11 @@ public static class TrainingRun
                     stopMessage = $"early stopping: validation loss has not improved for {patience} evaluations (best {state.BestValidationLoss:F4})";
                 }
             }
+            if (taskTokenizer != null && ((t.EvalEvery > 0 && (step + 1) % t.EvalEvery == 0) || last)) // eval: section
+            {
+                metrics.SetTaskScores(step + 1, lastTasks = ScoreTasks());
+                observer.OnMessage($"tasks step {step + 1,5}  {TaskEvaluation.Describe(lastTasks)}");
+            }
             if (stop == TrainStop.Completed && t.SaveEvery > 0 && (step + 1) % t.SaveEvery == 0 && !last)
                 observer.OnCheckpoint(step + 1, SaveCheckpoint(store, state, model, adapterConfig, optimizer, bestStep));
             if (stop != TrainStop.Completed) break;
@@ -190,7 +205,8 @@ public static class TrainingRun
             catch (Exception e) { observer.OnMessage($"could not draw {LossCurveFile}: {e.Message}"); }
         }
         if (stop == TrainStop.Interrupted) stopMessage = $"interrupted at step {state.Step}; resume with --resume";
-        return new TrainResult(outDir, finalAdapter, state.Step, state.LastLoss, state.BestValidationLoss, stop, stopMessage, initialValidation);
+        return new TrainResult(outDir, finalAdapter, state.Step, state.LastLoss, state.BestValidationLoss, stop, stopMessage, initialValidation,
+            lastTasks, initialTasks);
     }
 
     /// <summary>Mean next-token loss over the validation sequences (no dropout, no graph).</summary>
