@@ -421,6 +421,29 @@ def write_general():
     print(f"general: {len(rows)} completion rows")
 
 
+def write_general_cloze():
+    """general_cloze: each sentence of heldout.txt (8+ words) with its last word to choose among four: the right
+    one and three other sentences' last words. A general-domain multiple-choice check of the tiny model's own
+    register (written for this project), for the per-format table and the before/after of fine-tuning."""
+    import re
+    with open(os.path.join(DATASETS, "general", "heldout.txt"), encoding="utf-8") as f:
+        text = " ".join(p.strip() for p in f.read().split("\n\n")[1:])
+    sentences = [x.strip() for x in re.split(r"(?<=[.;!?])\s+", text) if len(x.split()) >= 8]
+    rows = []
+    for sent in sentences:
+        words = sent.rstrip(".;!?").split()
+        rows.append((" ".join(words[:-1]), words[-1].strip(",:'\"")))
+    finals = sorted({a for _, a in rows})
+    rng = random.Random(SEED + 2000)
+    out = []
+    for i, (context, answer) in enumerate(rows):
+        choices = [answer] + rng.sample([w for w in finals if w.lower() != answer.lower()], 3)
+        rng.shuffle(choices)
+        out.append({"id": f"cloze-{i:02d}", "context": context, "choices": choices, "answer": choices.index(answer)})
+    write_jsonl(os.path.join(DATASETS, "general", "cloze_test.jsonl"), out)
+    print(f"general: {len(out)} cloze questions")
+
+
 def check_heldout_is_unseen(train, heldout):
     """No fact-bearing held-out question may appear verbatim in training (greetings and thanks may)."""
     small_talk = set(GREETINGS) | set(THANKS)
@@ -557,6 +580,7 @@ def main():
         write_csv(os.path.join(OUT, f"{split}_instruction.csv"), inst)
         print(f"{split}: {len(rows)} chat rows, {sum(len(c) for c in convs)} turns, {len(inst)} instruction rows")
     write_general()
+    write_general_cloze()
     mc = build_mc()
     check_mc_is_unseen(mc, build(False))
     write_jsonl(os.path.join(OUT, "mc_test.jsonl"), mc)

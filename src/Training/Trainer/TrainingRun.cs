@@ -88,9 +88,10 @@ public static class TrainingRun
         // ---- eval: section -> TaskEvaluation (benchmark tasks) before training, at eval_every and at the end ----
         var tasks = config.EvalTasks;
         var taskTokenizer = tasks.Tasks.Count > 0 ? LlamaTextTokenizer.Load(config.Model.Path) : null;
-        var modelConfig = LlamaConfig.Load(config.Model.Path);
+        var modelConfig = taskTokenizer != null ? LlamaConfig.Load(config.Model.Path) : null;
         IReadOnlyDictionary<string, double>? initialTasks = null, lastTasks = null;
-        IReadOnlyDictionary<string, double> ScoreTasks() => TaskEvaluation.Run(model, taskTokenizer!, modelConfig.MaxPositionEmbeddings, modelConfig.EosTokenIds, tasks, cancel);
+        IReadOnlyDictionary<string, double> ScoreTasks() =>
+            TaskEvaluation.Run(model, taskTokenizer!, modelConfig!.MaxPositionEmbeddings, modelConfig.EosTokenIds, tasks, cancel);
         if (taskTokenizer != null && state.Step == 0 && totalSteps > 0)
             observer.OnMessage($"tasks step     0  {TaskEvaluation.Describe(initialTasks = ScoreTasks())}  (base model, before training)");
         // ---- end eval: section ----
