@@ -95,4 +95,23 @@ public class MetricTests
         Assert.Equal("$1,200", AnswerFilters.Apply(flexible, "first 3 then $1,200"));   // last match, group 1
         Assert.Equal("5", AnswerFilters.Apply(flexible, "10 apples, 5"));              // last match, group 2 (group 1 empty)
     }
+
+    [Fact]
+    public void A_group_file_aggregates_its_tasks_by_size()
+    {
+        using var dir = Paths.Temp();
+        Directory.CreateDirectory(dir["a"]);
+        Directory.CreateDirectory(dir["b"]);
+        File.WriteAllText(dir["a/test.jsonl"], Rows);                         // acc [0, 1, 0]
+        File.WriteAllText(dir["b/test.jsonl"], """{"q": "Is water wet?", "choices": ["yes", "no"], "gold": 0}""");   // acc [1]
+        File.WriteAllText(dir["task_a.yaml"], Yaml.Replace("task: three", "task: part_a").Replace("DATA_DIR", dir["a"]));
+        File.WriteAllText(dir["task_b.yaml"], Yaml.Replace("task: three", "task: part_b").Replace("DATA_DIR", dir["b"]));
+        File.WriteAllText(dir["group.yaml"], "group: both\ntask: [part_a, part_b]\naggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n");
+        var r = Evaluator.Run(new MockScoringModel((_, cont) => Lls[cont]), TaskCatalog.BuiltIn().Resolve([dir["group.yaml"]]), new EvalOptions());
+        var g = Assert.Single(r.Groups);
+        Assert.Equal(["part_a", "part_b"], g.Tasks);
+        Assert.Equal(2.0 / 4, g.Metrics["acc,none"].Value, 12);               // (1 + 1) / 4 rows
+        Assert.Equal(4, g.Samples);
+        Assert.Equal(2.0 / 4, r.Average().Value, 12);                          // the group is the one requested entry
+    }
 }
