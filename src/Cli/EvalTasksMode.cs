@@ -20,10 +20,11 @@ public sealed class EvalTasksMode
     public Option<string[]> TaskData { get; } = new("--task-data") { Description = "NAME=PATH: the local copy of a task's (or group's) dataset, e.g. arc_easy=data/ai2_arc; repeatable", AllowMultipleArgumentsPerToken = true };
     public Option<string?> Output { get; } = new("--output") { Description = "write the results JSON (lm-evaluation-harness layout) to this file" };
     public Option<int> FewshotSeed { get; } = new("--fewshot-seed") { Description = "seed of the few-shot draw", DefaultValueFactory = _ => 1234 };
+    public Option<bool> LogSamples { get; } = new("--log-samples") { Description = "add every row's log-likelihoods or generation and scores to the results JSON (\"samples\")" };
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Tasks, Limit, NumFewshot, BatchSize, TaskData, Output, FewshotSeed }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Tasks, Limit, NumFewshot, BatchSize, TaskData, Output, FewshotSeed, LogSamples }) cmd.Options.Add(o);
     }
 
     public int Run(ParseResult parsed, string taskList, ModelOptions modelOptions, bool json, TextWriter stdout)
@@ -53,7 +54,7 @@ public sealed class EvalTasksMode
             ["batch_size"] = batch, ["limit"] = options.Limit, ["num_fewshot"] = options.NumFewshot,
             ["fewshot_seed"] = options.FewshotSeed, ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 1),
         };
-        var doc = EvalResultsJson.ToJson(results, config);
+        var doc = EvalResultsJson.ToJson(results, config, parsed.GetValue(LogSamples));
         if (parsed.GetValue(Output) is { } output) EvalResultsJson.Write(output, doc);
         if (json) stdout.WriteLine(doc.ToJsonString());
         else

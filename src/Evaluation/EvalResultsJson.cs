@@ -12,14 +12,16 @@ namespace QLoraNet.Evaluation;
 /// </summary>
 public static class EvalResultsJson
 {
-    public static JsonObject ToJson(EvalResults r, IReadOnlyDictionary<string, object?> config)
+    /// <param name="logSamples">add <c>samples</c>: per task, every row's origin, target, log-likelihoods or generation
+    /// and metric values (the harness's --log_samples, inline)</param>
+    public static JsonObject ToJson(EvalResults r, IReadOnlyDictionary<string, object?> config, bool logSamples = false)
     {
         var results = new JsonObject();
         foreach (var t in r.Tasks) results[t.Name] = Entry(t.Alias ?? t.Name, t.Metrics);
         var groups = new JsonObject();
         foreach (var g in r.Groups) groups[g.Name] = Entry(g.Alias ?? g.Name, g.Metrics);
         var avg = r.Average();
-        return new JsonObject
+        var json = new JsonObject
         {
             ["results"] = results,
             ["groups"] = groups,
@@ -36,6 +38,16 @@ public static class EvalResultsJson
             },
             ["config"] = JsonSerializer.SerializeToNode(config),
         };
+        if (logSamples)
+            json["samples"] = new JsonObject(r.Tasks.Select(t => KeyValuePair.Create(t.Name, (JsonNode?)new JsonArray(
+                (t.Rows ?? []).Select(row => (JsonNode?)new JsonObject
+                {
+                    ["doc_id"] = row.DocId, ["origin"] = row.Origin, ["target"] = JsonSerializer.SerializeToNode(row.Target),
+                    ["loglikelihoods"] = row.LogLikelihoods is null ? null : new JsonArray(row.LogLikelihoods.Select(v => Num(v)).ToArray()),
+                    ["generation"] = row.Generation,
+                    ["metrics"] = new JsonObject(row.Metrics.Select(kv => KeyValuePair.Create(kv.Key, Num(kv.Value)))),
+                }).ToArray()))));
+        return json;
     }
 
     public static void Write(string path, JsonObject json)

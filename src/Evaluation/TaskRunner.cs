@@ -42,13 +42,13 @@ public static class TaskRunner
         bool exclude = task.FewshotSplit == task.TestSplit;
         var contexts = docs.Select(d => builder.Contexts(d, shots, exclude)).ToList();
 
-        var perRow = task.OutputType == OutputType.GenerateUntil
+        var rows = task.OutputType == OutputType.GenerateUntil
             ? ScoreGenerations(model, task, renderer, docs, contexts, progress, cancel)
             : ScoreLoglikelihoods(model, task, renderer, docs, contexts, multipleInput, options.BatchSize, progress, cancel);
 
-        var metrics = perRow.SelectMany(r => r.Keys).Distinct()
-            .ToDictionary(k => k, k => MeanAndStderr.Of(perRow.Select(r => r[k]).ToList()));
-        return new TaskResult(task.Name, task.Alias, task.SourceFile, docs.Count, shots, metrics);
+        var metrics = rows.SelectMany(r => r.Metrics.Keys).Distinct()
+            .ToDictionary(k => k, k => MeanAndStderr.Of(rows.Select(r => r.Metrics[k]).ToList()));
+        return new TaskResult(task.Name, task.Alias, task.SourceFile, docs.Count, shots, metrics, rows);
     }
 
     public static List<Doc> LoadSplit(TaskConfig task, string split, string? dataPath)
@@ -57,7 +57,7 @@ public static class TaskRunner
         return task.ProcessDocs is { } p ? docs.Select(d => DocPreprocessors.Apply(p, d)).ToList() : docs;
     }
 
-    static List<Dictionary<string, double>> ScoreLoglikelihoods(IScoringModel model, TaskConfig task, DocRenderer renderer,
+    static List<SampleRecord> ScoreLoglikelihoods(IScoringModel model, TaskConfig task, DocRenderer renderer,
         List<Doc> docs, List<IReadOnlyList<string>> contexts, bool multipleInput, int batchSize,
         IProgress<EvalProgress>? progress, CancellationToken cancel)
     {
@@ -92,11 +92,11 @@ public static class TaskRunner
         {
             var (start, count, gold, choices) = spans[d];
             var s = scores.Skip(start).Take(count).ToList();
-            if (task.OutputType == OutputType.Loglikelihood)
-                return new Dictionary<string, double> { ["acc,none"] = s[0].IsGreedy ? 1 : 0 };
             var lls = s.Select(x => x.LogProb).ToList();
+            if (task.OutputType == OutputType.Loglikelihood)
+                return new SampleRecord(d, doc.Origin, choices[0], lls, null, new Dictionary<string, double> { ["acc,none"] = s[0].IsGreedy ? 1 : 0 });
             if (task.ProcessResults is { } pr)
-                return ResultProcessors.Apply(pr, doc, lls).ToDictionary(kv => kv.Key + ",none", kv => kv.Value);
+                return new SampleRecord(d, doc.Origin, gold, lls, null, ResultProcessors.Apply(pr, doc, lls).ToDictionary(kv => kv.Key + ",none", kv => kv.Value));
             var row = new Dictionary<string, double>();
             foreach (string m in metricNames)
                 row[m + ",none"] = m switch
@@ -106,7 +106,7 @@ public static class TaskRunner
                     "acc_bytes" => ChoiceMetrics.AccBytes(lls, choices, gold),
                     _ => s[gold].IsGreedy ? 1 : 0, // exact_match: the gold continuation is the greedy one
                 };
-            return row;
+            return new SampleRecord(d, doc.Origin, gold, lls, null, row);
         }).ToList();
     }
 
@@ -126,7 +126,7 @@ public static class TaskRunner
         return (int)index;
     }
 
-    static List<Dictionary<string, double>> ScoreGenerations(IScoringModel model, TaskConfig task, DocRenderer renderer,
+    static List<SampleRecord> ScoreGenerations(IScoringModel model, TaskConfig task, DocRenderer renderer,
         List<Doc> docs, List<IReadOnlyList<string>> contexts, IProgress<EvalProgress>? progress, CancellationToken cancel)
     {
         var golds = docs.Select(doc =>
@@ -152,7 +152,7 @@ public static class TaskRunner
                 foreach (var metric in task.MetricsOrDefault)
                     row[$"{metric.Name},{pipeline.Name}"] = ExactMatch.Score(metric, answer, golds[d]);
             }
-            return row;
+            return new SampleRecord(d, docs[d].Origin, golds[d], null, generations[d], row);
         }).ToList();
     }
 }

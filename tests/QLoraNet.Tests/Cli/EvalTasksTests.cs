@@ -25,6 +25,18 @@ public class EvalTasksTests
         Assert.Equal("none", json.GetProperty("config").GetProperty("quantization").GetString());
         var file = JsonDocument.Parse(File.ReadAllText(dir["r/results.json"])).RootElement;
         Assert.Equal(acc, file.GetProperty("results").GetProperty("sales_mc").GetProperty("acc,none").GetDouble());
+        Assert.False(json.TryGetProperty("samples", out _));
+
+        var logged = CliRunner.Run("eval", "--model", Paths.TinyModel, "--device", "cpu", "--tasks", "sales_mc",
+            "--task-data", $"sales_mc={SalesData}", "--limit", "2", "--json", "--log-samples");
+        var samples = JsonDocument.Parse(logged.Stdout).RootElement.GetProperty("samples").GetProperty("sales_mc");
+        Assert.Equal(2, samples.GetArrayLength());
+        Assert.Equal(4, samples[0].GetProperty("loglikelihoods").GetArrayLength());
+        Assert.EndsWith("mc_test.jsonl:1", samples[0].GetProperty("origin").GetString());
+        Assert.Equal(1, samples[0].GetProperty("target").GetInt32());                // the first row's gold index
+        Assert.Equal(samples[0].GetProperty("loglikelihoods").EnumerateArray().Select(e => e.GetDouble()).ToList()
+            .IndexOf(samples[0].GetProperty("loglikelihoods").EnumerateArray().Max(e => e.GetDouble())) == 1 ? 1.0 : 0.0,
+            samples[0].GetProperty("metrics").GetProperty("acc,none").GetDouble());
     }
 
     [Fact]
