@@ -40,11 +40,11 @@ public sealed class EvalTasksMode
         var options = new EvalOptions(parsed.GetValue(Limit), parsed.GetValue(NumFewshot), batch, (ulong)parsed.GetValue(FewshotSeed));
 
         using var loaded = modelOptions.Load(parsed);
-        var model = new LlamaScoringModel(loaded.Model, loaded.Tokenizer, loaded.Config.MaxPositionEmbeddings, loaded.Config.EosTokenIds);
+        var model = new LlamaScoringModel(loaded.Model, loaded.Tokenizer);
         string format = QuantizedCheckpoint.StoredFormat(parsed.GetValue(modelOptions.Model)!)?.ToString() ?? loaded.Format.ToString();
         var renderer = new EvalProgressRenderer(stdout, quiet: json);
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var results = Evaluator.Run(model, selection, options, dataPaths, renderer);
+        var results = EvalRunner.Run(model, selection, options, dataPaths, renderer);
         renderer.Done();
 
         var config = new Dictionary<string, object?>

@@ -1,27 +1,40 @@
 using QLoraNet.Models;
-using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
 namespace QLoraNet.Evaluation.Scoring;
 
 /// <summary>
-/// <see cref="IScoringModel"/> over today's <see cref="LlamaForCausalLM"/> (any base format, with or without LoRA)
-/// and <see cref="LlamaTextTokenizer"/>. The only file of the evaluation engine that knows the model; rewrite it when
-/// the tokenizer seam and the model family record land.
+/// <see cref="IScoringModel"/> over a <see cref="LlamaForCausalLM"/> (the decoder of every family the model code
+/// builds, in any base format, with or without LoRA: whatever <c>ModelBuilder</c> assembled) and its
+/// <see cref="ITextTokenizer"/>. The only file of the evaluation engine that knows the model.
+/// Encoding follows the harness's HFLM: the tokenizer's default special tokens (BOS for Llama 2/3, none for the
+/// byte-level Qwen2), the prefix token for an empty context is BOS, else EOS (<c>prefix_token_id</c>), the longest
+/// input is the family's max_position_embeddings, and generation stops at every EOS id of config.json and the
+/// tokenizer.
 /// Log-likelihoods: right-padded batch, causal attention (padding sits after every real token, so it changes nothing
 /// a real position sees), one forward for hidden states, then the head only at the positions that predict
 /// continuation tokens (cheap: a few rows of the vocabulary projection instead of all T), log-softmax in fp32.
 /// </summary>
-public sealed class LlamaScoringModel(LlamaForCausalLM model, LlamaTextTokenizer tokenizer, int maxLength, IReadOnlyList<int> eosIds)
-    : IScoringModel
+public sealed class LlamaScoringModel : IScoringModel
 {
+    readonly LlamaForCausalLM model;
+    readonly ITextTokenizer tokenizer;
+
+    public LlamaScoringModel(LlamaForCausalLM model, ITextTokenizer tokenizer)
+    {
+        this.model = model;
+        this.tokenizer = tokenizer;
+        MaxLength = model.Architecture.MaxPositions;
+        EosIds = model.Architecture.Tokens.Eos.Append(tokenizer.EosId).Distinct().ToList();
+    }
+
     public IReadOnlyList<int> Encode(string text) => tokenizer.Encode(text);
-    public IReadOnlyList<int> EncodeWithoutSpecialTokens(string text) => tokenizer.EncodeWithoutSpecialTokens(text);
+    public IReadOnlyList<int> EncodeWithoutSpecialTokens(string text) => tokenizer.Tokenize(text, addSpecialTokens: false).Ids;
     public string Decode(IReadOnlyList<int> ids) => tokenizer.Decode(ids);
-    public int PrefixTokenId => tokenizer.BosId;
-    public IReadOnlyList<int> EosIds => eosIds.Count > 0 ? eosIds : [tokenizer.EosId];
-    public int MaxLength => maxLength;
+    public int PrefixTokenId => tokenizer.BosId ?? tokenizer.EosId;
+    public IReadOnlyList<int> EosIds { get; }
+    public int MaxLength { get; }
 
     public IReadOnlyList<ContinuationScore> Score(IReadOnlyList<ScoringRow> rows)
     {
@@ -29,7 +42,8 @@ public sealed class LlamaScoringModel(LlamaForCausalLM model, LlamaTextTokenizer
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         int t = rows.Max(r => r.Input.Count);
-        var ids = new long[rows.Count * t]; // right padding with id 0: never attended to by a real position
+        var ids = new long[rows.Count * t]; // right padding: never attended to by a real position
+        Array.Fill(ids, tokenizer.PadId);
         for (int b = 0; b < rows.Count; b++)
             for (int i = 0; i < rows[b].Input.Count; i++) ids[b * t + i] = rows[b].Input[i];
         var input = tensor(ids, [rows.Count, t], ScalarType.Int64, model.Device);             // (B, T)
@@ -69,14 +83,13 @@ public sealed class LlamaScoringModel(LlamaForCausalLM model, LlamaTextTokenizer
         using var noGrad = no_grad();
         using var cache = model.NewKvCache(batch: 1, capacity: contextIds.Count + maxNewTokens);
         long[] next = contextIds.Select(i => (long)i).ToArray();
-        var eos = EosIds;
         while (generated.Count < maxNewTokens)
         {
             using var scope = NewDisposeScope();
             var ids = tensor(next, [1, next.Length], ScalarType.Int64, model.Device);          // (1, T)
             var hidden = model.Model.forward(ids, null, null, cache);                          // (1, T, hidden)
             int token = (int)model.Logits(hidden[0, -1]).argmax().item<long>();                // greedy
-            if (eos.Contains(token)) break;
+            if (EosIds.Contains(token)) break;
             generated.Add(token);
             // Stop strings are text: a stop like "Question:" may span tokens, so the decoded text is checked.
             if (until.Count > 0)

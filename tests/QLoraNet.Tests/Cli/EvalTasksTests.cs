@@ -4,6 +4,7 @@ namespace QLoraNet.Tests.Cli;
 
 /// <summary>`eval --tasks` end to end on the tiny model: the results JSON in the harness's layout, the file, the
 /// table, and one-line errors for bad options.</summary>
+[Trait("tier", "e2e")]
 public class EvalTasksTests
 {
     static readonly string SalesData = Path.Combine(Paths.RepoRoot, "datasets", "sales");

@@ -4,6 +4,7 @@ namespace QLoraNet.Tests.Evaluation;
 
 /// <summary>The issue's bad inputs: each is one line naming file:line (of the task file) or the row (data file:line),
 /// raised before the model scores anything.</summary>
+[Trait("tier", "unit")]
 public class BadInputTests
 {
     const string Good = """
@@ -23,7 +24,7 @@ public class BadInputTests
         using var dir = Paths.Temp();
         string task = EvalFixtures.WriteTask(dir, yaml, rows, dataName);
         var e = Assert.Throws<TaskException>(() =>
-            Evaluator.Run(new MockScoringModel(), TaskCatalog.BuiltIn().Resolve([task]), new EvalOptions()));
+            EvalRunner.Run(new MockScoringModel(), TaskCatalog.BuiltIn().Resolve([task]), new EvalOptions()));
         Assert.DoesNotContain('\n', e.Message);
         return e.Message.Replace(dir.Path, "DIR");
     }
@@ -33,7 +34,7 @@ public class BadInputTests
     {
         using var dir = Paths.Temp();
         string task = EvalFixtures.WriteTask(dir, Good, Row);
-        Assert.Equal(1, Evaluator.Run(new MockScoringModel(), TaskCatalog.BuiltIn().Resolve([task]), new EvalOptions()).Tasks[0].Samples);
+        Assert.Equal(1, EvalRunner.Run(new MockScoringModel(), TaskCatalog.BuiltIn().Resolve([task]), new EvalOptions()).Tasks[0].Samples);
     }
 
     [Fact]
@@ -103,7 +104,7 @@ public class BadInputTests
     [Fact]
     public void Missing_data_says_how_to_give_it()
     {
-        var e = Assert.Throws<TaskException>(() => Evaluator.Run(new MockScoringModel(), TaskCatalog.BuiltIn().Resolve(["arc_easy"]), new EvalOptions()));
+        var e = Assert.Throws<TaskException>(() => EvalRunner.Run(new MockScoringModel(), TaskCatalog.BuiltIn().Resolve(["arc_easy"]), new EvalOptions()));
         Assert.Equal("task 'arc_easy' reads its data from 'allenai/ai2_arc', which is not a local file or directory; pass --task-data arc_easy=DIR with a local copy of the hub dataset allenai/ai2_arc (huggingface-cli download allenai/ai2_arc --repo-type dataset --local-dir DIR)", e.Message);
         var unknown = Assert.Throws<TaskException>(() => TaskCatalog.BuiltIn().Resolve(["arc_eazy"]));
         Assert.StartsWith("unknown task 'arc_eazy'; built-in tasks and groups: ", unknown.Message);

@@ -8,6 +8,7 @@ namespace QLoraNet.Tests.Evaluation;
 /// (description, few-shot examples, doc_to_text), each continuation (target_delimiter + choice) and the gold choice.
 /// The expected strings are written by hand from the harness's task files.
 /// </summary>
+[Trait("tier", "unit")]
 public class BuiltinTaskTests
 {
     const string TruthfulPrimer =

@@ -12,7 +12,7 @@ public static class EvalFixtures
     {
         var selection = TaskCatalog.BuiltIn().Resolve([task]);
         var data = dataDir is null ? null : new Dictionary<string, string> { [task] = Path_(dataDir) };
-        return Evaluator.Run(model, selection, options ?? new EvalOptions(), data);
+        return EvalRunner.Run(model, selection, options ?? new EvalOptions(), data);
     }
 
     /// <summary>Writes a task YAML (and its data) into a temp dir and returns its path.</summary>

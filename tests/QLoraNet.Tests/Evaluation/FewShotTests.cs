@@ -5,6 +5,7 @@ namespace QLoraNet.Tests.Evaluation;
 /// <summary>Few-shot prompts: byte-identical to a hand-written string for a fixed seed, the harness's layout
 /// (description, text + target_delimiter + answer + fewshot_delimiter per shot, then the question), different seeds
 /// draw differently, and the scored row is never its own example when the split is shared.</summary>
+[Trait("tier", "unit")]
 public class FewShotTests
 {
     const string Yaml = """
@@ -39,7 +40,7 @@ public class FewShotTests
         File.WriteAllText(dir["train.jsonl"], Train);
         string task = EvalFixtures.WriteTask(dir, yaml + seedOverride, test);
         var model = new MockScoringModel();
-        Evaluator.Run(model, TaskCatalog.BuiltIn().Resolve([task]), new EvalOptions(FewshotSeed: seed));
+        EvalRunner.Run(model, TaskCatalog.BuiltIn().Resolve([task]), new EvalOptions(FewshotSeed: seed));
         return model.Requests.Select(r => r.Context).Distinct().Order(StringComparer.Ordinal).ToList();
     }
 

@@ -6,6 +6,7 @@ namespace QLoraNet.Tests.Evaluation;
 
 /// <summary>acc, acc_norm and acc_bytes on a 3-question example computed by hand; stderr as the harness's
 /// mean_stderr; group pooling; exact_match with the GSM8K options; the regex filter's findall semantics.</summary>
+[Trait("tier", "unit")]
 public class MetricTests
 {
     const string Yaml = """
@@ -40,7 +41,7 @@ public class MetricTests
         using var dir = Paths.Temp();
         string task = EvalFixtures.WriteTask(dir, Yaml, Rows);
         var model = new MockScoringModel((_, cont) => Lls[cont]);
-        var r = Evaluator.Run(model, TaskCatalog.BuiltIn().Resolve([task]), new EvalOptions()).Tasks[0];
+        var r = EvalRunner.Run(model, TaskCatalog.BuiltIn().Resolve([task]), new EvalOptions()).Tasks[0];
 
         Assert.Equal(3, r.Samples);
         Assert.Equal(1.0 / 3, r.Metrics["acc,none"].Value, 12);        // [0, 1, 0]
@@ -107,7 +108,7 @@ public class MetricTests
         File.WriteAllText(dir["task_a.yaml"], Yaml.Replace("task: three", "task: part_a").Replace("DATA_DIR", dir["a"]));
         File.WriteAllText(dir["task_b.yaml"], Yaml.Replace("task: three", "task: part_b").Replace("DATA_DIR", dir["b"]));
         File.WriteAllText(dir["group.yaml"], "group: both\ntask: [part_a, part_b]\naggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n");
-        var r = Evaluator.Run(new MockScoringModel((_, cont) => Lls[cont]), TaskCatalog.BuiltIn().Resolve([dir["group.yaml"]]), new EvalOptions());
+        var r = EvalRunner.Run(new MockScoringModel((_, cont) => Lls[cont]), TaskCatalog.BuiltIn().Resolve([dir["group.yaml"]]), new EvalOptions());
         var g = Assert.Single(r.Groups);
         Assert.Equal(["part_a", "part_b"], g.Tasks);
         Assert.Equal(2.0 / 4, g.Metrics["acc,none"].Value, 12);               // (1 + 1) / 4 rows

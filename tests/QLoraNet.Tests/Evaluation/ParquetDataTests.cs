@@ -6,6 +6,7 @@ namespace QLoraNet.Tests.Evaluation;
 
 /// <summary>Parquet as the hub serves ARC (nested struct of lists) is read with Parquet.Net into the same rows the
 /// JSONL fixture gives, so a task reads the user's hub download unchanged; CSV infers integer columns.</summary>
+[Trait("tier", "unit")]
 public class ParquetDataTests
 {
     public sealed class Choices { public List<string> text { get; set; } = []; public List<string> label { get; set; } = []; }
@@ -39,8 +40,8 @@ public class ParquetDataTests
         var fromJsonl = new MockScoringModel();
         var fromParquet = new MockScoringModel();
         var selection = TaskCatalog.BuiltIn().Resolve(["arc_easy"]);
-        Evaluator.Run(fromJsonl, selection, new EvalOptions(), new Dictionary<string, string> { ["arc_easy"] = EvalFixtures.Path_("arc") });
-        Evaluator.Run(fromParquet, selection, new EvalOptions(), new Dictionary<string, string> { ["ai2_arc"] = dir.Path });
+        EvalRunner.Run(fromJsonl, selection, new EvalOptions(), new Dictionary<string, string> { ["arc_easy"] = EvalFixtures.Path_("arc") });
+        EvalRunner.Run(fromParquet, selection, new EvalOptions(), new Dictionary<string, string> { ["ai2_arc"] = dir.Path });
         Assert.Equal(fromJsonl.Requests, fromParquet.Requests);
     }
 

@@ -5,6 +5,7 @@ namespace QLoraNet.Tests.Evaluation;
 
 /// <summary>The template engine renders what Jinja renders in the harness (Python's str of values) for the
 /// expressions task files use.</summary>
+[Trait("tier", "unit")]
 public class TemplateTests
 {
     static readonly Doc Row = new(new Dictionary<string, object?>

@@ -1,43 +1,17 @@
 using QLoraNet.Training.Config;
+using QLoraNet.Training.Recipes;
 using QLoraNet.Training.Trainer;
 
 namespace QLoraNet.Tests.Training;
 
-/// <summary>The <c>eval:</c> section: validated with the rest of the config, and scored before, during and after a
-/// short run into metrics.csv and the result.</summary>
+/// <summary>The <c>eval:</c> section in a short run: tasks scored before the first step, every eval_every and at the
+/// end, into metrics.csv columns, the log and the result.</summary>
 [Collection("training runs")]
+[Trait("tier", "e2e")]
 public class EvalTasksInTrainingTests
 {
     static readonly string Quickstart = Path.Combine(Paths.RepoRoot, "configs", "quickstart.yaml");
     static readonly string SalesData = Path.Combine(Paths.RepoRoot, "datasets", "sales");
-
-    static string[] Here => [$"model.path={Paths.TinyModel}", $"data.train={Path.Combine(SalesData, "train.jsonl")}",
-        $"data.validation={Path.Combine(SalesData, "validation.jsonl")}"];
-
-    [Fact]
-    public void Eval_section_parses_and_round_trips()
-    {
-        var c = TrainConfig.Parse(File.ReadAllText(Quickstart) + "\neval:\n  tasks: [sales_mc]\n  limit: 20\n  task_data: [sales_mc=datasets/sales]\n", "q.yaml", Here);
-        Assert.Equal(["sales_mc"], c.EvalTasks.Tasks);
-        Assert.Equal(20, c.EvalTasks.Limit);
-        Assert.Equal("datasets/sales", c.EvalTasks.TaskDataMap["sales_mc"]);
-        Assert.Equal(c.EvalTasks.Tasks, TrainConfig.Parse(c.ToYaml(), "resolved.yaml").EvalTasks.Tasks);
-        Assert.Empty(TrainConfig.Load(Quickstart, Here).EvalTasks.Tasks);
-        Assert.DoesNotContain("eval:", TrainConfig.Load(Quickstart, Here).ToYaml());
-    }
-
-    [Fact]
-    public void Bad_eval_keys_and_tasks_are_one_line_errors()
-    {
-        string yaml = File.ReadAllText(Quickstart);
-        int line = yaml.Split('\n').Length + 2;
-        var unknown = Assert.Throws<ConfigException>(() => TrainConfig.Parse(yaml + "\neval:\n  taks: [sales_mc]\n", "q.yaml", Here));
-        Assert.Equal($"q.yaml:{line}: unknown key 'eval.taks'; valid keys in 'eval': tasks, limit, batch_size, num_fewshot, task_data", unknown.Message);
-        var task = Assert.Throws<ConfigException>(() => TrainConfig.Parse(yaml + "\neval:\n  tasks: [sales_mcq]\n", "q.yaml", Here));
-        Assert.StartsWith($"q.yaml:{line}: 'eval.tasks': unknown task 'sales_mcq'", task.Message);
-        var data = Assert.Throws<ConfigException>(() => TrainConfig.Parse(yaml + "\neval:\n  tasks: [sales_mc]\n  task_data: [sales_mc]\n", "q.yaml", Here));
-        Assert.Contains("entries must read NAME=PATH", data.Message);
-    }
 
     [Fact]
     public void Tasks_are_scored_before_during_and_after_training()
@@ -50,19 +24,19 @@ public class EvalTasksInTrainingTests
             $"output.dir={tmp["run"]}", "eval.tasks=[sales_mc]", "eval.limit=2", $"eval.task_data=[sales_mc={SalesData}]",
         ]);
         var messages = new List<string>();
-        var result = TrainingRun.Run(config, new TrainOptions(), new MessageRecorder(messages), CancellationToken.None);
+        var result = LoraFinetuneRecipe.Run(config, new TrainOptions(), new MessageRecorder(messages), CancellationToken.None);
 
         Assert.Equal(TrainStop.Completed, result.Stop);
         Assert.Equal(["sales_mc/acc", "sales_mc/acc_norm"], result.TaskScores!.Keys.Order());
         Assert.Equal(result.TaskScores.Keys.Order(), result.InitialTaskScores!.Keys.Order());
         Assert.All(result.TaskScores.Values, v => Assert.Contains(v, new[] { 0.0, 0.5, 1.0 }));   // 2 rows
         Assert.Equal(3, messages.Count(m => m.StartsWith("tasks step")));                         // 0, 1, 2
-        var rows = MetricsLog.Read(Path.Combine(tmp["run"], TrainingRun.MetricsFile));
+        var rows = MetricsLog.Read(Path.Combine(tmp["run"], RunOutput.MetricsFile));
         Assert.Equal([1, 2], rows.Select(r => r.Step));
         Assert.All(rows, r => Assert.Equal(2, r.TaskScores!.Count));
         Assert.Equal(result.TaskScores["sales_mc/acc"], rows[^1].TaskScores!["sales_mc/acc"]);
-        Assert.StartsWith("step,epoch,loss,val_loss,", File.ReadLines(Path.Combine(tmp["run"], TrainingRun.MetricsFile)).First());
-        Assert.EndsWith(",sales_mc/acc,sales_mc/acc_norm", File.ReadLines(Path.Combine(tmp["run"], TrainingRun.MetricsFile)).First());
+        Assert.StartsWith("step,epoch,loss,val_loss,", File.ReadLines(Path.Combine(tmp["run"], RunOutput.MetricsFile)).First());
+        Assert.EndsWith(",sales_mc/acc,sales_mc/acc_norm", File.ReadLines(Path.Combine(tmp["run"], RunOutput.MetricsFile)).First());
     }
 
     sealed class MessageRecorder(List<string> messages) : ITrainingObserver
