@@ -2,7 +2,10 @@ using System.CommandLine;
 using System.Globalization;
 using QLoraNet.Evaluation;
 using QLoraNet.Evaluation.Scoring;
+using QLoraNet.Formats;
 using QLoraNet.Models;
+using QLoraNet.Training.Config;
+using QLoraNet.Training.Data;
 
 namespace QLoraNet.Cli;
 
@@ -21,10 +24,15 @@ public sealed class EvalTasksMode
     public Option<string?> Output { get; } = new("--output") { Description = "write the results JSON (lm-evaluation-harness layout) to this file" };
     public Option<int> FewshotSeed { get; } = new("--fewshot-seed") { Description = "seed of the few-shot draw", DefaultValueFactory = _ => 1234 };
     public Option<bool> LogSamples { get; } = new("--log-samples") { Description = "add every row's log-likelihoods or generation and scores to the results JSON (\"samples\")" };
+    public Option<bool> ApplyChatTemplate { get; } = new("--apply-chat-template") { Description = "generative tasks: ask each prompt as a user message of the chat template (--chat-template) and generate the assistant's reply, as the harness's --apply_chat_template" };
+    public Option<string> ChatTemplate { get; } = new("--chat-template") { Description = $"the template for --apply-chat-template: {ChatTemplates.Choices} (auto: the model's own)", DefaultValueFactory = _ => "auto" };
+
+    public EvalTasksMode() => ChatTemplate.AcceptOnlyFromAmong(YamlNames.Choices<TemplateKind>().ToArray());
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Tasks, Limit, NumFewshot, BatchSize, TaskData, Output, FewshotSeed, LogSamples }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Tasks, Limit, NumFewshot, BatchSize, TaskData, Output, FewshotSeed, LogSamples, ApplyChatTemplate, ChatTemplate })
+            cmd.Options.Add(o);
     }
 
     public int Run(ParseResult parsed, string taskList, ModelOptions modelOptions, bool json, TextWriter stdout)
@@ -38,6 +46,12 @@ public sealed class EvalTasksMode
         // Task files are read and checked before the model loads: a typo fails in a second, not after the weights.
         var selection = TaskCatalog.BuiltIn().Resolve(taskList.Split(','));
         var options = new EvalOptions(parsed.GetValue(Limit), parsed.GetValue(NumFewshot), batch, (ulong)parsed.GetValue(FewshotSeed));
+        string modelDir = parsed.GetValue(modelOptions.Model)!;
+        if (parsed.GetValue(ApplyChatTemplate))
+        {
+            YamlNames.TryParse(parsed.GetValue(ChatTemplate)!, out TemplateKind kind);
+            options = options with { Chat = ChatTemplatePrompt.For(kind, TextTokenizers.Load(modelDir), TokenizerConfigJson.Load(modelDir)) };
+        }
 
         using var loaded = modelOptions.Load(parsed);
         var model = new LlamaScoringModel(loaded.Model, loaded.Tokenizer);
@@ -52,7 +66,7 @@ public sealed class EvalTasksMode
             ["model"] = parsed.GetValue(modelOptions.Model), ["adapter"] = parsed.GetValue(modelOptions.Adapter),
             ["quantization"] = format, ["device"] = loaded.Device.ToString(), ["dtype"] = loaded.ComputeDType.ToString(),
             ["batch_size"] = batch, ["limit"] = options.Limit, ["num_fewshot"] = options.NumFewshot,
-            ["fewshot_seed"] = options.FewshotSeed, ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 1),
+            ["fewshot_seed"] = options.FewshotSeed, ["apply_chat_template"] = options.Chat?.Name, ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 1),
         };
         var doc = EvalResultsJson.ToJson(results, config, parsed.GetValue(LogSamples));
         if (parsed.GetValue(Output) is { } output) EvalResultsJson.Write(output, doc);

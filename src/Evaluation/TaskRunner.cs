@@ -11,7 +11,9 @@ namespace QLoraNet.Evaluation;
 /// <param name="Limit">score only the first N rows of each task (the harness's --limit)</param>
 /// <param name="NumFewshot">overrides every task's num_fewshot</param>
 /// <param name="FewshotSeed">the harness's default fewshot_random_seed is 1234</param>
-public sealed record EvalOptions(int? Limit = null, int? NumFewshot = null, int BatchSize = 8, ulong FewshotSeed = 1234);
+/// <param name="Chat">a chat format for generative tasks' prompts (the harness's --apply_chat_template); null: raw text</param>
+public sealed record EvalOptions(int? Limit = null, int? NumFewshot = null, int BatchSize = 8, ulong FewshotSeed = 1234,
+    IChatPrompt? Chat = null);
 
 /// <summary>
 /// Runs one task end to end: reads its rows (scored split, then few-shot split), preprocesses them, builds every
@@ -43,7 +45,7 @@ public static class TaskRunner
         var contexts = docs.Select(d => builder.Contexts(d, shots, exclude)).ToList();
 
         var rows = task.OutputType == OutputType.GenerateUntil
-            ? ScoreGenerations(model, task, renderer, docs, contexts, progress, cancel)
+            ? ScoreGenerations(model, task, renderer, docs, contexts, options.Chat, progress, cancel)
             : ScoreLoglikelihoods(model, task, renderer, docs, contexts, multipleInput, options.BatchSize, progress, cancel);
 
         var metrics = rows.SelectMany(r => r.Metrics.Keys).Distinct()
@@ -127,7 +129,7 @@ public static class TaskRunner
     }
 
     static List<SampleRecord> ScoreGenerations(IScoringModel model, TaskConfig task, DocRenderer renderer,
-        List<Doc> docs, List<IReadOnlyList<string>> contexts, IProgress<EvalProgress>? progress, CancellationToken cancel)
+        List<Doc> docs, List<IReadOnlyList<string>> contexts, IChatPrompt? chat, IProgress<EvalProgress>? progress, CancellationToken cancel)
     {
         var golds = docs.Select(doc =>
         {
@@ -141,7 +143,7 @@ public static class TaskRunner
             return PythonValues.Str(t);
         }).ToList();
         var until = task.Until ?? [task.FewshotDelimiter];
-        var generations = GenerationRunner.Run(model, contexts.Select(c => c[0]).ToList(), until, task.MaxGenToks, task.Name, progress, cancel);
+        var generations = GenerationRunner.Run(model, contexts.Select(c => c[0]).ToList(), until, task.MaxGenToks, task.Name, progress, cancel, chat);
         var pipelines = task.Filters ?? [AnswerFilters.None];
         return docs.Select((_, d) =>
         {

@@ -33,10 +33,10 @@ public interface IScoringModel
     /// </summary>
     IReadOnlyList<ContinuationScore> Score(IReadOnlyList<ScoringRow> rows);
 
-    /// <summary>Greedy continuation of <paramref name="contextIds"/>: stops at an EOS id, when the decoded text contains
-    /// one of <paramref name="until"/>, or after <paramref name="maxNewTokens"/>. Returns the decoded new text (not yet
-    /// cut at the stop string).</summary>
-    string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens);
+    /// <summary>Greedy continuation of <paramref name="contextIds"/>: stops at an EOS id or one of
+    /// <paramref name="stopIds"/>, when the decoded text contains one of <paramref name="until"/>, or after
+    /// <paramref name="maxNewTokens"/>. Returns the decoded new text (not yet cut at the stop string).</summary>
+    string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens, IReadOnlyList<int> stopIds);
 }
 
 /// <summary>One row of a log-likelihood batch (see <see cref="IScoringModel.Score"/>).</summary>

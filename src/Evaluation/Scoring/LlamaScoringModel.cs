@@ -76,7 +76,7 @@ public sealed class LlamaScoringModel : IScoringModel
         return result;
     }
 
-    public string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens)
+    public string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens, IReadOnlyList<int> stopIds)
     {
         var generated = new List<int>();
         if (maxNewTokens <= 0 || contextIds.Count == 0) return "";
@@ -89,7 +89,7 @@ public sealed class LlamaScoringModel : IScoringModel
             var ids = tensor(next, [1, next.Length], ScalarType.Int64, model.Device);          // (1, T)
             var hidden = model.Model.forward(ids, null, null, cache);                          // (1, T, hidden)
             int token = (int)model.Logits(hidden[0, -1]).argmax().item<long>();                // greedy
-            if (EosIds.Contains(token)) break;
+            if (EosIds.Contains(token) || stopIds.Contains(token)) break;
             generated.Add(token);
             // Stop strings are text: a stop like "Question:" may span tokens, so the decoded text is checked.
             if (until.Count > 0)

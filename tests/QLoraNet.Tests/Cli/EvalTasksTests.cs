@@ -52,6 +52,21 @@ public class EvalTasksTests
     }
 
     [Fact]
+    public void Apply_chat_template_asks_generative_tasks_in_the_models_chat_format()
+    {
+        var (code, stdout, stderr) = CliRunner.Run("eval", "--model", Paths.TinyModel, "--device", "cpu", "--tasks", "gsm8k",
+            "--task-data", $"gsm8k={Path.Combine(Paths.RepoRoot, "tests", "fixtures", "eval", "gsm8k")}", "--num-fewshot", "0",
+            "--limit", "1", "--apply-chat-template", "--json", "--log-samples");
+        Assert.True(code == 0, stderr);
+        var json = JsonDocument.Parse(stdout).RootElement;
+        Assert.Equal("llama2-chat", json.GetProperty("config").GetProperty("apply_chat_template").GetString());   // auto: no shipped template
+        Assert.Equal(JsonValueKind.String, json.GetProperty("samples").GetProperty("gsm8k")[0].GetProperty("generation").ValueKind);
+
+        var alpaca = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", "gsm8k", "--apply-chat-template", "--chat-template", "alpaca");
+        Assert.Equal("error: the alpaca template renders instruction rows only; choose a chat template", alpaca.Stderr.TrimEnd());
+    }
+
+    [Fact]
     public void Bad_options_are_one_line_errors()
     {
         var unknown = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", "sales_mcq");

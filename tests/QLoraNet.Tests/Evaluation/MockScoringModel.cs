@@ -11,6 +11,7 @@ public sealed class MockScoringModel(Func<string, string, double>? logLikelihood
     public const int Bos = 1;
     public readonly List<(string Context, string Continuation)> Requests = new();
     public readonly List<string> Prompts = new();
+    public readonly List<IReadOnlyList<int>> StopIds = new();
     public readonly List<int> BatchSizes = new();
 
     public IReadOnlyList<int> Encode(string text) => [Bos, .. EncodeWithoutSpecialTokens(text)];
@@ -32,8 +33,9 @@ public sealed class MockScoringModel(Func<string, string, double>? logLikelihood
         }).ToList();
     }
 
-    public string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens)
+    public string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens, IReadOnlyList<int> stopIds)
     {
+        StopIds.Add(stopIds);
         string prompt = Decode(contextIds);
         Prompts.Add(prompt);
         return generate?.Invoke(prompt) ?? "";

@@ -135,7 +135,7 @@ public class ReferenceParityTests(ITestOutputHelper output)
         public IReadOnlyList<int> EosIds => [tokenizer.EosId];
         public int MaxLength => int.MaxValue;
         public IReadOnlyList<ContinuationScore> Score(IReadOnlyList<ScoringRow> rows) => throw new NotSupportedException();
-        public string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens) => throw new NotSupportedException();
+        public string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens, IReadOnlyList<int> stopIds) => throw new NotSupportedException();
     }
 
     /// <summary>Older HFLM (add_special_tokens=False): every encode without the tokenizer's special tokens.</summary>
@@ -148,7 +148,8 @@ public class ReferenceParityTests(ITestOutputHelper output)
         public IReadOnlyList<int> EosIds => inner.EosIds;
         public int MaxLength => inner.MaxLength;
         public IReadOnlyList<ContinuationScore> Score(IReadOnlyList<ScoringRow> rows) => inner.Score(rows);
-        public string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens) => inner.GenerateUntil(contextIds, until, maxNewTokens);
+        public string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens, IReadOnlyList<int> stopIds) =>
+            inner.GenerateUntil(contextIds, until, maxNewTokens, stopIds);
     }
 }
 

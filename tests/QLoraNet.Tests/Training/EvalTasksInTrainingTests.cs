@@ -37,6 +37,13 @@ public class EvalTasksInTrainingTests
         Assert.Equal(result.TaskScores["sales_mc/acc"], rows[^1].TaskScores!["sales_mc/acc"]);
         Assert.StartsWith("step,epoch,loss,val_loss,", File.ReadLines(Path.Combine(tmp["run"], RunOutput.MetricsFile)).First());
         Assert.EndsWith(",sales_mc/acc,sales_mc/acc_norm", File.ReadLines(Path.Combine(tmp["run"], RunOutput.MetricsFile)).First());
+
+        // The final summary `train` prints: each score after training with the base model's beside it.
+        var summary = new StringWriter();
+        new QLoraNet.Cli.ConsoleTrainingObserver(summary).Finish(result);
+        string F(double v) => v.ToString("F4", System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Contains($"tasks: sales_mc/acc {F(result.TaskScores["sales_mc/acc"])} (base model {F(result.InitialTaskScores["sales_mc/acc"])}), "
+            + $"sales_mc/acc_norm {F(result.TaskScores["sales_mc/acc_norm"])} (base model {F(result.InitialTaskScores["sales_mc/acc_norm"])})", summary.ToString());
     }
 
     sealed class MessageRecorder(List<string> messages) : ITrainingObserver
