@@ -74,7 +74,7 @@ public class EvalTasksTests
         Assert.StartsWith("error: unknown task 'sales_mcq'; built-in tasks and groups:", unknown.Stderr);
 
         var both = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", "sales_mc", "--text-file", "x.txt");
-        Assert.Equal("error: --tasks scores tasks; leave out --text-file and --token-ids-json", both.Stderr.TrimEnd());
+        Assert.Equal("error: --tasks scores tasks; leave out --text-file, --token-ids-json and --data", both.Stderr.TrimEnd());
 
         var data = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", "sales_mc", "--task-data", "sales_mc");
         Assert.Contains("--task-data 'sales_mc' must read NAME=PATH", data.Stderr);
