@@ -66,6 +66,39 @@ public class EvalTasksTests
         Assert.Equal("error: the alpaca template renders instruction rows only; choose a chat template", alpaca.Stderr.TrimEnd());
     }
 
+    [Theory]
+    [InlineData("llama3")]
+    [InlineData("mistral")]
+    [InlineData("qwen2")]
+    [InlineData("gemma")]
+    [InlineData("gemma2")]
+    public void Every_family_scores_multiple_choice_and_generates_in_nf4_dq(string family)
+    {
+        // The CLI's path end to end on each family fixture: its config.json and tokenizer (SentencePiece or
+        // tokenizer.json), a 4-bit base, a log-likelihood task and a generative one.
+        var (code, stdout, stderr) = CliRunner.Run("eval", "--model", Path.Combine(Paths.RepoRoot, "tests", "fixtures", "families", family),
+            "--device", "cpu", "--quantization", "nf4-dq", "--tasks", "sales_mc,gsm8k", "--task-data", $"sales_mc={SalesData}",
+            "--task-data", $"gsm8k={Path.Combine(Paths.RepoRoot, "tests", "fixtures", "eval", "gsm8k")}", "--num-fewshot", "0",
+            "--limit", "3", "--batch-size", "2", "--json", "--log-samples");
+        Assert.True(code == 0, $"{family}: {stderr}");
+        var json = JsonDocument.Parse(stdout).RootElement;
+        Assert.Equal("nf4-dq", json.GetProperty("config").GetProperty("quantization").GetString());
+        var mc = json.GetProperty("samples").GetProperty("sales_mc");
+        Assert.Equal(3, mc.GetArrayLength());
+        foreach (var sample in mc.EnumerateArray())
+        {
+            var lls = sample.GetProperty("loglikelihoods").EnumerateArray().Select(e => e.GetDouble()).ToList();
+            Assert.Equal(4, lls.Count);
+            Assert.All(lls, ll => Assert.True(double.IsFinite(ll) && ll < 0, $"{family}: log-likelihood {ll}"));
+            Assert.True(lls.Distinct().Count() > 1, $"{family}: every choice scored the same");
+        }
+        double acc = json.GetProperty("results").GetProperty("sales_mc").GetProperty("acc,none").GetDouble();
+        Assert.Equal(0, Math.Round(acc * 3) - acc * 3, 9);                       // a count out of 3 rows
+        var gen = json.GetProperty("samples").GetProperty("gsm8k");
+        Assert.Equal(1, gen.GetArrayLength());                                  // the fixture's one test row
+        Assert.All(gen.EnumerateArray(), g => Assert.Equal(JsonValueKind.String, g.GetProperty("generation").ValueKind));
+    }
+
     [Fact]
     public void Bad_options_are_one_line_errors()
     {

@@ -55,7 +55,7 @@ public class ReferenceParityTests(ITestOutputHelper output)
     [Fact]
     public void Tiny_llama_loglikelihoods_equal_transformers() => AssertLoglikelihoods("tiny-llama-sotu");
 
-    [LoadableModelFact("llama3")]
+    [Fact]
     public void Llama3_loglikelihoods_equal_transformers() => AssertLoglikelihoods("llama3");
 
     void AssertLoglikelihoods(string name)
@@ -150,21 +150,5 @@ public class ReferenceParityTests(ITestOutputHelper output)
         public IReadOnlyList<ContinuationScore> Score(IReadOnlyList<ScoringRow> rows) => inner.Score(rows);
         public string GenerateUntil(IReadOnlyList<int> contextIds, IReadOnlyList<string> until, int maxNewTokens, IReadOnlyList<int> stopIds) =>
             inner.GenerateUntil(contextIds, until, maxNewTokens, stopIds);
-    }
-}
-
-/// <summary>
-/// A fact about a model of loglik_reference.json that runs once our model code computes its family: skipped, with
-/// the refusal as the reason, while <see cref="ArchitectureSupport"/> refuses the model's config.json (Llama 3's
-/// rope_type llama3 until the families-models work lands), and on by itself after.
-/// </summary>
-public sealed class LoadableModelFactAttribute : FactAttribute
-{
-    public LoadableModelFactAttribute(string name)
-    {
-        using var doc = JsonDocument.Parse(File.ReadAllText(ReferenceParityTests.File));
-        string dir = Path.Combine(Paths.RepoRoot, doc.RootElement.GetProperty("models").GetProperty(name).GetProperty("path").GetString()!);
-        try { ArchitectureSupport.Require(ModelFamilies.Load(dir), dir); }
-        catch (NotSupportedException e) { Skip = $"log-likelihoods of '{name}' wait for the model code: {e.Message}"; }
     }
 }
