@@ -46,6 +46,29 @@ public class EvalTasksInTrainingTests
             + $"sales_mc/acc_norm {F(result.TaskScores["sales_mc/acc_norm"])} (base model {F(result.InitialTaskScores["sales_mc/acc_norm"])})", summary.ToString());
     }
 
+    [Theory]
+    [InlineData("qwen2")]    // byte-level BPE tokenizer.json, no BOS: the prefix token is EOS
+    [InlineData("gemma2")]   // SentencePiece, soft-capped logits, sliding window
+    public void A_family_fine_tune_scores_its_tasks_through_its_own_tokenizer(string family)
+    {
+        using var tmp = Paths.Temp();
+        string fixture = Path.Combine(Paths.RepoRoot, "tests", "fixtures", "families", family);
+        var config = TrainConfig.Load(Path.Combine(Paths.RepoRoot, "configs", "tests", $"{family}-tiny.yaml"), [
+            $"model.path={fixture}", $"data.train={Path.Combine(Paths.RepoRoot, "datasets", "general", "heldout.jsonl")}",
+            "training.max_steps=1", "training.eval_every=1", "training.save_every=0", $"output.dir={tmp["run"]}",
+            "eval.tasks=[sales_mc]", "eval.limit=4", $"eval.task_data=[sales_mc={SalesData}]",
+        ]);
+        var messages = new List<string>();
+        var result = LoraFinetuneRecipe.Run(config, new TrainOptions(), new MessageRecorder(messages), CancellationToken.None);
+
+        Assert.Equal(TrainStop.Completed, result.Stop);
+        Assert.Equal(["sales_mc/acc", "sales_mc/acc_norm"], result.InitialTaskScores!.Keys.Order());
+        Assert.All(result.TaskScores!.Values.Concat(result.InitialTaskScores.Values), v => Assert.Contains(v, new[] { 0.0, 0.25, 0.5, 0.75, 1.0 }));   // 4 rows
+        Assert.Contains(messages, m => m.StartsWith("tasks step") && m.Contains("sales_mc/acc"));
+        var rows = MetricsLog.Read(Path.Combine(tmp["run"], RunOutput.MetricsFile));
+        Assert.Equal(result.TaskScores["sales_mc/acc"], rows[^1].TaskScores!["sales_mc/acc"]);
+    }
+
     sealed class MessageRecorder(List<string> messages) : ITrainingObserver
     {
         public void OnStart(RunSummary summary) { }
