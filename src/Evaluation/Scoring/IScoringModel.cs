@@ -1,8 +1,9 @@
 namespace QLoraNet.Evaluation.Scoring;
 
 /// <summary>
-/// All that evaluation needs of a model and its tokenizer. Kept small so any model (today the Llama in
-/// <see cref="LlamaScoringModel"/>, tomorrow another family or a remote server) plugs in with one adapter.
+/// All that evaluation needs of a model and its tokenizer. Kept small so any model plugs in with one adapter:
+/// <see cref="LlamaScoringModel"/> serves every family the model code builds (Llama 2/3, Mistral, Qwen2, Gemma,
+/// Gemma 2 share its decoder class) with the family's own tokenizer; a remote server would be another adapter.
 /// </summary>
 public interface IScoringModel
 {
