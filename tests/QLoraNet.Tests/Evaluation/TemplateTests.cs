@@ -42,7 +42,7 @@ public class TemplateTests
     {
         Assert.Equal(new List<object?> { "three", "four" }, Eval("{{choices.text}}"));
         Assert.Equal(1L, Eval("{{choices.label.index(answerKey)}}"));
-        Assert.Equal("1", Eval(" {{choices.label.index(answerKey)}}").ToString()!.Trim());
+        Assert.Equal("1", Eval(" {{choices.label.index(answerKey)}}")?.ToString()?.Trim());
     }
 
     [Fact]
