@@ -18,10 +18,13 @@ namespace QLoraNet.Training.Recipes;
 /// The QLoRA fine-tuning recipe, shaped like torchtune's lora_finetune_single_device: setup in separate steps (the
 /// output directory and the checkpoint to resume, data, the model with its base quantized as it loads and its LoRA
 /// adapters, optimizer, resume, schedule, then the step, loss and evaluator), apart from one visible loop: per
-/// optimizer step { <see cref="TrainStep"/>; metrics; evaluate, stop early, checkpoint as configured }.
+/// optimizer step { <see cref="TrainStep"/>; metrics; score benchmark tasks, evaluate, stop early, checkpoint as
+/// configured }.
 /// The per-step work (<see cref="TrainStep"/>), the loss (<see cref="ITrainingLoss"/>, here
 /// <see cref="CausalLmTokenMeanLoss"/>) and validation (<see cref="Evaluator"/>) are components: another objective
-/// is a sibling recipe passing its own loss, and `bench train` times the same TrainStep on random tokens.
+/// is a sibling recipe passing its own loss, and `bench train` times the same TrainStep on random tokens. Benchmark
+/// tasks (the config's <c>eval:</c> section) are scored by <see cref="TaskEvaluation"/> at the same points as the
+/// validation loss: before the first step, every eval_every steps and at the end.
 /// Data-parallel: a launcher runs one recipe per replica (<see cref="TrainOptions.Replicas"/>, one process per
 /// GPU); every replica loads the model itself, starts from replica 0's adapter, draws the same data stream and
 /// takes its block of each step's micro-batches; the step sums gradients over replicas, evaluation is sharded,
@@ -38,6 +41,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     // Set up in order by Setup; the loop reads them.
     CheckpointStore _store = null!;
     string? _resumeFrom;
+    ITextTokenizer _tokenizer = null!;
     TrainingData _data = null!;
     Device _device = null!;
     double _loadSeconds;
@@ -55,7 +59,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     MetricsLog _metrics = null!;
     MemoryMonitor _memory = null!;
     RunReports _reports = null!;
-    ITextTokenizer _tokenizer = null!;
+    TaskEvaluation? _tasks;
     int? _bestStep;
     int? _lastCheckpointStep;
 
@@ -88,6 +92,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         SetupResume();
         SetupSchedule();
         SetupStep();
+        SetupTaskEvaluation();
         _observer.OnStart(new RunSummary(_config.Model.Path, _device + (_replicas.Size > 1 ? $" (rank 0 of {_replicas.Size} data-parallel replicas)" : ""), _model.Model.ComputeDType.ToString(),
             _built.BaseFormat.ToString(), TrainableParameters.Count(_model), _data.Stats, _totalSteps, _state.Step,
             _batches.PerEpoch, _t.MicroBatchSize * _t.GradientAccumulationSteps * _replicas.Size, _loadSeconds,
@@ -192,12 +197,22 @@ public sealed class LoraFinetuneRecipe : IDisposable
         _reports = RunReports.Create(_config, WritesFiles, _state.Step, _model, _tokenizer, _built.Architecture, _observer);
     }
 
+    /// <summary>The benchmark tasks of the <c>eval:</c> section, if any; replica 0 scores them (the others' model is the same).</summary>
+    void SetupTaskEvaluation()
+    {
+        if (_config.EvalTasks.Tasks.Count > 0 && WritesFiles) _tasks = new TaskEvaluation(_model, _tokenizer, _config.EvalTasks);
+    }
+
     /// <summary>The loop: one optimizer step at a time, with evaluation, early stopping and checkpoints as configured.</summary>
     TrainResult Train(CancellationToken cancel)
     {
         // The base model's validation loss, before any step: the "before" of the run's before/after.
         double? initialValidation = _state.Step == 0 && _totalSteps > 0 && _data.Validation.Count > 0 ? Validate(0) : null;
-        if (_state.Step == 0 && _totalSteps > 0) _reports.Sample(0);
+        if (_state.Step == 0 && _totalSteps > 0)
+        {
+            _reports.Sample(0);
+            ScoreTasks(0, cancel);
+        }
         var clock = Stopwatch.StartNew();
         double elapsedBefore = _metrics.Rows.LastOrDefault()?.ElapsedSeconds ?? 0;
         var stop = TrainStop.Completed;
@@ -229,7 +244,11 @@ public sealed class LoraFinetuneRecipe : IDisposable
             RecordStep(outcome, lr, stepClock.Elapsed.TotalSeconds, elapsedBefore + clock.Elapsed.TotalSeconds);
 
             bool last = step + 1 == _totalSteps;
-            if (Every(_t.EvalEvery, step + 1) || last) _reports.Sample(step + 1);
+            if (Every(_t.EvalEvery, step + 1) || last)
+            {
+                _reports.Sample(step + 1);
+                ScoreTasks(step + 1, cancel);
+            }
             if (_data.Validation.Count > 0 && (Every(_t.EvalEvery, step + 1) || last))
             {
                 Validate(step + 1);
@@ -267,6 +286,14 @@ public sealed class LoraFinetuneRecipe : IDisposable
         if (best) _bestStep = step;
         _observer.OnEvaluation(step, loss, best);
         return loss;
+    }
+
+    /// <summary>Benchmark task scores at <paramref name="step"/> (0: the base model): metrics.csv columns and a log line.</summary>
+    void ScoreTasks(int step, CancellationToken cancel)
+    {
+        if (_tasks?.Score(step, cancel) is not { } scores) return;
+        _metrics.SetTaskScores(step, scores);
+        _observer.OnMessage($"tasks step {step,5}  {TaskEvaluation.Describe(scores)}" + (step == 0 ? "  (base model, before training)" : ""));
     }
 
     /// <summary>A metrics.csv row and the observer's step event.</summary>
@@ -311,7 +338,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         if (WritesFiles && _metrics.Rows.Count > 0) _reports.DrawLossCurve(_metrics.Rows);
         if (stop == TrainStop.Interrupted) message = $"interrupted at step {_state.Step}; resume with --resume";
         return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation,
-            _memory.RunPeak);
+            _memory.RunPeak, _tasks?.Last, _tasks?.Initial);
     }
 
     public void Dispose()
