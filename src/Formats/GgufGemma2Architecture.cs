@@ -43,7 +43,7 @@ public sealed class GgufGemma2Architecture : IGgufArchitecture
     public Tensor Convert(string ggufName, Tensor weight, ModelArchitecture arch)
     {
         if (GgufTensorNames.IsLinear(ggufName, "attn_q") && QueryFold(arch) is var f && f != 1.0)
-            return weight * f;
+            return weight.to(ScalarType.Float32) * f;                    // in fp32: a bf16 product would round to 8 bits
         return GgufGemmaArchitecture.NormPlusOne(ggufName, weight);
     }
 
