@@ -1,6 +1,9 @@
 using System.Runtime.InteropServices;
 using QLoraNet.Formats;
 using QLoraNet.Models;
+using QLoraNet.Peft;
+using QLoraNet.Quant;
+using QLoraNet.Tests.Peft;
 using QLoraNet.Tests.Cli;
 using QLoraNet.Tests.Models.Families;
 using Xunit.Abstractions;
@@ -81,6 +84,29 @@ public class GgufFamilyTests
         Assert.Equal(architecture.StartsWith("gemma"), g.Has("tokenizer.ggml.add_space_prefix") && !g["tokenizer.ggml.add_space_prefix"].AsBool);
         Assert.Equal(arch.HeadDim * arch.NumHeads != arch.Hidden, g.Has($"{architecture}.attention.key_length"));
         Assert.Equal(!arch.TiedHead, g.Tensors.Any(t => t.Name == "output.weight"));   // tied: llama.cpp reads token_embd
+    }
+
+    [Theory]
+    [InlineData("llama3-8b", "llama", 0)]
+    [InlineData("llama3.1-8b-instruct", "llama", 0)]
+    [InlineData("llama3.2-1b", "llama", 0)]
+    [InlineData("mistral-7b", "llama", 1)]
+    [InlineData("qwen2.5-7b", "qwen2", 0)]
+    [InlineData("gemma-7b", "gemma", 0)]
+    [InlineData("gemma2-9b", "gemma2", 0)]
+    public void The_published_configs_map_to_their_llama_cpp_architecture(string model, string architecture, int warnings)
+    {
+        // The hub's config.json of each real size (configs/models/): accepted, with Mistral's window warning only.
+        var arch = ModelFamilies.Load(Path.Combine(Paths.RepoRoot, "configs", "models", model));
+        var gguf = GgufArchitectures.For(arch, model);
+        Assert.Equal(architecture, gguf.Name);
+        Assert.Equal(warnings, gguf.Check(arch).Count);
+        if (architecture == "gemma2") Assert.Equal(1.0, GgufGemma2Architecture.QueryFold(arch));   // 9B: query_pre_attn_scalar = head_dim = 256
+        if (arch.Rope.Scaling == RopeScalingKind.Llama3)
+        {
+            var f = gguf.ExtraTensors(arch).Single().Values;   // head_dim/2 divisors from 1 to factor (8; Llama 3.2: 32)
+            Assert.Equal((arch.HeadDim / 2, 1f, (float)arch.Rope.Llama3!.Factor), (f.Length, f[0], f[^1]));
+        }
     }
 
     [Fact]
@@ -205,6 +231,27 @@ public class GgufFamilyLlamaCppTests(ITestOutputHelper output)
         // f16 weights carry 11 significant bits: measured |Δ| <= 6e-5 on these fixtures; 1e-3 leaves room, a wrong
         // norm offset, scale or window moves the loss by tenths.
         Assert.InRange(loss, r.HeldoutMeanLoss - 1e-3, r.HeldoutMeanLoss + 1e-3);
+    }
+
+    [LlamaCppTheory]
+    [MemberData(nameof(FamilyReference.All), MemberType = typeof(FamilyReference))]
+    public void An_adapter_merged_on_export_runs_in_llama_cpp_as_ours_with_the_adapter(string family)
+    {
+        // export --adapter merges while streaming (Qwen2's biases pass through, Gemma 2's q fold applies after the
+        // merge); llama.cpp's greedy ids equal those of the base with the unmerged adapter here.
+        var r = FamilyReference.Of(family);
+        using var tmp = Paths.Temp();
+        string adapter = FamilyLoraTests.NonZeroAdapter(family, tmp["adapter"]);
+        var (code, _, stderr) = CliRunner.Run("export", "--model", r.Dir, "--adapter", adapter, "--format", "gguf", "--type", "f16", "--out", tmp["m.gguf"]);
+        Assert.True(code == 0, stderr);
+        var (prompt, n) = family == "mistral" ? (r.Cases[1].InputIds.Take(8).ToArray(), 8) : (r.Cases[0].InputIds, 16);
+        using var built = ModelBuilder.Build(r.Dir, new ModelBuildOptions(CPU, ScalarType.Float32, new DenseFormat(null), AdapterDir: adapter));
+        built.Model.eval();
+        var ours = TextGenerator.Generate(built.Model, prompt, new GenerationOptions(MaxNewTokens: n)).ToArray();
+        var result = LlamaCpp.Run(["generate", "--model", tmp["m.gguf"], "--n", n.ToString(), "--ids", string.Join(",", prompt)]);
+        var theirs = result.GetProperty("results")[0].GetProperty("generated_ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
+        output.WriteLine($"{family} with adapter: ours [{string.Join(",", ours)}] llama.cpp [{string.Join(",", theirs)}]");
+        Assert.Equal(ours, theirs);
     }
 
     [LlamaCppTheory]
