@@ -69,7 +69,9 @@ public static class BenchTrainCommand
             var llama = built.Model;
             double loadS = loadClock.Elapsed.TotalSeconds;
             var (step, data) = NewStep(built, shape, dropoutRandom);
+            var callsBefore = built.Kernels.Fused.CallCounts();
             var (tokS, stepMs, loss) = TimeSteps(step, data, shape, built.Model.Device, pr.GetValue(steps), pr.GetValue(warmup));
+            var calls = CallsPerStep(callsBefore, built.Kernels.Fused.CallCounts(), pr.GetValue(warmup) + pr.GetValue(steps));
             var fields = new List<string>
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
@@ -79,6 +81,9 @@ public static class BenchTrainCommand
                 J("tokens_per_s", Math.Round(tokS, 1)), J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
                 J("base_gib", Math.Round(llama.named_modules().Select(m => m.module).OfType<FrozenLinear>().Sum(f => f.StorageBytes) / Math.Pow(2, 30), 2)),
                 J("logits_per_chunk", shape.LogitsPerChunk), J("adamw_path", FusedOp.Spell(step.Optimizer.LastPath)),
+                // The kernel choice (as `train` prints it at the start) and the calls each path served: nothing fell back unseen.
+                "\"kernels\": " + JsonSerializer.Serialize(built.Kernels.Report()),
+                "\"fused_calls_per_step\": " + JsonSerializer.Serialize(calls),
             };
             if (pr.GetValue(profile))
                 fields.Add("\"profile\": " + JsonSerializer.Serialize(Profile(step, data, built, shape, pr.GetValue(warmup) + pr.GetValue(steps), pr.GetValue(profileSteps))));
@@ -166,16 +171,20 @@ public static class BenchTrainCommand
         var summary = profiler.Summary();
         summary["step_wall_ms"] = Math.Round(wallMs, 2);
         summary["tokens_per_s"] = Math.Round((long)shape.Batch * shape.Seq * shape.GradientAccumulation / (wallMs / 1000), 1);
-        var after = built.Kernels.Fused.CallCounts();
-        summary["fused_calls_per_step"] = after.ToDictionary(kv => kv.Key, kv => (object?)new Dictionary<string, double>
-        {
-            ["kernel"] = (kv.Value.Kernel - before[kv.Key].Kernel) / (double)count,
-            ["reference"] = (kv.Value.Reference - before[kv.Key].Reference) / (double)count,
-        });
+        summary["fused_calls_per_step"] = CallsPerStep(before, built.Kernels.Fused.CallCounts(), count);
         summary["kernels"] = built.Kernels.Report();
         if (rangeError is not null) summary["profiler_range_error"] = rangeError;
         return summary;
     }
+
+    /// <summary>The calls each fused op's kernel and reference served per step between two tallies.</summary>
+    static Dictionary<string, object?> CallsPerStep(IReadOnlyDictionary<string, (long Kernel, long Reference)> before,
+        IReadOnlyDictionary<string, (long Kernel, long Reference)> after, int steps) =>
+        after.ToDictionary(kv => kv.Key, kv => (object?)new Dictionary<string, double>
+        {
+            ["kernel"] = (kv.Value.Kernel - before[kv.Key].Kernel) / (double)Math.Max(1, steps),
+            ["reference"] = (kv.Value.Reference - before[kv.Key].Reference) / (double)Math.Max(1, steps),
+        });
 
     /// <summary>Where a step's time goes, measured piece by piece at the step's shapes.</summary>
     static IEnumerable<string> Split(LlamaForCausalLM nf4, string dir, Shape shape, double stepMs, int steps)
