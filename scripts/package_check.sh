@@ -23,7 +23,7 @@ has() { grep -q -- "$2" "$work/$1.log" || { echo "FAIL  $1: no '$2' in its outpu
 # QLN_PACK_SUFFIX=S QLN_NO_PACK=1: reuse artifacts/ packed with that suffix (development only).
 [[ -z ${QLN_NO_PACK:-} ]] && rm -rf artifacts && check pack dotnet pack QLoraNet.sln -c Release -o artifacts --version-suffix "$suffix" -nologo -v q
 ls artifacts/*.nupkg 2>/dev/null | sed 's|^|      |'
-for id in QLoraNet QLoraNet.Cli QLoraNet.Native QLoraNet.Training QLoraNet.Models QLoraNet.Peft QLoraNet.Quant QLoraNet.Formats QLoraNet.Kernels; do
+for id in QLoraNet QLoraNet.Cli QLoraNet.Native QLoraNet.Training QLoraNet.Models QLoraNet.Peft QLoraNet.Quant QLoraNet.Formats QLoraNet.Kernels QLoraNet.Evaluation QLoraNet.Distributed; do
   [[ -f artifacts/$id.$version.nupkg ]] || { echo "FAIL  package $id.$version.nupkg missing"; failed=$((failed + 1)); }
 done
 # Each library package: its readme and XML documentation inside.

@@ -41,7 +41,7 @@ public static class ModelExport
     }
 
     /// <summary>
-    /// A GGUF v3 file for llama.cpp / Ollama (llama architecture; norms f32), with an adapter folded into the weights
+    /// A GGUF v3 file for llama.cpp / Ollama (the family's llama.cpp architecture; norms f32), with an adapter folded into the weights
     /// first when one is given.
     /// </summary>
     /// <param name="modelDirectory">the Hugging Face checkpoint.</param>
@@ -62,7 +62,7 @@ public static class ModelExport
             LibTorch.Load();
             using var checkpoint = adapterDirectory is null ? null : CheckpointReader.Open(modelDirectory);
             using var merge = adapterDirectory is null ? null : AdapterMerge.Open(adapterDirectory, checkpoint!, ModelFamilies.Load(modelDirectory));
-            var s = GgufLlamaExporter.Export(modelDirectory, outputFile, exportType, overwrite, merge is null ? null : merge.Apply);
+            var s = GgufExporter.Export(modelDirectory, outputFile, exportType, overwrite, merge is null ? null : merge.Apply);
             return new GgufResult(outputFile, s.Tensors.Count, s.FileBytes, merge?.MergedCount ?? 0, s.Warnings);
         }), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
     }

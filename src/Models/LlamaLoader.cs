@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using QLoraNet.Quant.Kernels;
 using TorchSharp;
@@ -56,7 +57,7 @@ public static class LlamaLoader
                     frozen[name] = raw.to(frozenDType, options.Device, copy: true).DetachFromDisposeScope();
                 }
             }
-            return Assemble(arch, linears, frozen, options);
+            return Assemble(arch, linears, frozen, options, kernels.Fused);
         }
         catch
         {
@@ -97,7 +98,9 @@ public static class LlamaLoader
 
     static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;
 
-    static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o)
+    /// <param name="fused">the run's fused ops: each module is handed the one it runs (norms, RoPE, the gated unit).</param>
+    static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o,
+        FusedKernels fused)
     {
         var layers = new List<LlamaDecoderLayer>();
         for (int i = 0; i < a.NumLayers; i++)
@@ -107,13 +110,13 @@ public static class LlamaLoader
                 (l, linears[p + l.Path], l.HasBias ? frozen[p + l.Path + ".bias"] : null);
             var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
                 a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i),
-                a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap);
-            var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection));
-            var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen[p + n.Path + ".weight"], a.NormEps, a.Norm)));
+                a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap, fused.Rope);
+            var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection), fused.Glu);
+            var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen[p + n.Path + ".weight"], a.NormEps, a.Norm, fused.RmsNorm)));
             layers.Add(new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms));
         }
         var model = new LlamaModel("model", frozen[a.EmbeddingWeight], layers,
-            new RmsNorm("norm", frozen[a.FinalNormWeight], a.NormEps, a.Norm),
+            new RmsNorm("norm", frozen[a.FinalNormWeight], a.NormEps, a.Norm, fused.RmsNorm),
             new RotaryEmbedding("rotary_emb", a.Rope, o.ComputeDType, o.Device), o.ComputeDType, a.ScaleEmbeddings);
         return new LlamaForCausalLM(a.Architectures.FirstOrDefault() ?? a.Family, a, model, linears.GetValueOrDefault(a.HeadName));
     }
