@@ -41,7 +41,7 @@ public sealed class ModelOptions
 
     public Loaded Load(ParseResult parsed)
     {
-        LibTorchProbe.EnsureLoaded();
+        LibTorchProbe.RequireCudaIfAsked(parsed.GetValue(Device)!, "--device");
         string dir = parsed.GetValue(Model)!;
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"model directory '{dir}' does not exist");
         var device = DeviceChoice.Resolve(parsed.GetValue(Device)!, "--device");

@@ -62,7 +62,7 @@ public static class TrainCommand
             }
             var dist = DistributedEnvironment.FromProcess();
             if (dist.IsDistributed) DistributedLaunch.AttachChild(dist, pr.InvocationConfiguration.Error);
-            LibTorchProbe.EnsureLoaded();
+            LibTorchProbe.RequireCudaIfAsked(YamlNames.Of(cfg.Model.Device), "model.device");
             var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
             // A rank joins the job before loading anything (NCCL picks its GPU); every rank must run the same config and build.
             using var replicas = DistributedLaunch.JoinAsReplica(dist, device, cfg.ToYaml(), resumeArg ?? "");
