@@ -58,13 +58,13 @@ public static class CalibratedLoader
             int chunk = chunkSamples ?? (int)Math.Max(1, 4096 / length);
             embedding = Read(arch.EmbeddingWeight, frozenDType);
             Tensor cos, sin;
-            using (var rotary = new RotaryEmbedding("rotary_emb", arch.Rope.RotaryDim, arch.Rope.Theta, options.ComputeDType, device))
+            using (var rotary = new RotaryEmbedding("rotary_emb", arch.Rope, options.ComputeDType, device))
             using (var positions = arange(length, ScalarType.Int64, device).unsqueeze(0))
             using (no_grad())
             {
                 (cos, sin) = rotary.call(positions);                                     // (1, L, headDim)
                 using var ids = calibration.Ids.to(device);
-                hidden = LlamaModel.EmbedInput(embedding, ids, options.ComputeDType);   // (N, L, hidden)
+                hidden = LlamaModel.EmbedInput(embedding, ids, options.ComputeDType, arch.ScaleEmbeddings);   // (N, L, hidden)
             }
             using (cos)
             using (sin)
