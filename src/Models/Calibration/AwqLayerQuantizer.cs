@@ -120,7 +120,7 @@ public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
                     using var scope = NewDisposeScope();
                     long count = Math.Min(layer.ChunkSamples, x.shape[0] - i);
                     var diff = g.Block(x.narrow(0, i, count)).to(ScalarType.Float32) - reference.narrow(0, i, count).to(ScalarType.Float32);
-                    sum += diff.pow(2).sum().item<double>();
+                    sum += diff.pow(2).sum().to(ScalarType.Float64).item<double>();
                 }
                 return sum / reference.numel();
             }

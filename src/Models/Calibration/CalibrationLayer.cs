@@ -108,7 +108,9 @@ public sealed class CalibrationLayer
         }
         finally
         {
-            foreach (var (l, original) in originals) Replace(l, original).Dispose();   // the taps go, the linears stay
+            // The taps are dropped, not disposed: TorchSharp's Module.Dispose registers and disposes a module's fields,
+            // which would dispose the linear a tap wraps. A tap owns no tensors.
+            foreach (var (l, original) in originals) Replace(l, original);
         }
     }
 

@@ -76,7 +76,7 @@ public static class GptqSolver
             H = H.index_select(0, perm).index_select(1, perm);
         }
 
-        double damp = percDamp * H.diagonal().mean().item<double>();
+        double damp = percDamp * H.diagonal().mean().to(ScalarType.Float64).item<double>();
         H.diagonal().add_(damp);
         var U = Cholesky(cholesky_inverse(Cholesky(H, name)), name).t().contiguous();  // upper: H^-1 = U^T U
         H.Dispose();
