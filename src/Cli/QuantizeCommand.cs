@@ -46,6 +46,8 @@ public static class QuantizeCommand
             if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"model directory '{dir}' does not exist");
             if (spec.NeedsCalibration && parsed.GetValue(calibration.Data) is null)
                 throw new ArgumentException($"--quantization {spec} is made from activations: give --calibration FILE (a .jsonl/.csv dataset, a text file, or train:CONFIG)");
+            if (!spec.NeedsCalibration && parsed.GetValue(calibration.Data) is not null)
+                throw new ArgumentException($"--calibration applies to calibrated formats (gptq, awq4, smoothquant); {spec} quantizes each weight alone");
             LibTorchProbe.EnsureLoaded();
             string outDir = parsed.GetValue(output)!;
             QuantizedCheckpoint.Summary summary;
