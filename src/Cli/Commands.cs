@@ -19,5 +19,6 @@ public static partial class Commands
         yield return LogitsCommand.Create(stdout);
         yield return TokenizeCommand.Create(stdout);
         yield return PlotCommand.Create(stdout);
+        yield return DistSelfTestCommand.Create(stdout); // hidden: collective checks for tests and the GPU bench
     }
 }

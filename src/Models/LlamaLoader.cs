@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using QLoraNet.Quant.Kernels;
 using TorchSharp;
@@ -57,7 +58,7 @@ public static class LlamaLoader
                     frozen[name] = raw.to(frozenDType, options.Device, copy: true).DetachFromDisposeScope();
                 }
             }
-            return Assemble(arch, linears, frozen, options);
+            return Assemble(arch, linears, frozen, options, kernels.Fused);
         }
         catch
         {
@@ -100,40 +101,44 @@ public static class LlamaLoader
 
     internal static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;
 
-    static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o)
+    /// <param name="fused">the run's fused ops: each module is handed the one it runs (norms, RoPE, the gated unit).</param>
+    static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o,
+        FusedKernels fused)
     {
         var layers = new List<LlamaDecoderLayer>();
         for (int i = 0; i < a.NumLayers; i++)
         {
             string p = a.LayerPrefix(i);
-            layers.Add(BuildLayer(a, i, l => linears[p + l.Path], name => frozen[p + name]));
+            layers.Add(BuildLayer(a, i, l => linears[p + l.Path], name => frozen[p + name], fused));
         }
-        return Assemble(a, layers, frozen[a.EmbeddingWeight], frozen[a.FinalNormWeight], linears.GetValueOrDefault(a.HeadName), o);
+        return Assemble(a, layers, frozen[a.EmbeddingWeight], frozen[a.FinalNormWeight], linears.GetValueOrDefault(a.HeadName), o, fused);
     }
 
     /// <summary>
     /// Decoder layer <paramref name="i"/> of the family record from its parts: <paramref name="linear"/> gives each
     /// projection's frozen linear, <paramref name="frozen"/> a dense tensor by its name within the layer
-    /// ("self_attn.q_proj.bias", "input_layernorm.weight"). The one place layers are put together (the loader and the
-    /// calibrated loader, which builds and quantizes one layer at a time).
+    /// ("self_attn.q_proj.bias", "input_layernorm.weight"), <paramref name="fused"/> the run's fused ops (norms, RoPE,
+    /// the gated unit). The one place layers are put together (the loader and the calibrated loader, which builds and
+    /// quantizes one layer at a time).
     /// </summary>
-    public static LlamaDecoderLayer BuildLayer(ModelArchitecture a, int i, Func<LayerLinear, FrozenLinear> linear, Func<string, Tensor> frozen)
+    public static LlamaDecoderLayer BuildLayer(ModelArchitecture a, int i, Func<LayerLinear, FrozenLinear> linear, Func<string, Tensor> frozen,
+        FusedKernels fused)
     {
         (LayerLinear, FrozenLinear, Tensor?) Projection(LayerLinear l) => (l, linear(l), l.HasBias ? frozen(l.Path + ".bias") : null);
         var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
             a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i),
-            a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap);
-        var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection));
-        var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen(n.Path + ".weight"), a.NormEps, a.Norm)));
+            a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap, fused.Rope);
+        var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection), fused.Glu);
+        var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen(n.Path + ".weight"), a.NormEps, a.Norm, fused.RmsNorm)));
         return new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms);
     }
 
     /// <summary>The model from its decoder layers, embedding (vocab, hidden), final norm weight and head (null when tied).</summary>
     public static LlamaForCausalLM Assemble(ModelArchitecture a, IEnumerable<LlamaDecoderLayer> layers, Tensor embedding, Tensor finalNorm,
-        FrozenLinear? head, LoadOptions o)
+        FrozenLinear? head, LoadOptions o, FusedKernels fused)
     {
         var model = new LlamaModel("model", embedding, layers,
-            new RmsNorm("norm", finalNorm, a.NormEps, a.Norm),
+            new RmsNorm("norm", finalNorm, a.NormEps, a.Norm, fused.RmsNorm),
             new RotaryEmbedding("rotary_emb", a.Rope, o.ComputeDType, o.Device), o.ComputeDType, a.ScaleEmbeddings);
         return new LlamaForCausalLM(a.Architectures.FirstOrDefault() ?? a.Family, a, model, head);
     }

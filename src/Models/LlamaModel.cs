@@ -34,11 +34,13 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         rotary_emb = rotaryEmb;
         this.computeDType = computeDType;
         RegisterComponents();
-        foreach (var linear in this.modules().OfType<FrozenLinear>()) linear.DeferBackwardHandlesTo(BackwardHandles);
+        // Every module with a custom backward (frozen linears, the fused norms, RoPE and gated units) defers into this
+        // model's one queue, released by whoever runs backward.
+        foreach (var m in this.modules().OfType<IDefersBackwardHandles>()) m.DeferBackwardHandlesTo(BackwardHandles);
     }
 
     /// <summary>
-    /// The queue where this model's custom backward functions (frozen linears, layer checkpoints) leave the gradient
+    /// The queue where this model's custom backward functions (frozen linears, fused ops, layer checkpoints) leave the gradient
     /// handles they return; whoever runs backward on the model releases it after each backward pass.
     /// </summary>
     public BackwardHandles BackwardHandles { get; } = new();

@@ -43,6 +43,7 @@ public static class CalibratedLoader
         LlamaLoader.Validate(ckpt, arch, expected, modelDir, null);
 
         var device = options.Device;
+        var fused = (options.Kernels ?? QLoraNet.Quant.Kernels.KernelSelection.Portable).Fused;
         var frozenDType = options.FrozenDType ?? options.ComputeDType;
         Tensor Read(string name, ScalarType dtype)
         {
@@ -75,7 +76,7 @@ public static class CalibratedLoader
                     string p = arch.LayerPrefix(i);
                     var layer = LlamaLoader.BuildLayer(arch, i,
                         l => new DenseFrozenLinear(Read(p + l.Path + ".weight", ScalarType.Float32), options.ComputeDType),
-                        name => Read(p + name, frozenDType));
+                        name => Read(p + name, frozenDType), fused);
                     layers.Add(layer);
                     var next = quantizer.Quantize(new CalibrationLayer(layer, arch, i, cos, sin, chunk, options.ComputeDType), hidden);
                     hidden.Dispose();
@@ -93,7 +94,7 @@ public static class CalibratedLoader
                 using var onDevice = raw.to(device);
                 head = options.LinearFactory(arch.HeadName, onDevice);
             }
-            var model = LlamaLoader.Assemble(arch, layers, embedding, finalNorm, head, options);
+            var model = LlamaLoader.Assemble(arch, layers, embedding, finalNorm, head, options, fused);
             model.eval();
             return model;
         }

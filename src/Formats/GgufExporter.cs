@@ -6,12 +6,15 @@ namespace QLoraNet.Formats;
 public sealed record GgufExportSummary(string Path, long FileBytes, IReadOnlyList<GgufTensorSpec> Tensors, IReadOnlyList<string> Warnings);
 
 /// <summary>
-/// Exports a Hugging Face Llama-family checkpoint directory (config.json, safetensors, tokenizer.model) to one GGUF v3
-/// file that llama.cpp loads as architecture <c>llama</c>. Tensors stream from the checkpoint one at a time:
-/// read, optionally transformed (the LoRA-merge hook of <see cref="CheckpointTensors.Stream"/>), q/k permuted for
-/// llama.cpp's RoPE layout, converted to their ggml type and written; peak memory stays near one tensor.
+/// Exports a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.model or tokenizer.json) to one
+/// GGUF v3 file that llama.cpp loads as the family's architecture (<see cref="GgufArchitectures"/>: <c>llama</c>,
+/// <c>qwen2</c>, <c>gemma</c>, <c>gemma2</c>). Tensors stream from the checkpoint one at a time: read, optionally
+/// transformed (the LoRA-merge hook of <see cref="CheckpointTensors.Stream"/>), converted as the architecture needs
+/// (<see cref="IGgufArchitecture.Convert"/>: RoPE permutation, Gemma's norm offset), converted to their ggml type and
+/// written; peak memory stays near one tensor. What llama.cpp's architecture cannot compute is refused by name
+/// before anything is written.
 /// </summary>
-public static class GgufLlamaExporter
+public static class GgufExporter
 {
     /// <summary>Rows are quantized this many values at a time, bounding the float32 working copies.</summary>
     const long ChunkValues = 1 << 22;
@@ -20,37 +23,46 @@ public static class GgufLlamaExporter
         Func<string, Tensor, Tensor>? transform = null)
     {
         var arch = ModelFamilies.Load(modelDir);
-        if (arch.Family != "llama")
-            throw new NotSupportedException($"{modelDir}: GGUF export writes llama.cpp's `llama` architecture; the {arch.Family} family has no writer yet");
-        if (arch.Rope.Scaling != RopeScalingKind.None)   // llama.cpp needs the rescaled frequencies as a rope_freqs tensor
-            throw new NotSupportedException($"{modelDir}: GGUF export of RoPE scaling '{arch.Rope.Scaling}' (Llama 3.1's rope_freqs) is not written yet");
-        var vocab = GgufLlamaVocab.Load(modelDir, arch.VocabSize);
-        var names = new GgufLlamaNames(arch);
+        var architecture = GgufArchitectures.For(arch, modelDir);
+        var warnings = new List<string>();
+        try { warnings.AddRange(architecture.Check(arch)); }
+        catch (NotSupportedException e) { throw new NotSupportedException($"{modelDir}: {e.Message}"); }
+        IGgufVocab vocab = SentencePieceModel.Find(modelDir) != null
+            ? GgufLlamaVocab.Load(modelDir, arch.VocabSize)
+            : GgufBpeVocab.Load(modelDir, arch.VocabSize);
+        var names = new GgufTensorNames(arch);
         using var reader = CheckpointReader.Open(modelDir);
 
         var sources = new List<(SourceTensor Source, GgufTensorSpec Spec)>();
-        var warnings = new List<string>();
         var mapped = CheckpointTensors.Stream(reader, transform)
+            .Where(s => architecture.Loads(s.Name, arch))
             .Select(s => (Source: s, Name: names.Map(s.Name)))
             .Where(x => x.Name != null).ToList();
-        bool hasOutput = mapped.Any(x => x.Name == GgufLlamaNames.Output);
+        bool hasOutput = mapped.Any(x => x.Name == GgufTensorNames.Output);
         foreach (var (source, ggufName) in mapped)
         {
             var ggmlType = GgufTypePolicy.Choose(ggufName!, source.Shape, type, hasOutput, out var warning);
             if (warning != null) warnings.Add(warning);
             sources.Add((source, new GgufTensorSpec(ggufName!, source.Shape, ggmlType)));
         }
-        CheckComplete(modelDir, arch, names, sources.Select(s => s.Spec.Name).ToHashSet(), hasOutput);
+        CheckComplete(modelDir, arch, names, sources.Select(s => s.Spec.Name).ToHashSet(), hasOutput || !architecture.Loads(arch.HeadWeight, arch));
+        var extra = architecture.ExtraTensors(arch).ToList();
 
         string modelName = new DirectoryInfo(Path.GetFullPath(modelDir)).Name;
-        var metadata = GgufLlamaMetadata.Build(arch, vocab, modelName, type);
+        var metadata = GgufMetadata.Build(arch, architecture, vocab, modelName, type);
         var bySpec = sources.ToDictionary(s => s.Spec.Name, s => s.Source);
-        var specs = sources.Select(s => s.Spec).ToList();
-        GgufWriter.Write(outPath, metadata, specs, (spec, stream) => WriteTensor(spec, bySpec[spec.Name], arch, stream), overwrite);
+        var extraByName = extra.ToDictionary(e => e.Name, e => e.Values);
+        var specs = sources.Select(s => s.Spec)
+            .Concat(extra.Select(e => new GgufTensorSpec(e.Name, [e.Values.Length], GgmlType.F32))).ToList();
+        GgufWriter.Write(outPath, metadata, specs, (spec, stream) =>
+        {
+            if (extraByName.TryGetValue(spec.Name, out var values)) WriteRaw(tensor(values), stream);
+            else WriteTensor(spec, bySpec[spec.Name], arch, architecture, stream);
+        }, overwrite);
         return new GgufExportSummary(outPath, new FileInfo(outPath).Length, specs, warnings);
     }
 
-    static void CheckComplete(string modelDir, ModelArchitecture arch, GgufLlamaNames names, HashSet<string> present, bool hasOutput)
+    static void CheckComplete(string modelDir, ModelArchitecture arch, GgufTensorNames names, HashSet<string> present, bool hasOutput)
     {
         var missing = names.Required.Where(n => !present.Contains(n)).ToList();
         if (missing.Count > 0)
@@ -59,15 +71,10 @@ public static class GgufLlamaExporter
             throw new InvalidDataException($"{modelDir}: no {arch.HeadWeight} and tie_word_embeddings is false in config.json");
     }
 
-    static void WriteTensor(GgufTensorSpec spec, SourceTensor source, ModelArchitecture arch, Stream output)
+    static void WriteTensor(GgufTensorSpec spec, SourceTensor source, ModelArchitecture arch, IGgufArchitecture architecture, Stream output)
     {
         using var scope = NewDisposeScope();
-        var weight = source.Produce();
-        // q and k rows (and their biases, when a family has them) are permuted for llama.cpp's RoPE layout.
-        if (spec.Name.EndsWith(".attn_q.weight", StringComparison.Ordinal) || spec.Name.EndsWith(".attn_q.bias", StringComparison.Ordinal))
-            weight = GgufRopePermutation.Permute(weight, arch.NumHeads);
-        else if (spec.Name.EndsWith(".attn_k.weight", StringComparison.Ordinal) || spec.Name.EndsWith(".attn_k.bias", StringComparison.Ordinal))
-            weight = GgufRopePermutation.Permute(weight, arch.NumKvHeads);
+        var weight = architecture.Convert(spec.Name, source.Produce(), arch);
 
         switch (spec.Type)
         {

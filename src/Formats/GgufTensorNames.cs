@@ -1,12 +1,13 @@
 namespace QLoraNet.Formats;
 
 /// <summary>
-/// Hugging Face tensor names to the names llama.cpp's <c>llama</c> architecture loads (gguf-py constants.py
-/// MODEL_TENSOR / tensor_mapping.py; llama-arch.cpp LLM_TENSOR_NAMES), derived from the
+/// Hugging Face tensor names to the names llama.cpp's decoder architectures load (<c>llama</c>, <c>qwen2</c>,
+/// <c>gemma</c>, <c>gemma2</c> share them; gguf-py constants.py MODEL_TENSOR / tensor_mapping.py; llama-arch.cpp
+/// LLM_TENSOR_NAMES), derived from the
 /// <see cref="ModelArchitecture"/>: each decoder-layer linear and norm maps by its role, so the Hugging Face side
 /// of the table is the family record's and is written nowhere else.
 /// </summary>
-public sealed class GgufLlamaNames
+public sealed class GgufTensorNames
 {
     public const string TokenEmbedding = "token_embd.weight";
     public const string OutputNorm = "output_norm.weight";
@@ -15,7 +16,7 @@ public sealed class GgufLlamaNames
     readonly Dictionary<string, string> _byHfName = new(StringComparer.Ordinal);
     readonly List<string> _required = [];
 
-    public GgufLlamaNames(ModelArchitecture arch)
+    public GgufTensorNames(ModelArchitecture arch)
     {
         Add(arch.EmbeddingWeight, TokenEmbedding, required: true);
         Add(arch.FinalNormWeight, OutputNorm, required: true);
@@ -44,8 +45,13 @@ public sealed class GgufLlamaNames
     {
         if (hfName.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)) return null;
         return _byHfName.TryGetValue(hfName, out var name) ? name
-            : throw new NotSupportedException($"tensor '{hfName}' has no llama.cpp counterpart (is this a plain LlamaForCausalLM checkpoint? extra modules are not supported)");
+            : throw new NotSupportedException($"tensor '{hfName}' has no llama.cpp counterpart (extra modules are not supported)");
     }
+
+    /// <summary>True for "blk.N.{linear}.weight" and "blk.N.{linear}.bias", e.g. linear "attn_q".</summary>
+    public static bool IsLinear(string ggufName, string linear) =>
+        ggufName.StartsWith("blk.", StringComparison.Ordinal)
+        && (ggufName.EndsWith($".{linear}.weight", StringComparison.Ordinal) || ggufName.EndsWith($".{linear}.bias", StringComparison.Ordinal));
 
     void Add(string hf, string gguf, bool required)
     {
