@@ -40,6 +40,9 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor
     public LlamaAttention SelfAttn => self_attn;
     public LlamaMlp Mlp => mlp;
 
+    /// <summary>The norm in <paramref name="role"/>, or null when the family has none there.</summary>
+    public RmsNorm? Norm(NormRole role) => norms.GetValueOrDefault(role);
+
     /// <param name="hidden">(B, T, hidden)</param>
     /// <param name="cos">(B, T, headDim)</param>
     /// <param name="sin">(B, T, headDim)</param>

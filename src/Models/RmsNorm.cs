@@ -51,6 +51,24 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
 
     public double Eps => eps;
 
+    /// <summary>
+    /// Divides the norm's output by <paramref name="scales"/> (hidden) channel by channel, in place: how SmoothQuant and
+    /// AWQ fold per-channel factors into the op before the linears they scale (for y = w · x̂ that is w /= s).
+    /// </summary>
+    public void DivideOutput(Tensor scales)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        switch (kind)
+        {
+            case NormKind.Rms:
+                weight.div_(scales.to(weight.dtype, weight.device));
+                break;
+            default:
+                throw new NotSupportedException($"folding scales into a {kind} norm is not implemented");
+        }
+    }
+
     /// <summary>Gemma's (1 + w) scale.</summary>
     bool UnitOffset => kind == NormKind.RmsOffsetOne;
 
