@@ -99,5 +99,6 @@ for i, p in enumerate(pairs):
         ctx, whole = encode(c, prefix), encode(c + k, prefix)
         got[prefix] = score(ctx, whole[len(ctx):])
     d_ours, d_hf = max(d_ours, abs(got[True] - ours[i])), max(d_hf, abs(got[False] - hf[i]))
-    print(f"pair {i:2}: with prefix {got[True]:11.6f} ours {ours[i]:11.6f} | without {got[False]:11.6f} transformers {hf[i]:11.6f}")
+    print(f"pair {i:2}: with prefix {got[True]:11.6f} ours {ours[i]:11.6f} | "
+          f"without {got[False]:11.6f} transformers {hf[i]:11.6f}")
 print(f"max |with prefix - ours| {d_ours:.2e}, max |without prefix - transformers| {d_hf:.2e}")
