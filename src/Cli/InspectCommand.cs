@@ -49,10 +49,10 @@ public static class InspectCommand
         w.WriteLine($"  head                  {N(n.Head),16}{(c.TiedHead ? "   (tied to the embedding)" : "")}");
         w.WriteLine($"  total                 {N(n.Total),16}");
         w.WriteLine();
-        w.WriteLine("size in GB (1e9 bytes); int8/nf4 rows: decoder linears quantized, embeddings, norms and head bf16");
-        w.WriteLine($"  {"format",-8} {"linears",10} {"embed+head",11} {"norms",9} {"total",10}");
+        w.WriteLine("size in GB (1e9 bytes); quantized rows: decoder linears quantized, embeddings, norms and head bf16");
+        w.WriteLine($"  {"format",-9} {"linears",10} {"embed+head",11} {"norms",9} {"total",10}");
         foreach (var r in sizes)
-            w.WriteLine($"  {r.Format,-8} {Gb(r.Linears),10} {Gb(r.EmbeddingsAndHead),11} {Gb(r.Norms),9} {Gb(r.Total),10}");
+            w.WriteLine($"  {r.Format,-9} {Gb(r.Linears),10} {Gb(r.EmbeddingsAndHead),11} {Gb(r.Norms),9} {Gb(r.Total),10}");
         w.WriteLine();
         w.WriteLine($"QLoRA training memory, rough estimate (nf4-dq base, bf16 compute, LoRA r={rank} on q,k,v,o, AdamW, seq {seq} x batch {batch}, per-layer checkpointing; formula in docs/QUANTIZATION.md)");
         w.WriteLine($"  base weights                 {Gb(e.BaseWeights),8} GB");

@@ -6,7 +6,8 @@ namespace QLoraNet.Cli;
 
 /// <summary>
 /// `quantize`: writes a Hugging Face model directory with its decoder linears stored in a base format that has a
-/// checkpoint layout (nf4/fp4: the tensor names bitsandbytes uses, <see cref="QuantizedCheckpoint"/>), so later loads
+/// checkpoint layout (nf4/fp4 and llm-int8: the tensor names bitsandbytes uses; hqq: hqq's; ternary: BitNet's;
+/// <see cref="QuantizedCheckpoint"/>), so later loads
 /// skip quantization and read the codes; embeddings, norms and the output head are copied as they are. The format
 /// is spelled as everywhere else (<c>--quantization nf4-dq</c>); the older <c>--method/--double-quant/--blocksize</c>
 /// flags still work and spell the same value.
@@ -16,13 +17,13 @@ public static class QuantizeCommand
     public static Command Create(TextWriter stdout)
     {
         var model = new Option<string>("--model") { Description = "Hugging Face model directory with float weights", Required = true };
-        var format = new Option<string?>("--quantization") { Description = "base format to store: nf4|fp4[-b<N>][-dq] (default nf4)" };
+        var format = new Option<string?>("--quantization") { Description = "base format to store (default nf4): nf4|fp4[-b<N>][-dq] (bitsandbytes 4-bit), llm-int8[-t<T>] (bitsandbytes 8-bit), hqq2|3|4|8[-g<N>] (hqq), ternary (BitNet b1.58)" };
         var method = new Option<string?>("--method") { Description = "(older spelling) 4-bit data type nf4 | fp4; prefer --quantization" };
         var doubleQuant = new Option<bool>("--double-quant") { Description = "(older spelling) add -dq; prefer --quantization nf4-dq" };
         var blockSize = new Option<int?>("--blocksize") { Description = "(older spelling) add -b<N>; prefer --quantization nf4-b128" };
         var output = new Option<string>("--out") { Description = "output directory", Required = true };
         var overwrite = new Option<bool>("--overwrite") { Description = "replace --out if it exists and is not empty" };
-        var cmd = new Command("quantize", "store a model's decoder linears pre-quantized (bitsandbytes NF4/FP4 layout)");
+        var cmd = new Command("quantize", "store a model's decoder linears pre-quantized (bitsandbytes 4-/8-bit, hqq or BitNet layout)");
         foreach (var o in new Option[] { model, format, method, doubleQuant, blockSize, output, overwrite }) cmd.Options.Add(o);
         cmd.SetAction(parsed =>
         {

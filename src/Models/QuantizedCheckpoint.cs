@@ -47,7 +47,8 @@ public static class QuantizedCheckpoint
     {
         using var scope = NewDisposeScope();
         var tensors = layout.Keys(weightName, ckpt.Contains).ToDictionary(k => k, ckpt.Read);
-        return WithPath(ckpt, weightName, () => layout.Read(tensors, weightName, shape, device, computeDType, kernels));
+        var config = QuantizationConfigOf(ckpt.Directory);
+        return WithPath(ckpt, weightName, () => layout.Read(tensors, weightName, shape, device, computeDType, kernels, config));
     }
 
     /// <summary>The base format the checkpoint in <paramref name="modelDir"/> is stored in ("nf4-dq", ...), or null when it is not pre-quantized.</summary>
@@ -60,9 +61,19 @@ public static class QuantizedCheckpoint
                 {
                     using var scope = NewDisposeScope();
                     var tensors = layout.Keys(weight, ckpt.Contains).ToDictionary(k => k, ckpt.Read);
-                    return WithPath(ckpt, weight, () => layout.FormatOf(tensors, weight));
+                    var config = QuantizationConfigOf(modelDir);
+                    return WithPath(ckpt, weight, () => layout.FormatOf(tensors, weight, config));
                 }
         return null;
+    }
+
+    /// <summary>config.json's quantization_config object in <paramref name="modelDir"/>, or null.</summary>
+    public static JsonObject? QuantizationConfigOf(string modelDir)
+    {
+        string path = Path.Combine(modelDir, ModelArchitecture.ConfigFileName);
+        if (!File.Exists(path)) return null;
+        try { return JsonNode.Parse(File.ReadAllText(path)) is JsonObject root && root["quantization_config"] is JsonObject q ? q : null; }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message.Split('.')[0]})"); }
     }
 
     /// <summary>

@@ -28,8 +28,9 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
 
         string? type = s.OptionalString(TypeKey);
         var options = new List<string>();
-        var kindName = (type ?? "nf4").Trim().ToLowerInvariant().Split('-')[0];
-        var kind = BaseFormats.KindOf(kindName);
+        var split = BaseFormats.Split(type ?? "nf4");
+        var kindName = split?.Name ?? (type ?? "nf4").Trim().ToLowerInvariant().Split('-')[0];
+        var kind = split?.Kind;
         foreach (var optionKey in BaseFormats.Kinds.SelectMany(k => k.StructuredKeys).Distinct())
         {
             string? value = s.OptionalString(optionKey);
@@ -44,7 +45,7 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
             try { option = kind.StructuredOption(optionKey, value); }
             catch (FormatException e) { throw s.ErrorAt(optionKey, $"'{s.Full(optionKey)}' {e.Message}"); }
             if (option is null) continue;
-            if (type is not null && type.Contains('-'))
+            if (type is not null && split is { Options.Length: > 0 })
                 throw s.ErrorAt(optionKey, $"'{s.Full(TypeKey)}' is a whole spelling ({type}); give the options in it or as keys, not both");
             options.Add(option);
         }
