@@ -35,7 +35,9 @@ public static class BenchKernelCommand
         var kernels = KernelChoice.For(dev);
         o.WriteLine(kernels.Report()[0]);
         if (kernels.FourBitDequant != FourBitDequantPath.CudaPtx) throw new InvalidOperationException("the fused kernel does not run here: " + kernels.FourBitDequantReason);
-        torch.manual_seed(0);
+        // The bench's own random stream, not torch's process-wide one. A CPU generator: TorchSharp 0.107 creates every
+        // Generator on the CPU (see Models.RandomStream), so weights are drawn there and moved.
+        using var rng = new torch.Generator(0);
         double copyGbs = CopyBandwidth(dev, iters);
         o.WriteLine($"device-to-device copy: {copyGbs:F0} GB/s (bytes read + written)");
         o.WriteLine("shape          dq  dtype  parity  kernel_us  kernel_GB/s  %copy  torch_us  torch_GB/s  speedup");
@@ -46,7 +48,7 @@ public static class BenchKernelCommand
                     using var scope = torch.NewDisposeScope();
                     long n = rows * cols, nb = n / 64;
                     // A real quantized weight (random normal values, quantized on the GPU) so every code and scale occurs.
-                    var w = FourBitWeight.Quantize(torch.randn(new[] { rows, cols }, ScalarType.BFloat16, dev), FourBitType.Nf4, 64, dq);
+                    var w = FourBitWeight.Quantize(torch.randn(new[] { rows, cols }, ScalarType.BFloat16, generator: rng).to(dev), FourBitType.Nf4, 64, dq);
                     var reference = w.DequantizeWithTorchOps(dtype);
                     var fast = kernels.Dequantize(w, dtype);
                     bool same = reference.eq(fast).all().item<bool>();

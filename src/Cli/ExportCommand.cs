@@ -54,7 +54,7 @@ public static class ExportCommand
         string dir = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"--out '{outPath}': directory '{dir}' does not exist");
         if (File.Exists(outPath) && !overwrite) throw new IOException($"{outPath} already exists; pass --overwrite to replace it");
-        string probe = outPath + ".tmp";
+        string probe = Path.Combine(dir, AtomicFile.TemporaryName(Path.GetFileName(outPath)));
         try
         {
             using (new FileStream(probe, FileMode.Create, FileAccess.Write, FileShare.None)) { }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using QLoraNet.Training.Config;
+using QLoraNet.Training.Recipes;
 using QLoraNet.Training.Trainer;
 using Spectre.Console;
 
@@ -43,7 +44,7 @@ public static class TrainCommand
             {
                 var observer = new ConsoleTrainingObserver(stdout);
                 var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
-                var result = TrainingRun.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device)), observer, cts.Token);
+                var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device)), observer, cts.Token);
                 observer.Finish(result);
                 return result.Stop switch
                 {
@@ -63,7 +64,7 @@ public static class TrainCommand
 
 /// <summary>
 /// Renders a run: a summary table at start; on a terminal, a live status line rewritten every step; one kept line
-/// every training.log_every steps (loss, lr, grad norm, tokens/s, ETA, memory) and for every evaluation/checkpoint.
+/// every training.log_every steps (loss, lr, grad norm, tokens/s, ETA, host resident memory) and for every evaluation/checkpoint.
 /// </summary>
 sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
 {
@@ -88,7 +89,7 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
     public void OnStep(StepMetrics m)
     {
         string line = string.Create(CultureInfo.InvariantCulture,
-            $"step {m.Step,5}/{m.TotalSteps}  epoch {m.Epoch:F2}  loss {m.Loss:F4}  lr {m.LearningRate:E2}  |g| {m.GradNorm:F3}  {m.TokensPerSecond,7:F0} tok/s  ETA {Eta(m.EtaSeconds)}  mem {m.MemoryBytes / 1048576.0:F0} MiB");
+            $"step {m.Step,5}/{m.TotalSteps}  epoch {m.Epoch:F2}  loss {m.Loss:F4}  lr {m.LearningRate:E2}  |g| {m.GradNorm:F3}  {m.TokensPerSecond,7:F0} tok/s  ETA {Eta(m.EtaSeconds)}  host rss {m.HostRssBytes / 1048576.0:F0} MiB");
         bool keep = m.Step % logEvery == 0 || m.Step == m.TotalSteps || m.Step == 1;
         if (live)
         {
@@ -130,7 +131,7 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
         if (r.Message != null) stdout.WriteLine(r.Message);
         if (r.FinalAdapter != null)
             stdout.WriteLine($"done: {r.StepsDone} steps, last loss {r.LastLoss:F4}" + (r.BestValidationLoss is { } b ? $", best validation loss {b:F4}" + (r.InitialValidationLoss is { } v0 ? $" (base model {v0:F4})" : "") : "")
-                + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, TrainingRun.MetricsFile)}, curve in {Path.Combine(r.OutputDir, TrainingRun.LossCurveFile)}");
+                + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, RunOutput.MetricsFile)}, curve in {Path.Combine(r.OutputDir, RunOutput.LossCurveFile)}");
     }
 
     static string Eta(double seconds) => double.IsFinite(seconds) ? TimeSpan.FromSeconds(Math.Round(seconds)).ToString(@"h\:mm\:ss") : "-";

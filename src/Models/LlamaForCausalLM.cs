@@ -38,6 +38,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLi
         {
             head.Add(architecture.HeadName, LinearRole.Output, lmHead);
             AddPath(architecture.HeadName, head, architecture.HeadName);
+            lmHead.DeferBackwardHandlesTo(model.BackwardHandles);
         }
     }
 
@@ -45,6 +46,10 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLi
     public ModelArchitecture Architecture { get; }
 
     public LlamaModel Model => model;
+
+    /// <summary>Where backward through this model defers its gradient handles; release after each backward pass
+    /// (<see cref="Quant.BackwardHandles.Release"/>).</summary>
+    public BackwardHandles BackwardHandles => model.BackwardHandles;
 
     /// <summary>The untied output head as loaded (a frozen linear), or null when the head is tied to the input
     /// embedding or its slot holds something else (an adapter).</summary>
@@ -62,6 +67,8 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLi
     public void ReplaceLinear(string path, nn.Module<Tensor, Tensor> module)
     {
         var (slots, name) = Slot(path);
+        // A frozen linear entering the model (alone or inside a wrapper) defers into the model's queue like the rest.
+        foreach (var linear in module.modules().Prepend(module).OfType<FrozenLinear>()) linear.DeferBackwardHandlesTo(model.BackwardHandles);
         slots.Replace(name, module);
     }
 

@@ -125,38 +125,31 @@ public static class QuantizedCheckpoint
             throw new InvalidDataException($"{modelDir}: already a quantized checkpoint; quantize the original weights instead");
         var (plan, sourceOf) = Plan(ckpt, arch, format, layout);
 
-        string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
-        try
+        string? currentSource = null;
+        var current = new Dictionary<string, Tensor>();
+        Tensor Produce(string key)
         {
-            string? currentSource = null;
-            var current = new Dictionary<string, Tensor>();
-            Tensor Produce(string key)
+            string source = sourceOf[key];
+            if (!arch.IsBaseLinearWeight(source)) return ckpt.Read(source);
+            if (currentSource != source)
             {
-                string source = sourceOf[key];
-                if (!arch.IsBaseLinearWeight(source)) return ckpt.Read(source);
-                if (currentSource != source)
-                {
-                    // All keys of one linear are consecutive in the plan: quantized on the first, handed out after.
-                    using var dense = ckpt.Read(source);
-                    (currentSource, current) = (source, layout.Write(dense, format, source));
-                }
-                return current.Remove(key, out var t) ? t : throw new InvalidOperationException($"{key} was planned but not produced");
+                // All keys of one linear are consecutive in the plan: quantized on the first, handed out after.
+                using var dense = ckpt.Read(source);
+                (currentSource, current) = (source, layout.Write(dense, format, source));
             }
-            var files = CheckpointWriter.Write(staging, plan, Produce, maxShardBytes);  // the writer disposes each tensor it gets
+            return current.Remove(key, out var t) ? t : throw new InvalidOperationException($"{key} was planned but not produced");
+        }
+        IReadOnlyList<string> files = [];
+        AtomicDirectory.Write(target, staging =>
+        {
+            files = CheckpointWriter.Write(staging, plan, Produce, maxShardBytes);  // the writer disposes each tensor it gets
             WriteConfig(modelDir, staging, format, arch);
             foreach (var file in Directory.EnumerateFiles(modelDir).Where(IsTokenizerFile))
                 File.Copy(file, Path.Combine(staging, Path.GetFileName(file)));
-            if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
-            Directory.Move(staging, target);
-            long bytes = Directory.EnumerateFiles(target).Sum(f => new FileInfo(f).Length);
-            int quantized = ckpt.Names.Count(arch.IsBaseLinearWeight);
-            return new Summary(quantized, ckpt.Names.Count - quantized, files, bytes);
-        }
-        catch
-        {
-            try { if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true); } catch (IOException) { }
-            throw;
-        }
+        });
+        long bytes = Directory.EnumerateFiles(target).Sum(f => new FileInfo(f).Length);
+        int quantized = ckpt.Names.Count(arch.IsBaseLinearWeight);
+        return new Summary(quantized, ckpt.Names.Count - quantized, files, bytes);
     }
 
     /// <summary>Every output tensor's name, dtype and shape, in file order (linears become their layout's keys), and

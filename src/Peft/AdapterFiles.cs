@@ -30,13 +30,8 @@ public static class AdapterFiles
                 throw new ArgumentException($"LoRA module {path} has rank {lora.Rank} but the adapter config says r={config.Lora.R}");
         }
 
-        string target = Path.GetFullPath(directory);
-        string parent = Path.GetDirectoryName(target)!;
-        Directory.CreateDirectory(parent);
-        string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
-        try
+        AtomicDirectory.Write(directory, staging =>
         {
-            Directory.CreateDirectory(staging);
             using (var scope = NewDisposeScope())
             {
                 var tensors = loras.SelectMany(l => new[]
@@ -47,13 +42,7 @@ public static class AdapterFiles
                 SafeTensors.Write(Path.Combine(staging, WeightsFileName), tensors);
             }
             config.Save(staging);
-            DirectorySwap.Replace(staging, target);
-        }
-        catch
-        {
-            try { Directory.Delete(staging, recursive: true); } catch (IOException) { }
-            throw;
-        }
+        });
     }
 
     /// <summary>

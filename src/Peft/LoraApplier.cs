@@ -17,9 +17,10 @@ public static partial class LoraApplier
     /// <summary>
     /// Wraps the targeted linears and freezes the rest; returns the wrapped module paths in model order.
     /// <paramref name="seed"/> seeds A's initial values (a CPU generator, so every device gets the same adapter);
-    /// null draws from torch's default generator.
+    /// null draws from torch's default generator. <paramref name="dropoutRandom"/>: where every adapter draws its
+    /// dropout masks (a training run's stream); null = each adapter its own (<see cref="LoraDropout"/>).
     /// </summary>
-    public static IReadOnlyList<string> Apply<TModel>(TModel model, LoraSettings settings, long? seed = null)
+    public static IReadOnlyList<string> Apply<TModel>(TModel model, LoraSettings settings, long? seed = null, RandomStream? dropoutRandom = null)
         where TModel : nn.Module, IReplaceableLinears
     {
         if (model.modules().Any(m => m is LoraLinear))
@@ -33,7 +34,7 @@ public static partial class LoraApplier
         using var generator = seed is long s ? new Generator((ulong)s) : null;
         foreach (var path in selected)
         {
-            var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator);
+            var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom);
             model.ReplaceLinear(path, wrapped);
         }
 

@@ -31,8 +31,10 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// <param name="dropout">dropout probability on A's input (0 = none).</param>
     /// <param name="useRsLora">scale by alpha/sqrt(r) (rsLoRA) instead of alpha/r.</param>
     /// <param name="generator">a CPU generator for A's initial values, or null for torch's default one.</param>
+    /// <param name="dropoutRandom">where the dropout masks come from (a training run passes the stream it reseeds per
+    /// micro-batch), or null for a stream of the adapter's own (<see cref="LoraDropout"/>).</param>
     public LoraLinear(FrozenLinear baseLayer, int r, double alpha, double dropout, bool useRsLora,
-        Generator? generator = null) : base(nameof(LoraLinear))
+        Generator? generator = null, Models.RandomStream? dropoutRandom = null) : base(nameof(LoraLinear))
     {
         if (dropout < 0 || dropout >= 1)
             throw new ArgumentException($"LoRA dropout {dropout} must be in [0, 1)");
@@ -54,7 +56,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
             lora_A = new LoraFactor("lora_A", aOnDevice);  // (r, in)
             lora_B = new LoraFactor("lora_B", bOnDevice);  // (out, r)
         }
-        lora_dropout = dropout > 0 ? nn.Dropout(dropout) : nn.Identity();
+        lora_dropout = dropout > 0 ? new LoraDropout(dropout, dropoutRandom) : nn.Identity();
         (_deviceType, _deviceIndex) = LoraDevice.RecordFor(lora_A.Weight);
         RegisterComponents();
     }

@@ -36,27 +36,27 @@ public static class MergedCheckpoint
         string config = MergedModelConfig.Rewrite(File.ReadAllText(configPath), configPath, dtype, options.Quantization, arch);
 
         var producer = new MergedTensors(reader, merge, dtype, options.Quantization, options.OnTensor);
-        string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
         try
         {
             var layout = producer.Layout();
-            var shards = CheckpointWriter.Write(staging, layout, producer.Produce, options.MaxShardBytes);
-            producer.Dispose();
-            File.WriteAllText(Path.Combine(staging, ModelArchitecture.ConfigFileName), config);
-            foreach (var file in CopiedFiles)
+            IReadOnlyList<string> shards = [];
+            AtomicDirectory.Write(target, staging =>
             {
-                string from = Path.Combine(modelDir, file);
-                if (File.Exists(from)) File.Copy(from, Path.Combine(staging, file));
-            }
+                shards = CheckpointWriter.Write(staging, layout, producer.Produce, options.MaxShardBytes);
+                producer.Dispose();
+                File.WriteAllText(Path.Combine(staging, ModelArchitecture.ConfigFileName), config);
+                foreach (var file in CopiedFiles)
+                {
+                    string from = Path.Combine(modelDir, file);
+                    if (File.Exists(from)) File.Copy(from, Path.Combine(staging, file));
+                }
+            });
             long bytes = layout.Sum(e => e.Shape.Aggregate(1L, (a, b) => a * b) * SafeTensorsDType.ElementSize(e.DType));
-            DirectorySwap.Replace(staging, target);
             return new MergeSummary(merge.Modules.Count, layout.Count, shards, dtype, bytes);
         }
-        catch
+        finally
         {
             producer.Dispose();
-            try { if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true); } catch (IOException) { }
-            throw;
         }
     }
 

@@ -18,6 +18,8 @@ namespace QLoraNet.Peft;
 /// <param name="GradientCheckpointing">recompute each decoder layer in backward.</param>
 /// <param name="NewAdapter">attach fresh LoRA adapters with these settings (training).</param>
 /// <param name="AdapterSeed">seed of the new adapters' A matrices.</param>
+/// <param name="AdapterDropout">where the new adapters draw their dropout masks (a training run's stream, which its
+/// step reseeds); null = each adapter a stream of its own.</param>
 /// <param name="AdapterDir">attach the peft adapter in this directory instead (inference).</param>
 public sealed record ModelBuildOptions(
     Device Device,
@@ -28,7 +30,8 @@ public sealed record ModelBuildOptions(
     bool GradientCheckpointing = false,
     LoraSettings? NewAdapter = null,
     long? AdapterSeed = null,
-    string? AdapterDir = null);
+    string? AdapterDir = null,
+    RandomStream? AdapterDropout = null);
 
 /// <summary>A built model with what was decided on the way; disposing it disposes the model.</summary>
 /// <param name="BaseFormat">the format the decoder linears were actually stored in (for "none" under a fixed frozen dtype, that dtype).</param>
@@ -73,7 +76,7 @@ public static class ModelBuilder
             model.Model.GradientCheckpointing = o.GradientCheckpointing;
             AdapterConfig? adapter = null;
             if (o.NewAdapter is { } lora)
-                adapter = AdapterConfig.From(lora, LoraApplier.Apply(model, lora, o.AdapterSeed), modelDir);
+                adapter = AdapterConfig.From(lora, LoraApplier.Apply(model, lora, o.AdapterSeed, o.AdapterDropout), modelDir);
             else if (o.AdapterDir is { } dir)
             {
                 AdapterFiles.ApplyAndLoad(dir, model);

@@ -32,7 +32,7 @@ public sealed class DenseFrozenLinear : FrozenLinear
     public override Tensor forward(Tensor x) =>
         weight.dtype == ComputeDType
             ? nn.functional.linear(x.to(ComputeDType), weight)
-            : FrozenMatMul.apply(x, new DenseWeight(weight), ComputeDType);
+            : FrozenMatMul.apply(x, new DenseWeight(weight), ComputeDType, BackwardHandles);
 
     /// <summary>The dense buffer seen as a stored weight whose "dequantization" is a cast.</summary>
     sealed record DenseWeight(Tensor Weight) : IQuantizedWeight

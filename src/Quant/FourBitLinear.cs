@@ -75,7 +75,7 @@ public sealed class FourBitLinear : FrozenLinear
     public override Tensor DequantizeWeight(ScalarType dtype) => kernels.Dequantize(Stored, dtype);
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new Selected(Stored, kernels), ComputeDType);
+    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new Selected(Stored, kernels), ComputeDType, BackwardHandles);
 
     /// <summary>The stored weight dequantized by the selected path, as the frozen matmul sees it.</summary>
     sealed record Selected(FourBitWeight Weight, KernelSelection Kernels) : IQuantizedWeight

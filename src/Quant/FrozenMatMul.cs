@@ -9,7 +9,8 @@ namespace QLoraNet.Quant;
 /// dx = dy @ W and returns no weight gradient (QLoRA section 3: gradients flow through the frozen 4-bit base to the
 /// adapters, the base itself gets none). The dense W lives only inside one forward or one backward call.
 /// A weight that computes its own product (<see cref="IQuantizedMatMul"/>) does so in forward; backward is the same.
-/// Call: <c>FrozenMatMul.apply(x, weight, computeDType)</c> with weight an <see cref="IQuantizedWeight"/>.
+/// Call: <c>FrozenMatMul.apply(x, weight, computeDType, handles)</c> with weight an <see cref="IQuantizedWeight"/> and
+/// handles the <see cref="BackwardHandles"/> of the model the weight belongs to (backward defers its result there).
 /// </summary>
 public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
 {
@@ -17,9 +18,10 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
 
     public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
-        var (x, weight, computeDType) = ((Tensor)vars[0], (IQuantizedWeight)vars[1], (ScalarType)vars[2]);
-        // Saved: a reference to the stored weight (already held by the module) and the dtypes; no tensor.
+        var (x, weight, computeDType, handles) = ((Tensor)vars[0], (IQuantizedWeight)vars[1], (ScalarType)vars[2], (BackwardHandles)vars[3]);
+        // Saved: a reference to the stored weight (already held by the module), the dtypes and the handle queue; no tensor.
         ctx.save_data("weight", weight);
+        ctx.save_data("handles", handles);
         ctx.save_data("dtype", computeDType);
         ctx.save_data("inputDType", x.dtype);
 
@@ -35,6 +37,7 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
         var weight = (IQuantizedWeight)ctx.get_data("weight");
         var computeDType = (ScalarType)ctx.get_data("dtype");
         var inputDType = (ScalarType)ctx.get_data("inputDType");
+        var handles = (BackwardHandles)ctx.get_data("handles");
 
         Tensor gradInput;
         using (var scope = NewDisposeScope())
@@ -44,6 +47,6 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
                 .MoveToOuterDisposeScope();
         }
         gradOutput.Dispose(); // TorchSharp's handle on the incoming gradient (see BackwardHandles)
-        return [BackwardHandles.Defer(gradInput), null!, null!];
+        return [handles.Defer(gradInput), null!, null!, null!];
     }
 }

@@ -42,5 +42,5 @@ public sealed class HqqLinear : FrozenLinear
     public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType);
+    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType, BackwardHandles);
 }

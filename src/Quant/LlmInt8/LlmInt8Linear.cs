@@ -49,7 +49,7 @@ public sealed class LlmInt8Linear : FrozenLinear
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
     public override Tensor forward(Tensor x) =>
-        FrozenMatMul.apply(x, new Mixed(Stored, kernels.Int8MatMulFor(weight.device), Outliers), ComputeDType);
+        FrozenMatMul.apply(x, new Mixed(Stored, kernels.Int8MatMulFor(weight.device), Outliers), ComputeDType, BackwardHandles);
 
     /// <summary>The stored weight as the frozen matmul sees it: its own forward product, dequantized for backward.</summary>
     sealed record Mixed(LlmInt8Weight Weight, Int8MatMul Int8, OutlierStatistics Outliers) : IQuantizedMatMul

@@ -46,7 +46,7 @@ public sealed class TernaryLinear : FrozenLinear
     public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new Summed(Stored, MatMulPath), ComputeDType);
+    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new Summed(Stored, MatMulPath), ComputeDType, BackwardHandles);
 
     /// <summary>The stored weight as the frozen matmul sees it: its own add/subtract product, dequantized for backward.</summary>
     sealed record Summed(TernaryWeight Weight, TernaryMatMulPath Path) : IQuantizedMatMul

@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Cli;
 
+[Trait("tier", "e2e")]
 public class EvalTests
 {
     static readonly string ReferenceJson = Path.Combine(Paths.TinyModel, "reference.json");

@@ -2,6 +2,7 @@ using QLoraNet.Cli;
 
 namespace QLoraNet.Tests.Cli;
 
+[Trait("tier", "e2e")]
 public class InfoTests
 {
     [Fact]

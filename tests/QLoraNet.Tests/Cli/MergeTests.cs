@@ -5,6 +5,7 @@ using QLoraNet.Tests.Peft;
 namespace QLoraNet.Tests.Cli;
 
 /// <summary>`merge` end to end on the tiny model with a non-zero adapter: the written directory, and that it generates.</summary>
+[Trait("tier", "e2e")]
 public class MergeTests
 {
     static (int Code, string Stdout, string Stderr) Merge(params string[] extra) =>

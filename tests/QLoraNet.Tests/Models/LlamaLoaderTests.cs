@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Models;
 
+[Trait("tier", "unit")]
 public class LlamaLoaderTests
 {
     static LoadOptions Fp32(Func<string, Tensor, FrozenLinear>? factory = null) =>

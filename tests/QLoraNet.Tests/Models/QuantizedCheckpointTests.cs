@@ -15,6 +15,7 @@ public sealed class QuantizedTinyFixture : IDisposable
     public void Dispose() => _dir.Dispose();
 }
 
+[Trait("tier", "parity")]
 public class QuantizedCheckpointTests(QuantizedTinyFixture quantized) : IClassFixture<QuantizedTinyFixture>
 {
     static LoadOptions Nf4DqOnLoad() =>

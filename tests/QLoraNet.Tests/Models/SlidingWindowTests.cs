@@ -7,6 +7,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Models;
 
 /// <summary>Sliding-window attention (a family record's per-layer window, Mistral's sliding_window).</summary>
+[Trait("tier", "unit")]
 public class SlidingWindowTests
 {
     const int Hidden = 8, Heads = 2, KvHeads = 1, HeadDim = 4;

@@ -2,6 +2,7 @@ using QLoraNet.Models;
 
 namespace QLoraNet.Tests.Models;
 
+[Trait("tier", "unit")]
 public class TextTokenizerTests
 {
     [Fact]

@@ -3,6 +3,7 @@ using QLoraNet.Peft;
 
 namespace QLoraNet.Tests.Peft;
 
+[Trait("tier", "unit")]
 public class AdapterConfigTests
 {
     static string Fixture => Path.Combine(Paths.RepoRoot, "tests", "QLoraNet.Tests", "Peft", "Fixtures", "adapter_config.r8-a16-qkvo.json");

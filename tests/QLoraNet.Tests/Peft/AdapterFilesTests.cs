@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Peft;
 
+[Trait("tier", "unit")]
 public class AdapterFilesTests
 {
     /// <summary>A model with LoRA whose B factors are random too, so that a load that skipped B would show.</summary>

@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Peft;
 
+[Trait("tier", "unit")]
 public class AdapterSwitchTests
 {
     static readonly long[] Prompt = [1, 15043, 3186, 29991, 450, 2106];

@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Peft;
 
+[Trait("tier", "unit")]
 public class LoraApplierTests
 {
     static readonly string[] Attention = ["q_proj", "k_proj", "v_proj", "o_proj"];

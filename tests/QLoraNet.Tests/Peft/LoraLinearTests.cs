@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Peft;
 
+[Trait("tier", "unit")]
 public class LoraLinearTests
 {
     [Fact]

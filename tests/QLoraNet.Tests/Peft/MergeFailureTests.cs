@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Peft;
 
 /// <summary>A merge either writes a complete checkpoint or leaves nothing behind; bad adapters fail before writing.</summary>
+[Trait("tier", "unit")]
 public class MergeFailureTests
 {
     const string Q0 = "model.layers.0.self_attn.q_proj";

@@ -7,6 +7,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Peft;
 
 /// <summary>`--quantization nf4-dq`: merged projections re-quantized and written under bitsandbytes' keys.</summary>
+[Trait("tier", "unit")]
 public class MergeQuantizedOutputTests
 {
     static Dictionary<string, Tensor> Module(CheckpointReader ckpt, string prefix) =>

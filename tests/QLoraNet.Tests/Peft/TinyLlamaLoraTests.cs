@@ -8,6 +8,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Peft;
 
 /// <summary>LoRA on the real tiny Llama (4 layers, hidden 256, 4 kv heads of 32: k/v project to 128).</summary>
+[Trait("tier", "unit")]
 public class TinyLlamaLoraTests
 {
     const string NeedsModuleFields =

@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Quant;
 
+[Trait("tier", "unit")]
 public class BaseFormatTests
 {
     [Theory]

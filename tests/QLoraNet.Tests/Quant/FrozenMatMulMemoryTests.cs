@@ -9,6 +9,7 @@ namespace QLoraNet.Tests.Quant;
 public sealed class ProcessMemoryCollection;
 
 [Collection(nameof(ProcessMemoryCollection))]
+[Trait("tier", "unit")]
 public class FrozenMatMulMemoryTests
 {
     /// <summary>

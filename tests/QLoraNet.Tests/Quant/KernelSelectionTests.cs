@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Quant;
 
+[Trait("tier", "unit")]
 public class KernelSelectionTests
 {
     // torch.CUDA would initialise the CUDA backend, which throws on a CPU-only machine; the selection must not.

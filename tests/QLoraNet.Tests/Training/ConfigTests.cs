@@ -4,6 +4,7 @@ using QLoraNet.Training.Config;
 
 namespace QLoraNet.Tests.Training;
 
+[Trait("tier", "unit")]
 public sealed class ConfigTests : IDisposable
 {
     readonly TempDir dir = Paths.Temp();

@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Training;
 
+[Trait("tier", "unit")]
 public sealed class DataPipelineTests : IDisposable
 {
     readonly TempDir dir = Paths.Temp();

@@ -4,6 +4,7 @@ using QLoraNet.Training.Data;
 namespace QLoraNet.Tests.Training;
 
 /// <summary>The committed configs and datasets load and pass the pipeline (paths made absolute via overrides).</summary>
+[Trait("tier", "unit")]
 public class RepoConfigAndDatasetTests
 {
     static string R(string relative) => Path.Combine(Paths.RepoRoot, relative);

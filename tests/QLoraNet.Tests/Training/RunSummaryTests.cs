@@ -1,11 +1,13 @@
 using QLoraNet.Quant.Kernels;
 using QLoraNet.Training.Config;
+using QLoraNet.Training.Recipes;
 using QLoraNet.Training.Trainer;
 using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Training;
 
 /// <summary>The start-of-run summary reports the base format and the kernels the caller chose (one short run).</summary>
+[Trait("tier", "e2e")]
 [Collection("training runs")]
 public class RunSummaryTests
 {
@@ -30,7 +32,7 @@ public class RunSummaryTests
             "training.max_steps=1", "training.save_every=0", "training.eval_every=0", "model.device=cpu", $"output.dir={tmp["run"]}",
         ]);
         var capture = new Capture();
-        TrainingRun.Run(config, new TrainOptions(Kernels: KernelSelection.Reference(CPU)), capture, CancellationToken.None);
+        LoraFinetuneRecipe.Run(config, new TrainOptions(Kernels: KernelSelection.Reference(CPU)), capture, CancellationToken.None);
         Assert.Equal("nf4-dq", capture.Summary!.BaseFormat);
         Assert.Equal("nf4/fp4 dequant on cpu: torch-ops (reference path requested)", capture.Summary.Kernels![0]);
     }

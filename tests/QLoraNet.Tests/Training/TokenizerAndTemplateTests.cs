@@ -3,6 +3,7 @@ using QLoraNet.Training.Data;
 
 namespace QLoraNet.Tests.Training;
 
+[Trait("tier", "unit")]
 public class TokenizerAndTemplateTests
 {
     internal static readonly ITextTokenizer Tok = TextTokenizers.Load(Paths.TinyModel);

@@ -1,12 +1,14 @@
 using QLoraNet.Training.Config;
+using QLoraNet.Training.Recipes;
 using QLoraNet.Training.Trainer;
 
 namespace QLoraNet.Tests.Training;
 
 /// <summary>End-to-end runs of the recipe on the tiny model (NF4 + DQ base, fp32 on CPU): resume equivalence,
 /// checkpoint atomicity, output-dir protection. Kept to a few short steps.</summary>
-[Collection("training runs")] // sequential: they are the heaviest tests and share the hook below
-public class TrainingRunTests
+[Collection("training runs")] // sequential: they are the heaviest tests
+[Trait("tier", "e2e")]
+public class LoraFinetuneRecipeTests
 {
     static TrainConfig Config(string outDir, params string[] extra) => TrainConfig.Load(
         Path.Combine(Paths.RepoRoot, "configs", "quickstart.yaml"),
@@ -21,7 +23,7 @@ public class TrainingRunTests
             "lora.dropout=0.1", $"output.dir={outDir}", "output.keep_last=5",
         }.Concat(extra));
 
-    sealed class Recorder(Action<StepMetrics>? onStep = null) : ITrainingObserver
+    sealed class Recorder(Action<StepMetrics>? onStep = null, Action<string>? onCheckpointFile = null) : ITrainingObserver
     {
         public readonly Dictionary<int, double> Losses = new();
         public readonly Dictionary<int, double> Validation = new();
@@ -30,6 +32,7 @@ public class TrainingRunTests
         public void OnEvaluation(int step, double loss, bool best) => Validation[step] = loss;
         public void OnCheckpoint(int step, string directory) { }
         public void OnMessage(string message) { }
+        public void OnCheckpointFileWritten(string path) => onCheckpointFile?.Invoke(path);
     }
 
     [Fact]
@@ -37,19 +40,19 @@ public class TrainingRunTests
     {
         using var tmp = Paths.Temp();
         var whole = new Recorder();
-        var r1 = TrainingRun.Run(Config(tmp["whole"]), new TrainOptions(), whole, CancellationToken.None);
+        var r1 = LoraFinetuneRecipe.Run(Config(tmp["whole"]), new TrainOptions(), whole, CancellationToken.None);
         Assert.Equal(TrainStop.Completed, r1.Stop);
         Assert.Equal(6, whole.Losses.Count);
 
         using var cts = new CancellationTokenSource();
         var first = new Recorder(m => { if (m.Step == 3) cts.Cancel(); });
-        var r2 = TrainingRun.Run(Config(tmp["split"]), new TrainOptions(), first, cts.Token);
+        var r2 = LoraFinetuneRecipe.Run(Config(tmp["split"]), new TrainOptions(), first, cts.Token);
         Assert.Equal(TrainStop.Interrupted, r2.Stop);
         Assert.Equal(3, r2.StepsDone);
         Assert.True(Directory.Exists(Path.Combine(tmp["split"], "checkpoints", "step-3")));
 
         var second = new Recorder();
-        var r3 = TrainingRun.Run(Config(tmp["split"]), new TrainOptions("latest"), second, CancellationToken.None);
+        var r3 = LoraFinetuneRecipe.Run(Config(tmp["split"]), new TrainOptions("latest"), second, CancellationToken.None);
         Assert.Equal(TrainStop.Completed, r3.Stop);
         Assert.Equal(new[] { 4, 5, 6 }, second.Losses.Keys.Order());
         for (int s = 1; s <= 6; s++)
@@ -70,15 +73,8 @@ public class TrainingRunTests
         using var tmp = Paths.Temp();
         string outDir = tmp["run"];
         // Die while step-4's checkpoint is half written (after its adapter, before the optimizer state).
-        CheckpointStore.AfterFileWritten = f => { if (f.Contains(".step-4.tmp") && f.EndsWith("adapter")) throw new IOException("simulated kill"); };
-        try
-        {
-            Assert.Throws<IOException>(() => TrainingRun.Run(Config(outDir), new TrainOptions(), new Recorder(), CancellationToken.None));
-        }
-        finally
-        {
-            CheckpointStore.AfterFileWritten = null;
-        }
+        var dying = new Recorder(onCheckpointFile: f => { if (f.Contains(".step-4.tmp") && f.EndsWith("adapter")) throw new IOException("simulated kill"); });
+        Assert.Throws<IOException>(() => LoraFinetuneRecipe.Run(Config(outDir), new TrainOptions(), dying, CancellationToken.None));
         var store = new CheckpointStore(outDir, 5);
         Assert.Equal(new[] { 2 }, store.List().Select(c => c.Step));
         Assert.False(Directory.Exists(store.PathFor(4)));
@@ -88,7 +84,7 @@ public class TrainingRunTests
         Assert.EndsWith("step-2", store.Latest());
 
         var resumed = new Recorder();
-        var r = TrainingRun.Run(Config(outDir), new TrainOptions("latest"), resumed, CancellationToken.None);
+        var r = LoraFinetuneRecipe.Run(Config(outDir), new TrainOptions("latest"), resumed, CancellationToken.None);
         Assert.Equal(TrainStop.Completed, r.Stop);
         Assert.Equal(new[] { 3, 4, 5, 6 }, resumed.Losses.Keys.Order());
         Assert.Empty(Directory.GetDirectories(store.Root, ".step-*"));
@@ -98,9 +94,9 @@ public class TrainingRunTests
     public void A_new_run_refuses_an_output_dir_holding_checkpoints()
     {
         using var tmp = Paths.Temp();
-        TrainingRun.Run(Config(tmp["run"], "training.max_steps=2"), new TrainOptions(), new Recorder(), CancellationToken.None);
+        LoraFinetuneRecipe.Run(Config(tmp["run"], "training.max_steps=2"), new TrainOptions(), new Recorder(), CancellationToken.None);
         var e = Assert.Throws<InvalidOperationException>(() =>
-            TrainingRun.Run(Config(tmp["run"], "training.max_steps=2"), new TrainOptions(), new Recorder(), CancellationToken.None));
+            LoraFinetuneRecipe.Run(Config(tmp["run"], "training.max_steps=2"), new TrainOptions(), new Recorder(), CancellationToken.None));
         Assert.Contains("--resume", e.Message);
         Assert.Contains(tmp["run"], e.Message);
     }
@@ -109,12 +105,12 @@ public class TrainingRunTests
     public void Run_writes_a_peft_adapter_metrics_curve_and_resolved_config()
     {
         using var tmp = Paths.Temp();
-        var r = TrainingRun.Run(Config(tmp["run"], "training.max_steps=2", "training.gradient_checkpointing=false"), new TrainOptions(), new Recorder(), CancellationToken.None);
+        var r = LoraFinetuneRecipe.Run(Config(tmp["run"], "training.max_steps=2", "training.gradient_checkpointing=false"), new TrainOptions(), new Recorder(), CancellationToken.None);
         Assert.True(File.Exists(Path.Combine(r.FinalAdapter!, "adapter_model.safetensors")));
         Assert.True(File.Exists(Path.Combine(r.FinalAdapter!, "adapter_config.json")));
-        Assert.True(new FileInfo(Path.Combine(tmp["run"], TrainingRun.LossCurveFile)).Length > 1000);
-        Assert.Equal(3, File.ReadAllLines(Path.Combine(tmp["run"], TrainingRun.MetricsFile)).Length);
-        var reloaded = TrainConfig.Load(Path.Combine(tmp["run"], TrainingRun.ResolvedConfigFile));
+        Assert.True(new FileInfo(Path.Combine(tmp["run"], RunOutput.LossCurveFile)).Length > 1000);
+        Assert.Equal(3, File.ReadAllLines(Path.Combine(tmp["run"], RunOutput.MetricsFile)).Length);
+        var reloaded = TrainConfig.Load(Path.Combine(tmp["run"], RunOutput.ResolvedConfigFile));
         Assert.Equal(2, reloaded.Training.MaxSteps);
     }
 
@@ -124,7 +120,7 @@ public class TrainingRunTests
         using var tmp = Paths.Temp();
         // A learning rate far too high makes every evaluation after the first worse.
         var rec = new Recorder();
-        var r = TrainingRun.Run(Config(tmp["run"], "training.learning_rate=1.0", "training.max_grad_norm=0",
+        var r = LoraFinetuneRecipe.Run(Config(tmp["run"], "training.learning_rate=1.0", "training.max_grad_norm=0",
             "training.eval_every=1", "training.early_stopping_patience=2", "training.max_steps=12", "training.warmup_steps=0"),
             new TrainOptions(), rec, CancellationToken.None);
         Assert.Equal(TrainStop.EarlyStopped, r.Stop);
@@ -150,7 +146,7 @@ public class TrainingRunTests
             tensors["model.norm.weight"].fill_(double.NaN);
             QLoraNet.Formats.SafeTensors.Write(Path.Combine(model, Path.GetFileName(shard)), tensors);
         }
-        var r = TrainingRun.Run(Config(tmp["run"], $"model.path={model}", "quantization.type=none", "quantization.double_quant=false"),
+        var r = LoraFinetuneRecipe.Run(Config(tmp["run"], $"model.path={model}", "quantization.type=none", "quantization.double_quant=false"),
             new TrainOptions(), new Recorder(), CancellationToken.None);
         Assert.Equal(TrainStop.NonFiniteLoss, r.Stop);
         Assert.Equal(0, r.StepsDone);
@@ -158,5 +154,38 @@ public class TrainingRunTests
         Assert.Contains("NaN", r.Message);
         Assert.Contains("learning_rate", r.Message);
         Assert.Empty(new CheckpointStore(tmp["run"], 5).List());
+    }
+
+    /// <summary>
+    /// The recipe as a data-parallel launcher would run it: two replicas (threads of this process, a loopback for
+    /// NCCL) of one micro-batch per step train exactly as one replica accumulating two: the same losses, validation
+    /// and adapter, bit for bit; only replica 0 writes files.
+    /// </summary>
+    [Fact]
+    public void Two_replicas_run_the_recipe_of_one_replica_accumulating_their_micro_batches()
+    {
+        using var tmp = Paths.Temp();
+        string[] shape = ["training.max_steps=2", "training.eval_every=2", "training.save_every=0", "data.val_fraction=0.01", "data.max_seq_len=64"];
+        var single = new Recorder();
+        var r1 = LoraFinetuneRecipe.Run(Config(tmp["single"], [.. shape, "training.gradient_accumulation_steps=2"]), new TrainOptions(), single, CancellationToken.None);
+
+        var group = LoopbackReplicas.Group(2);
+        var primary = new Recorder();
+        var results = new TrainResult[2];
+        var threads = group.Select(replica => new Thread(() =>
+        {
+            ITrainingObserver observer = replica.Rank == 0 ? primary : NullObserver.Instance;
+            results[replica.Rank] = LoraFinetuneRecipe.Run(Config(tmp["dp"], [.. shape, "training.gradient_accumulation_steps=1"]),
+                new TrainOptions(Replicas: replica), observer, CancellationToken.None);
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+
+        Assert.Equal(single.Losses, primary.Losses);
+        Assert.Equal(single.Validation, primary.Validation);
+        Assert.Equal(r1.LastLoss, results[1].LastLoss);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(r1.FinalAdapter!, "adapter_model.safetensors")),
+            File.ReadAllBytes(Path.Combine(results[0].FinalAdapter!, "adapter_model.safetensors")));
+        Assert.Equal(new[] { 2 }, new CheckpointStore(tmp["dp"], 5).List().Select(c => c.Step));
     }
 }

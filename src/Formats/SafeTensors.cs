@@ -6,10 +6,10 @@ using static TorchSharp.torch;
 namespace QLoraNet.Formats;
 
 /// <summary>
-/// Writes .safetensors files. The header must list every tensor's offsets before the data, so callers give the
-/// layout (name, dtype, shape) up front and produce each tensor on demand: a streaming merge then holds one tensor
-/// at a time. Files are written to a temporary name beside the target and renamed when complete, so an
-/// interrupted write never leaves a valid-looking partial file.
+/// The writing side of the .safetensors format (<see cref="SafeTensorsFile"/> reads it). The header must list every
+/// tensor's offsets before the data, so callers give the layout (name, dtype, shape) up front and produce each
+/// tensor on demand: a streaming merge then holds one tensor at a time. Files are written through
+/// <see cref="AtomicFile"/>, so an interrupted write never leaves a valid-looking partial file.
 /// </summary>
 public static class SafeTensors
 {
@@ -32,39 +32,26 @@ public static class SafeTensors
         IReadOnlyDictionary<string, string>? metadata = null, bool disposeProduced = true)
     {
         byte[] header = BuildHeader(layout, metadata);
-        string dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
-        Directory.CreateDirectory(dir);
-        string tmp = path + ".tmp-" + Environment.ProcessId;
-        try
+        AtomicFile.Write(path, fs =>
         {
-            using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            fs.Write(BitConverter.GetBytes((ulong)header.Length));
+            fs.Write(header);
+            foreach (var e in layout)
             {
-                fs.Write(BitConverter.GetBytes((ulong)header.Length));
-                fs.Write(header);
-                foreach (var e in layout)
+                var t = produce(e.Name);
+                try
                 {
-                    var t = produce(e.Name);
-                    try
-                    {
-                        if (t.dtype != e.DType || !t.shape.SequenceEqual(e.Shape))
-                            throw new ArgumentException($"{path}: tensor '{e.Name}' is {t.dtype} [{string.Join(", ", t.shape)}] but the layout says {e.DType} [{string.Join(", ", e.Shape)}]");
-                        using var cpu = t.device_type == DeviceType.CPU && t.is_contiguous() ? t.alias() : t.cpu().contiguous();
-                        NativeTensorMemory.ForEachChunk(cpu, chunk => fs.Write(chunk));
-                    }
-                    finally
-                    {
-                        if (disposeProduced) t.Dispose();
-                    }
+                    if (t.dtype != e.DType || !t.shape.SequenceEqual(e.Shape))
+                        throw new ArgumentException($"{path}: tensor '{e.Name}' is {t.dtype} [{string.Join(", ", t.shape)}] but the layout says {e.DType} [{string.Join(", ", e.Shape)}]");
+                    using var cpu = t.device_type == DeviceType.CPU && t.is_contiguous() ? t.alias() : t.cpu().contiguous();
+                    NativeTensorMemory.ForEachChunk(cpu, chunk => fs.Write(chunk));
                 }
-                fs.Flush(flushToDisk: true);
+                finally
+                {
+                    if (disposeProduced) t.Dispose();
+                }
             }
-            File.Move(tmp, path, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(tmp); } catch { }
-            throw;
-        }
+        });
     }
 
     static byte[] BuildHeader(IReadOnlyList<Entry> layout, IReadOnlyDictionary<string, string>? metadata)
