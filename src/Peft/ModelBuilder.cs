@@ -21,6 +21,8 @@ namespace QLoraNet.Peft;
 /// <param name="AdapterDropout">where the new adapters draw their dropout masks (a training run's stream, which its
 /// step reseeds); null = each adapter a stream of its own.</param>
 /// <param name="AdapterDir">attach the peft adapter in this directory instead (inference).</param>
+/// <param name="Aware">quantization-aware training: the decoder linears compute through this format's fake
+/// quantization (<see cref="BaseFormat.FakeQuantization"/>; it must have one), LoRA included.</param>
 public sealed record ModelBuildOptions(
     Device Device,
     ScalarType ComputeDType,
@@ -31,7 +33,8 @@ public sealed record ModelBuildOptions(
     LoraSettings? NewAdapter = null,
     long? AdapterSeed = null,
     string? AdapterDir = null,
-    RandomStream? AdapterDropout = null);
+    RandomStream? AdapterDropout = null,
+    BaseFormat? Aware = null);
 
 /// <summary>A built model with what was decided on the way; disposing it disposes the model.</summary>
 /// <param name="BaseFormat">the format the decoder linears were actually stored in (for "none" under a fixed frozen dtype, that dtype).</param>
@@ -53,6 +56,9 @@ public sealed record BuiltModel(LlamaForCausalLM Model, ModelArchitecture Archit
 /// </summary>
 public static class ModelBuilder
 {
+    static IFakeQuantization? AwareOf(BaseFormat? aware) => aware is null ? null
+        : aware.FakeQuantization ?? throw new ArgumentException($"quantization-aware training to {aware} is not supported; formats with a fake quantizer: {string.Join(", ", BaseFormats.AwareNames)}");
+
     public static BuiltModel Build(string modelDir, ModelBuildOptions o)
     {
         if (o.NewAdapter is not null && o.AdapterDir is not null)
@@ -70,7 +76,7 @@ public static class ModelBuilder
         var denseDType = o.FrozenDType ?? o.ComputeDType;
         var format = o.BaseFormat.KeepsCheckpointDType && o.FrozenDType is { } fixedDType ? new DenseFormat(fixedDType) : o.BaseFormat;
         var model = LlamaLoader.Load(modelDir, new LoadOptions(o.Device, o.ComputeDType,
-            LinearPolicies.Quantized(arch, format, o.ComputeDType, o.Device, denseDType, kernels), o.FrozenDType, kernels));
+            LinearPolicies.Quantized(arch, format, o.ComputeDType, o.Device, denseDType, kernels, AwareOf(o.Aware)), o.FrozenDType, kernels));
         try
         {
             model.Model.GradientCheckpointing = o.GradientCheckpointing;

@@ -17,6 +17,10 @@ public static class BaseFormats
     /// <summary>Every name a spelling starts with: none, bf16, fp16, fp32, nf4, fp4, int8, int4, llm-int8, hqq2..hqq8, ternary.</summary>
     public static IEnumerable<string> Names => Kinds.SelectMany(k => k.Names);
 
+    /// <summary>The names of the formats quantization-aware training can target (those with a <see cref="BaseFormat.FakeQuantization"/>).</summary>
+    public static IEnumerable<string> AwareNames =>
+        Names.Where(n => { try { return Parse(n).FakeQuantization is not null; } catch (FormatException) { return false; } });
+
     /// <summary>The grammar of all spellings, for --help and errors.</summary>
     public static string Syntax => string.Join(", ", Kinds.Select(k => k.Syntax));
 

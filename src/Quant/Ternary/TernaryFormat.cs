@@ -30,6 +30,8 @@ public sealed record TernaryFormat : BaseFormat
 
     public override CheckpointLayout Layout => BitNetTernaryLayout.Instance;
 
+    public override IFakeQuantization FakeQuantization => TernaryFakeQuantization.Instance;
+
     sealed class TernaryKind : BaseFormatKind
     {
         public override IReadOnlyList<string> Names => [Name];
