@@ -14,8 +14,10 @@ constexpr int kTokens = 8;    // tokens per warp
 
 QLN_DEVICE int qln_shfl_xor_i32(int v, int mask)
 {
-#if defined(QLN_HOST) || !defined(__clang__) || defined(__NVCC__)
-    return __float_as_int(qln_shfl_xor(__int_as_float(v), mask));
+#if defined(QLN_HOST)
+    return (int)qln_as_u32(qln_shfl_xor(qln_as_float((u32)v), mask));
+#elif !defined(__clang__) || defined(__NVCC__)
+    return __shfl_xor_sync(QLN_FULL_MASK, v, mask);
 #else
     return __nvvm_shfl_sync_bfly_i32(QLN_FULL_MASK, v, mask, 31);
 #endif
