@@ -29,23 +29,30 @@ public static class HqqSolver
     /// says how many ran (for tests and reports).</summary>
     public static Tensor OptimizeZero(Tensor w, Tensor scale, Tensor zero, int maxCode, out int iterations)
     {
-        using var scope = NewDisposeScope();
         double beta = Beta;
         float best = float.PositiveInfinity;
         iterations = 0;
+        zero = zero.alias();                                                               // ours to dispose
         for (int i = 0; i < Iterations; i++)
         {
             iterations++;
-            var q = (w * scale + zero).round().clamp(0, maxCode);                         // (rows, g)
-            var wr = (q - zero) / scale;
-            var we = Shrink(w - wr, beta);
-            zero = (q - (w - we) * scale).mean([1], keepdim: true);                       // (rows, 1)
+            Tensor next;
+            float error;
+            using (var step = NewDisposeScope())                                           // one iteration's temporaries (weight-sized) at a time
+            {
+                var q = (w * scale + zero).round().clamp(0, maxCode);                     // (rows, g)
+                var wr = (q - zero) / scale;
+                var we = Shrink(w - wr, beta);
+                next = (q - (w - we) * scale).mean([1], keepdim: true).MoveToOuterDisposeScope();   // (rows, 1)
+                error = (w - wr).abs().mean().item<float>();
+            }
+            zero.Dispose();
+            zero = next;
             beta *= Kappa;
-            float error = (w - wr).abs().mean().item<float>();
             if (error < best) best = error;
             else break;
         }
-        return zero.MoveToOuterDisposeScope();
+        return zero;
     }
 
     /// <summary>hqq's shrink_lp_op for p &lt; 1: |x| - (1 / beta) |x|^(p - 1), clamped at 0, times sign(x); an exact
