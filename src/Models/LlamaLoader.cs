@@ -83,7 +83,7 @@ public static class LlamaLoader
             if (!info.Shape.SequenceEqual(want.Shape))
                 throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' has shape {info.ShapeText}, config.json implies [{string.Join(", ", want.Shape)}]");
             if (info.DType == ScalarType.Int8 && IsLinear(want))
-                throw new InvalidDataException($"{info.ShardPath}: int8 tensor '{name}' has no '{want.ModulePath}.SCB' (its per-row absmax) beside it; a bitsandbytes 8-bit checkpoint needs both, re-save it or load the original float weights");
+                throw new InvalidDataException($"{info.ShardPath}: int8 tensor '{name}' has no '{want.ModulePath}.SCB' (its per-row absmax) beside it; a pre-quantized bitsandbytes 8-bit checkpoint needs both, re-save it or load the original float weights");
             if (info.DType is not (ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32 or ScalarType.Float64))
                 throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' is {info.DType}; pre-quantized weights load only in a known layout ({string.Join(", ", BaseFormats.Layouts.Select(l => l.Name))}, see `quantize`); otherwise load the original float weights");
         }
