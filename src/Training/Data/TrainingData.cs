@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using QLoraNet.Models;
 using QLoraNet.Training.Config;
 
@@ -32,15 +33,21 @@ public sealed class TrainingData
     public DataStats Stats { get; }
     public int PadId { get; }
 
-    public static TrainingData Build(DataConfig config, ITextTokenizer tokenizer, int seed)
+    /// <summary>
+    /// Builds the data; <paramref name="modelDir"/> is where the tokenizer config (and the chat template that
+    /// data.template auto takes) lives; without it, auto means llama2-chat.
+    /// </summary>
+    public static TrainingData Build(DataConfig config, ITextTokenizer tokenizer, int seed, string? modelDir = null)
     {
         if (config.Format == DataFormat.Chat && config.Template == TemplateKind.Alpaca)
-            throw new InvalidDataException("data.template 'alpaca' renders instruction rows only; use llama2-chat or none with data.format chat");
+            throw new InvalidDataException($"data.template 'alpaca' renders instruction rows only; use one of {string.Join(", ", ChatTemplates.ChatKinds.Select(k => YamlNames.Of(k)))} or auto with data.format chat");
+        var chat = config.Format == DataFormat.Completion ? null
+            : ChatTemplates.Resolve(config.Template, tokenizer, modelDir != null ? TokenizerConfigJson.Load(modelDir) : TokenizerConfigJson.Empty);
         var encoder = new ExampleEncoder(tokenizer, config.MaxSeqLen, config.TrainOnInputs);
         var counts = new Counts();
 
-        var train = Encode(config, config.Train, encoder, counts);
-        IReadOnlyList<TokenizedExample> validation = config.Validation != null ? Encode(config, [config.Validation], encoder, counts) : [];
+        var train = Encode(config, chat, config.Train, encoder, counts);
+        IReadOnlyList<TokenizedExample> validation = config.Validation != null ? Encode(config, chat, [config.Validation], encoder, counts) : [];
 
         var order = new Pcg32((ulong)seed, SplitStream).Permutation(train.Count);
         var shuffled = order.Select(i => train[i]).ToArray();
@@ -80,7 +87,7 @@ public sealed class TrainingData
             yield return Batch.Collate(Validation.Skip(start).Take(microBatchSize).ToArray(), PadId);
     }
 
-    static List<TokenizedExample> Encode(DataConfig config, IReadOnlyList<string> files, ExampleEncoder encoder, Counts counts)
+    static List<TokenizedExample> Encode(DataConfig config, IChatTemplate? chat, IReadOnlyList<string> files, ExampleEncoder encoder, Counts counts)
     {
         string names = string.Join(", ", files);
         var read = ExampleFiles.Read(files, config.Format, config.Columns, config.SkipBadRows);
@@ -94,8 +101,8 @@ public sealed class TrainingData
         var result = new List<TokenizedExample>(read.Examples.Count);
         foreach (var raw in read.Examples)
         {
-            var segments = PromptTemplates.Render(raw, config.Template, config.SystemPrompt);
-            var (example, outcome) = encoder.Encode(segments);
+            var rendered = PromptTemplates.Render(raw, chat, config.SystemPrompt, config.SystemRole);
+            var (example, outcome) = encoder.Encode(rendered);
             if (outcome == ExampleEncoder.Outcome.Truncated) counts.Truncated++;
             if (example == null)
             {

@@ -107,7 +107,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     void SetupData()
     {
         var tokenizer = TextTokenizers.Load(_config.Model.Path);
-        _data = TrainingData.Build(_config.Data, tokenizer, _t.Seed);
+        _data = TrainingData.Build(_config.Data, tokenizer, _t.Seed, _config.Model.Path);
     }
 
     /// <summary>

@@ -39,7 +39,8 @@ public sealed class ConfigTests : IDisposable
         Assert.Equal(LoraSettings.DefaultTargets, c.Lora.TargetModules);
         Assert.Null(c.Lora.Layers);
         Assert.Equal(DataFormat.Chat, c.Data.Format);
-        Assert.Equal(TemplateKind.Llama2Chat, c.Data.Template);
+        Assert.Equal(TemplateKind.Auto, c.Data.Template);
+        Assert.Equal(SystemRole.Native, c.Data.SystemRole);
         Assert.Equal(512, c.Data.MaxSeqLen);
         Assert.Equal(new[] { train }, c.Data.Train);
         Assert.Equal(new TrainingConfig(), c.Training);
@@ -86,8 +87,11 @@ public sealed class ConfigTests : IDisposable
     {
         Assert.Equal("x.yaml:6: 'quantization.type' must be one of none, bf16, fp16, fp32, nf4, fp4, int8, int4, llm-int8, hqq2, hqq3, hqq4, hqq8, ternary (or a whole spelling such as nf4-dq); got 'nf5'",
             ErrorOf(Minimal + "quantization:\n  type: nf5\n"));
-        Assert.Equal("x.yaml:4: 'data.template' must be one of llama2-chat, alpaca, none; got 'chatml'",
-            ErrorOf(Minimal.Replace("data:\n", "data:\n  template: chatml\n")));
+        Assert.Equal("x.yaml:4: 'data.template' must be one of auto, llama2-chat, llama3, chatml, mistral-instruct, gemma, alpaca, none; got 'vicuna'",
+            ErrorOf(Minimal.Replace("data:\n", "data:\n  template: vicuna\n")));
+        Assert.Equal("x.yaml:4: 'data.system_role' must be one of native, fold; got 'merge'",
+            ErrorOf(Minimal.Replace("data:\n", "data:\n  system_role: merge\n")));
+        Assert.Equal(SystemRole.Fold, Parse(Minimal, "data.system_role=fold").Data.SystemRole);
     }
 
     [Fact]
@@ -106,7 +110,7 @@ public sealed class ConfigTests : IDisposable
     public void Empty_required_value_and_chat_with_alpaca_are_errors()
     {
         Assert.Equal("x.yaml:2: 'model.path' must be a non-empty string; got ''", ErrorOf(Minimal.Replace(Paths.TinyModel, "\"\"")));
-        Assert.Equal("x.yaml:4: 'data.template' alpaca renders instruction rows only; use llama2-chat or none with data.format chat",
+        Assert.Equal("x.yaml:4: 'data.template' alpaca renders instruction rows only; use one of llama2-chat, llama3, chatml, mistral-instruct, gemma, none or auto with data.format chat",
             ErrorOf(Minimal.Replace("data:\n", "data:\n  template: alpaca\n")));
         Assert.Equal(TemplateKind.Alpaca, Parse(Minimal, "data.format=instruction", "data.template=alpaca").Data.Template);
     }
