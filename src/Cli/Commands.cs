@@ -18,5 +18,6 @@ public static partial class Commands
         yield return MergeCommand.Create(stdout);
         yield return LogitsCommand.Create(stdout);
         yield return TokenizeCommand.Create(stdout);
+        yield return PlotCommand.Create(stdout);
     }
 }

@@ -23,6 +23,7 @@ namespace QLoraNet.Peft;
 /// <param name="AdapterDir">attach the peft adapter in this directory instead (inference).</param>
 /// <param name="Aware">quantization-aware training: the decoder linears compute through this format's fake
 /// quantization (<see cref="BaseFormat.FakeQuantization"/>; it must have one), LoRA included.</param>
+/// <param name="AdapterInitDir">start the new adapters from this peft adapter's factors (continued training).</param>
 public sealed record ModelBuildOptions(
     Device Device,
     ScalarType ComputeDType,
@@ -34,6 +35,7 @@ public sealed record ModelBuildOptions(
     long? AdapterSeed = null,
     string? AdapterDir = null,
     RandomStream? AdapterDropout = null,
+    string? AdapterInitDir = null,
     BaseFormat? Aware = null);
 
 /// <summary>A built model with what was decided on the way; disposing it disposes the model.</summary>
@@ -82,7 +84,11 @@ public static class ModelBuilder
             model.Model.GradientCheckpointing = o.GradientCheckpointing;
             AdapterConfig? adapter = null;
             if (o.NewAdapter is { } lora)
-                adapter = AdapterConfig.From(lora, LoraApplier.Apply(model, lora, o.AdapterSeed, o.AdapterDropout), modelDir);
+            {
+                adapter = AdapterConfig.From(lora, LoraApplier.Apply(model, lora, o.AdapterSeed, o.AdapterDropout), modelDir)
+                    with { Provenance = new AdapterProvenance(format) };
+                if (o.AdapterInitDir is { } init) AdapterInit.LoadInto(init, model, lora);
+            }
             else if (o.AdapterDir is { } dir)
             {
                 AdapterFiles.ApplyAndLoad(dir, model);

@@ -36,6 +36,7 @@ internal static unsafe class CudaDriver
     [DllImport(Lib)] static extern int cuGetErrorString(int err, out IntPtr str);
     [DllImport(Lib)] static extern int cuDeviceGetAttribute(out int value, int attrib, int device);
     [DllImport(Lib)] static extern int cuCtxGetDevice(out int device);
+    [DllImport(Lib)] static extern int cuMemGetInfo_v2(out ulong free, out ulong total);
 
     [DllImport("LibTorchSharp")] static extern IntPtr THSTensor_data(IntPtr handle);
 
@@ -62,6 +63,15 @@ internal static unsafe class CudaDriver
         Check(cuCtxGetDevice(out int dev), "cuCtxGetDevice");
         Check(cuDeviceGetAttribute(out int n, 16 /* CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT */, dev), "cuDeviceGetAttribute");
         return n;
+    }
+
+    /// <summary>(free, total) bytes of the current context's device, device-wide (every process and context on it),
+    /// or null when no CUDA context is current on this thread.</summary>
+    public static (ulong Free, ulong Total)? MemoryInfo()
+    {
+        if (cuInit(0) != 0 || cuCtxGetCurrent(out var ctx) != 0 || ctx == IntPtr.Zero) return null;
+        Check(cuMemGetInfo_v2(out ulong free, out ulong total), "cuMemGetInfo");
+        return (free, total);
     }
 
     public static IntPtr LoadModule(byte[] ptxNullTerminated)

@@ -22,6 +22,9 @@ public sealed record TrainConfig(
     TrainingConfig Training,
     OutputConfig Output)
 {
+    /// <summary><c>lora.init_from</c>: a peft adapter directory whose factors start the run; null = fresh adapters.</summary>
+    public string? LoraInitFrom { get; init; }
+
     /// <summary>Reads, overrides (<c>section.key=value</c>), binds and validates a config file.</summary>
     public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
     {
@@ -39,13 +42,18 @@ public sealed record TrainConfig(
         var s = new ConfigSection(source, "", root, root);
         var modelSection = s.Section("model");
         var model = ModelConfig.Bind(modelSection);
+        var quantization = QuantizationConfig.Bind(s, "quantization");
+        var lora = LoraSection.Bind(s.Section("lora"), Architecture(model, modelSection)?.LinearNames, out var initFrom);
         var config = new TrainConfig(
             model,
-            QuantizationConfig.Bind(s, "quantization"),
-            LoraSection.Bind(s.Section("lora"), Architecture(model, modelSection)?.LinearNames),
+            quantization,
+            lora,
             DataConfig.Bind(s.Section("data")),
             TrainingConfig.Bind(s.Section("training")),
-            OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))));
+            OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))))
+        {
+            LoraInitFrom = initFrom,
+        };
         s.Finish();
         source.ThrowIfMissing();
         CheckAcrossSections(config, s);
@@ -56,7 +64,7 @@ public sealed record TrainConfig(
     public string ToYaml()
     {
         var root = YamlOut.Map(
-            ("model", Model.ToYaml()), ("quantization", Quantization.ToYaml()), ("lora", LoraSection.ToYaml(Lora)),
+            ("model", Model.ToYaml()), ("quantization", Quantization.ToYaml()), ("lora", LoraSection.ToYaml(Lora, LoraInitFrom)),
             ("data", Data.ToYaml()), ("training", Training.ToYaml()), ("output", Output.ToYaml()));
         var writer = new StringWriter();
         new YamlStream(new YamlDocument(root)).Save(writer, assignAnchors: false);

@@ -39,10 +39,7 @@ public sealed class TrainingData
     /// </summary>
     public static TrainingData Build(DataConfig config, ITextTokenizer tokenizer, int seed, string? modelDir = null)
     {
-        if (config.Format == DataFormat.Chat && config.Template == TemplateKind.Alpaca)
-            throw new InvalidDataException($"data.template 'alpaca' renders instruction rows only; use one of {string.Join(", ", ChatTemplates.ChatKinds.Select(k => YamlNames.Of(k)))} or auto with data.format chat");
-        var chat = config.Format == DataFormat.Completion ? null
-            : ChatTemplates.Resolve(config.Template, tokenizer, modelDir != null ? TokenizerConfigJson.Load(modelDir) : TokenizerConfigJson.Empty);
+        var chat = ResolveTemplate(config, tokenizer, modelDir);
         var encoder = new ExampleEncoder(tokenizer, config.MaxSeqLen, config.TrainOnInputs);
         var counts = new Counts();
 
@@ -66,6 +63,32 @@ public sealed class TrainingData
             shuffled.Sum(e => (long)e.Length), shuffled.Sum(e => (long)e.TrainedTokens), config.MaxSeqLen,
             counts.Truncated, counts.Dropped, counts.Skipped, counts.FirstSkipReason);
         return new TrainingData(trainSeq, valSeq, stats, tokenizer.PadId, seed);
+    }
+
+    /// <summary>
+    /// The examples of <paramref name="files"/> as validation data (in file order, rendered, masked, truncated and
+    /// packed exactly as a run's <c>data.validation</c>), with no training split: what `eval --data` scores, so its
+    /// loss equals the validation loss a run reports on the same file.
+    /// </summary>
+    public static TrainingData ForEvaluation(DataConfig config, ITextTokenizer tokenizer, IReadOnlyList<string> files, string? modelDir = null)
+    {
+        var chat = ResolveTemplate(config, tokenizer, modelDir);
+        var encoder = new ExampleEncoder(tokenizer, config.MaxSeqLen, config.TrainOnInputs);
+        var counts = new Counts();
+        var examples = Encode(config, chat, files, encoder, counts);
+        var sequences = SequencePacker.Pack(examples, config.MaxSeqLen, config.Packing);
+        var stats = new DataStats(0, examples.Count, 0, sequences.Count, 0, 0, config.MaxSeqLen,
+            counts.Truncated, counts.Dropped, counts.Skipped, counts.FirstSkipReason);
+        return new TrainingData([], sequences, stats, tokenizer.PadId, 0);
+    }
+
+    /// <summary>The chat template rows are rendered with (null for completion rows); auto reads the model's tokenizer config.</summary>
+    static IChatTemplate? ResolveTemplate(DataConfig config, ITextTokenizer tokenizer, string? modelDir)
+    {
+        if (config.Format == DataFormat.Chat && config.Template == TemplateKind.Alpaca)
+            throw new InvalidDataException($"data.template 'alpaca' renders instruction rows only; use one of {string.Join(", ", ChatTemplates.ChatKinds.Select(k => YamlNames.Of(k)))} or auto with data.format chat");
+        return config.Format == DataFormat.Completion ? null
+            : ChatTemplates.Resolve(config.Template, tokenizer, modelDir != null ? TokenizerConfigJson.Load(modelDir) : TokenizerConfigJson.Empty);
     }
 
     public int MicroBatchesPerEpoch(int microBatchSize) => (Train.Count + microBatchSize - 1) / microBatchSize;

@@ -51,6 +51,9 @@ public sealed class LoraFinetuneRecipe : IDisposable
     TrainStep _step = null!;
     Evaluator _evaluator = null!;
     MetricsLog _metrics = null!;
+    MemoryMonitor _memory = null!;
+    RunReports _reports = null!;
+    ITextTokenizer _tokenizer = null!;
     int? _bestStep;
 
     LoraFinetuneRecipe(TrainConfig config, ITrainingObserver observer, IReplicaGroup? replicas)
@@ -106,8 +109,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
     /// <summary>Read, render, tokenize, mask, pack; shuffled by the seed.</summary>
     void SetupData()
     {
-        var tokenizer = TextTokenizers.Load(_config.Model.Path);
-        _data = TrainingData.Build(_config.Data, tokenizer, _t.Seed, _config.Model.Path);
+        _tokenizer = TextTokenizers.Load(_config.Model.Path);
+        _data = TrainingData.Build(_config.Data, _tokenizer, _t.Seed, _config.Model.Path);
     }
 
     /// <summary>
@@ -125,9 +128,12 @@ public sealed class LoraFinetuneRecipe : IDisposable
         var clock = Stopwatch.StartNew();
         _built = ModelBuilder.Build(_config.Model.Path, new ModelBuildOptions(_device, compute, _config.Quantization.Format,
             kernels ?? KernelSelection.For(_device), frozen, _t.GradientCheckpointing,
-            NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom, Aware: _config.Quantization.Aware));
+            NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom, AdapterInitDir: _config.LoraInitFrom,
+            Aware: _config.Quantization.Aware));
         (_model, _adapterConfig) = (_built.Model, _built.Adapter!);
         _loadSeconds = clock.Elapsed.TotalSeconds;
+        if (_config.LoraInitFrom is { } init && _resumeFrom is null)
+            _observer.OnMessage($"lora.init_from: adapters start from {init} (r {_config.Lora.R}); alpha {_config.Lora.Alpha} and dropout {_config.Lora.Dropout} are this config's");
     }
 
     void SetupOptimizer()
@@ -158,6 +164,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
             new TrainStepSettings(_t.GradientAccumulationSteps, _t.MaxGradNorm, _t.Seed), _dropoutRandom, _replicas);
         _evaluator = new Evaluator(_model, loss);
         _metrics = new MetricsLog(WritesFiles ? Path.Combine(_outDir, RunOutput.MetricsFile) : null, _state.Step);
+        _memory = new MemoryMonitor(_device);
+        _reports = RunReports.Create(_config, WritesFiles, _state.Step, _model, _tokenizer, _built.Architecture, _observer);
     }
 
     /// <summary>The loop: one optimizer step at a time, with evaluation, early stopping and checkpoints as configured.</summary>
@@ -165,6 +173,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     {
         // The base model's validation loss, before any step: the "before" of the run's before/after.
         double? initialValidation = _state.Step == 0 && _totalSteps > 0 && _data.Validation.Count > 0 ? Validate(0) : null;
+        if (_state.Step == 0 && _totalSteps > 0) _reports.Sample(0);
         var clock = Stopwatch.StartNew();
         double elapsedBefore = _metrics.Rows.LastOrDefault()?.ElapsedSeconds ?? 0;
         var stop = TrainStop.Completed;
@@ -196,6 +205,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
             RecordStep(outcome, lr, stepClock.Elapsed.TotalSeconds, elapsedBefore + clock.Elapsed.TotalSeconds);
 
             bool last = step + 1 == _totalSteps;
+            if (Every(_t.EvalEvery, step + 1) || last) _reports.Sample(step + 1);
             if (_data.Validation.Count > 0 && (Every(_t.EvalEvery, step + 1) || last))
             {
                 Validate(step + 1);
@@ -217,8 +227,11 @@ public sealed class LoraFinetuneRecipe : IDisposable
     double Validate(int step)
     {
         double loss = _evaluator.MeanLoss(_data.ValidationBatches(_t.MicroBatchSize));
+        _memory.Observe();
+        _reports.Validation(step, loss);
         if (step == 0)
         {
+            _metrics.Append(MetricsLog.Row.BeforeTraining(loss, _memory.TakeInterval()));
             _observer.OnEvaluation(0, loss, false);
             return loss;
         }
@@ -236,14 +249,16 @@ public sealed class LoraFinetuneRecipe : IDisposable
     void RecordStep(StepOutcome o, double lr, double stepSeconds, double elapsed)
     {
         int step = _state.Step;
-        int firstStep = _metrics.Rows.Count > 0 ? _metrics.Rows[0].Step : step;
+        int firstStep = _metrics.Rows.FirstOrDefault(r => r.IsStep)?.Step ?? step;
         double rate = (step - firstStep + 1) / Math.Max(1e-9, elapsed);
-        long rss = Environment.WorkingSet;
+        var memory = _memory.TakeInterval();
         double tokensPerSecond = o.InputTokens / Math.Max(1e-9, stepSeconds);
-        _metrics.Append(new MetricsLog.Row(step, _batches.Progress, o.Loss, null, lr, o.GradNorm, o.InputTokens,
-            tokensPerSecond, stepSeconds, elapsed, rss / 1048576.0));
+        var row = new MetricsLog.Row(step, _batches.Progress, o.Loss, null, lr, o.GradNorm, o.InputTokens,
+            tokensPerSecond, stepSeconds, elapsed, memory.HostRssMb, memory.HostPeakRssMb, memory.DeviceUsedPeakMb, o.LossTerms);
+        _metrics.Append(row);
+        _reports.Step(row);
         _observer.OnStep(new StepMetrics(step, _totalSteps, _batches.Progress, o.Loss, lr, o.GradNorm, o.InputTokens,
-            tokensPerSecond, stepSeconds, elapsed, (_totalSteps - step) / Math.Max(1e-9, rate), rss));
+            tokensPerSecond, stepSeconds, elapsed, (_totalSteps - step) / Math.Max(1e-9, rate), (long)(memory.HostRssMb * 1048576), memory, o.LossTerms));
     }
 
     void SaveCheckpoint()
@@ -265,14 +280,10 @@ public sealed class LoraFinetuneRecipe : IDisposable
                 if (WritesFiles) AdapterFiles.Save(finalAdapter, _model, _adapterConfig);
             }
         }
-        if (WritesFiles && _metrics.Rows.Count > 0)
-        {
-            string title = $"{Path.GetFileName(Path.GetFullPath(_config.Model.Path))} + LoRA r={_config.Lora.R}";
-            try { LossCurve.Write(Path.Combine(_outDir, RunOutput.LossCurveFile), _metrics.Rows, title); }
-            catch (Exception e) { _observer.OnMessage($"could not draw {RunOutput.LossCurveFile}: {e.Message}"); }
-        }
+        if (WritesFiles && _metrics.Rows.Count > 0) _reports.DrawLossCurve(_metrics.Rows);
         if (stop == TrainStop.Interrupted) message = $"interrupted at step {_state.Step}; resume with --resume";
-        return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation);
+        return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation,
+            _memory.RunPeak);
     }
 
     public void Dispose()

@@ -6,17 +6,35 @@ namespace QLoraNet.Training.Trainer;
 
 /// <summary>
 /// <c>metrics.csv</c>: one row per optimizer step (validation loss on the steps that evaluated), appended as the
-/// run goes so a crash loses nothing. On resume, rows past the checkpoint's step are dropped first, so the file
-/// reads as one uninterrupted run. The rows also feed the loss curve. <c>host_rss_mb</c> is the process's resident
-/// set on the host (not device memory).
+/// run goes so a crash loses nothing, plus a row for step 0 when the base model is evaluated before training (its
+/// training columns empty). On resume, rows past the checkpoint's step are dropped first, so the file reads as one
+/// uninterrupted run. The rows also feed the loss curve and TensorBoard.
+/// Memory columns say what they measure (<see cref="MemorySample"/>): <c>host_rss_mb</c> the process's resident set
+/// on the host after the step, <c>host_peak_rss_mb</c> the process's peak resident set so far, <c>device_used_peak_mb</c>
+/// the peak of the CUDA device's used memory (device-wide, see <see cref="MemoryMonitor"/>) since the previous
+/// row, empty on CPU. <c>trained_tokens</c> are the step's loss terms, the denominator of its mean.
 /// </summary>
 public sealed class MetricsLog
 {
+    /// <summary>One row; NaN (a double) or null (device memory) is an empty cell.</summary>
     public sealed record Row(int Step, double Epoch, double Loss, double? ValidationLoss, double LearningRate,
-        double GradNorm, long Tokens, double TokensPerSecond, double StepSeconds, double ElapsedSeconds, double HostRssMb);
+        double GradNorm, long Tokens, double TokensPerSecond, double StepSeconds, double ElapsedSeconds, double HostRssMb,
+        double HostPeakRssMb = double.NaN, double? DeviceUsedPeakMb = null, long TrainedTokens = 0)
+    {
+        /// <summary>The step-0 row: the base model's validation loss before any step, no training figures.</summary>
+        public static Row BeforeTraining(double validationLoss, MemorySample memory) =>
+            new(0, 0, double.NaN, validationLoss, double.NaN, double.NaN, 0, double.NaN, double.NaN, 0,
+                memory.HostRssMb, memory.HostPeakRssMb, memory.DeviceUsedPeakMb);
 
-    static readonly string[] Header =
-        ["step", "epoch", "loss", "val_loss", "learning_rate", "grad_norm", "tokens", "tokens_per_s", "step_s", "elapsed_s", "host_rss_mb"];
+        /// <summary>True for a row of an optimizer step (false for the step-0 evaluation row).</summary>
+        public bool IsStep => Step > 0;
+    }
+
+    public static readonly IReadOnlyList<string> Header =
+    [
+        "step", "epoch", "loss", "val_loss", "learning_rate", "grad_norm", "tokens", "tokens_per_s", "step_s", "elapsed_s",
+        "host_rss_mb", "host_peak_rss_mb", "device_used_peak_mb", "trained_tokens",
+    ];
 
     readonly List<Row> _rows = new();
 
@@ -69,25 +87,32 @@ public sealed class MetricsLog
                  {
                      S(r.Step), S(r.Epoch), S(r.Loss), r.ValidationLoss is { } v ? S(v) : "", S(r.LearningRate), S(r.GradNorm),
                      S(r.Tokens), S(r.TokensPerSecond), S(r.StepSeconds), S(r.ElapsedSeconds), S(r.HostRssMb),
+                     S(r.HostPeakRssMb), r.DeviceUsedPeakMb is { } d ? S(d) : "", S(r.TrainedTokens),
                  })
             csv.WriteField(f);
         csv.EndRecord();
         csv.Flush();
     }
 
-    static string S(double x) => x.ToString("G9", CultureInfo.InvariantCulture);
+    static string S(double x) => double.IsNaN(x) ? "" : x.ToString("G9", CultureInfo.InvariantCulture);
     static string S(long x) => x.ToString(CultureInfo.InvariantCulture);
 
+    /// <summary>Reads a metrics.csv by column name, so a file written before a column was added still reads.</summary>
     public static IReadOnlyList<Row> Read(string path)
     {
         var rows = new List<Row>();
         using var reader = CsvReader.FromFile(path, new CsvReaderOptions { HasHeader = true });
+        var header = reader.Headers.ToArray();
+        var columns = Enumerable.Range(0, header.Length).ToDictionary(i => header[i], i => i);
         while (reader.Read())
         {
-            double D(int i) => double.Parse(reader.GetString(i), CultureInfo.InvariantCulture);
-            string val = reader.GetString(3);
-            rows.Add(new Row((int)D(0), D(1), D(2), val.Length == 0 ? null : double.Parse(val, CultureInfo.InvariantCulture),
-                D(4), D(5), (long)D(6), D(7), D(8), D(9), D(10)));
+            string Cell(string name) => columns.TryGetValue(name, out int i) && i < reader.FieldCount ? reader.GetString(i) : "";
+            double D(string name) => Cell(name) is { Length: > 0 } s ? double.Parse(s, CultureInfo.InvariantCulture) : double.NaN;
+            double? N(string name) => Cell(name) is { Length: > 0 } s ? double.Parse(s, CultureInfo.InvariantCulture) : null;
+            long L(string name) => Cell(name) is { Length: > 0 } s ? (long)double.Parse(s, CultureInfo.InvariantCulture) : 0;
+            rows.Add(new Row((int)L("step"), D("epoch"), D("loss"), N("val_loss"), D("learning_rate"), D("grad_norm"),
+                L("tokens"), D("tokens_per_s"), D("step_s"), D("elapsed_s"), D("host_rss_mb"), D("host_peak_rss_mb"),
+                N("device_used_peak_mb"), L("trained_tokens")));
         }
         return rows;
     }

@@ -15,6 +15,9 @@ public interface ITrainingObserver
     /// <summary>A file or directory of a checkpoint is complete in its staging directory (before the checkpoint is
     /// published). Throwing aborts the save, as a kill would: the previous checkpoints stay intact.</summary>
     void OnCheckpointFileWritten(string path) { }
+
+    /// <summary>The greedy answers to training.sample_prompts at a step (0: the base model, before training).</summary>
+    void OnSamples(IReadOnlyList<SampleGeneration> samples) { }
 }
 
 /// <summary>Printed once at the start: what is being trained on what (and which kernels run: <c>Kernels</c>).</summary>
@@ -34,8 +37,9 @@ public sealed record RunSummary(
     int LogEvery = 10,
     IReadOnlyList<string>? Kernels = null);
 
-/// <summary>One optimizer step. Loss is the mean over the step's trained (unmasked) tokens; <see cref="HostRssBytes"/>
-/// is the process's resident memory on the host.</summary>
+/// <summary>One optimizer step. Loss is the mean over the step's trained (unmasked) tokens (<see cref="TrainedTokens"/>
+/// of them); <see cref="HostRssBytes"/> is the process's resident memory on the host; <see cref="Memory"/> the step's
+/// memory figures, each named for what it measures (host peak RSS, CUDA device used memory).</summary>
 public sealed record StepMetrics(
     int Step,
     int TotalSteps,
@@ -48,7 +52,9 @@ public sealed record StepMetrics(
     double StepSeconds,
     double ElapsedSeconds,
     double EtaSeconds,
-    long HostRssBytes);
+    long HostRssBytes,
+    MemorySample? Memory = null,
+    long TrainedTokens = 0);
 
 /// <summary>How a run ended.</summary>
 public sealed record TrainResult(
@@ -59,7 +65,8 @@ public sealed record TrainResult(
     double? BestValidationLoss,
     TrainStop Stop,
     string? Message,
-    double? InitialValidationLoss = null);
+    double? InitialValidationLoss = null,
+    MemorySample? PeakMemory = null);
 
 public enum TrainStop { Completed, EarlyStopped, Interrupted, NonFiniteLoss }
 

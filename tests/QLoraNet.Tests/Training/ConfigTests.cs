@@ -54,7 +54,7 @@ public sealed class ConfigTests : IDisposable
     public void Unknown_key_names_file_line_and_the_valid_keys()
     {
         string msg = ErrorOf(Minimal + "lora:\n  r: 8\n  rank: 4\n");
-        Assert.Equal("x.yaml:7: unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora", msg);
+        Assert.Equal("x.yaml:7: unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora, init_from", msg);
     }
 
     [Fact]
@@ -166,7 +166,7 @@ public sealed class ConfigTests : IDisposable
     [Fact]
     public void Override_errors_point_at_the_override()
     {
-        Assert.Equal("override 'lora.rank=8': unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora",
+        Assert.Equal("override 'lora.rank=8': unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora, init_from",
             ErrorOf(Minimal, "lora.rank=8"));
         Assert.Equal("override 'training.seed=x': 'training.seed' must be an integer >= 0; got 'x'", ErrorOf(Minimal, "training.seed=x"));
         Assert.Contains("expected key=value", ErrorOf(Minimal, "training.seed"));
