@@ -37,6 +37,10 @@ public sealed class HfConfigJson
     public static HfConfigJson Parse(JsonElement root, string path) =>
         root.ValueKind == JsonValueKind.Object ? new HfConfigJson(root, path) : throw new InvalidDataException($"{path}: expected a JSON object");
 
+    /// <summary>True when config.json has <paramref name="key"/> at all, even as null (a null window differs from a
+    /// missing one, which takes the config class's default).</summary>
+    public bool Has(string key) => Root.TryGetProperty(key, out _);
+
     public int RequiredInt(string key) => Int(key) ?? throw new InvalidDataException($"{Path}: missing required field '{key}'");
 
     public int? Int(string key) => Int(Root, key);

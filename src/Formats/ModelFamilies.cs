@@ -9,7 +9,14 @@ namespace QLoraNet.Formats;
 public static class ModelFamilies
 {
     /// <summary>Every family QLoraNet loads, in lookup order.</summary>
-    public static readonly IReadOnlyList<IModelFamily> All = [new LlamaFamily()];
+    public static readonly IReadOnlyList<IModelFamily> All =
+    [
+        new LlamaFamily(),
+        new MistralFamily(),
+        new Qwen2Family(),
+        new GemmaFamily(),
+        new Gemma2Family(),
+    ];
 
     /// <summary>config.json keys that announce a mixture-of-experts MLP, which no family implements.</summary>
     static readonly string[] ExpertCounts = ["num_local_experts", "num_experts", "n_routed_experts"];

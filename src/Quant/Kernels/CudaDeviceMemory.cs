@@ -1,3 +1,5 @@
+using QLoraNet.Kernels.Cuda;
+
 namespace QLoraNet.Quant.Kernels;
 
 /// <summary>

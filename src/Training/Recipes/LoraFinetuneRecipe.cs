@@ -139,7 +139,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
     void SetupOptimizer()
     {
         var trainable = _model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
-        _optimizer = new AdamW(trainable, _t.LearningRate, _t.AdamBeta1, _t.AdamBeta2, _t.AdamEpsilon, _t.WeightDecay);
+        _optimizer = new AdamW(trainable, _t.LearningRate, _t.AdamBeta1, _t.AdamBeta2, _t.AdamEpsilon, _t.WeightDecay,
+            _built.Kernels.Fused.AdamW);
     }
 
     /// <summary>Adapter, optimizer moments and trainer state (data position, best validation loss) of the checkpoint.</summary>
@@ -159,7 +160,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     /// <summary>The loss, the step that minimises it, the evaluator that measures it, the metrics log.</summary>
     void SetupStep()
     {
-        var loss = new CausalLmTokenMeanLoss();
+        var loss = new CausalLmTokenMeanLoss(_built.Kernels.Fused.LogitsPerChunk);
         _step = new TrainStep(_model, _optimizer, loss,
             new TrainStepSettings(_t.GradientAccumulationSteps, _t.MaxGradNorm, _t.Seed), _dropoutRandom, _replicas);
         _evaluator = new Evaluator(_model, loss);

@@ -237,8 +237,8 @@ public sealed class ConfigTests : IDisposable
     public void The_model_family_is_checked_at_the_model_path_line_and_decides_the_lora_names()
     {
         using var model = Paths.Temp();
-        File.WriteAllText(model["config.json"], """{"architectures":["MistralForCausalLM"],"model_type":"mistral"}""");
-        Assert.StartsWith("x.yaml:2: " + model["config.json"] + ": architecture MistralForCausalLM is not supported",
+        File.WriteAllText(model["config.json"], """{"architectures":["Phi3ForCausalLM"],"model_type":"phi3"}""");
+        Assert.StartsWith("x.yaml:2: " + model["config.json"] + ": architecture Phi3ForCausalLM is not supported",
             ErrorOf(Minimal.Replace(Paths.TinyModel, model.Path)));
         Assert.Equal(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
             Parse(Minimal, "lora.target_modules=all-linear").Lora.Targets);
