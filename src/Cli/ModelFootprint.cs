@@ -33,7 +33,7 @@ public static class ModelFootprint
     {
         long embeddings = (long)a.VocabSize * a.Hidden;
         return new ParameterCounts(embeddings, a.LayerLinearParameters, a.LayerLinearParameters * a.NumLayers,
-            ((long)a.LayerNorms.Count * a.NumLayers + 1) * a.Hidden, a.TiedHead ? 0 : embeddings);
+            a.LayerNormParameters * a.NumLayers + a.Hidden, a.TiedHead ? 0 : embeddings);
     }
 
     /// <summary>Decoder linears in <paramref name="linears"/>, everything else dense in <paramref name="rest"/>.</summary>

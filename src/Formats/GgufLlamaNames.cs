@@ -71,6 +71,8 @@ public sealed class GgufLlamaNames
         NormRole.PostAttention => "post_attention_norm",
         NormRole.PreMlp => "ffn_norm",
         NormRole.PostMlp => "post_ffw_norm",
+        NormRole.AttentionSub => "attn_sub_norm",
+        NormRole.MlpSub => "ffn_sub_norm",
         _ => throw new ArgumentOutOfRangeException(nameof(role), role, null),
     };
 }

@@ -56,6 +56,7 @@ public static class LlamaLoader
                     frozen[name] = raw.to(frozenDType, options.Device, copy: true).DetachFromDisposeScope();
                 }
             }
+            if (arch.TernaryLinears) RequireTernary(arch, linears, modelDir);
             return Assemble(arch, linears, frozen, options);
         }
         catch
@@ -97,6 +98,15 @@ public static class LlamaLoader
         }
     }
 
+    /// <summary>A BitNet model computes what it was trained to only through ternary linears with 8-bit activations;
+    /// any other base (nf4-dq over its bf16 master weights, say) is a different model, refused by name.</summary>
+    static void RequireTernary(ModelArchitecture arch, Dictionary<string, FrozenLinear> linears, string modelDir)
+    {
+        foreach (var path in arch.BaseLinearPaths)
+            if (linears[path].FormatName != TernaryFormat.Name)
+                throw new NotSupportedException($"{modelDir}: '{path}' loads as {linears[path].FormatName}, but a {arch.Family} model's linears are BitNet b1.58 linears (ternary weights, 8-bit activations); use base format ternary (quantization.base: ternary, --base ternary) or the packed checkpoint");
+    }
+
     static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;
 
     static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o)
@@ -107,11 +117,17 @@ public static class LlamaLoader
             string p = a.LayerPrefix(i);
             (LayerLinear, FrozenLinear, Tensor?) Projection(LayerLinear l) =>
                 (l, linears[p + l.Path], l.HasBias ? frozen[p + l.Path + ".bias"] : null);
+            // BitNet's sub-norms live inside attention and the MLP ("self_attn.attn_sub_norm"): registered there under
+            // their last name, so the module paths stay the checkpoint's.
+            RmsNorm? SubNorm(NormRole role) => a.LayerNorms.FirstOrDefault(n => n.Role == role) is { } n
+                ? new RmsNorm(n.Path[(n.Path.IndexOf('.') + 1)..], frozen[p + n.Path + ".weight"], a.NormEps, a.Norm) : null;
             var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
                 a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i),
-                a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap);
-            var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection));
-            var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen[p + n.Path + ".weight"], a.NormEps, a.Norm)));
+                a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap, SubNorm(NormRole.AttentionSub));
+            var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection),
+                SubNorm(NormRole.MlpSub));
+            var norms = a.LayerNorms.Where(n => n.Role is not (NormRole.AttentionSub or NormRole.MlpSub))
+                .Select(n => (n, new RmsNorm(n.Path, frozen[p + n.Path + ".weight"], a.NormEps, a.Norm)));
             layers.Add(new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms));
         }
         var model = new LlamaModel("model", frozen[a.EmbeddingWeight], layers,
