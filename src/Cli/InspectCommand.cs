@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using QLoraNet.Formats;
+using QLoraNet.Models;
 
 namespace QLoraNet.Cli;
 
@@ -36,10 +37,17 @@ public static class InspectCommand
         return cmd;
     }
 
+    /// <summary>The base format a model directory's weights are stored in, or null (a config.json alone, float weights).</summary>
+    static Quant.BaseFormat? StoredFormatOf(string path) =>
+        Directory.Exists(path) && (File.Exists(Path.Combine(path, CheckpointReader.SingleFile)) || File.Exists(Path.Combine(path, CheckpointReader.IndexFile)))
+            ? QuantizedCheckpoint.StoredFormat(path) : null;
+
     static string Text(string path, ModelArchitecture c, ParameterCounts n, IReadOnlyList<FootprintRow> sizes, TrainingMemoryEstimate e, int seq, int batch, int rank)
     {
         var w = new StringWriter { NewLine = "\n" };
         w.WriteLine($"{path}: {c.NumLayers} layers, hidden {c.Hidden}, intermediate {c.Intermediate}, heads {c.NumHeads} (kv {c.NumKvHeads}, head_dim {c.HeadDim}), vocab {c.VocabSize}, tied head {(c.TiedHead ? "yes" : "no")}, family {c.Family}");
+        if (StoredFormatOf(path) is { } stored)
+            w.WriteLine($"stored pre-quantized as {stored}: train, eval, generate and merge read these codes as they are{(c.TernaryLinears ? " (BitNet b1.58: ternary weights, 8-bit activations, no other base)" : "")}");
         w.WriteLine();
         w.WriteLine("parameters");
         w.WriteLine($"  embeddings            {N(n.Embeddings),16}");

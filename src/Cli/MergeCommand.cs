@@ -1,4 +1,5 @@
 using System.CommandLine;
+using QLoraNet.Formats;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
 using static TorchSharp.torch;
@@ -50,6 +51,9 @@ public static class MergeCommand
                 var summary = MergedCheckpoint.Write(pr.GetValue(model)!, pr.GetValue(adapter)!, outDir, options);
                 string format = options.Quantization is null ? MergedModelConfig.DTypeName(summary.DType) : $"{options.Quantization} + {MergedModelConfig.DTypeName(summary.DType)}";
                 stdout.WriteLine($"merged {summary.MergedModules} LoRA modules; wrote {outDir}: {summary.Tensors} tensors ({format}) in {summary.Shards.Count} shard(s), {summary.Bytes / 1e6:F1} MB");
+                if (ModelFamilies.Load(pr.GetValue(model)!).TernaryLinears)
+                    pr.InvocationConfiguration.Error.WriteLine(
+                        "warning: a BitNet model computes with ternary linears, so W + s·B·A is ternarised again (here or at load) and most of the adapter's effect is lost (docs/QUANTIZATION.md); serve the adapter unmerged (generate/eval --adapter)");
                 return 0;
             }
             catch (OperationCanceledException)

@@ -104,7 +104,7 @@ public static class LlamaLoader
     {
         foreach (var path in arch.BaseLinearPaths)
             if (linears[path].FormatName != TernaryFormat.Name)
-                throw new NotSupportedException($"{modelDir}: '{path}' loads as {linears[path].FormatName}, but a {arch.Family} model's linears are BitNet b1.58 linears (ternary weights, 8-bit activations); use base format ternary (quantization.base: ternary, --base ternary) or the packed checkpoint");
+                throw new NotSupportedException($"{modelDir}: '{path}' loads as {linears[path].FormatName}, but a {arch.Family} model's linears are BitNet b1.58 linears (ternary weights, 8-bit activations); load it with base format ternary (--quantization ternary, quantization.type: ternary) or use the packed checkpoint");
     }
 
     static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;

@@ -116,4 +116,41 @@ public class BitNetLoraTests
         using var ternary = Build(new TernaryFormat(), dir: tmp.Path);
         Assert.Equal(7 * ternary.Architecture.NumLayers, ternary.Model.modules().OfType<TernaryLinear>().Count());
     }
+
+    [Fact]
+    public void Merge_reads_the_stored_ternary_codes_and_writes_bitnet_online_or_packed()
+    {
+        using var tmp = Paths.Temp();
+        string adapter = FamilyLoraTests.NonZeroAdapter("bitnet", tmp["adapter"]);
+        var e = Assert.Throws<ArgumentException>(() => MergedCheckpoint.Write(Dir, adapter, tmp["nf4"], new MergeOptions(BaseFormat: BaseFormat.Parse("nf4-dq"))));
+        Assert.Contains("is stored as ternary", e.Message);
+
+        var dense = MergedCheckpoint.Write(Dir, adapter, tmp["dense"], new MergeOptions(DType: ScalarType.Float32));
+        Assert.Equal(7 * 3, dense.MergedModules);
+        const string down = "model.layers.1.mlp.down_proj";
+        using (var source = CheckpointReader.Open(Dir))
+        using (var merged = CheckpointReader.Open(tmp["dense"]))
+        using (var factors = SafeTensorsFile.Open(Path.Combine(adapter, AdapterFiles.WeightsFileName)))
+        {
+            Assert.DoesNotContain(merged.Names, n => n.EndsWith("weight_scale", StringComparison.Ordinal));
+            // W' = dequant(stored codes) + (alpha/r)·B·A, from the packed bytes themselves (no second ternarisation)
+            using var packed = source.Read(down + ".weight");
+            using var scale = source.Read(down + ".weight_scale");
+            using var w = new TernaryWeight(packed, scale.reshape(1), [128, 320], ScalarType.BFloat16).Dequantize(ScalarType.Float32);
+            using var expected = LoraMath.MergedWeight(w, factors.Read(AdapterKeys.ToPeft(down, AdapterKeys.A)), factors.Read(AdapterKeys.ToPeft(down, AdapterKeys.B)), 8.0 / 4);
+            using var actual = merged.Read(down + ".weight");
+            Assert.Equal(0f, (expected - actual).abs().max().item<float>());
+        }
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(tmp["dense/config.json"]))!;
+        Assert.Equal("online", (string?)config["quantization_config"]!["quantization_mode"]);
+
+        // Packed output: the same ternarisation the dense output gets at load, so both compute the same logits.
+        MergedCheckpoint.Write(Dir, adapter, tmp["packed"], new MergeOptions(DType: ScalarType.Float32, Quantization: new TernaryFormat()));
+        Assert.Equal("ternary", QuantizedCheckpoint.StoredFormat(tmp["packed"])!.ToString());
+        using var fromDense = Build(new TernaryFormat(), dir: tmp["dense"]);
+        using var fromPacked = Build(new TernaryFormat(), dir: tmp["packed"]);
+        using var a = Logits(fromDense.Model);
+        using var b = Logits(fromPacked.Model);
+        Assert.Equal(0f, (a - b).abs().max().item<float>());
+    }
 }
