@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using QLoraNet.Distributed;
 using QLoraNet.Training.Config;
 using QLoraNet.Training.Recipes;
 using QLoraNet.Training.Trainer;
@@ -9,7 +10,9 @@ namespace QLoraNet.Cli;
 
 /// <summary>
 /// `train CONFIG [key=value ...] [--resume [DIR]]`: the QLoRA fine-tuning job. Ctrl-C finishes the current step,
-/// saves a checkpoint and exits (130); a second Ctrl-C aborts at once.
+/// saves a checkpoint and exits (130); a second Ctrl-C aborts at once. `--gpus N` (N &gt; 1) runs N data-parallel
+/// ranks of this command on this host (docs/DISTRIBUTED.md); a rank (RANK/WORLD_SIZE set, by --gpus or torchrun)
+/// continues into the run.
 /// </summary>
 public static class TrainCommand
 {
@@ -22,6 +25,11 @@ public static class TrainCommand
             Description = "continue from the newest checkpoint in output.dir, or from the checkpoint directory given",
             Arity = ArgumentArity.ZeroOrOne,
         };
+        var gpus = new Option<int>("--gpus")
+        {
+            Description = "data-parallel on N GPUs of this host: starts N ranks of this command (torchrun works too; docs/DISTRIBUTED.md)",
+            DefaultValueFactory = _ => 1,
+        };
         var preview = new Option<int?>("--preview")
         {
             Description = "load only the tokenizer and data, print the first N rows with the trained tokens marked and the truncation/packing figures, and exit",
@@ -30,9 +38,12 @@ public static class TrainCommand
         cmd.Arguments.Add(config);
         cmd.Arguments.Add(overrides);
         cmd.Options.Add(resume);
+        cmd.Options.Add(gpus);
         cmd.Options.Add(preview);
         cmd.SetAction(pr =>
         {
+            int ranks = pr.GetValue(gpus);
+            if (ranks < 1) throw new ArgumentException($"--gpus {ranks}: must be at least 1");
             var cfg = TrainConfig.Load(pr.GetValue(config)!, pr.GetValue(overrides) ?? []);
             if (pr.GetValue(preview) is { } rows)
             {
@@ -40,22 +51,36 @@ public static class TrainCommand
                 DataPreviewPrinter.Print(cfg, rows, stdout, colour: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
                 return 0;
             }
-            LibTorchProbe.EnsureLoaded();
             string? resumeArg = pr.GetResult(resume) is null ? null : pr.GetValue(resume) ?? "latest";
+            if (ranks > 1)
+            {
+                // The config was checked once here; each rank runs this verb again without --gpus.
+                string[] rankArgs = ["train", pr.GetValue(config)!, .. pr.GetValue(overrides) ?? [],
+                    .. pr.GetResult(resume) is null ? [] : pr.GetValue(resume) is { } r ? new[] { "--resume", r } : ["--resume"],
+                    .. pr.GetValue(CliApp.Verbose) ? new[] { "--verbose" } : []];
+                return DistributedLaunch.Launch(rankArgs, ranks, stdout, pr.InvocationConfiguration.Error);
+            }
+            var dist = DistributedEnvironment.FromProcess();
+            if (dist.IsDistributed) DistributedLaunch.AttachChild(dist, pr.InvocationConfiguration.Error);
+            LibTorchProbe.RequireCudaIfAsked(YamlNames.Of(cfg.Model.Device), "model.device");
+            var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
+            // A rank joins the job before loading anything (NCCL picks its GPU); every rank must run the same config and build.
+            using var replicas = DistributedLaunch.JoinAsReplica(dist, device, cfg.ToYaml(), resumeArg ?? "");
+            device = replicas?.Group.Device ?? device;
             using var cts = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) =>
             {
                 if (cts.IsCancellationRequested) return; // second Ctrl-C: let the process die
                 e.Cancel = true;
                 cts.Cancel();
-                stdout.WriteLine("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again aborts)");
+                if (dist.IsRankZero) stdout.WriteLine("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again aborts)");
             };
             Console.CancelKeyPress += onCancel;
             try
             {
-                var observer = new ConsoleTrainingObserver(stdout);
-                var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
-                var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device)), observer, cts.Token);
+                // One progress display: rank 0's. The other ranks report only errors (to stderr, labelled by the launcher).
+                var observer = new ConsoleTrainingObserver(dist.IsRankZero ? stdout : TextWriter.Null);
+                var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device), replicas?.Group), observer, cts.Token);
                 observer.Finish(result);
                 return result.Stop switch
                 {
@@ -164,6 +189,9 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
         if (r.FinalAdapter != null)
             stdout.WriteLine($"done: {r.StepsDone} steps, last loss {r.LastLoss:F4}" + (r.BestValidationLoss is { } b ? $", best validation loss {b:F4}" + (r.InitialValidationLoss is { } v0 ? $" (base model {v0:F4})" : "") : "")
                 + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, RunOutput.MetricsFile)}, curve in {Path.Combine(r.OutputDir, RunOutput.LossCurveFile)}");
+        if (r.TaskScores is { Count: > 0 } scores)
+            stdout.WriteLine("tasks: " + string.Join(", ", scores.Select(kv => string.Create(CultureInfo.InvariantCulture,
+                $"{kv.Key} {kv.Value:F4}{(r.InitialTaskScores?.TryGetValue(kv.Key, out var before) == true ? $" (base model {before:F4})" : "")}"))));
         if (r.PeakMemory is { } p)
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"memory: host peak resident set {p.HostPeakRssMb:F0} MiB")
                 + (p.DeviceUsedPeakMb is { } d ? string.Create(CultureInfo.InvariantCulture, $", CUDA device used at peak {d / 1024:F2} GiB (device-wide: allocator cache, context, other processes)") : ""));

@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using QLoraNet.Quant.Kernels;
 using TorchSharp;
@@ -25,7 +26,8 @@ public static class LlamaLoader
 
         using var ckpt = CheckpointReader.Open(modelDir);
         var expected = arch.ExpectedTensors().ToDictionary(e => e.Name, StringComparer.Ordinal);
-        Validate(ckpt, arch, expected, modelDir);
+        var quantization = QuantizedCheckpoint.QuantizationConfigOf(modelDir);
+        Validate(ckpt, arch, expected, modelDir, quantization);
 
         var frozenDType = options.FrozenDType ?? options.ComputeDType;
         var kernels = options.Kernels ?? KernelSelection.Portable;
@@ -37,7 +39,7 @@ public static class LlamaLoader
             {
                 // Stored pre-quantized (a `quantize` output): the codes are read back, never quantized again. A layout
                 // may keep no "...weight" tensor at all (GPTQ's qweight), so these are found by the layout, not the file.
-                if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, want.Name) is { } layout)
+                if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, want.Name, quantization) is { } layout)
                     linears[want.ModulePath] = QuantizedCheckpoint.ReadLinear(ckpt, layout, want.Name, want.Shape, options.Device, options.ComputeDType, kernels);
             }
             foreach (var name in ckpt.Names)
@@ -57,7 +59,7 @@ public static class LlamaLoader
                 }
             }
             if (arch.TernaryLinears) RequireTernary(arch, linears, modelDir);
-            return Assemble(arch, linears, frozen, options);
+            return Assemble(arch, linears, frozen, options, kernels.Fused);
         }
         catch
         {
@@ -67,11 +69,13 @@ public static class LlamaLoader
         }
     }
 
-    static void Validate(CheckpointReader ckpt, ModelArchitecture arch, Dictionary<string, ExpectedTensor> expected, string modelDir)
+    /// <summary>Checks every tensor the record expects against the checkpoint headers (names, shapes, dtypes, stored layouts).</summary>
+    internal static void Validate(CheckpointReader ckpt, ModelArchitecture arch, Dictionary<string, ExpectedTensor> expected, string modelDir,
+        System.Text.Json.Nodes.JsonObject? quantization)
     {
         foreach (var (name, want) in expected)
         {
-            if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, name) is { } layout)
+            if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, name, quantization) is { } layout)
             {
                 QuantizedCheckpoint.CheckHeader(ckpt, layout, name, want.Shape);
                 continue;
@@ -93,7 +97,7 @@ public static class LlamaLoader
             // A tied head may still be stored (HF ignores it and reuses the embedding); old checkpoints also carry
             // the derived rotary inv_freq buffers. Anything else means the config and the weights disagree.
             if (expected.ContainsKey(name) || name == arch.HeadWeight || name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)
-                || BaseFormats.Layouts.Any(l => l.IsStateKey(name, out var weight) && expected.ContainsKey(weight))) continue;
+                || BaseFormats.LayoutsFor(quantization).Any(l => l.IsStateKey(name, out var weight) && expected.ContainsKey(weight))) continue;
             throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor '{name}' for a {string.Join(", ", arch.Architectures.DefaultIfEmpty(arch.Family))} with this config.json (wrong config or not a {arch.Family} checkpoint)");
         }
     }
@@ -107,32 +111,53 @@ public static class LlamaLoader
                 throw new NotSupportedException($"{modelDir}: '{path}' loads as {linears[path].FormatName}, but a {arch.Family} model's linears are BitNet b1.58 linears (ternary weights, 8-bit activations); load it with base format ternary (--quantization ternary, quantization.type: ternary) or use the packed checkpoint");
     }
 
-    static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;
+    internal static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;
 
-    static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o)
+    /// <param name="fused">the run's fused ops: each module is handed the one it runs (norms, RoPE, the gated unit).</param>
+    static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o,
+        FusedKernels fused)
     {
         var layers = new List<LlamaDecoderLayer>();
         for (int i = 0; i < a.NumLayers; i++)
         {
             string p = a.LayerPrefix(i);
-            (LayerLinear, FrozenLinear, Tensor?) Projection(LayerLinear l) =>
-                (l, linears[p + l.Path], l.HasBias ? frozen[p + l.Path + ".bias"] : null);
-            // BitNet's sub-norms live inside attention and the MLP ("self_attn.attn_sub_norm"): registered there under
-            // their last name, so the module paths stay the checkpoint's.
-            RmsNorm? SubNorm(NormRole role) => a.LayerNorms.FirstOrDefault(n => n.Role == role) is { } n
-                ? new RmsNorm(n.Path[(n.Path.IndexOf('.') + 1)..], frozen[p + n.Path + ".weight"], a.NormEps, a.Norm) : null;
-            var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
-                a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i),
-                a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap, SubNorm(NormRole.AttentionSub));
-            var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection),
-                SubNorm(NormRole.MlpSub));
-            var norms = a.LayerNorms.Where(n => n.Role is not (NormRole.AttentionSub or NormRole.MlpSub))
-                .Select(n => (n, new RmsNorm(n.Path, frozen[p + n.Path + ".weight"], a.NormEps, a.Norm)));
-            layers.Add(new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms));
+            layers.Add(BuildLayer(a, i, l => linears[p + l.Path], name => frozen[p + name], fused));
         }
-        var model = new LlamaModel("model", frozen[a.EmbeddingWeight], layers,
-            new RmsNorm("norm", frozen[a.FinalNormWeight], a.NormEps, a.Norm),
+        return Assemble(a, layers, frozen[a.EmbeddingWeight], frozen[a.FinalNormWeight], linears.GetValueOrDefault(a.HeadName), o, fused);
+    }
+
+    /// <summary>
+    /// Decoder layer <paramref name="i"/> of the family record from its parts: <paramref name="linear"/> gives each
+    /// projection's frozen linear, <paramref name="frozen"/> a dense tensor by its name within the layer
+    /// ("self_attn.q_proj.bias", "input_layernorm.weight"), <paramref name="fused"/> the run's fused ops (norms, RoPE,
+    /// the gated unit). The one place layers are put together (the loader and the calibrated loader, which builds and
+    /// quantizes one layer at a time).
+    /// </summary>
+    public static LlamaDecoderLayer BuildLayer(ModelArchitecture a, int i, Func<LayerLinear, FrozenLinear> linear, Func<string, Tensor> frozen,
+        FusedKernels fused)
+    {
+        (LayerLinear, FrozenLinear, Tensor?) Projection(LayerLinear l) => (l, linear(l), l.HasBias ? frozen(l.Path + ".bias") : null);
+        // BitNet's sub-norms live inside attention and the MLP ("self_attn.attn_sub_norm"): registered there under
+        // their last name, so the module paths stay the checkpoint's.
+        RmsNorm? SubNorm(NormRole role) => a.LayerNorms.FirstOrDefault(n => n.Role == role) is { } n
+            ? new RmsNorm(n.Path[(n.Path.IndexOf('.') + 1)..], frozen(n.Path + ".weight"), a.NormEps, a.Norm, fused.RmsNorm) : null;
+        var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
+            a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i),
+            a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap, fused.Rope, SubNorm(NormRole.AttentionSub));
+        var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection), fused.Glu,
+            SubNorm(NormRole.MlpSub));
+        var norms = a.LayerNorms.Where(n => n.Role is not (NormRole.AttentionSub or NormRole.MlpSub))
+            .Select(n => (n, new RmsNorm(n.Path, frozen(n.Path + ".weight"), a.NormEps, a.Norm, fused.RmsNorm)));
+        return new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms);
+    }
+
+    /// <summary>The model from its decoder layers, embedding (vocab, hidden), final norm weight and head (null when tied).</summary>
+    public static LlamaForCausalLM Assemble(ModelArchitecture a, IEnumerable<LlamaDecoderLayer> layers, Tensor embedding, Tensor finalNorm,
+        FrozenLinear? head, LoadOptions o, FusedKernels fused)
+    {
+        var model = new LlamaModel("model", embedding, layers,
+            new RmsNorm("norm", finalNorm, a.NormEps, a.Norm, fused.RmsNorm),
             new RotaryEmbedding("rotary_emb", a.Rope, o.ComputeDType, o.Device), o.ComputeDType, a.ScaleEmbeddings);
-        return new LlamaForCausalLM(a.Architectures.FirstOrDefault() ?? a.Family, a, model, linears.GetValueOrDefault(a.HeadName));
+        return new LlamaForCausalLM(a.Architectures.FirstOrDefault() ?? a.Family, a, model, head);
     }
 }

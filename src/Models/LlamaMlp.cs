@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -12,19 +13,27 @@ namespace QLoraNet.Models;
 /// "Primer", arXiv:2109.08668; transformers' "relu2"), BitNet b1.58's, which also normalises the gated intermediate
 /// before down_proj (its ffn_sub_norm: down(subnorm(act(gate(x)) * up(x)))). The three linears sit in
 /// <see cref="LinearSlots"/> under the family record's names, with their biases when mlp_bias is set; the activation
-/// and the optional sub-norm are the record's.</summary>
-public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
+/// and the optional sub-norm are the record's. act(gate) * up is, for SiLU and GELU-tanh, the run's <see cref="FusedGlu"/>:
+/// one CUDA kernel each way that keeps only gate and up for backward, or elsewhere its torch-op reference,
+/// <c>F.silu(gate) * up</c> / <c>F.gelu(gate, tanh) * up</c>; squared ReLU has no fused kernel and is torch ops.</summary>
+public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
 {
     readonly LinearSlots projections;
     readonly Activation activation;
+    readonly GluActivation? fusedActivation;
+    readonly FusedGlu glu;
     readonly RmsNorm? subNorm;
+    BackwardHandles handles = new();
 
     /// <param name="projections">the Gate, Up and Down linears with their record entries and optional biases (out).</param>
+    /// <param name="glu">the run's fused gated unit (its kernel selection's); null = the torch-op reference.</param>
     /// <param name="subNorm">BitNet's ffn_sub_norm over the intermediate (registered under its own name), or null.</param>
     public LlamaMlp(string name, Activation activation, IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections,
-        RmsNorm? subNorm = null) : base(name)
+        FusedGlu? glu = null, RmsNorm? subNorm = null) : base(name)
     {
         this.activation = activation;
+        fusedActivation = Fused(activation);
+        this.glu = glu ?? FusedKernels.Reference().Glu;
         RegisterComponents();
         if (subNorm is not null) register_module(subNorm.GetName(), this.subNorm = subNorm);
         this.projections = new LinearSlots(this);
@@ -34,21 +43,35 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     /// <summary>The gate/up/down slots (for replacing a projection by name).</summary>
     public LinearSlots Projections => projections;
 
+    public void DeferBackwardHandlesTo(BackwardHandles owner) => handles = owner;
+
     /// <param name="x">(B, T, hidden)</param>
     /// <returns>(B, T, hidden)</returns>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var gated = Activate(projections.Call(LinearRole.Gate, x)) * projections.Call(LinearRole.Up, x);   // (B, T, intermediate)
+        var gate = projections.Call(LinearRole.Gate, x);                              // (B, T, intermediate)
+        var up = projections.Call(LinearRole.Up, x);                                  // (B, T, intermediate)
+        var gated = fusedActivation is GluActivation fused
+            ? glu.Apply(gate, up, fused, handles)
+            : Activate(gate) * up;                                                    // (B, T, intermediate)
         if (subNorm is not null) gated = subNorm.call(gated);
         return projections.Call(LinearRole.Down, gated).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The switch point for the families' activations: see <see cref="ArchitectureSupport"/>.</summary>
+    /// <summary>The switch point for the families' activations (see <see cref="ArchitectureSupport"/>): those the
+    /// fused gated unit has; null for the rest, which <see cref="Activate"/> computes in torch ops.</summary>
+    static GluActivation? Fused(Activation activation) => activation switch
+    {
+        Activation.Silu => GluActivation.Silu,
+        Activation.GeluTanh => GluActivation.GeluTanh,
+        Activation.ReluSquared => null,
+        _ => throw new NotSupportedException($"activation {activation} is not implemented"),
+    };
+
+    /// <summary>The activations without a fused kernel, in torch ops.</summary>
     Tensor Activate(Tensor x) => activation switch
     {
-        Activation.Silu => F.silu(x),
-        Activation.GeluTanh => F.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh),
         Activation.ReluSquared => F.relu(x).square(),   // transformers' ReLUSquaredActivation: square(relu(x))
         _ => throw new NotSupportedException($"activation {activation} is not implemented"),
     };

@@ -73,7 +73,7 @@ public sealed class AdapterMerge : IDisposable
     /// stored tensors are packed codes, or absent under this name: hqq's W_q), any other's as stored.</summary>
     static (long[] Shape, string Text)? ShapeOf(CheckpointReader model, ModelArchitecture architecture, string weightName)
     {
-        if (architecture.IsBaseLinearWeight(weightName) && Models.QuantizedCheckpoint.LayoutOf(model, weightName) is not null)
+        if (architecture.IsBaseLinearWeight(weightName) && Models.QuantizedCheckpoint.LayoutOf(model, weightName, Models.QuantizedCheckpoint.QuantizationConfigOf(model.Directory)) is not null)
         {
             var shape = architecture.ExpectedTensors().First(e => e.Name == weightName).Shape;
             return (shape, Text(shape));

@@ -23,6 +23,8 @@ internal sealed class MergedTensors(CheckpointReader reader, AdapterMerge merge,
     readonly Dictionary<string, string> _sourceOf = new(StringComparer.Ordinal);  // written name -> checkpoint name
     string? _cachedSource;
     Dictionary<string, Tensor>? _cached;
+    // The source's quantization_config: tells layouts that share key names apart (GPTQ/AWQ qweight, W8A8/BitNet weight_scale).
+    readonly System.Text.Json.Nodes.JsonObject? _quantizationConfig = Models.QuantizedCheckpoint.QuantizationConfigOf(reader.Directory);
 
     public List<SafeTensors.Entry> Layout()
     {
@@ -75,8 +77,8 @@ internal sealed class MergedTensors(CheckpointReader reader, AdapterMerge merge,
     {
         var arch = merge.Architecture;
         string? weight = arch.IsBaseLinearWeight(tensorName) ? tensorName
-            : BaseFormats.Layouts.Select(l => l.IsStateKey(tensorName, out var w) ? w : null).FirstOrDefault(w => w != null && arch.IsBaseLinearWeight(w));
-        return weight != null && Models.QuantizedCheckpoint.LayoutOf(reader, weight) != null ? weight : null;
+            : BaseFormats.LayoutsFor(_quantizationConfig).Select(l => l.IsStateKey(tensorName, out var w) ? w : null).FirstOrDefault(w => w != null && arch.IsBaseLinearWeight(w));
+        return weight != null && Models.QuantizedCheckpoint.LayoutOf(reader, weight, _quantizationConfig) != null ? weight : null;
     }
 
     long[] ShapeOf(string weightName) => merge.Architecture.ExpectedTensors().First(e => e.Name == weightName).Shape;
@@ -84,12 +86,12 @@ internal sealed class MergedTensors(CheckpointReader reader, AdapterMerge merge,
     /// <summary>The stored codes of a pre-quantized linear, dequantized to fp32: the W its adapter was trained over.</summary>
     Tensor ReadStored(string weightName)
     {
-        var layout = Models.QuantizedCheckpoint.LayoutOf(reader, weightName)!;
+        var layout = Models.QuantizedCheckpoint.LayoutOf(reader, weightName, _quantizationConfig)!;
         using var linear = Models.QuantizedCheckpoint.ReadLinear(reader, layout, weightName, ShapeOf(weightName), CPU, ScalarType.Float32, KernelSelection.Portable);
         return linear.DequantizeWeight(ScalarType.Float32);
     }
 
-    Tensor ReadSource(string name) => merge.Architecture.IsBaseLinearWeight(name) && Models.QuantizedCheckpoint.LayoutOf(reader, name) is not null
+    Tensor ReadSource(string name) => merge.Architecture.IsBaseLinearWeight(name) && Models.QuantizedCheckpoint.LayoutOf(reader, name, _quantizationConfig) is not null
         ? ReadStored(name) : reader.Read(name);
 
     /// <summary>A tensor read, merged and cast; one that needs neither is handed on as read (no second copy).</summary>

@@ -64,7 +64,7 @@ internal static class DecoderConfigFields
     {
         var eosIds = c.Ids("eos_token_id");
         if (eosIds.Count == 0) eosIds = [eos];
-        return new SpecialTokenIds(c.Int("bos_token_id") ?? bos ?? eosIds[0], eosIds, c.Has("pad_token_id") ? c.Int("pad_token_id") : pad);
+        return new SpecialTokenIds(c.Int("bos_token_id") ?? bos, eosIds, c.Has("pad_token_id") ? c.Int("pad_token_id") : pad);
     }
 
     /// <summary>torch_dtype (transformers 4) or dtype (transformers 5).</summary>

@@ -38,6 +38,9 @@ public sealed class HqqLayout : CheckpointLayout
 
     static string Prefix(string weightName) => weightName[..^"weight".Length];
 
+    /// <summary>hqq's quant_method (or none).</summary>
+    public override bool Claims(JsonObject? quantizationConfig) => QuantMethod(quantizationConfig) is null or "hqq";
+
     public override bool IsStored(string weightName, Func<string, bool> contains) => contains(Prefix(weightName) + "W_q");
 
     public override bool IsStateKey(string tensorName, out string weightName)

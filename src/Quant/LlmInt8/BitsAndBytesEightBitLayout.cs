@@ -25,6 +25,9 @@ public sealed class BitsAndBytesEightBitLayout : CheckpointLayout
 
     static string Prefix(string weightName) => weightName[..^"weight".Length];
 
+    /// <summary>bitsandbytes' quant_method (or none); the other layouts' checkpoints are told apart by theirs.</summary>
+    public override bool Claims(JsonObject? quantizationConfig) => QuantMethod(quantizationConfig) is null or "bitsandbytes";
+
     public override bool IsStored(string weightName, Func<string, bool> contains) =>
         contains(Prefix(weightName) + Scb) || contains(Prefix(weightName) + WeightFormat);
 

@@ -21,6 +21,10 @@ public sealed class BitNetTernaryLayout : CheckpointLayout
 
     public override string Name => "BitNet ternary";
 
+    /// <summary>transformers' "bitnet" quant_method (or none): compressed-tensors' W8A8 also keeps "...weight_scale",
+    /// so the config's quant_method tells the two apart, as transformers does.</summary>
+    public override bool Claims(JsonObject? quantizationConfig) => QuantMethod(quantizationConfig) is null or "bitnet";
+
     public override bool IsStored(string weightName, Func<string, bool> contains) => contains(weightName + ScaleSuffix);
 
     public override bool IsStateKey(string tensorName, out string weightName)

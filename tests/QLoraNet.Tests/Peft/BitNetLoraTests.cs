@@ -113,6 +113,12 @@ public class BitNetLoraTests
         var e = Assert.Throws<NotSupportedException>(() => Build(BaseFormat.Parse("nf4-dq"), dir: tmp.Path));
         Assert.Contains("'model.layers.0.self_attn.q_proj' loads as nf4-dq", e.Message);
         Assert.Contains("ternary", e.Message);
+        // A calibrated base (made layer by layer from activations) is refused the same way, before any calibration.
+        using var ids = zeros(2, 8, ScalarType.Int64);
+        var calibrated = Assert.Throws<NotSupportedException>(() => ModelBuilder.Build(tmp.Path,
+            new ModelBuildOptions(CPU, ScalarType.Float32, BaseFormat.Parse("gptq4"), Calibration: new QLoraNet.Models.Calibration.CalibrationSet(ids))));
+        Assert.Contains("BitNet b1.58 linears", calibrated.Message);
+        Assert.Contains("ternary", calibrated.Message);
         using var ternary = Build(new TernaryFormat(), dir: tmp.Path);
         Assert.Equal(7 * ternary.Architecture.NumLayers, ternary.Model.modules().OfType<TernaryLinear>().Count());
     }

@@ -125,7 +125,7 @@ public class BaseFormatTests
     public void A_format_value_cannot_be_built_invalid_either()
     {
         Assert.Throws<ArgumentException>(() => new FourBitFormat(FourBitType.Nf4, BlockSize: 8));
-        Assert.Throws<ArgumentException>(() => new LinearQuantFormat(3));
+        Assert.Throws<ArgumentException>(() => new LinearQuantFormat(5));
         Assert.Throws<ArgumentException>(() => new LinearQuantFormat(4, QuantGranularity.PerChannel, GroupSize: 64));
         Assert.Throws<ArgumentException>(() => new DenseFormat(ScalarType.Int8));
     }
@@ -133,7 +133,7 @@ public class BaseFormatTests
     [Fact]
     public void The_registry_maps_each_name_to_its_kind_and_each_format_to_its_layout()
     {
-        Assert.Equal(["none", "bf16", "fp16", "fp32", "nf4", "fp4", "int8", "int4", "llm-int8", "hqq2", "hqq3", "hqq4", "hqq8", "ternary"], BaseFormats.Names);
+        Assert.Equal(["none", "bf16", "fp16", "fp32", "nf4", "fp4", "int8", "int4", "int3", "llm-int8", "hqq2", "hqq3", "hqq4", "hqq8", "ternary", "gptq2", "gptq3", "gptq4", "gptq8", "awq4", "smoothquant"], BaseFormats.Names);
         Assert.Same(FourBitFormat.Kind, BaseFormats.KindOf("fp4"));
         Assert.Same(LinearQuantFormat.Kind, BaseFormats.KindOf("int4"));
         Assert.Same(HqqFormat.Kind, BaseFormats.KindOf("hqq4"));
@@ -142,6 +142,11 @@ public class BaseFormatTests
         Assert.Same(BitsAndBytesEightBitLayout.Instance, BaseFormat.Parse("llm-int8-t4").Layout);
         Assert.Same(HqqLayout.Instance, BaseFormat.Parse("hqq3-g128").Layout);
         Assert.Same(BitNetTernaryLayout.Instance, BaseFormat.Parse("ternary").Layout);
+        // BitNet and compressed-tensors W8A8 both keep "...weight_scale": the quant_method tells them apart.
+        static System.Text.Json.Nodes.JsonObject Method(string m) => new() { ["quant_method"] = m };
+        Assert.DoesNotContain(BitNetTernaryLayout.Instance, BaseFormats.LayoutsFor(Method("compressed-tensors")));
+        Assert.DoesNotContain(QLoraNet.Quant.SmoothQuant.W8A8Layout.Instance, BaseFormats.LayoutsFor(Method("bitnet")));
+        Assert.Equal([HqqLayout.Instance], BaseFormats.LayoutsFor(Method("hqq")).ToList());
         Assert.Same(BitsAndBytesFourBitLayout.Instance, BaseFormat.Parse("nf4-dq").Layout);
         Assert.Null(BaseFormat.Parse("int8").Layout);
         Assert.Null(BaseFormat.Parse("bf16").Layout);
