@@ -10,6 +10,7 @@ public static class BenchCommand
         var cmd = new Command("bench", "benchmarks (run on a GPU machine; results go to docs/BENCHMARKS.md)");
         cmd.Subcommands.Add(BenchKernelCommand.Create(stdout));
         cmd.Subcommands.Add(BenchTrainCommand.Create(stdout));
+        cmd.Subcommands.Add(BenchQuantizeCommand.Create(stdout));
         return cmd;
     }
 }

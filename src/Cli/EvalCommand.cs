@@ -24,7 +24,7 @@ public static class EvalCommand
         var idsFile = new Option<string?>("--token-ids-json") { Description = $"JSON array of token ids, or an object with \"{ReferenceIdsKey}\" (e.g. a model's reference.json)" };
         var maxLen = new Option<int>("--max-len") { Description = "tokens per window (the context the model sees)", DefaultValueFactory = _ => 512 };
         var stride = new Option<int?>("--stride") { Description = "start a window every this many tokens (default: max-len, no overlap); smaller = more context per scored token" };
-        var json = new Option<bool>("--json") { Description = "print {\"mean_loss\", \"perplexity\", \"tokens\", \"quantization\"} as one JSON line (with --tasks: the results JSON)" };
+        var json = new Option<bool>("--json") { Description = "print {\"mean_loss\", \"perplexity\", \"tokens\", \"quantization\", ...} as one JSON line (with \"outlier_columns\" per llm-int8 linear; with --tasks: the results JSON)" };
         var dataset = new DatasetEval();
         var tasks = new EvalTasksMode();
         var cmd = new Command("eval", "mean next-token loss and perplexity on a text, the training loss on a dataset (--data), or benchmark tasks scored like lm-evaluation-harness (--tasks)");
@@ -64,12 +64,14 @@ public static class EvalCommand
             var totals = WindowedLoss.Compute(loaded.Model, tokens, window, parsed.GetValue(stride) ?? window);
             string format = QuantizedCheckpoint.StoredFormat(parsed.GetValue(modelOptions.Model)!)?.ToString() ?? loaded.Format.ToString();
 
+            var outliers = OutlierReport.Collect(loaded.Model);
             if (parsed.GetValue(json))
             {
                 stdout.WriteLine(JsonSerializer.Serialize(new
                 {
                     mean_loss = totals.Mean, perplexity = totals.Perplexity, tokens = totals.Tokens, quantization = format,
                     model_bytes = ModelBytes(loaded.Model), load_peak_rss_bytes = loadPeak, rss_before_load_bytes = rssBefore,
+                    outlier_columns = outliers.Count == 0 ? null : outliers.ToDictionary(o => o.Module, o => o.Fraction),
                 }));
                 return 0;
             }
@@ -77,6 +79,7 @@ public static class EvalCommand
                 $"mean loss {totals.Mean:F5}, perplexity {totals.Perplexity:F2} over {totals.Tokens} predicted tokens (base {format}, max-len {window})"));
             stdout.WriteLine($"model tensors {ModelBytes(loaded.Model) / 1e6:F1} MB, loaded in {loadSeconds:F1} s"
                 + (loadPeak is { } p && rssBefore is { } b ? $"; host RSS peak during load {p / 1e6:F1} MB (before load {b / 1e6:F1} MB)" : ""));
+            foreach (var line in OutlierReport.Lines(outliers)) stdout.WriteLine(line);
             return 0;
         });
         return cmd;

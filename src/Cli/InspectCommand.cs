@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using QLoraNet.Formats;
+using QLoraNet.Models;
 
 namespace QLoraNet.Cli;
 
@@ -36,10 +37,17 @@ public static class InspectCommand
         return cmd;
     }
 
+    /// <summary>The base format a model directory's weights are stored in, or null (a config.json alone, float weights).</summary>
+    static Quant.BaseFormat? StoredFormatOf(string path) =>
+        Directory.Exists(path) && (File.Exists(Path.Combine(path, CheckpointReader.SingleFile)) || File.Exists(Path.Combine(path, CheckpointReader.IndexFile)))
+            ? QuantizedCheckpoint.StoredFormat(path) : null;
+
     static string Text(string path, ModelArchitecture c, ParameterCounts n, IReadOnlyList<FootprintRow> sizes, TrainingMemoryEstimate e, int seq, int batch, int rank)
     {
         var w = new StringWriter { NewLine = "\n" };
         w.WriteLine($"{path}: {c.NumLayers} layers, hidden {c.Hidden}, intermediate {c.Intermediate}, heads {c.NumHeads} (kv {c.NumKvHeads}, head_dim {c.HeadDim}), vocab {c.VocabSize}, tied head {(c.TiedHead ? "yes" : "no")}, family {c.Family}");
+        if (StoredFormatOf(path) is { } stored)
+            w.WriteLine($"stored pre-quantized as {stored}: train, eval, generate and merge read these codes as they are{(c.TernaryLinears ? " (BitNet b1.58: ternary weights, 8-bit activations, no other base)" : "")}");
         w.WriteLine();
         w.WriteLine("parameters");
         w.WriteLine($"  embeddings            {N(n.Embeddings),16}");
@@ -49,10 +57,10 @@ public static class InspectCommand
         w.WriteLine($"  head                  {N(n.Head),16}{(c.TiedHead ? "   (tied to the embedding)" : "")}");
         w.WriteLine($"  total                 {N(n.Total),16}");
         w.WriteLine();
-        w.WriteLine("size in GB (1e9 bytes); int8/nf4 rows: decoder linears quantized, embeddings, norms and head bf16");
-        w.WriteLine($"  {"format",-8} {"linears",10} {"embed+head",11} {"norms",9} {"total",10}");
+        w.WriteLine("size in GB (1e9 bytes); quantized rows: decoder linears quantized, embeddings, norms and head bf16");
+        w.WriteLine($"  {"format",-9} {"linears",10} {"embed+head",11} {"norms",9} {"total",10}");
         foreach (var r in sizes)
-            w.WriteLine($"  {r.Format,-8} {Gb(r.Linears),10} {Gb(r.EmbeddingsAndHead),11} {Gb(r.Norms),9} {Gb(r.Total),10}");
+            w.WriteLine($"  {r.Format,-9} {Gb(r.Linears),10} {Gb(r.EmbeddingsAndHead),11} {Gb(r.Norms),9} {Gb(r.Total),10}");
         w.WriteLine();
         w.WriteLine($"QLoRA training memory, rough estimate (nf4-dq base, bf16 compute, LoRA r={rank} on q,k,v,o, AdamW, seq {seq} x batch {batch}, per-layer checkpointing; formula in docs/QUANTIZATION.md)");
         w.WriteLine($"  base weights                 {Gb(e.BaseWeights),8} GB");

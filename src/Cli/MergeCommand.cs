@@ -1,4 +1,5 @@
 using System.CommandLine;
+using QLoraNet.Formats;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
 using static TorchSharp.torch;
@@ -18,7 +19,7 @@ public static class MergeCommand
         var output = new Option<string>("--out") { Description = "output directory for the merged checkpoint", Required = true };
         var dtype = new Option<string?>("--dtype") { Description = "dtype of the written weights: bf16 | fp16 | fp32 (default: the checkpoint's)" };
         var baseFormat = new Option<string?>("--base") { Description = $"base format the adapter was trained on (QLoRA: nf4-dq; {BaseFormats.Syntax}); W is quantized and dequantized in it before B·A is added. Default: the adapter's qloranet.json, else none" };
-        var quantization = new Option<string>("--quantization") { Description = "write the merged projections 4-bit with bitsandbytes keys: none | nf4 | nf4-dq | fp4 | fp4-dq", DefaultValueFactory = _ => "none" };
+        var quantization = new Option<string>("--quantization") { Description = "write the merged decoder linears quantized, in a format with a checkpoint layout: none | nf4[-dq] | fp4[-dq] (bitsandbytes 4-bit) | llm-int8[-t<T>] (bitsandbytes 8-bit) | hqq2|3|4|8[-g<N>] (hqq) | ternary (BitNet)", DefaultValueFactory = _ => "none" };
         var shardSize = new Option<string>("--max-shard-size") { Description = "largest safetensors shard, e.g. 5GB, 500MB, 2GiB", DefaultValueFactory = _ => "5GB" };
         var overwrite = new Option<bool>("--overwrite") { Description = "replace a non-empty --out (only after the new checkpoint is complete)" };
         dtype.AcceptOnlyFromAmong("bf16", "fp16", "fp32");
@@ -50,6 +51,9 @@ public static class MergeCommand
                 var summary = MergedCheckpoint.Write(pr.GetValue(model)!, pr.GetValue(adapter)!, outDir, options);
                 string format = options.Quantization is null ? MergedModelConfig.DTypeName(summary.DType) : $"{options.Quantization} + {MergedModelConfig.DTypeName(summary.DType)}";
                 stdout.WriteLine($"merged {summary.MergedModules} LoRA modules; wrote {outDir}: {summary.Tensors} tensors ({format}) in {summary.Shards.Count} shard(s), {summary.Bytes / 1e6:F1} MB");
+                if (ModelFamilies.Load(pr.GetValue(model)!).TernaryLinears)
+                    pr.InvocationConfiguration.Error.WriteLine(
+                        "warning: a BitNet model computes with ternary linears, so W + s·B·A is ternarised again (here or at load) and most of the adapter's effect is lost (docs/QUANTIZATION.md); serve the adapter unmerged (generate/eval --adapter)");
                 return 0;
             }
             catch (OperationCanceledException)
@@ -73,11 +77,15 @@ public static class MergeCommand
         _ => ScalarType.Float32,
     };
 
-    /// <summary>Only bitsandbytes' 4-bit layouts have a loader everywhere (transformers): blocksize 64, nested 256.</summary>
+    /// <summary>
+    /// A format whose checkpoint layout transformers loads: bitsandbytes 4-bit at its only loadable sizes (blocksize 64,
+    /// nested 256), bitsandbytes 8-bit, hqq, BitNet ternary.
+    /// </summary>
     static BaseFormat? ParseQuantization(string text) => ModelOptions.ParseFormat(text, "--quantization") switch
     {
         { KeepsCheckpointDType: true } => null,
         FourBitFormat { BlockSize: FourBitWeight.DefaultBlockSize, NestedBlockSize: DoubleQuantizedScales.DefaultNestedBlockSize } f => f,
-        var other => throw new ArgumentException($"--quantization '{text}' ({other}) cannot be written for transformers; use none, nf4, nf4-dq, fp4 or fp4-dq"),
+        LlmInt8Format or HqqFormat or TernaryFormat => ModelOptions.ParseFormat(text, "--quantization"),
+        var other => throw new ArgumentException($"--quantization '{text}' ({other}) cannot be written for transformers; use none, nf4, nf4-dq, fp4, fp4-dq, llm-int8, hqq<bits> or ternary"),
     };
 }

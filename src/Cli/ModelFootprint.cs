@@ -33,7 +33,7 @@ public static class ModelFootprint
     {
         long embeddings = (long)a.VocabSize * a.Hidden;
         return new ParameterCounts(embeddings, a.LayerLinearParameters, a.LayerLinearParameters * a.NumLayers,
-            ((long)a.LayerNorms.Count * a.NumLayers + 1) * a.Hidden, a.TiedHead ? 0 : embeddings);
+            a.LayerNormParameters * a.NumLayers + a.Hidden, a.TiedHead ? 0 : embeddings);
     }
 
     /// <summary>Decoder linears in <paramref name="linears"/>, everything else dense in <paramref name="rest"/>.</summary>
@@ -46,7 +46,7 @@ public static class ModelFootprint
         return new FootprintRow(label, weights + biases, (n.Embeddings + n.Head) * restBytes, n.Norms * restBytes);
     }
 
-    /// <summary>fp32, bf16, and int8 / NF4 / NF4 + double quantization with bf16 for the rest.</summary>
+    /// <summary>fp32, bf16, and int8 / NF4 / NF4 + double quantization / LLM.int8() / HQQ 4, 3, 2 bits / ternary with bf16 for the rest.</summary>
     public static IReadOnlyList<FootprintRow> Table(ModelArchitecture a) =>
     [
         Size(a, "fp32", BaseFormat.Parse("fp32"), ScalarType.Float32),
@@ -54,5 +54,10 @@ public static class ModelFootprint
         Size(a, "int8", BaseFormat.Parse("int8"), ScalarType.BFloat16),
         Size(a, "nf4", BaseFormat.Parse("nf4"), ScalarType.BFloat16),
         Size(a, "nf4-dq", BaseFormat.Parse("nf4-dq"), ScalarType.BFloat16),
+        Size(a, "llm-int8", BaseFormat.Parse("llm-int8"), ScalarType.BFloat16),
+        Size(a, "hqq4", BaseFormat.Parse("hqq4"), ScalarType.BFloat16),
+        Size(a, "hqq3", BaseFormat.Parse("hqq3"), ScalarType.BFloat16),
+        Size(a, "hqq2", BaseFormat.Parse("hqq2"), ScalarType.BFloat16),
+        Size(a, "ternary", BaseFormat.Parse("ternary"), ScalarType.BFloat16),
     ];
 }

@@ -12,19 +12,19 @@ namespace QLoraNet.Cli;
 /// <summary>
 /// `quantize`: writes a Hugging Face model directory with its decoder linears stored in a base format that has a
 /// checkpoint layout, so later loads skip quantization and read the codes; embeddings and the output head are copied
-/// as they are. nf4/fp4 use bitsandbytes' tensor names (<see cref="QuantizedCheckpoint.Write"/>); the calibrated
-/// formats (gptq, awq4, smoothquant) are made layer by layer from <c>--calibration</c> data
-/// (<see cref="CalibratedLoader"/>) and written in AutoGPTQ's, AutoAWQ's or compressed-tensors' layout
-/// (<see cref="QuantizedCheckpoint.WriteModel"/>), with the norms AWQ and SmoothQuant rescale. The format is spelled
-/// as everywhere else (<c>--quantization nf4-dq</c>); the older <c>--method/--double-quant/--blocksize</c> flags
-/// still work and spell the same value.
+/// as they are. nf4/fp4 and llm-int8 use bitsandbytes' tensor names, hqq hqq's, ternary BitNet's
+/// (<see cref="QuantizedCheckpoint.Write"/>); the calibrated formats (gptq, awq4, smoothquant) are made layer by layer
+/// from <c>--calibration</c> data (<see cref="CalibratedLoader"/>) and written in AutoGPTQ's, AutoAWQ's or
+/// compressed-tensors' layout (<see cref="QuantizedCheckpoint.WriteModel"/>), with the norms AWQ and SmoothQuant
+/// rescale. The format is spelled as everywhere else (<c>--quantization nf4-dq</c>); the older
+/// <c>--method/--double-quant/--blocksize</c> flags still work and spell the same value.
 /// </summary>
 public static class QuantizeCommand
 {
     public static Command Create(TextWriter stdout)
     {
         var model = new Option<string>("--model") { Description = "Hugging Face model directory with float weights", Required = true };
-        var format = new Option<string?>("--quantization") { Description = "base format to store: nf4|fp4[-b<N>][-dq] (default nf4), or a calibrated one (needs --calibration): gptq2|3|4|8[-g<N>][-act], awq4[-g<N>][-noclip], smoothquant[-a<alpha>]" };
+        var format = new Option<string?>("--quantization") { Description = "base format to store (default nf4): nf4|fp4[-b<N>][-dq] (bitsandbytes 4-bit), llm-int8[-t<T>] (bitsandbytes 8-bit), hqq2|3|4|8[-g<N>] (hqq), ternary (BitNet b1.58), or a calibrated one (needs --calibration): gptq2|3|4|8[-g<N>][-act], awq4[-g<N>][-noclip], smoothquant[-a<alpha>]" };
         var method = new Option<string?>("--method") { Description = "(older spelling) 4-bit data type nf4 | fp4; prefer --quantization" };
         var doubleQuant = new Option<bool>("--double-quant") { Description = "(older spelling) add -dq; prefer --quantization nf4-dq" };
         var blockSize = new Option<int?>("--blocksize") { Description = "(older spelling) add -b<N>; prefer --quantization nf4-b128" };
@@ -35,7 +35,7 @@ public static class QuantizeCommand
         device.AcceptOnlyFromAmong(DeviceChoice.Names);
         dtype.AcceptOnlyFromAmong("fp32", "bf16");
         var calibration = new CalibrationOptions();
-        var cmd = new Command("quantize", "store a model's decoder linears pre-quantized (bitsandbytes NF4/FP4, or calibrated GPTQ, AWQ, SmoothQuant W8A8)");
+        var cmd = new Command("quantize", "store a model's decoder linears pre-quantized (bitsandbytes 4-/8-bit, hqq or BitNet layout, or calibrated GPTQ, AWQ, SmoothQuant W8A8)");
         foreach (var o in new Option[] { model, format, method, doubleQuant, blockSize, output, overwrite, device, dtype }.Concat(calibration.All)) cmd.Options.Add(o);
         cmd.SetAction(parsed =>
         {

@@ -30,8 +30,10 @@ public enum Activation
 /// <summary>What a decoder-layer linear computes; the model wires it by role, checkpoints name it by path.</summary>
 public enum LinearRole { Query, Key, Value, Output, Gate, Up, Down }
 
-/// <summary>Where a decoder-layer norm sits: before/after attention, before/after the MLP.</summary>
-public enum NormRole { PreAttention, PostAttention, PreMlp, PostMlp }
+/// <summary>Where a decoder-layer norm sits: before/after attention, before/after the MLP, or inside them before their
+/// output projection (BitNet b1.58's "subln", Wang et al. 2023, "Magneto": <see cref="AttentionSub"/> normalises the
+/// merged heads before o_proj, <see cref="MlpSub"/> the gated intermediate before down_proj).</summary>
+public enum NormRole { PreAttention, PostAttention, PreMlp, PostMlp, AttentionSub, MlpSub }
 
 /// <summary>How RoPE frequencies are rescaled for long context (config.json's rope_type); the families refuse the
 /// other types ("linear", "dynamic", "yarn", "longrope", ...) by name.</summary>

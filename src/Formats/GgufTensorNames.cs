@@ -77,6 +77,8 @@ public sealed class GgufTensorNames
         NormRole.PostAttention => "post_attention_norm",
         NormRole.PreMlp => "ffn_norm",
         NormRole.PostMlp => "post_ffw_norm",
+        NormRole.AttentionSub => "attn_sub_norm",
+        NormRole.MlpSub => "ffn_sub_norm",
         _ => throw new ArgumentOutOfRangeException(nameof(role), role, null),
     };
 }

@@ -69,6 +69,11 @@ public sealed record ModelArchitecture
     /// <summary>Gemma multiplies the embedding output by sqrt(hidden) (in the compute dtype); Llama does not.</summary>
     public bool ScaleEmbeddings { get; init; }
 
+    /// <summary>BitNet b1.58: every decoder linear is a BitLinear, ternary weights times one scale with 8-bit
+    /// per-token activations (transformers' AutoBitLinear). Such a model computes what it was trained to only with
+    /// ternary linears, so the loader refuses any other base format for them.</summary>
+    public bool TernaryLinears { get; init; }
+
     // ---- checkpoint names (the Hugging Face state dict) ----
 
     public string LayersPrefix { get; init; } = "model.layers.";
@@ -134,7 +139,7 @@ public sealed record ModelArchitecture
                 e.Add(new(p + l.Path + ".weight", [l.OutFeatures, l.InFeatures], TensorRole.Linear));
                 if (l.HasBias) e.Add(new(p + l.Path + ".bias", [l.OutFeatures], TensorRole.Bias));
             }
-            foreach (var n in LayerNorms) e.Add(new(p + n.Path + ".weight", [Hidden], TensorRole.Norm));
+            foreach (var n in LayerNorms) e.Add(new(p + n.Path + ".weight", [NormFeatures(n)], TensorRole.Norm));
         }
         e.Add(new(FinalNormWeight, [Hidden], TensorRole.Norm));
         if (!TiedHead) e.Add(new(HeadWeight, [VocabSize, Hidden], TensorRole.Head));
@@ -147,6 +152,12 @@ public sealed record ModelArchitecture
     /// <summary>Parameter count of the full model: embedding, linears, norms, and the head unless tied.</summary>
     public long ParameterCount =>
         (long)VocabSize * Hidden * (TiedHead ? 1 : 2)
-        + NumLayers * (LayerLinearParameters + (long)LayerNorms.Count * Hidden)
+        + NumLayers * (LayerLinearParameters + LayerNormParameters)
         + Hidden;
+
+    /// <summary>The width a layer norm normalises: the intermediate size for BitNet's MLP sub-norm, else hidden.</summary>
+    public int NormFeatures(LayerNormWeight n) => n.Role == NormRole.MlpSub ? Intermediate : Hidden;
+
+    /// <summary>Parameters of the norms of one decoder layer.</summary>
+    public long LayerNormParameters => LayerNorms.Sum(n => (long)NormFeatures(n));
 }

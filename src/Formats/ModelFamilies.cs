@@ -16,6 +16,7 @@ public static class ModelFamilies
         new Qwen2Family(),
         new GemmaFamily(),
         new Gemma2Family(),
+        new BitNetFamily(),
     ];
 
     /// <summary>config.json keys that announce a mixture-of-experts MLP, which no family implements.</summary>

@@ -8,8 +8,9 @@ namespace QLoraNet.Models;
 /// default and llama3 RoPE (<see cref="RotaryEmbedding"/>), GQA, biases, per-layer sliding windows, score
 /// soft-capping and query_pre_attn_scalar (<see cref="LlamaAttention"/>, <see cref="ExplicitAttention"/>),
 /// pre/post norms (<see cref="LlamaDecoderLayer"/>), scaled embeddings (<see cref="LlamaModel"/>), tied or untied
-/// head and final-logit soft-capping (<see cref="LlamaForCausalLM"/>). A feature the record can describe but
-/// nothing here computes yet (BitNet's squared ReLU, partial rotary dimensions) is refused by name; implementing it
+/// head and final-logit soft-capping (<see cref="LlamaForCausalLM"/>), BitNet's squared ReLU and sub-norms
+/// (<see cref="LlamaMlp"/>, <see cref="LlamaAttention"/>). A feature the record can describe but nothing here computes
+/// yet (partial rotary dimensions) is refused by name; implementing it
 /// means its arithmetic in the module that owns it plus removing its line here.
 /// </summary>
 public static class ArchitectureSupport
@@ -19,7 +20,7 @@ public static class ArchitectureSupport
     {
         string? missing =
             a.Norm is not (NormKind.Rms or NormKind.RmsOffsetOne) ? $"norm {a.Norm}"
-            : a.Activation is not (Activation.Silu or Activation.GeluTanh) ? $"activation {a.Activation}"
+            : a.Activation is not (Activation.Silu or Activation.GeluTanh or Activation.ReluSquared) ? $"activation {a.Activation}"
             : a.Rope.Scaling is not (RopeScalingKind.None or RopeScalingKind.Llama3) ? $"RoPE scaling {a.Rope.Scaling}"
             : a.Rope.RotaryDim != a.HeadDim ? $"partial rotary dimension {a.Rope.RotaryDim} of {a.HeadDim}"
             : null;
@@ -33,6 +34,12 @@ public static class ArchitectureSupport
             string group = l.IsAttention ? LlamaDecoderLayer.AttentionName : LlamaDecoderLayer.MlpName;
             if (l.Path != $"{group}.{l.Name}")
                 throw new NotSupportedException($"{source}: linear '{l.Path}' must sit under '{group}.' in this model code");
+        }
+        foreach (var n in a.LayerNorms.Where(n => n.Role is NormRole.AttentionSub or NormRole.MlpSub))
+        {
+            string group = n.Role == NormRole.AttentionSub ? LlamaDecoderLayer.AttentionName : LlamaDecoderLayer.MlpName;
+            if (!n.Path.StartsWith(group + ".", StringComparison.Ordinal) || n.Path.IndexOf('.', group.Length + 1) >= 0)
+                throw new NotSupportedException($"{source}: sub-norm '{n.Path}' must sit directly under '{group}.' in this model code");
         }
         foreach (var role in new[] { NormRole.PreAttention, NormRole.PreMlp })
             if (!a.LayerNorms.Any(n => n.Role == role))

@@ -15,9 +15,12 @@ public static class LinearPolicies
 {
     /// <summary>Decoder linears in <paramref name="format"/>, quantized on <paramref name="device"/> as each
     /// weight streams in; the head dense in <paramref name="headDType"/>.</summary>
+    /// <param name="aware">quantization-aware training: every decoder linear computes through this format's fake
+    /// quantization (<see cref="QuantizationAwareLinear"/>), the head stays as it is.</param>
     public static Func<string, Tensor, FrozenLinear> Quantized(ModelArchitecture arch, BaseFormat format, ScalarType computeDType,
-        Device device, ScalarType headDType, KernelSelection? kernels = null) =>
+        Device device, ScalarType headDType, KernelSelection? kernels = null, IFakeQuantization? aware = null) =>
         (path, weight) => path == arch.HeadName
             ? FrozenLinearFactory.Create(weight, new DenseFormat(headDType), computeDType, device, path, kernels)
-            : FrozenLinearFactory.Create(weight, format, computeDType, device, path, kernels);
+            : aware is null ? FrozenLinearFactory.Create(weight, format, computeDType, device, path, kernels)
+            : new QuantizationAwareLinear(FrozenLinearFactory.Create(weight, format, computeDType, device, path, kernels), aware);
 }

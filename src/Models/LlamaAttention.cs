@@ -16,6 +16,7 @@ namespace QLoraNet.Models;
 /// linear. A layer with a window (Mistral, Gemma 2's sliding layers) masks keys more than window - 1 positions back,
 /// in training (within the packed mask, if any) and with a KV cache alike. Scores that need a soft-cap or a scale
 /// other than 1/sqrt(headDim) (Gemma 2) go through <see cref="ExplicitAttention"/>; everything else through SDPA.
+/// BitNet b1.58 normalises the merged heads before o_proj (attn_sub_norm, an RMSNorm over hidden).
 /// q and k are rotated together by the run's <see cref="FusedRope"/> (one CUDA kernel each way, reading the projections'
 /// (B, heads, T, D) views in place; elsewhere its torch-op reference, <see cref="RotaryEmbedding.Apply"/>'s arithmetic bit for bit).
 /// </summary>
@@ -30,6 +31,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
     readonly double scale;
     readonly double? softCap;
     readonly bool explicitScores;
+    readonly RmsNorm? subNorm;
     readonly FusedRope rope;
     BackwardHandles handles = new();
 
@@ -38,9 +40,10 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
     /// <param name="scale">the factor on q·kᵀ; null = headDim^-0.5 (SDPA's own).</param>
     /// <param name="softCap">c of the score soft-cap c · tanh(s / c) (Gemma 2's attn_logit_softcapping), or null.</param>
     /// <param name="rope">the run's fused RoPE (its kernel selection's); null = the torch-op reference.</param>
+    /// <param name="subNorm">BitNet's attn_sub_norm over the merged heads before o_proj (registered under its own name), or null.</param>
     public LlamaAttention(string name, int layerIndex, long numHeads, long numKvHeads, long headDim,
         IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections, int? window = null,
-        double? scale = null, double? softCap = null, FusedRope? rope = null) : base(name)
+        double? scale = null, double? softCap = null, FusedRope? rope = null, RmsNorm? subNorm = null) : base(name)
     {
         if (numHeads % numKvHeads != 0)
             throw new ArgumentException($"num_attention_heads ({numHeads}) must be a multiple of num_key_value_heads ({numKvHeads})");
@@ -55,6 +58,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         explicitScores = softCap is not null || this.scale != sdpaScale;
         this.rope = rope ?? FusedKernels.Reference().Rope;
         RegisterComponents();
+        if (subNorm is not null) register_module(subNorm.GetName(), this.subNorm = subNorm);
         this.projections = new LinearSlots(this);
         foreach (var (spec, linear, bias) in projections) this.projections.Add(spec.Name, spec.Role, linear, bias);
     }
@@ -113,6 +117,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         }
 
         var merged = attn.transpose(1, 2).reshape(b, t, numHeads * headDim);         // (B, T, nHeads*headDim)
+        if (subNorm is not null) merged = subNorm.call(merged);
         return projections.Call(LinearRole.Output, merged).MoveToOuterDisposeScope();
     }
 

@@ -58,6 +58,7 @@ public static class LlamaLoader
                     frozen[name] = raw.to(frozenDType, options.Device, copy: true).DetachFromDisposeScope();
                 }
             }
+            if (arch.TernaryLinears) RequireTernary(arch, linears, modelDir);
             return Assemble(arch, linears, frozen, options, kernels.Fused);
         }
         catch
@@ -86,8 +87,10 @@ public static class LlamaLoader
             var info = ckpt.Info(name);
             if (!info.Shape.SequenceEqual(want.Shape))
                 throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' has shape {info.ShapeText}, config.json implies [{string.Join(", ", want.Shape)}]");
+            if (info.DType == ScalarType.Int8 && IsLinear(want))
+                throw new InvalidDataException($"{info.ShardPath}: int8 tensor '{name}' has no '{want.ModulePath}.SCB' (its per-row absmax) beside it; a pre-quantized bitsandbytes 8-bit checkpoint needs both, re-save it or load the original float weights");
             if (info.DType is not (ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32 or ScalarType.Float64))
-                throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' is {info.DType}; pre-quantized weights load only in a known layout (bitsandbytes 4-bit with a quant_state, see `quantize`); otherwise load the original float weights");
+                throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' is {info.DType}; pre-quantized weights load only in a known layout ({string.Join(", ", BaseFormats.Layouts.Select(l => l.Name))}, see `quantize`); otherwise load the original float weights");
         }
         foreach (var name in ckpt.Names)
         {
@@ -97,6 +100,15 @@ public static class LlamaLoader
                 || BaseFormats.LayoutsFor(quantization).Any(l => l.IsStateKey(name, out var weight) && expected.ContainsKey(weight))) continue;
             throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor '{name}' for a {string.Join(", ", arch.Architectures.DefaultIfEmpty(arch.Family))} with this config.json (wrong config or not a {arch.Family} checkpoint)");
         }
+    }
+
+    /// <summary>A BitNet model computes what it was trained to only through ternary linears with 8-bit activations;
+    /// any other base (nf4-dq over its bf16 master weights, say) is a different model, refused by name.</summary>
+    static void RequireTernary(ModelArchitecture arch, Dictionary<string, FrozenLinear> linears, string modelDir)
+    {
+        foreach (var path in arch.BaseLinearPaths)
+            if (linears[path].FormatName != TernaryFormat.Name)
+                throw new NotSupportedException($"{modelDir}: '{path}' loads as {linears[path].FormatName}, but a {arch.Family} model's linears are BitNet b1.58 linears (ternary weights, 8-bit activations); load it with base format ternary (--quantization ternary, quantization.type: ternary) or use the packed checkpoint");
     }
 
     internal static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;
@@ -125,11 +137,17 @@ public static class LlamaLoader
         FusedKernels fused)
     {
         (LayerLinear, FrozenLinear, Tensor?) Projection(LayerLinear l) => (l, linear(l), l.HasBias ? frozen(l.Path + ".bias") : null);
+        // BitNet's sub-norms live inside attention and the MLP ("self_attn.attn_sub_norm"): registered there under
+        // their last name, so the module paths stay the checkpoint's.
+        RmsNorm? SubNorm(NormRole role) => a.LayerNorms.FirstOrDefault(n => n.Role == role) is { } n
+            ? new RmsNorm(n.Path[(n.Path.IndexOf('.') + 1)..], frozen(n.Path + ".weight"), a.NormEps, a.Norm, fused.RmsNorm) : null;
         var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
             a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i),
-            a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap, fused.Rope);
-        var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection), fused.Glu);
-        var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen(n.Path + ".weight"), a.NormEps, a.Norm, fused.RmsNorm)));
+            a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap, fused.Rope, SubNorm(NormRole.AttentionSub));
+        var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection), fused.Glu,
+            SubNorm(NormRole.MlpSub));
+        var norms = a.LayerNorms.Where(n => n.Role is not (NormRole.AttentionSub or NormRole.MlpSub))
+            .Select(n => (n, new RmsNorm(n.Path, frozen(n.Path + ".weight"), a.NormEps, a.Norm, fused.RmsNorm)));
         return new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms);
     }
 

@@ -3,30 +3,39 @@ using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
 
 namespace QLoraNet.Models;
 
 /// <summary>Gated feed-forward down(act(gate(x)) * up(x)) (Shazeer 2020, "GLU Variants Improve Transformer",
 /// arXiv:2002.05202): with SiLU, SwiGLU (Llama, Mistral, Qwen2); with the tanh approximation of GELU, GeGLU (Gemma,
-/// transformers' "gelu_pytorch_tanh" = torch's gelu(approximate="tanh")). The three linears sit in
+/// transformers' "gelu_pytorch_tanh" = torch's gelu(approximate="tanh")); with squared ReLU (So et al. 2021,
+/// "Primer", arXiv:2109.08668; transformers' "relu2"), BitNet b1.58's, which also normalises the gated intermediate
+/// before down_proj (its ffn_sub_norm: down(subnorm(act(gate(x)) * up(x)))). The three linears sit in
 /// <see cref="LinearSlots"/> under the family record's names, with their biases when mlp_bias is set; the activation
-/// is the record's. act(gate) * up is the run's <see cref="FusedGlu"/>: one CUDA kernel each way that keeps only gate and
-/// up for backward, or elsewhere its torch-op reference, <c>F.silu(gate) * up</c> / <c>F.gelu(gate, tanh) * up</c>.</summary>
+/// and the optional sub-norm are the record's. act(gate) * up is, for SiLU and GELU-tanh, the run's <see cref="FusedGlu"/>:
+/// one CUDA kernel each way that keeps only gate and up for backward, or elsewhere its torch-op reference,
+/// <c>F.silu(gate) * up</c> / <c>F.gelu(gate, tanh) * up</c>; squared ReLU has no fused kernel and is torch ops.</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
 {
     readonly LinearSlots projections;
-    readonly GluActivation activation;
+    readonly Activation activation;
+    readonly GluActivation? fusedActivation;
     readonly FusedGlu glu;
+    readonly RmsNorm? subNorm;
     BackwardHandles handles = new();
 
     /// <param name="projections">the Gate, Up and Down linears with their record entries and optional biases (out).</param>
     /// <param name="glu">the run's fused gated unit (its kernel selection's); null = the torch-op reference.</param>
+    /// <param name="subNorm">BitNet's ffn_sub_norm over the intermediate (registered under its own name), or null.</param>
     public LlamaMlp(string name, Activation activation, IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections,
-        FusedGlu? glu = null) : base(name)
+        FusedGlu? glu = null, RmsNorm? subNorm = null) : base(name)
     {
-        this.activation = Gated(activation);
+        this.activation = activation;
+        fusedActivation = Fused(activation);
         this.glu = glu ?? FusedKernels.Reference().Glu;
         RegisterComponents();
+        if (subNorm is not null) register_module(subNorm.GetName(), this.subNorm = subNorm);
         this.projections = new LinearSlots(this);
         foreach (var (spec, linear, bias) in projections) this.projections.Add(spec.Name, spec.Role, linear, bias);
     }
@@ -41,16 +50,29 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var gated = glu.Apply(projections.Call(LinearRole.Gate, x), projections.Call(LinearRole.Up, x), activation, handles); // (B, T, intermediate)
+        var gate = projections.Call(LinearRole.Gate, x);                              // (B, T, intermediate)
+        var up = projections.Call(LinearRole.Up, x);                                  // (B, T, intermediate)
+        var gated = fusedActivation is GluActivation fused
+            ? glu.Apply(gate, up, fused, handles)
+            : Activate(gate) * up;                                                    // (B, T, intermediate)
+        if (subNorm is not null) gated = subNorm.call(gated);
         return projections.Call(LinearRole.Down, gated).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The switch point for the families' activations (BitNet's squared ReLU would go here, with a GLU
-    /// variant of its own): see <see cref="ArchitectureSupport"/>.</summary>
-    static GluActivation Gated(Activation activation) => activation switch
+    /// <summary>The switch point for the families' activations (see <see cref="ArchitectureSupport"/>): those the
+    /// fused gated unit has; null for the rest, which <see cref="Activate"/> computes in torch ops.</summary>
+    static GluActivation? Fused(Activation activation) => activation switch
     {
         Activation.Silu => GluActivation.Silu,
         Activation.GeluTanh => GluActivation.GeluTanh,
+        Activation.ReluSquared => null,
+        _ => throw new NotSupportedException($"activation {activation} is not implemented"),
+    };
+
+    /// <summary>The activations without a fused kernel, in torch ops.</summary>
+    Tensor Activate(Tensor x) => activation switch
+    {
+        Activation.ReluSquared => F.relu(x).square(),   // transformers' ReLUSquaredActivation: square(relu(x))
         _ => throw new NotSupportedException($"activation {activation} is not implemented"),
     };
 }

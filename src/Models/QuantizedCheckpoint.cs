@@ -68,9 +68,13 @@ public static class QuantizedCheckpoint
         }
         catch (InvalidDataException e)
         {
-            throw new InvalidDataException($"{ckpt.Info(weightName).ShardPath}: {e.Message}");
+            throw new InvalidDataException($"{ShardOf(ckpt, layout, weightName)}: {e.Message}");
         }
     }
+
+    /// <summary>The file holding a stored weight's keys (a layout may have no "...weight" tensor: hqq's W_q).</summary>
+    static string ShardOf(CheckpointReader ckpt, CheckpointLayout layout, string weightName) =>
+        layout.Keys(weightName, ckpt.Contains).Select(k => ckpt.Info(k).ShardPath).FirstOrDefault() ?? ckpt.Directory;
 
     /// <summary>
     /// The frozen linear of <paramref name="weightName"/> from its stored tensors (no re-quantization). Stored state
@@ -81,7 +85,8 @@ public static class QuantizedCheckpoint
     {
         using var scope = NewDisposeScope();
         var tensors = layout.Keys(weightName, ckpt.Contains).ToDictionary(k => k, ckpt.Read);
-        return WithPath(ckpt, weightName, () => layout.Read(tensors, weightName, shape, device, computeDType, kernels));
+        var config = QuantizationConfigOf(ckpt.Directory);
+        return WithPath(ckpt, layout, weightName, () => layout.Read(tensors, weightName, shape, device, computeDType, kernels, config));
     }
 
     /// <summary>The base format the checkpoint in <paramref name="modelDir"/> is stored in ("nf4-dq", ...), or null when it is not pre-quantized.</summary>
@@ -96,7 +101,7 @@ public static class QuantizedCheckpoint
                     var layout = LayoutOf(ckpt, weight, config) ?? detector;
                     using var scope = NewDisposeScope();
                     var tensors = layout.Keys(weight, ckpt.Contains).ToDictionary(k => k, ckpt.Read);
-                    return WithPath(ckpt, weight, () => layout.FormatOf(tensors, weight));
+                    return WithPath(ckpt, layout, weight, () => layout.FormatOf(tensors, weight, config));
                 }
         return null;
     }
@@ -297,10 +302,10 @@ public static class QuantizedCheckpoint
             File.WriteAllText(Path.Combine(outDir, sidecar.FileName), sidecar.Content.ToJsonString(indented) + "\n");
     }
 
-    static T WithPath<T>(CheckpointReader ckpt, string weightName, Func<T> read)
+    static T WithPath<T>(CheckpointReader ckpt, CheckpointLayout layout, string weightName, Func<T> read)
     {
         try { return read(); }
-        catch (InvalidDataException e) { throw new InvalidDataException($"{ckpt.Info(weightName).ShardPath}: {e.Message}"); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"{ShardOf(ckpt, layout, weightName)}: {e.Message}"); }
     }
 
     static ArgumentException NoLayout(BaseFormat format) => new(

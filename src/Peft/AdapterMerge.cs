@@ -59,7 +59,7 @@ public sealed class AdapterMerge : IDisposable
         var factors = SafeTensorsFile.Open(file);
         try
         {
-            var modules = Validate(factors, file, config, model);
+            var modules = Validate(factors, file, config, model, architecture);
             return new AdapterMerge(factors, modules, config, architecture, baseFormat ?? new DenseFormat(null));
         }
         catch
@@ -69,7 +69,21 @@ public sealed class AdapterMerge : IDisposable
         }
     }
 
-    static HashSet<string> Validate(SafeTensorsFile factors, string file, AdapterConfig config, CheckpointReader model)
+    /// <summary>The [out, in] of a weight as the model computes with it: a pre-quantized one's from config.json (its
+    /// stored tensors are packed codes, or absent under this name: hqq's W_q), any other's as stored.</summary>
+    static (long[] Shape, string Text)? ShapeOf(CheckpointReader model, ModelArchitecture architecture, string weightName)
+    {
+        if (architecture.IsBaseLinearWeight(weightName) && Models.QuantizedCheckpoint.LayoutOf(model, weightName, Models.QuantizedCheckpoint.QuantizationConfigOf(model.Directory)) is not null)
+        {
+            var shape = architecture.ExpectedTensors().First(e => e.Name == weightName).Shape;
+            return (shape, Text(shape));
+        }
+        if (!model.Contains(weightName)) return null;
+        var info = model.Info(weightName);
+        return (info.Shape, info.ShapeText);
+    }
+
+    static HashSet<string> Validate(SafeTensorsFile factors, string file, AdapterConfig config, CheckpointReader model, ModelArchitecture architecture)
     {
         var modules = new HashSet<string>(StringComparer.Ordinal);
         foreach (var key in factors.Names)
@@ -77,12 +91,11 @@ public sealed class AdapterMerge : IDisposable
             if (!AdapterKeys.TryParse(key, out var module, out var factor))
                 throw new InvalidDataException($"{file}: tensor '{key}' is not a LoRA factor (expected {AdapterKeys.Prefix}<module>.lora_A.weight or .lora_B.weight)");
             string weightName = module + ".weight";
-            if (!model.Contains(weightName))
-                throw new InvalidDataException($"{file}: LoRA module '{module}' has no weight '{weightName}' in {model.Directory} (tensor '{key}'); is the adapter for another model?");
-            var w = model.Info(weightName);
+            var w = ShapeOf(model, architecture, weightName)
+                ?? throw new InvalidDataException($"{file}: LoRA module '{module}' has no weight '{weightName}' in {model.Directory} (tensor '{key}'); is the adapter for another model?");
             var shape = factors.Info(key).Shape;
             if (w.Shape.Length != 2)
-                throw new InvalidDataException($"{file}: tensor '{key}' adapts '{weightName}', which is {w.ShapeText}, not a linear weight [out, in]");
+                throw new InvalidDataException($"{file}: tensor '{key}' adapts '{weightName}', which is {w.Text}, not a linear weight [out, in]");
             if (shape.Length != 2)
                 throw new InvalidDataException($"{file}: tensor '{key}' is {Text(shape)}; a LoRA factor is a matrix");
             // A is [r, in] and B is [out, r]: the rank is A's rows and B's columns.
@@ -94,7 +107,7 @@ public sealed class AdapterMerge : IDisposable
             long expected = isA ? w.Shape[1] : w.Shape[0];
             if (features != expected)
                 throw new InvalidDataException(
-                    $"{file}: tensor '{key}' is {Text(shape)} but the model's '{weightName}' is {w.ShapeText} ({(isA ? "in" : "out")} features {expected}); the adapter was trained on another architecture");
+                    $"{file}: tensor '{key}' is {Text(shape)} but the model's '{weightName}' is {w.Text} ({(isA ? "in" : "out")} features {expected}); the adapter was trained on another architecture");
             modules.Add(module);
         }
         if (modules.Count == 0) throw new InvalidDataException($"{file}: holds no LoRA factors");

@@ -19,7 +19,8 @@ namespace QLoraNet.Peft;
 /// adapter path then runs at the base's speed; peft without autocast computes it in the adapter's dtype instead).
 /// Child names follow peft: `base_layer`, `lora_A`, `lora_B`, `lora_dropout`. With <see cref="Disabled"/> set the
 /// module computes base(x) alone (torchtune's LoRALinear.disabled; peft's disable_adapter): a reference model for
-/// free, as DPO needs it (<see cref="AdapterSwitch.DisableAdapters"/>).
+/// free, as DPO needs it (<see cref="AdapterSwitch.DisableAdapters"/>). Over a <see cref="QuantizationAwareLinear"/>
+/// base the update is trained inside the merged weight instead (quantization-aware training, see AwareForward).
 /// </summary>
 public sealed class LoraLinear : nn.Module<Tensor, Tensor>
 {
@@ -84,12 +85,27 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         if (Disabled) return base_layer.forward(x);
+        if (base_layer is QuantizationAwareLinear aware) return AwareForward(aware, x);
         using var scope = NewDisposeScope();
         var result = base_layer.forward(x);                          // (..., out), base output dtype
         var dtype = base_layer.ComputeDType;
         var h = lora_dropout.forward(x).to(dtype);                   // (..., in)
         var y = LoraPath.AddLowRank(result, h, A.to(dtype), B.to(dtype), Scaling);
         return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Quantization-aware training (QAT-LoRA): the adapter is part of the weight the target format rounds,
+    /// y = fake(W + scaling · B @ A)(x), so the gradient reaches A and B through the rounding (straight through) and a
+    /// merge into that format keeps what was learned. Dropout has no separate input here and is refused by the config.
+    /// </summary>
+    Tensor AwareForward(QuantizationAwareLinear aware, Tensor x)
+    {
+        if (lora_dropout is LoraDropout)
+            throw new InvalidOperationException("LoRA dropout does not apply to quantization-aware training of the merged weight; set lora.dropout to 0");
+        using var scope = NewDisposeScope();
+        var delta = B.matmul(A).mul(Scaling);                        // (out, in) fp32
+        return aware.Forward(x, delta).MoveToOuterDisposeScope();
     }
 
     /// <summary>The device of the base's stored weight (a parameter or, for packed formats, a buffer).</summary>

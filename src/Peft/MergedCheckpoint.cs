@@ -31,7 +31,12 @@ public static class MergedCheckpoint
         if (options.Quantization is { Layout: null } q)
             throw new ArgumentException($"a merged checkpoint cannot store {q}: it has no checkpoint layout; use nf4 or fp4 (bitsandbytes 4-bit)");
         using var reader = CheckpointReader.Open(modelDir);
-        using var merge = AdapterMerge.Open(adapterDir, reader, arch, options.BaseFormat);
+        // A pre-quantized base is merged from its stored codes, which are exactly what training saw: quantizing them
+        // again in the adapter's format would change them (an absmean of ternary codes is not their scale).
+        var stored = Models.QuantizedCheckpoint.IsQuantized(reader) ? Models.QuantizedCheckpoint.StoredFormat(modelDir) : null;
+        if (stored is not null && options.BaseFormat is { KeepsCheckpointDType: false } trainedOn && trainedOn != stored)
+            throw new ArgumentException($"--base {trainedOn}: {modelDir} is stored as {stored}, so the adapter was trained over those codes; pass --base {stored} or none");
+        using var merge = AdapterMerge.Open(adapterDir, reader, arch, stored is null ? options.BaseFormat : null);
         var dtype = options.DType ?? StoredDType(reader);
         string config = MergedModelConfig.Rewrite(File.ReadAllText(configPath), configPath, dtype, options.Quantization, arch);
 

@@ -30,6 +30,15 @@ public static class MergedModelConfig
 
         config.Remove("quantization_config");
         if (quantization != null) config["quantization_config"] = QuantizedCheckpoint.QuantizationConfig(quantization, name, architecture);
+        else if (architecture.TernaryLinears)
+            // BitNet with float linears (the merged W + s·B·A is not ternary): transformers' online mode, which
+            // ternarises each weight by its absmean at load and keeps the 8-bit activations, as `ternary` does here.
+            config["quantization_config"] = new JsonObject
+            {
+                ["linear_class"] = "autobitlinear",
+                ["quant_method"] = "bitnet",
+                ["quantization_mode"] = "online",
+            };
         return config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
     }
 

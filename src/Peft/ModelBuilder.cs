@@ -22,6 +22,8 @@ namespace QLoraNet.Peft;
 /// <param name="AdapterDropout">where the new adapters draw their dropout masks (a training run's stream, which its
 /// step reseeds); null = each adapter a stream of its own.</param>
 /// <param name="AdapterDir">attach the peft adapter in this directory instead (inference).</param>
+/// <param name="Aware">quantization-aware training: the decoder linears compute through this format's fake
+/// quantization (<see cref="BaseFormat.FakeQuantization"/>; it must have one), LoRA included.</param>
 /// <param name="AdapterInitDir">start the new adapters from this peft adapter's factors (continued training).</param>
 /// <param name="Calibration">the calibration samples a calibrated <paramref name="BaseFormat"/> (GPTQ, AWQ, SmoothQuant)
 /// is made from when the directory holds float weights (quantize-on-load, layer by layer).</param>
@@ -38,6 +40,7 @@ public sealed record ModelBuildOptions(
     string? AdapterDir = null,
     RandomStream? AdapterDropout = null,
     string? AdapterInitDir = null,
+    BaseFormat? Aware = null,
     CalibrationSet? Calibration = null,
     Action<CalibrationProgress>? CalibrationProgress = null);
 
@@ -61,6 +64,9 @@ public sealed record BuiltModel(LlamaForCausalLM Model, ModelArchitecture Archit
 /// </summary>
 public static class ModelBuilder
 {
+    static IFakeQuantization? AwareOf(BaseFormat? aware) => aware is null ? null
+        : aware.FakeQuantization ?? throw new ArgumentException($"quantization-aware training to {aware} is not supported; formats with a fake quantizer: {string.Join(", ", BaseFormats.AwareNames)}");
+
     public static BuiltModel Build(string modelDir, ModelBuildOptions o)
     {
         if (o.NewAdapter is not null && o.AdapterDir is not null)
@@ -78,7 +84,7 @@ public static class ModelBuilder
         var denseDType = o.FrozenDType ?? o.ComputeDType;
         var format = o.BaseFormat.KeepsCheckpointDType && o.FrozenDType is { } fixedDType ? new DenseFormat(fixedDType) : o.BaseFormat;
         var load = new LoadOptions(o.Device, o.ComputeDType,
-            LinearPolicies.Quantized(arch, format, o.ComputeDType, o.Device, denseDType, kernels), o.FrozenDType, kernels);
+            LinearPolicies.Quantized(arch, format, o.ComputeDType, o.Device, denseDType, kernels, AwareOf(o.Aware)), o.FrozenDType, kernels);
         LlamaForCausalLM model;
         if (format.NeedsCalibration && QuantizedCheckpoint.StoredFormat(modelDir) is null)
         {

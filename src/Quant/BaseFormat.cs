@@ -44,6 +44,12 @@ public abstract record BaseFormat
     /// checkpoint layout exists for it, so it can only be produced on load.</summary>
     public virtual CheckpointLayout? Layout => null;
 
+    /// <summary>
+    /// How quantization-aware training fakes this format in the forward pass (straight-through gradients), or null
+    /// when it cannot: the YAML key <c>quantization.aware</c> accepts the formats that have one.
+    /// </summary>
+    public virtual IFakeQuantization? FakeQuantization => null;
+
     /// <summary>"none": every weight stays dense in the dtype the checkpoint stores it in.</summary>
     public bool KeepsCheckpointDType => this is DenseFormat { DType: null };
 

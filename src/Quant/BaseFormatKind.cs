@@ -8,8 +8,15 @@ namespace QLoraNet.Quant;
 /// </summary>
 public abstract class BaseFormatKind
 {
-    /// <summary>The first token of each spelling this kind reads ("nf4", "fp4").</summary>
+    /// <summary>The name each spelling of this kind starts with ("nf4", "fp4", "llm-int8"), as --help and errors list them.</summary>
     public abstract IReadOnlyList<string> Names { get; }
+
+    /// <summary>
+    /// True when a spelling starting with <paramref name="name"/> (lower case, possibly holding '-') is this kind's.
+    /// By default one of <see cref="Names"/>; a kind whose names carry a number (hqq4, hqq3) claims the whole family
+    /// so that an unsupported one (hqq5) gets its own error instead of "unknown base format".
+    /// </summary>
+    public virtual bool Reads(string name) => Names.Contains(name);
 
     /// <summary>The grammar, for --help and errors: "nf4|fp4[-b&lt;N&gt;][-dq]".</summary>
     public abstract string Syntax { get; }

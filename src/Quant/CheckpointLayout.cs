@@ -45,6 +45,21 @@ public abstract class CheckpointLayout
         Device device, ScalarType computeDType, KernelSelection kernels);
 
     /// <summary>
+    /// <see cref="FormatOf(IReadOnlyDictionary{string, Tensor}, string)"/> given config.json's quantization_config
+    /// (null when there is none), for what the tensors do not hold: LLM.int8()'s outlier threshold.
+    /// </summary>
+    public virtual BaseFormat FormatOf(IReadOnlyDictionary<string, Tensor> tensors, string weightName, JsonObject? quantizationConfig) =>
+        FormatOf(tensors, weightName);
+
+    /// <summary>
+    /// <see cref="Read(IReadOnlyDictionary{string, Tensor}, string, long[], Device, ScalarType, KernelSelection)"/> given
+    /// config.json's quantization_config (null when there is none).
+    /// </summary>
+    public virtual FrozenLinear Read(IReadOnlyDictionary<string, Tensor> tensors, string weightName, long[] shape,
+        Device device, ScalarType computeDType, KernelSelection kernels, JsonObject? quantizationConfig) =>
+        Read(tensors, weightName, shape, device, computeDType, kernels);
+
+    /// <summary>
     /// <paramref name="dense"/> quantized in <paramref name="format"/> as the tensors this layout stores under
     /// <paramref name="weightName"/>; each is the caller's to dispose.
     /// </summary>

@@ -9,6 +9,7 @@ namespace QLoraNet.Quant;
 /// form: forward materialises W in the compute dtype, multiplies and drops it; backward materialises it again for
 /// dx = dy @ W and returns no weight gradient (QLoRA section 3: gradients flow through the frozen 4-bit base to the
 /// adapters, the base itself gets none). The dense W lives only inside one forward or one backward call.
+/// A weight that computes its own product (<see cref="IQuantizedMatMul"/>) does so in forward; backward is the same.
 /// Call: <c>FrozenMatMul.apply(x, weight, computeDType, handles)</c> with weight an <see cref="IQuantizedWeight"/> and
 /// handles the <see cref="BackwardHandles"/> of the model the weight belongs to (backward defers its result there).
 /// </summary>
@@ -26,6 +27,8 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
         ctx.save_data("inputDType", x.dtype);
 
         using var scope = NewDisposeScope();
+        if (weight is IQuantizedMatMul own)                                        // int8 x int8, add/subtract ternary
+            return own.MatMul(x, computeDType).MoveToOuterDisposeScope();          // (..., out)
         var w = weight.Dequantize(computeDType);                                   // (out, in), dropped at scope end
         return nn.functional.linear(x.to(computeDType), w).MoveToOuterDisposeScope(); // (..., out)
     }

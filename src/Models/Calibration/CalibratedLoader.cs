@@ -33,6 +33,9 @@ public static class CalibratedLoader
         if (!Directory.Exists(modelDir)) throw new DirectoryNotFoundException($"model directory '{modelDir}' does not exist");
         var arch = ModelFamilies.Load(modelDir);
         ArchitectureSupport.Require(arch, Path.Combine(modelDir, ModelArchitecture.ConfigFileName));
+        // A BitNet model is what it computes only through ternary linears (LlamaLoader.RequireTernary): no calibrated base.
+        if (arch.TernaryLinears)
+            throw new NotSupportedException($"{modelDir}: a {arch.Family} model's linears are BitNet b1.58 linears (ternary weights, 8-bit activations), not {format}; load it with base format ternary (--quantization ternary, quantization.type: ternary)");
         calibration.Check(arch);
         var quantizer = LayerQuantizers.For(format);
 

@@ -35,15 +35,48 @@ public sealed record KernelOptions(bool DisableCuda = false, string? PtxDir = nu
 public sealed class KernelSelection
 {
     readonly FourBitCudaKernel? _cuda;
+    readonly Int8MatMul _int8;
 
-    KernelSelection(Device device, FourBitDequantPath path, string reason, FourBitCudaKernel? cuda, FusedKernels fused)
+    KernelSelection(Device device, FourBitDequantPath path, string reason, FourBitCudaKernel? cuda, FusedKernels fused,
+        (Int8MatMul Path, string Reason)? int8 = null, (TernaryMatMulPath Path, string Reason)? ternary = null)
     {
         Device = device;
         FourBitDequant = path;
         FourBitDequantReason = reason;
         _cuda = cuda;
         Fused = fused;
+        (_int8, Int8Reason) = int8 ?? (Int8MatMul.TorchOps, "exact fp32 chunks (no selection made)");
+        (TernaryPath, TernaryReason) = ternary ?? DefaultTernary(device);
     }
+
+    /// <summary>How LLM.int8()'s int8 x int8 product runs on <see cref="Device"/>.</summary>
+    public Int8MatMulPath Int8Path => _int8.Path;
+
+    /// <summary>Why (for the report).</summary>
+    public string Int8Reason { get; }
+
+    /// <summary>How the ternary (BitNet b1.58) product runs on <see cref="Device"/>.</summary>
+    public TernaryMatMulPath TernaryPath { get; }
+
+    /// <summary>Why (for the report).</summary>
+    public string TernaryReason { get; }
+
+    static (TernaryMatMulPath, string) DefaultTernary(Device device) => device.type == DeviceType.CPU
+        ? (TernaryMatMulPath.CpuSimd, "add/subtract SIMD loop over the packed bytes")
+        : (TernaryMatMulPath.TorchOps, "no CUDA ternary kernel in this build: unpack and matmul the integer codes");
+
+    /// <summary>The int8 product for a weight on <paramref name="device"/>: the chosen one on this selection's device
+    /// type, the exact fp32 path elsewhere.</summary>
+    public Int8MatMul Int8MatMulFor(Device device) => device.type == Device.type ? _int8 : Int8MatMul.TorchOps;
+
+    /// <summary>The ternary path for a weight on <paramref name="device"/>: the add/subtract loop for CPU tensors
+    /// (unless the reference was asked for), the chosen path for this selection's device type, torch ops elsewhere.</summary>
+    public TernaryMatMulPath TernaryPathFor(Device device) => device.type switch
+    {
+        DeviceType.CPU when FourBitDequant != FourBitDequantPath.TorchOps => TernaryMatMulPath.CpuSimd,
+        _ when device.type == Device.type => TernaryPath,
+        _ => TernaryMatMulPath.TorchOps,
+    };
 
     /// <summary>The device the choices were made for.</summary>
     public Device Device { get; }
@@ -66,23 +99,45 @@ public sealed class KernelSelection
     {
         options ??= new KernelOptions();
         var fused = FusedKernels.Load(device, options.DisableCuda, options.PtxDir);
+        var int8 = Int8For(device, options);
         if (device.type != DeviceType.CUDA)
-            return new(device, FourBitDequantPath.CpuSimd, "fused SIMD loop, bit-identical to the reference", null, fused);
+            return new(device, FourBitDequantPath.CpuSimd, "fused SIMD loop, bit-identical to the reference", null, fused, int8);
         if (options.DisableCuda)
-            return new(device, FourBitDequantPath.TorchOps, "CUDA kernels disabled by the caller", null, fused);
+            return new(device, FourBitDequantPath.TorchOps, "CUDA kernels disabled by the caller", null, fused, int8);
         bool fromDir = options.PtxDir is not null && File.Exists(Path.Combine(options.PtxDir, "nf4_dequant.ptx"));
         if (!fromDir && !FourBitCudaKernel.IsEmbedded)
-            return new(device, FourBitDequantPath.TorchOps, "the fused kernel's PTX is not embedded in this build (scripts/build_ptx.sh)", null, fused);
+            return new(device, FourBitDequantPath.TorchOps, "the fused kernel's PTX is not embedded in this build (scripts/build_ptx.sh)", null, fused, int8);
         try
         {
             using (zeros(1, device: device)) { }   // libtorch makes its CUDA context current on first use
             var kernel = FourBitCudaKernel.Load(options.PtxDir);
             return new(device, FourBitDequantPath.CudaPtx,
-                "fused kernel" + (fromDir ? $" from {kernel.Source}" : "") + "; torch-ops for fp16 outputs or sizes not a multiple of 8", kernel, fused);
+                "fused kernel" + (fromDir ? $" from {kernel.Source}" : "") + "; torch-ops for fp16 outputs or sizes not a multiple of 8", kernel, fused, int8);
         }
         catch (Exception e)
         {
-            return new(device, FourBitDequantPath.TorchOps, $"the fused kernel failed to load: {e.Message.Split('\n')[0]}", null, fused);
+            return new(device, FourBitDequantPath.TorchOps, $"the fused kernel failed to load: {e.Message.Split('\n')[0]}", null, fused, int8);
+        }
+    }
+
+    /// <summary>
+    /// LLM.int8()'s product: on CUDA libtorch's int8 GEMM (torch._int_mm, cuBLASLt) unless disabled or failing to
+    /// compile; on the CPU the exact fp32 path, which runs at MKL speed on every x86-64 (torch._int_mm there is fast
+    /// only with AVX512-VNNI, and gives the same integers).
+    /// </summary>
+    static (Int8MatMul, string) Int8For(Device device, KernelOptions options)
+    {
+        if (device.type != DeviceType.CUDA)
+            return (Int8MatMul.TorchOps, "exact fp32 chunks of <= 1024 (MKL); torch._int_mm gives the same integers");
+        if (options.DisableCuda)
+            return (Int8MatMul.TorchOps, "CUDA kernels disabled by the caller: exact fp32 chunks");
+        try
+        {
+            return (Int8MatMul.CompileIntMm(device), "torch._int_mm (cuBLASLt int8 GEMM) through TorchScript; exact fp32 chunks for k or m not a multiple of 8");
+        }
+        catch (Exception e)
+        {
+            return (Int8MatMul.TorchOps, $"torch._int_mm unavailable ({e.Message.Split('\n')[0]}): exact fp32 chunks");
         }
     }
 
@@ -94,15 +149,34 @@ public sealed class KernelSelection
 
     /// <summary>Torch ops everywhere: the reference, for tests that compare paths.</summary>
     public static KernelSelection Reference(Device device) =>
-        new(device, FourBitDequantPath.TorchOps, "reference path requested", null, FusedKernels.Reference("reference path requested"));
+        new(device, FourBitDequantPath.TorchOps, "reference path requested", null, FusedKernels.Reference("reference path requested"),
+            (Int8MatMul.TorchOps, "reference path requested"), (TernaryMatMulPath.TorchOps, "reference path requested"));
+
+    /// <summary>A selection that runs LLM.int8()'s product through torch._int_mm on <paramref name="device"/> (tests
+    /// compare it with the exact fp32 path); throws when libtorch cannot run it.</summary>
+    public static KernelSelection WithIntMm(Device device) =>
+        new(device, device.type == DeviceType.CPU ? FourBitDequantPath.CpuSimd : FourBitDequantPath.TorchOps, "int_mm requested", null,
+            FusedKernels.Reference("int_mm requested"), (Int8MatMul.CompileIntMm(device), "torch._int_mm requested"));
 
     /// <summary>One line per choice, e.g. "nf4/fp4 dequant on cuda: cuda-ptx (fused kernel; ...)", then the fused ops'.</summary>
     public IReadOnlyList<string> Report() =>
     [
         $"nf4/fp4 dequant on {Device.type.ToString().ToLowerInvariant()}: {Spell(FourBitDequant)} ({FourBitDequantReason})",
         $"nf4/fp4 quantize on {Device.type.ToString().ToLowerInvariant()}: {(Device.type == DeviceType.CPU ? "cpu-simd" : "torch-ops")}",
+        $"llm-int8 int8 matmul on {Device.type.ToString().ToLowerInvariant()}: {Spell(Int8Path)} ({Int8Reason})",
+        $"ternary matmul on {Device.type.ToString().ToLowerInvariant()}: {Spell(TernaryPath)} ({TernaryReason})",
         .. Fused.Report(),
     ];
+
+    /// <summary>"int-mm", "fp32-exact".</summary>
+    public static string Spell(Int8MatMulPath path) => path == Int8MatMulPath.IntMm ? "int-mm" : "fp32-exact";
+
+    /// <summary>"cpu-simd", "torch-ops".</summary>
+    public static string Spell(TernaryMatMulPath path) => path switch
+    {
+        TernaryMatMulPath.CpuSimd => "cpu-simd",
+        _ => "torch-ops",
+    };
 
     /// <summary>"cpu-simd", "cuda-ptx", "torch-ops".</summary>
     public static string Spell(FourBitDequantPath path) => path switch

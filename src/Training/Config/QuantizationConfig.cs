@@ -15,21 +15,26 @@ namespace QLoraNet.Training.Config;
 /// the spelling's own default, so <c>{type: int4}</c> is <c>int4</c> (per channel) exactly as on the command line.
 /// With no type at all the default is QLoRA's (Dettmers et al. 2023): nf4 with double quantization, blocks of 64.
 /// </summary>
-public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = DType.Bf16)
+/// <param name="Aware">quantization-aware training (<c>aware: ternary</c>): the forward sees the decoder linears, LoRA
+/// updates included, as this format will compute them (straight-through gradients), so that merging into it keeps
+/// what training learned; the base itself stays dense (type none, bf16, fp16 or fp32; none when type is left out).</param>
+public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = DType.Bf16, BaseFormat? Aware = null)
 {
     public static QuantizationConfig Default { get; } = new(BaseFormat.Parse("nf4-dq"));
 
-    const string TypeKey = "type", ComputeKey = "compute_dtype";
+    const string TypeKey = "type", ComputeKey = "compute_dtype", AwareKey = "aware";
 
     internal static QuantizationConfig Bind(ConfigSection parent, string key)
     {
-        var (scalar, s) = parent.ScalarOrSection(key, "a base format such as nf4-dq, or a mapping of keys (type, double_quant, blocksize, compute_dtype)");
+        var (scalar, s) = parent.ScalarOrSection(key, "a base format such as nf4-dq, or a mapping of keys (type, double_quant, blocksize, compute_dtype, aware)");
         if (scalar != null) return new QuantizationConfig(Parse(scalar, problem => s.Error($"'{s.Path}': {problem}")));
 
-        string? type = s.OptionalString(TypeKey);
+        string? awareText = s.OptionalString(AwareKey);
+        string? type = s.OptionalString(TypeKey) ?? (awareText is null ? null : "none");   // aware trains a dense base
         var options = new List<string>();
-        var kindName = (type ?? "nf4").Trim().ToLowerInvariant().Split('-')[0];
-        var kind = BaseFormats.KindOf(kindName);
+        var split = BaseFormats.Split(type ?? "nf4");
+        var kindName = split?.Name ?? (type ?? "nf4").Trim().ToLowerInvariant().Split('-')[0];
+        var kind = split?.Kind;
         foreach (var optionKey in BaseFormats.Kinds.SelectMany(k => k.StructuredKeys).Distinct())
         {
             string? value = s.OptionalString(optionKey);
@@ -44,7 +49,7 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
             try { option = kind.StructuredOption(optionKey, value); }
             catch (FormatException e) { throw s.ErrorAt(optionKey, $"'{s.Full(optionKey)}' {e.Message}"); }
             if (option is null) continue;
-            if (type is not null && type.Contains('-'))
+            if (type is not null && split is { Options.Length: > 0 })
                 throw s.ErrorAt(optionKey, $"'{s.Full(TypeKey)}' is a whole spelling ({type}); give the options in it or as keys, not both");
             options.Add(option);
         }
@@ -54,7 +59,20 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
         if (kind is null)
             throw s.ErrorAt(TypeKey, $"'{s.Full(TypeKey)}' must be one of {string.Join(", ", BaseFormats.Names)} (or a whole spelling such as nf4-dq); got '{type}'");
         string spelling = string.Join('-', options.Prepend((type ?? kindName).Trim()));
-        return new QuantizationConfig(Parse(spelling, problem => s.ErrorAt(TypeKey, $"'{s.Full(TypeKey)}': {problem}")), compute);
+        var format = Parse(spelling, problem => s.ErrorAt(TypeKey, $"'{s.Full(TypeKey)}': {problem}"));
+        return new QuantizationConfig(format, compute, awareText is null ? null : AwareTarget(awareText, format, s));
+    }
+
+    /// <summary>The target of quantization-aware training: a format with a fake quantizer, over a dense base.</summary>
+    static BaseFormat AwareTarget(string text, BaseFormat format, ConfigSection s)
+    {
+        string choices = string.Join(", ", BaseFormats.AwareNames);
+        var aware = Parse(text, problem => s.ErrorAt(AwareKey, $"'{s.Full(AwareKey)}': {problem}"));
+        if (aware.FakeQuantization is null)
+            throw s.ErrorAt(AwareKey, $"'{s.Full(AwareKey)}' must be a format quantization-aware training can target ({choices}); got '{text}'");
+        if (format is not DenseFormat)
+            throw s.ErrorAt(AwareKey, $"'{s.Full(AwareKey)}' trains a dense base toward {aware}: set '{s.Full(TypeKey)}' to none, bf16, fp16 or fp32 (got {format})");
+        return aware;
     }
 
     /// <summary>
@@ -75,6 +93,7 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
         catch (FormatException e) { throw error(e.Message); }
     }
 
-    internal YamlMappingNode ToYaml() => YamlOut.Map(
-        (TypeKey, YamlOut.Scalar(Format.ToString())), (ComputeKey, YamlOut.Scalar(ComputeDtype)));
+    internal YamlMappingNode ToYaml() => Aware is null
+        ? YamlOut.Map((TypeKey, YamlOut.Scalar(Format.ToString())), (ComputeKey, YamlOut.Scalar(ComputeDtype)))
+        : YamlOut.Map((TypeKey, YamlOut.Scalar(Format.ToString())), (ComputeKey, YamlOut.Scalar(ComputeDtype)), (AwareKey, YamlOut.Scalar(Aware.ToString())));
 }

@@ -125,6 +125,9 @@ public sealed record TrainConfig(
         if (c.Data.Format == DataFormat.Chat && c.Data.Template == TemplateKind.Alpaca)
             throw root.Section("data").ErrorAt("template",
                 $"'data.template' alpaca renders instruction rows only; use one of {string.Join(", ", QLoraNet.Training.Data.ChatTemplates.ChatKinds.Select(k => YamlNames.Of(k)))} or auto with data.format chat");
+        if (c.Quantization.Aware is { } aware && c.Lora.Dropout > 0)
+            throw root.Section("lora").ErrorAt("dropout",
+                $"'lora.dropout' must be 0 with quantization.aware: {aware} trains the adapter inside the merged weight W + s·B·A, which has no separate input to drop");
         bool hasValidation = c.Data.Validation != null || c.Data.ValFraction > 0;
         if (c.Training.EarlyStoppingPatience != null && !hasValidation)
             throw root.Section("training").ErrorAt("early_stopping_patience",

@@ -97,6 +97,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
             _built.BaseFormat.ToString(), TrainableParameters.Count(_model), _data.Stats, _totalSteps, _state.Step,
             _batches.PerEpoch, _t.MicroBatchSize * _t.GradientAccumulationSteps * _replicas.Size, _loadSeconds,
             _built.BaseBytes, _t.LogEvery, _built.Kernels.Report()));
+        if (_config.Quantization.Aware is { } aware)
+            _observer.OnMessage($"quantization-aware training: every decoder linear computes as {aware} would (LoRA inside the merged weight, straight-through gradients); merge with --quantization {aware} to keep it");
         if (_state.Step >= _totalSteps)
             _observer.OnMessage($"checkpoint is at step {_state.Step}, the run has {_totalSteps} steps: nothing to do");
     }
@@ -147,7 +149,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
         var clock = Stopwatch.StartNew();
         _built = ModelBuilder.Build(_config.Model.Path, new ModelBuildOptions(_device, compute, _config.Quantization.Format,
             kernels ?? KernelSelection.For(_device), frozen, _t.GradientCheckpointing,
-            NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom, AdapterInitDir: _config.LoraInitFrom));
+            NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom, AdapterInitDir: _config.LoraInitFrom,
+            Aware: _config.Quantization.Aware));
         (_model, _adapterConfig) = (_built.Model, _built.Adapter!);
         _loadSeconds = clock.Elapsed.TotalSeconds;
         if (_config.LoraInitFrom is { } init && _resumeFrom is null)

@@ -136,4 +136,34 @@ public class ModelFamiliesTests
         using var tmp = Paths.Temp();
         Assert.Contains("config.json", Assert.Throws<FileNotFoundException>(() => ModelFamilies.Load(tmp.Path)).Message);
     }
+
+    const string BitNet = """
+        {"architectures":["BitNetForCausalLM"],"model_type":"bitnet","hidden_size":128,"intermediate_size":320,
+         "num_attention_heads":4,"num_key_value_heads":2,"num_hidden_layers":3,"vocab_size":1024,"hidden_act":"relu2",
+         "tie_word_embeddings":true,"quantization_config":{"linear_class":"autobitlinear","quant_method":"bitnet","quantization_mode":"offline"}}
+        """;
+
+    [Fact]
+    public void Bitnet_has_squared_relu_sub_norms_of_both_widths_and_ternary_linears()
+    {
+        using var tmp = Paths.Temp();
+        var a = FromText(BitNet, tmp);
+        Assert.Equal("bitnet", a.Family);
+        Assert.True(a.TernaryLinears);
+        Assert.Equal(Activation.ReluSquared, a.Activation);
+        Assert.Equal(500000.0, a.Rope.Theta);                               // BitNetConfig's default
+        var shapes = a.ExpectedTensors().ToDictionary(e => e.Name, e => e.Shape);
+        Assert.Equal([128L], shapes["model.layers.0.self_attn.attn_sub_norm.weight"]);
+        Assert.Equal([320L], shapes["model.layers.2.mlp.ffn_sub_norm.weight"]);
+        // embeddings (tied) + per layer: q 128x128, k/v 64x128, o 128x128, gate/up/down 3x320x128, norms 128+128+128+320; final norm
+        Assert.Equal(1024L * 128 + 3 * (128 * 128 * 2 + 64 * 128 * 2 + 3 * 320 * 128 + 128 * 3 + 320) + 128, a.ParameterCount);
+    }
+
+    [Fact]
+    public void Bitnet_refuses_the_inverse_scale_linear_class_and_other_activations()
+    {
+        Assert.Contains("linear_class 'bitlinear' is not supported", Refusal(BitNet.Replace("\"autobitlinear\"", "\"bitlinear\"")));
+        Assert.Contains("hidden_act 'silu' is not supported (BitNet uses relu2)", Refusal(BitNet.Replace("relu2", "silu")));
+        Assert.Contains("quant_method 'bitsandbytes'", Refusal(BitNet.Replace("\"bitnet\",\"quantization_mode", "\"bitsandbytes\",\"quantization_mode")));
+    }
 }

@@ -20,6 +20,17 @@ public class BaseFormatTests
     [InlineData("int8-channel-sym", "int8")]
     [InlineData("int8-tensor-asym", "int8-tensor-asym")]
     [InlineData("int4-g64", "int4-g64")]
+    [InlineData("llm-int8", "llm-int8")]
+    [InlineData("LLM-INT8-t6", "llm-int8")]
+    [InlineData("llm-int8-t6.0", "llm-int8")]
+    [InlineData("llm-int8-t4", "llm-int8-t4")]
+    [InlineData("llm-int8-t3.5", "llm-int8-t3.5")]
+    [InlineData("hqq4", "hqq4")]
+    [InlineData("hqq4-g64", "hqq4")]
+    [InlineData("hqq3-g128", "hqq3-g128")]
+    [InlineData("hqq2-g32", "hqq2-g32")]
+    [InlineData("hqq8", "hqq8")]
+    [InlineData("ternary", "ternary")]
     public void Parses_and_prints_the_canonical_name(string text, string canonical)
     {
         var spec = BaseFormat.Parse(text);
@@ -63,6 +74,27 @@ public class BaseFormatTests
         Assert.Equal(n + 4 * rows, BaseFormat.Parse("int8").StorageBytes(rows, cols));
         Assert.Equal(n / 2 + 4 * (n / 64), BaseFormat.Parse("int4-g64").StorageBytes(rows, cols));
         Assert.Equal(n / 2 + 5 * (n / 64), BaseFormat.Parse("int4-g64-asym").StorageBytes(rows, cols));
+        Assert.Equal(n + 4 * rows, BaseFormat.Parse("llm-int8").StorageBytes(rows, cols));              // int8 codes + fp32 SCB
+        Assert.Equal(n / 2 + 4 * (n / 64), BaseFormat.Parse("hqq4").StorageBytes(rows, cols));          // fp16 scale + zero per 64
+        Assert.Equal(4.5, BaseFormat.Parse("hqq4").BitsPerWeight(rows, cols));
+        Assert.Equal(4 * ((n / 64 + 9) / 10) * 64 + 4 * (n / 64), BaseFormat.Parse("hqq3").StorageBytes(rows, cols)); // ten 3-bit codes per int32
+        Assert.Equal(n / 4 + 4 * (n / 64), BaseFormat.Parse("hqq2").StorageBytes(rows, cols));
+        Assert.Equal(n / 4 + 2, BaseFormat.Parse("ternary").StorageBytes(rows, cols));                 // 2 bits + one bf16 scale
+    }
+
+    [Fact]
+    public void New_kinds_read_their_structured_yaml_keys()
+    {
+        Assert.Equal("t4", LlmInt8Format.Kind.StructuredOption("threshold", "4"));
+        Assert.Null(LlmInt8Format.Kind.StructuredOption("threshold", "6.0"));
+        Assert.Contains("above 0", Assert.Throws<FormatException>(() => LlmInt8Format.Kind.StructuredOption("threshold", "0")).Message);
+        Assert.Equal("g128", HqqFormat.Kind.StructuredOption("group_size", "128"));
+        Assert.Null(HqqFormat.Kind.StructuredOption("group_size", "64"));
+        Assert.Contains("multiple of 8", Assert.Throws<FormatException>(() => HqqFormat.Kind.StructuredOption("group_size", "100")).Message);
+        Assert.Equal(new HqqFormat(3, 32), BaseFormat.Parse("hqq3-g32"));
+        Assert.Equal(new LlmInt8Format(4), BaseFormat.Parse("llm-int8-t4"));
+        Assert.Throws<ArgumentException>(() => new HqqFormat(5));
+        Assert.Throws<ArgumentException>(() => new LlmInt8Format(0));
     }
 
     [Theory]
@@ -71,6 +103,17 @@ public class BaseFormatTests
     [InlineData("fp4-b8192", "blocksize must be a power of two in [16, 4096]; got 8192")]
     [InlineData("nf4-dq3", "nested blocksize must be a power of two in [2, 4096]; got 3")]
     [InlineData("int4-g0", "bad size 'g0'")]
+    [InlineData("llm-int8-t0", "threshold must be a number above 0; got 0")]
+    [InlineData("llm-int8-t-1", "threshold must be a number above 0; got -1")]
+    [InlineData("llm-int8-tNaN", "threshold must be a number above 0; got NaN")]
+    [InlineData("llm-int8-x", "llm-int8 takes -t<threshold>")]
+    [InlineData("hqq5", "5 bits are not supported; hqq takes 2, 3, 4 or 8 bits")]
+    [InlineData("hqq1-g64", "1 bits are not supported")]
+    [InlineData("hqq4-g12", "group size must be a multiple of 8 in [8, 8192]; got 12")]
+    [InlineData("hqq4-g0", "group size must be a multiple of 8")]
+    [InlineData("hqq4-g16384", "got 16384")]
+    [InlineData("hqq4-b64", "hqq4 takes -g<groupsize>")]
+    [InlineData("ternary-a8", "ternary takes no options")]
     public void Block_and_group_sizes_are_validated_when_parsed(string text, string expected)
     {
         var e = Assert.Throws<FormatException>(() => BaseFormat.Parse(text));
@@ -90,10 +133,20 @@ public class BaseFormatTests
     [Fact]
     public void The_registry_maps_each_name_to_its_kind_and_each_format_to_its_layout()
     {
-        Assert.Equal(["none", "bf16", "fp16", "fp32", "nf4", "fp4", "int8", "int4", "int3", "gptq2", "gptq3", "gptq4", "gptq8", "awq4", "smoothquant"], BaseFormats.Names);
+        Assert.Equal(["none", "bf16", "fp16", "fp32", "nf4", "fp4", "int8", "int4", "int3", "llm-int8", "hqq2", "hqq3", "hqq4", "hqq8", "ternary", "gptq2", "gptq3", "gptq4", "gptq8", "awq4", "smoothquant"], BaseFormats.Names);
         Assert.Same(FourBitFormat.Kind, BaseFormats.KindOf("fp4"));
         Assert.Same(LinearQuantFormat.Kind, BaseFormats.KindOf("int4"));
-        Assert.Null(BaseFormats.KindOf("hqq4"));
+        Assert.Same(HqqFormat.Kind, BaseFormats.KindOf("hqq4"));
+        Assert.Same(HqqFormat.Kind, BaseFormats.KindOf("hqq5"));   // claimed, so that it gets its own error
+        Assert.Null(BaseFormats.KindOf("llm"));
+        Assert.Same(BitsAndBytesEightBitLayout.Instance, BaseFormat.Parse("llm-int8-t4").Layout);
+        Assert.Same(HqqLayout.Instance, BaseFormat.Parse("hqq3-g128").Layout);
+        Assert.Same(BitNetTernaryLayout.Instance, BaseFormat.Parse("ternary").Layout);
+        // BitNet and compressed-tensors W8A8 both keep "...weight_scale": the quant_method tells them apart.
+        static System.Text.Json.Nodes.JsonObject Method(string m) => new() { ["quant_method"] = m };
+        Assert.DoesNotContain(BitNetTernaryLayout.Instance, BaseFormats.LayoutsFor(Method("compressed-tensors")));
+        Assert.DoesNotContain(QLoraNet.Quant.SmoothQuant.W8A8Layout.Instance, BaseFormats.LayoutsFor(Method("bitnet")));
+        Assert.Equal([HqqLayout.Instance], BaseFormats.LayoutsFor(Method("hqq")).ToList());
         Assert.Same(BitsAndBytesFourBitLayout.Instance, BaseFormat.Parse("nf4-dq").Layout);
         Assert.Null(BaseFormat.Parse("int8").Layout);
         Assert.Null(BaseFormat.Parse("bf16").Layout);

@@ -85,7 +85,7 @@ public sealed class ConfigTests : IDisposable
     [Fact]
     public void Bad_enum_value_lists_the_choices()
     {
-        Assert.Equal("x.yaml:6: 'quantization.type' must be one of none, bf16, fp16, fp32, nf4, fp4, int8, int4, int3, gptq2, gptq3, gptq4, gptq8, awq4, smoothquant (or a whole spelling such as nf4-dq); got 'nf5'",
+        Assert.Equal("x.yaml:6: 'quantization.type' must be one of none, bf16, fp16, fp32, nf4, fp4, int8, int4, int3, llm-int8, hqq2, hqq3, hqq4, hqq8, ternary, gptq2, gptq3, gptq4, gptq8, awq4, smoothquant (or a whole spelling such as nf4-dq); got 'nf5'",
             ErrorOf(Minimal + "quantization:\n  type: nf5\n"));
         Assert.Equal("x.yaml:4: 'data.template' must be one of auto, llama2-chat, llama3, chatml, mistral-instruct, gemma, alpaca, none; got 'vicuna'",
             ErrorOf(Minimal.Replace("data:\n", "data:\n  template: vicuna\n")));
@@ -211,6 +211,13 @@ public sealed class ConfigTests : IDisposable
         Assert.Equal(BaseFormat.Parse("int4"), Yaml("quantization:\n  type: int4\n"));
         Assert.Equal(BaseFormat.Parse("int4-g64"), Yaml("quantization:\n  type: int4\n  blocksize: 64\n"));
         Assert.Equal(BaseFormat.Parse("int4-g64-asym"), Yaml("quantization:\n  type: int4-g64-asym\n  compute_dtype: fp32\n"));
+        Assert.Equal(BaseFormat.Parse("llm-int8"), Yaml("quantization: llm-int8\n"));
+        Assert.Equal(BaseFormat.Parse("llm-int8-t4"), Yaml("quantization:\n  type: llm-int8\n  threshold: 4\n"));
+        Assert.Equal(BaseFormat.Parse("hqq3-g128"), Yaml("quantization:\n  type: hqq3\n  group_size: 128\n"));
+        Assert.Equal(BaseFormat.Parse("ternary"), Yaml("quantization: ternary\n"));
+        Assert.Contains("'quantization': base format 'llm-int8-t0': threshold must be a number above 0", ErrorOf(Minimal + "quantization: llm-int8-t0\n"));
+        Assert.Contains("'quantization.threshold' applies to llm-int8 only; remove it for hqq4", ErrorOf(Minimal + "quantization:\n  type: hqq4\n  threshold: 4\n"));
+        Assert.Contains("'quantization.group_size' must be a multiple of 8", ErrorOf(Minimal + "quantization:\n  type: hqq4\n  group_size: 12\n"));
         // No type: QLoRA's default, nf4 with double quantization.
         Assert.Equal(BaseFormat.Parse("nf4-b128-dq"), Yaml("quantization:\n  blocksize: 128\n"));
         Assert.Equal("x.yaml:5: 'quantization': base format 'nf4-b8': blocksize must be a power of two in [16, 4096]; got 8",

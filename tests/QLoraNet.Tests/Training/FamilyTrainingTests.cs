@@ -42,4 +42,21 @@ public class FamilyTrainingTests
         Assert.Equal(("nf4-dq", DType.Fp32), (c.Quantization.Format.ToString(), c.Quantization.ComputeDtype));
         Assert.Equal(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], c.Lora.TargetModules);   // all-linear, from config.json
     }
+
+    [Fact]
+    public void The_bitnet_config_trains_lora_over_the_native_ternary_base_and_records_it()
+    {
+        using var tmp = Paths.Temp();
+        var (code, stdout, stderr) = CliRunner.Run("train", R("configs/tests/bitnet-tiny.yaml"),
+            $"model.path={R("tests/fixtures/families/bitnet")}", $"data.train={R("datasets/general/heldout.jsonl")}", $"output.dir={tmp["run"]}");
+        Assert.True(code == 0, stderr + stdout);
+        Assert.Contains("ternary matmul on cpu", stdout);
+        var losses = MetricsLog.Read(Path.Combine(tmp["run"], "metrics.csv")).Select(r => r.Loss).ToList();
+        Assert.Equal(8, losses.Count);
+        Assert.True(losses.TakeLast(2).Average() < 0.8 * losses.Take(2).Average(), $"bitnet: losses {string.Join(", ", losses.Select(l => l.ToString("F3")))}");
+        Assert.Contains("\"ternary\"", File.ReadAllText(Path.Combine(tmp["run"], "final", "qloranet.json")));
+        var c = TrainConfig.Load(R("configs/tests/bitnet-tiny.yaml"),
+            [$"model.path={R("tests/fixtures/families/bitnet")}", $"data.train={R("datasets/general/heldout.jsonl")}"]);
+        Assert.Equal(("ternary", DType.Fp32), (c.Quantization.Format.ToString(), c.Quantization.ComputeDtype));
+    }
 }

@@ -18,6 +18,10 @@ public sealed class FamilyReference
 
     public static TheoryData<string> All => new(Names);
 
+    /// <summary>Every fixture with a transformers reference, BitNet b1.58 (packed ternary, issue 17) included: the
+    /// parity tests run over these; the LoRA tests over <see cref="All"/> use float bases BitNet refuses.</summary>
+    public static TheoryData<string> WithBitNet => new([.. Names, "bitnet"]);
+
     public string Name { get; }
     public string Dir { get; }
     public IReadOnlyList<LogitsCase> Cases { get; }

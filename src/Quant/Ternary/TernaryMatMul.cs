@@ -1,0 +1,55 @@
+using QLoraNet.Quant.Kernels;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Quant;
+
+/// <summary>Which code sums the ternary product.</summary>
+public enum TernaryMatMulPath
+{
+    /// <summary>Add/subtract loop over the packed bytes on the CPU (<see cref="CpuTernaryKernel"/>).</summary>
+    CpuSimd,
+
+    /// <summary>Unpack to fp32 {-1, 0, 1} and matmul the integer activation codes (exact: every partial sum is an
+    /// integer below 2^24 while in_features &lt; 131072): the dequantize-then-matmul reference.</summary>
+    TorchOps,
+}
+
+/// <summary>
+/// The forward product of a BitNet b1.58 linear, transformers' AutoBitLinear in offline mode
+/// (y = linear(ActQuant(x), W_ternary) * weight_scale), with the activations kept as integer codes:
+/// <code>
+///   (n, s) = 8-bit codes and per-token scales of x          (<see cref="TernaryActivations"/>)
+///   C      = n @ W_ternary^T                                 exact integers: only additions and subtractions
+///   y      = (C / s) * weight_scale                          fp32, then the compute dtype
+/// </code>
+/// Every path computes the same integers C, so the result is bit-identical whichever runs. transformers sums the
+/// fp32 values n/s instead; the two differ by fp32 rounding of the sum (relative 2^-24 per term), the bound the
+/// BitNet parity test states.
+/// </summary>
+public static class TernaryMatMul
+{
+    /// <summary>y (..., out) in <paramref name="computeDType"/>.</summary>
+    public static Tensor Forward(Tensor x, TernaryWeight w, ScalarType computeDType, TernaryMatMulPath path)
+    {
+        using var scope = NewDisposeScope();
+        long k = w.Shape[1], m = w.Shape[0];
+        var leading = x.shape[..^1];
+        var (codes, scale) = TernaryActivations.Quantize(x.reshape(-1, k));               // (n, k) fp32 integers, (n)
+        var sums = Sums(codes, w, path);                                            // (n, m) fp32 integers
+        var y = sums / scale.unsqueeze(1) * w.Scale.to(ScalarType.Float32);
+        return y.to(computeDType).reshape([.. leading, m]).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>C = codes @ W_ternary^T as fp32 integers, by <paramref name="path"/>.</summary>
+    public static Tensor Sums(Tensor codes, TernaryWeight w, TernaryMatMulPath path)
+    {
+        using var scope = NewDisposeScope();
+        Tensor sums = path switch
+        {
+            TernaryMatMulPath.CpuSimd => CpuTernaryKernel.Multiply(codes.to(ScalarType.Int8).contiguous(), w.Packed.contiguous()).to(ScalarType.Float32),
+            _ => codes.matmul(w.Unpack().t()).to(ScalarType.Int32).to(ScalarType.Float32),   // through int32: no -0.0, as the kernels
+        };
+        return sums.MoveToOuterDisposeScope();
+    }
+}
