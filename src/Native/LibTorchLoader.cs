@@ -44,7 +44,12 @@ static class LibTorchLoader
         Verify(build);
     }
 
-    /// <summary>A library the build needs from outside its set: from the needing library's DT_RUNPATH, else by name (LD_LIBRARY_PATH, ld.so.cache).</summary>
+    /// <summary>
+    /// Best effort: a library the build needs from outside its set, from the needing library's DT_RUNPATH, else by
+    /// name (LD_LIBRARY_PATH, ld.so.cache). A failure here is not an error: some of these only resolve inside their
+    /// needing library's own load (PyTorch 2.11's libtorch_nvshmem.so needs symbols of libc10_cuda.so, which a lone
+    /// dlopen does not see), so the set's load below is what decides, and its loader error is what is reported.
+    /// </summary>
     static void LoadDependency(ElfLibrary lib, string need)
     {
         foreach (var dir in lib.SearchPaths)
@@ -52,12 +57,7 @@ static class LibTorchLoader
             string path = Path.Combine(dir, need);
             if (File.Exists(path) && NativeLibrary.TryLoad(path, out _)) return;
         }
-        try { NativeLibrary.Load(need); }
-        catch (DllNotFoundException e)
-        {
-            string where = lib.SearchPaths.Count > 0 ? $"its runpath ({string.Join(":", lib.SearchPaths)}), " : "";
-            throw new Failure($"{lib.Path} needs {need}, found neither in {where}LD_LIBRARY_PATH nor the system's library directories ({OneLine(e.Message)})", true);
-        }
+        NativeLibrary.TryLoad(need, out _);
     }
 
     /// <summary>Every library of the build is mapped from its directory (not another copy with the same SONAME).</summary>
