@@ -26,7 +26,7 @@ public static class LlamaLoader
         if (config.Architectures.Count > 0 && !config.Architectures.Contains(Architecture))
             throw new NotSupportedException($"{Path.Combine(modelDir, LlamaConfig.FileName)}: architecture {string.Join(", ", config.Architectures)} is not supported; QLoraNet loads {Architecture}");
 
-        using var ckpt = CheckpointReader.Open(modelDir);
+        using var ckpt = CheckpointReader.Open(modelDir, options.AllowNonFiniteWeights);
         var expected = ExpectedTensors(config, tieHead: config.TieWordEmbeddings);
         Validate(ckpt, expected, modelDir);
 
@@ -108,6 +108,7 @@ public static class LlamaLoader
             if (info.DType is not (ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32 or ScalarType.Float64))
                 throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' is {info.DType}; pre-quantized weights load only in bitsandbytes 4-bit layout (with a quant_state, see `quantize`); otherwise load the original float weights");
         }
+        RequireOneDTypePerKind(ckpt, expected);
         foreach (var name in ckpt.Names)
         {
             // A tied head may still be stored (HF ignores it and reuses the embedding); old checkpoints also carry
@@ -115,6 +116,26 @@ public static class LlamaLoader
             if (expected.ContainsKey(name) || name == "lm_head.weight" || name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)
                 || (QuantizedCheckpoint.IsStateOf(name, out var weight) && expected.ContainsKey(weight))) continue;
             throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor '{name}' for a {Architecture} with this config.json (wrong config or not a Llama checkpoint)");
+        }
+    }
+
+    /// <summary>
+    /// The dense matrices (embedding, projections, head) of a checkpoint share one dtype, and so do its norm
+    /// vectors (some checkpoints keep those in fp32). A tensor whose dtype differs from the rest of its kind has
+    /// had its header altered (a BF16 entry relabelled F16 has the same byte length and would load as garbage),
+    /// so it is refused by name. Where the kinds are split evenly there is no majority to trust and nothing is said.
+    /// </summary>
+    static void RequireOneDTypePerKind(CheckpointReader ckpt, Dictionary<string, Expected> expected)
+    {
+        var dense = expected.Keys.Where(n => !QuantizedCheckpoint.IsStored(ckpt, n)).Select(ckpt.Info).ToList();
+        foreach (var kind in dense.GroupBy(i => i.Shape.Length))
+        {
+            var byDType = kind.GroupBy(i => i.DType).OrderByDescending(g => g.Count()).ToList();
+            if (byDType.Count < 2 || byDType[0].Count() == byDType[1].Count()) continue;
+            var odd = byDType[1].OrderBy(i => i.Name, StringComparer.Ordinal).First();
+            throw new InvalidDataException(
+                $"{odd.ShardPath}: tensor '{odd.Name}' is {SafeTensorsDType.Name(odd.DType)} but the other {byDType[0].Count()} " +
+                $"{(kind.Key == 1 ? "norm weights" : "weight matrices")} are {SafeTensorsDType.Name(byDType[0].Key)}; its header was altered or the checkpoint mixes files from different saves");
         }
     }
 

@@ -13,8 +13,10 @@ namespace QLoraNet.Models;
 /// <paramref name="Device"/> in its stored dtype) -> the frozen linear. The loader disposes the weight after the call,
 /// so the factory must keep a converted copy or its own handle, never the argument itself.</param>
 /// <param name="FrozenDType">dtype of the embedding and norm weights; null = <paramref name="ComputeDType"/>.</param>
+/// <param name="AllowNonFiniteWeights">load weights holding NaN/Inf instead of refusing them by name.</param>
 public sealed record LoadOptions(
     Device Device,
     ScalarType ComputeDType,
     Func<string, Tensor, FrozenLinear> LinearFactory,
-    ScalarType? FrozenDType = null);
+    ScalarType? FrozenDType = null,
+    bool AllowNonFiniteWeights = false);

@@ -138,7 +138,8 @@ public class TrainingRunTests
     public void A_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint()
     {
         using var tmp = Paths.Temp();
-        // A copy of the tiny model whose final norm weight is NaN: every loss is NaN from the first step on.
+        // A copy of the tiny model whose final norm weight is huge (finite, so it loads): the logits overflow to
+        // Inf and every loss is NaN from the first step on.
         string model = tmp["model"];
         Directory.CreateDirectory(model);
         foreach (var f in Directory.GetFiles(Paths.TinyModel)) File.Copy(f, Path.Combine(model, Path.GetFileName(f)));
@@ -147,7 +148,7 @@ public class TrainingRunTests
             string shard = ckpt.Info("model.norm.weight").ShardPath;
             using var f = QLoraNet.Formats.SafeTensorsFile.Open(shard);
             var tensors = f.Names.ToDictionary(n => n, n => f.Read(n));
-            tensors["model.norm.weight"].fill_(double.NaN);
+            tensors["model.norm.weight"].fill_(3e38);
             QLoraNet.Formats.SafeTensors.Write(Path.Combine(model, Path.GetFileName(shard)), tensors);
         }
         var r = TrainingRun.Run(Config(tmp["run"], $"model.path={model}", "quantization.type=none", "quantization.double_quant=false"),
