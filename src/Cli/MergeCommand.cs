@@ -21,10 +21,11 @@ public static class MergeCommand
         var quantization = new Option<string>("--quantization") { Description = "write the merged projections 4-bit with bitsandbytes keys: none | nf4 | nf4-dq | fp4 | fp4-dq", DefaultValueFactory = _ => "none" };
         var shardSize = new Option<string>("--max-shard-size") { Description = "largest safetensors shard, e.g. 5GB, 500MB, 2GiB", DefaultValueFactory = _ => "5GB" };
         var overwrite = new Option<bool>("--overwrite") { Description = "replace a non-empty --out (only after the new checkpoint is complete)" };
+        var allowNonFinite = new Option<bool>("--allow-non-finite-weights") { Description = "merge base weights holding NaN/Inf instead of refusing them" };
         dtype.AcceptOnlyFromAmong("bf16", "fp16", "fp32");
 
         var cmd = new Command("merge", "merge a LoRA adapter into its base model and write a Hugging Face checkpoint");
-        foreach (var o in new Option[] { model, adapter, output, dtype, baseFormat, quantization, shardSize, overwrite }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, adapter, output, dtype, baseFormat, quantization, shardSize, overwrite, allowNonFinite }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
             // Ctrl-C stops between two tensors; the merge then deletes its temporary directory (a second Ctrl-C kills).
@@ -41,7 +42,8 @@ public static class MergeCommand
                 Quantization: ParseQuantization(pr.GetValue(quantization)!),
                 MaxShardBytes: ShardSize.Parse(pr.GetValue(shardSize)!),
                 Overwrite: pr.GetValue(overwrite),
-                OnTensor: _ => cts.Token.ThrowIfCancellationRequested());
+                OnTensor: _ => cts.Token.ThrowIfCancellationRequested(),
+                AllowNonFiniteWeights: pr.GetValue(allowNonFinite));
             LibTorchProbe.EnsureLoaded();
             string outDir = pr.GetValue(output)!;
             Console.CancelKeyPress += onCancel;

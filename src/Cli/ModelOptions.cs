@@ -19,6 +19,7 @@ public sealed class ModelOptions
     public Option<string?> DType { get; } = new("--dtype") { Description = "compute dtype fp32 | bf16 (default: fp32 on cpu, bf16 on cuda)" };
     public Option<string> Quantization { get; } = new("--quantization") { Description = "base format of the linears, quantized on load: none | nf4[-dq] | fp4[-dq] | int8 | int4[-g64] | bf16 ... (see docs/QUANTIZATION.md); a pre-quantized directory loads as stored", DefaultValueFactory = _ => "none" };
     public Option<string?> Adapter { get; } = new("--adapter") { Description = "peft LoRA adapter directory to apply (unmerged)" };
+    public Option<bool> AllowNonFinite { get; } = new("--allow-non-finite-weights") { Description = "load weights holding NaN/Inf instead of refusing them (to inspect a diverged or damaged checkpoint)" };
 
     public ModelOptions()
     {
@@ -28,7 +29,7 @@ public sealed class ModelOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Model, Device, DType, Quantization, Adapter }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Model, Device, DType, Quantization, Adapter, AllowNonFinite }) cmd.Options.Add(o);
     }
 
     /// <summary>Loaded model, tokenizer and config, plus what was chosen.</summary>
@@ -55,10 +56,12 @@ public sealed class ModelOptions
         var adapterConfig = adapterDir is null ? null : AdapterConfig.Load(adapterDir);
         QuantizedCheckpoint.RequireCompatible(dir, format); // a `quantize` output keeps its stored format
         var headDType = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : compute;
-        var model = LlamaLoader.Load(dir, new LoadOptions(device, compute, LinearPolicies.Quantized(format, compute, device, headDType)));
+        bool allowNonFinite = parsed.GetValue(AllowNonFinite);
+        var model = LlamaLoader.Load(dir, new LoadOptions(device, compute, LinearPolicies.Quantized(format, compute, device, headDType),
+            AllowNonFiniteWeights: allowNonFinite));
         try
         {
-            if (adapterDir != null) AdapterFiles.ApplyAndLoad(adapterDir, model);
+            if (adapterDir != null) AdapterFiles.ApplyAndLoad(adapterDir, model, allowNonFinite);
             model.eval();
         }
         catch

@@ -12,7 +12,7 @@ namespace QLoraNet.Formats;
 public static class SafeText
 {
     /// <summary>Escaped and clipped to <paramref name="maxChars"/> characters of input.</summary>
-    public static string Clip(string? text, int maxChars = 60)
+    public static string Clip(string? text, int maxChars = 100)
     {
         if (text is null) return "null";
         var sb = new StringBuilder(Math.Min(text.Length, maxChars) + 8);
@@ -47,7 +47,7 @@ public static class SafeText
     }
 
     /// <summary><see cref="Clip"/> in single quotes: how a message shows a value it read.</summary>
-    public static string Quote(string? text, int maxChars = 60) => text is null ? "null" : $"'{Clip(text, maxChars)}'";
+    public static string Quote(string? text, int maxChars = 100) => text is null ? "null" : $"'{Clip(text, maxChars)}'";
 
     static bool Printable(UnicodeCategory category) => category is not (UnicodeCategory.Control or UnicodeCategory.Format
         or UnicodeCategory.OtherNotAssigned or UnicodeCategory.Surrogate or UnicodeCategory.PrivateUse

@@ -12,10 +12,12 @@ namespace QLoraNet.Peft;
 /// <param name="MaxShardBytes">largest safetensors shard.</param>
 /// <param name="Overwrite">replace a non-empty output directory (only once the new one is complete).</param>
 /// <param name="OnTensor">called with each tensor's name as it is produced (progress; tests inject faults here).</param>
+/// <param name="AllowNonFiniteWeights">merge base weights holding NaN/Inf instead of refusing them by name.</param>
 public sealed record MergeOptions(
     ScalarType? DType = null,
     QuantSpec? BaseFormat = null,
     FourBitSpec? Quantization = null,
     long MaxShardBytes = CheckpointWriter.DefaultMaxShardBytes,
     bool Overwrite = false,
-    Action<string>? OnTensor = null);
+    Action<string>? OnTensor = null,
+    bool AllowNonFiniteWeights = false);

@@ -28,7 +28,7 @@ public static class MergedCheckpoint
         CheckOutput(target, options.Overwrite);
         string configPath = Path.Combine(modelDir, LlamaConfig.FileName);
         LlamaConfig.Load(modelDir);  // a readable Llama config, checked before any work
-        using var reader = CheckpointReader.Open(modelDir);
+        using var reader = CheckpointReader.Open(modelDir, options.AllowNonFiniteWeights);
         using var merge = AdapterMerge.Open(adapterDir, reader, options.BaseFormat);
         var dtype = options.DType ?? StoredDType(reader);
         string config = MergedModelConfig.Rewrite(File.ReadAllText(configPath), configPath, dtype, options.Quantization);
