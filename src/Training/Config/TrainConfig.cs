@@ -17,11 +17,17 @@ public sealed record TrainConfig(
     TrainingConfig Training,
     OutputConfig Output)
 {
+    /// <summary>A config is a few hundred bytes; a file larger than this is not one.</summary>
+    public const long MaxFileBytes = 1 << 20;
+
     /// <summary>Reads, overrides (<c>section.key=value</c>), binds and validates a config file.</summary>
     public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
     {
         if (!File.Exists(path)) throw new ConfigException($"config file '{path}' not found (relative paths resolve from the current directory {Environment.CurrentDirectory})");
-        return Parse(File.ReadAllText(path), path, overrides);
+        string text;
+        try { text = QLoraNet.Formats.UserFile.ReadText(path, MaxFileBytes, "config file"); }
+        catch (InvalidDataException e) { throw new ConfigException(e.Message); }
+        return Parse(text, path, overrides);
     }
 
     /// <summary>Like <see cref="Load"/> on YAML text; <paramref name="file"/> names it in messages.</summary>
@@ -60,24 +66,8 @@ public sealed record TrainConfig(
 
     static YamlMappingNode ReadRoot(string yaml, ConfigSource source)
     {
-        var stream = new YamlStream();
-        try
-        {
-            stream.Load(new StringReader(yaml));
-        }
-        catch (YamlException e)
-        {
-            // YamlDotNet's message repeats the position as "(Line: 3, Col: 5, Idx: ...) - (...)": keep only the reason.
-            string reason = e.InnerException?.Message ?? e.Message;
-            int dash = reason.LastIndexOf("): ", StringComparison.Ordinal);
-            if (dash >= 0) reason = reason[(dash + 3)..];
-            throw new ConfigException($"{source.File}:{e.Start.Line}: malformed YAML: {reason}");
-        }
-        catch (InvalidOperationException e)
-        {
-            // YamlDotNet 18's scanner throws this, with no position, on some unclosed flow collections ("[8").
-            throw new ConfigException($"{source.File}: malformed YAML ({e.Message}); check for an unclosed [ or {{");
-        }
+        if (yaml.Length > MaxFileBytes) throw new ConfigException($"{source.File}: {yaml.Length} characters is more than a config file may hold ({MaxFileBytes})");
+        var stream = BoundedYaml.Load(yaml, line => $"{source.File}:{line}");
         if (stream.Documents.Count == 0) return new YamlMappingNode();
         if (stream.Documents.Count > 1) throw new ConfigException($"{source.File}: holds {stream.Documents.Count} YAML documents; a config is one");
         return stream.Documents[0].RootNode as YamlMappingNode
