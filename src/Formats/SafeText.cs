@@ -12,7 +12,15 @@ namespace QLoraNet.Formats;
 public static class SafeText
 {
     /// <summary>Escaped and clipped to <paramref name="maxChars"/> characters of input.</summary>
-    public static string Clip(string? text, int maxChars = 100)
+    public static string Clip(string? text, int maxChars = 100) => Escape(text, maxChars, escapeBackslash: true);
+
+    /// <summary>
+    /// For a whole message that already quotes its values with <see cref="Clip"/>: escapes only what must never
+    /// reach a terminal (control and invisible characters), leaving backslashes as they are, and caps the length.
+    /// </summary>
+    public static string Line(string text, int maxChars) => Escape(text, maxChars, escapeBackslash: false);
+
+    static string Escape(string? text, int maxChars, bool escapeBackslash)
     {
         if (text is null) return "null";
         var sb = new StringBuilder(Math.Min(text.Length, maxChars) + 8);
@@ -33,7 +41,7 @@ public static class SafeText
                 case '\n': sb.Append("\\n"); break;
                 case '\r': sb.Append("\\r"); break;
                 case '\t': sb.Append("\\t"); break;
-                case '\\': sb.Append("\\\\"); break;
+                case '\\': sb.Append(escapeBackslash ? "\\\\" : "\\"); break;
                 default:
                     if (c < 0x80 ? c >= 0x20 && c != 0x7f : !char.IsSurrogate(c) && Printable(CharUnicodeInfo.GetUnicodeCategory(c)))
                         sb.Append(c);

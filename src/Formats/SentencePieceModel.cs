@@ -27,7 +27,7 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: not found (a Llama model directory needs its SentencePiece {FileName})", path);
         try
         {
-            return Parse(File.ReadAllBytes(path));
+            return Parse(UserFile.ReadBytes(path, 64L << 20, FileName));
         }
         catch (InvalidDataException e)
         {
@@ -52,7 +52,7 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
                     var (f, w) = spec.Tag();
                     if (w == 0 && f is >= 40 and <= 43)
                     {
-                        int id = (int)spec.Varint();
+                        int id = (int)(long)spec.Varint();  // int32 fields: negative values are 10-byte varints
                         if (f == 40) unk = id; else if (f == 41) bos = id; else if (f == 42) eos = id; else pad = id;
                     }
                     else spec.Skip(w);
@@ -73,9 +73,19 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
         while (!r.End)
         {
             var (field, wire) = r.Tag();
-            if (field == 1 && wire == 2) text = Encoding.UTF8.GetString(r.LengthDelimited());
+            if (field == 1 && wire == 2)
+            {
+                var raw = r.LengthDelimited();
+                if (!System.Text.Unicode.Utf8.IsValid(raw)) throw new InvalidDataException("a piece is not valid UTF-8");
+                text = Encoding.UTF8.GetString(raw);
+            }
             else if (field == 2 && wire == 5) score = BitConverter.ToSingle(r.Fixed32());
-            else if (field == 3 && wire == 0) type = (PieceType)(int)r.Varint();
+            else if (field == 3 && wire == 0)
+            {
+                ulong t = r.Varint();
+                if (t is < 1 or > 6) throw new InvalidDataException($"piece type {t} is not a SentencePiece type (1-6)");
+                type = (PieceType)(int)t;
+            }
             else r.Skip(wire);
         }
         return new Piece(text, score, type);

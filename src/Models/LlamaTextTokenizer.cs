@@ -20,8 +20,7 @@ public sealed class LlamaTextTokenizer
         if (!File.Exists(modelPath))
             throw new FileNotFoundException($"{modelPath} not found: the model directory needs the SentencePiece tokenizer.model (only Llama SentencePiece tokenizers are supported)");
         var (addBos, addEos) = ReadSpecialTokenFlags(Path.Combine(modelDir, "tokenizer_config.json"));
-        using var stream = File.OpenRead(modelPath);
-        return new LlamaTextTokenizer(LlamaTokenizer.Create(stream, addBeginOfSentence: addBos, addEndOfSentence: addEos));
+        return new LlamaTextTokenizer(SentencePieceFile.Create(modelPath, addBos, addEos));
     }
 
     public int BosId => tokenizer.BeginningOfSentenceId;
@@ -43,15 +42,9 @@ public sealed class LlamaTextTokenizer
     static (bool AddBos, bool AddEos) ReadSpecialTokenFlags(string configPath)
     {
         if (!File.Exists(configPath)) return (true, false);
-        try
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllText(configPath));
-            return (Flag(doc.RootElement, "add_bos_token", true), Flag(doc.RootElement, "add_eos_token", false));
-        }
-        catch (JsonException e)
-        {
-            throw new InvalidDataException($"{configPath} is not valid JSON ({e.Message}); fix or delete it (defaults: add_bos_token true, add_eos_token false)");
-        }
+        using var doc = QLoraNet.Formats.UserFile.ReadJson(configPath, what: "tokenizer config");
+        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{configPath}: expected a JSON object");
+        return (Flag(doc.RootElement, "add_bos_token", true), Flag(doc.RootElement, "add_eos_token", false));
 
         bool Flag(JsonElement root, string name, bool fallback) =>
             root.TryGetProperty(name, out var v) ? v.ValueKind switch
@@ -59,7 +52,7 @@ public sealed class LlamaTextTokenizer
                 JsonValueKind.True => true,
                 JsonValueKind.False => false,
                 JsonValueKind.Null => fallback,
-                _ => throw new InvalidDataException($"{configPath}: {name} must be true or false, got {v.GetRawText()}"),
+                _ => throw new InvalidDataException($"{configPath}: {name} must be true or false, got {QLoraNet.Formats.SafeText.Clip(v.GetRawText(), 40)}"),
             } : fallback;
     }
 }

@@ -213,7 +213,7 @@ public static class QuantizedCheckpoint
     /// </summary>
     static void WriteConfig(string modelDir, string outDir, FourBitSpec spec)
     {
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(modelDir, LlamaConfig.FileName)))!.AsObject();
+        var config = UserFile.ReadJsonNode(Path.Combine(modelDir, LlamaConfig.FileName))!.AsObject();
         config["quantization_config"] = BitsAndBytesConfig(spec, "bfloat16");
         File.WriteAllText(Path.Combine(outDir, LlamaConfig.FileName), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }

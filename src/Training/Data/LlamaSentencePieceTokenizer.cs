@@ -20,8 +20,7 @@ public sealed class LlamaSentencePieceTokenizer : ITokenizer
     {
         string file = Directory.Exists(modelDirOrFile) ? Path.Combine(modelDirOrFile, "tokenizer.model") : modelDirOrFile;
         if (!File.Exists(file)) throw new FileNotFoundException($"tokenizer file '{file}' not found; a Llama model directory holds tokenizer.model", file);
-        using var stream = File.OpenRead(file);
-        return new LlamaSentencePieceTokenizer(LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false));
+        return new LlamaSentencePieceTokenizer(QLoraNet.Models.SentencePieceFile.Create(file, addBos: false, addEos: false));
     }
 
     public IReadOnlyList<int> Encode(string text, bool addBos, bool addEos) =>

@@ -73,3 +73,36 @@ public class ConfigLimitsTests
         Assert.Single(err.Trim().Split('\n'));
     }
 }
+
+/// <summary>The model directory's JSON files: bounded, UTF-8, no duplicate keys, one line naming the file.</summary>
+public class ModelJsonFileTests
+{
+    [Theory]
+    [InlineData("{\"hidden_size\": 8, \"hidden_size\": 16}", "Duplicate property 'hidden_size'")]
+    [InlineData("{\"a\": \"\xff\"}", "not valid UTF-8")]
+    [InlineData("[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", "depth")]
+    [InlineData("{\"architectures\": \"LlamaForCausalLM\", \"model_type\": \"llama\", \"hidden_size\": {}}", "'hidden_size' must be an integer")]
+    public void Bad_config_json_is_one_line_naming_the_file(string json, string expected)
+    {
+        using var tmp = Paths.Temp();
+        File.WriteAllBytes(tmp["config.json"], System.Text.Encoding.Latin1.GetBytes(json));
+        var e = Assert.ThrowsAny<Exception>(() => LlamaConfig.Load(tmp.Path));
+        Assert.Contains(tmp["config.json"], e.Message);
+        Assert.Contains(expected, e.Message);
+        Assert.DoesNotContain("\n", e.Message);
+    }
+
+    [Fact]
+    public void Config_json_that_is_a_fifo_or_too_big_is_refused_without_blocking()
+    {
+        using var tmp = Paths.Temp();
+        File.WriteAllText(tmp["config.json"], "{\"x\": \"" + new string('y', (int)UserFile.MaxJsonBytes) + "\"}");
+        Assert.Contains("limit", Assert.Throws<InvalidDataException>(() => LlamaConfig.Load(tmp.Path)).Message);
+        if (OperatingSystem.IsWindows()) return;
+        File.Delete(tmp["config.json"]);
+        using (var p = System.Diagnostics.Process.Start("mkfifo", tmp["config.json"])) p.WaitForExit();
+        var task = Task.Run(() => Assert.ThrowsAny<Exception>(() => LlamaConfig.Load(tmp.Path)));
+        Assert.True(task.Wait(TimeSpan.FromSeconds(30)), "reading a FIFO config.json blocked");
+        Assert.Contains("FIFO", task.Result.Message);
+    }
+}
