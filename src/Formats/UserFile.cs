@@ -97,45 +97,54 @@ public static class UserFile
     public static readonly JsonDocumentOptions JsonOptions = new() { MaxDepth = MaxJsonDepth, AllowDuplicateProperties = false };
 
     /// <summary>
-    /// The lines of a UTF-8 text file, numbered from 1, read as a stream: a line longer than
-    /// <paramref name="maxLineChars"/> (one endless line, binary data) fails when the limit is passed, so memory stays
-    /// bounded whatever the file holds. "\n", "\r\n" and "\r" end lines; invalid UTF-8 is refused naming the line.
+    /// The lines of a UTF-8 text file, numbered from 1, read as a stream of bytes: a line longer than
+    /// <paramref name="maxLineBytes"/> (one endless line, binary data) fails when the limit is passed, so memory stays
+    /// bounded whatever the file holds. "\n", "\r\n" and "\r" end lines; a line that is not UTF-8 is refused by number.
     /// </summary>
-    public static IEnumerable<(int Line, string Text)> ReadLines(string path, int maxLineChars, string what = "file")
+    public static IEnumerable<(int Line, string Text)> ReadLines(string path, int maxLineBytes, string what = "file")
     {
         using var stream = OpenRead(path, what);
-        using var reader = new StreamReader(stream, new UTF8Encoding(false, throwOnInvalidBytes: true), detectEncodingFromByteOrderMarks: true);
-        var line = new StringBuilder();
-        var buffer = new char[8192];
+        var line = new MemoryStream();
+        var buffer = new byte[1 << 16];
+        var strict = new UTF8Encoding(false, throwOnInvalidBytes: true);
         int number = 1;
-        bool pendingCr = false;
-        while (true)
+        bool pendingCr = false, first = true;
+        int n;
+        while ((n = stream.Read(buffer, 0, buffer.Length)) > 0)
         {
-            int n;
-            try { n = reader.Read(buffer, 0, buffer.Length); }
-            catch (DecoderFallbackException) { throw new InvalidDataException($"{path}:{number}: not valid UTF-8 text"); }
-            if (n == 0) break;
+            int start = 0;
             for (int i = 0; i < n; i++)
             {
-                char c = buffer[i];
+                byte b = buffer[i];
                 if (pendingCr)
                 {
                     pendingCr = false;
-                    if (c == '\n') continue;
+                    if (b == (byte)'\n') { start = i + 1; continue; }
                 }
-                if (c is '\n' or '\r')
-                {
-                    yield return (number++, line.ToString());
-                    line.Clear();
-                    pendingCr = c == '\r';
-                    continue;
-                }
-                if (line.Length >= maxLineChars)
-                    throw new InvalidDataException($"{path}:{number}: line longer than {maxLineChars} characters (a binary file, or records not separated by newlines?)");
-                line.Append(c);
+                if (b is not ((byte)'\n' or (byte)'\r')) continue;
+                line.Write(buffer, start, i - start);
+                start = i + 1;
+                if (line.Length > maxLineBytes) throw LineTooLong(path, number, maxLineBytes);
+                yield return (number++, Decode(line, strict, path, number - 1, ref first));
+                line.SetLength(0);
+                pendingCr = b == (byte)'\r';
             }
+            line.Write(buffer, start, n - start);
+            if (line.Length > maxLineBytes) throw LineTooLong(path, number, maxLineBytes);
         }
-        if (line.Length > 0) yield return (number, line.ToString());
+        if (line.Length > 0) yield return (number, Decode(line, strict, path, number, ref first));
+    }
+
+    static InvalidDataException LineTooLong(string path, int line, int max) =>
+        new($"{path}:{line}: line longer than {max} bytes (a binary file, or records not separated by newlines?)");
+
+    static string Decode(MemoryStream line, UTF8Encoding strict, string path, int number, ref bool first)
+    {
+        var bytes = line.GetBuffer().AsSpan(0, (int)line.Length);
+        if (first && bytes.StartsWith(Encoding.UTF8.Preamble)) bytes = bytes[3..];
+        first = false;
+        try { return strict.GetString(bytes); }
+        catch (DecoderFallbackException) { throw new InvalidDataException($"{path}:{number}: not valid UTF-8 text"); }
     }
 
     /// <summary>Refuses bytes that are not UTF-8, naming the line (1-based) of the first bad sequence.</summary>

@@ -6,17 +6,17 @@ namespace QLoraNet.Training.Data;
 /// <summary>
 /// The rows of a JSON Lines file (one JSON object per line; blank lines are ignored). A line that is not a JSON
 /// object is a <see cref="BadRowException"/> naming file and line, raised when that row is reached. The file is
-/// streamed with a cap on the line length (<see cref="MaxLineChars"/>), so one endless line fails at once instead
+/// streamed with a cap on the line length (<see cref="MaxLineBytes"/>), so one endless line fails at once instead
 /// of filling memory.
 /// </summary>
 public static class JsonlRows
 {
-    /// <summary>The longest row accepted: far above any conversation a model with a 100k context could train on.</summary>
-    public const int MaxLineChars = 8 << 20;
+    /// <summary>The longest row accepted (bytes): far above any conversation a model with a 100k context could train on.</summary>
+    public const int MaxLineBytes = 16 << 20;
 
     public static IEnumerable<Func<RowParser.Row>> Read(string path)
     {
-        foreach (var (lineNumber, line) in UserFile.ReadLines(path, MaxLineChars, "JSONL data file"))
+        foreach (var (lineNumber, line) in UserFile.ReadLines(path, MaxLineBytes, "JSONL data file"))
         {
             if (line.Trim().Length == 0) continue;
             string origin = $"{path}:{lineNumber}";

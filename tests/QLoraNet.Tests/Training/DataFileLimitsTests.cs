@@ -28,9 +28,9 @@ public sealed class DataFileLimitsTests : IDisposable
         {
             w.WriteLine("{\"text\": \"fine\"}");
             var chunk = new string('a', 1 << 20);
-            for (int i = 0; i < 9; i++) w.Write(chunk);   // 9 Mi characters, no newline
+            for (int i = 0; i < 17; i++) w.Write(chunk);   // 17 MiB, no newline
         }
-        Assert.StartsWith($"{path}:2: line longer than {JsonlRows.MaxLineChars} characters", ReadError(path));
+        Assert.StartsWith($"{path}:2: line longer than {JsonlRows.MaxLineBytes} bytes", ReadError(path));
     }
 
     [Fact]
