@@ -41,7 +41,7 @@ public static partial class GgufLlamaNames
         if (hfName == "lm_head.weight") return Output;
         var m = LayerName().Match(hfName);
         if (m.Success && LayerParts.TryGetValue(m.Groups[2].Value, out var part)) return $"blk.{m.Groups[1].Value}.{part}";
-        throw new NotSupportedException($"tensor '{hfName}' has no llama.cpp counterpart (is this a plain LlamaForCausalLM checkpoint? biases and extra modules are not supported)");
+        throw new NotSupportedException($"tensor {SafeText.Quote(hfName)} has no llama.cpp counterpart (is this a plain LlamaForCausalLM checkpoint? biases and extra modules are not supported)");
     }
 
     [GeneratedRegex(@"^model\.layers\.(\d+)\.(.+)$")]

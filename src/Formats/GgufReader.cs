@@ -39,12 +39,12 @@ public sealed class GgufReader : IDisposable
     }
 
     public GgufValue this[string key] =>
-        Metadata.FirstOrDefault(kv => kv.Key == key).Value ?? throw new KeyNotFoundException($"{Path}: no metadata key '{key}'");
+        Metadata.FirstOrDefault(kv => kv.Key == key).Value ?? throw new KeyNotFoundException($"{Path}: no metadata key {SafeText.Quote(key)}");
 
     public bool Has(string key) => Metadata.Any(kv => kv.Key == key);
 
     public GgufTensorInfo Tensor(string name) =>
-        Tensors.FirstOrDefault(t => t.Name == name) ?? throw new KeyNotFoundException($"{Path}: no tensor '{name}'");
+        Tensors.FirstOrDefault(t => t.Name == name) ?? throw new KeyNotFoundException($"{Path}: no tensor {SafeText.Quote(name)}");
 
     public static GgufReader Open(string path)
     {
@@ -82,7 +82,7 @@ public sealed class GgufReader : IDisposable
                 string name = ReadString(r, path);
                 if (tensors.Any(t => t.Name == name)) throw Corrupt(path, $"tensor {SafeText.Quote(name)} appears twice");
                 uint nDims = r.ReadUInt32();
-                if (nDims > 4) throw Corrupt(path, $"tensor '{name}' has {nDims} dims (ggml allows at most 4)");
+                if (nDims > 4) throw Corrupt(path, $"tensor {SafeText.Quote(name)} has {nDims} dims (ggml allows at most 4)");
                 var dims = new long[nDims];
                 for (int d = 0; d < nDims; d++)
                 {

@@ -115,7 +115,7 @@ public static class LlamaLoader
             // the derived rotary inv_freq buffers. Anything else means the config and the weights disagree.
             if (expected.ContainsKey(name) || name == "lm_head.weight" || name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)
                 || (QuantizedCheckpoint.IsStateOf(name, out var weight) && expected.ContainsKey(weight))) continue;
-            throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor '{name}' for a {Architecture} with this config.json (wrong config or not a Llama checkpoint)");
+            throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor {SafeText.Quote(name)} for a {Architecture} with this config.json (wrong config or not a Llama checkpoint)");
         }
     }
 

@@ -40,7 +40,7 @@ internal static class ConfigOverrides
                     map.Children[key] = child;
                 }
                 map = child as YamlMappingNode ?? throw new ConfigException(
-                    $"override '{text}': '{string.Join('.', path[..(i + 1)])}' is a value, not a section");
+                    $"override '{text}': {QLoraNet.Formats.SafeText.Quote(string.Join('.', path[..(i + 1)]))} is a value, not a section");
             }
             var leaf = new YamlScalarNode(path[^1]);
             if (!map.Children.ContainsKey(leaf)) source.MarkOverride(leaf, text);

@@ -51,9 +51,9 @@ public sealed record LoraConfig(
         if (targets.Count == 0) throw s.ErrorAt("target_modules", $"'{s.Full("target_modules")}' is empty; name at least one of {AllLinear}, {string.Join(", ", LlamaLinearNames)}");
         foreach (var t in targets)
             if (!LlamaLinearNames.Contains(t))
-                throw s.ErrorAt("target_modules", $"'{s.Full("target_modules")}' has unknown module '{t}'; valid: {AllLinear} (alone) or any of {string.Join(", ", LlamaLinearNames)}");
+                throw s.ErrorAt("target_modules", $"'{s.Full("target_modules")}' has unknown module {QLoraNet.Formats.SafeText.Quote(t, 40)}; valid: {AllLinear} (alone) or any of {string.Join(", ", LlamaLinearNames)}");
         if (targets.Distinct().Count() != targets.Count)
-            throw s.ErrorAt("target_modules", $"'{s.Full("target_modules")}' names a module twice: {string.Join(", ", targets)}");
+            throw s.ErrorAt("target_modules", $"'{s.Full("target_modules")}' names a module twice: {QLoraNet.Formats.SafeText.Clip(string.Join(", ", targets), 200)}");
         return targets;
     }
 

@@ -1,0 +1,228 @@
+using System.Text;
+using QLoraNet.Formats;
+using QLoraNet.Models;
+using QLoraNet.Peft;
+using QLoraNet.Training.Config;
+using QLoraNet.Training.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Tests.Fuzz;
+
+/// <summary>
+/// One reader under fuzzing: the file name its input is written to, valid seed inputs to mutate, and what the
+/// program does with such a file. Shared by the CsCheck properties (ReaderFuzzTests) and the coverage-guided
+/// SharpFuzz harness (tests/QLoraNet.Fuzz, scripts/fuzz/).
+/// </summary>
+public sealed record FuzzTarget(string Name, string FileName, Func<IReadOnlyList<byte[]>> Seeds, Action<string> Run)
+{
+    public override string ToString() => Name;
+}
+
+/// <summary>
+/// Every reader of user input, each set up in its own scratch directory (the index target needs shards beside its
+/// index, the YAML target a model and a data file to point at). An input may only end in an
+/// <see cref="IsCleanError">expected, one-line error</see>.
+/// </summary>
+public sealed class FuzzTargets : IDisposable
+{
+    readonly string root = Path.Combine(Path.GetTempPath(), "qln-fuzz-" + Guid.NewGuid().ToString("N")[..12]);
+
+    public FuzzTargets()
+    {
+        Directory.CreateDirectory(root);
+        All = [SafeTensorsTarget(), IndexTarget(), ConfigJsonTarget(), AdapterConfigTarget(), TokenizerTarget(),
+            YamlTarget(), OverrideTarget(), JsonlTarget(), CsvTarget(), GgufTarget()];
+    }
+
+    public IReadOnlyList<FuzzTarget> All { get; }
+
+    public FuzzTarget this[string name] => All.First(t => t.Name == name);
+
+    public void Dispose()
+    {
+        try { Directory.Delete(root, recursive: true); } catch (IOException) { }
+    }
+
+    /// <summary>The kinds of exception a reader may end with: a user error, with one short printable line.</summary>
+    public static bool IsCleanError(Exception e, out string why)
+    {
+        why = "";
+        if (e is not (InvalidDataException or NotSupportedException or FileNotFoundException or ConfigException))
+            why = $"unexpected exception type {e.GetType().FullName}";
+        else if (e.Message.Contains('\n') || e.Message.Contains('\r')) why = "message spans several lines";
+        else if (e.Message.Length > 1200) why = $"message of {e.Message.Length} characters";
+        else if (e.Message.Any(c => char.IsControl(c))) why = "message holds a control character";
+        return why.Length == 0;
+    }
+
+    string Dir(string name)
+    {
+        string d = Path.Combine(root, name);
+        Directory.CreateDirectory(d);
+        return d;
+    }
+
+    static byte[] SafeTensorsBytes(string path, Dictionary<string, Tensor> tensors, Dictionary<string, string>? metadata = null)
+    {
+        SafeTensors.Write(path, tensors, metadata);
+        foreach (var t in tensors.Values) t.Dispose();
+        var bytes = File.ReadAllBytes(path);
+        File.Delete(path);
+        return bytes;
+    }
+
+    FuzzTarget SafeTensorsTarget()
+    {
+        string dir = Dir("safetensors");
+        return new("safetensors", Path.Combine(dir, "model.safetensors"), () =>
+        [
+            SafeTensorsBytes(Path.Combine(dir, "a"), new() { ["w"] = arange(6f).reshape(2, 3), ["b"] = ones(3, ScalarType.BFloat16), ["i"] = arange(4L) },
+                new() { ["format"] = "pt" }),
+            SafeTensorsBytes(Path.Combine(dir, "b"), new() { ["model.layers.0.self_attn.q_proj.weight"] = zeros(4, 4, ScalarType.Float16), ["s"] = tensor(1.5f) }),
+        ], path =>
+        {
+            using var f = SafeTensorsFile.Open(path);
+            foreach (var name in f.Names) f.Read(name).Dispose();
+        });
+    }
+
+    FuzzTarget IndexTarget()
+    {
+        string dir = Dir("index");
+        SafeTensors.Write(Path.Combine(dir, "model-00001-of-00002.safetensors"), new Dictionary<string, Tensor> { ["a.weight"] = ones(2), ["b.weight"] = ones(3) });
+        SafeTensors.Write(Path.Combine(dir, "model-00002-of-00002.safetensors"), new Dictionary<string, Tensor> { ["c.weight"] = ones(4) });
+        string index = """{"metadata": {"total_size": 36}, "weight_map": {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00001-of-00002.safetensors", "c.weight": "model-00002-of-00002.safetensors"}}""";
+        return new("index", Path.Combine(dir, CheckpointReader.IndexFile),
+            () => [Encoding.UTF8.GetBytes(index), File.ReadAllBytes(Path.Combine(Paths.TinyModel, CheckpointReader.IndexFile))],
+            _ =>
+            {
+                using var ckpt = CheckpointReader.Open(dir);
+                foreach (var name in ckpt.Names) ckpt.Read(name).Dispose();
+            });
+    }
+
+    FuzzTarget ConfigJsonTarget()
+    {
+        string dir = Dir("config");
+        return new("config.json", Path.Combine(dir, LlamaConfig.FileName),
+            () => [File.ReadAllBytes(Path.Combine(Paths.TinyModel, LlamaConfig.FileName)),
+                   Encoding.UTF8.GetBytes("""{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":11008,"num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"vocab_size":32000,"rms_norm_eps":1e-05,"rope_scaling":null,"eos_token_id":[2,3],"head_dim":128}""")],
+            path =>
+            {
+                var c = LlamaConfig.Load(path);
+                _ = c.ParameterCount;
+            });
+    }
+
+    FuzzTarget AdapterConfigTarget()
+    {
+        string dir = Dir("adapter");
+        var config = new AdapterConfig(8, 16, 0.05, ["q_proj", "v_proj"], LayersToTransform: [0, 1]);
+        return new("adapter_config.json", Path.Combine(dir, AdapterConfig.FileName),
+            () => [Encoding.UTF8.GetBytes(config.ToJson().ToJsonString())],
+            path =>
+            {
+                var c = AdapterConfig.Load(path);
+                _ = c.ToSettings();
+            });
+    }
+
+    FuzzTarget TokenizerTarget()
+    {
+        string dir = Dir("tokenizer");
+        return new("tokenizer.model", Path.Combine(dir, SentencePieceModel.FileName),
+            () => [File.ReadAllBytes(Path.Combine(Paths.TinyModel, SentencePieceModel.FileName))],
+            path =>
+            {
+                var m = SentencePieceModel.Load(path);
+                _ = m.Pieces.Count;
+                var tok = SentencePieceFile.Create(path, addBos: true, addEos: false);
+                tok.EncodeToIds("Hello world! 1234 ünïcode");
+            });
+    }
+
+    string DataFile()
+    {
+        string f = Path.Combine(Dir("data"), "t.jsonl");
+        File.WriteAllText(f, "{\"text\": \"hello\"}\n");
+        return f;
+    }
+
+    FuzzTarget YamlTarget()
+    {
+        string dir = Dir("yaml"), train = DataFile();
+        string quickstart = File.ReadAllText(Path.Combine(Paths.RepoRoot, "configs", "quickstart.yaml"))
+            .Replace("models/tiny-llama-sotu", Paths.TinyModel)
+            .Replace("datasets/sales/train.jsonl", train).Replace("datasets/sales/validation.jsonl", train);
+        return new("yaml", Path.Combine(dir, "config.yaml"),
+            () => [Encoding.UTF8.GetBytes(quickstart), Encoding.UTF8.GetBytes($"model: {{path: {Paths.TinyModel}}}\ndata: {{train: [{train}]}}\nlora: {{r: 8, target_modules: [q_proj, v_proj], layers: [0, 1]}}\n")],
+            path => TrainConfig.Load(path).ToYaml());
+    }
+
+    FuzzTarget OverrideTarget()
+    {
+        string dir = Dir("override"), train = DataFile();
+        string minimal = $"model: {{path: {Paths.TinyModel}}}\ndata: {{train: [{train}]}}\n";
+        return new("override", Path.Combine(dir, "override.txt"),
+            () => [Encoding.UTF8.GetBytes("lora.target_modules=[q_proj, v_proj]"), Encoding.UTF8.GetBytes("training.learning_rate=1e-4"),
+                   Encoding.UTF8.GetBytes("data.columns={messages: conv}")],
+            path =>
+            {
+                // The override arrives as a command-line argument: text, decoded leniently as the shell would pass it.
+                string text = Encoding.UTF8.GetString(UserFile.ReadBytes(path, Mutator.MaxBytes));
+                TrainConfig.Parse(minimal, "x.yaml", [text]);
+            });
+    }
+
+    FuzzTarget JsonlTarget()
+    {
+        string dir = Dir("jsonl");
+        var lines = File.ReadLines(Path.Combine(Paths.RepoRoot, "datasets", "sales", "train.jsonl")).Take(3);
+        var instruction = File.ReadLines(Path.Combine(Paths.RepoRoot, "datasets", "sales", "train_instruction.jsonl")).Take(3);
+        return new("jsonl", Path.Combine(dir, "train.jsonl"),
+            () => [Encoding.UTF8.GetBytes(string.Join("\n", lines) + "\n"), Encoding.UTF8.GetBytes(string.Join("\r\n", instruction))],
+            path =>
+            {
+                ExampleFiles.Read([path], DataFormat.Chat, new ColumnMapping(), skipBadRows: true);
+                ExampleFiles.Read([path], DataFormat.Instruction, new ColumnMapping(), skipBadRows: false);
+            });
+    }
+
+    FuzzTarget CsvTarget()
+    {
+        string dir = Dir("csv");
+        var csv = File.ReadLines(Path.Combine(Paths.RepoRoot, "datasets", "sales", "train_instruction.csv")).Take(4);
+        const string chat = "messages,extra\n\"[{\"\"role\"\": \"\"user\"\", \"\"content\"\": \"\"hi\"\"}, {\"\"role\"\": \"\"assistant\"\", \"\"content\"\": \"\"hello, there\"\"}]\",x\n";
+        return new("csv", Path.Combine(dir, "train.csv"),
+            () => [Encoding.UTF8.GetBytes(string.Join("\n", csv) + "\n"), Encoding.UTF8.GetBytes(chat)],
+            path =>
+            {
+                ExampleFiles.Read([path], DataFormat.Instruction, new ColumnMapping(), skipBadRows: true);
+                ExampleFiles.Read([path], DataFormat.Chat, new ColumnMapping(), skipBadRows: false);
+            });
+    }
+
+    FuzzTarget GgufTarget()
+    {
+        string dir = Dir("gguf");
+        string seed = Path.Combine(dir, "seed.gguf");
+        var metadata = new List<KeyValuePair<string, GgufValue>>
+        {
+            new("general.architecture", GgufValue.String("llama")),
+            new("llama.block_count", GgufValue.UInt32(1)),
+            new("tokenizer.ggml.tokens", GgufValue.StringArray(["<unk>", "<s>", "</s>", "▁hi"])),
+            new("tokenizer.ggml.scores", GgufValue.Float32Array([0f, 0f, 0f, -1.5f])),
+            new("tokenizer.ggml.token_type", GgufValue.Int32Array([2, 3, 3, 1])),
+        };
+        var tensors = new List<GgufTensorSpec> { new("token_embd.weight", [4, 32], GgmlType.F32), new("output_norm.weight", [32], GgmlType.F32) };
+        GgufWriter.Write(seed, metadata, tensors, (t, s) => s.Write(new byte[t.ByteSize]));
+        var bytes = File.ReadAllBytes(seed);
+        File.Delete(seed);
+        return new("gguf", Path.Combine(dir, "model.gguf"), () => [bytes], path =>
+        {
+            using var r = GgufReader.Open(path);
+            foreach (var t in r.Tensors) r.ReadBytes(t);
+        });
+    }
+}
