@@ -1,5 +1,4 @@
 using QLoraNet.Cli;
-using TorchSharp;
 
 namespace QLoraNet.Tests.Cli;
 
@@ -9,18 +8,6 @@ public class ErrorLineTests
     [Fact]
     public void A_native_libtorch_error_is_condensed_to_its_first_line()
     {
-        var e = Assert.ThrowsAny<Exception>(() =>
-        {
-            using var a = torch.ones(2, 3);
-            using var b = torch.ones(4, 5);
-            using var c = a.matmul(b);
-        });
-        string line = CliApp.ErrorLine(e);
-        Assert.StartsWith("libtorch: ", line);
-        Assert.DoesNotContain("\n", line);
-        Assert.DoesNotContain("frame #", line);
-        Assert.True(line.Length < 300, line);
-
         var fake = new System.Runtime.InteropServices.ExternalException(
             "shape '[2147483647, 8]' is invalid\nException raised from infer_size at aten/x.cpp:42\n" + string.Concat(Enumerable.Repeat("frame #1: 0xdeadbeef in libtorch_cpu.so\n", 80)));
         Assert.Equal("libtorch: shape '[2147483647, 8]' is invalid", CliApp.ErrorLine(fake));
