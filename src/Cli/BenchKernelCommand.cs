@@ -32,7 +32,12 @@ public static class BenchKernelCommand
     static void Run(TextWriter o, int iters)
     {
         var dev = torch.CUDA;
-        torch.manual_seed(0);
+        var kernels = KernelChoice.For(dev);
+        o.WriteLine(kernels.Report()[0]);
+        if (kernels.FourBitDequant != FourBitDequantPath.CudaPtx) throw new InvalidOperationException("the fused kernel does not run here: " + kernels.FourBitDequantReason);
+        // The bench's own random stream, not torch's process-wide one. A CPU generator: TorchSharp 0.107 creates every
+        // Generator on the CPU (see Models.RandomStream), so weights are drawn there and moved.
+        using var rng = new torch.Generator(0);
         double copyGbs = CopyBandwidth(dev, iters);
         o.WriteLine($"device-to-device copy: {copyGbs:F0} GB/s (bytes read + written)");
         o.WriteLine("shape          dq  dtype  parity  kernel_us  kernel_GB/s  %copy  torch_us  torch_GB/s  speedup");
@@ -43,12 +48,11 @@ public static class BenchKernelCommand
                     using var scope = torch.NewDisposeScope();
                     long n = rows * cols, nb = n / 64;
                     // A real quantized weight (random normal values, quantized on the GPU) so every code and scale occurs.
-                    var w = FourBitWeight.Quantize(torch.randn(new[] { rows, cols }, ScalarType.BFloat16, dev), FourBitType.Nf4, 64, dq);
+                    var w = FourBitWeight.Quantize(torch.randn(new[] { rows, cols }, ScalarType.BFloat16, generator: rng).to(dev), FourBitType.Nf4, 64, dq);
                     var reference = w.DequantizeWithTorchOps(dtype);
-                    var fast = w.Dequantize(dtype);
-                    if (FourBitCudaKernel.Unavailable is { } why) throw new InvalidOperationException("kernel unavailable: " + why);
+                    var fast = kernels.Dequantize(w, dtype);
                     bool same = reference.eq(fast).all().item<bool>();
-                    double kUs = Time(iters, () => w.Dequantize(dtype).Dispose());
+                    double kUs = Time(iters, () => kernels.Dequantize(w, dtype).Dispose());
                     double tUs = Time(Math.Max(3, iters / 5), () => w.DequantizeWithTorchOps(dtype).Dispose());
                     long bytes = n / 2 + (dq ? nb : nb * 4) + n * (dtype == ScalarType.BFloat16 ? 2 : 4);
                     double kGbs = bytes / kUs / 1e3, tGbs = bytes / tUs / 1e3;

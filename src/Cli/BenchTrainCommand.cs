@@ -4,6 +4,8 @@ using System.Globalization;
 using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
+using QLoraNet.Training.Data;
+using QLoraNet.Training.Losses;
 using QLoraNet.Training.Optim;
 using QLoraNet.Training.Trainer;
 using TorchSharp;
@@ -14,8 +16,9 @@ namespace QLoraNet.Cli;
 
 /// <summary>
 /// `bench train`: QLoRA training steps on a real-size checkpoint, timed after warm-up, in the same shape as the peer
-/// benchmark (random token batches, LoRA on the targets, AdamW, bf16 compute, per-layer checkpointing). Prints one
-/// JSON line. Peak device memory is measured outside the process (nvidia-smi sampling, scripts/gpu/bench_7b.sh), the
+/// benchmark (random token batches, LoRA on the targets, AdamW, bf16 compute, per-layer checkpointing). The step is
+/// `train`'s own (<see cref="TrainStep.Run"/>: accumulation, the token-mean loss, clipping, AdamW) with only the data
+/// source swapped for random tokens (<see cref="RandomTokenBatches"/>). Prints one JSON line. Peak device memory is measured outside the process (nvidia-smi sampling, scripts/gpu/bench_7b.sh), the
 /// same way as the peer's NVML figure. With --split, the step is divided into dequantization (by ablation: the same
 /// step on a dense bf16 base), attention and matmuls (each timed alone at the step's shapes), and the rest.
 /// </summary>
@@ -34,21 +37,29 @@ public static class BenchTrainCommand
         var noCkpt = new Option<bool>("--no-ckpt");
         var split = new Option<bool>("--split") { Description = "also measure where the step time goes" };
         var hold = new Option<double>("--hold-seconds") { Description = "sleep after the timed steps (lets an outside sampler see the peak)", DefaultValueFactory = _ => 1.0 };
-        var cmd = new Command("train", "time QLoRA training steps on a real-size model (CUDA)");
-        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold }) cmd.Options.Add(o);
+        var accum = new Option<int>("--grad-accum") { Description = "micro-batches per optimizer step (training.gradient_accumulation_steps)", DefaultValueFactory = _ => 1 };
+        var clip = new Option<double>("--max-grad-norm") { Description = "gradient clipping (training.max_grad_norm; 0 = measure only)", DefaultValueFactory = _ => 0.3 };
+        var dropout = new Option<double>("--dropout") { Description = "LoRA dropout (lora.dropout; 0 as in the peer benchmark)", DefaultValueFactory = _ => 0.0 };
+        var device = new Option<string>("--device") { Description = "cuda, or cpu for a quick check on a small model", DefaultValueFactory = _ => "cuda" };
+        var cmd = new Command("train", "time QLoRA training steps (train's step, random tokens) on a real-size model (CUDA)");
+        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
             LibTorchProbe.EnsureLoaded();
-            if (!cuda.is_available()) throw new InvalidOperationException("bench train needs a CUDA device");
-            var spec = QuantSpec.Parse(pr.GetValue(format)!);
-            var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt));
+            var dev = DeviceChoice.Resolve(pr.GetValue(device)!, "--device");
+            if (pr.GetValue(split) && dev.type != DeviceType.CUDA) throw new InvalidOperationException("--split needs --device cuda");
+            var spec = BaseFormat.Parse(pr.GetValue(format)!);
+            var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt),
+                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout));
             var loadClock = Stopwatch.StartNew();
-            using var llama = Load(pr.GetValue(model)!, spec, shape);
+            var dropoutRandom = new RandomStream();
+            using var llama = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
             double loadS = loadClock.Elapsed.TotalSeconds;
-            var (tokS, stepMs, loss) = TimeSteps(llama, shape, pr.GetValue(steps), pr.GetValue(warmup));
+            var (tokS, stepMs, loss) = TimeSteps(llama, shape, dropoutRandom, pr.GetValue(steps), pr.GetValue(warmup));
             var fields = new List<string>
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
+                J("grad_accum", shape.GradientAccumulation), J("max_grad_norm", shape.MaxGradNorm), J("dropout", shape.Dropout),
                 J("ckpt", shape.Checkpointing), J("targets", string.Join(",", shape.Targets)), J("r", shape.R),
                 J("trainable", TrainableParameters.Count(llama).Trainable), J("load_s", Math.Round(loadS, 1)),
                 J("tokens_per_s", Math.Round(tokS, 1)), J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
@@ -62,44 +73,41 @@ public static class BenchTrainCommand
         return cmd;
     }
 
-    sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing);
+    sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing, int GradientAccumulation,
+        double MaxGradNorm, double Dropout);
 
-    static LlamaForCausalLM Load(string dir, QuantSpec spec, Shape shape)
+    /// <summary>The model as `train` builds it (<see cref="ModelBuilder"/>), with adapters whose dropout draws from
+    /// <paramref name="dropoutRandom"/>, the stream the step reseeds.</summary>
+    static LlamaForCausalLM Load(string dir, BaseFormat spec, Shape shape, Device device, RandomStream dropoutRandom)
     {
-        var compute = ScalarType.BFloat16;
-        var llama = LlamaLoader.Load(dir, new LoadOptions(CUDA, compute, LinearPolicies.Quantized(spec, compute, CUDA, compute), compute));
-        llama.Model.GradientCheckpointing = shape.Checkpointing;
-        LoraApplier.Apply(llama, new LoraSettings(shape.R, 2 * shape.R, 0.0, false, shape.Targets, null, 0));
-        llama.train();
+        var compute = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
+        var llama = ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, spec, KernelChoice.For(device),
+            GradientCheckpointing: shape.Checkpointing, NewAdapter: new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets),
+            AdapterSeed: 0, AdapterDropout: dropoutRandom)).Model;
         return llama;
     }
 
-    /// <summary>Warm-up, then timed optimizer steps on random tokens (labels = inputs, as the peer does).</summary>
-    static (double TokensPerSecond, double StepMs, double Loss) TimeSteps(LlamaForCausalLM llama, Shape shape, int steps, int warmup)
+    /// <summary>Warm-up, then timed optimizer steps of <see cref="TrainStep"/> on random tokens (labels = inputs, as
+    /// the peer does).</summary>
+    static (double TokensPerSecond, double StepMs, double Loss) TimeSteps(LlamaForCausalLM llama, Shape shape,
+        RandomStream dropoutRandom, int steps, int warmup)
     {
-        var trainable = llama.named_parameters().Where(p => p.parameter.requires_grad).ToList();
-        var opt = new AdamW(trainable.Select(p => (p.name, (Tensor)p.parameter)), 2e-4);
-        manual_seed(0);
-        using var ids = randint(0, 32000, new long[] { shape.Batch, shape.Seq }, ScalarType.Int64, CUDA);
+        const double learningRate = 2e-4;
+        var trainable = llama.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
+        var optimizer = new AdamW(trainable, learningRate);
+        var step = new TrainStep(llama, optimizer, new CausalLmTokenMeanLoss(),
+            new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutRandom);
+        var data = new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq);
+        bool onCuda = llama.Device.type == DeviceType.CUDA;
         double loss = 0;
-        void Step()
-        {
-            using var scope = NewDisposeScope();
-            var logits = llama.forward(ids, null, null, null);
-            var l = CausalLmLoss.Sum(logits, ids) / (shape.Batch * (shape.Seq - 1));
-            l.backward();
-            BackwardHandles.Release();
-            opt.StepOnce();
-            opt.ZeroGrad();
-            loss = l.item<float>();
-        }
-        for (int i = 0; i < warmup; i++) Step();
-        cuda.synchronize();
+        for (int i = 0; i < warmup; i++) loss = step.Run(i, learningRate, data).Loss;
+        if (onCuda) cuda.synchronize();
         var sw = Stopwatch.StartNew();
-        for (int i = 0; i < steps; i++) Step();
-        cuda.synchronize();
+        for (int i = 0; i < steps; i++) loss = step.Run(warmup + i, learningRate, data).Loss;
+        if (onCuda) cuda.synchronize();
         double s = sw.Elapsed.TotalSeconds;
-        return (shape.Batch * shape.Seq * steps / s, s / steps * 1000, loss);
+        long tokensPerStep = (long)shape.Batch * shape.Seq * shape.GradientAccumulation;
+        return (tokensPerStep * steps / s, s / steps * 1000, loss);
     }
 
     /// <summary>Where a step's time goes, measured piece by piece at the step's shapes.</summary>
@@ -108,7 +116,7 @@ public static class BenchTrainCommand
         var layers = nf4.Model.Layers;
         int nLayers = layers.Count;
         var attn = layers[0].SelfAttn;
-        long tokens = (long)shape.Batch * shape.Seq;
+        long tokens = (long)shape.Batch * shape.Seq;   // per micro-batch; the parts below are per micro-batch too
         // Passes over each layer per step: forward, the checkpoint's recomputation, backward (about 2 forwards of work).
         int forwardPasses = shape.Checkpointing ? 2 : 1;
 
@@ -155,6 +163,9 @@ public static class BenchTrainCommand
             }
             matmulMs = perLayer * nLayers + headMs;
         }
+        // Each part above is per micro-batch; a step runs GradientAccumulation of them.
+        int micro = shape.GradientAccumulation;
+        (dequantMs, attnMs, matmulMs) = (dequantMs * micro, attnMs * micro, matmulMs * micro);
         double rest = stepMs - dequantMs - attnMs - matmulMs;
         return new[]
         {

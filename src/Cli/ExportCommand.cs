@@ -36,7 +36,7 @@ public static class ExportCommand
 
             string? adapterDir = pr.GetValue(adapter);
             using var checkpoint = adapterDir is null ? null : CheckpointReader.Open(pr.GetValue(model)!);
-            using var merge = adapterDir is null ? null : AdapterMerge.Open(adapterDir, checkpoint!);
+            using var merge = adapterDir is null ? null : AdapterMerge.Open(adapterDir, checkpoint!, ModelFamilies.Load(pr.GetValue(model)!));
             var summary = GgufLlamaExporter.Export(pr.GetValue(model)!, outPath, exportType, replace, merge is null ? null : merge.Apply);
             if (merge != null) stdout.WriteLine($"merged {merge.MergedCount} LoRA modules from {adapterDir}");
             foreach (var w in summary.Warnings) stdout.WriteLine($"warning: {w}");
@@ -54,7 +54,7 @@ public static class ExportCommand
         string dir = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"--out '{outPath}': directory '{dir}' does not exist");
         if (File.Exists(outPath) && !overwrite) throw new IOException($"{outPath} already exists; pass --overwrite to replace it");
-        string probe = outPath + ".tmp";
+        string probe = Path.Combine(dir, AtomicFile.TemporaryName(Path.GetFileName(outPath)));
         try
         {
             using (new FileStream(probe, FileMode.Create, FileAccess.Write, FileShare.None)) { }

@@ -29,10 +29,10 @@ public static class GenerateCommand
         {
             var options = new GenerationOptions(parsed.GetValue(maxNewTokens), parsed.GetValue(temperature), parsed.GetValue(topP), parsed.GetValue(seed)).Validated();
             using var loaded = modelOptions.Load(parsed);
-            var (llama, tokenizer, config) = (loaded.Model, loaded.Tokenizer, loaded.Config);
+            var (llama, tokenizer, arch) = (loaded.Model, loaded.Tokenizer, loaded.Architecture);
 
             var inputIds = tokenizer.Encode(parsed.GetValue(prompt)!);
-            var stopIds = config.EosTokenIds.Append(tokenizer.EosId).Distinct().ToList();
+            var stopIds = arch.Tokens.Eos.Append(tokenizer.EosId).Distinct().ToList();
             var outputIds = TextGenerator.Generate(llama, inputIds, options with { StopIds = stopIds });
 
             if (parsed.GetValue(json))

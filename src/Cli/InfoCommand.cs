@@ -3,7 +3,7 @@ using TorchSharp;
 
 namespace QLoraNet.Cli;
 
-/// <summary>`info`: versions and whether libtorch loads (and CUDA is visible).</summary>
+/// <summary>`info`: versions, whether libtorch loads (and CUDA is visible), and which kernels a run would use.</summary>
 public static class InfoCommand
 {
     public static Command Create(TextWriter stdout)
@@ -15,7 +15,8 @@ public static class InfoCommand
             stdout.WriteLine($"QLoraNet {typeof(InfoCommand).Assembly.GetName().Version}");
             stdout.WriteLine($"TorchSharp {typeof(torch).Assembly.GetName().Version}, libtorch {torch.__version__}");
             stdout.WriteLine($"CUDA available: {torch.cuda.is_available()}" + (torch.cuda.is_available() ? $" ({torch.cuda.device_count()} devices)" : ""));
-            stdout.WriteLine($"fused 4-bit dequantization kernel: {QLoraNet.Quant.Kernels.FourBitCudaKernel.Unavailable ?? "embedded (used on CUDA tensors)"}");
+            var device = torch.cuda.is_available() ? torch.CUDA : torch.CPU;
+            foreach (var line in KernelChoice.For(device).Report()) stdout.WriteLine($"kernel: {line}");
             return 0;
         });
         return cmd;

@@ -24,7 +24,7 @@ public static class InspectCommand
         {
             string path = parsed.GetValue(model)!;
             if (!Directory.Exists(path) && !File.Exists(path)) throw new DirectoryNotFoundException($"--model '{path}' does not exist");
-            var config = LlamaConfig.Load(path);
+            var config = ModelFamilies.Load(path);
             var counts = ModelFootprint.Count(config);
             var sizes = ModelFootprint.Table(config);
             var estimate = TrainingMemoryEstimate.Compute(config, parsed.GetValue(seq), parsed.GetValue(batch), parsed.GetValue(rank));
@@ -36,17 +36,17 @@ public static class InspectCommand
         return cmd;
     }
 
-    static string Text(string path, LlamaConfig c, ParameterCounts n, IReadOnlyList<FootprintRow> sizes, TrainingMemoryEstimate e, int seq, int batch, int rank)
+    static string Text(string path, ModelArchitecture c, ParameterCounts n, IReadOnlyList<FootprintRow> sizes, TrainingMemoryEstimate e, int seq, int batch, int rank)
     {
         var w = new StringWriter { NewLine = "\n" };
-        w.WriteLine($"{path}: {c.NumHiddenLayers} layers, hidden {c.HiddenSize}, intermediate {c.IntermediateSize}, heads {c.NumAttentionHeads} (kv {c.NumKeyValueHeads}), vocab {c.VocabSize}, tied head {(c.TieWordEmbeddings ? "yes" : "no")}");
+        w.WriteLine($"{path}: {c.NumLayers} layers, hidden {c.Hidden}, intermediate {c.Intermediate}, heads {c.NumHeads} (kv {c.NumKvHeads}), vocab {c.VocabSize}, tied head {(c.TiedHead ? "yes" : "no")}");
         w.WriteLine();
         w.WriteLine("parameters");
         w.WriteLine($"  embeddings            {N(n.Embeddings),16}");
-        w.WriteLine($"  linears per layer     {N(n.LinearsPerLayer),16}   ({string.Join(", ", ModelFootprint.LayerLinears(c).Select(l => $"{l.Name} {l.Rows}x{l.Cols}"))})");
+        w.WriteLine($"  linears per layer     {N(n.LinearsPerLayer),16}   ({string.Join(", ", c.LayerLinears.Select(l => $"{l.Name} {l.OutFeatures}x{l.InFeatures}"))})");
         w.WriteLine($"  linears (all layers)  {N(n.Linears),16}");
         w.WriteLine($"  norms                 {N(n.Norms),16}");
-        w.WriteLine($"  head                  {N(n.Head),16}{(c.TieWordEmbeddings ? "   (tied to the embedding)" : "")}");
+        w.WriteLine($"  head                  {N(n.Head),16}{(c.TiedHead ? "   (tied to the embedding)" : "")}");
         w.WriteLine($"  total                 {N(n.Total),16}");
         w.WriteLine();
         w.WriteLine("size in GB (1e9 bytes); int8/nf4 rows: decoder linears quantized, embeddings, norms and head bf16");
@@ -65,7 +65,7 @@ public static class InspectCommand
         return w.ToString();
     }
 
-    static string Json(LlamaConfig c, ParameterCounts n, IReadOnlyList<FootprintRow> sizes, TrainingMemoryEstimate e, int seq, int batch, int rank)
+    static string Json(ModelArchitecture c, ParameterCounts n, IReadOnlyList<FootprintRow> sizes, TrainingMemoryEstimate e, int seq, int batch, int rank)
     {
         var doc = new
         {

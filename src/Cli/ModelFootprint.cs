@@ -4,11 +4,11 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Cli;
 
-/// <summary>Parameter counts of a Llama by part, from config.json alone.</summary>
+/// <summary>Parameter counts of a model by part, from its family record (config.json alone).</summary>
 /// <param name="Embeddings">token embedding (vocab x hidden).</param>
-/// <param name="LinearsPerLayer">the seven projections of one decoder layer.</param>
-/// <param name="Linears">all decoder projections (layers x <paramref name="LinearsPerLayer"/>).</param>
-/// <param name="Norms">two RMSNorm weights per layer plus the final norm.</param>
+/// <param name="LinearsPerLayer">the linears (and their biases) of one decoder layer.</param>
+/// <param name="Linears">all decoder linears (layers x <paramref name="LinearsPerLayer"/>).</param>
+/// <param name="Norms">the norm weights of every layer plus the final norm.</param>
 /// <param name="Head">output head (vocab x hidden); 0 when tied to the embedding.</param>
 public sealed record ParameterCounts(long Embeddings, long LinearsPerLayer, long Linears, long Norms, long Head)
 {
@@ -22,44 +22,37 @@ public sealed record FootprintRow(string Format, long Linears, long EmbeddingsAn
 }
 
 /// <summary>
-/// What a Llama weighs in each storage format, exactly (<see cref="QuantSizes"/> per matrix, so partial blocks and
-/// nested blocks are counted as the modules hold them), without loading a weight. The quantized rows store the
-/// decoder projections quantized and the embedding, norms and head in bf16, as the loader keeps them
-/// (<see cref="Models.LinearPolicies"/>).
+/// What a model weighs in each storage format, exactly (<see cref="BaseFormat.StorageBytes"/> per matrix, so partial
+/// blocks and nested blocks are counted as the modules hold them), without loading a weight. The quantized rows store
+/// the decoder linears quantized and the embedding, norms, biases and head in bf16, as the loader keeps them
+/// (<see cref="Models.LinearPolicies"/>). Which linears there are, and their shapes, is the family record's.
 /// </summary>
 public static class ModelFootprint
 {
-    /// <summary>The seven projections of a decoder layer as (name, out, in).</summary>
-    public static IReadOnlyList<(string Name, long Rows, long Cols)> LayerLinears(LlamaConfig c)
+    public static ParameterCounts Count(ModelArchitecture a)
     {
-        long h = c.HiddenSize, inter = c.IntermediateSize, q = (long)c.NumAttentionHeads * c.HeadDim, kv = (long)c.NumKeyValueHeads * c.HeadDim;
-        return [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q), ("gate_proj", inter, h), ("up_proj", inter, h), ("down_proj", h, inter)];
+        long embeddings = (long)a.VocabSize * a.Hidden;
+        return new ParameterCounts(embeddings, a.LayerLinearParameters, a.LayerLinearParameters * a.NumLayers,
+            ((long)a.LayerNorms.Count * a.NumLayers + 1) * a.Hidden, a.TiedHead ? 0 : embeddings);
     }
 
-    public static ParameterCounts Count(LlamaConfig c)
+    /// <summary>Decoder linears in <paramref name="linears"/>, everything else dense in <paramref name="rest"/>.</summary>
+    public static FootprintRow Size(ModelArchitecture a, string label, BaseFormat linears, ScalarType rest)
     {
-        long perLayer = LayerLinears(c).Sum(l => l.Rows * l.Cols);
-        long embeddings = (long)c.VocabSize * c.HiddenSize;
-        return new ParameterCounts(embeddings, perLayer, perLayer * c.NumHiddenLayers,
-            (2L * c.NumHiddenLayers + 1) * c.HiddenSize, c.TieWordEmbeddings ? 0 : embeddings);
-    }
-
-    /// <summary>Decoder projections in <paramref name="linears"/>, everything else dense in <paramref name="rest"/>.</summary>
-    public static FootprintRow Size(LlamaConfig c, string label, QuantSpec linears, ScalarType rest)
-    {
-        var n = Count(c);
+        var n = Count(a);
         long restBytes = rest == ScalarType.Float32 ? 4 : 2;
-        long linearBytes = LayerLinears(c).Sum(l => QuantSizes.Bytes(linears, l.Rows, l.Cols)) * c.NumHiddenLayers;
-        return new FootprintRow(label, linearBytes, (n.Embeddings + n.Head) * restBytes, n.Norms * restBytes);
+        long weights = a.LayerLinears.Sum(l => linears.StorageBytes(l.OutFeatures, l.InFeatures)) * a.NumLayers;
+        long biases = a.LayerLinears.Where(l => l.HasBias).Sum(l => l.OutFeatures) * a.NumLayers * restBytes;
+        return new FootprintRow(label, weights + biases, (n.Embeddings + n.Head) * restBytes, n.Norms * restBytes);
     }
 
     /// <summary>fp32, bf16, and int8 / NF4 / NF4 + double quantization with bf16 for the rest.</summary>
-    public static IReadOnlyList<FootprintRow> Table(LlamaConfig c) =>
+    public static IReadOnlyList<FootprintRow> Table(ModelArchitecture a) =>
     [
-        Size(c, "fp32", new DenseSpec(ScalarType.Float32), ScalarType.Float32),
-        Size(c, "bf16", new DenseSpec(ScalarType.BFloat16), ScalarType.BFloat16),
-        Size(c, "int8", QuantSpec.Parse("int8"), ScalarType.BFloat16),
-        Size(c, "nf4", QuantSpec.Parse("nf4"), ScalarType.BFloat16),
-        Size(c, "nf4-dq", QuantSpec.Parse("nf4-dq"), ScalarType.BFloat16),
+        Size(a, "fp32", BaseFormat.Parse("fp32"), ScalarType.Float32),
+        Size(a, "bf16", BaseFormat.Parse("bf16"), ScalarType.BFloat16),
+        Size(a, "int8", BaseFormat.Parse("int8"), ScalarType.BFloat16),
+        Size(a, "nf4", BaseFormat.Parse("nf4"), ScalarType.BFloat16),
+        Size(a, "nf4-dq", BaseFormat.Parse("nf4-dq"), ScalarType.BFloat16),
     ];
 }

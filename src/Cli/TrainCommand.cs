@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using QLoraNet.Training.Config;
+using QLoraNet.Training.Recipes;
 using QLoraNet.Training.Trainer;
 using Spectre.Console;
 
@@ -42,7 +43,8 @@ public static class TrainCommand
             try
             {
                 var observer = new ConsoleTrainingObserver(stdout);
-                var result = TrainingRun.Run(cfg, new TrainOptions(resumeArg), observer, cts.Token);
+                var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
+                var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device)), observer, cts.Token);
                 observer.Finish(result);
                 return result.Stop switch
                 {
@@ -62,7 +64,7 @@ public static class TrainCommand
 
 /// <summary>
 /// Renders a run: a summary table at start; on a terminal, a live status line rewritten every step; one kept line
-/// every training.log_every steps (loss, lr, grad norm, tokens/s, ETA, memory) and for every evaluation/checkpoint.
+/// every training.log_every steps (loss, lr, grad norm, tokens/s, ETA, host resident memory) and for every evaluation/checkpoint.
 /// </summary>
 sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
 {
@@ -77,6 +79,7 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
         void Row(string k, string v) => grid.AddRow(new Markup($"[grey]{k}[/]"), new Text(v));
         Row("model", $"{s.ModelPath} on {s.Device}, compute {s.ComputeDType}");
         Row("base", $"{s.BaseFormat}, {s.BaseBytes / 1048576.0:F1} MiB in frozen linears (loaded in {s.LoadSeconds:F1} s)");
+        foreach (var line in s.Kernels ?? []) Row("kernel", line);
         Row("parameters", s.Parameters.ToString());
         Row("data", s.Data.Describe());
         Row("steps", $"{s.TotalSteps} x {s.SequencesPerStep} sequences ({s.MicroBatchesPerEpoch} micro-batches per epoch)" + (s.StartStep > 0 ? $", resuming after step {s.StartStep}" : ""));
@@ -86,7 +89,7 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
     public void OnStep(StepMetrics m)
     {
         string line = string.Create(CultureInfo.InvariantCulture,
-            $"step {m.Step,5}/{m.TotalSteps}  epoch {m.Epoch:F2}  loss {m.Loss:F4}  lr {m.LearningRate:E2}  |g| {m.GradNorm:F3}  {m.TokensPerSecond,7:F0} tok/s  ETA {Eta(m.EtaSeconds)}  mem {m.MemoryBytes / 1048576.0:F0} MiB");
+            $"step {m.Step,5}/{m.TotalSteps}  epoch {m.Epoch:F2}  loss {m.Loss:F4}  lr {m.LearningRate:E2}  |g| {m.GradNorm:F3}  {m.TokensPerSecond,7:F0} tok/s  ETA {Eta(m.EtaSeconds)}  host rss {m.HostRssBytes / 1048576.0:F0} MiB");
         bool keep = m.Step % logEvery == 0 || m.Step == m.TotalSteps || m.Step == 1;
         if (live)
         {
@@ -128,7 +131,7 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
         if (r.Message != null) stdout.WriteLine(r.Message);
         if (r.FinalAdapter != null)
             stdout.WriteLine($"done: {r.StepsDone} steps, last loss {r.LastLoss:F4}" + (r.BestValidationLoss is { } b ? $", best validation loss {b:F4}" + (r.InitialValidationLoss is { } v0 ? $" (base model {v0:F4})" : "") : "")
-                + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, TrainingRun.MetricsFile)}, curve in {Path.Combine(r.OutputDir, TrainingRun.LossCurveFile)}");
+                + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, RunOutput.MetricsFile)}, curve in {Path.Combine(r.OutputDir, RunOutput.LossCurveFile)}");
     }
 
     static string Eta(double seconds) => double.IsFinite(seconds) ? TimeSpan.FromSeconds(Math.Round(seconds)).ToString(@"h\:mm\:ss") : "-";

@@ -29,20 +29,20 @@ public sealed record TrainingMemoryEstimate(long BaseWeights, long LoraParameter
 
     public long Total => BaseWeights + LoraState + Boundaries + LayerRecompute + Logits + CudaContext;
 
-    public static TrainingMemoryEstimate Compute(LlamaConfig c, int seq, int batch, int rank)
+    public static TrainingMemoryEstimate Compute(ModelArchitecture c, int seq, int batch, int rank)
     {
         if (seq <= 0 || batch <= 0 || rank <= 0)
             throw new ArgumentException($"--seq {seq}, --batch {batch} and --lora-r {rank} must be positive");
-        long b = batch, t = seq, h = c.HiddenSize, layers = c.NumHiddenLayers;
-        var attention = ModelFootprint.LayerLinears(c).Where(l => l.Name is "q_proj" or "k_proj" or "v_proj" or "o_proj");
-        long lora = layers * attention.Sum(l => rank * (l.Rows + l.Cols));
-        long baseBytes = ModelFootprint.Size(c, "nf4-dq", QuantSpec.Parse("nf4-dq"), ScalarType.BFloat16).Total;
+        long b = batch, t = seq, h = c.Hidden, layers = c.NumLayers;
+        var attention = c.LayerLinears.Where(l => l.IsAttention);
+        long lora = layers * attention.Sum(l => rank * (l.OutFeatures + l.InFeatures));
+        long baseBytes = ModelFootprint.Size(c, "nf4-dq", BaseFormat.Parse("nf4-dq"), ScalarType.BFloat16).Total;
         return new TrainingMemoryEstimate(
             BaseWeights: baseBytes,
             LoraParameters: lora,
             LoraState: lora * 16,
             Boundaries: layers * b * t * h * 2,
-            LayerRecompute: b * t * (10 * h + 4L * c.IntermediateSize) * 2 + 2 * b * c.NumAttentionHeads * t * t * 2,
+            LayerRecompute: b * t * (10 * h + 4L * c.Intermediate) * 2 + 2 * b * c.NumHeads * t * t * 2,
             Logits: 3 * b * t * c.VocabSize * 4,
             CudaContext: ContextBytes);
     }

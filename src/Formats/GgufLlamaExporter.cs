@@ -6,7 +6,7 @@ namespace QLoraNet.Formats;
 public sealed record GgufExportSummary(string Path, long FileBytes, IReadOnlyList<GgufTensorSpec> Tensors, IReadOnlyList<string> Warnings);
 
 /// <summary>
-/// Exports a Hugging Face Llama checkpoint directory (config.json, safetensors, tokenizer.model) to one GGUF v3
+/// Exports a Hugging Face Llama-family checkpoint directory (config.json, safetensors, tokenizer.model) to one GGUF v3
 /// file that llama.cpp loads as architecture <c>llama</c>. Tensors stream from the checkpoint one at a time:
 /// read, optionally transformed (the LoRA-merge hook of <see cref="CheckpointTensors.Stream"/>), q/k permuted for
 /// llama.cpp's RoPE layout, converted to their ggml type and written; peak memory stays near one tensor.
@@ -19,14 +19,17 @@ public static class GgufLlamaExporter
     public static GgufExportSummary Export(string modelDir, string outPath, GgufExportType type, bool overwrite = false,
         Func<string, Tensor, Tensor>? transform = null)
     {
-        var config = LlamaConfig.Load(modelDir);
-        var vocab = GgufLlamaVocab.Load(modelDir, config.VocabSize);
+        var arch = ModelFamilies.Load(modelDir);
+        if (arch.Family != "llama")
+            throw new NotSupportedException($"{modelDir}: GGUF export writes llama.cpp's `llama` architecture; the {arch.Family} family has no writer yet");
+        var vocab = GgufLlamaVocab.Load(modelDir, arch.VocabSize);
+        var names = new GgufLlamaNames(arch);
         using var reader = CheckpointReader.Open(modelDir);
 
         var sources = new List<(SourceTensor Source, GgufTensorSpec Spec)>();
         var warnings = new List<string>();
         var mapped = CheckpointTensors.Stream(reader, transform)
-            .Select(s => (Source: s, Name: GgufLlamaNames.Map(s.Name)))
+            .Select(s => (Source: s, Name: names.Map(s.Name)))
             .Where(x => x.Name != null).ToList();
         bool hasOutput = mapped.Any(x => x.Name == GgufLlamaNames.Output);
         foreach (var (source, ggufName) in mapped)
@@ -35,35 +38,34 @@ public static class GgufLlamaExporter
             if (warning != null) warnings.Add(warning);
             sources.Add((source, new GgufTensorSpec(ggufName!, source.Shape, ggmlType)));
         }
-        CheckComplete(modelDir, config, sources.Select(s => s.Spec.Name).ToHashSet(), hasOutput);
+        CheckComplete(modelDir, arch, names, sources.Select(s => s.Spec.Name).ToHashSet(), hasOutput);
 
         string modelName = new DirectoryInfo(Path.GetFullPath(modelDir)).Name;
-        var metadata = GgufLlamaMetadata.Build(config, vocab, modelName, type);
+        var metadata = GgufLlamaMetadata.Build(arch, vocab, modelName, type);
         var bySpec = sources.ToDictionary(s => s.Spec.Name, s => s.Source);
         var specs = sources.Select(s => s.Spec).ToList();
-        GgufWriter.Write(outPath, metadata, specs, (spec, stream) => WriteTensor(spec, bySpec[spec.Name], config, stream), overwrite);
+        GgufWriter.Write(outPath, metadata, specs, (spec, stream) => WriteTensor(spec, bySpec[spec.Name], arch, stream), overwrite);
         return new GgufExportSummary(outPath, new FileInfo(outPath).Length, specs, warnings);
     }
 
-    static void CheckComplete(string modelDir, LlamaConfig config, HashSet<string> names, bool hasOutput)
+    static void CheckComplete(string modelDir, ModelArchitecture arch, GgufLlamaNames names, HashSet<string> present, bool hasOutput)
     {
-        var required = new List<string> { GgufLlamaNames.TokenEmbedding, GgufLlamaNames.OutputNorm };
-        for (int l = 0; l < config.NumHiddenLayers; l++) required.AddRange(GgufLlamaNames.LayerNames(l));
-        var missing = required.Where(n => !names.Contains(n)).ToList();
+        var missing = names.Required.Where(n => !present.Contains(n)).ToList();
         if (missing.Count > 0)
             throw new InvalidDataException($"{modelDir}: the checkpoint lacks {missing.Count} tensor(s) llama.cpp needs, first '{missing[0]}' (GGUF name)");
-        if (!hasOutput && !config.TieWordEmbeddings)
-            throw new InvalidDataException($"{modelDir}: no lm_head.weight and tie_word_embeddings is false in config.json");
+        if (!hasOutput && !arch.TiedHead)
+            throw new InvalidDataException($"{modelDir}: no {arch.HeadWeight} and tie_word_embeddings is false in config.json");
     }
 
-    static void WriteTensor(GgufTensorSpec spec, SourceTensor source, LlamaConfig config, Stream output)
+    static void WriteTensor(GgufTensorSpec spec, SourceTensor source, ModelArchitecture arch, Stream output)
     {
         using var scope = NewDisposeScope();
         var weight = source.Produce();
-        if (spec.Name.EndsWith(".attn_q.weight", StringComparison.Ordinal))
-            weight = GgufRopePermutation.Permute(weight, config.NumAttentionHeads);
-        else if (spec.Name.EndsWith(".attn_k.weight", StringComparison.Ordinal))
-            weight = GgufRopePermutation.Permute(weight, config.NumKeyValueHeads);
+        // q and k rows (and their biases, when a family has them) are permuted for llama.cpp's RoPE layout.
+        if (spec.Name.EndsWith(".attn_q.weight", StringComparison.Ordinal) || spec.Name.EndsWith(".attn_q.bias", StringComparison.Ordinal))
+            weight = GgufRopePermutation.Permute(weight, arch.NumHeads);
+        else if (spec.Name.EndsWith(".attn_k.weight", StringComparison.Ordinal) || spec.Name.EndsWith(".attn_k.bias", StringComparison.Ordinal))
+            weight = GgufRopePermutation.Permute(weight, arch.NumKvHeads);
 
         switch (spec.Type)
         {

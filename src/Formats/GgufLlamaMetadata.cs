@@ -10,7 +10,7 @@ public static class GgufLlamaMetadata
     /// <summary>GGML_QUANT_VERSION: the Q4_0/Q8_0 block layouts written here are those of version 2.</summary>
     public const uint QuantizationVersion = 2;
 
-    public static IReadOnlyList<KeyValuePair<string, GgufValue>> Build(LlamaConfig c, GgufLlamaVocab vocab, string name, GgufExportType type)
+    public static IReadOnlyList<KeyValuePair<string, GgufValue>> Build(ModelArchitecture c, GgufLlamaVocab vocab, string name, GgufExportType type)
     {
         var kv = new List<KeyValuePair<string, GgufValue>>();
         void Add(string key, GgufValue v) => kv.Add(new(key, v));
@@ -23,16 +23,16 @@ public static class GgufLlamaMetadata
         Add(GgufWriter.AlignmentKey, GgufValue.UInt32(GgufWriter.DefaultAlignment));
 
         Add("llama.vocab_size", GgufValue.UInt32((uint)c.VocabSize));
-        Add("llama.context_length", GgufValue.UInt32((uint)c.MaxPositionEmbeddings));
-        Add("llama.embedding_length", GgufValue.UInt32((uint)c.HiddenSize));
-        Add("llama.block_count", GgufValue.UInt32((uint)c.NumHiddenLayers));
-        Add("llama.feed_forward_length", GgufValue.UInt32((uint)c.IntermediateSize));
-        Add("llama.attention.head_count", GgufValue.UInt32((uint)c.NumAttentionHeads));
-        Add("llama.attention.head_count_kv", GgufValue.UInt32((uint)c.NumKeyValueHeads));
-        Add("llama.rope.freq_base", GgufValue.Float32((float)c.RopeTheta));
-        Add("llama.attention.layer_norm_rms_epsilon", GgufValue.Float32((float)c.RmsNormEps));
-        Add("llama.rope.dimension_count", GgufValue.UInt32((uint)c.HeadDim));
-        if (c.HeadDim * c.NumAttentionHeads != c.HiddenSize)
+        Add("llama.context_length", GgufValue.UInt32((uint)c.MaxPositions));
+        Add("llama.embedding_length", GgufValue.UInt32((uint)c.Hidden));
+        Add("llama.block_count", GgufValue.UInt32((uint)c.NumLayers));
+        Add("llama.feed_forward_length", GgufValue.UInt32((uint)c.Intermediate));
+        Add("llama.attention.head_count", GgufValue.UInt32((uint)c.NumHeads));
+        Add("llama.attention.head_count_kv", GgufValue.UInt32((uint)c.NumKvHeads));
+        Add("llama.rope.freq_base", GgufValue.Float32((float)c.Rope.Theta));
+        Add("llama.attention.layer_norm_rms_epsilon", GgufValue.Float32((float)c.NormEps));
+        Add("llama.rope.dimension_count", GgufValue.UInt32((uint)c.Rope.RotaryDim));
+        if (c.HeadDim * c.NumHeads != c.Hidden)
         {
             // llama.cpp assumes head dim = embedding_length / head_count unless told otherwise.
             Add("llama.attention.key_length", GgufValue.UInt32((uint)c.HeadDim));

@@ -1,49 +1,76 @@
-using System.Text.RegularExpressions;
-
 namespace QLoraNet.Formats;
 
 /// <summary>
-/// Hugging Face Llama tensor names to the names llama.cpp's <c>llama</c> architecture loads
-/// (gguf-py constants.py MODEL_TENSOR / tensor_mapping.py; llama-arch.cpp LLM_TENSOR_NAMES).
+/// Hugging Face tensor names to the names llama.cpp's <c>llama</c> architecture loads (gguf-py constants.py
+/// MODEL_TENSOR / tensor_mapping.py; llama-arch.cpp LLM_TENSOR_NAMES), derived from the
+/// <see cref="ModelArchitecture"/>: each decoder-layer linear and norm maps by its role, so the Hugging Face side
+/// of the table is the family record's and is written nowhere else.
 /// </summary>
-public static partial class GgufLlamaNames
+public sealed class GgufLlamaNames
 {
     public const string TokenEmbedding = "token_embd.weight";
     public const string OutputNorm = "output_norm.weight";
     public const string Output = "output.weight";
 
-    static readonly Dictionary<string, string> LayerParts = new()
-    {
-        ["input_layernorm.weight"] = "attn_norm.weight",
-        ["self_attn.q_proj.weight"] = "attn_q.weight",
-        ["self_attn.k_proj.weight"] = "attn_k.weight",
-        ["self_attn.v_proj.weight"] = "attn_v.weight",
-        ["self_attn.o_proj.weight"] = "attn_output.weight",
-        ["post_attention_layernorm.weight"] = "ffn_norm.weight",
-        ["mlp.gate_proj.weight"] = "ffn_gate.weight",
-        ["mlp.up_proj.weight"] = "ffn_up.weight",
-        ["mlp.down_proj.weight"] = "ffn_down.weight",
-    };
+    readonly Dictionary<string, string> _byHfName = new(StringComparer.Ordinal);
+    readonly List<string> _required = [];
 
-    /// <summary>Per-layer GGUF name suffixes, for checking that a checkpoint is complete.</summary>
-    public static IEnumerable<string> LayerNames(int layer) => LayerParts.Values.Select(p => $"blk.{layer}.{p}");
+    public GgufLlamaNames(ModelArchitecture arch)
+    {
+        Add(arch.EmbeddingWeight, TokenEmbedding, required: true);
+        Add(arch.FinalNormWeight, OutputNorm, required: true);
+        Add(arch.HeadWeight, Output, required: false);  // absent when the head is tied to the embedding
+        for (int i = 0; i < arch.NumLayers; i++)
+        {
+            string hf = arch.LayerPrefix(i), gguf = $"blk.{i}.";
+            foreach (var l in arch.LayerLinears)
+            {
+                Add(hf + l.Path + ".weight", gguf + LinearName(l.Role) + ".weight", required: true);
+                if (l.HasBias) Add(hf + l.Path + ".bias", gguf + LinearName(l.Role) + ".bias", required: true);
+            }
+            foreach (var n in arch.LayerNorms) Add(hf + n.Path + ".weight", gguf + NormName(n.Role) + ".weight", required: true);
+        }
+    }
+
+    /// <summary>GGUF names every complete checkpoint provides (the head, which may be tied, excepted).</summary>
+    public IReadOnlyList<string> Required => _required;
 
     /// <summary>
     /// The GGUF name of <paramref name="hfName"/>; null for tensors llama.cpp recomputes and does not load
     /// (<c>rotary_emb.inv_freq</c> buffers of old checkpoints). Any other unknown name is an error rather than a
     /// silently dropped weight.
     /// </summary>
-    public static string? Map(string hfName)
+    public string? Map(string hfName)
     {
         if (hfName.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)) return null;
-        if (hfName == "model.embed_tokens.weight") return TokenEmbedding;
-        if (hfName == "model.norm.weight") return OutputNorm;
-        if (hfName == "lm_head.weight") return Output;
-        var m = LayerName().Match(hfName);
-        if (m.Success && LayerParts.TryGetValue(m.Groups[2].Value, out var part)) return $"blk.{m.Groups[1].Value}.{part}";
-        throw new NotSupportedException($"tensor {SafeText.Quote(hfName)} has no llama.cpp counterpart (is this a plain LlamaForCausalLM checkpoint? biases and extra modules are not supported)");
+        return _byHfName.TryGetValue(hfName, out var name) ? name
+            : throw new NotSupportedException($"tensor {SafeText.Quote(hfName)} has no llama.cpp counterpart (is this a plain LlamaForCausalLM checkpoint? extra modules are not supported)");
     }
 
-    [GeneratedRegex(@"^model\.layers\.(\d+)\.(.+)$")]
-    private static partial Regex LayerName();
+    void Add(string hf, string gguf, bool required)
+    {
+        _byHfName[hf] = gguf;
+        if (required) _required.Add(gguf);
+    }
+
+    static string LinearName(LinearRole role) => role switch
+    {
+        LinearRole.Query => "attn_q",
+        LinearRole.Key => "attn_k",
+        LinearRole.Value => "attn_v",
+        LinearRole.Output => "attn_output",
+        LinearRole.Gate => "ffn_gate",
+        LinearRole.Up => "ffn_up",
+        LinearRole.Down => "ffn_down",
+        _ => throw new ArgumentOutOfRangeException(nameof(role), role, null),
+    };
+
+    static string NormName(NormRole role) => role switch
+    {
+        NormRole.PreAttention => "attn_norm",
+        NormRole.PostAttention => "post_attention_norm",
+        NormRole.PreMlp => "ffn_norm",
+        NormRole.PostMlp => "post_ffw_norm",
+        _ => throw new ArgumentOutOfRangeException(nameof(role), role, null),
+    };
 }

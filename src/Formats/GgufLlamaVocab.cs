@@ -60,7 +60,7 @@ public sealed record GgufLlamaVocab(
                 scores[id] = -1000f;
             }
 
-        var config = ReadJson(Path.Combine(modelDir, LlamaConfig.FileName));
+        var config = ReadJson(Path.Combine(modelDir, ModelArchitecture.ConfigFileName));
         int? unk = Array.IndexOf(types, Unknown) is var u and >= 0 ? u : null;
         return new GgufLlamaVocab(tokens, scores, types,
             BosId: Id(config, "bos_token_id", vocabSize),

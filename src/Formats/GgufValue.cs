@@ -25,7 +25,6 @@ public sealed record GgufValue(GgufValueType Type, object Value, GgufValueType E
     public static GgufValue Int32Array(IReadOnlyList<int> v) => new(GgufValueType.Array, v, GgufValueType.Int32);
 
     public uint AsUInt32 => Type == GgufValueType.UInt32 ? (uint)Value : throw WrongType("UINT32");
-    public int AsInt32 => Type == GgufValueType.Int32 ? (int)Value : throw WrongType("INT32");
     public float AsFloat32 => Type == GgufValueType.Float32 ? (float)Value : throw WrongType("FLOAT32");
     public bool AsBool => Type == GgufValueType.Bool ? (bool)Value : throw WrongType("BOOL");
     public string AsString => Type == GgufValueType.String ? (string)Value : throw WrongType("STRING");

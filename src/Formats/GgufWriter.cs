@@ -20,8 +20,8 @@ public sealed record GgufTensorSpec(string Name, long[] Shape, GgmlType Type)
 /// <c>ne</c> lists dimensions in ggml order, innermost (the contiguous row) first: the reverse of torch's shape.
 /// The tensor infos carry every offset, so sizes are computed from (type, shape) first and the data is then
 /// produced one tensor at a time by the caller's <c>writeData</c>: only one tensor is ever in memory.
-/// The file is written to <c>PATH.tmp</c> and renamed when complete; on any failure the temporary file is deleted,
-/// so a .gguf that exists is always a complete one.
+/// The file is written through <see cref="AtomicFile"/> (a temporary sibling, renamed when complete, deleted on any
+/// failure), so a .gguf that exists is always a complete one.
 /// </summary>
 public static class GgufWriter
 {
@@ -38,38 +38,27 @@ public static class GgufWriter
             throw new IOException($"{path} already exists; pass --overwrite to replace it");
         uint alignment = Alignment(metadata);
         var offsets = DataOffsets(tensors, alignment);
-        string tmp = path + ".tmp";
-        try
+        AtomicFile.Write(path, fs =>
         {
-            using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            using (var w = new BinaryWriter(fs, Encoding.UTF8, leaveOpen: true))
             {
-                using (var w = new BinaryWriter(fs, Encoding.UTF8, leaveOpen: true))
-                {
-                    WriteHeader(w, metadata, tensors, offsets);
-                    w.Flush();
-                }
-                Pad(fs, alignment);
-                long dataStart = fs.Position;
-                for (int i = 0; i < tensors.Count; i++)
-                {
-                    var t = tensors[i];
-                    long begin = fs.Position;
-                    if (begin - dataStart != offsets[i]) throw new InvalidOperationException($"{path}: tensor '{t.Name}' would start at {begin - dataStart}, not at its offset {offsets[i]}");
-                    writeData(t, fs);
-                    long written = fs.Position - begin;
-                    if (written != t.ByteSize)
-                        throw new InvalidOperationException($"{path}: tensor '{t.Name}' wrote {written} bytes but {GgmlTypes.Name(t.Type)} [{string.Join(", ", t.Shape)}] takes {t.ByteSize}");
-                    Pad(fs, alignment);
-                }
-                fs.Flush(flushToDisk: true);
+                WriteHeader(w, metadata, tensors, offsets);
+                w.Flush();
             }
-            File.Move(tmp, path, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(tmp); } catch { }
-            throw;
-        }
+            Pad(fs, alignment);
+            long dataStart = fs.Position;
+            for (int i = 0; i < tensors.Count; i++)
+            {
+                var t = tensors[i];
+                long begin = fs.Position;
+                if (begin - dataStart != offsets[i]) throw new InvalidOperationException($"{path}: tensor '{t.Name}' would start at {begin - dataStart}, not at its offset {offsets[i]}");
+                writeData(t, fs);
+                long written = fs.Position - begin;
+                if (written != t.ByteSize)
+                    throw new InvalidOperationException($"{path}: tensor '{t.Name}' wrote {written} bytes but {GgmlTypes.Name(t.Type)} [{string.Join(", ", t.Shape)}] takes {t.ByteSize}");
+                Pad(fs, alignment);
+            }
+        });
     }
 
     static uint Alignment(IReadOnlyList<KeyValuePair<string, GgufValue>> metadata)

@@ -12,6 +12,8 @@ namespace QLoraNet.Formats;
 ///   TrainerSpec  { int32 unk_id = 40 [default 0]; bos_id = 41 [1]; eos_id = 42 [2]; pad_id = 43 [-1]; ... }
 /// </code>
 /// Every other field is skipped by wire type, so newer model files with extra fields still parse.
+/// The one reader of tokenizer.model in the project: the tokenizer (QLoraNet.Models.SentencePieceTextTokenizer)
+/// takes <see cref="Serialized"/> from here, and the GGUF vocabulary the pieces.
 /// </summary>
 public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> Pieces, int UnkId, int BosId, int EosId, int PadId)
 {
@@ -21,13 +23,24 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
 
     public const string FileName = "tokenizer.model";
 
+    /// <summary>The file's bytes, for a tokenizer library that parses the ModelProto itself.</summary>
+    public byte[] Serialized { get; init; } = [];
+
+    /// <summary>The tokenizer.model of a model directory (or the file itself); null when there is none.</summary>
+    public static string? Find(string pathOrDir)
+    {
+        string path = Directory.Exists(pathOrDir) ? Path.Combine(pathOrDir, FileName) : pathOrDir;
+        return File.Exists(path) ? path : null;
+    }
+
     public static SentencePieceModel Load(string pathOrDir)
     {
         string path = Directory.Exists(pathOrDir) ? Path.Combine(pathOrDir, FileName) : pathOrDir;
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: not found (a Llama model directory needs its SentencePiece {FileName})", path);
         try
         {
-            return Parse(UserFile.ReadBytes(path, 64L << 20, FileName));
+            var bytes = UserFile.ReadBytes(path, 64L << 20, FileName);
+            return Parse(bytes) with { Serialized = bytes };
         }
         catch (InvalidDataException e)
         {

@@ -6,6 +6,5 @@ namespace QLoraNet.Formats;
 public sealed record TensorInfo(string Name, ScalarType DType, long[] Shape, long Begin, long End, string ShardPath)
 {
     public long NumElements => Shape.Aggregate(1L, (a, b) => a * b);
-    public long ByteLength => End - Begin;
     public string ShapeText => "[" + string.Join(", ", Shape) + "]";
 }

@@ -12,12 +12,17 @@ public static class AttentionMask
     /// <summary>
     /// (T, S) causal mask aligned bottom-right: query i (the i-th of the T newest tokens) sees keys 0..S-T+i.
     /// This is what a KV cache with S-T cached tokens needs; SDPA's own is_causal flag aligns top-left instead,
-    /// which is only right when T == S.
+    /// which is only right when T == S. With a <paramref name="window"/> W (sliding-window attention, Mistral;
+    /// transformers' sliding_window_causal_mask) a query also sees only the W newest keys up to itself:
+    /// key j is visible to query position p iff p - W &lt; j &lt;= p.
     /// </summary>
-    public static Tensor Causal(long queryLength, long keyLength, Device device)
+    public static Tensor Causal(long queryLength, long keyLength, Device device, int? window = null)
     {
         if (keyLength < queryLength) throw new ArgumentException($"causal mask needs keyLength ({keyLength}) >= queryLength ({queryLength})");
-        return ones(queryLength, keyLength, ScalarType.Bool, device).tril(keyLength - queryLength);
+        if (window is < 1) throw new ArgumentException($"an attention window must hold at least one key, got {window}");
+        var causal = ones(queryLength, keyLength, ScalarType.Bool, device).tril(keyLength - queryLength);
+        if (window is not int w) return causal;
+        using (causal) return causal.triu(keyLength - queryLength - w + 1);
     }
 
     /// <summary>

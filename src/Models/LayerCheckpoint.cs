@@ -1,3 +1,4 @@
+using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -10,10 +11,12 @@ namespace QLoraNet.Models;
 /// which accumulates the LoRA gradients of that layer and yields the gradient of its input. TorchSharp has no
 /// checkpointing of its own. Memory per layer drops from every intermediate (attention, MLP, dequantized weights)
 /// to one (B, T, hidden) tensor, for one extra forward.
-/// Randomness (LoRA dropout) must be the same in the recomputation: the global generator is seeded with the same
-/// value before both runs.
-/// Call: <c>LayerCheckpoint.apply(hidden, layer, cos, sin, mask, seed)</c>; hidden must require grad (the caller
-/// sets it on the embedding output, which is frozen) or backward never reaches this layer.
+/// Randomness (LoRA dropout) must be the same in the recomputation: like PyTorch's checkpoint (preserve_rng_state),
+/// the positions of the layer's random streams (<see cref="IStochasticModule"/>) are saved before the forward, set
+/// again for the recomputation, and put back afterwards, so the draws of later layers and micro-batches are untouched.
+/// Call: <c>LayerCheckpoint.apply(hidden, layer, cos, sin, mask, handles)</c>; hidden must require grad (the caller
+/// sets it on the embedding output, which is frozen) or backward never reaches this layer; handles is the model's
+/// <see cref="BackwardHandles"/>, where backward defers the gradient it returns.
 /// </summary>
 public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpoint>
 {
@@ -23,14 +26,14 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
     {
         var hidden = (Tensor)vars[0];
         var layer = (LlamaDecoderLayer)vars[1];
-        var (cos, sin, mask, seed) = ((Tensor)vars[2], (Tensor)vars[3], (Tensor?)vars[4], (long)vars[5]);
+        var (cos, sin, mask, handles) = ((Tensor)vars[2], (Tensor)vars[3], (Tensor?)vars[4], (BackwardHandles)vars[5]);
         // Tensors go through save_for_backward (autograd keeps them alive after the caller's dispose scope ends);
-        // the layer and the seed are plain data.
+        // the layer, the stream positions and the handle queue are plain data.
         ctx.save_for_backward(mask is null ? [hidden, cos, sin] : [hidden, cos, sin, mask]);
         ctx.save_data("layer", layer);
-        ctx.save_data("seed", seed);
+        ctx.save_data("handles", handles);
+        ctx.save_data("rng", StreamPositions(layer));
         using var noGrad = torch.no_grad();
-        torch.manual_seed(seed);
         return layer.forward(hidden, cos, sin, mask);
     }
 
@@ -39,21 +42,38 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         var saved = ctx.get_saved_variables();
         var (hidden, cos, sin, mask) = (saved[0], saved[1], saved[2], saved.Count > 3 ? saved[3] : null);
         var layer = (LlamaDecoderLayer)ctx.get_data("layer");
-        var seed = (long)ctx.get_data("seed");
+        var handles = (BackwardHandles)ctx.get_data("handles");
+        var atForward = (List<(RandomStream Stream, RandomStream.Position State)>)ctx.get_data("rng");
 
         using var enableGrad = torch.enable_grad();
-        torch.manual_seed(seed);
+        var current = atForward.Select(s => (s.Stream, s.Stream.State)).ToList();
+        Restore(atForward);
         Tensor gradInput;
-        using (var scope = NewDisposeScope())
+        try
         {
+            using var scope = NewDisposeScope();
             var input = hidden.detach().requires_grad_(true);
             var output = layer.forward(input, cos, sin, mask);
             torch.autograd.backward([output], [gradOutput]);
             gradInput = (input.grad ?? torch.zeros_like(input)).MoveToOuterDisposeScope();
         }
+        finally
+        {
+            Restore(current);
+        }
         // On CUDA this runs on libtorch's device thread, outside any dispose scope: release the handles now.
         foreach (var t in saved) t?.Dispose();
         gradOutput.Dispose();
-        return [QLoraNet.Quant.BackwardHandles.Defer(gradInput), null!, null!, null!, null!, null!];
+        return [handles.Defer(gradInput), null!, null!, null!, null!, null!];
+    }
+
+    /// <summary>The position of every distinct random stream the layer's modules draw from.</summary>
+    static List<(RandomStream Stream, RandomStream.Position State)> StreamPositions(LlamaDecoderLayer layer) =>
+        layer.modules().OfType<IStochasticModule>().Select(m => m.Random).Distinct()
+            .Select(r => (r, r.State)).ToList();
+
+    static void Restore(IEnumerable<(RandomStream Stream, RandomStream.Position State)> states)
+    {
+        foreach (var (stream, state) in states) stream.Restore(state);
     }
 }

@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -8,22 +9,23 @@ namespace QLoraNet.Models;
 /// <summary>
 /// Causal self-attention with rotary positions and grouped-query attention (Ainslie et al. 2023, "GQA",
 /// arXiv:2305.13245): numHeads query heads share numKvHeads key/value heads, each kv head serving
-/// numHeads/numKvHeads consecutive query heads (HF's repeat_kv order). The four projections are frozen linears;
-/// their field names are the Hugging Face state-dict names so LoRA finds "...self_attn.q_proj" by path.
+/// numHeads/numKvHeads consecutive query heads (HF's repeat_kv order). The four projections sit in
+/// <see cref="LinearSlots"/> under the names the family record gives them ("q_proj", ...), so LoRA finds
+/// "...self_attn.q_proj" by path; a projection with a bias (attention_bias) adds it after the frozen linear.
 /// </summary>
 public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, KvCache?, Tensor>
 {
-    readonly nn.Module<Tensor, Tensor> q_proj; // a FrozenLinear, or LoRA wrapping one
-    readonly nn.Module<Tensor, Tensor> k_proj; // a FrozenLinear, or LoRA wrapping one
-    readonly nn.Module<Tensor, Tensor> v_proj; // a FrozenLinear, or LoRA wrapping one
-    readonly nn.Module<Tensor, Tensor> o_proj; // a FrozenLinear, or LoRA wrapping one
+    readonly LinearSlots projections;
     readonly int layerIndex;
     readonly long numHeads;
     readonly long numKvHeads;
     readonly long headDim;
+    readonly int? window;
 
+    /// <param name="projections">the Query, Key, Value and Output linears with their record entries and optional biases (out).</param>
+    /// <param name="window">sliding attention window of this layer (the family record's), or null for full causal attention.</param>
     public LlamaAttention(string name, int layerIndex, long numHeads, long numKvHeads, long headDim,
-        FrozenLinear qProj, FrozenLinear kProj, FrozenLinear vProj, FrozenLinear oProj) : base(name)
+        IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections, int? window = null) : base(name)
     {
         if (numHeads % numKvHeads != 0)
             throw new ArgumentException($"num_attention_heads ({numHeads}) must be a multiple of num_key_value_heads ({numKvHeads})");
@@ -31,16 +33,18 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         this.numHeads = numHeads;
         this.numKvHeads = numKvHeads;
         this.headDim = headDim;
-        q_proj = qProj;
-        k_proj = kProj;
-        v_proj = vProj;
-        o_proj = oProj;
+        this.window = window;
         RegisterComponents();
+        this.projections = new LinearSlots(this);
+        foreach (var (spec, linear, bias) in projections) this.projections.Add(spec.Name, spec.Role, linear, bias);
     }
 
     public long NumHeads => numHeads;
     public long NumKvHeads => numKvHeads;
     public long HeadDim => headDim;
+
+    /// <summary>The q/k/v/o slots (for replacing a projection by name).</summary>
+    public LinearSlots Projections => projections;
 
     /// <param name="hidden">(B, T, hidden)</param>
     /// <param name="cos">(B, T, headDim) from <see cref="RotaryEmbedding"/></param>
@@ -54,9 +58,9 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         using var scope = NewDisposeScope();
         long b = hidden.shape[0], t = hidden.shape[1];
 
-        var q = q_proj.call(hidden).view(b, t, numHeads, headDim).transpose(1, 2);     // (B, nHeads, T, headDim)
-        var k = k_proj.call(hidden).view(b, t, numKvHeads, headDim).transpose(1, 2);   // (B, nKv, T, headDim)
-        var v = v_proj.call(hidden).view(b, t, numKvHeads, headDim).transpose(1, 2);   // (B, nKv, T, headDim)
+        var q = projections.Call(LinearRole.Query, hidden).view(b, t, numHeads, headDim).transpose(1, 2);   // (B, nHeads, T, headDim)
+        var k = projections.Call(LinearRole.Key, hidden).view(b, t, numKvHeads, headDim).transpose(1, 2);   // (B, nKv, T, headDim)
+        var v = projections.Call(LinearRole.Value, hidden).view(b, t, numKvHeads, headDim).transpose(1, 2); // (B, nKv, T, headDim)
         q = RotaryEmbedding.Apply(q, cos, sin);
         k = RotaryEmbedding.Apply(k, cos, sin);
 
@@ -69,7 +73,13 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         // single new token after a cache sees everything; several new tokens after a cache need a shifted triangle.
         Tensor? attnMask = mask;
         bool isCausal = false;
-        if (mask is null)
+        if (window is int w && s > w)
+        {
+            // The window cuts keys off: causality and the band in one mask, within the packed mask if there is one.
+            var band = AttentionMask.Causal(t, s, hidden.device, w);                    // (T, S)
+            attnMask = mask is null ? band : mask.logical_and(band);
+        }
+        else if (mask is null)
         {
             if (t == s) isCausal = t > 1;
             else if (t > 1) attnMask = AttentionMask.Causal(t, s, hidden.device);
@@ -78,7 +88,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         var attn = F.scaled_dot_product_attention(q, k, v, attnMask, p: 0.0, is_casual: isCausal); // (B, nHeads, T, headDim)
 
         var merged = attn.transpose(1, 2).reshape(b, t, numHeads * headDim);         // (B, T, nHeads*headDim)
-        return o_proj.call(merged).MoveToOuterDisposeScope();
+        return projections.Call(LinearRole.Output, merged).MoveToOuterDisposeScope();
     }
 
     /// <summary>(B, nKv, S, D) -> (B, nKv * rep, S, D), kv head j serving query heads j*rep .. j*rep+rep-1.</summary>

@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -6,30 +7,70 @@ using F = TorchSharp.torch.nn.functional;
 namespace QLoraNet.Models;
 
 /// <summary>
-/// The Llama decoder with its language-model head: next-token logits over the vocabulary.
-/// Parameter paths equal Hugging Face's LlamaForCausalLM state dict ("model.layers.0.self_attn.q_proj", "lm_head").
+/// The decoder with its language-model head: next-token logits over the vocabulary, for any family the record
+/// (<see cref="Architecture"/>) describes and <see cref="ArchitectureSupport"/> admits.
+/// Parameter paths equal Hugging Face's state dict ("model.layers.0.self_attn.q_proj", "lm_head").
 /// With tied embeddings (tie_word_embeddings, no lm_head.weight in the checkpoint) the head reuses
-/// model.embed_tokens.weight and there is no lm_head module at all.
+/// model.embed_tokens.weight and there is no head module at all.
+/// Its linears are slots (<see cref="IReplaceableLinears"/>): LoRA attaches by replacing one.
 /// </summary>
-public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
+public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLinears
 {
     readonly LlamaModel model;
-    readonly FrozenLinear? lm_head;
+    readonly LinearSlots head;
+    readonly Dictionary<string, (LinearSlots Slots, string Name)> slotOf = new(StringComparer.Ordinal);
+    readonly List<string> linearPaths = [];
 
-    public LlamaForCausalLM(string name, LlamaModel model, FrozenLinear? lmHead) : base(name)
+    public LlamaForCausalLM(string name, ModelArchitecture architecture, LlamaModel model, FrozenLinear? lmHead) : base(name)
     {
+        Architecture = architecture;
         this.model = model;
-        lm_head = lmHead;
         RegisterComponents();
+        head = new LinearSlots(this);
+        for (int i = 0; i < model.Layers.Count; i++)
+        {
+            var layer = model.Layers[i];
+            foreach (var (group, slots) in new[] { (LlamaDecoderLayer.AttentionName, layer.SelfAttn.Projections), (LlamaDecoderLayer.MlpName, layer.Mlp.Projections) })
+                foreach (var slot in slots.Names)
+                    AddPath($"{architecture.LayerPrefix(i)}{group}.{slot}", slots, slot);
+        }
+        if (lmHead is not null)
+        {
+            head.Add(architecture.HeadName, LinearRole.Output, lmHead);
+            AddPath(architecture.HeadName, head, architecture.HeadName);
+            lmHead.DeferBackwardHandlesTo(model.BackwardHandles);
+        }
     }
+
+    /// <summary>The family record this model was built from.</summary>
+    public ModelArchitecture Architecture { get; }
 
     public LlamaModel Model => model;
 
-    /// <summary>The untied output head, or null when the head is tied to the input embedding.</summary>
-    public FrozenLinear? LmHead => lm_head;
+    /// <summary>Where backward through this model defers its gradient handles; release after each backward pass
+    /// (<see cref="Quant.BackwardHandles.Release"/>).</summary>
+    public BackwardHandles BackwardHandles => model.BackwardHandles;
+
+    /// <summary>The untied output head as loaded (a frozen linear), or null when the head is tied to the input
+    /// embedding or its slot holds something else (an adapter).</summary>
+    public FrozenLinear? LmHead => HeadPath is { } p ? GetLinear(p) as FrozenLinear : null;
 
     /// <summary>Where the model lives (the caller chose it at load time).</summary>
     public Device Device => model.EmbedTokens.Weight.device;
+
+    public IReadOnlyList<string> LinearPaths => linearPaths;
+
+    public string? HeadPath => slotOf.ContainsKey(Architecture.HeadName) ? Architecture.HeadName : null;
+
+    public nn.Module<Tensor, Tensor> GetLinear(string path) => Slot(path).Slots[Slot(path).Name];
+
+    public void ReplaceLinear(string path, nn.Module<Tensor, Tensor> module)
+    {
+        var (slots, name) = Slot(path);
+        // A frozen linear entering the model (alone or inside a wrapper) defers into the model's queue like the rest.
+        foreach (var linear in module.modules().Prepend(module).OfType<FrozenLinear>()) linear.DeferBackwardHandlesTo(model.BackwardHandles);
+        slots.Replace(name, module);
+    }
 
     public override Tensor forward(Tensor inputIds) => forward(inputIds, null, null, null);
 
@@ -46,14 +87,21 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     public Tensor Logits(Tensor hidden)
     {
         using var scope = NewDisposeScope();
-        var logits = lm_head is null ? F.linear(hidden, model.EmbedTokens.Weight.to(hidden.dtype)) : lm_head.call(hidden);
+        var logits = HeadPath is null ? F.linear(hidden, model.EmbedTokens.Weight.to(hidden.dtype)) : head.Call(LinearRole.Output, hidden);
         return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 
     /// <summary>An empty KV cache sized for this model, in the compute dtype on the model's device.</summary>
-    public KvCache NewKvCache(long batch, long capacity)
+    public KvCache NewKvCache(long batch, long capacity) =>
+        new(model.Layers.Count, batch, Architecture.NumKvHeads, Architecture.HeadDim, capacity, model.ComputeDType, Device);
+
+    void AddPath(string path, LinearSlots slots, string name)
     {
-        var attn = model.Layers[0].SelfAttn;
-        return new(model.Layers.Count, batch, attn.NumKvHeads, attn.HeadDim, capacity, model.ComputeDType, Device);
+        slotOf[path] = (slots, name);
+        linearPaths.Add(path);
     }
+
+    (LinearSlots Slots, string Name) Slot(string path) =>
+        slotOf.TryGetValue(path, out var s) ? s
+            : throw new ArgumentException($"the model has no linear '{path}'; its linears are e.g. {string.Join(", ", linearPaths.Take(3))}, ... ({linearPaths.Count} in all)");
 }

@@ -1,5 +1,6 @@
 using QLoraNet.Formats;
 using QLoraNet.Quant;
+using QLoraNet.Quant.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -7,56 +8,55 @@ namespace QLoraNet.Models;
 
 /// <summary>
 /// Builds a <see cref="LlamaForCausalLM"/> from a Hugging Face model directory (config.json + safetensors, single or
-/// sharded). The whole checkpoint is validated from the headers first (names, shapes, dtypes), so a bad file fails
-/// in a second instead of after minutes of quantization; tensors are then streamed one at a time in file order and
-/// handed to the caller's policy, so peak host memory is about one tensor plus the model being built.
+/// sharded) of any family in <see cref="ModelFamilies"/> that <see cref="ArchitectureSupport"/> admits. The family
+/// record says which tensors must exist and their shapes; the whole checkpoint is validated against it from the
+/// headers first (names, shapes, dtypes), so a bad file fails in a second instead of after minutes of
+/// quantization; tensors are then streamed one at a time in file order and each linear weight is handed to the
+/// caller's policy (quantize-on-load), so peak host memory is about one tensor plus the model being built.
+/// A linear stored pre-quantized in a known <see cref="CheckpointLayout"/> (a `quantize` output) is read back as is.
 /// </summary>
 public static class LlamaLoader
 {
-    public const string Architecture = "LlamaForCausalLM";
-
-    enum Kind { Linear, Frozen }
-
-    sealed record Expected(long[] Shape, Kind Kind);
-
     public static LlamaForCausalLM Load(string modelDir, LoadOptions options)
     {
         if (!Directory.Exists(modelDir)) throw new DirectoryNotFoundException($"model directory '{modelDir}' does not exist");
-        var config = LlamaConfig.Load(modelDir);
-        if (config.Architectures.Count > 0 && !config.Architectures.Contains(Architecture))
-            throw new NotSupportedException($"{Path.Combine(modelDir, LlamaConfig.FileName)}: architecture {string.Join(", ", config.Architectures)} is not supported; QLoraNet loads {Architecture}");
+        var arch = ModelFamilies.Load(modelDir);
+        ArchitectureSupport.Require(arch, Path.Combine(modelDir, ModelArchitecture.ConfigFileName));
 
         using var ckpt = CheckpointReader.Open(modelDir, options.AllowNonFiniteWeights);
-        var expected = ExpectedTensors(config, tieHead: config.TieWordEmbeddings);
-        Validate(ckpt, expected, modelDir);
+        var expected = arch.ExpectedTensors().ToDictionary(e => e.Name, StringComparer.Ordinal);
+        Validate(ckpt, arch, expected, modelDir);
 
         var frozenDType = options.FrozenDType ?? options.ComputeDType;
+        var kernels = options.Kernels ?? KernelSelection.Portable;
         var linears = new Dictionary<string, FrozenLinear>();
         var frozen = new Dictionary<string, Tensor>();
         try
         {
+            foreach (var want in expected.Values)
+            {
+                // Stored pre-quantized (a `quantize` output): the codes are read back, never quantized again. A layout
+                // may keep no "...weight" tensor at all (GPTQ's qweight), so these are found by the layout, not the file.
+                if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, want.Name) is { } layout)
+                    linears[want.ModulePath] = QuantizedCheckpoint.ReadLinear(ckpt, layout, want.Name, want.Shape, options.Device, options.ComputeDType, kernels);
+            }
             foreach (var name in ckpt.Names)
             {
-                if (!expected.TryGetValue(name, out var want)) continue;     // tolerated extras (see Validate)
-                if (want.Kind == Kind.Linear && QuantizedCheckpoint.IsStored(ckpt, name))
-                {
-                    // Stored in 4 bits (a `quantize` output): the codes are read back, never quantized again.
-                    linears[name[..^".weight".Length]] = QuantizedCheckpoint.ReadLinear(ckpt, name, want.Shape, options.Device, options.ComputeDType);
-                    continue;
-                }
+                if (!expected.TryGetValue(name, out var want)) continue;         // tolerated extras (see Validate)
+                bool isLinear = IsLinear(want);
+                if (isLinear && linears.ContainsKey(want.ModulePath)) continue;   // read from its stored layout above
                 using var raw = ckpt.Read(name);
-                if (want.Kind == Kind.Linear)
+                if (isLinear)
                 {
                     using var onDevice = raw.to(options.Device);
-                    string modulePath = name[..^".weight".Length];
-                    linears[modulePath] = options.LinearFactory(modulePath, onDevice);
+                    linears[want.ModulePath] = options.LinearFactory(want.ModulePath, onDevice);
                 }
                 else
                 {
                     frozen[name] = raw.to(frozenDType, options.Device, copy: true).DetachFromDisposeScope();
                 }
             }
-            return Assemble(config, linears, frozen, options);
+            return Assemble(arch, linears, frozen, options);
         }
         catch
         {
@@ -66,95 +66,75 @@ public static class LlamaLoader
         }
     }
 
-    /// <summary>Every tensor the model needs, by Hugging Face state-dict name, with its shape from config.json.</summary>
-    static Dictionary<string, Expected> ExpectedTensors(LlamaConfig c, bool tieHead)
-    {
-        long h = c.HiddenSize, inter = c.IntermediateSize, q = (long)c.NumAttentionHeads * c.HeadDim, kv = (long)c.NumKeyValueHeads * c.HeadDim;
-        var e = new Dictionary<string, Expected> { ["model.embed_tokens.weight"] = new([c.VocabSize, h], Kind.Frozen) };
-        for (int i = 0; i < c.NumHiddenLayers; i++)
-        {
-            string p = $"model.layers.{i}.";
-            e[p + "self_attn.q_proj.weight"] = new([q, h], Kind.Linear);
-            e[p + "self_attn.k_proj.weight"] = new([kv, h], Kind.Linear);
-            e[p + "self_attn.v_proj.weight"] = new([kv, h], Kind.Linear);
-            e[p + "self_attn.o_proj.weight"] = new([h, q], Kind.Linear);
-            e[p + "mlp.gate_proj.weight"] = new([inter, h], Kind.Linear);
-            e[p + "mlp.up_proj.weight"] = new([inter, h], Kind.Linear);
-            e[p + "mlp.down_proj.weight"] = new([h, inter], Kind.Linear);
-            e[p + "input_layernorm.weight"] = new([h], Kind.Frozen);
-            e[p + "post_attention_layernorm.weight"] = new([h], Kind.Frozen);
-        }
-        e["model.norm.weight"] = new([h], Kind.Frozen);
-        if (!tieHead) e["lm_head.weight"] = new([c.VocabSize, h], Kind.Linear);
-        return e;
-    }
-
-    static void Validate(CheckpointReader ckpt, Dictionary<string, Expected> expected, string modelDir)
+    static void Validate(CheckpointReader ckpt, ModelArchitecture arch, Dictionary<string, ExpectedTensor> expected, string modelDir)
     {
         foreach (var (name, want) in expected)
         {
-            if (!ckpt.Contains(name))
-                throw new InvalidDataException(name == "lm_head.weight"
-                    ? $"{modelDir}: checkpoint has no 'lm_head.weight' and config.json says tie_word_embeddings is false; add the head or set tie_word_embeddings true"
-                    : $"{modelDir}: checkpoint is missing tensor '{name}' (required by config.json)");
-            if (want.Kind == Kind.Linear && QuantizedCheckpoint.IsStored(ckpt, name))
+            if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, name) is { } layout)
             {
-                QuantizedCheckpoint.ValidateHeader(ckpt, name, want.Shape);
+                QuantizedCheckpoint.CheckHeader(ckpt, layout, name, want.Shape);
                 continue;
             }
+            if (!ckpt.Contains(name))
+                throw new InvalidDataException(want.Role == TensorRole.Head
+                    ? $"{modelDir}: checkpoint has no '{name}' and config.json says tie_word_embeddings is false; add the head or set tie_word_embeddings true"
+                    : $"{modelDir}: checkpoint is missing tensor '{name}' (required by config.json)");
             var info = ckpt.Info(name);
             if (!info.Shape.SequenceEqual(want.Shape))
                 throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' has shape {info.ShapeText}, config.json implies [{string.Join(", ", want.Shape)}]");
             if (info.DType is not (ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32 or ScalarType.Float64))
-                throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' is {info.DType}; pre-quantized weights load only in bitsandbytes 4-bit layout (with a quant_state, see `quantize`); otherwise load the original float weights");
+                throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' is {info.DType}; pre-quantized weights load only in a known layout (bitsandbytes 4-bit with a quant_state, see `quantize`); otherwise load the original float weights");
         }
         RequireOneDTypePerKind(ckpt, expected);
         foreach (var name in ckpt.Names)
         {
             // A tied head may still be stored (HF ignores it and reuses the embedding); old checkpoints also carry
             // the derived rotary inv_freq buffers. Anything else means the config and the weights disagree.
-            if (expected.ContainsKey(name) || name == "lm_head.weight" || name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)
-                || (QuantizedCheckpoint.IsStateOf(name, out var weight) && expected.ContainsKey(weight))) continue;
-            throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor {SafeText.Quote(name)} for a {Architecture} with this config.json (wrong config or not a Llama checkpoint)");
+            if (expected.ContainsKey(name) || name == arch.HeadWeight || name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)
+                || BaseFormats.Layouts.Any(l => l.IsStateKey(name, out var weight) && expected.ContainsKey(weight))) continue;
+            throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor {SafeText.Quote(name)} for a {string.Join(", ", arch.Architectures.DefaultIfEmpty(arch.Family))} with this config.json (wrong config or not a {arch.Family} checkpoint)");
         }
     }
 
     /// <summary>
     /// The dense matrices (embedding, projections, head) of a checkpoint share one dtype, and so do its norm
-    /// vectors (some checkpoints keep those in fp32). A tensor whose dtype differs from the rest of its kind has
-    /// had its header altered (a BF16 entry relabelled F16 has the same byte length and would load as garbage),
-    /// so it is refused by name. Where the kinds are split evenly there is no majority to trust and nothing is said.
+    /// vectors (some checkpoints keep those in fp32) and its biases. A tensor whose dtype differs from the rest of
+    /// its kind has had its header altered (a BF16 entry relabelled F16 has the same byte length and would load as
+    /// garbage), so it is refused by name. Where a kind is split evenly there is no majority to trust and nothing is said.
     /// </summary>
-    static void RequireOneDTypePerKind(CheckpointReader ckpt, Dictionary<string, Expected> expected)
+    static void RequireOneDTypePerKind(CheckpointReader ckpt, Dictionary<string, ExpectedTensor> expected)
     {
-        var dense = expected.Keys.Where(n => !QuantizedCheckpoint.IsStored(ckpt, n)).Select(ckpt.Info).ToList();
-        foreach (var kind in dense.GroupBy(i => i.Shape.Length))
+        var dense = expected.Values.Where(e => ckpt.Contains(e.Name) && !(IsLinear(e) && QuantizedCheckpoint.LayoutOf(ckpt, e.Name) is not null));
+        foreach (var kind in dense.GroupBy(e => e.Role switch { TensorRole.Norm => "norm weights", TensorRole.Bias => "biases", _ => "weight matrices" }))
         {
-            var byDType = kind.GroupBy(i => i.DType).OrderByDescending(g => g.Count()).ToList();
+            var byDType = kind.Select(e => ckpt.Info(e.Name)).GroupBy(i => i.DType).OrderByDescending(g => g.Count()).ToList();
             if (byDType.Count < 2 || byDType[0].Count() == byDType[1].Count()) continue;
             var odd = byDType[1].OrderBy(i => i.Name, StringComparer.Ordinal).First();
             throw new InvalidDataException(
                 $"{odd.ShardPath}: tensor '{odd.Name}' is {SafeTensorsDType.Name(odd.DType)} but the other {byDType[0].Count()} " +
-                $"{(kind.Key == 1 ? "norm weights" : "weight matrices")} are {SafeTensorsDType.Name(byDType[0].Key)}; its header was altered or the checkpoint mixes files from different saves");
+                $"{kind.Key} are {SafeTensorsDType.Name(byDType[0].Key)}; its header was altered or the checkpoint mixes files from different saves");
         }
     }
 
-    static LlamaForCausalLM Assemble(LlamaConfig c, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o)
+    static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;
+
+    static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o)
     {
         var layers = new List<LlamaDecoderLayer>();
-        for (int i = 0; i < c.NumHiddenLayers; i++)
+        for (int i = 0; i < a.NumLayers; i++)
         {
-            string p = $"model.layers.{i}.";
-            var attn = new LlamaAttention("self_attn", i, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim,
-                linears[p + "self_attn.q_proj"], linears[p + "self_attn.k_proj"], linears[p + "self_attn.v_proj"], linears[p + "self_attn.o_proj"]);
-            var mlp = new LlamaMlp("mlp", linears[p + "mlp.gate_proj"], linears[p + "mlp.up_proj"], linears[p + "mlp.down_proj"]);
-            layers.Add(new LlamaDecoderLayer($"layers.{i}", attn, mlp,
-                new RmsNorm("input_layernorm", frozen[p + "input_layernorm.weight"], c.RmsNormEps),
-                new RmsNorm("post_attention_layernorm", frozen[p + "post_attention_layernorm.weight"], c.RmsNormEps)));
+            string p = a.LayerPrefix(i);
+            (LayerLinear, FrozenLinear, Tensor?) Projection(LayerLinear l) =>
+                (l, linears[p + l.Path], l.HasBias ? frozen[p + l.Path + ".bias"] : null);
+            var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
+                a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i));
+            var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection));
+            var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen[p + n.Path + ".weight"], a.NormEps, a.Norm)));
+            layers.Add(new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms));
         }
-        var model = new LlamaModel("model", frozen["model.embed_tokens.weight"], layers,
-            new RmsNorm("norm", frozen["model.norm.weight"], c.RmsNormEps),
-            new RotaryEmbedding("rotary_emb", c.HeadDim, c.RopeTheta, o.ComputeDType, o.Device), o.ComputeDType);
-        return new LlamaForCausalLM(Architecture, model, linears.GetValueOrDefault("lm_head"));
+        var model = new LlamaModel("model", frozen[a.EmbeddingWeight], layers,
+            new RmsNorm("norm", frozen[a.FinalNormWeight], a.NormEps, a.Norm),
+            new RotaryEmbedding("rotary_emb", a.Rope.RotaryDim, a.Rope.Theta, o.ComputeDType, o.Device), o.ComputeDType);
+        return new LlamaForCausalLM(a.Architectures.FirstOrDefault() ?? a.Family, a, model, linears.GetValueOrDefault(a.HeadName));
     }
 }

@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -5,28 +6,39 @@ using F = TorchSharp.torch.nn.functional;
 
 namespace QLoraNet.Models;
 
-/// <summary>SwiGLU feed-forward (Shazeer 2020, "GLU Variants Improve Transformer", arXiv:2002.05202):
-/// down(silu(gate(x)) * up(x)), no biases.</summary>
+/// <summary>Gated feed-forward down(act(gate(x)) * up(x)): with SiLU, SwiGLU (Shazeer 2020, "GLU Variants Improve
+/// Transformer", arXiv:2002.05202). The three linears sit in <see cref="LinearSlots"/> under the family record's
+/// names, with their biases when mlp_bias is set; the activation is the record's.</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 {
-    readonly nn.Module<Tensor, Tensor> gate_proj; // a FrozenLinear, or LoRA wrapping one
-    readonly nn.Module<Tensor, Tensor> up_proj; // a FrozenLinear, or LoRA wrapping one
-    readonly nn.Module<Tensor, Tensor> down_proj; // a FrozenLinear, or LoRA wrapping one
+    readonly LinearSlots projections;
+    readonly Activation activation;
 
-    public LlamaMlp(string name, FrozenLinear gateProj, FrozenLinear upProj, FrozenLinear downProj) : base(name)
+    /// <param name="projections">the Gate, Up and Down linears with their record entries and optional biases (out).</param>
+    public LlamaMlp(string name, Activation activation, IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections) : base(name)
     {
-        gate_proj = gateProj;
-        up_proj = upProj;
-        down_proj = downProj;
+        this.activation = activation;
         RegisterComponents();
+        this.projections = new LinearSlots(this);
+        foreach (var (spec, linear, bias) in projections) this.projections.Add(spec.Name, spec.Role, linear, bias);
     }
+
+    /// <summary>The gate/up/down slots (for replacing a projection by name).</summary>
+    public LinearSlots Projections => projections;
 
     /// <param name="x">(B, T, hidden)</param>
     /// <returns>(B, T, hidden)</returns>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var gated = F.silu(gate_proj.call(x)) * up_proj.call(x);                   // (B, T, intermediate)
-        return down_proj.call(gated).MoveToOuterDisposeScope();
+        var gated = Activate(projections.Call(LinearRole.Gate, x)) * projections.Call(LinearRole.Up, x);   // (B, T, intermediate)
+        return projections.Call(LinearRole.Down, gated).MoveToOuterDisposeScope();
     }
+
+    /// <summary>The switch point for other families' activations (GeGLU, squared ReLU): see <see cref="ArchitectureSupport"/>.</summary>
+    Tensor Activate(Tensor x) => activation switch
+    {
+        Activation.Silu => F.silu(x),
+        _ => throw new NotSupportedException($"activation {activation} is not implemented"),
+    };
 }

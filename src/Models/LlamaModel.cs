@@ -1,3 +1,4 @@
+using QLoraNet.Quant;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -27,7 +28,14 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         rotary_emb = rotaryEmb;
         this.computeDType = computeDType;
         RegisterComponents();
+        foreach (var linear in this.modules().OfType<FrozenLinear>()) linear.DeferBackwardHandlesTo(BackwardHandles);
     }
+
+    /// <summary>
+    /// The queue where this model's custom backward functions (frozen linears, layer checkpoints) leave the gradient
+    /// handles they return; whoever runs backward on the model releases it after each backward pass.
+    /// </summary>
+    public BackwardHandles BackwardHandles { get; } = new();
 
     public FrozenEmbedding EmbedTokens => embed_tokens;
     public ModuleList<LlamaDecoderLayer> Layers => layers;
@@ -60,11 +68,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
             // The frozen embedding output does not require grad; the checkpoint function must see an input that
             // does, or autograd skips its backward and the first layers' adapters get no gradient.
             h.requires_grad_(true);
-            foreach (var layer in layers)
-            {
-                long seed = torch.randint(0, int.MaxValue, [1], ScalarType.Int64).item<long>();
-                h = LayerCheckpoint.apply(h, layer, cos, sin, attentionMask!, seed);
-            }
+            foreach (var layer in layers) h = LayerCheckpoint.apply(h, layer, cos, sin, attentionMask!, BackwardHandles);
         }
         else
         {

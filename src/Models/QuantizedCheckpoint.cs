@@ -1,92 +1,36 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using System.Text.RegularExpressions;
 using QLoraNet.Formats;
 using QLoraNet.Quant;
+using QLoraNet.Quant.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace QLoraNet.Models;
 
 /// <summary>
-/// A Hugging Face Llama directory whose decoder projections are stored already quantized, in the tensors
-/// bitsandbytes puts in a state dict for a Linear4bit (<see cref="FourBitCheckpoint"/>: packed uint8 `weight`,
-/// `weight.absmax`, `weight.quant_map`, [`weight.nested_absmax`, `weight.nested_quant_map`],
-/// `weight.quant_state.bitsandbytes__nf4|fp4`), everything else as in the original checkpoint, and a config.json with
-/// the `quantization_config` block transformers writes for `BitsAndBytesConfig(load_in_4bit=True)`.
-/// <see cref="Write"/> makes one from an ordinary checkpoint, streaming tensor by tensor; the loader reads the stored
-/// codes back without re-quantizing (<see cref="ReadLinear"/>), so a saved model equals a quantized-on-load one bit for bit.
+/// A Hugging Face model directory whose decoder-layer linears (the record's <see cref="ModelArchitecture.IsBaseLinearWeight"/>)
+/// are stored already quantized, in a base format's <see cref="CheckpointLayout"/> (nf4/fp4: bitsandbytes' Linear4bit
+/// tensors), everything else as in the original checkpoint, and a config.json with the layout's
+/// <c>quantization_config</c> block. <see cref="Write"/> makes one from an ordinary checkpoint, streaming tensor by
+/// tensor; the loader reads the stored codes back without re-quantizing (<see cref="ReadLinear"/>), so a saved model
+/// equals a quantized-on-load one bit for bit. The stored format's spelling (<see cref="StoredFormat"/>) is the
+/// same one the CLI and the config use.
 /// </summary>
 public static class QuantizedCheckpoint
 {
-    const string QuantStateInfix = ".quant_state.bitsandbytes__";
+    /// <summary>The layout <paramref name="weightName"/> is stored in, or null for a plain float tensor.</summary>
+    public static CheckpointLayout? LayoutOf(CheckpointReader ckpt, string weightName) => BaseFormats.StoredLayout(weightName, ckpt.Contains);
 
-    /// <summary>Suffixes (after the "...weight" key) of the tensors that hold a 4-bit weight's quantization state.</summary>
-    static readonly string[] StateSuffixes =
-        [".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", QuantStateInfix + "nf4", QuantStateInfix + "fp4"];
+    /// <summary>True when any tensor of the checkpoint belongs to a stored layout.</summary>
+    public static bool IsQuantized(CheckpointReader ckpt) => ckpt.Names.Any(n => BaseFormats.Layouts.Any(l => l.IsStateKey(n, out _)));
 
-    /// <summary>The projections QLoRA quantizes: every linear of the decoder layers; the output head stays dense
-    /// (transformers' bitsandbytes integration skips lm_head too).</summary>
-    static readonly Regex DecoderLinear = new(@"^model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight$", RegexOptions.Compiled);
-
-    /// <summary>True when any tensor of the checkpoint carries a bitsandbytes 4-bit quant_state.</summary>
-    public static bool IsQuantized(CheckpointReader ckpt) => ckpt.Names.Any(n => n.Contains(QuantStateInfix, StringComparison.Ordinal));
-
-    /// <summary>True when <paramref name="weightName"/> ("...q_proj.weight") is stored in 4 bits (any of its state tensors exists).</summary>
-    public static bool IsStored(CheckpointReader ckpt, string weightName) => StateSuffixes.Any(s => ckpt.Contains(weightName + s));
-
-    /// <summary>True when <paramref name="name"/> is a state tensor of a 4-bit weight; gives that weight's key.</summary>
-    public static bool IsStateOf(string name, out string weightName)
+    /// <summary>Header-only check of a stored weight before anything is read (see <see cref="CheckpointLayout.CheckHeader"/>).</summary>
+    public static void CheckHeader(CheckpointReader ckpt, CheckpointLayout layout, string weightName, long[] shape)
     {
-        foreach (var s in StateSuffixes)
-            if (name.EndsWith(s, StringComparison.Ordinal))
-            {
-                weightName = name[..^s.Length];
-                return true;
-            }
-        weightName = "";
-        return false;
-    }
-
-    /// <summary>
-    /// Header-only check of a stored 4-bit weight before anything is read: its quant_state exists and the packed
-    /// codes have the size config.json implies. The rest (quant_state contents) is checked when the weight is read.
-    /// </summary>
-    public static void ValidateHeader(CheckpointReader ckpt, string weightName, long[] shape)
-    {
-        var info = ckpt.Info(weightName);
-        if (!ckpt.Contains(weightName + QuantStateInfix + "nf4") && !ckpt.Contains(weightName + QuantStateInfix + "fp4"))
-            throw new InvalidDataException($"{info.ShardPath}: '{weightName}' has 4-bit state tensors but no '{weightName}{QuantStateInfix}nf4' (or __fp4); the checkpoint is incomplete, re-run `quantize` from the original weights");
-        long packedBytes = (shape.Aggregate(1L, (a, b) => a * b) + 1) / 2;
-        long numel = info.Shape.Aggregate(1L, (a, b) => a * b);
-        if (info.DType != ScalarType.Byte || numel != packedBytes)
-            throw new InvalidDataException($"{info.ShardPath}: 4-bit tensor '{weightName}' is {info.DType} {info.ShapeText}, but config.json implies [{string.Join(", ", shape)}] = {packedBytes} packed uint8 bytes");
-    }
-
-    /// <summary>
-    /// Builds the frozen 4-bit linear of <paramref name="weightName"/> from its stored tensors (no re-quantization).
-    /// A quant_state that disagrees with its tensors, or whose shape is not <paramref name="shape"/>, is a one-line
-    /// error naming the key.
-    /// </summary>
-    public static FrozenLinear ReadLinear(CheckpointReader ckpt, string weightName, long[] shape, Device device, ScalarType computeDType)
-    {
-        using var scope = NewDisposeScope();
-        var stored = Read(ckpt, weightName);
-        if (!stored.Shape.SequenceEqual(shape))
-            throw new InvalidDataException($"{ckpt.Info(weightName).ShardPath}: '{weightName}{QuantStateInfix}{FourBitCodebook.Name(stored.Type)}' says shape [{string.Join(", ", stored.Shape)}], config.json implies [{string.Join(", ", shape)}]");
-        return new FourBitLinear(stored.To(device), computeDType); // the module detaches its buffers from this scope
-    }
-
-    /// <summary>The 4-bit weight stored under <paramref name="weightName"/>, on the CPU.</summary>
-    public static FourBitWeight Read(CheckpointReader ckpt, string weightName)
-    {
-        var tensors = new Dictionary<string, Tensor> { [weightName] = ckpt.Read(weightName) };
-        foreach (var s in StateSuffixes)
-            if (ckpt.Contains(weightName + s)) tensors[weightName + s] = ckpt.Read(weightName + s);
-        string prefix = weightName[..^"weight".Length];
         try
         {
-            return FourBitCheckpoint.FromTensors(tensors, prefix);
+            layout.CheckHeader(weightName, shape, key => ckpt.Contains(key) ? (ckpt.Info(key).DType, ckpt.Info(key).Shape) : null);
         }
         catch (InvalidDataException e)
         {
@@ -94,14 +38,31 @@ public static class QuantizedCheckpoint
         }
     }
 
-    /// <summary>The format the checkpoint in <paramref name="modelDir"/> is stored in ("nf4-dq", ...), or null when it is not pre-quantized.</summary>
-    public static FourBitSpec? StoredFormat(string modelDir)
+    /// <summary>
+    /// The frozen linear of <paramref name="weightName"/> from its stored tensors (no re-quantization). Stored state
+    /// that disagrees with its tensors, or with <paramref name="shape"/>, is a one-line error naming the key.
+    /// </summary>
+    public static FrozenLinear ReadLinear(CheckpointReader ckpt, CheckpointLayout layout, string weightName, long[] shape,
+        Device device, ScalarType computeDType, KernelSelection kernels)
+    {
+        using var scope = NewDisposeScope();
+        var tensors = layout.Keys(weightName, ckpt.Contains).ToDictionary(k => k, ckpt.Read);
+        return WithPath(ckpt, weightName, () => layout.Read(tensors, weightName, shape, device, computeDType, kernels));
+    }
+
+    /// <summary>The base format the checkpoint in <paramref name="modelDir"/> is stored in ("nf4-dq", ...), or null when it is not pre-quantized.</summary>
+    public static BaseFormat? StoredFormat(string modelDir)
     {
         using var ckpt = CheckpointReader.Open(modelDir);
-        string? state = ckpt.Names.FirstOrDefault(n => n.Contains(QuantStateInfix, StringComparison.Ordinal));
-        if (state is null) return null;
-        using var scope = NewDisposeScope();
-        return (FourBitSpec)QuantSpec.Parse(Read(ckpt, state[..state.IndexOf(QuantStateInfix, StringComparison.Ordinal)]).FormatName);
+        foreach (var name in ckpt.Names)
+            foreach (var layout in BaseFormats.Layouts)
+                if (layout.IsStateKey(name, out var weight))
+                {
+                    using var scope = NewDisposeScope();
+                    var tensors = layout.Keys(weight, ckpt.Contains).ToDictionary(k => k, ckpt.Read);
+                    return WithPath(ckpt, weight, () => layout.FormatOf(tensors, weight));
+                }
+        return null;
     }
 
     /// <summary>
@@ -109,135 +70,119 @@ public static class QuantizedCheckpoint
     /// nf4-dq directory) would mean dequantizing and quantizing again, which is never what the user meant.
     /// "none" (the default) and the stored format itself are accepted.
     /// </summary>
-    public static void RequireCompatible(string modelDir, QuantSpec requested)
+    public static void RequireCompatible(string modelDir, BaseFormat requested)
     {
         var stored = StoredFormat(modelDir);
-        if (stored is null || requested is DenseSpec { DType: null } || requested == stored) return;
-        throw new ArgumentException($"--quantization {requested}: {modelDir} is already quantized as {stored} (bitsandbytes 4-bit); omit --quantization or pass {stored}, or quantize the original weights");
+        if (stored is null || requested.KeepsCheckpointDType || requested == stored) return;
+        throw new ArgumentException($"--quantization {requested}: {modelDir} is already quantized as {stored} ({stored.Layout?.Name}); omit --quantization or pass {stored}, or quantize the original weights");
     }
+
+    /// <summary>config.json's quantization_config for linears in <paramref name="format"/>: the head stays dense.</summary>
+    public static JsonObject QuantizationConfig(BaseFormat format, string computeDType, ModelArchitecture arch) =>
+        (format.Layout ?? throw NoLayout(format)).QuantizationConfig(format, computeDType, [arch.HeadName]);
 
     /// <summary>What <see cref="Write"/> produced.</summary>
     public sealed record Summary(int QuantizedTensors, int CopiedTensors, IReadOnlyList<string> Files, long Bytes);
 
     /// <summary>
-    /// Writes <paramref name="modelDir"/> with every decoder projection in <paramref name="spec"/>'s 4-bit format into
-    /// <paramref name="outDir"/>: into a sibling temporary directory first, renamed when complete, so a crash never
-    /// leaves a half-written model. An existing non-empty <paramref name="outDir"/> is refused unless
-    /// <paramref name="overwrite"/>.
-    /// The safetensors header lists every tensor's byte length before any data, and a quant_state's JSON length
-    /// depends on its nested_offset (printed like Python's repr): so each projection is quantized once to plan the
-    /// layout and again while writing, instead of keeping the whole quantized model in memory.
+    /// Writes <paramref name="modelDir"/> with every decoder-layer linear in <paramref name="format"/> (which must have a
+    /// checkpoint layout) into <paramref name="outDir"/>: into a sibling temporary directory first, renamed when
+    /// complete, so a crash never leaves a half-written model. An existing non-empty <paramref name="outDir"/> is
+    /// refused unless <paramref name="overwrite"/>.
+    /// The safetensors header lists every tensor's byte length before any data, and a bitsandbytes quant_state's
+    /// JSON length depends on its nested_offset (printed like Python's repr): so each linear is quantized once to
+    /// plan the layout and again while writing, instead of keeping the whole quantized model in memory.
     /// </summary>
-    public static Summary Write(string modelDir, string outDir, FourBitSpec spec, bool overwrite = false,
+    public static Summary Write(string modelDir, string outDir, BaseFormat format, bool overwrite = false,
         long maxShardBytes = CheckpointWriter.DefaultMaxShardBytes)
     {
+        var layout = format.Layout ?? throw NoLayout(format);
         string source = Path.GetFullPath(modelDir), target = Path.GetFullPath(outDir).TrimEnd(Path.DirectorySeparatorChar);
         if (source.TrimEnd(Path.DirectorySeparatorChar) == target)
             throw new IOException($"--out '{outDir}' is the model directory itself; write the quantized model elsewhere");
         if (Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any() && !overwrite)
             throw new IOException($"--out '{outDir}' exists and is not empty; pass --overwrite to replace it");
         if (File.Exists(target)) throw new IOException($"--out '{outDir}' is a file; give a directory");
-        LlamaConfig.Load(modelDir); // a readable Llama config before minutes of work
+        var arch = ModelFamilies.Load(modelDir); // a readable, supported config before minutes of work
 
         using var ckpt = CheckpointReader.Open(modelDir);
         if (IsQuantized(ckpt))
-            throw new InvalidDataException($"{modelDir}: already a 4-bit checkpoint; quantize the original weights instead");
-        var layout = Plan(ckpt, spec);
+            throw new InvalidDataException($"{modelDir}: already a quantized checkpoint; quantize the original weights instead");
+        var (plan, sourceOf) = Plan(ckpt, arch, format, layout);
 
-        string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
-        try
+        string? currentSource = null;
+        var current = new Dictionary<string, Tensor>();
+        Tensor Produce(string key)
         {
-            var current = new Dictionary<string, Tensor>();
-            FourBitWeight? held = null;
-            Tensor Produce(string name)
+            string source = sourceOf[key];
+            if (!arch.IsBaseLinearWeight(source)) return ckpt.Read(source);
+            if (currentSource != source)
             {
-                if (DecoderLinear.IsMatch(name))
-                {
-                    using var dense = ckpt.Read(name);
-                    held = Quantize(dense, spec, name);
-                    current = FourBitCheckpoint.ToTensors(held, name[..^"weight".Length]);
-                }
-                if (!current.Remove(name, out var t)) return ckpt.Read(name);
-                if (current.Count == 0 && held is not null)
-                {
-                    // All keys of this weight are out; the writer disposes each one it gets, and the keys hold
-                    // the scales themselves but only a view of the packed codes.
-                    held.Packed.Dispose();
-                    held = null;
-                }
-                return t;
+                // All keys of one linear are consecutive in the plan: quantized on the first, handed out after.
+                using var dense = ckpt.Read(source);
+                (currentSource, current) = (source, layout.Write(dense, format, source));
             }
-            var files = CheckpointWriter.Write(staging, layout, Produce, maxShardBytes);
-            WriteConfig(modelDir, staging, spec);
+            return current.Remove(key, out var t) ? t : throw new InvalidOperationException($"{key} was planned but not produced");
+        }
+        IReadOnlyList<string> files = [];
+        AtomicDirectory.Write(target, staging =>
+        {
+            files = CheckpointWriter.Write(staging, plan, Produce, maxShardBytes);  // the writer disposes each tensor it gets
+            WriteConfig(modelDir, staging, format, arch);
             foreach (var file in Directory.EnumerateFiles(modelDir).Where(IsTokenizerFile))
                 File.Copy(file, Path.Combine(staging, Path.GetFileName(file)));
-            if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
-            Directory.Move(staging, target);
-            long bytes = Directory.EnumerateFiles(target).Sum(f => new FileInfo(f).Length);
-            int quantized = layout.Count(e => DecoderLinear.IsMatch(e.Name));
-            return new Summary(quantized, ckpt.Names.Count - quantized, files, bytes);
-        }
-        catch
-        {
-            try { if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true); } catch (IOException) { }
-            throw;
-        }
+        });
+        long bytes = Directory.EnumerateFiles(target).Sum(f => new FileInfo(f).Length);
+        int quantized = ckpt.Names.Count(arch.IsBaseLinearWeight);
+        return new Summary(quantized, ckpt.Names.Count - quantized, files, bytes);
     }
 
-    /// <summary>Every output tensor's name, dtype and shape, in file order; projections become their bitsandbytes keys.</summary>
-    static List<SafeTensors.Entry> Plan(CheckpointReader ckpt, FourBitSpec spec)
+    /// <summary>Every output tensor's name, dtype and shape, in file order (linears become their layout's keys), and
+    /// the checkpoint tensor each output key comes from.</summary>
+    static (List<SafeTensors.Entry> Plan, Dictionary<string, string> SourceOf) Plan(CheckpointReader ckpt, ModelArchitecture arch,
+        BaseFormat format, CheckpointLayout layout)
     {
-        var layout = new List<SafeTensors.Entry>();
+        var plan = new List<SafeTensors.Entry>();
+        var sourceOf = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var name in ckpt.Names)
         {
             var info = ckpt.Info(name);
-            if (!DecoderLinear.IsMatch(name))
+            if (!arch.IsBaseLinearWeight(name))
             {
-                layout.Add(new(name, info.DType, info.Shape));
+                plan.Add(new(name, info.DType, info.Shape));
+                sourceOf[name] = name;
                 continue;
             }
             using var scope = NewDisposeScope();
             using var dense = ckpt.Read(name);
-            foreach (var (key, t) in FourBitCheckpoint.ToTensors(Quantize(dense, spec, name), name[..^"weight".Length]))
-                layout.Add(new(key, t.dtype, t.shape));
+            foreach (var (key, t) in layout.Write(dense, format, name))
+            {
+                plan.Add(new(key, t.dtype, t.shape));
+                sourceOf[key] = name;
+            }
         }
-        return layout;
-    }
-
-    static FourBitWeight Quantize(Tensor dense, FourBitSpec spec, string name) =>
-        FourBitWeight.Quantize(dense, spec.Type, spec.BlockSize, spec.DoubleQuant, spec.NestedBlockSize, name);
-
-    /// <summary>
-    /// config.json with the block transformers' BitsAndBytesConfig.to_dict() writes for load_in_4bit, so
-    /// `AutoModelForCausalLM.from_pretrained` recognises the directory (it quantizes nothing, it reads the state).
-    /// </summary>
-    static void WriteConfig(string modelDir, string outDir, FourBitSpec spec)
-    {
-        var config = UserFile.ReadJsonNode(Path.Combine(modelDir, LlamaConfig.FileName))!.AsObject();
-        config["quantization_config"] = BitsAndBytesConfig(spec, "bfloat16");
-        File.WriteAllText(Path.Combine(outDir, LlamaConfig.FileName), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        return (plan, sourceOf);
     }
 
     /// <summary>
-    /// transformers' BitsAndBytesConfig(load_in_4bit=True, ...).to_dict(), keys sorted as it serialises them: what a
-    /// config.json carries for a bitsandbytes 4-bit checkpoint. The output head stays dense (llm_int8_skip_modules).
+    /// config.json with the layout's quantization_config (for bitsandbytes, the block transformers writes for
+    /// load_in_4bit), so `AutoModelForCausalLM.from_pretrained` recognises the directory and reads the state.
     /// </summary>
-    public static JsonObject BitsAndBytesConfig(FourBitSpec spec, string computeDType) => new()
+    static void WriteConfig(string modelDir, string outDir, BaseFormat format, ModelArchitecture arch)
     {
-        ["_load_in_4bit"] = true,
-        ["_load_in_8bit"] = false,
-        ["bnb_4bit_compute_dtype"] = computeDType,
-        ["bnb_4bit_quant_storage"] = "uint8",
-        ["bnb_4bit_quant_type"] = FourBitCodebook.Name(spec.Type),
-        ["bnb_4bit_use_double_quant"] = spec.DoubleQuant,
-        ["llm_int8_enable_fp32_cpu_offload"] = false,
-        ["llm_int8_has_fp16_weight"] = false,
-        ["llm_int8_skip_modules"] = new JsonArray(LinearPolicies.OutputHead),
-        ["llm_int8_threshold"] = 6.0,
-        ["load_in_4bit"] = true,
-        ["load_in_8bit"] = false,
-        ["quant_method"] = "bitsandbytes",
-    };
+        var config = UserFile.ReadJsonNode(Path.Combine(modelDir, ModelArchitecture.ConfigFileName), what: "model config")!.AsObject();
+        config["quantization_config"] = QuantizationConfig(format, "bfloat16", arch);
+        File.WriteAllText(Path.Combine(outDir, ModelArchitecture.ConfigFileName), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+    }
+
+    static T WithPath<T>(CheckpointReader ckpt, string weightName, Func<T> read)
+    {
+        try { return read(); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"{ckpt.Info(weightName).ShardPath}: {e.Message}"); }
+    }
+
+    static ArgumentException NoLayout(BaseFormat format) => new(
+        $"base format {format} has no checkpoint layout; a checkpoint can store {string.Join(", ", BaseFormats.Layouts.Select(l => l.Name))} formats (nf4, fp4 and their options)");
 
     static bool IsTokenizerFile(string path)
     {

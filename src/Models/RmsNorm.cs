@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -15,14 +16,20 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     readonly Parameter weight;
     readonly double eps;
+    readonly NormKind kind;
 
     /// <param name="weight">(hidden) the learned scale, already in the dtype and on the device it should live in.</param>
-    public RmsNorm(string name, Tensor weight, double eps) : base(name)
+    /// <param name="kind">the family record's norm; the switch point for Gemma's (1 + w) scale (see <see cref="ArchitectureSupport"/>).</param>
+    public RmsNorm(string name, Tensor weight, double eps, NormKind kind = NormKind.Rms) : base(name)
     {
+        if (kind != NormKind.Rms) throw new NotSupportedException($"norm {kind} is not implemented");
         this.weight = new Parameter(weight, requires_grad: false);
         this.eps = eps;
+        this.kind = kind;
         RegisterComponents();
     }
+
+    public NormKind Kind => kind;
 
     public Parameter Weight => weight;
 

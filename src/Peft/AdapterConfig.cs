@@ -6,28 +6,21 @@ using QLoraNet.Formats;
 namespace QLoraNet.Peft;
 
 /// <summary>
-/// peft's <c>adapter_config.json</c> for a LoRA adapter: the fields that decide what the adapter computes. Written
+/// peft's <c>adapter_config.json</c> for a LoRA adapter: the <see cref="LoraSettings"/> (what the adapter computes)
+/// plus the file's own metadata (base model, revision, task type). Written
 /// with every field peft's LoraConfig dataclass serialises (peft 0.20.0, `dataclasses.asdict` minus
 /// `runtime_config`, keys sorted as `json.dumps(sort_keys=True)` does), so peft loads our adapters as its own.
 /// Read tolerantly (unknown fields from newer peft versions are ignored), but a field that would change what the
 /// adapter computes and that we do not implement (DoRA, per-module ranks, trained biases, ...) is refused by name.
 /// </summary>
 public sealed record AdapterConfig(
-    int R,
-    double LoraAlpha,
-    double LoraDropout,
-    IReadOnlyList<string> TargetModules,
-    bool UseRsLora = false,
-    IReadOnlyList<int>? LayersToTransform = null,
+    LoraSettings Lora,
     string? BaseModelNameOrPath = null,
     string? Revision = null,
     string? TaskType = "CAUSAL_LM",
     bool InferenceMode = true)
 {
     public const string FileName = "adapter_config.json";
-
-    /// <summary>Ranks above this are refused outright: no layer is wider (see ConfigLimits.MaxHidden).</summary>
-    public const int MaxRank = (int)ConfigLimits.MaxHidden;
 
     /// <summary>The peft release whose LoraConfig field set <see cref="ToJson"/> mirrors.</summary>
     public const string PeftVersion = "0.20.0";
@@ -37,13 +30,11 @@ public sealed record AdapterConfig(
     /// names it expanded the shorthand to, so <paramref name="wrappedPaths"/> (what Apply returned) supplies them.
     /// </summary>
     public static AdapterConfig From(LoraSettings settings, IReadOnlyList<string> wrappedPaths, string? baseModelNameOrPath) =>
-        new(settings.R, settings.Alpha, settings.Dropout,
-            settings.IsAllLinear ? wrappedPaths.Select(LoraApplier.LeafName).Distinct().Order(StringComparer.Ordinal).ToList()
-                                 : settings.Targets,
-            settings.UseRsLora, settings.LayerIndices, baseModelNameOrPath);
-
-    public LoraSettings ToSettings(long? seed = null) =>
-        new(R, LoraAlpha, LoraDropout, UseRsLora, TargetModules, LayersToTransform, seed);
+        new(settings with
+        {
+            TargetModules = settings.IsAllLinear ? wrappedPaths.Select(LoraApplier.LeafName).Distinct().Order(StringComparer.Ordinal).ToList()
+                                                 : settings.Targets,
+        }, baseModelNameOrPath);
 
     // ---- reading ----
 
@@ -70,15 +61,16 @@ public sealed record AdapterConfig(
         }
 
         int r = RequireInt(json, "r", source);
-        if (r <= 0 || r > MaxRank) throw new InvalidDataException($"{source}: r={r} must be in [1, {MaxRank}]");
+        if (r <= 0 || r > LoraSettings.MaxRank) throw new InvalidDataException($"{source}: r={r} must be in [1, {LoraSettings.MaxRank}]");
         double dropout = OptionalNumber(json, "lora_dropout", source) ?? 0.0;
         return new AdapterConfig(
-            R: r,
-            LoraAlpha: OptionalNumber(json, "lora_alpha", source) ?? 8.0,  // peft's default
-            LoraDropout: dropout,
-            TargetModules: ReadTargets(json["target_modules"], source),
-            UseRsLora: OptionalBool(json, "use_rslora", source) ?? false,
-            LayersToTransform: ReadLayers(json["layers_to_transform"], source),
+            new LoraSettings(
+                R: r,
+                Alpha: OptionalNumber(json, "lora_alpha", source) ?? 8.0,  // peft's default
+                Dropout: dropout,
+                UseRsLora: OptionalBool(json, "use_rslora", source) ?? false,
+                TargetModules: ReadTargets(json["target_modules"], source),
+                Layers: ReadLayers(json["layers_to_transform"], source)),
             BaseModelNameOrPath: OptionalString(json, "base_model_name_or_path", source),
             Revision: OptionalString(json, "revision", source),
             TaskType: OptionalString(json, "task_type", source),
@@ -116,7 +108,7 @@ public sealed record AdapterConfig(
             n => n is null || n.GetValueKind() is JsonValueKind.True or JsonValueKind.False or JsonValueKind.Null || IsString(n, "gaussian"),
             "save it from peft with path_initial_model_for_weight_conversion to get plain LoRA"),
         new("layers_pattern", "a layer container other than `layers`",
-            n => IsEmpty(n) || IsString(n, "layers") || (n is JsonArray a && a.All(x => x is not null && IsString(x, "layers"))),
+            n => IsEmpty(n) || (n is not null && IsString(n, "layers")) || (n is JsonArray a && a.All(x => x is not null && IsString(x, "layers"))),
             "name the decoder layers `layers`"),
     ];
 
@@ -223,12 +215,12 @@ public sealed record AdapterConfig(
             ["revision"] = Revision,
             ["task_type"] = TaskType,
             // LoraConfig: the fields we implement
-            ["r"] = R,
-            ["lora_alpha"] = Number(LoraAlpha),
-            ["lora_dropout"] = LoraDropout,
-            ["target_modules"] = new JsonArray(TargetModules.Select(t => (JsonNode?)t).ToArray()),
-            ["use_rslora"] = UseRsLora,
-            ["layers_to_transform"] = LayersToTransform is null ? null : new JsonArray(LayersToTransform.Select(i => (JsonNode?)i).ToArray()),
+            ["r"] = Lora.R,
+            ["lora_alpha"] = Number(Lora.Alpha),
+            ["lora_dropout"] = Lora.Dropout,
+            ["target_modules"] = new JsonArray(Lora.Targets.Select(t => (JsonNode?)t).ToArray()),
+            ["use_rslora"] = Lora.UseRsLora,
+            ["layers_to_transform"] = Lora.Layers is null ? null : new JsonArray(Lora.Layers.Select(i => (JsonNode?)i).ToArray()),
             // LoraConfig: everything else, at peft's defaults
             ["alora_invocation_tokens"] = null,
             ["alpha_pattern"] = new JsonObject(),

@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -25,17 +26,12 @@ public static class AdapterFiles
         if (loras.Count == 0) throw new InvalidOperationException("the model has no LoRA modules to save; apply LoRA first");
         foreach (var (path, lora) in loras)
         {
-            if (lora.Rank != config.R)
-                throw new ArgumentException($"LoRA module {path} has rank {lora.Rank} but the adapter config says r={config.R}");
+            if (lora.Rank != config.Lora.R)
+                throw new ArgumentException($"LoRA module {path} has rank {lora.Rank} but the adapter config says r={config.Lora.R}");
         }
 
-        string target = Path.GetFullPath(directory);
-        string parent = Path.GetDirectoryName(target)!;
-        Directory.CreateDirectory(parent);
-        string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
-        try
+        AtomicDirectory.Write(directory, staging =>
         {
-            Directory.CreateDirectory(staging);
             using (var scope = NewDisposeScope())
             {
                 var tensors = loras.SelectMany(l => new[]
@@ -46,24 +42,18 @@ public static class AdapterFiles
                 SafeTensors.Write(Path.Combine(staging, WeightsFileName), tensors);
             }
             config.Save(staging);
-            DirectorySwap.Replace(staging, target);
-        }
-        catch
-        {
-            try { Directory.Delete(staging, recursive: true); } catch (IOException) { }
-            throw;
-        }
+        });
     }
 
     /// <summary>
     /// Reads the adapter in <paramref name="directory"/>, applies LoRA to <paramref name="model"/> as its config says
     /// and loads the factors (see <see cref="LoadWeights"/>). Returns the config.
     /// </summary>
-    public static AdapterConfig ApplyAndLoad(string directory, nn.Module model, bool allowNonFinite = false)
+    public static AdapterConfig ApplyAndLoad<TModel>(string directory, TModel model, bool allowNonFinite = false) where TModel : nn.Module, IReplaceableLinears
     {
         var config = AdapterConfig.Load(directory);
         CheckWeightsHeader(directory, config);
-        LoraApplier.Apply(model, config.ToSettings());
+        LoraApplier.Apply(model, config.Lora);
         LoadWeights(directory, model, config, allowNonFinite);
         return config;
     }
@@ -93,8 +83,8 @@ public static class AdapterFiles
                     $"{file}: tensor '{key}' {Text(shape)} is for module '{path}', which has no LoRA in the model (LoRA modules: {Preview(loras.Keys)})");
             // A is [r, in] and B is [out, r]: the rank is A's rows and B's columns.
             long rank = shape.Length != 2 ? -1 : factor == AdapterKeys.A ? shape[0] : shape[1];
-            if (rank != config.R)
-                throw new InvalidDataException($"{file}: tensor '{key}' {Text(shape)} has rank {rank} but {AdapterConfig.FileName} says r={config.R}");
+            if (rank != config.Lora.R)
+                throw new InvalidDataException($"{file}: tensor '{key}' {Text(shape)} has rank {rank} but {AdapterConfig.FileName} says r={config.Lora.R}");
             var target = factor == AdapterKeys.A ? lora.A : lora.B;
             if (!target.shape.SequenceEqual(shape))
                 throw new InvalidDataException(
@@ -140,14 +130,14 @@ public static class AdapterFiles
                 throw new InvalidDataException(
                     $"{file}: tensor {SafeText.Quote(info.Name)} is not a LoRA factor (expected {AdapterKeys.Prefix}<module>.lora_A.weight or .lora_B.weight)");
             long rank = info.Shape.Length != 2 ? -1 : factor == AdapterKeys.A ? info.Shape[0] : info.Shape[1];
-            if (rank != config.R)
+            if (rank != config.Lora.R)
                 throw new InvalidDataException(
-                    $"{file}: tensor {SafeText.Quote(info.Name)} {info.ShapeText} has rank {rank} but {AdapterConfig.FileName} says r={config.R}; the two files do not belong together");
+                    $"{file}: tensor {SafeText.Quote(info.Name)} {info.ShapeText} has rank {rank} but {AdapterConfig.FileName} says r={config.Lora.R}; the two files do not belong together");
             paths.Add(path);
         }
         if (paths.Count == 0) throw new InvalidDataException($"{file}: holds no LoRA factors");
-        if (config.TargetModules is [LoraSettings.AllLinear]) return;
-        foreach (var target in config.TargetModules)
+        if (config.Lora.IsAllLinear) return;
+        foreach (var target in config.Lora.Targets)
             if (!paths.Any(p => LoraApplier.MatchesTarget(p, target)))
                 throw new InvalidDataException(
                     $"{Path.Combine(directory, AdapterConfig.FileName)}: target module {SafeText.Quote(target)} has no factors in {file}; the two files do not belong together");

@@ -13,8 +13,9 @@ namespace QLoraNet.Peft;
 /// where quant is the frozen base format the adapter was trained on. QLoRA (Dettmers et al. 2023, eq. 5) trains
 /// B·A against the NF4 weight, not the original one, so merging into the dense W would add the quantization error
 /// back as a shift the adapter never saw; with <c>baseFormat</c> nf4-dq the merged weight is exactly the weight the
-/// trained model computed with. Every decoder projection goes through the base format (adapted or not, as at
-/// training time, see <see cref="DecoderProjections"/>); other tensors pass through untouched.
+/// trained model computed with. Every decoder-layer linear goes through the base format (adapted or not, as at
+/// training time: the family record's <see cref="ModelArchitecture.IsBaseLinearWeight"/>, the same rule
+/// quantize-on-load uses); other tensors pass through untouched.
 /// Everything that can be checked from headers is checked in <see cref="Open"/>, before a single byte is written.
 /// </summary>
 public sealed class AdapterMerge : IDisposable
@@ -24,7 +25,8 @@ public sealed class AdapterMerge : IDisposable
 
     public AdapterConfig Config { get; }
     public double Scaling { get; }
-    public QuantSpec BaseFormat { get; }
+    public BaseFormat BaseFormat { get; }
+    public ModelArchitecture Architecture { get; }
 
     /// <summary>Module paths the adapter holds factors for, e.g. "model.layers.0.self_attn.q_proj".</summary>
     public IReadOnlyCollection<string> Modules => _modules;
@@ -32,12 +34,13 @@ public sealed class AdapterMerge : IDisposable
     /// <summary>How many adapted weights <see cref="Apply"/> has merged so far.</summary>
     public int MergedCount { get; private set; }
 
-    AdapterMerge(SafeTensorsFile factors, HashSet<string> modules, AdapterConfig config, QuantSpec baseFormat)
+    AdapterMerge(SafeTensorsFile factors, HashSet<string> modules, AdapterConfig config, ModelArchitecture architecture, BaseFormat baseFormat)
     {
         _factors = factors;
         _modules = modules;
         Config = config;
-        Scaling = LoraMath.Scaling(config.LoraAlpha, config.R, config.UseRsLora);
+        Scaling = config.Lora.Scaling;
+        Architecture = architecture;
         BaseFormat = baseFormat;
     }
 
@@ -45,8 +48,9 @@ public sealed class AdapterMerge : IDisposable
     /// Reads <paramref name="adapterDir"/> and checks it against <paramref name="model"/>'s headers: every tensor is
     /// a LoRA factor of a module whose weight exists, each module has both factors, A is [r, in] and B is [out, r]
     /// with r from adapter_config.json and in/out from the model's weight. Errors name the key and both shapes.
+    /// <paramref name="architecture"/> is the model's family record (which tensors are base linears).
     /// </summary>
-    public static AdapterMerge Open(string adapterDir, CheckpointReader model, QuantSpec? baseFormat = null)
+    public static AdapterMerge Open(string adapterDir, CheckpointReader model, ModelArchitecture architecture, BaseFormat? baseFormat = null)
     {
         if (!Directory.Exists(adapterDir)) throw new DirectoryNotFoundException($"adapter directory '{adapterDir}' does not exist");
         var config = AdapterConfig.Load(adapterDir);
@@ -56,7 +60,7 @@ public sealed class AdapterMerge : IDisposable
         try
         {
             var modules = Validate(factors, file, config, model);
-            return new AdapterMerge(factors, modules, config, baseFormat ?? new DenseSpec(null));
+            return new AdapterMerge(factors, modules, config, architecture, baseFormat ?? new DenseFormat(null));
         }
         catch
         {
@@ -84,8 +88,8 @@ public sealed class AdapterMerge : IDisposable
             // A is [r, in] and B is [out, r]: the rank is A's rows and B's columns.
             bool isA = factor == AdapterKeys.A;
             long rank = isA ? shape[0] : shape[1];
-            if (rank != config.R)
-                throw new InvalidDataException($"{file}: tensor '{key}' {Text(shape)} has rank {rank} but {AdapterConfig.FileName} says r={config.R}");
+            if (rank != config.Lora.R)
+                throw new InvalidDataException($"{file}: tensor '{key}' {Text(shape)} has rank {rank} but {AdapterConfig.FileName} says r={config.Lora.R}");
             long features = isA ? shape[1] : shape[0];
             long expected = isA ? w.Shape[1] : w.Shape[0];
             if (features != expected)
@@ -103,15 +107,15 @@ public sealed class AdapterMerge : IDisposable
 
     /// <summary>
     /// The weight to write for <paramref name="hfName"/>: fp32 dequant(quant(W)) + scaling·B·A for an adapted module,
-    /// fp32 dequant(quant(W)) for any other decoder projection when the base format is not dense-as-stored, and
+    /// fp32 dequant(quant(W)) for any other decoder-layer linear when the base format is not dense-as-stored, and
     /// <paramref name="weight"/> itself otherwise. A new tensor is the caller's; the argument stays the caller's too.
     /// </summary>
     public Tensor Apply(string hfName, Tensor weight)
     {
-        bool isProjection = DecoderProjections.Contains(hfName, weight.shape);
+        bool isProjection = Architecture.IsBaseLinearWeight(hfName);
         string module = hfName.EndsWith(".weight", StringComparison.Ordinal) ? hfName[..^".weight".Length] : hfName;
         bool adapted = _modules.Contains(module) && hfName.EndsWith(".weight", StringComparison.Ordinal);
-        bool requantize = isProjection && BaseFormat is not DenseSpec { DType: null };
+        bool requantize = isProjection && !BaseFormat.KeepsCheckpointDType;
         if (!adapted && !requantize) return weight;
 
         using var scope = NewDisposeScope();

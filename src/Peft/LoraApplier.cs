@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using QLoraNet.Models;
 using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -7,43 +8,34 @@ namespace QLoraNet.Peft;
 
 /// <summary>
 /// Puts LoRA on a model by module names, the way peft's `get_peft_model` does for a LoraConfig: every frozen linear
-/// whose path ends in a target name (optionally only in the listed layers) is replaced in its parent by a
-/// <see cref="LoraLinear"/> wrapping it, and every other parameter of the model is frozen.
+/// whose path ends in a target name (optionally only in the listed layers) is wrapped in a <see cref="LoraLinear"/>
+/// that takes its slot (<see cref="IReplaceableLinears.ReplaceLinear"/>: the model's own seam, no reflection), and
+/// every other parameter of the model is frozen.
 /// </summary>
 public static partial class LoraApplier
 {
-    /// <summary>The output head, which "all-linear" leaves alone (peft excludes the output embedding layer too).</summary>
-    public const string OutputHeadName = "lm_head";
-
-    /// <summary>Wraps the targeted modules and freezes the rest; returns the wrapped module paths in model order.</summary>
-    public static IReadOnlyList<string> Apply(nn.Module model, LoraSettings settings)
+    /// <summary>
+    /// Wraps the targeted linears and freezes the rest; returns the wrapped module paths in model order.
+    /// <paramref name="seed"/> seeds A's initial values (a CPU generator, so every device gets the same adapter);
+    /// null draws from torch's default generator. <paramref name="dropoutRandom"/>: where every adapter draws its
+    /// dropout masks (a training run's stream); null = each adapter its own (<see cref="LoraDropout"/>).
+    /// </summary>
+    public static IReadOnlyList<string> Apply<TModel>(TModel model, LoraSettings settings, long? seed = null, RandomStream? dropoutRandom = null)
+        where TModel : nn.Module, IReplaceableLinears
     {
-        var modules = model.named_modules().ToList();
-        if (modules.Any(m => m.module is LoraLinear))
+        if (model.modules().Any(m => m is LoraLinear))
             throw new InvalidOperationException("the model already has LoRA adapters; apply LoRA once, to a model without them");
-        var linearPaths = modules.Where(m => m.module is FrozenLinear).Select(m => m.name).ToList();
+        LoraMath.Scaling(settings.Alpha, settings.R, settings.UseRsLora);   // rank checked before anything changes
+        if (settings.Dropout < 0 || settings.Dropout >= 1)
+            throw new ArgumentException($"LoRA dropout {settings.Dropout} must be in [0, 1)");
+        var linearPaths = model.LinearPaths.Where(p => model.GetLinear(p) is FrozenLinear).ToList();
+        var selected = Select(linearPaths, model.HeadPath, settings);
 
-        var selected = Select(linearPaths, settings);
-        var byPath = modules.ToDictionary(m => m.name, m => m.module);
-
-        (nn.Module parent, string name) ParentOf(string path)
-        {
-            int dot = path.LastIndexOf('.');
-            return (dot < 0 ? model : byPath[path[..dot]], path[(dot + 1)..]);
-        }
-        // Check every swap first, so that a model that cannot take LoRA is left as it was.
+        using var generator = seed is long s ? new Generator((ulong)s) : null;
         foreach (var path in selected)
         {
-            var (parent, name) = ParentOf(path);
-            ChildModuleReplacer.EnsureReplaceable(parent, name, typeof(LoraLinear));
-        }
-
-        using var generator = settings.Seed is long seed ? new Generator((ulong)seed) : null;
-        foreach (var path in selected)
-        {
-            var wrapped = new LoraLinear((FrozenLinear)byPath[path], settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator);
-            var (parent, name) = ParentOf(path);
-            ChildModuleReplacer.Replace(parent, name, wrapped);
+            var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom);
+            model.ReplaceLinear(path, wrapped);
         }
 
         FreezeAllButLora(model);
@@ -51,12 +43,13 @@ public static partial class LoraApplier
     }
 
     /// <summary>The paths among <paramref name="linearPaths"/> that <paramref name="settings"/> targets, in their order.</summary>
-    public static IReadOnlyList<string> Select(IReadOnlyList<string> linearPaths, LoraSettings settings)
+    /// <param name="headPath">the output head, which "all-linear" leaves alone (peft excludes the output embedding layer too).</param>
+    public static IReadOnlyList<string> Select(IReadOnlyList<string> linearPaths, string? headPath, LoraSettings settings)
     {
         List<string> selected;
         if (settings.IsAllLinear)
         {
-            selected = linearPaths.Where(p => LeafName(p) != OutputHeadName).ToList();
+            selected = linearPaths.Where(p => p != headPath).ToList();
         }
         else
         {
@@ -69,7 +62,7 @@ public static partial class LoraApplier
             selected = linearPaths.Where(p => settings.Targets.Any(t => MatchesTarget(p, t))).ToList();
         }
 
-        if (settings.LayerIndices is { } layers)
+        if (settings.Layers is { } layers)
         {
             var present = linearPaths.Select(LayerIndex).OfType<int>().Distinct().Order().ToList();
             foreach (int layer in layers)

@@ -14,7 +14,9 @@ namespace QLoraNet.Peft;
 /// B = 0 at the start, so the wrapped layer begins exactly as the base. A and B live in fp32 so that AdamW's
 /// small updates are not rounded away, and are cast to the base's compute dtype for the matmuls (bf16 on GPU: the
 /// adapter path then runs at the base's speed; peft without autocast computes it in the adapter's dtype instead).
-/// Child names follow peft: `base_layer`, `lora_A`, `lora_B`, `lora_dropout`.
+/// Child names follow peft: `base_layer`, `lora_A`, `lora_B`, `lora_dropout`. With <see cref="Disabled"/> set the
+/// module computes base(x) alone (torchtune's LoRALinear.disabled; peft's disable_adapter): a reference model for
+/// free, as DPO needs it (<see cref="AdapterSwitch.DisableAdapters"/>).
 /// </summary>
 public sealed class LoraLinear : nn.Module<Tensor, Tensor>
 {
@@ -29,8 +31,10 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// <param name="dropout">dropout probability on A's input (0 = none).</param>
     /// <param name="useRsLora">scale by alpha/sqrt(r) (rsLoRA) instead of alpha/r.</param>
     /// <param name="generator">a CPU generator for A's initial values, or null for torch's default one.</param>
+    /// <param name="dropoutRandom">where the dropout masks come from (a training run passes the stream it reseeds per
+    /// micro-batch), or null for a stream of the adapter's own (<see cref="LoraDropout"/>).</param>
     public LoraLinear(FrozenLinear baseLayer, int r, double alpha, double dropout, bool useRsLora,
-        Generator? generator = null) : base(nameof(LoraLinear))
+        Generator? generator = null, Models.RandomStream? dropoutRandom = null) : base(nameof(LoraLinear))
     {
         if (dropout < 0 || dropout >= 1)
             throw new ArgumentException($"LoRA dropout {dropout} must be in [0, 1)");
@@ -52,7 +56,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
             lora_A = new LoraFactor("lora_A", aOnDevice);  // (r, in)
             lora_B = new LoraFactor("lora_B", bOnDevice);  // (out, r)
         }
-        lora_dropout = dropout > 0 ? nn.Dropout(dropout) : nn.Identity();
+        lora_dropout = dropout > 0 ? new LoraDropout(dropout, dropoutRandom) : nn.Identity();
         (_deviceType, _deviceIndex) = LoraDevice.RecordFor(lora_A.Weight);
         RegisterComponents();
     }
@@ -70,8 +74,12 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// <summary>B [out, r], the trainable up-projection (fp32).</summary>
     public Parameter B => lora_B.Weight;
 
+    /// <summary>When set, forward is the base layer's alone.</summary>
+    public bool Disabled { get; set; }
+
     public override Tensor forward(Tensor x)
     {
+        if (Disabled) return base_layer.forward(x);
         using var scope = NewDisposeScope();
         var result = base_layer.forward(x);                          // (..., out), base output dtype
         var dtype = base_layer.ComputeDType;

@@ -26,35 +26,37 @@ public static class MergedCheckpoint
             if (Path.GetFullPath(input).TrimEnd('/') == target.TrimEnd('/'))
                 throw new IOException($"output '{outDir}' is the {what} directory being read; write the merged model elsewhere");
         CheckOutput(target, options.Overwrite);
-        string configPath = Path.Combine(modelDir, LlamaConfig.FileName);
-        LlamaConfig.Load(modelDir);  // a readable Llama config, checked before any work
+        string configPath = Path.Combine(modelDir, ModelArchitecture.ConfigFileName);
+        var arch = ModelFamilies.Load(modelDir);  // a readable, supported config, checked before any work
+        if (options.Quantization is { Layout: null } q)
+            throw new ArgumentException($"a merged checkpoint cannot store {q}: it has no checkpoint layout; use nf4 or fp4 (bitsandbytes 4-bit)");
         using var reader = CheckpointReader.Open(modelDir, options.AllowNonFiniteWeights);
-        using var merge = AdapterMerge.Open(adapterDir, reader, options.BaseFormat);
+        using var merge = AdapterMerge.Open(adapterDir, reader, arch, options.BaseFormat);
         var dtype = options.DType ?? StoredDType(reader);
-        string config = MergedModelConfig.Rewrite(File.ReadAllText(configPath), configPath, dtype, options.Quantization);
+        string config = MergedModelConfig.Rewrite(UserFile.ReadText(configPath, UserFile.MaxJsonBytes, "model config"), configPath, dtype, options.Quantization, arch);
 
         var producer = new MergedTensors(reader, merge, dtype, options.Quantization, options.OnTensor);
-        string staging = target + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
         try
         {
             var layout = producer.Layout();
-            var shards = CheckpointWriter.Write(staging, layout, producer.Produce, options.MaxShardBytes);
-            producer.Dispose();
-            File.WriteAllText(Path.Combine(staging, LlamaConfig.FileName), config);
-            foreach (var file in CopiedFiles)
+            IReadOnlyList<string> shards = [];
+            AtomicDirectory.Write(target, staging =>
             {
-                string from = Path.Combine(modelDir, file);
-                if (File.Exists(from)) File.Copy(from, Path.Combine(staging, file));
-            }
+                shards = CheckpointWriter.Write(staging, layout, producer.Produce, options.MaxShardBytes);
+                producer.Dispose();
+                File.WriteAllText(Path.Combine(staging, ModelArchitecture.ConfigFileName), config);
+                foreach (var file in CopiedFiles)
+                {
+                    string from = Path.Combine(modelDir, file);
+                    if (File.Exists(from)) File.Copy(from, Path.Combine(staging, file));
+                }
+            });
             long bytes = layout.Sum(e => e.Shape.Aggregate(1L, (a, b) => a * b) * SafeTensorsDType.ElementSize(e.DType));
-            DirectorySwap.Replace(staging, target);
             return new MergeSummary(merge.Modules.Count, layout.Count, shards, dtype, bytes);
         }
-        catch
+        finally
         {
             producer.Dispose();
-            try { if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true); } catch (IOException) { }
-            throw;
         }
     }
 

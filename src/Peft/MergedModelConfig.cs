@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using QLoraNet.Formats;
 using QLoraNet.Models;
 using QLoraNet.Quant;
 using static TorchSharp.torch;
@@ -8,12 +9,12 @@ namespace QLoraNet.Peft;
 
 /// <summary>
 /// The config.json of a merged checkpoint: the base model's, with its dtype field set to the written dtype and,
-/// for a 4-bit output, the quantization_config transformers writes for a bitsandbytes model
-/// (BitsAndBytesConfig.to_dict()), so `from_pretrained` rebuilds the Linear4bit layers from our keys.
+/// for a quantized output, the quantization_config of the format's checkpoint layout (bitsandbytes:
+/// BitsAndBytesConfig.to_dict()), so `from_pretrained` rebuilds the Linear4bit layers from our keys.
 /// </summary>
 public static class MergedModelConfig
 {
-    public static string Rewrite(string configJson, string source, ScalarType dtype, FourBitSpec? quantization)
+    public static string Rewrite(string configJson, string source, ScalarType dtype, BaseFormat? quantization, ModelArchitecture architecture)
     {
         JsonNode? root;
         try { root = JsonNode.Parse(configJson); }
@@ -28,7 +29,7 @@ public static class MergedModelConfig
         if (!any) config["torch_dtype"] = name;
 
         config.Remove("quantization_config");
-        if (quantization != null) config["quantization_config"] = QuantizedCheckpoint.BitsAndBytesConfig(quantization, name);
+        if (quantization != null) config["quantization_config"] = QuantizedCheckpoint.QuantizationConfig(quantization, name, architecture);
         return config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
     }
 

@@ -7,19 +7,18 @@ namespace QLoraNet.Peft;
 
 /// <summary>
 /// The tensors of a merged checkpoint (<see cref="MergedCheckpoint"/>) in checkpoint order, produced on demand:
-/// each read, folded with <see cref="AdapterMerge.Apply"/> and cast to the output dtype. A 4-bit projection becomes its bitsandbytes
-/// tensors (weight, absmax, quant_map, ..., quant_state); the header needs their sizes up front and the
-/// quant_state's JSON length depends on the quantized values (nested_offset), so <see cref="Layout"/> quantizes
-/// each projection once to measure it and <see cref="Produce"/> quantizes it again: twice the compute, never
-/// more than one weight in memory.
+/// each read, folded with <see cref="AdapterMerge.Apply"/> and cast to the output dtype. With a quantized output, a
+/// decoder-layer linear becomes the tensors of its format's checkpoint layout (bitsandbytes: weight, absmax,
+/// quant_map, ..., quant_state); the header needs their sizes up front and the quant_state's JSON length depends on
+/// the quantized values (nested_offset), so <see cref="Layout"/> quantizes each linear once to measure it and
+/// <see cref="Produce"/> quantizes it again: twice the compute, never more than one weight in memory.
 /// </summary>
-internal sealed class MergedTensors(CheckpointReader reader, AdapterMerge merge, ScalarType dtype, FourBitSpec? quantization,
+internal sealed class MergedTensors(CheckpointReader reader, AdapterMerge merge, ScalarType dtype, BaseFormat? quantization,
     Action<string>? onTensor) : IDisposable
 {
     readonly Dictionary<string, string> _sourceOf = new(StringComparer.Ordinal);  // written name -> checkpoint name
     string? _cachedSource;
     Dictionary<string, Tensor>? _cached;
-    FourBitWeight? _owned;
 
     public List<SafeTensors.Entry> Layout()
     {
@@ -27,7 +26,7 @@ internal sealed class MergedTensors(CheckpointReader reader, AdapterMerge merge,
         foreach (var name in reader.Names)
         {
             var info = reader.Info(name);
-            if (quantization != null && DecoderProjections.Contains(name, info.Shape))
+            if (IsQuantized(name))
             {
                 foreach (var (key, t) in QuantizedTensors(name))
                 {
@@ -53,7 +52,7 @@ internal sealed class MergedTensors(CheckpointReader reader, AdapterMerge merge,
         return key == source && !IsQuantized(source) ? Dense(source) : QuantizedTensors(source)[key].alias();
     }
 
-    bool IsQuantized(string source) => quantization != null && DecoderProjections.Contains(source, reader.Info(source).Shape);
+    bool IsQuantized(string source) => quantization != null && merge.Architecture.IsBaseLinearWeight(source);
 
     /// <summary>A tensor read, merged and cast; one that needs neither is handed on as read (no second copy).</summary>
     Tensor Dense(string name)
@@ -73,21 +72,16 @@ internal sealed class MergedTensors(CheckpointReader reader, AdapterMerge merge,
         using var scope = NewDisposeScope();
         var raw = reader.Read(source);
         var merged = merge.Apply(source, raw).to(dtype);   // bitsandbytes records the dtype it quantized from
-        var weight = FourBitWeight.Quantize(merged, quantization!.Type, quantization.BlockSize, quantization.DoubleQuant,
-            quantization.NestedBlockSize, source);
-        string prefix = source[..^"weight".Length];
-        var tensors = FourBitCheckpoint.ToTensors(weight, prefix);
+        var tensors = quantization!.Layout!.Write(merged, quantization, source);
         foreach (var t in tensors.Values) t.MoveToOuterDisposeScope();
-        foreach (var t in weight.Scales.Tensors.Append(weight.Packed)) t.MoveToOuterDisposeScope();
-        (_cachedSource, _cached, _owned) = (source, tensors, weight);
+        (_cachedSource, _cached) = (source, tensors);
         return tensors;
     }
 
     void DropCache()
     {
         if (_cached != null) foreach (var t in _cached.Values) t.Dispose();
-        if (_owned != null) { _owned.Packed.Dispose(); foreach (var t in _owned.Scales.Tensors) t.Dispose(); }
-        (_cachedSource, _cached, _owned) = (null, null, null);
+        (_cachedSource, _cached) = (null, null);
     }
 
     static bool IsFloat(ScalarType t) => t is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float64;

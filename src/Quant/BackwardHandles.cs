@@ -9,22 +9,28 @@ namespace QLoraNet.Quant;
 /// copying it into the graph; on CUDA, backward runs on libtorch's device thread, outside every dispose scope, so
 /// those handles (each keeping a full activation-sized gradient alive) would wait for the garbage collector:
 /// gigabytes per step on a 7B model. Backward functions dispose what they received and <see cref="Defer"/> what
-/// they return; the training loop calls <see cref="Release"/> after each backward pass.
+/// they return into the queue of the model they belong to; whoever runs backward on that model calls
+/// <see cref="Release"/> once the backward pass is over. One queue per model (not per process), so two models
+/// trained side by side in one process never release each other's gradients.
 /// </summary>
-public static class BackwardHandles
+public sealed class BackwardHandles
 {
-    static readonly ConcurrentQueue<Tensor> Pending = new();
+    // Concurrent: on CUDA, Defer runs on libtorch's device thread while the owner's thread may call Release.
+    readonly ConcurrentQueue<Tensor> _pending = new();
+
+    /// <summary>Handles deferred and not yet released.</summary>
+    public int Count => _pending.Count;
 
     /// <summary>Marks a tensor returned from backward for release once the backward pass is over.</summary>
-    public static Tensor Defer(Tensor t)
+    public Tensor Defer(Tensor t)
     {
-        Pending.Enqueue(t);
+        _pending.Enqueue(t);
         return t;
     }
 
     /// <summary>Disposes the handles deferred so far (the graph holds its own references where it still needs them).</summary>
-    public static void Release()
+    public void Release()
     {
-        while (Pending.TryDequeue(out var t)) t.Dispose();
+        while (_pending.TryDequeue(out var t)) t.Dispose();
     }
 }

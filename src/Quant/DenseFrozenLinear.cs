@@ -22,7 +22,7 @@ public sealed class DenseFrozenLinear : FrozenLinear
         RegisterComponents();
     }
 
-    public override string FormatName => new DenseSpec(weight.dtype).ToString();
+    public override string FormatName => new DenseFormat(weight.dtype).ToString();
 
     public override long StorageBytes => weight.numel() * weight.element_size();
 
@@ -32,13 +32,13 @@ public sealed class DenseFrozenLinear : FrozenLinear
     public override Tensor forward(Tensor x) =>
         weight.dtype == ComputeDType
             ? nn.functional.linear(x.to(ComputeDType), weight)
-            : FrozenMatMul.apply(x, new DenseWeight(weight), ComputeDType);
+            : FrozenMatMul.apply(x, new DenseWeight(weight), ComputeDType, BackwardHandles);
 
     /// <summary>The dense buffer seen as a stored weight whose "dequantization" is a cast.</summary>
     sealed record DenseWeight(Tensor Weight) : IQuantizedWeight
     {
         public long[] Shape => Weight.shape;
-        public string FormatName => new DenseSpec(Weight.dtype).ToString();
+        public string FormatName => new DenseFormat(Weight.dtype).ToString();
         public long StorageBytes => Weight.numel() * Weight.element_size();
         public Tensor Dequantize(ScalarType dtype) => Weight.to(dtype, copy: true);
     }

@@ -1,3 +1,4 @@
+using QLoraNet.Quant.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -6,7 +7,7 @@ namespace QLoraNet.Quant;
 /// <summary>
 /// A frozen bias-free linear whose weight is stored in NF4/FP4 (QLoRA's base layer). The packed codes and scales are
 /// buffers, so they move with .to(device); forward runs <see cref="FrozenMatMul"/>, which materialises the weight in
-/// the compute dtype only for the duration of the matmul.
+/// the compute dtype only for the duration of the matmul, by the path the caller's <see cref="KernelSelection"/> chose.
 /// </summary>
 public sealed class FourBitLinear : FrozenLinear
 {
@@ -21,10 +22,13 @@ public sealed class FourBitLinear : FrozenLinear
     readonly ScalarType sourceDType;
     readonly float nestedOffset;
     readonly int nestedBlockSize;
+    readonly KernelSelection kernels;
 
-    public FourBitLinear(FourBitWeight stored, ScalarType computeDType, string name = "FourBitLinear")
+    /// <param name="kernels">how to dequantize; null = <see cref="KernelSelection.Portable"/>.</param>
+    public FourBitLinear(FourBitWeight stored, ScalarType computeDType, KernelSelection? kernels = null, string name = "FourBitLinear")
         : base(name, Matrix(stored.Shape)[1], Matrix(stored.Shape)[0], computeDType)
     {
+        this.kernels = kernels ?? KernelSelection.Portable;
         type = stored.Type;
         blockSize = stored.BlockSize;
         shape = stored.Shape;
@@ -65,8 +69,20 @@ public sealed class FourBitLinear : FrozenLinear
 
     public override long StorageBytes => Stored.StorageBytes;
 
-    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
+    /// <summary>The path <see cref="DequantizeWeight"/> takes to the compute dtype (for reports and tests).</summary>
+    public FourBitDequantPath DequantPath => kernels.PathFor(Stored, ComputeDType);
+
+    public override Tensor DequantizeWeight(ScalarType dtype) => kernels.Dequantize(Stored, dtype);
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType);
+    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new Selected(Stored, kernels), ComputeDType, BackwardHandles);
+
+    /// <summary>The stored weight dequantized by the selected path, as the frozen matmul sees it.</summary>
+    sealed record Selected(FourBitWeight Weight, KernelSelection Kernels) : IQuantizedWeight
+    {
+        public long[] Shape => Weight.Shape;
+        public string FormatName => Weight.FormatName;
+        public long StorageBytes => Weight.StorageBytes;
+        public Tensor Dequantize(ScalarType dtype) => Kernels.Dequantize(Weight, dtype);
+    }
 }

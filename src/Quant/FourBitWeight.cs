@@ -1,6 +1,6 @@
+using QLoraNet.Quant.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
-using QLoraNet.Quant.Kernels;
 
 namespace QLoraNet.Quant;
 
@@ -64,24 +64,19 @@ public sealed record FourBitWeight(
     }
 
     /// <summary>
-    /// The dense weight of <see cref="Shape"/> in <paramref name="dtype"/>. On CUDA the fused kernel
-    /// (<see cref="FourBitCudaKernel"/>), on the CPU the <see cref="CpuFourBitKernel"/>, the torch-op path where
-    /// neither can run; all the same arithmetic, equal bit for bit.
+    /// The dense weight of <see cref="Shape"/> in <paramref name="dtype"/>, by the portable rule: the
+    /// <see cref="CpuFourBitKernel"/> for CPU tensors, torch ops elsewhere (the fused CUDA kernel runs only where a
+    /// caller's <see cref="KernelSelection"/> chose it: <see cref="FourBitLinear"/>). All paths are the same
+    /// arithmetic, equal bit for bit.
     /// </summary>
     public Tensor Dequantize(ScalarType dtype) => Dequantize(dtype, useTorchOps: false);
 
     /// <summary>Dequantizes to the dtype the weight had before quantization.</summary>
     public Tensor Dequantize() => Dequantize(DType);
 
-    /// <summary>The one place the dequantizer path is chosen; tests force <paramref name="useTorchOps"/>.</summary>
-    internal Tensor Dequantize(ScalarType dtype, bool useTorchOps)
-    {
-        if (!useTorchOps && Packed.device_type == DeviceType.CUDA && TryDequantizeWithCudaKernel(dtype) is { } fast)
-            return fast;
-        if (!useTorchOps && Packed.device_type == DeviceType.CPU && Numel <= int.MaxValue / 4)
-            return DequantizeWithCpuKernel(dtype);
-        return DequantizeWithTorchOps(dtype);
-    }
+    /// <summary>The portable rule; tests force <paramref name="useTorchOps"/>.</summary>
+    internal Tensor Dequantize(ScalarType dtype, bool useTorchOps) =>
+        (useTorchOps ? KernelSelection.Reference(Packed.device) : KernelSelection.Portable).Dequantize(this, dtype);
 
     /// <summary>
     /// The device-agnostic torch-op path (a 256-entry byte -> (high, low) value table, then one multiply per block):
@@ -96,7 +91,8 @@ public sealed record FourBitWeight(
         return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
     }
 
-    Tensor DequantizeWithCpuKernel(ScalarType dtype)
+    /// <summary>The CPU path: <see cref="CpuFourBitKernel"/> over the packed codes (CPU tensors, numel up to int.MaxValue / 4).</summary>
+    internal Tensor DequantizeWithCpuKernel(ScalarType dtype)
     {
         using var scope = NewDisposeScope();
         var scales = Scales.Dequantize().contiguous();                            // (nBlocks) fp32
@@ -104,28 +100,14 @@ public sealed record FourBitWeight(
         return dense.view(Shape).to(dtype).MoveToOuterDisposeScope();
     }
 
-    Tensor? TryDequantizeWithCudaKernel(ScalarType dtype)
-    {
-        var codebook = CodeTables.Float(FourBitCodebook.Name(Type) + "/values", Packed.device, () => FourBitCodebook.Values(Type));
-        var dense = Scales switch
-        {
-            PlainScales p => FourBitCudaKernel.TryDequantize(Packed, p.Absmax, null, null, null, 0f, codebook, Numel, BlockSize, 0, dtype),
-            DoubleQuantizedScales d => FourBitCudaKernel.TryDequantize(Packed, null, d.Codes, d.NestedAbsmax,
-                CodeTables.Float("dynamic/values", Packed.device, DynamicMap.Values), d.Offset, codebook, Numel, BlockSize, d.NestedBlockSize, dtype),
-            _ => null,
-        };
-        if (dense is null) return null;
-        using (dense) return dense.view(Shape);
-    }
-
     public FourBitWeight To(Device device) => this with { Packed = Packed.to(device), Scales = Scales.To(device) };
 
     /// <summary>Packed codes plus scales (the 16-entry codebook is shared and not counted).</summary>
     public long StorageBytes => Packed.shape[0] + Scales.StorageBytes;
 
-    /// <summary>"nf4", "nf4-dq", "fp4-b128", ...: the same spelling <see cref="QuantSpec.Parse"/> reads.</summary>
-    public string FormatName => new FourBitSpec(Type, BlockSize, IsDoubleQuantized,
-        (Scales as DoubleQuantizedScales)?.NestedBlockSize ?? DoubleQuantizedScales.DefaultNestedBlockSize).ToString();
+    /// <summary>"nf4", "nf4-dq", "fp4-b128", ...: the same spelling <see cref="BaseFormat.Parse"/> reads.</summary>
+    public string FormatName => FourBitFormat.Spell(Type, BlockSize, IsDoubleQuantized,
+        (Scales as DoubleQuantizedScales)?.NestedBlockSize ?? DoubleQuantizedScales.DefaultNestedBlockSize);
 
     /// <summary>Device-agnostic path: packed codes (ceil(n/2)) and absmax (nBlocks) from torch ops.</summary>
     static (Tensor Packed, Tensor Absmax) QuantizeWithTorchOps(Tensor flat, FourBitType type, int blockSize)

@@ -28,6 +28,16 @@ public abstract class FrozenLinear : nn.Module<Tensor, Tensor>
     /// <summary>A short format name for logs and `inspect`: "bf16", "nf4", "nf4-dq", "fp4", "int8", "int4-g64", ...</summary>
     public abstract string FormatName { get; }
 
+    /// <summary>
+    /// Where this linear's backward defers the gradient handles it returns (<see cref="Quant.BackwardHandles"/>).
+    /// A linear starts with a queue of its own; the model it is assembled into points all its linears at the
+    /// model's one queue (<see cref="DeferBackwardHandlesTo"/>), which whoever runs backward on the model releases.
+    /// </summary>
+    public BackwardHandles BackwardHandles { get; private set; } = new();
+
+    /// <summary>Makes backward defer into <paramref name="owner"/> (the queue of the model this linear belongs to).</summary>
+    public void DeferBackwardHandlesTo(BackwardHandles owner) => BackwardHandles = owner;
+
     /// <summary>Bytes held by the stored weight and its quantization state.</summary>
     public abstract long StorageBytes { get; }
 

@@ -8,7 +8,8 @@ namespace QLoraNet.Quant;
 /// form: forward materialises W in the compute dtype, multiplies and drops it; backward materialises it again for
 /// dx = dy @ W and returns no weight gradient (QLoRA section 3: gradients flow through the frozen 4-bit base to the
 /// adapters, the base itself gets none). The dense W lives only inside one forward or one backward call.
-/// Call: <c>FrozenMatMul.apply(x, weight, computeDType)</c> with weight an <see cref="IQuantizedWeight"/>.
+/// Call: <c>FrozenMatMul.apply(x, weight, computeDType, handles)</c> with weight an <see cref="IQuantizedWeight"/> and
+/// handles the <see cref="BackwardHandles"/> of the model the weight belongs to (backward defers its result there).
 /// </summary>
 public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
 {
@@ -16,9 +17,10 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
 
     public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
-        var (x, weight, computeDType) = ((Tensor)vars[0], (IQuantizedWeight)vars[1], (ScalarType)vars[2]);
-        // Saved: a reference to the stored weight (already held by the module) and the dtypes; no tensor.
+        var (x, weight, computeDType, handles) = ((Tensor)vars[0], (IQuantizedWeight)vars[1], (ScalarType)vars[2], (BackwardHandles)vars[3]);
+        // Saved: a reference to the stored weight (already held by the module), the dtypes and the handle queue; no tensor.
         ctx.save_data("weight", weight);
+        ctx.save_data("handles", handles);
         ctx.save_data("dtype", computeDType);
         ctx.save_data("inputDType", x.dtype);
 
@@ -32,6 +34,7 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
         var weight = (IQuantizedWeight)ctx.get_data("weight");
         var computeDType = (ScalarType)ctx.get_data("dtype");
         var inputDType = (ScalarType)ctx.get_data("inputDType");
+        var handles = (BackwardHandles)ctx.get_data("handles");
 
         Tensor gradInput;
         using (var scope = NewDisposeScope())
@@ -41,6 +44,6 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
                 .MoveToOuterDisposeScope();
         }
         gradOutput.Dispose(); // TorchSharp's handle on the incoming gradient (see BackwardHandles)
-        return [BackwardHandles.Defer(gradInput), null!, null!];
+        return [handles.Defer(gradInput), null!, null!, null!];
     }
 }

@@ -14,7 +14,7 @@ public sealed class LinearQuantLinear : FrozenLinear
     Tensor scales;            // fp32 (groups)
     Tensor? zero_points;      // int8 (groups) when asymmetric
 
-    readonly LinearQuantSpec spec;
+    readonly LinearQuantFormat spec;
     readonly long[] shape;
     readonly ScalarType sourceDType;
 
@@ -43,5 +43,5 @@ public sealed class LinearQuantLinear : FrozenLinear
     public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType);
+    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType, BackwardHandles);
 }

@@ -9,7 +9,7 @@ namespace QLoraNet.Quant;
 /// </summary>
 public static class LinearQuantReference
 {
-    public static LinearQuantWeight Quantize(float[] weight, long[] shape, LinearQuantSpec spec)
+    public static LinearQuantWeight Quantize(float[] weight, long[] shape, LinearQuantFormat spec)
     {
         int groupLength = (int)LinearQuantWeight.GroupLength(spec, shape, null);
         int groups = weight.Length / groupLength;

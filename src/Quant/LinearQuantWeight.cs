@@ -24,12 +24,12 @@ namespace QLoraNet.Quant;
 /// <param name="Shape">the dense shape [out, in].</param>
 /// <param name="DType">dtype of the weight that was quantized.</param>
 public sealed record LinearQuantWeight(
-    LinearQuantSpec Spec, Tensor Codes, Tensor Scales, Tensor? ZeroPoints, long[] Shape, ScalarType DType) : IQuantizedWeight
+    LinearQuantFormat Spec, Tensor Codes, Tensor Scales, Tensor? ZeroPoints, long[] Shape, ScalarType DType) : IQuantizedWeight
 {
     public long Numel => QuantInputChecks.Numel(Shape);
 
     /// <summary>Quantizes a 2-D weight [out, in] with torch ops on its own device.</summary>
-    public static LinearQuantWeight Quantize(Tensor weight, LinearQuantSpec spec, string? name = null)
+    public static LinearQuantWeight Quantize(Tensor weight, LinearQuantFormat spec, string? name = null)
     {
         QuantInputChecks.RequireFloat(weight, name);
         long groupLength = GroupLength(spec, weight.shape, name);
@@ -82,7 +82,7 @@ public sealed record LinearQuantWeight(
     public string FormatName => Spec.ToString();
 
     /// <summary>Number of weights sharing one scale; checks that the groups tile the weight.</summary>
-    internal static long GroupLength(LinearQuantSpec spec, long[] shape, string? name)
+    internal static long GroupLength(LinearQuantFormat spec, long[] shape, string? name)
     {
         string what = name is null ? "weight" : $"tensor '{name}'";
         if (shape.Length != 2)

@@ -4,28 +4,13 @@ using static TorchSharp.torch;
 namespace QLoraNet.Quant;
 
 /// <summary>
-/// Exact storage of a [rows, cols] weight in each format, as the modules hold it (codes + scales + zero points /
-/// nested scales + offset; shared code tables not counted). For `inspect` and memory estimates without quantizing.
+/// Exact storage of a [rows, cols] weight in the quantized formats, as the modules hold it (codes + scales + zero
+/// points / nested scales + offset; shared code tables not counted): the arithmetic behind
+/// <see cref="BaseFormat.StorageBytes"/>, for `inspect` and memory estimates without quantizing.
 /// NF4 with double quantization at 64/256: 4 + 8/64 + 32/(64*256) = 4.127 bits per weight (QLoRA section 3).
 /// </summary>
 public static class QuantSizes
 {
-    /// <param name="sourceDType">the checkpoint dtype, used by "none" (keep as is).</param>
-    public static long Bytes(QuantSpec spec, long rows, long cols, ScalarType sourceDType = ScalarType.BFloat16)
-    {
-        long numel = rows * cols;
-        return spec switch
-        {
-            DenseSpec d => numel * ElementSize(d.DType ?? sourceDType),
-            FourBitSpec f => FourBitBytes(numel, f.BlockSize, f.DoubleQuant, f.NestedBlockSize),
-            LinearQuantSpec l => LinearQuantBytes(l, rows, cols),
-            _ => throw new ArgumentException($"unsupported base format {spec}"),
-        };
-    }
-
-    public static double BitsPerWeight(QuantSpec spec, long rows, long cols, ScalarType sourceDType = ScalarType.BFloat16) =>
-        8.0 * Bytes(spec, rows, cols, sourceDType) / (rows * cols);
-
     /// <summary>ceil(n/2) packed bytes + per block 4 bytes, or 1 byte plus 4 per nested block and a 4-byte offset.</summary>
     public static long FourBitBytes(long numel, int blockSize, bool doubleQuant,
         int nestedBlockSize = DoubleQuantizedScales.DefaultNestedBlockSize)
@@ -36,7 +21,7 @@ public static class QuantSizes
     }
 
     /// <summary>Codes (1 byte, or half a byte for int4) + 4 bytes of scale and, if asymmetric, 1 byte of zero point per group.</summary>
-    public static long LinearQuantBytes(LinearQuantSpec spec, long rows, long cols)
+    public static long LinearQuantBytes(LinearQuantFormat spec, long rows, long cols)
     {
         long numel = rows * cols;
         long groups = spec.Granularity switch
@@ -48,12 +33,4 @@ public static class QuantSizes
         long codes = spec.Bits == 4 ? QuantInputChecks.CeilDiv(numel, 2) : numel;
         return codes + groups * (4 + (spec.Symmetric ? 0 : 1));
     }
-
-    static long ElementSize(ScalarType dtype) => dtype switch
-    {
-        ScalarType.Float32 => 4,
-        ScalarType.BFloat16 or ScalarType.Float16 => 2,
-        ScalarType.Float64 => 8,
-        _ => throw new ArgumentException($"no dense size for dtype {dtype}"),
-    };
 }

@@ -1,6 +1,6 @@
 // Fused blockwise 4-bit (NF4/FP4) dequantization, optionally with double-quantized absmax, to bf16 or fp32.
 // One pass: read the packed codes (0.5 B/weight) and the per-block scale, write the dense weight. The reference
-// this must equal bit for bit is the torch-op path in FourBitDequant (C#):
+// this must equal bit for bit is the torch-op path of FourBitWeight.Dequantize (src/Quant/FourBitWeight.cs):
 //   scale = nested_code[absmax_q[b]] * nested_absmax[b / nested_block] + offset    (fp32 mul, then fp32 add)
 //   w[i]  = codebook[code_i] * scale                                               (fp32 mul, then one rounding)
 // __fmul_rn/__fadd_rn stop the compiler from contracting mul+add into an FMA, which would round differently.

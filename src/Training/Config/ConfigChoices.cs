@@ -9,12 +9,6 @@ public enum DType { Bf16, Fp16, Fp32 }
 /// <summary>Where the model runs; Auto picks CUDA when libtorch sees a GPU, else the CPU.</summary>
 public enum DeviceKind { Auto, Cpu, Cuda }
 
-/// <summary>
-/// Storage of the frozen base linears. Nf4/Fp4 are the QLoRA 4-bit data types (Dettmers et al. 2023, sec. 3);
-/// Int8/Int4 are blockwise absmax linear quantization; None keeps the weights dense in <see cref="ModelConfig.Dtype"/>.
-/// </summary>
-public enum QuantType { Nf4, Fp4, Int8, Int4, None }
-
 /// <summary>How a data row is laid out: chat messages, an alpaca-style instruction triple, or raw text.</summary>
 public enum DataFormat { Chat, Instruction, Completion }
 

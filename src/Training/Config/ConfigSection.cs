@@ -37,6 +37,25 @@ internal sealed class ConfigSection
         return new ConfigSection(source, Full(key), m, KeyNode(key));
     }
 
+    /// <summary>
+    /// A key that is either one scalar (<c>quantization: nf4-dq</c>) or a section of keys
+    /// (<c>quantization: {type: nf4, double_quant: true}</c>). Absent: no scalar and an empty section.
+    /// </summary>
+    public (string? Scalar, ConfigSection Section) ScalarOrSection(string key, string expected)
+    {
+        var node = Take(key);
+        return node switch
+        {
+            null => (null, new ConfigSection(source, Full(key), null, KeyNode(key) ?? anchor)),
+            YamlScalarNode s => (s.Value ?? "", new ConfigSection(source, Full(key), null, s)),
+            YamlMappingNode m => (null, new ConfigSection(source, Full(key), m, KeyNode(key))),
+            _ => throw Bad(node, key, expected),
+        };
+    }
+
+    /// <summary>An error located at this section's own node (its key, or the scalar it holds).</summary>
+    public ConfigException Error(string message) => source.Error(anchor, message);
+
     public string? OptionalString(string key) => Take(key) switch
     {
         null => null,

@@ -1,34 +1,80 @@
+using QLoraNet.Quant;
 using YamlDotNet.RepresentationModel;
 
 namespace QLoraNet.Training.Config;
 
 /// <summary>
-/// How the frozen base linears are stored. Defaults follow QLoRA (Dettmers et al. 2023): NF4 with double
-/// quantization (the absmax constants quantized again to 8 bits), blocks of 64 weights, bf16 compute.
+/// How the frozen base linears are stored (<see cref="Format"/>, one <see cref="BaseFormat"/> with the spelling the
+/// CLI uses) and the compute dtype. Two YAML forms give the same value:
+/// <code>
+///   quantization: nf4-dq                                                  # a spelling (see --help)
+///   quantization: {type: nf4, double_quant: true, blocksize: 64, compute_dtype: bf16}
+/// </code>
+/// In the structured form, <c>type</c> is a kind (nf4, int4, none, ...) or a whole spelling, and each other key adds
+/// the option it stands for (<c>blocksize: 128</c> is -b128 for nf4/fp4, -g128 for int8/int4); a key left out keeps
+/// the spelling's own default, so <c>{type: int4}</c> is <c>int4</c> (per channel) exactly as on the command line.
+/// With no type at all the default is QLoRA's (Dettmers et al. 2023): nf4 with double quantization, blocks of 64.
 /// </summary>
-public sealed record QuantizationConfig(
-    QuantType Type = QuantType.Nf4,
-    bool DoubleQuant = true,
-    int BlockSize = 64,
-    DType ComputeDtype = DType.Bf16)
+public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = DType.Bf16)
 {
-    internal static QuantizationConfig Bind(ConfigSection s)
+    public static QuantizationConfig Default { get; } = new(BaseFormat.Parse("nf4-dq"));
+
+    const string TypeKey = "type", ComputeKey = "compute_dtype";
+
+    internal static QuantizationConfig Bind(ConfigSection parent, string key)
     {
-        var type = s.Enum("type", QuantType.Nf4);
-        var doubleQuantSet = s.OptionalBool("double_quant");
-        var blockSize = s.Int("blocksize", 64, 16, 4096);
-        var computeDtype = s.Enum("compute_dtype", DType.Bf16);
+        var (scalar, s) = parent.ScalarOrSection(key, "a base format such as nf4-dq, or a mapping of keys (type, double_quant, blocksize, compute_dtype)");
+        if (scalar != null) return new QuantizationConfig(Parse(scalar, problem => s.Error($"'{s.Path}': {problem}")));
+
+        string? type = s.OptionalString(TypeKey);
+        var options = new List<string>();
+        var kindName = (type ?? "nf4").Trim().ToLowerInvariant().Split('-')[0];
+        var kind = BaseFormats.KindOf(kindName);
+        foreach (var optionKey in BaseFormats.Kinds.SelectMany(k => k.StructuredKeys).Distinct())
+        {
+            string? value = s.OptionalString(optionKey);
+            if (value is null || kind is null) continue;
+            var owners = BaseFormats.Kinds.Where(k => k.StructuredKeys.Contains(optionKey)).ToList();
+            if (!kind.StructuredKeys.Contains(optionKey))
+            {
+                if (StatesADefault(owners, optionKey, value)) continue;   // double_quant: false or blocksize: 64 under none
+                throw s.ErrorAt(optionKey, $"'{s.Full(optionKey)}' applies to {string.Join(", ", owners.SelectMany(k => k.Names))} only; remove it for {kindName}");
+            }
+            string? option;
+            try { option = kind.StructuredOption(optionKey, value); }
+            catch (FormatException e) { throw s.ErrorAt(optionKey, $"'{s.Full(optionKey)}' {e.Message}"); }
+            if (option is null) continue;
+            if (type is not null && type.Contains('-'))
+                throw s.ErrorAt(optionKey, $"'{s.Full(TypeKey)}' is a whole spelling ({type}); give the options in it or as keys, not both");
+            options.Add(option);
+        }
+        if (type is null && s.OptionalString("double_quant") is null) options.Add("dq");   // QLoRA's default
+        var compute = s.Enum(ComputeKey, DType.Bf16);
         s.Finish();
-        // Blocks tile rows of the weight; a power of two divides every Llama hidden size (bitsandbytes allows 64..4096).
-        if ((blockSize & (blockSize - 1)) != 0)
-            throw s.ErrorAt("blocksize", $"'{s.Full("blocksize")}' must be a power of two in [16, 4096]; got {blockSize}");
-        bool fourBitFloat = type is QuantType.Nf4 or QuantType.Fp4;
-        if (doubleQuantSet == true && !fourBitFloat)
-            throw s.ErrorAt("double_quant", $"'{s.Full("double_quant")}' applies to nf4 and fp4 only; set it to false for {YamlNames.Of(type)}");
-        return new QuantizationConfig(type, doubleQuantSet ?? fourBitFloat, blockSize, computeDtype);
+        if (kind is null)
+            throw s.ErrorAt(TypeKey, $"'{s.Full(TypeKey)}' must be one of {string.Join(", ", BaseFormats.Names)} (or a whole spelling such as nf4-dq); got '{type}'");
+        string spelling = string.Join('-', options.Prepend((type ?? kindName).Trim()));
+        return new QuantizationConfig(Parse(spelling, problem => s.ErrorAt(TypeKey, $"'{s.Full(TypeKey)}': {problem}")), compute);
+    }
+
+    /// <summary>
+    /// True when the key's value is a default of some kind that reads it (double_quant: false, blocksize: 64), so a
+    /// config that switches type (quantization.type=none on the command line) keeps working; a value that would
+    /// change a format (double_quant: true) under a kind that cannot have it is an error.
+    /// </summary>
+    static bool StatesADefault(IEnumerable<BaseFormatKind> owners, string key, string value) =>
+        owners.Any(k =>
+        {
+            try { return k.StructuredOption(key, value) is null; }
+            catch (FormatException) { return false; }
+        });
+
+    static BaseFormat Parse(string spelling, Func<string, ConfigException> error)
+    {
+        try { return BaseFormat.Parse(spelling); }
+        catch (FormatException e) { throw error(e.Message); }
     }
 
     internal YamlMappingNode ToYaml() => YamlOut.Map(
-        ("type", YamlOut.Scalar(Type)), ("double_quant", YamlOut.Scalar(DoubleQuant)),
-        ("blocksize", YamlOut.Scalar(BlockSize)), ("compute_dtype", YamlOut.Scalar(ComputeDtype)));
+        (TypeKey, YamlOut.Scalar(Format.ToString())), (ComputeKey, YamlOut.Scalar(ComputeDtype)));
 }

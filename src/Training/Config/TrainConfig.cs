@@ -1,3 +1,6 @@
+using QLoraNet.Formats;
+using QLoraNet.Models;
+using QLoraNet.Peft;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
@@ -7,12 +10,14 @@ namespace QLoraNet.Training.Config;
 /// A fine-tuning run, as read from one YAML file plus command-line overrides (an axolotl user should find the
 /// sections familiar). <see cref="Load"/> is the single place where the file is parsed and every key checked:
 /// unknown keys, wrong types, bad choices and missing files fail with one line naming file:line and what is
-/// valid. Relative paths inside the config resolve from the current directory (the README runs from the repo root).
+/// valid. The model's config.json is read here too, so an unsupported model family, or a LoRA target its family does
+/// not have, is reported at its config line before anything loads. Relative paths inside the config resolve from the
+/// current directory (the README runs from the repo root).
 /// </summary>
 public sealed record TrainConfig(
     ModelConfig Model,
     QuantizationConfig Quantization,
-    LoraConfig Lora,
+    LoraSettings Lora,
     DataConfig Data,
     TrainingConfig Training,
     OutputConfig Output)
@@ -38,10 +43,12 @@ public sealed record TrainConfig(
         ConfigOverrides.Apply(root, overrides ?? [], source);
 
         var s = new ConfigSection(source, "", root, root);
+        var modelSection = s.Section("model");
+        var model = ModelConfig.Bind(modelSection);
         var config = new TrainConfig(
-            ModelConfig.Bind(s.Section("model")),
-            QuantizationConfig.Bind(s.Section("quantization")),
-            LoraConfig.Bind(s.Section("lora")),
+            model,
+            QuantizationConfig.Bind(s, "quantization"),
+            LoraSection.Bind(s.Section("lora"), Architecture(model, modelSection)?.LinearNames),
             DataConfig.Bind(s.Section("data")),
             TrainingConfig.Bind(s.Section("training")),
             OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))));
@@ -55,13 +62,29 @@ public sealed record TrainConfig(
     public string ToYaml()
     {
         var root = YamlOut.Map(
-            ("model", Model.ToYaml()), ("quantization", Quantization.ToYaml()), ("lora", Lora.ToYaml()),
+            ("model", Model.ToYaml()), ("quantization", Quantization.ToYaml()), ("lora", LoraSection.ToYaml(Lora)),
             ("data", Data.ToYaml()), ("training", Training.ToYaml()), ("output", Output.ToYaml()));
         var writer = new StringWriter();
         new YamlStream(new YamlDocument(root)).Save(writer, assignAnchors: false);
         // YamlStream ends every document with a "..." line; a config file has exactly one document.
         var lines = writer.ToString().Replace("\r\n", "\n").TrimEnd('\n').Split('\n');
         return string.Join("\n", lines[^1] == "..." ? lines[..^1] : lines) + "\n";
+    }
+
+    /// <summary>The model's family record, read from its config.json; null when there is no path (reported as missing).</summary>
+    static ModelArchitecture? Architecture(ModelConfig model, ConfigSection section)
+    {
+        if (model.Path.Length == 0) return null;
+        try
+        {
+            var arch = ModelFamilies.Load(model.Path);
+            ArchitectureSupport.Require(arch, Path.Combine(model.Path, ModelArchitecture.ConfigFileName));
+            return arch;
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or NotSupportedException)
+        {
+            throw section.ErrorAt("path", e.Message);
+        }
     }
 
     static YamlMappingNode ReadRoot(string yaml, ConfigSource source)

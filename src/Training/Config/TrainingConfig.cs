@@ -32,9 +32,10 @@ public sealed record TrainingConfig(
     int SaveEvery = 100,
     int? EarlyStoppingPatience = null)
 {
-    /// <summary>Optimizer steps of the run, given the number of micro-batches in one epoch.</summary>
-    public int TotalSteps(int microBatchesPerEpoch) =>
-        MaxSteps ?? Math.Max(1, (int)Math.Ceiling((double)Epochs * microBatchesPerEpoch / GradientAccumulationSteps));
+    /// <summary>Optimizer steps of the run, given the number of micro-batches in one epoch and the number of
+    /// data-parallel replicas (each step takes gradient_accumulation_steps micro-batches per replica).</summary>
+    public int TotalSteps(int microBatchesPerEpoch, int replicas = 1) =>
+        MaxSteps ?? Math.Max(1, (int)Math.Ceiling((double)Epochs * microBatchesPerEpoch / ((long)GradientAccumulationSteps * replicas)));
 
     /// <summary>Warmup length in steps: <see cref="WarmupSteps"/> if set, else the ratio of the total.</summary>
     public int Warmup(int totalSteps) => WarmupSteps ?? (int)Math.Round(WarmupRatio * totalSteps);

@@ -34,28 +34,31 @@ public sealed record Batch(int Rows, int Length, long[] InputIds, long[] Labels,
         return new Batch(b, t, ids, labels, pos, doc);
     }
 
-    /// <summary>Tokens that count in the loss (labels other than -100).</summary>
-    public int TrainedTokens => Labels.Count(l => l != TokenizedExample.IgnoreIndex);
-
     /// <summary>Whether any row holds more than one example, i.e. the plain causal mask is not enough.</summary>
     public bool IsPacked => DocumentIds.Any(d => d > 1);
 
     /// <summary>
-    /// The batch as tensors on <paramref name="device"/>: input_ids, labels and position_ids (B, T) int64, and the
-    /// attention mask (B, 1, T, T) bool, true where query i may attend to key j: j &lt;= i within the same example
-    /// (block-diagonal causal, <see cref="QLoraNet.Models.AttentionMask.BlockCausal"/>), so packed examples never
-    /// see each other. Padding (document 0) sees only padding, which keeps every row of the softmax non-empty;
-    /// its outputs are ignored by the loss.
+    /// The batch as tensors on <paramref name="device"/>: input_ids, labels and position_ids (B, T) int64, and, for a
+    /// packed batch (<see cref="IsPacked"/>), the attention mask (B, 1, T, T) bool, true where query i may attend to
+    /// key j: j &lt;= i within the same example (block-diagonal causal,
+    /// <see cref="QLoraNet.Models.AttentionMask.BlockCausal"/>), so packed examples never see each other. Padding
+    /// (document 0) sees only padding, which keeps every row of the softmax non-empty; its outputs are ignored by the
+    /// loss. An unpacked batch gets no mask: the model's plain causal attention is the same for every real token.
     /// </summary>
     public BatchTensors ToTensors(Device device)
     {
         long[] shape = [Rows, Length];
-        using var documents = On(device, tensor(DocumentIds, shape));
+        Tensor? mask = null;
+        if (IsPacked)
+        {
+            using var documents = On(device, tensor(DocumentIds, shape));
+            mask = QLoraNet.Models.AttentionMask.BlockCausal(documents);
+        }
         return new BatchTensors(
             On(device, tensor(InputIds, shape)),
             On(device, tensor(Labels, shape)),
             On(device, tensor(PositionIds, shape)),
-            QLoraNet.Models.AttentionMask.BlockCausal(documents));
+            mask);
     }
 
     static Tensor On(Device device, Tensor cpu)

@@ -1,3 +1,5 @@
+using QLoraNet.Models;
+
 namespace QLoraNet.Training.Data;
 
 /// <summary>
@@ -6,7 +8,7 @@ namespace QLoraNet.Training.Data;
 /// <c>maxSeqLen</c> tokens (the prompt and as much of the response as fits; the EOS is lost), and drop it when no
 /// trained token survives, e.g. a prompt longer than the limit.
 /// </summary>
-public sealed class ExampleEncoder(ITokenizer tokenizer, int maxSeqLen, bool trainOnInputs)
+public sealed class ExampleEncoder(ITextTokenizer tokenizer, int maxSeqLen, bool trainOnInputs)
 {
     public enum Outcome { Kept, Truncated, Dropped }
 

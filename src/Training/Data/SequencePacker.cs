@@ -4,7 +4,7 @@ namespace QLoraNet.Training.Data;
 /// Packs short examples into sequences of at most <c>maxSeqLen</c> tokens, greedy first-fit in the given order:
 /// each example goes into the first open sequence with room for it, else starts a new one. Examples are never split
 /// (each is already at most <c>maxSeqLen</c> after truncation). With packing off every example is its own sequence.
-/// Packing changes the number of rows per step, not what each example can see: see <see cref="Batch.AttentionMask"/>.
+/// Packing changes the number of rows per step, not what each example can see: see <see cref="Batch.ToTensors"/>.
 /// </summary>
 public static class SequencePacker
 {

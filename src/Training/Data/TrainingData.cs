@@ -1,3 +1,4 @@
+using QLoraNet.Models;
 using QLoraNet.Training.Config;
 
 namespace QLoraNet.Training.Data;
@@ -31,7 +32,7 @@ public sealed class TrainingData
     public DataStats Stats { get; }
     public int PadId { get; }
 
-    public static TrainingData Build(DataConfig config, ITokenizer tokenizer, int seed)
+    public static TrainingData Build(DataConfig config, ITextTokenizer tokenizer, int seed)
     {
         if (config.Format == DataFormat.Chat && config.Template == TemplateKind.Alpaca)
             throw new InvalidDataException("data.template 'alpaca' renders instruction rows only; use llama2-chat or none with data.format chat");

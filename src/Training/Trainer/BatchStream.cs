@@ -7,7 +7,7 @@ namespace QLoraNet.Training.Trainer;
 /// that epoch's seeded permutation (<see cref="TrainingData.TrainBatches"/>), then the next epoch begins. The
 /// position is what a checkpoint stores to resume the data exactly.
 /// </summary>
-public sealed class BatchStream(TrainingData data, int microBatchSize, int epoch, int microBatch)
+public sealed class BatchStream(TrainingData data, int microBatchSize, int epoch, int microBatch) : IBatchSource
 {
     IEnumerator<Batch>? _current;
 

@@ -1,22 +1,24 @@
 using System.Globalization;
+using QLoraNet.Formats;
 
 namespace QLoraNet.Training.Trainer;
 
 /// <summary>
-/// The checkpoints of a run, <c>{output}/checkpoints/step-N/</c>, each holding the adapter (peft format,
-/// <c>adapter/</c>), the optimizer moments (<c>optimizer.safetensors</c>) and <see cref="TrainerState"/>.
-/// A checkpoint is written into a hidden temporary directory and renamed into place only when complete, so a
-/// kill at any moment leaves the previous checkpoints intact and never a partial one under a valid name.
+/// The checkpoints of a run, <c>{output}/checkpoints/step-N/</c>, each holding what <see cref="TrainingCheckpoint"/>
+/// writes (adapter, optimizer moments) and <see cref="TrainerState"/>. A checkpoint is written into a hidden
+/// staging directory and renamed into place only when complete (<see cref="AtomicDirectory"/>), so a kill at any
+/// moment leaves the previous checkpoints intact and never a partial one under a valid name.
 /// Only the newest <c>keepLast</c> are kept, plus the one with the best validation loss.
 /// </summary>
-public sealed class CheckpointStore(string outputDir, int keepLast)
+/// <param name="outputDir">the run's output directory.</param>
+/// <param name="keepLast">how many of the newest checkpoints to keep.</param>
+/// <param name="onFileWritten">called with each file or directory as it is completed in the staging directory
+/// (progress; a throwing callback aborts the save as a kill would).</param>
+public sealed class CheckpointStore(string outputDir, int keepLast, Action<string>? onFileWritten = null)
 {
     const string Prefix = "step-";
 
     public string Root { get; } = Path.Combine(outputDir, "checkpoints");
-
-    /// <summary>Test hook: called after each file is written into the temporary directory (simulates a kill).</summary>
-    internal static Action<string>? AfterFileWritten;
 
     public string PathFor(int step) => Path.Combine(Root, Prefix + step.ToString(CultureInfo.InvariantCulture));
 
@@ -34,27 +36,18 @@ public sealed class CheckpointStore(string outputDir, int keepLast)
 
     public string? Latest() => List().LastOrDefault().Path;
 
-    /// <summary>Writes checkpoint <paramref name="step"/>: <paramref name="write"/> fills a temporary directory,
-    /// the state file goes in last, then one rename publishes it.</summary>
+    /// <summary>Writes checkpoint <paramref name="step"/>: <paramref name="write"/> fills the staging directory
+    /// (reporting each completed file through its second argument), the state file goes in last, then one rename
+    /// publishes it (replacing the same step saved before, e.g. by the final save).</summary>
     public string Save(int step, TrainerState state, Action<string, Action<string>> write, int? bestStep)
     {
-        Directory.CreateDirectory(Root);
         string final = PathFor(step);
-        string staging = System.IO.Path.Combine(Root, $".{Prefix}{step}.tmp-{Guid.NewGuid():N}");
-        try
+        AtomicDirectory.Write(final, staging =>
         {
-            Directory.CreateDirectory(staging);
-            write(staging, file => AfterFileWritten?.Invoke(file));
+            write(staging, file => onFileWritten?.Invoke(file));
             state.Save(staging);
-            AfterFileWritten?.Invoke(System.IO.Path.Combine(staging, TrainerState.FileName));
-            if (Directory.Exists(final)) Directory.Delete(final, recursive: true); // same step saved again (e.g. final save)
-            Directory.Move(staging, final);
-        }
-        catch
-        {
-            try { Directory.Delete(staging, recursive: true); } catch (IOException) { }
-            throw;
-        }
+            onFileWritten?.Invoke(System.IO.Path.Combine(staging, TrainerState.FileName));
+        });
         Prune(bestStep);
         return final;
     }
@@ -65,7 +58,7 @@ public sealed class CheckpointStore(string outputDir, int keepLast)
         foreach (var (step, path) in all.Take(Math.Max(0, all.Count - keepLast)))
             if (step != bestStep) Directory.Delete(path, recursive: true);
         // Leftovers of interrupted saves.
-        foreach (var tmp in Directory.GetDirectories(Root, "." + Prefix + "*"))
+        foreach (var tmp in Directory.GetDirectories(Root, "." + Prefix + "*").Where(d => AtomicFile.IsTemporaryName(System.IO.Path.GetFileName(d))))
             try { Directory.Delete(tmp, recursive: true); } catch (IOException) { }
     }
 }

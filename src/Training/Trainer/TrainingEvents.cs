@@ -11,9 +11,13 @@ public interface ITrainingObserver
     void OnEvaluation(int step, double validationLoss, bool isBest);
     void OnCheckpoint(int step, string directory);
     void OnMessage(string message);
+
+    /// <summary>A file or directory of a checkpoint is complete in its staging directory (before the checkpoint is
+    /// published). Throwing aborts the save, as a kill would: the previous checkpoints stay intact.</summary>
+    void OnCheckpointFileWritten(string path) { }
 }
 
-/// <summary>Printed once at the start: what is being trained on what.</summary>
+/// <summary>Printed once at the start: what is being trained on what (and which kernels run: <c>Kernels</c>).</summary>
 public sealed record RunSummary(
     string ModelPath,
     string Device,
@@ -27,9 +31,11 @@ public sealed record RunSummary(
     int SequencesPerStep,
     double LoadSeconds,
     long BaseBytes,
-    int LogEvery = 10);
+    int LogEvery = 10,
+    IReadOnlyList<string>? Kernels = null);
 
-/// <summary>One optimizer step. Loss is the mean over the step's trained (unmasked) tokens.</summary>
+/// <summary>One optimizer step. Loss is the mean over the step's trained (unmasked) tokens; <see cref="HostRssBytes"/>
+/// is the process's resident memory on the host.</summary>
 public sealed record StepMetrics(
     int Step,
     int TotalSteps,
@@ -42,7 +48,7 @@ public sealed record StepMetrics(
     double StepSeconds,
     double ElapsedSeconds,
     double EtaSeconds,
-    long MemoryBytes);
+    long HostRssBytes);
 
 /// <summary>How a run ended.</summary>
 public sealed record TrainResult(

@@ -3,6 +3,7 @@ using QLoraNet.Cli;
 namespace QLoraNet.Tests.Cli;
 
 /// <summary>Whatever the exception, the CLI prints one escaped, bounded line.</summary>
+[Trait("tier", "unit")]
 public class ErrorLineTests
 {
     [Fact]

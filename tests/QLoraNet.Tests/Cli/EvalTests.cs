@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Cli;
 
+[Trait("tier", "e2e")]
 public class EvalTests
 {
     static readonly string ReferenceJson = Path.Combine(Paths.TinyModel, "reference.json");
@@ -60,7 +61,7 @@ public class EvalTests
     {
         using var dir = Paths.Temp();
         File.WriteAllText(dir["t.txt"], "Call me Ishmael. Some years ago, never mind how long precisely, I thought I would sail about a little.");
-        File.WriteAllText(dir["ids.json"], "[" + string.Join(", ", LlamaTextTokenizer.Load(Paths.TinyModel)
+        File.WriteAllText(dir["ids.json"], "[" + string.Join(", ", TextTokenizers.Load(Paths.TinyModel)
             .Encode(File.ReadAllText(dir["t.txt"]))) + "]");
         var fromText = EvalJson("--text-file", dir["t.txt"]);
         var fromIds = EvalJson("--token-ids-json", dir["ids.json"]);

@@ -33,6 +33,7 @@ public static class TinyModelExports
     }
 }
 
+[Trait("tier", "e2e")]
 public class ExportTests
 {
     static Tensor Source(string hfName)
@@ -193,12 +194,12 @@ public class ExportTests
     static string WriteAdapter(string dir, string module)
     {
         Directory.CreateDirectory(dir);
-        new AdapterConfig(R: 2, LoraAlpha: 8, LoraDropout: 0, TargetModules: new[] { "q_proj" }).Save(dir);
-        torch.manual_seed(5);
+        new AdapterConfig(new LoraSettings(R: 2, Alpha: 8, Dropout: 0, TargetModules: new[] { "q_proj" })).Save(dir);
+        using var rng = new Generator(5);
         SafeTensors.Write(Path.Combine(dir, AdapterFiles.WeightsFileName), new Dictionary<string, Tensor>
         {
-            [AdapterKeys.ToPeft(module, AdapterKeys.A)] = randn(2, 256),
-            [AdapterKeys.ToPeft(module, AdapterKeys.B)] = randn(256, 2) * 0.1f,
+            [AdapterKeys.ToPeft(module, AdapterKeys.A)] = randn(2, 256, generator: rng),
+            [AdapterKeys.ToPeft(module, AdapterKeys.B)] = randn(256, 2, generator: rng) * 0.1f,
         });
         return dir;
     }

@@ -2,6 +2,7 @@ using System.Text.Json;
 
 namespace QLoraNet.Tests.Cli;
 
+[Trait("tier", "e2e")]
 public class GenerateTests
 {
     [Fact]

@@ -2,6 +2,7 @@ using QLoraNet.Cli;
 
 namespace QLoraNet.Tests.Cli;
 
+[Trait("tier", "e2e")]
 public class InfoTests
 {
     [Fact]
@@ -10,6 +11,8 @@ public class InfoTests
         var (code, stdout, stderr) = CliRunner.Run("info");
         Assert.True(code == 0, stderr);
         Assert.Contains("libtorch 2.10", stdout);
+        // The kernel choice is reported with its reason (this CPU machine: the SIMD loop).
+        Assert.Contains(TorchSharp.torch.cuda.is_available() ? "kernel: nf4/fp4 dequant on cuda: " : "kernel: nf4/fp4 dequant on cpu: cpu-simd (", stdout);
     }
 
     [Fact]

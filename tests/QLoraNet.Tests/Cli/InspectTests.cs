@@ -3,6 +3,7 @@ using QLoraNet.Formats;
 
 namespace QLoraNet.Tests.Cli;
 
+[Trait("tier", "e2e")]
 public class InspectTests
 {
     static JsonElement InspectJson(string model)

@@ -5,6 +5,7 @@ using QLoraNet.Tests.Peft;
 namespace QLoraNet.Tests.Cli;
 
 /// <summary>`merge` end to end on the tiny model with a non-zero adapter: the written directory, and that it generates.</summary>
+[Trait("tier", "e2e")]
 public class MergeTests
 {
     static (int Code, string Stdout, string Stderr) Merge(params string[] extra) =>
@@ -124,7 +125,7 @@ public class MergeTests
         using var tmp = Paths.Temp();
         string adapter = tmp["adapter"];
         Directory.CreateDirectory(adapter);
-        new QLoraNet.Peft.AdapterConfig(R: 4, LoraAlpha: 8, LoraDropout: 0, TargetModules: ["o_proj"]).Save(adapter);
+        new QLoraNet.Peft.AdapterConfig(new QLoraNet.Peft.LoraSettings(R: 4, Alpha: 8, Dropout: 0, TargetModules: ["o_proj"])).Save(adapter);
         const string module = "model.layers.1.self_attn.o_proj";   // a 4096-wide model's o_proj
         SafeTensors.Write(Path.Combine(adapter, QLoraNet.Peft.AdapterFiles.WeightsFileName), new Dictionary<string, TorchSharp.torch.Tensor>
         {

@@ -3,6 +3,7 @@ using QLoraNet.Formats;
 namespace QLoraNet.Tests.Formats;
 
 /// <summary>Sizes in config.json are checked against sane limits and each other before any tensor is built.</summary>
+[Trait("tier", "unit")]
 public class ConfigLimitsTests
 {
     const string Llama2 = """
@@ -17,7 +18,7 @@ public class ConfigLimitsTests
         string json = System.Text.RegularExpressions.Regex.Replace(Llama2, $"\"{field}\":[^,}}]+", $"\"{field}\":{value}");
         if (!json.Contains($"\"{field}\"")) json = json.Replace("{\"architectures\"", $"{{\"{field}\":{value},\"architectures\"");
         File.WriteAllText(tmp["config.json"], json);
-        var e = Assert.Throws<InvalidDataException>(() => LlamaConfig.Load(tmp.Path));
+        var e = Assert.Throws<InvalidDataException>(() => ModelFamilies.Load(tmp.Path));
         Assert.Contains(tmp["config.json"], e.Message);
         Assert.DoesNotContain("\n", e.Message);
         return e.Message;
@@ -44,7 +45,7 @@ public class ConfigLimitsTests
         {
             using var tmp = Paths.Temp();
             File.WriteAllText(tmp["config.json"], Llama2.Replace("[\"LlamaForCausalLM\"]", value).Replace("\"model_type\":\"llama\"", "\"model_type\":\"x\""));
-            Assert.Contains(expected, Assert.Throws<NotSupportedException>(() => LlamaConfig.Load(tmp.Path)).Message);
+            Assert.Contains(expected, Assert.Throws<NotSupportedException>(() => ModelFamilies.Load(tmp.Path)).Message);
             return;
         }
         Assert.Contains(expected, Error(field, value));
@@ -75,6 +76,7 @@ public class ConfigLimitsTests
 }
 
 /// <summary>The model directory's JSON files: bounded, UTF-8, no duplicate keys, one line naming the file.</summary>
+[Trait("tier", "unit")]
 public class ModelJsonFileTests
 {
     [Theory]
@@ -86,7 +88,7 @@ public class ModelJsonFileTests
     {
         using var tmp = Paths.Temp();
         File.WriteAllBytes(tmp["config.json"], System.Text.Encoding.Latin1.GetBytes(json));
-        var e = Assert.ThrowsAny<Exception>(() => LlamaConfig.Load(tmp.Path));
+        var e = Assert.ThrowsAny<Exception>(() => ModelFamilies.Load(tmp.Path));
         Assert.Contains(tmp["config.json"], e.Message);
         Assert.Contains(expected, e.Message);
         Assert.DoesNotContain("\n", e.Message);
@@ -97,11 +99,11 @@ public class ModelJsonFileTests
     {
         using var tmp = Paths.Temp();
         File.WriteAllText(tmp["config.json"], "{\"x\": \"" + new string('y', (int)UserFile.MaxJsonBytes) + "\"}");
-        Assert.Contains("limit", Assert.Throws<InvalidDataException>(() => LlamaConfig.Load(tmp.Path)).Message);
+        Assert.Contains("limit", Assert.Throws<InvalidDataException>(() => ModelFamilies.Load(tmp.Path)).Message);
         if (OperatingSystem.IsWindows()) return;
         File.Delete(tmp["config.json"]);
         using (var p = System.Diagnostics.Process.Start("mkfifo", tmp["config.json"])) p.WaitForExit();
-        var task = Task.Run(() => Assert.ThrowsAny<Exception>(() => LlamaConfig.Load(tmp.Path)));
+        var task = Task.Run(() => Assert.ThrowsAny<Exception>(() => ModelFamilies.Load(tmp.Path)));
         Assert.True(task.Wait(TimeSpan.FromSeconds(30)), "reading a FIFO config.json blocked");
         Assert.Contains("FIFO", task.Result.Message);
     }

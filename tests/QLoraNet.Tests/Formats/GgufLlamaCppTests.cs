@@ -10,6 +10,7 @@ namespace QLoraNet.Tests.Formats;
 /// scripts/llamacpp/run.mjs. The package is installed into scripts/llamacpp/node_modules (git-ignored) on first
 /// use; without npm, or with neither that folder nor a reachable registry, the tests are skipped with the reason.
 /// </summary>
+[Trait("tier", "parity")]
 public class GgufLlamaCppTests(ITestOutputHelper output)
 {
     static readonly JsonElement Reference = JsonDocument.Parse(File.ReadAllText(Path.Combine(Paths.TinyModel, "reference.json"))).RootElement;

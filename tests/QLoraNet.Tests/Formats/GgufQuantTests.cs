@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Formats;
 
 /// <summary>Q8_0 / Q4_0 blocks against hand-computed bytes (ggml-quants.c quantize_row_q8_0_ref / q4_0_ref).</summary>
+[Trait("tier", "unit")]
 public class GgufQuantTests
 {
     [Fact]
@@ -81,14 +82,14 @@ public class GgufQuantTests
     [InlineData(GgmlType.Q4_0)]
     public void Tensor_path_equals_the_per_element_reference(GgmlType type)
     {
-        torch.manual_seed(7);
+        using var rng = new Generator(7);
         // Gaussian rows, rows with outliers, rows on a coarse grid (exact ties and .5 cases), a bf16 source
         var rows = cat(new[]
         {
-            randn(64, 96),
-            randn(8, 96) * (rand(8, 96).lt(0.05f).to(ScalarType.Float32) * 40 + 1),
-            (randint(-16, 17, new long[] { 8, 96 }).to(ScalarType.Float32) / 4f),
-            randn(8, 96).to(ScalarType.BFloat16).to(ScalarType.Float32),
+            randn(64, 96, generator: rng),
+            randn(8, 96, generator: rng) * (rand(8, 96, generator: rng).lt(0.05f).to(ScalarType.Float32) * 40 + 1),
+            (randint(-16, 17, new long[] { 8, 96 }, generator: rng).to(ScalarType.Float32) / 4f),
+            randn(8, 96, generator: rng).to(ScalarType.BFloat16).to(ScalarType.Float32),
         });
         var flat = rows.contiguous().data<float>().ToArray();
         var (fast, slow) = type == GgmlType.Q8_0
@@ -102,8 +103,8 @@ public class GgufQuantTests
     [Fact]
     public void Dequantize_inverts_quantize_within_one_step()
     {
-        torch.manual_seed(3);
-        var x = randn(16, 64);
+        using var rng = new Generator(3);
+        var x = randn(16, 64, generator: rng);
         var blocks = x.reshape(-1, 32);
         var amax = blocks.abs().amax(new long[] { -1 }, keepdim: true);
         // Q8_0 step d = amax/127: error <= d/2, plus |q| <= 127 times the fp16 rounding of d (<= d * 2^-11): 0.57 d.

@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Formats;
 
+[Trait("tier", "parity")]
 public class GgufRopePermutationTests
 {
     [Fact]
@@ -30,11 +31,11 @@ public class GgufRopePermutationTests
     {
         // HF Llama: q' = q*cos + rotate_half(q)*sin with dims i and i + d/2 sharing frequency i.
         // llama.cpp (LLAMA_ROPE_TYPE_NORM): dims 2i and 2i + 1 rotate together with frequency i.
-        torch.manual_seed(1);
+        using var rng = new Generator(1);
         int nHeads = 3, headDim = 8, inDim = 5;
         double theta = 10000;
-        var w = randn(nHeads * headDim, inDim, dtype: ScalarType.Float64);
-        var x = randn(inDim, dtype: ScalarType.Float64);
+        var w = randn(nHeads * headDim, inDim, dtype: ScalarType.Float64, generator: rng);
+        var x = randn(inDim, dtype: ScalarType.Float64, generator: rng);
         int pos = 7;
         var freqs = Enumerable.Range(0, headDim / 2).Select(i => pos * Math.Pow(theta, -2.0 * i / headDim)).ToArray();
 

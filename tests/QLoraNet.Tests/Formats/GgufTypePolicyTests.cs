@@ -2,6 +2,7 @@ using QLoraNet.Formats;
 
 namespace QLoraNet.Tests.Formats;
 
+[Trait("tier", "unit")]
 public class GgufTypePolicyTests
 {
     [Theory]

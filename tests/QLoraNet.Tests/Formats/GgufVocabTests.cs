@@ -3,6 +3,7 @@ using QLoraNet.Formats;
 namespace QLoraNet.Tests.Formats;
 
 /// <summary>tokenizer.model parsing and the GGUF vocabulary built from it.</summary>
+[Trait("tier", "unit")]
 public class GgufVocabTests
 {
     [Fact]

@@ -3,6 +3,7 @@ using QLoraNet.Formats;
 
 namespace QLoraNet.Tests.Formats;
 
+[Trait("tier", "unit")]
 public class GgufWriterTests
 {
     static readonly KeyValuePair<string, GgufValue>[] Metadata =
@@ -125,7 +126,7 @@ public class GgufWriterTests
         }));
         Assert.Equal("boom", e.Message);
         Assert.False(File.Exists(path));
-        Assert.False(File.Exists(path + ".tmp"));
+        Assert.Empty(Directory.GetFileSystemEntries(tmp.Path));
     }
 
     [Fact]

@@ -13,6 +13,7 @@ namespace QLoraNet.Tests.Formats;
 /// The corruptions issue 11 found loading silently (or failing with a message about something else): each one is
 /// refused at open, naming the file and what is wrong, as the reference implementation's validation would.
 /// </summary>
+[Trait("tier", "unit")]
 public class SafeTensorsStrictTests
 {
     /// <summary>A written file split into its header JSON and data, to be edited and put back together.</summary>
@@ -176,6 +177,17 @@ public class SafeTensorsStrictTests
         var e = Assert.Throws<InvalidDataException>(() => LlamaLoader.Load(dir.Path, options));
         Assert.Contains("model.layers.0.mlp.up_proj.weight", e.Message);
         using var model = LlamaLoader.Load(dir.Path, options with { AllowNonFiniteWeights = true });
+    }
+
+    [Fact]
+    public void Model_builder_passes_the_non_finite_opt_out_to_the_loader()
+    {
+        using var dir = Paths.Temp();
+        SyntheticLlama.Write(dir.Path, editTensors: t => t["model.norm.weight"][0] = tensor(float.NaN));
+        var options = new QLoraNet.Peft.ModelBuildOptions(CPU, ScalarType.Float32, QLoraNet.Quant.BaseFormat.Parse("none"));
+        var e = Assert.Throws<InvalidDataException>(() => QLoraNet.Peft.ModelBuilder.Build(dir.Path, options));
+        Assert.Contains("model.norm.weight", e.Message);
+        using var built = QLoraNet.Peft.ModelBuilder.Build(dir.Path, options with { AllowNonFiniteWeights = true });
     }
 
     [Fact]

@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Formats;
 
+[Trait("tier", "unit")]
 public class SafeTensorsTests
 {
     [Fact]
@@ -33,7 +34,7 @@ public class SafeTensorsTests
             Assert.Equal(t.shape, r.shape);
             Assert.True(t.contiguous().bytes.ToArray().SequenceEqual(r.bytes.ToArray()), name);
         }
-        Assert.False(File.Exists(path + ".tmp-" + Environment.ProcessId));
+        Assert.Equal(new[] { path }, Directory.GetFileSystemEntries(Path.GetDirectoryName(path)!)); // no temporary left
     }
 
     [Fact]

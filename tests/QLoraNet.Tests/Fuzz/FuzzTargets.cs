@@ -105,26 +105,27 @@ public sealed class FuzzTargets : IDisposable
     FuzzTarget ConfigJsonTarget()
     {
         string dir = Dir("config");
-        return new("config.json", Path.Combine(dir, LlamaConfig.FileName),
-            () => [File.ReadAllBytes(Path.Combine(Paths.TinyModel, LlamaConfig.FileName)),
+        return new("config.json", Path.Combine(dir, ModelArchitecture.ConfigFileName),
+            () => [File.ReadAllBytes(Path.Combine(Paths.TinyModel, ModelArchitecture.ConfigFileName)),
                    Encoding.UTF8.GetBytes("""{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":11008,"num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"vocab_size":32000,"rms_norm_eps":1e-05,"rope_scaling":null,"eos_token_id":[2,3],"head_dim":128}""")],
             path =>
             {
-                var c = LlamaConfig.Load(path);
+                var c = ModelFamilies.Load(path);
                 _ = c.ParameterCount;
+                _ = c.ExpectedTensors().Count;
             });
     }
 
     FuzzTarget AdapterConfigTarget()
     {
         string dir = Dir("adapter");
-        var config = new AdapterConfig(8, 16, 0.05, ["q_proj", "v_proj"], LayersToTransform: [0, 1]);
+        var config = new AdapterConfig(new LoraSettings(8, 16, 0.05, false, ["q_proj", "v_proj"], [0, 1]));
         return new("adapter_config.json", Path.Combine(dir, AdapterConfig.FileName),
             () => [Encoding.UTF8.GetBytes(config.ToJson().ToJsonString())],
             path =>
             {
                 var c = AdapterConfig.Load(path);
-                _ = c.ToSettings();
+                _ = c.Lora.Scaling;
             });
     }
 
@@ -137,8 +138,8 @@ public sealed class FuzzTargets : IDisposable
             {
                 var m = SentencePieceModel.Load(path);
                 _ = m.Pieces.Count;
-                var tok = SentencePieceFile.Create(path, addBos: true, addEos: false);
-                tok.EncodeToIds("Hello world! 1234 ünïcode");
+                var tok = SentencePieceTextTokenizer.Load(Path.GetDirectoryName(path)!);
+                tok.Encode("Hello world! 1234 ünïcode");
             });
     }
 
@@ -149,15 +150,40 @@ public sealed class FuzzTargets : IDisposable
         return f;
     }
 
+    /// <summary>
+    /// The YAML seeds name the model and the data file by placeholders, substituted just before parsing, so a saved
+    /// regression input holds no path of the machine that found it.
+    /// </summary>
+    public const string ModelPlaceholder = "@TINY_MODEL@", DataPlaceholder = "@TRAIN_DATA@";
+
     FuzzTarget YamlTarget()
     {
         string dir = Dir("yaml"), train = DataFile();
         string quickstart = File.ReadAllText(Path.Combine(Paths.RepoRoot, "configs", "quickstart.yaml"))
-            .Replace("models/tiny-llama-sotu", Paths.TinyModel)
-            .Replace("datasets/sales/train.jsonl", train).Replace("datasets/sales/validation.jsonl", train);
+            .Replace("models/tiny-llama-sotu", ModelPlaceholder)
+            .Replace("datasets/sales/train.jsonl", DataPlaceholder).Replace("datasets/sales/validation.jsonl", DataPlaceholder);
+        string resolved = Path.Combine(dir, "resolved.yaml");
         return new("yaml", Path.Combine(dir, "config.yaml"),
-            () => [Encoding.UTF8.GetBytes(quickstart), Encoding.UTF8.GetBytes($"model: {{path: {Paths.TinyModel}}}\ndata: {{train: [{train}]}}\nlora: {{r: 8, target_modules: [q_proj, v_proj], layers: [0, 1]}}\n")],
-            path => TrainConfig.Load(path).ToYaml());
+            () => [Encoding.UTF8.GetBytes(quickstart), Encoding.UTF8.GetBytes($"model: {{path: {ModelPlaceholder}}}\ndata: {{train: [{DataPlaceholder}]}}\nlora: {{r: 8, target_modules: [q_proj, v_proj], layers: [0, 1]}}\n")],
+            path =>
+            {
+                // Byte-level substitution: the mutated input need not be valid UTF-8, and that must reach the reader.
+                var bytes = File.ReadAllBytes(path);
+                File.WriteAllBytes(resolved, Substitute(Substitute(bytes, ModelPlaceholder, Paths.TinyModel), DataPlaceholder, train));
+                TrainConfig.Load(resolved).ToYaml();
+            });
+    }
+
+    static byte[] Substitute(byte[] input, string placeholder, string value)
+    {
+        byte[] from = Encoding.ASCII.GetBytes(placeholder), to = Encoding.UTF8.GetBytes(value);
+        var output = new List<byte>(input.Length);
+        for (int i = 0; i < input.Length;)
+        {
+            if (input.AsSpan(i).StartsWith(from)) { output.AddRange(to); i += from.Length; }
+            else output.Add(input[i++]);
+        }
+        return output.ToArray();
     }
 
     FuzzTarget OverrideTarget()

@@ -10,6 +10,7 @@ namespace QLoraNet.Tests.Fuzz;
 /// failure. With QLORANET_FUZZ_SAVE=1 a failing input is also written to tests/fixtures/fuzz/&lt;reader&gt;/, which
 /// <see cref="FuzzCorpusTests"/> replays on every run.
 /// </summary>
+[Trait("tier", "unit")]
 [Collection("fuzz")]
 public sealed class ReaderFuzzTests(FuzzFixture fixture) : IClassFixture<FuzzFixture>
 {
@@ -67,6 +68,7 @@ public static class FuzzCorpus
     }
 }
 
+[Trait("tier", "unit")]
 [Collection("fuzz")]
 public sealed class FuzzCorpusTests(FuzzFixture fixture) : IClassFixture<FuzzFixture>
 {

@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Models;
 
+[Trait("tier", "unit")]
 public class GradientCheckpointingTests
 {
     /// <summary>Gradients of trainable parameters inside the layers (here: the norm weights, unfrozen for the test)

@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Models;
 
 /// <summary>The cached and masked attention paths against plain full recomputation.</summary>
+[Trait("tier", "unit")]
 public class KvCacheTests(TinyLlamaFixture tiny) : IClassFixture<TinyLlamaFixture>
 {
     static Tensor Ids(IEnumerable<int> ids) { var a = ids.Select(i => (long)i).ToArray(); return tensor(a, [1, a.Length]); }

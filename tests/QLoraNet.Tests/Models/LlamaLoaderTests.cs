@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Models;
 
+[Trait("tier", "unit")]
 public class LlamaLoaderTests
 {
     static LoadOptions Fp32(Func<string, Tensor, FrozenLinear>? factory = null) =>
@@ -118,5 +119,53 @@ public class LlamaLoaderTests
         var noWeights = Assert.ThrowsAny<Exception>(() => LlamaLoader.Load(dir.Path, Fp32())).Message;
         Assert.Contains(dir.Path, noWeights);
         Assert.Contains("model.safetensors", noWeights);
+    }
+
+    [Fact]
+    public void The_model_exposes_the_records_linears_as_slots_by_path()
+    {
+        using var dir = Paths.Temp();
+        SyntheticLlama.Write(dir.Path);
+        using var model = LlamaLoader.Load(dir.Path, Fp32());
+        var arch = model.Architecture;
+        Assert.Equal(arch.BaseLinearPaths.Append(arch.HeadName), model.LinearPaths);
+        Assert.Equal("lm_head", model.HeadPath);
+        Assert.IsType<DenseFrozenLinear>(model.GetLinear("model.layers.0.mlp.up_proj"));
+        var e = Assert.Throws<ArgumentException>(() => model.GetLinear("model.layers.0.mlp.w1"));
+        Assert.Contains("no linear 'model.layers.0.mlp.w1'", e.Message);
+
+        // A replaced slot is what forward uses and what named_modules lists.
+        using var ids = tensor(new long[] { 1, 5, 7 }, [1, 3]);
+        using var before = model.forward(ids);
+        model.ReplaceLinear("model.layers.0.self_attn.o_proj", new DenseFrozenLinear(zeros(SyntheticLlama.Hidden, SyntheticLlama.Heads * SyntheticLlama.HeadDim), ScalarType.Float32));
+        using var after = model.forward(ids);
+        Assert.False(after.allclose(before));
+        Assert.Contains(model.named_modules(), m => m.name == "model.layers.0.self_attn.o_proj" && m.module is DenseFrozenLinear d && d.DequantizeWeight(ScalarType.Float32).abs().sum().item<float>() == 0);
+    }
+
+    [Fact]
+    public void Attention_biases_from_the_record_are_loaded_and_added()
+    {
+        using var plain = Paths.Temp();
+        SyntheticLlama.Write(plain.Path);
+        using var zeroBias = Paths.Temp();
+        var biases = new[] { ("q_proj", SyntheticLlama.Heads * SyntheticLlama.HeadDim), ("k_proj", SyntheticLlama.KvHeads * SyntheticLlama.HeadDim),
+            ("v_proj", SyntheticLlama.KvHeads * SyntheticLlama.HeadDim), ("o_proj", SyntheticLlama.Hidden) };
+        SyntheticLlama.Write(zeroBias.Path, c => c["attention_bias"] = true,
+            t => { foreach (var (n, size) in biases) t[$"model.layers.0.self_attn.{n}.bias"] = zeros(size, ScalarType.BFloat16); });
+        using var withBias = Paths.Temp();
+        SyntheticLlama.Write(withBias.Path, c => c["attention_bias"] = true,
+            t => { foreach (var (n, size) in biases) t[$"model.layers.0.self_attn.{n}.bias"] = ones(size, ScalarType.BFloat16); });
+
+        using var ids = tensor(new long[] { 1, 5, 7 }, [1, 3]);
+        using var a = LlamaLoader.Load(plain.Path, Fp32());
+        using var b = LlamaLoader.Load(zeroBias.Path, Fp32());
+        using var c = LlamaLoader.Load(withBias.Path, Fp32());
+        using var la = a.forward(ids);
+        using var lb = b.forward(ids);
+        using var lc = c.forward(ids);
+        Assert.True(la.eq(lb).all().item<bool>());     // a zero bias changes nothing
+        Assert.False(la.allclose(lc));                  // a real one does
+        Assert.Contains("missing tensor 'model.layers.0.self_attn.q_proj.bias'", LoadError(config: c => c["attention_bias"] = true));
     }
 }

@@ -11,14 +11,15 @@ public sealed class QuantizedTinyFixture : IDisposable
 {
     readonly TempDir _dir = Paths.Temp();
     public string Dir => _dir["tiny-nf4-dq"];
-    public QuantizedTinyFixture() => QuantizedCheckpoint.Write(Paths.TinyModel, Dir, new FourBitSpec(FourBitType.Nf4, DoubleQuant: true));
+    public QuantizedTinyFixture() => QuantizedCheckpoint.Write(Paths.TinyModel, Dir, new FourBitFormat(FourBitType.Nf4, DoubleQuant: true));
     public void Dispose() => _dir.Dispose();
 }
 
+[Trait("tier", "parity")]
 public class QuantizedCheckpointTests(QuantizedTinyFixture quantized) : IClassFixture<QuantizedTinyFixture>
 {
     static LoadOptions Nf4DqOnLoad() =>
-        new(CPU, ScalarType.Float32, LinearPolicies.Quantized(QuantSpec.Parse("nf4-dq"), ScalarType.Float32, CPU, ScalarType.Float32));
+        new(CPU, ScalarType.Float32, LinearPolicies.Quantized(ModelFamilies.Load(Paths.TinyModel), BaseFormat.Parse("nf4-dq"), ScalarType.Float32, CPU, ScalarType.Float32));
 
     [Fact]
     public void Stored_checkpoint_has_bitsandbytes_keys_and_config()
@@ -68,11 +69,11 @@ public class QuantizedCheckpointTests(QuantizedTinyFixture quantized) : IClassFi
     [Fact]
     public void Stored_format_is_read_back_and_other_formats_are_refused()
     {
-        Assert.Equal(QuantSpec.Parse("nf4-dq"), QuantizedCheckpoint.StoredFormat(quantized.Dir));
+        Assert.Equal(BaseFormat.Parse("nf4-dq"), QuantizedCheckpoint.StoredFormat(quantized.Dir));
         Assert.Null(QuantizedCheckpoint.StoredFormat(Paths.TinyModel));
-        QuantizedCheckpoint.RequireCompatible(quantized.Dir, QuantSpec.Parse("none"));
-        QuantizedCheckpoint.RequireCompatible(quantized.Dir, QuantSpec.Parse("nf4-dq"));
-        var e = Assert.Throws<ArgumentException>(() => QuantizedCheckpoint.RequireCompatible(quantized.Dir, QuantSpec.Parse("nf4")));
+        QuantizedCheckpoint.RequireCompatible(quantized.Dir, BaseFormat.Parse("none"));
+        QuantizedCheckpoint.RequireCompatible(quantized.Dir, BaseFormat.Parse("nf4-dq"));
+        var e = Assert.Throws<ArgumentException>(() => QuantizedCheckpoint.RequireCompatible(quantized.Dir, BaseFormat.Parse("nf4")));
         Assert.Contains("already quantized as nf4-dq", e.Message);
     }
 
@@ -81,7 +82,7 @@ public class QuantizedCheckpointTests(QuantizedTinyFixture quantized) : IClassFi
     {
         using var dir = Paths.Temp();
         SyntheticLlama.Write(Directory.CreateDirectory(dir["src"]).FullName);
-        QuantizedCheckpoint.Write(dir["src"], dir["q"], new FourBitSpec(FourBitType.Nf4, BlockSize: 16));
+        QuantizedCheckpoint.Write(dir["src"], dir["q"], new FourBitFormat(FourBitType.Nf4, BlockSize: 16));
         string file = Path.Combine(dir["q"], "model.safetensors");
         Dictionary<string, Tensor> all;
         using (var st = SafeTensorsFile.Open(file)) all = st.Names.ToDictionary(n => n, st.Read);
@@ -103,7 +104,7 @@ public class QuantizedCheckpointTests(QuantizedTinyFixture quantized) : IClassFi
     {
         using var dir = Paths.Temp();
         SyntheticLlama.Write(Directory.CreateDirectory(dir["src"]).FullName);
-        QuantizedCheckpoint.Write(dir["src"], dir["q"], new FourBitSpec(FourBitType.Fp4, BlockSize: 16));
+        QuantizedCheckpoint.Write(dir["src"], dir["q"], new FourBitFormat(FourBitType.Fp4, BlockSize: 16));
         using var model = LlamaLoader.Load(dir["q"], new LoadOptions(CPU, ScalarType.Float32, (_, w) => new DenseFrozenLinear(w, ScalarType.Float32)));
         Assert.Equal(7, model.named_modules().Count(m => m.module is FourBitLinear { FormatName: "fp4-b16" }));
         Assert.IsType<DenseFrozenLinear>(model.LmHead); // the head stays dense, as bitsandbytes' skip list says
@@ -114,7 +115,7 @@ public class QuantizedCheckpointTests(QuantizedTinyFixture quantized) : IClassFi
     {
         using var dir = Paths.Temp();
         SyntheticLlama.Write(Directory.CreateDirectory(dir["src"]).FullName);
-        var spec = new FourBitSpec(FourBitType.Nf4, BlockSize: 16);
+        var spec = new FourBitFormat(FourBitType.Nf4, BlockSize: 16);
         QuantizedCheckpoint.Write(dir["src"], dir["one"], spec);
         var summary = QuantizedCheckpoint.Write(dir["src"], dir["many"], spec, maxShardBytes: 256);
         Assert.True(summary.Files.Count > 3, string.Join(", ", summary.Files));
@@ -168,8 +169,8 @@ public class QuantizedCheckpointTests(QuantizedTinyFixture quantized) : IClassFi
     public void Quantizing_a_quantized_checkpoint_is_refused()
     {
         using var dir = Paths.Temp();
-        var e = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Write(quantized.Dir, dir["again"], new FourBitSpec(FourBitType.Nf4)));
-        Assert.Contains("already a 4-bit checkpoint", e.Message);
+        var e = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Write(quantized.Dir, dir["again"], new FourBitFormat(FourBitType.Nf4)));
+        Assert.Contains("already a quantized checkpoint", e.Message);
         Assert.False(Directory.Exists(dir["again"]));
     }
 }

@@ -26,8 +26,8 @@ public static class SyntheticLlama
 
     public static Dictionary<string, Tensor> Tensors()
     {
-        manual_seed(0);
-        Tensor R(params long[] shape) => randn(shape).to(ScalarType.BFloat16);
+        using var rng = new Generator(0);
+        Tensor R(params long[] shape) => randn(shape, generator: rng).to(ScalarType.BFloat16);
         return new()
         {
             ["model.embed_tokens.weight"] = R(Vocab, Hidden),

@@ -10,7 +10,7 @@ namespace QLoraNet.Tests.Models;
 public sealed class TinyLlamaFixture : IDisposable
 {
     public LlamaForCausalLM Model { get; }
-    public LlamaTextTokenizer Tokenizer { get; }
+    public ITextTokenizer Tokenizer { get; }
     public IReadOnlyList<ReferenceCase> Cases { get; }
     public long[] HeldoutIds { get; }
     public double HeldoutMeanLoss { get; }
@@ -18,7 +18,7 @@ public sealed class TinyLlamaFixture : IDisposable
     public TinyLlamaFixture()
     {
         Model = Load();
-        Tokenizer = LlamaTextTokenizer.Load(Paths.TinyModel);
+        Tokenizer = TextTokenizers.Load(Paths.TinyModel);
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(Paths.TinyModel, "reference.json")));
         var root = doc.RootElement;
         Cases = root.GetProperty("cases").EnumerateArray().Select(c => new ReferenceCase(

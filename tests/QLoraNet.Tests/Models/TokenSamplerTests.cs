@@ -3,6 +3,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Models;
 
+[Trait("tier", "unit")]
 public class TokenSamplerTests
 {
     // Probabilities 0.5, 0.3, 0.15, 0.05 as logits.

@@ -3,6 +3,7 @@ using QLoraNet.Peft;
 
 namespace QLoraNet.Tests.Peft;
 
+[Trait("tier", "unit")]
 public class AdapterConfigTests
 {
     static string Fixture => Path.Combine(Paths.RepoRoot, "tests", "QLoraNet.Tests", "Peft", "Fixtures", "adapter_config.r8-a16-qkvo.json");
@@ -34,12 +35,12 @@ public class AdapterConfigTests
     public void ReadsPeftsFile()
     {
         var c = AdapterConfig.Load(Fixture);
-        Assert.Equal(8, c.R);
-        Assert.Equal(16, c.LoraAlpha);
-        Assert.Equal(0.05, c.LoraDropout);
-        Assert.Equal(["k_proj", "o_proj", "q_proj", "v_proj"], c.TargetModules.Order());
-        Assert.False(c.UseRsLora);
-        Assert.Null(c.LayersToTransform);
+        Assert.Equal(8, c.Lora.R);
+        Assert.Equal(16, c.Lora.Alpha);
+        Assert.Equal(0.05, c.Lora.Dropout);
+        Assert.Equal(["k_proj", "o_proj", "q_proj", "v_proj"], c.Lora.Targets.Order());
+        Assert.False(c.Lora.UseRsLora);
+        Assert.Null(c.Lora.Layers);
         Assert.Equal("meta-llama/Llama-2-7b-hf", c.BaseModelNameOrPath);
         Assert.Equal("CAUSAL_LM", c.TaskType);
     }
@@ -48,12 +49,12 @@ public class AdapterConfigTests
     public void RoundTripsThroughTheFile()
     {
         using var dir = Paths.Temp();
-        var written = new AdapterConfig(16, 2.5, 0.1, ["q_proj", "down_proj"], UseRsLora: true, LayersToTransform: [0, 3], BaseModelNameOrPath: "models/x");
+        var written = new AdapterConfig(new LoraSettings(16, 2.5, 0.1, UseRsLora: true, TargetModules: ["q_proj", "down_proj"], Layers: [0, 3]), BaseModelNameOrPath: "models/x");
         written.Save(dir.Path);
         var read = AdapterConfig.Load(dir.Path);
-        Assert.Equal((16, 2.5, 0.1, true, "models/x"), (read.R, read.LoraAlpha, read.LoraDropout, read.UseRsLora, read.BaseModelNameOrPath));
-        Assert.Equal(written.TargetModules, read.TargetModules);
-        Assert.Equal(written.LayersToTransform, read.LayersToTransform);
+        Assert.Equal((16, 2.5, 0.1, true, "models/x"), (read.Lora.R, read.Lora.Alpha, read.Lora.Dropout, read.Lora.UseRsLora, read.BaseModelNameOrPath));
+        Assert.Equal(written.Lora.Targets, read.Lora.Targets);
+        Assert.Equal(written.Lora.Layers, read.Lora.Layers);
     }
 
     [Fact]
@@ -61,7 +62,7 @@ public class AdapterConfigTests
     {
         var c = AdapterConfig.From(new LoraSettings(TargetModules: [LoraSettings.AllLinear]),
             ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj", "model.layers.1.self_attn.q_proj"], null);
-        Assert.Equal(["q_proj", "up_proj"], c.TargetModules);
+        Assert.Equal(["q_proj", "up_proj"], c.Lora.Targets);
     }
 
     [Fact]
@@ -70,7 +71,7 @@ public class AdapterConfigTests
         var json = Peft();
         json["a_field_from_peft_0_99"] = new JsonObject { ["x"] = 1 };
         json["another"] = "value";
-        Assert.Equal(8, AdapterConfig.Parse(json, "adapter_config.json").R);
+        Assert.Equal(8, AdapterConfig.Parse(json, "adapter_config.json").Lora.R);
     }
 
     [Theory]
@@ -101,7 +102,7 @@ public class AdapterConfigTests
         json["init_lora_weights"] = "gaussian";
         json["layers_pattern"] = "layers";
         json["layers_to_transform"] = 2;
-        Assert.Equal([2], AdapterConfig.Parse(json, "adapter_config.json").LayersToTransform);
+        Assert.Equal([2], AdapterConfig.Parse(json, "adapter_config.json").Lora.Layers);
     }
 
     [Fact]

@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Peft;
 
+[Trait("tier", "unit")]
 public class LoraLinearTests
 {
     [Fact]
@@ -104,7 +105,7 @@ public class LoraLinearTests
     public void AdamW_MovesOnlyAAndB_BaseUnchangedBitForBit()
     {
         using var model = new TinyTestModel();
-        LoraApplier.Apply(model, new LoraSettings(R: 2, Alpha: 4, Dropout: 0, Seed: 1));
+        LoraApplier.Apply(model, new LoraSettings(R: 2, Alpha: 4, Dropout: 0), seed: 1);
         var before = model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone());
         // All parameters go to the optimizer: freezing alone must keep the base still.
         using var opt = torch.optim.AdamW(model.parameters(), lr: 0.01, weight_decay: 0.1);

@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Peft;
 
 /// <summary>LoRA over the real QLoRA base: an NF4 double-quantized FourBitLinear (packed uint8 buffers, no parameters).</summary>
+[Trait("tier", "unit")]
 public class LoraOnNf4Tests
 {
     static FourBitLinear Nf4Base(long inF, long outF, ulong seed)

@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Peft;
 
 /// <summary>A merge either writes a complete checkpoint or leaves nothing behind; bad adapters fail before writing.</summary>
+[Trait("tier", "unit")]
 public class MergeFailureTests
 {
     const string Q0 = "model.layers.0.self_attn.q_proj";
@@ -13,7 +14,7 @@ public class MergeFailureTests
     static string WriteAdapter(string dir, int configRank, params (string Key, long[] Shape)[] factors)
     {
         Directory.CreateDirectory(dir);
-        new AdapterConfig(R: configRank, LoraAlpha: 8, LoraDropout: 0, TargetModules: ["q_proj"]).Save(dir);
+        new AdapterConfig(new LoraSettings(R: configRank, Alpha: 8, Dropout: 0, TargetModules: ["q_proj"])).Save(dir);
         SafeTensors.Write(Path.Combine(dir, AdapterFiles.WeightsFileName),
             factors.Select(f => new KeyValuePair<string, Tensor>(f.Key, randn(f.Shape))).ToList());
         return dir;

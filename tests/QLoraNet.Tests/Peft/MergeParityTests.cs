@@ -9,9 +9,10 @@ namespace QLoraNet.Tests.Peft;
 /// A merged checkpoint computes what base + adapter computed unmerged, on the tiny Llama with a non-zero adapter
 /// on q/v/down of every layer: for a dense base and for an NF4 (double-quantized) base as QLoRA trains on.
 /// </summary>
+[Trait("tier", "parity")]
 public class MergeParityTests
 {
-    static readonly QuantSpec Nf4Dq = QuantSpec.Parse("nf4-dq");
+    static readonly BaseFormat Nf4Dq = BaseFormat.Parse("nf4-dq");
 
     [Fact]
     public void Dense_base_fp32_merged_logits_equal_the_unmerged_ones()
@@ -28,7 +29,8 @@ public class MergeParityTests
         using var actual = MergeTestAdapter.Logits(merged);
         using var original = MergeTestAdapter.Logits(baseModel);
         Assert.True(MergeTestAdapter.MaxAbsDiff(expected, original) > 0.1, "the adapter must change the logits");
-        Assert.True(MergeTestAdapter.MaxAbsDiff(expected, actual) < 1e-5, $"max abs diff {MergeTestAdapter.MaxAbsDiff(expected, actual)}");
+        double tolerance = MergeTestAdapter.Fp32Tolerance(expected);
+        Assert.True(MergeTestAdapter.MaxAbsDiff(expected, actual) <= tolerance, $"max abs diff {MergeTestAdapter.MaxAbsDiff(expected, actual)}, bound {tolerance}");
     }
 
     [Fact]
@@ -45,7 +47,8 @@ public class MergeParityTests
         using var expected = MergeTestAdapter.Logits(unmerged);
         using var actual = MergeTestAdapter.Logits(merged);
         using var wrong = MergeTestAdapter.Logits(naive);
-        Assert.True(MergeTestAdapter.MaxAbsDiff(expected, actual) < 1e-5, $"max abs diff {MergeTestAdapter.MaxAbsDiff(expected, actual)}");
+        double tolerance = MergeTestAdapter.Fp32Tolerance(expected);
+        Assert.True(MergeTestAdapter.MaxAbsDiff(expected, actual) <= tolerance, $"max abs diff {MergeTestAdapter.MaxAbsDiff(expected, actual)}, bound {tolerance}");
         // Merging into the original W instead adds NF4's rounding error back: logits off by 1.73 (measured).
         Assert.True(MergeTestAdapter.MaxAbsDiff(expected, wrong) > 0.1, $"naive diff {MergeTestAdapter.MaxAbsDiff(expected, wrong)}");
     }

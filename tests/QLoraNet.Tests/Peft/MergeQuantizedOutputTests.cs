@@ -7,6 +7,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Peft;
 
 /// <summary>`--quantization nf4-dq`: merged projections re-quantized and written under bitsandbytes' keys.</summary>
+[Trait("tier", "unit")]
 public class MergeQuantizedOutputTests
 {
     static Dictionary<string, Tensor> Module(CheckpointReader ckpt, string prefix) =>
@@ -17,7 +18,7 @@ public class MergeQuantizedOutputTests
     {
         using var tmp = Paths.Temp();
         string adapter = MergeTestAdapter.Create(tmp["adapter"]);
-        var spec = (FourBitSpec)QuantSpec.Parse("nf4-dq");
+        var spec = (FourBitFormat)BaseFormat.Parse("nf4-dq");
         MergedCheckpoint.Write(Paths.TinyModel, adapter, tmp["merged"], new MergeOptions(Quantization: spec));
 
         using var ckpt = CheckpointReader.Open(tmp["merged"]);
@@ -55,8 +56,8 @@ public class MergeQuantizedOutputTests
     {
         using var tmp = Paths.Temp();
         string adapter = MergeTestAdapter.Create(tmp["adapter"]);
-        var nf4dq = QuantSpec.Parse("nf4-dq");
-        MergedCheckpoint.Write(Paths.TinyModel, adapter, tmp["nf4"], new MergeOptions(Quantization: (FourBitSpec)nf4dq));
+        var nf4dq = BaseFormat.Parse("nf4-dq");
+        MergedCheckpoint.Write(Paths.TinyModel, adapter, tmp["nf4"], new MergeOptions(Quantization: (FourBitFormat)nf4dq));
         MergedCheckpoint.Write(Paths.TinyModel, adapter, tmp["bf16"], new MergeOptions());
 
         using var stored = MergeTestAdapter.LoadBase(dir: tmp["nf4"]);                 // codes read back

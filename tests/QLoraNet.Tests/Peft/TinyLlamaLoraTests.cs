@@ -8,6 +8,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Peft;
 
 /// <summary>LoRA on the real tiny Llama (4 layers, hidden 256, 4 kv heads of 32: k/v project to 128).</summary>
+[Trait("tier", "unit")]
 public class TinyLlamaLoraTests
 {
     const string NeedsModuleFields =
@@ -22,7 +23,7 @@ public class TinyLlamaLoraTests
         using var ids = torch.tensor(Prompt).unsqueeze(0);
         using var before = model.forward(ids);
 
-        var wrapped = LoraApplier.Apply(model, new LoraSettings(R: 8, Alpha: 16, Dropout: 0.05, Seed: 1));
+        var wrapped = LoraApplier.Apply(model, new LoraSettings(R: 8, Alpha: 16, Dropout: 0.05), seed: 1);
         Assert.Equal(16, wrapped.Count);
         Assert.Contains("model.layers.3.self_attn.k_proj", wrapped);
         model.eval();
@@ -40,8 +41,8 @@ public class TinyLlamaLoraTests
     public void OnlyLoraGetsGradientsAndTheAdapterRoundTripsWithPeftNames()
     {
         using var model = TinyLlamaFixture.Load();
-        var settings = new LoraSettings(R: 4, Alpha: 8, Dropout: 0, TargetModules: [LoraSettings.AllLinear], Seed: 2);
-        var wrapped = LoraApplier.Apply(model, settings);
+        var settings = new LoraSettings(R: 4, Alpha: 8, Dropout: 0, TargetModules: [LoraSettings.AllLinear]);
+        var wrapped = LoraApplier.Apply(model, settings, seed: 2);
         Assert.Equal(28, wrapped.Count);  // 7 per layer; the head is tied to the embedding: no lm_head module
 
         using (var scope = NewDisposeScope())

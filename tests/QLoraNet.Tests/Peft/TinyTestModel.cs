@@ -1,3 +1,5 @@
+using QLoraNet.Formats;
+using QLoraNet.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -6,22 +8,44 @@ namespace QLoraNet.Tests.Peft;
 
 /// <summary>
 /// A module tree shaped like a Llama causal LM (model.layers.i.self_attn.q_proj ..., mlp.gate_proj ..., lm_head)
-/// with dense test bases; forward uses every linear so that a swapped-in module shows up in the output.
+/// with dense test bases, its linears in <see cref="LinearSlots"/> like the real model's, so that LoRA attaches
+/// through the same seam (<see cref="IReplaceableLinears"/>); forward uses every linear so that a swapped-in
+/// module shows up in the output.
 /// </summary>
-public sealed class TinyTestModel : nn.Module<Tensor, Tensor>
+public sealed class TinyTestModel : nn.Module<Tensor, Tensor>, IReplaceableLinears
 {
     private readonly TinyTestBody model;
-    private nn.Module<Tensor, Tensor> lm_head;
+    private readonly LinearSlots head;
+    private readonly Dictionary<string, (LinearSlots Slots, string Name)> slots = new();
+    private readonly List<string> paths = [];
 
     public TinyTestModel(int layers = 2, int hidden = 8, int intermediate = 12, int vocab = 10, long seed = 1)
         : base(nameof(TinyTestModel))
     {
         model = new TinyTestBody(layers, hidden, intermediate, seed);
-        lm_head = DenseTestLinear.Random(hidden, vocab, seed + 1000);
         RegisterComponents();
+        head = new LinearSlots(this);
+        head.Add("lm_head", LinearRole.Output, DenseTestLinear.Random(hidden, vocab, seed + 1000));
+        for (int i = 0; i < layers; i++)
+        {
+            foreach (var name in model.Layers[i].Attention.Slots.Names) Add($"model.layers.{i}.self_attn.{name}", model.Layers[i].Attention.Slots, name);
+            foreach (var name in model.Layers[i].Mlp.Slots.Names) Add($"model.layers.{i}.mlp.{name}", model.Layers[i].Mlp.Slots, name);
+        }
+        Add("lm_head", head, "lm_head");
     }
 
-    public override Tensor forward(Tensor x) => lm_head.forward(model.forward(x));
+    public IReadOnlyList<string> LinearPaths => paths;
+    public string? HeadPath => "lm_head";
+    public nn.Module<Tensor, Tensor> GetLinear(string path) => slots[path].Slots[slots[path].Name];
+    public void ReplaceLinear(string path, nn.Module<Tensor, Tensor> module) => slots[path].Slots.Replace(slots[path].Name, module);
+
+    public override Tensor forward(Tensor x) => head.Call(LinearRole.Output, model.forward(x));
+
+    void Add(string path, LinearSlots owner, string name)
+    {
+        slots[path] = (owner, name);
+        paths.Add(path);
+    }
 }
 
 public sealed class TinyTestBody : nn.Module<Tensor, Tensor>
@@ -36,6 +60,8 @@ public sealed class TinyTestBody : nn.Module<Tensor, Tensor>
         norm = new Parameter(torch.ones(hidden));
         RegisterComponents();
     }
+
+    public ModuleList<TinyTestLayer> Layers => layers;
 
     public override Tensor forward(Tensor x)
     {
@@ -58,6 +84,9 @@ public sealed class TinyTestLayer : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    public TinyTestAttention Attention => self_attn;
+    public TinyTestMlp Mlp => mlp;
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
@@ -68,42 +97,42 @@ public sealed class TinyTestLayer : nn.Module<Tensor, Tensor>
 
 public sealed class TinyTestAttention : nn.Module<Tensor, Tensor>
 {
-    private nn.Module<Tensor, Tensor> q_proj, k_proj, v_proj, o_proj;
-
     public TinyTestAttention(int hidden, long seed) : base(nameof(TinyTestAttention))
     {
-        q_proj = DenseTestLinear.Random(hidden, hidden, seed + 1);
-        k_proj = DenseTestLinear.Random(hidden, hidden, seed + 2);
-        v_proj = DenseTestLinear.Random(hidden, hidden, seed + 3);
-        o_proj = DenseTestLinear.Random(hidden, hidden, seed + 4);
-        RegisterComponents();
+        Slots = new LinearSlots(this);
+        Slots.Add("q_proj", LinearRole.Query, DenseTestLinear.Random(hidden, hidden, seed + 1));
+        Slots.Add("k_proj", LinearRole.Key, DenseTestLinear.Random(hidden, hidden, seed + 2));
+        Slots.Add("v_proj", LinearRole.Value, DenseTestLinear.Random(hidden, hidden, seed + 3));
+        Slots.Add("o_proj", LinearRole.Output, DenseTestLinear.Random(hidden, hidden, seed + 4));
     }
+
+    public LinearSlots Slots { get; }
 
     // Not attention, only a cheap function of all four projections.
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var mixed = q_proj.forward(x) * 0.1 + k_proj.forward(x) * 0.1 + v_proj.forward(x) * 0.1;
-        return o_proj.forward(torch.tanh(mixed)).mul(0.1).MoveToOuterDisposeScope();
+        var mixed = Slots.Call(LinearRole.Query, x) * 0.1 + Slots.Call(LinearRole.Key, x) * 0.1 + Slots.Call(LinearRole.Value, x) * 0.1;
+        return Slots.Call(LinearRole.Output, torch.tanh(mixed)).mul(0.1).MoveToOuterDisposeScope();
     }
 }
 
 public sealed class TinyTestMlp : nn.Module<Tensor, Tensor>
 {
-    private nn.Module<Tensor, Tensor> gate_proj, up_proj, down_proj;
-
     public TinyTestMlp(int hidden, int intermediate, long seed) : base(nameof(TinyTestMlp))
     {
-        gate_proj = DenseTestLinear.Random(hidden, intermediate, seed + 1);
-        up_proj = DenseTestLinear.Random(hidden, intermediate, seed + 2);
-        down_proj = DenseTestLinear.Random(intermediate, hidden, seed + 3);
-        RegisterComponents();
+        Slots = new LinearSlots(this);
+        Slots.Add("gate_proj", LinearRole.Gate, DenseTestLinear.Random(hidden, intermediate, seed + 1));
+        Slots.Add("up_proj", LinearRole.Up, DenseTestLinear.Random(hidden, intermediate, seed + 2));
+        Slots.Add("down_proj", LinearRole.Down, DenseTestLinear.Random(intermediate, hidden, seed + 3));
     }
+
+    public LinearSlots Slots { get; }
 
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var h = nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x);
-        return down_proj.forward(h).mul(0.1).MoveToOuterDisposeScope();
+        var h = nn.functional.silu(Slots.Call(LinearRole.Gate, x)) * Slots.Call(LinearRole.Up, x);
+        return Slots.Call(LinearRole.Down, h).mul(0.1).MoveToOuterDisposeScope();
     }
 }

@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Peft;
 
+[Trait("tier", "unit")]
 public class TrainableParametersTests
 {
     [Fact]

@@ -6,6 +6,7 @@ using static QLoraNet.Tests.Quant.QuantTestData;
 
 namespace QLoraNet.Tests.Quant;
 
+[Trait("tier", "unit")]
 public class FourBitCheckpointTests
 {
     const string Prefix = "model.layers.0.self_attn.q_proj.";

@@ -3,6 +3,7 @@ using static QLoraNet.Tests.Quant.QuantTestData;
 
 namespace QLoraNet.Tests.Quant;
 
+[Trait("tier", "parity")]
 public class FourBitCodebookTests
 {
     [Fact]

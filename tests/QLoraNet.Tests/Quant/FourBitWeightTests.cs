@@ -5,6 +5,7 @@ using static QLoraNet.Tests.Quant.QuantTestData;
 
 namespace QLoraNet.Tests.Quant;
 
+[Trait("tier", "unit")]
 public class FourBitWeightTests
 {
     [Fact]

@@ -5,6 +5,7 @@ using static QLoraNet.Tests.Quant.QuantTestData;
 
 namespace QLoraNet.Tests.Quant;
 
+[Trait("tier", "unit")]
 public class FrozenLinearTests
 {
     [Theory]
@@ -16,7 +17,7 @@ public class FrozenLinearTests
     {
         using var scope = NewDisposeScope();
         var weight = tensor(Normal(48 * 64, seed: 7, sigma: 0.05f), [48, 64]);
-        var linear = FrozenLinearFactory.Create(weight, QuantSpec.Parse(format), ScalarType.Float32, CPU);
+        var linear = FrozenLinearFactory.Create(weight, BaseFormat.Parse(format), ScalarType.Float32, CPU);
         var dense = linear.DequantizeWeight(ScalarType.Float32);
 
         foreach (long[] shape in new[] { new long[] { 5, 64 }, [2, 3, 64] })
@@ -45,7 +46,7 @@ public class FrozenLinearTests
     {
         using var scope = NewDisposeScope();
         var weight = tensor(Normal(32 * 64, seed: 13, sigma: 0.05f), [32, 64]).to(ScalarType.BFloat16);
-        var linear = FrozenLinearFactory.Create(weight, QuantSpec.Parse("nf4-dq"), ScalarType.BFloat16, CPU);
+        var linear = FrozenLinearFactory.Create(weight, BaseFormat.Parse("nf4-dq"), ScalarType.BFloat16, CPU);
         var x = tensor(Normal(4 * 64, seed: 14), [4, 64]).to(ScalarType.BFloat16).requires_grad_(true);
         var y = linear.forward(x);
         Assert.Equal(ScalarType.BFloat16, y.dtype);
@@ -77,7 +78,7 @@ public class FrozenLinearTests
     {
         using var scope = NewDisposeScope();
         var weight = tensor(Normal(16 * 8, seed: 11), [16, 8]);
-        var linear = FrozenLinearFactory.Create(weight, QuantSpec.Parse("bf16"), ScalarType.Float32, CPU);
+        var linear = FrozenLinearFactory.Create(weight, BaseFormat.Parse("bf16"), ScalarType.Float32, CPU);
         Assert.Empty(linear.parameters());
         Assert.Equal("bf16", linear.FormatName);
         Assert.Equal(16 * 8 * 2, linear.StorageBytes);

@@ -9,6 +9,7 @@ namespace QLoraNet.Tests.Quant;
 public sealed class ProcessMemoryCollection;
 
 [Collection(nameof(ProcessMemoryCollection))]
+[Trait("tier", "unit")]
 public class FrozenMatMulMemoryTests
 {
     /// <summary>
@@ -24,7 +25,7 @@ public class FrozenMatMulMemoryTests
         const long n = 4096;
         const long denseBytes = n * n * 4;
         var weight = randn(n, n, generator: new Generator(1)) * 0.02;
-        var linear = FrozenLinearFactory.Create(weight, QuantSpec.Parse("nf4"), ScalarType.Float32, CPU);
+        var linear = FrozenLinearFactory.Create(weight, BaseFormat.Parse("nf4"), ScalarType.Float32, CPU);
         weight.Dispose();
         var x = randn(1, n, generator: new Generator(2)).requires_grad_(true);
         linear.forward(x).sum().backward(); // warm up: code tables, allocator

@@ -5,6 +5,7 @@ using static QLoraNet.Tests.Quant.QuantTestData;
 
 namespace QLoraNet.Tests.Quant;
 
+[Trait("tier", "unit")]
 public class LinearQuantTests
 {
     [Fact]
@@ -68,7 +69,7 @@ public class LinearQuantTests
     [InlineData("int4-tensor-asym")]
     public void Tensor_path_equals_the_reference_and_errors_stay_within_half_a_step(string format)
     {
-        var spec = (LinearQuantSpec)QuantSpec.Parse(format);
+        var spec = (LinearQuantFormat)BaseFormat.Parse(format);
         var data = Normal(24 * 128, seed: format.Length, sigma: 0.1f);
         data[7] = 0f;
         var fast = LinearQuantWeight.Quantize(tensor(data, [24, 128]), spec);
@@ -85,7 +86,7 @@ public class LinearQuantTests
         int groupLength = data.Length / scales.Length;
         for (int i = 0; i < data.Length; i++)
             Assert.True(MathF.Abs(data[i] - back[i]) <= scales[i / groupLength] * 0.5f * (1 + 1e-5f), $"{format} element {i}");
-        Assert.Equal(QuantSizes.Bytes(spec, 24, 128), fast.StorageBytes);
+        Assert.Equal(spec.StorageBytes(24, 128), fast.StorageBytes);
         Assert.Equal(format, fast.FormatName);
     }
 
@@ -101,12 +102,12 @@ public class LinearQuantTests
     public void Group_size_that_does_not_divide_in_features_is_a_one_line_error()
     {
         var e = Assert.Throws<ArgumentException>(() =>
-            LinearQuantWeight.Quantize(zeros(4, 48), (LinearQuantSpec)QuantSpec.Parse("int4-g32"), "layers.0.mlp.up_proj.weight"));
+            LinearQuantWeight.Quantize(zeros(4, 48), (LinearQuantFormat)BaseFormat.Parse("int4-g32"), "layers.0.mlp.up_proj.weight"));
         Assert.Contains("layers.0.mlp.up_proj.weight", e.Message);
         Assert.Contains("48", e.Message);
     }
 
     static LinearQuantWeight Quantize(float[][] rows, string format) =>
         LinearQuantWeight.Quantize(tensor(rows.SelectMany(r => r).ToArray(), [rows.Length, rows[0].Length]),
-            (LinearQuantSpec)QuantSpec.Parse(format));
+            (LinearQuantFormat)BaseFormat.Parse(format));
 }

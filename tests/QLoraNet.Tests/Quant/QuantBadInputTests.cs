@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Quant;
 
+[Trait("tier", "unit")]
 public class QuantBadInputTests
 {
     [Theory]
@@ -36,8 +37,8 @@ public class QuantBadInputTests
         var e = Assert.Throws<ArgumentException>(() => FourBitWeight.Quantize(w, FourBitType.Nf4, 64, name: "model.layers.3.mlp.down_proj.weight"));
         Assert.Contains("model.layers.3.mlp.down_proj.weight", e.Message);
         Assert.Contains("NaN or Inf", e.Message);
-        Assert.Throws<ArgumentException>(() => LinearQuantWeight.Quantize(w, new LinearQuantSpec(8)));
-        Assert.Throws<ArgumentException>(() => FrozenLinearFactory.Create(w, QuantSpec.Parse("nf4-dq"), ScalarType.Float32, CPU, "x"));
+        Assert.Throws<ArgumentException>(() => LinearQuantWeight.Quantize(w, new LinearQuantFormat(8)));
+        Assert.Throws<ArgumentException>(() => FrozenLinearFactory.Create(w, BaseFormat.Parse("nf4-dq"), ScalarType.Float32, CPU, "x"));
     }
 
     [Fact]

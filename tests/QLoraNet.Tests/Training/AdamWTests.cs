@@ -4,20 +4,21 @@ using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Training;
 
+[Trait("tier", "unit")]
 public class AdamWTests
 {
     [Fact]
     public void Matches_torch_AdamW_over_several_steps()
     {
-        torch.manual_seed(1);
-        var init = torch.randn(4, 3);
+        using var rng = new Generator(1);
+        var init = torch.randn(4, 3, generator: rng);
         var ours = init.clone().requires_grad_(true);
         var theirs = init.clone().requires_grad_(true);
         var opt = new AdamW(new[] { ("w", ours) }, lr: 0.01, weightDecay: 0.1);
         var ref_ = torch.optim.AdamW(new[] { new TorchSharp.Modules.Parameter(theirs) }, lr: 0.01, weight_decay: 0.1);
         for (int i = 0; i < 5; i++)
         {
-            var g = torch.randn(4, 3);
+            var g = torch.randn(4, 3, generator: rng);
             ours.grad = g.clone();
             opt.StepOnce();
             ref_.zero_grad();
@@ -31,11 +32,11 @@ public class AdamWTests
     [Fact]
     public void Save_then_load_continues_identically()
     {
-        torch.manual_seed(2);
-        var a = torch.randn(5).requires_grad_(true);
+        using var rng = new Generator(2);
+        var a = torch.randn(5, generator: rng).requires_grad_(true);
         var b = a.detach().clone().requires_grad_(true);
         var optA = new AdamW(new[] { ("p", a) }, lr: 0.05);
-        var grads = Enumerable.Range(0, 6).Select(_ => torch.randn(5)).ToList();
+        var grads = Enumerable.Range(0, 6).Select(_ => torch.randn(5, generator: rng)).ToList();
         for (int i = 0; i < 3; i++) { a.grad = grads[i].clone(); optA.StepOnce(); }
         var (state, step) = optA.Save();
         using (torch.no_grad()) b.copy_(a);

@@ -6,6 +6,7 @@ namespace QLoraNet.Tests.Training;
 /// A config file or override is bounded before YamlDotNet builds its tree: 40,000 levels of nesting used to
 /// overflow the stack and kill the process (exit 134); now each hostile input is one line with a position.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class BoundedYamlTests : IDisposable
 {
     readonly TempDir dir = Paths.Temp();

@@ -1,7 +1,10 @@
+using QLoraNet.Peft;
+using QLoraNet.Quant;
 using QLoraNet.Training.Config;
 
 namespace QLoraNet.Tests.Training;
 
+[Trait("tier", "unit")]
 public sealed class ConfigTests : IDisposable
 {
     readonly TempDir dir = Paths.Temp();
@@ -29,11 +32,11 @@ public sealed class ConfigTests : IDisposable
         var c = Parse(Minimal);
         Assert.Equal(DType.Bf16, c.Model.Dtype);
         Assert.Equal(DeviceKind.Auto, c.Model.Device);
-        Assert.Equal(new QuantizationConfig(QuantType.Nf4, true, 64, DType.Bf16), c.Quantization);
+        Assert.Equal(new QuantizationConfig(BaseFormat.Parse("nf4-dq"), DType.Bf16), c.Quantization);
         Assert.Equal(16, c.Lora.R);
         Assert.Equal(32.0, c.Lora.Alpha);
         Assert.Equal(2.0, c.Lora.Scaling);
-        Assert.Equal(LoraConfig.AttentionNames, c.Lora.TargetModules);
+        Assert.Equal(LoraSettings.DefaultTargets, c.Lora.TargetModules);
         Assert.Null(c.Lora.Layers);
         Assert.Equal(DataFormat.Chat, c.Data.Format);
         Assert.Equal(TemplateKind.Llama2Chat, c.Data.Template);
@@ -81,7 +84,7 @@ public sealed class ConfigTests : IDisposable
     [Fact]
     public void Bad_enum_value_lists_the_choices()
     {
-        Assert.Equal("x.yaml:6: 'quantization.type' must be one of nf4, fp4, int8, int4, none; got 'nf5'",
+        Assert.Equal("x.yaml:6: 'quantization.type' must be one of none, bf16, fp16, fp32, nf4, fp4, int8, int4 (or a whole spelling such as nf4-dq); got 'nf5'",
             ErrorOf(Minimal + "quantization:\n  type: nf5\n"));
         Assert.Equal("x.yaml:4: 'data.template' must be one of llama2-chat, alpaca, none; got 'chatml'",
             ErrorOf(Minimal.Replace("data:\n", "data:\n  template: chatml\n")));
@@ -96,7 +99,7 @@ public sealed class ConfigTests : IDisposable
             ErrorOf(Minimal + "training:\n  warmup_steps: 10\n  warmup_ratio: 0.1\n"));
         Assert.Contains("'lora.target_modules' has unknown module 'qproj'", ErrorOf(Minimal + "lora:\n  target_modules: [qproj]\n"));
         Assert.Contains("needs validation data", ErrorOf(Minimal + "training:\n  early_stopping_patience: 3\n"));
-        Assert.Contains("applies to nf4 and fp4 only", ErrorOf(Minimal + "quantization:\n  type: int8\n  double_quant: true\n"));
+        Assert.Contains("'quantization.double_quant' applies to nf4, fp4 only; remove it for int8", ErrorOf(Minimal + "quantization:\n  type: int8\n  double_quant: true\n"));
     }
 
     [Fact]
@@ -113,13 +116,13 @@ public sealed class ConfigTests : IDisposable
     {
         var c = Parse(Minimal + "lora:\n  r: ~\n  target_modules:\ntraining:\n  seed: null\n");
         Assert.Equal((16, 42), (c.Lora.R, c.Training.Seed));
-        Assert.Equal(LoraConfig.AttentionNames, c.Lora.TargetModules);
+        Assert.Equal(LoraSettings.DefaultTargets, c.Lora.TargetModules);
     }
 
     [Fact]
     public void Int8_defaults_to_no_double_quant()
     {
-        Assert.False(Parse(Minimal, "quantization.type=int8").Quantization.DoubleQuant);
+        Assert.Equal("int8", Parse(Minimal, "quantization.type=int8").Quantization.Format.ToString());
     }
 
     [Fact]
@@ -190,5 +193,43 @@ public sealed class ConfigTests : IDisposable
         Assert.Equal(50, t.TotalSteps(100)); // 2 epochs x 100 micro-batches / 4
         Assert.Equal(5, t.Warmup(50));
         Assert.Equal(7, (t with { WarmupSteps = 7 }).Warmup(50));
+    }
+
+    [Fact]
+    public void A_base_format_has_one_meaning_in_yaml_scalar_yaml_keys_and_on_the_command_line()
+    {
+        BaseFormat Yaml(string section) => Parse(Minimal + section).Quantization.Format;
+        Assert.Equal(BaseFormat.Parse("nf4-dq"), Yaml("quantization: nf4-dq\n"));
+        Assert.Equal(BaseFormat.Parse("nf4-dq"), Yaml("quantization:\n  type: nf4\n  double_quant: true\n  blocksize: 64\n"));
+        Assert.Equal(BaseFormat.Parse("nf4"), Yaml("quantization:\n  type: nf4\n"));
+        Assert.Equal(BaseFormat.Parse("fp4-b128-dq"), Yaml("quantization:\n  type: fp4\n  double_quant: true\n  blocksize: 128\n"));
+        // int4 is per channel in both places; a blocksize makes it per group, as -g does.
+        Assert.Equal(BaseFormat.Parse("int4"), Yaml("quantization:\n  type: int4\n"));
+        Assert.Equal(BaseFormat.Parse("int4-g64"), Yaml("quantization:\n  type: int4\n  blocksize: 64\n"));
+        Assert.Equal(BaseFormat.Parse("int4-g64-asym"), Yaml("quantization:\n  type: int4-g64-asym\n  compute_dtype: fp32\n"));
+        // No type: QLoRA's default, nf4 with double quantization.
+        Assert.Equal(BaseFormat.Parse("nf4-b128-dq"), Yaml("quantization:\n  blocksize: 128\n"));
+        Assert.Equal("x.yaml:5: 'quantization': base format 'nf4-b8': blocksize must be a power of two in [16, 4096]; got 8",
+            ErrorOf(Minimal + "quantization: nf4-b8\n"));
+        // A key another kind reads is fine at a default value (a config whose type is overridden), an error otherwise.
+        Assert.Equal(BaseFormat.Parse("none"), Yaml("quantization:\n  type: none\n  double_quant: false\n  blocksize: 64\n"));
+        Assert.Contains("'quantization.blocksize' applies to nf4, fp4, int8, int4 only; remove it for bf16",
+            ErrorOf(Minimal + "quantization:\n  type: bf16\n  blocksize: 128\n"));
+        Assert.Contains("give the options in it or as keys, not both", ErrorOf(Minimal + "quantization:\n  type: nf4-dq\n  blocksize: 128\n"));
+        // The resolved config writes the spelling back, and reads it as the same value.
+        var c = Parse(Minimal + "quantization:\n  type: int4\n  blocksize: 32\n");
+        Assert.Contains("type: int4-g32", c.ToYaml());
+        Assert.Equal(c.Quantization, Parse(c.ToYaml()).Quantization);
+    }
+
+    [Fact]
+    public void The_model_family_is_checked_at_the_model_path_line_and_decides_the_lora_names()
+    {
+        using var model = Paths.Temp();
+        File.WriteAllText(model["config.json"], """{"architectures":["MistralForCausalLM"],"model_type":"mistral"}""");
+        Assert.StartsWith("x.yaml:2: " + model["config.json"] + ": architecture MistralForCausalLM is not supported",
+            ErrorOf(Minimal.Replace(Paths.TinyModel, model.Path)));
+        Assert.Equal(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            Parse(Minimal, "lora.target_modules=all-linear").Lora.Targets);
     }
 }

@@ -4,6 +4,7 @@ using QLoraNet.Training.Data;
 namespace QLoraNet.Tests.Training;
 
 /// <summary>Data files are streamed with bounds: an endless line or a device fails at once, naming file:line.</summary>
+[Trait("tier", "unit")]
 public sealed class DataFileLimitsTests : IDisposable
 {
     readonly TempDir dir = Paths.Temp();

@@ -1,13 +1,15 @@
+using QLoraNet.Models;
 using QLoraNet.Training.Config;
 using QLoraNet.Training.Data;
 using static TorchSharp.torch;
 
 namespace QLoraNet.Tests.Training;
 
+[Trait("tier", "unit")]
 public sealed class DataPipelineTests : IDisposable
 {
     readonly TempDir dir = Paths.Temp();
-    static ITokenizer Tok => TokenizerAndTemplateTests.Tok;
+    static ITextTokenizer Tok => TokenizerAndTemplateTests.Tok;
     const int I = TokenizedExample.IgnoreIndex;
 
     public void Dispose() => dir.Dispose();

@@ -7,6 +7,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Training;
 
 /// <summary>Packed batches through the real tiny Llama: packing must not change what any example sees.</summary>
+[Trait("tier", "unit")]
 public sealed class PackedBatchModelTests : IDisposable
 {
     readonly TempDir dir = Paths.Temp();

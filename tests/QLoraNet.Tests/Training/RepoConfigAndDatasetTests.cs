@@ -4,6 +4,7 @@ using QLoraNet.Training.Data;
 namespace QLoraNet.Tests.Training;
 
 /// <summary>The committed configs and datasets load and pass the pipeline (paths made absolute via overrides).</summary>
+[Trait("tier", "unit")]
 public class RepoConfigAndDatasetTests
 {
     static string R(string relative) => Path.Combine(Paths.RepoRoot, relative);
@@ -19,7 +20,7 @@ public class RepoConfigAndDatasetTests
     public void Quickstart_config_loads_and_its_data_fits_without_truncation()
     {
         var c = TrainConfig.Load(R("configs/quickstart.yaml"), AbsolutePaths(Paths.TinyModel));
-        Assert.Equal((QuantType.Nf4, true, DType.Fp32), (c.Quantization.Type, c.Quantization.DoubleQuant, c.Quantization.ComputeDtype));
+        Assert.Equal(("nf4-dq", DType.Fp32), (c.Quantization.Format.ToString(), c.Quantization.ComputeDtype));
         Assert.Equal(new[] { "q_proj", "k_proj", "v_proj", "o_proj" }, c.Lora.TargetModules);
         Assert.Equal((8, 256, "runs/quickstart"), (c.Lora.R, c.Data.MaxSeqLen, c.Output.Dir));
 

@@ -1,10 +1,12 @@
+using QLoraNet.Models;
 using QLoraNet.Training.Data;
 
 namespace QLoraNet.Tests.Training;
 
+[Trait("tier", "unit")]
 public class TokenizerAndTemplateTests
 {
-    internal static readonly LlamaSentencePieceTokenizer Tok = LlamaSentencePieceTokenizer.Load(Paths.TinyModel);
+    internal static readonly ITextTokenizer Tok = TextTokenizers.Load(Paths.TinyModel);
     const int I = TokenizedExample.IgnoreIndex;
 
     [Fact]

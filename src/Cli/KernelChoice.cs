@@ -1,0 +1,18 @@
+using QLoraNet.Quant.Kernels;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Cli;
+
+/// <summary>
+/// The CLI's side of kernel selection: reads the switches from the environment (QLORANET_DISABLE_CUDA_KERNELS=1 to
+/// compare against torch ops, QLORANET_PTX_PATH to load a PTX under development) and makes the one
+/// <see cref="KernelSelection"/> a verb passes down; its report is what `info` and the training summary print.
+/// </summary>
+public static class KernelChoice
+{
+    public static KernelOptions Options() => new(
+        DisableCuda: Environment.GetEnvironmentVariable("QLORANET_DISABLE_CUDA_KERNELS") == "1",
+        PtxPath: Environment.GetEnvironmentVariable("QLORANET_PTX_PATH"));
+
+    public static KernelSelection For(Device device) => KernelSelection.For(device, Options());
+}

@@ -1,0 +1,43 @@
+namespace QLoraNet.Formats;
+
+/// <summary>
+/// The registry of model families: config.json's model_type / architectures pick the family whose parser derives
+/// the <see cref="ModelArchitecture"/>. Adding a family is one file under Families/ and one line in <see cref="All"/>.
+/// Anything no family reads (an unknown model_type, a mixture of experts) is refused here, by name, before any
+/// weight is read.
+/// </summary>
+public static class ModelFamilies
+{
+    /// <summary>Every family QLoraNet loads, in lookup order.</summary>
+    public static readonly IReadOnlyList<IModelFamily> All = [new LlamaFamily()];
+
+    /// <summary>config.json keys that announce a mixture-of-experts MLP, which no family implements.</summary>
+    static readonly string[] ExpertCounts = ["num_local_experts", "num_experts", "n_routed_experts"];
+
+    /// <summary>The architecture of the model directory (or config.json file) <paramref name="pathOrDir"/>.</summary>
+    public static ModelArchitecture Load(string pathOrDir) => Parse(HfConfigJson.Load(pathOrDir));
+
+    public static ModelArchitecture Parse(HfConfigJson config)
+    {
+        var architectures = config.Strings("architectures");
+        string modelType = config.String("model_type") ?? "";
+        foreach (var key in ExpertCounts)
+            if (config.Int(key) is > 1 and var n)
+                throw new NotSupportedException($"{config.Path}: {key} {n}: mixture-of-experts models are not supported; use a dense model");
+
+        string what = architectures.Count > 0 ? $"architecture {SafeText.Clip(string.Join(", ", architectures), 80)}" : $"model_type {SafeText.Quote(modelType)}";
+        var family = Find(modelType, architectures)
+            ?? throw new NotSupportedException($"{config.Path}: {what} is not supported; QLoraNet loads {Supported}");
+        if (architectures.Count > 0 && !architectures.Any(family.Architectures.Contains))
+            throw new NotSupportedException($"{config.Path}: {what} is not supported; the {family.Name} family loads {string.Join(", ", family.Architectures)}");
+        return family.Parse(config);
+    }
+
+    /// <summary>The family that reads this model_type or one of these architectures; null when none does.</summary>
+    public static IModelFamily? Find(string modelType, IReadOnlyList<string> architectures) =>
+        All.FirstOrDefault(f => f.ModelTypes.Contains(modelType) || architectures.Any(f.Architectures.Contains));
+
+    /// <summary>"LlamaForCausalLM (model_type "llama")", one entry per family, for messages and --help.</summary>
+    public static string Supported =>
+        string.Join("; ", All.Select(f => $"{string.Join(", ", f.Architectures)} (model_type {string.Join(", ", f.ModelTypes.Select(t => $"\"{t}\""))})"));
+}

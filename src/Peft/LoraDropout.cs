@@ -1,0 +1,43 @@
+using QLoraNet.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Peft;
+
+/// <summary>
+/// Dropout on a LoRA adapter's input (peft's `lora_dropout`, an nn.Dropout): in training each element is zeroed with
+/// probability p and the survivors are scaled by 1/(1-p) (inverted dropout, Srivastava et al. 2014); the identity in
+/// eval mode. The mask comes from an explicit <see cref="RandomStream"/>, which TorchSharp's Dropout cannot take:
+/// the one the caller passes (a training run owns one and reseeds it per micro-batch, so a resumed run draws the
+/// same masks) or one of this module's own. Activation checkpointing replays it through <see cref="IStochasticModule"/>.
+/// p is applied rounded to a multiple of 2^-16 (<see cref="RandomStream.DropProbability"/>), and the survivors are
+/// scaled by one over the rounded keep probability, so the expected output is exactly the input.
+/// </summary>
+public sealed class LoraDropout : nn.Module<Tensor, Tensor>, IStochasticModule
+{
+    readonly double _p;
+    readonly double _scale;
+
+    /// <param name="p">probability of zeroing an element, in (0, 1).</param>
+    /// <param name="random">where masks come from; null = a stream of this module's own, seeded 0.</param>
+    public LoraDropout(double p, RandomStream? random = null) : base("Dropout")
+    {
+        if (!(p > 0 && p < 1)) throw new ArgumentException($"LoRA dropout {p} must be in (0, 1)");
+        _p = p;
+        _scale = 1 / (1 - RandomStream.DropProbability(p));
+        Random = random ?? new RandomStream();
+    }
+
+    public RandomStream Random { get; }
+
+    public double P => _p;
+
+    /// <summary>(..., in) -> (..., in)</summary>
+    public override Tensor forward(Tensor x)
+    {
+        if (!training) return x.alias();
+        using var scope = NewDisposeScope();
+        var keep = Random.KeepMask(x.shape, _p, x.device);        // bool, the only tensor kept for backward
+        return x.mul(keep).mul_(_scale).MoveToOuterDisposeScope();
+    }
+}

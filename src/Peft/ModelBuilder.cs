@@ -1,0 +1,96 @@
+using QLoraNet.Formats;
+using QLoraNet.Models;
+using QLoraNet.Quant;
+using QLoraNet.Quant.Kernels;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Peft;
+
+/// <summary>How <see cref="ModelBuilder.Build"/> materialises a model.</summary>
+/// <param name="Device">where every module lives.</param>
+/// <param name="ComputeDType">dtype of activations and of the dequantized weights in the matmuls.</param>
+/// <param name="BaseFormat">how the decoder-layer linears are stored ("none" keeps the checkpoint's dtype, unless
+/// <paramref name="FrozenDType"/> fixes one).</param>
+/// <param name="Kernels">the kernel choices the caller made for <paramref name="Device"/>; null = <see cref="KernelSelection.Portable"/>.</param>
+/// <param name="FrozenDType">dtype of every dense frozen tensor: embedding, norms, biases, the output head, and the
+/// linears under "none"; null = <paramref name="ComputeDType"/> for those (and "none" keeps the checkpoint's).</param>
+/// <param name="GradientCheckpointing">recompute each decoder layer in backward.</param>
+/// <param name="NewAdapter">attach fresh LoRA adapters with these settings (training).</param>
+/// <param name="AdapterSeed">seed of the new adapters' A matrices.</param>
+/// <param name="AdapterDropout">where the new adapters draw their dropout masks (a training run's stream, which its
+/// step reseeds); null = each adapter a stream of its own.</param>
+/// <param name="AdapterDir">attach the peft adapter in this directory instead (inference).</param>
+/// <param name="AllowNonFiniteWeights">load base and adapter weights holding NaN/Inf instead of refusing them by name.</param>
+public sealed record ModelBuildOptions(
+    Device Device,
+    ScalarType ComputeDType,
+    BaseFormat BaseFormat,
+    KernelSelection? Kernels = null,
+    ScalarType? FrozenDType = null,
+    bool GradientCheckpointing = false,
+    LoraSettings? NewAdapter = null,
+    long? AdapterSeed = null,
+    string? AdapterDir = null,
+    RandomStream? AdapterDropout = null,
+    bool AllowNonFiniteWeights = false);
+
+/// <summary>A built model with what was decided on the way; disposing it disposes the model.</summary>
+/// <param name="BaseFormat">the format the decoder linears were actually stored in (for "none" under a fixed frozen dtype, that dtype).</param>
+/// <param name="Adapter">the adapter config of the attached LoRA (new: for saving; loaded: as read), or null.</param>
+public sealed record BuiltModel(LlamaForCausalLM Model, ModelArchitecture Architecture, BaseFormat BaseFormat,
+    KernelSelection Kernels, AdapterConfig? Adapter) : IDisposable
+{
+    /// <summary>Bytes held by the frozen linears (the quantized base).</summary>
+    public long BaseBytes => Model.modules().OfType<FrozenLinear>().Sum(f => f.StorageBytes);
+
+    public void Dispose() => Model.Dispose();
+}
+
+/// <summary>
+/// The one place a model is assembled from a checkpoint directory: family record, quantize-on-load of the decoder
+/// linears (or the stored codes of a `quantize` output), one dtype rule for every dense frozen tensor (the output
+/// head included), then LoRA, new or from a peft directory. `train`, the inference verbs and `bench train` all
+/// build through here, so they run the same model.
+/// </summary>
+public static class ModelBuilder
+{
+    public static BuiltModel Build(string modelDir, ModelBuildOptions o)
+    {
+        if (o.NewAdapter is not null && o.AdapterDir is not null)
+            throw new ArgumentException("attach either new LoRA adapters or a saved adapter, not both");
+        if (!Directory.Exists(modelDir)) throw new DirectoryNotFoundException($"model directory '{modelDir}' does not exist");
+        // Cheap checks first: their errors should not wait for the weights.
+        var arch = ModelFamilies.Load(modelDir);
+        ArchitectureSupport.Require(arch, Path.Combine(modelDir, ModelArchitecture.ConfigFileName));
+        if (o.AdapterDir != null && !Directory.Exists(o.AdapterDir))
+            throw new DirectoryNotFoundException($"--adapter: adapter directory '{o.AdapterDir}' does not exist");
+        var saved = o.AdapterDir is null ? null : AdapterConfig.Load(o.AdapterDir);
+        QuantizedCheckpoint.RequireCompatible(modelDir, o.BaseFormat); // a `quantize` output keeps its stored format
+
+        var kernels = o.Kernels ?? KernelSelection.Portable;
+        var denseDType = o.FrozenDType ?? o.ComputeDType;
+        var format = o.BaseFormat.KeepsCheckpointDType && o.FrozenDType is { } fixedDType ? new DenseFormat(fixedDType) : o.BaseFormat;
+        var model = LlamaLoader.Load(modelDir, new LoadOptions(o.Device, o.ComputeDType,
+            LinearPolicies.Quantized(arch, format, o.ComputeDType, o.Device, denseDType, kernels), o.FrozenDType, kernels,
+            o.AllowNonFiniteWeights));
+        try
+        {
+            model.Model.GradientCheckpointing = o.GradientCheckpointing;
+            AdapterConfig? adapter = null;
+            if (o.NewAdapter is { } lora)
+                adapter = AdapterConfig.From(lora, LoraApplier.Apply(model, lora, o.AdapterSeed, o.AdapterDropout), modelDir);
+            else if (o.AdapterDir is { } dir)
+            {
+                AdapterFiles.ApplyAndLoad(dir, model, o.AllowNonFiniteWeights);
+                adapter = saved;
+            }
+            return new BuiltModel(model, arch, format, kernels, adapter);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+}

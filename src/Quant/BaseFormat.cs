@@ -1,0 +1,48 @@
+using QLoraNet.Quant.Kernels;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Quant;
+
+/// <summary>
+/// How the frozen base linears are stored: one parsed, validated value per format, with one canonical spelling
+/// (<see cref="ToString"/>) that the YAML config, the CLI's <c>--quantization</c>, the `quantize` verb, a stored
+/// checkpoint and the trainer all use. The value is also the format's implementation: it builds the frozen linear
+/// (<see cref="Create"/>), knows the bytes a weight takes (<see cref="StorageBytes"/>) and, for formats a checkpoint
+/// can hold, the tensor keys it is stored under (<see cref="Layout"/>).
+/// <code>
+///   none | bf16 | fp16 | fp32                            dense (none keeps the checkpoint dtype)
+///   nf4 | fp4 [-b&lt;N&gt;] [-dq[&lt;M&gt;]]                        4-bit blockwise, blocksize N (64), double-quantized scales (M = 256)
+///   int8 | int4 [-tensor|-channel|-g&lt;N&gt;] [-sym|-asym]     linear quantization (default: per channel, symmetric)
+/// </code>
+/// The spellings are parsed by the kinds registered in <see cref="BaseFormats"/>.
+/// </summary>
+public abstract record BaseFormat
+{
+    /// <summary>Parses and validates a spelling; a bad one is a <see cref="FormatException"/> naming it and the choices.</summary>
+    public static BaseFormat Parse(string text) => BaseFormats.Parse(text);
+
+    /// <summary>The canonical spelling, e.g. "nf4-dq": <c>Parse(f.ToString()) == f</c>.</summary>
+    public abstract override string ToString();
+
+    /// <summary>
+    /// The frozen linear holding <paramref name="weight"/> [out, in] (already on its device) in this format;
+    /// <paramref name="kernels"/> chooses the dequantization path where a format has several.
+    /// <paramref name="name"/> labels errors (the checkpoint key).
+    /// </summary>
+    public abstract FrozenLinear Create(Tensor weight, ScalarType computeDType, KernelSelection kernels, string? name = null);
+
+    /// <summary>Exact bytes a [rows, cols] weight is held in (codes, scales, zero points; shared code tables not
+    /// counted); <paramref name="sourceDType"/> is the checkpoint dtype, used by "none".</summary>
+    public abstract long StorageBytes(long rows, long cols, ScalarType sourceDType = ScalarType.BFloat16);
+
+    public double BitsPerWeight(long rows, long cols, ScalarType sourceDType = ScalarType.BFloat16) =>
+        8.0 * StorageBytes(rows, cols, sourceDType) / (rows * cols);
+
+    /// <summary>How a checkpoint stores weights in this format (bitsandbytes' keys for nf4/fp4); null when no
+    /// checkpoint layout exists for it, so it can only be produced on load.</summary>
+    public virtual CheckpointLayout? Layout => null;
+
+    /// <summary>"none": every weight stays dense in the dtype the checkpoint stores it in.</summary>
+    public bool KeepsCheckpointDType => this is DenseFormat { DType: null };
+}

@@ -1,0 +1,35 @@
+namespace QLoraNet.Quant;
+
+/// <summary>
+/// The registry of base formats: every kind's spelling, and every checkpoint layout a loader recognises. Adding a
+/// format is one new file (its value, its frozen linear, its kind) and one line here.
+/// </summary>
+public static class BaseFormats
+{
+    /// <summary>Every base-format kind, in the order --help lists them.</summary>
+    public static readonly IReadOnlyList<BaseFormatKind> Kinds = [DenseFormat.Kind, FourBitFormat.Kind, LinearQuantFormat.Kind];
+
+    /// <summary>Every checkpoint layout of a pre-quantized weight that the loader and `quantize` know.</summary>
+    public static readonly IReadOnlyList<CheckpointLayout> Layouts = [BitsAndBytesFourBitLayout.Instance];
+
+    /// <summary>Every first token of a spelling: none, bf16, fp16, fp32, nf4, fp4, int8, int4.</summary>
+    public static IEnumerable<string> Names => Kinds.SelectMany(k => k.Names);
+
+    /// <summary>The grammar of all spellings, for --help and errors.</summary>
+    public static string Syntax => string.Join(", ", Kinds.Select(k => k.Syntax));
+
+    /// <summary>The kind whose spellings start with <paramref name="name"/>, or null.</summary>
+    public static BaseFormatKind? KindOf(string name) => Kinds.FirstOrDefault(k => k.Names.Contains(name));
+
+    public static BaseFormat Parse(string text)
+    {
+        var tokens = text.Trim().ToLowerInvariant().Split('-');
+        var kind = KindOf(tokens[0])
+            ?? throw new FormatException($"unknown base format '{text}'; use {Syntax}");
+        return kind.Parse(tokens[0], tokens[1..], text);
+    }
+
+    /// <summary>The layout <paramref name="weightName"/> is stored in, judged by which keys exist; null when it is a plain tensor.</summary>
+    public static CheckpointLayout? StoredLayout(string weightName, Func<string, bool> contains) =>
+        Layouts.FirstOrDefault(l => l.IsStored(weightName, contains));
+}

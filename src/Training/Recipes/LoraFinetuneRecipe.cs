@@ -1,0 +1,281 @@
+using System.Diagnostics;
+using QLoraNet.Models;
+using QLoraNet.Peft;
+using QLoraNet.Quant;
+using QLoraNet.Quant.Kernels;
+using QLoraNet.Training.Config;
+using QLoraNet.Training.Data;
+using QLoraNet.Training.Losses;
+using QLoraNet.Training.Optim;
+using QLoraNet.Training.Trainer;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Training.Recipes;
+
+/// <summary>
+/// The QLoRA fine-tuning recipe, shaped like torchtune's lora_finetune_single_device: setup in separate steps (the
+/// output directory and the checkpoint to resume, data, the model with its base quantized as it loads and its LoRA
+/// adapters, optimizer, resume, schedule, then the step, loss and evaluator), apart from one visible loop: per
+/// optimizer step { <see cref="TrainStep"/>; metrics; evaluate, stop early, checkpoint as configured }.
+/// The per-step work (<see cref="TrainStep"/>), the loss (<see cref="ITrainingLoss"/>, here
+/// <see cref="CausalLmTokenMeanLoss"/>) and validation (<see cref="Evaluator"/>) are components: another objective
+/// is a sibling recipe passing its own loss, and `bench train` times the same TrainStep on random tokens.
+/// Data-parallel: a launcher runs one recipe per replica (<see cref="TrainOptions.Replicas"/>); every replica
+/// holds the same model, draws the same data stream and takes its share of each step's micro-batches, the step
+/// sums gradients over replicas, and only replica 0 writes files.
+/// </summary>
+public sealed class LoraFinetuneRecipe : IDisposable
+{
+    readonly TrainConfig _config;
+    readonly TrainingConfig _t;
+    readonly ITrainingObserver _observer;
+    readonly string _outDir;
+    readonly IReplicaGroup _replicas;
+
+    // Set up in order by Setup; the loop reads them.
+    CheckpointStore _store = null!;
+    string? _resumeFrom;
+    TrainingData _data = null!;
+    Device _device = null!;
+    double _loadSeconds;
+    BuiltModel _built = null!;
+    LlamaForCausalLM _model = null!;
+    readonly RandomStream _dropoutRandom = new();
+    AdapterConfig _adapterConfig = null!;
+    AdamW _optimizer = null!;
+    TrainerState _state = TrainerState.Start;
+    BatchStream _batches = null!;
+    int _totalSteps;
+    LrSchedule _schedule = null!;
+    TrainStep _step = null!;
+    Evaluator _evaluator = null!;
+    MetricsLog _metrics = null!;
+    int? _bestStep;
+
+    LoraFinetuneRecipe(TrainConfig config, ITrainingObserver observer, IReplicaGroup? replicas)
+    {
+        _config = config;
+        _t = config.Training;
+        _observer = observer;
+        _outDir = config.Output.Dir;
+        _replicas = replicas ?? SingleReplica.Instance;
+    }
+
+    /// <summary>Replica 0 writes the run's files (config, metrics, checkpoints, adapter, curve); the others only train.</summary>
+    bool WritesFiles => _replicas.Rank == 0;
+
+    /// <summary>Sets up and runs the whole job; returns how it ended.</summary>
+    public static TrainResult Run(TrainConfig config, TrainOptions options, ITrainingObserver observer, CancellationToken cancel)
+    {
+        using var recipe = new LoraFinetuneRecipe(config, observer, options.Replicas);
+        recipe.Setup(options);
+        return recipe.Train(cancel);
+    }
+
+    void Setup(TrainOptions options)
+    {
+        SetupOutput(options.Resume);
+        SetupData();
+        SetupModel(options.Kernels);
+        SetupOptimizer();
+        SetupResume();
+        SetupSchedule();
+        SetupStep();
+        _observer.OnStart(new RunSummary(_config.Model.Path, _device.ToString(), _model.Model.ComputeDType.ToString(),
+            _built.BaseFormat.ToString(), TrainableParameters.Count(_model), _data.Stats, _totalSteps, _state.Step,
+            _batches.PerEpoch, _t.MicroBatchSize * _t.GradientAccumulationSteps * _replicas.Size, _loadSeconds,
+            _built.BaseBytes, _t.LogEvery, _built.Kernels.Report()));
+        if (_state.Step >= _totalSteps)
+            _observer.OnMessage($"checkpoint is at step {_state.Step}, the run has {_totalSteps} steps: nothing to do");
+    }
+
+    /// <summary>The checkpoint store, the checkpoint to resume (or a guard against overwriting an earlier run), the resolved config.</summary>
+    void SetupOutput(string? resume)
+    {
+        _store = new CheckpointStore(_outDir, _config.Output.KeepLast, _observer.OnCheckpointFileWritten);
+        _resumeFrom = RunOutput.ResolveResume(resume, _store);
+        if (_resumeFrom is null) RunOutput.GuardNewRun(_outDir, _store);
+        if (!WritesFiles) return;
+        Directory.CreateDirectory(_outDir);
+        RunOutput.WriteResolvedConfig(_outDir, _config);
+    }
+
+    /// <summary>Read, render, tokenize, mask, pack; shuffled by the seed.</summary>
+    void SetupData()
+    {
+        var tokenizer = TextTokenizers.Load(_config.Model.Path);
+        _data = TrainingData.Build(_config.Data, tokenizer, _t.Seed);
+    }
+
+    /// <summary>
+    /// The base model, its decoder linears quantized as they stream in, with fresh LoRA adapters on the target
+    /// modules (A from the seed; dropout masks from the run's stream, which the step reseeds) and everything else
+    /// frozen: assembled by <see cref="ModelBuilder"/>, as the inference verbs and `bench train` assemble theirs.
+    /// </summary>
+    /// <param name="kernels">the caller's kernel choices for the run's device; null = the defaults for it.</param>
+    void SetupModel(KernelSelection? kernels)
+    {
+        _device = DeviceChoice.Resolve(_config.Model.Device.ToString().ToLowerInvariant(), "model.device");
+        if (_replicas.Size > 1 && _device.type == DeviceType.CUDA) _device = new Device(DeviceType.CUDA, _replicas.Rank);
+        var compute = DTypes.ToScalar(_config.Quantization.ComputeDtype);
+        var frozen = DTypes.ToScalar(_config.Model.Dtype);
+        var clock = Stopwatch.StartNew();
+        _built = ModelBuilder.Build(_config.Model.Path, new ModelBuildOptions(_device, compute, _config.Quantization.Format,
+            kernels ?? KernelSelection.For(_device), frozen, _t.GradientCheckpointing,
+            NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom,
+            AllowNonFiniteWeights: _config.Model.AllowNonFiniteWeights));
+        (_model, _adapterConfig) = (_built.Model, _built.Adapter!);
+        _loadSeconds = clock.Elapsed.TotalSeconds;
+    }
+
+    void SetupOptimizer()
+    {
+        var trainable = _model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
+        _optimizer = new AdamW(trainable, _t.LearningRate, _t.AdamBeta1, _t.AdamBeta2, _t.AdamEpsilon, _t.WeightDecay);
+    }
+
+    /// <summary>Adapter, optimizer moments and trainer state (data position, best validation loss) of the checkpoint.</summary>
+    void SetupResume()
+    {
+        if (_resumeFrom != null) _state = TrainingCheckpoint.Load(_resumeFrom, _model, _adapterConfig, _optimizer);
+    }
+
+    /// <summary>The data from where the run stands, the number of steps, the learning-rate schedule.</summary>
+    void SetupSchedule()
+    {
+        _batches = new BatchStream(_data, _t.MicroBatchSize, _state.Epoch, _state.MicroBatch);
+        _totalSteps = _t.TotalSteps(_batches.PerEpoch, _replicas.Size);
+        _schedule = new LrSchedule(DTypes.Name(_t.Scheduler), _t.LearningRate, _t.Warmup(_totalSteps), _totalSteps);
+    }
+
+    /// <summary>The loss, the step that minimises it, the evaluator that measures it, the metrics log.</summary>
+    void SetupStep()
+    {
+        var loss = new CausalLmTokenMeanLoss();
+        _step = new TrainStep(_model, _optimizer, loss,
+            new TrainStepSettings(_t.GradientAccumulationSteps, _t.MaxGradNorm, _t.Seed), _dropoutRandom, _replicas);
+        _evaluator = new Evaluator(_model, loss);
+        _metrics = new MetricsLog(WritesFiles ? Path.Combine(_outDir, RunOutput.MetricsFile) : null, _state.Step);
+    }
+
+    /// <summary>The loop: one optimizer step at a time, with evaluation, early stopping and checkpoints as configured.</summary>
+    TrainResult Train(CancellationToken cancel)
+    {
+        // The base model's validation loss, before any step: the "before" of the run's before/after.
+        double? initialValidation = _state.Step == 0 && _totalSteps > 0 && _data.Validation.Count > 0 ? Validate(0) : null;
+        var clock = Stopwatch.StartNew();
+        double elapsedBefore = _metrics.Rows.LastOrDefault()?.ElapsedSeconds ?? 0;
+        var stop = TrainStop.Completed;
+        string? message = null;
+
+        for (int step = _state.Step; step < _totalSteps; step++)
+        {
+            // All replicas stop at the same step (one that ran on alone would wait forever in the step's sums).
+            if (_replicas.Sum(cancel.IsCancellationRequested ? 1 : 0) > 0)
+            {
+                stop = TrainStop.Interrupted;
+                break;
+            }
+            var stepClock = Stopwatch.StartNew();
+            double lr = _schedule.At(step);
+            var outcome = _step.Run(step, lr, _batches);
+            if (!outcome.IsFinite)
+            {
+                stop = TrainStop.NonFiniteLoss;
+                message = $"loss is {outcome.Loss} at step {step + 1}; stopped without saving it. Last good checkpoint: "
+                    + (_store.Latest() ?? "none") + ". Lower training.learning_rate or raise training.warmup_steps, then --resume";
+                break;
+            }
+            _state = _state with
+            {
+                Step = step + 1, Epoch = _batches.Epoch, MicroBatch = _batches.MicroBatch,
+                TokensSeen = _state.TokensSeen + outcome.InputTokens, LastLoss = outcome.Loss,
+            };
+            RecordStep(outcome, lr, stepClock.Elapsed.TotalSeconds, elapsedBefore + clock.Elapsed.TotalSeconds);
+
+            bool last = step + 1 == _totalSteps;
+            if (_data.Validation.Count > 0 && (Every(_t.EvalEvery, step + 1) || last))
+            {
+                Validate(step + 1);
+                if (_t.EarlyStoppingPatience is { } patience && _state.EvaluationsWithoutImprovement >= patience)
+                {
+                    stop = TrainStop.EarlyStopped;
+                    message = $"early stopping: validation loss has not improved for {patience} evaluations (best {_state.BestValidationLoss:F4})";
+                    break;
+                }
+            }
+            if (Every(_t.SaveEvery, step + 1) && !last) SaveCheckpoint();
+        }
+        return Finish(stop, message, initialValidation);
+    }
+
+    static bool Every(int interval, int step) => interval > 0 && step % interval == 0;
+
+    /// <summary>Validation loss at <paramref name="step"/> (0: the base model), recorded and reported; tracks the best.</summary>
+    double Validate(int step)
+    {
+        double loss = _evaluator.MeanLoss(_data.ValidationBatches(_t.MicroBatchSize));
+        if (step == 0)
+        {
+            _observer.OnEvaluation(0, loss, false);
+            return loss;
+        }
+        _metrics.SetValidationLoss(step, loss);
+        bool best = _state.BestValidationLoss is null || loss < _state.BestValidationLoss;
+        _state = best
+            ? _state with { BestValidationLoss = loss, EvaluationsWithoutImprovement = 0 }
+            : _state with { EvaluationsWithoutImprovement = _state.EvaluationsWithoutImprovement + 1 };
+        if (best) _bestStep = step;
+        _observer.OnEvaluation(step, loss, best);
+        return loss;
+    }
+
+    /// <summary>A metrics.csv row and the observer's step event.</summary>
+    void RecordStep(StepOutcome o, double lr, double stepSeconds, double elapsed)
+    {
+        int step = _state.Step;
+        int firstStep = _metrics.Rows.Count > 0 ? _metrics.Rows[0].Step : step;
+        double rate = (step - firstStep + 1) / Math.Max(1e-9, elapsed);
+        long rss = Environment.WorkingSet;
+        double tokensPerSecond = o.InputTokens / Math.Max(1e-9, stepSeconds);
+        _metrics.Append(new MetricsLog.Row(step, _batches.Progress, o.Loss, null, lr, o.GradNorm, o.InputTokens,
+            tokensPerSecond, stepSeconds, elapsed, rss / 1048576.0));
+        _observer.OnStep(new StepMetrics(step, _totalSteps, _batches.Progress, o.Loss, lr, o.GradNorm, o.InputTokens,
+            tokensPerSecond, stepSeconds, elapsed, (_totalSteps - step) / Math.Max(1e-9, rate), rss));
+    }
+
+    void SaveCheckpoint()
+    {
+        if (WritesFiles)
+            _observer.OnCheckpoint(_state.Step, TrainingCheckpoint.Save(_store, _state, _model, _adapterConfig, _optimizer, _bestStep));
+    }
+
+    /// <summary>The last checkpoint and the final adapter (unless the loss went non-finite), the loss curve, the result.</summary>
+    TrainResult Finish(TrainStop stop, string? message, double? initialValidation)
+    {
+        string? finalAdapter = null;
+        if (stop != TrainStop.NonFiniteLoss && _state.Step > 0)
+        {
+            if (!_store.List().Any(c => c.Step == _state.Step)) SaveCheckpoint();
+            if (stop != TrainStop.Interrupted)
+            {
+                finalAdapter = Path.Combine(_outDir, RunOutput.FinalAdapterDir);
+                if (WritesFiles) AdapterFiles.Save(finalAdapter, _model, _adapterConfig);
+            }
+        }
+        if (WritesFiles && _metrics.Rows.Count > 0)
+        {
+            string title = $"{Path.GetFileName(Path.GetFullPath(_config.Model.Path))} + LoRA r={_config.Lora.R}";
+            try { LossCurve.Write(Path.Combine(_outDir, RunOutput.LossCurveFile), _metrics.Rows, title); }
+            catch (Exception e) { _observer.OnMessage($"could not draw {RunOutput.LossCurveFile}: {e.Message}"); }
+        }
+        if (stop == TrainStop.Interrupted) message = $"interrupted at step {_state.Step}; resume with --resume";
+        return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation);
+    }
+
+    public void Dispose()
+    {
+        _built?.Dispose();
+    }
+}

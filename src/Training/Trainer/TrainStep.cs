@@ -1,0 +1,126 @@
+using QLoraNet.Models;
+using QLoraNet.Training.Data;
+using QLoraNet.Training.Losses;
+using QLoraNet.Training.Optim;
+using TorchSharp;
+using Parameter = TorchSharp.Modules.Parameter;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Training.Trainer;
+
+/// <summary>The numbers of a step: accumulation, clipping, and the seed that dropout masks derive from.</summary>
+/// <param name="GradientAccumulationSteps">micro-batches per optimizer step (per replica).</param>
+/// <param name="MaxGradNorm">clip the global gradient norm to this; 0 = measure only.</param>
+/// <param name="Seed">the run's seed: micro-batch i of step s draws its dropout masks from a stream seeded by (seed, s, i).</param>
+public sealed record TrainStepSettings(int GradientAccumulationSteps, double MaxGradNorm, long Seed);
+
+/// <summary>What one optimizer step did. <see cref="Loss"/> is the mean over the step's loss terms (trained tokens);
+/// when it is not finite the optimizer did not step.</summary>
+public sealed record StepOutcome(double Loss, double GradNorm, long InputTokens, long LossTerms)
+{
+    public bool IsFinite => double.IsFinite(Loss);
+}
+
+/// <summary>
+/// One optimizer step, the unit that `train` loops over and `bench train` times: draw the step's micro-batches;
+/// for each (in its own dispose scope), reseed the dropout stream from (seed, step, micro-batch), run the loss
+/// (forward included) and back-propagate its share of the step's mean, then release the model's backward handles;
+/// sum the gradients over replicas (once per optimizer step); clip; AdamW; zero the gradients.
+/// The loss is injected (<see cref="ITrainingLoss"/>), and so are the replicas (<see cref="IReplicaGroup"/>):
+/// a new objective or data-parallel training changes what is passed in, not this class.
+/// Masks that depend only on (seed, step, micro-batch) make a resumed run draw exactly what the uninterrupted one
+/// did, with no random state in the checkpoint, and make N replicas x k micro-batches draw what one replica x
+/// N·k micro-batches draws.
+/// </summary>
+public sealed class TrainStep
+{
+    readonly LlamaForCausalLM _model;
+    readonly AdamW _optimizer;
+    readonly ITrainingLoss _loss;
+    readonly TrainStepSettings _settings;
+    readonly RandomStream? _dropoutRandom;
+    readonly IReplicaGroup _replicas;
+    readonly IReadOnlyList<Parameter> _trainable;
+
+    /// <param name="model">the model; its parameters that require grad are the ones <paramref name="optimizer"/> updates.</param>
+    /// <param name="dropoutRandom">the stream the model's dropout draws from (null: the model draws no random numbers).</param>
+    /// <param name="replicas">null = a single device.</param>
+    public TrainStep(LlamaForCausalLM model, AdamW optimizer, ITrainingLoss loss, TrainStepSettings settings,
+        RandomStream? dropoutRandom = null, IReplicaGroup? replicas = null)
+    {
+        if (settings.GradientAccumulationSteps < 1)
+            throw new ArgumentException($"gradient accumulation steps must be at least 1, got {settings.GradientAccumulationSteps}");
+        _model = model;
+        _optimizer = optimizer;
+        _loss = loss;
+        _settings = settings;
+        _dropoutRandom = dropoutRandom;
+        _replicas = replicas ?? SingleReplica.Instance;
+        _trainable = model.parameters().Where(p => p.requires_grad).ToList();
+    }
+
+    /// <summary>Runs optimizer step <paramref name="step"/> (0-based) at <paramref name="learningRate"/> on the next
+    /// micro-batches of <paramref name="batches"/>.</summary>
+    public StepOutcome Run(int step, double learningRate, IBatchSource batches)
+    {
+        using var scope = torch.NewDisposeScope();
+        if (!_model.training) _model.train();
+        _optimizer.LearningRate = learningRate;
+
+        var mine = DealMicroBatches(batches);
+        // The step's mean divides by the terms of all its micro-batches on all replicas (at least 1: a step of
+        // fully masked rows has loss 0, not NaN).
+        double terms = Math.Max(1, _replicas.Sum(mine.Sum(m => (double)_loss.Count(m.Batch))));
+        double lossSum = 0, inputTokens = 0;
+        foreach (var (index, batch) in mine)
+        {
+            using var microScope = torch.NewDisposeScope();
+            _dropoutRandom?.Reseed(MicroBatchSeed(_settings.Seed, step, index));
+            var sum = _loss.Sum(_model, batch);
+            (sum / terms).backward();
+            _model.BackwardHandles.Release();
+            lossSum += sum.item<float>();
+            inputTokens += (long)batch.Rows * batch.Length;
+        }
+        double loss = _replicas.Sum(lossSum) / terms;
+        long tokens = (long)_replicas.Sum(inputTokens);
+        if (!double.IsFinite(loss))
+        {
+            _optimizer.ZeroGrad();
+            return new StepOutcome(loss, double.NaN, tokens, (long)terms);
+        }
+
+        _replicas.SumGradients(_trainable.Select(p => p.grad).OfType<Tensor>().ToList());
+        // clip_grad_norm_ with max_norm 0 would zero the gradients; infinity only measures.
+        double gradNorm = nn.utils.clip_grad_norm_(_trainable, _settings.MaxGradNorm > 0 ? _settings.MaxGradNorm : double.PositiveInfinity);
+        _optimizer.StepOnce();
+        _optimizer.ZeroGrad();
+        return new StepOutcome(loss, gradNorm, tokens, (long)terms);
+    }
+
+    /// <summary>
+    /// Draws the step's micro-batches for all replicas (so every replica's data position advances alike) and keeps
+    /// this replica's share: micro-batch i goes to replica i mod size.
+    /// </summary>
+    List<(int Index, Batch Batch)> DealMicroBatches(IBatchSource batches)
+    {
+        var mine = new List<(int, Batch)>();
+        for (int i = 0; i < _settings.GradientAccumulationSteps * _replicas.Size; i++)
+        {
+            var batch = batches.Next();
+            if (i % _replicas.Size == _replicas.Rank) mine.Add((i, batch));
+        }
+        return mine;
+    }
+
+    /// <summary>A seed from (seed, step, micro-batch), mixed with SplitMix64's finalizer (Steele et al. 2014) so that
+    /// nearby triples give unrelated streams.</summary>
+    public static long MicroBatchSeed(long seed, int step, int microBatch)
+    {
+        ulong z = (ulong)seed * 0x9E3779B97F4A7C15UL + (ulong)step * 0xD1B54A32D192ED03UL + (ulong)microBatch + 1;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        z ^= z >> 31;
+        return (long)(z >> 1);
+    }
+}
