@@ -8,6 +8,9 @@ public static class CliApp
     public const int ExitUserError = 1;
     public const int ExitInterrupted = 130;
 
+    /// <summary>Stopped by SIGTERM (128 + 15, the shell convention), after saving a checkpoint.</summary>
+    public const int ExitTerminated = 143;
+
     public static readonly Option<bool> Verbose = new("--verbose") { Description = "print stack traces on errors", Recursive = true };
 
     public static int Run(string[] args, TextWriter? stdout = null, TextWriter? stderr = null)

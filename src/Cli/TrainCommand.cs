@@ -8,8 +8,10 @@ using Spectre.Console;
 namespace QLoraNet.Cli;
 
 /// <summary>
-/// `train CONFIG [key=value ...] [--resume [DIR]]`: the QLoRA fine-tuning job. Ctrl-C finishes the current step,
-/// saves a checkpoint and exits (130); a second Ctrl-C aborts at once.
+/// `train CONFIG [key=value ...] [--resume | --resume-from DIR] [--resume-with-changes]`: the QLoRA fine-tuning job.
+/// `--resume` takes no value (the newest checkpoint of output.dir), so a following `key=value` is always an override;
+/// a checkpoint directory is named with `--resume-from`. Ctrl-C or SIGTERM finishes the current step, saves a
+/// checkpoint and exits 130 or 143 (<see cref="StopSignals"/>); a second signal aborts at once.
 /// </summary>
 public static class TrainCommand
 {
@@ -17,46 +19,37 @@ public static class TrainCommand
     {
         var config = new Argument<string>("config") { Description = "YAML config file, e.g. configs/quickstart.yaml" };
         var overrides = new Argument<string[]>("overrides") { Description = "section.key=value overrides, e.g. training.learning_rate=1e-4", Arity = ArgumentArity.ZeroOrMore };
-        var resume = new Option<string?>("--resume")
+        var resume = new Option<bool>("--resume") { Description = "continue from the newest complete checkpoint in output.dir" };
+        var resumeFrom = new Option<string?>("--resume-from") { Description = "continue from this checkpoint directory (output.dir/checkpoints/step-N)" };
+        var resumeWithChanges = new Option<bool>("--resume-with-changes")
         {
-            Description = "continue from the newest checkpoint in output.dir, or from the checkpoint directory given",
-            Arity = ArgumentArity.ZeroOrOne,
+            Description = "resume even if the config changed in keys that break exact resume (learning rate, data, LoRA shape, ...); the changes are logged and the new config recorded beside the checkpoints",
         };
         var cmd = new Command("train", "QLoRA fine-tuning from a YAML config");
         cmd.Arguments.Add(config);
         cmd.Arguments.Add(overrides);
-        cmd.Options.Add(resume);
+        foreach (var o in new Option[] { resume, resumeFrom, resumeWithChanges }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
             var cfg = TrainConfig.Load(pr.GetValue(config)!, pr.GetValue(overrides) ?? []);
             LibTorchProbe.EnsureLoaded();
-            string? resumeArg = pr.GetResult(resume) is null ? null : pr.GetValue(resume) ?? "latest";
-            using var cts = new CancellationTokenSource();
-            ConsoleCancelEventHandler onCancel = (_, e) =>
+            string? from = pr.GetValue(resumeFrom);
+            if (from is not null && pr.GetValue(resume)) throw new ArgumentException("--resume and --resume-from: give one (--resume = the newest checkpoint of output.dir)");
+            if (pr.GetValue(resumeWithChanges) && from is null && !pr.GetValue(resume))
+                throw new ArgumentException("--resume-with-changes applies to a resume; add --resume or --resume-from DIR");
+            string? resumeArg = from ?? (pr.GetValue(resume) ? "latest" : null);
+            using var signals = new StopSignals(stdout);
+            var observer = new ConsoleTrainingObserver(stdout);
+            var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
+            var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device), ResumeWithChanges: pr.GetValue(resumeWithChanges)),
+                observer, signals.Token);
+            observer.Finish(result);
+            return result.Stop switch
             {
-                if (cts.IsCancellationRequested) return; // second Ctrl-C: let the process die
-                e.Cancel = true;
-                cts.Cancel();
-                stdout.WriteLine("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again aborts)");
+                TrainStop.Interrupted => signals.ExitCode,
+                TrainStop.NonFiniteLoss => throw new InvalidOperationException(result.Message),
+                _ => 0,
             };
-            Console.CancelKeyPress += onCancel;
-            try
-            {
-                var observer = new ConsoleTrainingObserver(stdout);
-                var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
-                var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device)), observer, cts.Token);
-                observer.Finish(result);
-                return result.Stop switch
-                {
-                    TrainStop.Interrupted => CliApp.ExitInterrupted,
-                    TrainStop.NonFiniteLoss => throw new InvalidOperationException(result.Message),
-                    _ => 0,
-                };
-            }
-            finally
-            {
-                Console.CancelKeyPress -= onCancel;
-            }
         });
         return cmd;
     }

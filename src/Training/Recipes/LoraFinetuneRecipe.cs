@@ -35,6 +35,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
 
     // Set up in order by Setup; the loop reads them.
     CheckpointStore _store = null!;
+    OutputDirLock? _lock;
     string? _resumeFrom;
     TrainingData _data = null!;
     Device _device = null!;
@@ -75,7 +76,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
 
     void Setup(TrainOptions options)
     {
-        SetupOutput(options.Resume);
+        SetupOutput(options);
         SetupData();
         SetupModel(options.Kernels);
         SetupOptimizer();
@@ -90,15 +91,27 @@ public sealed class LoraFinetuneRecipe : IDisposable
             _observer.OnMessage($"checkpoint is at step {_state.Step}, the run has {_totalSteps} steps: nothing to do");
     }
 
-    /// <summary>The checkpoint store, the checkpoint to resume (or a guard against overwriting an earlier run), the resolved config.</summary>
-    void SetupOutput(string? resume)
+    /// <summary>
+    /// The checkpoint store, the checkpoint to resume (refused when the config changed in a way it cannot honour,
+    /// <see cref="ResumeCompatibility"/>), or a guard against overwriting an earlier run; then, for the replica that
+    /// writes, the output folder's lock, the leftovers of interrupted runs, the resolved config. Nothing is written
+    /// before every check has passed.
+    /// </summary>
+    void SetupOutput(TrainOptions options)
     {
-        _store = new CheckpointStore(_outDir, _config.Output.KeepLast, _observer.OnCheckpointFileWritten);
-        _resumeFrom = RunOutput.ResolveResume(resume, _store);
+        _store = new CheckpointStore(_outDir, _config.Output.KeepLast, _observer.OnCheckpointFileWritten, _observer.OnCheckpointPruning,
+            ResumeCompatibility.Snapshot(_config));
+        if (WritesFiles) OutputDirLock.ThrowIfHeld(_outDir);
+        _resumeFrom = RunOutput.ResolveResume(options.Resume, _store);
+        var changes = _resumeFrom is null ? [] : ResumeCompatibility.Check(_resumeFrom, _config, options.ResumeWithChanges);
         if (_resumeFrom is null) RunOutput.GuardNewRun(_outDir, _store);
         if (!WritesFiles) return;
-        Directory.CreateDirectory(_outDir);
-        RunOutput.WriteResolvedConfig(_outDir, _config);
+        _lock = OutputDirLock.Acquire(_outDir);
+        foreach (var done in RunOutput.RemoveLeftovers(_outDir, _store)) _observer.OnMessage($"leftover of an interrupted run: {done}");
+        int? resumedStep = _resumeFrom is null ? null : TrainerState.Load(_resumeFrom).Step;
+        string? recorded = RunOutput.WriteResolvedConfig(_outDir, _config, resumedStep, changes.Count > 0);
+        foreach (var change in changes) _observer.OnMessage($"resuming with a changed config (--resume-with-changes): {change}");
+        if (changes.Count > 0) _observer.OnMessage($"the config of this resume is recorded in {recorded}");
     }
 
     /// <summary>Read, render, tokenize, mask, pack; shuffled by the seed.</summary>
@@ -277,5 +290,6 @@ public sealed class LoraFinetuneRecipe : IDisposable
     public void Dispose()
     {
         _built?.Dispose();
+        _lock?.Dispose();
     }
 }

@@ -15,6 +15,10 @@ public interface ITrainingObserver
     /// <summary>A file or directory of a checkpoint is complete in its staging directory (before the checkpoint is
     /// published). Throwing aborts the save, as a kill would: the previous checkpoints stay intact.</summary>
     void OnCheckpointFileWritten(string path) { }
+
+    /// <summary>Pruning is about to hide (rename) an old checkpoint or delete one of its files. Throwing stops the
+    /// prune there, as a kill would: the checkpoint is either whole under its name or hidden, never listed broken.</summary>
+    void OnCheckpointPruning(string path) { }
 }
 
 /// <summary>Printed once at the start: what is being trained on what (and which kernels run: <c>Kernels</c>).</summary>
