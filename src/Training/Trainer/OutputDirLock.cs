@@ -75,17 +75,38 @@ public sealed class OutputDirLock : IDisposable
     static InvalidOperationException Busy(string outputDir) => new(
         $"output dir '{outputDir}' is in use by another run ({Holder(Path.Combine(outputDir, OwnerFile))}); wait for it to finish, stop it, or set output.dir to another directory");
 
-    /// <summary>The holder as it described itself; a short, escaped line.</summary>
+    /// <summary>
+    /// The holder as it described itself; a short, escaped line. The holder writes its note just after taking the
+    /// lock, and a killed holder leaves a stale one behind: a note that is missing or names a process that no longer
+    /// runs is read again for up to a second before it is reported as it is.
+    /// </summary>
     static string Holder(string ownerPath)
     {
+        string text = "";
+        for (int attempt = 0; attempt < 20; attempt++)
+        {
+            try { text = File.Exists(ownerPath) ? File.ReadLines(ownerPath).FirstOrDefault() ?? "" : ""; }
+            catch (IOException) { text = ""; }
+            if (text.Length > 0 && IsRunning(text)) break;
+            Thread.Sleep(50);
+        }
+        return text.Length > 0 ? QLoraNet.Formats.SafeText.Clip(text, 120) : "holder unknown";
+    }
+
+    /// <summary>Whether the "pid N on HOST" of a note is a live process (always true for another host's note).</summary>
+    static bool IsRunning(string note)
+    {
+        var parts = note.Split(' ');
+        if (parts.Length < 4 || parts[0] != "pid" || !int.TryParse(parts[1], out int pid)) return false;
+        if (parts[3].TrimEnd(',') != Environment.MachineName) return true;
         try
         {
-            string text = File.Exists(ownerPath) ? File.ReadLines(ownerPath).FirstOrDefault() ?? "" : "";
-            return text.Length > 0 ? QLoraNet.Formats.SafeText.Clip(text, 120) : "holder unknown";
+            using var p = Process.GetProcessById(pid);
+            return !p.HasExited;
         }
-        catch (IOException)
+        catch (ArgumentException)
         {
-            return "holder unknown";
+            return false;
         }
     }
 
