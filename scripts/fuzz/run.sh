@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz/run.sh [SECONDS_PER_READER] [READER ...]
 #
-# Readers: safetensors index config.json adapter_config.json tokenizer.model yaml override jsonl csv gguf (default:
+# Readers: safetensors index config.json adapter_config.json tokenizer.model yaml override jsonl csv gguf metrics.csv (default:
 # all, 60 s each). Needs AFL++ (Debian: apt-get install afl++) and the SharpFuzz tool
 # (dotnet tool install -g SharpFuzz.CommandLine --version 2.3.0). Builds tests/QLoraNet.Fuzz in Release, instruments
 # the QLoraNet assemblies in its output with `sharpfuzz`, and runs afl-fuzz at low priority (nice 19) per reader
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 seconds=${1:-60}
 shift || true
 readers=("$@")
-[[ ${#readers[@]} -gt 0 ]] || readers=(safetensors index config.json adapter_config.json tokenizer.model yaml override jsonl csv gguf)
+[[ ${#readers[@]} -gt 0 ]] || readers=(safetensors index config.json adapter_config.json tokenizer.model yaml override jsonl csv gguf metrics.csv)
 export PATH="$PATH:$HOME/.dotnet/tools"
 command -v afl-fuzz >/dev/null || { echo "afl-fuzz not found: apt-get install afl++" >&2; exit 1; }
 command -v sharpfuzz >/dev/null || { echo "sharpfuzz not found: dotnet tool install -g SharpFuzz.CommandLine --version 2.3.0" >&2; exit 1; }

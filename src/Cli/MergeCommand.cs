@@ -22,10 +22,11 @@ public static class MergeCommand
         var shardSize = new Option<string>("--max-shard-size") { Description = "largest safetensors shard, e.g. 5GB, 500MB, 2GiB", DefaultValueFactory = _ => "5GB" };
         var overwrite = new Option<bool>("--overwrite") { Description = "replace a non-empty --out (only after the new checkpoint is complete)" };
         var allowNonFinite = new Option<bool>("--allow-non-finite-weights") { Description = "merge base weights holding NaN/Inf instead of refusing them" };
+        var noTokenizer = new Option<bool>("--no-tokenizer") { Description = "write the merged weights even though --model has no tokenizer (the output then needs one copied in)" };
         dtype.AcceptOnlyFromAmong("bf16", "fp16", "fp32");
 
         var cmd = new Command("merge", "merge a LoRA adapter into its base model and write a Hugging Face checkpoint");
-        foreach (var o in new Option[] { model, adapter, output, dtype, baseFormat, quantization, shardSize, overwrite, allowNonFinite }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, adapter, output, dtype, baseFormat, quantization, shardSize, overwrite, allowNonFinite, noTokenizer }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
             // Ctrl-C stops between two tensors; the merge then deletes its temporary directory (a second Ctrl-C kills).
@@ -43,7 +44,8 @@ public static class MergeCommand
                 MaxShardBytes: ShardSize.Parse(pr.GetValue(shardSize)!),
                 Overwrite: pr.GetValue(overwrite),
                 OnTensor: _ => cts.Token.ThrowIfCancellationRequested(),
-                AllowNonFiniteWeights: pr.GetValue(allowNonFinite));
+                AllowNonFiniteWeights: pr.GetValue(allowNonFinite),
+                AllowNoTokenizer: pr.GetValue(noTokenizer));
             LibTorchProbe.EnsureLoaded();
             string outDir = pr.GetValue(output)!;
             Console.CancelKeyPress += onCancel;
@@ -52,6 +54,8 @@ public static class MergeCommand
                 var summary = MergedCheckpoint.Write(pr.GetValue(model)!, pr.GetValue(adapter)!, outDir, options);
                 string format = options.Quantization is null ? MergedModelConfig.DTypeName(summary.DType) : $"{options.Quantization} + {MergedModelConfig.DTypeName(summary.DType)}";
                 stdout.WriteLine($"merged {summary.MergedModules} LoRA modules; wrote {outDir}: {summary.Tensors} tensors ({format}) in {summary.Shards.Count} shard(s), {summary.Bytes / 1e6:F1} MB");
+                if (!MergedCheckpoint.HasTokenizer(outDir))
+                    stdout.WriteLine($"note: {outDir} has no tokenizer (--no-tokenizer): copy one ({string.Join(" or ", MergedCheckpoint.TokenizerFiles)}) in before loading it");
                 return 0;
             }
             catch (OperationCanceledException)

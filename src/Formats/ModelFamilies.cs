@@ -30,6 +30,11 @@ public static class ModelFamilies
             ?? throw new NotSupportedException($"{config.Path}: {what} is not supported; QLoraNet loads {Supported}");
         if (architectures.Count > 0 && !architectures.Any(family.Architectures.Contains))
             throw new NotSupportedException($"{config.Path}: {what} is not supported; the {family.Name} family loads {string.Join(", ", family.Architectures)}");
+        // The two fields name the model twice; transformers picks the class by model_type, so a file where they
+        // disagree (model_type "gpt2", architectures [LlamaForCausalLM]) is damaged or hand-edited: neither is trusted.
+        if (modelType.Length > 0 && architectures.Count > 0 && !family.ModelTypes.Contains(modelType))
+            throw new InvalidDataException(
+                $"{config.Path}: model_type {SafeText.Quote(modelType)} contradicts architectures [{SafeText.Clip(string.Join(", ", architectures), 80)}] (the {family.Name} family has model_type {string.Join(", ", family.ModelTypes.Select(t => $"'{t}'"))}); fix whichever is wrong");
         return family.Parse(config);
     }
 

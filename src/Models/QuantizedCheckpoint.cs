@@ -103,6 +103,7 @@ public static class QuantizedCheckpoint
         if (Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any() && !overwrite)
             throw new IOException($"--out '{outDir}' exists and is not empty; pass --overwrite to replace it");
         if (File.Exists(target)) throw new IOException($"--out '{outDir}' is a file; give a directory");
+        OutputLocation.RequireParent(outDir);
         var arch = ModelFamilies.Load(modelDir); // a readable, supported config before minutes of work
 
         using var ckpt = CheckpointReader.Open(modelDir);

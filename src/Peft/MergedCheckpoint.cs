@@ -26,6 +26,9 @@ public static class MergedCheckpoint
             if (Path.GetFullPath(input).TrimEnd('/') == target.TrimEnd('/'))
                 throw new IOException($"output '{outDir}' is the {what} directory being read; write the merged model elsewhere");
         CheckOutput(target, options.Overwrite);
+        if (!HasTokenizer(modelDir) && !options.AllowNoTokenizer)
+            throw new InvalidDataException(
+                $"{modelDir}: has no tokenizer ({string.Join(" or ", TokenizerFiles)}), so the merged checkpoint would not load on its own; copy the base model's tokenizer there, or pass --no-tokenizer to write the weights without one");
         string configPath = Path.Combine(modelDir, ModelArchitecture.ConfigFileName);
         var arch = ModelFamilies.Load(modelDir);  // a readable, supported config, checked before any work
         if (options.Quantization is { Layout: null } q)
@@ -60,14 +63,19 @@ public static class MergedCheckpoint
         }
     }
 
+    /// <summary>The files any of which makes a tokenizer (SentencePiece or Hugging Face tokenizers).</summary>
+    public static readonly IReadOnlyList<string> TokenizerFiles = ["tokenizer.model", "tokenizer.json"];
+
+    /// <summary>Whether <paramref name="modelDir"/> holds a tokenizer the merged checkpoint can carry.</summary>
+    public static bool HasTokenizer(string modelDir) => TokenizerFiles.Any(f => File.Exists(Path.Combine(modelDir, f)));
+
     /// <summary>Refuses a file, or a non-empty directory without overwrite, before any work is done.</summary>
     static void CheckOutput(string target, bool overwrite)
     {
         if (File.Exists(target)) throw new IOException($"output '{target}' is a file; give a directory for the merged model");
         if (Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any() && !overwrite)
             throw new IOException($"output directory '{target}' exists and is not empty; pass --overwrite to replace it");
-        string parent = Path.GetDirectoryName(target)!;
-        if (!Directory.Exists(parent)) throw new DirectoryNotFoundException($"output '{target}': parent directory '{parent}' does not exist");
+        OutputLocation.RequireParent(target);
     }
 
     /// <summary>The checkpoint's dtype: that of most of its float tensors (norms are sometimes kept in fp32).</summary>

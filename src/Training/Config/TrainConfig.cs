@@ -45,16 +45,17 @@ public sealed record TrainConfig(
         var s = new ConfigSection(source, "", root, root);
         var modelSection = s.Section("model");
         var model = ModelConfig.Bind(modelSection);
+        var architecture = Architecture(model, modelSection);
         var config = new TrainConfig(
             model,
             QuantizationConfig.Bind(s, "quantization"),
-            LoraSection.Bind(s.Section("lora"), Architecture(model, modelSection)?.LinearNames),
+            LoraSection.Bind(s.Section("lora"), architecture?.LinearNames),
             DataConfig.Bind(s.Section("data")),
             TrainingConfig.Bind(s.Section("training")),
             OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))));
         s.Finish();
         source.ThrowIfMissing();
-        CheckAcrossSections(config, s);
+        CheckAcrossSections(config, s, architecture);
         return config;
     }
 
@@ -97,8 +98,12 @@ public sealed record TrainConfig(
             ?? throw source.Error(stream.Documents[0].RootNode, "a config must be a mapping of sections (model:, lora:, data:, ...)");
     }
 
-    static void CheckAcrossSections(TrainConfig c, ConfigSection root)
+    static void CheckAcrossSections(TrainConfig c, ConfigSection root, ModelArchitecture? architecture)
     {
+        // Positions past max_position_embeddings were never trained: sequences that long are not fine-tuning.
+        if (architecture is not null && c.Data.MaxSeqLen > architecture.MaxPositions)
+            throw root.Section("data").ErrorAt("max_seq_len",
+                $"'data.max_seq_len' {c.Data.MaxSeqLen} is more than the model's context length {architecture.MaxPositions} (max_position_embeddings in {Path.Combine(c.Model.Path, ModelArchitecture.ConfigFileName)}); lower it");
         if (c.Data.Format == DataFormat.Chat && c.Data.Template == TemplateKind.Alpaca)
             throw root.Section("data").ErrorAt("template",
                 "'data.template' alpaca renders instruction rows only; use llama2-chat or none with data.format chat");

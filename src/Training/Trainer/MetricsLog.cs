@@ -29,7 +29,7 @@ public sealed class MetricsLog
     {
         Path = path;
         if (path is null) return;
-        if (keepThroughStep > 0 && File.Exists(path)) _rows.AddRange(Read(path).Where(r => r.Step <= keepThroughStep));
+        if (keepThroughStep > 0 && File.Exists(path)) _rows.AddRange(Read(path, keepThroughStep));
         Rewrite();
     }
 
@@ -78,17 +78,74 @@ public sealed class MetricsLog
     static string S(double x) => x.ToString("G9", CultureInfo.InvariantCulture);
     static string S(long x) => x.ToString(CultureInfo.InvariantCulture);
 
-    public static IReadOnlyList<Row> Read(string path)
+    /// <summary>A metrics file larger than this is not one this trainer wrote (a row is ~120 bytes: 2 million steps).</summary>
+    public const long MaxBytes = 256L << 20;
+
+    /// <summary>No row of ours comes near this; a longer line is binary data or records without newlines.</summary>
+    const int MaxLineBytes = 4096;
+
+    /// <summary>Older runs wrote the resident-memory column as memory_mb.</summary>
+    static readonly Dictionary<string, string> OlderNames = new() { ["memory_mb"] = "host_rss_mb" };
+
+    /// <summary>
+    /// Reads a metrics file (rows up to <paramref name="throughStep"/>, if given), bounded and validated as every
+    /// reader of a file from disk is: a regular file of at most <see cref="MaxBytes"/>, lines of at most 4 KiB, a header
+    /// naming the columns, every field a finite number (val_loss may be empty), steps positive and increasing. A row cut
+    /// off by a kill during an append (the file's last line, without its newline) is dropped; anything else wrong is a
+    /// one-line error naming the file, the line and the column.
+    /// </summary>
+    public static IReadOnlyList<Row> Read(string path, int? throughStep = null)
     {
+        UserFile.RequireRegular(path, "metrics file");
+        long length = new FileInfo(path).Length;
+        if (length > MaxBytes) throw new InvalidDataException($"{path}: {length} bytes is more than the {MaxBytes}-byte limit for a metrics file; move it aside to resume");
+        bool endsWithNewline = length == 0 || EndsWithNewline(path);
         var rows = new List<Row>();
-        using var reader = CsvReader.FromFile(path, new CsvReaderOptions { HasHeader = true });
-        while (reader.Read())
+        int[]? columns = null;
+        (int Line, string Text)? pending = null;
+        foreach (var line in UserFile.ReadLines(path, MaxLineBytes, "metrics file"))
         {
-            double D(int i) => double.Parse(reader.GetString(i), CultureInfo.InvariantCulture);
-            string val = reader.GetString(3);
-            rows.Add(new Row((int)D(0), D(1), D(2), val.Length == 0 ? null : double.Parse(val, CultureInfo.InvariantCulture),
-                D(4), D(5), (long)D(6), D(7), D(8), D(9), D(10)));
+            if (pending is { } p) Parse(p);
+            pending = line;
         }
+        if (pending is { } last && (endsWithNewline || columns is null)) Parse(last);
         return rows;
+
+        void Parse((int Line, string Text) line)
+        {
+            string where = $"{path}:{line.Line}";
+            var fields = line.Text.Split(',');
+            if (columns is null)
+            {
+                columns = Header.Select(name => Array.FindIndex(fields, f => (OlderNames.GetValueOrDefault(f.Trim()) ?? f.Trim()) == name)).ToArray();
+                int missing = Array.IndexOf(columns, -1);
+                if (missing >= 0)
+                    throw new InvalidDataException($"{where}: header has no '{Header[missing]}' column (got {SafeText.Clip(line.Text, 120)}); not a metrics file of this trainer");
+                return;
+            }
+            if (line.Text.Length == 0) return;
+            if (fields.Length < columns.Max() + 1)
+                throw new InvalidDataException($"{where}: {fields.Length} fields, the header names {columns.Max() + 1}; fix or delete the file to resume");
+            double D(int column, bool optional = false)
+            {
+                string text = fields[columns[column]].Trim();
+                if (optional && text.Length == 0) return double.NaN;
+                return double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && double.IsFinite(v) ? v
+                    : throw new InvalidDataException($"{where}: '{Header[column]}' is {SafeText.Quote(text, 40)}, not a finite number; fix or delete the file to resume");
+            }
+            double step = D(0);
+            if (step != Math.Floor(step) || step < 1 || step > int.MaxValue || (rows.Count > 0 && step <= rows[^1].Step))
+                throw new InvalidDataException($"{where}: step {step} does not follow step {(rows.Count > 0 ? rows[^1].Step : 0)}; fix or delete the file to resume");
+            if (throughStep is { } limit && step > limit) return;
+            double val = D(3, optional: true);
+            rows.Add(new Row((int)step, D(1), D(2), double.IsNaN(val) ? null : val, D(4), D(5), (long)D(6), D(7), D(8), D(9), D(10)));
+        }
+    }
+
+    static bool EndsWithNewline(string path)
+    {
+        using var stream = UserFile.OpenRead(path, "metrics file", bufferSize: 1);
+        stream.Seek(-1, SeekOrigin.End);
+        return stream.ReadByte() is '\n' or '\r';
     }
 }

@@ -32,7 +32,7 @@ public sealed class FuzzTargets : IDisposable
     {
         Directory.CreateDirectory(root);
         All = [SafeTensorsTarget(), IndexTarget(), ConfigJsonTarget(), AdapterConfigTarget(), TokenizerTarget(),
-            YamlTarget(), OverrideTarget(), JsonlTarget(), CsvTarget(), GgufTarget()];
+            YamlTarget(), OverrideTarget(), JsonlTarget(), CsvTarget(), GgufTarget(), MetricsTarget()];
     }
 
     public IReadOnlyList<FuzzTarget> All { get; }
@@ -227,6 +227,23 @@ public sealed class FuzzTargets : IDisposable
                 ExampleFiles.Read([path], DataFormat.Instruction, new ColumnMapping(), skipBadRows: true);
                 ExampleFiles.Read([path], DataFormat.Chat, new ColumnMapping(), skipBadRows: false);
             });
+    }
+
+    /// <summary>metrics.csv as a resume reads it (the rows the trainer wrote, and a row cut off by a kill).</summary>
+    FuzzTarget MetricsTarget()
+    {
+        string dir = Dir("metrics");
+        string seedPath = Path.Combine(dir, "seed.csv");
+        var log = new QLoraNet.Training.Trainer.MetricsLog(seedPath, 0);
+        for (int step = 1; step <= 4; step++)
+            log.Append(new(step, step / 10.0, 3 - step / 10.0, step % 2 == 0 ? 2.9 : null, 1e-3, 0.4, 1000, 500.5, 2, 2 * step, 300));
+        var bytes = File.ReadAllBytes(seedPath);
+        File.Delete(seedPath);
+        return new("metrics.csv", Path.Combine(dir, "metrics.csv"), () => [bytes, bytes[..^7]], path =>
+        {
+            QLoraNet.Training.Trainer.MetricsLog.Read(path);
+            QLoraNet.Training.Trainer.MetricsLog.Read(path, throughStep: 2);
+        });
     }
 
     FuzzTarget GgufTarget()
