@@ -111,7 +111,7 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
     {
         if (OperatingSystem.IsWindows()) return;
         var random = new Random(11);
-        int midPrune = 0, trials = Trials;
+        int midPrune = 0, kills = 0, trials = Trials;
         var report = new List<string>();
         for (int trial = 0; trial < trials; trial++)
         {
@@ -123,9 +123,16 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
             var clock = Stopwatch.StartNew();
             while (clock.Elapsed < Patience)
             {
+                // A prune has begun when a checkpoint is hidden for deletion, or (the way it used to be done) when a
+                // published step-N folder is losing its files.
                 if (Directory.Exists(run.CheckpointsDir))
-                    foreach (var d in Directory.EnumerateDirectories(run.CheckpointsDir, CheckpointPruner.DeletingPrefix + "*"))
-                        seen.Add(Path.GetFileName(d));
+                    foreach (var d in Directory.EnumerateDirectories(run.CheckpointsDir))
+                    {
+                        string name = Path.GetFileName(d);
+                        if (name.StartsWith(CheckpointPruner.DeletingPrefix, StringComparison.Ordinal)
+                            || (name.StartsWith("step-", StringComparison.Ordinal) && !File.Exists(Path.Combine(d, TrainingCheckpoint.OptimizerFile))))
+                            seen.Add(name.StartsWith("step-", StringComparison.Ordinal) ? ".deleting-" + name : name);
+                    }
                 if (seen.Count >= target)
                 {
                     var until = Stopwatch.GetTimestamp() + spin * Stopwatch.Frequency / 1_000_000;
@@ -138,6 +145,7 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
             }
             child.WaitForExit(Patience);
             if (!killed) { report.Add($"trial {trial}: finished before prune {target}"); continue; }
+            kills++;
 
             leftHidden = Directory.EnumerateDirectories(run.CheckpointsDir, CheckpointPruner.DeletingPrefix + "*").Any();
             if (leftHidden) midPrune++;
@@ -162,6 +170,7 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
             report.Add($"trial {trial}: killed {spin} us after prune {target} began; hidden folder left: {leftHidden}");
         }
         // Written to the test log: how many kills landed inside a prune (the rest landed just after one).
-        output.WriteLine($"kill-during-pruning: {trials} trials, {midPrune} mid-prune\n" + string.Join("\n", report));
+        output.WriteLine($"kill-during-pruning: {trials} trials, {kills} killed, {midPrune} with a hidden folder left (mid-prune)\n" + string.Join("\n", report));
+        Assert.True(kills * 2 >= trials, $"only {kills} of {trials} trials caught a prune");
     }
 }
