@@ -1,8 +1,11 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using System.Text.Json;
+using QLoraNet.Kernels.Cuda;
 using QLoraNet.Models;
 using QLoraNet.Peft;
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using QLoraNet.Training.Data;
 using QLoraNet.Training.Losses;
@@ -20,7 +23,10 @@ namespace QLoraNet.Cli;
 /// `train`'s own (<see cref="TrainStep.Run"/>: accumulation, the token-mean loss, clipping, AdamW) with only the data
 /// source swapped for random tokens (<see cref="RandomTokenBatches"/>). Prints one JSON line. Peak device memory is measured outside the process (nvidia-smi sampling, scripts/gpu/bench_7b.sh), the
 /// same way as the peer's NVML figure. With --split, the step is divided into dequantization (by ablation: the same
-/// step on a dense bf16 base), attention and matmuls (each timed alone at the step's shapes), and the rest.
+/// step on a dense bf16 base), attention and matmuls (each timed alone at the step's shapes), and the rest. With
+/// --profile, a few more steps run with their phases marked (<see cref="StepProfiler"/>: device and host time of
+/// forward, recomputation, backward and optimizer from CUDA events), inside a profiler-API capture range for an
+/// outside `nsys --capture-range=cudaProfilerApi`, and the calls each fused op's kernel and reference served.
 /// </summary>
 public static class BenchTrainCommand
 {
@@ -41,21 +47,29 @@ public static class BenchTrainCommand
         var clip = new Option<double>("--max-grad-norm") { Description = "gradient clipping (training.max_grad_norm; 0 = measure only)", DefaultValueFactory = _ => 0.3 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout (lora.dropout; 0 as in the peer benchmark)", DefaultValueFactory = _ => 0.0 };
         var device = new Option<string>("--device") { Description = "cuda, or cpu for a quick check on a small model", DefaultValueFactory = _ => "cuda" };
+        var profile = new Option<bool>("--profile") { Description = "also profile a few steps by phase (CUDA events; capture range for nsys)" };
+        var profileSteps = new Option<int>("--profile-steps") { Description = "steps --profile runs", DefaultValueFactory = _ => 3 };
+        var chunkLogits = new Option<long>("--logits-per-chunk") { Description = "logits per chunk of the loss (less: lower peak memory)", DefaultValueFactory = _ => ChunkedCrossEntropy.DefaultLogitsPerChunk };
         var cmd = new Command("train", "time QLoRA training steps (train's step, random tokens) on a real-size model (CUDA)");
-        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits })
+            cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
             LibTorchProbe.EnsureLoaded();
             var dev = DeviceChoice.Resolve(pr.GetValue(device)!, "--device");
             if (pr.GetValue(split) && dev.type != DeviceType.CUDA) throw new InvalidOperationException("--split needs --device cuda");
             var spec = BaseFormat.Parse(pr.GetValue(format)!);
+            if (pr.GetValue(profile) && dev.type != DeviceType.CUDA) throw new InvalidOperationException("--profile needs --device cuda");
+            if (pr.GetValue(chunkLogits) < 1) throw new ArgumentException($"--logits-per-chunk {pr.GetValue(chunkLogits)}: must be at least 1");
             var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt),
-                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout));
+                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout), pr.GetValue(chunkLogits));
             var loadClock = Stopwatch.StartNew();
             var dropoutRandom = new RandomStream();
-            using var llama = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
+            using var built = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
+            var llama = built.Model;
             double loadS = loadClock.Elapsed.TotalSeconds;
-            var (tokS, stepMs, loss) = TimeSteps(llama, shape, dropoutRandom, pr.GetValue(steps), pr.GetValue(warmup));
+            var (step, data) = NewStep(built, shape, dropoutRandom);
+            var (tokS, stepMs, loss) = TimeSteps(step, data, shape, built.Model.Device, pr.GetValue(steps), pr.GetValue(warmup));
             var fields = new List<string>
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
@@ -64,7 +78,10 @@ public static class BenchTrainCommand
                 J("trainable", TrainableParameters.Count(llama).Trainable), J("load_s", Math.Round(loadS, 1)),
                 J("tokens_per_s", Math.Round(tokS, 1)), J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
                 J("base_gib", Math.Round(llama.named_modules().Select(m => m.module).OfType<FrozenLinear>().Sum(f => f.StorageBytes) / Math.Pow(2, 30), 2)),
+                J("logits_per_chunk", shape.LogitsPerChunk), J("adamw_path", FusedOp.Spell(step.Optimizer.LastPath)),
             };
+            if (pr.GetValue(profile))
+                fields.Add("\"profile\": " + JsonSerializer.Serialize(Profile(step, data, built, shape, pr.GetValue(warmup) + pr.GetValue(steps), pr.GetValue(profileSteps))));
             Thread.Sleep(TimeSpan.FromSeconds(pr.GetValue(hold)));
             if (pr.GetValue(split)) fields.AddRange(Split(llama, pr.GetValue(model)!, shape, stepMs, pr.GetValue(steps)));
             stdout.WriteLine("{" + string.Join(", ", fields) + "}");
@@ -74,31 +91,39 @@ public static class BenchTrainCommand
     }
 
     sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing, int GradientAccumulation,
-        double MaxGradNorm, double Dropout);
+        double MaxGradNorm, double Dropout, long LogitsPerChunk);
 
     /// <summary>The model as `train` builds it (<see cref="ModelBuilder"/>), with adapters whose dropout draws from
     /// <paramref name="dropoutRandom"/>, the stream the step reseeds.</summary>
-    static LlamaForCausalLM Load(string dir, BaseFormat spec, Shape shape, Device device, RandomStream dropoutRandom)
+    static BuiltModel Load(string dir, BaseFormat spec, Shape shape, Device device, RandomStream dropoutRandom)
     {
         var compute = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
-        var llama = ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, spec, KernelChoice.For(device),
+        return ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, spec, KernelChoice.For(device),
             GradientCheckpointing: shape.Checkpointing, NewAdapter: new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets),
-            AdapterSeed: 0, AdapterDropout: dropoutRandom)).Model;
-        return llama;
+            AdapterSeed: 0, AdapterDropout: dropoutRandom));
     }
 
-    /// <summary>Warm-up, then timed optimizer steps of <see cref="TrainStep"/> on random tokens (labels = inputs, as
-    /// the peer does).</summary>
-    static (double TokensPerSecond, double StepMs, double Loss) TimeSteps(LlamaForCausalLM llama, Shape shape,
-        RandomStream dropoutRandom, int steps, int warmup)
+    const double LearningRate = 2e-4;
+
+    /// <summary>`train`'s step as the recipe makes it (AdamW and the loss from the run's kernel selection), on random
+    /// tokens (labels = inputs, as the peer does).</summary>
+    static ((TrainStep Step, AdamW Optimizer) Step, RandomTokenBatches Data) NewStep(BuiltModel built, Shape shape, RandomStream dropoutRandom)
     {
-        const double learningRate = 2e-4;
+        var (llama, fused) = (built.Model, built.Kernels.Fused);
         var trainable = llama.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
-        var optimizer = new AdamW(trainable, learningRate);
-        var step = new TrainStep(llama, optimizer, new CausalLmTokenMeanLoss(),
+        var optimizer = new AdamW(trainable, LearningRate, kernel: fused.AdamW);
+        var step = new TrainStep(llama, optimizer, new CausalLmTokenMeanLoss(shape.LogitsPerChunk),
             new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutRandom);
-        var data = new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq);
-        bool onCuda = llama.Device.type == DeviceType.CUDA;
+        return ((step, optimizer), new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq));
+    }
+
+    /// <summary>Warm-up, then timed optimizer steps.</summary>
+    static (double TokensPerSecond, double StepMs, double Loss) TimeSteps((TrainStep Step, AdamW Optimizer) run, RandomTokenBatches data,
+        Shape shape, Device device, int steps, int warmup)
+    {
+        const double learningRate = LearningRate;
+        var step = run.Step;
+        bool onCuda = device.type == DeviceType.CUDA;
         double loss = 0;
         for (int i = 0; i < warmup; i++) loss = step.Run(i, learningRate, data).Loss;
         if (onCuda) cuda.synchronize();
@@ -108,6 +133,48 @@ public static class BenchTrainCommand
         double s = sw.Elapsed.TotalSeconds;
         long tokensPerStep = (long)shape.Batch * shape.Seq * shape.GradientAccumulation;
         return (tokensPerStep * steps / s, s / steps * 1000, loss);
+    }
+
+    /// <summary>
+    /// <paramref name="count"/> more steps (numbered from <paramref name="first"/>) with their phases marked, inside a
+    /// profiler-API capture range; the per-step means by phase and the calls each fused op's paths served in them.
+    /// </summary>
+    static Dictionary<string, object?> Profile((TrainStep Step, AdamW Optimizer) s, RandomTokenBatches data, BuiltModel built, Shape shape,
+        int first, int count)
+    {
+        var before = built.Kernels.Fused.CallCounts();
+        using var profiler = new StepProfiler();
+        s.Step.Phases = profiler;
+        cuda.synchronize();
+        string? rangeError = CudaDriver.ProfilerRange(on: true);
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                s.Step.Run(first + i, LearningRate, data);
+                profiler.EndStep();
+            }
+        }
+        finally
+        {
+            cuda.synchronize();
+            rangeError ??= CudaDriver.ProfilerRange(on: false);
+            s.Step.Phases = null;
+        }
+        double wallMs = clock.Elapsed.TotalMilliseconds / Math.Max(1, count);
+        var summary = profiler.Summary();
+        summary["step_wall_ms"] = Math.Round(wallMs, 2);
+        summary["tokens_per_s"] = Math.Round((long)shape.Batch * shape.Seq * shape.GradientAccumulation / (wallMs / 1000), 1);
+        var after = built.Kernels.Fused.CallCounts();
+        summary["fused_calls_per_step"] = after.ToDictionary(kv => kv.Key, kv => (object?)new Dictionary<string, double>
+        {
+            ["kernel"] = (kv.Value.Kernel - before[kv.Key].Kernel) / (double)count,
+            ["reference"] = (kv.Value.Reference - before[kv.Key].Reference) / (double)count,
+        });
+        summary["kernels"] = built.Kernels.Report();
+        if (rangeError is not null) summary["profiler_range_error"] = rangeError;
+        return summary;
     }
 
     /// <summary>Where a step's time goes, measured piece by piece at the step's shapes.</summary>

@@ -17,5 +17,7 @@ public static partial class Commands
         yield return QuantizeCommand.Create(stdout);
         yield return MergeCommand.Create(stdout);
         yield return LogitsCommand.Create(stdout);
+        yield return TokenizeCommand.Create(stdout);
+        yield return PlotCommand.Create(stdout);
     }
 }

@@ -9,7 +9,8 @@ namespace QLoraNet.Cli;
 /// <summary>
 /// `eval`: mean next-token loss and perplexity of a model (in any base format, with or without an adapter) on a
 /// text file, tokenized with BOS and scored in windows of --max-len tokens (<see cref="WindowedLoss"/>); or on token
-/// ids given as JSON, which is how the loss is compared with a reference computed elsewhere.
+/// ids given as JSON, which is how the loss is compared with a reference computed elsewhere; or on a dataset through
+/// the training pipeline (<see cref="DatasetEval"/>, `--data`).
 /// </summary>
 public static class EvalCommand
 {
@@ -23,13 +24,20 @@ public static class EvalCommand
         var maxLen = new Option<int>("--max-len") { Description = "tokens per window (the context the model sees)", DefaultValueFactory = _ => 512 };
         var stride = new Option<int?>("--stride") { Description = "start a window every this many tokens (default: max-len, no overlap); smaller = more context per scored token" };
         var json = new Option<bool>("--json") { Description = "print {\"mean_loss\", \"perplexity\", \"tokens\", \"quantization\"} as one JSON line" };
-        var cmd = new Command("eval", "mean next-token loss and perplexity on a text");
+        var dataset = new DatasetEval();
+        var cmd = new Command("eval", "mean next-token loss and perplexity on a text, or the training loss on a dataset (--data)");
         modelOptions.AddTo(cmd);
-        foreach (var o in new Option[] { textFile, idsFile, maxLen, stride, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { textFile, idsFile, maxLen, stride, json }.Concat(dataset.Options)) cmd.Options.Add(o);
         cmd.SetAction(parsed =>
         {
-            string? text = parsed.GetValue(textFile), ids = parsed.GetValue(idsFile);
-            if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --text-file and --token-ids-json");
+            string? text = parsed.GetValue(textFile), ids = parsed.GetValue(idsFile), data = parsed.GetValue(dataset.Data);
+            if (new[] { text, ids, data }.Count(x => x is not null) != 1) throw new ArgumentException("give exactly one of --text-file, --token-ids-json and --data");
+            if (data is not null)
+            {
+                dataset.Config(parsed); // its errors should not wait for the weights
+                using var model = modelOptions.Load(parsed);
+                return dataset.Run(parsed, model, parsed.GetValue(json), stdout);
+            }
             if (text != null && !File.Exists(text)) throw new FileNotFoundException($"--text-file '{text}' does not exist", text);
             if (ids != null && !File.Exists(ids)) throw new FileNotFoundException($"--token-ids-json '{ids}' does not exist", ids);
             int window = parsed.GetValue(maxLen);

@@ -21,8 +21,9 @@ public static class ExportCommand
         var output = new Option<string>("--out") { Description = "output file, e.g. model.gguf", Required = true };
         var overwrite = new Option<bool>("--overwrite") { Description = "replace --out if it exists" };
         var adapter = new Option<string?>("--adapter") { Description = "peft LoRA adapter directory to merge into the weights first" };
+        var baseFormat = new Option<string?>("--base") { Description = "with --adapter: base format the adapter was trained on (QLoRA: nf4-dq); W is quantized and dequantized in it before B·A is added, as merge --base. Default: the adapter's qloranet.json, else none" };
         var cmd = new Command("export", "export a Llama checkpoint to GGUF for llama.cpp");
-        foreach (var o in new Option[] { model, format, type, output, overwrite, adapter }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, format, type, output, overwrite, adapter, baseFormat }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
             string fmt = pr.GetValue(format)!;
@@ -35,10 +36,12 @@ public static class ExportCommand
             LibTorchProbe.EnsureLoaded();
 
             string? adapterDir = pr.GetValue(adapter);
+            if (adapterDir is null && pr.GetValue(baseFormat) is not null) throw new ArgumentException("--base applies to an --adapter; give one or omit --base");
+            var trainedOn = adapterDir is null ? null : AdapterBase.Resolve(pr, baseFormat, adapterDir, "none");
             using var checkpoint = adapterDir is null ? null : CheckpointReader.Open(pr.GetValue(model)!);
-            using var merge = adapterDir is null ? null : AdapterMerge.Open(adapterDir, checkpoint!, ModelFamilies.Load(pr.GetValue(model)!));
+            using var merge = adapterDir is null ? null : AdapterMerge.Open(adapterDir, checkpoint!, ModelFamilies.Load(pr.GetValue(model)!), trainedOn);
             var summary = GgufLlamaExporter.Export(pr.GetValue(model)!, outPath, exportType, replace, merge is null ? null : merge.Apply);
-            if (merge != null) stdout.WriteLine($"merged {merge.MergedCount} LoRA modules from {adapterDir}");
+            if (merge != null) stdout.WriteLine($"merged {merge.MergedCount} LoRA modules from {adapterDir} (base {merge.BaseFormat})");
             foreach (var w in summary.Warnings) stdout.WriteLine($"warning: {w}");
             var counts = summary.Tensors.GroupBy(t => t.Type).OrderBy(g => g.Key).Select(g => $"{g.Count()} {GgmlTypes.Name(g.Key)}");
             stdout.WriteLine($"wrote {outPath}: {summary.Tensors.Count} tensors ({string.Join(", ", counts)}), {summary.FileBytes / 1e6:F1} MB");

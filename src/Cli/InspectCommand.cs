@@ -39,7 +39,7 @@ public static class InspectCommand
     static string Text(string path, ModelArchitecture c, ParameterCounts n, IReadOnlyList<FootprintRow> sizes, TrainingMemoryEstimate e, int seq, int batch, int rank)
     {
         var w = new StringWriter { NewLine = "\n" };
-        w.WriteLine($"{path}: {c.NumLayers} layers, hidden {c.Hidden}, intermediate {c.Intermediate}, heads {c.NumHeads} (kv {c.NumKvHeads}), vocab {c.VocabSize}, tied head {(c.TiedHead ? "yes" : "no")}");
+        w.WriteLine($"{path}: {c.NumLayers} layers, hidden {c.Hidden}, intermediate {c.Intermediate}, heads {c.NumHeads} (kv {c.NumKvHeads}, head_dim {c.HeadDim}), vocab {c.VocabSize}, tied head {(c.TiedHead ? "yes" : "no")}, family {c.Family}");
         w.WriteLine();
         w.WriteLine("parameters");
         w.WriteLine($"  embeddings            {N(n.Embeddings),16}");
@@ -59,7 +59,7 @@ public static class InspectCommand
         w.WriteLine($"  LoRA params+grads+Adam       {Gb(e.LoraState),8} GB   ({N(e.LoraParameters)} fp32 parameters x 16 bytes)");
         w.WriteLine($"  layer-boundary hidden states {Gb(e.Boundaries),8} GB");
         w.WriteLine($"  one layer's recompute        {Gb(e.LayerRecompute),8} GB");
-        w.WriteLine($"  logits (fp32 x 3)            {Gb(e.Logits),8} GB");
+        w.WriteLine($"  logits (fp32 x {(c.FinalLogitSoftCap is null ? 3 : 4)})            {Gb(e.Logits),8} GB");
         w.WriteLine($"  CUDA context                 {Gb(e.CudaContext),8} GB");
         w.WriteLine($"  total                        {Gb(e.Total),8} GB");
         return w.ToString();

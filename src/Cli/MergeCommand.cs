@@ -17,7 +17,7 @@ public static class MergeCommand
         var adapter = new Option<string>("--adapter") { Description = "peft LoRA adapter directory (adapter_config.json, adapter_model.safetensors)", Required = true };
         var output = new Option<string>("--out") { Description = "output directory for the merged checkpoint", Required = true };
         var dtype = new Option<string?>("--dtype") { Description = "dtype of the written weights: bf16 | fp16 | fp32 (default: the checkpoint's)" };
-        var baseFormat = new Option<string>("--base") { Description = $"base format the adapter was trained on (QLoRA: nf4-dq; {BaseFormats.Syntax}); W is quantized and dequantized in it before B·A is added", DefaultValueFactory = _ => "none" };
+        var baseFormat = new Option<string?>("--base") { Description = $"base format the adapter was trained on (QLoRA: nf4-dq; {BaseFormats.Syntax}); W is quantized and dequantized in it before B·A is added. Default: the adapter's qloranet.json, else none" };
         var quantization = new Option<string>("--quantization") { Description = "write the merged projections 4-bit with bitsandbytes keys: none | nf4 | nf4-dq | fp4 | fp4-dq", DefaultValueFactory = _ => "none" };
         var shardSize = new Option<string>("--max-shard-size") { Description = "largest safetensors shard, e.g. 5GB, 500MB, 2GiB", DefaultValueFactory = _ => "5GB" };
         var overwrite = new Option<bool>("--overwrite") { Description = "replace a non-empty --out (only after the new checkpoint is complete)" };
@@ -39,7 +39,7 @@ public static class MergeCommand
             };
             var options = new MergeOptions(
                 DType: ParseDType(pr.GetValue(dtype)),
-                BaseFormat: ModelOptions.ParseFormat(pr.GetValue(baseFormat)!, "--base"),
+                BaseFormat: AdapterBase.Resolve(pr, baseFormat, pr.GetValue(adapter), "none"),
                 Quantization: ParseQuantization(pr.GetValue(quantization)!),
                 MaxShardBytes: ShardSize.Parse(pr.GetValue(shardSize)!),
                 Overwrite: pr.GetValue(overwrite),

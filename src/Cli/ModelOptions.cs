@@ -18,7 +18,7 @@ public sealed class ModelOptions
     public Option<string> Model { get; } = new("--model") { Description = "Hugging Face model directory (config.json, *.safetensors, tokenizer.model)", Required = true };
     public Option<string> Device { get; } = new("--device") { Description = "cpu | cuda | auto (cuda when available)", DefaultValueFactory = _ => "auto" };
     public Option<string?> DType { get; } = new("--dtype") { Description = "compute dtype fp32 | bf16 (default: fp32 on cpu, bf16 on cuda)" };
-    public Option<string> Quantization { get; } = new("--quantization") { Description = $"base format of the decoder linears, quantized on load: {BaseFormats.Syntax} (see docs/QUANTIZATION.md); a pre-quantized directory loads as stored", DefaultValueFactory = _ => "none" };
+    public Option<string?> Quantization { get; } = new("--quantization") { Description = $"base format of the decoder linears, quantized on load: {BaseFormats.Syntax} (see docs/QUANTIZATION.md); default: the format the --adapter was trained on (its qloranet.json), else none; a pre-quantized directory loads as stored" };
     public Option<string?> Adapter { get; } = new("--adapter") { Description = "peft LoRA adapter directory to apply (unmerged)" };
     public Option<bool> AllowNonFinite { get; } = new("--allow-non-finite-weights") { Description = "load weights holding NaN/Inf instead of refusing them (to inspect a diverged or damaged checkpoint)" };
 
@@ -35,7 +35,7 @@ public sealed class ModelOptions
 
     /// <summary>Loaded model, tokenizer and family record, plus what was chosen.</summary>
     public sealed record Loaded(LlamaForCausalLM Model, ITextTokenizer Tokenizer, ModelArchitecture Architecture, Device Device,
-        ScalarType ComputeDType, BaseFormat Format, AdapterConfig? Adapter, KernelSelection Kernels) : IDisposable
+        ScalarType ComputeDType, BaseFormat Format, AdapterConfig? Adapter, KernelSelection Kernels, string ModelDir) : IDisposable
     {
         public void Dispose() => Model.Dispose();
     }
@@ -47,12 +47,12 @@ public sealed class ModelOptions
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"model directory '{dir}' does not exist");
         var device = DeviceChoice.Resolve(parsed.GetValue(Device)!, "--device");
         var compute = ResolveDType(parsed.GetValue(DType), device);
-        var format = ParseFormat(parsed.GetValue(Quantization)!, "--quantization");
+        var format = AdapterBase.Resolve(parsed, Quantization, parsed.GetValue(Adapter), "none");
         var tokenizer = TextTokenizers.Load(dir);   // cheap, and its errors should not wait for the weights
         var built = ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, format, KernelChoice.For(device),
             AdapterDir: parsed.GetValue(Adapter), AllowNonFiniteWeights: parsed.GetValue(AllowNonFinite)));
         built.Model.eval();
-        return new Loaded(built.Model, tokenizer, built.Architecture, device, compute, format, built.Adapter, built.Kernels);
+        return new Loaded(built.Model, tokenizer, built.Architecture, device, compute, format, built.Adapter, built.Kernels, dir);
     }
 
     /// <summary>A base format from an option, or a one-line error naming the option and the spellings.</summary>

@@ -25,13 +25,23 @@ public static class TrainCommand
         {
             Description = "resume even if the config changed in keys that break exact resume (learning rate, data, LoRA shape, ...); the changes are logged and the new config recorded beside the checkpoints",
         };
+        var preview = new Option<int?>("--preview")
+        {
+            Description = "load only the tokenizer and data, print the first N rows with the trained tokens marked and the truncation/packing figures, and exit",
+        };
         var cmd = new Command("train", "QLoRA fine-tuning from a YAML config");
         cmd.Arguments.Add(config);
         cmd.Arguments.Add(overrides);
-        foreach (var o in new Option[] { resume, resumeFrom, resumeWithChanges }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { resume, resumeFrom, resumeWithChanges, preview }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
             var cfg = TrainConfig.Load(pr.GetValue(config)!, pr.GetValue(overrides) ?? []);
+            if (pr.GetValue(preview) is { } rows)
+            {
+                if (rows < 0) throw new ArgumentException($"--preview must be >= 0 rows, got {rows}");
+                DataPreviewPrinter.Print(cfg, rows, stdout, colour: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
+                return 0;
+            }
             LibTorchProbe.EnsureLoaded();
             string? from = pr.GetValue(resumeFrom);
             if (from is not null && pr.GetValue(resume)) throw new ArgumentException("--resume and --resume-from: give one (--resume = the newest checkpoint of output.dir)");
@@ -57,13 +67,16 @@ public static class TrainCommand
 
 /// <summary>
 /// Renders a run: a summary table at start; on a terminal, a live status line rewritten every step; one kept line
-/// every training.log_every steps (loss, lr, grad norm, tokens/s, ETA, host resident memory) and for every evaluation/checkpoint.
+/// every training.log_every steps (loss, lr, grad norm, tokens/s, ETA, memory: the host process's peak resident set
+/// so far and, on CUDA, the device's used memory at its peak since the previous kept line, device-wide) and for every
+/// evaluation, sample generation and checkpoint; at the end the run's memory peaks.
 /// </summary>
 sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
 {
     int logEvery = 1;
     readonly bool live = ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected;
     int liveWidth;
+    double? devicePeakSinceKept;
 
     public void OnStart(RunSummary s)
     {
@@ -81,9 +94,14 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
 
     public void OnStep(StepMetrics m)
     {
+        if (m.Memory?.DeviceUsedPeakMb is { } d) devicePeakSinceKept = Math.Max(devicePeakSinceKept ?? 0, d);
+        string memory = m.Memory is { } mem
+            ? $"host peak {mem.HostPeakRssMb:F0} MiB" + (devicePeakSinceKept is { } dev ? $"  cuda used {dev / 1024:F2} GiB" : "")
+            : $"host rss {m.HostRssBytes / 1048576.0:F0} MiB";
         string line = string.Create(CultureInfo.InvariantCulture,
-            $"step {m.Step,5}/{m.TotalSteps}  epoch {m.Epoch:F2}  loss {m.Loss:F4}  lr {m.LearningRate:E2}  |g| {m.GradNorm:F3}  {m.TokensPerSecond,7:F0} tok/s  ETA {Eta(m.EtaSeconds)}  host rss {m.HostRssBytes / 1048576.0:F0} MiB");
+            $"step {m.Step,5}/{m.TotalSteps}  epoch {m.Epoch:F2}  loss {m.Loss:F4}  lr {m.LearningRate:E2}  |g| {m.GradNorm:F3}  {m.TokensPerSecond,7:F0} tok/s  ETA {Eta(m.EtaSeconds)}  {memory}");
         bool keep = m.Step % logEvery == 0 || m.Step == m.TotalSteps || m.Step == 1;
+        if (keep) devicePeakSinceKept = null;
         if (live)
         {
             // The status line is rewritten in place; kept lines end with a newline and the next status starts fresh.
@@ -106,6 +124,19 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"eval  step {step,5}  validation loss {validationLoss:F4}{(step == 0 ? "  (base model, before training)" : isBest ? "  (best)" : "")}"));
     }
 
+    public void OnSamples(IReadOnlyList<SampleGeneration> samples)
+    {
+        EndLive();
+        foreach (var s in samples)
+            stdout.WriteLine($"sample step {s.Step,5}  {OneLine(s.Prompt, 60)} -> {OneLine(s.Completion, 100)}");
+    }
+
+    static string OneLine(string text, int max)
+    {
+        string flat = string.Join(" ", text.Split((char[])['\n', '\r'], StringSplitOptions.RemoveEmptyEntries)).Trim();
+        return flat.Length <= max ? flat : flat[..(max - 3)] + "...";
+    }
+
     public void OnCheckpoint(int step, string directory)
     {
         EndLive();
@@ -125,6 +156,9 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
         if (r.FinalAdapter != null)
             stdout.WriteLine($"done: {r.StepsDone} steps, last loss {r.LastLoss:F4}" + (r.BestValidationLoss is { } b ? $", best validation loss {b:F4}" + (r.InitialValidationLoss is { } v0 ? $" (base model {v0:F4})" : "") : "")
                 + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, RunOutput.MetricsFile)}, curve in {Path.Combine(r.OutputDir, RunOutput.LossCurveFile)}");
+        if (r.PeakMemory is { } p)
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"memory: host peak resident set {p.HostPeakRssMb:F0} MiB")
+                + (p.DeviceUsedPeakMb is { } d ? string.Create(CultureInfo.InvariantCulture, $", CUDA device used at peak {d / 1024:F2} GiB (device-wide: allocator cache, context, other processes)") : ""));
     }
 
     static string Eta(double seconds) => double.IsFinite(seconds) ? TimeSpan.FromSeconds(Math.Round(seconds)).ToString(@"h\:mm\:ss") : "-";

@@ -33,5 +33,13 @@ public enum LinearRole { Query, Key, Value, Output, Gate, Up, Down }
 /// <summary>Where a decoder-layer norm sits: before/after attention, before/after the MLP.</summary>
 public enum NormRole { PreAttention, PostAttention, PreMlp, PostMlp }
 
-/// <summary>How RoPE frequencies are rescaled for long context; only None exists today (the families refuse the rest by name).</summary>
-public enum RopeScalingKind { None }
+/// <summary>How RoPE frequencies are rescaled for long context (config.json's rope_type); the families refuse the
+/// other types ("linear", "dynamic", "yarn", "longrope", ...) by name.</summary>
+public enum RopeScalingKind
+{
+    /// <summary>"default": theta^(-2i/d) as in RoFormer.</summary>
+    None,
+
+    /// <summary>"llama3": Llama 3.1's smooth per-frequency rescaling (<see cref="Llama3RopeScaling"/>).</summary>
+    Llama3,
+}

@@ -22,6 +22,8 @@ public static class GgufLlamaExporter
         var arch = ModelFamilies.Load(modelDir);
         if (arch.Family != "llama")
             throw new NotSupportedException($"{modelDir}: GGUF export writes llama.cpp's `llama` architecture; the {arch.Family} family has no writer yet");
+        if (arch.Rope.Scaling != RopeScalingKind.None)   // llama.cpp needs the rescaled frequencies as a rope_freqs tensor
+            throw new NotSupportedException($"{modelDir}: GGUF export of RoPE scaling '{arch.Rope.Scaling}' (Llama 3.1's rope_freqs) is not written yet");
         var vocab = GgufLlamaVocab.Load(modelDir, arch.VocabSize);
         var names = new GgufLlamaNames(arch);
         using var reader = CheckpointReader.Open(modelDir);

@@ -32,6 +32,10 @@ public sealed class HfConfigJson
     public static HfConfigJson Parse(JsonElement root, string path) =>
         root.ValueKind == JsonValueKind.Object ? new HfConfigJson(root, path) : throw new InvalidDataException($"{path}: expected a JSON object");
 
+    /// <summary>True when config.json has <paramref name="key"/> at all, even as null (a null window differs from a
+    /// missing one, which takes the config class's default).</summary>
+    public bool Has(string key) => Root.TryGetProperty(key, out _);
+
     public int RequiredInt(string key) => Int(key) ?? throw new InvalidDataException($"{Path}: missing required field '{key}'");
 
     /// <summary>An integer field; null when absent or JSON null, an error naming the field when it is anything else
@@ -55,7 +59,8 @@ public sealed class HfConfigJson
         Double(o, key, field) is not { } d ? null
             : d > 0 ? d : throw new InvalidDataException($"{Path}: '{field}' must be a positive finite number, got {d}");
 
-    double? Double(JsonElement o, string key, string field)
+    /// <summary><see cref="Double(string)"/> inside a nested object; <paramref name="field"/> names it in messages.</summary>
+    public double? Double(JsonElement o, string key, string field)
     {
         if (!o.TryGetProperty(key, out var v) || v.ValueKind == JsonValueKind.Null) return null;
         if (v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && double.IsFinite(d)) return d;

@@ -90,8 +90,12 @@ public sealed record ModelArchitecture
     /// <summary>The attention window of <paramref name="layer"/>, or null for full causal attention.</summary>
     public int? AttentionWindow(int layer) => AttentionWindows is { } w ? w[layer] : null;
 
-    /// <summary>The factor on q·k: 1/sqrt(query_pre_attn_scalar) when set, else 1/sqrt(head_dim).</summary>
-    public double QueryScale => 1.0 / Math.Sqrt(QueryPreAttentionScalar ?? HeadDim);
+    /// <summary>The factor on q·k: query_pre_attn_scalar^-0.5 when set, else head_dim^-0.5 (as transformers writes
+    /// it, a power, so the double is the one it computes).</summary>
+    public double QueryScale => Math.Pow(QueryPreAttentionScalar ?? HeadDim, -0.5);
+
+    /// <summary>Whether attention scores need more than SDPA's default 1/sqrt(head_dim) scaling: a soft-cap or another scale.</summary>
+    public bool HasCustomAttentionScores => AttentionSoftCap is not null || QueryPreAttentionScalar is double s && s != HeadDim;
 
     /// <summary>The distinct linear names of a decoder layer ("q_proj", ...): the valid LoRA target names.</summary>
     public IReadOnlyList<string> LinearNames => LayerLinears.Select(l => l.Name).Distinct().ToList();

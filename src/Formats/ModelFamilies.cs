@@ -9,7 +9,14 @@ namespace QLoraNet.Formats;
 public static class ModelFamilies
 {
     /// <summary>Every family QLoraNet loads, in lookup order.</summary>
-    public static readonly IReadOnlyList<IModelFamily> All = [new LlamaFamily()];
+    public static readonly IReadOnlyList<IModelFamily> All =
+    [
+        new LlamaFamily(),
+        new MistralFamily(),
+        new Qwen2Family(),
+        new GemmaFamily(),
+        new Gemma2Family(),
+    ];
 
     /// <summary>config.json keys that announce a mixture-of-experts MLP, which no family implements.</summary>
     static readonly string[] ExpertCounts = ["num_local_experts", "num_experts", "n_routed_experts"];
@@ -35,7 +42,12 @@ public static class ModelFamilies
         if (modelType.Length > 0 && architectures.Count > 0 && !family.ModelTypes.Contains(modelType))
             throw new InvalidDataException(
                 $"{config.Path}: model_type {SafeText.Quote(modelType)} contradicts architectures [{SafeText.Clip(string.Join(", ", architectures), 80)}] (the {family.Name} family has model_type {string.Join(", ", family.ModelTypes.Select(t => $"'{t}'"))}); fix whichever is wrong");
-        return family.Parse(config);
+        var arch = family.Parse(config);
+        // Sizes in range and consistent with each other before anything is derived from them or allocated (issue 11):
+        // a hostile num_hidden_layers 2147483647 is refused here, not after gigabytes of layers.
+        ConfigLimits.Check(config.Path, arch.VocabSize, arch.Hidden, arch.Intermediate, arch.NumLayers, arch.NumHeads,
+            arch.NumKvHeads, arch.HeadDim, arch.MaxPositions);
+        return arch;
     }
 
     /// <summary>The family that reads this model_type or one of these architectures; null when none does.</summary>

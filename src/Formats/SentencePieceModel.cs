@@ -9,7 +9,8 @@ namespace QLoraNet.Formats;
 ///   ModelProto   { repeated SentencePiece pieces = 1; TrainerSpec trainer_spec = 2; ... }
 ///   SentencePiece { string piece = 1; float score = 2; Type type = 3 [default NORMAL]; }
 ///   Type: NORMAL = 1, UNKNOWN = 2, CONTROL = 3, USER_DEFINED = 4, UNUSED = 5, BYTE = 6
-///   TrainerSpec  { int32 unk_id = 40 [default 0]; bos_id = 41 [1]; eos_id = 42 [2]; pad_id = 43 [-1]; ... }
+///   TrainerSpec  { ModelType model_type = 3 [default UNIGRAM]; int32 unk_id = 40 [default 0]; bos_id = 41 [1];
+///                  eos_id = 42 [2]; pad_id = 43 [-1]; ... }     ModelType: UNIGRAM = 1, BPE = 2, WORD = 3, CHAR = 4
 /// </code>
 /// Every other field is skipped by wire type, so newer model files with extra fields still parse.
 /// The one reader of tokenizer.model in the project: the tokenizer (QLoraNet.Models.SentencePieceTextTokenizer)
@@ -21,7 +22,12 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
 
     public sealed record Piece(string Text, float Score, PieceType Type);
 
+    public enum ModelKind { Unigram = 1, Bpe = 2, Word = 3, Char = 4 }
+
     public const string FileName = "tokenizer.model";
+
+    /// <summary>The segmentation algorithm (trainer_spec.model_type); Llama, Mistral and Gemma models are BPE.</summary>
+    public ModelKind Kind { get; init; } = ModelKind.Unigram;
 
     /// <summary>The file's bytes, for a tokenizer library that parses the ModelProto itself.</summary>
     public byte[] Serialized { get; init; } = [];
@@ -52,6 +58,7 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
     {
         var pieces = new List<Piece>();
         int unk = 0, bos = 1, eos = 2, pad = -1;
+        var kind = ModelKind.Unigram;
         var r = new ProtoReader(bytes);
         while (!r.End)
         {
@@ -63,7 +70,8 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
                 while (!spec.End)
                 {
                     var (f, w) = spec.Tag();
-                    if (w == 0 && f is >= 40 and <= 43)
+                    if (w == 0 && f == 3) kind = (ModelKind)(int)spec.Varint();
+                    else if (w == 0 && f is >= 40 and <= 43)
                     {
                         int id = (int)(long)spec.Varint();  // int32 fields: negative values are 10-byte varints
                         if (f == 40) unk = id; else if (f == 41) bos = id; else if (f == 42) eos = id; else pad = id;
@@ -74,7 +82,7 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
             else r.Skip(wire);
         }
         if (pieces.Count == 0) throw new InvalidDataException("no pieces (field 1) found");
-        return new SentencePieceModel(pieces, unk, bos, eos, pad);
+        return new SentencePieceModel(pieces, unk, bos, eos, pad) { Kind = kind };
     }
 
     static Piece ParsePiece(ReadOnlySpan<byte> bytes)

@@ -4,12 +4,13 @@ namespace QLoraNet.Models;
 
 /// <summary>
 /// The features of a <see cref="ModelArchitecture"/> this model code computes, checked once before any weight is
-/// read. A family that only combines implemented features (biases, tied or untied head, GQA, pre/post norms,
-/// RMSNorm, SwiGLU, unscaled RoPE, per-layer sliding-window attention) loads without edits here; a feature the record can describe but nothing here
-/// computes yet (Gemma's offset RMSNorm and GeGLU, BitNet's squared ReLU, Gemma 2's soft-caps, scaled embeddings)
-/// is refused by name, and implementing it means its arithmetic in the module that owns it
-/// (<see cref="RmsNorm"/>, <see cref="LlamaMlp"/>, <see cref="LlamaAttention"/>, <see cref="LlamaModel"/>) plus
-/// removing its line here.
+/// read. Computed: RMSNorm plain or (1 + w) (<see cref="RmsNorm"/>), SwiGLU and GeGLU (<see cref="LlamaMlp"/>),
+/// default and llama3 RoPE (<see cref="RotaryEmbedding"/>), GQA, biases, per-layer sliding windows, score
+/// soft-capping and query_pre_attn_scalar (<see cref="LlamaAttention"/>, <see cref="ExplicitAttention"/>),
+/// pre/post norms (<see cref="LlamaDecoderLayer"/>), scaled embeddings (<see cref="LlamaModel"/>), tied or untied
+/// head and final-logit soft-capping (<see cref="LlamaForCausalLM"/>). A feature the record can describe but
+/// nothing here computes yet (BitNet's squared ReLU, partial rotary dimensions) is refused by name; implementing it
+/// means its arithmetic in the module that owns it plus removing its line here.
 /// </summary>
 public static class ArchitectureSupport
 {
@@ -17,14 +18,10 @@ public static class ArchitectureSupport
     public static void Require(ModelArchitecture a, string source)
     {
         string? missing =
-            a.Norm != NormKind.Rms ? $"norm {a.Norm}"
-            : a.Activation != Activation.Silu ? $"activation {a.Activation}"
-            : a.Rope.Scaling != RopeScalingKind.None ? $"RoPE scaling {a.Rope.Scaling}"
+            a.Norm is not (NormKind.Rms or NormKind.RmsOffsetOne) ? $"norm {a.Norm}"
+            : a.Activation is not (Activation.Silu or Activation.GeluTanh) ? $"activation {a.Activation}"
+            : a.Rope.Scaling is not (RopeScalingKind.None or RopeScalingKind.Llama3) ? $"RoPE scaling {a.Rope.Scaling}"
             : a.Rope.RotaryDim != a.HeadDim ? $"partial rotary dimension {a.Rope.RotaryDim} of {a.HeadDim}"
-            : a.AttentionSoftCap is not null ? "attention logit soft-capping"
-            : a.FinalLogitSoftCap is not null ? "final logit soft-capping"
-            : a.QueryPreAttentionScalar is not null ? "query_pre_attn_scalar"
-            : a.ScaleEmbeddings ? "scaled embeddings"
             : null;
         if (missing != null)
             throw new NotSupportedException($"{source}: the {a.Family} family needs {missing}, which QLoraNet does not compute yet");

@@ -1,4 +1,4 @@
-using QLoraNet.Quant;
+using QLoraNet.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -52,8 +52,10 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         try
         {
             using var scope = NewDisposeScope();
+            handles.PhaseMarker?.Enter(StepPhase.Recompute);
             var input = hidden.detach().requires_grad_(true);
             var output = layer.forward(input, cos, sin, mask);
+            handles.PhaseMarker?.Enter(StepPhase.Backward);
             torch.autograd.backward([output], [gradOutput]);
             gradInput = (input.grad ?? torch.zeros_like(input)).MoveToOuterDisposeScope();
         }

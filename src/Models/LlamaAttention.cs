@@ -11,7 +11,10 @@ namespace QLoraNet.Models;
 /// arXiv:2305.13245): numHeads query heads share numKvHeads key/value heads, each kv head serving
 /// numHeads/numKvHeads consecutive query heads (HF's repeat_kv order). The four projections sit in
 /// <see cref="LinearSlots"/> under the names the family record gives them ("q_proj", ...), so LoRA finds
-/// "...self_attn.q_proj" by path; a projection with a bias (attention_bias) adds it after the frozen linear.
+/// "...self_attn.q_proj" by path; a projection with a bias (attention_bias, Qwen2's q/k/v) adds it after the frozen
+/// linear. A layer with a window (Mistral, Gemma 2's sliding layers) masks keys more than window - 1 positions back,
+/// in training (within the packed mask, if any) and with a KV cache alike. Scores that need a soft-cap or a scale
+/// other than 1/sqrt(headDim) (Gemma 2) go through <see cref="ExplicitAttention"/>; everything else through SDPA.
 /// </summary>
 public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, KvCache?, Tensor>
 {
@@ -21,11 +24,17 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
     readonly long numKvHeads;
     readonly long headDim;
     readonly int? window;
+    readonly double scale;
+    readonly double? softCap;
+    readonly bool explicitScores;
 
     /// <param name="projections">the Query, Key, Value and Output linears with their record entries and optional biases (out).</param>
     /// <param name="window">sliding attention window of this layer (the family record's), or null for full causal attention.</param>
+    /// <param name="scale">the factor on q·kᵀ; null = headDim^-0.5 (SDPA's own).</param>
+    /// <param name="softCap">c of the score soft-cap c · tanh(s / c) (Gemma 2's attn_logit_softcapping), or null.</param>
     public LlamaAttention(string name, int layerIndex, long numHeads, long numKvHeads, long headDim,
-        IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections, int? window = null) : base(name)
+        IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections, int? window = null,
+        double? scale = null, double? softCap = null) : base(name)
     {
         if (numHeads % numKvHeads != 0)
             throw new ArgumentException($"num_attention_heads ({numHeads}) must be a multiple of num_key_value_heads ({numKvHeads})");
@@ -34,6 +43,10 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         this.numKvHeads = numKvHeads;
         this.headDim = headDim;
         this.window = window;
+        double sdpaScale = Math.Pow(headDim, -0.5);
+        this.scale = scale ?? sdpaScale;
+        this.softCap = softCap;
+        explicitScores = softCap is not null || this.scale != sdpaScale;
         RegisterComponents();
         this.projections = new LinearSlots(this);
         foreach (var (spec, linear, bias) in projections) this.projections.Add(spec.Name, spec.Role, linear, bias);
@@ -69,23 +82,27 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         k = RepeatKv(k);                                                                // (B, nHeads, S, headDim)
         v = RepeatKv(v);
 
-        // Causal unless told otherwise. SDPA's is_causal aligns the triangle top-left, right only when T == S; a
-        // single new token after a cache sees everything; several new tokens after a cache need a shifted triangle.
-        Tensor? attnMask = mask;
-        bool isCausal = false;
+        // Which keys each query may see: the caller's mask (packed rows), else causal; a window cuts keys off, so
+        // causality and the band go into one mask, within the packed mask if there is one.
+        Tensor? allowed = mask;
         if (window is int w && s > w)
         {
-            // The window cuts keys off: causality and the band in one mask, within the packed mask if there is one.
             var band = AttentionMask.Causal(t, s, hidden.device, w);                    // (T, S)
-            attnMask = mask is null ? band : mask.logical_and(band);
+            allowed = mask is null ? band : mask.logical_and(band);
         }
-        else if (mask is null)
+        Tensor attn;                                                                    // (B, nHeads, T, headDim)
+        if (explicitScores)
         {
-            if (t == s) isCausal = t > 1;
-            else if (t > 1) attnMask = AttentionMask.Causal(t, s, hidden.device);
+            attn = ExplicitAttention.Compute(q, k, v, allowed ?? AttentionMask.Causal(t, s, hidden.device), scale, softCap);
         }
-        // Scale defaults to 1/sqrt(headDim), as in the paper and HF.
-        var attn = F.scaled_dot_product_attention(q, k, v, attnMask, p: 0.0, is_casual: isCausal); // (B, nHeads, T, headDim)
+        else
+        {
+            // SDPA's is_causal aligns the triangle top-left, right only when T == S; a single new token after a cache
+            // sees everything; several new tokens after a cache need a shifted triangle. Its scale is 1/sqrt(headDim).
+            bool isCausal = allowed is null && t == s && t > 1;
+            if (allowed is null && t != s && t > 1) allowed = AttentionMask.Causal(t, s, hidden.device);
+            attn = F.scaled_dot_product_attention(q, k, v, allowed, p: 0.0, is_casual: isCausal);
+        }
 
         var merged = attn.transpose(1, 2).reshape(b, t, numHeads * headDim);         // (B, T, nHeads*headDim)
         return projections.Call(LinearRole.Output, merged).MoveToOuterDisposeScope();

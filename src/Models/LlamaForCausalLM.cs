@@ -48,7 +48,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLi
     public LlamaModel Model => model;
 
     /// <summary>Where backward through this model defers its gradient handles; release after each backward pass
-    /// (<see cref="Quant.BackwardHandles.Release"/>).</summary>
+    /// (<see cref="BackwardHandles.Release"/>).</summary>
     public BackwardHandles BackwardHandles => model.BackwardHandles;
 
     /// <summary>The untied output head as loaded (a frozen linear), or null when the head is tied to the input
@@ -67,8 +67,9 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLi
     public void ReplaceLinear(string path, nn.Module<Tensor, Tensor> module)
     {
         var (slots, name) = Slot(path);
-        // A frozen linear entering the model (alone or inside a wrapper) defers into the model's queue like the rest.
-        foreach (var linear in module.modules().Prepend(module).OfType<FrozenLinear>()) linear.DeferBackwardHandlesTo(model.BackwardHandles);
+        // A frozen linear (or LoRA's fused dropout) entering the model, alone or inside a wrapper, defers into the
+        // model's queue like the rest.
+        foreach (var m in module.modules().Prepend(module).OfType<IDefersBackwardHandles>()) m.DeferBackwardHandlesTo(model.BackwardHandles);
         slots.Replace(name, module);
     }
 
@@ -82,12 +83,20 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLi
         return Logits(hidden).MoveToOuterDisposeScope();
     }
 
+    /// <summary>The final hidden states (after the last norm), (B, T) ids -> (B, T, hidden) in the compute dtype: the
+    /// input of <see cref="Logits"/>, for a loss that projects them in chunks (Kernels.ChunkedCrossEntropy) instead of
+    /// materialising the (B, T, vocab) fp32 logits of <see cref="forward(Tensor, Tensor?, Tensor?, KvCache?)"/>.</summary>
+    public Tensor HiddenStates(Tensor inputIds, Tensor? positionIds, Tensor? attentionMask) =>
+        model.forward(inputIds, positionIds, attentionMask, null);
+
     /// <summary>(..., hidden) -> (..., vocab) in fp32. Separate from forward so generation can project only the last
-    /// position and a loss can project in chunks.</summary>
+    /// position and a loss can project in chunks. With a final soft-cap c (Gemma 2) the logits are c · tanh(logits / c),
+    /// computed in the compute dtype before the cast, as transformers does.</summary>
     public Tensor Logits(Tensor hidden)
     {
         using var scope = NewDisposeScope();
         var logits = HeadPath is null ? F.linear(hidden, model.EmbedTokens.Weight.to(hidden.dtype)) : head.Call(LinearRole.Output, hidden);
+        if (Architecture.FinalLogitSoftCap is double cap) logits = (logits / cap).tanh() * cap;
         return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 

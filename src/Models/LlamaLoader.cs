@@ -127,14 +127,15 @@ public static class LlamaLoader
             (LayerLinear, FrozenLinear, Tensor?) Projection(LayerLinear l) =>
                 (l, linears[p + l.Path], l.HasBias ? frozen[p + l.Path + ".bias"] : null);
             var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
-                a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i));
+                a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i),
+                a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap);
             var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection));
             var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen[p + n.Path + ".weight"], a.NormEps, a.Norm)));
             layers.Add(new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms));
         }
         var model = new LlamaModel("model", frozen[a.EmbeddingWeight], layers,
             new RmsNorm("norm", frozen[a.FinalNormWeight], a.NormEps, a.Norm),
-            new RotaryEmbedding("rotary_emb", a.Rope.RotaryDim, a.Rope.Theta, o.ComputeDType, o.Device), o.ComputeDType);
+            new RotaryEmbedding("rotary_emb", a.Rope, o.ComputeDType, o.Device), o.ComputeDType, a.ScaleEmbeddings);
         return new LlamaForCausalLM(a.Architectures.FirstOrDefault() ?? a.Family, a, model, linears.GetValueOrDefault(a.HeadName));
     }
 }

@@ -6,9 +6,11 @@ using F = TorchSharp.torch.nn.functional;
 
 namespace QLoraNet.Models;
 
-/// <summary>Gated feed-forward down(act(gate(x)) * up(x)): with SiLU, SwiGLU (Shazeer 2020, "GLU Variants Improve
-/// Transformer", arXiv:2002.05202). The three linears sit in <see cref="LinearSlots"/> under the family record's
-/// names, with their biases when mlp_bias is set; the activation is the record's.</summary>
+/// <summary>Gated feed-forward down(act(gate(x)) * up(x)) (Shazeer 2020, "GLU Variants Improve Transformer",
+/// arXiv:2002.05202): with SiLU, SwiGLU (Llama, Mistral, Qwen2); with the tanh approximation of GELU, GeGLU (Gemma,
+/// transformers' "gelu_pytorch_tanh" = torch's gelu(approximate="tanh")). The three linears sit in
+/// <see cref="LinearSlots"/> under the family record's names, with their biases when mlp_bias is set; the activation
+/// is the record's.</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 {
     readonly LinearSlots projections;
@@ -35,10 +37,11 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
         return projections.Call(LinearRole.Down, gated).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The switch point for other families' activations (GeGLU, squared ReLU): see <see cref="ArchitectureSupport"/>.</summary>
+    /// <summary>The switch point for the families' activations (BitNet's squared ReLU would go here): see <see cref="ArchitectureSupport"/>.</summary>
     Tensor Activate(Tensor x) => activation switch
     {
         Activation.Silu => F.silu(x),
+        Activation.GeluTanh => F.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh),
         _ => throw new NotSupportedException($"activation {activation} is not implemented"),
     };
 }

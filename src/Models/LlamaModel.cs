@@ -6,7 +6,10 @@ using static TorchSharp.torch;
 namespace QLoraNet.Models;
 
 /// <summary>
-/// The Llama decoder stack (Touvron et al. 2023, arXiv:2302.13971): token embedding, N decoder layers, final RMSNorm.
+/// The Llama decoder stack (Touvron et al. 2023, arXiv:2302.13971): token embedding, N decoder layers, final RMSNorm;
+/// with <c>scaleEmbeddings</c> (Gemma) the embedding output is multiplied by sqrt(hidden) rounded to the compute dtype,
+/// as transformers' GemmaModel builds its normalizer (a tensor of hidden_size**0.5 in the hidden states' dtype: in
+/// bf16, sqrt(3072) = 55.43 becomes 55.5, and the checkpoints were trained with that).
 /// Module names equal Hugging Face's state-dict keys under "model.": embed_tokens, layers.{i}, norm.
 /// </summary>
 public sealed class LlamaModel : nn.Module<Tensor, Tensor>
@@ -16,12 +19,15 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     readonly RmsNorm norm;
     readonly RotaryEmbedding rotary_emb;
     readonly ScalarType computeDType;
+    readonly bool scaleEmbeddings;
 
     /// <param name="embedTokens">(vocab, hidden) embedding matrix, frozen; may be stored in a narrower dtype than the compute dtype.</param>
     /// <param name="computeDType">dtype of the hidden states (embedding rows are cast to it).</param>
+    /// <param name="scaleEmbeddings">multiply the embedding output by sqrt(hidden) (Gemma).</param>
     public LlamaModel(string name, Tensor embedTokens, IEnumerable<LlamaDecoderLayer> layers, RmsNorm norm,
-        RotaryEmbedding rotaryEmb, ScalarType computeDType) : base(name)
+        RotaryEmbedding rotaryEmb, ScalarType computeDType, bool scaleEmbeddings = false) : base(name)
     {
+        this.scaleEmbeddings = scaleEmbeddings;
         embed_tokens = new FrozenEmbedding("embed_tokens", embedTokens);
         this.layers = nn.ModuleList(layers.ToArray());
         this.norm = norm;
@@ -46,6 +52,9 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     /// <see cref="LayerCheckpoint"/>). Only takes effect while gradients are enabled and no KV cache is used.</summary>
     public bool GradientCheckpointing { get; set; }
 
+    /// <summary>Gemma's embedding normalizer: hidden**0.5 as a 0-dim tensor in <paramref name="dtype"/> (rounded to it, as transformers builds it).</summary>
+    public static Tensor EmbeddingScale(long hidden, ScalarType dtype, Device device) => tensor(Math.Pow(hidden, 0.5), dtype, device);
+
     public override Tensor forward(Tensor inputIds) => forward(inputIds, null, null, null);
 
     /// <param name="inputIds">(B, T) int64 token ids</param>
@@ -63,6 +72,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         var (cos, sin) = rotary_emb.call(positionIds);                                  // (B, T, headDim) each
 
         var h = embed_tokens.call(inputIds).to(computeDType);                          // (B, T, hidden)
+        if (scaleEmbeddings) h = h * EmbeddingScale(h.shape[^1], computeDType, h.device);
         if (GradientCheckpointing && cache is null && torch.is_grad_enabled())
         {
             // The frozen embedding output does not require grad; the checkpoint function must see an input that

@@ -12,8 +12,9 @@ namespace QLoraNet.Models;
 /// Why not a torch.Generator: TorchSharp 0.107 creates every Generator on the CPU whatever device it is given
 /// (THSGenerator_new ignores the device), and a CPU generator cannot drive a CUDA op. A counter-based stream has
 /// other virtues: its whole state is two numbers (<see cref="State"/>), so activation checkpointing saves and
-/// restores it for free, and a draw gives the same bits on every device. A fused kernel can replace the tensor ops
-/// later and must give the same bits.
+/// restores it for free, and a draw gives the same bits on every device. The fused kernel (Kernels.FusedDropout,
+/// Cuda/dropout.cu) computes the same bits from the draw's key (<see cref="NextKey"/>) inside the dropout itself;
+/// the tensor ops here (<see cref="MaskOf"/>) are its reference.
 /// </summary>
 public sealed class RandomStream
 {
@@ -43,12 +44,25 @@ public sealed class RandomStream
     /// probability <see cref="DropProbability"/>(<paramref name="p"/>), independently. Every element gets 16
     /// uniform bits (four per 64-bit hash), so the drop probability is p rounded to a multiple of 2^-16.
     /// </summary>
-    public Tensor KeepMask(long[] shape, double p, Device device)
+    public Tensor KeepMask(long[] shape, double p, Device device) => MaskOf(NextKey(), shape, DropThreshold(p), device);
+
+    /// <summary>The key of the next draw (a hash of the seed and the draw count), advancing the stream by one draw:
+    /// what a fused kernel takes in place of a mask.</summary>
+    public ulong NextKey()
+    {
+        ulong key = Finalize((ulong)State.Seed * Gamma + Finalize((ulong)State.Draws + 1));
+        State = State with { Draws = State.Draws + 1 };
+        return key;
+    }
+
+    /// <summary>
+    /// The keep mask of the draw with key <paramref name="key"/>: element i is kept when 16 bits of the SplitMix64
+    /// hash of counter i / 4 + 1 (bits 16 (i % 4) and up) are at least <paramref name="threshold"/>.
+    /// </summary>
+    public Tensor MaskOf(ulong key, long[] shape, long threshold, Device device)
     {
         long numel = shape.Aggregate(1L, (a, b) => a * b);
         long words = (numel + 3) / 4;
-        ulong key = Finalize((ulong)State.Seed * Gamma + Finalize((ulong)State.Draws + 1));
-        State = State with { Draws = State.Draws + 1 };
         var c = ConstantsOn(device);
         using var scope = NewDisposeScope();
         var z = torch.arange(1, words + 1, 1, ScalarType.Int64, device);                 // (words) counters 1..n
@@ -57,14 +71,15 @@ public sealed class RandomStream
         z = z.bitwise_xor(ShiftRight(z, c, 1)).mul_(unchecked((long)Mix2));
         z = z.bitwise_xor(ShiftRight(z, c, 2));                                            // (words) uniform 64-bit
         var lanes = z.unsqueeze(-1).bitwise_right_shift(c.LaneShifts).bitwise_and_(c.LaneMask); // (words, 4) 16-bit each
-        var keep = lanes.reshape(-1).narrow(0, 0, numel).ge(DropThreshold(p));            // (numel)
+        var keep = lanes.reshape(-1).narrow(0, 0, numel).ge(threshold);                   // (numel)
         return keep.reshape(shape).MoveToOuterDisposeScope();
     }
 
     /// <summary>The drop probability a mask for <paramref name="p"/> has: p rounded to a multiple of 2^-16.</summary>
     public static double DropProbability(double p) => DropThreshold(p) / 65536.0;
 
-    static long DropThreshold(double p) => (long)Math.Round(p * 65536);
+    /// <summary>Keep an element when its 16 random bits are at least this: round(p * 65536).</summary>
+    public static long DropThreshold(double p) => (long)Math.Round(p * 65536);
 
     /// <summary>Logical right shift of int64 z by the k-th mixer shift (torch's shift is arithmetic: mask the sign fill).</summary>
     static Tensor ShiftRight(Tensor z, Constants c, int k) => z.bitwise_right_shift(c.MixShifts[k]).bitwise_and_(c.MixMasks[k]);

@@ -7,9 +7,16 @@ namespace QLoraNet.Models;
 
 /// <summary>
 /// Root-mean-square layer norm (Zhang &amp; Sennrich 2019, "Root Mean Square Layer Normalization"):
-/// y = weight * x / sqrt(mean(x^2) + eps), no mean subtraction, no bias. TorchSharp has none.
-/// Computed in fp32 whatever the input dtype, as Hugging Face's LlamaRMSNorm does, because the mean of squares of
-/// bf16 activations loses too much precision; the result goes back to the input dtype before the weight multiply.
+/// y = scale * x / sqrt(mean(x^2) + eps), no mean subtraction, no bias. TorchSharp has none.
+/// The normalisation is computed in fp32 whatever the input dtype, as Hugging Face does, because the mean of squares
+/// of bf16 activations loses too much precision. The family record's <see cref="NormKind"/> decides the rest:
+/// <list type="bullet">
+/// <item><see cref="NormKind.Rms"/> (LlamaRMSNorm): the normed value goes back to the input dtype, then is
+/// multiplied by the weight, scale = w.</item>
+/// <item><see cref="NormKind.RmsOffsetOne"/> (GemmaRMSNorm): the weight is stored as an offset from one and the
+/// multiply happens in fp32 before the cast back, (normed32 * (1 + w32)).to(input dtype) (transformers PR 29402:
+/// "Llama does x.to(float16) * w whilst Gemma is (x * w).to(float16)").</item>
+/// </list>
 /// The weight is frozen (requires_grad = false): QLoRA trains adapters only.
 /// </summary>
 public sealed class RmsNorm : nn.Module<Tensor, Tensor>
@@ -18,11 +25,11 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     readonly double eps;
     readonly NormKind kind;
 
-    /// <param name="weight">(hidden) the learned scale, already in the dtype and on the device it should live in.</param>
-    /// <param name="kind">the family record's norm; the switch point for Gemma's (1 + w) scale (see <see cref="ArchitectureSupport"/>).</param>
+    /// <param name="weight">(hidden) the learned scale (or its offset from one), already in the dtype and on the device it should live in.</param>
+    /// <param name="kind">the family record's norm.</param>
     public RmsNorm(string name, Tensor weight, double eps, NormKind kind = NormKind.Rms) : base(name)
     {
-        if (kind != NormKind.Rms) throw new NotSupportedException($"norm {kind} is not implemented");
+        if (kind is not (NormKind.Rms or NormKind.RmsOffsetOne)) throw new NotSupportedException($"norm {kind} is not implemented");
         this.weight = new Parameter(weight, requires_grad: false);
         this.eps = eps;
         this.kind = kind;
@@ -42,9 +49,11 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
         var inputDType = x.dtype;
         var x32 = x.to(ScalarType.Float32);
         var variance = x32.pow(2).mean([-1L], keepdim: true);     // (..., 1)
-        var normed = (x32 * rsqrt(variance + eps)).to(inputDType);
+        var normed32 = x32 * rsqrt(variance + eps);                 // (..., hidden) fp32
+        if (kind == NormKind.RmsOffsetOne)
+            return (normed32 * (1.0 + weight.to(ScalarType.Float32))).to(inputDType).MoveToOuterDisposeScope();
         // HF multiplies weight (model dtype) by the normed input; we also cast the weight so the output keeps the
         // input dtype even when norms are stored in a different dtype than the compute dtype.
-        return (weight.to(inputDType) * normed).MoveToOuterDisposeScope();
+        return (weight.to(inputDType) * normed32.to(inputDType)).MoveToOuterDisposeScope();
     }
 }

@@ -22,6 +22,9 @@ public sealed record AdapterConfig(
 {
     public const string FileName = "adapter_config.json";
 
+    /// <summary>What the adapter was trained on (<see cref="AdapterProvenance.FileName"/> beside the config); null when unknown.</summary>
+    public AdapterProvenance? Provenance { get; init; }
+
     /// <summary>The peft release whose LoraConfig field set <see cref="ToJson"/> mirrors.</summary>
     public const string PeftVersion = "0.20.0";
 
@@ -44,7 +47,7 @@ public sealed record AdapterConfig(
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: not found (a peft adapter directory needs an {FileName})", path);
         var root = UserFile.ReadJsonNode(path, what: "adapter config");
         if (root is not JsonObject obj) throw new InvalidDataException($"{path}: expected a JSON object");
-        return Parse(obj, path);
+        return Parse(obj, path) with { Provenance = AdapterProvenance.Load(Path.GetDirectoryName(Path.GetFullPath(path))!) };
     }
 
     /// <summary>Reads the fields we use, refusing unsupported features; <paramref name="source"/> names the file in errors.</summary>
@@ -253,11 +256,13 @@ public sealed record AdapterConfig(
         return new JsonObject(fields);
     }
 
-    /// <summary>Writes <see cref="FileName"/> into <paramref name="directory"/> (indent 2, sorted keys, like peft).</summary>
+    /// <summary>Writes <see cref="FileName"/> into <paramref name="directory"/> (indent 2, sorted keys, like peft), and
+    /// the provenance sidecar when known.</summary>
     public void Save(string directory)
     {
         Directory.CreateDirectory(directory);
         File.WriteAllText(Path.Combine(directory, FileName), ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        Provenance?.Save(directory);
     }
 
     /// <summary>peft's lora_alpha is an int; keep integral values integral so the file reads `16`, not `16.0`.</summary>

@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using QLoraNet.Kernels;
 using QLoraNet.Models;
 using QLoraNet.Quant;
 using TorchSharp;
@@ -19,8 +20,10 @@ public static partial class LoraApplier
     /// <paramref name="seed"/> seeds A's initial values (a CPU generator, so every device gets the same adapter);
     /// null draws from torch's default generator. <paramref name="dropoutRandom"/>: where every adapter draws its
     /// dropout masks (a training run's stream); null = each adapter its own (<see cref="LoraDropout"/>).
+    /// <paramref name="dropoutKernel"/>: the fused dropout of the run's kernel selection; null = the torch-op reference.
     /// </summary>
-    public static IReadOnlyList<string> Apply<TModel>(TModel model, LoraSettings settings, long? seed = null, RandomStream? dropoutRandom = null)
+    public static IReadOnlyList<string> Apply<TModel>(TModel model, LoraSettings settings, long? seed = null, RandomStream? dropoutRandom = null,
+        FusedDropout? dropoutKernel = null)
         where TModel : nn.Module, IReplaceableLinears
     {
         if (model.modules().Any(m => m is LoraLinear))
@@ -34,7 +37,7 @@ public static partial class LoraApplier
         using var generator = seed is long s ? new Generator((ulong)s) : null;
         foreach (var path in selected)
         {
-            var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom);
+            var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom, dropoutKernel);
             model.ReplaceLinear(path, wrapped);
         }
 

@@ -1,3 +1,4 @@
+using QLoraNet.Kernels;
 using QLoraNet.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -12,21 +13,30 @@ namespace QLoraNet.Peft;
 /// same masks) or one of this module's own. Activation checkpointing replays it through <see cref="IStochasticModule"/>.
 /// p is applied rounded to a multiple of 2^-16 (<see cref="RandomStream.DropProbability"/>), and the survivors are
 /// scaled by one over the rounded keep probability, so the expected output is exactly the input.
+/// On CUDA the fused kernel (<see cref="FusedDropout"/>) makes the same mask from the draw's key inside the multiply,
+/// each way, and keeps no mask for backward; elsewhere the stream's tensor ops make it. Both consume one draw, so
+/// the stream's position (and what activation checkpointing replays) does not depend on the path.
 /// </summary>
-public sealed class LoraDropout : nn.Module<Tensor, Tensor>, IStochasticModule
+public sealed class LoraDropout : nn.Module<Tensor, Tensor>, IStochasticModule, IDefersBackwardHandles
 {
     readonly double _p;
     readonly double _scale;
+    readonly FusedDropout _kernel;
+    BackwardHandles _handles = new();
 
     /// <param name="p">probability of zeroing an element, in (0, 1).</param>
     /// <param name="random">where masks come from; null = a stream of this module's own, seeded 0.</param>
-    public LoraDropout(double p, RandomStream? random = null) : base("Dropout")
+    /// <param name="kernel">the fused dropout of the run's kernel selection; null = the torch-op reference.</param>
+    public LoraDropout(double p, RandomStream? random = null, FusedDropout? kernel = null) : base("Dropout")
     {
         if (!(p > 0 && p < 1)) throw new ArgumentException($"LoRA dropout {p} must be in (0, 1)");
         _p = p;
         _scale = 1 / (1 - RandomStream.DropProbability(p));
         Random = random ?? new RandomStream();
+        _kernel = kernel ?? FusedKernels.Reference().Dropout;
     }
+
+    public void DeferBackwardHandlesTo(BackwardHandles owner) => _handles = owner;
 
     public RandomStream Random { get; }
 
@@ -36,8 +46,9 @@ public sealed class LoraDropout : nn.Module<Tensor, Tensor>, IStochasticModule
     public override Tensor forward(Tensor x)
     {
         if (!training) return x.alias();
+        if (_kernel.Fits(x)) return _kernel.Apply(x, Random.NextKey(), RandomStream.DropThreshold(_p), _scale, _handles);
         using var scope = NewDisposeScope();
         var keep = Random.KeepMask(x.shape, _p, x.device);        // bool, the only tensor kept for backward
-        return x.mul(keep).mul_(_scale).MoveToOuterDisposeScope();
+        return _kernel.ApplyReference(x, keep, _scale).MoveToOuterDisposeScope();
     }
 }

@@ -1,3 +1,4 @@
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -11,6 +12,8 @@ namespace QLoraNet.Peft;
 ///
 ///     y = base(x) + scaling · B(A(dropout(x)))        A [r, in] Kaiming-uniform, B [out, r] zeros
 ///
+/// The up-projection, the scaling and the addition are one GEMM whose epilogue reads the base output
+/// (<see cref="LoraPath.AddLowRank"/>), instead of three passes over the (tokens, out) output.
 /// B = 0 at the start, so the wrapped layer begins exactly as the base. A and B live in fp32 so that AdamW's
 /// small updates are not rounded away, and are cast to the base's compute dtype for the matmuls (bf16 on GPU: the
 /// adapter path then runs at the base's speed; peft without autocast computes it in the adapter's dtype instead).
@@ -33,8 +36,9 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// <param name="generator">a CPU generator for A's initial values, or null for torch's default one.</param>
     /// <param name="dropoutRandom">where the dropout masks come from (a training run passes the stream it reseeds per
     /// micro-batch), or null for a stream of the adapter's own (<see cref="LoraDropout"/>).</param>
+    /// <param name="dropoutKernel">the fused dropout of the run's kernel selection; null = the torch-op reference.</param>
     public LoraLinear(FrozenLinear baseLayer, int r, double alpha, double dropout, bool useRsLora,
-        Generator? generator = null, Models.RandomStream? dropoutRandom = null) : base(nameof(LoraLinear))
+        Generator? generator = null, Models.RandomStream? dropoutRandom = null, FusedDropout? dropoutKernel = null) : base(nameof(LoraLinear))
     {
         if (dropout < 0 || dropout >= 1)
             throw new ArgumentException($"LoRA dropout {dropout} must be in [0, 1)");
@@ -56,7 +60,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
             lora_A = new LoraFactor("lora_A", aOnDevice);  // (r, in)
             lora_B = new LoraFactor("lora_B", bOnDevice);  // (out, r)
         }
-        lora_dropout = dropout > 0 ? new LoraDropout(dropout, dropoutRandom) : nn.Identity();
+        lora_dropout = dropout > 0 ? new LoraDropout(dropout, dropoutRandom, dropoutKernel) : nn.Identity();
         (_deviceType, _deviceIndex) = LoraDevice.RecordFor(lora_A.Weight);
         RegisterComponents();
     }
@@ -84,9 +88,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         var result = base_layer.forward(x);                          // (..., out), base output dtype
         var dtype = base_layer.ComputeDType;
         var h = lora_dropout.forward(x).to(dtype);                   // (..., in)
-        var down = nn.functional.linear(h, A.to(dtype));             // (..., r)
-        var up = nn.functional.linear(down, B.to(dtype));            // (..., out)
-        var y = result + up.mul(Scaling).to(result.dtype);
+        var y = LoraPath.AddLowRank(result, h, A.to(dtype), B.to(dtype), Scaling);
         return y.MoveToOuterDisposeScope();
     }
 

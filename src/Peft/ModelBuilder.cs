@@ -22,6 +22,7 @@ namespace QLoraNet.Peft;
 /// step reseeds); null = each adapter a stream of its own.</param>
 /// <param name="AdapterDir">attach the peft adapter in this directory instead (inference).</param>
 /// <param name="AllowNonFiniteWeights">load base and adapter weights holding NaN/Inf instead of refusing them by name.</param>
+/// <param name="AdapterInitDir">start the new adapters from this peft adapter's factors (continued training).</param>
 public sealed record ModelBuildOptions(
     Device Device,
     ScalarType ComputeDType,
@@ -33,7 +34,8 @@ public sealed record ModelBuildOptions(
     long? AdapterSeed = null,
     string? AdapterDir = null,
     RandomStream? AdapterDropout = null,
-    bool AllowNonFiniteWeights = false);
+    bool AllowNonFiniteWeights = false,
+    string? AdapterInitDir = null);
 
 /// <summary>A built model with what was decided on the way; disposing it disposes the model.</summary>
 /// <param name="BaseFormat">the format the decoder linears were actually stored in (for "none" under a fixed frozen dtype, that dtype).</param>
@@ -79,7 +81,11 @@ public static class ModelBuilder
             model.Model.GradientCheckpointing = o.GradientCheckpointing;
             AdapterConfig? adapter = null;
             if (o.NewAdapter is { } lora)
-                adapter = AdapterConfig.From(lora, LoraApplier.Apply(model, lora, o.AdapterSeed, o.AdapterDropout), modelDir);
+            {
+                adapter = AdapterConfig.From(lora, LoraApplier.Apply(model, lora, o.AdapterSeed, o.AdapterDropout, kernels.Fused.Dropout), modelDir)
+                    with { Provenance = new AdapterProvenance(format) };
+                if (o.AdapterInitDir is { } init) AdapterInit.LoadInto(init, model, lora);
+            }
             else if (o.AdapterDir is { } dir)
             {
                 AdapterFiles.ApplyAndLoad(dir, model, o.AllowNonFiniteWeights);

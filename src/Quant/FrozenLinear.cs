@@ -1,3 +1,4 @@
+using QLoraNet.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -10,7 +11,7 @@ namespace QLoraNet.Quant;
 /// compute dtype transiently (custom autograd keeps only the stored form for backward).
 /// LoRA and merge see nothing but this class.
 /// </summary>
-public abstract class FrozenLinear : nn.Module<Tensor, Tensor>
+public abstract class FrozenLinear : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
 {
     protected FrozenLinear(string name, long inFeatures, long outFeatures, ScalarType computeDType) : base(name)
     {
@@ -29,7 +30,7 @@ public abstract class FrozenLinear : nn.Module<Tensor, Tensor>
     public abstract string FormatName { get; }
 
     /// <summary>
-    /// Where this linear's backward defers the gradient handles it returns (<see cref="Quant.BackwardHandles"/>).
+    /// Where this linear's backward defers the gradient handles it returns (<see cref="Kernels.BackwardHandles"/>).
     /// A linear starts with a queue of its own; the model it is assembled into points all its linears at the
     /// model's one queue (<see cref="DeferBackwardHandlesTo"/>), which whoever runs backward on the model releases.
     /// </summary>

@@ -1,3 +1,4 @@
+using QLoraNet.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 

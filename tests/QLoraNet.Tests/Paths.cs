@@ -6,6 +6,9 @@ public static class Paths
     public static string RepoRoot { get; } = FindRoot();
     public static string TinyModel => Path.Combine(RepoRoot, "models", "tiny-llama-sotu");
 
+    /// <summary>A tiny model-family fixture with transformers references (tests/fixtures/families/NAME).</summary>
+    public static string Family(string name) => Path.Combine(RepoRoot, "tests", "fixtures", "families", name);
+
     static string FindRoot()
     {
         var d = new DirectoryInfo(AppContext.BaseDirectory);

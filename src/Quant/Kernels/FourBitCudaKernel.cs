@@ -1,52 +1,69 @@
+using QLoraNet.Kernels.Cuda;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace QLoraNet.Quant.Kernels;
 
 /// <summary>
-/// The fused 4-bit dequantization kernel (Kernels/nf4_dequant.cu, shipped as PTX built once with nvcc and embedded
+/// The fused 4-bit dequantization kernel (nf4_dequant.cu, shipped as PTX built by scripts/build_ptx.sh and embedded
 /// here): packed codes + (double-quantized) absmax -> dense bf16/fp32 weight in one pass over memory, bit for bit
-/// equal to <see cref="FourBitWeight.DequantizeWithTorchOps"/> (a GPU test and `bench kernel` hold the two equal).
+/// equal to <see cref="FourBitWeight.DequantizeWithTorchOps"/> (`bench kernel` holds the two equal on the device).
 /// An instance is the module loaded into one CUDA context; <see cref="KernelSelection"/> loads it once per run
 /// and decides where it is used. A load failure is an exception for the selection to report, never a silent swap.
 /// </summary>
 public sealed unsafe class FourBitCudaKernel
 {
-    const string PtxResource = "QLoraNet.Quant.Kernels.nf4_dequant.ptx";
-    const int Threads = 256, WordsPerThread = 4; // kThreads, kWordsPerThread in nf4_dequant.cu
+    const string PtxFile = "nf4_dequant.ptx";
+    const int Threads = 256, BlocksPerMultiprocessor = 8; // kThreads in nf4_dequant.cu; 2048 threads per SM
 
-    readonly IntPtr[] _functions; // f32, bf16, dq_f32, dq_bf16
+    readonly PtxModule _module;
+    readonly int _multiprocessors;
 
-    FourBitCudaKernel(IntPtr[] functions) => _functions = functions;
+    FourBitCudaKernel(PtxModule module, int multiprocessors)
+    {
+        _module = module;
+        _multiprocessors = multiprocessors;
+    }
 
-    /// <summary>True when this build carries the PTX (scripts/gpu/build_ptx.sh builds it).</summary>
-    public static bool IsEmbedded => typeof(FourBitCudaKernel).Assembly.GetManifestResourceInfo(PtxResource) != null;
+    /// <summary>How a kernel moves the bytes (nf4_dequant.cu's header compares them); all compute the same values.</summary>
+    public enum Variant
+    {
+        /// <summary>4-byte words of codes per lane, 16-byte stores: any blocksize >= 8.</summary>
+        Words,
+        /// <summary>16-byte vectors of codes per lane, four 16-byte stores each: blocksize >= 32.</summary>
+        Vectors,
+        /// <summary>As <see cref="Vectors"/>, stores staged through shared memory: bf16 only.</summary>
+        Staged,
+    }
 
     /// <summary>
-    /// Loads the PTX (the embedded one, or <paramref name="ptxPath"/> during kernel development) into the current CUDA
-    /// context; libtorch must already have made it current (any CUDA tensor does). Throws with the driver's error.
+    /// The variant <see cref="Dequantize"/> uses where it applies (bf16, blocksize >= 32), else
+    /// <see cref="Variant.Words"/>. Chosen by `bench kernel` on an H200 (docs/BENCHMARKS.md, "Fused kernels"): Staged and
+    /// Words within 1-2% of each other on every 7B/13B shape, Vectors 30-45% slower (its 64-byte-strided stores).
     /// </summary>
-    public static FourBitCudaKernel Load(string? ptxPath = null)
-    {
-        byte[] text;
-        if (ptxPath != null) text = File.ReadAllBytes(ptxPath);
-        else
-        {
-            using var s = typeof(FourBitCudaKernel).Assembly.GetManifestResourceStream(PtxResource)
-                ?? throw new InvalidOperationException("PTX not embedded in this build (scripts/gpu/build_ptx.sh builds it)");
-            text = new byte[s.Length];
-            s.ReadExactly(text);
-        }
-        var ptx = new byte[text.Length + 1]; // the driver wants a NUL-terminated image
-        text.CopyTo(ptx, 0);
-        CudaDriver.CurrentContext();
-        var module = CudaDriver.LoadModule(ptx);
-        return new FourBitCudaKernel(
-        [
-            CudaDriver.GetFunction(module, "qln_dequant4_f32"), CudaDriver.GetFunction(module, "qln_dequant4_bf16"),
-            CudaDriver.GetFunction(module, "qln_dequant4_dq_f32"), CudaDriver.GetFunction(module, "qln_dequant4_dq_bf16"),
-        ]);
-    }
+    public const Variant DefaultVariant = Variant.Staged;
+
+    /// <summary>True when this build carries the PTX (scripts/build_ptx.sh builds it).</summary>
+    public static bool IsEmbedded => PtxModule.IsEmbedded(typeof(FourBitCudaKernel).Assembly, PtxFile);
+
+    /// <summary>Where the loaded image came from ("embedded" or a path).</summary>
+    public string Source => _module.Source;
+
+    /// <summary>Every kernel <see cref="Dequantize"/> may launch (a test holds them to the embedded PTX).</summary>
+    internal static IEnumerable<string> KernelNames =>
+        from v in new[] { "w", "v", "t" }
+        from dq in new[] { "", "_dq" }
+        from dtype in new[] { "_bf16", "_f32" }
+        where !(v == "t" && dtype == "_f32")
+        select "qln_dequant4_" + v + dq + dtype;
+
+    /// <summary>
+    /// Loads the PTX (<paramref name="ptxDir"/>/nf4_dequant.ptx during kernel development, else the embedded one)
+    /// into the current CUDA context; libtorch must already have made it current (any CUDA tensor does). Throws with
+    /// the driver's error.
+    /// </summary>
+    public static FourBitCudaKernel Load(string? ptxDir = null) =>
+        new(PtxModule.Load(typeof(FourBitCudaKernel).Assembly, PtxFile, KernelNames, ptxDir), CudaDriver.MultiprocessorCount());
 
     /// <summary>
     /// Why this weight cannot go through the kernel (null when it can): the output must be bf16 or fp32, and one
@@ -59,21 +76,34 @@ public sealed unsafe class FourBitCudaKernel
         if (w.Numel % 8 != 0) return $"{w.Numel} weights, not a multiple of 8";
         if (w.BlockSize < 8 || (w.BlockSize & (w.BlockSize - 1)) != 0) return $"blocksize {w.BlockSize}";
         if (w.Scales is DoubleQuantizedScales d && (d.NestedBlockSize & (d.NestedBlockSize - 1)) != 0) return $"nested blocksize {d.NestedBlockSize}";
-        if ((w.Numel / 8 + Threads * WordsPerThread - 1) / (Threads * WordsPerThread) > int.MaxValue) return "more blocks than one launch holds";
         return null;
     }
 
-    /// <summary>The dense weight of <paramref name="w"/> (on CUDA) in <paramref name="dtype"/>; the caller checked <see cref="Unsupported"/>.</summary>
-    public Tensor Dequantize(FourBitWeight w, ScalarType dtype)
+    /// <summary>Whether <paramref name="variant"/> can dequantize <paramref name="w"/> to <paramref name="dtype"/> (the weight is supported).</summary>
+    public static bool Applies(FourBitWeight w, ScalarType dtype, Variant variant) =>
+        variant == Variant.Words
+        || (w.Numel % 32 == 0 && w.BlockSize >= 32 && (variant == Variant.Vectors || dtype == ScalarType.BFloat16));
+
+    /// <summary>
+    /// The dense weight of <paramref name="w"/> (on CUDA) in <paramref name="dtype"/>; the caller checked
+    /// <see cref="Unsupported"/>. <paramref name="variant"/>: null = <see cref="DefaultVariant"/> where it applies,
+    /// else <see cref="Variant.Words"/>; a variant asked for explicitly (`bench kernel`) must apply.
+    /// </summary>
+    public Tensor Dequantize(FourBitWeight w, ScalarType dtype, Variant? variant = null)
     {
         if (w.Packed.device_type != DeviceType.CUDA) throw new ArgumentException("the CUDA kernel dequantizes CUDA tensors only");
         if (Unsupported(w, dtype) is { } why) throw new ArgumentException($"the CUDA kernel cannot dequantize this weight: {why}");
+        var v = variant ?? DefaultVariant;
+        if (!Applies(w, dtype, v))
+        {
+            if (variant is not null) throw new ArgumentException($"variant {v} does not apply to this weight");
+            v = Variant.Words; // the general one, as fast as Staged (bench kernel, H200)
+        }
         var device = w.Packed.device;
         bool dq = w.Scales is DoubleQuantizedScales;
         using var scope = torch.NewDisposeScope();
         var packed = w.Packed.contiguous();
-        if ((long)CudaDriver.DataPointer(packed) % 4 != 0)
-            throw new InvalidOperationException("packed 4-bit codes are not 4-byte aligned; the kernel reads them as 32-bit words");
+        if (!DeviceTensors.Aligned16(packed)) packed = packed.clone(); // the kernels read 16-byte vectors; a fresh allocation is aligned
         var codebook = CodeTables.Float(FourBitCodebook.Name(w.Type) + "/values", device, () => FourBitCodebook.Values(w.Type));
         Tensor? absmax = null, absmaxQ = null, nestedAbsmax = null, nestedCode = null;
         float offset = 0f;
@@ -81,11 +111,11 @@ public sealed unsafe class FourBitCudaKernel
         switch (w.Scales)
         {
             case PlainScales p:
-                absmax = p.Absmax.to(ScalarType.Float32, device).contiguous();
+                absmax = OnDevice(p.Absmax, ScalarType.Float32, device);
                 break;
             case DoubleQuantizedScales d:
-                absmaxQ = d.Codes.to(ScalarType.Byte, device).contiguous();
-                nestedAbsmax = d.NestedAbsmax.to(ScalarType.Float32, device).contiguous();
+                absmaxQ = OnDevice(d.Codes, ScalarType.Byte, device);
+                nestedAbsmax = OnDevice(d.NestedAbsmax, ScalarType.Float32, device);
                 nestedCode = CodeTables.Float("dynamic/values", device, DynamicMap.Values);
                 offset = d.Offset;
                 log2Nested = System.Numerics.BitOperations.Log2((uint)d.NestedBlockSize);
@@ -93,16 +123,29 @@ public sealed unsafe class FourBitCudaKernel
         }
         var output = torch.empty([w.Numel], dtype, device);
 
-        IntPtr pPacked = CudaDriver.DataPointer(packed), pAbsmax = dq ? IntPtr.Zero : CudaDriver.DataPointer(absmax!);
-        IntPtr pAq = dq ? CudaDriver.DataPointer(absmaxQ!) : IntPtr.Zero, pNa = dq ? CudaDriver.DataPointer(nestedAbsmax!) : IntPtr.Zero;
-        IntPtr pNc = dq ? CudaDriver.DataPointer(nestedCode!) : IntPtr.Zero, pCb = CudaDriver.DataPointer(codebook), pOut = CudaDriver.DataPointer(output);
-        long nwords = w.Numel / 8; // one 4-byte word of packed codes = 8 weights
+        IntPtr pPacked = DeviceTensors.Ptr(packed), pAbsmax = dq ? IntPtr.Zero : DeviceTensors.Ptr(absmax!);
+        IntPtr pAq = dq ? DeviceTensors.Ptr(absmaxQ!) : IntPtr.Zero, pNa = dq ? DeviceTensors.Ptr(nestedAbsmax!) : IntPtr.Zero;
+        IntPtr pNc = dq ? DeviceTensors.Ptr(nestedCode!) : IntPtr.Zero, pCb = DeviceTensors.Ptr(codebook), pOut = DeviceTensors.Ptr(output);
+        // Work units: 4-byte words (8 weights) or 16-byte vectors (32 weights) of codes; a warp takes 128 words or 64
+        // vectors per step (kWords, kVecs in nf4_dequant.cu).
+        long units = v == Variant.Words ? w.Numel / 8 : w.Numel / 32;
+        long unitsPerBlockStep = (Threads / 32) * (v == Variant.Words ? 128 : 64);
         int log2Block = System.Numerics.BitOperations.Log2((uint)w.BlockSize);
+        long wanted = (units + unitsPerBlockStep - 1) / unitsPerBlockStep;
+        uint grid = (uint)Math.Max(1, Math.Min(wanted, (long)_multiprocessors * BlocksPerMultiprocessor));
         void** args = stackalloc void*[11];
         args[0] = &pPacked; args[1] = &pAbsmax; args[2] = &pAq; args[3] = &pNa; args[4] = &pNc; args[5] = &offset;
-        args[6] = &pCb; args[7] = &pOut; args[8] = &nwords; args[9] = &log2Block; args[10] = &log2Nested;
-        long grid = (nwords + Threads * WordsPerThread - 1) / (Threads * WordsPerThread);
-        CudaDriver.Launch(_functions[(dq ? 2 : 0) + (dtype == ScalarType.BFloat16 ? 1 : 0)], (uint)grid, Threads, args);
+        args[6] = &pCb; args[7] = &pOut; args[8] = &units; args[9] = &log2Block; args[10] = &log2Nested;
+        string name = "qln_dequant4_" + (v switch { Variant.Words => "w", Variant.Vectors => "v", _ => "t" })
+            + (dq ? "_dq" : "") + (dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
+        CudaDriver.Launch(_module.Context, _module.Function(name), grid, 1, Threads, args);
         return output.view(w.Shape).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The tensor itself when it already has the dtype/device and is contiguous (no copy), else a converted copy.</summary>
+    static Tensor OnDevice(Tensor t, ScalarType dtype, Device device)
+    {
+        if (t.dtype == dtype && t.device_type == device.type && t.device_index == device.index && t.is_contiguous()) return t.alias();
+        return t.to(dtype, device).contiguous();
     }
 }

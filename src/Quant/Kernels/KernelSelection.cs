@@ -1,3 +1,4 @@
+using QLoraNet.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -18,8 +19,9 @@ public enum FourBitDequantPath
 
 /// <summary>What the caller asks of kernel selection: switches a CLI reads from its environment.</summary>
 /// <param name="DisableCuda">use torch ops instead of our CUDA kernels (to compare).</param>
-/// <param name="PtxPath">load the CUDA kernel from this PTX file instead of the embedded one (kernel development).</param>
-public sealed record KernelOptions(bool DisableCuda = false, string? PtxPath = null);
+/// <param name="PtxDir">load each kernel's PTX (nf4_dequant.ptx, rms_norm.ptx, ...) from this directory where it holds
+/// one, instead of the embedded image (kernel development).</param>
+public sealed record KernelOptions(bool DisableCuda = false, string? PtxDir = null);
 
 /// <summary>
 /// The one place that decides which kernels run on a device, made once by the caller (the CLI) and passed down
@@ -27,18 +29,20 @@ public sealed record KernelOptions(bool DisableCuda = false, string? PtxPath = n
 /// records what it chose and why, and <see cref="Report"/>s it (`info`, the training summary); a kernel that fails
 /// to load is reported as the reason for the torch-op path, never swapped silently mid-run. The rules per weight:
 /// CPU tensors use the SIMD loop; CUDA tensors use the CUDA kernel when chosen and the weight fits it (bf16/fp32
-/// output, a multiple of 8 weights: every Llama projection), else torch ops.
+/// output, a multiple of 8 weights: every Llama projection), else torch ops. The fused training ops (RMSNorm, RoPE,
+/// GLU, LoRA dropout, AdamW, the chunked loss) are chosen here too, as <see cref="Fused"/>, and reported alike.
 /// </summary>
 public sealed class KernelSelection
 {
     readonly FourBitCudaKernel? _cuda;
 
-    KernelSelection(Device device, FourBitDequantPath path, string reason, FourBitCudaKernel? cuda)
+    KernelSelection(Device device, FourBitDequantPath path, string reason, FourBitCudaKernel? cuda, FusedKernels fused)
     {
         Device = device;
         FourBitDequant = path;
         FourBitDequantReason = reason;
         _cuda = cuda;
+        Fused = fused;
     }
 
     /// <summary>The device the choices were made for.</summary>
@@ -50,44 +54,54 @@ public sealed class KernelSelection
     /// <summary>Why (for the report).</summary>
     public string FourBitDequantReason { get; }
 
+    /// <summary>The fused training ops for <see cref="Device"/>, each with its path and reason.</summary>
+    public FusedKernels Fused { get; }
+
+    /// <summary>The loaded dequantization kernel (for `bench kernel`'s variants), or null when it does not run.</summary>
+    public FourBitCudaKernel? FourBitCuda => _cuda;
+
     /// <summary>The choices for <paramref name="device"/>: on CUDA, the fused kernel unless disabled, not in this
     /// build, or failing to load (each reported); on the CPU, the SIMD loop.</summary>
     public static KernelSelection For(Device device, KernelOptions? options = null)
     {
         options ??= new KernelOptions();
+        var fused = FusedKernels.Load(device, options.DisableCuda, options.PtxDir);
         if (device.type != DeviceType.CUDA)
-            return new(device, FourBitDequantPath.CpuSimd, "fused SIMD loop, bit-identical to the reference", null);
+            return new(device, FourBitDequantPath.CpuSimd, "fused SIMD loop, bit-identical to the reference", null, fused);
         if (options.DisableCuda)
-            return new(device, FourBitDequantPath.TorchOps, "CUDA kernels disabled by the caller", null);
-        if (options.PtxPath is null && !FourBitCudaKernel.IsEmbedded)
-            return new(device, FourBitDequantPath.TorchOps, "the fused kernel's PTX is not embedded in this build (scripts/gpu/build_ptx.sh)", null);
+            return new(device, FourBitDequantPath.TorchOps, "CUDA kernels disabled by the caller", null, fused);
+        bool fromDir = options.PtxDir is not null && File.Exists(Path.Combine(options.PtxDir, "nf4_dequant.ptx"));
+        if (!fromDir && !FourBitCudaKernel.IsEmbedded)
+            return new(device, FourBitDequantPath.TorchOps, "the fused kernel's PTX is not embedded in this build (scripts/build_ptx.sh)", null, fused);
         try
         {
             using (zeros(1, device: device)) { }   // libtorch makes its CUDA context current on first use
-            var kernel = FourBitCudaKernel.Load(options.PtxPath);
+            var kernel = FourBitCudaKernel.Load(options.PtxDir);
             return new(device, FourBitDequantPath.CudaPtx,
-                "fused kernel" + (options.PtxPath is null ? "" : $" from {options.PtxPath}") + "; torch-ops for fp16 outputs or sizes not a multiple of 8", kernel);
+                "fused kernel" + (fromDir ? $" from {kernel.Source}" : "") + "; torch-ops for fp16 outputs or sizes not a multiple of 8", kernel, fused);
         }
         catch (Exception e)
         {
-            return new(device, FourBitDequantPath.TorchOps, $"the fused kernel failed to load: {e.Message.Split('\n')[0]}", null);
+            return new(device, FourBitDequantPath.TorchOps, $"the fused kernel failed to load: {e.Message.Split('\n')[0]}", null, fused);
         }
     }
 
     /// <summary>What runs when a caller chose nothing (library use, tests): the SIMD loop on CPU tensors, torch ops on
-    /// CUDA tensors (no kernel is loaded).</summary>
-    public static readonly KernelSelection Portable =
-        new(CPU, FourBitDequantPath.CpuSimd, "no selection made: SIMD loop on the CPU, torch ops elsewhere", null);
+    /// CUDA tensors (no kernel is loaded). A new instance each time: the fused ops' call tallies are their own.</summary>
+    public static KernelSelection Portable =>
+        new(CPU, FourBitDequantPath.CpuSimd, "no selection made: SIMD loop on the CPU, torch ops elsewhere", null,
+            FusedKernels.Reference("no selection made: torch-op references"));
 
     /// <summary>Torch ops everywhere: the reference, for tests that compare paths.</summary>
     public static KernelSelection Reference(Device device) =>
-        new(device, FourBitDequantPath.TorchOps, "reference path requested", null);
+        new(device, FourBitDequantPath.TorchOps, "reference path requested", null, FusedKernels.Reference("reference path requested"));
 
-    /// <summary>One line per choice, e.g. "nf4/fp4 dequant on cuda: cuda-ptx (fused kernel; ...)".</summary>
+    /// <summary>One line per choice, e.g. "nf4/fp4 dequant on cuda: cuda-ptx (fused kernel; ...)", then the fused ops'.</summary>
     public IReadOnlyList<string> Report() =>
     [
         $"nf4/fp4 dequant on {Device.type.ToString().ToLowerInvariant()}: {Spell(FourBitDequant)} ({FourBitDequantReason})",
         $"nf4/fp4 quantize on {Device.type.ToString().ToLowerInvariant()}: {(Device.type == DeviceType.CPU ? "cpu-simd" : "torch-ops")}",
+        .. Fused.Report(),
     ];
 
     /// <summary>"cpu-simd", "cuda-ptx", "torch-ops".</summary>

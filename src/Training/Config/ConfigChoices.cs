@@ -12,8 +12,18 @@ public enum DeviceKind { Auto, Cpu, Cuda }
 /// <summary>How a data row is laid out: chat messages, an alpaca-style instruction triple, or raw text.</summary>
 public enum DataFormat { Chat, Instruction, Completion }
 
-/// <summary>The prompt template that turns chat/instruction rows into text; completion rows never use one.</summary>
-public enum TemplateKind { Llama2Chat, Alpaca, None }
+/// <summary>
+/// The prompt template that turns chat/instruction rows into text; completion rows never use one. Auto is the
+/// template the checkpoint ships (recognised by Training.Data.ChatTemplates), llama2-chat when it ships none.
+/// </summary>
+public enum TemplateKind { Auto, Llama2Chat, Llama3, Chatml, MistralInstruct, Gemma, Alpaca, None }
+
+/// <summary>
+/// What happens to a system message under a template without a system role (Gemma): Native refuses it (as the
+/// template's own raise_exception does), Fold joins it to the first user message ("{system}\n\n{user}"). Under
+/// other templates Fold also folds, Native keeps the template's system block.
+/// </summary>
+public enum SystemRole { Native, Fold }
 
 /// <summary>Learning-rate schedule after the linear warmup.</summary>
 public enum SchedulerKind { Cosine, Linear, Constant }

@@ -129,6 +129,20 @@ internal sealed class ConfigSection
         };
     }
 
+    /// <summary>A key that is either one string (<c>sample_prompts: prompts.txt</c>) or a list of strings.</summary>
+    public (string? Scalar, IReadOnlyList<string>? List) OptionalStringOrList(string key)
+    {
+        var node = Take(key);
+        return node switch
+        {
+            null => (null, null),
+            YamlScalarNode s => (s.Value ?? "", null),
+            YamlSequenceNode seq => (null, seq.Children.Select(c => c is YamlScalarNode s ? s.Value ?? ""
+                : throw Bad(c, key, "a list of strings")).ToArray()),
+            _ => throw Bad(node, key, "a file name or a list of strings"),
+        };
+    }
+
     /// <summary>Like <see cref="OptionalStringList"/>, but absence is reported (after unknown keys) as missing.</summary>
     public IReadOnlyList<string>? RequiredStringList(string key)
     {

@@ -9,14 +9,19 @@ namespace QLoraNet.Training.Config;
 /// QLoRA paper's r 16, alpha 32, dropout 0.05 on the attention projections (q/k/v/o); <c>all-linear</c> expands to
 /// every linear of the model's family, which the QLoRA paper found necessary to match full fine-tuning (sec. 4).
 /// Target names are checked against the model family's linear names (its config.json is read for that).
-/// <c>layers</c> restricts adapters to those decoder layer indices (null: every layer).
+/// <c>layers</c> restricts adapters to those decoder layer indices (null: every layer). <c>init_from</c> names a
+/// peft adapter directory whose factors start the run (continued training, like axolotl's lora_model_dir); it is
+/// not part of <see cref="LoraSettings"/> (what an adapter computes) but of the run, so it is bound separately.
 /// </summary>
 internal static class LoraSection
 {
     public static LoraSettings Default { get; } = new(16, 32, 0.05, false, LoraSettings.DefaultTargets, null);
 
     /// <param name="linearNames">the model family's linear names; null when the model could not be read (an error is reported for it).</param>
-    public static LoraSettings Bind(ConfigSection s, IReadOnlyList<string>? linearNames)
+    public static LoraSettings Bind(ConfigSection s, IReadOnlyList<string>? linearNames) => Bind(s, linearNames, out _);
+
+    /// <param name="initFrom">the <c>init_from</c> directory, checked to hold a peft adapter; null when not set.</param>
+    public static LoraSettings Bind(ConfigSection s, IReadOnlyList<string>? linearNames, out string? initFrom)
     {
         var d = Default;
         var r = s.Int("r", d.R, 1, 4096);
@@ -25,7 +30,10 @@ internal static class LoraSection
         var targets = s.OptionalStringList("target_modules") ?? d.Targets;
         var layers = s.OptionalIntList("layers", 0);
         var rslora = s.Bool("rslora", d.UseRsLora);
+        initFrom = s.OptionalString("init_from");
         s.Finish();
+        if (initFrom != null && !File.Exists(Path.Combine(initFrom, AdapterConfig.FileName)))
+            throw s.ErrorAt("init_from", $"'{s.Full("init_from")}' directory '{initFrom}' holds no {AdapterConfig.FileName}; name a peft adapter directory (e.g. runs/x/final)");
         if (dropout >= 1) throw s.ErrorAt("dropout", $"'{s.Full("dropout")}' must be in [0, 1); got {dropout}");
         return new LoraSettings(r, alpha, dropout, rslora, ResolveTargets(s, targets, linearNames), layers);
     }
@@ -44,8 +52,8 @@ internal static class LoraSection
         return targets;
     }
 
-    public static YamlMappingNode ToYaml(LoraSettings l) => YamlOut.Map(
+    public static YamlMappingNode ToYaml(LoraSettings l, string? initFrom = null) => YamlOut.Map(
         ("r", YamlOut.Scalar(l.R)), ("alpha", YamlOut.Scalar(l.Alpha)), ("dropout", YamlOut.Scalar(l.Dropout)),
         ("target_modules", YamlOut.List(l.Targets)), ("layers", YamlOut.List(l.Layers)),
-        ("rslora", YamlOut.Scalar(l.UseRsLora)));
+        ("rslora", YamlOut.Scalar(l.UseRsLora)), ("init_from", YamlOut.Scalar(initFrom)));
 }

@@ -25,6 +25,9 @@ public sealed record TrainConfig(
     /// <summary>A config is a few hundred bytes; a file larger than this is not one.</summary>
     public const long MaxFileBytes = 1 << 20;
 
+    /// <summary><c>lora.init_from</c>: a peft adapter directory whose factors start the run; null = fresh adapters.</summary>
+    public string? LoraInitFrom { get; init; }
+
     /// <summary>Reads, overrides (<c>section.key=value</c>), binds and validates a config file.</summary>
     public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
     {
@@ -46,13 +49,18 @@ public sealed record TrainConfig(
         var modelSection = s.Section("model");
         var model = ModelConfig.Bind(modelSection);
         var architecture = Architecture(model, modelSection);
+        var quantization = QuantizationConfig.Bind(s, "quantization");
+        var lora = LoraSection.Bind(s.Section("lora"), architecture?.LinearNames, out var initFrom);
         var config = new TrainConfig(
             model,
-            QuantizationConfig.Bind(s, "quantization"),
-            LoraSection.Bind(s.Section("lora"), architecture?.LinearNames),
+            quantization,
+            lora,
             DataConfig.Bind(s.Section("data")),
             TrainingConfig.Bind(s.Section("training")),
-            OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))));
+            OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))))
+        {
+            LoraInitFrom = initFrom,
+        };
         s.Finish();
         source.ThrowIfMissing();
         CheckAcrossSections(config, s, architecture);
@@ -63,7 +71,7 @@ public sealed record TrainConfig(
     public string ToYaml()
     {
         var root = YamlOut.Map(
-            ("model", Model.ToYaml()), ("quantization", Quantization.ToYaml()), ("lora", LoraSection.ToYaml(Lora)),
+            ("model", Model.ToYaml()), ("quantization", Quantization.ToYaml()), ("lora", LoraSection.ToYaml(Lora, LoraInitFrom)),
             ("data", Data.ToYaml()), ("training", Training.ToYaml()), ("output", Output.ToYaml()));
         var writer = new StringWriter();
         new YamlStream(new YamlDocument(root)).Save(writer, assignAnchors: false);
@@ -106,7 +114,7 @@ public sealed record TrainConfig(
                 $"'data.max_seq_len' {c.Data.MaxSeqLen} is more than the model's context length {architecture.MaxPositions} (max_position_embeddings in {Path.Combine(c.Model.Path, ModelArchitecture.ConfigFileName)}); lower it");
         if (c.Data.Format == DataFormat.Chat && c.Data.Template == TemplateKind.Alpaca)
             throw root.Section("data").ErrorAt("template",
-                "'data.template' alpaca renders instruction rows only; use llama2-chat or none with data.format chat");
+                $"'data.template' alpaca renders instruction rows only; use one of {string.Join(", ", QLoraNet.Training.Data.ChatTemplates.ChatKinds.Select(k => YamlNames.Of(k)))} or auto with data.format chat");
         bool hasValidation = c.Data.Validation != null || c.Data.ValFraction > 0;
         if (c.Training.EarlyStoppingPatience != null && !hasValidation)
             throw root.Section("training").ErrorAt("early_stopping_patience",

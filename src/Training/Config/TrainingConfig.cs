@@ -9,7 +9,9 @@ namespace QLoraNet.Training.Config;
 /// <see cref="GradientAccumulationSteps"/> sequences. <see cref="MaxSteps"/>, when set, wins over
 /// <see cref="Epochs"/> (as in Hugging Face's Trainer). Intervals are in steps; 0 turns a periodic action off
 /// (evaluation and saving still happen once at the end). Early stopping counts evaluations without a new best
-/// validation loss and needs validation data.
+/// validation loss and needs validation data. Sample prompts (<see cref="SamplePrompts"/> inline, or
+/// <see cref="SamplePromptsFile"/>: .txt one prompt a line, or .jsonl rows with "prompt" or chat "messages") are
+/// answered greedily (up to <see cref="SampleMaxNewTokens"/> tokens) before training and at every evaluation.
 /// </summary>
 public sealed record TrainingConfig(
     int Epochs = 1,
@@ -30,8 +32,14 @@ public sealed record TrainingConfig(
     int LogEvery = 10,
     int EvalEvery = 100,
     int SaveEvery = 100,
-    int? EarlyStoppingPatience = null)
+    int? EarlyStoppingPatience = null,
+    IReadOnlyList<string>? SamplePrompts = null,
+    string? SamplePromptsFile = null,
+    int SampleMaxNewTokens = 48)
 {
+    /// <summary>Extensions a sample prompts file may have.</summary>
+    public static readonly IReadOnlyList<string> SamplePromptExtensions = [".txt", ".jsonl"];
+
     /// <summary>Optimizer steps of the run, given the number of micro-batches in one epoch and the number of
     /// data-parallel replicas (each step takes gradient_accumulation_steps micro-batches per replica).</summary>
     public int TotalSteps(int microBatchesPerEpoch, int replicas = 1) =>
@@ -63,8 +71,19 @@ public sealed record TrainingConfig(
             EvalEvery: s.Int("eval_every", d.EvalEvery, 0),
             SaveEvery: s.Int("save_every", d.SaveEvery, 0),
             EarlyStoppingPatience: s.OptionalInt("early_stopping_patience", 1));
+        var (promptsFile, prompts) = s.OptionalStringOrList("sample_prompts");
+        c = c with { SamplePrompts = prompts, SamplePromptsFile = promptsFile, SampleMaxNewTokens = s.Int("sample_max_new_tokens", d.SampleMaxNewTokens, 1, 4096) };
         bool ratioGiven = s.OptionalDouble("warmup_ratio") != null;
         s.Finish();
+        if (prompts is { Count: 0 } || (prompts?.Any(p => p.Trim().Length == 0) ?? false))
+            throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' must be a file or a list of non-empty prompts");
+        if (promptsFile != null)
+        {
+            if (!SamplePromptExtensions.Contains(Path.GetExtension(promptsFile).ToLowerInvariant()))
+                throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' file '{promptsFile}' must be {string.Join(" or ", SamplePromptExtensions)} (or give a list of prompts)");
+            if (!File.Exists(promptsFile))
+                throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' file '{promptsFile}' not found (relative paths resolve from the current directory {Environment.CurrentDirectory})");
+        }
         if (c.WarmupSteps != null && ratioGiven)
             throw s.ErrorAt("warmup_ratio", $"set '{s.Full("warmup_steps")}' or '{s.Full("warmup_ratio")}', not both");
         return c;
@@ -84,5 +103,7 @@ public sealed record TrainingConfig(
         ("gradient_checkpointing", YamlOut.Scalar(GradientCheckpointing)), ("seed", YamlOut.Scalar(Seed)),
         ("log_every", YamlOut.Scalar(LogEvery)), ("eval_every", YamlOut.Scalar(EvalEvery)),
         ("save_every", YamlOut.Scalar(SaveEvery)),
-        ("early_stopping_patience", YamlOut.Scalar(EarlyStoppingPatience)));
+        ("early_stopping_patience", YamlOut.Scalar(EarlyStoppingPatience)),
+        ("sample_prompts", SamplePrompts is not null ? YamlOut.List(SamplePrompts) : YamlOut.Scalar(SamplePromptsFile)),
+        ("sample_max_new_tokens", YamlOut.Scalar(SampleMaxNewTokens)));
 }

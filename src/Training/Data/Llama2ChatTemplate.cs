@@ -1,3 +1,5 @@
+using QLoraNet.Training.Config;
+
 namespace QLoraNet.Training.Data;
 
 /// <summary>
@@ -9,9 +11,33 @@ namespace QLoraNet.Training.Data;
 /// <c>[/INST]</c> into a masked prompt and a trained response. Because SentencePiece never merges across a
 /// space (pieces start with "▁"), encoding the response <c>"{assistant} "</c> on its own, with its dummy-prefix
 /// space, gives exactly the ids of Meta's whole-turn encoding, trailing "▁" (29871) included.
+/// A checkpoint's Hugging Face llama-2 chat_template is recognised as this format and rendered Meta's way (each turn
+/// encoded on its own), not as apply_chat_template's one-string encoding. A trailing user message (a prompt to
+/// continue) is its masked [INST] segment.
 /// </summary>
-public static class Llama2ChatTemplate
+public sealed class Llama2ChatTemplate : IChatTemplate
 {
+    public TemplateKind Kind => TemplateKind.Llama2Chat;
+    public bool WholeText => false;
+    public bool SupportsSystem => true;
+    public IReadOnlyList<string> EndOfTurnTokens => [];
+
+    public IReadOnlyList<Segment> Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt)
+    {
+        string? system = messages.Count > 0 && messages[0].Role == ChatMessage.System ? messages[0].Content : null;
+        var rest = messages.Skip(system != null ? 1 : 0).ToList();
+        var turns = new List<ChatTurn>();
+        for (int i = 0; i + 1 < rest.Count; i += 2) turns.Add(new ChatTurn(rest[i].Content, rest[i + 1].Content));
+        var segments = Render(system, turns).ToList();
+        if (rest.Count % 2 == 1)
+        {
+            string user = rest[^1].Content.Trim();
+            if (turns.Count == 0 && !string.IsNullOrWhiteSpace(system)) user = $"<<SYS>>\n{system.Trim()}\n<</SYS>>\n\n{user}";
+            segments.Add(new Segment($"[INST] {user} [/INST]", Trained: false, Bos: true));
+        }
+        return segments;
+    }
+
     public static IReadOnlyList<Segment> Render(string? system, IReadOnlyList<ChatTurn> turns)
     {
         var segments = new List<Segment>(2 * turns.Count);

@@ -4,23 +4,32 @@ namespace QLoraNet.Training.Data;
 
 /// <summary>
 /// Renders a raw example into segments with the configured template:
-/// completion rows are one trained segment (BOS text EOS) whatever the template; instruction rows under
-/// llama2-chat/none become a one-turn chat whose user message is the instruction, then a blank line and the
-/// input if there is one; chat rows under <c>none</c> are the bare contents, user masked, assistant trained and
-/// followed by EOS. The row's system prompt wins over <c>data.system_prompt</c>.
+/// completion rows are one trained segment (BOS text EOS) whatever the template; instruction rows under alpaca use
+/// the Alpaca prompt, under a chat template become a one-turn chat whose user message is the instruction, then a
+/// blank line and the input if there is one; chat rows go through the chat template (<see cref="IChatTemplate"/>).
+/// The row's system prompt wins over <c>data.system_prompt</c>; a blank one counts as none; data.system_role decides
+/// whether it is kept or folded into the first user turn.
 /// </summary>
 public static class PromptTemplates
 {
+    /// <summary>An example's segments and how to tokenize them (<see cref="IChatTemplate.WholeText"/>).</summary>
+    public sealed record Rendered(IReadOnlyList<Segment> Segments, bool WholeText);
+
+    /// <summary>With a template that needs no tokenizer (llama2-chat, alpaca, none).</summary>
     public static IReadOnlyList<Segment> Render(RawExample example, TemplateKind template, string? defaultSystem) =>
-        (example, template) switch
+        Render(example, template == TemplateKind.Alpaca ? null : ChatTemplates.Builtin(template), defaultSystem, SystemRole.Native).Segments;
+
+    /// <summary>With a resolved chat template, null meaning alpaca (instruction rows only).</summary>
+    public static Rendered Render(RawExample example, IChatTemplate? chat, string? defaultSystem, SystemRole systemRole) =>
+        example switch
         {
-            (CompletionExample c, _) => [new Segment(c.Text, Trained: true, Bos: true, Eos: true)],
-            (InstructionExample i, TemplateKind.Alpaca) => AlpacaTemplate.Render(i with { System = i.System ?? defaultSystem }),
-            (InstructionExample i, _) => Render(AsChat(i), template, defaultSystem),
-            (ChatExample c, TemplateKind.Llama2Chat) => Llama2ChatTemplate.Render(c.System ?? defaultSystem, c.Turns),
-            (ChatExample c, TemplateKind.None) => Plain(c.System ?? defaultSystem, c.Turns),
-            (ChatExample c, _) => throw new InvalidDataException(
-                $"{c.Origin}: template '{YamlNames.Of(template)}' renders instruction rows only; use data.template llama2-chat or none for chat data"),
+            CompletionExample c => new([new Segment(c.Text, Trained: true, Bos: true, Eos: true)], WholeText: false),
+            InstructionExample i when chat == null => new(AlpacaTemplate.Render(i with { System = i.System ?? defaultSystem }), WholeText: false),
+            InstructionExample i => Render(AsChat(i), chat, defaultSystem, systemRole),
+            ChatExample c when chat == null => throw new InvalidDataException(
+                $"{c.Origin}: template 'alpaca' renders instruction rows only; use one of {string.Join(", ", ChatTemplates.ChatKinds.Select(k => YamlNames.Of(k)))} or auto for chat data"),
+            ChatExample c => new(chat.Render(ChatTemplates.ApplySystemRole(
+                ChatMessage.Of(NonBlank(c.System) ?? NonBlank(defaultSystem), c.Turns), chat, systemRole, c.Origin), addGenerationPrompt: false), chat.WholeText),
             _ => throw new ArgumentOutOfRangeException(nameof(example)),
         };
 
@@ -30,16 +39,5 @@ public static class PromptTemplates
         return new ChatExample(i.Origin, i.System, [new ChatTurn(user, i.Output)]);
     }
 
-    static IReadOnlyList<Segment> Plain(string? system, IReadOnlyList<ChatTurn> turns)
-    {
-        var segments = new List<Segment>();
-        if (!string.IsNullOrWhiteSpace(system)) segments.Add(new Segment(system.Trim(), Trained: false));
-        foreach (var t in turns)
-        {
-            segments.Add(new Segment(t.User.Trim(), Trained: false));
-            segments.Add(new Segment(t.Assistant.Trim(), Trained: true, Eos: true));
-        }
-        segments[0] = segments[0] with { Bos = true };
-        return segments;
-    }
+    static string? NonBlank(string? s) => string.IsNullOrWhiteSpace(s) ? null : s;
 }

@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using QLoraNet.Models;
 using QLoraNet.Training.Config;
 
@@ -32,15 +33,18 @@ public sealed class TrainingData
     public DataStats Stats { get; }
     public int PadId { get; }
 
-    public static TrainingData Build(DataConfig config, ITextTokenizer tokenizer, int seed)
+    /// <summary>
+    /// Builds the data; <paramref name="modelDir"/> is where the tokenizer config (and the chat template that
+    /// data.template auto takes) lives; without it, auto means llama2-chat.
+    /// </summary>
+    public static TrainingData Build(DataConfig config, ITextTokenizer tokenizer, int seed, string? modelDir = null)
     {
-        if (config.Format == DataFormat.Chat && config.Template == TemplateKind.Alpaca)
-            throw new InvalidDataException("data.template 'alpaca' renders instruction rows only; use llama2-chat or none with data.format chat");
+        var chat = ResolveTemplate(config, tokenizer, modelDir);
         var encoder = new ExampleEncoder(tokenizer, config.MaxSeqLen, config.TrainOnInputs);
         var counts = new Counts();
 
-        var train = Encode(config, config.Train, encoder, counts);
-        IReadOnlyList<TokenizedExample> validation = config.Validation != null ? Encode(config, [config.Validation], encoder, counts) : [];
+        var train = Encode(config, chat, config.Train, encoder, counts);
+        IReadOnlyList<TokenizedExample> validation = config.Validation != null ? Encode(config, chat, [config.Validation], encoder, counts) : [];
 
         var order = new Pcg32((ulong)seed, SplitStream).Permutation(train.Count);
         var shuffled = order.Select(i => train[i]).ToArray();
@@ -59,6 +63,32 @@ public sealed class TrainingData
             shuffled.Sum(e => (long)e.Length), shuffled.Sum(e => (long)e.TrainedTokens), config.MaxSeqLen,
             counts.Truncated, counts.Dropped, counts.Skipped, counts.FirstSkipReason);
         return new TrainingData(trainSeq, valSeq, stats, tokenizer.PadId, seed);
+    }
+
+    /// <summary>
+    /// The examples of <paramref name="files"/> as validation data (in file order, rendered, masked, truncated and
+    /// packed exactly as a run's <c>data.validation</c>), with no training split: what `eval --data` scores, so its
+    /// loss equals the validation loss a run reports on the same file.
+    /// </summary>
+    public static TrainingData ForEvaluation(DataConfig config, ITextTokenizer tokenizer, IReadOnlyList<string> files, string? modelDir = null)
+    {
+        var chat = ResolveTemplate(config, tokenizer, modelDir);
+        var encoder = new ExampleEncoder(tokenizer, config.MaxSeqLen, config.TrainOnInputs);
+        var counts = new Counts();
+        var examples = Encode(config, chat, files, encoder, counts);
+        var sequences = SequencePacker.Pack(examples, config.MaxSeqLen, config.Packing);
+        var stats = new DataStats(0, examples.Count, 0, sequences.Count, 0, 0, config.MaxSeqLen,
+            counts.Truncated, counts.Dropped, counts.Skipped, counts.FirstSkipReason);
+        return new TrainingData([], sequences, stats, tokenizer.PadId, 0);
+    }
+
+    /// <summary>The chat template rows are rendered with (null for completion rows); auto reads the model's tokenizer config.</summary>
+    static IChatTemplate? ResolveTemplate(DataConfig config, ITextTokenizer tokenizer, string? modelDir)
+    {
+        if (config.Format == DataFormat.Chat && config.Template == TemplateKind.Alpaca)
+            throw new InvalidDataException($"data.template 'alpaca' renders instruction rows only; use one of {string.Join(", ", ChatTemplates.ChatKinds.Select(k => YamlNames.Of(k)))} or auto with data.format chat");
+        return config.Format == DataFormat.Completion ? null
+            : ChatTemplates.Resolve(config.Template, tokenizer, modelDir != null ? TokenizerConfigJson.Load(modelDir) : TokenizerConfigJson.Empty);
     }
 
     public int MicroBatchesPerEpoch(int microBatchSize) => (Train.Count + microBatchSize - 1) / microBatchSize;
@@ -80,7 +110,7 @@ public sealed class TrainingData
             yield return Batch.Collate(Validation.Skip(start).Take(microBatchSize).ToArray(), PadId);
     }
 
-    static List<TokenizedExample> Encode(DataConfig config, IReadOnlyList<string> files, ExampleEncoder encoder, Counts counts)
+    static List<TokenizedExample> Encode(DataConfig config, IChatTemplate? chat, IReadOnlyList<string> files, ExampleEncoder encoder, Counts counts)
     {
         string names = string.Join(", ", files);
         var read = ExampleFiles.Read(files, config.Format, config.Columns, config.SkipBadRows);
@@ -94,8 +124,8 @@ public sealed class TrainingData
         var result = new List<TokenizedExample>(read.Examples.Count);
         foreach (var raw in read.Examples)
         {
-            var segments = PromptTemplates.Render(raw, config.Template, config.SystemPrompt);
-            var (example, outcome) = encoder.Encode(segments);
+            var rendered = PromptTemplates.Render(raw, chat, config.SystemPrompt, config.SystemRole);
+            var (example, outcome) = encoder.Encode(rendered);
             if (outcome == ExampleEncoder.Outcome.Truncated) counts.Truncated++;
             if (example == null)
             {

@@ -1,3 +1,4 @@
+using QLoraNet.Kernels;
 using QLoraNet.Models;
 using QLoraNet.Training.Data;
 using static TorchSharp.torch;
@@ -8,8 +9,16 @@ namespace QLoraNet.Training.Losses;
 /// Supervised fine-tuning's objective, the default: next-token cross-entropy (<see cref="CausalLmLoss"/>), a mean
 /// over the trained tokens of the whole step. The terms are the trained tokens the shifted loss sees: labels other
 /// than -100 at positions 1..T-1 (position t predicts label t+1). Packed rows get their block-diagonal mask.
+/// The loss is taken from the final hidden states in chunks of tokens (<see cref="ChunkedCrossEntropy"/> through the
+/// model's own head, <see cref="LlamaForCausalLM.Logits"/>), so the (B, T, vocab) fp32 logits are never made, in
+/// training or in evaluation; per token it is the same arithmetic as the full logits' loss, and with a frozen head
+/// (the usual case) it costs no more head matmuls than they do.
 /// </summary>
-public sealed class CausalLmTokenMeanLoss : ITrainingLoss
+/// <param name="logitsPerChunk">how many logits one chunk holds (<see cref="FusedKernels.LogitsPerChunk"/>).</param>
+/// <param name="logitTransform">applied to each chunk's fp32 logits before the loss (a family's final soft-capping);
+/// null = none.</param>
+public sealed class CausalLmTokenMeanLoss(long logitsPerChunk = ChunkedCrossEntropy.DefaultLogitsPerChunk,
+    Func<Tensor, Tensor>? logitTransform = null) : ITrainingLoss
 {
     public long Count(Batch batch) => CountedTokens(batch);
 
@@ -17,9 +26,16 @@ public sealed class CausalLmTokenMeanLoss : ITrainingLoss
     {
         using var scope = NewDisposeScope();
         var x = batch.ToTensors(model.Device);
-        var logits = model.forward(x.InputIds, x.PositionIds, x.AttentionMask, null);   // (B, T, vocab) fp32
-        return CausalLmLoss.Sum(logits, x.Labels).MoveToOuterDisposeScope();
+        var hidden = model.HiddenStates(x.InputIds, x.PositionIds, x.AttentionMask);     // (B, T, H)
+        long chunk = ChunkedCrossEntropy.TokensPerChunk(model.Architecture.VocabSize, logitsPerChunk);
+        return ChunkedCrossEntropy.Sum(hidden, model.Logits, x.Labels, chunk, model.BackwardHandles, logitTransform, HeadTrains(model))
+            .MoveToOuterDisposeScope();
     }
+
+    /// <summary>Whether the output head (an adapter on lm_head, or a trainable tied embedding) has parameters to train.</summary>
+    static bool HeadTrains(LlamaForCausalLM model) => model.HeadPath is { } head
+        ? model.GetLinear(head).parameters().Any(p => p.requires_grad)
+        : model.Model.EmbedTokens.Weight.requires_grad;
 
     /// <summary>The tokens <see cref="CausalLmLoss.Sum"/> counts in <paramref name="batch"/>.</summary>
     public static long CountedTokens(Batch batch)

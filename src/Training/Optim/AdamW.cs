@@ -1,3 +1,4 @@
+using QLoraNet.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -10,11 +11,16 @@ namespace QLoraNet.Training.Optim;
 /// Ours rather than TorchSharp's so that its whole state (step and the two moments per parameter) is plain named
 /// tensors: a checkpoint stores them in safetensors and a resumed run continues bit for bit. The moments are kept
 /// in fp32 whatever the parameter dtype (LoRA parameters are fp32 already).
+/// The update itself is <see cref="MultiTensorAdamW"/>: on CUDA one kernel launch for every parameter of the step
+/// (Cuda/adamw.cu, bit for bit torch's arithmetic), elsewhere the per-tensor torch-op loop of those formulas
+/// (<see cref="MultiTensorAdamW.ReferenceStep"/>). Either way the state is the same tensors, so checkpoints do not
+/// depend on the path.
 /// </summary>
 public sealed class AdamW
 {
     readonly IReadOnlyList<(string Name, Tensor Param)> _params;
     readonly Dictionary<string, (Tensor M, Tensor V)> _state = new();
+    readonly MultiTensorAdamW _update;
 
     public double LearningRate { get; set; }
     public double Beta1 { get; }
@@ -23,10 +29,12 @@ public sealed class AdamW
     public double WeightDecay { get; }
     public long Step { get; private set; }
 
+    /// <param name="kernel">the fused AdamW of the run's kernel selection (<see cref="FusedKernels.AdamW"/>); null = the torch-op loop.</param>
     public AdamW(IEnumerable<(string Name, Tensor Param)> parameters, double lr, double beta1 = 0.9, double beta2 = 0.999,
-        double eps = 1e-8, double weightDecay = 0.0)
+        double eps = 1e-8, double weightDecay = 0.0, FusedAdamW? kernel = null)
     {
         _params = parameters.ToList();
+        _update = new MultiTensorAdamW(kernel ?? FusedKernels.Reference().AdamW);
         LearningRate = lr;
         Beta1 = beta1;
         Beta2 = beta2;
@@ -34,15 +42,16 @@ public sealed class AdamW
         WeightDecay = weightDecay;
     }
 
+    /// <summary>The path the last <see cref="StepOnce"/> took (cuda-ptx: one launch; torch-ops: the loop).</summary>
+    public FusedPath LastPath => _update.LastPath;
+
     /// <summary>One update from the gradients currently in each parameter's .grad (parameters without a gradient are skipped).</summary>
     public void StepOnce()
     {
         using var _ = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         Step++;
-        double bc1 = 1 - Math.Pow(Beta1, Step);
-        double bc2Sqrt = Math.Sqrt(1 - Math.Pow(Beta2, Step));
-        double stepSize = LearningRate / bc1;
+        var slots = new List<MultiTensorAdamW.Slot>(_params.Count);
         foreach (var (name, p) in _params)
         {
             var g = p.grad;
@@ -53,14 +62,9 @@ public sealed class AdamW
                      torch.zeros_like(p, dtype: ScalarType.Float32).DetachFromDisposeScope());
                 _state[name] = s;
             }
-            var g32 = g.to(ScalarType.Float32);
-            if (WeightDecay != 0) p.mul_(1 - LearningRate * WeightDecay);
-            s.M.mul_(Beta1).add_(g32, alpha: 1 - Beta1);
-            s.V.mul_(Beta2).addcmul_(g32, g32, value: 1 - Beta2);
-            var denom = s.V.sqrt().div_(bc2Sqrt).add_(Eps);
-            var update = s.M.div(denom).mul_(stepSize);
-            p.sub_(update.to(p.dtype));
+            slots.Add(new MultiTensorAdamW.Slot(p, g, s.M, s.V));
         }
+        _update.Step(slots, new MultiTensorAdamW.Hyper(LearningRate, Beta1, Beta2, Eps, WeightDecay, Step));
     }
 
     public void ZeroGrad()

@@ -52,6 +52,9 @@ public sealed class LoraFinetuneRecipe : IDisposable
     TrainStep _step = null!;
     Evaluator _evaluator = null!;
     MetricsLog _metrics = null!;
+    MemoryMonitor _memory = null!;
+    RunReports _reports = null!;
+    ITextTokenizer _tokenizer = null!;
     int? _bestStep;
 
     LoraFinetuneRecipe(TrainConfig config, ITrainingObserver observer, IReplicaGroup? replicas)
@@ -117,8 +120,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
     /// <summary>Read, render, tokenize, mask, pack; shuffled by the seed.</summary>
     void SetupData()
     {
-        var tokenizer = TextTokenizers.Load(_config.Model.Path);
-        _data = TrainingData.Build(_config.Data, tokenizer, _t.Seed);
+        _tokenizer = TextTokenizers.Load(_config.Model.Path);
+        _data = TrainingData.Build(_config.Data, _tokenizer, _t.Seed, _config.Model.Path);
     }
 
     /// <summary>
@@ -136,16 +139,19 @@ public sealed class LoraFinetuneRecipe : IDisposable
         var clock = Stopwatch.StartNew();
         _built = ModelBuilder.Build(_config.Model.Path, new ModelBuildOptions(_device, compute, _config.Quantization.Format,
             kernels ?? KernelSelection.For(_device), frozen, _t.GradientCheckpointing,
-            NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom,
+            NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom, AdapterInitDir: _config.LoraInitFrom,
             AllowNonFiniteWeights: _config.Model.AllowNonFiniteWeights));
         (_model, _adapterConfig) = (_built.Model, _built.Adapter!);
         _loadSeconds = clock.Elapsed.TotalSeconds;
+        if (_config.LoraInitFrom is { } init && _resumeFrom is null)
+            _observer.OnMessage($"lora.init_from: adapters start from {init} (r {_config.Lora.R}); alpha {_config.Lora.Alpha} and dropout {_config.Lora.Dropout} are this config's");
     }
 
     void SetupOptimizer()
     {
         var trainable = _model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
-        _optimizer = new AdamW(trainable, _t.LearningRate, _t.AdamBeta1, _t.AdamBeta2, _t.AdamEpsilon, _t.WeightDecay);
+        _optimizer = new AdamW(trainable, _t.LearningRate, _t.AdamBeta1, _t.AdamBeta2, _t.AdamEpsilon, _t.WeightDecay,
+            _built.Kernels.Fused.AdamW);
     }
 
     /// <summary>Adapter, optimizer moments and trainer state (data position, best validation loss) of the checkpoint.</summary>
@@ -165,11 +171,13 @@ public sealed class LoraFinetuneRecipe : IDisposable
     /// <summary>The loss, the step that minimises it, the evaluator that measures it, the metrics log.</summary>
     void SetupStep()
     {
-        var loss = new CausalLmTokenMeanLoss();
+        var loss = new CausalLmTokenMeanLoss(_built.Kernels.Fused.LogitsPerChunk);
         _step = new TrainStep(_model, _optimizer, loss,
             new TrainStepSettings(_t.GradientAccumulationSteps, _t.MaxGradNorm, _t.Seed), _dropoutRandom, _replicas);
         _evaluator = new Evaluator(_model, loss);
         _metrics = new MetricsLog(WritesFiles ? Path.Combine(_outDir, RunOutput.MetricsFile) : null, _state.Step);
+        _memory = new MemoryMonitor(_device);
+        _reports = RunReports.Create(_config, WritesFiles, _state.Step, _model, _tokenizer, _built.Architecture, _observer);
     }
 
     /// <summary>The loop: one optimizer step at a time, with evaluation, early stopping and checkpoints as configured.</summary>
@@ -177,6 +185,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     {
         // The base model's validation loss, before any step: the "before" of the run's before/after.
         double? initialValidation = _state.Step == 0 && _totalSteps > 0 && _data.Validation.Count > 0 ? Validate(0) : null;
+        if (_state.Step == 0 && _totalSteps > 0) _reports.Sample(0);
         var clock = Stopwatch.StartNew();
         double elapsedBefore = _metrics.Rows.LastOrDefault()?.ElapsedSeconds ?? 0;
         var stop = TrainStop.Completed;
@@ -208,6 +217,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
             RecordStep(outcome, lr, stepClock.Elapsed.TotalSeconds, elapsedBefore + clock.Elapsed.TotalSeconds);
 
             bool last = step + 1 == _totalSteps;
+            if (Every(_t.EvalEvery, step + 1) || last) _reports.Sample(step + 1);
             if (_data.Validation.Count > 0 && (Every(_t.EvalEvery, step + 1) || last))
             {
                 Validate(step + 1);
@@ -229,8 +239,11 @@ public sealed class LoraFinetuneRecipe : IDisposable
     double Validate(int step)
     {
         double loss = _evaluator.MeanLoss(_data.ValidationBatches(_t.MicroBatchSize));
+        _memory.Observe();
+        _reports.Validation(step, loss);
         if (step == 0)
         {
+            _metrics.Append(MetricsLog.Row.BeforeTraining(loss, _memory.TakeInterval()));
             _observer.OnEvaluation(0, loss, false);
             return loss;
         }
@@ -248,14 +261,16 @@ public sealed class LoraFinetuneRecipe : IDisposable
     void RecordStep(StepOutcome o, double lr, double stepSeconds, double elapsed)
     {
         int step = _state.Step;
-        int firstStep = _metrics.Rows.Count > 0 ? _metrics.Rows[0].Step : step;
+        int firstStep = _metrics.Rows.FirstOrDefault(r => r.IsStep)?.Step ?? step;
         double rate = (step - firstStep + 1) / Math.Max(1e-9, elapsed);
-        long rss = Environment.WorkingSet;
+        var memory = _memory.TakeInterval();
         double tokensPerSecond = o.InputTokens / Math.Max(1e-9, stepSeconds);
-        _metrics.Append(new MetricsLog.Row(step, _batches.Progress, o.Loss, null, lr, o.GradNorm, o.InputTokens,
-            tokensPerSecond, stepSeconds, elapsed, rss / 1048576.0));
+        var row = new MetricsLog.Row(step, _batches.Progress, o.Loss, null, lr, o.GradNorm, o.InputTokens,
+            tokensPerSecond, stepSeconds, elapsed, memory.HostRssMb, memory.HostPeakRssMb, memory.DeviceUsedPeakMb, o.LossTerms);
+        _metrics.Append(row);
+        _reports.Step(row);
         _observer.OnStep(new StepMetrics(step, _totalSteps, _batches.Progress, o.Loss, lr, o.GradNorm, o.InputTokens,
-            tokensPerSecond, stepSeconds, elapsed, (_totalSteps - step) / Math.Max(1e-9, rate), rss));
+            tokensPerSecond, stepSeconds, elapsed, (_totalSteps - step) / Math.Max(1e-9, rate), (long)(memory.HostRssMb * 1048576), memory, o.LossTerms));
     }
 
     void SaveCheckpoint()
@@ -277,14 +292,10 @@ public sealed class LoraFinetuneRecipe : IDisposable
                 if (WritesFiles) AdapterFiles.Save(finalAdapter, _model, _adapterConfig);
             }
         }
-        if (WritesFiles && _metrics.Rows.Count > 0)
-        {
-            string title = $"{Path.GetFileName(Path.GetFullPath(_config.Model.Path))} + LoRA r={_config.Lora.R}";
-            try { LossCurve.Write(Path.Combine(_outDir, RunOutput.LossCurveFile), _metrics.Rows, title); }
-            catch (Exception e) { _observer.OnMessage($"could not draw {RunOutput.LossCurveFile}: {e.Message}"); }
-        }
+        if (WritesFiles && _metrics.Rows.Count > 0) _reports.DrawLossCurve(_metrics.Rows);
         if (stop == TrainStop.Interrupted) message = $"interrupted at step {_state.Step}; resume with --resume";
-        return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation);
+        return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation,
+            _memory.RunPeak);
     }
 
     public void Dispose()

@@ -6,17 +6,35 @@ namespace QLoraNet.Training.Trainer;
 
 /// <summary>
 /// <c>metrics.csv</c>: one row per optimizer step (validation loss on the steps that evaluated), appended as the
-/// run goes so a crash loses nothing. On resume, rows past the checkpoint's step are dropped first, so the file
-/// reads as one uninterrupted run. The rows also feed the loss curve. <c>host_rss_mb</c> is the process's resident
-/// set on the host (not device memory).
+/// run goes so a crash loses nothing, plus a row for step 0 when the base model is evaluated before training (its
+/// training columns empty). On resume, rows past the checkpoint's step are dropped first, so the file reads as one
+/// uninterrupted run. The rows also feed the loss curve and TensorBoard.
+/// Memory columns say what they measure (<see cref="MemorySample"/>): <c>host_rss_mb</c> the process's resident set
+/// on the host after the step, <c>host_peak_rss_mb</c> the process's peak resident set so far, <c>device_used_peak_mb</c>
+/// the peak of the CUDA device's used memory (device-wide, see <see cref="MemoryMonitor"/>) since the previous
+/// row, empty on CPU. <c>trained_tokens</c> are the step's loss terms, the denominator of its mean.
 /// </summary>
 public sealed class MetricsLog
 {
+    /// <summary>One row; NaN (a double) or null (device memory) is an empty cell.</summary>
     public sealed record Row(int Step, double Epoch, double Loss, double? ValidationLoss, double LearningRate,
-        double GradNorm, long Tokens, double TokensPerSecond, double StepSeconds, double ElapsedSeconds, double HostRssMb);
+        double GradNorm, long Tokens, double TokensPerSecond, double StepSeconds, double ElapsedSeconds, double HostRssMb,
+        double HostPeakRssMb = double.NaN, double? DeviceUsedPeakMb = null, long TrainedTokens = 0)
+    {
+        /// <summary>The step-0 row: the base model's validation loss before any step, no training figures.</summary>
+        public static Row BeforeTraining(double validationLoss, MemorySample memory) =>
+            new(0, 0, double.NaN, validationLoss, double.NaN, double.NaN, 0, double.NaN, double.NaN, 0,
+                memory.HostRssMb, memory.HostPeakRssMb, memory.DeviceUsedPeakMb);
 
-    static readonly string[] Header =
-        ["step", "epoch", "loss", "val_loss", "learning_rate", "grad_norm", "tokens", "tokens_per_s", "step_s", "elapsed_s", "host_rss_mb"];
+        /// <summary>True for a row of an optimizer step (false for the step-0 evaluation row).</summary>
+        public bool IsStep => Step > 0;
+    }
+
+    public static readonly IReadOnlyList<string> Header =
+    [
+        "step", "epoch", "loss", "val_loss", "learning_rate", "grad_norm", "tokens", "tokens_per_s", "step_s", "elapsed_s",
+        "host_rss_mb", "host_peak_rss_mb", "device_used_peak_mb", "trained_tokens",
+    ];
 
     readonly List<Row> _rows = new();
 
@@ -69,16 +87,17 @@ public sealed class MetricsLog
                  {
                      S(r.Step), S(r.Epoch), S(r.Loss), r.ValidationLoss is { } v ? S(v) : "", S(r.LearningRate), S(r.GradNorm),
                      S(r.Tokens), S(r.TokensPerSecond), S(r.StepSeconds), S(r.ElapsedSeconds), S(r.HostRssMb),
+                     S(r.HostPeakRssMb), r.DeviceUsedPeakMb is { } d ? S(d) : "", S(r.TrainedTokens),
                  })
             csv.WriteField(f);
         csv.EndRecord();
         csv.Flush();
     }
 
-    static string S(double x) => x.ToString("G9", CultureInfo.InvariantCulture);
+    static string S(double x) => double.IsNaN(x) ? "" : x.ToString("G9", CultureInfo.InvariantCulture);
     static string S(long x) => x.ToString(CultureInfo.InvariantCulture);
 
-    /// <summary>A metrics file larger than this is not one this trainer wrote (a row is ~120 bytes: 2 million steps).</summary>
+    /// <summary>A metrics file larger than this is not one this trainer wrote (a row is ~150 bytes: 1.5 million steps).</summary>
     public const long MaxBytes = 256L << 20;
 
     /// <summary>No row of ours comes near this; a longer line is binary data or records without newlines.</summary>
@@ -87,12 +106,16 @@ public sealed class MetricsLog
     /// <summary>Older runs wrote the resident-memory column as memory_mb.</summary>
     static readonly Dictionary<string, string> OlderNames = new() { ["memory_mb"] = "host_rss_mb" };
 
+    /// <summary>Columns a file must have to be one of this trainer's; the others were added later and may be absent.</summary>
+    static readonly string[] RequiredColumns = ["step", "epoch", "loss", "val_loss", "learning_rate", "grad_norm", "tokens"];
+
     /// <summary>
-    /// Reads a metrics file (rows up to <paramref name="throughStep"/>, if given), bounded and validated as every
-    /// reader of a file from disk is: a regular file of at most <see cref="MaxBytes"/>, lines of at most 4 KiB, a header
-    /// naming the columns, every field a finite number (val_loss may be empty), steps positive and increasing. A row cut
-    /// off by a kill during an append (the file's last line, without its newline) is dropped; anything else wrong is a
-    /// one-line error naming the file, the line and the column.
+    /// Reads a metrics file by column name (a file written before a column was added still reads; an absent or empty
+    /// cell is NaN, null or 0), rows up to <paramref name="throughStep"/> if given, bounded and validated as every
+    /// reader of a file from disk is: a regular file of at most <see cref="MaxBytes"/>, lines of at most 4 KiB, a
+    /// header naming the columns, every cell empty or a finite number, steps whole and increasing (step 0 only as the
+    /// base-model row). A row cut off by a kill during an append (the file's last line, without its newline) is
+    /// dropped; anything else wrong is a one-line error naming the file, the line and the column.
     /// </summary>
     public static IReadOnlyList<Row> Read(string path, int? throughStep = null)
     {
@@ -101,7 +124,8 @@ public sealed class MetricsLog
         if (length > MaxBytes) throw new InvalidDataException($"{path}: {length} bytes is more than the {MaxBytes}-byte limit for a metrics file; move it aside to resume");
         bool endsWithNewline = length == 0 || EndsWithNewline(path);
         var rows = new List<Row>();
-        int[]? columns = null;
+        Dictionary<string, int>? columns = null;
+        int headerFields = 0;
         (int Line, string Text)? pending = null;
         foreach (var line in UserFile.ReadLines(path, MaxLineBytes, "metrics file"))
         {
@@ -117,28 +141,39 @@ public sealed class MetricsLog
             var fields = line.Text.Split(',');
             if (columns is null)
             {
-                columns = Header.Select(name => Array.FindIndex(fields, f => (OlderNames.GetValueOrDefault(f.Trim()) ?? f.Trim()) == name)).ToArray();
-                int missing = Array.IndexOf(columns, -1);
-                if (missing >= 0)
-                    throw new InvalidDataException($"{where}: header has no '{Header[missing]}' column (got {SafeText.Clip(line.Text, 120)}); not a metrics file of this trainer");
+                columns = new Dictionary<string, int>();
+                for (int i = 0; i < fields.Length; i++)
+                {
+                    string name = fields[i].Trim();
+                    columns.TryAdd(OlderNames.GetValueOrDefault(name) ?? name, i);
+                }
+                headerFields = fields.Length;
+                if (RequiredColumns.FirstOrDefault(c => !columns.ContainsKey(c)) is { } missing)
+                    throw new InvalidDataException($"{where}: header has no '{missing}' column (got {SafeText.Clip(line.Text, 120)}); not a metrics file of this trainer");
                 return;
             }
             if (line.Text.Length == 0) return;
-            if (fields.Length < columns.Max() + 1)
-                throw new InvalidDataException($"{where}: {fields.Length} fields, the header names {columns.Max() + 1}; fix or delete the file to resume");
-            double D(int column, bool optional = false)
+            if (fields.Length != headerFields)
+                throw new InvalidDataException($"{where}: {fields.Length} fields, the header names {headerFields}; fix or delete the file to resume");
+            double? N(string name)
             {
-                string text = fields[columns[column]].Trim();
-                if (optional && text.Length == 0) return double.NaN;
+                if (!columns.TryGetValue(name, out int i)) return null;
+                string text = fields[i].Trim();
+                if (text.Length == 0) return null;
                 return double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && double.IsFinite(v) ? v
-                    : throw new InvalidDataException($"{where}: '{Header[column]}' is {SafeText.Quote(text, 40)}, not a finite number; fix or delete the file to resume");
+                    : throw new InvalidDataException($"{where}: '{name}' is {SafeText.Quote(text, 40)}, not a finite number; fix or delete the file to resume");
             }
-            double step = D(0);
-            if (step != Math.Floor(step) || step < 1 || step > int.MaxValue || (rows.Count > 0 && step <= rows[^1].Step))
-                throw new InvalidDataException($"{where}: step {step} does not follow step {(rows.Count > 0 ? rows[^1].Step : 0)}; fix or delete the file to resume");
+            double D(string name) => N(name) ?? double.NaN;
+            long L(string name) => N(name) is { } v && v == Math.Floor(v) && Math.Abs(v) < 1e15 ? (long)v
+                : N(name) is null ? 0 : throw new InvalidDataException($"{where}: '{name}' is not a whole number; fix or delete the file to resume");
+            double step = N("step") ?? throw new InvalidDataException($"{where}: 'step' is empty; fix or delete the file to resume");
+            int previous = rows.Count > 0 ? rows[^1].Step : -1;
+            if (step != Math.Floor(step) || step < 0 || step > int.MaxValue || step <= previous || (step == 0 && rows.Count > 0))
+                throw new InvalidDataException($"{where}: step {step} does not follow step {(previous < 0 ? "(none)" : previous)}; fix or delete the file to resume");
             if (throughStep is { } limit && step > limit) return;
-            double val = D(3, optional: true);
-            rows.Add(new Row((int)step, D(1), D(2), double.IsNaN(val) ? null : val, D(4), D(5), (long)D(6), D(7), D(8), D(9), D(10)));
+            rows.Add(new Row((int)step, D("epoch"), D("loss"), N("val_loss"), D("learning_rate"), D("grad_norm"),
+                L("tokens"), D("tokens_per_s"), D("step_s"), D("elapsed_s"), D("host_rss_mb"), D("host_peak_rss_mb"),
+                N("device_used_peak_mb"), L("trained_tokens")));
         }
     }
 

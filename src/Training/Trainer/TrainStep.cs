@@ -1,3 +1,4 @@
+using QLoraNet.Kernels;
 using QLoraNet.Models;
 using QLoraNet.Training.Data;
 using QLoraNet.Training.Losses;
@@ -41,6 +42,7 @@ public sealed class TrainStep
     readonly RandomStream? _dropoutRandom;
     readonly IReplicaGroup _replicas;
     readonly IReadOnlyList<Parameter> _trainable;
+    IStepPhaseMarker? _phases;
 
     /// <param name="model">the model; its parameters that require grad are the ones <paramref name="optimizer"/> updates.</param>
     /// <param name="dropoutRandom">the stream the model's dropout draws from (null: the model draws no random numbers).</param>
@@ -57,6 +59,18 @@ public sealed class TrainStep
         _dropoutRandom = dropoutRandom;
         _replicas = replicas ?? SingleReplica.Instance;
         _trainable = model.parameters().Where(p => p.requires_grad).ToList();
+    }
+
+    /// <summary>Receives the step's phase boundaries (`bench train --profile`); null = none. Set on the model's backward
+    /// handles as well, where checkpointed layers mark their recomputation.</summary>
+    public IStepPhaseMarker? Phases
+    {
+        get => _phases;
+        set
+        {
+            _phases = value;
+            _model.BackwardHandles.PhaseMarker = value;
+        }
     }
 
     /// <summary>Runs optimizer step <paramref name="step"/> (0-based) at <paramref name="learningRate"/> on the next
@@ -76,17 +90,21 @@ public sealed class TrainStep
         {
             using var microScope = torch.NewDisposeScope();
             _dropoutRandom?.Reseed(MicroBatchSeed(_settings.Seed, step, index));
+            _phases?.Enter(StepPhase.Forward);
             var sum = _loss.Sum(_model, batch);
+            _phases?.Enter(StepPhase.Backward);
             (sum / terms).backward();
             _model.BackwardHandles.Release();
             lossSum += sum.item<float>();
             inputTokens += (long)batch.Rows * batch.Length;
         }
+        _phases?.Enter(StepPhase.Optimizer);
         double loss = _replicas.Sum(lossSum) / terms;
         long tokens = (long)_replicas.Sum(inputTokens);
         if (!double.IsFinite(loss))
         {
             _optimizer.ZeroGrad();
+            _phases?.Enter(StepPhase.Done);
             return new StepOutcome(loss, double.NaN, tokens, (long)terms);
         }
 
@@ -95,6 +113,7 @@ public sealed class TrainStep
         double gradNorm = nn.utils.clip_grad_norm_(_trainable, _settings.MaxGradNorm > 0 ? _settings.MaxGradNorm : double.PositiveInfinity);
         _optimizer.StepOnce();
         _optimizer.ZeroGrad();
+        _phases?.Enter(StepPhase.Done);
         return new StepOutcome(loss, gradNorm, tokens, (long)terms);
     }
 

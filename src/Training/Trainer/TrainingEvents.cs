@@ -19,6 +19,9 @@ public interface ITrainingObserver
     /// <summary>Pruning is about to hide (rename) an old checkpoint or delete one of its files. Throwing stops the
     /// prune there, as a kill would: the checkpoint is either whole under its name or hidden, never listed broken.</summary>
     void OnCheckpointPruning(string path) { }
+
+    /// <summary>The greedy answers to training.sample_prompts at a step (0: the base model, before training).</summary>
+    void OnSamples(IReadOnlyList<SampleGeneration> samples) { }
 }
 
 /// <summary>Printed once at the start: what is being trained on what (and which kernels run: <c>Kernels</c>).</summary>
@@ -38,8 +41,9 @@ public sealed record RunSummary(
     int LogEvery = 10,
     IReadOnlyList<string>? Kernels = null);
 
-/// <summary>One optimizer step. Loss is the mean over the step's trained (unmasked) tokens; <see cref="HostRssBytes"/>
-/// is the process's resident memory on the host.</summary>
+/// <summary>One optimizer step. Loss is the mean over the step's trained (unmasked) tokens (<see cref="TrainedTokens"/>
+/// of them); <see cref="HostRssBytes"/> is the process's resident memory on the host; <see cref="Memory"/> the step's
+/// memory figures, each named for what it measures (host peak RSS, CUDA device used memory).</summary>
 public sealed record StepMetrics(
     int Step,
     int TotalSteps,
@@ -52,7 +56,9 @@ public sealed record StepMetrics(
     double StepSeconds,
     double ElapsedSeconds,
     double EtaSeconds,
-    long HostRssBytes);
+    long HostRssBytes,
+    MemorySample? Memory = null,
+    long TrainedTokens = 0);
 
 /// <summary>How a run ended.</summary>
 public sealed record TrainResult(
@@ -63,7 +69,8 @@ public sealed record TrainResult(
     double? BestValidationLoss,
     TrainStop Stop,
     string? Message,
-    double? InitialValidationLoss = null);
+    double? InitialValidationLoss = null,
+    MemorySample? PeakMemory = null);
 
 public enum TrainStop { Completed, EarlyStopped, Interrupted, NonFiniteLoss }
 

@@ -78,7 +78,7 @@ public class EvalTests
 
         var neither = CliRunner.Run("eval", "--model", Paths.TinyModel);
         Assert.Equal(1, neither.Code);
-        Assert.Contains("exactly one of --text-file and --token-ids-json", neither.Stderr);
+        Assert.Contains("exactly one of --text-file, --token-ids-json and --data", neither.Stderr);
 
         using var dir = Paths.Temp();
         File.WriteAllText(dir["ids.json"], "{\"ids\": [1, 2]}");

@@ -26,6 +26,20 @@ public class GenerateTests
         Assert.Equal("The whale, and the", stdout.TrimEnd('\n'));
     }
 
+    [Fact, Trait("tier", "e2e")]
+    public void Chat_wraps_the_prompt_in_the_template_with_the_generation_prompt()
+    {
+        var (code, stdout, stderr) = CliRunner.Run("generate", "--model", Paths.TinyModel, "--prompt", "Hi", "--chat",
+            "--max-new-tokens", "4", "--json", "--device", "cpu");
+        Assert.True(code == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var input = doc.RootElement.GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        // The model ships no template and has a SentencePiece tokenizer: llama2-chat, "<s>[INST] Hi [/INST]".
+        Assert.Equal(new[] { 1, 518, 25580, 29962, 6324, 518, 29914, 25580, 29962 }, input);
+        var raw = CliRunner.Run("generate", "--model", Paths.TinyModel, "--prompt", "Hi", "--max-new-tokens", "1", "--json", "--device", "cpu");
+        Assert.StartsWith("{\"input_ids\": [1, 6324], ", raw.Stdout);
+    }
+
     [Fact]
     public void Seeded_sampling_is_reproducible()
     {

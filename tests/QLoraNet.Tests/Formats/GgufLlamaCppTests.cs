@@ -7,8 +7,11 @@ namespace QLoraNet.Tests.Formats;
 
 /// <summary>
 /// Runs the exported tiny model in real llama.cpp: the prebuilt CPU binaries of npm `node-llama-cpp`, driven by
-/// scripts/llamacpp/run.mjs. The package is installed into scripts/llamacpp/node_modules (git-ignored) on first
-/// use; without npm, or with neither that folder nor a reachable registry, the tests are skipped with the reason.
+/// scripts/llamacpp/run.mjs. The package (about 725 MB with its prebuilt binaries) goes into
+/// scripts/llamacpp/node_modules (git-ignored) only when allowed: QLORANET_LLAMACPP_INSTALL=1 or CI=true (.ci/run
+/// sets it), and the install is announced on stderr first; otherwise the tests are skipped with a reason that says
+/// what they would install and where. QLORANET_SKIP_LLAMACPP=1 skips them outright; without npm, or with neither that
+/// folder nor a reachable registry, they are skipped with the reason.
 /// </summary>
 [Trait("tier", "parity")]
 public class GgufLlamaCppTests(ITestOutputHelper output)
@@ -76,11 +79,29 @@ public static class LlamaCpp
 
     static bool PackagePresent => File.Exists(Path.Combine(ScriptDir, "node_modules", "node-llama-cpp", "package.json"));
 
+    public const string SkipVariable = "QLORANET_SKIP_LLAMACPP";
+    public const string InstallVariable = "QLORANET_LLAMACPP_INSTALL";
+
+    /// <summary>What the checks install, and where: said before installing, and in the skip reason when not allowed to.</summary>
+    public static string InstallNote =>
+        $"the llama.cpp checks need npm package node-llama-cpp {PackageVersion()} (prebuilt llama.cpp binaries, about 725 MB on disk) in {Path.Combine(ScriptDir, "node_modules")} (git-ignored)";
+
+    static bool IsSet(string variable) => Environment.GetEnvironmentVariable(variable) is { } v && (v == "1" || v.Equals("true", StringComparison.OrdinalIgnoreCase));
+
+    static string PackageVersion()
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(ScriptDir, "package.json")));
+        return doc.RootElement.GetProperty("dependencies").GetProperty("node-llama-cpp").GetString() ?? "?";
+    }
+
     static string? Probe()
     {
+        if (IsSet(SkipVariable)) return $"{SkipVariable} is set: llama.cpp end-to-end checks skipped";
         foreach (var tool in new[] { "node", "npm" })
             if (FindOnPath(tool) is null) return $"{tool} is not on PATH; install Node.js 18+ to run the llama.cpp checks";
         if (PackagePresent) return null;
+        if (!IsSet(InstallVariable) && !IsSet("CI"))
+            return $"{InstallNote}; set {InstallVariable}=1 to install it and run them (CI does), or {SkipVariable}=1 to skip them without this note";
         var (code, _, err) = Exec("npm", new[] { "ping" }, ScriptDir, timeoutMs: 20_000);
         return code == 0 ? null : $"the npm registry is not reachable (npm ping: {err.Trim().Split('\n').LastOrDefault()}) and scripts/llamacpp/node_modules is absent";
     }
@@ -88,6 +109,7 @@ public static class LlamaCpp
     static bool Install()
     {
         if (PackagePresent) return true;
+        Console.Error.WriteLine($"installing: {InstallNote} (npm install, once; {SkipVariable}=1 skips these checks)");
         var (code, stdout, stderr) = Exec("npm", new[] { "install", "--no-audit", "--no-fund" }, ScriptDir, timeoutMs: 600_000);
         if (code != 0) throw new InvalidOperationException($"npm install in {ScriptDir} failed ({code}): {stderr}{stdout}");
         return true;

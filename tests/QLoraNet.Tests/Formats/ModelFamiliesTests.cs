@@ -92,7 +92,7 @@ public class ModelFamiliesTests
 
     [Theory]
     [InlineData("\"rope_scaling\":{\"type\":\"linear\",\"factor\":2.0},", "rope_scaling type 'linear'")]
-    [InlineData("\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0},", "rope_scaling type 'llama3'")]
+    [InlineData("\"rope_scaling\":{\"rope_type\":\"longrope\",\"factor\":8.0},", "rope_scaling type 'longrope'")]
     [InlineData("\"rope_parameters\":{\"rope_type\":\"yarn\",\"rope_theta\":1e4},", "rope_parameters type 'yarn'")]
     [InlineData("\"hidden_act\":\"gelu\",", "hidden_act 'gelu'")]
     [InlineData("\"num_local_experts\":8,", "num_local_experts 8: mixture-of-experts")]
@@ -102,9 +102,10 @@ public class ModelFamiliesTests
     [Fact]
     public void Unknown_families_are_refused_by_name_listing_the_supported_ones()
     {
-        var mistral = Refusal(Llama2.Replace("LlamaForCausalLM", "MistralForCausalLM").Replace("\"llama\"", "\"mistral\""));
-        Assert.Contains("architecture MistralForCausalLM is not supported", mistral);
-        Assert.Contains("LlamaForCausalLM (model_type \"llama\")", mistral);
+        var phi3 = Refusal(Llama2.Replace("LlamaForCausalLM", "Phi3ForCausalLM").Replace("\"llama\"", "\"phi3\""));
+        Assert.Contains("architecture Phi3ForCausalLM is not supported", phi3);
+        Assert.Contains("LlamaForCausalLM (model_type \"llama\")", phi3);
+        Assert.Contains("Gemma2ForCausalLM (model_type \"gemma2\")", phi3);
         Assert.Contains("model_type 'gpt2' is not supported", Refusal("""{"model_type":"gpt2","hidden_size":8}"""));
         // A known model_type with an architecture its family does not load (a classification head) is refused too.
         Assert.Contains("the llama family loads LlamaForCausalLM", Refusal(Llama2.Replace("LlamaForCausalLM", "LlamaForSequenceClassification")));
@@ -115,7 +116,9 @@ public class ModelFamiliesTests
     {
         Assert.Equal("llama", ModelFamilies.Find("llama", [])!.Name);
         Assert.Equal("llama", ModelFamilies.Find("", ["LlamaForCausalLM"])!.Name);
-        Assert.Null(ModelFamilies.Find("qwen2", ["Qwen2ForCausalLM"]));
+        Assert.Equal("qwen2", ModelFamilies.Find("qwen2", ["Qwen2ForCausalLM"])!.Name);
+        Assert.Equal("gemma2", ModelFamilies.Find("", ["Gemma2ForCausalLM"])!.Name);
+        Assert.Null(ModelFamilies.Find("phi3", ["Phi3ForCausalLM"]));
     }
 
     [Fact]

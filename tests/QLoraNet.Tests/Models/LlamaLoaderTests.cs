@@ -102,8 +102,8 @@ public class LlamaLoaderTests
     [Fact]
     public void Unsupported_architectures_are_refused_by_name()
     {
-        var mistral = LoadError(config: c => { c["architectures"] = new System.Text.Json.Nodes.JsonArray("MistralForCausalLM"); c["model_type"] = "mistral"; });
-        Assert.Contains("MistralForCausalLM", mistral);
+        var phi3 = LoadError(config: c => { c["architectures"] = new System.Text.Json.Nodes.JsonArray("Phi3ForCausalLM"); c["model_type"] = "phi3"; });
+        Assert.Contains("Phi3ForCausalLM", phi3);
         var classifier = LoadError(config: c => c["architectures"] = new System.Text.Json.Nodes.JsonArray("LlamaForSequenceClassification"));
         Assert.Contains("LlamaForSequenceClassification", classifier);
     }

@@ -1,3 +1,4 @@
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using QLoraNet.Quant.Kernels;
 using TorchSharp;
@@ -28,10 +29,30 @@ public class KernelSelectionTests
         Assert.Equal("nf4/fp4 dequant on cuda: torch-ops (CUDA kernels disabled by the caller)", off.Report()[0]);
 
         if (cuda.is_available()) return;  // below: what a machine without a usable GPU reports
-        var failed = KernelSelection.For(Cuda, new KernelOptions(PtxPath: "/nonexistent/nf4_dequant.ptx"));
+        var failed = KernelSelection.For(Cuda, new KernelOptions(PtxDir: "/nonexistent"));
         Assert.Equal(FourBitDequantPath.TorchOps, failed.FourBitDequant);
         Assert.StartsWith("the fused kernel failed to load: ", failed.FourBitDequantReason);
         Assert.DoesNotContain("\n", failed.Report()[0]);
+    }
+
+    [Fact]
+    public void The_fused_training_ops_are_chosen_and_reported_with_the_dequantizer()
+    {
+        var report = KernelSelection.For(CPU).Report();
+        foreach (var op in new[] { "rmsnorm", "rope", "glu", "lora dropout", "adamw" })
+            Assert.Contains($"{op} on cpu: torch-ops (CPU tensors: torch-op reference)", report);
+        Assert.Contains(report, l => l.StartsWith("cross-entropy on cpu: chunked, 16777216 logits per chunk"));
+        Assert.Contains(report, l => l.StartsWith("lora up-projection on cpu: addmm"));
+
+        var off = KernelSelection.For(Cuda, new KernelOptions(DisableCuda: true));
+        Assert.Equal(FusedPath.TorchOps, off.Fused.RmsNorm.Path);
+        Assert.Contains("adamw on cuda: torch-ops (CUDA kernels disabled by the caller)", off.Report());
+        if (cuda.is_available()) return;
+        // No usable GPU: every op says why it runs its reference (no silent swap).
+        var none = KernelSelection.For(Cuda);
+        Assert.All(new FusedOp[] { none.Fused.RmsNorm, none.Fused.Rope, none.Fused.Glu, none.Fused.Dropout, none.Fused.AdamW },
+            op => Assert.Equal(FusedPath.TorchOps, op.Path));
+        Assert.StartsWith("no usable CUDA device: ", none.Fused.Glu.Reason);
     }
 
     [Fact]

@@ -39,7 +39,8 @@ public sealed class ConfigTests : IDisposable
         Assert.Equal(LoraSettings.DefaultTargets, c.Lora.TargetModules);
         Assert.Null(c.Lora.Layers);
         Assert.Equal(DataFormat.Chat, c.Data.Format);
-        Assert.Equal(TemplateKind.Llama2Chat, c.Data.Template);
+        Assert.Equal(TemplateKind.Auto, c.Data.Template);
+        Assert.Equal(SystemRole.Native, c.Data.SystemRole);
         Assert.Equal(512, c.Data.MaxSeqLen);
         Assert.Equal(new[] { train }, c.Data.Train);
         Assert.Equal(new TrainingConfig(), c.Training);
@@ -53,7 +54,7 @@ public sealed class ConfigTests : IDisposable
     public void Unknown_key_names_file_line_and_the_valid_keys()
     {
         string msg = ErrorOf(Minimal + "lora:\n  r: 8\n  rank: 4\n");
-        Assert.Equal("x.yaml:7: unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora", msg);
+        Assert.Equal("x.yaml:7: unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora, init_from", msg);
     }
 
     [Fact]
@@ -86,8 +87,11 @@ public sealed class ConfigTests : IDisposable
     {
         Assert.Equal("x.yaml:6: 'quantization.type' must be one of none, bf16, fp16, fp32, nf4, fp4, int8, int4 (or a whole spelling such as nf4-dq); got 'nf5'",
             ErrorOf(Minimal + "quantization:\n  type: nf5\n"));
-        Assert.Equal("x.yaml:4: 'data.template' must be one of llama2-chat, alpaca, none; got 'chatml'",
-            ErrorOf(Minimal.Replace("data:\n", "data:\n  template: chatml\n")));
+        Assert.Equal("x.yaml:4: 'data.template' must be one of auto, llama2-chat, llama3, chatml, mistral-instruct, gemma, alpaca, none; got 'vicuna'",
+            ErrorOf(Minimal.Replace("data:\n", "data:\n  template: vicuna\n")));
+        Assert.Equal("x.yaml:4: 'data.system_role' must be one of native, fold; got 'merge'",
+            ErrorOf(Minimal.Replace("data:\n", "data:\n  system_role: merge\n")));
+        Assert.Equal(SystemRole.Fold, Parse(Minimal, "data.system_role=fold").Data.SystemRole);
     }
 
     [Fact]
@@ -106,7 +110,7 @@ public sealed class ConfigTests : IDisposable
     public void Empty_required_value_and_chat_with_alpaca_are_errors()
     {
         Assert.Equal("x.yaml:2: 'model.path' must be a non-empty string; got ''", ErrorOf(Minimal.Replace(Paths.TinyModel, "\"\"")));
-        Assert.Equal("x.yaml:4: 'data.template' alpaca renders instruction rows only; use llama2-chat or none with data.format chat",
+        Assert.Equal("x.yaml:4: 'data.template' alpaca renders instruction rows only; use one of llama2-chat, llama3, chatml, mistral-instruct, gemma, none or auto with data.format chat",
             ErrorOf(Minimal.Replace("data:\n", "data:\n  template: alpaca\n")));
         Assert.Equal(TemplateKind.Alpaca, Parse(Minimal, "data.format=instruction", "data.template=alpaca").Data.Template);
     }
@@ -162,7 +166,7 @@ public sealed class ConfigTests : IDisposable
     [Fact]
     public void Override_errors_point_at_the_override()
     {
-        Assert.Equal("override 'lora.rank=8': unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora",
+        Assert.Equal("override 'lora.rank=8': unknown key 'lora.rank'; valid keys in 'lora': r, alpha, dropout, target_modules, layers, rslora, init_from",
             ErrorOf(Minimal, "lora.rank=8"));
         Assert.Equal("override 'training.seed=x': 'training.seed' must be an integer >= 0; got 'x'", ErrorOf(Minimal, "training.seed=x"));
         Assert.Contains("expected key=value", ErrorOf(Minimal, "training.seed"));
@@ -226,8 +230,8 @@ public sealed class ConfigTests : IDisposable
     public void The_model_family_is_checked_at_the_model_path_line_and_decides_the_lora_names()
     {
         using var model = Paths.Temp();
-        File.WriteAllText(model["config.json"], """{"architectures":["MistralForCausalLM"],"model_type":"mistral"}""");
-        Assert.StartsWith("x.yaml:2: " + model["config.json"] + ": architecture MistralForCausalLM is not supported",
+        File.WriteAllText(model["config.json"], """{"architectures":["Phi3ForCausalLM"],"model_type":"phi3"}""");
+        Assert.StartsWith("x.yaml:2: " + model["config.json"] + ": architecture Phi3ForCausalLM is not supported",
             ErrorOf(Minimal.Replace(Paths.TinyModel, model.Path)));
         Assert.Equal(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
             Parse(Minimal, "lora.target_modules=all-linear").Lora.Targets);

@@ -62,8 +62,8 @@ public class LoraFinetuneRecipeTests
         var a = File.ReadAllBytes(Path.Combine(r1.FinalAdapter!, "adapter_model.safetensors"));
         var b = File.ReadAllBytes(Path.Combine(r3.FinalAdapter!, "adapter_model.safetensors"));
         Assert.Equal(a, b);
-        // metrics.csv reads as one run: steps 1..6 once each
-        Assert.Equal(Enumerable.Range(1, 6), MetricsLog.Read(Path.Combine(tmp["split"], "metrics.csv")).Select(r => r.Step));
+        // metrics.csv reads as one run: the base model's row (step 0), then steps 1..6 once each
+        Assert.Equal(Enumerable.Range(0, 7), MetricsLog.Read(Path.Combine(tmp["split"], "metrics.csv")).Select(r => r.Step));
         Assert.True(whole.Validation[6] < whole.Validation[0] - 0.05, $"validation loss should fall: {whole.Validation[0]} -> {whole.Validation[6]}");
     }
 
@@ -109,7 +109,7 @@ public class LoraFinetuneRecipeTests
         Assert.True(File.Exists(Path.Combine(r.FinalAdapter!, "adapter_model.safetensors")));
         Assert.True(File.Exists(Path.Combine(r.FinalAdapter!, "adapter_config.json")));
         Assert.True(new FileInfo(Path.Combine(tmp["run"], RunOutput.LossCurveFile)).Length > 1000);
-        Assert.Equal(3, File.ReadAllLines(Path.Combine(tmp["run"], RunOutput.MetricsFile)).Length);
+        Assert.Equal(4, File.ReadAllLines(Path.Combine(tmp["run"], RunOutput.MetricsFile)).Length); // header, step 0, steps 1-2
         var reloaded = TrainConfig.Load(Path.Combine(tmp["run"], RunOutput.ResolvedConfigFile));
         Assert.Equal(2, reloaded.Training.MaxSteps);
     }

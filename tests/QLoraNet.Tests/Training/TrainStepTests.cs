@@ -34,6 +34,34 @@ public class TrainStepTests
         Assert.NotEqual(aloneA[0], aloneB[0]);
     }
 
+    /// <summary>The phases a profiler sees (`bench train --profile`): per micro-batch the forward, the backward with
+    /// each checkpointed layer's recomputation (last layer first) inside it, then the optimizer, then the end.</summary>
+    [Fact]
+    public void The_step_marks_its_phases_and_checkpointed_layers_their_recomputation()
+    {
+        using var run = new SmallRun(seed: 3, accumulation: 2);
+        var marks = new PhaseRecorder();
+        run.Step.Phases = marks;
+        Assert.Same(marks, run.Model.BackwardHandles.PhaseMarker);
+        run.Step.Run(0, 1e-3, run.Data);
+        int layers = run.Model.Model.Layers.Count;
+        var micro = new[] { QLoraNet.Kernels.StepPhase.Forward, QLoraNet.Kernels.StepPhase.Backward }
+            .Concat(Enumerable.Repeat(new[] { QLoraNet.Kernels.StepPhase.Recompute, QLoraNet.Kernels.StepPhase.Backward }, layers).SelectMany(x => x));
+        var expected = micro.Concat(micro).Append(QLoraNet.Kernels.StepPhase.Optimizer).Append(QLoraNet.Kernels.StepPhase.Done);
+        Assert.Equal(expected, marks.Seen);
+        run.Step.Phases = null;
+        Assert.Null(run.Model.BackwardHandles.PhaseMarker);
+    }
+
+    sealed class PhaseRecorder : QLoraNet.Kernels.IStepPhaseMarker
+    {
+        public List<QLoraNet.Kernels.StepPhase> Seen { get; } = [];
+        public void Enter(QLoraNet.Kernels.StepPhase phase)
+        {
+            lock (Seen) Seen.Add(phase);
+        }
+    }
+
     /// <summary>Dropout masks are a function of (seed, step, micro-batch): the same step twice draws the same masks,
     /// another step other ones (what lets a resumed run continue exactly).</summary>
     [Fact]

@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
 using static TorchSharp.torch;
 
-namespace QLoraNet.Quant;
+namespace QLoraNet.Kernels;
 
 /// <summary>
 /// Deterministic release of the tensor handles that cross a custom autograd function's backward.
@@ -12,11 +12,16 @@ namespace QLoraNet.Quant;
 /// they return into the queue of the model they belong to; whoever runs backward on that model calls
 /// <see cref="Release"/> once the backward pass is over. One queue per model (not per process), so two models
 /// trained side by side in one process never release each other's gradients.
+/// Being what every custom backward of a model receives, the queue also carries the model's optional
+/// <see cref="PhaseMarker"/> (profiling), so a checkpointed layer can mark its recomputation.
 /// </summary>
 public sealed class BackwardHandles
 {
     // Concurrent: on CUDA, Defer runs on libtorch's device thread while the owner's thread may call Release.
     readonly ConcurrentQueue<Tensor> _pending = new();
+
+    /// <summary>Where backward marks the phases of a step (a profiler); null = nobody is listening.</summary>
+    public IStepPhaseMarker? PhaseMarker { get; set; }
 
     /// <summary>Handles deferred and not yet released.</summary>
     public int Count => _pending.Count;

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Issue 13's measurements in ONE device call (docs/BENCHMARKS.md, "Speed run"): kernel parity, our training step
+# against HF transformers + peft eager and torch.compile on the same GPU, the `train` verb against `bench train`, a
+# low-memory run, a phase profile, and device peak memory of every run measured the same way (NVML, whole device,
+# every 20 ms: scripts/gpu/measure.py). Prints one compact JSON summary as its last line (also $OUT/summary.json).
+#
+# On the GPU machine, from the repository root, with the carry folder made by scripts/gpu/prepare_speed.sh:
+#   bash scripts/gpu/bench_speed.sh [--carry .gpu-speed] [--with-13b] [--budget SECONDS]
+# The cases run in order of importance; once the time budget (default 450 s, after the checkpoint is built) is
+# spent, the remaining optional cases are skipped and say so. Every case has its own timeout, and a case that fails
+# is reported and the others still run.
+set -uo pipefail
+carry=.gpu-speed; with13=0; budget=450
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --carry) carry=$2; shift 2 ;;
+    --with-13b) with13=1; shift ;;
+    --budget) budget=$2; shift 2 ;;
+    *) echo "unknown option $1 (--carry DIR, --with-13b, --budget SECONDS)" >&2; exit 2 ;;
+  esac
+done
+OUT=${OUT:-/tmp/qln-speed}; mkdir -p "$OUT/cases"
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True   # both sides: less fragmentation, lower peaks
+source "$carry/env.sh" >/dev/null
+appdir=/tmp/qln-app
+if [[ ! -f $appdir/QLoraNet.dll ]]; then mkdir -p $appdir && tar -xJf "$carry/app.tar.xz" -C $appdir; fi
+app=(dotnet $appdir/QLoraNet.dll)
+ckpt=/tmp/llama7b
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+
+t_start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - t_start )); }
+# run_case NAME TIMEOUT_S CMD...: the command under measure.py; its output in cases/NAME.log, errors in cases/NAME.err.
+run_case() {
+  local name=$1 limit=$2; shift 2
+  local t=$(date +%s)
+  timeout "$limit" python3 scripts/gpu/measure.py "$name" -- "$@" > "$OUT/cases/$name.log" 2> "$OUT/cases/$name.err"
+  local rc=$?
+  echo "$name rc=$rc $(( $(date +%s) - t ))s (at $(elapsed)s)"
+  [[ $rc -ne 0 ]] && tail -3 "$OUT/cases/$name.err" | sed 's/^/    /'
+  return 0
+}
+# optional NAME SECONDS_NEEDED: true while the budget leaves room, else records the skip.
+optional() {
+  local left=$(( budget - $(elapsed) ))
+  if (( left < $2 )); then echo "{\"skipped\": \"$1\", \"seconds_left\": $left}" > "$OUT/cases/$1.log"; echo "$1 skipped ($left s left)"; return 1; fi
+  return 0
+}
+
+# 0. The 7B checkpoint (random weights, Llama-2 layout and tokenizer): the clock starts after it.
+if [[ ! -f $ckpt/config.json ]]; then
+  t=$(date +%s); python3 "$carry/make_random_llama.py" $ckpt --tokenizer models/tiny-llama-sotu/tokenizer.model > "$OUT/make7b.log" 2>&1
+  echo "checkpoint 7B rc=$? $(( $(date +%s) - t ))s"
+fi
+t_start=$(date +%s)
+
+# 1. Kernel parity and timing, one process per section (a kernel fault poisons only its own CUDA context).
+for s in rmsnorm rope glu dropout adamw ce lora nf4; do
+  run_case "kernel-$s" 90 "${app[@]}" bench kernel --iters 10 --only $s
+done
+
+# 2. The headline case, ours with the phase profile, then the peer eager and compiled, then `train` on it.
+all=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+run_case ours-512x4 120 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --split --profile --hold-seconds 0
+run_case peer-512x4 150 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4
+run_case peer-512x4-compile 240 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --compile --warmup 5
+
+# `train` on real text: completion rows longer than 512 tokens, packed (one document per row, so no attention
+# mask, as in bench), same LoRA, optimizer, clipping and checkpointing as bench train; evaluation and checkpoints on.
+python3 - "$OUT" <<'PY'
+import glob, json, sys
+out = sys.argv[1]
+text = "\n\n".join(open(f, encoding="utf-8").read() for f in sorted(glob.glob("docs/*.md")) + ["README.md", "datasets/general/heldout.txt"])
+rows = [text[i:i + 3200] for i in range(0, max(1, len(text) - 3200), 600)]
+while len(rows) < 240: rows += rows
+with open(f"{out}/train.jsonl", "w") as f:
+    for r in rows[:224]: f.write(json.dumps({"text": r}) + "\n")
+with open(f"{out}/val.jsonl", "w") as f:
+    for r in rows[224:240]: f.write(json.dumps({"text": r}) + "\n")
+with open(f"{out}/train.yaml", "w") as f:
+    f.write(f"""model: {{path: /tmp/llama7b, dtype: bf16, device: cuda}}
+quantization: {{type: nf4, double_quant: true, blocksize: 64, compute_dtype: bf16}}
+lora: {{r: 16, alpha: 32, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj]}}
+data: {{train: {out}/train.jsonl, validation: {out}/val.jsonl, format: completion, max_seq_len: 512, packing: true, train_on_inputs: true}}
+training: {{max_steps: 40, micro_batch_size: 4, gradient_accumulation_steps: 1, learning_rate: 2.0e-4, scheduler: cosine, warmup_steps: 4,
+  weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, seed: 42, log_every: 10, eval_every: 20, save_every: 20}}
+output: {{dir: {out}/run, keep_last: 1}}
+""")
+PY
+rm -rf "$OUT/run"
+run_case train-512x4 180 "${app[@]}" train "$OUT/train.yaml"
+cp "$OUT/run/metrics.csv" "$OUT/train_metrics.csv" 2>/dev/null
+
+# 3. The other shapes, the low-memory run, dropout's cost.
+run_case ours-2048x1 90 "${app[@]}" bench train --model $ckpt --seq 2048 --batch 1 --hold-seconds 0
+run_case ours-4096x1 90 "${app[@]}" bench train --model $ckpt --seq 4096 --batch 1 --hold-seconds 0
+run_case ours-512x4-all 120 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --targets $all --hold-seconds 0
+# Low memory: micro-batches of 1 x 512 accumulated 4 times (the same 2048 tokens per optimizer step) and a
+# quarter-size loss chunk: the activations and the loss's transients shrink 4x, the frozen base does not.
+run_case ours-lowmem 120 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --hold-seconds 0
+
+# 4. Optional, as time allows: launches and GPU idle time from an nsys trace of three profiled steps; LoRA
+#    dropout's cost; the peer's other shapes; the 13B shape.
+nsys_bin=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+if [[ -z "$nsys_bin" ]]; then echo '{"skipped": "nsys-512x4", "reason": "no nsys on this machine"}' > "$OUT/cases/nsys-512x4.log"
+elif optional nsys-512x4 70; then
+  rm -f /tmp/qln-prof.nsys-rep /tmp/qln-prof.sqlite
+  run_case nsys-512x4 120 "$nsys_bin" profile --capture-range=cudaProfilerApi --capture-range-end=stop --trace=cuda --sample=none \
+    --cpuctxsw=none --export=sqlite -o /tmp/qln-prof -f true "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --steps 2 --warmup 2 --profile --hold-seconds 0
+  python3 - /tmp/qln-prof.sqlite > "$OUT/cases/nsys-summary.log" 2>&1 <<'PY'
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+def rows(table, cols="start, end"):
+    try: return db.execute(f"SELECT {cols} FROM {table}").fetchall()
+    except sqlite3.Error: return []
+kernels = rows("CUPTI_ACTIVITY_KIND_KERNEL")
+work = sorted(kernels + rows("CUPTI_ACTIVITY_KIND_MEMCPY") + rows("CUPTI_ACTIVITY_KIND_MEMSET"))
+busy, cur_s, cur_e = 0, None, None
+for s, e in work:
+    if cur_e is None or s > cur_e:
+        if cur_e is not None: busy += cur_e - cur_s
+        cur_s, cur_e = s, e
+    else: cur_e = max(cur_e, e)
+if cur_e is not None: busy += cur_e - cur_s
+span = (work[-1][1] - work[0][0]) if work else 0
+steps = 3  # bench train --profile's default --profile-steps: the capture range holds exactly those steps
+print(json.dumps({"nsys": True, "steps": steps, "kernels_per_step": round(len(kernels) / steps, 1),
+                  "copies_and_sets_per_step": round((len(work) - len(kernels)) / steps, 1),
+                  "span_ms_per_step": round(span / 1e6 / steps, 2), "busy_ms_per_step": round(busy / 1e6 / steps, 2),
+                  "idle_ms_per_step": round((span - busy) / 1e6 / steps, 2), "idle_fraction": round(1 - busy / span, 4) if span else None}))
+PY
+fi
+optional ours-512x4-dropout 40 && run_case ours-512x4-dropout 90 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --dropout 0.05 --hold-seconds 0
+optional peer-2048x1 60 && run_case peer-2048x1 90 python3 "$carry/hf_peft_lora_bench.py" --seq 2048 --batch 1
+optional peer-4096x1 60 && run_case peer-4096x1 90 python3 "$carry/hf_peft_lora_bench.py" --seq 4096 --batch 1
+optional peer-512x4-all 60 && run_case peer-512x4-all 90 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --targets $all
+if [[ $with13 == 1 ]] && optional ours-13b-512x4 150; then
+  t=$(date +%s); python3 "$carry/make_random_llama.py" /tmp/llama13b --shape llama2-13b --tokenizer models/tiny-llama-sotu/tokenizer.model > "$OUT/make13b.log" 2>&1
+  echo "checkpoint 13B rc=$? $(( $(date +%s) - t ))s"
+  run_case ours-13b-512x4 120 "${app[@]}" bench train --model /tmp/llama13b --seq 512 --batch 4 --hold-seconds 0
+fi
+
+# 5. The summary.
+python3 - "$OUT" "$(elapsed)" <<'PY' | tee "$OUT/summary.json"
+import csv, glob, json, os, sys
+out, seconds = sys.argv[1], int(sys.argv[2])
+def lines(name):
+    try: return [json.loads(l) for l in open(f"{out}/cases/{name}.log") if l.startswith("{")]
+    except (OSError, json.JSONDecodeError): return []
+def case(name):
+    ls = lines(name)
+    if not ls: return None
+    if "skipped" in ls[0]: return {"skipped": True}
+    m = next((l for l in ls if "measure" in l), {})
+    r = next((l for l in reversed(ls) if "measure" not in l), {})
+    d = {"rc": m.get("rc"), "peak_gib": m.get("device_peak_used_gib"), "wall_s": m.get("wall_s")}
+    for k in ("tokens_per_s", "step_ms", "loss", "adamw_path", "base_gib", "split_dequant_ms", "split_attention_ms", "split_matmul_ms", "split_rest_ms"):
+        if k in r: d[k] = r[k]
+    if "peak_device_used_gib" in r: d["peer_own_peak_gib"] = r["peak_device_used_gib"]
+    if "profile" in r:
+        p = r["profile"]
+        d["profile"] = {k: p.get(k) for k in ("phases", "step_device_ms", "step_wall_ms", "between_steps_device_ms", "recomputed_layers_per_step", "fused_calls_per_step")}
+    return d
+kern, details = {"checks": 0, "failures": 0, "sections": {}}, {}
+for f in sorted(glob.glob(f"{out}/cases/kernel-*.log")):
+    s = os.path.basename(f)[7:-4]
+    ls = lines(f"kernel-{s}")
+    summ = next((l for l in ls if l.get("summary") == "bench kernel"), None)
+    res = {}
+    for l in ls:
+        if "kernel" not in l: continue
+        parity = sorted({v for k, v in l.items() if k.endswith("parity")})
+        worst = max([v for k, v in l.items() if k.endswith("over_bound") and isinstance(v, (int, float))] or [0])
+        key = f"{l['kernel']} {l.get('shape', '')} {l.get('dtype', '')}" + (f" {l['variant']}{'-dq' if l.get('double_quant') else ''}" if "variant" in l else "") + (f" flags={l['flags']}" if "flags" in l else "")
+        res[key] = {"parity": ",".join(parity)} | ({"worst_over_bound": worst} if worst else {}) | {k: l[k] for k in l if k in ("fwd_speedup", "fwd_bwd_speedup", "step_speedup", "speedup", "pct_copy", "fwd_pct_copy", "kernel_us", "bit_exact_flags")}
+    details[s] = res
+    sec = {"checks": summ["parity_checks"], "failures": summ["failures"]} if summ else {"error": "no summary (crashed or timed out)"}
+    sec["parity"] = sorted({p for r in res.values() for p in r["parity"].split(",") if p})
+    worst = [r["worst_over_bound"] for r in res.values() if "worst_over_bound" in r]
+    if worst: sec["worst_over_bound"] = max(worst)
+    for k in ("fwd_speedup", "fwd_bwd_speedup", "step_speedup", "pct_copy"):
+        v = [r[k] for r in res.values() if isinstance(r.get(k), (int, float))]
+        if v: sec[k] = [min(v), max(v)]
+    kern["sections"][s] = sec
+    if summ: kern["checks"] += summ["parity_checks"]; kern["failures"] += summ["failures"]
+    else: kern["failures"] += 1
+cases = {n: case(n) for n in ["ours-512x4", "peer-512x4", "peer-512x4-compile", "ours-2048x1", "peer-2048x1", "ours-4096x1", "peer-4096x1",
+                              "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-512x4-dropout", "ours-13b-512x4", "nsys-512x4"]}
+def ratio(a, b, k):
+    try: return round(cases[a][k] / cases[b][k], 3)
+    except (TypeError, KeyError, ZeroDivisionError): return None
+ratios = {"512x4 speed vs compiled": ratio("ours-512x4", "peer-512x4-compile", "tokens_per_s"),
+          "512x4 memory vs compiled": ratio("ours-512x4", "peer-512x4-compile", "peak_gib"),
+          "512x4 speed vs eager": ratio("ours-512x4", "peer-512x4", "tokens_per_s"),
+          "512x4 memory vs eager": ratio("ours-512x4", "peer-512x4", "peak_gib"),
+          "2048x1 speed vs eager": ratio("ours-2048x1", "peer-2048x1", "tokens_per_s"),
+          "4096x1 speed vs eager": ratio("ours-4096x1", "peer-4096x1", "tokens_per_s"),
+          "all-linear speed vs eager": ratio("ours-512x4-all", "peer-512x4-all", "tokens_per_s"),
+          "lowmem speed vs ours-512x4": ratio("ours-lowmem", "ours-512x4", "tokens_per_s"),
+          "dropout 0.05 speed vs none": ratio("ours-512x4-dropout", "ours-512x4", "tokens_per_s")}
+train = case("train-512x4") or {}
+try:
+    rows = list(csv.DictReader(open(f"{out}/train_metrics.csv")))
+    after = [r for r in rows if int(r["step"]) > 5]
+    tokens = sum(float(r["tokens"]) for r in after)
+    steps_s = sum(float(r["step_s"]) for r in after)
+    span_s = float(after[-1]["elapsed_s"]) - float(rows[[int(r["step"]) for r in rows].index(5)]["elapsed_s"])
+    train.update({"steps_timed": len(after), "step_tokens_per_s": round(tokens / steps_s, 1), "end_to_end_tokens_per_s": round(tokens / span_s, 1)})
+    if cases["ours-512x4"]:
+        train["ratio_to_bench_steps"] = round(train["step_tokens_per_s"] / cases["ours-512x4"]["tokens_per_s"], 3)
+        train["ratio_to_bench_end_to_end"] = round(train["end_to_end_tokens_per_s"] / cases["ours-512x4"]["tokens_per_s"], 3)
+except Exception as e:
+    train["metrics_error"] = f"{type(e).__name__}: {e}"
+json.dump(details, open(f"{out}/kernel_details.json", "w"), indent=1)
+nsys = lines("nsys-summary")
+print(json.dumps({"gpu": open(f"{out}/gpu.txt").read().strip(), "seconds": seconds, "kernel_parity": kern, "cases": cases,
+                  "ratios": ratios, "train_vs_bench": train, "nsys": nsys[0] if nsys else None}, separators=(",", ":")))
+PY

@@ -1,0 +1,104 @@
+using System.Diagnostics;
+using QLoraNet.Kernels;
+using QLoraNet.Kernels.Cuda;
+
+namespace QLoraNet.Cli;
+
+/// <summary>
+/// `bench train --profile`: where the device time of real training steps goes, by phase. The step
+/// (<see cref="QLoraNet.Training.Trainer.TrainStep"/>) and its checkpointed layers mark their phase boundaries
+/// (<see cref="IStepPhaseMarker"/>); at each mark a CUDA event is recorded on stream 0 (libtorch's and our kernels'
+/// stream) and the host clock read. After a step the events give the device time of each phase (from entering it to
+/// the next mark: the GPU's time including any wait for the host within it), the host clock gives the time the host
+/// spent issuing it; a phase whose host time reaches its device time is host-bound, its GPU idle part unknown from
+/// events alone (`nsys`, in scripts/gpu/bench_speed.sh, measures idle time and launches). The gap between one step's
+/// end and the next step's start on the device is reported as between-steps time.
+/// </summary>
+internal sealed class StepProfiler : IStepPhaseMarker, IDisposable
+{
+    readonly object _gate = new();
+    readonly Stopwatch _clock = Stopwatch.StartNew();
+    readonly List<(StepPhase Phase, CudaDriver.Event Event, double HostMs)> _marks = [];
+    readonly Dictionary<StepPhase, (double Device, double Host)> _totals = new();
+    CudaDriver.Event? _lastDone;
+    double _betweenMs, _stepDeviceMs, _stepHostMs;
+    int _steps, _recomputes, _betweenCount, _lostMarks;
+
+    public void Enter(StepPhase phase)
+    {
+        CudaDriver.Event? e = null;
+        try
+        {
+            e = new CudaDriver.Event();
+            e.Record();
+        }
+        catch (InvalidOperationException)
+        {
+            // A thread without the device's context current (not expected: libtorch's autograd thread sets it): the
+            // mark is lost and counted, rather than failing the step it measures.
+            e?.Dispose();
+            Interlocked.Increment(ref _lostMarks);
+            return;
+        }
+        lock (_gate) _marks.Add((phase, e, _clock.Elapsed.TotalMilliseconds));
+    }
+
+    /// <summary>Accounts the step whose marks were just made (waits for its last event).</summary>
+    public void EndStep()
+    {
+        List<(StepPhase Phase, CudaDriver.Event Event, double HostMs)> marks;
+        lock (_gate)
+        {
+            marks = [.. _marks];
+            _marks.Clear();
+        }
+        if (marks.Count < 2) throw new InvalidOperationException("the step marked no phases");
+        if (_lastDone is not null)
+        {
+            _betweenMs += marks[0].Event.MillisecondsSince(_lastDone);
+            _betweenCount++;
+        }
+        for (int i = 0; i + 1 < marks.Count; i++)
+        {
+            double device = marks[i + 1].Event.MillisecondsSince(marks[i].Event), host = marks[i + 1].HostMs - marks[i].HostMs;
+            var t = _totals.GetValueOrDefault(marks[i].Phase);
+            _totals[marks[i].Phase] = (t.Device + device, t.Host + host);
+            if (marks[i].Phase == StepPhase.Recompute) _recomputes++;
+        }
+        _stepDeviceMs += marks[^1].Event.MillisecondsSince(marks[0].Event);
+        _stepHostMs += marks[^1].HostMs - marks[0].HostMs;
+        _steps++;
+        _lastDone?.Dispose();
+        _lastDone = marks[^1].Event;
+        foreach (var m in marks.Take(marks.Count - 1)) m.Event.Dispose();
+    }
+
+    /// <summary>Per-step means: device and host milliseconds per phase, the step, the gap between steps.</summary>
+    public Dictionary<string, object?> Summary()
+    {
+        double Per(double v) => Math.Round(v / Math.Max(1, _steps), 2);
+        var phases = new Dictionary<string, object?>();
+        foreach (var phase in new[] { StepPhase.Forward, StepPhase.Recompute, StepPhase.Backward, StepPhase.Optimizer })
+        {
+            var t = _totals.GetValueOrDefault(phase);
+            phases[phase.ToString().ToLowerInvariant()] = new Dictionary<string, object?> { ["device_ms"] = Per(t.Device), ["host_ms"] = Per(t.Host) };
+        }
+        return new()
+        {
+            ["profiled_steps"] = _steps, ["phases"] = phases,
+            ["step_device_ms"] = Per(_stepDeviceMs), ["step_host_ms"] = Per(_stepHostMs),
+            ["between_steps_device_ms"] = _betweenCount == 0 ? null : Math.Round(_betweenMs / _betweenCount, 2),
+            ["recomputed_layers_per_step"] = Per(_recomputes), ["lost_marks"] = _lostMarks,
+        };
+    }
+
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            foreach (var m in _marks) m.Event.Dispose();
+            _marks.Clear();
+        }
+        _lastDone?.Dispose();
+    }
+}

@@ -1,0 +1,135 @@
+using QLoraNet.Kernels.Cuda;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Kernels;
+
+/// <summary>
+/// The fused training ops of one run, each with the path it takes and why: made once for a device by the caller's
+/// kernel selection (Quant's KernelSelection.For, which the CLI makes) and passed down to whatever runs an op
+/// (the model's norms, RoPE and MLP, LoRA's dropout, the optimizer, the loss). On CUDA every op's PTX is loaded up
+/// front; one that fails to load is reported with the driver's reason and that op runs its torch-op reference,
+/// never a silent swap mid-run. On the CPU every op runs its reference. <see cref="Report"/> is what `info` and the
+/// training summary print; each op also tallies the calls each path served (<see cref="CallCounts"/>).
+/// </summary>
+public sealed class FusedKernels
+{
+    FusedKernels(string device, FusedRmsNorm rmsNorm, FusedRope rope, FusedGlu glu, FusedDropout dropout, FusedAdamW adamW,
+        long logitsPerChunk)
+    {
+        Device = device;
+        RmsNorm = rmsNorm;
+        Rope = rope;
+        Glu = glu;
+        Dropout = dropout;
+        AdamW = adamW;
+        LogitsPerChunk = logitsPerChunk;
+    }
+
+    /// <summary>"cpu", "cuda": the device the choices were made for, as reports spell it.</summary>
+    public string Device { get; }
+
+    /// <summary>RMSNorm, alone or with the residual add in front.</summary>
+    public FusedRmsNorm RmsNorm { get; }
+
+    /// <summary>Rotary position embedding of q and k.</summary>
+    public FusedRope Rope { get; }
+
+    /// <summary>SwiGLU / GeGLU: act(gate) * up.</summary>
+    public FusedGlu Glu { get; }
+
+    /// <summary>LoRA's inverted dropout with RandomStream's mask.</summary>
+    public FusedDropout Dropout { get; }
+
+    /// <summary>One AdamW launch for every adapter parameter (a <see cref="MultiTensorAdamW"/> per optimizer uses it).</summary>
+    public FusedAdamW AdamW { get; }
+
+    /// <summary>Logits per chunk of the training loss (<see cref="ChunkedCrossEntropy"/>): the full fp32 logits are never made.</summary>
+    public long LogitsPerChunk { get; }
+
+    /// <summary>Every op's torch-op reference, for tests and library callers that chose nothing.</summary>
+    public static FusedKernels Reference(string reason = "no selection made: torch-op references") =>
+        new("cpu", new FusedRmsNorm(null, reason), new FusedRope(null, reason), new FusedGlu(null, reason),
+            new FusedDropout(null, reason), new FusedAdamW(null, reason), ChunkedCrossEntropy.DefaultLogitsPerChunk);
+
+    /// <summary>
+    /// The choices for <paramref name="device"/>: on CUDA, each op's kernel unless <paramref name="disableCuda"/>, the
+    /// PTX is not in this build, or it fails to load (each reported); elsewhere the references.
+    /// </summary>
+    /// <param name="ptxDir">load NAME.ptx from this directory where it holds one instead of the embedded image (kernel development).</param>
+    /// <param name="logitsPerChunk">the training loss's chunk (<see cref="ChunkedCrossEntropy.DefaultLogitsPerChunk"/>).</param>
+    public static FusedKernels Load(Device device, bool disableCuda = false, string? ptxDir = null,
+        long logitsPerChunk = ChunkedCrossEntropy.DefaultLogitsPerChunk)
+    {
+        string name = device.type.ToString().ToLowerInvariant();
+        if (device.type != DeviceType.CUDA)
+            return Of(name, _ => (null, "CPU tensors: torch-op reference"), logitsPerChunk);
+        if (disableCuda)
+            return Of(name, _ => (null, "CUDA kernels disabled by the caller"), logitsPerChunk);
+        try
+        {
+            using (zeros(1, device: device)) { }   // libtorch makes its CUDA context current on first use
+        }
+        catch (Exception e)
+        {
+            string why = $"no usable CUDA device: {FirstLine(e.Message)}";
+            return Of(name, _ => (null, why), logitsPerChunk);
+        }
+        return Of(name, op => TryLoad(op.File, op.Kernels, ptxDir), logitsPerChunk);
+    }
+
+    /// <summary>The PTX file and kernels of each op, for <see cref="Load"/>.</summary>
+    sealed record OpKernels(string File, IEnumerable<string> Kernels);
+
+    static FusedKernels Of(string device, Func<OpKernels, (PtxModule? Module, string Reason)> load, long logitsPerChunk)
+    {
+        var rms = load(new(FusedRmsNorm.PtxFile, FusedRmsNorm.KernelNames));
+        var rope = load(new(FusedRope.PtxFile, FusedRope.KernelNames));
+        var glu = load(new(FusedGlu.PtxFile, FusedGlu.KernelNames));
+        var dropout = load(new(FusedDropout.PtxFile, FusedDropout.KernelNames));
+        var adamW = load(new(FusedAdamW.PtxFile, FusedAdamW.KernelNames));
+        return new FusedKernels(device,
+            new FusedRmsNorm(rms.Module, rms.Reason), new FusedRope(rope.Module, rope.Reason), new FusedGlu(glu.Module, glu.Reason),
+            new FusedDropout(dropout.Module, dropout.Reason), new FusedAdamW(adamW.Module, adamW.Reason), logitsPerChunk);
+    }
+
+    static (PtxModule?, string) TryLoad(string file, IEnumerable<string> kernels, string? ptxDir)
+    {
+        var assembly = typeof(FusedKernels).Assembly;
+        bool fromDir = ptxDir is not null && File.Exists(Path.Combine(ptxDir, file));
+        if (!fromDir && !PtxModule.IsEmbedded(assembly, file))
+            return (null, $"{file} is not embedded in this build (scripts/build_ptx.sh)");
+        try
+        {
+            var module = PtxModule.Load(assembly, file, kernels, ptxDir);
+            return (module, "fused kernel" + (fromDir ? $" from {module.Source}" : ""));
+        }
+        catch (Exception e)
+        {
+            return (null, $"{file} failed to load: {FirstLine(e.Message)}");
+        }
+    }
+
+    static string FirstLine(string message) => message.Split('\n')[0].Trim();
+
+    /// <summary>One line per op, e.g. "rmsnorm on cuda: cuda-ptx (fused kernel; ...)".</summary>
+    public IReadOnlyList<string> Report() =>
+    [
+        Line("rmsnorm", RmsNorm, "bf16/fp32 rows of up to 8192, a multiple of 8"),
+        Line("rope", Rope, "bf16/fp32, head dim a multiple of 16"),
+        Line("glu", Glu, "bf16/fp32, a multiple of 8 elements"),
+        Line("lora dropout", Dropout, "bf16/fp32, a multiple of 8 elements"),
+        Line("adamw", AdamW, "fp32 contiguous parameters, one launch per step"),
+        $"cross-entropy on {Device}: chunked, {LogitsPerChunk} logits per chunk (torch-ops; the full fp32 logits are never made)",
+        $"lora up-projection on {Device}: addmm (base + scaling * (x A^T) B^T in one GEMM epilogue)",
+    ];
+
+    string Line(string op, FusedOp f, string kernelTakes) =>
+        $"{op} on {Device}: {FusedOp.Spell(f.Path)} ({f.Reason}" + (f.Path == FusedPath.CudaPtx ? $"; torch-ops where a tensor is not {kernelTakes})" : ")");
+
+    /// <summary>Calls each op's kernel and reference served so far (for `bench train --profile`).</summary>
+    public IReadOnlyDictionary<string, (long Kernel, long Reference)> CallCounts() => new Dictionary<string, (long, long)>
+    {
+        ["rmsnorm"] = RmsNorm.Calls, ["rope"] = Rope.Calls, ["glu"] = Glu.Calls, ["lora_dropout"] = Dropout.Calls, ["adamw"] = AdamW.Calls,
+    };
+}

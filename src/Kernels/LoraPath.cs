@@ -1,0 +1,42 @@
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace QLoraNet.Kernels;
+
+/// <summary>
+/// The LoRA update added to the frozen base output, y = base + scaling * (h A^T) B^T (Hu et al. 2021, eq. 3), with
+/// the up-projection, the scaling and the addition in one GEMM: addmm(base, down, B^T, beta: 1, alpha: scaling)
+/// reads the base output in its epilogue, where the reference (<see cref="Reference"/>, LoraLinear's ops) runs a
+/// GEMM, a multiply and an add, each a full pass over the (tokens, out) output. Rounding: the GEMM epilogue forms
+/// scaling * acc + base in fp32 and rounds once; the reference rounds the product, the scaled product and the sum,
+/// so the two differ by at most a rounding step of the output (bench kernel shows how often).
+/// Drop-in: LoraLinear.forward's <c>up = linear(down, B); y = result + up.mul(Scaling).to(result.dtype)</c> is
+/// <c>y = LoraPath.AddLowRank(result, h, A.to(dtype), B.to(dtype), Scaling)</c>.
+/// </summary>
+public static class LoraPath
+{
+    /// <param name="baseOutput">(..., out) the frozen layer's output, in the compute dtype.</param>
+    /// <param name="h">(..., in) the adapter's input (after dropout), in the compute dtype.</param>
+    /// <param name="a">(r, in) LoRA A in the compute dtype.</param>
+    /// <param name="b">(out, r) LoRA B in the compute dtype.</param>
+    /// <returns>(..., out) base + scaling * h A^T B^T.</returns>
+    public static Tensor AddLowRank(Tensor baseOutput, Tensor h, Tensor a, Tensor b, double scaling)
+    {
+        // addmm wants one dtype; a base whose output is in another (none of ours) takes the reference's casts.
+        if (baseOutput.dtype != h.dtype) return Reference(baseOutput, h, a, b, scaling);
+        using var scope = NewDisposeScope();
+        long outF = b.shape[0], r = b.shape[1];
+        var down = F.linear(h, a).reshape(-1, r);                                    // (N, r)
+        var y = torch.addmm(baseOutput.reshape(-1, outF), down, b.t(), beta: 1, alpha: (float)scaling); // (N, out)
+        return y.view(baseOutput.shape).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>LoraLinear's ops: base + (scaling * (h A^T) B^T), each rounded to the dtype.</summary>
+    public static Tensor Reference(Tensor baseOutput, Tensor h, Tensor a, Tensor b, double scaling)
+    {
+        using var scope = NewDisposeScope();
+        var up = F.linear(F.linear(h, a), b);
+        return (baseOutput + up.mul(scaling).to(baseOutput.dtype)).MoveToOuterDisposeScope();
+    }
+}

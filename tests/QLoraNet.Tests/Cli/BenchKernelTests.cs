@@ -1,0 +1,32 @@
+using System.Text.Json;
+
+namespace QLoraNet.Tests.Cli;
+
+/// <summary>`bench kernel --smoke`: the benchmark's own code (inputs, bounds, comparisons, JSON) on the CPU, where the
+/// ops take their reference paths, so every check must pass; the GPU run is the same code at full size.</summary>
+[Trait("tier", "e2e")]
+public class BenchKernelTests
+{
+    [Fact]
+    public void Smoke_run_prints_one_json_object_per_line_and_no_failure()
+    {
+        var (code, stdout, stderr) = CliRunner.Run("bench", "kernel", "--smoke", "--only", "rmsnorm,rope,glu,dropout,adamw,ce,lora");
+        Assert.True(code == 0, stderr + stdout);
+        var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var objects = lines.Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        var kernels = objects.Where(o => o.TryGetProperty("kernel", out _)).Select(o => o.GetProperty("kernel").GetString()).Distinct().ToList();
+        Assert.Equal(["rmsnorm", "rmsnorm_residual", "rmsnorm_gemma", "rope_qk", "swiglu", "geglu_tanh", "lora_dropout", "adamw_multi_tensor", "chunked_cross_entropy", "lora_addmm"], kernels);
+        var summary = objects[^1];
+        Assert.Equal(0, summary.GetProperty("failures").GetInt32());
+        Assert.True(summary.GetProperty("parity_checks").GetInt32() >= 30);
+    }
+
+    [Fact]
+    public void Unknown_section_is_an_error_naming_the_choices()
+    {
+        var (code, _, stderr) = CliRunner.Run("bench", "kernel", "--smoke", "--only", "rmsnrm");
+        Assert.NotEqual(0, code);
+        Assert.Contains("rmsnrm", stderr);
+        Assert.Contains("rmsnorm", stderr);
+    }
+}
