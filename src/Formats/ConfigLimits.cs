@@ -62,6 +62,20 @@ public static class ConfigLimits
             throw Bad(path, $"the sizes describe a model of about {parameters:E2} parameters, more than the {MaxParameters:E2} limit; check vocab_size, hidden_size, intermediate_size and num_hidden_layers");
     }
 
+    static readonly Dictionary<string, long> Maxima = new()
+    {
+        ["vocab_size"] = MaxVocab, ["hidden_size"] = MaxHidden, ["intermediate_size"] = MaxIntermediate,
+        ["num_hidden_layers"] = MaxLayers, ["num_attention_heads"] = MaxHeads, ["num_key_value_heads"] = MaxHeads,
+        ["head_dim"] = MaxHeadDim, ["max_position_embeddings"] = MaxPositions,
+    };
+
+    /// <summary>One size field as a family parser reads it: in [1, its limit] or one line naming it; its value returned.</summary>
+    public static int Field(string path, string field, int value)
+    {
+        Range(path, field, value, Maxima.GetValueOrDefault(field, int.MaxValue));
+        return value;
+    }
+
     static void Range(string path, string field, long value, long max)
     {
         if (value < 1 || value > max)

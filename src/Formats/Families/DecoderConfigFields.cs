@@ -30,7 +30,7 @@ internal static class DecoderConfigFields
         int headDim = Positive(c, "head_dim", given ?? hidden / heads);
         if (headDimIsDerived && (long)headDim * heads != hidden)
             throw new InvalidDataException($"{c.Path}: head_dim {headDim} x num_attention_heads {heads} = {(long)headDim * heads}, but this family's attention requires hidden_size {hidden}");
-        if (headDim % 2 != 0) throw new InvalidDataException($"{c.Path}: head_dim {headDim} must be even for rotary embeddings");
+        if (headDim % 2 != 0) throw new InvalidDataException($"{c.Path}: head_dim {headDim} is odd; rotary position embedding rotates pairs of dimensions");
         return new AttentionShape(hidden, heads, kvHeads, headDim);
     }
 
@@ -100,6 +100,6 @@ internal static class DecoderConfigFields
         if (c.Bool(key) == true) throw new NotSupportedException($"{c.Path}: {key} true ({what}) is not implemented; QLoraNet loads causal decoders only");
     }
 
-    static int Positive(HfConfigJson c, string key, int value) =>
-        value > 0 ? value : throw new InvalidDataException($"{c.Path}: {key} {value} must be positive");
+    /// <summary>A size in [1, its <see cref="ConfigLimits"/> limit], checked as it is read, before anything is derived from it.</summary>
+    static int Positive(HfConfigJson c, string key, int value) => ConfigLimits.Field(c.Path, key, value);
 }

@@ -184,8 +184,10 @@ public sealed class LoraFinetuneRecipe : IDisposable
     TrainResult Train(CancellationToken cancel)
     {
         // The base model's validation loss, before any step: the "before" of the run's before/after.
-        double? initialValidation = _state.Step == 0 && _totalSteps > 0 && _data.Validation.Count > 0 ? Validate(0) : null;
-        if (_state.Step == 0 && _totalSteps > 0) _reports.Sample(0);
+        // Skipped when a stop was asked for while the model loaded: the run ends before its first step, nothing saved.
+        bool starting = _state.Step == 0 && _totalSteps > 0 && !cancel.IsCancellationRequested;
+        double? initialValidation = starting && _data.Validation.Count > 0 ? Validate(0) : null;
+        if (starting) _reports.Sample(0);
         var clock = Stopwatch.StartNew();
         double elapsedBefore = _metrics.Rows.LastOrDefault()?.ElapsedSeconds ?? 0;
         var stop = TrainStop.Completed;
@@ -293,7 +295,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
             }
         }
         if (WritesFiles && _metrics.Rows.Count > 0) _reports.DrawLossCurve(_metrics.Rows);
-        if (stop == TrainStop.Interrupted) message = $"interrupted at step {_state.Step}; resume with --resume";
+        if (stop == TrainStop.Interrupted)
+            message = _state.Step == 0 ? "interrupted before the first step; nothing was saved" : $"interrupted at step {_state.Step}; resume with --resume";
         return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation,
             _memory.RunPeak);
     }

@@ -32,7 +32,8 @@ public sealed class FuzzTargets : IDisposable
     {
         Directory.CreateDirectory(root);
         All = [SafeTensorsTarget(), IndexTarget(), ConfigJsonTarget(), AdapterConfigTarget(), TokenizerTarget(),
-            YamlTarget(), OverrideTarget(), JsonlTarget(), CsvTarget(), GgufTarget(), MetricsTarget()];
+            YamlTarget(), OverrideTarget(), JsonlTarget(), CsvTarget(), GgufTarget(), MetricsTarget(),
+            TokenizerJsonTarget(), TokenizerConfigTarget(), ChatTemplateFileTarget(), ProvenanceTarget()];
     }
 
     public IReadOnlyList<FuzzTarget> All { get; }
@@ -107,6 +108,8 @@ public sealed class FuzzTargets : IDisposable
         string dir = Dir("config");
         return new("config.json", Path.Combine(dir, ModelArchitecture.ConfigFileName),
             () => [File.ReadAllBytes(Path.Combine(Paths.TinyModel, ModelArchitecture.ConfigFileName)),
+                   // Every family's fields (Llama 3 RoPE scaling, Mistral windows, Qwen2 biases, Gemma head_dim, Gemma 2 caps).
+                   .. Families.Select(f => File.ReadAllBytes(Path.Combine(FamilyDir(f), ModelArchitecture.ConfigFileName))),
                    Encoding.UTF8.GetBytes("""{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":11008,"num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"vocab_size":32000,"rms_norm_eps":1e-05,"rope_scaling":null,"eos_token_id":[2,3],"head_dim":128}""")],
             path =>
             {
@@ -141,6 +144,80 @@ public sealed class FuzzTargets : IDisposable
                 var tok = SentencePieceTextTokenizer.Load(Path.GetDirectoryName(path)!);
                 tok.Encode("Hello world! 1234 ünïcode");
             });
+    }
+
+    static readonly string[] Families = ["llama3", "mistral", "qwen2", "gemma", "gemma2"];
+
+    static string FamilyDir(string family) => Path.Combine(Paths.RepoRoot, "tests", "fixtures", "families", family);
+
+    static void CopyInto(string dir, string family, params string[] files)
+    {
+        foreach (var f in files) File.Copy(Path.Combine(FamilyDir(family), f), Path.Combine(dir, f), overwrite: true);
+    }
+
+    /// <summary>What training and generate do with a tokenizer directory: load the tokenizer, encode and decode a text
+    /// with letters, digits, CJK and a character beyond the BMP, resolve the chat template (auto) and tokenize a
+    /// conversation with it.</summary>
+    static void UseTokenizerDir(string dir)
+    {
+        var tok = TextTokenizers.Load(dir);
+        var ids = tok.Encode("Hello world! 1234 ünïcode 日本語 𝔘 <s></s>");
+        tok.Decode(ids);
+        foreach (int id in ids) tok.PieceText(id);
+        var template = ChatTemplates.Resolve(TemplateKind.Auto, tok, TokenizerConfigJson.Load(dir));
+        if (template is null) return;
+        var segments = template.Render([new ChatMessage(ChatMessage.User, "What is 2+2?"), new ChatMessage(ChatMessage.Assistant, "4.")], addGenerationPrompt: false);
+        ExampleEncoder.Tokenize(tok, segments, template.WholeText);
+    }
+
+    /// <summary>tokenizer.json (byte-level BPE: vocab, merges, added tokens, normalizer, Split regexes, post-processor).</summary>
+    FuzzTarget TokenizerJsonTarget()
+    {
+        string dir = Dir("tokenizer-json");
+        CopyInto(dir, "llama3", TokenizerConfigJson.FileName);
+        return new("tokenizer.json", Path.Combine(dir, TokenizerJson.FileName),
+            () => [File.ReadAllBytes(Path.Combine(FamilyDir("llama3"), TokenizerJson.FileName)),
+                   File.ReadAllBytes(Path.Combine(FamilyDir("qwen2"), TokenizerJson.FileName))],
+            _ => UseTokenizerDir(dir));
+    }
+
+    /// <summary>tokenizer_config.json (class, special tokens, added_tokens_decoder, chat_template) beside a tokenizer.model.</summary>
+    FuzzTarget TokenizerConfigTarget()
+    {
+        string dir = Dir("tokenizer-config");
+        CopyInto(dir, "mistral", SentencePieceModel.FileName);
+        return new("tokenizer_config.json", Path.Combine(dir, TokenizerConfigJson.FileName), () =>
+        {
+            var seeds = new List<byte[]> { File.ReadAllBytes(Path.Combine(FamilyDir("mistral"), TokenizerConfigJson.FileName)),
+                File.ReadAllBytes(Path.Combine(FamilyDir("gemma"), TokenizerConfigJson.FileName)) };
+            // Mistral's config carrying each other family's template, so every recogniser sees mutations.
+            foreach (var family in new[] { "llama3", "qwen2" })
+            {
+                var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(FamilyDir("mistral"), TokenizerConfigJson.FileName)))!;
+                config["chat_template"] = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(FamilyDir(family), TokenizerConfigJson.FileName)))!["chat_template"]!.DeepClone();
+                seeds.Add(Encoding.UTF8.GetBytes(config.ToJsonString()));
+            }
+            return seeds;
+        }, _ => UseTokenizerDir(dir));
+    }
+
+    /// <summary>chat_template.jinja, which takes precedence over tokenizer_config.json's chat_template.</summary>
+    FuzzTarget ChatTemplateFileTarget()
+    {
+        string dir = Dir("chat-template");
+        CopyInto(dir, "mistral", SentencePieceModel.FileName, TokenizerConfigJson.FileName);
+        return new("chat_template.jinja", Path.Combine(dir, TokenizerConfigJson.ChatTemplateFileName),
+            () => Families.Select(f => Encoding.UTF8.GetBytes(TokenizerConfigJson.Load(FamilyDir(f)).ChatTemplate!)).ToList(),
+            _ => UseTokenizerDir(dir));
+    }
+
+    /// <summary>qloranet.json, the adapter's base-format sidecar.</summary>
+    FuzzTarget ProvenanceTarget()
+    {
+        string dir = Dir("provenance");
+        return new("qloranet.json", Path.Combine(dir, AdapterProvenance.FileName),
+            () => [Encoding.UTF8.GetBytes("{\n  \"base_format\": \"nf4-dq\"\n}\n"), Encoding.UTF8.GetBytes("{\"base_format\": \"fp4-b128\"}")],
+            _ => AdapterProvenance.Load(dir));
     }
 
     string DataFile()

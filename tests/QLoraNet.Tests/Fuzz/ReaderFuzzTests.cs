@@ -17,7 +17,8 @@ public sealed class ReaderFuzzTests(FuzzFixture fixture) : IClassFixture<FuzzFix
     public static int Cases => int.TryParse(Environment.GetEnvironmentVariable("QLORANET_FUZZ_CASES"), out int n) && n > 0 ? n : 60;
 
     public static TheoryData<string> Readers => new(["safetensors", "index", "config.json", "adapter_config.json", "tokenizer.model",
-        "yaml", "override", "jsonl", "csv", "gguf", "metrics.csv"]);
+        "yaml", "override", "jsonl", "csv", "gguf", "metrics.csv", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+        "qloranet.json"]);
 
     [Theory]
     [MemberData(nameof(Readers))]
