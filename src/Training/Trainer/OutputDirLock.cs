@@ -85,8 +85,9 @@ public sealed class OutputDirLock : IDisposable
         string text = "";
         for (int attempt = 0; attempt < 20; attempt++)
         {
-            try { text = File.Exists(ownerPath) ? File.ReadLines(ownerPath).FirstOrDefault() ?? "" : ""; }
-            catch (IOException) { text = ""; }
+            // The note is one short line we wrote; read bounded and regular-only all the same (it sits in a user's folder).
+            try { text = File.Exists(ownerPath) ? QLoraNet.Formats.UserFile.ReadLines(ownerPath, 4096, "lock note").FirstOrDefault().Text ?? "" : ""; }
+            catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException) { text = ""; }
             if (text.Length > 0 && IsRunning(text)) break;
             Thread.Sleep(50);
         }

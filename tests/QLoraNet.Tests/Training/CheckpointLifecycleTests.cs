@@ -141,4 +141,20 @@ public class CheckpointLifecycleTests
         // A key the lists do not know is protected (default-deny): a saved config with an extra key differs.
         Assert.Equal(["training.some_new_key"], ResumeCompatibility.Compare(saved.Replace("training:\n", "training:\n  some_new_key: 1\n"), "saved.yaml", saved).Select(x => x.Key));
     }
+    [Fact]
+    public void A_stop_asked_for_while_the_model_loads_ends_before_the_first_step_and_saves_nothing()
+    {
+        // What SIGTERM during start-up amounts to: the token is already cancelled when the loop begins.
+        using var run = new TinyRun(maxSteps: 4, saveEvery: 1);
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        var r = QLoraNet.Training.Recipes.LoraFinetuneRecipe.Run(TrainConfig.Load(run.ConfigPath), new QLoraNet.Training.Recipes.TrainOptions(null),
+            NullObserver.Instance, cts.Token);
+        Assert.Equal(TrainStop.Interrupted, r.Stop);
+        Assert.Equal(0, r.StepsDone);
+        Assert.Equal("interrupted before the first step; nothing was saved", r.Message);
+        Assert.Empty(new CheckpointStore(run.OutDir, 2).List());
+        Assert.False(Directory.Exists(Path.Combine(run.OutDir, RunOutput.FinalAdapterDir)));
+        Assert.Empty(MetricsLog.Read(Path.Combine(run.OutDir, RunOutput.MetricsFile)));
+    }
 }
