@@ -101,7 +101,7 @@ public sealed record TokenizerJson
                     JsonValueKind.String when e.GetString()!.Split(' ') is [var a, var b] => (a, b),
                     JsonValueKind.Array when e.GetArrayLength() == 2 && e[0].ValueKind == JsonValueKind.String && e[1].ValueKind == JsonValueKind.String
                         => (e[0].GetString()!, e[1].GetString()!),
-                    _ => throw Bad(path, $"model.merges entry {e.GetRawText()} is neither \"a b\" nor [\"a\", \"b\"]"),
+                    _ => throw Bad(path, $"model.merges entry {Clip(e.GetRawText())} is neither \"a b\" nor [\"a\", \"b\"]"),
                 });
 
         bool nfc = ParseNormalizer(root.TryGetProperty("normalizer", out var n) ? n : default, path);
@@ -228,7 +228,7 @@ public sealed record TokenizerJson
     static string? Str(JsonElement o, string key) =>
         o.ValueKind == JsonValueKind.Object && o.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
 
-    static string Clip(string s) => s.Length <= 80 ? s : s[..77] + "...";
+    static string Clip(string s) => SafeText.Clip(s, 80);   // escaped: a raw entry may span lines
 
     static InvalidDataException Bad(string path, string what) => new($"{path}: malformed tokenizer.json: {what}");
 
