@@ -13,6 +13,8 @@ public class PatchElfVersionNeed : Task
 {
     [Required] public ITaskItem[] Files { get; set; } = Array.Empty<ITaskItem>();
     [Required] public string VersionName { get; set; } = "";
+    /// <summary>Patch even where the build machine's libstdc++ has the version: for a package (a tool) that runs elsewhere.</summary>
+    public bool Always { get; set; }
 
     static readonly string[] LibStdCxxCandidates =
     {
@@ -22,7 +24,7 @@ public class PatchElfVersionNeed : Task
 
     public override bool Execute()
     {
-        if (SystemHasVersion())
+        if (!Always && SystemHasVersion())
         {
             Log.LogMessage(MessageImportance.Low, $"system libstdc++ provides {VersionName}: nothing to patch");
             return true;

@@ -7,6 +7,8 @@ policy numbers, specs), not the training sentences. Deterministic: same output o
 
     python3 scripts/make_sales_dataset.py            # writes datasets/sales/* and datasets/general/heldout.jsonl
 
+datasets/sales/mc_test.jsonl is a held-out multiple-choice set over the same facts (the `sales_mc` evaluation task).
+
 It also turns datasets/general/heldout.txt (prose in the style of an old State of the Union address, written for
 this project) into heldout.jsonl, one paragraph per row, for a "general domain" loss in the completion format.
 """
@@ -419,12 +421,151 @@ def write_general():
     print(f"general: {len(rows)} completion rows")
 
 
+def write_general_cloze():
+    """general_cloze: each sentence of heldout.txt (8+ words) with its last word to choose among four: the right
+    one and three other sentences' last words. A general-domain multiple-choice check of the tiny model's own
+    register (written for this project), for the per-format table and the before/after of fine-tuning."""
+    import re
+    with open(os.path.join(DATASETS, "general", "heldout.txt"), encoding="utf-8") as f:
+        text = " ".join(p.strip() for p in f.read().split("\n\n")[1:])
+    sentences = [x.strip() for x in re.split(r"(?<=[.;!?])\s+", text) if len(x.split()) >= 8]
+    rows = []
+    for sent in sentences:
+        words = sent.rstrip(".;!?").split()
+        rows.append((" ".join(words[:-1]), words[-1].strip(",:'\"")))
+    finals = sorted({a for _, a in rows})
+    rng = random.Random(SEED + 2000)
+    out = []
+    for i, (context, answer) in enumerate(rows):
+        choices = [answer] + rng.sample([w for w in finals if w.lower() != answer.lower()], 3)
+        rng.shuffle(choices)
+        out.append({"id": f"cloze-{i:02d}", "context": context, "choices": choices, "answer": choices.index(answer)})
+    write_jsonl(os.path.join(DATASETS, "general", "cloze_test.jsonl"), out)
+    print(f"general: {len(out)} cloze questions")
+
+
 def check_heldout_is_unseen(train, heldout):
     """No fact-bearing held-out question may appear verbatim in training (greetings and thanks may)."""
     small_talk = set(GREETINGS) | set(THANKS)
     seen = {u for turns in train for u, _ in turns}
     leaked = {u for turns in heldout for u, _ in turns if u in seen and u not in small_talk}
     assert not leaked, f"held-out questions also in train: {sorted(leaked)[:5]}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The held-out multiple-choice set (mc_test.jsonl) for `eval --tasks sales_mc`: one question per fact, asked in words
+# that occur in no training row, the right answer among three plausible wrong ones (other products' prices, weights
+# and SKUs, the neighbouring policy numbers, the usual arithmetic slips). Many answers are computed (discounted
+# prices, bundle and order totals), so the set checks facts, not sentences. Its own random generator: the chat files
+# above are unchanged by it.
+# ---------------------------------------------------------------------------------------------------------------
+
+MC_SEED = SEED + 1000
+
+# Policy facts as (question, lead-in of the answer, right answer, wrong answers).
+MC_POLICY = [
+    ("From what order value is standard delivery free of charge?", "Standard shipping is free on orders of", "$75", ["$50", "$100", "$60"]),
+    ("What is the flat shipping fee on a small order?", "Below $75, standard shipping is a flat", "$6.95", ["$4.95", "$9.95", "$19.95"]),
+    ("How many business days does standard delivery take inside the US?", "Standard shipping takes", "3-5 business days", ["1-2 business days", "7-10 business days", "5-7 business days"]),
+    ("What is the price of express delivery?", "Express shipping costs", "$19.95", ["$24.95", "$14.95", "$6.95"]),
+    ("By what time must an order be placed to ship the same business day?", "Orders placed before", "2 pm Pacific time", ["12 pm Pacific time", "5 pm Pacific time", "2 pm Eastern time"]),
+    ("What does shipping to Canada cost?", "Shipping to Canada is", "$24.95", ["$19.95", "$6.95", "$29.95"]),
+    ("How long does a parcel to Canada take?", "Shipping to Canada takes", "7-10 business days", ["3-5 business days", "1-2 business days", "14-21 business days"]),
+    ("Within how many days can unused gear be sent back for a full refund?", "Unused items can be returned within", "60 days", ["30 days", "14 days", "90 days"]),
+    ("Within how many days can used gear be returned for store credit?", "Used items can be returned within", "30 days", ["60 days", "14 days", "45 days"]),
+    ("How soon is a refund issued once a return reaches the shop?", "Refunds are issued within", "5-7 business days", ["1-2 business days", "10-14 business days", "30 days"]),
+    ("How many years does the standard warranty last?", "The standard warranty lasts", "2 years", ["1 year", "5 years", "3 years"]),
+    ("How many years are tents and backpacks covered under the Trail Promise?", "The Trail Promise covers tents and backpacks for", "5 years", ["2 years", "10 years", "3 years"]),
+    ("What discount code do first-time customers use?", "First-time customers use the code", "WELCOME10", ["FIRST15", "RIDGE10", "HELLO5"]),
+    ("What percentage does the first-order code take off?", "The first-order code takes off", "10%", ["15%", "5%", "20%"]),
+    ("What percentage does the Camp Set bundle save?", "The Camp Set bundle takes off", "15%", ["10%", "20%", "5%"]),
+    ("How much back in points does Ridge Club membership earn on each order?", "Ridge Club members earn back", "5%", ["10%", "2%", "15%"]),
+    ("What discount do students and military members get?", "Students and military members get", "10% off", ["15% off", "5% off", "20% off"]),
+    ("Within how many days of purchase is a drop in the shop's own price refunded?", "Our own price drops are refunded within", "14 days", ["30 days", "7 days", "60 days"]),
+    ("Until what time does the support team answer on weekdays?", "Support answers from 8 am to", "6 pm Pacific time", ["8 pm Pacific time", "5 pm Pacific time", "6 pm Eastern time"]),
+    ("On which day is support closed?", "Support is closed on", "Sunday", ["Saturday", "Monday", "Friday"]),
+    ("What is the support phone number?", "The support number is", "1-800-555-0142", ["1-800-555-0124", "1-888-555-0142", "1-800-555-0199"]),
+    ("In which town is the shop's only store?", "The store is in", "Millbrook, Oregon", ["Millbrook, Washington", "Alder, Oregon", "Bend, Oregon"]),
+    ("What is the street address of the store?", "The store is at", "12 Alder Street", ["21 Alder Street", "12 Birch Street", "120 Alder Street"]),
+    ("What is the smallest gift card amount?", "Gift cards start at", "$25", ["$10", "$50", "$5"]),
+    ("What is the largest gift card amount?", "Gift cards go up to", "$500", ["$250", "$1,000", "$300"]),
+    ("Where should a warranty claim be emailed?", "Warranty claims go to", "warranty@kestrelridge.example", ["support@kestrelridge.example", "returns@kestrelridge.example", "claims@kestrelridge.example"]),
+]
+
+MC_FORMS = {
+    "price": ("What is the list price of the {n}?", "The {n} costs"),
+    "weight": ("What does the {n} weigh?", "The {n} weighs"),
+    "sku": ("Under which item code is the {n} sold?", "The {n} is SKU"),
+    "category": ("What kind of gear is the {n}?", "The {n} is a"),
+    "welcome": ("What does a new customer pay for the {n} using the first-order code?", "With WELCOME10 the {n} comes to"),
+    "order": ("What is the total for just the {n}, delivered by standard shipping?", "With standard shipping the total is"),
+    "bundle": ("As a Camp Set, what do the {a}, the {b} and the {c} cost together?", "As a Camp Set they come to"),
+}
+
+
+def nearest(values, right, k, key=lambda v: v):
+    """The k values other than `right` closest to it (ties by order): plausible wrong answers."""
+    others = [v for v in dict.fromkeys(values) if v != right]
+    return sorted(others, key=lambda v: (abs(key(v) - key(right)), str(v)))[:k]
+
+
+def weight_grams(w):
+    x = float(w.split()[0])
+    return x * 1000 if " kg" in w else x
+
+
+def mc_row(rng, qid, kind, question, lead, right, wrong):
+    choices = [right] + list(wrong)
+    assert len(set(choices)) == len(choices) == 4, (qid, choices)
+    rng.shuffle(choices)
+    return {"id": qid, "kind": kind, "question": question, "lead": lead, "choices": choices, "answer": choices.index(right)}
+
+
+def build_mc():
+    rng = random.Random(MC_SEED)
+    rows = []
+    prices = [money(p[3]) for p in PRODUCTS]
+    for p in PRODUCTS:
+        sku, name, cat, price, weight, _, _ = p
+        q, lead = MC_FORMS["price"]
+        rows.append(mc_row(rng, f"price-{sku}", "price", q.format(n=name), lead.format(n=name), money(price),
+                           nearest(prices, money(price), 3, key=lambda m: float(m[1:].replace(",", "")))))
+        q, lead = MC_FORMS["weight"]
+        rows.append(mc_row(rng, f"weight-{sku}", "weight", q.format(n=name), lead.format(n=name), weight,
+                           nearest([x[4] for x in PRODUCTS], weight, 3, key=weight_grams)))
+        q, lead = MC_FORMS["sku"]
+        same_first = sorted((x[0] for x in PRODUCTS if x[0] != sku), key=lambda s: (s[:5] != sku[:5], s))
+        rows.append(mc_row(rng, f"sku-{sku}", "sku", q.format(n=name), lead.format(n=name), sku, same_first[:3]))
+        q, lead = MC_FORMS["welcome"]
+        rows.append(mc_row(rng, f"welcome-{sku}", "computed", q.format(n=name), lead.format(n=name), money(price * 0.9),
+                           [money(price), money(price * 0.85), money(price * 0.9 + 6.95)]))
+    cats = sorted({p[2] for p in PRODUCTS})
+    for p in rng.sample(PRODUCTS, 8):
+        q, lead = MC_FORMS["category"]
+        wrong = rng.sample([c for c in cats if c != p[2]], 3)
+        rows.append(mc_row(rng, f"category-{p[0]}", "category", q.format(n=p[1]), lead.format(n=p[1]), p[2], wrong))
+    for p in sorted((p for p in PRODUCTS if p[3] < 75), key=lambda p: p[0]):
+        q, lead = MC_FORMS["order"]
+        rows.append(mc_row(rng, f"order-{p[0]}", "computed", q.format(n=p[1]), lead, money(p[3] + 6.95),
+                           [money(p[3]), money(p[3] + 19.95), money(p[3] + 5.95)]))
+    tents = [p for p in PRODUCTS if p[2] == "tent"]
+    bags = [p for p in PRODUCTS if p[2] == "sleeping bag"]
+    pad = next(p for p in PRODUCTS if p[2] == "sleeping pad")
+    for t in tents:
+        for b in bags:
+            subtotal = t[3] + b[3] + pad[3]
+            q, lead = MC_FORMS["bundle"]
+            rows.append(mc_row(rng, f"bundle-{t[0]}-{b[0]}", "computed", q.format(a=t[1], b=b[1], c=pad[1]), lead,
+                               money(subtotal * 0.85), [money(subtotal), money(subtotal * 0.9), money(subtotal * 0.85 + 6.95)]))
+    for i, (q, lead, right, wrong) in enumerate(MC_POLICY):
+        rows.append(mc_row(rng, f"policy-{i:02d}", "policy", q, lead, right, wrong))
+    return rows
+
+
+def check_mc_is_unseen(rows, convs):
+    seen = {u for turns in convs for u, _ in turns}
+    leaked = [r["question"] for r in rows if r["question"] in seen]
+    assert not leaked, f"multiple-choice questions also in train: {leaked[:5]}"
 
 
 def main():
@@ -439,6 +580,11 @@ def main():
         write_csv(os.path.join(OUT, f"{split}_instruction.csv"), inst)
         print(f"{split}: {len(rows)} chat rows, {sum(len(c) for c in convs)} turns, {len(inst)} instruction rows")
     write_general()
+    write_general_cloze()
+    mc = build_mc()
+    check_mc_is_unseen(mc, build(False))
+    write_jsonl(os.path.join(OUT, "mc_test.jsonl"), mc)
+    print(f"mc_test: {len(mc)} multiple-choice questions")
 
 
 if __name__ == "__main__":

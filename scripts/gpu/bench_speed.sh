@@ -5,68 +5,86 @@
 # every 20 ms: scripts/gpu/measure.py). Prints one compact JSON summary as its last line (also $OUT/summary.json).
 #
 # On the GPU machine, from the repository root, with the carry folder made by scripts/gpu/prepare_speed.sh:
-#   bash scripts/gpu/bench_speed.sh [--carry .gpu-speed] [--with-13b] [--budget SECONDS]
-# The cases run in order of importance; once the time budget (default 450 s, after the checkpoint is built) is
-# spent, the remaining optional cases are skipped and say so. Every case has its own timeout, and a case that fails
-# is reported and the others still run.
+#   bash scripts/gpu/bench_speed.sh [--carry .gpu-speed] [--with-13b] [--budget SECONDS] [--dry-run]
+# The whole script, checkpoint building included, ends within --budget seconds (default 470: a device call's 480 s
+# with room to spare). The cases run in order of importance; each runs under its own timeout, cut to what is left
+# of the budget, and a case that no longer fits is skipped and says so (in its log and in the summary). A case that
+# fails is reported and the others still run. --dry-run prints the plan (each case, its timeout and command) and runs
+# nothing, charging each case the seconds it typically takes (NEED_S below, from the H100/H200 runs so far), so it
+# shows which cases a normal run reaches within the budget.
 set -uo pipefail
-carry=.gpu-speed; with13=0; budget=450
+carry=.gpu-speed; with13=0; budget=470; dry=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --carry) carry=$2; shift 2 ;;
     --with-13b) with13=1; shift ;;
     --budget) budget=$2; shift 2 ;;
-    *) echo "unknown option $1 (--carry DIR, --with-13b, --budget SECONDS)" >&2; exit 2 ;;
+    --dry-run) dry=1; shift ;;
+    *) echo "unknown option $1 (--carry DIR, --with-13b, --budget SECONDS, --dry-run)" >&2; exit 2 ;;
   esac
 done
+t_start=$(date +%s)
+reserve=8   # seconds kept for the summary at the end
+dry_clock=0  # --dry-run: the seconds the cases planned so far would typically take
+elapsed() { echo $(( $(date +%s) - t_start + dry_clock )); }
+left() { echo $(( budget - reserve - $(elapsed) )); }
 OUT=${OUT:-/tmp/qln-speed}; mkdir -p "$OUT/cases"
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True   # both sides: less fragmentation, lower peaks
-source "$carry/env.sh" >/dev/null
 appdir=/tmp/qln-app
-if [[ ! -f $appdir/QLoraNet.dll ]]; then mkdir -p $appdir && tar -xJf "$carry/app.tar.xz" -C $appdir; fi
 app=(dotnet $appdir/QLoraNet.dll)
 ckpt=/tmp/llama7b
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+if [[ $dry == 0 ]]; then
+  source "$carry/env.sh" >/dev/null
+  if [[ ! -f $appdir/QLoraNet.dll ]]; then mkdir -p $appdir && tar -xJf "$carry/app.tar.xz" -C $appdir; fi
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+else
+  echo "dry run: budget ${budget}s, carry $carry, OUT $OUT" > "$OUT/gpu.txt"
+fi
 
-t_start=$(date +%s)
-elapsed() { echo $(( $(date +%s) - t_start )); }
-# run_case NAME TIMEOUT_S CMD...: the command under measure.py; its output in cases/NAME.log, errors in cases/NAME.err.
+# run_case NAME LIMIT_S NEED_S CMD...: the command under measure.py, its output in cases/NAME.log, errors in
+# cases/NAME.err, with a timeout of LIMIT_S or what is left of the budget, whichever is less; skipped (and recorded
+# as such) when less than NEED_S seconds, about what the case typically takes, are left. Returns 1 when skipped.
 run_case() {
-  local name=$1 limit=$2; shift 2
-  local t=$(date +%s)
+  local name=$1 limit=$2 need=$3; shift 3
+  local l; l=$(left)
+  if (( l < need )); then
+    echo "{\"skipped\": \"$name\", \"seconds_left\": $l}" > "$OUT/cases/$name.log"; echo "$name skipped ($l s left)"; return 1
+  fi
+  (( limit > l )) && limit=$l
+  if [[ $dry == 1 ]]; then
+    dry_clock=$(( dry_clock + need ))
+    echo "$name (timeout ${limit}s, typically ${need}s, done at ~$(elapsed)s): $*"
+    echo "{\"skipped\": \"$name\", \"dry_run\": true}" > "$OUT/cases/$name.log"; return 0
+  fi
+  local t; t=$(date +%s)
   timeout "$limit" python3 scripts/gpu/measure.py "$name" -- "$@" > "$OUT/cases/$name.log" 2> "$OUT/cases/$name.err"
   local rc=$?
   echo "$name rc=$rc $(( $(date +%s) - t ))s (at $(elapsed)s)"
   [[ $rc -ne 0 ]] && tail -3 "$OUT/cases/$name.err" | sed 's/^/    /'
   return 0
 }
-# optional NAME SECONDS_NEEDED: true while the budget leaves room, else records the skip.
-optional() {
-  local left=$(( budget - $(elapsed) ))
-  if (( left < $2 )); then echo "{\"skipped\": \"$1\", \"seconds_left\": $left}" > "$OUT/cases/$1.log"; echo "$1 skipped ($left s left)"; return 1; fi
-  return 0
-}
 
-# 0. The 7B checkpoint (random weights, Llama-2 layout and tokenizer): the clock starts after it.
-if [[ ! -f $ckpt/config.json ]]; then
-  t=$(date +%s); python3 "$carry/make_random_llama.py" $ckpt --tokenizer models/tiny-llama-sotu/tokenizer.model > "$OUT/make7b.log" 2>&1
+# 0. The 7B checkpoint (random weights, Llama-2 layout and tokenizer, ~35 s): inside the budget.
+if [[ $dry == 1 ]]; then dry_clock=35; echo "checkpoint 7B (typically 35s, if /tmp/llama7b is absent)"
+elif [[ ! -f $ckpt/config.json ]]; then
+  t=$(date +%s); timeout "$(left)" python3 "$carry/make_random_llama.py" $ckpt --tokenizer models/tiny-llama-sotu/tokenizer.model > "$OUT/make7b.log" 2>&1
   echo "checkpoint 7B rc=$? $(( $(date +%s) - t ))s"
 fi
-t_start=$(date +%s)
 
-# 1. Kernel parity and timing, one process per section (a kernel fault poisons only its own CUDA context).
+# 1. Kernel parity and timing on the device, one process per op (a kernel fault poisons only its own CUDA context).
 for s in rmsnorm rope glu dropout adamw ce lora nf4; do
-  run_case "kernel-$s" 90 "${app[@]}" bench kernel --iters 10 --only $s
+  run_case "kernel-$s" 60 12 "${app[@]}" bench kernel --iters 10 --only $s
 done
 
-# 2. The headline case, ours with the phase profile, then the peer eager and compiled, then `train` on it.
+# 2. The headline case, ours with the split and the phase profile, then the peer eager and compiled.
 all=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
-run_case ours-512x4 120 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --split --profile --hold-seconds 0
-run_case peer-512x4 150 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4
-run_case peer-512x4-compile 240 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --compile --warmup 5
+run_case ours-512x4 120 35 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --split --profile --hold-seconds 0
+run_case peer-512x4 120 30 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4
+run_case peer-512x4-compile 200 100 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --compile --warmup 5
 
-# `train` on real text: completion rows longer than 512 tokens, packed (one document per row, so no attention
-# mask, as in bench), same LoRA, optimizer, clipping and checkpointing as bench train; evaluation and checkpoints on.
+# 3. `train` on real text against `bench train`: completion rows longer than 512 tokens, packed (one document per
+# row, so no attention mask, as in bench), same LoRA, optimizer, clipping and checkpointing as bench train;
+# evaluation and checkpoints on.
 python3 - "$OUT" <<'PY'
 import glob, json, sys
 out = sys.argv[1]
@@ -88,25 +106,31 @@ output: {{dir: {out}/run, keep_last: 1}}
 """)
 PY
 rm -rf "$OUT/run"
-run_case train-512x4 180 "${app[@]}" train "$OUT/train.yaml"
+run_case train-512x4 150 45 "${app[@]}" train "$OUT/train.yaml"
 cp "$OUT/run/metrics.csv" "$OUT/train_metrics.csv" 2>/dev/null
 
-# 3. The other shapes, the low-memory run, dropout's cost.
-run_case ours-2048x1 90 "${app[@]}" bench train --model $ckpt --seq 2048 --batch 1 --hold-seconds 0
-run_case ours-4096x1 90 "${app[@]}" bench train --model $ckpt --seq 4096 --batch 1 --hold-seconds 0
-run_case ours-512x4-all 120 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --targets $all --hold-seconds 0
-# Low memory: micro-batches of 1 x 512 accumulated 4 times (the same 2048 tokens per optimizer step) and a
+# 4. Low memory: micro-batches of 1 x 512 accumulated 4 times (the same 2048 tokens per optimizer step) and a
 # quarter-size loss chunk: the activations and the loss's transients shrink 4x, the frozen base does not.
-run_case ours-lowmem 120 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --hold-seconds 0
+run_case ours-lowmem 90 25 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 6 --warmup 2 --hold-seconds 0
 
-# 4. Optional, as time allows: launches and GPU idle time from an nsys trace of three profiled steps; LoRA
-#    dropout's cost; the peer's other shapes; the 13B shape.
+# 5. The other shapes: nothing may regress there.
+run_case ours-2048x1 80 20 "${app[@]}" bench train --model $ckpt --seq 2048 --batch 1 --hold-seconds 0
+run_case ours-4096x1 80 22 "${app[@]}" bench train --model $ckpt --seq 4096 --batch 1 --hold-seconds 0
+run_case ours-512x4-all 90 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --targets $all --hold-seconds 0
+
+# 6. As time allows: the step with every fused kernel off (what they gain, and the loss they reach: the same up to
+#    bf16 rounding); launches and GPU idle time from an nsys trace of three profiled steps; LoRA dropout's cost; the
+#    peer's other shapes; the 13B shape.
+run_case ours-512x4-torchops 80 25 env QLORANET_DISABLE_CUDA_KERNELS=1 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --hold-seconds 0
 nsys_bin=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
-if [[ -z "$nsys_bin" ]]; then echo '{"skipped": "nsys-512x4", "reason": "no nsys on this machine"}' > "$OUT/cases/nsys-512x4.log"
-elif optional nsys-512x4 70; then
+[[ -z "$nsys_bin" && $dry == 1 ]] && nsys_bin=nsys   # the plan shows the case anyway
+if [[ -z "$nsys_bin" ]]; then
+  echo '{"skipped": "nsys-512x4", "reason": "no nsys on this machine"}' > "$OUT/cases/nsys-512x4.log"
+else
   rm -f /tmp/qln-prof.nsys-rep /tmp/qln-prof.sqlite
-  run_case nsys-512x4 120 "$nsys_bin" profile --capture-range=cudaProfilerApi --capture-range-end=stop --trace=cuda --sample=none \
-    --cpuctxsw=none --export=sqlite -o /tmp/qln-prof -f true "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --steps 2 --warmup 2 --profile --hold-seconds 0
+  if run_case nsys-512x4 100 45 "$nsys_bin" profile --capture-range=cudaProfilerApi --capture-range-end=stop --trace=cuda --sample=none \
+      --cpuctxsw=none --export=sqlite -o /tmp/qln-prof -f true "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --steps 2 --warmup 2 --profile --hold-seconds 0 \
+      && [[ $dry == 0 ]]; then
   python3 - /tmp/qln-prof.sqlite > "$OUT/cases/nsys-summary.log" 2>&1 <<'PY'
 import json, sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
@@ -129,20 +153,23 @@ print(json.dumps({"nsys": True, "steps": steps, "kernels_per_step": round(len(ke
                   "span_ms_per_step": round(span / 1e6 / steps, 2), "busy_ms_per_step": round(busy / 1e6 / steps, 2),
                   "idle_ms_per_step": round((span - busy) / 1e6 / steps, 2), "idle_fraction": round(1 - busy / span, 4) if span else None}))
 PY
+  fi
 fi
-optional ours-512x4-dropout 40 && run_case ours-512x4-dropout 90 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --dropout 0.05 --hold-seconds 0
-optional peer-2048x1 60 && run_case peer-2048x1 90 python3 "$carry/hf_peft_lora_bench.py" --seq 2048 --batch 1
-optional peer-4096x1 60 && run_case peer-4096x1 90 python3 "$carry/hf_peft_lora_bench.py" --seq 4096 --batch 1
-optional peer-512x4-all 60 && run_case peer-512x4-all 90 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --targets $all
-if [[ $with13 == 1 ]] && optional ours-13b-512x4 150; then
-  t=$(date +%s); python3 "$carry/make_random_llama.py" /tmp/llama13b --shape llama2-13b --tokenizer models/tiny-llama-sotu/tokenizer.model > "$OUT/make13b.log" 2>&1
-  echo "checkpoint 13B rc=$? $(( $(date +%s) - t ))s"
-  run_case ours-13b-512x4 120 "${app[@]}" bench train --model /tmp/llama13b --seq 512 --batch 4 --hold-seconds 0
+run_case ours-512x4-dropout 80 20 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --dropout 0.05 --hold-seconds 0
+run_case peer-2048x1 80 30 python3 "$carry/hf_peft_lora_bench.py" --seq 2048 --batch 1
+run_case peer-4096x1 80 30 python3 "$carry/hf_peft_lora_bench.py" --seq 4096 --batch 1
+run_case peer-512x4-all 80 30 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --targets $all
+if [[ $with13 == 1 ]]; then
+  if (( $(left) >= 150 )) && [[ $dry == 0 ]]; then
+    t=$(date +%s); timeout $(( $(left) - 60 )) python3 "$carry/make_random_llama.py" /tmp/llama13b --shape llama2-13b --tokenizer models/tiny-llama-sotu/tokenizer.model > "$OUT/make13b.log" 2>&1
+    echo "checkpoint 13B rc=$? $(( $(date +%s) - t ))s"
+  fi
+  run_case ours-13b-512x4 120 60 "${app[@]}" bench train --model /tmp/llama13b --seq 512 --batch 4 --hold-seconds 0
 fi
 
-# 5. The summary.
+# 7. The summary.
 python3 - "$OUT" "$(elapsed)" <<'PY' | tee "$OUT/summary.json"
-import csv, glob, json, os, sys
+import csv, glob, json, os, re, sys
 out, seconds = sys.argv[1], int(sys.argv[2])
 def lines(name):
     try: return [json.loads(l) for l in open(f"{out}/cases/{name}.log") if l.startswith("{")]
@@ -157,6 +184,9 @@ def case(name):
     for k in ("tokens_per_s", "step_ms", "loss", "adamw_path", "base_gib", "split_dequant_ms", "split_attention_ms", "split_matmul_ms", "split_rest_ms"):
         if k in r: d[k] = r[k]
     if "peak_device_used_gib" in r: d["peer_own_peak_gib"] = r["peak_device_used_gib"]
+    # The kernel choice (op: path) and the calls each fused op's kernel and reference served per step: [kernel, reference].
+    if "kernels" in r: d["kernels"] = {k.split(" on ")[0]: k.split(": ", 1)[1].split(" ")[0] for k in r["kernels"] if ": " in k}
+    if "fused_calls_per_step" in r: d["fused_calls_per_step"] = {op: [c["kernel"], c["reference"]] for op, c in r["fused_calls_per_step"].items()}
     if "profile" in r:
         p = r["profile"]
         d["profile"] = {k: p.get(k) for k in ("phases", "step_device_ms", "step_wall_ms", "between_steps_device_ms", "recomputed_layers_per_step", "fused_calls_per_step")}
@@ -165,6 +195,9 @@ kern, details = {"checks": 0, "failures": 0, "sections": {}}, {}
 for f in sorted(glob.glob(f"{out}/cases/kernel-*.log")):
     s = os.path.basename(f)[7:-4]
     ls = lines(f"kernel-{s}")
+    if ls and "skipped" in ls[0]:
+        kern["sections"][s] = {"skipped": True}; kern["skipped"] = kern.get("skipped", 0) + 1
+        continue
     summ = next((l for l in ls if l.get("summary") == "bench kernel"), None)
     res = {}
     for l in ls:
@@ -185,7 +218,7 @@ for f in sorted(glob.glob(f"{out}/cases/kernel-*.log")):
     if summ: kern["checks"] += summ["parity_checks"]; kern["failures"] += summ["failures"]
     else: kern["failures"] += 1
 cases = {n: case(n) for n in ["ours-512x4", "peer-512x4", "peer-512x4-compile", "ours-2048x1", "peer-2048x1", "ours-4096x1", "peer-4096x1",
-                              "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-512x4-dropout", "ours-13b-512x4", "nsys-512x4"]}
+                              "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-512x4-dropout", "ours-512x4-torchops", "ours-13b-512x4", "nsys-512x4"]}
 def ratio(a, b, k):
     try: return round(cases[a][k] / cases[b][k], 3)
     except (TypeError, KeyError, ZeroDivisionError): return None
@@ -197,8 +230,15 @@ ratios = {"512x4 speed vs compiled": ratio("ours-512x4", "peer-512x4-compile", "
           "4096x1 speed vs eager": ratio("ours-4096x1", "peer-4096x1", "tokens_per_s"),
           "all-linear speed vs eager": ratio("ours-512x4-all", "peer-512x4-all", "tokens_per_s"),
           "lowmem speed vs ours-512x4": ratio("ours-lowmem", "ours-512x4", "tokens_per_s"),
-          "dropout 0.05 speed vs none": ratio("ours-512x4-dropout", "ours-512x4", "tokens_per_s")}
+          "dropout 0.05 speed vs none": ratio("ours-512x4-dropout", "ours-512x4", "tokens_per_s"),
+          "512x4 fused kernels vs torch-ops": ratio("ours-512x4", "ours-512x4-torchops", "tokens_per_s")}
+try: ratios["512x4 loss fused minus torch-ops"] = round(cases["ours-512x4"]["loss"] - cases["ours-512x4-torchops"]["loss"], 4)
+except (TypeError, KeyError): pass
 train = case("train-512x4") or {}
+try:  # the kernel rows `train` prints at its start, "kernel  rmsnorm on cuda: cuda-ptx (...)": op and path
+    found = re.findall(r"kernel\s+(\S[^:\n]*?) on \w+: (\S+)", open(f"{out}/cases/train-512x4.log", encoding="utf-8", errors="replace").read())
+    if found: train["kernels"] = {op: path for op, path in found}
+except OSError: pass
 try:
     rows = list(csv.DictReader(open(f"{out}/train_metrics.csv")))
     after = [r for r in rows if int(r["step"]) > 5]

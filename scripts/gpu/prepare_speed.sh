@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Makes the carry folder of scripts/gpu/bench_speed.sh (default .gpu-speed/, git-ignored), here, from the checkout:
-#   app.tar.xz        this checkout's CLI, published framework-dependent for linux-x64 with the `system` backend (the
-#                     GPU machine's CUDA libtorch from PyTorch is loaded), without debug symbols or plotting natives
+#   app.tar.xz        this checkout's CLI as a user gets it: the DEFAULT build (TorchBackend=cpu), published
+#                     framework-dependent for linux-x64, without debug symbols or plotting natives. The bundled CPU
+#                     libtorch in libtorch/ (500 MB) cannot travel: its libraries are replaced by SENTINELS (same file
+#                     names and SONAMEs; a constructor that prints "SENTINEL" and exits 97), so any run that loads the
+#                     bundled copies instead of the GPU machine's CUDA libtorch fails loudly. Discovery
+#                     (src/Native/LibTorchDiscovery) finds the machine's PyTorch torch/lib by itself; bench_speed.sh and
+#                     prove_default_build.sh both run this app.
 #   dotnet-rt.tar.xz  the .NET runtime, without the debugger/diagnostics natives and assemblies the CLI never loads
 #   env.sh, hf_peft_lora_bench.py, make_random_llama.py   from ../shared (the machine's runtime setup, the peer, the
 #                     random checkpoint maker)
@@ -16,10 +21,21 @@ for c in ../shared ../../shared /work/shared; do [[ -z $shared && -d $c/gpu && -
 mkdir -p "$dir"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
-dotnet publish QLoraNet.csproj -c Release -r linux-x64 --self-contained false -p:TorchBackend=system -o "$tmp/app" 2>&1 | grep -E " error |->" || true
-[[ -f "$tmp/app/QLoraNet.dll" ]] || { echo "publish failed" >&2; exit 1; }
+rc=0; dotnet publish QLoraNet.csproj -c Release -r linux-x64 --self-contained false -o "$tmp/app" > "$tmp/publish.log" 2>&1 || rc=$?
+grep -E " error |->" "$tmp/publish.log" || true
+[[ $rc -eq 0 && -f "$tmp/app/QLoraNet.dll" ]] || { echo "publish failed (rc=$rc)" >&2; exit 1; }
 rm -f "$tmp"/app/*.pdb "$tmp"/app/libSkiaSharp.so "$tmp"/app/libHarfBuzzSharp.so
-if compgen -G "$tmp/app/libtorch*.so*" > /dev/null; then echo "the publish holds libtorch: it would shadow the GPU machine's" >&2; exit 1; fi
+# The default layout: libtorch only in libtorch/, never in the native search directory (it would shadow the machine's).
+if compgen -G "$tmp/app/libtorch*.so*" > /dev/null || compgen -G "$tmp/app/libc10*.so*" > /dev/null; then
+  echo "the publish holds libtorch in its native directory: it would shadow the GPU machine's" >&2; exit 1
+fi
+[[ -f "$tmp/app/libtorch/libtorch_cpu.so" ]] || { echo "the publish has no bundled CPU libtorch in libtorch/: not the default build" >&2; exit 1; }
+for lib in "$tmp"/app/libtorch/*.so*; do
+  name=${lib##*/}
+  printf '#include <stdio.h>\n#include <unistd.h>\n__attribute__((constructor)) static void s(void){fprintf(stderr,"SENTINEL: the bundled CPU %s was loaded\\n");fflush(stderr);_exit(97);}\n' "$name" > "$tmp/sentinel.c"
+  gcc -shared -fPIC -Wl,-soname,"$name" -o "$lib" "$tmp/sentinel.c"
+done
+echo "sentinels: $(cd "$tmp/app/libtorch" && echo *)"
 tar -cf - -C "$tmp/app" . | xz -T2 -9 > "$dir/app.tar.xz"
 
 dotnet_root=$(dirname "$(readlink -f "$(command -v dotnet)")")

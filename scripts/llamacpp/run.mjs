@@ -5,6 +5,10 @@
 //       greedy continuation (argmax of the raw logits, no sampler) of each prompt, tokenized by llama.cpp itself
 //       (BOS is added when the file's tokenizer.ggml.add_bos_token says so):
 //       {"results": [{"prompt", "prompt_ids", "generated_ids", "text"}]}
+//   node run.mjs generate --model FILE.gguf --n 16 --ids 1,722,982 [--ids ...]
+//       the same with the prompt given as token ids (used as they are: no BOS is added)
+//   node run.mjs tokenize --model FILE.gguf --prompt "text" [--prompt ...]
+//       llama.cpp's own tokenization of each text, special tokens not parsed, no BOS: {"results": [{"prompt", "ids"}]}
 //   node run.mjs loss --model FILE.gguf --ids-file ids.json
 //       mean next-token cross-entropy of a token id sequence (a JSON array of ids, or an object with
 //       "heldout_text_first_512_ids" such as models/tiny-llama-sotu/reference.json):
@@ -18,19 +22,20 @@ import {getLlama} from "node-llama-cpp";
 
 function parseArgs(argv) {
     const [command, ...rest] = argv;
-    const args = {command, prompts: [], n: 16};
+    const args = {command, prompts: [], idPrompts: [], n: 16};
     for (let i = 0; i < rest.length; i++) {
         const key = rest[i];
         const value = rest[++i];
         if (value === undefined) throw new Error(`missing a value after ${key}`);
         if (key === "--model") args.model = value;
         else if (key === "--prompt") args.prompts.push(value);
+        else if (key === "--ids") args.idPrompts.push(value.split(",").map(Number));
         else if (key === "--n") args.n = Number(value);
         else if (key === "--ids-file") args.idsFile = value;
         else if (key === "--context") args.contextSize = Number(value);
         else throw new Error(`unknown option ${key}`);
     }
-    if (!["generate", "loss"].includes(command)) throw new Error("usage: node run.mjs generate|loss --model FILE.gguf ...");
+    if (!["generate", "tokenize", "loss"].includes(command)) throw new Error("usage: node run.mjs generate|tokenize|loss --model FILE.gguf ...");
     if (!args.model) throw new Error("--model FILE.gguf is required");
     return args;
 }
@@ -49,9 +54,9 @@ function logitRequest(token, target) {
     return [token, {generateNext: {logits: {filter}, totalLogitWeight: true}}];
 }
 
-async function generate(sequence, model, prompt, n) {
-    const promptIds = Array.from(model.tokenize(prompt));
-    if (model.tokens.bos != null && model.fileInfo.metadata?.tokenizer?.ggml?.add_bos_token !== false)
+async function generate(sequence, model, prompt, n, ids) {
+    const promptIds = ids ? [...ids] : Array.from(model.tokenize(prompt));
+    if (!ids && model.tokens.bos != null && model.fileInfo.metadata?.tokenizer?.ggml?.add_bos_token !== false)
         promptIds.unshift(model.tokens.bos);
     await sequence.clearHistory();
     const generated = [];
@@ -87,7 +92,8 @@ async function main() {
     const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
     const model = await llama.loadModel({modelPath: args.model});
     const ids = args.command === "loss" ? readIds(args.idsFile) : undefined;
-    const contextSize = args.contextSize ?? Math.max(64, ids ? ids.length + 8 : 256);
+    const longestIds = Math.max(0, ...args.idPrompts.map(p => p.length)) + args.n + 8;
+    const contextSize = args.contextSize ?? Math.max(64, ids ? ids.length + 8 : Math.max(256, longestIds));
     // One thread: the model is small, and ggml's spinning worker threads slow a shared, busy CPU down ~15x.
     const context = await model.createContext({contextSize, batchSize: contextSize, sequences: 1, threads: 1});
     try {
@@ -96,7 +102,10 @@ async function main() {
         if (args.command === "generate") {
             const results = [];
             for (const prompt of args.prompts) results.push(await generate(sequence, model, prompt, args.n));
+            for (const ids of args.idPrompts) results.push(await generate(sequence, model, null, args.n, ids));
             result = {results};
+        } else if (args.command === "tokenize") {
+            result = {results: args.prompts.map(prompt => ({prompt, ids: Array.from(model.tokenize(prompt))}))};
         } else {
             result = await meanLoss(sequence, ids);
         }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using QLoraNet.Distributed;
 using QLoraNet.Kernels.Cuda;
 using QLoraNet.Models;
 using QLoraNet.Peft;
@@ -27,6 +28,9 @@ namespace QLoraNet.Cli;
 /// --profile, a few more steps run with their phases marked (<see cref="StepProfiler"/>: device and host time of
 /// forward, recomputation, backward and optimizer from CUDA events), inside a profiler-API capture range for an
 /// outside `nsys --capture-range=cudaProfilerApi`, and the calls each fused op's kernel and reference served.
+/// Data-parallel: `--gpus N` (or torchrun) runs one rank per GPU, each with the same per-GPU micro-batch and
+/// accumulation, through the same step with the replicas' gradient sum; rank 0 prints world_size and the cluster's
+/// tokens/s (all ranks' tokens over rank 0's wall time, which waits for the slowest rank at every step).
 /// </summary>
 public static class BenchTrainCommand
 {
@@ -47,17 +51,34 @@ public static class BenchTrainCommand
         var clip = new Option<double>("--max-grad-norm") { Description = "gradient clipping (training.max_grad_norm; 0 = measure only)", DefaultValueFactory = _ => 0.3 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout (lora.dropout; 0 as in the peer benchmark)", DefaultValueFactory = _ => 0.0 };
         var device = new Option<string>("--device") { Description = "cuda, or cpu for a quick check on a small model", DefaultValueFactory = _ => "cuda" };
+        var gpus = new Option<int>("--gpus") { Description = "data-parallel ranks on this host (one per GPU; torchrun works too)", DefaultValueFactory = _ => 1 };
         var profile = new Option<bool>("--profile") { Description = "also profile a few steps by phase (CUDA events; capture range for nsys)" };
         var profileSteps = new Option<int>("--profile-steps") { Description = "steps --profile runs", DefaultValueFactory = _ => 3 };
         var chunkLogits = new Option<long>("--logits-per-chunk") { Description = "logits per chunk of the loss (less: lower peak memory)", DefaultValueFactory = _ => ChunkedCrossEntropy.DefaultLogitsPerChunk };
         var cmd = new Command("train", "time QLoRA training steps (train's step, random tokens) on a real-size model (CUDA)");
-        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits })
+        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus })
             cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
+            int ranks = pr.GetValue(gpus);
+            if (ranks < 1) throw new ArgumentException($"--gpus {ranks}: must be at least 1");
+            if (ranks > 1 && pr.GetValue(split)) throw new ArgumentException("--split times one GPU's step: drop --gpus");
+            if (ranks > 1)
+            {
+                var args = pr.Tokens.Where(t => t.Type != System.CommandLine.Parsing.TokenType.Command).Select(t => t.Value).ToList();
+                int i = args.IndexOf("--gpus");
+                args.RemoveRange(i, 2);
+                return DistributedLaunch.Launch(["bench", "train", .. args], ranks, stdout, pr.InvocationConfiguration.Error);
+            }
+            var dist = DistributedEnvironment.FromProcess();
+            if (dist.IsDistributed) DistributedLaunch.AttachChild(dist, pr.InvocationConfiguration.Error);
+            if (dist.IsDistributed && pr.GetValue(split)) throw new ArgumentException("--split times one GPU's step: run it without a launcher");
             LibTorchProbe.EnsureLoaded();
             var dev = DeviceChoice.Resolve(pr.GetValue(device)!, "--device");
             if (pr.GetValue(split) && dev.type != DeviceType.CUDA) throw new InvalidOperationException("--split needs --device cuda");
+            using var replicas = DistributedLaunch.JoinAsReplica(dist, dev, "bench train", string.Join(" ", pr.Tokens.Select(t => t.Value)));
+            dev = replicas?.Group.Device ?? dev;
+            IReplicaGroup group = replicas?.Group ?? (IReplicaGroup)SingleReplica.Instance;
             var spec = BaseFormat.Parse(pr.GetValue(format)!);
             if (pr.GetValue(profile) && dev.type != DeviceType.CUDA) throw new InvalidOperationException("--profile needs --device cuda");
             if (pr.GetValue(chunkLogits) < 1) throw new ArgumentException($"--logits-per-chunk {pr.GetValue(chunkLogits)}: must be at least 1");
@@ -68,23 +89,32 @@ public static class BenchTrainCommand
             using var built = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
             var llama = built.Model;
             double loadS = loadClock.Elapsed.TotalSeconds;
-            var (step, data) = NewStep(built, shape, dropoutRandom);
-            var (tokS, stepMs, loss) = TimeSteps(step, data, shape, built.Model.Device, pr.GetValue(steps), pr.GetValue(warmup));
+            var (step, data) = NewStep(built, shape, dropoutRandom, group);
+            var callsBefore = built.Kernels.Fused.CallCounts();
+            var (tokS, stepMs, losses) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
+            var calls = CallsPerStep(callsBefore, built.Kernels.Fused.CallCounts(), pr.GetValue(warmup) + pr.GetValue(steps));
+            double loss = losses.Count > 0 ? losses[^1] : double.NaN;
             var fields = new List<string>
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
                 J("grad_accum", shape.GradientAccumulation), J("max_grad_norm", shape.MaxGradNorm), J("dropout", shape.Dropout),
                 J("ckpt", shape.Checkpointing), J("targets", string.Join(",", shape.Targets)), J("r", shape.R),
                 J("trainable", TrainableParameters.Count(llama).Trainable), J("load_s", Math.Round(loadS, 1)),
-                J("tokens_per_s", Math.Round(tokS, 1)), J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
+                J("world_size", group.Size), J("tokens_per_s", Math.Round(tokS, 1)), J("tokens_per_s_per_gpu", Math.Round(tokS / group.Size, 1)),
+                J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
+                // Every step's loss, warm-up included, unrounded: runs with the same global batch compare step by step.
+                "\"losses\": [" + string.Join(", ", losses.Select(l => l.ToString("R", CultureInfo.InvariantCulture))) + "]",
                 J("base_gib", Math.Round(llama.named_modules().Select(m => m.module).OfType<FrozenLinear>().Sum(f => f.StorageBytes) / Math.Pow(2, 30), 2)),
                 J("logits_per_chunk", shape.LogitsPerChunk), J("adamw_path", FusedOp.Spell(step.Optimizer.LastPath)),
+                // The kernel choice (as `train` prints it at the start) and the calls each path served: nothing fell back unseen.
+                "\"kernels\": " + JsonSerializer.Serialize(built.Kernels.Report()),
+                "\"fused_calls_per_step\": " + JsonSerializer.Serialize(calls),
             };
             if (pr.GetValue(profile))
                 fields.Add("\"profile\": " + JsonSerializer.Serialize(Profile(step, data, built, shape, pr.GetValue(warmup) + pr.GetValue(steps), pr.GetValue(profileSteps))));
             Thread.Sleep(TimeSpan.FromSeconds(pr.GetValue(hold)));
             if (pr.GetValue(split)) fields.AddRange(Split(llama, pr.GetValue(model)!, shape, stepMs, pr.GetValue(steps)));
-            stdout.WriteLine("{" + string.Join(", ", fields) + "}");
+            if (group.Rank == 0) stdout.WriteLine("{" + string.Join(", ", fields) + "}");
             return 0;
         });
         return cmd;
@@ -105,34 +135,41 @@ public static class BenchTrainCommand
 
     const double LearningRate = 2e-4;
 
-    /// <summary>`train`'s step as the recipe makes it (AdamW and the loss from the run's kernel selection), on random
-    /// tokens (labels = inputs, as the peer does).</summary>
-    static ((TrainStep Step, AdamW Optimizer) Step, RandomTokenBatches Data) NewStep(BuiltModel built, Shape shape, RandomStream dropoutRandom)
+    /// <summary>`train`'s step as the recipe makes it (AdamW and the loss from the run's kernel selection, the
+    /// replicas' gradient sum), on random tokens (labels = inputs, as the peer does).</summary>
+    static ((TrainStep Step, AdamW Optimizer) Step, RandomTokenBatches Data) NewStep(BuiltModel built, Shape shape, RandomStream dropoutRandom,
+        IReplicaGroup replicas)
     {
         var (llama, fused) = (built.Model, built.Kernels.Fused);
         var trainable = llama.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
         var optimizer = new AdamW(trainable, LearningRate, kernel: fused.AdamW);
         var step = new TrainStep(llama, optimizer, new CausalLmTokenMeanLoss(shape.LogitsPerChunk),
-            new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutRandom);
+            new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutRandom, replicas);
         return ((step, optimizer), new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq));
     }
 
-    /// <summary>Warm-up, then timed optimizer steps.</summary>
-    static (double TokensPerSecond, double StepMs, double Loss) TimeSteps((TrainStep Step, AdamW Optimizer) run, RandomTokenBatches data,
-        Shape shape, Device device, int steps, int warmup)
+    /// <summary>Warm-up, then timed optimizer steps; tokens/s counts every replica's tokens.</summary>
+    static (double TokensPerSecond, double StepMs, List<double> Losses) TimeSteps((TrainStep Step, AdamW Optimizer) run, RandomTokenBatches data,
+        Device device, IReplicaGroup replicas, int steps, int warmup)
     {
         const double learningRate = LearningRate;
         var step = run.Step;
         bool onCuda = device.type == DeviceType.CUDA;
-        double loss = 0;
-        for (int i = 0; i < warmup; i++) loss = step.Run(i, learningRate, data).Loss;
+        var losses = new List<double>();
+        for (int i = 0; i < warmup; i++) losses.Add(step.Run(i, learningRate, data).Loss);
         if (onCuda) cuda.synchronize();
+        replicas.Barrier();
         var sw = Stopwatch.StartNew();
-        for (int i = 0; i < steps; i++) loss = step.Run(warmup + i, learningRate, data).Loss;
+        long tokens = 0;
+        for (int i = 0; i < steps; i++)
+        {
+            var outcome = step.Run(warmup + i, learningRate, data);
+            losses.Add(outcome.Loss);
+            tokens += outcome.InputTokens;
+        }
         if (onCuda) cuda.synchronize();
         double s = sw.Elapsed.TotalSeconds;
-        long tokensPerStep = (long)shape.Batch * shape.Seq * shape.GradientAccumulation;
-        return (tokensPerStep * steps / s, s / steps * 1000, loss);
+        return (tokens / s, s / steps * 1000, losses);
     }
 
     /// <summary>
@@ -166,16 +203,20 @@ public static class BenchTrainCommand
         var summary = profiler.Summary();
         summary["step_wall_ms"] = Math.Round(wallMs, 2);
         summary["tokens_per_s"] = Math.Round((long)shape.Batch * shape.Seq * shape.GradientAccumulation / (wallMs / 1000), 1);
-        var after = built.Kernels.Fused.CallCounts();
-        summary["fused_calls_per_step"] = after.ToDictionary(kv => kv.Key, kv => (object?)new Dictionary<string, double>
-        {
-            ["kernel"] = (kv.Value.Kernel - before[kv.Key].Kernel) / (double)count,
-            ["reference"] = (kv.Value.Reference - before[kv.Key].Reference) / (double)count,
-        });
+        summary["fused_calls_per_step"] = CallsPerStep(before, built.Kernels.Fused.CallCounts(), count);
         summary["kernels"] = built.Kernels.Report();
         if (rangeError is not null) summary["profiler_range_error"] = rangeError;
         return summary;
     }
+
+    /// <summary>The calls each fused op's kernel and reference served per step between two tallies.</summary>
+    static Dictionary<string, object?> CallsPerStep(IReadOnlyDictionary<string, (long Kernel, long Reference)> before,
+        IReadOnlyDictionary<string, (long Kernel, long Reference)> after, int steps) =>
+        after.ToDictionary(kv => kv.Key, kv => (object?)new Dictionary<string, double>
+        {
+            ["kernel"] = (kv.Value.Kernel - before[kv.Key].Kernel) / (double)Math.Max(1, steps),
+            ["reference"] = (kv.Value.Reference - before[kv.Key].Reference) / (double)Math.Max(1, steps),
+        });
 
     /// <summary>Where a step's time goes, measured piece by piece at the step's shapes.</summary>
     static IEnumerable<string> Split(LlamaForCausalLM nf4, string dir, Shape shape, double stepMs, int steps)

@@ -18,6 +18,8 @@ public static partial class Commands
         yield return MergeCommand.Create(stdout);
         yield return LogitsCommand.Create(stdout);
         yield return TokenizeCommand.Create(stdout);
+        yield return ChatCommand.Create(stdout);
         yield return PlotCommand.Create(stdout);
+        yield return DistSelfTestCommand.Create(stdout); // hidden: collective checks for tests and the GPU bench
     }
 }

@@ -10,7 +10,8 @@ namespace QLoraNet.Cli;
 /// `eval`: mean next-token loss and perplexity of a model (in any base format, with or without an adapter) on a
 /// text file, tokenized with BOS and scored in windows of --max-len tokens (<see cref="WindowedLoss"/>); or on token
 /// ids given as JSON, which is how the loss is compared with a reference computed elsewhere; or on a dataset through
-/// the training pipeline (<see cref="DatasetEval"/>, `--data`).
+/// the training pipeline (<see cref="DatasetEval"/>, `--data`). With --tasks it scores benchmark tasks the way
+/// lm-evaluation-harness does instead (<see cref="EvalTasksMode"/>).
 /// </summary>
 public static class EvalCommand
 {
@@ -23,14 +24,21 @@ public static class EvalCommand
         var idsFile = new Option<string?>("--token-ids-json") { Description = $"JSON array of token ids, or an object with \"{ReferenceIdsKey}\" (e.g. a model's reference.json)" };
         var maxLen = new Option<int>("--max-len") { Description = "tokens per window (the context the model sees)", DefaultValueFactory = _ => 512 };
         var stride = new Option<int?>("--stride") { Description = "start a window every this many tokens (default: max-len, no overlap); smaller = more context per scored token" };
-        var json = new Option<bool>("--json") { Description = "print {\"mean_loss\", \"perplexity\", \"tokens\", \"quantization\"} as one JSON line" };
+        var json = new Option<bool>("--json") { Description = "print {\"mean_loss\", \"perplexity\", \"tokens\", \"quantization\"} as one JSON line (with --tasks: the results JSON)" };
         var dataset = new DatasetEval();
-        var cmd = new Command("eval", "mean next-token loss and perplexity on a text, or the training loss on a dataset (--data)");
+        var tasks = new EvalTasksMode();
+        var cmd = new Command("eval", "mean next-token loss and perplexity on a text, the training loss on a dataset (--data), or benchmark tasks scored like lm-evaluation-harness (--tasks)");
         modelOptions.AddTo(cmd);
         foreach (var o in new Option[] { textFile, idsFile, maxLen, stride, json }.Concat(dataset.Options)) cmd.Options.Add(o);
+        tasks.AddTo(cmd);
         cmd.SetAction(parsed =>
         {
             string? text = parsed.GetValue(textFile), ids = parsed.GetValue(idsFile), data = parsed.GetValue(dataset.Data);
+            if (parsed.GetValue(tasks.Tasks) is { } taskList)
+            {
+                if (text != null || ids != null || data != null) throw new ArgumentException("--tasks scores tasks; leave out --text-file, --token-ids-json and --data");
+                return tasks.Run(parsed, taskList, modelOptions, parsed.GetValue(json), stdout);
+            }
             if (new[] { text, ids, data }.Count(x => x is not null) != 1) throw new ArgumentException("give exactly one of --text-file, --token-ids-json and --data");
             if (data is not null)
             {

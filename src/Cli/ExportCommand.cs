@@ -22,7 +22,7 @@ public static class ExportCommand
         var overwrite = new Option<bool>("--overwrite") { Description = "replace --out if it exists" };
         var adapter = new Option<string?>("--adapter") { Description = "peft LoRA adapter directory to merge into the weights first" };
         var baseFormat = new Option<string?>("--base") { Description = "with --adapter: base format the adapter was trained on (QLoRA: nf4-dq); W is quantized and dequantized in it before B·A is added, as merge --base. Default: the adapter's qloranet.json, else none" };
-        var cmd = new Command("export", "export a Llama checkpoint to GGUF for llama.cpp");
+        var cmd = new Command("export", "export a checkpoint (llama, mistral, qwen2, gemma, gemma2) to GGUF for llama.cpp");
         foreach (var o in new Option[] { model, format, type, output, overwrite, adapter, baseFormat }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
@@ -40,7 +40,7 @@ public static class ExportCommand
             var trainedOn = adapterDir is null ? null : AdapterBase.Resolve(pr, baseFormat, adapterDir, "none");
             using var checkpoint = adapterDir is null ? null : CheckpointReader.Open(pr.GetValue(model)!);
             using var merge = adapterDir is null ? null : AdapterMerge.Open(adapterDir, checkpoint!, ModelFamilies.Load(pr.GetValue(model)!), trainedOn);
-            var summary = GgufLlamaExporter.Export(pr.GetValue(model)!, outPath, exportType, replace, merge is null ? null : merge.Apply);
+            var summary = GgufExporter.Export(pr.GetValue(model)!, outPath, exportType, replace, merge is null ? null : merge.Apply);
             if (merge != null) stdout.WriteLine($"merged {merge.MergedCount} LoRA modules from {adapterDir} (base {merge.BaseFormat})");
             foreach (var w in summary.Warnings) stdout.WriteLine($"warning: {w}");
             var counts = summary.Tensors.GroupBy(t => t.Type).OrderBy(g => g.Key).Select(g => $"{g.Count()} {GgmlTypes.Name(g.Key)}");

@@ -11,12 +11,16 @@ public static class InfoCommand
         var cmd = new Command("info", "print versions and the libtorch backend in use");
         cmd.SetAction(_ =>
         {
-            LibTorchProbe.EnsureLoaded();
+            var libtorch = LibTorchProbe.EnsureLoaded();
             stdout.WriteLine($"QLoraNet {typeof(InfoCommand).Assembly.GetName().Version}");
+            stdout.WriteLine($"libtorch loaded: {libtorch.Summary}");
             stdout.WriteLine($"TorchSharp {typeof(torch).Assembly.GetName().Version}, libtorch {torch.__version__}");
             stdout.WriteLine($"CUDA available: {torch.cuda.is_available()}" + (torch.cuda.is_available() ? $" ({torch.cuda.device_count()} devices)" : ""));
             var device = torch.cuda.is_available() ? torch.CUDA : torch.CPU;
             foreach (var line in KernelChoice.For(device).Report()) stdout.WriteLine($"kernel: {line}");
+            // Where the process maps libtorch from: one copy of each library, from the directory named above.
+            var names = QLoraNet.Native.LibTorchBuild.CpuLibraries.Concat(QLoraNet.Native.LibTorchBuild.CudaLibraries).ToHashSet();
+            stdout.WriteLine("libtorch files: " + string.Join(", ", QLoraNet.Native.ProcessMaps.Libraries().Where(p => names.Contains(Path.GetFileName(p))).Order()));
             return 0;
         });
         return cmd;

@@ -1,56 +1,34 @@
-using System.Runtime.InteropServices;
+using QLoraNet.Native;
 
 namespace QLoraNet.Cli;
 
 /// <summary>
-/// Loads the native TorchSharp bridge ourselves before TorchSharp does, so a failure is reported with the real
-/// loader error. TorchSharp's own message in that case wrongly blames a missing libtorch package reference (and it
-/// then copies hundreds of MB of native files around before failing again).
+/// The CLI's side of <see cref="LibTorchDiscovery"/>: every verb that needs torch calls <see cref="EnsureLoaded"/>
+/// first. The process entry (Program) sets <see cref="AnnounceTo"/> so that the one line saying which libtorch was
+/// loaded from where (or why the bundled CPU one) goes to stderr once; in-process callers (tests) leave it unset.
+/// A failure is reported with the loader's real error (TorchSharp's own message wrongly blames a missing package).
 /// </summary>
 public static class LibTorchProbe
 {
-    static bool _done;
+    /// <summary>Where the start line goes; null: nowhere. Set once by Program.</summary>
+    public static TextWriter? AnnounceTo { get; set; }
 
-    public static void EnsureLoaded()
+    public static LibTorchLoadResult EnsureLoaded()
     {
-        if (_done) return;
-        string lib = OperatingSystem.IsWindows() ? "LibTorchSharp.dll"
-                   : OperatingSystem.IsMacOS() ? "libLibTorchSharp.dylib" : "libLibTorchSharp.so";
-        var tried = new List<string>();
-        foreach (var dir in CandidateDirs())
-        {
-            string path = Path.Combine(dir, lib);
-            if (!File.Exists(path)) continue;
-            try
-            {
-                NativeLibrary.Load(path);
-                _done = true;
-                return;
-            }
-            catch (Exception e)
-            {
-                tried.Add($"{path}: {FirstLine(e.Message)}");
-            }
-        }
-        if (tried.Count == 0)
-        {
-            // Not next to the app: let TorchSharp search its usual way, but still catch its failure below.
-            try { TorchSharp.torch.InitializeDeviceType(TorchSharp.DeviceType.CPU); _done = true; return; }
-            catch (Exception e) { tried.Add($"{lib} (TorchSharp's search): {FirstLine((e.InnerException ?? e).Message)}"); }
-        }
-        string ld = Environment.GetEnvironmentVariable("LD_LIBRARY_PATH") ?? "(unset)";
-        throw new InvalidOperationException(
-            "libtorch failed to load. Tried: " + string.Join("; ", tried) + $". LD_LIBRARY_PATH={ld}. " +
-            "With the default 'cpu' backend, rebuild (dotnet build) so the output folder gets the patched library; " +
-            "with -p:TorchBackend=system, put a libtorch 2.10 folder (e.g. PyTorch's torch/lib) on LD_LIBRARY_PATH.");
+        bool first = !LibTorchDiscovery.IsLoaded;
+        var result = LibTorchDiscovery.EnsureLoaded();
+        if (first) AnnounceTo?.WriteLine(result.Summary);
+        return result;
     }
 
-    static IEnumerable<string> CandidateDirs()
+    /// <summary>
+    /// When <paramref name="device"/> is cuda and libtorch sees no GPU: one line saying what was found and what to
+    /// install (from discovery's outcome), instead of failing later on the first CUDA tensor.
+    /// </summary>
+    public static void RequireCudaIfAsked(string device, string source)
     {
-        yield return AppContext.BaseDirectory;
-        string rid = OperatingSystem.IsWindows() ? "win-x64" : OperatingSystem.IsMacOS() ? "osx-arm64" : "linux-x64";
-        yield return Path.Combine(AppContext.BaseDirectory, "runtimes", rid, "native");
+        var result = EnsureLoaded();
+        if (device == "cuda" && !TorchSharp.torch.cuda.is_available())
+            throw new InvalidOperationException($"{source} is cuda but libtorch sees no CUDA device: {result.CudaUnavailableHint()}");
     }
-
-    static string FirstLine(string s) => string.Join(" ", s.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Trim()));
 }

@@ -21,6 +21,7 @@ public sealed class ModelOptions
     public Option<string?> Quantization { get; } = new("--quantization") { Description = $"base format of the decoder linears, quantized on load: {BaseFormats.Syntax} (see docs/QUANTIZATION.md); default: the format the --adapter was trained on (its qloranet.json), else none; a pre-quantized directory loads as stored" };
     public Option<string?> Adapter { get; } = new("--adapter") { Description = "peft LoRA adapter directory to apply (unmerged)" };
     public Option<bool> AllowNonFinite { get; } = new("--allow-non-finite-weights") { Description = "load weights holding NaN/Inf instead of refusing them (to inspect a diverged or damaged checkpoint)" };
+    public CalibrationOptions Calibration { get; } = new();
 
     public ModelOptions()
     {
@@ -30,7 +31,7 @@ public sealed class ModelOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Model, Device, DType, Quantization, Adapter, AllowNonFinite }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Model, Device, DType, Quantization, Adapter, AllowNonFinite }.Concat(Calibration.All)) cmd.Options.Add(o);
     }
 
     /// <summary>Loaded model, tokenizer and family record, plus what was chosen.</summary>
@@ -42,15 +43,17 @@ public sealed class ModelOptions
 
     public Loaded Load(ParseResult parsed)
     {
-        LibTorchProbe.EnsureLoaded();
+        LibTorchProbe.RequireCudaIfAsked(parsed.GetValue(Device)!, "--device");
         string dir = parsed.GetValue(Model)!;
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"model directory '{dir}' does not exist");
         var device = DeviceChoice.Resolve(parsed.GetValue(Device)!, "--device");
         var compute = ResolveDType(parsed.GetValue(DType), device);
         var format = AdapterBase.Resolve(parsed, Quantization, parsed.GetValue(Adapter), "none");
         var tokenizer = TextTokenizers.Load(dir);   // cheap, and its errors should not wait for the weights
+        var calibration = Calibration.Build(parsed, format, tokenizer, dir);
         var built = ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, format, KernelChoice.For(device),
-            AdapterDir: parsed.GetValue(Adapter), AllowNonFiniteWeights: parsed.GetValue(AllowNonFinite)));
+            AdapterDir: parsed.GetValue(Adapter), AllowNonFiniteWeights: parsed.GetValue(AllowNonFinite),
+            Calibration: calibration, CalibrationProgress: CalibrationOptions.Reporter(parsed)));
         built.Model.eval();
         return new Loaded(built.Model, tokenizer, built.Architecture, device, compute, format, built.Adapter, built.Kernels, dir);
     }

@@ -1,3 +1,4 @@
 using QLoraNet.Cli;
 
+LibTorchProbe.AnnounceTo = Console.Error;
 return CliApp.Run(args);

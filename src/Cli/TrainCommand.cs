@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using QLoraNet.Distributed;
 using QLoraNet.Training.Config;
 using QLoraNet.Training.Recipes;
 using QLoraNet.Training.Trainer;
@@ -8,10 +9,12 @@ using Spectre.Console;
 namespace QLoraNet.Cli;
 
 /// <summary>
-/// `train CONFIG [key=value ...] [--resume | --resume-from DIR] [--resume-with-changes]`: the QLoRA fine-tuning job.
-/// `--resume` takes no value (the newest checkpoint of output.dir), so a following `key=value` is always an override;
-/// a checkpoint directory is named with `--resume-from`. Ctrl-C or SIGTERM finishes the current step, saves a
-/// checkpoint and exits 130 or 143 (<see cref="StopSignals"/>); a second signal aborts at once.
+/// `train CONFIG [key=value ...] [--resume | --resume-from DIR] [--resume-with-changes] [--gpus N]`: the QLoRA
+/// fine-tuning job. `--resume` takes no value (the newest checkpoint of output.dir), so a following `key=value` is
+/// always an override; a checkpoint directory is named with `--resume-from`. Ctrl-C or SIGTERM finishes the current
+/// step, saves a checkpoint and exits 130 or 143 (<see cref="StopSignals"/>); a second signal aborts at once.
+/// `--gpus N` (N &gt; 1) runs N data-parallel ranks of this command on this host (docs/DISTRIBUTED.md), passing the
+/// signals on to them; a rank (RANK/WORLD_SIZE set, by --gpus or torchrun) continues into the run.
 /// </summary>
 public static class TrainCommand
 {
@@ -25,6 +28,11 @@ public static class TrainCommand
         {
             Description = "resume even if the config changed in keys that break exact resume (learning rate, data, LoRA shape, ...); the changes are logged and the new config recorded beside the checkpoints",
         };
+        var gpus = new Option<int>("--gpus")
+        {
+            Description = "data-parallel on N GPUs of this host: starts N ranks of this command (torchrun works too; docs/DISTRIBUTED.md)",
+            DefaultValueFactory = _ => 1,
+        };
         var preview = new Option<int?>("--preview")
         {
             Description = "load only the tokenizer and data, print the first N rows with the trained tokens marked and the truncation/packing figures, and exit",
@@ -32,9 +40,11 @@ public static class TrainCommand
         var cmd = new Command("train", "QLoRA fine-tuning from a YAML config");
         cmd.Arguments.Add(config);
         cmd.Arguments.Add(overrides);
-        foreach (var o in new Option[] { resume, resumeFrom, resumeWithChanges, preview }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { resume, resumeFrom, resumeWithChanges, gpus, preview }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
+            int ranks = pr.GetValue(gpus);
+            if (ranks < 1) throw new ArgumentException($"--gpus {ranks}: must be at least 1");
             var cfg = TrainConfig.Load(pr.GetValue(config)!, pr.GetValue(overrides) ?? []);
             if (pr.GetValue(preview) is { } rows)
             {
@@ -42,17 +52,33 @@ public static class TrainCommand
                 DataPreviewPrinter.Print(cfg, rows, stdout, colour: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
                 return 0;
             }
-            LibTorchProbe.EnsureLoaded();
             string? from = pr.GetValue(resumeFrom);
             if (from is not null && pr.GetValue(resume)) throw new ArgumentException("--resume and --resume-from: give one (--resume = the newest checkpoint of output.dir)");
             if (pr.GetValue(resumeWithChanges) && from is null && !pr.GetValue(resume))
                 throw new ArgumentException("--resume-with-changes applies to a resume; add --resume or --resume-from DIR");
             string? resumeArg = from ?? (pr.GetValue(resume) ? "latest" : null);
-            using var signals = new StopSignals(stdout);
-            var observer = new ConsoleTrainingObserver(stdout);
+            if (ranks > 1)
+            {
+                // The config was checked once here; each rank runs this verb again without --gpus.
+                string[] rankArgs = ["train", pr.GetValue(config)!, .. pr.GetValue(overrides) ?? [],
+                    .. from is not null ? new[] { "--resume-from", from } : pr.GetValue(resume) ? ["--resume"] : [],
+                    .. pr.GetValue(resumeWithChanges) ? new[] { "--resume-with-changes" } : [],
+                    .. pr.GetValue(CliApp.Verbose) ? new[] { "--verbose" } : []];
+                return DistributedLaunch.Launch(rankArgs, ranks, stdout, pr.InvocationConfiguration.Error);
+            }
+            var dist = DistributedEnvironment.FromProcess();
+            if (dist.IsDistributed) DistributedLaunch.AttachChild(dist, pr.InvocationConfiguration.Error);
+            LibTorchProbe.RequireCudaIfAsked(YamlNames.Of(cfg.Model.Device), "model.device");
             var device = QLoraNet.Models.DeviceChoice.Resolve(YamlNames.Of(cfg.Model.Device), "model.device");
-            var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device), ResumeWithChanges: pr.GetValue(resumeWithChanges)),
-                observer, signals.Token);
+            // A rank joins the job before loading anything (NCCL picks its GPU); every rank must run the same config and build.
+            using var replicas = DistributedLaunch.JoinAsReplica(dist, device, cfg.ToYaml(), resumeArg ?? "");
+            device = replicas?.Group.Device ?? device;
+            // One progress display: rank 0's. The other ranks report only errors (to stderr, labelled by the launcher).
+            var display = dist.IsRankZero ? stdout : TextWriter.Null;
+            using var signals = new StopSignals(display);
+            var observer = new ConsoleTrainingObserver(display);
+            var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device), replicas?.Group,
+                ResumeWithChanges: pr.GetValue(resumeWithChanges)), observer, signals.Token);
             observer.Finish(result);
             return result.Stop switch
             {
@@ -156,6 +182,9 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
         if (r.FinalAdapter != null)
             stdout.WriteLine($"done: {r.StepsDone} steps, last loss {r.LastLoss:F4}" + (r.BestValidationLoss is { } b ? $", best validation loss {b:F4}" + (r.InitialValidationLoss is { } v0 ? $" (base model {v0:F4})" : "") : "")
                 + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, RunOutput.MetricsFile)}, curve in {Path.Combine(r.OutputDir, RunOutput.LossCurveFile)}");
+        if (r.TaskScores is { Count: > 0 } scores)
+            stdout.WriteLine("tasks: " + string.Join(", ", scores.Select(kv => string.Create(CultureInfo.InvariantCulture,
+                $"{kv.Key} {kv.Value:F4}{(r.InitialTaskScores?.TryGetValue(kv.Key, out var before) == true ? $" (base model {before:F4})" : "")}"))));
         if (r.PeakMemory is { } p)
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"memory: host peak resident set {p.HostPeakRssMb:F0} MiB")
                 + (p.DeviceUsedPeakMb is { } d ? string.Create(CultureInfo.InvariantCulture, $", CUDA device used at peak {d / 1024:F2} GiB (device-wide: allocator cache, context, other processes)") : ""));

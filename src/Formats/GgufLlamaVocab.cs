@@ -21,7 +21,7 @@ public sealed record GgufLlamaVocab(
     IReadOnlyList<float> Scores,
     IReadOnlyList<int> TokenTypes,
     int? BosId, int? EosId, int? UnkId, int? PadId,
-    bool? AddBos, bool? AddEos)
+    bool? AddBos, bool? AddEos) : IGgufVocab
 {
     public const int Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6;
 
@@ -71,6 +71,20 @@ public sealed record GgufLlamaVocab(
             AddEos: Flag(tokenizerConfig, "add_eos_token"));
     }
 
+    /// <summary>The tokenizer.ggml keys: model "llama" (SentencePiece), pre-tokenizer "default".</summary>
+    public IEnumerable<KeyValuePair<string, GgufValue>> Metadata()
+    {
+        var kv = new List<KeyValuePair<string, GgufValue>>();
+        void Add(string key, GgufValue v) => kv.Add(new(key, v));
+        Add("tokenizer.ggml.model", GgufValue.String("llama"));
+        Add("tokenizer.ggml.pre", GgufValue.String("default"));
+        Add("tokenizer.ggml.tokens", GgufValue.StringArray(Tokens));
+        Add("tokenizer.ggml.scores", GgufValue.Float32Array(Scores));
+        Add("tokenizer.ggml.token_type", GgufValue.Int32Array(TokenTypes));
+        GgufBpeVocab.AddSpecialIds(kv, BosId, EosId, UnkId, PadId, AddBos, AddEos);
+        return kv;
+    }
+
     static int TokenType(SentencePieceModel.PieceType t) => t switch
     {
         SentencePieceModel.PieceType.Unknown => Unknown,
@@ -81,7 +95,7 @@ public sealed record GgufLlamaVocab(
     };
 
     /// <summary>Added tokens the converter treats as control even when not flagged special (does_token_look_special).</summary>
-    static bool LooksSpecial(string t) =>
+    internal static bool LooksSpecial(string t) =>
         t is "<pad>" or "<mask>" or "<2mass>" or "[@BOS@]"
         || (t.StartsWith("<|") && t.EndsWith("|>"))
         || (t.StartsWith("<\uFF5C") && t.EndsWith("\uFF5C>"))

@@ -38,7 +38,7 @@ public static class GgufTypePolicy
     }
 
     static bool IsOutputHead(string ggufName, bool hasOutputTensor) =>
-        ggufName == GgufLlamaNames.Output || (!hasOutputTensor && ggufName == GgufLlamaNames.TokenEmbedding);
+        ggufName == GgufTensorNames.Output || (!hasOutputTensor && ggufName == GgufTensorNames.TokenEmbedding);
 
     /// <summary>general.file_type: llama.cpp's LLAMA_FTYPE (gguf-py LlamaFileType) naming the dominant type.</summary>
     public static uint FileType(GgufExportType type) => type switch

@@ -32,6 +32,9 @@ public sealed class LinearSlots
         owner.register_buffer(name + "_bias", bias.DetachFromDisposeScope().requires_grad_(false));
     }
 
+    /// <summary>The frozen bias (out) of slot <paramref name="name"/>, or null when it has none.</summary>
+    public Tensor? Bias(string name) => biasBuffer.TryGetValue(name, out var buffer) ? owner.get_buffer(buffer) : null;
+
     /// <summary>Slot names in registration order.</summary>
     public IEnumerable<string> Names => byName.Keys;
 

@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -15,8 +16,10 @@ namespace QLoraNet.Models;
 /// linear. A layer with a window (Mistral, Gemma 2's sliding layers) masks keys more than window - 1 positions back,
 /// in training (within the packed mask, if any) and with a KV cache alike. Scores that need a soft-cap or a scale
 /// other than 1/sqrt(headDim) (Gemma 2) go through <see cref="ExplicitAttention"/>; everything else through SDPA.
+/// q and k are rotated together by the run's <see cref="FusedRope"/> (one CUDA kernel each way, reading the projections'
+/// (B, heads, T, D) views in place; elsewhere its torch-op reference, <see cref="RotaryEmbedding.Apply"/>'s arithmetic bit for bit).
 /// </summary>
-public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, KvCache?, Tensor>
+public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, KvCache?, Tensor>, IDefersBackwardHandles
 {
     readonly LinearSlots projections;
     readonly int layerIndex;
@@ -27,14 +30,17 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
     readonly double scale;
     readonly double? softCap;
     readonly bool explicitScores;
+    readonly FusedRope rope;
+    BackwardHandles handles = new();
 
     /// <param name="projections">the Query, Key, Value and Output linears with their record entries and optional biases (out).</param>
     /// <param name="window">sliding attention window of this layer (the family record's), or null for full causal attention.</param>
     /// <param name="scale">the factor on q·kᵀ; null = headDim^-0.5 (SDPA's own).</param>
     /// <param name="softCap">c of the score soft-cap c · tanh(s / c) (Gemma 2's attn_logit_softcapping), or null.</param>
+    /// <param name="rope">the run's fused RoPE (its kernel selection's); null = the torch-op reference.</param>
     public LlamaAttention(string name, int layerIndex, long numHeads, long numKvHeads, long headDim,
         IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections, int? window = null,
-        double? scale = null, double? softCap = null) : base(name)
+        double? scale = null, double? softCap = null, FusedRope? rope = null) : base(name)
     {
         if (numHeads % numKvHeads != 0)
             throw new ArgumentException($"num_attention_heads ({numHeads}) must be a multiple of num_key_value_heads ({numKvHeads})");
@@ -47,6 +53,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         this.scale = scale ?? sdpaScale;
         this.softCap = softCap;
         explicitScores = softCap is not null || this.scale != sdpaScale;
+        this.rope = rope ?? FusedKernels.Reference().Rope;
         RegisterComponents();
         this.projections = new LinearSlots(this);
         foreach (var (spec, linear, bias) in projections) this.projections.Add(spec.Name, spec.Role, linear, bias);
@@ -58,6 +65,8 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
 
     /// <summary>The q/k/v/o slots (for replacing a projection by name).</summary>
     public LinearSlots Projections => projections;
+
+    public void DeferBackwardHandlesTo(BackwardHandles owner) => handles = owner;
 
     /// <param name="hidden">(B, T, hidden)</param>
     /// <param name="cos">(B, T, headDim) from <see cref="RotaryEmbedding"/></param>
@@ -74,8 +83,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         var q = projections.Call(LinearRole.Query, hidden).view(b, t, numHeads, headDim).transpose(1, 2);   // (B, nHeads, T, headDim)
         var k = projections.Call(LinearRole.Key, hidden).view(b, t, numKvHeads, headDim).transpose(1, 2);   // (B, nKv, T, headDim)
         var v = projections.Call(LinearRole.Value, hidden).view(b, t, numKvHeads, headDim).transpose(1, 2); // (B, nKv, T, headDim)
-        q = RotaryEmbedding.Apply(q, cos, sin);
-        k = RotaryEmbedding.Apply(k, cos, sin);
+        (q, k) = rope.ApplyQk(q, k, cos, sin, handles);                                 // same layouts, rotated
 
         if (cache is not null) (k, v) = cache.Append(layerIndex, k, v);               // (B, nKv, S, headDim)
         long s = k.shape[2];

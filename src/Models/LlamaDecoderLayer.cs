@@ -8,6 +8,10 @@ namespace QLoraNet.Models;
 /// One transformer block with pre-norms, and post-norms where the family record has them (Gemma 2's sandwich):
 /// h + post_attn?(attn(pre_attn(h))), then h + post_mlp?(mlp(pre_mlp(h))). The norms are registered under the
 /// record's names ("input_layernorm", "post_attention_layernorm", ...).
+/// The residual add after attention goes into the pre-MLP norm (<see cref="RmsNorm.AddAndNorm"/>: one kernel on
+/// CUDA): h = hidden + post_attn?(attn) and pre_mlp(h) are the same arithmetic with or without Gemma 2's post-norm,
+/// which is applied to the attention output first. The add after the MLP stays a plain add: the next layer's
+/// input norm is another module's, and the layer must stay a function of its input for checkpointing.
 /// A pure function of (hidden, cos, sin, mask) when no cache is given, so gradient checkpointing can recompute it.
 /// </summary>
 public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor?, KvCache?, Tensor>
@@ -36,6 +40,9 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor
     public LlamaAttention SelfAttn => self_attn;
     public LlamaMlp Mlp => mlp;
 
+    /// <summary>The norm in <paramref name="role"/>, or null when the family has none there.</summary>
+    public RmsNorm? Norm(NormRole role) => norms.GetValueOrDefault(role);
+
     /// <param name="hidden">(B, T, hidden)</param>
     /// <param name="cos">(B, T, headDim)</param>
     /// <param name="sin">(B, T, headDim)</param>
@@ -46,8 +53,8 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor
     {
         using var scope = NewDisposeScope();
         var attended = self_attn.call(norms[NormRole.PreAttention].call(hidden), cos, sin, mask, cache);
-        var h = hidden + Post(NormRole.PostAttention, attended);
-        var output = h + Post(NormRole.PostMlp, mlp.call(norms[NormRole.PreMlp].call(h)));
+        var (h, normed) = norms[NormRole.PreMlp].AddAndNorm(Post(NormRole.PostAttention, attended), hidden); // h = hidden + attn
+        var output = h + Post(NormRole.PostMlp, mlp.call(normed));
         return output.MoveToOuterDisposeScope();
     }
 

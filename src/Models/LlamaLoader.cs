@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using QLoraNet.Quant.Kernels;
 using TorchSharp;
@@ -25,7 +26,8 @@ public static class LlamaLoader
 
         using var ckpt = CheckpointReader.Open(modelDir, options.AllowNonFiniteWeights);
         var expected = arch.ExpectedTensors().ToDictionary(e => e.Name, StringComparer.Ordinal);
-        Validate(ckpt, arch, expected, modelDir);
+        var quantization = QuantizedCheckpoint.QuantizationConfigOf(modelDir);
+        Validate(ckpt, arch, expected, modelDir, quantization);
 
         var frozenDType = options.FrozenDType ?? options.ComputeDType;
         var kernels = options.Kernels ?? KernelSelection.Portable;
@@ -37,7 +39,7 @@ public static class LlamaLoader
             {
                 // Stored pre-quantized (a `quantize` output): the codes are read back, never quantized again. A layout
                 // may keep no "...weight" tensor at all (GPTQ's qweight), so these are found by the layout, not the file.
-                if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, want.Name) is { } layout)
+                if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, want.Name, quantization) is { } layout)
                     linears[want.ModulePath] = QuantizedCheckpoint.ReadLinear(ckpt, layout, want.Name, want.Shape, options.Device, options.ComputeDType, kernels);
             }
             foreach (var name in ckpt.Names)
@@ -56,7 +58,7 @@ public static class LlamaLoader
                     frozen[name] = raw.to(frozenDType, options.Device, copy: true).DetachFromDisposeScope();
                 }
             }
-            return Assemble(arch, linears, frozen, options);
+            return Assemble(arch, linears, frozen, options, kernels.Fused);
         }
         catch
         {
@@ -66,11 +68,13 @@ public static class LlamaLoader
         }
     }
 
-    static void Validate(CheckpointReader ckpt, ModelArchitecture arch, Dictionary<string, ExpectedTensor> expected, string modelDir)
+    /// <summary>Checks every tensor the record expects against the checkpoint headers (names, shapes, dtypes, stored layouts).</summary>
+    internal static void Validate(CheckpointReader ckpt, ModelArchitecture arch, Dictionary<string, ExpectedTensor> expected, string modelDir,
+        System.Text.Json.Nodes.JsonObject? quantization)
     {
         foreach (var (name, want) in expected)
         {
-            if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, name) is { } layout)
+            if (IsLinear(want) && QuantizedCheckpoint.LayoutOf(ckpt, name, quantization) is { } layout)
             {
                 QuantizedCheckpoint.CheckHeader(ckpt, layout, name, want.Shape);
                 continue;
@@ -85,13 +89,13 @@ public static class LlamaLoader
             if (info.DType is not (ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32 or ScalarType.Float64))
                 throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' is {info.DType}; pre-quantized weights load only in a known layout (bitsandbytes 4-bit with a quant_state, see `quantize`); otherwise load the original float weights");
         }
-        RequireOneDTypePerKind(ckpt, expected);
+        RequireOneDTypePerKind(ckpt, expected, quantization);
         foreach (var name in ckpt.Names)
         {
             // A tied head may still be stored (HF ignores it and reuses the embedding); old checkpoints also carry
             // the derived rotary inv_freq buffers. Anything else means the config and the weights disagree.
             if (expected.ContainsKey(name) || name == arch.HeadWeight || name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)
-                || BaseFormats.Layouts.Any(l => l.IsStateKey(name, out var weight) && expected.ContainsKey(weight))) continue;
+                || BaseFormats.LayoutsFor(quantization).Any(l => l.IsStateKey(name, out var weight) && expected.ContainsKey(weight))) continue;
             throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor {SafeText.Quote(name)} for a {string.Join(", ", arch.Architectures.DefaultIfEmpty(arch.Family))} with this config.json (wrong config or not a {arch.Family} checkpoint)");
         }
     }
@@ -102,9 +106,10 @@ public static class LlamaLoader
     /// its kind has had its header altered (a BF16 entry relabelled F16 has the same byte length and would load as
     /// garbage), so it is refused by name. Where a kind is split evenly there is no majority to trust and nothing is said.
     /// </summary>
-    static void RequireOneDTypePerKind(CheckpointReader ckpt, Dictionary<string, ExpectedTensor> expected)
+    static void RequireOneDTypePerKind(CheckpointReader ckpt, Dictionary<string, ExpectedTensor> expected,
+        System.Text.Json.Nodes.JsonObject? quantization)
     {
-        var dense = expected.Values.Where(e => ckpt.Contains(e.Name) && !(IsLinear(e) && QuantizedCheckpoint.LayoutOf(ckpt, e.Name) is not null));
+        var dense = expected.Values.Where(e => ckpt.Contains(e.Name) && !(IsLinear(e) && QuantizedCheckpoint.LayoutOf(ckpt, e.Name, quantization) is not null));
         foreach (var kind in dense.GroupBy(e => e.Role switch { TensorRole.Norm => "norm weights", TensorRole.Bias => "biases", _ => "weight matrices" }))
         {
             var byDType = kind.Select(e => ckpt.Info(e.Name)).GroupBy(i => i.DType).OrderByDescending(g => g.Count()).ToList();
@@ -116,26 +121,47 @@ public static class LlamaLoader
         }
     }
 
-    static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;
+    internal static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Linear or TensorRole.Head;
 
-    static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o)
+    /// <param name="fused">the run's fused ops: each module is handed the one it runs (norms, RoPE, the gated unit).</param>
+    static LlamaForCausalLM Assemble(ModelArchitecture a, Dictionary<string, FrozenLinear> linears, Dictionary<string, Tensor> frozen, LoadOptions o,
+        FusedKernels fused)
     {
         var layers = new List<LlamaDecoderLayer>();
         for (int i = 0; i < a.NumLayers; i++)
         {
             string p = a.LayerPrefix(i);
-            (LayerLinear, FrozenLinear, Tensor?) Projection(LayerLinear l) =>
-                (l, linears[p + l.Path], l.HasBias ? frozen[p + l.Path + ".bias"] : null);
-            var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
-                a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i),
-                a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap);
-            var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection));
-            var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen[p + n.Path + ".weight"], a.NormEps, a.Norm)));
-            layers.Add(new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms));
+            layers.Add(BuildLayer(a, i, l => linears[p + l.Path], name => frozen[p + name], fused));
         }
-        var model = new LlamaModel("model", frozen[a.EmbeddingWeight], layers,
-            new RmsNorm("norm", frozen[a.FinalNormWeight], a.NormEps, a.Norm),
+        return Assemble(a, layers, frozen[a.EmbeddingWeight], frozen[a.FinalNormWeight], linears.GetValueOrDefault(a.HeadName), o, fused);
+    }
+
+    /// <summary>
+    /// Decoder layer <paramref name="i"/> of the family record from its parts: <paramref name="linear"/> gives each
+    /// projection's frozen linear, <paramref name="frozen"/> a dense tensor by its name within the layer
+    /// ("self_attn.q_proj.bias", "input_layernorm.weight"), <paramref name="fused"/> the run's fused ops (norms, RoPE,
+    /// the gated unit). The one place layers are put together (the loader and the calibrated loader, which builds and
+    /// quantizes one layer at a time).
+    /// </summary>
+    public static LlamaDecoderLayer BuildLayer(ModelArchitecture a, int i, Func<LayerLinear, FrozenLinear> linear, Func<string, Tensor> frozen,
+        FusedKernels fused)
+    {
+        (LayerLinear, FrozenLinear, Tensor?) Projection(LayerLinear l) => (l, linear(l), l.HasBias ? frozen(l.Path + ".bias") : null);
+        var attn = new LlamaAttention(LlamaDecoderLayer.AttentionName, i, a.NumHeads, a.NumKvHeads, a.HeadDim,
+            a.LayerLinears.Where(l => l.IsAttention).Select(Projection), a.AttentionWindow(i),
+            a.HasCustomAttentionScores ? a.QueryScale : null, a.AttentionSoftCap, fused.Rope);
+        var mlp = new LlamaMlp(LlamaDecoderLayer.MlpName, a.Activation, a.LayerLinears.Where(l => !l.IsAttention).Select(Projection), fused.Glu);
+        var norms = a.LayerNorms.Select(n => (n, new RmsNorm(n.Path, frozen(n.Path + ".weight"), a.NormEps, a.Norm, fused.RmsNorm)));
+        return new LlamaDecoderLayer($"layers.{i}", attn, mlp, norms);
+    }
+
+    /// <summary>The model from its decoder layers, embedding (vocab, hidden), final norm weight and head (null when tied).</summary>
+    public static LlamaForCausalLM Assemble(ModelArchitecture a, IEnumerable<LlamaDecoderLayer> layers, Tensor embedding, Tensor finalNorm,
+        FrozenLinear? head, LoadOptions o, FusedKernels fused)
+    {
+        var model = new LlamaModel("model", embedding, layers,
+            new RmsNorm("norm", finalNorm, a.NormEps, a.Norm, fused.RmsNorm),
             new RotaryEmbedding("rotary_emb", a.Rope, o.ComputeDType, o.Device), o.ComputeDType, a.ScaleEmbeddings);
-        return new LlamaForCausalLM(a.Architectures.FirstOrDefault() ?? a.Family, a, model, linears.GetValueOrDefault(a.HeadName));
+        return new LlamaForCausalLM(a.Architectures.FirstOrDefault() ?? a.Family, a, model, head);
     }
 }

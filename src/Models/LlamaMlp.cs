@@ -1,8 +1,8 @@
 using QLoraNet.Formats;
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
 namespace QLoraNet.Models;
 
@@ -10,16 +10,22 @@ namespace QLoraNet.Models;
 /// arXiv:2002.05202): with SiLU, SwiGLU (Llama, Mistral, Qwen2); with the tanh approximation of GELU, GeGLU (Gemma,
 /// transformers' "gelu_pytorch_tanh" = torch's gelu(approximate="tanh")). The three linears sit in
 /// <see cref="LinearSlots"/> under the family record's names, with their biases when mlp_bias is set; the activation
-/// is the record's.</summary>
-public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
+/// is the record's. act(gate) * up is the run's <see cref="FusedGlu"/>: one CUDA kernel each way that keeps only gate and
+/// up for backward, or elsewhere its torch-op reference, <c>F.silu(gate) * up</c> / <c>F.gelu(gate, tanh) * up</c>.</summary>
+public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
 {
     readonly LinearSlots projections;
-    readonly Activation activation;
+    readonly GluActivation activation;
+    readonly FusedGlu glu;
+    BackwardHandles handles = new();
 
     /// <param name="projections">the Gate, Up and Down linears with their record entries and optional biases (out).</param>
-    public LlamaMlp(string name, Activation activation, IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections) : base(name)
+    /// <param name="glu">the run's fused gated unit (its kernel selection's); null = the torch-op reference.</param>
+    public LlamaMlp(string name, Activation activation, IEnumerable<(LayerLinear Spec, FrozenLinear Linear, Tensor? Bias)> projections,
+        FusedGlu? glu = null) : base(name)
     {
-        this.activation = activation;
+        this.activation = Gated(activation);
+        this.glu = glu ?? FusedKernels.Reference().Glu;
         RegisterComponents();
         this.projections = new LinearSlots(this);
         foreach (var (spec, linear, bias) in projections) this.projections.Add(spec.Name, spec.Role, linear, bias);
@@ -28,20 +34,23 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     /// <summary>The gate/up/down slots (for replacing a projection by name).</summary>
     public LinearSlots Projections => projections;
 
+    public void DeferBackwardHandlesTo(BackwardHandles owner) => handles = owner;
+
     /// <param name="x">(B, T, hidden)</param>
     /// <returns>(B, T, hidden)</returns>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var gated = Activate(projections.Call(LinearRole.Gate, x)) * projections.Call(LinearRole.Up, x);   // (B, T, intermediate)
+        var gated = glu.Apply(projections.Call(LinearRole.Gate, x), projections.Call(LinearRole.Up, x), activation, handles); // (B, T, intermediate)
         return projections.Call(LinearRole.Down, gated).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The switch point for the families' activations (BitNet's squared ReLU would go here): see <see cref="ArchitectureSupport"/>.</summary>
-    Tensor Activate(Tensor x) => activation switch
+    /// <summary>The switch point for the families' activations (BitNet's squared ReLU would go here, with a GLU
+    /// variant of its own): see <see cref="ArchitectureSupport"/>.</summary>
+    static GluActivation Gated(Activation activation) => activation switch
     {
-        Activation.Silu => F.silu(x),
-        Activation.GeluTanh => F.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh),
+        Activation.Silu => GluActivation.Silu,
+        Activation.GeluTanh => GluActivation.GeluTanh,
         _ => throw new NotSupportedException($"activation {activation} is not implemented"),
     };
 }

@@ -34,11 +34,13 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         rotary_emb = rotaryEmb;
         this.computeDType = computeDType;
         RegisterComponents();
-        foreach (var linear in this.modules().OfType<FrozenLinear>()) linear.DeferBackwardHandlesTo(BackwardHandles);
+        // Every module with a custom backward (frozen linears, the fused norms, RoPE and gated units) defers into this
+        // model's one queue, released by whoever runs backward.
+        foreach (var m in this.modules().OfType<IDefersBackwardHandles>()) m.DeferBackwardHandlesTo(BackwardHandles);
     }
 
     /// <summary>
-    /// The queue where this model's custom backward functions (frozen linears, layer checkpoints) leave the gradient
+    /// The queue where this model's custom backward functions (frozen linears, fused ops, layer checkpoints) leave the gradient
     /// handles they return; whoever runs backward on the model releases it after each backward pass.
     /// </summary>
     public BackwardHandles BackwardHandles { get; } = new();
@@ -71,8 +73,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         positionIds ??= arange(past, past + t, ScalarType.Int64, inputIds.device).unsqueeze(0).expand(b, t);
         var (cos, sin) = rotary_emb.call(positionIds);                                  // (B, T, headDim) each
 
-        var h = embed_tokens.call(inputIds).to(computeDType);                          // (B, T, hidden)
-        if (scaleEmbeddings) h = h * EmbeddingScale(h.shape[^1], computeDType, h.device);
+        var h = EmbedInput(embed_tokens.Weight, inputIds, computeDType, scaleEmbeddings); // (B, T, hidden)
         if (GradientCheckpointing && cache is null && torch.is_grad_enabled())
         {
             // The frozen embedding output does not require grad; the checkpoint function must see an input that
@@ -87,4 +88,22 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         cache?.Advance(t);
         return norm.call(h).MoveToOuterDisposeScope();
     }
+
+    /// <summary>The decoder's input for token ids (B, T): embedding rows in the compute dtype, times sqrt(hidden) when
+    /// <paramref name="scaleEmbeddings"/> (Gemma). The one place this
+    /// arithmetic lives (the calibrated loader runs the decoder layer by layer from it).</summary>
+    /// <param name="embedding">(vocab, hidden)</param>
+    /// <param name="inputIds">(...) int64</param>
+    /// <returns>(..., hidden)</returns>
+    public static Tensor EmbedInput(Tensor embedding, Tensor inputIds, ScalarType computeDType, bool scaleEmbeddings)
+    {
+        using var scope = NewDisposeScope();
+        var rows = embedding.index_select(0, inputIds.reshape(-1));                  // (N, hidden)
+        var h = rows.view([.. inputIds.shape, embedding.shape[1]]).to(computeDType);
+        if (scaleEmbeddings) h = h * EmbeddingScale(h.shape[^1], computeDType, h.device);
+        return h.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The final norm (after the last decoder layer).</summary>
+    public RmsNorm FinalNorm => norm;
 }

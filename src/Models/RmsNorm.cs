@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Kernels;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -17,22 +18,30 @@ namespace QLoraNet.Models;
 /// multiply happens in fp32 before the cast back, (normed32 * (1 + w32)).to(input dtype) (transformers PR 29402:
 /// "Llama does x.to(float16) * w whilst Gemma is (x * w).to(float16)").</item>
 /// </list>
+/// The arithmetic is the run's <see cref="FusedRmsNorm"/>: one CUDA kernel each way where the kernel selection loaded
+/// it and the tensors fit, else its torch-op reference (<see cref="RmsNormReference"/>, HF's formulas above op for
+/// op, so CPU results are today's bit for bit). <see cref="AddAndNorm"/> also takes the residual add in front of the
+/// norm, the pre-norm block's "h = residual + sublayer(...); norm(h)", in the same kernel.
 /// The weight is frozen (requires_grad = false): QLoRA trains adapters only.
 /// </summary>
-public sealed class RmsNorm : nn.Module<Tensor, Tensor>
+public sealed class RmsNorm : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
 {
     readonly Parameter weight;
     readonly double eps;
     readonly NormKind kind;
+    readonly FusedRmsNorm kernel;
+    BackwardHandles handles = new();
 
     /// <param name="weight">(hidden) the learned scale (or its offset from one), already in the dtype and on the device it should live in.</param>
     /// <param name="kind">the family record's norm.</param>
-    public RmsNorm(string name, Tensor weight, double eps, NormKind kind = NormKind.Rms) : base(name)
+    /// <param name="kernel">the run's fused RMSNorm (its kernel selection's); null = the torch-op reference.</param>
+    public RmsNorm(string name, Tensor weight, double eps, NormKind kind = NormKind.Rms, FusedRmsNorm? kernel = null) : base(name)
     {
         if (kind is not (NormKind.Rms or NormKind.RmsOffsetOne)) throw new NotSupportedException($"norm {kind} is not implemented");
         this.weight = new Parameter(weight, requires_grad: false);
         this.eps = eps;
         this.kind = kind;
+        this.kernel = kernel ?? FusedKernels.Reference().RmsNorm;
         RegisterComponents();
     }
 
@@ -42,18 +51,38 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 
     public double Eps => eps;
 
-    /// <param name="x">(..., hidden)</param>
-    public override Tensor forward(Tensor x)
+    /// <summary>
+    /// Divides the norm's output by <paramref name="scales"/> (hidden) channel by channel, in place: how SmoothQuant and
+    /// AWQ fold per-channel factors into the op before the linears they scale (for y = w · x̂ that is w /= s).
+    /// </summary>
+    public void DivideOutput(Tensor scales)
     {
         using var scope = NewDisposeScope();
-        var inputDType = x.dtype;
-        var x32 = x.to(ScalarType.Float32);
-        var variance = x32.pow(2).mean([-1L], keepdim: true);     // (..., 1)
-        var normed32 = x32 * rsqrt(variance + eps);                 // (..., hidden) fp32
-        if (kind == NormKind.RmsOffsetOne)
-            return (normed32 * (1.0 + weight.to(ScalarType.Float32))).to(inputDType).MoveToOuterDisposeScope();
-        // HF multiplies weight (model dtype) by the normed input; we also cast the weight so the output keeps the
-        // input dtype even when norms are stored in a different dtype than the compute dtype.
-        return (weight.to(inputDType) * normed32.to(inputDType)).MoveToOuterDisposeScope();
+        using var noGrad = torch.no_grad();
+        switch (kind)
+        {
+            case NormKind.Rms:
+                weight.div_(scales.to(weight.dtype, weight.device));
+                break;
+            default:
+                throw new NotSupportedException($"folding scales into a {kind} norm is not implemented");
+        }
     }
+
+    /// <summary>Gemma's (1 + w) scale.</summary>
+    bool UnitOffset => kind == NormKind.RmsOffsetOne;
+
+    public void DeferBackwardHandlesTo(BackwardHandles owner) => handles = owner;
+
+    /// <param name="x">(..., hidden)</param>
+    /// <returns>(..., hidden) in x's dtype.</returns>
+    public override Tensor forward(Tensor x) => kernel.Apply(x, weight, eps, UnitOffset, handles);
+
+    /// <summary>h = x + residual (rounded to the compute dtype, as a torch add) and norm(h), in one pass where the
+    /// kernel runs: the same values as <c>h = residual + x; forward(h)</c>.</summary>
+    /// <param name="x">(..., hidden) a sublayer's output.</param>
+    /// <param name="residual">(..., hidden) the residual stream.</param>
+    /// <returns>Sum: h, the new residual stream; Normed: norm(h), the next sublayer's input.</returns>
+    public (Tensor Sum, Tensor Normed) AddAndNorm(Tensor x, Tensor residual) =>
+        kernel.ApplyWithResidual(x, residual, weight, eps, UnitOffset, handles);
 }

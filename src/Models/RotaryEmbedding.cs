@@ -90,7 +90,9 @@ public sealed class RotaryEmbedding : nn.Module<Tensor, (Tensor Cos, Tensor Sin)
         return (cos, sin);
     }
 
-    /// <summary>x * cos + rotate_half(x) * sin, where rotate_half([x1, x2]) = [-x2, x1] over the last dimension.</summary>
+    /// <summary>x * cos + rotate_half(x) * sin, where rotate_half([x1, x2]) = [-x2, x1] over the last dimension: HF's
+    /// apply_rotary_pos_emb for one tensor. The model rotates q and k through the run's FusedRope (LlamaAttention),
+    /// whose reference equals this bit for bit (tests hold it to this); kept for callers that rotate one tensor.</summary>
     /// <param name="x">(B, heads, T, headDim)</param>
     /// <param name="cos">(B, T, headDim)</param>
     /// <param name="sin">(B, T, headDim)</param>

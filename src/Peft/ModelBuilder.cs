@@ -1,5 +1,6 @@
 using QLoraNet.Formats;
 using QLoraNet.Models;
+using QLoraNet.Models.Calibration;
 using QLoraNet.Quant;
 using QLoraNet.Quant.Kernels;
 using TorchSharp;
@@ -23,6 +24,9 @@ namespace QLoraNet.Peft;
 /// <param name="AdapterDir">attach the peft adapter in this directory instead (inference).</param>
 /// <param name="AllowNonFiniteWeights">load base and adapter weights holding NaN/Inf instead of refusing them by name.</param>
 /// <param name="AdapterInitDir">start the new adapters from this peft adapter's factors (continued training).</param>
+/// <param name="Calibration">the calibration samples a calibrated <paramref name="BaseFormat"/> (GPTQ, AWQ, SmoothQuant)
+/// is made from when the directory holds float weights (quantize-on-load, layer by layer).</param>
+/// <param name="CalibrationProgress">told after each calibrated layer.</param>
 public sealed record ModelBuildOptions(
     Device Device,
     ScalarType ComputeDType,
@@ -35,7 +39,9 @@ public sealed record ModelBuildOptions(
     string? AdapterDir = null,
     RandomStream? AdapterDropout = null,
     bool AllowNonFiniteWeights = false,
-    string? AdapterInitDir = null);
+    string? AdapterInitDir = null,
+    CalibrationSet? Calibration = null,
+    Action<CalibrationProgress>? CalibrationProgress = null);
 
 /// <summary>A built model with what was decided on the way; disposing it disposes the model.</summary>
 /// <param name="BaseFormat">the format the decoder linears were actually stored in (for "none" under a fixed frozen dtype, that dtype).</param>
@@ -73,9 +79,17 @@ public static class ModelBuilder
         var kernels = o.Kernels ?? KernelSelection.Portable;
         var denseDType = o.FrozenDType ?? o.ComputeDType;
         var format = o.BaseFormat.KeepsCheckpointDType && o.FrozenDType is { } fixedDType ? new DenseFormat(fixedDType) : o.BaseFormat;
-        var model = LlamaLoader.Load(modelDir, new LoadOptions(o.Device, o.ComputeDType,
+        var load = new LoadOptions(o.Device, o.ComputeDType,
             LinearPolicies.Quantized(arch, format, o.ComputeDType, o.Device, denseDType, kernels), o.FrozenDType, kernels,
-            o.AllowNonFiniteWeights));
+            o.AllowNonFiniteWeights);
+        LlamaForCausalLM model;
+        if (format.NeedsCalibration && QuantizedCheckpoint.StoredFormat(modelDir) is null)
+        {
+            var calibration = o.Calibration ?? throw new ArgumentException(
+                $"{format} needs calibration data: pass --calibration FILE, or quantize once (`quantize --quantization {format} --calibration FILE --out DIR`) and load DIR");
+            model = CalibratedLoader.Load(modelDir, format, calibration, load, o.CalibrationProgress);
+        }
+        else model = LlamaLoader.Load(modelDir, load);
         try
         {
             model.Model.GradientCheckpointing = o.GradientCheckpointing;

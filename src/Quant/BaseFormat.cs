@@ -13,7 +13,8 @@ namespace QLoraNet.Quant;
 /// <code>
 ///   none | bf16 | fp16 | fp32                            dense (none keeps the checkpoint dtype)
 ///   nf4 | fp4 [-b&lt;N&gt;] [-dq[&lt;M&gt;]]                        4-bit blockwise, blocksize N (64), double-quantized scales (M = 256)
-///   int8 | int4 [-tensor|-channel|-g&lt;N&gt;] [-sym|-asym]     linear quantization (default: per channel, symmetric)
+///   int8 | int4 | int3 [-tensor|-channel|-g&lt;N&gt;] [-sym|-asym]     linear quantization (default: per channel, symmetric)
+///   gptq2|3|4|8 [-g&lt;N&gt;] [-act] | awq4 [-g&lt;N&gt;] [-noclip] | smoothquant [-a&lt;alpha&gt;]   calibrated (need activations)
 /// </code>
 /// The spellings are parsed by the kinds registered in <see cref="BaseFormats"/>.
 /// </summary>
@@ -45,4 +46,22 @@ public abstract record BaseFormat
 
     /// <summary>"none": every weight stays dense in the dtype the checkpoint stores it in.</summary>
     public bool KeepsCheckpointDType => this is DenseFormat { DType: null };
+
+    /// <summary>
+    /// True for formats whose quantization needs the activations that reach each linear (GPTQ, AWQ, SmoothQuant):
+    /// they are made layer by layer from calibration data (QLoraNet.Models.Calibration), never from a weight alone,
+    /// so <see cref="Create"/> refuses them.
+    /// </summary>
+    public virtual bool NeedsCalibration => false;
+
+    /// <summary>
+    /// <paramref name="weight"/> [out, in] quantized in this format and dequantized again, in fp32 on its device:
+    /// what a model stored in this format computes with. Fake quantization for quantization-aware training uses it
+    /// (<see cref="Aware.FormatRoundTrip"/>). The default builds the frozen linear and reads its weight back.
+    /// </summary>
+    public virtual Tensor RoundTrip(Tensor weight, string? name = null)
+    {
+        using var linear = Create(weight.detach(), ScalarType.Float32, KernelSelection.Portable, name);
+        return linear.DequantizeWeight(ScalarType.Float32);
+    }
 }

@@ -1,3 +1,5 @@
+using System.Text.Json.Nodes;
+
 namespace QLoraNet.Quant;
 
 /// <summary>
@@ -7,10 +9,12 @@ namespace QLoraNet.Quant;
 public static class BaseFormats
 {
     /// <summary>Every base-format kind, in the order --help lists them.</summary>
-    public static readonly IReadOnlyList<BaseFormatKind> Kinds = [DenseFormat.Kind, FourBitFormat.Kind, LinearQuantFormat.Kind];
+    public static readonly IReadOnlyList<BaseFormatKind> Kinds =
+        [DenseFormat.Kind, FourBitFormat.Kind, LinearQuantFormat.Kind, Gptq.GptqFormat.Kind, Awq.AwqFormat.Kind, SmoothQuant.SmoothQuantFormat.Kind];
 
     /// <summary>Every checkpoint layout of a pre-quantized weight that the loader and `quantize` know.</summary>
-    public static readonly IReadOnlyList<CheckpointLayout> Layouts = [BitsAndBytesFourBitLayout.Instance];
+    public static readonly IReadOnlyList<CheckpointLayout> Layouts =
+        [BitsAndBytesFourBitLayout.Instance, Gptq.GptqLayout.Instance, Awq.AwqLayout.Instance, SmoothQuant.W8A8Layout.Instance];
 
     /// <summary>Every first token of a spelling: none, bf16, fp16, fp32, nf4, fp4, int8, int4.</summary>
     public static IEnumerable<string> Names => Kinds.SelectMany(k => k.Names);
@@ -29,7 +33,14 @@ public static class BaseFormats
         return kind.Parse(tokens[0], tokens[1..], text);
     }
 
-    /// <summary>The layout <paramref name="weightName"/> is stored in, judged by which keys exist; null when it is a plain tensor.</summary>
-    public static CheckpointLayout? StoredLayout(string weightName, Func<string, bool> contains) =>
-        Layouts.FirstOrDefault(l => l.IsStored(weightName, contains));
+    /// <summary>
+    /// The layout <paramref name="weightName"/> is stored in, judged by which keys exist among the layouts that the
+    /// checkpoint's quantization_config (<paramref name="quantizationConfig"/>, null: none) admits, configured by
+    /// it; null when it is a plain tensor.
+    /// </summary>
+    public static CheckpointLayout? StoredLayout(string weightName, Func<string, bool> contains, JsonObject? quantizationConfig = null) =>
+        LayoutsFor(quantizationConfig).FirstOrDefault(l => l.IsStored(weightName, contains))?.Configured(quantizationConfig);
+
+    /// <summary>The layouts a checkpoint with this quantization_config may hold.</summary>
+    public static IEnumerable<CheckpointLayout> LayoutsFor(JsonObject? quantizationConfig) => Layouts.Where(l => l.Claims(quantizationConfig));
 }

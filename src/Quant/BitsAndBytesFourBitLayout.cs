@@ -25,6 +25,9 @@ public sealed class BitsAndBytesFourBitLayout : CheckpointLayout
 
     public override string Name => "bitsandbytes 4-bit";
 
+    /// <summary>bitsandbytes' keys are its own; a config that names another method (gptq, awq) never holds them.</summary>
+    public override bool Claims(JsonObject? quantizationConfig) => QuantMethod(quantizationConfig) is null or "bitsandbytes";
+
     public override bool IsStored(string weightName, Func<string, bool> contains) => StateSuffixes.Any(s => contains(weightName + s));
 
     public override bool IsStateKey(string tensorName, out string weightName)

@@ -53,4 +53,30 @@ public abstract class CheckpointLayout
     /// <summary>config.json's quantization_config for a checkpoint whose linears are in <paramref name="format"/>,
     /// with <paramref name="denseModules"/> (the output head) left unquantized.</summary>
     public abstract JsonObject QuantizationConfig(BaseFormat format, string computeDType, IReadOnlyList<string> denseModules);
+
+    /// <summary>
+    /// True when a checkpoint whose config.json carries <paramref name="quantizationConfig"/> (null: none) may hold
+    /// this layout. Layouts that share key names (GPTQ's and AWQ's qweight/qzeros/scales) are told apart by the
+    /// config's quant_method, as transformers tells them apart.
+    /// </summary>
+    public virtual bool Claims(JsonObject? quantizationConfig) => true;
+
+    /// <summary>This layout as the checkpoint's quantization_config describes it (e.g. GPTQ's bits, group size,
+    /// desc_act, checkpoint format); layouts that need nothing from it return themselves.</summary>
+    public virtual CheckpointLayout Configured(JsonObject? quantizationConfig) => this;
+
+    /// <summary>
+    /// The tensors of a frozen linear already in this layout's format, under <paramref name="weightName"/>'s keys:
+    /// how calibrated formats (GPTQ, AWQ, SmoothQuant), which are made from activations rather than from a weight
+    /// alone, are written. Each tensor is the caller's to dispose.
+    /// </summary>
+    public virtual Dictionary<string, Tensor> WriteLinear(FrozenLinear linear, string weightName) =>
+        throw new NotSupportedException($"{Name} writes dense weights through Write, not modules");
+
+    /// <summary>A JSON file written beside config.json (AutoGPTQ's quantize_config.json), or null.</summary>
+    public virtual (string FileName, JsonObject Content)? SidecarFile(BaseFormat format) => null;
+
+    /// <summary>The quant_method of a quantization_config, lower case, or null.</summary>
+    protected static string? QuantMethod(JsonObject? quantizationConfig) =>
+        quantizationConfig?["quant_method"] is JsonValue v && v.TryGetValue(out string? s) ? s.ToLowerInvariant() : null;
 }

@@ -20,7 +20,7 @@ public enum QuantGranularity
 /// <summary>
 /// Linear (uniform) quantization to signed Bits-bit integers: symmetric q = round(r / s), or asymmetric
 /// q = round(r / s + z) with an integer zero point z; r ≈ s (q - z). Spelling
-/// <c>int8|int4[-tensor|-channel|-g&lt;N&gt;][-sym|-asym]</c>; plain "int4" is per channel, symmetric, in the YAML
+/// <c>int8|int4|int3[-tensor|-channel|-g&lt;N&gt;][-sym|-asym]</c>; plain "int4" is per channel, symmetric, in the YAML
 /// config as on the command line. A group size must divide each weight's in_features (checked per weight).
 /// </summary>
 public sealed record LinearQuantFormat : BaseFormat
@@ -29,7 +29,7 @@ public sealed record LinearQuantFormat : BaseFormat
 
     public LinearQuantFormat(int Bits, QuantGranularity Granularity = QuantGranularity.PerChannel, int GroupSize = 0, bool Symmetric = true)
     {
-        if (Bits is not (4 or 8)) throw new ArgumentException($"linear quantization is int8 or int4, not int{Bits}");
+        if (Bits is not (3 or 4 or 8)) throw new ArgumentException($"linear quantization is int8, int4 or int3, not int{Bits}");
         if ((Granularity == QuantGranularity.PerGroup) != (GroupSize > 0))
             throw new ArgumentException($"a group size ({GroupSize}) goes with per-group granularity only ({Granularity})");
         (this.Bits, this.Granularity, this.GroupSize, this.Symmetric) = (Bits, Granularity, GroupSize, Symmetric);
@@ -40,7 +40,7 @@ public sealed record LinearQuantFormat : BaseFormat
     public int GroupSize { get; }
     public bool Symmetric { get; }
 
-    /// <summary>Smallest code: -2^(Bits-1) (-128 for int8, -8 for int4).</summary>
+    /// <summary>Smallest code: -2^(Bits-1) (-128 for int8, -8 for int4, -4 for int3).</summary>
     public int QMin => -(1 << (Bits - 1));
 
     /// <summary>Largest code: 2^(Bits-1) - 1 (127 for int8, 7 for int4).</summary>
@@ -59,8 +59,8 @@ public sealed record LinearQuantFormat : BaseFormat
 
     sealed class LinearQuantKind : BaseFormatKind
     {
-        public override IReadOnlyList<string> Names => ["int8", "int4"];
-        public override string Syntax => "int8|int4[-tensor|-channel|-g<N>][-asym]";
+        public override IReadOnlyList<string> Names => ["int8", "int4", "int3"];
+        public override string Syntax => "int8|int4|int3[-tensor|-channel|-g<N>][-asym]";
 
         public override BaseFormat Parse(string name, IReadOnlyList<string> options, string text)
         {
@@ -75,7 +75,7 @@ public sealed record LinearQuantFormat : BaseFormat
                     _ when o.StartsWith('g') => (QuantGranularity.PerGroup, Size(o, "g", text), symmetric),
                     _ => throw new FormatException($"unknown option '{o}' in base format '{text}'; {name} takes -tensor, -channel, -g<groupsize>, -sym or -asym"),
                 };
-            return new LinearQuantFormat(name == "int4" ? 4 : 8, granularity, group, symmetric);
+            return new LinearQuantFormat(int.Parse(name[3..]), granularity, group, symmetric);
         }
 
         public override IReadOnlyList<string> StructuredKeys => ["blocksize"];

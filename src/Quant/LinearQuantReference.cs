@@ -43,7 +43,7 @@ public static class LinearQuantReference
                 codes[g * groupLength + i] = (sbyte)Math.Clamp(q, spec.QMin, spec.QMax);
             }
         }
-        var stored = spec.Bits == 4 ? tensor(PackInt4(codes)) : tensor(codes.Select(c => (int)c).ToArray()).to(ScalarType.Int8);
+        var stored = spec.Bits <= 4 ? tensor(PackInt4(codes)) : tensor(codes.Select(c => (int)c).ToArray()).to(ScalarType.Int8);
         return new LinearQuantWeight(spec, stored, tensor(scales),
             spec.Symmetric ? null : tensor(zeros.Select(z => (int)z).ToArray()).to(ScalarType.Int8), shape, ScalarType.Float32);
     }
@@ -53,7 +53,7 @@ public static class LinearQuantReference
     {
         var scales = w.Scales.cpu().data<float>().ToArray();
         var zeros = w.ZeroPoints?.cpu().data<sbyte>().ToArray();
-        var codes = w.Spec.Bits == 4 ? UnpackInt4(w.Codes.cpu().data<byte>().ToArray(), (int)w.Numel) : w.Codes.cpu().data<sbyte>().ToArray();
+        var codes = w.Spec.Bits <= 4 ? UnpackInt4(w.Codes.cpu().data<byte>().ToArray(), (int)w.Numel) : w.Codes.cpu().data<sbyte>().ToArray();
         int groupLength = codes.Length / scales.Length;
         var dense = new float[codes.Length];
         for (int i = 0; i < dense.Length; i++)

@@ -15,7 +15,8 @@ namespace QLoraNet.Quant;
 /// <item>dequantize: r' = (q - z) * s, in fp32</item>
 /// </list>
 /// round() is half-to-even (torch.round, MathF.Round); an all-zero group gets s = 1. All arithmetic is fp32.
-/// int4 codes are packed two per byte like NF4 (element 2k in the high nibble, two's complement nibbles).
+/// int4 and int3 codes are packed two per byte like NF4 (element 2k in the high nibble, two's complement nibbles;
+/// int3 codes [-4, 3] use 3 bits of each nibble: held at 4 bits per weight, a 3-bit packing is a storage job).
 /// </summary>
 /// <param name="Spec">bits, granularity, group size, symmetric.</param>
 /// <param name="Codes">int8 (numel) for 8 bits; uint8 (ceil(numel / 2)) packed nibbles for 4 bits.</param>
@@ -55,7 +56,7 @@ public sealed record LinearQuantWeight(
             q = (groups / scale.unsqueeze(1) + zero.unsqueeze(1)).round();
         }
         var codes = q.clamp(spec.QMin, spec.QMax).to(ScalarType.Int8).view(-1);         // (numel)
-        var stored = spec.Bits == 4 ? PackInt4(codes) : codes;
+        var stored = spec.Bits <= 4 ? PackInt4(codes) : codes;
         return new LinearQuantWeight(spec, stored.MoveToOuterDisposeScope(), scale.MoveToOuterDisposeScope(),
             zero?.to(ScalarType.Int8).MoveToOuterDisposeScope(), weight.shape, weight.dtype);
     }
@@ -63,7 +64,7 @@ public sealed record LinearQuantWeight(
     public Tensor Dequantize(ScalarType dtype)
     {
         using var scope = NewDisposeScope();
-        var q = Spec.Bits == 4 ? UnpackInt4() : Codes.to(ScalarType.Float32);           // (numel) fp32
+        var q = Spec.Bits <= 4 ? UnpackInt4() : Codes.to(ScalarType.Float32);           // (numel) fp32
         var groups = q.view(Scales.shape[0], -1);                                        // (groups, groupLength)
         if (ZeroPoints is not null)
             groups = groups - ZeroPoints.to(ScalarType.Float32).unsqueeze(1);

@@ -30,7 +30,7 @@ public static class QuantSizes
             QuantGranularity.PerChannel => rows,
             _ => numel / spec.GroupSize,
         };
-        long codes = spec.Bits == 4 ? QuantInputChecks.CeilDiv(numel, 2) : numel;
+        long codes = spec.Bits <= 4 ? QuantInputChecks.CeilDiv(numel, 2) : numel;
         return codes + groups * (4 + (spec.Symmetric ? 0 : 1));
     }
 }

@@ -67,7 +67,7 @@ internal static class DecoderConfigFields
         int vocab = Vocab(c);
         var eosIds = c.TokenIds("eos_token_id", vocab);
         if (eosIds.Count == 0) eosIds = [eos];
-        return new SpecialTokenIds(c.TokenId("bos_token_id", vocab) ?? bos ?? eosIds[0], eosIds, c.Has("pad_token_id") ? c.Int("pad_token_id") : pad);
+        return new SpecialTokenIds(c.TokenId("bos_token_id", vocab) ?? bos, eosIds, c.Has("pad_token_id") ? c.Int("pad_token_id") : pad);
     }
 
     /// <summary>torch_dtype (transformers 4) or dtype (transformers 5).</summary>

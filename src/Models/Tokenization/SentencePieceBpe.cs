@@ -6,8 +6,11 @@ namespace QLoraNet.Models.Tokenization;
 /// <summary>
 /// The BPE that transformers 5.17 rebuilds from a SentencePiece tokenizer.model (tokenizers' BPE with byte fallback
 /// and fused unknowns): the vocabulary is every piece by id, and the merges are, for every piece, each split of it
-/// into two pieces of the vocabulary (ordered by the ids of the two halves), all ordered by the merged piece's score,
-/// highest first (transformers' SentencePieceExtractor). Encoding starts from one symbol per character (a character
+/// into two pieces of the vocabulary, ranked by the merged piece's id, then by the left half's length
+/// (transformers' SentencePieceExtractor.extract calls generate_merges(vocab) without scores, which sorts by
+/// (id, len(left), len(right))). Not by score: Llama 2's runs of "▁" ("▁▁" = 259, ...) score -1e9 but rank by their
+/// low ids, so "Answer:  yes" is "▁▁" + "yes" in transformers, not "▁" + "▁yes" (lm-evaluation-harness's reference
+/// pairs, tests/fixtures/eval/loglik_reference.json, show it). Encoding starts from one symbol per character (a character
 /// outside the vocabulary becomes its UTF-8 bytes as &lt;0xXX&gt; pieces, else the unknown piece) and repeatedly
 /// merges the adjacent pair of lowest rank, the leftmost among equals (tokenizers' Word::merge_all).
 /// Microsoft.ML.Tokenizers' LlamaTokenizer is not used for this: among equal-score merges at different positions it
@@ -27,20 +30,16 @@ public sealed class SentencePieceBpe
         unkId = model.UnkId;
         for (int b = 0; b < 256; b++) byteIds[b] = vocab.GetValueOrDefault($"<0x{b:X2}>", -1);
 
-        var candidates = new List<(float Score, int Order, int Left, int Right, int Merged)>();
+        // Pieces in id order, each one's splits by the left half's length: the rank order directly.
+        int rank = 0;
         for (int id = 0; id < pieces.Count; id++)
         {
             string text = pieces[id].Text;
             if (vocab[text] != id) continue;                 // a duplicate piece: its first id wins, as in the dict
-            var local = new List<(int Left, int Right)>();
             for (int k = 1; k < text.Length; k++)
-                if (vocab.TryGetValue(text[..k], out int l) && vocab.TryGetValue(text[k..], out int r)) local.Add((l, r));
-            foreach (var (l, r) in local.OrderBy(p => p.Left).ThenBy(p => p.Right))
-                candidates.Add((pieces[id].Score, candidates.Count, l, r, id));
+                if (vocab.TryGetValue(text[..k], out int l) && vocab.TryGetValue(text[k..], out int r))
+                    merges.TryAdd(Key(l, r), (rank++, id));
         }
-        int rank = 0;
-        foreach (var c in candidates.OrderByDescending(c => c.Score).ThenBy(c => c.Order))
-            merges.TryAdd(Key(c.Left, c.Right), (rank++, c.Merged));
     }
 
     /// <summary>The id of a piece; null when the vocabulary has no such piece.</summary>

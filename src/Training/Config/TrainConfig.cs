@@ -20,10 +20,14 @@ public sealed record TrainConfig(
     LoraSettings Lora,
     DataConfig Data,
     TrainingConfig Training,
-    OutputConfig Output)
+    OutputConfig Output,
+    EvalConfig? Eval = null)
 {
     /// <summary>A config is a few hundred bytes; a file larger than this is not one.</summary>
     public const long MaxFileBytes = 1 << 20;
+
+    /// <summary>The benchmark tasks scored during training (none unless the config has an <c>eval:</c> section).</summary>
+    public EvalConfig EvalTasks => Eval ?? EvalConfig.None;
 
     /// <summary><c>lora.init_from</c>: a peft adapter directory whose factors start the run; null = fresh adapters.</summary>
     public string? LoraInitFrom { get; init; }
@@ -57,7 +61,8 @@ public sealed record TrainConfig(
             lora,
             DataConfig.Bind(s.Section("data")),
             TrainingConfig.Bind(s.Section("training")),
-            OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))))
+            OutputConfig.Bind(s.Section("output"), Path.Combine("runs", Path.GetFileNameWithoutExtension(file))),
+            EvalConfig.Bind(s.Section("eval")))
         {
             LoraInitFrom = initFrom,
         };
@@ -72,7 +77,7 @@ public sealed record TrainConfig(
     {
         var root = YamlOut.Map(
             ("model", Model.ToYaml()), ("quantization", Quantization.ToYaml()), ("lora", LoraSection.ToYaml(Lora, LoraInitFrom)),
-            ("data", Data.ToYaml()), ("training", Training.ToYaml()), ("output", Output.ToYaml()));
+            ("data", Data.ToYaml()), ("training", Training.ToYaml()), ("output", Output.ToYaml()), ("eval", EvalTasks.ToYaml()));
         var writer = new StringWriter();
         new YamlStream(new YamlDocument(root)).Save(writer, assignAnchors: false);
         // YamlStream ends every document with a "..." line; a config file has exactly one document.

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using QLoraNet.Distributed;
 using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
@@ -17,18 +18,22 @@ namespace QLoraNet.Training.Recipes;
 /// The QLoRA fine-tuning recipe, shaped like torchtune's lora_finetune_single_device: setup in separate steps (the
 /// output directory and the checkpoint to resume, data, the model with its base quantized as it loads and its LoRA
 /// adapters, optimizer, resume, schedule, then the step, loss and evaluator), apart from one visible loop: per
-/// optimizer step { <see cref="TrainStep"/>; metrics; evaluate, stop early, checkpoint as configured }.
+/// optimizer step { <see cref="TrainStep"/>; metrics; score benchmark tasks, evaluate, stop early, checkpoint as
+/// configured }.
 /// The per-step work (<see cref="TrainStep"/>), the loss (<see cref="ITrainingLoss"/>, here
 /// <see cref="CausalLmTokenMeanLoss"/>) and validation (<see cref="Evaluator"/>) are components: another objective
-/// is a sibling recipe passing its own loss, and `bench train` times the same TrainStep on random tokens.
-/// Data-parallel: a launcher runs one recipe per replica (<see cref="TrainOptions.Replicas"/>); every replica
-/// holds the same model, draws the same data stream and takes its share of each step's micro-batches, the step
-/// sums gradients over replicas, and only replica 0 writes files.
+/// is a sibling recipe passing its own loss, and `bench train` times the same TrainStep on random tokens. Benchmark
+/// tasks (the config's <c>eval:</c> section) are scored by <see cref="TaskEvaluation"/> at the same points as the
+/// validation loss: before the first step, every eval_every steps and at the end.
+/// Data-parallel: a launcher runs one recipe per replica (<see cref="TrainOptions.Replicas"/>, one process per
+/// GPU); every replica loads the model itself, starts from replica 0's adapter, draws the same data stream and
+/// takes its block of each step's micro-batches; the step sums gradients over replicas, evaluation is sharded,
+/// only replica 0 writes files and the others wait for each checkpoint (docs/DISTRIBUTED.md).
 /// </summary>
 public sealed class LoraFinetuneRecipe : IDisposable
 {
-    readonly TrainConfig _config;
-    readonly TrainingConfig _t;
+    TrainConfig _config;
+    TrainingConfig _t;
     readonly ITrainingObserver _observer;
     readonly string _outDir;
     readonly IReplicaGroup _replicas;
@@ -37,6 +42,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     CheckpointStore _store = null!;
     OutputDirLock? _lock;
     string? _resumeFrom;
+    ITextTokenizer _tokenizer = null!;
     TrainingData _data = null!;
     Device _device = null!;
     double _loadSeconds;
@@ -54,8 +60,9 @@ public sealed class LoraFinetuneRecipe : IDisposable
     MetricsLog _metrics = null!;
     MemoryMonitor _memory = null!;
     RunReports _reports = null!;
-    ITextTokenizer _tokenizer = null!;
+    TaskEvaluation? _tasks;
     int? _bestStep;
+    int? _lastCheckpointStep;
 
     LoraFinetuneRecipe(TrainConfig config, ITrainingObserver observer, IReplicaGroup? replicas)
     {
@@ -86,7 +93,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
         SetupResume();
         SetupSchedule();
         SetupStep();
-        _observer.OnStart(new RunSummary(_config.Model.Path, _device.ToString(), _model.Model.ComputeDType.ToString(),
+        SetupTaskEvaluation();
+        _observer.OnStart(new RunSummary(_config.Model.Path, _device + (_replicas.Size > 1 ? $" (rank 0 of {_replicas.Size} data-parallel replicas)" : ""), _model.Model.ComputeDType.ToString(),
             _built.BaseFormat.ToString(), TrainableParameters.Count(_model), _data.Stats, _totalSteps, _state.Step,
             _batches.PerEpoch, _t.MicroBatchSize * _t.GradientAccumulationSteps * _replicas.Size, _loadSeconds,
             _built.BaseBytes, _t.LogEvery, _built.Kernels.Report()));
@@ -108,6 +116,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         _resumeFrom = RunOutput.ResolveResume(options.Resume, _store);
         var changes = _resumeFrom is null ? [] : ResumeCompatibility.Check(_resumeFrom, _config, options.ResumeWithChanges);
         if (_resumeFrom is null) RunOutput.GuardNewRun(_outDir, _store);
+        else KeepGlobalBatch(TrainerState.Load(_resumeFrom));
         if (!WritesFiles) return;
         _lock = OutputDirLock.Acquire(_outDir);
         foreach (var done in RunOutput.RemoveLeftovers(_outDir, _store)) _observer.OnMessage($"leftover of an interrupted run: {done}");
@@ -115,6 +124,19 @@ public sealed class LoraFinetuneRecipe : IDisposable
         string? recorded = RunOutput.WriteResolvedConfig(_outDir, _config, resumedStep, changes.Count > 0);
         foreach (var change in changes) _observer.OnMessage($"resuming with a changed config (--resume-with-changes): {change}");
         if (changes.Count > 0) _observer.OnMessage($"the config of this resume is recorded in {recorded}");
+    }
+
+    /// <summary>A checkpoint of another world size continues with its global batch: the accumulation per replica
+    /// changes to keep it, or the run refuses (<see cref="RankShard.AccumulationToResume"/>).</summary>
+    void KeepGlobalBatch(TrainerState saved)
+    {
+        if (saved.WorldSize is not { } world || saved.MicroBatchSize is not { } micro || saved.GradientAccumulationSteps is not { } accumulation) return;
+        int keep = new RankShard(_replicas.Rank, _replicas.Size, _t.GradientAccumulationSteps).AccumulationToResume(micro, accumulation, world, _t.MicroBatchSize);
+        if (keep == _t.GradientAccumulationSteps) return;
+        _observer.OnMessage($"the checkpoint was trained on {world} replica(s) with gradient_accumulation_steps {accumulation}; "
+            + $"on {_replicas.Size} this run uses {keep} to keep its global batch of {micro * accumulation * world} sequences");
+        _t = _t with { GradientAccumulationSteps = keep };
+        _config = _config with { Training = _t };
     }
 
     /// <summary>Read, render, tokenize, mask, pack; shuffled by the seed.</summary>
@@ -132,8 +154,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     /// <param name="kernels">the caller's kernel choices for the run's device; null = the defaults for it.</param>
     void SetupModel(KernelSelection? kernels)
     {
-        _device = DeviceChoice.Resolve(_config.Model.Device.ToString().ToLowerInvariant(), "model.device");
-        if (_replicas.Size > 1 && _device.type == DeviceType.CUDA) _device = new Device(DeviceType.CUDA, _replicas.Rank);
+        _device = _replicas.Device ?? DeviceChoice.Resolve(_config.Model.Device.ToString().ToLowerInvariant(), "model.device");
         var compute = DTypes.ToScalar(_config.Quantization.ComputeDtype);
         var frozen = DTypes.ToScalar(_config.Model.Dtype);
         var clock = Stopwatch.StartNew();
@@ -154,11 +175,21 @@ public sealed class LoraFinetuneRecipe : IDisposable
             _built.Kernels.Fused.AdamW);
     }
 
-    /// <summary>Adapter, optimizer moments and trainer state (data position, best validation loss) of the checkpoint.</summary>
+    /// <summary>Adapter, optimizer moments and trainer state (data position, best validation loss) of the checkpoint;
+    /// then every replica takes replica 0's adapter (fresh or resumed) once all have loaded the model.</summary>
     void SetupResume()
     {
         if (_resumeFrom != null) _state = TrainingCheckpoint.Load(_resumeFrom, _model, _adapterConfig, _optimizer);
+        _lastCheckpointStep = _resumeFrom != null ? _state.Step : null;
+        _state = _state with { WorldSize = _replicas.Size, MicroBatchSize = _t.MicroBatchSize, GradientAccumulationSteps = _t.GradientAccumulationSteps };
+        if (_replicas.Size == 1) return;
+        _replicas.Barrier(ModelLoadTimeout);
+        _replicas.Broadcast(_model.parameters().Where(p => p.requires_grad).Select(p => (Tensor)p).ToList());
     }
+
+    /// <summary>How long replicas wait for each other to load the model (quantizing a 70B base as it streams in
+    /// takes minutes, longer on a slow disk); a replica that dies meanwhile is noticed at once.</summary>
+    static readonly TimeSpan ModelLoadTimeout = TimeSpan.FromHours(1);
 
     /// <summary>The data from where the run stands, the number of steps, the learning-rate schedule.</summary>
     void SetupSchedule()
@@ -174,10 +205,16 @@ public sealed class LoraFinetuneRecipe : IDisposable
         var loss = new CausalLmTokenMeanLoss(_built.Kernels.Fused.LogitsPerChunk);
         _step = new TrainStep(_model, _optimizer, loss,
             new TrainStepSettings(_t.GradientAccumulationSteps, _t.MaxGradNorm, _t.Seed), _dropoutRandom, _replicas);
-        _evaluator = new Evaluator(_model, loss);
+        _evaluator = new Evaluator(_model, loss, _replicas);
         _metrics = new MetricsLog(WritesFiles ? Path.Combine(_outDir, RunOutput.MetricsFile) : null, _state.Step);
         _memory = new MemoryMonitor(_device);
         _reports = RunReports.Create(_config, WritesFiles, _state.Step, _model, _tokenizer, _built.Architecture, _observer);
+    }
+
+    /// <summary>The benchmark tasks of the <c>eval:</c> section, if any; replica 0 scores them (the others' model is the same).</summary>
+    void SetupTaskEvaluation()
+    {
+        if (_config.EvalTasks.Tasks.Count > 0 && WritesFiles) _tasks = new TaskEvaluation(_model, _tokenizer, _config.EvalTasks);
     }
 
     /// <summary>The loop: one optimizer step at a time, with evaluation, early stopping and checkpoints as configured.</summary>
@@ -185,9 +222,14 @@ public sealed class LoraFinetuneRecipe : IDisposable
     {
         // The base model's validation loss, before any step: the "before" of the run's before/after.
         // Skipped when a stop was asked for while the model loaded: the run ends before its first step, nothing saved.
-        bool starting = _state.Step == 0 && _totalSteps > 0 && !cancel.IsCancellationRequested;
+        // The replicas agree on it (validation sums across them; one that skipped it would leave the others waiting).
+        bool starting = _state.Step == 0 && _totalSteps > 0 && _replicas.Sum(cancel.IsCancellationRequested ? 1 : 0) == 0;
         double? initialValidation = starting && _data.Validation.Count > 0 ? Validate(0) : null;
-        if (starting) _reports.Sample(0);
+        if (starting)
+        {
+            _reports.Sample(0);
+            ScoreTasks(0, cancel);
+        }
         var clock = Stopwatch.StartNew();
         double elapsedBefore = _metrics.Rows.LastOrDefault()?.ElapsedSeconds ?? 0;
         var stop = TrainStop.Completed;
@@ -219,7 +261,11 @@ public sealed class LoraFinetuneRecipe : IDisposable
             RecordStep(outcome, lr, stepClock.Elapsed.TotalSeconds, elapsedBefore + clock.Elapsed.TotalSeconds);
 
             bool last = step + 1 == _totalSteps;
-            if (Every(_t.EvalEvery, step + 1) || last) _reports.Sample(step + 1);
+            if (Every(_t.EvalEvery, step + 1) || last)
+            {
+                _reports.Sample(step + 1);
+                ScoreTasks(step + 1, cancel);
+            }
             if (_data.Validation.Count > 0 && (Every(_t.EvalEvery, step + 1) || last))
             {
                 Validate(step + 1);
@@ -259,6 +305,14 @@ public sealed class LoraFinetuneRecipe : IDisposable
         return loss;
     }
 
+    /// <summary>Benchmark task scores at <paramref name="step"/> (0: the base model): metrics.csv columns and a log line.</summary>
+    void ScoreTasks(int step, CancellationToken cancel)
+    {
+        if (_tasks?.Score(step, cancel) is not { } scores) return;
+        _metrics.SetTaskScores(step, scores);
+        _observer.OnMessage($"tasks step {step,5}  {TaskEvaluation.Describe(scores)}" + (step == 0 ? "  (base model, before training)" : ""));
+    }
+
     /// <summary>A metrics.csv row and the observer's step event.</summary>
     void RecordStep(StepOutcome o, double lr, double stepSeconds, double elapsed)
     {
@@ -275,10 +329,14 @@ public sealed class LoraFinetuneRecipe : IDisposable
             tokensPerSecond, stepSeconds, elapsed, (_totalSteps - step) / Math.Max(1e-9, rate), (long)(memory.HostRssMb * 1048576), memory, o.LossTerms));
     }
 
+    /// <summary>Replica 0 writes the checkpoint; the others wait until it is complete, so that none runs ahead of
+    /// the last good checkpoint (and a replica 0 that fails while writing stops them all).</summary>
     void SaveCheckpoint()
     {
         if (WritesFiles)
             _observer.OnCheckpoint(_state.Step, TrainingCheckpoint.Save(_store, _state, _model, _adapterConfig, _optimizer, _bestStep));
+        _replicas.Barrier();
+        _lastCheckpointStep = _state.Step;
     }
 
     /// <summary>The last checkpoint and the final adapter (unless the loss went non-finite), the loss curve, the result.</summary>
@@ -287,7 +345,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         string? finalAdapter = null;
         if (stop != TrainStop.NonFiniteLoss && _state.Step > 0)
         {
-            if (!_store.List().Any(c => c.Step == _state.Step)) SaveCheckpoint();
+            if (_lastCheckpointStep != _state.Step) SaveCheckpoint();
             if (stop != TrainStop.Interrupted)
             {
                 finalAdapter = Path.Combine(_outDir, RunOutput.FinalAdapterDir);
@@ -298,7 +356,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         if (stop == TrainStop.Interrupted)
             message = _state.Step == 0 ? "interrupted before the first step; nothing was saved" : $"interrupted at step {_state.Step}; resume with --resume";
         return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation,
-            _memory.RunPeak);
+            _memory.RunPeak, _tasks?.Last, _tasks?.Initial);
     }
 
     public void Dispose()

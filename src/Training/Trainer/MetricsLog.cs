@@ -13,13 +13,16 @@ namespace QLoraNet.Training.Trainer;
 /// on the host after the step, <c>host_peak_rss_mb</c> the process's peak resident set so far, <c>device_used_peak_mb</c>
 /// the peak of the CUDA device's used memory (device-wide, see <see cref="MemoryMonitor"/>) since the previous
 /// row, empty on CPU. <c>trained_tokens</c> are the step's loss terms, the denominator of its mean.
+/// Benchmark task scores (<c>eval:</c> section) are extra columns after the fixed ones, named "task/metric", filled on
+/// the rows of the steps that scored them.
 /// </summary>
 public sealed class MetricsLog
 {
     /// <summary>One row; NaN (a double) or null (device memory) is an empty cell.</summary>
     public sealed record Row(int Step, double Epoch, double Loss, double? ValidationLoss, double LearningRate,
         double GradNorm, long Tokens, double TokensPerSecond, double StepSeconds, double ElapsedSeconds, double HostRssMb,
-        double HostPeakRssMb = double.NaN, double? DeviceUsedPeakMb = null, long TrainedTokens = 0)
+        double HostPeakRssMb = double.NaN, double? DeviceUsedPeakMb = null, long TrainedTokens = 0,
+        IReadOnlyDictionary<string, double>? TaskScores = null)
     {
         /// <summary>The step-0 row: the base model's validation loss before any step, no training figures.</summary>
         public static Row BeforeTraining(double validationLoss, MemorySample memory) =>
@@ -55,9 +58,23 @@ public sealed class MetricsLog
     {
         _rows.Add(row);
         if (Path is null) return;
+        if (row.TaskScores is { Count: > 0 }) { Rewrite(); return; }
         using var w = new StreamWriter(Path, append: true);
-        WriteRow(w, row);
+        WriteRow(w, row, TaskColumns());
     }
+
+    /// <summary>Sets the benchmark task scores of a step's row (step 0: the base model's row, when validation wrote
+    /// one; without it the scores before training go to the run's summary only).</summary>
+    public void SetTaskScores(int step, IReadOnlyDictionary<string, double> scores)
+    {
+        if (scores.Count == 0) return;
+        int i = _rows.FindLastIndex(r => r.Step == step);
+        if (i < 0) return;
+        _rows[i] = _rows[i] with { TaskScores = scores };
+        if (Path is not null) Rewrite();
+    }
+
+    List<string> TaskColumns() => _rows.SelectMany(r => r.TaskScores?.Keys ?? []).Distinct().ToList();
 
     /// <summary>Sets the validation loss of the last row (evaluation runs after the step's row was written).</summary>
     public void SetValidationLoss(int step, double loss)
@@ -71,16 +88,17 @@ public sealed class MetricsLog
     void Rewrite() => AtomicFile.Write(Path!, stream =>
     {
         using var w = new StreamWriter(stream, leaveOpen: true);
+        var tasks = TaskColumns();
         using (var csv = CsvWriter.Create(w, null, leaveOpen: true))
         {
-            foreach (var h in Header) csv.WriteField(h);
+            foreach (var h in Header.Concat(tasks)) csv.WriteField(h);
             csv.EndRecord();
             csv.Flush();
         }
-        foreach (var r in _rows) WriteRow(w, r);
+        foreach (var r in _rows) WriteRow(w, r, tasks);
     });
 
-    static void WriteRow(TextWriter w, Row r)
+    static void WriteRow(TextWriter w, Row r, IReadOnlyList<string> taskColumns)
     {
         using var csv = CsvWriter.Create(w, null, leaveOpen: true);
         foreach (var f in new[]
@@ -88,7 +106,7 @@ public sealed class MetricsLog
                      S(r.Step), S(r.Epoch), S(r.Loss), r.ValidationLoss is { } v ? S(v) : "", S(r.LearningRate), S(r.GradNorm),
                      S(r.Tokens), S(r.TokensPerSecond), S(r.StepSeconds), S(r.ElapsedSeconds), S(r.HostRssMb),
                      S(r.HostPeakRssMb), r.DeviceUsedPeakMb is { } d ? S(d) : "", S(r.TrainedTokens),
-                 })
+                 }.Concat(taskColumns.Select(c => r.TaskScores?.TryGetValue(c, out var t) == true ? S(t) : "")))
             csv.WriteField(f);
         csv.EndRecord();
         csv.Flush();
@@ -100,8 +118,9 @@ public sealed class MetricsLog
     /// <summary>A metrics file larger than this is not one this trainer wrote (a row is ~150 bytes: 1.5 million steps).</summary>
     public const long MaxBytes = 256L << 20;
 
-    /// <summary>No row of ours comes near this; a longer line is binary data or records without newlines.</summary>
-    const int MaxLineBytes = 4096;
+    /// <summary>No row of ours comes near this (a fixed row is ~150 bytes, each benchmark task column adds a few dozen);
+    /// a longer line is binary data or records without newlines.</summary>
+    public const int MaxLineBytes = 64 << 10;
 
     /// <summary>Older runs wrote the resident-memory column as memory_mb.</summary>
     static readonly Dictionary<string, string> OlderNames = new() { ["memory_mb"] = "host_rss_mb" };
@@ -112,7 +131,7 @@ public sealed class MetricsLog
     /// <summary>
     /// Reads a metrics file by column name (a file written before a column was added still reads; an absent or empty
     /// cell is NaN, null or 0), rows up to <paramref name="throughStep"/> if given, bounded and validated as every
-    /// reader of a file from disk is: a regular file of at most <see cref="MaxBytes"/>, lines of at most 4 KiB, a
+    /// reader of a file from disk is: a regular file of at most <see cref="MaxBytes"/>, lines of at most 64 KiB, a
     /// header naming the columns, every cell empty or a finite number, steps whole and increasing (step 0 only as the
     /// base-model row). A row cut off by a kill during an append (the file's last line, without its newline) is
     /// dropped; anything else wrong is a one-line error naming the file, the line and the column.
@@ -171,9 +190,12 @@ public sealed class MetricsLog
             if (step != Math.Floor(step) || step < 0 || step > int.MaxValue || step <= previous || (step == 0 && rows.Count > 0))
                 throw new InvalidDataException($"{where}: step {step} does not follow step {(previous < 0 ? "(none)" : previous)}; fix or delete the file to resume");
             if (throughStep is { } limit && step > limit) return;
+            var tasks = new Dictionary<string, double>();
+            foreach (string name in columns.Keys.Where(h => h.Contains('/')))     // "task/metric" columns
+                if (N(name) is { } t) tasks[name] = t;
             rows.Add(new Row((int)step, D("epoch"), D("loss"), N("val_loss"), D("learning_rate"), D("grad_norm"),
                 L("tokens"), D("tokens_per_s"), D("step_s"), D("elapsed_s"), D("host_rss_mb"), D("host_peak_rss_mb"),
-                N("device_used_peak_mb"), L("trained_tokens")));
+                N("device_used_peak_mb"), L("trained_tokens"), tasks.Count > 0 ? tasks : null));
         }
     }
 

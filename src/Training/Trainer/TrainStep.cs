@@ -1,3 +1,4 @@
+using QLoraNet.Distributed;
 using QLoraNet.Kernels;
 using QLoraNet.Models;
 using QLoraNet.Training.Data;
@@ -10,7 +11,7 @@ using static TorchSharp.torch;
 namespace QLoraNet.Training.Trainer;
 
 /// <summary>The numbers of a step: accumulation, clipping, and the seed that dropout masks derive from.</summary>
-/// <param name="GradientAccumulationSteps">micro-batches per optimizer step (per replica).</param>
+/// <param name="GradientAccumulationSteps">micro-batches per optimizer step and replica (the global batch is this x replicas).</param>
 /// <param name="MaxGradNorm">clip the global gradient norm to this; 0 = measure only.</param>
 /// <param name="Seed">the run's seed: micro-batch i of step s draws its dropout masks from a stream seeded by (seed, s, i).</param>
 public sealed record TrainStepSettings(int GradientAccumulationSteps, double MaxGradNorm, long Seed);
@@ -23,15 +24,19 @@ public sealed record StepOutcome(double Loss, double GradNorm, long InputTokens,
 }
 
 /// <summary>
-/// One optimizer step, the unit that `train` loops over and `bench train` times: draw the step's micro-batches;
-/// for each (in its own dispose scope), reseed the dropout stream from (seed, step, micro-batch), run the loss
-/// (forward included) and back-propagate its share of the step's mean, then release the model's backward handles;
-/// sum the gradients over replicas (once per optimizer step); clip; AdamW; zero the gradients.
+/// One optimizer step, the unit that `train` loops over and `bench train` times: draw the step's micro-batches
+/// (all replicas' share, so every replica's data position advances alike) and keep this replica's contiguous block
+/// (<see cref="RankShard"/>); for each (in its own dispose scope), reseed the dropout stream from (seed, step,
+/// micro-batch), run the loss (forward included) and back-propagate its share of the step's mean, release the
+/// model's backward handles and take the gradient into the step's sum (<see cref="GradientAccumulator"/>); sum the
+/// gradients over replicas (once per optimizer step); clip on the global norm; AdamW; zero the gradients.
 /// The loss is injected (<see cref="ITrainingLoss"/>), and so are the replicas (<see cref="IReplicaGroup"/>):
 /// a new objective or data-parallel training changes what is passed in, not this class.
-/// Masks that depend only on (seed, step, micro-batch) make a resumed run draw exactly what the uninterrupted one
-/// did, with no random state in the checkpoint, and make N replicas x k micro-batches draw what one replica x
-/// N·k micro-batches draws.
+/// Every replica divides by the token count of the whole global step, so the replicas' sum is the gradient of the
+/// global mean; sums of gradients and of losses follow one tree (<see cref="PairwiseOrder"/>), so W replicas x A
+/// micro-batches compute bit for bit what one replica x W·A computes (W a power of two, or A = 1). Masks that depend
+/// only on (seed, step, micro-batch) make a resumed run draw exactly what the uninterrupted one did, with no random
+/// state in the checkpoint, and make replicas draw what one replica draws.
 /// </summary>
 public sealed class TrainStep
 {
@@ -41,7 +46,8 @@ public sealed class TrainStep
     readonly TrainStepSettings _settings;
     readonly RandomStream? _dropoutRandom;
     readonly IReplicaGroup _replicas;
-    readonly IReadOnlyList<Parameter> _trainable;
+    readonly RankShard _shard;
+    readonly IReadOnlyList<(string Name, Parameter Param)> _trainable;
     IStepPhaseMarker? _phases;
 
     /// <param name="model">the model; its parameters that require grad are the ones <paramref name="optimizer"/> updates.</param>
@@ -58,7 +64,8 @@ public sealed class TrainStep
         _settings = settings;
         _dropoutRandom = dropoutRandom;
         _replicas = replicas ?? SingleReplica.Instance;
-        _trainable = model.parameters().Where(p => p.requires_grad).ToList();
+        _shard = new RankShard(_replicas.Rank, _replicas.Size, settings.GradientAccumulationSteps);
+        _trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
     }
 
     /// <summary>Receives the step's phase boundaries (`bench train --profile`); null = none. Set on the model's backward
@@ -85,9 +92,12 @@ public sealed class TrainStep
         // The step's mean divides by the terms of all its micro-batches on all replicas (at least 1: a step of
         // fully masked rows has loss 0, not NaN).
         double terms = Math.Max(1, _replicas.Sum(mine.Sum(m => (double)_loss.Count(m.Batch))));
-        double lossSum = 0, inputTokens = 0;
-        foreach (var (index, batch) in mine)
+        var gradients = new GradientAccumulator(_trainable, mine.Count);
+        var lossSums = new double[mine.Count];
+        double inputTokens = 0;
+        for (int k = 0; k < mine.Count; k++)
         {
+            var (index, batch) = mine[k];
             using var microScope = torch.NewDisposeScope();
             _dropoutRandom?.Reseed(MicroBatchSeed(_settings.Seed, step, index));
             _phases?.Enter(StepPhase.Forward);
@@ -95,12 +105,14 @@ public sealed class TrainStep
             _phases?.Enter(StepPhase.Backward);
             (sum / terms).backward();
             _model.BackwardHandles.Release();
-            lossSum += sum.item<float>();
+            gradients.TakeMicroBatch();
+            lossSums[k] = sum.item<float>();
             inputTokens += (long)batch.Rows * batch.Length;
         }
         _phases?.Enter(StepPhase.Optimizer);
-        double loss = _replicas.Sum(lossSum) / terms;
+        double loss = _replicas.Sum(PairwiseOrder.Sum(lossSums)) / terms;
         long tokens = (long)_replicas.Sum(inputTokens);
+        var grads = gradients.Finish();
         if (!double.IsFinite(loss))
         {
             _optimizer.ZeroGrad();
@@ -108,9 +120,9 @@ public sealed class TrainStep
             return new StepOutcome(loss, double.NaN, tokens, (long)terms);
         }
 
-        _replicas.SumGradients(_trainable.Select(p => p.grad).OfType<Tensor>().ToList());
+        _replicas.SumInPlace(grads);
         // clip_grad_norm_ with max_norm 0 would zero the gradients; infinity only measures.
-        double gradNorm = nn.utils.clip_grad_norm_(_trainable, _settings.MaxGradNorm > 0 ? _settings.MaxGradNorm : double.PositiveInfinity);
+        double gradNorm = nn.utils.clip_grad_norm_(_trainable.Select(p => p.Param), _settings.MaxGradNorm > 0 ? _settings.MaxGradNorm : double.PositiveInfinity);
         _optimizer.StepOnce();
         _optimizer.ZeroGrad();
         _phases?.Enter(StepPhase.Done);
@@ -119,15 +131,15 @@ public sealed class TrainStep
 
     /// <summary>
     /// Draws the step's micro-batches for all replicas (so every replica's data position advances alike) and keeps
-    /// this replica's share: micro-batch i goes to replica i mod size.
+    /// this replica's block, with each one's index in the step (which seeds its dropout).
     /// </summary>
     List<(int Index, Batch Batch)> DealMicroBatches(IBatchSource batches)
     {
         var mine = new List<(int, Batch)>();
-        for (int i = 0; i < _settings.GradientAccumulationSteps * _replicas.Size; i++)
+        for (int i = 0; i < _shard.MicroBatchesPerStep; i++)
         {
             var batch = batches.Next();
-            if (i % _replicas.Size == _replicas.Rank) mine.Add((i, batch));
+            if (_shard.Owns(i)) mine.Add((i, batch));
         }
         return mine;
     }

@@ -8,7 +8,11 @@ namespace QLoraNet.Training.Trainer;
 /// moments that a resumed run needs to continue exactly as if never stopped. The data position is
 /// (<see cref="Epoch"/>, <see cref="MicroBatch"/>): the next micro-batch to draw. Random state needs no saving:
 /// each step reseeds the generator from (seed, step). Written last into a checkpoint, so its presence marks the
-/// checkpoint complete.
+/// checkpoint complete. The data position counts global micro-batches (all replicas' of a data-parallel run);
+/// <see cref="WorldSize"/>, <see cref="MicroBatchSize"/> and <see cref="GradientAccumulationSteps"/> (per replica)
+/// give the global batch the run stepped with, so a resume on another world size can keep it
+/// (<see cref="QLoraNet.Distributed.RankShard.AccumulationToResume"/>); null in checkpoints written before they were
+/// recorded.
 /// </summary>
 public sealed record TrainerState(
     int Step,
@@ -17,7 +21,10 @@ public sealed record TrainerState(
     double? BestValidationLoss,
     int EvaluationsWithoutImprovement,
     long TokensSeen,
-    double? LastLoss)
+    double? LastLoss,
+    int? WorldSize = null,
+    int? MicroBatchSize = null,
+    int? GradientAccumulationSteps = null)
 {
     public const string FileName = "trainer_state.json";
 

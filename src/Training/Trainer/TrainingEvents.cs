@@ -70,7 +70,9 @@ public sealed record TrainResult(
     TrainStop Stop,
     string? Message,
     double? InitialValidationLoss = null,
-    MemorySample? PeakMemory = null);
+    MemorySample? PeakMemory = null,
+    IReadOnlyDictionary<string, double>? TaskScores = null,
+    IReadOnlyDictionary<string, double>? InitialTaskScores = null);
 
 public enum TrainStop { Completed, EarlyStopped, Interrupted, NonFiniteLoss }
 

@@ -23,6 +23,19 @@ public class BenchTrainTests
         // the uniform guess ln(32000) = 10.4 on them.
         Assert.True(double.IsFinite(loss) && loss > Math.Log(32000), $"loss {loss}");
         Assert.True(root.GetProperty("tokens_per_s").GetDouble() > 0);
+
+        // The kernel choice is reported as `train` reports it, and the calls each path served: on the CPU every fused op
+        // runs its reference.
+        var kernels = root.GetProperty("kernels").EnumerateArray().Select(e => e.GetString()).ToList();
+        Assert.Contains("rmsnorm on cpu: torch-ops (CPU tensors: torch-op reference)", kernels);
+        var calls = root.GetProperty("fused_calls_per_step");
+        (double Kernel, double Reference) Calls(string op) =>
+            (calls.GetProperty(op).GetProperty("kernel").GetDouble(), calls.GetProperty(op).GetProperty("reference").GetDouble());
+        // Per micro-batch (4 layers, checkpointed: each layer runs in forward and again in backward): 2 norms, one RoPE
+        // and one gated unit per layer run, plus the final norm; 2 micro-batches per step.
+        Assert.Equal((0.0, 2 * (2 * 4 * 2 + 1.0)), Calls("rmsnorm"));
+        Assert.Equal((0.0, 2 * 2 * 4.0), Calls("rope"));
+        Assert.Equal((0.0, 2 * 2 * 4.0), Calls("glu"));
     }
 
     [Fact]

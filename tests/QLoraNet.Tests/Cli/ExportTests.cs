@@ -121,7 +121,7 @@ public class ExportTests
         using var tmp = Paths.Temp();
         string path = tmp["t.gguf"];
         var seen = new List<string>();
-        GgufLlamaExporter.Export(Paths.TinyModel, path, GgufExportType.F16, transform: (name, w) =>
+        GgufExporter.Export(Paths.TinyModel, path, GgufExportType.F16, transform: (name, w) =>
         {
             seen.Add(name);
             return name == "model.norm.weight" ? w.to(ScalarType.Float32) * 2 : w;
@@ -136,7 +136,7 @@ public class ExportTests
     {
         using var tmp = Paths.Temp();
         string path = tmp["t.gguf"];
-        var e = Assert.Throws<InvalidOperationException>(() => GgufLlamaExporter.Export(Paths.TinyModel, path, GgufExportType.Q8_0,
+        var e = Assert.Throws<InvalidOperationException>(() => GgufExporter.Export(Paths.TinyModel, path, GgufExportType.Q8_0,
             transform: (name, w) => name.Contains("layers.0.mlp") ? throw new InvalidOperationException("adapter broke") : w));
         Assert.Equal("adapter broke", e.Message);
         Assert.Empty(Directory.GetFiles(tmp.Path));

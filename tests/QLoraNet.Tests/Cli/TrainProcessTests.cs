@@ -28,7 +28,7 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
     {
         if (OperatingSystem.IsWindows()) return;
         using var run = new TinyRun(maxSteps: 100000, saveEvery: 2, keepLast: 2);
-        using var first = new CliProcess(run.Dir.Path, "train", run.ConfigPath);
+        using var first = new LiveCliProcess(run.Dir.Path, "train", run.ConfigPath);
         Assert.True(first.WaitForLine(l => IsStepLine(l, 3), Patience), "the first run never reached step 3: " + string.Join(" | ", first.Stderr));
         string config = Path.Combine(run.OutDir, RunOutput.ResolvedConfigFile);
         var configBefore = File.ReadAllBytes(config);
@@ -37,7 +37,7 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
         // A new run and a resume of the same folder: both refused while the first one holds it.
         foreach (var args in new[] { new[] { "train", run.ConfigPath }, new[] { "train", run.ConfigPath, "--resume" } })
         {
-            using var second = new CliProcess(run.Dir.Path, args);
+            using var second = new LiveCliProcess(run.Dir.Path, args);
             Assert.Equal(1, second.WaitForExit(Patience));
             var error = Assert.Single(second.Stderr);
             Assert.Contains($"output dir '{run.OutDir}' is in use by another run (pid {first.Id} on ", error);
@@ -64,8 +64,8 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
         for (int trial = 0; trial < Math.Max(2, Trials / 3); trial++)
         {
             using var run = new TinyRun(maxSteps: 8, saveEvery: 2, keepLast: 2);
-            using var a = new CliProcess(run.Dir.Path, "train", run.ConfigPath);
-            using var b = new CliProcess(run.Dir.Path, "train", run.ConfigPath);
+            using var a = new LiveCliProcess(run.Dir.Path, "train", run.ConfigPath);
+            using var b = new LiveCliProcess(run.Dir.Path, "train", run.ConfigPath);
             int codeA = a.WaitForExit(Patience), codeB = b.WaitForExit(Patience);
             Assert.Equal([0, 1], new[] { codeA, codeB }.Order());
             var (winner, loser) = codeA == 0 ? (a, b) : (b, a);
@@ -82,7 +82,7 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
     {
         if (OperatingSystem.IsWindows()) return;
         using var run = new TinyRun(maxSteps: 100000, saveEvery: 0);
-        using var child = new CliProcess(run.Dir.Path, "train", run.ConfigPath);
+        using var child = new LiveCliProcess(run.Dir.Path, "train", run.ConfigPath);
         Assert.True(child.WaitForLine(l => IsStepLine(l, 2), Patience), "never reached step 2: " + string.Join(" | ", child.Stderr));
         child.Signal(15);
         Assert.Equal(143, child.WaitForExit(Patience));
@@ -120,7 +120,7 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
             // Trial 0 signals during start-up (before any step); the others after a random step, a random few
             // microseconds to milliseconds later, which lands in that step's checkpoint write or prune or the next step.
             int afterStep = trial == 0 ? 0 : random.Next(1, 9), spin = random.Next(0, 3000);
-            using var child = new CliProcess(run.Dir.Path, "train", run.ConfigPath);
+            using var child = new LiveCliProcess(run.Dir.Path, "train", run.ConfigPath);
             if (afterStep == 0)
                 Assert.True(child.WaitForLine(_ => true, Patience), "printed nothing: " + string.Join(" | ", child.Stderr));
             else
@@ -179,7 +179,7 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
         {
             using var run = new TinyRun(maxSteps: 12, saveEvery: 1, keepLast: 1);
             int target = random.Next(1, 8), spin = random.Next(0, 400);
-            using var child = new CliProcess(run.Dir.Path, "train", run.ConfigPath);
+            using var child = new LiveCliProcess(run.Dir.Path, "train", run.ConfigPath);
             var seen = new HashSet<string>();
             bool killed = false, leftHidden = false;
             var clock = Stopwatch.StartNew();

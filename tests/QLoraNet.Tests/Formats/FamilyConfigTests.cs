@@ -77,6 +77,14 @@ public class FamilyConfigTests
     }
 
     [Fact]
+    public void Qwen2_without_bos_token_id_has_no_bos_rather_than_a_borrowed_eos()
+    {
+        // Qwen2Config has no bos default: the id would be a guess, and the tokenizer (which adds none) decides anyway.
+        Assert.Null(Edited("qwen2", c => c.Remove("bos_token_id")).Tokens.Bos);
+        Assert.Equal(1019, ModelFamilies.Load(Fixture("qwen2")).Tokens.Bos);   // as config.json names it: <|endoftext|>
+    }
+
+    [Fact]
     public void Qwen2_use_sliding_window_is_honoured_and_a_contradicting_layer_type_refused()
     {
         // Qwen2.5 ships sliding_window 131072 with use_sliding_window false: no window anywhere.
@@ -95,7 +103,7 @@ public class FamilyConfigTests
         Assert.Equal((128, 4, 1, 48), (a.Hidden, a.NumHeads, a.NumKvHeads, a.HeadDim));
         Assert.Equal("self_attn.q_proj 192x128, self_attn.o_proj 128x192",
             string.Join(", ", a.LayerLinears.Where(l => l.Name is "q_proj" or "o_proj").Select(l => $"{l.Path} {l.OutFeatures}x{l.InFeatures}")));
-        Assert.Equal((2, 1, (int?)0), (a.Tokens.Bos, a.Tokens.Eos.Single(), a.Tokens.Pad));
+        Assert.Equal(((int?)2, 1, (int?)0), (a.Tokens.Bos, a.Tokens.Eos.Single(), a.Tokens.Pad));
         Assert.Equal(Math.Pow(48, -0.5), a.QueryScale);
         Assert.False(a.HasCustomAttentionScores);
     }

@@ -82,7 +82,7 @@ public class BaseFormatTests
     public void A_format_value_cannot_be_built_invalid_either()
     {
         Assert.Throws<ArgumentException>(() => new FourBitFormat(FourBitType.Nf4, BlockSize: 8));
-        Assert.Throws<ArgumentException>(() => new LinearQuantFormat(3));
+        Assert.Throws<ArgumentException>(() => new LinearQuantFormat(5));
         Assert.Throws<ArgumentException>(() => new LinearQuantFormat(4, QuantGranularity.PerChannel, GroupSize: 64));
         Assert.Throws<ArgumentException>(() => new DenseFormat(ScalarType.Int8));
     }
@@ -90,7 +90,7 @@ public class BaseFormatTests
     [Fact]
     public void The_registry_maps_each_name_to_its_kind_and_each_format_to_its_layout()
     {
-        Assert.Equal(["none", "bf16", "fp16", "fp32", "nf4", "fp4", "int8", "int4"], BaseFormats.Names);
+        Assert.Equal(["none", "bf16", "fp16", "fp32", "nf4", "fp4", "int8", "int4", "int3", "gptq2", "gptq3", "gptq4", "gptq8", "awq4", "smoothquant"], BaseFormats.Names);
         Assert.Same(FourBitFormat.Kind, BaseFormats.KindOf("fp4"));
         Assert.Same(LinearQuantFormat.Kind, BaseFormats.KindOf("int4"));
         Assert.Null(BaseFormats.KindOf("hqq4"));

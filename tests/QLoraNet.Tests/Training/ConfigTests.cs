@@ -85,7 +85,7 @@ public sealed class ConfigTests : IDisposable
     [Fact]
     public void Bad_enum_value_lists_the_choices()
     {
-        Assert.Equal("x.yaml:6: 'quantization.type' must be one of none, bf16, fp16, fp32, nf4, fp4, int8, int4 (or a whole spelling such as nf4-dq); got 'nf5'",
+        Assert.Equal("x.yaml:6: 'quantization.type' must be one of none, bf16, fp16, fp32, nf4, fp4, int8, int4, int3, gptq2, gptq3, gptq4, gptq8, awq4, smoothquant (or a whole spelling such as nf4-dq); got 'nf5'",
             ErrorOf(Minimal + "quantization:\n  type: nf5\n"));
         Assert.Equal("x.yaml:4: 'data.template' must be one of auto, llama2-chat, llama3, chatml, mistral-instruct, gemma, alpaca, none; got 'vicuna'",
             ErrorOf(Minimal.Replace("data:\n", "data:\n  template: vicuna\n")));
@@ -217,7 +217,7 @@ public sealed class ConfigTests : IDisposable
             ErrorOf(Minimal + "quantization: nf4-b8\n"));
         // A key another kind reads is fine at a default value (a config whose type is overridden), an error otherwise.
         Assert.Equal(BaseFormat.Parse("none"), Yaml("quantization:\n  type: none\n  double_quant: false\n  blocksize: 64\n"));
-        Assert.Contains("'quantization.blocksize' applies to nf4, fp4, int8, int4 only; remove it for bf16",
+        Assert.Contains("'quantization.blocksize' applies to nf4, fp4, int8, int4, int3, gptq2, gptq3, gptq4, gptq8, awq4 only; remove it for bf16",
             ErrorOf(Minimal + "quantization:\n  type: bf16\n  blocksize: 128\n"));
         Assert.Contains("give the options in it or as keys, not both", ErrorOf(Minimal + "quantization:\n  type: nf4-dq\n  blocksize: 128\n"));
         // The resolved config writes the spelling back, and reads it as the same value.

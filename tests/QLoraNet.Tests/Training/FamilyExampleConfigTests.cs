@@ -1,8 +1,14 @@
+using QLoraNet.Models;
 using QLoraNet.Training.Config;
+using QLoraNet.Training.Data;
 
 namespace QLoraNet.Tests.Training;
 
-/// <summary>The example configs of each family (configs/&lt;model&gt;-sales.yaml) are valid apart from the model the user downloads.</summary>
+/// <summary>
+/// The example configs of each family (configs/&lt;model&gt;-sales.yaml) are valid apart from the model the user
+/// downloads, and their data section renders the sales chats with the family's template on the family fixture's
+/// tokenizer (Gemma's fold the system message into the first user turn, which the template otherwise refuses).
+/// </summary>
 [Trait("tier", "unit")]
 public class FamilyExampleConfigTests
 {
@@ -20,10 +26,7 @@ public class FamilyExampleConfigTests
         var yaml = File.ReadAllLines(file);
         Assert.Contains($"  path: {modelPath}", yaml);
         Assert.Contains($"  template: {template}", yaml);
-        string[] data = [$"data.train={R("datasets/sales/train.jsonl")}", $"data.validation={R("datasets/sales/validation.jsonl")}",
-            // The family chat templates (llama3, chatml, mistral-instruct, gemma) come with the chat-template work;
-            // until they are data.template choices, the check runs with none. Drop this override when they land.
-            "data.template=none"];
+        string[] data = [$"data.train={R("datasets/sales/train.jsonl")}", $"data.validation={R("datasets/sales/validation.jsonl")}"];
         var e = Assert.Throws<ConfigException>(() => TrainConfig.Load(file, data));
         Assert.Contains($"model directory '{modelPath}' not found", e.Message);
         // The fixtures' max_position_embeddings is 512, the real models' 8k-128k: a max_seq_len past the context is
@@ -34,5 +37,11 @@ public class FamilyExampleConfigTests
         Assert.Equal(("nf4-dq", DType.Bf16, DeviceKind.Cuda, true), (c.Quantization.Format.ToString(), c.Quantization.ComputeDtype, c.Model.Device, c.Training.GradientCheckpointing));
         Assert.Equal(["q_proj", "k_proj", "v_proj", "o_proj"], c.Lora.TargetModules);
         Assert.Equal((16, 2, 8), (c.Lora.R, c.Training.MicroBatchSize, c.Training.GradientAccumulationSteps));
+        Assert.Equal(template == "gemma" ? SystemRole.Fold : SystemRole.Native, c.Data.SystemRole);
+
+        var built = TrainingData.Build(c.Data, TextTokenizers.Load(c.Model.Path), c.Training.Seed, c.Model.Path);
+        Assert.NotEmpty(built.Train);
+        Assert.NotEmpty(built.Validation);
+        Assert.True(built.Stats.TrainTrainedTokens > 0, name);
     }
 }

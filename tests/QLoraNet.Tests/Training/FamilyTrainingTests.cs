@@ -1,3 +1,4 @@
+using QLoraNet.Tests.Models.Families;
 using QLoraNet.Training.Config;
 using QLoraNet.Training.Trainer;
 
@@ -5,19 +6,16 @@ namespace QLoraNet.Tests.Training;
 
 /// <summary>
 /// `train` on each family fixture through its CI config (configs/tests/&lt;family&gt;-tiny.yaml): NF4-DQ base, LoRA on
-/// every linear, 8 steps over 8 rows of text the fixture never saw: the loss falls. Paths made absolute.
-/// Today the data pipeline tokenizes SentencePiece tokenizer.model only: llama3 and qwen2 (tokenizer.json) join
-/// when the tokenizer.json reader lands.
+/// every linear, 8 steps over 8 rows of text the fixture never saw: the loss falls. Paths made absolute. Every
+/// family: SentencePiece tokenizer.model (mistral, gemma, gemma2) and byte-level BPE tokenizer.json (llama3, qwen2).
 /// </summary>
 [Trait("tier", "e2e")]
 public class FamilyTrainingTests
 {
-    public static TheoryData<string> SentencePieceFamilies => new(["mistral", "gemma", "gemma2"]);
-
     static string R(string relative) => Path.Combine(Paths.RepoRoot, relative);
 
     [Theory]
-    [MemberData(nameof(SentencePieceFamilies))]
+    [MemberData(nameof(FamilyReference.All), MemberType = typeof(FamilyReference))]
     public void The_tiny_config_trains_the_fixture_and_the_loss_falls(string family)
     {
         using var tmp = Paths.Temp();

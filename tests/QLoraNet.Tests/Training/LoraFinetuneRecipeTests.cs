@@ -1,3 +1,4 @@
+using QLoraNet.Tests.Distributed;
 using QLoraNet.Training.Config;
 using QLoraNet.Training.Recipes;
 using QLoraNet.Training.Trainer;
@@ -23,7 +24,7 @@ public class LoraFinetuneRecipeTests
             "lora.dropout=0.1", $"output.dir={outDir}", "output.keep_last=5",
         }.Concat(extra));
 
-    sealed class Recorder(Action<StepMetrics>? onStep = null, Action<string>? onCheckpointFile = null) : ITrainingObserver
+    sealed class Recorder(Action<StepMetrics>? onStep = null, Action<string>? onCheckpointFile = null, Action<string>? onMessage = null) : ITrainingObserver
     {
         public readonly Dictionary<int, double> Losses = new();
         public readonly Dictionary<int, double> Validation = new();
@@ -31,7 +32,7 @@ public class LoraFinetuneRecipeTests
         public void OnStep(StepMetrics m) { Losses[m.Step] = m.Loss; onStep?.Invoke(m); }
         public void OnEvaluation(int step, double loss, bool best) => Validation[step] = loss;
         public void OnCheckpoint(int step, string directory) { }
-        public void OnMessage(string message) { }
+        public void OnMessage(string message) => onMessage?.Invoke(message);
         public void OnCheckpointFileWritten(string path) => onCheckpointFile?.Invoke(path);
     }
 
@@ -162,8 +163,8 @@ public class LoraFinetuneRecipeTests
     }
 
     /// <summary>
-    /// The recipe as a data-parallel launcher would run it: two replicas (threads of this process, a loopback for
-    /// NCCL) of one micro-batch per step train exactly as one replica accumulating two: the same losses, validation
+    /// The recipe as a data-parallel launcher would run it: two replicas (threads of this process joined by the
+    /// loopback TCP backend, as rank processes are) of one micro-batch per step train exactly as one replica accumulating two: the same losses, validation
     /// and adapter, bit for bit; only replica 0 writes files.
     /// </summary>
     [Fact]
@@ -174,17 +175,14 @@ public class LoraFinetuneRecipeTests
         var single = new Recorder();
         var r1 = LoraFinetuneRecipe.Run(Config(tmp["single"], [.. shape, "training.gradient_accumulation_steps=2"]), new TrainOptions(), single, CancellationToken.None);
 
-        var group = LoopbackReplicas.Group(2);
         var primary = new Recorder();
-        var results = new TrainResult[2];
-        var threads = group.Select(replica => new Thread(() =>
+        var results = InProcessRanks.Run(2, c =>
         {
+            var replica = new CollectiveReplicaGroup(c);
             ITrainingObserver observer = replica.Rank == 0 ? primary : NullObserver.Instance;
-            results[replica.Rank] = LoraFinetuneRecipe.Run(Config(tmp["dp"], [.. shape, "training.gradient_accumulation_steps=1"]),
+            return LoraFinetuneRecipe.Run(Config(tmp["dp"], [.. shape, "training.gradient_accumulation_steps=1"]),
                 new TrainOptions(Replicas: replica), observer, CancellationToken.None);
-        })).ToList();
-        threads.ForEach(t => t.Start());
-        threads.ForEach(t => t.Join());
+        });
 
         Assert.Equal(single.Losses, primary.Losses);
         Assert.Equal(single.Validation, primary.Validation);
@@ -192,5 +190,42 @@ public class LoraFinetuneRecipeTests
         Assert.Equal(File.ReadAllBytes(Path.Combine(r1.FinalAdapter!, "adapter_model.safetensors")),
             File.ReadAllBytes(Path.Combine(results[0].FinalAdapter!, "adapter_model.safetensors")));
         Assert.Equal(new[] { 2 }, new CheckpointStore(tmp["dp"], 5).List().Select(c => c.Step));
+        var state = TrainerState.Load(new CheckpointStore(tmp["dp"], 5).PathFor(2));
+        Assert.Equal((2, 1, 2), (state.WorldSize, state.GradientAccumulationSteps, state.MicroBatchSize));
+    }
+
+    /// <summary>
+    /// Ctrl-C on one replica stops both at the same step (their stop votes are summed) with one checkpoint, which
+    /// records the world size; resumed on a single process, the run keeps the global batch (accumulation 1 becomes
+    /// 2, and says so) and ends exactly where one process accumulating two from the start ends.
+    /// </summary>
+    [Fact]
+    public void Two_replicas_checkpoint_resumes_on_one_process_with_the_accumulation_that_keeps_the_global_batch()
+    {
+        using var tmp = Paths.Temp();
+        string[] shape = ["training.max_steps=4", "training.eval_every=0", "training.save_every=0", "data.max_seq_len=64"];
+        var whole = new Recorder();
+        var r1 = LoraFinetuneRecipe.Run(Config(tmp["whole"], [.. shape, "training.gradient_accumulation_steps=2"]), new TrainOptions(), whole, CancellationToken.None);
+
+        using var cts = new CancellationTokenSource();
+        var first = new Recorder(m => { if (m.Step == 2) cts.Cancel(); });
+        var stopped = InProcessRanks.Run(2, c =>
+        {
+            var replica = new CollectiveReplicaGroup(c);
+            // Only replica 0 is interrupted, as when a signal reaches one process first.
+            return LoraFinetuneRecipe.Run(Config(tmp["split"], [.. shape, "training.gradient_accumulation_steps=1"]),
+                new TrainOptions(Replicas: replica), replica.Rank == 0 ? first : NullObserver.Instance,
+                replica.Rank == 0 ? cts.Token : CancellationToken.None);
+        });
+        Assert.All(stopped, r => Assert.Equal((TrainStop.Interrupted, 2), (r.Stop, r.StepsDone)));
+
+        var messages = new List<string>();
+        var second = new Recorder(onMessage: messages.Add);
+        var r3 = LoraFinetuneRecipe.Run(Config(tmp["split"], [.. shape, "training.gradient_accumulation_steps=1"]), new TrainOptions("latest"), second, CancellationToken.None);
+        Assert.Contains(messages, m => m.Contains("on 1 this run uses 2 to keep its global batch"));
+        for (int s = 1; s <= 4; s++) Assert.Equal(whole.Losses[s], s <= 2 ? first.Losses[s] : second.Losses[s]);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(r1.FinalAdapter!, "adapter_model.safetensors")),
+            File.ReadAllBytes(Path.Combine(r3.FinalAdapter!, "adapter_model.safetensors")));
+        Assert.Equal(1, TrainerState.Load(new CheckpointStore(tmp["split"], 5).PathFor(4)).WorldSize);
     }
 }

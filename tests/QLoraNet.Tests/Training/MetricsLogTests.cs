@@ -69,7 +69,7 @@ public class MetricsLogTests
     public void An_endless_line_a_huge_file_and_a_fifo_are_refused_without_reading_them_whole()
     {
         using var tmp = Paths.Temp();
-        Assert.Contains("line longer than 4096 bytes", Error(tmp, Header + "\n" + new string('1', 100_000)));
+        Assert.Contains($"line longer than {MetricsLog.MaxLineBytes} bytes", Error(tmp, Header + "\n" + new string('1', 100_000)));
         using (var f = File.Create(tmp["huge.csv"])) f.SetLength(MetricsLog.MaxBytes + 1);   // sparse: no disk used
         Assert.Contains("limit for a metrics file", Assert.Throws<InvalidDataException>(() => MetricsLog.Read(tmp["huge.csv"])).Message);
         if (OperatingSystem.IsWindows()) return;

@@ -1,4 +1,5 @@
 using QLoraNet.Models;
+using QLoraNet.Tests.Distributed;
 using QLoraNet.Tests.Peft;
 using QLoraNet.Training.Data;
 using QLoraNet.Training.Losses;
@@ -84,38 +85,81 @@ public class TrainStepTests
         Assert.NotEqual(TrainStep.MicroBatchSeed(3, 5, 0), TrainStep.MicroBatchSeed(3, 5, 1));
     }
 
-    /// <summary>Two replicas of one micro-batch each take exactly the step of one replica accumulating two: same
-    /// losses, same adapters, bit for bit (dropout and checkpointing on).</summary>
-    [Fact]
-    public void Two_replicas_take_the_step_of_one_replica_accumulating_their_micro_batches()
+    /// <summary>W replicas (threads of this process joined by the loopback TCP backend, as processes would be) of A
+    /// micro-batches each take exactly the steps of one replica accumulating W·A: same losses, same adapters, bit for
+    /// bit (dropout and checkpointing on). Exact whenever the replicas' blocks are subtrees of the step's summation
+    /// tree (PairwiseOrder): W a power of two, or A = 1.</summary>
+    [Theory]
+    [InlineData(2, 1)]
+    [InlineData(2, 2)]
+    [InlineData(3, 1)]
+    public void W_replicas_of_A_micro_batches_take_the_steps_of_one_replica_accumulating_W_times_A(int world, int accumulation)
     {
         double[] single;
         Tensor[] singleAdapters;
-        using (var one = new SmallRun(seed: 5, accumulation: 2))
+        using (var one = new SmallRun(seed: 5, accumulation: world * accumulation))
         {
             single = one.Losses(2);
             singleAdapters = one.Adapters();
         }
 
-        var group = LoopbackReplicas.Group(2);
-        var losses = new double[2][];
-        var adapters = new Tensor[2][];
-        var threads = group.Select(replica => new Thread(() =>
+        var replicas = InProcessRanks.Run(world, c =>
         {
-            using var run = new SmallRun(seed: 5, accumulation: 1, replicas: replica);
-            losses[replica.Rank] = run.Losses(2);
-            adapters[replica.Rank] = run.Adapters();
-        })).ToList();
-        threads.ForEach(t => t.Start());
-        threads.ForEach(t => t.Join());
+            using var run = new SmallRun(seed: 5, accumulation: accumulation, replicas: new CollectiveReplicaGroup(c));
+            return (Losses: run.Losses(2), Adapters: run.Adapters());
+        });
 
-        foreach (int rank in new[] { 0, 1 })
+        for (int rank = 0; rank < world; rank++)
         {
-            Assert.Equal(single, losses[rank]);
+            Assert.Equal(single, replicas[rank].Losses);
             for (int i = 0; i < singleAdapters.Length; i++)
-                Assert.True(Bits.Same(singleAdapters[i], adapters[rank][i]), $"replica {rank}, adapter {i}");
+                Assert.True(Bits.Same(singleAdapters[i], replicas[rank].Adapters[i]), $"replica {rank}, adapter {i}");
         }
         Assert.True(singleAdapters[0].abs().sum().item<float>() > 0, "the step must have trained the adapters");
+    }
+
+    /// <summary>The step adds its micro-batches' gradients along the pairwise tree, not in arrival order: with four
+    /// micro-batches it takes exactly the step computed by hand as (g0 + g1) + (g2 + g3).</summary>
+    [Fact]
+    public void Micro_batch_gradients_are_added_along_the_pairwise_tree()
+    {
+        using var run = new SmallRun(seed: 8, accumulation: 4, dropout: 0);
+        var batches = Enumerable.Range(0, 4).Select(_ => run.Data.Next()).ToList();
+        var loss = new CausalLmTokenMeanLoss();
+        double terms = batches.Sum(b => (double)loss.Count(b));
+        var trainable = run.Model.parameters().Where(p => p.requires_grad).ToList();
+        var perBatch = batches.Select(b =>
+        {
+            (loss.Sum(run.Model, b) / terms).backward();
+            run.Model.BackwardHandles.Release();
+            var g = trainable.Select(p => p.grad!.clone()).ToList();
+            foreach (var p in trainable) p.grad!.zero_();
+            return g;
+        }).ToList();
+        var expected = Enumerable.Range(0, trainable.Count).Select(i =>
+            perBatch[0][i].add(perBatch[1][i]).add(perBatch[2][i].add(perBatch[3][i]))).ToList();
+        var sequential = Enumerable.Range(0, trainable.Count).Select(i =>
+            perBatch[0][i].add(perBatch[1][i]).add(perBatch[2][i]).add(perBatch[3][i])).ToList();
+
+        var gradients = new GradientAccumulator(run.Model.named_parameters().Where(p => p.parameter.requires_grad).ToList(), 4);
+        foreach (var b in batches)
+        {
+            (loss.Sum(run.Model, b) / terms).backward();
+            run.Model.BackwardHandles.Release();
+            gradients.TakeMicroBatch();
+        }
+        var got = gradients.Finish();
+        for (int i = 0; i < trainable.Count; i++)
+        {
+            // Equal values (a zero gradient's sign may differ: autograd writes -0 into a fresh .grad but +0 into a
+            // zeroed one, and the sign of a zero gradient never reaches the weights).
+            Assert.True(SameValues(expected[i], got[i]), $"parameter {i}");
+            Assert.True(SameValues(got[i], trainable[i].grad!), $"parameter {i}: .grad holds the sum");
+        }
+        // Arrival order would differ somewhere, so the test can tell the trees apart.
+        Assert.Contains(Enumerable.Range(0, trainable.Count), i => !SameValues(sequential[i], got[i]));
+
+        static bool SameValues(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
     }
 
     /// <summary>The step's loss is one mean over the trained tokens of all its micro-batches (not a mean of the

@@ -1,0 +1,26 @@
+using Parquet.Serialization;
+
+namespace QLoraNet.Evaluation.Data;
+
+/// <summary>
+/// Parquet files as the Hugging Face hub serves datasets (<c>test-00000-of-00001.parquet</c>), read with Parquet.Net
+/// into rows with nested lists and structs intact. A file that is not Parquet (or uses an encoding Parquet.Net cannot
+/// read) is a one-line error naming it.
+/// </summary>
+internal static class ParquetDocs
+{
+    public static List<Doc> Read(string path)
+    {
+        IList<Dictionary<string, object>> rows;
+        try
+        {
+            using var stream = QLoraNet.Formats.UserFile.OpenRead(path, "task data file");   // a regular file (a FIFO would block)
+            rows = ParquetSerializer.DeserializeUntypedAsync(stream).GetAwaiter().GetResult().Data;
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or InvalidOperationException or NotSupportedException or ArgumentException or Parquet.ParquetException)
+        {
+            throw new TaskException($"{path}: not a readable Parquet file ({e.Message.Split('\n')[0]})");
+        }
+        return rows.Select((r, i) => new Doc((Dictionary<string, object?>)PythonValues.Normalize(r)!, $"{path} row {i}")).ToList();
+    }
+}

@@ -1,0 +1,141 @@
+using QLoraNet.Formats;
+using QLoraNet.Quant;
+using QLoraNet.Quant.Awq;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Models.Calibration;
+
+/// <summary>
+/// AWQ over one decoder layer, as AutoAWQ's <c>AwqQuantizer.quantize</c> does for Llama-like layers
+/// (<c>awq/models/llama.py</c> get_layers_for_scaling):
+/// <list type="number">
+/// <item>the float layer runs over the calibration samples with every linear tapped, keeping each one's inputs; its
+/// output is the next layer's input;</item>
+/// <item>scales are searched (<see cref="AwqSearch.SearchScales"/>) for four groups, each on the unmodified layer:
+/// [q, k, v] after the pre-attention norm, judged by the attention block's output; [o] after v, judged by o itself,
+/// only when v and o have the same shape (no grouped-query attention: llm-awq PR 67); [gate, up] after the pre-MLP
+/// norm, judged by the MLP's output; [down] after up, judged by down itself;</item>
+/// <item>each group's scales are applied: the previous op's output divided (the norm's weight, or the previous
+/// linear's rows and bias), the group's columns multiplied, the group's kept inputs divided;</item>
+/// <item>every linear but q and k gets its clipping bounds searched on its (scaled) inputs (optional);</item>
+/// <item>every linear is rounded and packed (<see cref="AwqLinear"/>).</item>
+/// </list>
+/// Memory: besides the layer's input and output activations, the inputs of each linear group are kept for the
+/// N x L tokens (AutoAWQ keeps them too), the largest being down_proj's (N, L, intermediate).
+/// </summary>
+public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
+{
+    /// <summary>One scaling group: what produces its input, the linears that read it, whose input it is, and the block
+    /// whose output judges the scales.</summary>
+    sealed record ScalingGroup(Action<Tensor> DivideInput, IReadOnlyList<LayerLinear> Linears, LayerLinear Input, Func<Tensor, Tensor> Block);
+
+    public Tensor Quantize(CalibrationLayer layer, Tensor hidden)
+    {
+        var inputs = layer.Linears.ToDictionary(l => l, _ => new List<Tensor>());
+        var observers = layer.Linears.ToDictionary(l => l, l => (Action<Tensor>)(x => inputs[l].Add(x.detach().clone().DetachFromDisposeScope())));
+        var next = layer.RunObserving(hidden, observers, keep: true)!;
+        var kept = inputs.ToDictionary(kv => kv.Key, kv => Concat(kv.Value));
+        var weights = layer.Linears.ToDictionary(l => l, layer.DenseWeight);
+        try
+        {
+            var groups = Groups(layer, weights);
+            var scales = groups.Select(g => Search(layer, g, kept, weights)).ToList();
+            for (int i = 0; i < groups.Count; i++)
+            {
+                var (g, s) = (groups[i], scales[i]);
+                g.DivideInput(s);
+                foreach (var l in g.Linears)
+                {
+                    weights[l].mul_(s.unsqueeze(0));
+                    kept[l].div_(s.to(kept[l].dtype));
+                }
+                s.Dispose();
+            }
+            foreach (var l in layer.Linears)
+            {
+                long group = format.GroupLength(l.InFeatures, layer.WeightName(l));
+                if (format.Clip && l.Role is not (LinearRole.Query or LinearRole.Key))   // q·k products make clipping error hard to judge (AutoAWQ)
+                {
+                    using var bound = AwqSearch.SearchClip(weights[l], kept[l], group, format.MaxQ);
+                    var clipped = AwqSearch.Clip(weights[l], bound);
+                    weights[l].Dispose();
+                    weights[l] = clipped;
+                }
+                layer.Replace(l, new AwqLinear(AwqSearch.Quantize(weights[l], format, layer.WeightName(l)), layer.ComputeDType)).Dispose();
+            }
+        }
+        finally
+        {
+            foreach (var t in kept.Values.Concat(weights.Values)) t.Dispose();
+        }
+        return next;
+    }
+
+    /// <summary>The four scaling groups of a Llama-like layer (AutoAWQ's get_layers_for_scaling).</summary>
+    static List<ScalingGroup> Groups(CalibrationLayer layer, Dictionary<LayerLinear, Tensor> weights)
+    {
+        LayerLinear Role(LinearRole r) => layer.Find(r) ?? throw new NotSupportedException($"AWQ needs a {r} projection in layer {layer.Index}");
+        var (q, k, v, o) = (Role(LinearRole.Query), Role(LinearRole.Key), Role(LinearRole.Value), Role(LinearRole.Output));
+        var (gate, up, down) = (Role(LinearRole.Gate), Role(LinearRole.Up), Role(LinearRole.Down));
+        Action<Tensor> DivideLinearRows(LayerLinear previous) => s =>
+        {
+            weights[previous].div_(s.unsqueeze(1));
+            layer.Slots(previous).Bias(previous.Name)?.div_(s.to(layer.Slots(previous).Bias(previous.Name)!.dtype));
+        };
+        var groups = new List<ScalingGroup>
+        {
+            new(layer.Norm(NormRole.PreAttention).DivideOutput, [q, k, v], q, layer.Attention),
+        };
+        if (v.OutFeatures == o.OutFeatures && v.InFeatures == o.InFeatures)
+            groups.Add(new(DivideLinearRows(v), [o], o, x => layer.Apply(o, x)));
+        groups.Add(new(layer.Norm(NormRole.PreMlp).DivideOutput, [gate, up], gate, layer.Mlp));
+        groups.Add(new(DivideLinearRows(up), [down], down, x => layer.Apply(down, x)));
+        return groups;
+    }
+
+    /// <summary>The best scales of one group: each candidate's error is the mean squared difference between the block's
+    /// output with the group's weights replaced by Q(W·s)/s and its float output.</summary>
+    Tensor Search(CalibrationLayer layer, ScalingGroup g, Dictionary<LayerLinear, Tensor> kept, Dictionary<LayerLinear, Tensor> weights)
+    {
+        long group = format.GroupLength(g.Input.InFeatures, layer.WeightName(g.Input));
+        var x = kept[g.Input];
+        using var xMean = AwqSearch.InputMean(x);
+        using var wMean = AwqSearch.WeightMean(g.Linears.Select(l => weights[l]).ToList(), group);
+        using var reference = layer.Map(x, g.Block)!;
+        double ErrorOf(Tensor s)
+        {
+            var originals = new Dictionary<LayerLinear, nn.Module<Tensor, Tensor>>();
+            try
+            {
+                foreach (var l in g.Linears)
+                {
+                    using var trial = AwqSearch.ScaledRoundTrip(weights[l], s, group, format.MaxQ);
+                    originals[l] = layer.Replace(l, new DenseFrozenLinear(trial, layer.ComputeDType));   // holds its own handle
+                }
+                double sum = 0;
+                using var noGrad = no_grad();
+                for (long i = 0; i < x.shape[0]; i += layer.ChunkSamples)
+                {
+                    using var scope = NewDisposeScope();
+                    long count = Math.Min(layer.ChunkSamples, x.shape[0] - i);
+                    var diff = g.Block(x.narrow(0, i, count)).to(ScalarType.Float32) - reference.narrow(0, i, count).to(ScalarType.Float32);
+                    sum += diff.pow(2).sum().to(ScalarType.Float64).item<double>();
+                }
+                return sum / reference.numel();
+            }
+            finally
+            {
+                foreach (var (l, original) in originals) layer.Replace(l, original).Dispose();
+            }
+        }
+        return AwqSearch.SearchScales(xMean, wMean, ErrorOf).Scales;
+    }
+
+    static Tensor Concat(List<Tensor> chunks)
+    {
+        var all = cat(chunks, 0);
+        foreach (var c in chunks) c.Dispose();
+        return all;
+    }
+}

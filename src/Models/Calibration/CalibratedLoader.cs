@@ -1,0 +1,109 @@
+using System.Diagnostics;
+using QLoraNet.Formats;
+using QLoraNet.Quant;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Models.Calibration;
+
+/// <summary>What a calibrated load did, layer by layer (for the CLI's report).</summary>
+/// <param name="Layer">0-based layer index.</param>
+/// <param name="Seconds">wall time of the layer (read, calibrate, quantize, next input).</param>
+/// <param name="Layers">the model's layer count.</param>
+public sealed record CalibrationProgress(int Layer, int Layers, double Seconds);
+
+/// <summary>
+/// Loads a float checkpoint into a model whose decoder linears are in a calibrated format (GPTQ, AWQ, SmoothQuant),
+/// streaming layer by layer as AutoGPTQ and AutoAWQ do: the calibration ids go through the embedding once, then for
+/// each decoder layer only that layer's tensors are read (linears dense in fp32 for the algorithms), its
+/// <see cref="ILayerQuantizer"/> quantizes it in place from its input activations over the N x L calibration tokens
+/// and returns the next layer's input, and the float copy is dropped. The final norm and head are read last (the
+/// head dense, through the caller's policy). Memory beyond the quantized model being built: one layer's fp32
+/// weights, two (N, L, hidden) activation tensors in the compute dtype (this layer's input and output), what the
+/// method keeps per layer (GPTQ: the (in, in) fp32 Hessians of one group of linears; AWQ: the inputs of the layer's
+/// linears; SmoothQuant: a max per channel), and one chunk's transients (<paramref name="chunkSamples"/> samples).
+/// </summary>
+public static class CalibratedLoader
+{
+    /// <param name="chunkSamples">samples per forward; null = as many as keep a chunk near 4096 tokens.</param>
+    public static LlamaForCausalLM Load(string modelDir, BaseFormat format, CalibrationSet calibration, LoadOptions options,
+        Action<CalibrationProgress>? progress = null, int? chunkSamples = null)
+    {
+        if (!format.NeedsCalibration) throw new ArgumentException($"{format} is not a calibrated format; load it with LlamaLoader");
+        if (!Directory.Exists(modelDir)) throw new DirectoryNotFoundException($"model directory '{modelDir}' does not exist");
+        var arch = ModelFamilies.Load(modelDir);
+        ArchitectureSupport.Require(arch, Path.Combine(modelDir, ModelArchitecture.ConfigFileName));
+        calibration.Check(arch);
+        var quantizer = LayerQuantizers.For(format);
+
+        using var ckpt = CheckpointReader.Open(modelDir);
+        if (QuantizedCheckpoint.IsQuantized(ckpt))
+            throw new InvalidDataException($"{modelDir}: already a quantized checkpoint; calibrate from the original float weights");
+        var expected = arch.ExpectedTensors().ToDictionary(e => e.Name, StringComparer.Ordinal);
+        LlamaLoader.Validate(ckpt, arch, expected, modelDir, null);
+
+        var device = options.Device;
+        var fused = (options.Kernels ?? QLoraNet.Quant.Kernels.KernelSelection.Portable).Fused;
+        var frozenDType = options.FrozenDType ?? options.ComputeDType;
+        Tensor Read(string name, ScalarType dtype)
+        {
+            using var raw = ckpt.Read(name);
+            return raw.to(dtype, device, copy: true).DetachFromDisposeScope();
+        }
+
+        var layers = new List<LlamaDecoderLayer>();
+        Tensor? embedding = null, hidden = null;
+        try
+        {
+            long n = calibration.Samples, length = calibration.SequenceLength;
+            int chunk = chunkSamples ?? (int)Math.Max(1, 4096 / length);
+            embedding = Read(arch.EmbeddingWeight, frozenDType);
+            Tensor cos, sin;
+            using (var rotary = new RotaryEmbedding("rotary_emb", arch.Rope, options.ComputeDType, device))
+            using (var positions = arange(length, ScalarType.Int64, device).unsqueeze(0))
+            using (no_grad())
+            {
+                (cos, sin) = rotary.call(positions);                                     // (1, L, headDim)
+                using var ids = calibration.Ids.to(device);
+                hidden = LlamaModel.EmbedInput(embedding, ids, options.ComputeDType, arch.ScaleEmbeddings);   // (N, L, hidden)
+            }
+            using (cos)
+            using (sin)
+            {
+                for (int i = 0; i < arch.NumLayers; i++)
+                {
+                    var clock = Stopwatch.StartNew();
+                    string p = arch.LayerPrefix(i);
+                    var layer = LlamaLoader.BuildLayer(arch, i,
+                        l => new DenseFrozenLinear(Read(p + l.Path + ".weight", ScalarType.Float32), options.ComputeDType),
+                        name => Read(p + name, frozenDType), fused);
+                    layers.Add(layer);
+                    var next = quantizer.Quantize(new CalibrationLayer(layer, arch, i, cos, sin, chunk, options.ComputeDType), hidden);
+                    hidden.Dispose();
+                    hidden = next;
+                    progress?.Invoke(new CalibrationProgress(i, arch.NumLayers, clock.Elapsed.TotalSeconds));
+                }
+            }
+            hidden.Dispose();
+            hidden = null;
+            var finalNorm = Read(arch.FinalNormWeight, frozenDType);
+            FrozenLinear? head = null;
+            if (!arch.TiedHead)
+            {
+                using var raw = ckpt.Read(arch.HeadWeight);
+                using var onDevice = raw.to(device);
+                head = options.LinearFactory(arch.HeadName, onDevice);
+            }
+            var model = LlamaLoader.Assemble(arch, layers, embedding, finalNorm, head, options, fused);
+            model.eval();
+            return model;
+        }
+        catch
+        {
+            foreach (var l in layers) l.Dispose();
+            embedding?.Dispose();
+            hidden?.Dispose();
+            throw;
+        }
+    }
+}

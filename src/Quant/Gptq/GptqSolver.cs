@@ -1,0 +1,171 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Quant.Gptq;
+
+/// <summary>What GPTQ decided for one weight: codes (out, in) int64 in [0, maxq], grids per output row and group
+/// (scales (out, groups) and zero points (out, groups), in the solver's dtype), and the group of each input column.</summary>
+public sealed record GptqSolution(Tensor Codes, Tensor Scales, Tensor Zeros, Tensor GIdx) : IDisposable
+{
+    public void Dispose()
+    {
+        Codes.Dispose();
+        Scales.Dispose();
+        Zeros.Dispose();
+        GIdx.Dispose();
+    }
+}
+
+/// <summary>
+/// GPTQ's solver (Frantar et al. 2022, Algorithm 1), with the semantics of AutoGPTQ's <c>GPTQ.fasterquant</c>
+/// (static_groups off), in torch ops on the weight's device:
+/// <list type="number">
+/// <item>dead inputs (H_jj = 0) get H_jj = 1 and W[:, j] = 0; with act-order the columns are permuted by decreasing
+/// H_jj (a stable sort here; AutoGPTQ's argsort breaks ties arbitrarily);</item>
+/// <item>damping λ = percdamp · mean(diag H) is added to the diagonal (section 4 "Cholesky Reformulation");</item>
+/// <item>U = the upper Cholesky factor of H^-1 (its row q is row q of the inverse Hessian of the columns q.. not yet
+/// quantized, divided by the square root of its diagonal entry: the paper's step 3);</item>
+/// <item>columns are quantized in blocks of <c>blockSize</c> (lazy batch updates, step 2): inside a block, column q is
+/// rounded to its grid, err = (w_q - Q(w_q)) / U_qq, and err · U[q, q:] is subtracted from the block's remaining
+/// columns; after the block, the collected errors update all later columns at once.</item>
+/// </list>
+/// Grids: per output row, symmetric (AutoGPTQ's Quantizer with sym=True: xmax = max(|min(x, 0)|, max(x, 0)),
+/// xmin = -xmax when the row has a negative value (else 0), scale = (xmax - xmin) / maxq, zero = (maxq + 1) / 2,
+/// q = clamp(round(x / scale) + zero, 0, maxq)); per channel from the original weight, or per group, found when the
+/// group's first column is reached from the weights as updated by all previous blocks (AutoGPTQ reads
+/// <c>W[:, i:i+g]</c> there, which does not yet hold the current block's updates; kept for identical results).
+/// Codes come back in the original column order and g_idx maps each input to its group (a permutation of i / g
+/// under act-order). Arithmetic in the weight's dtype when it is fp64 (tests), else fp32.
+/// </summary>
+public static class GptqSolver
+{
+    public const double DefaultPercDamp = 0.01;
+    public const int DefaultBlockSize = 128;
+
+    /// <param name="weight">W (out, in), float.</param>
+    /// <param name="hessian">H (in, in), e.g. <see cref="GptqHessian.Matrix"/>; not modified.</param>
+    public static GptqSolution Solve(Tensor weight, Tensor hessian, GptqFormat format, double percDamp = DefaultPercDamp,
+        int blockSize = DefaultBlockSize, string? name = null)
+    {
+        QuantInputChecks.RequireFloat(weight, name);
+        if (weight.dim() != 2) throw new ArgumentException($"GPTQ needs a 2-D [out, in] weight, got [{string.Join(", ", weight.shape)}]");
+        long rows = weight.shape[0], columns = weight.shape[1];
+        if (hessian.dim() != 2 || hessian.shape[0] != columns || hessian.shape[1] != columns)
+            throw new ArgumentException($"GPTQ Hessian for {name ?? "the weight"} is [{string.Join(", ", hessian.shape)}], expected [{columns}, {columns}]");
+        int groups = format.Groups(columns, name);
+        long group = format.GroupSize == 0 ? columns : format.GroupSize;
+        if (percDamp <= 0 || percDamp >= 1) throw new ArgumentException($"GPTQ damping {percDamp} must be in (0, 1)");
+
+        using var scope = NewDisposeScope();
+        var dtype = weight.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+        var W = weight.detach().to(dtype, copy: true);                                   // (out, in)
+        var H = hessian.detach().to(dtype, copy: true);                                  // (in, in)
+        QuantInputChecks.RequireFinite(W.abs().amax([1]), name);
+
+        var (scale, zero) = Grid(W, format.MaxQ);                                        // per channel: from the original W
+        var diagonal = H.diagonal();
+        var dead = diagonal.eq(0);
+        diagonal.masked_fill_(dead, 1);
+        W.masked_fill_(dead.unsqueeze(0), 0);
+
+        Tensor? perm = null;
+        if (format.ActOrder)
+        {
+            perm = DescendingStableOrder(H.diagonal(), W.device);
+            W = W.index_select(1, perm);
+            H = H.index_select(0, perm).index_select(1, perm);
+        }
+
+        double damp = percDamp * H.diagonal().mean().to(ScalarType.Float64).item<double>();
+        H.diagonal().add_(damp);
+        var U = Cholesky(cholesky_inverse(Cholesky(H, name)), name).t().contiguous();  // upper: H^-1 = U^T U
+        H.Dispose();
+
+        var codes = zeros(rows, columns, ScalarType.Int64, W.device);
+        var scales = new List<Tensor>();
+        var zeroPoints = new List<Tensor>();
+        for (long i1 = 0; i1 < columns; i1 += blockSize)
+        {
+            long i2 = Math.Min(i1 + blockSize, columns), count = i2 - i1;
+            using var blockScope = NewDisposeScope();
+            var W1 = W.narrow(1, i1, count).clone();                                     // (out, count)
+            var Err1 = zeros(rows, count, dtype, W.device);
+            var U1 = U.narrow(0, i1, count).narrow(1, i1, count);
+            for (long i = 0; i < count; i++)
+            {
+                long column = i1 + i;
+                if (format.GroupSize > 0 && column % group == 0)
+                {
+                    (scale, zero) = Grid(W.narrow(1, column, group), format.MaxQ);      // W as of this block's start
+                    scale.MoveToOuterDisposeScope();
+                    zero.MoveToOuterDisposeScope();
+                    scales.Add(scale);
+                    zeroPoints.Add(zero);
+                }
+                var w = W1.select(1, i);                                                  // (out)
+                var q = (w.unsqueeze(1) / scale).round().add_(zero).clamp_(0, format.MaxQ).squeeze(1);
+                codes.select(1, column).copy_(q);
+                var dequantized = scale.squeeze(1) * (q - zero.squeeze(1));
+                var err = (w - dequantized).div_(U1[i, i]);
+                W1.narrow(1, i, count - i).sub_(err.unsqueeze(1).matmul(U1.narrow(0, i, 1).narrow(1, i, count - i)));
+                Err1.select(1, i).copy_(err);
+            }
+            if (i2 < columns)
+                W.narrow(1, i2, columns - i2).sub_(Err1.matmul(U.narrow(0, i1, count).narrow(1, i2, columns - i2)));
+        }
+
+        var gIdx = arange(columns, ScalarType.Int64, W.device).div(group, rounding_mode: RoundingMode.floor);
+        if (perm is not null)
+        {
+            var inverse = argsort(perm);
+            codes = codes.index_select(1, inverse);
+            gIdx = gIdx.index_select(0, inverse);
+        }
+        var scaleTable = format.GroupSize > 0 ? cat(scales, 1) : scale;                   // (out, groups)
+        var zeroTable = format.GroupSize > 0 ? cat(zeroPoints, 1) : zero;
+        if (scaleTable.shape[1] != groups) throw new InvalidOperationException($"GPTQ made {scaleTable.shape[1]} groups, expected {groups}");
+        return new GptqSolution(codes.MoveToOuterDisposeScope(), scaleTable.MoveToOuterDisposeScope(),
+            zeroTable.MoveToOuterDisposeScope(), gIdx.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>Solves and packs: the stored weight GPTQ makes of <paramref name="weight"/>.</summary>
+    public static GptqWeight Quantize(Tensor weight, Tensor hessian, GptqFormat format, double percDamp = DefaultPercDamp,
+        int blockSize = DefaultBlockSize, string? name = null)
+    {
+        using var solution = Solve(weight, hessian, format, percDamp, blockSize, name);
+        return GptqWeight.FromCodes(format, solution.Codes, solution.Scales, solution.Zeros, solution.GIdx, weight.dtype);
+    }
+
+    /// <summary>AutoGPTQ's symmetric Quantizer.find_params per row of x (out, k): scale and zero, each (out, 1).</summary>
+    internal static (Tensor Scale, Tensor Zero) Grid(Tensor x, int maxQ)
+    {
+        using var scope = NewDisposeScope();
+        var xmin = x.amin([1]).clamp_max(0);
+        var xmax = x.amax([1]).clamp_min(0);
+        xmax = maximum(xmin.abs(), xmax);
+        xmin = where(xmin.lt(0), -xmax, xmin);
+        var empty = xmin.eq(0).logical_and(xmax.eq(0));
+        xmin = where(empty, full_like(xmin, -1), xmin);
+        xmax = where(empty, full_like(xmax, 1), xmax);
+        var scale = (xmax - xmin) / maxQ;
+        var zero = full_like(scale, (maxQ + 1) / 2);
+        return (scale.unsqueeze(1).MoveToOuterDisposeScope(), zero.unsqueeze(1).MoveToOuterDisposeScope());
+    }
+
+    /// <summary>Column order by decreasing Hessian diagonal, ties in index order.</summary>
+    internal static Tensor DescendingStableOrder(Tensor diagonal, Device device)
+    {
+        var d = diagonal.to(ScalarType.Float64).cpu().data<double>().ToArray();
+        var order = Enumerable.Range(0, d.Length).OrderByDescending(i => d[i]).ThenBy(i => i).Select(i => (long)i).ToArray();
+        return tensor(order, ScalarType.Int64, device);
+    }
+
+    static Tensor Cholesky(Tensor h, string? name)
+    {
+        var (factor, info) = linalg.cholesky_ex(h);
+        using (info)
+            if (info.item<int>() != 0)
+                throw new ArgumentException($"GPTQ: the damped Hessian of {name ?? "the weight"} is not positive definite (calibration inputs too few or degenerate); add calibration samples or raise the damping");
+        return factor;
+    }
+}

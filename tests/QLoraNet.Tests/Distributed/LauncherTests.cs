@@ -1,0 +1,70 @@
+using QLoraNet.Distributed;
+
+namespace QLoraNet.Tests.Distributed;
+
+/// <summary>
+/// Real processes: <see cref="ProcessLauncher"/> starting 2 and 3 ranks of this build's CLI running the hidden
+/// `dist-selftest` verb over the loopback backend. A rank that exits mid-collective or hangs makes the others fail
+/// naming it and the launcher stop everything and exit non-zero; Ctrl-C is passed on and the launch exits 130.
+/// </summary>
+[Collection("processes")] // one launch at a time: each starts up to three .NET processes
+[Trait("tier", "e2e")]
+public class LauncherTests
+{
+    static LaunchSpec SelfTest(int ranks, params string[] extra)
+    {
+        return new LaunchSpec(Cli.Dotnet, [Cli.Dll, "dist-selftest", "--backend", "loopback", .. extra], ranks) { StopTimeout = TimeSpan.FromSeconds(5) };
+    }
+
+    static (int Code, string Out, string Err, IReadOnlyList<int> Pids) Launch(LaunchSpec spec, Action<ProcessLauncher, Lines>? during = null) =>
+        Cli.Launch(spec, during);
+
+    static void AssertAllExited(IEnumerable<int> pids) => Cli.AssertAllExited(pids);
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void Ranks_pass_the_collective_checks_and_rank_zero_prints_unprefixed(int ranks)
+    {
+        var (code, stdout, stderr, pids) = Launch(SelfTest(ranks));
+        Assert.True(code == 0, $"exit {code}\n{stdout}\n{stderr}");
+        var json = stdout.Split('\n').Single(l => l.StartsWith('{'));
+        Assert.Contains($"\"world_size\":{ranks}", json);
+        Assert.Contains("\"ok\":true", json);
+        Assert.Contains("equal the pairwise rank sum bit for bit", json);
+        AssertAllExited(pids);
+    }
+
+    [Fact]
+    public void A_rank_that_exits_mid_collective_stops_the_launch_naming_it()
+    {
+        var (code, stdout, stderr, pids) = Launch(SelfTest(3, "--fail-rank", "2", "--at", "all_reduce", "--timeout", "60"));
+        Assert.Equal(3, code); // the failing rank's own exit code
+        Assert.Contains("launcher: rank 2 exited with code 3", stderr);
+        Assert.Matches(@"\[rank 0\] error: rank 0: all_reduce #2: rank 2( \([^)]*\))? closed its connection", stderr);
+        Assert.Matches(@"\[rank 1\] error: rank 1: all_reduce #2: .*rank 2", stderr);
+        AssertAllExited(pids);
+    }
+
+    [Fact]
+    public void A_hung_rank_is_named_after_the_timeout_and_killed()
+    {
+        var (code, stdout, stderr, pids) = Launch(SelfTest(2, "--hang-rank", "1", "--at", "all_reduce", "--timeout", "1"));
+        Assert.Equal(1, code);
+        Assert.Matches(@"\[rank 0\] error: rank 0: all_reduce #2: rank 1( \([^)]*\))? sent nothing within 1 s", stderr);
+        Assert.Contains("launcher: rank 0 exited with code 1; stopping rank 1", stderr); // the hung rank was stopped, not waited for
+        AssertAllExited(pids);
+    }
+
+    [Fact]
+    public void Ctrl_C_is_passed_on_and_the_launch_exits_130()
+    {
+        var (code, stdout, stderr, pids) = Launch(SelfTest(2, "--wait-interrupt"), (launcher, output) =>
+        {
+            Assert.True(output.WaitFor("waiting for Ctrl-C", TimeSpan.FromSeconds(60)), "rank 0 never got to wait");
+            launcher.Forward(ForwardedSignal.Interrupt);
+        });
+        Assert.True(code == ProcessLauncher.ExitInterrupted, $"exit {code}\n{stdout}\n{stderr}");
+        AssertAllExited(pids);
+    }
+}
