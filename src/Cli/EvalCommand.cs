@@ -60,7 +60,7 @@ public static class EvalCommand
             double loadSeconds = clock.Elapsed.TotalSeconds;
             long? loadPeak = peakReset ? HostMemory.PeakResidentBytes : null;
 
-            var tokens = ids is null ? loaded.Tokenizer.Encode(File.ReadAllText(text!)).Select(i => (long)i).ToList() : ReadIds(ids);
+            var tokens = ids is null ? loaded.Tokenizer.Encode(QLoraNet.Formats.UserFile.ReadText(text!, MaxTextBytes, "--text-file")).Select(i => (long)i).ToList() : ReadIds(ids);
             var totals = WindowedLoss.Compute(loaded.Model, tokens, window, parsed.GetValue(stride) ?? window);
             string format = QuantizedCheckpoint.StoredFormat(parsed.GetValue(modelOptions.Model)!)?.ToString() ?? loaded.Format.ToString();
 
@@ -88,21 +88,17 @@ public static class EvalCommand
     /// <summary>A JSON array of ids, or an object holding one under <see cref="ReferenceIdsKey"/>.</summary>
     public static List<long> ReadIds(string path)
     {
-        try
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
-            var root = doc.RootElement;
-            var array = root.ValueKind == JsonValueKind.Object && root.TryGetProperty(ReferenceIdsKey, out var a) ? a : root;
-            if (array.ValueKind != JsonValueKind.Array)
-                throw new InvalidDataException($"{path}: expected a JSON array of token ids or an object with \"{ReferenceIdsKey}\"");
-            return array.EnumerateArray().Select(e => e.TryGetInt64(out long v) ? v
-                : throw new InvalidDataException($"{path}: token id {e.GetRawText()} is not an integer")).ToList();
-        }
-        catch (JsonException e)
-        {
-            throw new InvalidDataException($"{path}: not valid JSON ({e.Message.Split('.')[0]})");
-        }
+        using var doc = QLoraNet.Formats.UserFile.ReadJson(path, MaxTextBytes, "--token-ids-json");
+        var root = doc.RootElement;
+        var array = root.ValueKind == JsonValueKind.Object && root.TryGetProperty(ReferenceIdsKey, out var a) ? a : root;
+        if (array.ValueKind != JsonValueKind.Array)
+            throw new InvalidDataException($"{path}: expected a JSON array of token ids or an object with \"{ReferenceIdsKey}\"");
+        return array.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long v) && v >= 0 ? v
+            : throw new InvalidDataException($"{path}: token id {QLoraNet.Formats.SafeText.Clip(e.GetRawText(), 40)} is not a non-negative integer")).ToList();
     }
+
+    /// <summary>Largest --text-file / --token-ids-json read: evaluation text, not a corpus dump.</summary>
+    const long MaxTextBytes = 256L << 20;
 
     /// <summary>Bytes of every parameter and buffer (stored codes, scales, dense weights, rotary tables).</summary>
     static long ModelBytes(nn.Module model) =>

@@ -54,8 +54,8 @@ public static class ExportCommand
     static void CheckOutput(string outPath, bool overwrite)
     {
         if (Directory.Exists(outPath)) throw new IOException($"--out '{outPath}' is a directory; give a file name such as model.gguf");
+        OutputLocation.RequireParent(outPath);
         string dir = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
-        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"--out '{outPath}': directory '{dir}' does not exist");
         if (File.Exists(outPath) && !overwrite) throw new IOException($"{outPath} already exists; pass --overwrite to replace it");
         string probe = Path.Combine(dir, AtomicFile.TemporaryName(Path.GetFileName(outPath)));
         try

@@ -54,7 +54,17 @@ public static class GenerateCommand
                 stopIds.AddRange(chatTemplate.EndOfTurnTokens.Select(t => tokenizer.TokenId(t)).OfType<int>());
             }
             else inputIds = tokenizer.Encode(parsed.GetValue(prompt)!);
-            var outputIds = TextGenerator.Generate(llama, inputIds, options with { StopIds = stopIds.Distinct().ToList() });
+            // Past max_position_embeddings the model was never trained (and RoPE positions extrapolate): the prompt
+            // must fit, and generation stops at the context length with a note rather than running on.
+            int context = arch.MaxPositions;
+            if (inputIds.Count > context)
+                throw new ArgumentException($"--prompt: {inputIds.Count} tokens is more than the model's context length {context} (max_position_embeddings in its config.json); shorten the prompt");
+            int room = context - inputIds.Count;
+            bool capped = options.MaxNewTokens > room;
+            var outputIds = TextGenerator.Generate(llama, inputIds, options with { StopIds = stopIds.Distinct().ToList(), MaxNewTokens = Math.Min(options.MaxNewTokens, room) });
+            if (capped && outputIds.Count == room)
+                parsed.InvocationConfiguration.Error.WriteLine(
+                    $"note: stopped after {room} new tokens at the model's context length {context} (max_position_embeddings); --max-new-tokens {options.MaxNewTokens} was not reached");
 
             if (parsed.GetValue(json))
                 stdout.WriteLine(Json(inputIds, outputIds, tokenizer.Decode(outputIds)));

@@ -22,10 +22,12 @@ public static class MergeCommand
         var quantization = new Option<string>("--quantization") { Description = "write the merged decoder linears quantized, in a format with a checkpoint layout: none | nf4[-dq] | fp4[-dq] (bitsandbytes 4-bit) | llm-int8[-t<T>] (bitsandbytes 8-bit) | hqq2|3|4|8[-g<N>] (hqq) | ternary (BitNet)", DefaultValueFactory = _ => "none" };
         var shardSize = new Option<string>("--max-shard-size") { Description = "largest safetensors shard, e.g. 5GB, 500MB, 2GiB", DefaultValueFactory = _ => "5GB" };
         var overwrite = new Option<bool>("--overwrite") { Description = "replace a non-empty --out (only after the new checkpoint is complete)" };
+        var allowNonFinite = new Option<bool>("--allow-non-finite-weights") { Description = "merge base weights holding NaN/Inf instead of refusing them" };
+        var noTokenizer = new Option<bool>("--no-tokenizer") { Description = "write the merged weights even though --model has no tokenizer (the output then needs one copied in)" };
         dtype.AcceptOnlyFromAmong("bf16", "fp16", "fp32");
 
         var cmd = new Command("merge", "merge a LoRA adapter into its base model and write a Hugging Face checkpoint");
-        foreach (var o in new Option[] { model, adapter, output, dtype, baseFormat, quantization, shardSize, overwrite }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, adapter, output, dtype, baseFormat, quantization, shardSize, overwrite, allowNonFinite, noTokenizer }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
             // Ctrl-C stops between two tensors; the merge then deletes its temporary directory (a second Ctrl-C kills).
@@ -42,7 +44,9 @@ public static class MergeCommand
                 Quantization: ParseQuantization(pr.GetValue(quantization)!),
                 MaxShardBytes: ShardSize.Parse(pr.GetValue(shardSize)!),
                 Overwrite: pr.GetValue(overwrite),
-                OnTensor: _ => cts.Token.ThrowIfCancellationRequested());
+                OnTensor: _ => cts.Token.ThrowIfCancellationRequested(),
+                AllowNonFiniteWeights: pr.GetValue(allowNonFinite),
+                AllowNoTokenizer: pr.GetValue(noTokenizer));
             LibTorchProbe.EnsureLoaded();
             string outDir = pr.GetValue(output)!;
             Console.CancelKeyPress += onCancel;
@@ -54,6 +58,8 @@ public static class MergeCommand
                 if (ModelFamilies.Load(pr.GetValue(model)!).TernaryLinears)
                     pr.InvocationConfiguration.Error.WriteLine(
                         "warning: a BitNet model computes with ternary linears, so W + s·B·A is ternarised again (here or at load) and most of the adapter's effect is lost (docs/QUANTIZATION.md); serve the adapter unmerged (generate/eval --adapter)");
+                if (!MergedCheckpoint.HasTokenizer(outDir))
+                    stdout.WriteLine($"note: {outDir} has no tokenizer (--no-tokenizer): copy one ({string.Join(" or ", MergedCheckpoint.TokenizerFiles)}) in before loading it");
                 return 0;
             }
             catch (OperationCanceledException)

@@ -20,6 +20,7 @@ public sealed class ModelOptions
     public Option<string?> DType { get; } = new("--dtype") { Description = "compute dtype fp32 | bf16 (default: fp32 on cpu, bf16 on cuda)" };
     public Option<string?> Quantization { get; } = new("--quantization") { Description = $"base format of the decoder linears, quantized on load: {BaseFormats.Syntax} (see docs/QUANTIZATION.md); default: the format the --adapter was trained on (its qloranet.json), else none; a pre-quantized directory loads as stored" };
     public Option<string?> Adapter { get; } = new("--adapter") { Description = "peft LoRA adapter directory to apply (unmerged)" };
+    public Option<bool> AllowNonFinite { get; } = new("--allow-non-finite-weights") { Description = "load weights holding NaN/Inf instead of refusing them (to inspect a diverged or damaged checkpoint)" };
     public CalibrationOptions Calibration { get; } = new();
 
     public ModelOptions()
@@ -30,7 +31,7 @@ public sealed class ModelOptions
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Model, Device, DType, Quantization, Adapter }.Concat(Calibration.All)) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Model, Device, DType, Quantization, Adapter, AllowNonFinite }.Concat(Calibration.All)) cmd.Options.Add(o);
     }
 
     /// <summary>Loaded model, tokenizer and family record, plus what was chosen.</summary>
@@ -51,7 +52,8 @@ public sealed class ModelOptions
         var tokenizer = TextTokenizers.Load(dir);   // cheap, and its errors should not wait for the weights
         var calibration = Calibration.Build(parsed, format, tokenizer, dir);
         var built = ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, format, KernelChoice.For(device),
-            AdapterDir: parsed.GetValue(Adapter), Calibration: calibration, CalibrationProgress: CalibrationOptions.Reporter(parsed)));
+            AdapterDir: parsed.GetValue(Adapter), AllowNonFiniteWeights: parsed.GetValue(AllowNonFinite),
+            Calibration: calibration, CalibrationProgress: CalibrationOptions.Reporter(parsed)));
         built.Model.eval();
         return new Loaded(built.Model, tokenizer, built.Architecture, device, compute, format, built.Adapter, built.Kernels, dir);
     }

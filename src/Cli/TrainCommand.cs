@@ -9,10 +9,12 @@ using Spectre.Console;
 namespace QLoraNet.Cli;
 
 /// <summary>
-/// `train CONFIG [key=value ...] [--resume [DIR]]`: the QLoRA fine-tuning job. Ctrl-C finishes the current step,
-/// saves a checkpoint and exits (130); a second Ctrl-C aborts at once. `--gpus N` (N &gt; 1) runs N data-parallel
-/// ranks of this command on this host (docs/DISTRIBUTED.md); a rank (RANK/WORLD_SIZE set, by --gpus or torchrun)
-/// continues into the run.
+/// `train CONFIG [key=value ...] [--resume | --resume-from DIR] [--resume-with-changes] [--gpus N]`: the QLoRA
+/// fine-tuning job. `--resume` takes no value (the newest checkpoint of output.dir), so a following `key=value` is
+/// always an override; a checkpoint directory is named with `--resume-from`. Ctrl-C or SIGTERM finishes the current
+/// step, saves a checkpoint and exits 130 or 143 (<see cref="StopSignals"/>); a second signal aborts at once.
+/// `--gpus N` (N &gt; 1) runs N data-parallel ranks of this command on this host (docs/DISTRIBUTED.md), passing the
+/// signals on to them; a rank (RANK/WORLD_SIZE set, by --gpus or torchrun) continues into the run.
 /// </summary>
 public static class TrainCommand
 {
@@ -20,10 +22,11 @@ public static class TrainCommand
     {
         var config = new Argument<string>("config") { Description = "YAML config file, e.g. configs/quickstart.yaml" };
         var overrides = new Argument<string[]>("overrides") { Description = "section.key=value overrides, e.g. training.learning_rate=1e-4", Arity = ArgumentArity.ZeroOrMore };
-        var resume = new Option<string?>("--resume")
+        var resume = new Option<bool>("--resume") { Description = "continue from the newest complete checkpoint in output.dir" };
+        var resumeFrom = new Option<string?>("--resume-from") { Description = "continue from this checkpoint directory (output.dir/checkpoints/step-N)" };
+        var resumeWithChanges = new Option<bool>("--resume-with-changes")
         {
-            Description = "continue from the newest checkpoint in output.dir, or from the checkpoint directory given",
-            Arity = ArgumentArity.ZeroOrOne,
+            Description = "resume even if the config changed in keys that break exact resume (learning rate, data, LoRA shape, ...); the changes are logged and the new config recorded beside the checkpoints",
         };
         var gpus = new Option<int>("--gpus")
         {
@@ -37,9 +40,7 @@ public static class TrainCommand
         var cmd = new Command("train", "QLoRA fine-tuning from a YAML config");
         cmd.Arguments.Add(config);
         cmd.Arguments.Add(overrides);
-        cmd.Options.Add(resume);
-        cmd.Options.Add(gpus);
-        cmd.Options.Add(preview);
+        foreach (var o in new Option[] { resume, resumeFrom, resumeWithChanges, gpus, preview }) cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
             int ranks = pr.GetValue(gpus);
@@ -51,12 +52,17 @@ public static class TrainCommand
                 DataPreviewPrinter.Print(cfg, rows, stdout, colour: ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected);
                 return 0;
             }
-            string? resumeArg = pr.GetResult(resume) is null ? null : pr.GetValue(resume) ?? "latest";
+            string? from = pr.GetValue(resumeFrom);
+            if (from is not null && pr.GetValue(resume)) throw new ArgumentException("--resume and --resume-from: give one (--resume = the newest checkpoint of output.dir)");
+            if (pr.GetValue(resumeWithChanges) && from is null && !pr.GetValue(resume))
+                throw new ArgumentException("--resume-with-changes applies to a resume; add --resume or --resume-from DIR");
+            string? resumeArg = from ?? (pr.GetValue(resume) ? "latest" : null);
             if (ranks > 1)
             {
                 // The config was checked once here; each rank runs this verb again without --gpus.
                 string[] rankArgs = ["train", pr.GetValue(config)!, .. pr.GetValue(overrides) ?? [],
-                    .. pr.GetResult(resume) is null ? [] : pr.GetValue(resume) is { } r ? new[] { "--resume", r } : ["--resume"],
+                    .. from is not null ? new[] { "--resume-from", from } : pr.GetValue(resume) ? ["--resume"] : [],
+                    .. pr.GetValue(resumeWithChanges) ? new[] { "--resume-with-changes" } : [],
                     .. pr.GetValue(CliApp.Verbose) ? new[] { "--verbose" } : []];
                 return DistributedLaunch.Launch(rankArgs, ranks, stdout, pr.InvocationConfiguration.Error);
             }
@@ -67,32 +73,19 @@ public static class TrainCommand
             // A rank joins the job before loading anything (NCCL picks its GPU); every rank must run the same config and build.
             using var replicas = DistributedLaunch.JoinAsReplica(dist, device, cfg.ToYaml(), resumeArg ?? "");
             device = replicas?.Group.Device ?? device;
-            using var cts = new CancellationTokenSource();
-            ConsoleCancelEventHandler onCancel = (_, e) =>
+            // One progress display: rank 0's. The other ranks report only errors (to stderr, labelled by the launcher).
+            var display = dist.IsRankZero ? stdout : TextWriter.Null;
+            using var signals = new StopSignals(display);
+            var observer = new ConsoleTrainingObserver(display);
+            var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device), replicas?.Group,
+                ResumeWithChanges: pr.GetValue(resumeWithChanges)), observer, signals.Token);
+            observer.Finish(result);
+            return result.Stop switch
             {
-                if (cts.IsCancellationRequested) return; // second Ctrl-C: let the process die
-                e.Cancel = true;
-                cts.Cancel();
-                if (dist.IsRankZero) stdout.WriteLine("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again aborts)");
+                TrainStop.Interrupted => signals.ExitCode,
+                TrainStop.NonFiniteLoss => throw new InvalidOperationException(result.Message),
+                _ => 0,
             };
-            Console.CancelKeyPress += onCancel;
-            try
-            {
-                // One progress display: rank 0's. The other ranks report only errors (to stderr, labelled by the launcher).
-                var observer = new ConsoleTrainingObserver(dist.IsRankZero ? stdout : TextWriter.Null);
-                var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device), replicas?.Group), observer, cts.Token);
-                observer.Finish(result);
-                return result.Stop switch
-                {
-                    TrainStop.Interrupted => CliApp.ExitInterrupted,
-                    TrainStop.NonFiniteLoss => throw new InvalidOperationException(result.Message),
-                    _ => 0,
-                };
-            }
-            finally
-            {
-                Console.CancelKeyPress -= onCancel;
-            }
         });
         return cmd;
     }

@@ -16,13 +16,17 @@ public static class BoundedJson
     public static JsonDocument Read(string path, long maxBytes, string what)
     {
         byte[] bytes = ReadBytes(path, maxBytes, what);
+        // Invalid UTF-8 found now, naming the line; left to the parser it surfaces later, from a string read, as
+        // "Cannot transcode invalid UTF-8 JSON text" naming nothing (issue 11).
+        UserFile.RequireUtf8(bytes, path);
         try
         {
             return JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = MaxDepth, AllowTrailingCommas = false });
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{path}: not valid JSON ({FirstSentence(e.Message)}); the {what} must be the file as Hugging Face writes it");
+            // The parser quotes the offending input: escaped and clipped, so the error stays one printable line.
+            throw new InvalidDataException($"{path}:{(e.LineNumber ?? 0) + 1}: not valid JSON ({SafeText.Clip(FirstSentence(e.Message), 160)}); the {what} must be the file as Hugging Face writes it");
         }
     }
 
@@ -30,6 +34,8 @@ public static class BoundedJson
     public static byte[] ReadBytes(string path, long maxBytes, string what)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: not found ({what})", path);
+        // A FIFO would block the open until a writer comes, /dev/zero never ends: regular files only (issue 11).
+        UserFile.RequireRegular(path, what);
         using var stream = File.OpenRead(path);
         if (stream.CanSeek && stream.Length > maxBytes)
             throw new InvalidDataException($"{path}: {stream.Length:N0} bytes is more than a {what} can be ({maxBytes:N0}); is it the right file?");

@@ -59,15 +59,15 @@ public sealed record GgufBpeVocab(
         int? IdOf(string? content) => content is null ? null
             : added.FirstOrDefault(t => t.Content == content)?.Id ?? (spec.Vocab.TryGetValue(content, out int v) ? v : null);
         var hf = HfConfigJson.Load(modelDir);
-        var eosIds = hf.Ids("eos_token_id");
+        var eosIds = hf.TokenIds("eos_token_id", vocabSize);
         var prefix = qwen2Class ? [] : spec.PrefixIds;
         var suffix = qwen2Class ? [] : spec.SuffixIds;
         return new GgufBpeVocab(tokens, types,
             spec.Merges.Select(m => $"{SpaceFree(m.Left)} {SpaceFree(m.Right)}").ToList(),
             pre,
-            BosId: IdOf(config.BosToken) ?? hf.Int("bos_token_id"),
+            BosId: IdOf(config.BosToken) ?? hf.TokenId("bos_token_id", vocabSize),
             EosId: IdOf(config.EosToken) ?? (eosIds.Count > 0 ? eosIds[0] : null),
-            PadId: IdOf(config.PadToken) ?? hf.Int("pad_token_id"),
+            PadId: IdOf(config.PadToken) ?? (hf.Int("pad_token_id") is int p && p >= 0 && p < vocabSize ? p : null),   // old Llama configs say -1: none
             AddBos: config.AddBosToken ?? prefix.Count > 0,
             AddEos: config.AddEosToken ?? suffix.Count > 0);
     }

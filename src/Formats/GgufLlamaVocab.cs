@@ -48,11 +48,12 @@ public sealed record GgufLlamaVocab(
                     (tokens[id], scores[id], types[id]) = (kv.Name, -1000f, UserDefined);
 
         var tokenizerConfig = ReadJson(Path.Combine(modelDir, "tokenizer_config.json"));
-        if (tokenizerConfig is { } tc && tc.TryGetProperty("added_tokens_decoder", out var decoder) && decoder.ValueKind == JsonValueKind.Object)
+        if (tokenizerConfig is { ValueKind: JsonValueKind.Object } tc && tc.TryGetProperty("added_tokens_decoder", out var decoder) && decoder.ValueKind == JsonValueKind.Object)
             foreach (var kv in decoder.EnumerateObject())
             {
                 if (!int.TryParse(kv.Name, out int id) || id < 0 || id >= vocabSize) continue;
-                string content = kv.Value.TryGetProperty("content", out var c) ? c.GetString() ?? "" : "";
+                if (kv.Value.ValueKind != JsonValueKind.Object) continue;
+                string content = kv.Value.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString()! : "";
                 bool special = kv.Value.TryGetProperty("special", out var s) && s.ValueKind == JsonValueKind.True;
                 if (special || LooksSpecial(content)) (tokens[id], types[id]) = (content, Control);
                 else (tokens[id], types[id]) = (content.Replace('\u2581', ' '), UserDefined);
@@ -103,15 +104,8 @@ public sealed record GgufLlamaVocab(
     static JsonElement? ReadJson(string path)
     {
         if (!File.Exists(path)) return null;
-        try
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
-            return doc.RootElement.Clone();
-        }
-        catch (JsonException e)
-        {
-            throw new InvalidDataException($"{path}: not valid JSON ({e.Message.Split('.')[0]})");
-        }
+        using var doc = UserFile.ReadJson(path);
+        return doc.RootElement.Clone();
     }
 
     static int? Id(JsonElement? json, string key, int vocabSize)

@@ -39,16 +39,16 @@ public sealed class GgufReader : IDisposable
     }
 
     public GgufValue this[string key] =>
-        Metadata.FirstOrDefault(kv => kv.Key == key).Value ?? throw new KeyNotFoundException($"{Path}: no metadata key '{key}'");
+        Metadata.FirstOrDefault(kv => kv.Key == key).Value ?? throw new KeyNotFoundException($"{Path}: no metadata key {SafeText.Quote(key)}");
 
     public bool Has(string key) => Metadata.Any(kv => kv.Key == key);
 
     public GgufTensorInfo Tensor(string name) =>
-        Tensors.FirstOrDefault(t => t.Name == name) ?? throw new KeyNotFoundException($"{Path}: no tensor '{name}'");
+        Tensors.FirstOrDefault(t => t.Name == name) ?? throw new KeyNotFoundException($"{Path}: no tensor {SafeText.Quote(name)}");
 
     public static GgufReader Open(string path)
     {
-        var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        var fs = UserFile.OpenRead(path, "GGUF file");
         try
         {
             using var r = new BinaryReader(fs, Encoding.UTF8, leaveOpen: true);
@@ -65,29 +65,48 @@ public sealed class GgufReader : IDisposable
             for (ulong i = 0; i < nKv; i++)
             {
                 string key = ReadString(r, path);
+                if (metadata.Any(kv => kv.Key == key)) throw Corrupt(path, $"metadata key {SafeText.Quote(key)} appears twice");
                 var type = (GgufValueType)r.ReadUInt32();
                 metadata.Add(new(key, ReadValue(r, type, path, key)));
             }
-            uint alignment = metadata.FirstOrDefault(kv => kv.Key == GgufWriter.AlignmentKey).Value?.AsUInt32 ?? GgufWriter.DefaultAlignment;
+            var alignValue = metadata.FirstOrDefault(kv => kv.Key == GgufWriter.AlignmentKey).Value;
+            if (alignValue is not null && alignValue.Type != GgufValueType.UInt32)
+                throw Corrupt(path, $"'{GgufWriter.AlignmentKey}' must be a uint32, not {alignValue.Type}");
+            uint alignment = alignValue?.AsUInt32 ?? GgufWriter.DefaultAlignment;
+            if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > 1 << 20)
+                throw Corrupt(path, $"alignment {alignment} is not a power of two up to 1 MiB");
 
             var tensors = new List<GgufTensorInfo>();
             for (ulong i = 0; i < nTensors; i++)
             {
                 string name = ReadString(r, path);
+                if (tensors.Any(t => t.Name == name)) throw Corrupt(path, $"tensor {SafeText.Quote(name)} appears twice");
                 uint nDims = r.ReadUInt32();
-                if (nDims > 4) throw Corrupt(path, $"tensor '{name}' has {nDims} dims (ggml allows at most 4)");
+                if (nDims > 4) throw Corrupt(path, $"tensor {SafeText.Quote(name)} has {nDims} dims (ggml allows at most 4)");
                 var dims = new long[nDims];
-                for (int d = 0; d < nDims; d++) dims[d] = checked((long)r.ReadUInt64());
+                for (int d = 0; d < nDims; d++)
+                {
+                    ulong dim = r.ReadUInt64();
+                    if (dim > (ulong)fs.Length * 2) throw Corrupt(path, $"tensor {SafeText.Quote(name)} dimension {dim} is larger than the file could hold");
+                    dims[d] = (long)dim;
+                }
                 var type = (GgmlType)r.ReadUInt32();
-                if (!Enum.IsDefined(type)) throw Corrupt(path, $"tensor '{name}' has ggml type {(uint)type}, which this reader does not know");
-                long offset = checked((long)r.ReadUInt64());
-                if (offset % alignment != 0) throw Corrupt(path, $"tensor '{name}' offset {offset} is not a multiple of the alignment {alignment}");
-                tensors.Add(new GgufTensorInfo(name, dims, type, offset));
+                if (!Enum.IsDefined(type)) throw Corrupt(path, $"tensor {SafeText.Quote(name)} has ggml type {(uint)type}, which this reader does not know");
+                ulong offset = r.ReadUInt64();
+                if (offset > (ulong)fs.Length) throw Corrupt(path, $"tensor {SafeText.Quote(name)} offset {offset} is past the end of the file");
+                if (offset % alignment != 0) throw Corrupt(path, $"tensor {SafeText.Quote(name)} offset {offset} is not a multiple of the alignment {alignment}");
+                var info = new GgufTensorInfo(name, dims, type, (long)offset);
+                try { _ = checked(info.ByteSize); }
+                catch (Exception e) when (e is OverflowException or ArgumentException)
+                {
+                    throw Corrupt(path, $"tensor {SafeText.Quote(name)} {string.Join("x", dims)} {type}: {(e is OverflowException ? "size overflows" : e.Message)}");
+                }
+                tensors.Add(info);
             }
             long dataStart = (fs.Position + alignment - 1) / alignment * alignment;
             foreach (var t in tensors)
-                if (dataStart + t.Offset + t.ByteSize > fs.Length)
-                    throw Corrupt(path, $"tensor '{t.Name}' ends at byte {dataStart + t.Offset + t.ByteSize}, past the end of the file ({fs.Length} bytes; truncated?)");
+                if (t.ByteSize > fs.Length || dataStart + t.Offset + t.ByteSize > fs.Length)
+                    throw Corrupt(path, $"tensor {SafeText.Quote(t.Name)} ends past the end of the file ({fs.Length} bytes; truncated?)");
             return new GgufReader(path, fs, version, metadata, tensors, dataStart, alignment);
         }
         catch (EndOfStreamException)
@@ -115,8 +134,14 @@ public sealed class GgufReader : IDisposable
     {
         ulong n = r.ReadUInt64();
         if (n > (ulong)(r.BaseStream.Length - r.BaseStream.Position)) throw Corrupt(path, $"a string of {n} bytes runs past the end of the file");
-        return Encoding.UTF8.GetString(r.ReadBytes((int)n));
+        if (n > MaxStringBytes) throw Corrupt(path, $"a string of {n} bytes is longer than the {MaxStringBytes}-byte limit");
+        var bytes = r.ReadBytes((int)n);
+        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw Corrupt(path, $"a string at byte {r.BaseStream.Position - (long)n} is not valid UTF-8");
+        return Encoding.UTF8.GetString(bytes);
     }
+
+    /// <summary>Keys, tensor names and vocabulary pieces are short; a longer string is corruption.</summary>
+    const int MaxStringBytes = 1 << 20;
 
     static GgufValue ReadValue(BinaryReader r, GgufValueType type, string path, string key) => type switch
     {
@@ -133,14 +158,16 @@ public sealed class GgufReader : IDisposable
         GgufValueType.Int64 => new(type, r.ReadInt64()),
         GgufValueType.Float64 => new(type, r.ReadDouble()),
         GgufValueType.Array => ReadArray(r, path, key),
-        _ => throw Corrupt(path, $"key '{key}' has unknown value type {(uint)type}"),
+        _ => throw Corrupt(path, $"key {SafeText.Quote(key)} has unknown value type {(uint)type}"),
     };
 
     static GgufValue ReadArray(BinaryReader r, string path, string key)
     {
         var element = (GgufValueType)r.ReadUInt32();
         ulong n = r.ReadUInt64();
-        if (n > (ulong)(r.BaseStream.Length - r.BaseStream.Position)) throw Corrupt(path, $"key '{key}': array of {n} elements runs past the end of the file");
+        ulong minElementBytes = element switch { GgufValueType.String => 8, GgufValueType.Float32 or GgufValueType.Int32 or GgufValueType.UInt32 => 4, _ => 1 };
+        if (n > (ulong)(r.BaseStream.Length - r.BaseStream.Position) / minElementBytes)
+            throw Corrupt(path, $"key {SafeText.Quote(key)}: array of {n} elements runs past the end of the file");
         object items = element switch
         {
             GgufValueType.String => Enumerable.Range(0, (int)n).Select(_ => ReadString(r, path)).ToArray(),
@@ -148,7 +175,7 @@ public sealed class GgufReader : IDisposable
             GgufValueType.Int32 => Enumerable.Range(0, (int)n).Select(_ => r.ReadInt32()).ToArray(),
             GgufValueType.UInt32 => Enumerable.Range(0, (int)n).Select(_ => r.ReadUInt32()).ToArray(),
             GgufValueType.UInt8 => r.ReadBytes((int)n),
-            _ => throw Corrupt(path, $"key '{key}': arrays of {element} are not supported by this reader"),
+            _ => throw Corrupt(path, $"key {SafeText.Quote(key)}: arrays of {element} are not supported by this reader"),
         };
         return new GgufValue(GgufValueType.Array, items, element);
     }

@@ -45,7 +45,7 @@ public sealed class GgufTensorNames
     {
         if (hfName.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)) return null;
         return _byHfName.TryGetValue(hfName, out var name) ? name
-            : throw new NotSupportedException($"tensor '{hfName}' has no llama.cpp counterpart (extra modules are not supported)");
+            : throw new NotSupportedException($"tensor {SafeText.Quote(hfName)} has no llama.cpp counterpart (extra modules are not supported)");
     }
 
     /// <summary>True for "blk.N.{linear}.weight" and "blk.N.{linear}.bias", e.g. linear "attn_q".</summary>

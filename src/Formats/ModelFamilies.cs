@@ -33,12 +33,22 @@ public static class ModelFamilies
             if (config.Int(key) is > 1 and var n)
                 throw new NotSupportedException($"{config.Path}: {key} {n}: mixture-of-experts models are not supported; use a dense model");
 
-        string what = architectures.Count > 0 ? $"architecture {string.Join(", ", architectures)}" : $"model_type '{modelType}'";
+        string what = architectures.Count > 0 ? $"architecture {SafeText.Clip(string.Join(", ", architectures), 80)}" : $"model_type {SafeText.Quote(modelType)}";
         var family = Find(modelType, architectures)
             ?? throw new NotSupportedException($"{config.Path}: {what} is not supported; QLoraNet loads {Supported}");
         if (architectures.Count > 0 && !architectures.Any(family.Architectures.Contains))
             throw new NotSupportedException($"{config.Path}: {what} is not supported; the {family.Name} family loads {string.Join(", ", family.Architectures)}");
-        return family.Parse(config);
+        // The two fields name the model twice; transformers picks the class by model_type, so a file where they
+        // disagree (model_type "gpt2", architectures [LlamaForCausalLM]) is damaged or hand-edited: neither is trusted.
+        if (modelType.Length > 0 && architectures.Count > 0 && !family.ModelTypes.Contains(modelType))
+            throw new InvalidDataException(
+                $"{config.Path}: model_type {SafeText.Quote(modelType)} contradicts architectures [{SafeText.Clip(string.Join(", ", architectures), 80)}] (the {family.Name} family has model_type {string.Join(", ", family.ModelTypes.Select(t => $"'{t}'"))}); fix whichever is wrong");
+        var arch = family.Parse(config);
+        // Sizes in range and consistent with each other before anything is derived from them or allocated (issue 11):
+        // a hostile num_hidden_layers 2147483647 is refused here, not after gigabytes of layers.
+        ConfigLimits.Check(config.Path, arch.VocabSize, arch.Hidden, arch.Intermediate, arch.NumLayers, arch.NumHeads,
+            arch.NumKvHeads, arch.HeadDim, arch.MaxPositions);
+        return arch;
     }
 
     /// <summary>The family that reads this model_type or one of these architectures; null when none does.</summary>

@@ -45,7 +45,7 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: not found (a Llama model directory needs its SentencePiece {FileName})", path);
         try
         {
-            var bytes = File.ReadAllBytes(path);
+            var bytes = UserFile.ReadBytes(path, 64L << 20, FileName);
             return Parse(bytes) with { Serialized = bytes };
         }
         catch (InvalidDataException e)
@@ -73,7 +73,7 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
                     if (w == 0 && f == 3) kind = (ModelKind)(int)spec.Varint();
                     else if (w == 0 && f is >= 40 and <= 43)
                     {
-                        int id = (int)spec.Varint();
+                        int id = (int)(long)spec.Varint();  // int32 fields: negative values are 10-byte varints
                         if (f == 40) unk = id; else if (f == 41) bos = id; else if (f == 42) eos = id; else pad = id;
                     }
                     else spec.Skip(w);
@@ -94,9 +94,19 @@ public sealed record SentencePieceModel(IReadOnlyList<SentencePieceModel.Piece> 
         while (!r.End)
         {
             var (field, wire) = r.Tag();
-            if (field == 1 && wire == 2) text = Encoding.UTF8.GetString(r.LengthDelimited());
+            if (field == 1 && wire == 2)
+            {
+                var raw = r.LengthDelimited();
+                if (!System.Text.Unicode.Utf8.IsValid(raw)) throw new InvalidDataException("a piece is not valid UTF-8");
+                text = Encoding.UTF8.GetString(raw);
+            }
             else if (field == 2 && wire == 5) score = BitConverter.ToSingle(r.Fixed32());
-            else if (field == 3 && wire == 0) type = (PieceType)(int)r.Varint();
+            else if (field == 3 && wire == 0)
+            {
+                ulong t = r.Varint();
+                if (t is < 1 or > 6) throw new InvalidDataException($"piece type {t} is not a SentencePiece type (1-6)");
+                type = (PieceType)(int)t;
+            }
             else r.Skip(wire);
         }
         return new Piece(text, score, type);

@@ -97,8 +97,8 @@ public sealed record TokenizerConfigJson
         var list = new List<AddedTokenSpec>();
         foreach (var p in d.EnumerateObject())
         {
-            if (!int.TryParse(p.Name, out int id) || id < 0 || Str(p.Value, "content") is not { Length: > 0 } content)
-                throw new InvalidDataException($"{path}: added_tokens_decoder entry '{p.Name}' needs an integer id and a content");
+            if (!int.TryParse(p.Name, out int id) || id < 0 || id >= ConfigLimits.MaxVocab || Str(p.Value, "content") is not { Length: > 0 } content)
+                throw new InvalidDataException($"{path}: added_tokens_decoder entry {SafeText.Quote(p.Name, 60)} needs an integer id and a content");
             list.Add(new AddedTokenSpec(id, content, Flag(p.Value, "special"), Flag(p.Value, "lstrip"), Flag(p.Value, "rstrip"),
                 Flag(p.Value, "single_word"), Flag(p.Value, "normalized")));
         }

@@ -70,7 +70,7 @@ public sealed record TokenizerJson
         }
         catch (Exception e) when (e is InvalidOperationException or FormatException or KeyNotFoundException)
         {
-            throw new InvalidDataException($"{path}: malformed tokenizer.json ({e.Message})");
+            throw new InvalidDataException($"{path}: malformed tokenizer.json ({SafeText.Clip(e.Message, 200)})");
         }
     }
 
@@ -80,18 +80,18 @@ public sealed record TokenizerJson
         var model = root.TryGetProperty("model", out var m) && m.ValueKind == JsonValueKind.Object ? m : throw Bad(path, "no 'model' object");
         string modelType = Str(model, "type") ?? (model.TryGetProperty("merges", out _) ? "BPE" : "unknown");
         if (modelType != "BPE")
-            throw Refuse(path, $"model type '{modelType}'", "only byte-level BPE tokenizer.json files (Llama 3, Qwen2) are implemented; Unigram, WordPiece and WordLevel are not");
+            throw Refuse(path, $"model type {SafeText.Quote(modelType, 60)}", "only byte-level BPE tokenizer.json files (Llama 3, Qwen2) are implemented; Unigram, WordPiece and WordLevel are not");
         if (model.TryGetProperty("byte_fallback", out var bf) && bf.ValueKind == JsonValueKind.True)
             throw Refuse(path, "BPE with byte_fallback (SentencePiece-style)", "ship the model's tokenizer.model beside it; SentencePiece BPE is read from there");
         if (model.TryGetProperty("dropout", out var dr) && dr.ValueKind == JsonValueKind.Number && dr.GetDouble() > 0)
             throw Refuse(path, $"BPE dropout {dr.GetDouble()}", "dropout makes tokenization random; set it to null");
         foreach (var key in new[] { "continuing_subword_prefix", "end_of_word_suffix" })
-            if (Str(model, key) is { Length: > 0 } affix) throw Refuse(path, $"BPE {key} '{affix}'", "only byte-level BPE without subword affixes is implemented");
+            if (Str(model, key) is { Length: > 0 } affix) throw Refuse(path, $"BPE {key} {SafeText.Quote(affix, 60)}", "only byte-level BPE without subword affixes is implemented");
 
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
         if (!model.TryGetProperty("vocab", out var v) || v.ValueKind != JsonValueKind.Object) throw Bad(path, "model.vocab must be an object of token: id");
         foreach (var p in v.EnumerateObject())
-            vocab[p.Name] = p.Value.ValueKind == JsonValueKind.Number && p.Value.TryGetInt32(out int id) && id >= 0 ? id : throw Bad(path, $"model.vocab['{p.Name}'] must be a non-negative integer id");
+            vocab[p.Name] = p.Value.ValueKind == JsonValueKind.Number && p.Value.TryGetInt32(out int id) && id >= 0 && id < ConfigLimits.MaxVocab ? id : throw Bad(path, $"model.vocab[{SafeText.Quote(p.Name, 60)}] must be an integer id in [0, {ConfigLimits.MaxVocab})");
 
         var merges = new List<(string, string)>();
         if (model.TryGetProperty("merges", out var ms) && ms.ValueKind == JsonValueKind.Array)
@@ -101,7 +101,7 @@ public sealed record TokenizerJson
                     JsonValueKind.String when e.GetString()!.Split(' ') is [var a, var b] => (a, b),
                     JsonValueKind.Array when e.GetArrayLength() == 2 && e[0].ValueKind == JsonValueKind.String && e[1].ValueKind == JsonValueKind.String
                         => (e[0].GetString()!, e[1].GetString()!),
-                    _ => throw Bad(path, $"model.merges entry {e.GetRawText()} is neither \"a b\" nor [\"a\", \"b\"]"),
+                    _ => throw Bad(path, $"model.merges entry {Clip(e.GetRawText())} is neither \"a b\" nor [\"a\", \"b\"]"),
                 });
 
         bool nfc = ParseNormalizer(root.TryGetProperty("normalizer", out var n) ? n : default, path);
@@ -131,7 +131,7 @@ public sealed record TokenizerJson
             foreach (var item in list.EnumerateArray()) nfc |= ParseNormalizer(item, path);
             return nfc;
         }
-        throw Refuse(path, $"normalizer '{type}'", "only no normalizer or NFC is implemented");
+        throw Refuse(path, $"normalizer {SafeText.Quote(type, 60)}", "only no normalizer or NFC is implemented");
     }
 
     static (IReadOnlyList<string> Splits, bool AddPrefixSpace) ParsePreTokenizer(JsonElement p, string path)
@@ -148,7 +148,7 @@ public sealed record TokenizerJson
             if (type == "Split" && i < steps.Count - 1)
             {
                 string behavior = Str(step, "behavior") ?? "?";
-                if (behavior != "Isolated") throw Refuse(path, $"Split pre-tokenizer behavior '{behavior}'", "only Isolated is implemented");
+                if (behavior != "Isolated") throw Refuse(path, $"Split pre-tokenizer behavior {SafeText.Quote(behavior, 60)}", "only Isolated is implemented");
                 if (step.TryGetProperty("invert", out var inv) && inv.ValueKind == JsonValueKind.True) throw Refuse(path, "inverted Split pre-tokenizer", "only invert: false is implemented");
                 if (!step.TryGetProperty("pattern", out var pat) || pat.ValueKind != JsonValueKind.Object) throw Bad(path, "Split pre-tokenizer without a pattern");
                 splits.Add(Str(pat, "Regex") ?? (Str(pat, "String") is { } s ? System.Text.RegularExpressions.Regex.Escape(s) : throw Bad(path, "Split pattern is neither Regex nor String")));
@@ -160,7 +160,7 @@ public sealed record TokenizerJson
                 if (useRegex) splits.Add(Gpt2Pattern);
                 return (splits, step.TryGetProperty("add_prefix_space", out var aps) && aps.ValueKind == JsonValueKind.True);
             }
-            throw Refuse(path, $"pre_tokenizer '{type}'" + (steps.Count > 1 ? $" at step {i + 1} of a Sequence" : ""),
+            throw Refuse(path, $"pre_tokenizer {SafeText.Quote(type, 60)}" + (steps.Count > 1 ? $" at step {i + 1} of a Sequence" : ""),
                 "only Split (regex, Isolated) steps followed by ByteLevel are implemented");
         }
         throw Refuse(path, "pre_tokenizer without a final ByteLevel step", "a byte-level BPE ends its pre-tokenizer with ByteLevel");
@@ -172,7 +172,7 @@ public sealed record TokenizerJson
         if (!root.TryGetProperty("added_tokens", out var list) || list.ValueKind != JsonValueKind.Array) return added;
         foreach (var t in list.EnumerateArray())
         {
-            if (t.ValueKind != JsonValueKind.Object || !t.TryGetProperty("id", out var idEl) || idEl.ValueKind != JsonValueKind.Number || !idEl.TryGetInt32(out int id) || id < 0 || Str(t, "content") is not { Length: > 0 } content)
+            if (t.ValueKind != JsonValueKind.Object || !t.TryGetProperty("id", out var idEl) || idEl.ValueKind != JsonValueKind.Number || !idEl.TryGetInt32(out int id) || id < 0 || id >= ConfigLimits.MaxVocab || Str(t, "content") is not { Length: > 0 } content)
                 throw Bad(path, $"added_tokens entry {Clip(t.GetRawText())} needs an id and a content");
             added.Add(new AddedTokenSpec(id, content, Flag(t, "special"), Flag(t, "lstrip"), Flag(t, "rstrip"), Flag(t, "single_word"), Flag(t, "normalized")));
         }
@@ -210,7 +210,7 @@ public sealed record TokenizerJson
                 }
                 return (before, after);
             default:
-                throw Refuse(path, $"post_processor '{type}'", "only none, ByteLevel and TemplateProcessing are implemented");
+                throw Refuse(path, $"post_processor {SafeText.Quote(type, 60)}", "only none, ByteLevel and TemplateProcessing are implemented");
         }
     }
 
@@ -220,7 +220,7 @@ public sealed record TokenizerJson
             && entry.TryGetProperty("ids", out var ids) && ids.ValueKind == JsonValueKind.Array)
             return ids.EnumerateArray().Select(i => i.GetInt32()).ToList();
         if (added.FirstOrDefault(a => a.Content == name) is { } t) return [t.Id];
-        return vocab.TryGetValue(name, out int id) ? [id] : throw Bad(path, $"TemplateProcessing names '{name}', which is no token");
+        return vocab.TryGetValue(name, out int id) ? [id] : throw Bad(path, $"TemplateProcessing names {SafeText.Quote(name, 60)}, which is no token");
     }
 
     static bool Flag(JsonElement o, string key) => o.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.True;
@@ -228,7 +228,7 @@ public sealed record TokenizerJson
     static string? Str(JsonElement o, string key) =>
         o.ValueKind == JsonValueKind.Object && o.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
 
-    static string Clip(string s) => s.Length <= 80 ? s : s[..77] + "...";
+    static string Clip(string s) => SafeText.Clip(s, 80);   // escaped: a raw entry may span lines
 
     static InvalidDataException Bad(string path, string what) => new($"{path}: malformed tokenizer.json: {what}");
 

@@ -42,7 +42,15 @@ public sealed class ByteLevelBpeTextTokenizer : ITextTokenizer
         rawAdded = new AddedTokenSplitter(addedById.Values.Where(t => !t.Normalized));
         normalizedAdded = new AddedTokenSplitter(addedById.Values.Where(t => t.Normalized));
         splitter = new RegexSplitter(spec.SplitPatterns, spec.Path);
-        bpe = BpeTokenizer.Create(new BpeOptions(vocab) { Merges = spec.Merges.Select(m => $"{m.Left} {m.Right}").ToList() });
+        try
+        {
+            bpe = BpeTokenizer.Create(new BpeOptions(vocab) { Merges = spec.Merges.Select(m => $"{m.Left} {m.Right}").ToList() });
+        }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException)
+        {
+            // Microsoft.ML.Tokenizers' own checks (a merge of tokens not in the vocabulary, ...), as one line naming the file.
+            throw new InvalidDataException($"{spec.Path}: model.merges do not fit model.vocab ({QLoraNet.Formats.SafeText.Clip(e.Message, 160)})");
+        }
 
         BosId = config.BosToken is { } bos ? TokenId(bos) ?? throw Missing(dir, "bos_token", bos) : null;
         EosId = config.EosToken is { } eos ? TokenId(eos) ?? throw Missing(dir, "eos_token", eos)
@@ -190,5 +198,5 @@ public sealed class ByteLevelBpeTextTokenizer : ITextTokenizer
     };
 
     static InvalidDataException Missing(string dir, string key, string token) =>
-        new($"{Path.Combine(dir, TokenizerConfigJson.FileName)}: {key} '{token}' is not a token of {TokenizerJson.FileName}");
+        new($"{Path.Combine(dir, TokenizerConfigJson.FileName)}: {key} {QLoraNet.Formats.SafeText.Quote(token, 60)} is not a token of {TokenizerJson.FileName}");
 }

@@ -24,7 +24,7 @@ public static class LlamaLoader
         var arch = ModelFamilies.Load(modelDir);
         ArchitectureSupport.Require(arch, Path.Combine(modelDir, ModelArchitecture.ConfigFileName));
 
-        using var ckpt = CheckpointReader.Open(modelDir);
+        using var ckpt = CheckpointReader.Open(modelDir, options.AllowNonFiniteWeights);
         var expected = arch.ExpectedTensors().ToDictionary(e => e.Name, StringComparer.Ordinal);
         var quantization = QuantizedCheckpoint.QuantizationConfigOf(modelDir);
         Validate(ckpt, arch, expected, modelDir, quantization);
@@ -92,13 +92,35 @@ public static class LlamaLoader
             if (info.DType is not (ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32 or ScalarType.Float64))
                 throw new InvalidDataException($"{info.ShardPath}: tensor '{name}' is {info.DType}; pre-quantized weights load only in a known layout ({string.Join(", ", BaseFormats.Layouts.Select(l => l.Name))}, see `quantize`); otherwise load the original float weights");
         }
+        RequireOneDTypePerKind(ckpt, expected, quantization);
         foreach (var name in ckpt.Names)
         {
             // A tied head may still be stored (HF ignores it and reuses the embedding); old checkpoints also carry
             // the derived rotary inv_freq buffers. Anything else means the config and the weights disagree.
             if (expected.ContainsKey(name) || name == arch.HeadWeight || name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)
                 || BaseFormats.LayoutsFor(quantization).Any(l => l.IsStateKey(name, out var weight) && expected.ContainsKey(weight))) continue;
-            throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor '{name}' for a {string.Join(", ", arch.Architectures.DefaultIfEmpty(arch.Family))} with this config.json (wrong config or not a {arch.Family} checkpoint)");
+            throw new InvalidDataException($"{ckpt.Info(name).ShardPath}: unexpected tensor {SafeText.Quote(name)} for a {string.Join(", ", arch.Architectures.DefaultIfEmpty(arch.Family))} with this config.json (wrong config or not a {arch.Family} checkpoint)");
+        }
+    }
+
+    /// <summary>
+    /// The dense matrices (embedding, projections, head) of a checkpoint share one dtype, and so do its norm
+    /// vectors (some checkpoints keep those in fp32) and its biases. A tensor whose dtype differs from the rest of
+    /// its kind has had its header altered (a BF16 entry relabelled F16 has the same byte length and would load as
+    /// garbage), so it is refused by name. Where a kind is split evenly there is no majority to trust and nothing is said.
+    /// </summary>
+    static void RequireOneDTypePerKind(CheckpointReader ckpt, Dictionary<string, ExpectedTensor> expected,
+        System.Text.Json.Nodes.JsonObject? quantization)
+    {
+        var dense = expected.Values.Where(e => ckpt.Contains(e.Name) && !(IsLinear(e) && QuantizedCheckpoint.LayoutOf(ckpt, e.Name, quantization) is not null));
+        foreach (var kind in dense.GroupBy(e => e.Role switch { TensorRole.Norm => "norm weights", TensorRole.Bias => "biases", _ => "weight matrices" }))
+        {
+            var byDType = kind.Select(e => ckpt.Info(e.Name)).GroupBy(i => i.DType).OrderByDescending(g => g.Count()).ToList();
+            if (byDType.Count < 2 || byDType[0].Count() == byDType[1].Count()) continue;
+            var odd = byDType[1].OrderBy(i => i.Name, StringComparer.Ordinal).First();
+            throw new InvalidDataException(
+                $"{odd.ShardPath}: tensor '{odd.Name}' is {SafeTensorsDType.Name(odd.DType)} but the other {byDType[0].Count()} " +
+                $"{kind.Key} are {SafeTensorsDType.Name(byDType[0].Key)}; its header was altered or the checkpoint mixes files from different saves");
         }
     }
 

@@ -16,9 +16,11 @@ namespace QLoraNet.Models;
 /// so the factory must keep a converted copy or its own handle, never the argument itself.</param>
 /// <param name="FrozenDType">dtype of the embedding, norm and bias weights; null = <paramref name="ComputeDType"/>.</param>
 /// <param name="Kernels">the kernels linears read from a pre-quantized checkpoint use; null = <see cref="KernelSelection.Portable"/>.</param>
+/// <param name="AllowNonFiniteWeights">load weights holding NaN/Inf instead of refusing them by name.</param>
 public sealed record LoadOptions(
     Device Device,
     ScalarType ComputeDType,
     Func<string, Tensor, FrozenLinear> LinearFactory,
     ScalarType? FrozenDType = null,
-    KernelSelection? Kernels = null);
+    KernelSelection? Kernels = null,
+    bool AllowNonFiniteWeights = false);

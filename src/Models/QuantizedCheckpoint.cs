@@ -38,11 +38,7 @@ public static class QuantizedCheckpoint
         return sidecar;
     }
 
-    static JsonObject? ReadObject(string path)
-    {
-        try { return JsonNode.Parse(File.ReadAllText(path)) as JsonObject; }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message.Split('.')[0]})"); }
-    }
+    static JsonObject? ReadObject(string path) => UserFile.ReadJsonNode(path, what: "quantization config") as JsonObject;
 
     /// <summary>The layout <paramref name="weightName"/> is stored in (configured by the checkpoint's
     /// <paramref name="quantizationConfig"/>), or null for a plain float tensor.</summary>
@@ -141,6 +137,7 @@ public static class QuantizedCheckpoint
             throw new ArgumentException($"{format} is made from calibration activations; quantize with calibration data (WriteModel with the calibrated model)");
         var layout = format.Layout ?? throw NoLayout(format);
         string target = CheckTarget(modelDir, outDir, overwrite);
+        OutputLocation.RequireParent(outDir);
         var arch = ModelFamilies.Load(modelDir); // a readable, supported config before minutes of work
 
         using var ckpt = CheckpointReader.Open(modelDir);
@@ -294,7 +291,7 @@ public static class QuantizedCheckpoint
     /// </summary>
     static void WriteConfig(string modelDir, string outDir, BaseFormat format, ModelArchitecture arch)
     {
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(modelDir, ModelArchitecture.ConfigFileName)))!.AsObject();
+        var config = UserFile.ReadJsonNode(Path.Combine(modelDir, ModelArchitecture.ConfigFileName), what: "model config")!.AsObject();
         config["quantization_config"] = QuantizationConfig(format, "bfloat16", arch);
         var indented = new JsonSerializerOptions { WriteIndented = true };
         File.WriteAllText(Path.Combine(outDir, ModelArchitecture.ConfigFileName), config.ToJsonString(indented) + "\n");

@@ -43,7 +43,7 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
             "GemmaTokenizer" => PrependScheme.Never,
             "LlamaTokenizer" when config.AddPrefixSpace == false => PrependScheme.Never,
             "LlamaTokenizer" => config.Legacy == true ? PrependScheme.Always : PrependScheme.First,
-            _ => throw new NotSupportedException($"{path}: tokenizer_class '{config.TokenizerClass}' with a SentencePiece tokenizer.model is not supported (implemented: LlamaTokenizer, GemmaTokenizer); QLoraNet refuses rather than tokenize differently from transformers"),
+            _ => throw new NotSupportedException($"{path}: tokenizer_class {SafeText.Quote(config.TokenizerClass, 60)} with a SentencePiece tokenizer.model is not supported (implemented: LlamaTokenizer, GemmaTokenizer); QLoraNet refuses rather than tokenize differently from transformers"),
         };
         stripLeadingSpace = cls == "LlamaTokenizer" && config.AddPrefixSpace != false;
         if (model.Kind != SentencePieceModel.ModelKind.Bpe)
@@ -68,7 +68,7 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
         VocabSize = Math.Max(model.Pieces.Count, addedById.Count == 0 ? 0 : addedById.Keys.Max() + 1);
 
         int Missing(string key, string token) =>
-            throw new InvalidDataException($"{path}: tokenizer_config.json's {key} '{token}' is not a piece of the SentencePiece model");
+            throw new InvalidDataException($"{path}: tokenizer_config.json's {key} {SafeText.Quote(token, 60)} is not a piece of the SentencePiece model");
     }
 
     /// <summary>Loads tokenizer.model (and tokenizer_config.json) from a model directory.</summary>

@@ -30,13 +30,13 @@ public static class TextTokenizers
         string? cls = config.TokenizerClassBase;
         bool hasModel = SentencePieceModel.Find(modelDir) != null, hasJson = TokenizerJson.Find(modelDir) != null;
         if (cls != null && !FileClasses.Contains(cls) && !SentencePieceClasses.Contains(cls))
-            throw new NotSupportedException($"{Path.Combine(modelDir, TokenizerConfigJson.FileName)}: tokenizer_class '{config.TokenizerClass}' is not supported (implemented: {string.Join(", ", SentencePieceClasses.Concat(FileClasses))})");
+            throw new NotSupportedException($"{Path.Combine(modelDir, TokenizerConfigJson.FileName)}: tokenizer_class {QLoraNet.Formats.SafeText.Quote(config.TokenizerClass)} is not supported (implemented: {string.Join(", ", SentencePieceClasses.Concat(FileClasses))})");
         if (hasModel && (cls == null || SentencePieceClasses.Contains(cls) || !hasJson))
             return SentencePieceTextTokenizer.Load(modelDir, config);
         if (hasJson)
         {
             if (cls != null && SentencePieceClasses.Contains(cls))
-                throw new NotSupportedException($"{modelDir}: tokenizer_class '{config.TokenizerClass}' builds its tokenizer from tokenizer.model, which the directory lacks; add the model's tokenizer.model");
+                throw new NotSupportedException($"{modelDir}: tokenizer_class {QLoraNet.Formats.SafeText.Quote(config.TokenizerClass)} builds its tokenizer from tokenizer.model, which the directory lacks; add the model's tokenizer.model");
             var spec = TokenizerJson.Load(TokenizerJson.Find(modelDir)!);
             if (cls == "Qwen2Tokenizer")
                 spec = spec with { Nfc = true, SplitPatterns = [Qwen2Pattern], AddPrefixSpace = false, IgnoreMerges = false, PrefixIds = [], SuffixIds = [] };

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using QLoraNet.Formats;
 
 namespace QLoraNet.Peft;
 
@@ -44,9 +45,7 @@ public sealed record AdapterConfig(
     {
         string path = Directory.Exists(pathOrDir) ? Path.Combine(pathOrDir, FileName) : pathOrDir;
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: not found (a peft adapter directory needs an {FileName})", path);
-        JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)); }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON: {e.Message}"); }
+        var root = UserFile.ReadJsonNode(path, what: "adapter config");
         if (root is not JsonObject obj) throw new InvalidDataException($"{path}: expected a JSON object");
         return Parse(obj, path) with { Provenance = AdapterProvenance.Load(Path.GetDirectoryName(Path.GetFullPath(path))!) };
     }
@@ -56,7 +55,7 @@ public sealed record AdapterConfig(
     {
         string peftType = json["peft_type"]?.GetValueKind() == JsonValueKind.String ? json["peft_type"]!.GetValue<string>() : "(missing)";
         if (peftType != "LORA")
-            throw new NotSupportedException($"{source}: peft_type '{peftType}' is not supported; only LORA adapters can be loaded");
+            throw new NotSupportedException($"{source}: peft_type {SafeText.Quote(peftType)} is not supported; only LORA adapters can be loaded");
         foreach (var feature in Unsupported)
         {
             var node = json[feature.Key];
@@ -65,7 +64,7 @@ public sealed record AdapterConfig(
         }
 
         int r = RequireInt(json, "r", source);
-        if (r <= 0) throw new InvalidDataException($"{source}: r={r} must be positive");
+        if (r <= 0 || r > LoraSettings.MaxRank) throw new InvalidDataException($"{source}: r={r} must be in [1, {LoraSettings.MaxRank}]");
         double dropout = OptionalNumber(json, "lora_dropout", source) ?? 0.0;
         return new AdapterConfig(
             new LoraSettings(
@@ -128,7 +127,7 @@ public sealed record AdapterConfig(
 
     private static bool IsString(JsonNode n, string value) => n.GetValueKind() == JsonValueKind.String && n.GetValue<string>() == value;
 
-    private static string Compact(JsonNode? n) => n?.ToJsonString() ?? "null";
+    private static string Compact(JsonNode? n) => n is null ? "null" : SafeText.Clip(n.ToJsonString(), 80);
 
     private static IReadOnlyList<string> ReadTargets(JsonNode? node, string source)
     {
@@ -140,7 +139,7 @@ public sealed record AdapterConfig(
                 return [LoraSettings.AllLinear];
             case JsonValue v when v.GetValueKind() == JsonValueKind.String:
                 throw new NotSupportedException(
-                    $"{source}: target_modules=\"{v.GetValue<string>()}\" (a regular expression) is not supported; list the module names instead");
+                    $"{source}: target_modules=\"{SafeText.Clip(v.GetValue<string>())}\" (a regular expression) is not supported; list the module names instead");
             default:
                 throw new InvalidDataException($"{source}: target_modules={Compact(node)} must be a non-empty list of module names");
         }

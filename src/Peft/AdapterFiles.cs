@@ -49,11 +49,12 @@ public static class AdapterFiles
     /// Reads the adapter in <paramref name="directory"/>, applies LoRA to <paramref name="model"/> as its config says
     /// and loads the factors (see <see cref="LoadWeights"/>). Returns the config.
     /// </summary>
-    public static AdapterConfig ApplyAndLoad<TModel>(string directory, TModel model) where TModel : nn.Module, IReplaceableLinears
+    public static AdapterConfig ApplyAndLoad<TModel>(string directory, TModel model, bool allowNonFinite = false) where TModel : nn.Module, IReplaceableLinears
     {
         var config = AdapterConfig.Load(directory);
+        CheckWeightsHeader(directory, config);
         LoraApplier.Apply(model, config.Lora);
-        LoadWeights(directory, model, config);
+        LoadWeights(directory, model, config, allowNonFinite);
         return config;
     }
 
@@ -62,20 +63,20 @@ public static class AdapterFiles
     /// must name a LoRA module of the model with the shape it has there, and every LoRA module must get both its
     /// factors; nothing is copied unless all of that holds.
     /// </summary>
-    public static void LoadWeights(string directory, nn.Module model, AdapterConfig config)
+    public static void LoadWeights(string directory, nn.Module model, AdapterConfig config, bool allowNonFinite = false)
     {
         string file = Path.Combine(directory, WeightsFileName);
         if (!File.Exists(file)) throw new FileNotFoundException($"{file}: not found (a peft adapter directory needs an {WeightsFileName})", file);
         var loras = LoraModules(model).ToDictionary(l => l.path, l => l.lora);
         if (loras.Count == 0) throw new InvalidOperationException($"{directory}: the model has no LoRA modules to load into; apply LoRA first");
 
-        using var f = SafeTensorsFile.Open(file);
+        using var f = SafeTensorsFile.Open(file, allowNonFinite);
         var plan = new List<(string key, Parameter target)>();
         foreach (var key in f.Names)
         {
             if (!AdapterKeys.TryParse(key, out var path, out var factor))
                 throw new InvalidDataException(
-                    $"{file}: tensor '{key}' is not a LoRA factor (expected {AdapterKeys.Prefix}<module>.lora_A.weight or .lora_B.weight)");
+                    $"{file}: tensor {SafeText.Quote(key)} is not a LoRA factor (expected {AdapterKeys.Prefix}<module>.lora_A.weight or .lora_B.weight)");
             var shape = f.Info(key).Shape;
             if (!loras.TryGetValue(path, out var lora))
                 throw new InvalidDataException(
@@ -109,6 +110,37 @@ public static class AdapterFiles
                 target.copy_(value);  // converts the stored dtype (peft may save bf16/fp16) to our fp32
             }
         }
+    }
+
+    /// <summary>
+    /// Compares adapter_config.json with the safetensors header of the factors before any LoRA module is built
+    /// (building them allocates r x (in + out) per module: r = 1000000 would take gigabytes before the first
+    /// mismatch could be noticed). Every tensor must be a LoRA factor of rank r, and every listed target module
+    /// must have factors in the file.
+    /// </summary>
+    public static void CheckWeightsHeader(string directory, AdapterConfig config)
+    {
+        string file = Path.Combine(directory, WeightsFileName);
+        if (!File.Exists(file)) throw new FileNotFoundException($"{file}: not found (a peft adapter directory needs an {WeightsFileName})", file);
+        using var f = SafeTensorsFile.Open(file);
+        var paths = new List<string>();
+        foreach (var info in f.Tensors)
+        {
+            if (!AdapterKeys.TryParse(info.Name, out var path, out var factor))
+                throw new InvalidDataException(
+                    $"{file}: tensor {SafeText.Quote(info.Name)} is not a LoRA factor (expected {AdapterKeys.Prefix}<module>.lora_A.weight or .lora_B.weight)");
+            long rank = info.Shape.Length != 2 ? -1 : factor == AdapterKeys.A ? info.Shape[0] : info.Shape[1];
+            if (rank != config.Lora.R)
+                throw new InvalidDataException(
+                    $"{file}: tensor {SafeText.Quote(info.Name)} {info.ShapeText} has rank {rank} but {AdapterConfig.FileName} says r={config.Lora.R}; the two files do not belong together");
+            paths.Add(path);
+        }
+        if (paths.Count == 0) throw new InvalidDataException($"{file}: holds no LoRA factors");
+        if (config.Lora.IsAllLinear) return;
+        foreach (var target in config.Lora.Targets)
+            if (!paths.Any(p => LoraApplier.MatchesTarget(p, target)))
+                throw new InvalidDataException(
+                    $"{Path.Combine(directory, AdapterConfig.FileName)}: target module {SafeText.Quote(target)} has no factors in {file}; the two files do not belong together");
     }
 
     /// <summary>The model's LoRA modules with their paths, in model order.</summary>

@@ -16,6 +16,9 @@ public sealed record AdapterProvenance(BaseFormat BaseFormat)
 {
     public const string FileName = "qloranet.json";
 
+    /// <summary>The file is a few dozen bytes; a larger one is not ours.</summary>
+    const long MaxBytes = 64 << 10;
+
     public void Save(string directory) => AtomicFile.WriteAllText(Path.Combine(directory, FileName),
         new JsonObject { ["base_format"] = BaseFormat.ToString() }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
 
@@ -24,15 +27,18 @@ public sealed record AdapterProvenance(BaseFormat BaseFormat)
     {
         string path = Path.Combine(directory, FileName);
         if (!File.Exists(path)) return null;
+        // Bounded like every file of an adapter directory (regular file, 64 KiB, strict UTF-8, nesting; issue 11).
+        var root = UserFile.ReadJsonNode(path, MaxBytes, "adapter provenance file");
+        if (root is not JsonObject o || !o.TryGetPropertyValue("base_format", out var node) || node is not JsonValue v
+            || !v.TryGetValue(out string? spelling))
+            throw new InvalidDataException($"{path}: expected {{\"base_format\": \"...\"}} (delete the file to load the adapter without it)");
         try
         {
-            var spelling = JsonNode.Parse(File.ReadAllText(path))?["base_format"]?.GetValue<string>()
-                ?? throw new InvalidDataException($"{path}: no \"base_format\"");
             return new AdapterProvenance(BaseFormat.Parse(spelling));
         }
-        catch (Exception e) when (e is JsonException or FormatException or InvalidOperationException)
+        catch (Exception e) when (e is FormatException or ArgumentException or InvalidOperationException)
         {
-            throw new InvalidDataException($"{path}: {e.Message.Split('\n')[0]} (delete the file to load the adapter without it)");
+            throw new InvalidDataException($"{path}: base_format {SafeText.Quote(spelling, 40)}: {SafeText.Clip(e.Message.Split('\n')[0], 200)} (delete the file to load the adapter without it)");
         }
     }
 }

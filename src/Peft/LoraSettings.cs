@@ -24,6 +24,10 @@ public sealed record LoraSettings(
     IReadOnlyList<string>? TargetModules = null,
     IReadOnlyList<int>? Layers = null)
 {
+    /// <summary>Ranks above this are refused outright, before any factor is allocated: no layer is wider
+    /// (QLoraNet.Formats.ConfigLimits.MaxHidden), and r x (in + out) per module would otherwise run away.</summary>
+    public const int MaxRank = (int)QLoraNet.Formats.ConfigLimits.MaxHidden;
+
     /// <summary>peft's shorthand: every frozen linear except the output head.</summary>
     public const string AllLinear = "all-linear";
 

@@ -12,10 +12,15 @@ namespace QLoraNet.Peft;
 /// <param name="MaxShardBytes">largest safetensors shard.</param>
 /// <param name="Overwrite">replace a non-empty output directory (only once the new one is complete).</param>
 /// <param name="OnTensor">called with each tensor's name as it is produced (progress; tests inject faults here).</param>
+/// <param name="AllowNonFiniteWeights">merge base weights holding NaN/Inf instead of refusing them by name.</param>
+/// <param name="AllowNoTokenizer">write a checkpoint without a tokenizer when the base model has none (by default
+/// that is refused: the result would not load on its own).</param>
 public sealed record MergeOptions(
     ScalarType? DType = null,
     BaseFormat? BaseFormat = null,
     BaseFormat? Quantization = null,
     long MaxShardBytes = CheckpointWriter.DefaultMaxShardBytes,
     bool Overwrite = false,
-    Action<string>? OnTensor = null);
+    Action<string>? OnTensor = null,
+    bool AllowNonFiniteWeights = false,
+    bool AllowNoTokenizer = false);

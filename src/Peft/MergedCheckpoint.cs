@@ -26,11 +26,14 @@ public static class MergedCheckpoint
             if (Path.GetFullPath(input).TrimEnd('/') == target.TrimEnd('/'))
                 throw new IOException($"output '{outDir}' is the {what} directory being read; write the merged model elsewhere");
         CheckOutput(target, options.Overwrite);
+        if (!HasTokenizer(modelDir) && !options.AllowNoTokenizer)
+            throw new InvalidDataException(
+                $"{modelDir}: has no tokenizer ({string.Join(" or ", TokenizerFiles)}), so the merged checkpoint would not load on its own; copy the base model's tokenizer there, or pass --no-tokenizer to write the weights without one");
         string configPath = Path.Combine(modelDir, ModelArchitecture.ConfigFileName);
         var arch = ModelFamilies.Load(modelDir);  // a readable, supported config, checked before any work
         if (options.Quantization is { Layout: null } q)
             throw new ArgumentException($"a merged checkpoint cannot store {q}: it has no checkpoint layout; use nf4 or fp4 (bitsandbytes 4-bit)");
-        using var reader = CheckpointReader.Open(modelDir);
+        using var reader = CheckpointReader.Open(modelDir, options.AllowNonFiniteWeights);
         // A pre-quantized base is merged from its stored codes, which are exactly what training saw: quantizing them
         // again in the adapter's format would change them (an absmean of ternary codes is not their scale).
         var stored = Models.QuantizedCheckpoint.IsQuantized(reader) ? Models.QuantizedCheckpoint.StoredFormat(modelDir) : null;
@@ -38,7 +41,7 @@ public static class MergedCheckpoint
             throw new ArgumentException($"--base {trainedOn}: {modelDir} is stored as {stored}, so the adapter was trained over those codes; pass --base {stored} or none");
         using var merge = AdapterMerge.Open(adapterDir, reader, arch, stored is null ? options.BaseFormat : null);
         var dtype = options.DType ?? StoredDType(reader);
-        string config = MergedModelConfig.Rewrite(File.ReadAllText(configPath), configPath, dtype, options.Quantization, arch);
+        string config = MergedModelConfig.Rewrite(UserFile.ReadText(configPath, UserFile.MaxJsonBytes, "model config"), configPath, dtype, options.Quantization, arch);
 
         var producer = new MergedTensors(reader, merge, dtype, options.Quantization, options.OnTensor);
         try
@@ -65,14 +68,19 @@ public static class MergedCheckpoint
         }
     }
 
+    /// <summary>The files any of which makes a tokenizer (SentencePiece or Hugging Face tokenizers).</summary>
+    public static readonly IReadOnlyList<string> TokenizerFiles = ["tokenizer.model", "tokenizer.json"];
+
+    /// <summary>Whether <paramref name="modelDir"/> holds a tokenizer the merged checkpoint can carry.</summary>
+    public static bool HasTokenizer(string modelDir) => TokenizerFiles.Any(f => File.Exists(Path.Combine(modelDir, f)));
+
     /// <summary>Refuses a file, or a non-empty directory without overwrite, before any work is done.</summary>
     static void CheckOutput(string target, bool overwrite)
     {
         if (File.Exists(target)) throw new IOException($"output '{target}' is a file; give a directory for the merged model");
         if (Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any() && !overwrite)
             throw new IOException($"output directory '{target}' exists and is not empty; pass --overwrite to replace it");
-        string parent = Path.GetDirectoryName(target)!;
-        if (!Directory.Exists(parent)) throw new DirectoryNotFoundException($"output '{target}': parent directory '{parent}' does not exist");
+        OutputLocation.RequireParent(target);
     }
 
     /// <summary>The checkpoint's dtype: that of most of its float tensors (norms are sometimes kept in fp32).</summary>

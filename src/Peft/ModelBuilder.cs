@@ -24,6 +24,7 @@ namespace QLoraNet.Peft;
 /// <param name="AdapterDir">attach the peft adapter in this directory instead (inference).</param>
 /// <param name="Aware">quantization-aware training: the decoder linears compute through this format's fake
 /// quantization (<see cref="BaseFormat.FakeQuantization"/>; it must have one), LoRA included.</param>
+/// <param name="AllowNonFiniteWeights">load base and adapter weights holding NaN/Inf instead of refusing them by name.</param>
 /// <param name="AdapterInitDir">start the new adapters from this peft adapter's factors (continued training).</param>
 /// <param name="Calibration">the calibration samples a calibrated <paramref name="BaseFormat"/> (GPTQ, AWQ, SmoothQuant)
 /// is made from when the directory holds float weights (quantize-on-load, layer by layer).</param>
@@ -39,6 +40,7 @@ public sealed record ModelBuildOptions(
     long? AdapterSeed = null,
     string? AdapterDir = null,
     RandomStream? AdapterDropout = null,
+    bool AllowNonFiniteWeights = false,
     string? AdapterInitDir = null,
     BaseFormat? Aware = null,
     CalibrationSet? Calibration = null,
@@ -84,7 +86,8 @@ public static class ModelBuilder
         var denseDType = o.FrozenDType ?? o.ComputeDType;
         var format = o.BaseFormat.KeepsCheckpointDType && o.FrozenDType is { } fixedDType ? new DenseFormat(fixedDType) : o.BaseFormat;
         var load = new LoadOptions(o.Device, o.ComputeDType,
-            LinearPolicies.Quantized(arch, format, o.ComputeDType, o.Device, denseDType, kernels, AwareOf(o.Aware)), o.FrozenDType, kernels);
+            LinearPolicies.Quantized(arch, format, o.ComputeDType, o.Device, denseDType, kernels, AwareOf(o.Aware)), o.FrozenDType, kernels,
+            o.AllowNonFiniteWeights);
         LlamaForCausalLM model;
         if (format.NeedsCalibration && QuantizedCheckpoint.StoredFormat(modelDir) is null)
         {
@@ -105,7 +108,7 @@ public static class ModelBuilder
             }
             else if (o.AdapterDir is { } dir)
             {
-                AdapterFiles.ApplyAndLoad(dir, model);
+                AdapterFiles.ApplyAndLoad(dir, model, o.AllowNonFiniteWeights);
                 adapter = saved;
             }
             return new BuiltModel(model, arch, format, kernels, adapter);

@@ -6,12 +6,15 @@ namespace QLoraNet.Evaluation.Config;
 /// </summary>
 public sealed record TaskSourceFile(string DisplayPath, string Text, Func<string, TaskSourceFile?> Resolve)
 {
+    /// <summary>A task YAML is a few KB; a larger file is not one (read bounded, issue 11).</summary>
+    const long MaxFileBytes = 1 << 20;
+
     /// <summary>A task file on disk; includes resolve from its directory.</summary>
     public static TaskSourceFile FromDisk(string path)
     {
         if (!File.Exists(path)) throw new TaskException($"task file '{path}' does not exist");
         string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        return new TaskSourceFile(path, File.ReadAllText(path), name =>
+        return new TaskSourceFile(path, QLoraNet.Formats.UserFile.ReadText(path, MaxFileBytes, "task file"), name =>
         {
             string p = Path.Combine(dir, name);
             return File.Exists(p) ? FromDisk(Path.GetRelativePath(Environment.CurrentDirectory, p)) : null;

@@ -1,5 +1,6 @@
 using System.Globalization;
 using CsvHelper;
+using QLoraNet.Formats;
 
 namespace QLoraNet.Evaluation.Data;
 
@@ -7,13 +8,18 @@ namespace QLoraNet.Evaluation.Data;
 /// numbers) holds numbers, as the hub's CSV loader (pandas) infers; an empty cell in such a column is null.</summary>
 internal static class CsvDocs
 {
+    /// <summary>The largest record (UTF-8 bytes): an unclosed quote or binary data fails here instead of filling memory.</summary>
+    const int MaxRecordBytes = 16 << 20;
+
     public static List<Doc> Read(string path)
     {
         var rows = new List<(string[] Cells, int Line)>();
         string[] header;
         try
         {
-            using var reader = CsvReader.FromFile(path, new CsvReaderOptions { HasHeader = true, TrackLineNumbers = true });
+            // Bounded as the training data is (issue 11): a regular file, no record past MaxRecordBytes.
+            UserFile.RequireRegular(path, "task data file");
+            using var reader = CsvReader.FromFile(path, new CsvReaderOptions { HasHeader = true, TrackLineNumbers = true, MaxRecordSize = MaxRecordBytes });
             header = reader.Headers.ToArray();
             while (reader.Read())
             {

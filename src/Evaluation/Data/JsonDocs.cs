@@ -1,23 +1,26 @@
 using System.Text.Json;
+using QLoraNet.Formats;
 
 namespace QLoraNet.Evaluation.Data;
 
 /// <summary>JSON lines (one object per line, blank lines skipped) or a file holding one JSON array of objects.</summary>
 internal static class JsonDocs
 {
+    /// <summary>Bounds for a file from disk (issue 11): the whole file when it is one array, one line of JSON lines.</summary>
+    const long MaxFileBytes = 1L << 30;
+    const int MaxLineBytes = 16 << 20;
+
     public static List<Doc> Read(string path)
     {
-        string text = File.ReadAllText(path);
+        string text = UserFile.ReadText(path, MaxFileBytes, "task data file");
         return text.TrimStart().StartsWith('[') ? ReadArray(path, text) : ReadLines(path);
     }
 
     static List<Doc> ReadLines(string path)
     {
         var docs = new List<Doc>();
-        int line = 0;
-        foreach (string raw in File.ReadLines(path))
+        foreach (var (line, raw) in UserFile.ReadLines(path, MaxLineBytes, "task data file"))
         {
-            line++;
             if (raw.Trim().Length == 0) continue;
             docs.Add(ToDoc(Parse(raw, $"{path}:{line}"), $"{path}:{line}"));
         }

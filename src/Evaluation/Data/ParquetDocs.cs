@@ -14,7 +14,7 @@ internal static class ParquetDocs
         IList<Dictionary<string, object>> rows;
         try
         {
-            using var stream = File.OpenRead(path);
+            using var stream = QLoraNet.Formats.UserFile.OpenRead(path, "task data file");   // a regular file (a FIFO would block)
             rows = ParquetSerializer.DeserializeUntypedAsync(stream).GetAwaiter().GetResult().Data;
         }
         catch (Exception e) when (e is IOException or InvalidDataException or InvalidOperationException or NotSupportedException or ArgumentException or Parquet.ParquetException)

@@ -27,7 +27,7 @@ internal static class AttentionWindowConfig
             {
                 "full_attention" => false,
                 "sliding_attention" => true,
-                var t => throw new NotSupportedException($"{c.Path}: layer_types[{i}] '{t}' is not implemented (QLoraNet computes full_attention and sliding_attention)"),
+                var t => throw new NotSupportedException($"{c.Path}: layer_types[{i}] {SafeText.Quote(t)} is not implemented (QLoraNet computes full_attention and sliding_attention)"),
             };
             if (sliding && window is null)
                 throw new InvalidDataException($"{c.Path}: layer_types[{i}] is sliding_attention but {noWindowReason}; set the window or make the layer full_attention");

@@ -30,7 +30,7 @@ internal static class DecoderConfigFields
         int headDim = Positive(c, "head_dim", given ?? hidden / heads);
         if (headDimIsDerived && (long)headDim * heads != hidden)
             throw new InvalidDataException($"{c.Path}: head_dim {headDim} x num_attention_heads {heads} = {(long)headDim * heads}, but this family's attention requires hidden_size {hidden}");
-        if (headDim % 2 != 0) throw new InvalidDataException($"{c.Path}: head_dim {headDim} must be even for rotary embeddings");
+        if (headDim % 2 != 0) throw new InvalidDataException($"{c.Path}: head_dim {headDim} is odd; rotary position embedding rotates pairs of dimensions");
         return new AttentionShape(hidden, heads, kvHeads, headDim);
     }
 
@@ -62,9 +62,12 @@ internal static class DecoderConfigFields
     /// <summary>bos/eos/pad ids with the config class's defaults; eos may be one id or a list (Llama 3).</summary>
     public static SpecialTokenIds Tokens(HfConfigJson c, int? bos, int eos, int? pad)
     {
-        var eosIds = c.Ids("eos_token_id");
+        // Ids config.json gives are checked against vocab_size (an id past it would index out of the embedding);
+        // pad_token_id is not: old Llama configs carry -1 there, and no table is indexed by it.
+        int vocab = Vocab(c);
+        var eosIds = c.TokenIds("eos_token_id", vocab);
         if (eosIds.Count == 0) eosIds = [eos];
-        return new SpecialTokenIds(c.Int("bos_token_id") ?? bos, eosIds, c.Has("pad_token_id") ? c.Int("pad_token_id") : pad);
+        return new SpecialTokenIds(c.TokenId("bos_token_id", vocab) ?? bos, eosIds, c.Has("pad_token_id") ? c.Int("pad_token_id") : pad);
     }
 
     /// <summary>torch_dtype (transformers 4) or dtype (transformers 5).</summary>
@@ -79,7 +82,7 @@ internal static class DecoderConfigFields
         {
             "silu" => Activation.Silu,
             "gelu_pytorch_tanh" => Activation.GeluTanh,
-            _ => throw new NotSupportedException($"{c.Path}: {key} '{name}' is not supported for {family} (QLoraNet computes silu and gelu_pytorch_tanh)"),
+            _ => throw new NotSupportedException($"{c.Path}: {key} {SafeText.Quote(name)} is not supported for {family} (QLoraNet computes silu and gelu_pytorch_tanh)"),
         };
     }
 
@@ -88,7 +91,7 @@ internal static class DecoderConfigFields
     {
         string act = c.String("hidden_act") ?? "silu";
         return act == "silu" ? Activation.Silu
-            : throw new NotSupportedException($"{c.Path}: hidden_act '{act}' is not supported ({family} uses silu)");
+            : throw new NotSupportedException($"{c.Path}: hidden_act {SafeText.Quote(act)} is not supported ({family} uses silu)");
     }
 
     /// <summary>Refuses a boolean switch QLoraNet does not compute when config.json turns it on.</summary>
@@ -97,6 +100,6 @@ internal static class DecoderConfigFields
         if (c.Bool(key) == true) throw new NotSupportedException($"{c.Path}: {key} true ({what}) is not implemented; QLoraNet loads causal decoders only");
     }
 
-    static int Positive(HfConfigJson c, string key, int value) =>
-        value > 0 ? value : throw new InvalidDataException($"{c.Path}: {key} {value} must be positive");
+    /// <summary>A size in [1, its <see cref="ConfigLimits"/> limit], checked as it is read, before anything is derived from it.</summary>
+    static int Positive(HfConfigJson c, string key, int value) => ConfigLimits.Field(c.Path, key, value);
 }

@@ -42,7 +42,7 @@ public sealed class Gemma2Family : IModelFamily
             VocabSize = DecoderConfigFields.Vocab(c),
             MaxPositions = c.Int("max_position_embeddings") ?? 8192,
             Norm = NormKind.RmsOffsetOne,
-            NormEps = c.Double("rms_norm_eps") ?? 1e-6,
+            NormEps = c.Positive("rms_norm_eps") ?? 1e-6,
             Activation = DecoderConfigFields.ActivationOf(c, "Gemma 2", "gelu_pytorch_tanh", "hidden_activation", "hidden_act"),
             TiedHead = c.Bool("tie_word_embeddings") ?? true,
             Rope = RopeConfig.Read(c, shape.HeadDim),

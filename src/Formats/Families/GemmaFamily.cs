@@ -39,7 +39,7 @@ public sealed class GemmaFamily : IModelFamily
             VocabSize = DecoderConfigFields.Vocab(c),
             MaxPositions = c.Int("max_position_embeddings") ?? 8192,
             Norm = NormKind.RmsOffsetOne,
-            NormEps = c.Double("rms_norm_eps") ?? 1e-6,
+            NormEps = c.Positive("rms_norm_eps") ?? 1e-6,
             Activation = DecoderConfigFields.ActivationOf(c, "Gemma", "gelu_pytorch_tanh", "hidden_activation", "hidden_act"),
             TiedHead = c.Bool("tie_word_embeddings") ?? true,
             Rope = RopeConfig.Read(c, shape.HeadDim),

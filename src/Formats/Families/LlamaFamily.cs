@@ -33,7 +33,7 @@ public sealed class LlamaFamily : IModelFamily
             VocabSize = DecoderConfigFields.Vocab(c),
             MaxPositions = c.Int("max_position_embeddings") ?? 2048,
             Norm = NormKind.Rms,
-            NormEps = c.Double("rms_norm_eps") ?? 1e-6,
+            NormEps = c.Positive("rms_norm_eps") ?? 1e-6,
             Activation = DecoderConfigFields.SiluOnly(c, "Llama"),
             TiedHead = c.Bool("tie_word_embeddings") ?? false,
             Rope = RopeConfig.Read(c, shape.HeadDim),

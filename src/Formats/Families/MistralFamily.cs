@@ -36,7 +36,7 @@ public sealed class MistralFamily : IModelFamily
             VocabSize = DecoderConfigFields.Vocab(c),
             MaxPositions = c.Int("max_position_embeddings") ?? 4096 * 32,
             Norm = NormKind.Rms,
-            NormEps = c.Double("rms_norm_eps") ?? 1e-6,
+            NormEps = c.Positive("rms_norm_eps") ?? 1e-6,
             Activation = DecoderConfigFields.SiluOnly(c, "Mistral"),
             TiedHead = c.Bool("tie_word_embeddings") ?? false,
             Rope = RopeConfig.Read(c, shape.HeadDim),

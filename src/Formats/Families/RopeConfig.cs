@@ -25,8 +25,8 @@ internal static class RopeConfig
             if (rp.TryGetProperty("full_attention", out _) || rp.TryGetProperty("sliding_attention", out _))
                 throw new NotSupportedException($"{c.Path}: {key} per layer type (full_attention / sliding_attention) is not implemented; QLoraNet reads one RoPE setting for all layers");
             string type = HfConfigJson.String(rp, "rope_type") ?? HfConfigJson.String(rp, "type") ?? "default";
-            theta = HfConfigJson.Double(rp, "rope_theta") ?? theta;
-            partial = HfConfigJson.Double(rp, "partial_rotary_factor") ?? partial;
+            theta = c.Double(rp, "rope_theta", $"{key}.rope_theta") ?? theta;
+            partial = c.Double(rp, "partial_rotary_factor", $"{key}.partial_rotary_factor") ?? partial;
             switch (type)
             {
                 case "default":
@@ -36,7 +36,7 @@ internal static class RopeConfig
                     llama3 = ReadLlama3(c, key, rp);
                     break;
                 default:
-                    throw new NotSupportedException($"{c.Path}: {key} type '{type}' is not implemented (QLoraNet computes default and llama3 RoPE); use a model without this RoPE scaling");
+                    throw new NotSupportedException($"{c.Path}: {key} type {SafeText.Quote(type)} is not implemented (QLoraNet computes default and llama3 RoPE); use a model without this RoPE scaling");
             }
         }
         if (theta <= 0) throw new InvalidDataException($"{c.Path}: rope_theta {theta} must be positive");
@@ -46,7 +46,7 @@ internal static class RopeConfig
 
     static Llama3RopeScaling ReadLlama3(HfConfigJson c, string key, JsonElement rp)
     {
-        double Required(string field) => HfConfigJson.Double(rp, field)
+        double Required(string field) => c.Double(rp, field, $"{key}.{field}")
             ?? throw new InvalidDataException($"{c.Path}: {key} of rope_type llama3 needs '{field}'");
         var s = new Llama3RopeScaling(Required("factor"), Required("low_freq_factor"), Required("high_freq_factor"),
             (int)Required("original_max_position_embeddings"));

@@ -15,18 +15,44 @@ namespace QLoraNet.Models.Tokenization;
 public sealed class RegexSplitter
 {
     readonly Regex[] regexes;
+    readonly string source;
+
+    /// <summary>The shipped pre-tokenizer patterns are a few hundred characters; a longer one is not a tokenizer's.</summary>
+    public const int MaxPatternChars = 4096;
+
+    /// <summary>
+    /// One match of a shipped pattern takes microseconds. The patterns come from a file, and a backtracking regex
+    /// can take exponential time on a crafted one ("(a+)+b"): a match running this long ends the tokenization with an
+    /// error naming the file instead of hanging (issue 11). Far above any real match even on a slow machine.
+    /// </summary>
+    static readonly TimeSpan MatchTimeout = TimeSpan.FromSeconds(2);
 
     public RegexSplitter(IReadOnlyList<string> patterns, string source)
     {
+        this.source = source;
         regexes = patterns.Select(p =>
         {
-            try { return new Regex(p, RegexOptions.CultureInvariant | RegexOptions.Compiled); }
-            catch (ArgumentException e) { throw new InvalidDataException($"{source}: Split pattern {p} is not a regex .NET can run ({e.Message})"); }
+            if (p.Length > MaxPatternChars)
+                throw new InvalidDataException($"{source}: Split pattern of {p.Length} characters is longer than {MaxPatternChars}; not a tokenizer's pre-tokenizer");
+            try { return new Regex(p, RegexOptions.CultureInvariant | RegexOptions.Compiled, MatchTimeout); }
+            catch (ArgumentException e) { throw new InvalidDataException($"{source}: Split pattern {QLoraNet.Formats.SafeText.Quote(p, 80)} is not a regex .NET can run ({QLoraNet.Formats.SafeText.Clip(e.Message, 200)})"); }
         }).ToArray();
     }
 
     /// <summary>The pieces (start, length) of <paramref name="text"/>, in order, covering it.</summary>
     public List<(int Start, int Length)> Split(string text)
+    {
+        try
+        {
+            return SplitUnbounded(text);
+        }
+        catch (RegexMatchTimeoutException e)
+        {
+            throw new InvalidDataException($"{source}: Split pattern {QLoraNet.Formats.SafeText.Quote(e.Pattern, 80)} ran past {MatchTimeout.TotalSeconds:0} s on one match (catastrophic backtracking); the tokenizer.json is damaged or not one a model ships");
+        }
+    }
+
+    List<(int Start, int Length)> SplitUnbounded(string text)
     {
         var (standIn, textIndex) = StandIn(text);
         var pieces = new List<(int Start, int Length)> { (0, standIn.Length) };

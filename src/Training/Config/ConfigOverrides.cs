@@ -11,15 +11,22 @@ namespace QLoraNet.Training.Config;
 /// </summary>
 internal static class ConfigOverrides
 {
+    /// <summary>An override is a key and a short value; longer text is refused before it is parsed.</summary>
+    public const int MaxChars = 64 * 1024;
+
     public static void Apply(YamlMappingNode root, IEnumerable<string> overrides, ConfigSource source)
     {
-        foreach (var text in overrides)
+        foreach (var raw in overrides)
         {
-            int eq = text.IndexOf('=');
+            if (raw.Length > MaxChars)
+                throw new ConfigException($"override {QLoraNet.Formats.SafeText.Quote(raw)}: {raw.Length} characters is more than an override may hold ({MaxChars})");
+            string text = QLoraNet.Formats.SafeText.Clip(raw, 80);  // messages quote it: escaped and short
+            int eq = raw.IndexOf('=');
             if (eq <= 0) throw new ConfigException($"override '{text}': expected key=value, e.g. training.learning_rate=1e-4");
-            string[] path = text[..eq].Trim().Split('.');
-            if (path.Any(p => p.Length == 0)) throw new ConfigException($"override '{text}': empty key segment in '{text[..eq]}'");
-            var value = ParseValue(text, text[(eq + 1)..]);
+            string[] path = raw[..eq].Trim().Split('.');
+            if (path.Any(p => p.Length == 0)) throw new ConfigException($"override '{text}': empty key segment in {QLoraNet.Formats.SafeText.Quote(raw[..eq])}");
+            if (path.Length > BoundedYaml.MaxDepth) throw new ConfigException($"override '{text}': key nested more than {BoundedYaml.MaxDepth} levels deep");
+            var value = ParseValue(text, raw[(eq + 1)..]);
             source.MarkOverride(value, text);
 
             var map = root;
@@ -33,7 +40,7 @@ internal static class ConfigOverrides
                     map.Children[key] = child;
                 }
                 map = child as YamlMappingNode ?? throw new ConfigException(
-                    $"override '{text}': '{string.Join('.', path[..(i + 1)])}' is a value, not a section");
+                    $"override '{text}': {QLoraNet.Formats.SafeText.Quote(string.Join('.', path[..(i + 1)]))} is a value, not a section");
             }
             var leaf = new YamlScalarNode(path[^1]);
             if (!map.Children.ContainsKey(leaf)) source.MarkOverride(leaf, text);
@@ -44,16 +51,8 @@ internal static class ConfigOverrides
     static YamlNode ParseValue(string text, string value)
     {
         if (value.Trim().Length == 0) return new YamlScalarNode("");
-        try
-        {
-            var stream = new YamlStream();
-            stream.Load(new StringReader(value));
-            return stream.Documents.Count == 0 ? new YamlScalarNode("") : stream.Documents[0].RootNode;
-        }
-        catch (YamlException e)
-        {
-            throw new ConfigException($"override '{text}': value is not valid YAML ({e.Message}); quote it or use [a,b] for lists");
-        }
+        var stream = BoundedYaml.Load(value, _ => $"override '{text}'");
+        return stream.Documents.Count == 0 ? new YamlScalarNode("") : stream.Documents[0].RootNode;
     }
 
     static bool IsNull(YamlNode n) => n is YamlScalarNode { Style: ScalarStyle.Plain, Value: null or "" or "~" or "null" };

@@ -176,7 +176,7 @@ internal sealed class ConfigSection
             if (!known.Contains(name))
             {
                 string where = Path.Length == 0 ? "at the top level" : $"in '{Path}'";
-                throw source.Error(k, $"unknown key '{Full(name)}'; valid keys {where}: {string.Join(", ", known)}");
+                throw source.Error(k, $"unknown key {QLoraNet.Formats.SafeText.Quote(Full(name))}; valid keys {where}: {string.Join(", ", known)}");
             }
         }
     }
@@ -209,7 +209,7 @@ internal sealed class ConfigSection
 
     static string Show(YamlNode node) => node switch
     {
-        YamlScalarNode s => $"'{s.Value}'",
+        YamlScalarNode s => QLoraNet.Formats.SafeText.Quote(s.Value ?? ""),
         YamlSequenceNode => "a list",
         YamlMappingNode => "a mapping",
         _ => node.NodeType.ToString(),

@@ -55,9 +55,9 @@ public sealed record DataConfig(
     static void CheckFile(ConfigSection s, string key, string file)
     {
         if (!Extensions.Contains(Path.GetExtension(file).ToLowerInvariant()))
-            throw s.ErrorAt(key, $"'{s.Full(key)}' file '{file}' has an unsupported extension; use {string.Join(" or ", Extensions)}");
+            throw s.ErrorAt(key, $"'{s.Full(key)}' file {QLoraNet.Formats.SafeText.Quote(file, 200)} has an unsupported extension; use {string.Join(" or ", Extensions)}");
         if (!File.Exists(file))
-            throw s.ErrorAt(key, $"'{s.Full(key)}' file '{file}' not found (relative paths resolve from the current directory {Environment.CurrentDirectory})");
+            throw s.ErrorAt(key, $"'{s.Full(key)}' file {QLoraNet.Formats.SafeText.Quote(file, 200)} not found (relative paths resolve from the current directory {Environment.CurrentDirectory})");
     }
 
     internal YamlMappingNode ToYaml() => YamlOut.Map(

@@ -46,9 +46,9 @@ internal static class LoraSection
         if (targets is [LoraSettings.AllLinear]) return names;
         foreach (var t in targets)
             if (!names.Contains(t))
-                throw s.ErrorAt("target_modules", $"'{key}' has unknown module '{t}'; valid: {LoraSettings.AllLinear} (alone) or any of {string.Join(", ", names)}");
+                throw s.ErrorAt("target_modules", $"'{key}' has unknown module {QLoraNet.Formats.SafeText.Quote(t, 40)}; valid: {LoraSettings.AllLinear} (alone) or any of {string.Join(", ", names)}");
         if (targets.Distinct().Count() != targets.Count)
-            throw s.ErrorAt("target_modules", $"'{key}' names a module twice: {string.Join(", ", targets)}");
+            throw s.ErrorAt("target_modules", $"'{key}' names a module twice: {QLoraNet.Formats.SafeText.Clip(string.Join(", ", targets), 200)}");
         return targets;
     }
 

@@ -23,6 +23,9 @@ public sealed record TrainConfig(
     OutputConfig Output,
     EvalConfig? Eval = null)
 {
+    /// <summary>A config is a few hundred bytes; a file larger than this is not one.</summary>
+    public const long MaxFileBytes = 1 << 20;
+
     /// <summary>The benchmark tasks scored during training (none unless the config has an <c>eval:</c> section).</summary>
     public EvalConfig EvalTasks => Eval ?? EvalConfig.None;
 
@@ -33,7 +36,10 @@ public sealed record TrainConfig(
     public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
     {
         if (!File.Exists(path)) throw new ConfigException($"config file '{path}' not found (relative paths resolve from the current directory {Environment.CurrentDirectory})");
-        return Parse(File.ReadAllText(path), path, overrides);
+        string text;
+        try { text = QLoraNet.Formats.UserFile.ReadText(path, MaxFileBytes, "config file"); }
+        catch (InvalidDataException e) { throw new ConfigException(e.Message); }
+        return Parse(text, path, overrides);
     }
 
     /// <summary>Like <see cref="Load"/> on YAML text; <paramref name="file"/> names it in messages.</summary>
@@ -46,8 +52,9 @@ public sealed record TrainConfig(
         var s = new ConfigSection(source, "", root, root);
         var modelSection = s.Section("model");
         var model = ModelConfig.Bind(modelSection);
+        var architecture = Architecture(model, modelSection);
         var quantization = QuantizationConfig.Bind(s, "quantization");
-        var lora = LoraSection.Bind(s.Section("lora"), Architecture(model, modelSection)?.LinearNames, out var initFrom);
+        var lora = LoraSection.Bind(s.Section("lora"), architecture?.LinearNames, out var initFrom);
         var config = new TrainConfig(
             model,
             quantization,
@@ -61,7 +68,7 @@ public sealed record TrainConfig(
         };
         s.Finish();
         source.ThrowIfMissing();
-        CheckAcrossSections(config, s);
+        CheckAcrossSections(config, s, architecture);
         return config;
     }
 
@@ -96,32 +103,20 @@ public sealed record TrainConfig(
 
     static YamlMappingNode ReadRoot(string yaml, ConfigSource source)
     {
-        var stream = new YamlStream();
-        try
-        {
-            stream.Load(new StringReader(yaml));
-        }
-        catch (YamlException e)
-        {
-            // YamlDotNet's message repeats the position as "(Line: 3, Col: 5, Idx: ...) - (...)": keep only the reason.
-            string reason = e.InnerException?.Message ?? e.Message;
-            int dash = reason.LastIndexOf("): ", StringComparison.Ordinal);
-            if (dash >= 0) reason = reason[(dash + 3)..];
-            throw new ConfigException($"{source.File}:{e.Start.Line}: malformed YAML: {reason}");
-        }
-        catch (InvalidOperationException e)
-        {
-            // YamlDotNet 18's scanner throws this, with no position, on some unclosed flow collections ("[8").
-            throw new ConfigException($"{source.File}: malformed YAML ({e.Message}); check for an unclosed [ or {{");
-        }
+        if (yaml.Length > MaxFileBytes) throw new ConfigException($"{source.File}: {yaml.Length} characters is more than a config file may hold ({MaxFileBytes})");
+        var stream = BoundedYaml.Load(yaml, line => $"{source.File}:{line}");
         if (stream.Documents.Count == 0) return new YamlMappingNode();
         if (stream.Documents.Count > 1) throw new ConfigException($"{source.File}: holds {stream.Documents.Count} YAML documents; a config is one");
         return stream.Documents[0].RootNode as YamlMappingNode
             ?? throw source.Error(stream.Documents[0].RootNode, "a config must be a mapping of sections (model:, lora:, data:, ...)");
     }
 
-    static void CheckAcrossSections(TrainConfig c, ConfigSection root)
+    static void CheckAcrossSections(TrainConfig c, ConfigSection root, ModelArchitecture? architecture)
     {
+        // Positions past max_position_embeddings were never trained: sequences that long are not fine-tuning.
+        if (architecture is not null && c.Data.MaxSeqLen > architecture.MaxPositions)
+            throw root.Section("data").ErrorAt("max_seq_len",
+                $"'data.max_seq_len' {c.Data.MaxSeqLen} is more than the model's context length {architecture.MaxPositions} (max_position_embeddings in {Path.Combine(c.Model.Path, ModelArchitecture.ConfigFileName)}); lower it");
         if (c.Data.Format == DataFormat.Chat && c.Data.Template == TemplateKind.Alpaca)
             throw root.Section("data").ErrorAt("template",
                 $"'data.template' alpaca renders instruction rows only; use one of {string.Join(", ", QLoraNet.Training.Data.ChatTemplates.ChatKinds.Select(k => YamlNames.Of(k)))} or auto with data.format chat");

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using QLoraNet.Formats;
 using QLoraNet.Models;
 using QLoraNet.Models.Calibration;
 using QLoraNet.Training.Config;
@@ -40,6 +41,9 @@ public static class CalibrationSamples
         return (new CalibrationSet(tensor(ids, [samples, length], ScalarType.Int64)), new Source(what, stream.Count, rows));
     }
 
+    /// <summary>A plain-text calibration file larger than this is not one (a few hundred samples of 2k tokens is ~5 MB).</summary>
+    const long MaxTextBytes = 256L << 20;
+
     static (List<int> Stream, int Rows, string What) Tokens(string spec, ITextTokenizer tokenizer, string modelDir)
     {
         foreach (var split in new[] { "train", "validation" })
@@ -63,7 +67,7 @@ public static class CalibrationSamples
             var data = TrainingData.ForEvaluation(config, tokenizer, [spec], modelDir).Validation;
             return (data.SelectMany(s => s.InputIds).ToList(), data.Count, $"{spec} ({YamlNames.Of(format)} rows)");
         }
-        var ids = tokenizer.Encode(File.ReadAllText(spec)).ToList();
+        var ids = tokenizer.Encode(UserFile.ReadText(spec, MaxTextBytes, "calibration text file")).ToList();
         return (ids, 1, $"{spec} (text)");
     }
 
@@ -71,7 +75,7 @@ public static class CalibrationSamples
     public static DataFormat DetectFormat(string file)
     {
         IEnumerable<string> fields;
-        string? first = File.ReadLines(file).FirstOrDefault(l => l.Trim().Length > 0)
+        string? first = UserFile.ReadLines(file, JsonlRows.MaxLineBytes, "calibration file").Select(l => l.Text).FirstOrDefault(l => l.Trim().Length > 0)
             ?? throw new InvalidDataException($"--calibration {file}: the file is empty");
         if (Path.GetExtension(file).Equals(".csv", StringComparison.OrdinalIgnoreCase))
             fields = first.Split(',').Select(f => f.Trim().Trim('"'));

@@ -21,7 +21,7 @@ public sealed record ChatMessage(string Role, string Content)
         {
             string want = (k - i) % 2 == 0 ? User : Assistant;
             if (messages[k].Role != want)
-                throw new InvalidDataException($"{origin}: message {k + 1} has role '{messages[k].Role}' where '{want}' was expected; a conversation is [system], user, assistant, user, ...");
+                throw new InvalidDataException($"{origin}: message {k + 1} has role {QLoraNet.Formats.SafeText.Quote(messages[k].Role, 40)} where '{want}' was expected; a conversation is [system], user, assistant, user, ...");
         }
         if (!allowTrailingUser && messages[^1].Role != Assistant)
             throw new InvalidDataException($"{origin}: the conversation ends with a user message; it must end with the assistant's reply");

@@ -22,7 +22,7 @@ public static class ExampleFiles
             {
                 ".jsonl" => JsonlRows.Read(path),
                 ".csv" => CsvRows.Read(path, RequiredColumns(format, columns)),
-                var ext => throw new InvalidDataException($"data file '{path}': unsupported extension '{ext}'; use .jsonl or .csv"),
+                var ext => throw new InvalidDataException($"data file '{path}': unsupported extension {QLoraNet.Formats.SafeText.Quote(ext, 20)}; use .jsonl or .csv"),
             };
             foreach (var row in rows)
             {

@@ -50,11 +50,11 @@ public static class RowParser
         for (; i < list.Count; i += 2)
         {
             if (list[i].Role != "user")
-                throw Order(row, $"message {i + 1} has role '{list[i].Role}' where 'user' was expected");
+                throw Order(row, $"message {i + 1} has role {QLoraNet.Formats.SafeText.Quote(list[i].Role, 30)} where 'user' was expected");
             if (i + 1 >= list.Count)
                 throw Order(row, "the conversation ends with a user message; it must end with the assistant's reply");
             if (list[i + 1].Role != "assistant")
-                throw Order(row, $"message {i + 2} has role '{list[i + 1].Role}' where 'assistant' was expected");
+                throw Order(row, $"message {i + 2} has role {QLoraNet.Formats.SafeText.Quote(list[i + 1].Role, 30)} where 'assistant' was expected");
             turns.Add(new ChatTurn(list[i].Content, list[i + 1].Content));
         }
         if (turns.Count == 0) throw Order(row, "no user/assistant turn");
@@ -65,12 +65,12 @@ public static class RowParser
         row.String(name) is { } s && s.Trim().Length > 0 ? s : throw Missing(row, name, "text");
 
     static BadRowException Missing(Row row, string name, string what) =>
-        new($"{row.Origin}: missing or empty field '{name}' ({what}); the row has: {string.Join(", ", row.FieldNames)}");
+        new($"{row.Origin}: missing or empty field '{name}' ({what}); the row has: {QLoraNet.Formats.SafeText.Clip(string.Join(", ", row.FieldNames), 200)}");
 
     static BadRowException Order(Row row, string why) =>
         new($"{row.Origin}: {why}; chat rows are [system], user, assistant, user, assistant, ...");
 
     static string? NullIfEmpty(string? s) => string.IsNullOrWhiteSpace(s) ? null : s;
 
-    static string Clip(string s) => s.Length <= 60 ? s : s[..57] + "...";
+    static string Clip(string s) => QLoraNet.Formats.SafeText.Clip(s, 60);
 }

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using QLoraNet.Formats;
 using QLoraNet.Models;
 using QLoraNet.Training.Config;
 
@@ -23,13 +24,16 @@ public static class SamplePrompts
         return examples.Select(e => new SamplePrompt(e.Item1, GenerationPrompt.Encode(GenerationPrompt.Render(e.Item2, data), tokenizer))).ToList();
     }
 
+    const int MaxLineBytes = 1 << 20, MaxPrompts = 1000;
+
     static List<(string, RawExample)> Read(string file, DataFormat format)
     {
         var result = new List<(string, RawExample)>();
-        int line = 0;
-        foreach (var text in File.ReadLines(file))
+        // Bounded as the data files are: a regular file, lines of at most MaxLineBytes, strict UTF-8 (issue 11).
+        foreach (var (line, text) in UserFile.ReadLines(file, MaxLineBytes, "sample prompts file"))
         {
-            line++;
+            if (result.Count >= MaxPrompts)
+                throw new InvalidDataException($"{file}:{line}: more than {MaxPrompts} sample prompts; each is generated at every sample step, so keep a few");
             if (text.Trim().Length == 0) continue;
             string origin = $"{file}:{line}";
             if (!file.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase))
@@ -46,8 +50,8 @@ public static class SamplePrompts
     static (string, RawExample) ParseJsonLine(string origin, string text, DataFormat format)
     {
         JsonElement root;
-        try { root = JsonDocument.Parse(text).RootElement; }
-        catch (JsonException e) { throw new InvalidDataException($"{origin}: not valid JSON ({e.Message.Split(". ")[0]})"); }
+        try { root = JsonDocument.Parse(text, UserFile.JsonOptions).RootElement; }
+        catch (JsonException e) { throw new InvalidDataException($"{origin}: not valid JSON ({SafeText.Clip(e.Message.Split(". ")[0], 200)})"); }
         if (root.ValueKind == JsonValueKind.Object && root.TryGetProperty("prompt", out var p) && p.ValueKind == JsonValueKind.String)
             return (p.GetString()!, GenerationPrompt.FromText(origin, p.GetString()!, format));
         if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("messages", out var messages) || messages.ValueKind != JsonValueKind.Array)
@@ -66,7 +70,7 @@ public static class SamplePrompts
                 case "system" when turns.Count == 0 && pendingUser is null: system = content; break;
                 case "user" when pendingUser is null: pendingUser = content; break;
                 case "assistant" when pendingUser is not null: turns.Add(new ChatTurn(pendingUser, content)); pendingUser = null; break;
-                default: throw new InvalidDataException($"{origin}: message role '{role}' out of order; expected [system], then user/assistant pairs, ending with user");
+                default: throw new InvalidDataException($"{origin}: message role {SafeText.Quote(role, 40)} out of order; expected [system], then user/assistant pairs, ending with user");
             }
         }
         if (pendingUser is null) throw new InvalidDataException($"{origin}: the messages must end with a user message (the prompt to answer)");

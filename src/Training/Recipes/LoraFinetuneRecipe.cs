@@ -40,6 +40,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
 
     // Set up in order by Setup; the loop reads them.
     CheckpointStore _store = null!;
+    OutputDirLock? _lock;
     string? _resumeFrom;
     ITextTokenizer _tokenizer = null!;
     TrainingData _data = null!;
@@ -85,7 +86,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
 
     void Setup(TrainOptions options)
     {
-        SetupOutput(options.Resume);
+        SetupOutput(options);
         SetupData();
         SetupModel(options.Kernels);
         SetupOptimizer();
@@ -103,16 +104,28 @@ public sealed class LoraFinetuneRecipe : IDisposable
             _observer.OnMessage($"checkpoint is at step {_state.Step}, the run has {_totalSteps} steps: nothing to do");
     }
 
-    /// <summary>The checkpoint store, the checkpoint to resume (or a guard against overwriting an earlier run), the resolved config.</summary>
-    void SetupOutput(string? resume)
+    /// <summary>
+    /// The checkpoint store, the checkpoint to resume (refused when the config changed in a way it cannot honour,
+    /// <see cref="ResumeCompatibility"/>), or a guard against overwriting an earlier run; then, for the replica that
+    /// writes, the output folder's lock, the leftovers of interrupted runs, the resolved config. Nothing is written
+    /// before every check has passed.
+    /// </summary>
+    void SetupOutput(TrainOptions options)
     {
-        _store = new CheckpointStore(_outDir, _config.Output.KeepLast, _observer.OnCheckpointFileWritten);
-        _resumeFrom = RunOutput.ResolveResume(resume, _store);
+        _store = new CheckpointStore(_outDir, _config.Output.KeepLast, _observer.OnCheckpointFileWritten, _observer.OnCheckpointPruning,
+            ResumeCompatibility.Snapshot(_config));
+        if (WritesFiles) OutputDirLock.ThrowIfHeld(_outDir);
+        _resumeFrom = RunOutput.ResolveResume(options.Resume, _store);
+        var changes = _resumeFrom is null ? [] : ResumeCompatibility.Check(_resumeFrom, _config, options.ResumeWithChanges);
         if (_resumeFrom is null) RunOutput.GuardNewRun(_outDir, _store);
         else KeepGlobalBatch(TrainerState.Load(_resumeFrom));
         if (!WritesFiles) return;
-        Directory.CreateDirectory(_outDir);
-        RunOutput.WriteResolvedConfig(_outDir, _config);
+        _lock = OutputDirLock.Acquire(_outDir);
+        foreach (var done in RunOutput.RemoveLeftovers(_outDir, _store)) _observer.OnMessage($"leftover of an interrupted run: {done}");
+        int? resumedStep = _resumeFrom is null ? null : TrainerState.Load(_resumeFrom).Step;
+        string? recorded = RunOutput.WriteResolvedConfig(_outDir, _config, resumedStep, changes.Count > 0);
+        foreach (var change in changes) _observer.OnMessage($"resuming with a changed config (--resume-with-changes): {change}");
+        if (changes.Count > 0) _observer.OnMessage($"the config of this resume is recorded in {recorded}");
     }
 
     /// <summary>A checkpoint of another world size continues with its global batch: the accumulation per replica
@@ -150,7 +163,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         _built = ModelBuilder.Build(_config.Model.Path, new ModelBuildOptions(_device, compute, _config.Quantization.Format,
             kernels ?? KernelSelection.For(_device), frozen, _t.GradientCheckpointing,
             NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom, AdapterInitDir: _config.LoraInitFrom,
-            Aware: _config.Quantization.Aware));
+            Aware: _config.Quantization.Aware, AllowNonFiniteWeights: _config.Model.AllowNonFiniteWeights));
         (_model, _adapterConfig) = (_built.Model, _built.Adapter!);
         _loadSeconds = clock.Elapsed.TotalSeconds;
         if (_config.LoraInitFrom is { } init && _resumeFrom is null)
@@ -210,8 +223,11 @@ public sealed class LoraFinetuneRecipe : IDisposable
     TrainResult Train(CancellationToken cancel)
     {
         // The base model's validation loss, before any step: the "before" of the run's before/after.
-        double? initialValidation = _state.Step == 0 && _totalSteps > 0 && _data.Validation.Count > 0 ? Validate(0) : null;
-        if (_state.Step == 0 && _totalSteps > 0)
+        // Skipped when a stop was asked for while the model loaded: the run ends before its first step, nothing saved.
+        // The replicas agree on it (validation sums across them; one that skipped it would leave the others waiting).
+        bool starting = _state.Step == 0 && _totalSteps > 0 && _replicas.Sum(cancel.IsCancellationRequested ? 1 : 0) == 0;
+        double? initialValidation = starting && _data.Validation.Count > 0 ? Validate(0) : null;
+        if (starting)
         {
             _reports.Sample(0);
             ScoreTasks(0, cancel);
@@ -339,7 +355,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
             }
         }
         if (WritesFiles && _metrics.Rows.Count > 0) _reports.DrawLossCurve(_metrics.Rows);
-        if (stop == TrainStop.Interrupted) message = $"interrupted at step {_state.Step}; resume with --resume";
+        if (stop == TrainStop.Interrupted)
+            message = _state.Step == 0 ? "interrupted before the first step; nothing was saved" : $"interrupted at step {_state.Step}; resume with --resume";
         return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation,
             _memory.RunPeak, _tasks?.Last, _tasks?.Initial);
     }
@@ -347,5 +364,6 @@ public sealed class LoraFinetuneRecipe : IDisposable
     public void Dispose()
     {
         _built?.Dispose();
+        _lock?.Dispose();
     }
 }

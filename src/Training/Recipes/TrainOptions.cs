@@ -9,4 +9,7 @@ namespace QLoraNet.Training.Recipes;
 /// null = <see cref="KernelSelection.For"/> with defaults. Reported in the run summary.</param>
 /// <param name="Replicas">the data-parallel group this process's run belongs to (a launcher starts one run per
 /// replica, each with its own group member and device); null = a single device. Only replica 0 writes files.</param>
-public sealed record TrainOptions(string? Resume = null, KernelSelection? Kernels = null, IReplicaGroup? Replicas = null);
+/// <param name="ResumeWithChanges">resume even when the config differs from the checkpoint's in keys that break
+/// exact resume (<see cref="ResumeCompatibility"/>); the differences are reported and the new config recorded.</param>
+public sealed record TrainOptions(string? Resume = null, KernelSelection? Kernels = null, IReplicaGroup? Replicas = null,
+    bool ResumeWithChanges = false);

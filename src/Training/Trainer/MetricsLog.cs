@@ -50,7 +50,7 @@ public sealed class MetricsLog
     {
         Path = path;
         if (path is null) return;
-        if (keepThroughStep > 0 && File.Exists(path)) _rows.AddRange(Read(path).Where(r => r.Step <= keepThroughStep));
+        if (keepThroughStep > 0 && File.Exists(path)) _rows.AddRange(Read(path, keepThroughStep));
         Rewrite();
     }
 
@@ -115,26 +115,94 @@ public sealed class MetricsLog
     static string S(double x) => double.IsNaN(x) ? "" : x.ToString("G9", CultureInfo.InvariantCulture);
     static string S(long x) => x.ToString(CultureInfo.InvariantCulture);
 
-    /// <summary>Reads a metrics.csv by column name, so a file written before a column was added still reads.</summary>
-    public static IReadOnlyList<Row> Read(string path)
+    /// <summary>A metrics file larger than this is not one this trainer wrote (a row is ~150 bytes: 1.5 million steps).</summary>
+    public const long MaxBytes = 256L << 20;
+
+    /// <summary>No row of ours comes near this (a fixed row is ~150 bytes, each benchmark task column adds a few dozen);
+    /// a longer line is binary data or records without newlines.</summary>
+    public const int MaxLineBytes = 64 << 10;
+
+    /// <summary>Older runs wrote the resident-memory column as memory_mb.</summary>
+    static readonly Dictionary<string, string> OlderNames = new() { ["memory_mb"] = "host_rss_mb" };
+
+    /// <summary>Columns a file must have to be one of this trainer's; the others were added later and may be absent.</summary>
+    static readonly string[] RequiredColumns = ["step", "epoch", "loss", "val_loss", "learning_rate", "grad_norm", "tokens"];
+
+    /// <summary>
+    /// Reads a metrics file by column name (a file written before a column was added still reads; an absent or empty
+    /// cell is NaN, null or 0), rows up to <paramref name="throughStep"/> if given, bounded and validated as every
+    /// reader of a file from disk is: a regular file of at most <see cref="MaxBytes"/>, lines of at most 64 KiB, a
+    /// header naming the columns, every cell empty or a finite number, steps whole and increasing (step 0 only as the
+    /// base-model row). A row cut off by a kill during an append (the file's last line, without its newline) is
+    /// dropped; anything else wrong is a one-line error naming the file, the line and the column.
+    /// </summary>
+    public static IReadOnlyList<Row> Read(string path, int? throughStep = null)
     {
+        UserFile.RequireRegular(path, "metrics file");
+        long length = new FileInfo(path).Length;
+        if (length > MaxBytes) throw new InvalidDataException($"{path}: {length} bytes is more than the {MaxBytes}-byte limit for a metrics file; move it aside to resume");
+        bool endsWithNewline = length == 0 || EndsWithNewline(path);
         var rows = new List<Row>();
-        using var reader = CsvReader.FromFile(path, new CsvReaderOptions { HasHeader = true });
-        var header = reader.Headers.ToArray();
-        var columns = Enumerable.Range(0, header.Length).ToDictionary(i => header[i], i => i);
-        while (reader.Read())
+        Dictionary<string, int>? columns = null;
+        int headerFields = 0;
+        (int Line, string Text)? pending = null;
+        foreach (var line in UserFile.ReadLines(path, MaxLineBytes, "metrics file"))
         {
-            string Cell(string name) => columns.TryGetValue(name, out int i) && i < reader.FieldCount ? reader.GetString(i) : "";
-            double D(string name) => Cell(name) is { Length: > 0 } s ? double.Parse(s, CultureInfo.InvariantCulture) : double.NaN;
-            double? N(string name) => Cell(name) is { Length: > 0 } s ? double.Parse(s, CultureInfo.InvariantCulture) : null;
-            long L(string name) => Cell(name) is { Length: > 0 } s ? (long)double.Parse(s, CultureInfo.InvariantCulture) : 0;
+            if (pending is { } p) Parse(p);
+            pending = line;
+        }
+        if (pending is { } last && (endsWithNewline || columns is null)) Parse(last);
+        return rows;
+
+        void Parse((int Line, string Text) line)
+        {
+            string where = $"{path}:{line.Line}";
+            var fields = line.Text.Split(',');
+            if (columns is null)
+            {
+                columns = new Dictionary<string, int>();
+                for (int i = 0; i < fields.Length; i++)
+                {
+                    string name = fields[i].Trim();
+                    columns.TryAdd(OlderNames.GetValueOrDefault(name) ?? name, i);
+                }
+                headerFields = fields.Length;
+                if (RequiredColumns.FirstOrDefault(c => !columns.ContainsKey(c)) is { } missing)
+                    throw new InvalidDataException($"{where}: header has no '{missing}' column (got {SafeText.Clip(line.Text, 120)}); not a metrics file of this trainer");
+                return;
+            }
+            if (line.Text.Length == 0) return;
+            if (fields.Length != headerFields)
+                throw new InvalidDataException($"{where}: {fields.Length} fields, the header names {headerFields}; fix or delete the file to resume");
+            double? N(string name)
+            {
+                if (!columns.TryGetValue(name, out int i)) return null;
+                string text = fields[i].Trim();
+                if (text.Length == 0) return null;
+                return double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && double.IsFinite(v) ? v
+                    : throw new InvalidDataException($"{where}: '{name}' is {SafeText.Quote(text, 40)}, not a finite number; fix or delete the file to resume");
+            }
+            double D(string name) => N(name) ?? double.NaN;
+            long L(string name) => N(name) is { } v && v == Math.Floor(v) && Math.Abs(v) < 1e15 ? (long)v
+                : N(name) is null ? 0 : throw new InvalidDataException($"{where}: '{name}' is not a whole number; fix or delete the file to resume");
+            double step = N("step") ?? throw new InvalidDataException($"{where}: 'step' is empty; fix or delete the file to resume");
+            int previous = rows.Count > 0 ? rows[^1].Step : -1;
+            if (step != Math.Floor(step) || step < 0 || step > int.MaxValue || step <= previous || (step == 0 && rows.Count > 0))
+                throw new InvalidDataException($"{where}: step {step} does not follow step {(previous < 0 ? "(none)" : previous)}; fix or delete the file to resume");
+            if (throughStep is { } limit && step > limit) return;
             var tasks = new Dictionary<string, double>();
-            foreach (string name in header.Where(h => h.Contains('/')))     // "task/metric" columns
+            foreach (string name in columns.Keys.Where(h => h.Contains('/')))     // "task/metric" columns
                 if (N(name) is { } t) tasks[name] = t;
-            rows.Add(new Row((int)L("step"), D("epoch"), D("loss"), N("val_loss"), D("learning_rate"), D("grad_norm"),
+            rows.Add(new Row((int)step, D("epoch"), D("loss"), N("val_loss"), D("learning_rate"), D("grad_norm"),
                 L("tokens"), D("tokens_per_s"), D("step_s"), D("elapsed_s"), D("host_rss_mb"), D("host_peak_rss_mb"),
                 N("device_used_peak_mb"), L("trained_tokens"), tasks.Count > 0 ? tasks : null));
         }
-        return rows;
+    }
+
+    static bool EndsWithNewline(string path)
+    {
+        using var stream = UserFile.OpenRead(path, "metrics file", bufferSize: 1);
+        stream.Seek(-1, SeekOrigin.End);
+        return stream.ReadByte() is '\n' or '\r';
     }
 }

@@ -24,9 +24,9 @@ public static class RunOutput
         if (resume is null) return null;
         if (resume == "latest")
             return store.Latest() ?? throw new InvalidOperationException($"--resume: no complete checkpoint under {store.Root}; start without --resume");
-        if (!Directory.Exists(resume)) throw new DirectoryNotFoundException($"--resume: checkpoint directory '{resume}' does not exist");
+        if (!Directory.Exists(resume)) throw new DirectoryNotFoundException($"--resume-from: checkpoint directory '{resume}' does not exist");
         if (!File.Exists(Path.Combine(resume, TrainerState.FileName)))
-            throw new InvalidDataException($"--resume: '{resume}' is not a complete checkpoint (no {TrainerState.FileName}); use one of {store.Root}/step-N");
+            throw new InvalidDataException($"--resume-from: '{resume}' is not a complete checkpoint (no {TrainerState.FileName}); use one of {store.Root}/step-N");
         return resume;
     }
 
@@ -38,7 +38,44 @@ public static class RunOutput
                 $"output dir '{outDir}' holds an earlier run's checkpoints; pass --resume to continue it, or set output.dir to a new directory (or delete it)");
     }
 
-    /// <summary>Writes the config the run actually uses (defaults and overrides resolved) as <see cref="ResolvedConfigFile"/>.</summary>
-    public static void WriteResolvedConfig(string outDir, TrainConfig config) =>
-        AtomicFile.WriteAllText(Path.Combine(outDir, ResolvedConfigFile), config.ToYaml());
+    /// <summary>
+    /// Writes the config the run actually uses (defaults and overrides resolved). A new run writes
+    /// <see cref="ResolvedConfigFile"/>; a resume never overwrites it (it describes the checkpoints beside it): one
+    /// that continues with accepted changes records its config as <c>config.resume-STEP.yaml</c> (STEP = the
+    /// checkpoint's step) and returns that path; otherwise nothing is written (unless config.yaml is missing).
+    /// </summary>
+    public static string? WriteResolvedConfig(string outDir, TrainConfig config, int? resumedStep = null, bool withChanges = false)
+    {
+        string original = Path.Combine(outDir, ResolvedConfigFile);
+        if (resumedStep is null || !File.Exists(original))
+        {
+            AtomicFile.WriteAllText(original, config.ToYaml());
+            if (resumedStep is null) return original;
+        }
+        if (!withChanges) return null;
+        string path = Path.Combine(outDir, ResumeConfigFile(resumedStep.Value));
+        AtomicFile.WriteAllText(path, config.ToYaml());
+        return path;
+    }
+
+    /// <summary>config.resume-STEP.yaml: the config a resume from checkpoint STEP continued with, changes accepted.</summary>
+    public static string ResumeConfigFile(int step) => $"config.resume-{step}.yaml";
+
+    /// <summary>
+    /// Leftovers of an earlier run's interrupted writes in the output folder and its checkpoints (see
+    /// <see cref="CheckpointPruner.RemoveLeftovers"/>), and a partial <c>metrics.csv.tmp</c> of older versions.
+    /// Only under the output folder's lock. Returns what was done, for the log.
+    /// </summary>
+    public static IReadOnlyList<string> RemoveLeftovers(string outDir, CheckpointStore store)
+    {
+        var done = new List<string>(new CheckpointPruner().RemoveLeftovers(outDir));
+        done.AddRange(store.RemoveLeftovers().Select(d => $"{d} in {store.Root}"));
+        string legacy = Path.Combine(outDir, MetricsFile + ".tmp");
+        if (File.Exists(legacy))
+        {
+            File.Delete(legacy);
+            done.Add($"removed {MetricsFile}.tmp");
+        }
+        return done;
+    }
 }

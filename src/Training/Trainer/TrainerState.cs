@@ -44,14 +44,18 @@ public sealed record TrainerState(
     {
         string path = Path.Combine(directory, FileName);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: not found; {directory} is not a complete checkpoint", path);
+        TrainerState state;
         try
         {
-            return JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(path), Json)
+            state = JsonSerializer.Deserialize<TrainerState>(QLoraNet.Formats.UserFile.ReadText(path, 1 << 20, "trainer state"), Json)
                 ?? throw new InvalidDataException($"{path}: empty");
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{path}: not a trainer state ({e.Message.Split('.')[0]})");
+            throw new InvalidDataException($"{path}: not a trainer state ({QLoraNet.Formats.SafeText.Clip(e.Message.Split('.')[0], 120)})");
         }
+        if (state.Step < 0 || state.Epoch < 0 || state.MicroBatch < 0 || state.EvaluationsWithoutImprovement < 0 || state.TokensSeen < 0)
+            throw new InvalidDataException($"{path}: negative step, epoch, micro-batch or count; the checkpoint is damaged");
+        return state;
     }
 }

@@ -16,6 +16,10 @@ public interface ITrainingObserver
     /// published). Throwing aborts the save, as a kill would: the previous checkpoints stay intact.</summary>
     void OnCheckpointFileWritten(string path) { }
 
+    /// <summary>Pruning is about to hide (rename) an old checkpoint or delete one of its files. Throwing stops the
+    /// prune there, as a kill would: the checkpoint is either whole under its name or hidden, never listed broken.</summary>
+    void OnCheckpointPruning(string path) { }
+
     /// <summary>The greedy answers to training.sample_prompts at a step (0: the base model, before training).</summary>
     void OnSamples(IReadOnlyList<SampleGeneration> samples) { }
 }

@@ -52,7 +52,7 @@ public class TokenizerFileTests
     [Theory]
     [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b c\"]}}", "neither \"a b\" nor")]
     [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": [\"a\"]}}", "model.vocab must be an object")]
-    [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}}}", "model.vocab['a'] must be a non-negative integer id")]
+    [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}}}", "model.vocab['a'] must be an integer id in [0, 16777216)")]
     [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": {}}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"added_tokens\": [{\"content\": \"<x>\"}]}", "needs an id and a content")]
     [InlineData("{\"model\": {\"type\": \"BPE\", \"vocab\": {}", "not valid JSON")]
     [InlineData("[1, 2]", "expected a JSON object")]

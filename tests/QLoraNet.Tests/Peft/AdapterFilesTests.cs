@@ -122,7 +122,25 @@ public class AdapterFilesTests
         EditConfig(dir.Path, json => json["target_modules"] = new JsonArray("q_proj", "k_proj"));
         using var other = new TinyTestModel(layers: 1);
         var e = Assert.Throws<InvalidDataException>(() => AdapterFiles.ApplyAndLoad(dir.Path, other));
-        Assert.EndsWith("no tensor 'base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight' for the model's LoRA module model.layers.0.self_attn.k_proj", e.Message);
+        Assert.Contains("target module 'k_proj' has no factors in", e.Message);
+        Assert.Empty(AdapterFiles.LoraModules(other));  // refused from the headers, before any LoRA module was built
+    }
+
+    [Theory]
+    [InlineData(60000, "has rank 4 but adapter_config.json says r=60000")]
+    [InlineData(1000000, "r=1000000 must be in [1, 65536]")]
+    [InlineData(2147483647, "r=2147483647 must be in [1, 65536]")]
+    public void AHugeRankIsRefusedFromTheHeadersBeforeAnythingIsAllocated(int r, string expected)
+    {
+        using var dir = Paths.Temp();
+        var (model, config) = Trained(new LoraSettings(R: 4, TargetModules: ["q_proj"]), layers: 1);
+        using var _ = model;
+        AdapterFiles.Save(dir.Path, model, config);
+        EditConfig(dir.Path, json => json["r"] = r);
+        using var other = new TinyTestModel(layers: 1);
+        var e = Assert.Throws<InvalidDataException>(() => AdapterFiles.ApplyAndLoad(dir.Path, other));
+        Assert.Contains(expected, e.Message);
+        Assert.Empty(AdapterFiles.LoraModules(other));
     }
 
     static void EditConfig(string dir, Action<JsonObject> edit)

@@ -146,7 +146,7 @@ public sealed class ConfigTests : IDisposable
         string msg = ErrorOf(Minimal + "lora:\n  r: 8\n alpha: 16\n");
         Assert.Matches(@"^x\.yaml:7: malformed YAML: ", msg);
         Assert.DoesNotContain("\n", msg);
-        Assert.StartsWith("x.yaml: malformed YAML", ErrorOf(Minimal + "lora:\n  r: [8\n  alpha: 16\n"));
+        Assert.Equal("x.yaml:6: malformed YAML: unclosed '[' (no matching ']')", ErrorOf(Minimal + "lora:\n  r: [8\n  alpha: 16\n"));
     }
 
     [Fact]

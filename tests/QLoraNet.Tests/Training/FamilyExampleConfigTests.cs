@@ -29,7 +29,11 @@ public class FamilyExampleConfigTests
         string[] data = [$"data.train={R("datasets/sales/train.jsonl")}", $"data.validation={R("datasets/sales/validation.jsonl")}"];
         var e = Assert.Throws<ConfigException>(() => TrainConfig.Load(file, data));
         Assert.Contains($"model directory '{modelPath}' not found", e.Message);
-        var c = TrainConfig.Load(file, [$"model.path={R($"tests/fixtures/families/{fixture}")}", .. data]);
+        // The fixtures' max_position_embeddings is 512, the real models' 8k-128k: a max_seq_len past the context is
+        // refused (issue 11), so the fixture stands in with the sequence length it can hold.
+        var e2 = Assert.Throws<ConfigException>(() => TrainConfig.Load(file, [$"model.path={R($"tests/fixtures/families/{fixture}")}", .. data]));
+        Assert.Contains("'data.max_seq_len' 1024 is more than the model's context length 512", e2.Message);
+        var c = TrainConfig.Load(file, [$"model.path={R($"tests/fixtures/families/{fixture}")}", "data.max_seq_len=512", .. data]);
         Assert.Equal(("nf4-dq", DType.Bf16, DeviceKind.Cuda, true), (c.Quantization.Format.ToString(), c.Quantization.ComputeDtype, c.Model.Device, c.Training.GradientCheckpointing));
         Assert.Equal(["q_proj", "k_proj", "v_proj", "o_proj"], c.Lora.TargetModules);
         Assert.Equal((16, 2, 8), (c.Lora.R, c.Training.MicroBatchSize, c.Training.GradientAccumulationSteps));

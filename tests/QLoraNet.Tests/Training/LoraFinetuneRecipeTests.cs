@@ -135,7 +135,8 @@ public class LoraFinetuneRecipeTests
     public void A_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint()
     {
         using var tmp = Paths.Temp();
-        // A copy of the tiny model whose final norm weight is NaN: every loss is NaN from the first step on.
+        // A copy of the tiny model whose final norm weight is NaN: refused by name at load, unless the config opts
+        // out (model.allow_non_finite_weights, through ModelBuilder into the loader); then every loss is NaN.
         string model = tmp["model"];
         Directory.CreateDirectory(model);
         foreach (var f in Directory.GetFiles(Paths.TinyModel)) File.Copy(f, Path.Combine(model, Path.GetFileName(f)));
@@ -144,10 +145,14 @@ public class LoraFinetuneRecipeTests
             string shard = ckpt.Info("model.norm.weight").ShardPath;
             using var f = QLoraNet.Formats.SafeTensorsFile.Open(shard);
             var tensors = f.Names.ToDictionary(n => n, n => f.Read(n));
-            tensors["model.norm.weight"].fill_(double.NaN);
+            tensors["model.norm.weight"].fill_(float.NaN);
             QLoraNet.Formats.SafeTensors.Write(Path.Combine(model, Path.GetFileName(shard)), tensors);
         }
-        var r = LoraFinetuneRecipe.Run(Config(tmp["run"], $"model.path={model}", "quantization.type=none", "quantization.double_quant=false"),
+        string[] keys = [$"model.path={model}", "quantization.type=none", "quantization.double_quant=false"];
+        var refused = Assert.Throws<InvalidDataException>(() =>
+            LoraFinetuneRecipe.Run(Config(tmp["refused"], keys), new TrainOptions(), new Recorder(), CancellationToken.None));
+        Assert.Contains("model.norm.weight", refused.Message);
+        var r = LoraFinetuneRecipe.Run(Config(tmp["run"], [.. keys, "model.allow_non_finite_weights=true"]),
             new TrainOptions(), new Recorder(), CancellationToken.None);
         Assert.Equal(TrainStop.NonFiniteLoss, r.Stop);
         Assert.Equal(0, r.StepsDone);

@@ -1,0 +1,81 @@
+using QLoraNet.Training.Trainer;
+
+namespace QLoraNet.Tests.Training;
+
+/// <summary>metrics.csv as a resume reads it: bounded and validated like every reader of a file from disk (issue 11).</summary>
+[Trait("tier", "unit")]
+public class MetricsLogTests
+{
+    const string Header = "step,epoch,loss,val_loss,learning_rate,grad_norm,tokens,tokens_per_s,step_s,elapsed_s,host_rss_mb";
+    static string Row(int step, string loss = "2.5") => $"{step},0.1,{loss},,0.001,0.5,100,50,2,{2 * step},300";
+
+    static string Error(TempDir tmp, string content)
+    {
+        File.WriteAllText(tmp["metrics.csv"], content);
+        var e = Assert.Throws<InvalidDataException>(() => MetricsLog.Read(tmp["metrics.csv"]));
+        Assert.StartsWith(tmp["metrics.csv"], e.Message);
+        Assert.DoesNotContain("\n", e.Message);
+        Assert.False(e.Message.Any(char.IsControl), e.Message);
+        return e.Message;
+    }
+
+    [Fact]
+    public void What_this_trainer_writes_reads_back_and_older_runs_column_name_is_accepted()
+    {
+        using var tmp = Paths.Temp();
+        var log = new MetricsLog(tmp["metrics.csv"], 0);
+        log.Append(new MetricsLog.Row(1, 0.1, 2.5, null, 1e-3, 0.5, 100, 50, 2, 2, 300));
+        log.Append(new MetricsLog.Row(2, 0.2, 2.4, 2.6, 1e-3, 0.5, 100, 50, 2, 4, 300));
+        var rows = MetricsLog.Read(tmp["metrics.csv"]);
+        Assert.Equal([1, 2], rows.Select(r => r.Step));
+        Assert.Equal(2.6, rows[1].ValidationLoss);
+        Assert.Equal([1], MetricsLog.Read(tmp["metrics.csv"], throughStep: 1).Select(r => r.Step));
+
+        File.WriteAllText(tmp["old.csv"], Header.Replace("host_rss_mb", "memory_mb") + "\n" + Row(1) + "\n");
+        Assert.Equal(300, MetricsLog.Read(tmp["old.csv"]).Single().HostRssMb);
+    }
+
+    [Fact]
+    public void A_row_cut_off_by_a_kill_during_an_append_is_dropped()
+    {
+        using var tmp = Paths.Temp();
+        File.WriteAllText(tmp["metrics.csv"], $"{Header}\r\n{Row(1)}\r\n{Row(2)}\r\n3,0.1,2.");
+        Assert.Equal([1, 2], MetricsLog.Read(tmp["metrics.csv"]).Select(r => r.Step));
+        // Resuming from step 2 keeps rows 1-2 and rewrites the file whole.
+        var log = new MetricsLog(tmp["metrics.csv"], 2);
+        Assert.Equal(2, log.Rows.Count);
+        Assert.EndsWith("\n", File.ReadAllText(tmp["metrics.csv"]));
+    }
+
+    [Fact]
+    public void Damaged_files_are_one_line_errors_naming_the_line_and_the_column()
+    {
+        using var tmp = Paths.Temp();
+        Assert.Contains(":3: 'loss' is 'abc', not a finite number", Error(tmp, $"{Header}\n{Row(1)}\n{Row(2, "abc")}\n"));
+        Assert.Contains(":2: 'loss' is 'NaN', not a finite number", Error(tmp, $"{Header}\n{Row(1, "NaN")}\n"));
+        Assert.Contains(":3: step 1 does not follow step 1", Error(tmp, $"{Header}\n{Row(1)}\n{Row(1)}\n"));
+        Assert.Contains(":2: 3 fields, the header names 11", Error(tmp, $"{Header}\n1,2,3\n"));
+        Assert.Contains(":1: header has no 'step' column", Error(tmp, "a,b\n1,2\n"));
+        // Binary garbage: refused by line, nothing of it echoed raw.
+        var garbage = new byte[5000];
+        new Random(3).NextBytes(garbage);
+        File.WriteAllBytes(tmp["metrics.csv"], garbage);
+        var e = Assert.Throws<InvalidDataException>(() => MetricsLog.Read(tmp["metrics.csv"]));
+        Assert.False(e.Message.Any(char.IsControl), e.Message);
+        Assert.True(e.Message.Length < 400, e.Message);
+    }
+
+    [Fact]
+    public void An_endless_line_a_huge_file_and_a_fifo_are_refused_without_reading_them_whole()
+    {
+        using var tmp = Paths.Temp();
+        Assert.Contains($"line longer than {MetricsLog.MaxLineBytes} bytes", Error(tmp, Header + "\n" + new string('1', 100_000)));
+        using (var f = File.Create(tmp["huge.csv"])) f.SetLength(MetricsLog.MaxBytes + 1);   // sparse: no disk used
+        Assert.Contains("limit for a metrics file", Assert.Throws<InvalidDataException>(() => MetricsLog.Read(tmp["huge.csv"])).Message);
+        if (OperatingSystem.IsWindows()) return;
+        using (var p = System.Diagnostics.Process.Start("mkfifo", tmp["fifo.csv"])) p.WaitForExit();
+        var read = Task.Run(() => Assert.ThrowsAny<Exception>(() => MetricsLog.Read(tmp["fifo.csv"])));
+        Assert.True(read.Wait(TimeSpan.FromSeconds(30)), "reading a FIFO metrics.csv blocked");
+        Assert.Contains("FIFO", read.Result.Message);
+    }
+}
