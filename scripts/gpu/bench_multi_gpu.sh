@@ -63,6 +63,8 @@ else
   selftest_mb=256; slow=1
   prof=(--profile --profile-steps 3)
   nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader > "$res/gpu.txt" 2>&1
+  # Each GPU's CPU and NUMA affinity: a host-bound step launches slower from cores far from its GPU.
+  nvidia-smi topo -m > "$res/topo.txt" 2>&1
 fi
 
 # run_case NAME LIMIT_S CMD...: under measure.py (wall time, per-GPU NVML peaks) and a timeout clipped to the budget.
@@ -233,6 +235,7 @@ if e1 is not None:
               "ok": bool(diffs) and len(m1) == len(m2) and max(diffs) <= tol, "gpu_peaks_gib_2gpu": (e2 or {}).get("gpu_peaks_gib")}
 s = {"summary": "issue-16 multi-gpu", "dry_cpu": dry, "seconds": seconds, "budget_s": budget,
      "gpus": [l.strip() for l in open(f"{res}/gpu.txt")] if not dry else None,
+     "topo": [" ".join(l.split()) for l in open(f"{res}/topo.txt") if l.startswith(("\t", "GPU"))][:3] if not dry and os.path.exists(f"{res}/topo.txt") else None,
      "nccl": nccl, "selftest": st, "selftest_torchrun": case("selftest-torchrun", ["ok", "backend", "busbw_gbps"]),
      "bench_1gpu_acc2": b1, "bench_2gpu_acc1": b2, "bench_1gpu_acc1": b1a,
      "speedup_same_global_batch": speed(b2, b1), "speedup_same_per_gpu_work": speed(b2, b1a),
