@@ -22,7 +22,10 @@
 #                   step). Same data, same adapter init, so the per-step losses compare with bench-1's; tokens/s
 #                   ratio = the speed-up at the same global batch (the 1-GPU side amortises its optimizer step over
 #                   2 micro-batches, so this ratio is the conservative one).
-#   bench-1-acc1    optional: 1 GPU, accumulation 1: the issue's "same per-GPU micro-batch" baseline (target >= 1.9x).
+#   bench-1-acc1    optional: 1 GPU, accumulation 1: the issue's "same per-GPU micro-batch" baseline (target >= 1.9x);
+#                   on the GPU with --profile (3 more steps after the timed ones: host and device ms by phase).
+#   profile-2       optional: the bench-2 step profiled by phase on rank 0 (--profile), against bench-1-acc1's: where
+#                   a 2-GPU step's extra time goes (host phases longer: CPU-side; optimizer phase: the collectives).
 #   selftest-torchrun  optional: the self test under torchrun (the other launch form).
 #   train-equiv     optional: the `train` verb on the tiny model on CUDA (bf16, LoRA dropout 0.05): 1 GPU with
 #                   accumulation 4 vs --gpus 2 with accumulation 2, metrics.csv compared step by step.
@@ -47,6 +50,7 @@ if [[ $dry == 1 ]]; then
   backend=loopback; device=cpu; dtype=fp32; ckpt=${CKPT:-models/tiny-llama-sotu}
   shape=(--seq 32 --batch 2 --r 4 --steps 2 --warmup 1)
   selftest_mb=4; slow=4   # a CPU all-reduce of 256 MiB takes minutes; a shared CPU is slower than a GPU
+  prof=()                 # --profile needs CUDA events
   # One CPU thread in every process, as the launcher gives each rank: then the CPU runs agree bit for bit.
   export OMP_NUM_THREADS=1
 else
@@ -57,7 +61,10 @@ else
   backend=nccl; device=cuda; dtype=bf16; ckpt=/tmp/llama7b
   shape=(--seq 512 --batch 4 --r 16 --steps 10 --warmup 2)
   selftest_mb=256; slow=1
+  prof=(--profile --profile-steps 3)
   nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader > "$res/gpu.txt" 2>&1
+  # Each GPU's CPU and NUMA affinity: a host-bound step launches slower from cores far from its GPU.
+  nvidia-smi topo -m > "$res/topo.txt" 2>&1
 fi
 
 # run_case NAME LIMIT_S CMD...: under measure.py (wall time, per-GPU NVML peaks) and a timeout clipped to the budget.
@@ -145,7 +152,7 @@ run_case selftest 60 "${app[@]}" dist-selftest --gpus 2 --backend $backend --buc
 bench=("${app[@]}" bench train --model $ckpt --device $device "${shape[@]}" --hold-seconds 0)
 run_case bench-1 90 "${bench[@]}" --grad-accum 2
 run_case bench-2 90 "${bench[@]}" --grad-accum 1 --gpus 2
-optional bench-1-acc1 35 && run_case bench-1-acc1 60 "${bench[@]}" --grad-accum 1
+optional bench-1-acc1 35 && run_case bench-1-acc1 60 "${bench[@]}" --grad-accum 1 "${prof[@]}"
 if [[ ${#torchrun[@]} -eq 0 ]]; then echo '{"skipped": "selftest-torchrun", "reason": "no torchrun"}' > "$res/cases/selftest-torchrun.log"
 elif optional selftest-torchrun 25; then
   run_case selftest-torchrun 45 "${torchrun[@]}" --standalone --nproc_per_node 2 --no_python "${app[@]}" dist-selftest --backend $backend --bucket-kb 1024 --bench-mb $selftest_mb --bench-iters 20
@@ -156,6 +163,12 @@ if optional train-equiv 40; then
   rm -rf "$res"/eq-*
   run_case eq-1 40 "${train[@]}" training.gradient_accumulation_steps=4 output.dir=$res/eq-1
   run_case eq-2 40 "${train[@]}" training.gradient_accumulation_steps=2 output.dir=$res/eq-2 --gpus 2
+fi
+
+# A case of its own, so that a failure of --profile under the launcher cannot cost bench-2's numbers.
+if [[ $dry == 0 ]] && optional profile-2 30; then
+  run_case profile-2 50 "${app[@]}" bench train --model $ckpt --device $device --seq 512 --batch 4 --r 16 --steps 1 --warmup 2 \
+    --hold-seconds 0 --grad-accum 1 --gpus 2 "${prof[@]}"
 fi
 
 # 4. The summary.
@@ -197,6 +210,11 @@ if b1 and b2 and b1.get("losses") and b2.get("losses"):
           "first_losses_1gpu": [round(x, 5) for x in b1["losses"][:3]], "first_losses_2gpu": [round(x, 5) for x in b2["losses"][:3]]}
 for d in (b1, b2, b1a):
     if d and "losses" in d: d["loss_last"] = d.pop("losses")[-1]
+def profile(name):
+    p = (case(name, ["profile"]) or {}).get("profile")
+    if not p: return None
+    keys = ("phases", "step_device_ms", "step_host_ms", "step_wall_ms", "between_steps_device_ms")
+    return {k: p[k] for k in keys if k in p}
 def metrics(name):
     try: return {int(r["step"]): r for r in csv.DictReader(open(f"{res}/{name}/metrics.csv"))}
     except OSError: return {}
@@ -217,10 +235,12 @@ if e1 is not None:
               "ok": bool(diffs) and len(m1) == len(m2) and max(diffs) <= tol, "gpu_peaks_gib_2gpu": (e2 or {}).get("gpu_peaks_gib")}
 s = {"summary": "issue-16 multi-gpu", "dry_cpu": dry, "seconds": seconds, "budget_s": budget,
      "gpus": [l.strip() for l in open(f"{res}/gpu.txt")] if not dry else None,
+     "topo": [" ".join(l.split()) for l in open(f"{res}/topo.txt") if l.startswith(("\t", "GPU"))][:3] if not dry and os.path.exists(f"{res}/topo.txt") else None,
      "nccl": nccl, "selftest": st, "selftest_torchrun": case("selftest-torchrun", ["ok", "backend", "busbw_gbps"]),
      "bench_1gpu_acc2": b1, "bench_2gpu_acc1": b2, "bench_1gpu_acc1": b1a,
      "speedup_same_global_batch": speed(b2, b1), "speedup_same_per_gpu_work": speed(b2, b1a),
-     "loss_equality_same_global_batch": eq, "train_equiv_tiny": te}
+     "loss_equality_same_global_batch": eq, "train_equiv_tiny": te,
+     "profile_1gpu_acc1": profile("bench-1-acc1"), "profile_2gpu_acc1_rank0": profile("profile-2")}
 v = s["speedup_same_per_gpu_work"]
 s["target_1_9x_met"] = None if v is None else v >= 1.9
 print(json.dumps(s, separators=(",", ":")))

@@ -46,8 +46,14 @@ internal static class TensorBuckets
     public static Tensor Pack(IReadOnlyList<Tensor> tensors, TensorBucket b, Device device)
     {
         if (IsInPlace(tensors, b, device)) return tensors[b.First].view(-1);
+        // One native call per tensor at most (a step packs hundreds of LoRA gradients, and this runs on the host's
+        // critical path): callers run under no_grad, so no detach; a tensor already on the device is not moved.
         var parts = new Tensor[b.Count];
-        for (int i = 0; i < b.Count; i++) parts[i] = tensors[b.First + i].detach().reshape(-1).to(device);
+        for (int i = 0; i < b.Count; i++)
+        {
+            var t = tensors[b.First + i];
+            parts[i] = IsOn(t, device) ? t.reshape(-1) : t.reshape(-1).to(device);
+        }
         return torch.cat(parts);
     }
 
@@ -55,20 +61,22 @@ internal static class TensorBuckets
     public static void Unpack(Tensor flat, IReadOnlyList<Tensor> tensors, TensorBucket b, Device device)
     {
         if (IsInPlace(tensors, b, device)) return;
-        long offset = 0;
+        // The buffer's pieces in one call (split), each copied into its tensor through a flat view of the same
+        // element order (copy_ takes any strides, so the tensor need not be contiguous).
+        var sizes = new long[b.Count];
+        for (int i = 0; i < b.Count; i++) sizes[i] = tensors[b.First + i].numel();
+        var pieces = flat.split(sizes);
         for (int i = 0; i < b.Count; i++)
         {
             var t = tensors[b.First + i];
-            long n = t.numel();
-            t.copy_(flat.narrow(0, offset, n).view(t.shape));
-            offset += n;
+            if (t.is_contiguous()) t.view(-1).copy_(pieces[i]);
+            else t.copy_(pieces[i].view(t.shape));
         }
     }
 
-    static bool IsInPlace(IReadOnlyList<Tensor> tensors, TensorBucket b, Device device)
-    {
-        if (b.Count != 1) return false;
-        var t = tensors[b.First];
-        return t.is_contiguous() && t.device_type == device.type && (device.type == DeviceType.CPU || t.device_index == device.index);
-    }
+    static bool IsInPlace(IReadOnlyList<Tensor> tensors, TensorBucket b, Device device) =>
+        b.Count == 1 && tensors[b.First].is_contiguous() && IsOn(tensors[b.First], device);
+
+    static bool IsOn(Tensor t, Device device) =>
+        t.device_type == device.type && (device.type == DeviceType.CPU || t.device_index == device.index);
 }

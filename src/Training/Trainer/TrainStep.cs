@@ -88,13 +88,12 @@ public sealed class TrainStep
         if (!_model.training) _model.train();
         _optimizer.LearningRate = learningRate;
 
-        var mine = DealMicroBatches(batches);
+        var (mine, stepTerms, tokens) = DealMicroBatches(batches);
         // The step's mean divides by the terms of all its micro-batches on all replicas (at least 1: a step of
         // fully masked rows has loss 0, not NaN).
-        double terms = Math.Max(1, _replicas.Sum(mine.Sum(m => (double)_loss.Count(m.Batch))));
+        double terms = Math.Max(1, stepTerms);
         var gradients = new GradientAccumulator(_trainable, mine.Count);
         var lossSums = new double[mine.Count];
-        double inputTokens = 0;
         for (int k = 0; k < mine.Count; k++)
         {
             var (index, batch) = mine[k];
@@ -107,11 +106,10 @@ public sealed class TrainStep
             _model.BackwardHandles.Release();
             gradients.TakeMicroBatch();
             lossSums[k] = sum.item<float>();
-            inputTokens += (long)batch.Rows * batch.Length;
         }
         _phases?.Enter(StepPhase.Optimizer);
+        // The one scalar collective of the step (every replica must agree on skipping a non-finite step).
         double loss = _replicas.Sum(PairwiseOrder.Sum(lossSums)) / terms;
-        long tokens = (long)_replicas.Sum(inputTokens);
         var grads = gradients.Finish();
         if (!double.IsFinite(loss))
         {
@@ -131,17 +129,25 @@ public sealed class TrainStep
 
     /// <summary>
     /// Draws the step's micro-batches for all replicas (so every replica's data position advances alike) and keeps
-    /// this replica's block, with each one's index in the step (which seeds its dropout).
+    /// this replica's block, with each one's index in the step (which seeds its dropout). Every replica draws the
+    /// same micro-batches (the same data, position and order: what <see cref="RankShard"/> relies on), so the
+    /// step's loss terms and input tokens over all replicas are counted here, from the host-side batches, with no
+    /// collective: a collective at the step's start would make the host wait for the previous step's optimizer on
+    /// the device instead of queueing the forward behind it. (Integer counts: exact in a double up to 2^53.)
     /// </summary>
-    List<(int Index, Batch Batch)> DealMicroBatches(IBatchSource batches)
+    (List<(int Index, Batch Batch)> Mine, double Terms, long InputTokens) DealMicroBatches(IBatchSource batches)
     {
         var mine = new List<(int, Batch)>();
+        double terms = 0;
+        long tokens = 0;
         for (int i = 0; i < _shard.MicroBatchesPerStep; i++)
         {
             var batch = batches.Next();
+            terms += _loss.Count(batch);
+            tokens += (long)batch.Rows * batch.Length;
             if (_shard.Owns(i)) mine.Add((i, batch));
         }
-        return mine;
+        return (mine, terms, tokens);
     }
 
     /// <summary>A seed from (seed, step, micro-batch), mixed with SplitMix64's finalizer (Steele et al. 2014) so that

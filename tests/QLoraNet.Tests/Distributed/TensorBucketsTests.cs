@@ -29,6 +29,15 @@ public class TensorBucketsTests
         Assert.Equal(10f, t[0][1, 2].item<float>());
         Assert.Equal(44f, t[2][2].item<float>());
 
+        // A non-contiguous tensor (a transposed view) packs and unpacks in its logical (row-major) order.
+        var parent = arange(6f).reshape(2, 3);
+        var strided = new List<Tensor> { parent.t(), arange(2f) };
+        var both = TensorBuckets.Pack(strided, TensorBuckets.Plan(strided, 1 << 20)[0], CPU);
+        Assert.Equal(new float[] { 0, 3, 1, 4, 2, 5, 0, 1 }, both.data<float>().ToArray());
+        both.add_(100);
+        TensorBuckets.Unpack(both, strided, TensorBuckets.Plan(strided, 1 << 20)[0], CPU);
+        Assert.Equal(new float[] { 100, 101, 102, 103, 104, 105 }, parent.reshape(-1).data<float>().ToArray());
+
         var lone = new List<Tensor> { arange(5f) };
         var view = TensorBuckets.Pack(lone, TensorBuckets.Plan(lone, 1 << 20)[0], CPU);
         view.add_(1);
