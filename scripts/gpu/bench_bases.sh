@@ -63,12 +63,13 @@ elif [[ ! -f $ckpt/config.json ]]; then
   echo "checkpoint 7B rc=$? $(( $(date +%s) - t ))s"
 fi
 
-train() { "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --steps 6 --warmup 2 --hold-seconds 0 --quantization "$1"; }
-run_case train-ternary 60 40 train ternary
-run_case train-llm-int8 60 40 train llm-int8
+# measure.py runs a program, not a shell function: each case spells the whole command line.
+train=(bench train --model $ckpt --seq 512 --batch 4 --steps 6 --warmup 2 --hold-seconds 0 --quantization)
+run_case train-ternary 60 40 "${app[@]}" "${train[@]}" ternary
+run_case train-llm-int8 60 40 "${app[@]}" "${train[@]}" llm-int8
 run_case quantize-hqq4 30 12 "${app[@]}" bench quantize --device cuda --quantization hqq4 --repeats 1
-run_case train-hqq4 60 40 train hqq4
-[[ $with_nf4 == 1 ]] && run_case train-nf4-dq 60 40 train nf4-dq
+run_case train-hqq4 60 40 "${app[@]}" "${train[@]}" hqq4
+[[ $with_nf4 == 1 ]] && run_case train-nf4-dq 60 40 "${app[@]}" "${train[@]}" nf4-dq
 
 # Summary: per case the app's last JSON line (tokens/s, step time, ...) and measure.py's device peak.
 python3 - "$res" "$(elapsed)" <<'PY' | tee "$res/summary.json"
