@@ -30,7 +30,7 @@ public abstract class FrozenLinear : nn.Module<Tensor, Tensor>, IDefersBackwardH
     public abstract string FormatName { get; }
 
     /// <summary>
-    /// Where this linear's backward defers the gradient handles it returns (<see cref="Kernels.BackwardHandles"/>).
+    /// Where this linear's backward defers the gradient handles it returns (<see cref="QLoraNet.Kernels.BackwardHandles"/>).
     /// A linear starts with a queue of its own; the model it is assembled into points all its linears at the
     /// model's one queue (<see cref="DeferBackwardHandlesTo"/>), which whoever runs backward on the model releases.
     /// </summary>
