@@ -73,6 +73,9 @@ public class SlidingWindowTests
         cache.Advance(3);
         var (c2, s2) = Rope(3, 2);
         using var second = attn.forward(h.narrow(1, 3, 2), c2, s2, null, cache);
-        Assert.True(cat([first, second], 1).allclose(all, rtol: 1e-5, atol: 1e-6));
+        // Cached and full passes sum the same fp32 products in different matmul shapes (orders): for O(1) inputs each
+        // output differs by a few ulps of the row sums over the hidden size, ~1e-6, so 1e-6 was at the edge and
+        // failed now and then on unseeded inputs; 1e-5 is still far below what a wrong window or cache offset gives (O(1)).
+        Assert.True(cat([first, second], 1).allclose(all, rtol: 1e-5, atol: 1e-5));
     }
 }
