@@ -22,33 +22,10 @@ public sealed class Gemma2Family : IModelFamily
 
     public ModelArchitecture Parse(HfConfigJson c)
     {
-        DecoderConfigFields.RefuseIfTrue(c, "use_bidirectional_attention", "bidirectional attention");
-        var shape = DecoderConfigFields.Attention(c, defaultHeadDim: GemmaFamily.DefaultHeadDim);
-        int intermediate = DecoderConfigFields.Intermediate(c);
-        int layers = DecoderConfigFields.Layers(c);
-        bool attentionBias = c.Bool("attention_bias") ?? false;
+        var common = GemmaFamily.ParseCommon(c, Name, "Gemma 2");
         int? window = c.Has("sliding_window") ? c.Int("sliding_window") : 4096;
-        return new ModelArchitecture
+        return common with
         {
-            Family = Name,
-            ModelType = c.String("model_type") ?? "gemma2",
-            Architectures = c.Strings("architectures"),
-            NumLayers = layers,
-            Hidden = shape.Hidden,
-            Intermediate = intermediate,
-            NumHeads = shape.Heads,
-            NumKvHeads = shape.KvHeads,
-            HeadDim = shape.HeadDim,
-            VocabSize = DecoderConfigFields.Vocab(c),
-            MaxPositions = c.Int("max_position_embeddings") ?? 8192,
-            Norm = NormKind.RmsOffsetOne,
-            NormEps = c.Positive("rms_norm_eps") ?? 1e-6,
-            Activation = DecoderConfigFields.ActivationOf(c, "Gemma 2", "gelu_pytorch_tanh", "hidden_activation", "hidden_act"),
-            TiedHead = c.Bool("tie_word_embeddings") ?? true,
-            Rope = RopeConfig.Read(c, shape.HeadDim),
-            Tokens = DecoderConfigFields.Tokens(c, bos: 2, eos: 1, pad: 0),
-            TorchDtype = DecoderConfigFields.TorchDtype(c),
-            LayerLinears = DecoderConfigFields.Linears(shape, intermediate, attentionBias, attentionBias, mlpBias: false),
             LayerNorms =
             [
                 new("input_layernorm", NormRole.PreAttention),
@@ -56,11 +33,10 @@ public sealed class Gemma2Family : IModelFamily
                 new("pre_feedforward_layernorm", NormRole.PreMlp),
                 new("post_feedforward_layernorm", NormRole.PostMlp),
             ],
-            AttentionWindows = AttentionWindowConfig.Read(c, layers, window, i => i % 2 == 0, "sliding_window is null"),
+            AttentionWindows = AttentionWindowConfig.Read(c, common.NumLayers, window, i => i % 2 == 0, "sliding_window is null"),
             AttentionSoftCap = PositiveOrNull(c, "attn_logit_softcapping"),
             FinalLogitSoftCap = PositiveOrNull(c, "final_logit_softcapping"),
             QueryPreAttentionScalar = PositiveOrNull(c, "query_pre_attn_scalar") ?? 256,   // Gemma2Config's default
-            ScaleEmbeddings = true,
         };
     }
 

@@ -19,7 +19,10 @@ public sealed class GemmaFamily : IModelFamily
     public IReadOnlyList<string> ModelTypes { get; } = ["gemma"];
     public IReadOnlyList<string> Architectures { get; } = ["GemmaForCausalLM"];
 
-    public ModelArchitecture Parse(HfConfigJson c)
+    public ModelArchitecture Parse(HfConfigJson c) => ParseCommon(c, Name, "Gemma");
+
+    /// <summary>The fields Gemma and Gemma 2 read alike; Gemma 2 adds its own with <c>with</c>.</summary>
+    internal static ModelArchitecture ParseCommon(HfConfigJson c, string family, string displayName)
     {
         DecoderConfigFields.RefuseIfTrue(c, "use_bidirectional_attention", "bidirectional attention");
         var shape = DecoderConfigFields.Attention(c, defaultHeadDim: DefaultHeadDim);
@@ -27,8 +30,8 @@ public sealed class GemmaFamily : IModelFamily
         bool attentionBias = c.Bool("attention_bias") ?? false;
         return new ModelArchitecture
         {
-            Family = Name,
-            ModelType = c.String("model_type") ?? "gemma",
+            Family = family,
+            ModelType = c.String("model_type") ?? family,
             Architectures = c.Strings("architectures"),
             NumLayers = DecoderConfigFields.Layers(c),
             Hidden = shape.Hidden,
@@ -40,7 +43,7 @@ public sealed class GemmaFamily : IModelFamily
             MaxPositions = c.Int("max_position_embeddings") ?? 8192,
             Norm = NormKind.RmsOffsetOne,
             NormEps = c.Positive("rms_norm_eps") ?? 1e-6,
-            Activation = DecoderConfigFields.ActivationOf(c, "Gemma", "gelu_pytorch_tanh", "hidden_activation", "hidden_act"),
+            Activation = DecoderConfigFields.ActivationOf(c, displayName, "gelu_pytorch_tanh", "hidden_activation", "hidden_act"),
             TiedHead = c.Bool("tie_word_embeddings") ?? true,
             Rope = RopeConfig.Read(c, shape.HeadDim),
             Tokens = DecoderConfigFields.Tokens(c, bos: 2, eos: 1, pad: 0),
