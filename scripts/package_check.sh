@@ -26,9 +26,11 @@ ls artifacts/*.nupkg 2>/dev/null | sed 's|^|      |'
 for id in QLoraNet QLoraNet.Cli QLoraNet.Native QLoraNet.Training QLoraNet.Models QLoraNet.Peft QLoraNet.Quant QLoraNet.Formats QLoraNet.Kernels QLoraNet.Evaluation QLoraNet.Distributed; do
   [[ -f artifacts/$id.$version.nupkg ]] || { echo "FAIL  package $id.$version.nupkg missing"; failed=$((failed + 1)); }
 done
-# Each library package: its readme and XML documentation inside.
+# Each library package: its readme and XML documentation inside. A .nupkg is a zip; python3's zipfile lists it
+# (CI machines have python3, which .ci/run already uses, but not always unzip).
 for p in artifacts/QLoraNet.$version.nupkg artifacts/QLoraNet.Training.$version.nupkg; do
-  [[ -f $p ]] && { unzip -l "$p" | grep -q "README.md" && unzip -l "$p" | grep -q "lib/net10.0/.*\.xml"; } \
+  [[ -f $p ]] && { listing=$(python3 -m zipfile -l "$p") && grep -q "README.md" <<< "$listing" \
+                   && grep -q "lib/net10.0/.*\.xml" <<< "$listing"; } \
     || { echo "FAIL  ${p##*/}: no README.md or XML docs"; failed=$((failed + 1)); }
 done
 
