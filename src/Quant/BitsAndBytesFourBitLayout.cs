@@ -18,8 +18,8 @@ public sealed class BitsAndBytesFourBitLayout : CheckpointLayout
     const string QuantStateInfix = ".quant_state.bitsandbytes__";
 
     /// <summary>Suffixes (after the "...weight" key) of the tensors that hold a 4-bit weight's quantization state.</summary>
-    static readonly string[] StateSuffixes =
-        [".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", QuantStateInfix + "nf4", QuantStateInfix + "fp4"];
+    protected override StateKeys StateKeys { get; } = StateKeys.After(withWeight: true,
+        ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", QuantStateInfix + "nf4", QuantStateInfix + "fp4");
 
     BitsAndBytesFourBitLayout() { }
 
@@ -28,22 +28,8 @@ public sealed class BitsAndBytesFourBitLayout : CheckpointLayout
     /// <summary>bitsandbytes' keys are its own; a config that names another method (gptq, awq) never holds them.</summary>
     public override bool Claims(JsonObject? quantizationConfig) => QuantMethod(quantizationConfig) is null or "bitsandbytes";
 
-    public override bool IsStored(string weightName, Func<string, bool> contains) => StateSuffixes.Any(s => contains(weightName + s));
+    public override bool IsStored(string weightName, Func<string, bool> contains) => StateKeys.Suffixes.Any(s => contains(weightName + s));
 
-    public override bool IsStateKey(string tensorName, out string weightName)
-    {
-        foreach (var s in StateSuffixes)
-            if (tensorName.EndsWith(s, StringComparison.Ordinal))
-            {
-                weightName = tensorName[..^s.Length];
-                return true;
-            }
-        weightName = "";
-        return false;
-    }
-
-    public override IEnumerable<string> Keys(string weightName, Func<string, bool> contains) =>
-        StateSuffixes.Select(s => weightName + s).Where(contains).Prepend(weightName);
 
     public override void CheckHeader(string weightName, long[] shape, Func<string, (ScalarType DType, long[] Shape)?> header)
     {

@@ -21,11 +21,14 @@ public abstract class CheckpointLayout
     /// <summary>True when <paramref name="weightName"/> ("...q_proj.weight") is stored in this layout (any of its keys exists).</summary>
     public abstract bool IsStored(string weightName, Func<string, bool> contains);
 
+    /// <summary>The keys this layout stores for a linear, named from its weight key.</summary>
+    protected abstract StateKeys StateKeys { get; }
+
     /// <summary>True when <paramref name="tensorName"/> is one of this layout's keys other than the weight's own; gives that weight.</summary>
-    public abstract bool IsStateKey(string tensorName, out string weightName);
+    public bool IsStateKey(string tensorName, out string weightName) => StateKeys.IsStateKey(tensorName, out weightName);
 
     /// <summary>The keys to read for <paramref name="weightName"/>, of those present.</summary>
-    public abstract IEnumerable<string> Keys(string weightName, Func<string, bool> contains);
+    public IEnumerable<string> Keys(string weightName, Func<string, bool> contains) => StateKeys.Of(weightName, contains);
 
     /// <summary>
     /// A header-only check before any tensor is read: the layout is complete and its sizes fit the dense

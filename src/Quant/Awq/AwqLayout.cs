@@ -17,7 +17,7 @@ public sealed class AwqLayout : CheckpointLayout
 {
     public static readonly AwqLayout Instance = new(null);
 
-    static readonly string[] Suffixes = ["qweight", "qzeros", "scales"];
+    protected override StateKeys StateKeys { get; } = StateKeys.Beside(withWeight: false, "qweight", "qzeros", "scales");
 
     /// <summary>Group size from the config; 0 = one group per row.</summary>
     readonly int? _groupSize;
@@ -44,20 +44,6 @@ public sealed class AwqLayout : CheckpointLayout
 
     public override bool IsStored(string weightName, Func<string, bool> contains) => contains(Prefix(weightName) + "qweight");
 
-    public override bool IsStateKey(string tensorName, out string weightName)
-    {
-        foreach (var s in Suffixes)
-            if (tensorName.EndsWith("." + s, StringComparison.Ordinal))
-            {
-                weightName = tensorName[..^s.Length] + "weight";
-                return true;
-            }
-        weightName = "";
-        return false;
-    }
-
-    public override IEnumerable<string> Keys(string weightName, Func<string, bool> contains) =>
-        Suffixes.Select(s => Prefix(weightName) + s).Where(contains);
 
     public override void CheckHeader(string weightName, long[] shape, Func<string, (ScalarType DType, long[] Shape)?> header)
     {

@@ -22,7 +22,7 @@ public sealed class GptqLayout : CheckpointLayout
     /// <summary>The unconfigured detector the registry lists; <see cref="Configured"/> reads a checkpoint's settings.</summary>
     public static readonly GptqLayout Instance = new(null);
 
-    static readonly string[] Suffixes = ["qweight", "qzeros", "scales", "g_idx"];
+    protected override StateKeys StateKeys { get; } = StateKeys.Beside(withWeight: false, "qweight", "qzeros", "scales", "g_idx");
 
     readonly Settings? _settings;
 
@@ -57,20 +57,6 @@ public sealed class GptqLayout : CheckpointLayout
 
     public override bool IsStored(string weightName, Func<string, bool> contains) => contains(Prefix(weightName) + "qweight");
 
-    public override bool IsStateKey(string tensorName, out string weightName)
-    {
-        foreach (var s in Suffixes)
-            if (tensorName.EndsWith("." + s, StringComparison.Ordinal))
-            {
-                weightName = tensorName[..^s.Length] + "weight";
-                return true;
-            }
-        weightName = "";
-        return false;
-    }
-
-    public override IEnumerable<string> Keys(string weightName, Func<string, bool> contains) =>
-        Suffixes.Select(s => Prefix(weightName) + s).Where(contains);
 
     public override void CheckHeader(string weightName, long[] shape, Func<string, (ScalarType DType, long[] Shape)?> header)
     {

@@ -25,12 +25,10 @@ public sealed class HqqLayout : CheckpointLayout
     public static readonly HqqLayout Instance = new();
 
     /// <summary>Every key hqq writes for a linear (after "{module}.").</summary>
-    static readonly string[] Suffixes =
-    [
+    protected override StateKeys StateKeys { get; } = StateKeys.Beside(withWeight: false,
         "W_q", "nbits", "group_size", "shape", "scale", "zero", "axis", "packing", "unpack_view_dtype", "view_as_float",
         "quant_scale", "quant_zero", "compute_dtype", "offload_meta", "encoded_state_dict", "stores_quant_config",
-        "channel_wise", "optimize", "round_zero",
-    ];
+        "channel_wise", "optimize", "round_zero");
 
     HqqLayout() { }
 
@@ -43,20 +41,6 @@ public sealed class HqqLayout : CheckpointLayout
 
     public override bool IsStored(string weightName, Func<string, bool> contains) => contains(Prefix(weightName) + "W_q");
 
-    public override bool IsStateKey(string tensorName, out string weightName)
-    {
-        foreach (var s in Suffixes)
-            if (tensorName.EndsWith("." + s, StringComparison.Ordinal))
-            {
-                weightName = tensorName[..^s.Length] + "weight";
-                return true;
-            }
-        weightName = "";
-        return false;
-    }
-
-    public override IEnumerable<string> Keys(string weightName, Func<string, bool> contains) =>
-        Suffixes.Select(s => Prefix(weightName) + s).Where(contains);
 
     public override void CheckHeader(string weightName, long[] shape, Func<string, (ScalarType DType, long[] Shape)?> header)
     {

@@ -19,6 +19,9 @@ public sealed class BitsAndBytesEightBitLayout : CheckpointLayout
 
     const string Scb = "SCB", WeightFormat = "weight_format";
 
+    /// <summary>The int8 codes under "{module}.weight", the absmax "{module}.SCB" and "{module}.weight_format" beside it.</summary>
+    protected override StateKeys StateKeys { get; } = StateKeys.Beside(withWeight: true, Scb, WeightFormat);
+
     BitsAndBytesEightBitLayout() { }
 
     public override string Name => "bitsandbytes 8-bit";
@@ -31,20 +34,6 @@ public sealed class BitsAndBytesEightBitLayout : CheckpointLayout
     public override bool IsStored(string weightName, Func<string, bool> contains) =>
         contains(Prefix(weightName) + Scb) || contains(Prefix(weightName) + WeightFormat);
 
-    public override bool IsStateKey(string tensorName, out string weightName)
-    {
-        foreach (var s in new[] { Scb, WeightFormat })
-            if (tensorName.EndsWith("." + s, StringComparison.Ordinal))
-            {
-                weightName = tensorName[..^s.Length] + "weight";
-                return true;
-            }
-        weightName = "";
-        return false;
-    }
-
-    public override IEnumerable<string> Keys(string weightName, Func<string, bool> contains) =>
-        new[] { weightName, Prefix(weightName) + Scb, Prefix(weightName) + WeightFormat }.Where(contains);
 
     public override void CheckHeader(string weightName, long[] shape, Func<string, (ScalarType DType, long[] Shape)?> header)
     {

@@ -20,6 +20,9 @@ public sealed class W8A8Layout : CheckpointLayout
 
     const string ScaleSuffix = "_scale";
 
+    /// <summary>The int8 codes under "{module}.weight", the scale under "{module}.weight_scale".</summary>
+    protected override StateKeys StateKeys { get; } = StateKeys.After(withWeight: true, ScaleSuffix);
+
     W8A8Layout() { }
 
     public override string Name => "compressed-tensors W8A8";
@@ -46,15 +49,6 @@ public sealed class W8A8Layout : CheckpointLayout
 
     public override bool IsStored(string weightName, Func<string, bool> contains) => contains(weightName + ScaleSuffix);
 
-    public override bool IsStateKey(string tensorName, out string weightName)
-    {
-        bool state = tensorName.EndsWith(".weight" + ScaleSuffix, StringComparison.Ordinal);
-        weightName = state ? tensorName[..^ScaleSuffix.Length] : "";
-        return state;
-    }
-
-    public override IEnumerable<string> Keys(string weightName, Func<string, bool> contains) =>
-        new[] { weightName, weightName + ScaleSuffix }.Where(contains);
 
     public override void CheckHeader(string weightName, long[] shape, Func<string, (ScalarType DType, long[] Shape)?> header)
     {

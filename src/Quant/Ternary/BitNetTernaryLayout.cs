@@ -17,6 +17,9 @@ public sealed class BitNetTernaryLayout : CheckpointLayout
 
     const string ScaleSuffix = "_scale";   // "...q_proj.weight" + "_scale"
 
+    /// <summary>The packed codes under "{module}.weight", the scale under "{module}.weight_scale".</summary>
+    protected override StateKeys StateKeys { get; } = StateKeys.After(withWeight: true, ScaleSuffix);
+
     BitNetTernaryLayout() { }
 
     public override string Name => "BitNet ternary";
@@ -27,15 +30,6 @@ public sealed class BitNetTernaryLayout : CheckpointLayout
 
     public override bool IsStored(string weightName, Func<string, bool> contains) => contains(weightName + ScaleSuffix);
 
-    public override bool IsStateKey(string tensorName, out string weightName)
-    {
-        bool match = tensorName.EndsWith(".weight" + ScaleSuffix, StringComparison.Ordinal);
-        weightName = match ? tensorName[..^ScaleSuffix.Length] : "";
-        return match;
-    }
-
-    public override IEnumerable<string> Keys(string weightName, Func<string, bool> contains) =>
-        new[] { weightName, weightName + ScaleSuffix }.Where(contains);
 
     public override void CheckHeader(string weightName, long[] shape, Func<string, (ScalarType DType, long[] Shape)?> header)
     {
