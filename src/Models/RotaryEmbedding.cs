@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -91,20 +92,10 @@ public sealed class RotaryEmbedding : nn.Module<Tensor, (Tensor Cos, Tensor Sin)
     }
 
     /// <summary>x * cos + rotate_half(x) * sin, where rotate_half([x1, x2]) = [-x2, x1] over the last dimension: HF's
-    /// apply_rotary_pos_emb for one tensor. The model rotates q and k through the run's FusedRope (LlamaAttention),
-    /// whose reference equals this bit for bit (tests hold it to this); kept for callers that rotate one tensor.</summary>
+    /// apply_rotary_pos_emb for one tensor. The model rotates q and k through the run's FusedRope (LlamaAttention);
+    /// this is that kernel's torch-op reference (<see cref="RopeReference.Forward"/>), for callers that rotate one tensor.</summary>
     /// <param name="x">(B, heads, T, headDim)</param>
     /// <param name="cos">(B, T, headDim)</param>
     /// <param name="sin">(B, T, headDim)</param>
-    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
-    {
-        using var scope = NewDisposeScope();
-        long half = x.shape[^1] / 2;
-        var x1 = x.narrow(-1, 0, half);
-        var x2 = x.narrow(-1, half, half);
-        var rotated = cat([-x2, x1], dim: -1);
-        var c = cos.unsqueeze(1);                                  // (B, 1, T, headDim): broadcast over heads
-        var s = sin.unsqueeze(1);
-        return (x * c + rotated * s).MoveToOuterDisposeScope();
-    }
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin) => RopeReference.Forward(x, cos, sin);
 }
