@@ -141,7 +141,7 @@ public sealed class MetricsLog
         UserFile.RequireRegular(path, "metrics file");
         long length = new FileInfo(path).Length;
         if (length > MaxBytes) throw new InvalidDataException($"{path}: {length} bytes is more than the {MaxBytes}-byte limit for a metrics file; move it aside to resume");
-        bool endsWithNewline = length == 0 || EndsWithNewline(path);
+        bool endsWithNewline = length == 0 || UserFile.EndsWithNewline(path, "metrics file");
         var rows = new List<Row>();
         Dictionary<string, int>? columns = null;
         int headerFields = 0;
@@ -197,12 +197,5 @@ public sealed class MetricsLog
                 L("tokens"), D("tokens_per_s"), D("step_s"), D("elapsed_s"), D("host_rss_mb"), D("host_peak_rss_mb"),
                 N("device_used_peak_mb"), L("trained_tokens"), tasks.Count > 0 ? tasks : null));
         }
-    }
-
-    static bool EndsWithNewline(string path)
-    {
-        using var stream = UserFile.OpenRead(path, "metrics file", bufferSize: 1);
-        stream.Seek(-1, SeekOrigin.End);
-        return stream.ReadByte() is '\n' or '\r';
     }
 }
