@@ -127,10 +127,10 @@ public class BadInputTests
     }
 
     [Fact]
-    public void A_binary_parquet_column_names_the_file_and_row()
+    public async Task A_binary_parquet_column_names_the_file_and_row()
     {
         using var dir = Paths.Temp();
-        Parquet.Serialization.ParquetSerializer.SerializeAsync(new[] { new BinaryRow { q = "Is it?", blob = [1, 2] } }, dir["test.parquet"]).GetAwaiter().GetResult();
+        await Parquet.Serialization.ParquetSerializer.SerializeAsync(new[] { new BinaryRow { q = "Is it?", blob = [1, 2] } }, dir["test.parquet"]);
         var e = Assert.Throws<TaskException>(() => QLoraNet.Evaluation.Data.DocFiles.Read(dir["test.parquet"]));
         Assert.Equal($"{dir["test.parquet"]} row 0: a binary column; task data must be text, numbers, booleans, lists or structs", e.Message);
     }
