@@ -11,6 +11,22 @@ namespace QLoraNet.Distributed;
 /// </summary>
 public static class LauncherChild
 {
+    /// <summary>
+    /// Call first thing in Main, before anything touches the console or signals. In a rank started by our launcher,
+    /// an ignored SIGINT is set back to its default action. Why: a process started in the background by a
+    /// non-interactive shell (`cmd &amp;`, CI scripts) or by a test host ignores SIGINT, and its children inherit that
+    /// across exec; .NET respects an inherited ignore and then installs no handler of its own, so the rank's Ctrl-C
+    /// handling never runs and the one SIGINT the launcher forwards is silently dropped: the ranks wait on and the
+    /// launch never ends. A rank has left the terminal's process group (<see cref="Attach"/>), so the launcher's
+    /// forwarded SIGINT is the only one it can get; honouring it is what the launcher asked for. Returns whether
+    /// SIGINT had been ignored.
+    /// </summary>
+    public static bool AcceptForwardedInterrupts()
+    {
+        if (Environment.GetEnvironmentVariable(ProcessLauncher.LauncherPidVar) is null || !PosixProcess.Supported) return false;
+        return PosixProcess.StopIgnoring(PosixProcess.SigInt);
+    }
+
     /// <summary>Returns whether this process was started by our launcher.</summary>
     public static bool Attach(Action onOrphaned)
     {

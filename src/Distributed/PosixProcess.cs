@@ -19,6 +19,14 @@ internal static partial class PosixProcess
     [LibraryImport("libc", EntryPoint = "getppid")]
     private static partial int GetPpid();
 
+    [LibraryImport("libc", EntryPoint = "sigaction", SetLastError = true)]
+    private static unsafe partial int SigAction(int signal, void* action, void* old);
+
+    [LibraryImport("libc", EntryPoint = "signal")]
+    private static partial nint SetDisposition(int signal, nint handler);
+
+    const nint SigDfl = 0, SigIgn = 1; // the same on Linux and macOS
+
     /// <summary>Sends <paramref name="signal"/>; false when the process is already gone.</summary>
     public static bool Signal(int pid, int signal) => KillNative(pid, signal) == 0;
 
@@ -27,6 +35,20 @@ internal static partial class PosixProcess
     public static bool LeaveTerminalGroup() => SetPgid(0, 0) == 0;
 
     public static int ParentId() => GetPpid();
+
+    /// <summary>
+    /// Sets <paramref name="signal"/> back to its default action if it is ignored; returns whether it was. Only
+    /// "ignored" is changed: a handler (the runtime's own) is left in place.
+    /// </summary>
+    public static unsafe bool StopIgnoring(int signal)
+    {
+        // struct sigaction begins with the handler on Linux and macOS; the rest (mask, flags) differs in size, so
+        // the query writes into a buffer larger than either (Linux x86-64/arm64: 152 bytes; macOS: 16).
+        var old = stackalloc byte[512];
+        if (SigAction(signal, null, old) != 0 || *(nint*)old != SigIgn) return false;
+        SetDisposition(signal, SigDfl);
+        return true;
+    }
 
     public static string SignalName(int signal) => signal switch
     {

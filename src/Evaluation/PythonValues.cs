@@ -28,7 +28,7 @@ public static class PythonValues
         JsonElement e => FromJson(e),
         DateTime t => t.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture),
         DateTimeOffset t => t.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture),
-        byte[] => throw new InvalidDataException("binary columns are not supported in task data"),
+        byte[] => throw new TaskException("a binary column; task data must be text, numbers, booleans, lists or structs"),
         IDictionary d => d.Keys.Cast<object>().ToDictionary(k => k.ToString()!, k => Normalize(d[k])),
         IEnumerable list => list.Cast<object?>().Select(Normalize).ToList(),
         _ => value.ToString(),

@@ -135,6 +135,16 @@ public static class UserFile
         if (line.Length > 0) yield return (number, Decode(line, strict, path, number, ref first));
     }
 
+    /// <summary>Whether a regular file's last byte ends a line: a file appended to line by line that does not was cut
+    /// off by a kill during an append (its last line is partial). False for an empty file.</summary>
+    public static bool EndsWithNewline(string path, string what = "file")
+    {
+        using var stream = OpenRead(path, what, bufferSize: 1);
+        if (stream.Length == 0) return false;
+        stream.Seek(-1, SeekOrigin.End);
+        return stream.ReadByte() is '\n' or '\r';
+    }
+
     static InvalidDataException LineTooLong(string path, int line, int max) =>
         new($"{path}:{line}: line longer than {max} bytes (a binary file, or records not separated by newlines?)");
 

@@ -14,7 +14,8 @@ public sealed record TaskSourceFile(string DisplayPath, string Text, Func<string
     {
         if (!File.Exists(path)) throw new TaskException($"task file '{path}' does not exist");
         string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        return new TaskSourceFile(path, QLoraNet.Formats.UserFile.ReadText(path, MaxFileBytes, "task file"), name =>
+        string text = TaskException.Reading(path, () => QLoraNet.Formats.UserFile.ReadText(path, MaxFileBytes, "task file"));
+        return new TaskSourceFile(path, text, name =>
         {
             string p = Path.Combine(dir, name);
             return File.Exists(p) ? FromDisk(Path.GetRelativePath(Environment.CurrentDirectory, p)) : null;

@@ -10,11 +10,11 @@ internal static class JsonDocs
     const long MaxFileBytes = 1L << 30;
     const int MaxLineBytes = 16 << 20;
 
-    public static List<Doc> Read(string path)
+    public static List<Doc> Read(string path) => TaskException.Reading(path, () =>
     {
         string text = UserFile.ReadText(path, MaxFileBytes, "task data file");
         return text.TrimStart().StartsWith('[') ? ReadArray(path, text) : ReadLines(path);
-    }
+    });
 
     static List<Doc> ReadLines(string path)
     {

@@ -21,6 +21,11 @@ internal static class ParquetDocs
         {
             throw new TaskException($"{path}: not a readable Parquet file ({e.Message.Split('\n')[0]})");
         }
-        return rows.Select((r, i) => new Doc((Dictionary<string, object?>)PythonValues.Normalize(r)!, $"{path} row {i}")).ToList();
+        return rows.Select((r, i) =>
+        {
+            string where = $"{path} row {i}";
+            try { return new Doc((Dictionary<string, object?>)PythonValues.Normalize(r)!, where); }
+            catch (TaskException e) { throw new TaskException($"{where}: {e.Message}", e); }
+        }).ToList();
     }
 }

@@ -8,7 +8,8 @@ namespace QLoraNet.Formats;
 /// ffn_sub_norm over the intermediate before down_proj (both plain RMSNorm). No biases. config.json's
 /// quantization_config (quant_method "bitnet") must use linear_class "autobitlinear", whose weight_scale multiplies
 /// the output (what the released checkpoints ship); "bitlinear" stores its inverse and is refused by name.
-/// Defaults are BitNetConfig's (untied head, rms_norm_eps 1e-5, rope_theta 500000 via <see cref="RopeConfig"/>).
+/// The fields shared with Llama come from <see cref="LlamaFamily.ParseCommon"/>; BitNetConfig's own defaults replace
+/// Llama's (rms_norm_eps 1e-5, rope_theta 500000 via <see cref="RopeConfig"/>, Llama 3's token ids; untied head as Llama).
 /// </summary>
 public sealed class BitNetFamily : IModelFamily
 {
@@ -22,29 +23,15 @@ public sealed class BitNetFamily : IModelFamily
         string act = c.String("hidden_act") ?? "relu2";
         if (act != "relu2") throw new NotSupportedException($"{c.Path}: hidden_act '{act}' is not supported (BitNet uses relu2)");
         if (c.Bool("attention_bias") == true) throw new NotSupportedException($"{c.Path}: attention_bias true is not supported (BitNet's linears have no bias)");
-        var shape = DecoderConfigFields.Attention(c);
-        int intermediate = DecoderConfigFields.Intermediate(c);
-        return new ModelArchitecture
+        var common = LlamaFamily.ParseCommon(c, Name, _ => Activation.ReluSquared);
+        var shape = new AttentionShape(common.Hidden, common.NumHeads, common.NumKvHeads, common.HeadDim);
+        return common with
         {
-            Family = Name,
-            ModelType = c.String("model_type") ?? "bitnet",
-            Architectures = c.Strings("architectures"),
-            NumLayers = DecoderConfigFields.Layers(c),
-            Hidden = shape.Hidden,
-            Intermediate = intermediate,
-            NumHeads = shape.Heads,
-            NumKvHeads = shape.KvHeads,
-            HeadDim = shape.HeadDim,
-            VocabSize = DecoderConfigFields.Vocab(c),
-            MaxPositions = c.Int("max_position_embeddings") ?? 2048,
-            Norm = NormKind.Rms,
-            NormEps = c.Double("rms_norm_eps") ?? 1e-5,
-            Activation = Activation.ReluSquared,
-            TiedHead = c.Bool("tie_word_embeddings") ?? false,
-            Rope = RopeConfig.Read(c, shape.HeadDim, defaultTheta: 500000.0),
+            NormEps = c.Positive("rms_norm_eps") ?? 1e-5,
+            Rope = RopeConfig.Read(c, common.HeadDim, defaultTheta: 500000.0),
             Tokens = DecoderConfigFields.Tokens(c, bos: 128000, eos: 128001, pad: null),
-            TorchDtype = DecoderConfigFields.TorchDtype(c),
-            LayerLinears = DecoderConfigFields.Linears(shape, intermediate, qkvBias: false, outputBias: false, mlpBias: false),
+            // BitLinear has no bias (attention_bias true is refused above; an mlp_bias key is not BitNet's).
+            LayerLinears = DecoderConfigFields.Linears(shape, common.Intermediate, qkvBias: false, outputBias: false, mlpBias: false),
             LayerNorms =
             [
                 .. DecoderConfigFields.PreNorms,

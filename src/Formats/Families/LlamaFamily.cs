@@ -14,15 +14,22 @@ public sealed class LlamaFamily : IModelFamily
     public IReadOnlyList<string> ModelTypes { get; } = ["llama"];
     public IReadOnlyList<string> Architectures { get; } = ["LlamaForCausalLM"];
 
-    public ModelArchitecture Parse(HfConfigJson c)
+    public ModelArchitecture Parse(HfConfigJson c) => ParseCommon(c, Name, c => DecoderConfigFields.SiluOnly(c, "Llama"));
+
+    /// <summary>
+    /// The fields Llama and the decoders built on it (BitNet) read alike, with Llama's defaults; BitNet replaces its
+    /// own with <c>with</c>, as Gemma 2 does over Gemma. <paramref name="activation"/> reads hidden_act (Llama accepts
+    /// silu only), in the same place among the checks as before.
+    /// </summary>
+    internal static ModelArchitecture ParseCommon(HfConfigJson c, string family, Func<HfConfigJson, Activation> activation)
     {
         var shape = DecoderConfigFields.Attention(c);
         int intermediate = DecoderConfigFields.Intermediate(c);
         bool attentionBias = c.Bool("attention_bias") ?? false, mlpBias = c.Bool("mlp_bias") ?? false;
         return new ModelArchitecture
         {
-            Family = Name,
-            ModelType = c.String("model_type") ?? "llama",
+            Family = family,
+            ModelType = c.String("model_type") ?? family,
             Architectures = c.Strings("architectures"),
             NumLayers = DecoderConfigFields.Layers(c),
             Hidden = shape.Hidden,
@@ -34,7 +41,7 @@ public sealed class LlamaFamily : IModelFamily
             MaxPositions = c.Int("max_position_embeddings") ?? 2048,
             Norm = NormKind.Rms,
             NormEps = c.Positive("rms_norm_eps") ?? 1e-6,
-            Activation = DecoderConfigFields.SiluOnly(c, "Llama"),
+            Activation = activation(c),
             TiedHead = c.Bool("tie_word_embeddings") ?? false,
             Rope = RopeConfig.Read(c, shape.HeadDim),
             Tokens = DecoderConfigFields.Tokens(c, bos: 1, eos: 2, pad: null),

@@ -122,6 +122,17 @@ public sealed class MetricsLog
     /// a longer line is binary data or records without newlines.</summary>
     public const int MaxLineBytes = 64 << 10;
 
+    /// <summary>
+    /// The column names. Task columns are named after the tasks ("task/metric"), and a task's name may hold a comma or
+    /// a quote: the writer quotes such a name as RFC 4180 says (CsvHelper), so the header is read as CSV too. Names
+    /// never hold a line break (<see cref="TaskEvaluation.Column"/>), so the header stays one line.
+    /// </summary>
+    static string[] HeaderFields(string line)
+    {
+        using var csv = CsvReader.FromText(line, new CsvReaderOptions { HasHeader = false });
+        return csv.Read() ? Enumerable.Range(0, csv.FieldCount).Select(csv.GetString).ToArray() : [""];
+    }
+
     /// <summary>Older runs wrote the resident-memory column as memory_mb.</summary>
     static readonly Dictionary<string, string> OlderNames = new() { ["memory_mb"] = "host_rss_mb" };
 
@@ -141,7 +152,7 @@ public sealed class MetricsLog
         UserFile.RequireRegular(path, "metrics file");
         long length = new FileInfo(path).Length;
         if (length > MaxBytes) throw new InvalidDataException($"{path}: {length} bytes is more than the {MaxBytes}-byte limit for a metrics file; move it aside to resume");
-        bool endsWithNewline = length == 0 || EndsWithNewline(path);
+        bool endsWithNewline = length == 0 || UserFile.EndsWithNewline(path, "metrics file");
         var rows = new List<Row>();
         Dictionary<string, int>? columns = null;
         int headerFields = 0;
@@ -157,9 +168,9 @@ public sealed class MetricsLog
         void Parse((int Line, string Text) line)
         {
             string where = $"{path}:{line.Line}";
-            var fields = line.Text.Split(',');
             if (columns is null)
             {
+                var fields = HeaderFields(line.Text);
                 columns = new Dictionary<string, int>();
                 for (int i = 0; i < fields.Length; i++)
                 {
@@ -172,12 +183,13 @@ public sealed class MetricsLog
                 return;
             }
             if (line.Text.Length == 0) return;
-            if (fields.Length != headerFields)
-                throw new InvalidDataException($"{where}: {fields.Length} fields, the header names {headerFields}; fix or delete the file to resume");
+            var cells = line.Text.Split(','); // numbers and empty cells: never quoted
+            if (cells.Length != headerFields)
+                throw new InvalidDataException($"{where}: {cells.Length} fields, the header names {headerFields}; fix or delete the file to resume");
             double? N(string name)
             {
                 if (!columns.TryGetValue(name, out int i)) return null;
-                string text = fields[i].Trim();
+                string text = cells[i].Trim();
                 if (text.Length == 0) return null;
                 return double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && double.IsFinite(v) ? v
                     : throw new InvalidDataException($"{where}: '{name}' is {SafeText.Quote(text, 40)}, not a finite number; fix or delete the file to resume");
@@ -197,12 +209,5 @@ public sealed class MetricsLog
                 L("tokens"), D("tokens_per_s"), D("step_s"), D("elapsed_s"), D("host_rss_mb"), D("host_peak_rss_mb"),
                 N("device_used_peak_mb"), L("trained_tokens"), tasks.Count > 0 ? tasks : null));
         }
-    }
-
-    static bool EndsWithNewline(string path)
-    {
-        using var stream = UserFile.OpenRead(path, "metrics file", bufferSize: 1);
-        stream.Seek(-1, SeekOrigin.End);
-        return stream.ReadByte() is '\n' or '\r';
     }
 }

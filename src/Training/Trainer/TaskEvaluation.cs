@@ -62,7 +62,13 @@ public sealed class TaskEvaluation(LlamaForCausalLM model, ITextTokenizer tokeni
         return scores;
     }
 
-    static string Column(string name, string metricKey) => $"{name}/{MetricNames.Display(metricKey).Replace(' ', '_')}";
+    /// <summary>
+    /// The metrics.csv column (and summary name) of a task's metric: "task/metric", spaces in the metric's display name
+    /// made underscores. A control character in a task name (a line break from a quoted YAML string) becomes '_': the
+    /// header must stay one line. Commas and quotes stay; the CSV writer quotes such a name (RFC 4180).
+    /// </summary>
+    public static string Column(string name, string metricKey) =>
+        string.Concat($"{name}/{MetricNames.Display(metricKey).Replace(' ', '_')}".Select(c => char.IsControl(c) ? '_' : c));
 
     /// <summary>"sales_mc/acc 0.3241, sales_mc/acc_norm 0.2870" for logs.</summary>
     public static string Describe(IReadOnlyDictionary<string, double> scores) =>

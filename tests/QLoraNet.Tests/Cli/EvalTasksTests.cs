@@ -118,4 +118,24 @@ public class EvalTasksTests
         var batch = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", "sales_mc", "--batch-size", "0");
         Assert.Equal("error: --batch-size 0 must be at least 1", batch.Stderr.TrimEnd());
     }
+
+    /// <summary>A task file or task data the bounded readers refuse: one line naming the file, exit 1, no stack trace.</summary>
+    [Fact]
+    public void Malformed_task_files_and_data_are_one_line_errors()
+    {
+        using var dir = Paths.Temp();
+        File.WriteAllBytes(dir["bad.yaml"], [.. System.Text.Encoding.UTF8.GetBytes("task: x\n"), 0xC3, 0x28]);
+        var yaml = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", dir["bad.yaml"]);
+        Assert.Equal(1, yaml.Code);
+        Assert.StartsWith($"error: {dir["bad.yaml"]}:2: not valid UTF-8 text", yaml.Stderr);
+        Assert.Single(yaml.Stderr.TrimEnd().Split('\n'));
+
+        File.WriteAllText(dir["task.yaml"], $"task: t\ndataset_path: {dir.Path}\ntest_split: test\noutput_type: multiple_choice\n"
+            + "doc_to_text: \"{{q}}\"\ndoc_to_target: 0\ndoc_to_choice: \"{{choices}}\"\n");
+        File.WriteAllBytes(dir["test.jsonl"], [.. "{\"q\": \"a\", \"choices\": [\"b\", \"c\"]}\n"u8, 0xFF, (byte)'\n']);
+        var data = CliRunner.Run("eval", "--model", Paths.TinyModel, "--tasks", dir["task.yaml"]);
+        Assert.Equal(1, data.Code);
+        Assert.StartsWith($"error: {dir["test.jsonl"]}:2: not valid UTF-8", data.Stderr);
+        Assert.Single(data.Stderr.TrimEnd().Split('\n'));
+    }
 }

@@ -28,7 +28,7 @@ public class FamilyCliTests
         using var tmp = Paths.Temp();
         var r = FamilyReference.Of(family);
         string ids = string.Join(",", r.Cases[0].InputIds);
-        string adapter = FamilyLoraTests.NonZeroAdapter(family, tmp["adapter"]);
+        string adapter = FamilyLora.NonZeroAdapter(family, tmp["adapter"]);
         var (code, stdout, stderr) = CliRunner.Run("merge", "--model", r.Dir, "--adapter", adapter, "--out", tmp["merged"], "--dtype", "fp32");
         Assert.True(code == 0, stderr);
         Assert.Contains($"merged {7 * ModelFamilies.Load(r.Dir).NumLayers} LoRA modules", stdout);

@@ -52,16 +52,22 @@ public static class Cli
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
 
-    /// <summary>Starts <paramref name="spec"/>'s ranks, runs <paramref name="during"/> (which may signal them), waits.</summary>
-    public static (int Code, string Out, string Err, IReadOnlyList<int> Pids) Launch(LaunchSpec spec, Action<ProcessLauncher, Lines>? during = null)
+    /// <summary>Starts <paramref name="spec"/>'s ranks, runs <paramref name="during"/> (which may signal them), waits
+    /// at most <paramref name="timeout"/> (default 240 s) after it: ranks still running then are killed and the test
+    /// fails with their output, so a launch that never ends fails rather than hangs the suite.</summary>
+    public static (int Code, string Out, string Err, IReadOnlyList<int> Pids) Launch(LaunchSpec spec, Action<ProcessLauncher, Lines>? during = null,
+        TimeSpan? timeout = null)
     {
         var stdout = new Lines();
         var stderr = new Lines();
-        using var launcher = new ProcessLauncher(spec, stdout, stderr);
+        using var launcher = new ProcessLauncher(spec, stdout, stderr); // disposing kills the ranks still running
         launcher.Start();
         during?.Invoke(launcher, stdout);
-        int code = launcher.Wait();
-        return (code, stdout.ToString(), stderr.ToString(), launcher.ProcessIds);
+        var wait = Task.Run(launcher.Wait);
+        var limit = timeout ?? TimeSpan.FromSeconds(240);
+        if (!wait.Wait(limit))
+            throw new Xunit.Sdk.XunitException($"the launch did not end within {limit.TotalSeconds:0} s (ranks killed)\n{stdout}\n{stderr}");
+        return (wait.Result, stdout.ToString(), stderr.ToString(), launcher.ProcessIds);
     }
 
     public static void AssertAllExited(IEnumerable<int> pids)

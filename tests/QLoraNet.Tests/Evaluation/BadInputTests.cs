@@ -101,6 +101,42 @@ public class BadInputTests
         Assert.StartsWith("DIR/test.jsonl:2: not valid JSON", Error(Good, Row + "\n{\"q\": "));
     }
 
+    /// <summary>The bounded readers' refusals (not UTF-8, too large) arrive as TaskException like every other bad task
+    /// input, naming the file and line; an unreadable sibling of a group file is skipped as an unparsable one is.</summary>
+    [Fact]
+    public void Files_the_bounded_readers_refuse_are_task_errors_naming_the_file()
+    {
+        using var dir = Paths.Temp();
+        string task = EvalFixtures.WriteTask(dir, Good);
+        File.WriteAllBytes(dir["test.jsonl"], [.. System.Text.Encoding.UTF8.GetBytes(Row + "\n"), 0xFF, 0xFE, (byte)'\n']);
+        var data = Assert.Throws<TaskException>(() =>
+            EvalRunner.Run(new MockScoringModel(), TaskCatalog.BuiltIn().Resolve([task]), new EvalOptions()));
+        Assert.StartsWith($"{dir["test.jsonl"]}:2: not valid UTF-8", data.Message);
+
+        File.WriteAllBytes(dir["bad.yaml"], [.. System.Text.Encoding.UTF8.GetBytes("task: x\n"), 0xC3, 0x28]);
+        var yaml = Assert.Throws<TaskException>(() => TaskCatalog.BuiltIn().Resolve([dir["bad.yaml"]]));
+        Assert.StartsWith($"{dir["bad.yaml"]}:2: not valid UTF-8", yaml.Message);
+
+        using (var f = File.Create(dir["big.yaml"])) f.SetLength((1 << 20) + 1);
+        var big = Assert.Throws<TaskException>(() => TaskCatalog.BuiltIn().Resolve([dir["big.yaml"]]));
+        Assert.Equal($"{dir["big.yaml"]}: {(1 << 20) + 1} bytes is more than the {1 << 20}-byte limit for a task file", big.Message);
+
+        // A group file beside them: its siblings that cannot be read are skipped, its member task still resolves.
+        File.WriteAllText(dir["group.yaml"], "group: g\ntask: [t]\n");
+        Assert.Equal(["t"], TaskCatalog.BuiltIn().Resolve([dir["group.yaml"]]).Tasks.Select(t => t.Name));
+    }
+
+    [Fact]
+    public async Task A_binary_parquet_column_names_the_file_and_row()
+    {
+        using var dir = Paths.Temp();
+        await Parquet.Serialization.ParquetSerializer.SerializeAsync(new[] { new BinaryRow { q = "Is it?", blob = [1, 2] } }, dir["test.parquet"]);
+        var e = Assert.Throws<TaskException>(() => QLoraNet.Evaluation.Data.DocFiles.Read(dir["test.parquet"]));
+        Assert.Equal($"{dir["test.parquet"]} row 0: a binary column; task data must be text, numbers, booleans, lists or structs", e.Message);
+    }
+
+    public sealed class BinaryRow { public string q { get; set; } = ""; public byte[] blob { get; set; } = []; }
+
     [Fact]
     public void Missing_data_says_how_to_give_it()
     {

@@ -241,7 +241,7 @@ public class GgufFamilyLlamaCppTests(ITestOutputHelper output)
         // merge); llama.cpp's greedy ids equal those of the base with the unmerged adapter here.
         var r = FamilyReference.Of(family);
         using var tmp = Paths.Temp();
-        string adapter = FamilyLoraTests.NonZeroAdapter(family, tmp["adapter"]);
+        string adapter = FamilyLora.NonZeroAdapter(family, tmp["adapter"]);
         var (code, _, stderr) = CliRunner.Run("export", "--model", r.Dir, "--adapter", adapter, "--format", "gguf", "--type", "f16", "--out", tmp["m.gguf"]);
         Assert.True(code == 0, stderr);
         var (prompt, n) = family == "mistral" ? (r.Cases[1].InputIds.Take(8).ToArray(), 8) : (r.Cases[0].InputIds, 16);

@@ -166,4 +166,29 @@ public class ModelFamiliesTests
         Assert.Contains("hidden_act 'silu' is not supported (BitNet uses relu2)", Refusal(BitNet.Replace("relu2", "silu")));
         Assert.Contains("quant_method 'bitsandbytes'", Refusal(BitNet.Replace("\"bitnet\",\"quantization_mode", "\"bitsandbytes\",\"quantization_mode")));
     }
+
+    /// <summary>BitNet reads Llama's shared fields through Llama's parser and replaces only its own: the defaults of
+    /// BitNetConfig, bias-free BitLinears (an mlp_bias key does not add biases), the sub-norms.</summary>
+    [Fact]
+    public void Bitnet_shares_llamas_fields_and_keeps_its_own_defaults()
+    {
+        using var tmp = Paths.Temp();
+        string extra = "\"mlp_bias\":true,\"max_position_embeddings\":4096,\"torch_dtype\":\"bfloat16\",";
+        var b = FromText(BitNet.Replace("{\"architectures\"", "{" + extra + "\"architectures\""), tmp);
+        var l = FromText(BitNet.Replace("{\"architectures\"", "{" + extra + "\"architectures\"").Replace("BitNetForCausalLM", "LlamaForCausalLM")
+            .Replace("\"bitnet\",\"hidden_size", "\"llama\",\"hidden_size").Replace("relu2", "silu").Replace(",\"quantization_config\":{\"linear_class\":\"autobitlinear\",\"quant_method\":\"bitnet\",\"quantization_mode\":\"offline\"}", ""), tmp);
+        Assert.Equal(("llama", "bitnet"), (l.Family, b.Family));
+        Assert.Equal((l.NumLayers, l.Hidden, l.Intermediate, l.NumHeads, l.NumKvHeads, l.HeadDim, l.VocabSize, l.MaxPositions, l.Norm, l.TiedHead, l.TorchDtype),
+            (b.NumLayers, b.Hidden, b.Intermediate, b.NumHeads, b.NumKvHeads, b.HeadDim, b.VocabSize, b.MaxPositions, b.Norm, b.TiedHead, b.TorchDtype));
+        Assert.Equal((1e-6, 10000.0, 1, 2), (l.NormEps, l.Rope.Theta, l.Tokens.Bos, l.Tokens.Eos.Single()));
+        Assert.Equal((1e-5, 500000.0, 128000, 128001), (b.NormEps, b.Rope.Theta, b.Tokens.Bos, b.Tokens.Eos.Single()));
+        Assert.Contains(l.LayerLinears, x => x.HasBias);
+        Assert.DoesNotContain(b.LayerLinears, x => x.HasBias);
+        Assert.Equal(l.LayerLinears.Select(x => (x.Path, x.OutFeatures, x.InFeatures)), b.LayerLinears.Select(x => (x.Path, x.OutFeatures, x.InFeatures)));
+        Assert.Equal(4, b.LayerNorms.Count);
+        Assert.Equal(2, l.LayerNorms.Count);
+        // One difference from before the shared parser: a non-positive rms_norm_eps is refused for BitNet as for Llama.
+        var eps = Assert.Throws<InvalidDataException>(() => FromText(BitNet.Replace("{\"architectures\"", "{\"rms_norm_eps\":0,\"architectures\""), tmp));
+        Assert.Contains("'rms_norm_eps' must be a positive finite number", eps.Message);
+    }
 }

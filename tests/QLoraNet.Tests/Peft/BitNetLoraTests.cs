@@ -3,7 +3,6 @@ using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
 using QLoraNet.Tests.Models.Families;
-using QLoraNet.Training.Optim;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -19,19 +18,13 @@ namespace QLoraNet.Tests.Peft;
 [Trait("tier", "parity")]
 public class BitNetLoraTests
 {
-    static readonly LoraSettings AllLinear = new(R: 4, Alpha: 8, Dropout: 0, TargetModules: [LoraSettings.AllLinear]);
+    static readonly LoraSettings AllLinear = FamilyLora.AllLinear;
 
     static string Dir => FamilyReference.DirOf("bitnet");
 
-    static BuiltModel Build(BaseFormat format, LoraSettings? lora = null, string? dir = null) =>
-        ModelBuilder.Build(dir ?? Dir, new ModelBuildOptions(CPU, ScalarType.Float32, format, NewAdapter: lora, AdapterSeed: lora is null ? null : 5));
+    static BuiltModel Build(BaseFormat format, LoraSettings? lora = null, string? dir = null) => FamilyLora.Build("bitnet", format, lora, dir: dir);
 
-    static Tensor Logits(LlamaForCausalLM model)
-    {
-        var ids = FamilyReference.Of("bitnet").Cases[0].InputIds;
-        using var input = tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]);
-        using (no_grad()) return model.forward(input);
-    }
+    static Tensor Logits(LlamaForCausalLM model) => FamilyLora.Logits(model, "bitnet");
 
     [Fact]
     public void The_packed_checkpoint_loads_ternary_linears_and_the_sub_norms_under_their_checkpoint_names()
@@ -65,27 +58,15 @@ public class BitNetLoraTests
     {
         using var built = Build(new TernaryFormat(), AllLinear);
         var model = built.Model;
-        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter)).ToList();
+        var trainable = FamilyLora.Trainable(model);
         Assert.Equal(2 * 7 * built.Architecture.NumLayers, trainable.Count);
-        Assert.All(trainable, p => Assert.Matches(@"\.lora_[AB]\.", p.name));
+        Assert.All(trainable, p => Assert.Matches(@"\.lora_[AB]\.", p.Name));
         var frozenBefore = model.state_dict().Where(kv => !kv.Key.Contains(".lora_")).ToDictionary(kv => kv.Key, kv => kv.Value.clone());
-        var optimizer = new AdamW(trainable, lr: 5e-3);
-        using var ids = tensor(FamilyReference.Of("bitnet").HeldoutIds.Take(64).ToArray(), [1, 64]);
-        var losses = new List<float>();
-        model.train();
-        for (int step = 0; step < 8; step++)
-        {
-            using var scope = NewDisposeScope();
-            foreach (var (_, p) in trainable) p.grad = null;
-            var loss = CausalLmLoss.Compute(model.forward(ids), ids);
-            loss.backward();
-            optimizer.StepOnce();
-            losses.Add(loss.item<float>());
-        }
+        var losses = FamilyLora.Train(model, trainable, "bitnet");
         Assert.True(losses[^1] < losses[0] - 0.2, $"losses {string.Join(", ", losses.Select(l => l.ToString("F3")))}");
         foreach (var (name, before) in frozenBefore)
             Assert.True(before.allclose(model.state_dict()[name], rtol: 0, atol: 0), $"frozen '{name}' changed");
-        Assert.Contains(trainable, p => p.name.Contains("lora_B") && p.Item2.abs().max().item<float>() > 0);
+        Assert.Contains(trainable, p => p.Name.Contains("lora_B") && p.Parameter.abs().max().item<float>() > 0);
     }
 
     [Fact]
@@ -127,7 +108,7 @@ public class BitNetLoraTests
     public void Merge_reads_the_stored_ternary_codes_and_writes_bitnet_online_or_packed()
     {
         using var tmp = Paths.Temp();
-        string adapter = FamilyLoraTests.NonZeroAdapter("bitnet", tmp["adapter"]);
+        string adapter = FamilyLora.NonZeroAdapter("bitnet", tmp["adapter"]);
         var e = Assert.Throws<ArgumentException>(() => MergedCheckpoint.Write(Dir, adapter, tmp["nf4"], new MergeOptions(BaseFormat: BaseFormat.Parse("nf4-dq"))));
         Assert.Contains("is stored as ternary", e.Message);
 

@@ -4,7 +4,6 @@ using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
 using QLoraNet.Tests.Models.Families;
-using QLoraNet.Training.Optim;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -18,37 +17,13 @@ namespace QLoraNet.Tests.Peft;
 [Trait("tier", "parity")]
 public class FamilyLoraTests
 {
-    static readonly LoraSettings AllLinear = new(R: 4, Alpha: 8, Dropout: 0, TargetModules: [LoraSettings.AllLinear]);
-
     static BuiltModel Build(string family, BaseFormat format, LoraSettings? lora = null, string? adapterDir = null, string? dir = null, bool checkpointing = false) =>
-        ModelBuilder.Build(dir ?? FamilyReference.DirOf(family), new ModelBuildOptions(CPU, ScalarType.Float32, format,
-            NewAdapter: lora, AdapterSeed: lora is null ? null : 5, AdapterDir: adapterDir, GradientCheckpointing: checkpointing));
+        FamilyLora.Build(family, format, lora, adapterDir, dir, checkpointing);
 
-    static readonly BaseFormat Dense = new DenseFormat(null);
-
-    static Tensor Logits(LlamaForCausalLM model, string family)
-    {
-        var ids = FamilyReference.Of(family).Cases[0].InputIds;
-        using var input = tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]);
-        using (no_grad()) return model.forward(input);
-    }
-
+    static readonly LoraSettings AllLinear = FamilyLora.AllLinear;
+    static readonly BaseFormat Dense = FamilyLora.Dense;
+    static Tensor Logits(LlamaForCausalLM model, string family) => FamilyLora.Logits(model, family);
     static double MaxDiff(Tensor a, Tensor b) => (a - b).abs().max().item<float>();
-
-    /// <summary>An adapter with small random B on every linear (a trained-looking one), saved in peft's format.</summary>
-    internal static string NonZeroAdapter(string family, string dir)
-    {
-        using var built = Build(family, Dense, AllLinear);
-        var generator = new Generator(17);
-        using (no_grad())
-            foreach (var (_, lora) in AdapterFiles.LoraModules(built.Model))
-            {
-                using var b = randn(lora.B.shape, generator: generator).mul_(0.05);
-                lora.B.copy_(b);
-            }
-        AdapterFiles.Save(dir, built.Model, built.Adapter!);
-        return dir;
-    }
 
     [Theory]
     [MemberData(nameof(FamilyReference.All), MemberType = typeof(FamilyReference))]
@@ -70,21 +45,9 @@ public class FamilyLoraTests
         using var built = Build(family, BaseFormat.Parse("nf4-dq"), AllLinear with { Dropout = 0.05 });
         var model = built.Model;
         Assert.All(model.modules().OfType<LoraLinear>(), l => Assert.IsType<FourBitLinear>(l.BaseLayer));
-        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter)).ToList();
+        var trainable = FamilyLora.Trainable(model);
         Assert.Equal(2 * 7 * built.Architecture.NumLayers, trainable.Count);
-        var optimizer = new AdamW(trainable, lr: 5e-3);
-        using var ids = tensor(FamilyReference.Of(family).HeldoutIds.Take(64).ToArray(), [1, 64]);
-        var losses = new List<float>();
-        model.train();
-        for (int step = 0; step < 8; step++)
-        {
-            using var scope = NewDisposeScope();
-            foreach (var (_, p) in trainable) p.grad = null;
-            var loss = CausalLmLoss.Compute(model.forward(ids), ids);
-            loss.backward();
-            optimizer.StepOnce();
-            losses.Add(loss.item<float>());
-        }
+        var losses = FamilyLora.Train(model, trainable, family);
         Assert.True(losses[^1] < losses[0] - 0.2, $"{family}: losses {string.Join(", ", losses.Select(l => l.ToString("F3")))}");
     }
 
@@ -142,7 +105,7 @@ public class FamilyLoraTests
     public void Merged_logits_equal_the_unmerged_adapter_model(string family)
     {
         using var tmp = Paths.Temp();
-        string adapter = NonZeroAdapter(family, tmp["adapter"]);
+        string adapter = FamilyLora.NonZeroAdapter(family, tmp["adapter"]);
         var summary = MergedCheckpoint.Write(FamilyReference.DirOf(family), adapter, tmp["merged"], new MergeOptions(DType: ScalarType.Float32));
         using var baseModel = Build(family, Dense);
         Assert.Equal(7 * baseModel.Architecture.NumLayers, summary.MergedModules);

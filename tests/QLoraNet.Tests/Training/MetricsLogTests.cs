@@ -35,6 +35,46 @@ public class MetricsLogTests
         Assert.Equal(300, MetricsLog.Read(tmp["old.csv"]).Single().HostRssMb);
     }
 
+    /// <summary>Task columns are named after the tasks, whose names may hold commas and quotes: the header is RFC 4180
+    /// (such names quoted, read back by any CSV reader with every row as wide as the header) and a resume reads the
+    /// same names back.</summary>
+    [Fact]
+    public void Task_columns_whose_names_hold_commas_or_quotes_are_quoted_and_read_back()
+    {
+        using var tmp = Paths.Temp();
+        var log = new MetricsLog(tmp["metrics.csv"], 0);
+        string comma = TaskEvaluation.Column("qa, hard", "acc,none"), quote = TaskEvaluation.Column("say \"hi\"", "exact_match,strict-match");
+        Assert.Equal(["qa, hard/acc", "say \"hi\"/exact_match_(strict-match)"], new[] { comma, quote });
+        log.Append(new MetricsLog.Row(1, 0.1, 2.5, null, 1e-3, 0.5, 100, 50, 2, 2, 300));
+        log.Append(new MetricsLog.Row(2, 0.2, 2.4, 2.6, 1e-3, 0.5, 100, 50, 2, 4, 300,
+            TaskScores: new Dictionary<string, double> { [comma] = 0.25, [quote] = 0.5 }));
+
+        string header = File.ReadLines(tmp["metrics.csv"]).First();
+        Assert.EndsWith(",\"qa, hard/acc\",\"say \"\"hi\"\"/exact_match_(strict-match)\"", header);
+        using (var csv = CsvHelper.CsvReader.FromFile(tmp["metrics.csv"], new CsvHelper.CsvReaderOptions { HasHeader = true }))
+        {
+            Assert.Equal(MetricsLog.Header.Concat([comma, quote]), csv.Headers);
+            int rows = 0;
+            while (csv.Read())
+            {
+                Assert.Equal(MetricsLog.Header.Count + 2, csv.FieldCount);
+                rows++;
+            }
+            Assert.Equal(2, rows);
+        }
+        var read = MetricsLog.Read(tmp["metrics.csv"]);
+        Assert.Null(read[0].TaskScores);
+        Assert.Equal(new Dictionary<string, double> { [comma] = 0.25, [quote] = 0.5 }, read[1].TaskScores);
+        Assert.Equal(2, new MetricsLog(tmp["metrics.csv"], 2).Rows[1].TaskScores!.Count); // a resume keeps them
+    }
+
+    [Fact]
+    public void A_line_break_in_a_task_name_cannot_split_the_header()
+    {
+        Assert.Equal("two_lines/acc", TaskEvaluation.Column("two\nlines", "acc"));
+        Assert.Equal("tab_bed/acc", TaskEvaluation.Column("tab\tbed", "acc,none"));
+    }
+
     [Fact]
     public void A_row_cut_off_by_a_kill_during_an_append_is_dropped()
     {
