@@ -46,7 +46,8 @@ public static class ModelFootprint
         return new FootprintRow(label, weights + biases, (n.Embeddings + n.Head) * restBytes, n.Norms * restBytes);
     }
 
-    /// <summary>fp32, bf16, and int8 / NF4 / NF4 + double quantization / LLM.int8() / HQQ 4, 3, 2 bits / ternary with bf16 for the rest.</summary>
+    /// <summary>fp32, bf16, and int8 / NF4 / NF4 + double quantization / LLM.int8() / HQQ 4, 3, 2 bits / ternary / GGUF q8_0, q4_0
+    /// (rows that are not whole blocks in fp16, as export writes them) with bf16 for the rest.</summary>
     public static IReadOnlyList<FootprintRow> Table(ModelArchitecture a) =>
     [
         Size(a, "fp32", BaseFormat.Parse("fp32"), ScalarType.Float32),
@@ -59,5 +60,7 @@ public static class ModelFootprint
         Size(a, "hqq3", BaseFormat.Parse("hqq3"), ScalarType.BFloat16),
         Size(a, "hqq2", BaseFormat.Parse("hqq2"), ScalarType.BFloat16),
         Size(a, "ternary", BaseFormat.Parse("ternary"), ScalarType.BFloat16),
+        Size(a, "q8_0", BaseFormat.Parse("q8_0-f16"), ScalarType.BFloat16),
+        Size(a, "q4_0", BaseFormat.Parse("q4_0-f16"), ScalarType.BFloat16),
     ];
 }

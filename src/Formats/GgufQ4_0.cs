@@ -1,37 +1,29 @@
+using QLoraNet.Quant.Ggml;
 using static TorchSharp.torch;
 
 namespace QLoraNet.Formats;
 
 /// <summary>
-/// ggml's Q4_0 (ggml-common.h block_q4_0; ggml-quants.c quantize_row_q4_0_ref): blocks of 32 weights, each stored
-/// as an fp16 scale then 16 bytes of 4-bit codes. The scale is d = m / -8 where m is the block's value of largest
-/// magnitude (the first one on ties), keeping its sign: m itself maps to code 0 (= -8 after the -8 offset) and the
-/// opposite side gets the finer steps up to +7. Codes q = min(15, trunc(x * (1/d) + 8.5)); x ≈ (q - 8) * d.
+/// ggml's Q4_0 in a GGUF file (ggml-common.h block_q4_0; ggml-quants.c quantize_row_q4_0_ref): blocks of 32 weights,
+/// each stored as an fp16 scale then 16 bytes of 4-bit codes; the arithmetic (scale d = m / -8 from the value of
+/// largest magnitude, codes q = min(15, trunc(x / d + 8.5)), x ≈ (q - 8) * d) is <see cref="Q4_0Blocks"/>'s.
 /// Byte j of a block holds value j in its low nibble and value j + 16 in its high nibble.
 /// <see cref="Quantize"/> (torch ops) and <see cref="QuantizeReference"/> (per element) give identical bytes.
 /// </summary>
 public static class GgufQ4_0
 {
-    public const int BlockSize = 32;
-    public const int BlockBytes = 2 + BlockSize / 2;
+    public const int BlockSize = Q4_0Blocks.BlockSize;
+    public const int BlockBytes = Q4_0Blocks.BlockBytes;
 
-    /// <summary>Quantizes a tensor whose last dim is a multiple of 32 (any float dtype, any device).</summary>
+    /// <summary>Quantizes a tensor whose last dim is a multiple of 32 (any float dtype, any device) with the block
+    /// arithmetic the q4_0 base format uses (<see cref="Q4_0Blocks"/>), so a model loaded as q4_0 holds these weights.</summary>
     public static GgmlBlocks Quantize(Tensor x)
     {
         GgmlBlocks.RequireWholeBlocks(x.shape, BlockSize);
         using (NewDisposeScope())
         {
-            var blocks = x.detach().to(ScalarType.Float32).cpu().reshape(-1, BlockSize);   // (nBlocks, 32)
-            var abs = blocks.abs();
-            var first = abs.argmax(-1, keepdim: true);                                       // first index of the max |x|
-            var amax = abs.gather(-1, first);                                                // (nBlocks, 1)
-            // An all-zero block keeps m = +0.0 as in the C loop (which never takes an element when amax stays 0).
-            var m = where(amax.gt(0), blocks.gather(-1, first), zeros_like(amax));
-            var d = m / -8f;
-            var id = where(d.ne(0), d.reciprocal(), zeros_like(d));
-            var q = (blocks * id + 8.5f).trunc().clamp_max(15).to(ScalarType.Byte);          // (nBlocks, 32), 0..15
-            var nibbles = q[.., ..16] + q[.., 16..] * 16;                                    // (nBlocks, 16)
-            return GgmlBlocks.FromParts(GgmlType.Q4_0, x.shape, d.to(ScalarType.Float16), nibbles.to(ScalarType.Byte), BlockSize / 2);
+            var (d, q) = Q4_0Blocks.Quantize(x.detach().cpu().reshape(-1, BlockSize));    // (nBlocks, 1) fp16, (nBlocks, 32)
+            return GgmlBlocks.FromParts(GgmlType.Q4_0, x.shape, d, Q4_0Blocks.Pack(q), BlockSize / 2);
         }
     }
 

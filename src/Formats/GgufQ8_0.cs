@@ -1,3 +1,4 @@
+using QLoraNet.Quant.Ggml;
 using static TorchSharp.torch;
 
 namespace QLoraNet.Formats;
@@ -5,34 +6,25 @@ namespace QLoraNet.Formats;
 /// <summary>
 /// ggml's Q8_0 (ggml-common.h block_q8_0; ggml-quants.c quantize_row_q8_0_ref): blocks of 32 weights, each stored
 /// as an fp16 scale d = amax / 127 followed by 32 int8 values q = roundf(x * (1/d)), so x ≈ q * d.
-/// Two paths with byte-identical results: <see cref="Quantize"/> on tensors (torch ops, a block per row of a
-/// (blocks, 32) view) and <see cref="QuantizeReference"/>, a per-element transcription of the ggml reference that
+/// Two paths with byte-identical results: <see cref="Quantize"/> on tensors (<see cref="Q8_0Blocks"/>, the
+/// arithmetic the q8_0 base format shares) and <see cref="QuantizeReference"/>, a per-element transcription of the ggml reference that
 /// the tests hold it to. Both compute in float32 like the C code: d in float32, the reciprocal 1/d, one multiply.
 /// </summary>
 public static class GgufQ8_0
 {
-    public const int BlockSize = 32;
-    public const int BlockBytes = 2 + BlockSize;
+    public const int BlockSize = Q8_0Blocks.BlockSize;
+    public const int BlockBytes = Q8_0Blocks.BlockBytes;
 
-    /// <summary>Quantizes a tensor whose last dim is a multiple of 32 (any float dtype, any device).</summary>
+    /// <summary>Quantizes a tensor whose last dim is a multiple of 32 (any float dtype, any device) with the block
+    /// arithmetic the q8_0 base format uses (<see cref="Q8_0Blocks"/>).</summary>
     public static GgmlBlocks Quantize(Tensor x)
     {
         GgmlBlocks.RequireWholeBlocks(x.shape, BlockSize);
         using (NewDisposeScope())
         {
-            var blocks = x.detach().to(ScalarType.Float32).cpu().reshape(-1, BlockSize);   // (nBlocks, 32)
-            var d = blocks.abs().amax(new long[] { -1 }, keepdim: true) / 127f;              // (nBlocks, 1)
-            var id = where(d.ne(0), d.reciprocal(), zeros_like(d));
-            var q = RoundHalfAwayFromZero(blocks * id).to(ScalarType.Int8);                 // (nBlocks, 32)
-            return GgmlBlocks.FromParts(GgmlType.Q8_0, x.shape, d.to(ScalarType.Float16), q, BlockSize);
+            var (d, q) = Q8_0Blocks.Quantize(x.detach().cpu().reshape(-1, BlockSize));    // (nBlocks, 1) fp16, (nBlocks, 32) int8
+            return GgmlBlocks.FromParts(GgmlType.Q8_0, x.shape, d, q, BlockSize);
         }
-    }
-
-    /// <summary>C's roundf (halves away from zero; torch.round rounds halves to even). v - trunc(v) is exact in float32.</summary>
-    static Tensor RoundHalfAwayFromZero(Tensor v)
-    {
-        var t = v.trunc();
-        return t + v.sign() * (v - t).abs().ge(0.5f).to(v.dtype);
     }
 
     /// <summary>Per-element reference: quantize_row_q8_0_ref over <paramref name="x"/> (a multiple of 32 values).</summary>

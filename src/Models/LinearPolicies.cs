@@ -22,5 +22,5 @@ public static class LinearPolicies
         (path, weight) => path == arch.HeadName
             ? FrozenLinearFactory.Create(weight, new DenseFormat(headDType), computeDType, device, path, kernels)
             : aware is null ? FrozenLinearFactory.Create(weight, format, computeDType, device, path, kernels)
-            : new QuantizationAwareLinear(FrozenLinearFactory.Create(weight, format, computeDType, device, path, kernels), aware);
+            : new QuantizationAwareLinear(FrozenLinearFactory.Create(weight, format, computeDType, device, path, kernels), aware, path);
 }

@@ -97,15 +97,14 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     /// <summary>
     /// Quantization-aware training (QAT-LoRA): the adapter is part of the weight the target format rounds,
     /// y = fake(W + scaling · B @ A)(x), so the gradient reaches A and B through the rounding (straight through) and a
-    /// merge into that format keeps what was learned. Dropout has no separate input here and is refused by the config.
+    /// merge into that format keeps what was learned (<see cref="QuantizationAwareLoraMatMul"/>, which keeps no
+    /// (out, in) tensor for backward). Dropout has no separate input here and is refused by the config.
     /// </summary>
     Tensor AwareForward(QuantizationAwareLinear aware, Tensor x)
     {
         if (lora_dropout is LoraDropout)
             throw new InvalidOperationException("LoRA dropout does not apply to quantization-aware training of the merged weight; set lora.dropout to 0");
-        using var scope = NewDisposeScope();
-        var delta = B.matmul(A).mul(Scaling);                        // (out, in) fp32
-        return aware.Forward(x, delta).MoveToOuterDisposeScope();
+        return QuantizationAwareLoraMatMul.apply(x, aware, A, B, Scaling);
     }
 
     /// <summary>The device of the base's stored weight (a parameter or, for packed formats, a buffer).</summary>

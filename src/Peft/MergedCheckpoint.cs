@@ -32,7 +32,7 @@ public static class MergedCheckpoint
         string configPath = Path.Combine(modelDir, ModelArchitecture.ConfigFileName);
         var arch = ModelFamilies.Load(modelDir);  // a readable, supported config, checked before any work
         if (options.Quantization is { Layout: null } q)
-            throw new ArgumentException($"a merged checkpoint cannot store {q}: it has no checkpoint layout; use nf4 or fp4 (bitsandbytes 4-bit)");
+            throw new ArgumentException($"a merged checkpoint cannot store {q}: it has no checkpoint layout; write the merge dense and load it with --quantization {q}, or use a format with a layout (nf4, fp4, llm-int8, hqq, ternary)");
         using var reader = CheckpointReader.Open(modelDir, options.AllowNonFiniteWeights);
         // A pre-quantized base is merged from its stored codes, which are exactly what training saw: quantizing them
         // again in the adapter's format would change them (an absmean of ternary codes is not their scale).

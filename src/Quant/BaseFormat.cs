@@ -14,6 +14,8 @@ namespace QLoraNet.Quant;
 ///   none | bf16 | fp16 | fp32                            dense (none keeps the checkpoint dtype)
 ///   nf4 | fp4 [-b&lt;N&gt;] [-dq[&lt;M&gt;]]                        4-bit blockwise, blocksize N (64), double-quantized scales (M = 256)
 ///   int8 | int4 | int3 [-tensor|-channel|-g&lt;N&gt;] [-sym|-asym]     linear quantization (default: per channel, symmetric)
+///   llm-int8 [-t&lt;T&gt;] | hqq2|3|4|8 [-g&lt;N&gt;] | ternary              LLM.int8(), HQQ, BitNet b1.58
+///   q4_0 | q8_0                                          GGUF's block formats, as `export --type` writes them
 ///   gptq2|3|4|8 [-g&lt;N&gt;] [-act] | awq4 [-g&lt;N&gt;] [-noclip] | smoothquant [-a&lt;alpha&gt;]   calibrated (need activations)
 /// </code>
 /// The spellings are parsed by the kinds registered in <see cref="BaseFormats"/>.
@@ -46,9 +48,12 @@ public abstract record BaseFormat
 
     /// <summary>
     /// How quantization-aware training fakes this format in the forward pass (straight-through gradients), or null
-    /// when it cannot: the YAML key <c>quantization.aware</c> accepts the formats that have one.
+    /// when it cannot: the YAML key <c>quantization.aware</c> accepts the formats that have one. Every format that
+    /// quantizes a weight alone has one, from its <see cref="RoundTrip"/> (<see cref="RoundTripFakeQuantization"/>;
+    /// ternary adds its 8-bit activations); calibrated formats (GPTQ, AWQ, SmoothQuant) and "none" have none.
     /// </summary>
-    public virtual IFakeQuantization? FakeQuantization => null;
+    public virtual IFakeQuantization? FakeQuantization =>
+        NeedsCalibration || KeepsCheckpointDType ? null : new RoundTripFakeQuantization(this);
 
     /// <summary>"none": every weight stays dense in the dtype the checkpoint stores it in.</summary>
     public bool KeepsCheckpointDType => this is DenseFormat { DType: null };
@@ -63,7 +68,7 @@ public abstract record BaseFormat
     /// <summary>
     /// <paramref name="weight"/> [out, in] quantized in this format and dequantized again, in fp32 on its device:
     /// what a model stored in this format computes with. Fake quantization for quantization-aware training uses it
-    /// (<see cref="Aware.FormatRoundTrip"/>). The default builds the frozen linear and reads its weight back.
+    /// (<see cref="RoundTripFakeQuantization"/>). The default builds the frozen linear and reads its weight back.
     /// </summary>
     public virtual Tensor RoundTrip(Tensor weight, string? name = null)
     {

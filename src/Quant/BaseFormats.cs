@@ -10,7 +10,7 @@ public static class BaseFormats
 {
     /// <summary>Every base-format kind, in the order --help lists them.</summary>
     public static readonly IReadOnlyList<BaseFormatKind> Kinds =
-        [DenseFormat.Kind, FourBitFormat.Kind, LinearQuantFormat.Kind, LlmInt8Format.Kind, HqqFormat.Kind, TernaryFormat.Kind,
+        [DenseFormat.Kind, FourBitFormat.Kind, LinearQuantFormat.Kind, LlmInt8Format.Kind, HqqFormat.Kind, TernaryFormat.Kind, Ggml.GgmlBlockFormat.Kind,
          Gptq.GptqFormat.Kind, Awq.AwqFormat.Kind, SmoothQuant.SmoothQuantFormat.Kind];
 
     /// <summary>Every checkpoint layout of a pre-quantized weight that the loader and `quantize` know.</summary>
@@ -18,7 +18,7 @@ public static class BaseFormats
         [BitsAndBytesFourBitLayout.Instance, BitsAndBytesEightBitLayout.Instance, HqqLayout.Instance, BitNetTernaryLayout.Instance,
          Gptq.GptqLayout.Instance, Awq.AwqLayout.Instance, SmoothQuant.W8A8Layout.Instance];
 
-    /// <summary>Every name a spelling starts with: none, bf16, fp16, fp32, nf4, fp4, int8, int4, int3, llm-int8, hqq2..hqq8, ternary, gptq2..gptq8, awq4, smoothquant.</summary>
+    /// <summary>Every name a spelling starts with: none, bf16, fp16, fp32, nf4, fp4, int8, int4, int3, llm-int8, hqq2..hqq8, ternary, q4_0, q8_0, gptq2..gptq8, awq4, smoothquant.</summary>
     public static IEnumerable<string> Names => Kinds.SelectMany(k => k.Names);
 
     /// <summary>The names of the formats quantization-aware training can target (those with a <see cref="BaseFormat.FakeQuantization"/>).</summary>

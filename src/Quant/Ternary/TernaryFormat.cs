@@ -30,6 +30,7 @@ public sealed record TernaryFormat : BaseFormat
 
     public override CheckpointLayout Layout => BitNetTernaryLayout.Instance;
 
+    /// <summary>The weight's round trip and BitNet's 8-bit activations.</summary>
     public override IFakeQuantization FakeQuantization => TernaryFakeQuantization.Instance;
 
     sealed class TernaryKind : BaseFormatKind

@@ -99,7 +99,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
             _batches.PerEpoch, _t.MicroBatchSize * _t.GradientAccumulationSteps * _replicas.Size, _loadSeconds,
             _built.BaseBytes, _t.LogEvery, _built.Kernels.Report()));
         if (_config.Quantization.Aware is { } aware)
-            _observer.OnMessage($"quantization-aware training: every decoder linear computes as {aware} would (LoRA inside the merged weight, straight-through gradients); merge with --quantization {aware} to keep it");
+            _observer.OnMessage($"quantization-aware training: every decoder linear computes as {aware} would (LoRA inside the merged weight, straight-through gradients); "
+                + (aware.Layout is null ? $"merge dense and load with --quantization {aware} (or export to GGUF) to keep it" : $"merge with --quantization {aware} to keep it"));
         if (_state.Step >= _totalSteps)
             _observer.OnMessage($"checkpoint is at step {_state.Step}, the run has {_totalSteps} steps: nothing to do");
     }

@@ -133,7 +133,7 @@ public class BaseFormatTests
     [Fact]
     public void The_registry_maps_each_name_to_its_kind_and_each_format_to_its_layout()
     {
-        Assert.Equal(["none", "bf16", "fp16", "fp32", "nf4", "fp4", "int8", "int4", "int3", "llm-int8", "hqq2", "hqq3", "hqq4", "hqq8", "ternary", "gptq2", "gptq3", "gptq4", "gptq8", "awq4", "smoothquant"], BaseFormats.Names);
+        Assert.Equal(["none", "bf16", "fp16", "fp32", "nf4", "fp4", "int8", "int4", "int3", "llm-int8", "hqq2", "hqq3", "hqq4", "hqq8", "ternary", "q4_0", "q8_0", "gptq2", "gptq3", "gptq4", "gptq8", "awq4", "smoothquant"], BaseFormats.Names);
         Assert.Same(FourBitFormat.Kind, BaseFormats.KindOf("fp4"));
         Assert.Same(LinearQuantFormat.Kind, BaseFormats.KindOf("int4"));
         Assert.Same(HqqFormat.Kind, BaseFormats.KindOf("hqq4"));

@@ -85,7 +85,7 @@ public sealed class ConfigTests : IDisposable
     [Fact]
     public void Bad_enum_value_lists_the_choices()
     {
-        Assert.Equal("x.yaml:6: 'quantization.type' must be one of none, bf16, fp16, fp32, nf4, fp4, int8, int4, int3, llm-int8, hqq2, hqq3, hqq4, hqq8, ternary, gptq2, gptq3, gptq4, gptq8, awq4, smoothquant (or a whole spelling such as nf4-dq); got 'nf5'",
+        Assert.Equal("x.yaml:6: 'quantization.type' must be one of none, bf16, fp16, fp32, nf4, fp4, int8, int4, int3, llm-int8, hqq2, hqq3, hqq4, hqq8, ternary, q4_0, q8_0, gptq2, gptq3, gptq4, gptq8, awq4, smoothquant (or a whole spelling such as nf4-dq); got 'nf5'",
             ErrorOf(Minimal + "quantization:\n  type: nf5\n"));
         Assert.Equal("x.yaml:4: 'data.template' must be one of auto, llama2-chat, llama3, chatml, mistral-instruct, gemma, alpaca, none; got 'vicuna'",
             ErrorOf(Minimal.Replace("data:\n", "data:\n  template: vicuna\n")));
