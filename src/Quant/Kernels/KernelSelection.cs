@@ -30,15 +30,18 @@ public sealed record KernelOptions(bool DisableCuda = false, string? PtxDir = nu
 /// to load is reported as the reason for the torch-op path, never swapped silently mid-run. The rules per weight:
 /// CPU tensors use the SIMD loop; CUDA tensors use the CUDA kernel when chosen and the weight fits it (bf16/fp32
 /// output, a multiple of 8 weights: every Llama projection), else torch ops. The fused training ops (RMSNorm, RoPE,
-/// GLU, LoRA dropout, AdamW, the chunked loss) are chosen here too, as <see cref="Fused"/>, and reported alike.
+/// GLU, LoRA dropout, AdamW, the chunked loss) are chosen here too, as <see cref="Fused"/>, and reported alike, and so
+/// are LLM.int8()'s int8 product and the ternary product, whose CUDA kernel is used only after it passed a self-check
+/// against torch ops on the device (<see cref="TernaryKernelSelfCheck"/>).
 /// </summary>
 public sealed class KernelSelection
 {
     readonly FourBitCudaKernel? _cuda;
     readonly Int8MatMul _int8;
+    readonly TernaryCudaKernel? _ternaryCuda;
 
     KernelSelection(Device device, FourBitDequantPath path, string reason, FourBitCudaKernel? cuda, FusedKernels fused,
-        (Int8MatMul Path, string Reason)? int8 = null, (TernaryMatMulPath Path, string Reason)? ternary = null)
+        (Int8MatMul Path, string Reason)? int8 = null, (TernaryMatMulPath Path, string Reason, TernaryCudaKernel? Kernel)? ternary = null)
     {
         Device = device;
         FourBitDequant = path;
@@ -46,7 +49,7 @@ public sealed class KernelSelection
         _cuda = cuda;
         Fused = fused;
         (_int8, Int8Reason) = int8 ?? (Int8MatMul.TorchOps, "exact fp32 chunks (no selection made)");
-        (TernaryPath, TernaryReason) = ternary ?? DefaultTernary(device);
+        (TernaryPath, TernaryReason, _ternaryCuda) = ternary ?? DefaultTernary(device);
     }
 
     /// <summary>How LLM.int8()'s int8 x int8 product runs on <see cref="Device"/>.</summary>
@@ -61,9 +64,64 @@ public sealed class KernelSelection
     /// <summary>Why (for the report).</summary>
     public string TernaryReason { get; }
 
-    static (TernaryMatMulPath, string) DefaultTernary(Device device) => device.type == DeviceType.CPU
-        ? (TernaryMatMulPath.CpuSimd, "add/subtract SIMD loop over the packed bytes")
-        : (TernaryMatMulPath.TorchOps, "no CUDA ternary kernel in this build: unpack and matmul the integer codes");
+    /// <summary>The loaded ternary kernel, chosen after it passed its self-check on <see cref="Device"/>; null when
+    /// the ternary product does not run on CUDA here.</summary>
+    public TernaryCudaKernel? TernaryCuda => _ternaryCuda;
+
+    static (TernaryMatMulPath, string, TernaryCudaKernel?) DefaultTernary(Device device) => device.type == DeviceType.CPU
+        ? (TernaryMatMulPath.CpuSimd, "add/subtract SIMD loop over the packed bytes", null)
+        : (TernaryMatMulPath.TorchOps, "no ternary kernel loaded by this selection: unpack and matmul the integer codes", null);
+
+    /// <summary>
+    /// The ternary product on CUDA: the add/subtract kernel unless disabled, not in this build, failing to load, or
+    /// failing its self-check on the device (<see cref="TernaryKernelSelfCheck"/>), each reported as the reason for
+    /// torch ops.
+    /// </summary>
+    static (TernaryMatMulPath, string, TernaryCudaKernel?) TernaryFor(Device device, KernelOptions options)
+    {
+        if (device.type != DeviceType.CUDA) return DefaultTernary(device);
+        if (options.DisableCuda)
+            return (TernaryMatMulPath.TorchOps, "CUDA kernels disabled by the caller: unpack and matmul the integer codes", null);
+        bool fromDir = options.PtxDir is not null && File.Exists(Path.Combine(options.PtxDir, "ternary_matmul.ptx"));
+        if (!fromDir && !TernaryCudaKernel.IsEmbedded)
+            return (TernaryMatMulPath.TorchOps, "the ternary kernel's PTX is not embedded in this build (scripts/build_ptx.sh): unpack and matmul the integer codes", null);
+        return ChooseTernaryKernel(() => TernaryCudaKernel.Load(device, options.PtxDir), k => TernaryKernelSelfCheck.Run(device, k.Multiply),
+            k => "add/subtract kernel" + (fromDir ? $" from {k.Source}" : "") + ", equal to torch ops on its self-check on this device");
+    }
+
+    /// <summary>
+    /// The decision, apart from CUDA so that tests can hand it any kernel: <paramref name="load"/> the kernel, run
+    /// <paramref name="selfCheck"/> (null = passed, else what differed); use the kernel only when both succeed, else
+    /// torch ops with the failure (first line) as the reason.
+    /// </summary>
+    internal static (TernaryMatMulPath Path, string Reason, T? Kernel) ChooseTernaryKernel<T>(Func<T> load, Func<T, string?> selfCheck, Func<T, string> describe)
+        where T : class
+    {
+        const string fallback = ": unpack and matmul the integer codes";
+        T kernel;
+        try
+        {
+            kernel = load();
+        }
+        catch (Exception e)
+        {
+            return (TernaryMatMulPath.TorchOps, $"the ternary kernel failed to load ({FirstLine(e.Message)})" + fallback, null);
+        }
+        string? mismatch;
+        try
+        {
+            mismatch = selfCheck(kernel);
+        }
+        catch (Exception e)
+        {
+            mismatch = $"{e.GetType().Name}: {FirstLine(e.Message)}";
+        }
+        return mismatch is null
+            ? (TernaryMatMulPath.Cuda, describe(kernel), kernel)
+            : (TernaryMatMulPath.TorchOps, $"the ternary kernel failed its self-check on the device ({FirstLine(mismatch)})" + fallback, null);
+    }
+
+    static string FirstLine(string s) => s.Split('\n')[0];
 
     /// <summary>The int8 product for a weight on <paramref name="device"/>: the chosen one on this selection's device
     /// type, the exact fp32 path elsewhere.</summary>
@@ -74,6 +132,9 @@ public sealed class KernelSelection
     public TernaryMatMulPath TernaryPathFor(Device device) => device.type switch
     {
         DeviceType.CPU when FourBitDequant != FourBitDequantPath.TorchOps => TernaryMatMulPath.CpuSimd,
+        // The kernel's module lives in one device's context: a weight on another CUDA device takes torch ops.
+        _ when TernaryPath == TernaryMatMulPath.Cuda => device.type == DeviceType.CUDA && device.index == _ternaryCuda!.DeviceIndex
+            ? TernaryMatMulPath.Cuda : TernaryMatMulPath.TorchOps,
         _ when device.type == Device.type => TernaryPath,
         _ => TernaryMatMulPath.TorchOps,
     };
@@ -100,23 +161,24 @@ public sealed class KernelSelection
         options ??= new KernelOptions();
         var fused = FusedKernels.Load(device, options.DisableCuda, options.PtxDir);
         var int8 = Int8For(device, options);
+        var ternary = TernaryFor(device, options);
         if (device.type != DeviceType.CUDA)
-            return new(device, FourBitDequantPath.CpuSimd, "fused SIMD loop, bit-identical to the reference", null, fused, int8);
+            return new(device, FourBitDequantPath.CpuSimd, "fused SIMD loop, bit-identical to the reference", null, fused, int8, ternary);
         if (options.DisableCuda)
-            return new(device, FourBitDequantPath.TorchOps, "CUDA kernels disabled by the caller", null, fused, int8);
+            return new(device, FourBitDequantPath.TorchOps, "CUDA kernels disabled by the caller", null, fused, int8, ternary);
         bool fromDir = options.PtxDir is not null && File.Exists(Path.Combine(options.PtxDir, "nf4_dequant.ptx"));
         if (!fromDir && !FourBitCudaKernel.IsEmbedded)
-            return new(device, FourBitDequantPath.TorchOps, "the fused kernel's PTX is not embedded in this build (scripts/build_ptx.sh)", null, fused, int8);
+            return new(device, FourBitDequantPath.TorchOps, "the fused kernel's PTX is not embedded in this build (scripts/build_ptx.sh)", null, fused, int8, ternary);
         try
         {
             using (zeros(1, device: device)) { }   // libtorch makes its CUDA context current on first use
             var kernel = FourBitCudaKernel.Load(options.PtxDir);
             return new(device, FourBitDequantPath.CudaPtx,
-                "fused kernel" + (fromDir ? $" from {kernel.Source}" : "") + "; torch-ops for fp16 outputs or sizes not a multiple of 8", kernel, fused, int8);
+                "fused kernel" + (fromDir ? $" from {kernel.Source}" : "") + "; torch-ops for fp16 outputs or sizes not a multiple of 8", kernel, fused, int8, ternary);
         }
         catch (Exception e)
         {
-            return new(device, FourBitDequantPath.TorchOps, $"the fused kernel failed to load: {e.Message.Split('\n')[0]}", null, fused, int8);
+            return new(device, FourBitDequantPath.TorchOps, $"the fused kernel failed to load: {e.Message.Split('\n')[0]}", null, fused, int8, ternary);
         }
     }
 
@@ -150,7 +212,7 @@ public sealed class KernelSelection
     /// <summary>Torch ops everywhere: the reference, for tests that compare paths.</summary>
     public static KernelSelection Reference(Device device) =>
         new(device, FourBitDequantPath.TorchOps, "reference path requested", null, FusedKernels.Reference("reference path requested"),
-            (Int8MatMul.TorchOps, "reference path requested"), (TernaryMatMulPath.TorchOps, "reference path requested"));
+            (Int8MatMul.TorchOps, "reference path requested"), (TernaryMatMulPath.TorchOps, "reference path requested", null));
 
     /// <summary>A selection that runs LLM.int8()'s product through torch._int_mm on <paramref name="device"/> (tests
     /// compare it with the exact fp32 path); throws when libtorch cannot run it.</summary>
@@ -171,10 +233,11 @@ public sealed class KernelSelection
     /// <summary>"int-mm", "fp32-exact".</summary>
     public static string Spell(Int8MatMulPath path) => path == Int8MatMulPath.IntMm ? "int-mm" : "fp32-exact";
 
-    /// <summary>"cpu-simd", "torch-ops".</summary>
+    /// <summary>"cpu-simd", "cuda-ptx", "torch-ops".</summary>
     public static string Spell(TernaryMatMulPath path) => path switch
     {
         TernaryMatMulPath.CpuSimd => "cpu-simd",
+        TernaryMatMulPath.Cuda => "cuda-ptx",
         _ => "torch-ops",
     };
 

@@ -46,15 +46,15 @@ public sealed class TernaryLinear : FrozenLinear
     public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new Summed(Stored, MatMulPath), ComputeDType, BackwardHandles);
+    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new Summed(Stored, MatMulPath, kernels.TernaryCuda), ComputeDType, BackwardHandles);
 
     /// <summary>The stored weight as the frozen matmul sees it: its own add/subtract product, dequantized for backward.</summary>
-    sealed record Summed(TernaryWeight Weight, TernaryMatMulPath Path) : IQuantizedMatMul
+    sealed record Summed(TernaryWeight Weight, TernaryMatMulPath Path, TernaryCudaKernel? Cuda) : IQuantizedMatMul
     {
         public long[] Shape => Weight.Shape;
         public string FormatName => Weight.FormatName;
         public long StorageBytes => Weight.StorageBytes;
         public Tensor Dequantize(ScalarType dtype) => Weight.Dequantize(dtype);
-        public Tensor MatMul(Tensor x, ScalarType computeDType) => TernaryMatMul.Forward(x, Weight, computeDType, Path);
+        public Tensor MatMul(Tensor x, ScalarType computeDType) => TernaryMatMul.Forward(x, Weight, computeDType, Path, Cuda);
     }
 }

@@ -10,6 +10,10 @@ public enum TernaryMatMulPath
     /// <summary>Add/subtract loop over the packed bytes on the CPU (<see cref="CpuTernaryKernel"/>).</summary>
     CpuSimd,
 
+    /// <summary>The add/subtract CUDA kernel (<see cref="TernaryCudaKernel"/>), used once it passed its self-check on
+    /// the device (<see cref="TernaryKernelSelfCheck"/>).</summary>
+    Cuda,
+
     /// <summary>Unpack to fp32 {-1, 0, 1} and matmul the integer activation codes (exact: every partial sum is an
     /// integer below 2^24 while in_features &lt; 131072): the dequantize-then-matmul reference.</summary>
     TorchOps,
@@ -29,25 +33,29 @@ public enum TernaryMatMulPath
 /// </summary>
 public static class TernaryMatMul
 {
-    /// <summary>y (..., out) in <paramref name="computeDType"/>.</summary>
-    public static Tensor Forward(Tensor x, TernaryWeight w, ScalarType computeDType, TernaryMatMulPath path)
+    /// <summary>y (..., out) in <paramref name="computeDType"/>; <paramref name="cuda"/>: the loaded kernel, needed by
+    /// <see cref="TernaryMatMulPath.Cuda"/> only.</summary>
+    public static Tensor Forward(Tensor x, TernaryWeight w, ScalarType computeDType, TernaryMatMulPath path, TernaryCudaKernel? cuda = null)
     {
         using var scope = NewDisposeScope();
         long k = w.Shape[1], m = w.Shape[0];
         var leading = x.shape[..^1];
         var (codes, scale) = TernaryActivations.Quantize(x.reshape(-1, k));               // (n, k) fp32 integers, (n)
-        var sums = Sums(codes, w, path);                                            // (n, m) fp32 integers
+        var sums = Sums(codes, w, path, cuda);                                           // (n, m) fp32 integers
         var y = sums / scale.unsqueeze(1) * w.Scale.to(ScalarType.Float32);
         return y.to(computeDType).reshape([.. leading, m]).MoveToOuterDisposeScope();
     }
 
-    /// <summary>C = codes @ W_ternary^T as fp32 integers, by <paramref name="path"/>.</summary>
-    public static Tensor Sums(Tensor codes, TernaryWeight w, TernaryMatMulPath path)
+    /// <summary>C = codes @ W_ternary^T as fp32 integers, by <paramref name="path"/> (<paramref name="cuda"/>: the loaded
+    /// kernel, needed by <see cref="TernaryMatMulPath.Cuda"/> only).</summary>
+    public static Tensor Sums(Tensor codes, TernaryWeight w, TernaryMatMulPath path, TernaryCudaKernel? cuda = null)
     {
         using var scope = NewDisposeScope();
         Tensor sums = path switch
         {
             TernaryMatMulPath.CpuSimd => CpuTernaryKernel.Multiply(codes.to(ScalarType.Int8).contiguous(), w.Packed.contiguous()).to(ScalarType.Float32),
+            TernaryMatMulPath.Cuda => (cuda ?? throw new ArgumentException("the CUDA ternary path needs its loaded kernel (KernelSelection.TernaryCuda)"))
+                .Multiply(codes.to(ScalarType.Int8).contiguous(), w.Packed.contiguous()).to(ScalarType.Float32),
             _ => codes.matmul(w.Unpack().t()).to(ScalarType.Int32).to(ScalarType.Float32),   // through int32: no -0.0, as the kernels
         };
         return sums.MoveToOuterDisposeScope();
