@@ -21,7 +21,7 @@ namespace QLoraNet.Cli;
 /// </summary>
 public static class BenchKernelCommand
 {
-    static readonly string[] Sections = ["nf4", "rmsnorm", "rope", "glu", "dropout", "adamw", "ce", "lora"];
+    static readonly string[] Sections = ["nf4", "rmsnorm", "rope", "glu", "dropout", "adamw", "ce", "lora", "ternary", "int8"];
 
     public static Command Create(TextWriter stdout)
     {
@@ -93,6 +93,8 @@ public static class BenchKernelCommand
                         case "adamw": AdamW(); break;
                         case "ce": CrossEntropy(); break;
                         case "lora": Lora(); break;
+                        case "ternary": Ternary(); break;
+                        case "int8": Int8(); break;
                     }
                 }
                 catch (Exception e)
@@ -611,6 +613,78 @@ public static class BenchKernelCommand
                 Time(() => autograd.grad([LoraPath.AddLowRank(baseOut, h, a32.to(ScalarType.BFloat16), b32.to(ScalarType.BFloat16), scaling)], [baseOut, h, a32, b32], [dy])),
                 Time(() => autograd.grad([LoraPath.Reference(baseOut, h, a32.to(ScalarType.BFloat16), b32.to(ScalarType.BFloat16), scaling)], [baseOut, h, a32, b32], [dy])));
             Emit("lora_addmm", $"{tokens}x{inF} -> r {r} -> {outF}", ScalarType.BFloat16, parity, fwd, both);
+        }
+
+        // ---- Ternary (BitNet b1.58) product --------------------------------------------------------------------
+
+        /// <summary>
+        /// The add/subtract CUDA kernel against torch ops (unpack, fp32 matmul of the integer codes): the int32 sums
+        /// exactly, then the whole forward (activation quantization and scaling included) bit for bit, and timing of
+        /// the forward on the 7B projections with 2048 tokens. A k not a multiple of 4 (the kernel's byte path) is
+        /// checked for parity only. On --smoke the CPU SIMD loop stands in for the kernel.
+        /// </summary>
+        void Ternary()
+        {
+            TernaryMatMulPath fast = small ? TernaryMatMulPath.CpuSimd : TernaryMatMulPath.Cuda;
+            var kernel = _kernels.TernaryCuda;
+            if (!small && kernel is null) throw new InvalidOperationException($"the ternary kernel is not selected: {_kernels.TernaryReason}");
+            // (out, in, tokens, timed)
+            (long M, long K, long N, bool Timed)[] shapes = small
+                ? [(48, 64, 13, true), (20, 37, 9, true)]
+                : [(4096, 4096, 2048, true), (11008, 4096, 2048, true), (4096, 11008, 2048, true), (1028, 4099, 37, false)];
+            foreach (var (m, k, n, timed) in shapes)
+            {
+                using var scope = NewDisposeScope();
+                var w = TernaryWeight.Quantize(randn(m, k, ScalarType.Float32, _dev));
+                var x = randn(n, k, ScalarType.Float32, _dev).to(ScalarType.BFloat16);
+                var (codes, _) = TernaryActivations.Quantize(x.to(ScalarType.Float32));
+                var sums = Prefixed("sums", Exact(TernaryMatMul.Sums(codes, w, fast, kernel), TernaryMatMul.Sums(codes, w, TernaryMatMulPath.TorchOps)));
+                var forward = Prefixed("forward", Exact(TernaryMatMul.Forward(x, w, ScalarType.BFloat16, fast, kernel),
+                                                        TernaryMatMul.Forward(x, w, ScalarType.BFloat16, TernaryMatMulPath.TorchOps)));
+                var fields = new Dictionary<string, object?> { ["kernel"] = "ternary_matmul", ["path"] = KernelSelection.Spell(fast), ["shape"] = $"{n} tokens x {k} -> {m}", ["dtype"] = "bf16" };
+                foreach (var part in new[] { sums, forward }) foreach (var (key, v) in part) fields[key] = v;
+                if (timed)
+                {
+                    var t = Time(() => TernaryMatMul.Forward(x, w, ScalarType.BFloat16, fast, kernel));
+                    var reference = Time(() => TernaryMatMul.Forward(x, w, ScalarType.BFloat16, TernaryMatMulPath.TorchOps));
+                    foreach (var (key, v) in Speed("fwd", t, reference)) fields[key] = v;
+                    fields["fwd_fused_gops"] = R(2.0 * n * m * k / (t.Device * 1e3));   // additions and subtractions counted as a multiply-add's two
+                }
+                Emit(fields);
+            }
+        }
+
+        // ---- LLM.int8() int8 x int8 -> int32 product ------------------------------------------------------------
+
+        /// <summary>
+        /// torch._int_mm (cuBLASLt int8 GEMM) against the exact fp32 path: identical int32 products, and timing on the
+        /// 7B projections with 2048 tokens; 5 tokens (padded to _int_mm's 17+ rows) for parity only. On --smoke the
+        /// same on the CPU, through libtorch's CPU _int_mm.
+        /// </summary>
+        void Int8()
+        {
+            var mm = small ? Int8MatMul.CompileIntMm(_dev) : _kernels.Int8MatMulFor(_dev);
+            if (mm.Path != Int8MatMulPath.IntMm) throw new InvalidOperationException($"torch._int_mm is not selected: {_kernels.Int8Reason}");
+            (long M, long K, long N, bool Timed)[] shapes = small
+                ? [(48, 64, 24, true), (16, 32, 5, false)]
+                : [(4096, 4096, 2048, true), (11008, 4096, 2048, true), (4096, 11008, 2048, true), (4096, 4096, 5, false)];
+            foreach (var (m, k, n, timed) in shapes)
+            {
+                using var scope = NewDisposeScope();
+                var a = randint(-127, 128, [n, k], ScalarType.Int8, _dev);
+                var b = randint(-127, 128, [m, k], ScalarType.Int8, _dev);
+                var parity = Exact(mm.Multiply(a, b), Int8MatMul.Fp32Exact(a, b));
+                var fields = new Dictionary<string, object?> { ["kernel"] = "int8_matmul", ["path"] = KernelSelection.Spell(mm.Path), ["shape"] = $"{n} tokens x {k} -> {m}", ["dtype"] = "int8" };
+                foreach (var (key, v) in parity) fields[key] = v;
+                if (timed)
+                {
+                    var t = Time(() => mm.Multiply(a, b));
+                    var reference = Time(() => Int8MatMul.Fp32Exact(a, b));
+                    foreach (var (key, v) in Speed("matmul", t, reference)) fields[key] = v;
+                    fields["matmul_fused_tops"] = R(2.0 * n * m * k / (t.Device * 1e6));
+                }
+                Emit(fields);
+            }
         }
     }
 }
