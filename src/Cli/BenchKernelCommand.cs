@@ -620,7 +620,7 @@ public static class BenchKernelCommand
         /// <summary>
         /// The add/subtract CUDA kernel against torch ops (unpack, fp32 matmul of the integer codes): the int32 sums
         /// exactly, then the whole forward (activation quantization and scaling included) bit for bit, and timing of
-        /// the forward on the 7B projections with 2048 tokens. A k not a multiple of 4 (the kernel's byte path) is
+        /// the forward and of the sums alone on the 7B projections with 2048 tokens. A k not a multiple of 4 (the kernel's byte path) is
         /// checked for parity only. On --smoke the CPU SIMD loop stands in for the kernel.
         /// </summary>
         void Ternary()
@@ -649,6 +649,10 @@ public static class BenchKernelCommand
                     var reference = Time(() => TernaryMatMul.Forward(x, w, ScalarType.BFloat16, TernaryMatMulPath.TorchOps));
                     foreach (var (key, v) in Speed("fwd", t, reference)) fields[key] = v;
                     fields["fwd_fused_gops"] = R(2.0 * n * m * k / (t.Device * 1e3));   // additions and subtractions counted as a multiply-add's two
+                    // The sums alone: the kernel against unpack + fp32 matmul, without the activation quantization and scaling.
+                    var ts = Time(() => TernaryMatMul.Sums(codes, w, fast, kernel));
+                    var tsRef = Time(() => TernaryMatMul.Sums(codes, w, TernaryMatMulPath.TorchOps));
+                    foreach (var (key, v) in Speed("sums", ts, tsRef)) fields[key] = v;
                 }
                 Emit(fields);
             }

@@ -38,6 +38,7 @@ public class BenchKernelTests
             Assert.Equal("exact", o.GetProperty("sums_parity").GetString());
             Assert.Equal("exact", o.GetProperty("forward_parity").GetString());
             Assert.True(o.TryGetProperty("fwd_fused_us", out _));
+            Assert.True(o.TryGetProperty("sums_fused_us", out _));
         });
         Assert.All(int8, o =>
         {
