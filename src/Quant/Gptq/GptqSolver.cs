@@ -1,3 +1,4 @@
+using System.Numerics;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -45,7 +46,14 @@ public static class GptqSolver
     /// <param name="weight">W (out, in), float.</param>
     /// <param name="hessian">H (in, in), e.g. <see cref="GptqHessian.Matrix"/>; not modified.</param>
     public static GptqSolution Solve(Tensor weight, Tensor hessian, GptqFormat format, double percDamp = DefaultPercDamp,
-        int blockSize = DefaultBlockSize, string? name = null)
+        int blockSize = DefaultBlockSize, string? name = null) =>
+        Solve(weight, hessian, format, percDamp, blockSize, name, columnsOnHost: null);
+
+    /// <param name="columnsOnHost">the in-block column steps on the host (<see cref="QuantizeBlockOnHost{T}"/>) or in
+    /// torch ops (<see cref="QuantizeBlockWithTorchOps"/>); null = on the host when the weight is on the CPU. Both give
+    /// the same bits; tests compare them.</param>
+    internal static GptqSolution Solve(Tensor weight, Tensor hessian, GptqFormat format, double percDamp, int blockSize,
+        string? name, bool? columnsOnHost)
     {
         QuantInputChecks.RequireFloat(weight, name);
         if (weight.dim() != 2) throw new ArgumentException($"GPTQ needs a 2-D [out, in] weight, got [{string.Join(", ", weight.shape)}]");
@@ -84,32 +92,34 @@ public static class GptqSolver
         var codes = zeros(rows, columns, ScalarType.Int64, W.device);
         var scales = new List<Tensor>();
         var zeroPoints = new List<Tensor>();
+        bool onHost = columnsOnHost ?? W.device.type == DeviceType.CPU;
         for (long i1 = 0; i1 < columns; i1 += blockSize)
         {
             long i2 = Math.Min(i1 + blockSize, columns), count = i2 - i1;
             using var blockScope = NewDisposeScope();
-            var W1 = W.narrow(1, i1, count).clone();                                     // (out, count)
-            var Err1 = zeros(rows, count, dtype, W.device);
-            var U1 = U.narrow(0, i1, count).narrow(1, i1, count);
+            // The grid of each column of the block. A group's grid is found when its first column is reached, from W
+            // as this block began (W changes only between blocks), so the grids of the groups that start in the block
+            // can all be found before its columns are quantized.
+            var grids = new (Tensor Scale, Tensor Zero)[count];
             for (long i = 0; i < count; i++)
             {
                 long column = i1 + i;
                 if (format.GroupSize > 0 && column % group == 0)
                 {
-                    (scale, zero) = Grid(W.narrow(1, column, group), format.MaxQ);      // W as of this block's start
+                    (scale, zero) = Grid(W.narrow(1, column, group), format.MaxQ);
                     scale.MoveToOuterDisposeScope();
                     zero.MoveToOuterDisposeScope();
                     scales.Add(scale);
                     zeroPoints.Add(zero);
                 }
-                var w = W1.select(1, i);                                                  // (out)
-                var q = (w.unsqueeze(1) / scale).round().add_(zero).clamp_(0, format.MaxQ).squeeze(1);
-                codes.select(1, column).copy_(q);
-                var dequantized = scale.squeeze(1) * (q - zero.squeeze(1));
-                var err = (w - dequantized).div_(U1[i, i]);
-                W1.narrow(1, i, count - i).sub_(err.unsqueeze(1).matmul(U1.narrow(0, i, 1).narrow(1, i, count - i)));
-                Err1.select(1, i).copy_(err);
+                grids[i] = (scale, zero);
             }
+            var W1 = W.narrow(1, i1, count);                                              // (out, count)
+            var U1 = U.narrow(0, i1, count).narrow(1, i1, count);                         // (count, count)
+            var codes1 = codes.narrow(1, i1, count);
+            var Err1 = !onHost ? QuantizeBlockWithTorchOps(W1, U1, grids, codes1, format.MaxQ)
+                : dtype == ScalarType.Float64 ? QuantizeBlockOnHost<double>(W1, U1, grids, codes1, format.MaxQ)
+                : QuantizeBlockOnHost<float>(W1, U1, grids, codes1, format.MaxQ);
             if (i2 < columns)
                 W.narrow(1, i2, columns - i2).sub_(Err1.matmul(U.narrow(0, i1, count).narrow(1, i2, columns - i2)));
         }
@@ -126,6 +136,85 @@ public static class GptqSolver
         if (scaleTable.shape[1] != groups) throw new InvalidOperationException($"GPTQ made {scaleTable.shape[1]} groups, expected {groups}");
         return new GptqSolution(codes.MoveToOuterDisposeScope(), scaleTable.MoveToOuterDisposeScope(),
             zeroTable.MoveToOuterDisposeScope(), gIdx.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// The column steps of one lazy block in torch ops on the weight's device (about fifteen small ops a column; on
+    /// a GPU none waits for the host): column i is rounded to its grid, err = (w_i - Q(w_i)) / U_ii, and err · U[i, i:]
+    /// is subtracted from the block's columns i.. . Writes the block's codes; returns the errors (out, count).
+    /// </summary>
+    /// <param name="W1">the block's columns of W (out, count), not modified.</param>
+    /// <param name="U1">the block's diagonal block of U (count, count).</param>
+    /// <param name="grids">the grid (scale, zero), each (out, 1), of each column of the block.</param>
+    /// <param name="codes1">the block's columns of the codes (out, count) int64, written.</param>
+    internal static Tensor QuantizeBlockWithTorchOps(Tensor W1, Tensor U1, (Tensor Scale, Tensor Zero)[] grids, Tensor codes1, int maxQ)
+    {
+        long count = W1.shape[1];
+        W1 = W1.clone();
+        var Err1 = zeros_like(W1);
+        for (long i = 0; i < count; i++)
+        {
+            var (scale, zero) = grids[i];
+            var w = W1.select(1, i);                                                      // (out)
+            var q = (w.unsqueeze(1) / scale).round().add_(zero).clamp_(0, maxQ).squeeze(1);
+            codes1.select(1, i).copy_(q);
+            var dequantized = scale.squeeze(1) * (q - zero.squeeze(1));
+            var err = (w - dequantized).div_(U1[i, i]);
+            W1.narrow(1, i, count - i).sub_(err.unsqueeze(1).matmul(U1.narrow(0, i, 1).narrow(1, i, count - i)));
+            Err1.select(1, i).copy_(err);
+        }
+        return Err1;
+    }
+
+    /// <summary>
+    /// The same column steps as <see cref="QuantizeBlockWithTorchOps"/> in a host loop over a copy of the block: on the
+    /// CPU, a few torch ops per column cost more than their arithmetic (each op's dispatch, and a thread hand-off for
+    /// every op large enough to run in parallel, which stalls whenever the machine's cores are busy), while the
+    /// loop needs two copies per block. Bit for bit the same: each step is the same IEEE operation, in the same
+    /// dtype, on the same operands as the torch op it replaces (division, round half to even, clamp, and for the
+    /// rank-one update the product err·U_ij rounded and then subtracted, as the k = 1 matmul and sub_ do; C# never
+    /// fuses a multiply and an add).
+    /// </summary>
+    internal static Tensor QuantizeBlockOnHost<T>(Tensor W1, Tensor U1, (Tensor Scale, Tensor Zero)[] grids, Tensor codes1, int maxQ)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        int rows = (int)W1.shape[0], count = (int)W1.shape[1];
+        var w = W1.contiguous().data<T>().ToArray();                                      // (out, count) row-major
+        var u = U1.contiguous().data<T>().ToArray();                                      // (count, count) row-major
+        var err = new T[rows * count];
+        var q = new long[rows * count];
+        T top = T.CreateChecked(maxQ);
+        T[] scale = [], zero = [];
+        Tensor? current = null;
+        for (int i = 0; i < count; i++)
+        {
+            if (!ReferenceEquals(grids[i].Scale, current))
+            {
+                current = grids[i].Scale;
+                scale = grids[i].Scale.contiguous().data<T>().ToArray();
+                zero = grids[i].Zero.contiguous().data<T>().ToArray();
+            }
+            T pivot = u[i * count + i];
+            var uRow = u.AsSpan(i * count + i + 1, count - i - 1);
+            for (int r = 0; r < rows; r++)
+            {
+                var wRow = w.AsSpan(r * count, count);
+                T x = wRow[i];
+                T code = T.Clamp(T.Round(x / scale[r]) + zero[r], T.Zero, top);            // T.Round: half to even, as torch.round
+                q[r * count + i] = long.CreateTruncating(code);
+                T e = (x - scale[r] * (code - zero[r])) / pivot;
+                err[r * count + i] = e;
+                var rest = wRow[(i + 1)..];
+                for (int j = 0; j < rest.Length; j++) rest[j] -= e * uRow[j];
+            }
+        }
+        codes1.copy_(tensor(q, [rows, count], ScalarType.Int64, codes1.device));
+        return err switch
+        {
+            float[] f => tensor(f, [rows, count], ScalarType.Float32, W1.device),
+            double[] d => tensor(d, [rows, count], ScalarType.Float64, W1.device),
+            _ => throw new NotSupportedException($"GPTQ solves in fp32 or fp64, not {typeof(T).Name}"),
+        };
     }
 
     /// <summary>Solves and packs: the stored weight GPTQ makes of <paramref name="weight"/>.</summary>

@@ -60,6 +60,39 @@ public class GptqTests
         if (format.ActOrder) Assert.NotEqual(Enumerable.Range(0, Columns).Select(i => (long)(i / 8)), expected.GIdx);
     }
 
+    [Theory]
+    [InlineData("gptq4-g16", ScalarType.Float32)]
+    [InlineData("gptq4-g16-act", ScalarType.Float32)]
+    [InlineData("gptq3-g48", ScalarType.Float32)]      // groups of 48 straddle lazy blocks of 32
+    [InlineData("gptq2-act", ScalarType.Float32)]      // per output row, act-order
+    [InlineData("gptq8-g32", ScalarType.Float64)]
+    [InlineData("gptq4-g16-act", ScalarType.Float64)]
+    public void Host_column_loop_gives_the_bits_of_the_torch_op_loop(string spelling, ScalarType dtype)
+    {
+        // The CPU path runs each lazy block's column steps in a host loop; the device path in torch ops. Both must
+        // give the same bits (same IEEE operations on the same operands), on a weight and Hessian larger than one
+        // block, with a dead input and unequal column scales so act-order permutes.
+        const int rows = 40, columns = 96, tokens = 200;
+        var format = (GptqFormat)BaseFormat.Parse(spelling);
+        using var scope = NewDisposeScope();
+        var W = tensor(Normal(rows * columns, 21), [rows, columns]).to(dtype);
+        var colScale = arange(columns, ScalarType.Float32).remainder(5).add_(1);
+        colScale[9].fill_(0);                                                           // a dead input
+        var X = tensor(Normal(tokens * columns, 22), [tokens, columns]).mul_(colScale).to(dtype);
+        var H = X.t().matmul(X).mul_(2.0 / tokens);
+        using var host = GptqSolver.Solve(W, H, format, GptqSolver.DefaultPercDamp, 32, null, columnsOnHost: true);
+        using var ops = GptqSolver.Solve(W, H, format, GptqSolver.DefaultPercDamp, 32, null, columnsOnHost: false);
+        static long[] Longs(Tensor t) => t.to(ScalarType.Int64).contiguous().data<long>().ToArray();
+        static double[] Doubles(Tensor t) => t.to(ScalarType.Float64).contiguous().data<double>().ToArray();   // exact from fp32
+        Assert.Equal(Longs(ops.Codes), Longs(host.Codes));
+        Assert.Equal(Doubles(ops.Scales), Doubles(host.Scales));
+        Assert.Equal(Doubles(ops.Zeros), Doubles(host.Zeros));
+        Assert.Equal(Longs(ops.GIdx), Longs(host.GIdx));
+        // Not a vacuous comparison: the codes span the whole grid.
+        Assert.Equal(format.MaxQ, host.Codes.max().item<long>());
+        Assert.Equal(0, host.Codes.min().item<long>());
+    }
+
     [Fact]
     public void Error_compensation_beats_round_to_nearest_on_the_calibration_inputs()
     {
