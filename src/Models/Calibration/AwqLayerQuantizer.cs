@@ -21,8 +21,9 @@ namespace QLoraNet.Models.Calibration;
 /// <item>every linear but q and k gets its clipping bounds searched on its (scaled) inputs (optional);</item>
 /// <item>every linear is rounded and packed (<see cref="AwqLinear"/>).</item>
 /// </list>
-/// Memory: besides the layer's input and output activations, the inputs of each linear group are kept for the
-/// N x L tokens (AutoAWQ keeps them too), the largest being down_proj's (N, L, intermediate).
+/// Memory: besides the layer's input and output activations, one input per scaling group (and o_proj's when it is in
+/// none) is kept for the N x L tokens (AutoAWQ keeps them too), the largest being down_proj's (N, L, intermediate);
+/// the clip search's temporaries are bounded by <see cref="AwqSearch.ClipBatchFloats"/>.
 /// </summary>
 public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
 {
@@ -32,24 +33,26 @@ public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
 
     public Tensor Quantize(CalibrationLayer layer, Tensor hidden)
     {
-        var inputs = layer.Linears.ToDictionary(l => l, _ => new List<Tensor>());
-        var observers = layer.Linears.ToDictionary(l => l, l => (Action<Tensor>)(x => inputs[l].Add(x.detach().clone().DetachFromDisposeScope())));
-        var next = layer.RunObserving(hidden, observers, keep: true)!;
-        var kept = inputs.ToDictionary(kv => kv.Key, kv => Concat(kv.Value));
         var weights = layer.Linears.ToDictionary(l => l, layer.DenseWeight);
+        var groups = Groups(layer, weights);
+        // The linears of a scaling group read one input (q, k, v the pre-attention norm's output; gate, up the pre-MLP
+        // norm's), so one copy is kept per group, under the group's Input; a linear in no group keeps its own.
+        var source = layer.Linears.ToDictionary(l => l, l => groups.FirstOrDefault(g => g.Linears.Contains(l))?.Input ?? l);
+        var inputs = source.Values.Distinct().ToDictionary(l => l, _ => new List<Tensor>());
+        var observers = inputs.ToDictionary(kv => kv.Key, kv => (Action<Tensor>)(x => kv.Value.Add(x.detach().clone().DetachFromDisposeScope())));
+        Dictionary<LayerLinear, Tensor> kept = [];
+        Tensor? next = null;
         try
         {
-            var groups = Groups(layer, weights);
+            next = layer.RunObserving(hidden, observers, keep: true)!;
+            kept = inputs.ToDictionary(kv => kv.Key, kv => Concat(kv.Value));
             var scales = groups.Select(g => Search(layer, g, kept, weights)).ToList();
             for (int i = 0; i < groups.Count; i++)
             {
                 var (g, s) = (groups[i], scales[i]);
                 g.DivideInput(s);
-                foreach (var l in g.Linears)
-                {
-                    weights[l].mul_(s.unsqueeze(0));
-                    kept[l].div_(s.to(kept[l].dtype));
-                }
+                foreach (var l in g.Linears) weights[l].mul_(s.unsqueeze(0));
+                kept[g.Input].div_(s.to(kept[g.Input].dtype));
                 s.Dispose();
             }
             foreach (var l in layer.Linears)
@@ -57,7 +60,7 @@ public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
                 long group = format.GroupLength(l.InFeatures, layer.WeightName(l));
                 if (format.Clip && l.Role is not (LinearRole.Query or LinearRole.Key))   // q·k products make clipping error hard to judge (AutoAWQ)
                 {
-                    using var bound = AwqSearch.SearchClip(weights[l], kept[l], group, format.MaxQ);
+                    using var bound = AwqSearch.SearchClip(weights[l], kept[source[l]], group, format.MaxQ);
                     var clipped = AwqSearch.Clip(weights[l], bound);
                     weights[l].Dispose();
                     weights[l] = clipped;
@@ -65,9 +68,15 @@ public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
                 layer.Replace(l, new AwqLinear(AwqSearch.Quantize(weights[l], format, layer.WeightName(l)), layer.ComputeDType)).Dispose();
             }
         }
+        catch
+        {
+            next?.Dispose();
+            throw;
+        }
         finally
         {
             foreach (var t in kept.Values.Concat(weights.Values)) t.Dispose();
+            foreach (var t in inputs.Values.SelectMany(list => list)) t.Dispose();   // chunks not concatenated (a failed run)
         }
         return next;
     }
@@ -136,6 +145,7 @@ public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
     {
         var all = cat(chunks, 0);
         foreach (var c in chunks) c.Dispose();
+        chunks.Clear();
         return all;
     }
 }

@@ -38,6 +38,10 @@ public static class AwqSearch
     /// <summary>AutoAWQ's n_grid.</summary>
     public const int GridPoints = 20;
 
+    /// <summary>Floats in one (rows, tokens, in) temporary of <see cref="SearchClip"/>: 2^24 (64 MiB in fp32). Rows
+    /// are independent, so the batch decides memory, not results.</summary>
+    public const long ClipBatchFloats = 1L << 24;
+
     /// <summary>Rounds <paramref name="weight"/> (out, in) in groups of <paramref name="group"/> inputs to 4 bits with zero points.</summary>
     public static AwqRounding Round(Tensor weight, long group, int maxQ = 15)
     {
@@ -136,8 +140,9 @@ public static class AwqSearch
     /// The best clipping bound per row and group (out, groups): for shrink 0, 5, ..., 45 % of each group's max |w|,
     /// the output error on the sampled tokens of <paramref name="inputs"/> (tokens, in), mean over tokens.
     /// </summary>
+    /// <param name="batchFloats">the budget of one (rows, tokens, in) temporary; rows are batched to fit it.</param>
     public static Tensor SearchClip(Tensor weight, Tensor inputs, long group, int maxQ = 15, int grid = GridPoints,
-        double maxShrink = 0.5, int sampleTokens = 512)
+        double maxShrink = 0.5, int sampleTokens = 512, long batchFloats = ClipBatchFloats)
     {
         using var scope = NewDisposeScope();
         long rows = weight.shape[0], cols = weight.shape[1], groups = cols / group;
@@ -145,8 +150,9 @@ public static class AwqSearch
         long step = Math.Max(1, x.shape[0] / sampleTokens);
         x = x.slice(0, 0, x.shape[0], step).reshape(1, -1, groups, group);             // (1, tokens, groups, group)
         var w = weight.detach().to(ScalarType.Float32).reshape(rows, 1, groups, group);
-        // Rows per pass: the (rows, tokens, in) product stays near 64 Mi floats (AutoAWQ takes 256 or 64 rows).
-        long rowBatch = Math.Clamp((1L << 26) / Math.Max(1, x.shape[1] * cols), 1, 256);
+        // Rows per pass: the (rows, tokens, in) product stays near batchFloats (AutoAWQ takes 256 or 64 rows). Each
+        // shrink step's temporaries are freed before the next, so a pass holds a few such products, not one per step.
+        long rowBatch = Math.Clamp(batchFloats / Math.Max(1, x.shape[1] * cols), 1, 256);
         var best = new List<Tensor>();
         for (long r0 = 0; r0 < rows; r0 += rowBatch)
         {
@@ -155,16 +161,21 @@ public static class AwqSearch
             var originalMax = wb.abs().amax([-1], keepdim: true);                         // (b, 1, groups, 1)
             var bestMax = originalMax.clone();
             var minError = full_like(originalMax, 1e9);
-            var reference = (x * wb).sum([-1]);                                           // (b, tokens, groups)
+            Tensor reference;
+            using (var productScope = NewDisposeScope())
+                reference = (x * wb).sum([-1]).MoveToOuterDisposeScope();                 // (b, tokens, groups)
             for (int i = 0; i < (int)(maxShrink * grid); i++)
             {
+                using var stepScope = NewDisposeScope();
                 var maxVal = originalMax * (1 - (double)i / grid);
                 var clipped = minimum(maximum(wb, -maxVal), maxVal);
                 var q = PseudoQuantize(clipped.reshape(-1, cols), group, maxQ).reshape(clipped.shape);
                 var error = (x * q).sum([-1]).sub_(reference).pow_(2).mean([1]).view(minError.shape);
                 var better = error.lt(minError);
-                minError = where(better, error, minError);
-                bestMax = where(better, maxVal, bestMax);
+                var (nextError, nextMax) = (where(better, error, minError), where(better, maxVal, bestMax));
+                minError.Dispose();
+                bestMax.Dispose();
+                (minError, bestMax) = (nextError.MoveToOuterDisposeScope(), nextMax.MoveToOuterDisposeScope());
             }
             best.Add(bestMax.squeeze(1).squeeze(-1).MoveToOuterDisposeScope());             // (b, groups)
         }

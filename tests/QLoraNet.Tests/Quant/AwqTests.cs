@@ -54,6 +54,25 @@ public class AwqTests
     }
 
     [Fact]
+    public void Clip_search_bounds_do_not_depend_on_the_row_batch()
+    {
+        // SearchClip batches output rows to bound its (rows, tokens, in) temporaries; each row's search is independent,
+        // so one batch of all rows, batches of 3 (not dividing 40) and single rows must give the same bits.
+        const int rows = 40;
+        using var scope = NewDisposeScope();
+        var w = tensor(Normal(rows * In, 31)).reshape(rows, In);
+        var x = tensor(Normal(300 * In, 32)).reshape(300, In);
+        x.select(1, Salient).mul_(20);
+        float[] Bounds(long budget) => AwqSearch.SearchClip(w, x, Group, batchFloats: budget).contiguous().data<float>().ToArray();
+        var whole = Bounds(AwqSearch.ClipBatchFloats);
+        Assert.Equal(whole, Bounds(3L * 300 * In));
+        Assert.Equal(whole, Bounds(1));
+        // Not vacuous: some groups are clipped below their max |w|.
+        var max = w.abs().reshape(rows, -1, Group).amax([2]).contiguous().data<float>().ToArray();
+        Assert.Contains(whole.Zip(max), p => p.First < p.Second);
+    }
+
+    [Fact]
     public void Rounding_follows_autoawq_zero_point_grid()
     {
         // One group [-1, 0, 0.5, 2]: scale = 3 / 15 = 0.2, zero = clamp(-round(-1 / 0.2), 0, 15) = 5,
