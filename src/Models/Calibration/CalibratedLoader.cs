@@ -20,8 +20,8 @@ public sealed record CalibrationProgress(int Layer, int Layers, double Seconds);
 /// and returns the next layer's input, and the float copy is dropped. The final norm and head are read last (the
 /// head dense, through the caller's policy). Memory beyond the quantized model being built: one layer's fp32
 /// weights, two (N, L, hidden) activation tensors in the compute dtype (this layer's input and output), what the
-/// method keeps per layer (GPTQ: the (in, in) fp32 Hessians of one group of linears; AWQ: the inputs of the layer's
-/// linears; SmoothQuant: a max per channel), and one chunk's transients (<paramref name="chunkSamples"/> samples).
+/// method keeps per layer (GPTQ: the (in, in) fp32 Hessians of one group of linears; AWQ: one input per scaling
+/// group of linears; SmoothQuant: a max per channel), and one chunk's transients (<paramref name="chunkSamples"/> samples).
 /// </summary>
 public static class CalibratedLoader
 {

@@ -19,7 +19,8 @@ public sealed record GptqSolution(Tensor Codes, Tensor Scales, Tensor Zeros, Ten
 
 /// <summary>
 /// GPTQ's solver (Frantar et al. 2022, Algorithm 1), with the semantics of AutoGPTQ's <c>GPTQ.fasterquant</c>
-/// (static_groups off), in torch ops on the weight's device:
+/// (static_groups off), in torch ops on the weight's device (on the CPU, each block's column steps in a host loop that
+/// gives the same bits: <see cref="QuantizeBlockOnHost{T}"/>):
 /// <list type="number">
 /// <item>dead inputs (H_jj = 0) get H_jj = 1 and W[:, j] = 0; with act-order the columns are permuted by decreasing
 /// H_jj (a stable sort here; AutoGPTQ's argsort breaks ties arbitrarily);</item>
