@@ -10,7 +10,7 @@ namespace QLoraNet.Quant;
 /// buffers, so they move with .to(device); forward runs <see cref="FrozenMatMul"/>, which materialises the weight in
 /// the compute dtype only for the duration of the matmul, by the path the caller's <see cref="KernelSelection"/> chose.
 /// </summary>
-public sealed class FourBitLinear : FrozenLinear
+public sealed class FourBitLinear : StoredWeightLinear<FourBitWeight>
 {
     // Buffers (field names are the buffer names).
     Tensor weight;            // uint8 (ceil(numel / 2)): packed codes
@@ -60,15 +60,11 @@ public sealed class FourBitLinear : FrozenLinear
         : throw new ArgumentException($"a 4-bit linear needs a 2-D [out, in] weight, got [{string.Join(", ", shape)}]");
 
     /// <summary>The stored weight as a value, rebuilt from the current buffers (they change identity on .to()).</summary>
-    public FourBitWeight Stored => new(type, weight, Scales, shape, blockSize, sourceDType);
+    public override FourBitWeight Stored => new(type, weight, Scales, shape, blockSize, sourceDType);
 
     BlockScales Scales => nested_absmax is null
         ? new PlainScales(absmax)
         : new DoubleQuantizedScales(absmax, nested_absmax, nestedOffset, nestedBlockSize);
-
-    public override string FormatName => Stored.FormatName;
-
-    public override long StorageBytes => Stored.StorageBytes;
 
     /// <summary>The path <see cref="DequantizeWeight"/> takes to the compute dtype (for reports and tests).</summary>
     public FourBitDequantPath DequantPath => kernels.PathFor(Stored, ComputeDType);

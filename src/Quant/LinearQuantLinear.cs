@@ -8,7 +8,7 @@ namespace QLoraNet.Quant;
 /// A frozen bias-free linear whose weight is stored in int8/int4 linear quantization (<see cref="LinearQuantWeight"/>);
 /// codes, scales and zero points are buffers, forward runs <see cref="FrozenMatMul"/>.
 /// </summary>
-public sealed class LinearQuantLinear : FrozenLinear
+public sealed class LinearQuantLinear : StoredWeightLinear<LinearQuantWeight>
 {
     // Buffers (field names are the buffer names).
     Tensor codes;             // int8 (numel), or uint8 (ceil(numel / 2)) packed int4
@@ -34,15 +34,7 @@ public sealed class LinearQuantLinear : FrozenLinear
         RegisterComponents();
     }
 
-    /// <summary>The stored weight as a value, rebuilt from the current buffers.</summary>
-    public LinearQuantWeight Stored => new(spec, codes, scales, zero_points, shape, sourceDType);
+    public override LinearQuantWeight Stored => new(spec, codes, scales, zero_points, shape, sourceDType);
 
     public override string FormatName => spec.ToString();
-
-    public override long StorageBytes => Stored.StorageBytes;
-
-    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
-
-    /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType, BackwardHandles);
 }

@@ -8,7 +8,7 @@ namespace QLoraNet.Quant.Awq;
 /// as the checkpoint names them (qweight, qzeros, scales); forward runs <see cref="FrozenMatMul"/>, which dequantizes
 /// by torch ops on the weight's device (no fused AWQ kernel yet; <see cref="Kernels.KernelSelection"/> reports it).
 /// </summary>
-public sealed class AwqLinear : FrozenLinear
+public sealed class AwqLinear : StoredWeightLinear<AwqWeight>
 {
     // Buffers (field names are the buffer names).
     Tensor qweight;           // int32 (in, out/8)
@@ -30,15 +30,7 @@ public sealed class AwqLinear : FrozenLinear
         RegisterComponents();
     }
 
-    /// <summary>The stored weight as a value, rebuilt from the current buffers.</summary>
-    public AwqWeight Stored => new(spec, qweight, qzeros, scales, shape, sourceDType);
+    public override AwqWeight Stored => new(spec, qweight, qzeros, scales, shape, sourceDType);
 
     public override string FormatName => spec.ToString();
-
-    public override long StorageBytes => Stored.StorageBytes;
-
-    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
-
-    /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType, BackwardHandles);
 }

@@ -7,7 +7,7 @@ namespace QLoraNet.Quant.Ggml;
 /// A frozen bias-free linear whose weight is stored in a ggml block type (<see cref="GgmlBlockWeight"/>); codes and
 /// scales are buffers, forward runs <see cref="FrozenMatMul"/>, which dequantizes with torch ops on any device.
 /// </summary>
-public sealed class GgmlBlockLinear : FrozenLinear
+public sealed class GgmlBlockLinear : StoredWeightLinear<GgmlBlockWeight>
 {
     // Buffers (field names are the buffer names).
     Tensor codes;             // uint8 (nBlocks, 16) q4_0 nibbles, or int8 (nBlocks, 32) q8_0
@@ -29,15 +29,7 @@ public sealed class GgmlBlockLinear : FrozenLinear
         RegisterComponents();
     }
 
-    /// <summary>The stored weight as a value, rebuilt from the current buffers.</summary>
-    public GgmlBlockWeight Stored => new(format, codes, scales, shape, sourceDType);
+    public override GgmlBlockWeight Stored => new(format, codes, scales, shape, sourceDType);
 
     public override string FormatName => format.ToString();
-
-    public override long StorageBytes => Stored.StorageBytes;
-
-    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
-
-    /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType, BackwardHandles);
 }

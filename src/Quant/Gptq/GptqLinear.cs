@@ -9,7 +9,7 @@ namespace QLoraNet.Quant.Gptq;
 /// scales, g_idx); forward runs <see cref="FrozenMatMul"/>, which dequantizes by torch ops on the weight's device
 /// (no fused GPTQ kernel yet; <see cref="Kernels.KernelSelection"/> reports it).
 /// </summary>
-public sealed class GptqLinear : FrozenLinear
+public sealed class GptqLinear : StoredWeightLinear<GptqWeight>
 {
     // Buffers (field names are the buffer names).
     Tensor qweight;           // int32 (ceil(in*bits/32), out)
@@ -34,14 +34,7 @@ public sealed class GptqLinear : FrozenLinear
     }
 
     /// <summary>The stored weight as a value, rebuilt from the current buffers (they change identity on .to()).</summary>
-    public GptqWeight Stored => new(spec, qweight, qzeros, scales, g_idx, zeroOffset, shape, sourceDType);
+    public override GptqWeight Stored => new(spec, qweight, qzeros, scales, g_idx, zeroOffset, shape, sourceDType);
 
     public override string FormatName => spec.ToString();
-
-    public override long StorageBytes => Stored.StorageBytes;
-
-    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
-
-    /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType, BackwardHandles);
 }

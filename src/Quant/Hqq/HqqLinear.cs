@@ -8,7 +8,7 @@ namespace QLoraNet.Quant;
 /// forward runs <see cref="FrozenMatMul"/> (dequantize to the compute dtype, multiply, drop), as HQQLinear's PyTorch
 /// backend does (HQQMatmulNoCacheDeq: matmul with dequantize(), and again in backward).
 /// </summary>
-public sealed class HqqLinear : FrozenLinear
+public sealed class HqqLinear : StoredWeightLinear<HqqWeight>
 {
     // Buffers (field names are the buffer names: hqq's own W_q, scale, zero).
     Tensor W_q;
@@ -32,15 +32,7 @@ public sealed class HqqLinear : FrozenLinear
         RegisterComponents();
     }
 
-    /// <summary>The stored weight as a value, rebuilt from the current buffers.</summary>
-    public HqqWeight Stored => new(spec, W_q, scale, zero, shape, sourceDType);
+    public override HqqWeight Stored => new(spec, W_q, scale, zero, shape, sourceDType);
 
     public override string FormatName => spec.ToString();
-
-    public override long StorageBytes => Stored.StorageBytes;
-
-    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
-
-    /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType, BackwardHandles);
 }

@@ -11,7 +11,7 @@ namespace QLoraNet.Quant;
 /// grad_output @ CB * SCB / 127). It counts the outlier columns it sees (<see cref="Outliers"/>), the statistic the
 /// LLM.int8() paper reports per layer.
 /// </summary>
-public sealed class LlmInt8Linear : FrozenLinear
+public sealed class LlmInt8Linear : StoredWeightLinear<LlmInt8Weight>
 {
     // Buffers (field names are the buffer names).
     Tensor weight;            // int8 (out, in): bitsandbytes' CB
@@ -35,17 +35,10 @@ public sealed class LlmInt8Linear : FrozenLinear
         RegisterComponents();
     }
 
-    /// <summary>The stored weight as a value, rebuilt from the current buffers.</summary>
-    public LlmInt8Weight Stored => new(weight, SCB, shape, sourceDType, threshold);
+    public override LlmInt8Weight Stored => new(weight, SCB, shape, sourceDType, threshold);
 
     /// <summary>Outlier columns seen so far, over all forwards.</summary>
     public OutlierStatistics Outliers { get; } = new();
-
-    public override string FormatName => Stored.FormatName;
-
-    public override long StorageBytes => Stored.StorageBytes;
-
-    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
     public override Tensor forward(Tensor x) =>

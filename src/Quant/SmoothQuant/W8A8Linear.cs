@@ -11,7 +11,7 @@ namespace QLoraNet.Quant.SmoothQuant;
 /// dtype. Backward (LoRA on a W8A8 base) treats the activation rounding as the identity (straight-through) and
 /// returns dx = dy · dequant(W), no weight gradient. Buffers: weight (int8), weight_scale (fp32).
 /// </summary>
-public sealed class W8A8Linear : FrozenLinear
+public sealed class W8A8Linear : StoredWeightLinear<W8A8Weight>
 {
     // Buffers (field names are the buffer names).
     Tensor weight;            // int8 (out, in)
@@ -32,13 +32,9 @@ public sealed class W8A8Linear : FrozenLinear
         RegisterComponents();
     }
 
-    public W8A8Weight Stored => new(weight, weight_scale, shape, sourceDType);
+    public override W8A8Weight Stored => new(weight, weight_scale, shape, sourceDType);
 
     public override string FormatName => formatName;
-
-    public override long StorageBytes => Stored.StorageBytes;
-
-    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
     public override Tensor forward(Tensor x) => W8A8MatMul.apply(x, Stored, ComputeDType, BackwardHandles);

@@ -11,7 +11,7 @@ namespace QLoraNet.Quant;
 /// <see cref="KernelSelection"/> chose) inside <see cref="FrozenMatMul"/>, whose backward goes to the input through
 /// the dequantized weight (straight through the activation quantizer, as transformers' ActQuant does).
 /// </summary>
-public sealed class TernaryLinear : FrozenLinear
+public sealed class TernaryLinear : StoredWeightLinear<TernaryWeight>
 {
     // Buffers (field names are the buffer names).
     Tensor weight;            // uint8 (out/4, in): Hugging Face's packed BitNet layout
@@ -33,17 +33,12 @@ public sealed class TernaryLinear : FrozenLinear
         RegisterComponents();
     }
 
-    /// <summary>The stored weight as a value, rebuilt from the current buffers.</summary>
-    public TernaryWeight Stored => new(weight, weight_scale, shape, sourceDType);
+    public override TernaryWeight Stored => new(weight, weight_scale, shape, sourceDType);
 
     /// <summary>The path the product takes (for reports and tests).</summary>
     public TernaryMatMulPath MatMulPath => kernels.TernaryPathFor(weight.device);
 
     public override string FormatName => TernaryFormat.Name;
-
-    public override long StorageBytes => Stored.StorageBytes;
-
-    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
     public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new Summed(Stored, MatMulPath, kernels.TernaryCuda), ComputeDType, BackwardHandles);

@@ -1,0 +1,29 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Quant;
+
+/// <summary>
+/// A frozen linear whose buffers hold one stored weight value (<typeparamref name="TWeight"/>: NF4, int4, HQQ, GPTQ,
+/// ...). The value is rebuilt from the current buffers on every use (<see cref="Stored"/>), so after a move to
+/// another device it sees the moved tensors; the size, the dense weight and the default forward come from it. The
+/// default forward is <see cref="FrozenMatMul"/> (dequantize for the product, again for backward, nothing kept);
+/// formats with a product of their own (LLM.int8(), ternary, W8A8, a selected NF4 kernel) override it.
+/// </summary>
+public abstract class StoredWeightLinear<TWeight> : FrozenLinear where TWeight : IQuantizedWeight
+{
+    protected StoredWeightLinear(string name, long inFeatures, long outFeatures, ScalarType computeDType)
+        : base(name, inFeatures, outFeatures, computeDType) { }
+
+    /// <summary>The stored weight as a value, rebuilt from the current buffers.</summary>
+    public abstract TWeight Stored { get; }
+
+    public override string FormatName => Stored.FormatName;
+
+    public override long StorageBytes => Stored.StorageBytes;
+
+    public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
+
+    /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
+    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType, BackwardHandles);
+}
