@@ -7,8 +7,9 @@ namespace QLoraNet.Quant;
 /// A frozen linear whose buffers hold one stored weight value (<typeparamref name="TWeight"/>: NF4, int4, HQQ, GPTQ,
 /// ...). The value is rebuilt from the current buffers on every use (<see cref="Stored"/>), so after a move to
 /// another device it sees the moved tensors; the size, the dense weight and the default forward come from it. The
-/// default forward is <see cref="FrozenMatMul"/> (dequantize for the product, again for backward, nothing kept);
-/// formats with a product of their own (LLM.int8(), ternary, W8A8, a selected NF4 kernel) override it.
+/// default forward is <see cref="FrozenMatMul"/> (dequantize for the product, again for backward, nothing kept), which
+/// also runs a product of the format's own when the weight has one (<see cref="IQuantizedMatMul"/>: W8A8's weight);
+/// linears that pass the product a selected kernel (LLM.int8()'s int8 GEMM, ternary, NF4) override forward.
 /// </summary>
 public abstract class StoredWeightLinear<TWeight> : FrozenLinear where TWeight : IQuantizedWeight
 {

@@ -55,7 +55,20 @@ public sealed class Int8MatMul
     public Int8MatMulPath Path => _intMm is null ? Int8MatMulPath.Fp32Exact : Int8MatMulPath.IntMm;
 
     /// <summary>int32 [n, m] = A [n, k] @ B [m, k]^T.</summary>
-    public Tensor Multiply(Tensor a, Tensor b) => _intMm is not null && IntMmFits(a, b) ? ViaIntMm(a, b) : Fp32Exact(a, b);
+    public Tensor Multiply(Tensor a, Tensor b)
+    {
+        CheckOperands(a, b);
+        return _intMm is not null && IntMmFits(a, b) ? ViaIntMm(a, b) : SumExactChunks(a, b);
+    }
+
+    /// <summary>Both operands int8 matrices with the same inner size.</summary>
+    static void CheckOperands(Tensor a, Tensor b)
+    {
+        if (a.dtype != ScalarType.Int8 || b.dtype != ScalarType.Int8)
+            throw new ArgumentException($"int8 matmul needs int8 operands, got {a.dtype} and {b.dtype}");
+        if (a.dim() != 2 || b.dim() != 2 || a.shape[1] != b.shape[1])
+            throw new ArgumentException($"int8 matmul needs [n, k] and [m, k] operands, got [{string.Join(", ", a.shape)}] and [{string.Join(", ", b.shape)}]");
+    }
 
     /// <summary>
     /// _int_mm's CUDA kernel needs k and m multiples of 8 (and at least 16) and more than 16 rows; fewer rows are
@@ -73,8 +86,14 @@ public sealed class Int8MatMul
         return (ReferenceEquals(rows, a) ? c : c.narrow(0, 0, n).contiguous()).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The exact fp32 path (<see cref="Int8MatMulPath.Fp32Exact"/>).</summary>
+    /// <summary>The exact fp32 path (<see cref="Int8MatMulPath.Fp32Exact"/>) on any device.</summary>
     public static Tensor Fp32Exact(Tensor a, Tensor b)
+    {
+        CheckOperands(a, b);
+        return SumExactChunks(a, b);
+    }
+
+    static Tensor SumExactChunks(Tensor a, Tensor b)
     {
         using var scope = NewDisposeScope();
         long k = a.shape[1];

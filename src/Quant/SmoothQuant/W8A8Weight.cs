@@ -1,3 +1,4 @@
+using QLoraNet.Quant.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -8,7 +9,7 @@ namespace QLoraNet.Quant.SmoothQuant;
 /// <c>quantize_weight_per_channel_absmax</c>): s_o = max(max_i |W_oi|, 1e-5) / 127, q = clamp(round(W / s), -127, 127)
 /// (symmetric, -128 unused), dequantized q · s. Codes int8 (out, in), scales fp32 (out).
 /// </summary>
-public sealed record W8A8Weight(Tensor Codes, Tensor Scales, long[] Shape, ScalarType DType) : IQuantizedWeight
+public sealed record W8A8Weight(Tensor Codes, Tensor Scales, long[] Shape, ScalarType DType) : IQuantizedMatMul
 {
     public const int QMax = 127;
 
@@ -39,6 +40,22 @@ public sealed record W8A8Weight(Tensor Codes, Tensor Scales, long[] Shape, Scala
     {
         using var scope = NewDisposeScope();
         return (Codes.to(ScalarType.Float32) * Scales.unsqueeze(1)).to(dtype).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// W8A8's forward: x quantized per token to int8 (dynamic, <see cref="RowwiseInt8"/>), the exact
+    /// int8 x int8 -> int32 product, y = acc · s_t · s_o in fp32, cast to <paramref name="computeDType"/>.
+    /// </summary>
+    public Tensor MatMul(Tensor x, ScalarType computeDType)
+    {
+        using var scope = NewDisposeScope();
+        var rows = x.reshape(-1, x.shape[^1]).to(ScalarType.Float32);                     // (tokens, in)
+        var (xq, xs) = RowwiseInt8(rows);                                                 // per-token int8, (tokens, 1)
+        var acc = Int8MatMul.Fp32Exact(xq, Codes);                                        // (tokens, out) int32
+        var y = acc.to(ScalarType.Float32).mul_(xs).mul_(Scales.unsqueeze(0));
+        var outShape = x.shape.ToArray();
+        outShape[^1] = OutFeatures;
+        return y.reshape(outShape).to(computeDType).MoveToOuterDisposeScope();
     }
 
     public W8A8Weight To(Device device) => this with { Codes = Codes.to(device), Scales = Scales.to(device) };

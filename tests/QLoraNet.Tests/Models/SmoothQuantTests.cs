@@ -1,4 +1,5 @@
 using QLoraNet.Models;
+using QLoraNet.Quant.Kernels;
 using QLoraNet.Quant.SmoothQuant;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -48,7 +49,7 @@ public class SmoothQuantTests
         var b = Enumerable.Range(0, n * k).Select(i => (sbyte)(i % 5 == 0 ? 127 : rng.Next(-127, 128))).ToArray();
         using var ta = tensor(a).reshape(m, k);
         using var tb = tensor(b).reshape(n, k);
-        using var c = Int8MatMul.MatMulTransposed(ta, tb);
+        using var c = Int8MatMul.Fp32Exact(ta, tb);
         var got = c.data<int>().ToArray();
         for (int i = 0; i < m; i++)
             for (int j = 0; j < n; j++)
