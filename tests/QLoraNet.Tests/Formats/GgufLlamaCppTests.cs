@@ -7,7 +7,7 @@ namespace QLoraNet.Tests.Formats;
 
 /// <summary>
 /// Runs the exported tiny model in real llama.cpp: the prebuilt CPU binaries of npm `node-llama-cpp`, driven by
-/// scripts/llamacpp/run.mjs. The package (about 725 MB with its prebuilt binaries) goes into
+/// scripts/llamacpp/run.mjs. The package with its CPU binaries (about 85 MB on Linux x64; see PrebuiltCpuPackage) goes into
 /// scripts/llamacpp/node_modules (git-ignored) only when allowed: QLORANET_LLAMACPP_INSTALL=1 or CI=true (.ci/run
 /// sets it), and the install is announced on stderr first; otherwise the tests are skipped with a reason that says
 /// what they would install and where. QLORANET_SKIP_LLAMACPP=1 skips them outright; without npm, or with neither that
@@ -84,7 +84,24 @@ public static class LlamaCpp
 
     /// <summary>What the checks install, and where: said before installing, and in the skip reason when not allowed to.</summary>
     public static string InstallNote =>
-        $"the llama.cpp checks need npm package node-llama-cpp {PackageVersion()} (prebuilt llama.cpp binaries, about 725 MB on disk) in {Path.Combine(ScriptDir, "node_modules")} (git-ignored)";
+        $"the llama.cpp checks need npm package node-llama-cpp {PackageVersion()} with its prebuilt CPU llama.cpp binaries ({(PrebuiltCpuPackage is null ? "every platform's, about 725 MB" : "about 85 MB")} on disk) in {Path.Combine(ScriptDir, "node_modules")} (git-ignored)";
+
+    /// <summary>
+    /// node-llama-cpp lists a prebuilt binary package per platform and GPU API as optional dependencies, and npm installs
+    /// every one that matches the OS: on Linux x64 that is 640 MB of CUDA and Vulkan builds besides the 30 MB CPU one.
+    /// run.mjs loads the CPU build only (gpu: false), so where we know this platform's CPU package we install just it.
+    /// </summary>
+    static string? PrebuiltCpuPackage =>
+        (OperatingSystem.IsLinux(), OperatingSystem.IsMacOS(), OperatingSystem.IsWindows(), RuntimeInformation.OSArchitecture) switch
+        {
+            (true, _, _, Architecture.X64) => "linux-x64",
+            (true, _, _, Architecture.Arm64) => "linux-arm64",
+            (_, true, _, Architecture.Arm64) => "mac-arm64-metal",
+            (_, true, _, Architecture.X64) => "mac-x64",
+            (_, _, true, Architecture.X64) => "win-x64",
+            (_, _, true, Architecture.Arm64) => "win-arm64",
+            _ => null,
+        };
 
     static bool IsSet(string variable) => Environment.GetEnvironmentVariable(variable) is { } v && (v == "1" || v.Equals("true", StringComparison.OrdinalIgnoreCase));
 
@@ -110,7 +127,10 @@ public static class LlamaCpp
     {
         if (PackagePresent) return true;
         Console.Error.WriteLine($"installing: {InstallNote} (npm install, once; {SkipVariable}=1 skips these checks)");
-        var (code, stdout, stderr) = Exec("npm", new[] { "install", "--no-audit", "--no-fund" }, ScriptDir, timeoutMs: 600_000);
+        var args = new List<string> { "install", "--no-audit", "--no-fund" };
+        if (PrebuiltCpuPackage is { } cpu)   // the lock file stays as committed: the CPU package is named, not saved
+            args.AddRange(new[] { "--omit=optional", "--no-save", $"@node-llama-cpp/{cpu}@{PackageVersion()}" });
+        var (code, stdout, stderr) = Exec("npm", args, ScriptDir, timeoutMs: 600_000);
         if (code != 0) throw new InvalidOperationException($"npm install in {ScriptDir} failed ({code}): {stderr}{stdout}");
         return true;
     }
