@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using QLoraNet.Tests.Cli;
 using Xunit.Abstractions;
