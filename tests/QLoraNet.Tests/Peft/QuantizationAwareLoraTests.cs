@@ -1,3 +1,4 @@
+using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
 using QLoraNet.Quant.Kernels;
@@ -150,5 +151,48 @@ public class QuantizationAwareLoraTests
         Assert.False(BaseFormat.Parse("nf4").FakeQuantization!.QuantizesInput);
         Assert.True(BaseFormat.Parse("ternary").FakeQuantization!.QuantizesInput);
         Assert.Contains("needs calibration", Assert.Throws<ArgumentException>(() => new RoundTripFakeQuantization(BaseFormat.Parse("gptq4-g128"))).Message);
+    }
+}
+
+/// <summary>
+/// QAT-LoRA under gradient checkpointing (the training default): each decoder layer's forward is run again in backward,
+/// fake quantization and the memory-flat function included. The recomputation is the same arithmetic on the same
+/// inputs, so the loss is the same bits and the adapters' gradients agree to the accumulation-order bound the plain
+/// LoRA checkpointing test uses.
+/// </summary>
+[Trait("tier", "unit")]
+public class QuantizationAwareCheckpointingTests
+{
+    [Theory]
+    [InlineData("nf4")]
+    [InlineData("q4_0-f16")]
+    [InlineData("ternary")]
+    public void Checkpointed_aware_layers_give_the_same_loss_and_adapter_gradients(string aware)
+    {
+        int layers = 0;
+        (float Loss, Tensor[] Grads) Run(bool checkpointing)
+        {
+            using var built = ModelBuilder.Build(Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32, new DenseFormat(ScalarType.Float32),
+                GradientCheckpointing: checkpointing, NewAdapter: FamilyLora.AllLinear, AdapterSeed: 5, Aware: BaseFormat.Parse(aware)));
+            var model = built.Model;
+            layers = built.Architecture.NumLayers;
+            Assert.All(AdapterFiles.LoraModules(model), l => Assert.IsType<QuantizationAwareLinear>(l.lora.BaseLayer));
+            using (no_grad())
+                foreach (var (_, lora) in AdapterFiles.LoraModules(model)) lora.B.fill_(0.01);   // so A gets a gradient too
+            using var ids = tensor(new long[] { 1, 450, 29871, 29896, 29929, 1670, 4482, 322, 278, 3186, 338, 263, 2107, 29889 }, [1, 14]);
+            var loss = CausalLmLoss.Compute(model.forward(ids), ids);
+            loss.backward();
+            return (loss.item<float>(), AdapterFiles.LoraModules(model).SelectMany(l => new[] { l.lora.A.grad!.clone(), l.lora.B.grad!.clone() }).ToArray());
+        }
+        var plain = Run(false);
+        var ckpt = Run(true);
+        Assert.Equal(plain.Loss, ckpt.Loss);
+        Assert.Equal(2 * 7 * layers, plain.Grads.Length);
+        for (int i = 0; i < plain.Grads.Length; i++)
+        {
+            Assert.True(plain.Grads[i].abs().sum().item<float>() > 0, $"{aware}: no gradient reached adapter factor {i}");
+            Assert.True(plain.Grads[i].allclose(ckpt.Grads[i], rtol: 1e-5, atol: 1e-7),
+                $"{aware}: gradient {i} differs by {(plain.Grads[i] - ckpt.Grads[i]).abs().max().item<float>():E2}");
+        }
     }
 }
