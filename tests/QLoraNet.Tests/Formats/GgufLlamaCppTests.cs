@@ -1,7 +1,15 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Text.Json;
+using QLoraNet.Models;
+using QLoraNet.Peft;
+using QLoraNet.Quant;
 using QLoraNet.Tests.Cli;
+using QLoraNet.Training.Config;
+using QLoraNet.Training.Recipes;
+using QLoraNet.Training.Trainer;
+using TorchSharp;
+using static TorchSharp.torch;
 using Xunit.Abstractions;
 
 namespace QLoraNet.Tests.Formats;
@@ -56,6 +64,55 @@ public class GgufLlamaCppTests(ITestOutputHelper output)
         Assert.InRange(loss["f16"], refLoss - 0.01, refLoss + 0.01);
         Assert.InRange(Math.Exp(loss["q8_0"]) / Math.Exp(loss["f16"]), 0.98, 1.02);
         Assert.InRange(Math.Exp(loss["q4_0"]) / Math.Exp(loss["f16"]), 0.98, 1.10);
+    }
+
+    /// <summary>
+    /// QAT's promise, end to end: a run trained toward q4_0 (`quantization.aware: q4_0-f16`) and exported with
+    /// `export --adapter --type q4_0` is the model training computed, so llama.cpp's held-out loss on that file is ours
+    /// for the aware model. Two things differ by construction: the file holds the embedding and head in q8_0 (export's
+    /// rule for q4_0 files; we keep them dense), and llama.cpp's q4_0 product rounds each activation block to q8_0
+    /// (ggml's vec_dot_q4_0_q8_0). The base model's q4_0 file measures that gap (control); the aware file must stay
+    /// within it while the adapter moved the loss by ten times as much.
+    /// </summary>
+    [LlamaCppFact]
+    public void A_q4_0_export_of_a_quantization_aware_run_computes_in_llama_cpp_what_training_computed()
+    {
+        using var tmp = Paths.Temp();
+        var config = TrainConfig.Load(Path.Combine(Paths.RepoRoot, "configs", "quickstart.yaml"),
+        [
+            $"model.path={Paths.TinyModel}", $"data.train={Path.Combine(Paths.RepoRoot, "datasets", "sales", "train.jsonl")}",
+            "data.validation=null", "data.max_seq_len=128", "training.micro_batch_size=2", "training.gradient_accumulation_steps=1",
+            "training.max_steps=8", "training.learning_rate=1e-2", "training.warmup_steps=0", "training.save_every=100",
+            "training.eval_every=100", "lora.dropout=0", "quantization.type=none", "quantization.double_quant=false",
+            "quantization.aware=q4_0-f16", $"output.dir={tmp["run"]}",
+        ]);
+        var result = LoraFinetuneRecipe.Run(config, new TrainOptions(), new NullObserver(), CancellationToken.None);
+        Assert.Equal(TrainStop.Completed, result.Stop);
+        var (code, _, stderr) = CliRunner.Run("export", "--model", Paths.TinyModel, "--adapter", result.FinalAdapter!, "--format", "gguf",
+            "--type", "q4_0", "--out", tmp["aware-q4_0.gguf"]);
+        Assert.True(code == 0, stderr);
+
+        string ids = tmp["ids.json"];
+        File.WriteAllText(ids, Reference.GetProperty("heldout_text_first_512_ids").GetRawText());
+        double LlamaCppLoss(string gguf) => LlamaCpp.Run(new[] { "loss", "--model", gguf, "--ids-file", ids }).GetProperty("mean_loss").GetDouble();
+        var q4_0 = BaseFormat.Parse("q4_0-f16");
+        double ours = OurLoss(new ModelBuildOptions(CPU, ScalarType.Float32, new DenseFormat(ScalarType.Float32), AdapterDir: result.FinalAdapter, Aware: q4_0));
+        double oursBase = OurLoss(new ModelBuildOptions(CPU, ScalarType.Float32, q4_0));
+        double theirs = LlamaCppLoss(tmp["aware-q4_0.gguf"]), theirsBase = LlamaCppLoss(TinyModelExports.Get("q4_0").Path);
+        output.WriteLine($"held-out loss, base q4_0: ours {oursBase:F5}, llama.cpp {theirsBase:F5}; aware run: ours {ours:F5}, llama.cpp {theirs:F5}");
+
+        double gap = Math.Abs(theirsBase - oursBase);   // q8_0 embedding, head and activations; the decoder weights are the same
+        Assert.True(gap < 0.02, $"base q4_0: llama.cpp {theirsBase:F5} vs ours {oursBase:F5}");
+        Assert.True(Math.Abs(theirs - ours) < Math.Max(3 * gap, 0.003), $"aware run: llama.cpp {theirs:F5} vs ours {ours:F5} (base gap {gap:F5})");
+        Assert.True(Math.Abs(ours - oursBase) > 10 * Math.Max(3 * gap, 0.003), $"the adapter moved the loss by only {ours - oursBase:F5}");
+    }
+
+    static double OurLoss(ModelBuildOptions options)
+    {
+        using var built = ModelBuilder.Build(Paths.TinyModel, options);
+        var heldout = Ints(Reference.GetProperty("heldout_text_first_512_ids")).Select(i => (long)i).ToArray();
+        using var ids = torch.tensor(heldout, [1, heldout.Length]);
+        using (torch.no_grad()) return CausalLmLoss.Compute(built.Model.forward(ids), ids).item<float>();
     }
 
     static int[] Ints(JsonElement e) => e.EnumerateArray().Select(x => x.GetInt32()).ToArray();
