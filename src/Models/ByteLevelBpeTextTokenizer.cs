@@ -75,15 +75,6 @@ public sealed class ByteLevelBpeTextTokenizer : ITextTokenizer
 
     public IReadOnlyList<int> Encode(string text) => Tokenize(text, addSpecialTokens: true).Ids;
 
-    public IReadOnlyList<int> Encode(string text, bool addBos, bool addEos)
-    {
-        var ids = new List<int>();
-        if (addBos && BosId is int bos) ids.Add(bos);
-        ids.AddRange(Tokenize(text, addSpecialTokens: false).Ids);
-        if (addEos) ids.Add(EosId);
-        return ids;
-    }
-
     public TokenizedText Tokenize(string text, bool addSpecialTokens)
     {
         var ids = new List<int>();

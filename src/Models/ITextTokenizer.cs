@@ -14,7 +14,14 @@ public interface ITextTokenizer
     IReadOnlyList<int> Encode(string text);
 
     /// <summary>Ids of <paramref name="text"/> encoded as a fresh input, with BOS before and/or EOS after as asked (no BOS when the model has none).</summary>
-    IReadOnlyList<int> Encode(string text, bool addBos, bool addEos);
+    IReadOnlyList<int> Encode(string text, bool addBos, bool addEos)
+    {
+        var ids = new List<int>();
+        if (addBos && BosId is int bos) ids.Add(bos);
+        ids.AddRange(Tokenize(text, addSpecialTokens: false).Ids);
+        if (addEos) ids.Add(EosId);
+        return ids;
+    }
 
     /// <summary>
     /// Ids and where each starts in <paramref name="text"/>; with <paramref name="addSpecialTokens"/> false it is

@@ -91,16 +91,7 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
     /// <summary>The parsed tokenizer.model, for the GGUF vocabulary.</summary>
     public SentencePieceModel Model => model;
 
-    public IReadOnlyList<int> Encode(string text) => Encode(text, addBos, addEos);
-
-    public IReadOnlyList<int> Encode(string text, bool addBos, bool addEos)
-    {
-        var ids = new List<int>();
-        if (addBos && BosId is int bos) ids.Add(bos);
-        ids.AddRange(Tokenize(text, addSpecialTokens: false).Ids);
-        if (addEos) ids.Add(EosId);
-        return ids;
-    }
+    public IReadOnlyList<int> Encode(string text) => ((ITextTokenizer)this).Encode(text, addBos, addEos);
 
     public TokenizedText Tokenize(string text, bool addSpecialTokens)
     {
