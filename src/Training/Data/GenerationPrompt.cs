@@ -5,7 +5,7 @@ namespace QLoraNet.Training.Data;
 
 /// <summary>
 /// A prompt rendered the way training renders it, stopping where the model's answer would begin (a "generation
-/// prompt"): the example goes through the run's own template (<see cref="PromptTemplates.Render"/>) with an empty
+/// prompt"): the example goes through the run's own template (<see cref="PromptTemplates.Render(RawExample, IChatTemplate?, string?, SystemRole)"/>) with an empty
 /// final answer, and the segments from the last trained one on are dropped. So a chat prompt under llama2-chat ends
 /// with <c>[/INST]</c>, an instruction under alpaca with <c>### Response:\n</c>, and earlier turns of a
 /// conversation keep their answers. Completion data has no prompt part: the text itself, after BOS, is continued.

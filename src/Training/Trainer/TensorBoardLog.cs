@@ -6,7 +6,7 @@ namespace QLoraNet.Training.Trainer;
 
 /// <summary>
 /// TensorBoard event files of a run (<c>output.tensorboard: true</c>), under <c>output.dir/tensorboard/</c>, written
-/// through TorchSharp's <see cref="SummaryWriter"/> (TFRecord files of Event protobufs, as torch.utils.tensorboard
+/// through TorchSharp's <see cref="TorchSharp.Modules.SummaryWriter"/> (TFRecord files of Event protobufs, as torch.utils.tensorboard
 /// writes them): per step the scalars of its metrics.csv row under <c>train/</c> and <c>memory/</c>, the validation
 /// loss under <c>eval/loss</c> (step 0 = the base model), and sample generations as text under <c>samples/</c>.
 /// Each run (and each resume) writes a new event file in the same directory; TensorBoard reads them as one run.

@@ -51,7 +51,7 @@ public class CalibratedQuantizeTests
             "--calibration-samples", "16", "--calibration-seq-len", "128", "--out", dir["o"]);
         Assert.Equal(1, small.Code);
         Assert.Contains("gives 821 tokens (1 rows), but 16 samples x 128 tokens need 2048; lower --calibration-samples to 6", small.Stderr);
-        Assert.Equal(1, small.Stderr.TrimEnd().Split('\n').Length);
+        Assert.Single(small.Stderr.TrimEnd().Split('\n'));
 
         var missing = CliRunner.Run("quantize", "--model", Paths.TinyModel, "--quantization", "gptq4", "--out", dir["o"]);
         Assert.Equal(1, missing.Code);

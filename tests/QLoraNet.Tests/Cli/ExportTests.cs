@@ -74,7 +74,7 @@ public class ExportTests
         Assert.False(g["tokenizer.ggml.add_eos_token"].AsBool);
 
         // tied embeddings: no output.weight, llama.cpp reuses token_embd
-        Assert.False(g.Tensors.Any(t => t.Name == "output.weight"));
+        Assert.DoesNotContain(g.Tensors, t => t.Name == "output.weight");
         Assert.Equal(new long[] { 256, 32000 }, g.Tensor("token_embd.weight").Dims);
         Assert.Equal(GgmlType.F32, g.Tensor("output_norm.weight").Type);
         Assert.Equal(GgmlType.F32, g.Tensor("blk.3.ffn_norm.weight").Type);

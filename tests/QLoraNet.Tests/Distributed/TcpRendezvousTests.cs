@@ -12,7 +12,7 @@ public class TcpRendezvousTests
     static readonly TimeSpan Long = TimeSpan.FromSeconds(60);
 
     [Fact]
-    public void Payload_reaches_every_rank()
+    public async Task Payload_reaches_every_rank()
     {
         using var host = TcpRendezvous.Listen(0);
         var payload = Enumerable.Range(0, 128).Select(i => (byte)i).ToArray();
@@ -20,7 +20,7 @@ public class TcpRendezvousTests
         using var root = host.Accept(3, "cfg", payload, Long);
         foreach (var j in joiners)
         {
-            using var links = j.Result;
+            using var links = await j;
             Assert.Equal(payload, links.Payload.ToArray());
         }
         Assert.Equal(payload, root.Payload.ToArray());
@@ -94,7 +94,7 @@ public class TcpRendezvousTests
     }
 
     [Fact]
-    public void A_joiner_retries_until_rank_zero_listens_and_names_it_when_it_never_does()
+    public async Task A_joiner_retries_until_rank_zero_listens_and_names_it_when_it_never_does()
     {
         int port;
         using (var probe = TcpRendezvous.Listen(0)) port = probe.Port; // free now, and nobody listens
@@ -103,10 +103,10 @@ public class TcpRendezvousTests
 
         // Rank 0 starting later than a joiner is the normal case.
         var joiner = Task.Run(() => TcpRendezvous.Join("127.0.0.1", port, 1, 2, "c", Long));
-        Thread.Sleep(300);
+        await Task.Delay(300);
         using var host = TcpRendezvous.Listen(port);
         using var root = host.Accept(2, "c", [7], Long);
-        using var links = joiner.Result;
+        using var links = await joiner;
         Assert.Equal(new byte[] { 7 }, links.Payload.ToArray());
     }
 }

@@ -103,8 +103,8 @@ public class ModelJsonFileTests
         if (OperatingSystem.IsWindows()) return;
         File.Delete(tmp["config.json"]);
         using (var p = System.Diagnostics.Process.Start("mkfifo", tmp["config.json"])) p.WaitForExit();
-        var task = Task.Run(() => Assert.ThrowsAny<Exception>(() => ModelFamilies.Load(tmp.Path)));
-        Assert.True(task.Wait(TimeSpan.FromSeconds(30)), "reading a FIFO config.json blocked");
-        Assert.Contains("FIFO", task.Result.Message);
+        var error = Bounded.Within(TimeSpan.FromSeconds(30), "reading a FIFO config.json blocked",
+            () => Assert.ThrowsAny<Exception>(() => ModelFamilies.Load(tmp.Path)));
+        Assert.Contains("FIFO", error.Message);
     }
 }

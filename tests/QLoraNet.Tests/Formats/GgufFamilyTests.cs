@@ -131,7 +131,7 @@ public class GgufFamilyTests
         using var g = GgufReader.Open(FamilyExports.Get("qwen2").Path);
         foreach (var (gguf, hf) in new[] { ("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj") })
             Assert.Equal(Hf("qwen2", $"model.layers.1.self_attn.{hf}.bias"), Floats(g, $"blk.1.{gguf}.bias"));   // biases f32, unpermuted
-        Assert.False(g.Tensors.Any(t => t.Name.EndsWith("attn_output.bias")));
+        Assert.DoesNotContain(g.Tensors, t => t.Name.EndsWith("attn_output.bias"));
         var q = Floats(g, "blk.0.attn_q.weight");                                                                // f16, rows unpermuted
         var hfQ = Hf("qwen2", "model.layers.0.self_attn.q_proj.weight");
         Assert.Equal((Half)hfQ[200], (Half)q[200]);

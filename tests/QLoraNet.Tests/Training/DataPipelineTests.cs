@@ -58,6 +58,7 @@ public sealed class DataPipelineTests : IDisposable
 
         using var t = batch.ToTensors(CPU);
         Assert.Equal(new long[] { 2, 4 }, t.InputIds.shape);
+        Assert.NotNull(t.AttentionMask);   // packed rows carry their block-causal mask
         Assert.Equal(new long[] { 2, 1, 4, 4 }, t.AttentionMask.shape);
         Assert.Equal(ScalarType.Bool, t.AttentionMask.dtype);
         Assert.Equal(ScalarType.Int64, t.Labels.dtype);

@@ -114,8 +114,8 @@ public class MetricsLogTests
         Assert.Contains("limit for a metrics file", Assert.Throws<InvalidDataException>(() => MetricsLog.Read(tmp["huge.csv"])).Message);
         if (OperatingSystem.IsWindows()) return;
         using (var p = System.Diagnostics.Process.Start("mkfifo", tmp["fifo.csv"])) p.WaitForExit();
-        var read = Task.Run(() => Assert.ThrowsAny<Exception>(() => MetricsLog.Read(tmp["fifo.csv"])));
-        Assert.True(read.Wait(TimeSpan.FromSeconds(30)), "reading a FIFO metrics.csv blocked");
-        Assert.Contains("FIFO", read.Result.Message);
+        var error = Bounded.Within(TimeSpan.FromSeconds(30), "reading a FIFO metrics.csv blocked",
+            () => Assert.ThrowsAny<Exception>(() => MetricsLog.Read(tmp["fifo.csv"])));
+        Assert.Contains("FIFO", error.Message);
     }
 }
