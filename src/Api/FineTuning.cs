@@ -53,7 +53,7 @@ public static class FineTuning
     {
         var backend = LibTorch.Load();
         LibTorch.RequireCudaIfAsked(YamlNames.Of(config.Model.Device), "model.device");
-        var result = LoraFinetuneRecipe.Run(config, new TrainOptions(), new ProgressObserver(progress), cancel);
+        var result = TrainingRecipes.Run(config, new TrainOptions(), new ProgressObserver(progress), cancel);
         return result.Stop switch
         {
             TrainStop.NonFiniteLoss => throw new QLoraNetTrainingException(result.Message ?? "the loss became non-finite"),

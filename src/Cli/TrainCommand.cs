@@ -77,7 +77,7 @@ public static class TrainCommand
             var display = dist.IsRankZero ? stdout : TextWriter.Null;
             using var signals = new StopSignals(display);
             var observer = new ConsoleTrainingObserver(display);
-            var result = LoraFinetuneRecipe.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device), replicas?.Group,
+            var result = TrainingRecipes.Run(cfg, new TrainOptions(resumeArg, KernelChoice.For(device), replicas?.Group,
                 ResumeWithChanges: pr.GetValue(resumeWithChanges)), observer, signals.Token);
             observer.Finish(result);
             return result.Stop switch

@@ -9,8 +9,13 @@ public enum DType { Bf16, Fp16, Fp32 }
 /// <summary>Where the model runs; Auto picks CUDA when libtorch sees a GPU, else the CPU.</summary>
 public enum DeviceKind { Auto, Cpu, Cuda }
 
-/// <summary>How a data row is laid out: chat messages, an alpaca-style instruction triple, or raw text.</summary>
-public enum DataFormat { Chat, Instruction, Completion }
+/// <summary>How a data row is laid out: chat messages, an alpaca-style instruction triple, raw text, or a preference
+/// pair (a prompt with a chosen and a rejected answer, for <see cref="TrainingObjective.Dpo"/>).</summary>
+public enum DataFormat { Chat, Instruction, Completion, Preference }
+
+/// <summary>What training minimises: next-token cross-entropy on the answers (supervised fine-tuning), or DPO's
+/// preference loss over chosen/rejected pairs (Rafailov et al. 2023).</summary>
+public enum TrainingObjective { Sft, Dpo }
 
 /// <summary>
 /// The prompt template that turns chat/instruction rows into text; completion rows never use one. Auto is the

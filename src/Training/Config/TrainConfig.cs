@@ -111,6 +111,25 @@ public sealed record TrainConfig(
             ?? throw source.Error(stream.Documents[0].RootNode, "a config must be a mapping of sections (model:, lora:, data:, ...)");
     }
 
+    /// <summary>DPO trains on preference pairs and nothing else does; a pair is one row (chosen and rejected side by
+    /// side), so it is never packed with others, and only the answers count.</summary>
+    static void CheckObjective(TrainConfig c, ConfigSection root)
+    {
+        bool dpo = c.Training.Objective == TrainingObjective.Dpo, pairs = c.Data.Format == DataFormat.Preference;
+        if (dpo && !pairs)
+            throw root.Section("data").ErrorAt("format",
+                $"'training.objective: dpo' trains on preference pairs: set 'data.format' to preference (rows with {c.Data.Columns.Prompt}, {c.Data.Columns.Chosen}, {c.Data.Columns.Rejected}); got {YamlNames.Of(c.Data.Format)}");
+        if (pairs && !dpo)
+            throw root.Section("training").ErrorAt("objective",
+                $"'data.format: preference' holds chosen/rejected pairs, which only 'training.objective: dpo' trains on; got {YamlNames.Of(c.Training.Objective)}");
+        if (pairs && c.Data.Packing)
+            throw root.Section("data").ErrorAt("packing",
+                "'data.packing' must be false with data.format preference: each row already holds one pair, its chosen and rejected answers side by side");
+        if (pairs && c.Data.TrainOnInputs)
+            throw root.Section("data").ErrorAt("train_on_inputs",
+                "'data.train_on_inputs' must be false with data.format preference: DPO compares the answers' log-probabilities, not the prompt's");
+    }
+
     static void CheckAcrossSections(TrainConfig c, ConfigSection root, ModelArchitecture? architecture)
     {
         // Positions past max_position_embeddings were never trained: sequences that long are not fine-tuning.
@@ -123,6 +142,7 @@ public sealed record TrainConfig(
         if (c.Quantization.Aware is { } aware && c.Lora.Dropout > 0)
             throw root.Section("lora").ErrorAt("dropout",
                 $"'lora.dropout' must be 0 with quantization.aware: {aware} trains the adapter inside the merged weight W + s·B·A, which has no separate input to drop");
+        CheckObjective(c, root);
         bool hasValidation = c.Data.Validation != null || c.Data.ValFraction > 0;
         if (c.Training.EarlyStoppingPatience != null && !hasValidation)
             throw root.Section("training").ErrorAt("early_stopping_patience",

@@ -35,7 +35,9 @@ public sealed record TrainingConfig(
     int? EarlyStoppingPatience = null,
     IReadOnlyList<string>? SamplePrompts = null,
     string? SamplePromptsFile = null,
-    int SampleMaxNewTokens = 48)
+    int SampleMaxNewTokens = 48,
+    TrainingObjective Objective = TrainingObjective.Sft,
+    double DpoBeta = 0.1)
 {
     /// <summary>Extensions a sample prompts file may have.</summary>
     public static readonly IReadOnlyList<string> SamplePromptExtensions = [".txt", ".jsonl"];
@@ -73,6 +75,8 @@ public sealed record TrainingConfig(
             EarlyStoppingPatience: s.OptionalInt("early_stopping_patience", 1));
         var (promptsFile, prompts) = s.OptionalStringOrList("sample_prompts");
         c = c with { SamplePrompts = prompts, SamplePromptsFile = promptsFile, SampleMaxNewTokens = s.Int("sample_max_new_tokens", d.SampleMaxNewTokens, 1, 4096) };
+        c = c with { Objective = s.Enum("objective", d.Objective), DpoBeta = s.Double("dpo_beta", d.DpoBeta, 0, 1000, minExclusive: true) };
+        bool betaGiven = s.OptionalDouble("dpo_beta") != null;
         bool ratioGiven = s.OptionalDouble("warmup_ratio") != null;
         s.Finish();
         if (prompts is { Count: 0 } || (prompts?.Any(p => p.Trim().Length == 0) ?? false))
@@ -84,6 +88,8 @@ public sealed record TrainingConfig(
             if (!File.Exists(promptsFile))
                 throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' file '{promptsFile}' not found (relative paths resolve from the current directory {Environment.CurrentDirectory})");
         }
+        if (betaGiven && c.Objective != TrainingObjective.Dpo)
+            throw s.ErrorAt("dpo_beta", $"'{s.Full("dpo_beta")}' applies to '{s.Full("objective")}: dpo' only; this run's objective is {YamlNames.Of(c.Objective)}");
         if (c.WarmupSteps != null && ratioGiven)
             throw s.ErrorAt("warmup_ratio", $"set '{s.Full("warmup_steps")}' or '{s.Full("warmup_ratio")}', not both");
         return c;
@@ -105,5 +111,9 @@ public sealed record TrainingConfig(
         ("save_every", YamlOut.Scalar(SaveEvery)),
         ("early_stopping_patience", YamlOut.Scalar(EarlyStoppingPatience)),
         ("sample_prompts", SamplePrompts is not null ? YamlOut.List(SamplePrompts) : YamlOut.Scalar(SamplePromptsFile)),
-        ("sample_max_new_tokens", YamlOut.Scalar(SampleMaxNewTokens)));
+        ("sample_max_new_tokens", YamlOut.Scalar(SampleMaxNewTokens)),
+        // Written for DPO only, so that the configs saved in checkpoints before the key existed still compare equal
+        // (ResumeCompatibility treats an added key as a change).
+        ("objective", Objective != TrainingObjective.Sft ? YamlOut.Scalar(Objective) : null),
+        ("dpo_beta", Objective == TrainingObjective.Dpo ? YamlOut.Scalar(DpoBeta) : null));
 }

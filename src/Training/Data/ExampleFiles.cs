@@ -45,6 +45,7 @@ public static class ExampleFiles
     {
         DataFormat.Completion => [c.Text],
         DataFormat.Instruction => [c.Instruction, c.Output],
+        DataFormat.Preference => [c.Prompt, c.Chosen, c.Rejected],
         _ => [c.Messages],
     };
 }

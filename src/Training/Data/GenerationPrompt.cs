@@ -24,7 +24,7 @@ public static class GenerationPrompt
     /// <summary>A single user message as an example of the data's format.</summary>
     public static RawExample FromText(string origin, string text, DataFormat format) => format switch
     {
-        DataFormat.Chat => new ChatExample(origin, null, [new ChatTurn(text, "")]),
+        DataFormat.Chat or DataFormat.Preference => new ChatExample(origin, null, [new ChatTurn(text, "")]),
         DataFormat.Instruction => new InstructionExample(origin, text, "", "", null),
         _ => new CompletionExample(origin, text),
     };

@@ -6,7 +6,8 @@ namespace QLoraNet.Training.Data;
 /// Renders a raw example into segments with the configured template:
 /// completion rows are one trained segment (BOS text EOS) whatever the template; instruction rows under alpaca use
 /// the Alpaca prompt, under a chat template become a one-turn chat whose user message is the instruction, then a
-/// blank line and the input if there is one; chat rows go through the chat template (<see cref="IChatTemplate"/>).
+/// blank line and the input if there is one; chat rows go through the chat template (<see cref="IChatTemplate"/>);
+/// a preference row renders as its chosen conversation (the data pipeline renders both of its conversations).
 /// The row's system prompt wins over <c>data.system_prompt</c>; a blank one counts as none; data.system_role decides
 /// whether it is kept or folded into the first user turn.
 /// </summary>
@@ -26,6 +27,7 @@ public static class PromptTemplates
             CompletionExample c => new([new Segment(c.Text, Trained: true, Bos: true, Eos: true)], WholeText: false),
             InstructionExample i when chat == null => new(AlpacaTemplate.Render(i with { System = i.System ?? defaultSystem }), WholeText: false),
             InstructionExample i => Render(AsChat(i), chat, defaultSystem, systemRole),
+            PreferenceExample p => Render(p.With(p.Chosen), chat, defaultSystem, systemRole),
             ChatExample c when chat == null => throw new InvalidDataException(
                 $"{c.Origin}: template 'alpaca' renders instruction rows only; use one of {string.Join(", ", ChatTemplates.ChatKinds.Select(k => YamlNames.Of(k)))} or auto for chat data"),
             ChatExample c => new(chat.Render(ChatTemplates.ApplySystemRole(

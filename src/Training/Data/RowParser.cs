@@ -8,6 +8,8 @@ namespace QLoraNet.Training.Data;
 /// of the configured format, checking what the format needs. Throws <see cref="BadRowException"/> naming the row
 /// and the fields it does have. Chat rows must be: an optional leading system message, then user and assistant
 /// messages alternating, ending with the assistant (Meta's Llama-2 chat rule; a trailing user turn has nothing to learn).
+/// Preference rows (TRL's DPO format) hold a prompt (text, or messages ending with the user's) and a chosen and a
+/// rejected answer (text, or a list whose last message is the assistant's).
 /// </summary>
 public static class RowParser
 {
@@ -25,14 +27,49 @@ public static class RowParser
         DataFormat.Completion => new CompletionExample(row.Origin, Required(row, columns.Text)),
         DataFormat.Instruction => new InstructionExample(row.Origin, Required(row, columns.Instruction),
             row.String(columns.Input) ?? "", Required(row, columns.Output), NullIfEmpty(row.String(columns.System))),
+        DataFormat.Preference => ParsePreference(row, columns),
         _ => ParseChat(row, columns),
     };
 
-    static ChatExample ParseChat(Row row, ColumnMapping columns)
+    static PreferenceExample ParsePreference(Row row, ColumnMapping columns)
     {
-        var json = row.Json(columns.Messages);
-        if (json is not { ValueKind: JsonValueKind.Array } messages)
-            throw Missing(row, columns.Messages, "a list of {role, content} messages");
+        string? system = NullIfEmpty(row.String(columns.System));
+        var context = new List<ChatTurn>();
+        string prompt;
+        if (row.Json(columns.Prompt) is { ValueKind: JsonValueKind.Array } messages)
+        {
+            var list = Messages(row, messages);
+            int i = 0;
+            if (list.Count > 0 && list[0].Role == "system") { system = list[0].Content; i = 1; }
+            for (; i + 1 < list.Count; i += 2)
+            {
+                if (list[i].Role != "user" || list[i + 1].Role != "assistant")
+                    throw new BadRowException($"{row.Origin}: '{columns.Prompt}' messages must be [system], user, assistant, ..., user");
+                context.Add(new ChatTurn(list[i].Content, list[i + 1].Content));
+            }
+            if (i != list.Count - 1 || list[i].Role != "user")
+                throw new BadRowException($"{row.Origin}: '{columns.Prompt}' messages must end with the user message the answers reply to");
+            prompt = list[i].Content;
+        }
+        else prompt = Required(row, columns.Prompt);
+        return new PreferenceExample(row.Origin, system, context, prompt, Answer(row, columns.Chosen), Answer(row, columns.Rejected));
+    }
+
+    /// <summary>An answer of a preference row: text, or a list of messages whose last is the assistant's.</summary>
+    static string Answer(Row row, string name)
+    {
+        if (row.Json(name) is { ValueKind: JsonValueKind.Array } messages)
+        {
+            var list = Messages(row, messages);
+            if (list.Count == 0 || list[^1].Role != "assistant")
+                throw new BadRowException($"{row.Origin}: '{name}' must be the answer's text or messages ending with the assistant's");
+            return list[^1].Content.Trim().Length > 0 ? list[^1].Content : throw Missing(row, name, "the answer's text");
+        }
+        return Required(row, name);
+    }
+
+    static List<(string Role, string Content)> Messages(Row row, JsonElement messages)
+    {
         var list = new List<(string Role, string Content)>();
         foreach (var m in messages.EnumerateArray())
         {
@@ -42,6 +79,15 @@ public static class RowParser
                 throw new BadRowException($"{row.Origin}: each message must be {{\"role\": ..., \"content\": \"...\"}}; got {Clip(m.GetRawText())}");
             list.Add((role.GetString()!, content.GetString()!));
         }
+        return list;
+    }
+
+    static ChatExample ParseChat(Row row, ColumnMapping columns)
+    {
+        var json = row.Json(columns.Messages);
+        if (json is not { ValueKind: JsonValueKind.Array } messages)
+            throw Missing(row, columns.Messages, "a list of {role, content} messages");
+        var list = Messages(row, messages);
 
         string? system = null;
         int i = 0;

@@ -56,7 +56,7 @@ public static class SamplePrompts
             return (p.GetString()!, GenerationPrompt.FromText(origin, p.GetString()!, format));
         if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("messages", out var messages) || messages.ValueKind != JsonValueKind.Array)
             throw new InvalidDataException($"{origin}: expected {{\"prompt\": \"...\"}} or {{\"messages\": [...]}}");
-        if (format != DataFormat.Chat)
+        if (format is not (DataFormat.Chat or DataFormat.Preference))
             throw new InvalidDataException($"{origin}: \"messages\" prompts need data.format chat; use {{\"prompt\": \"...\"}}");
         string? system = null;
         var turns = new List<ChatTurn>();

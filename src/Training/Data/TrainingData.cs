@@ -42,27 +42,50 @@ public sealed class TrainingData
         var chat = ResolveTemplate(config, tokenizer, modelDir);
         var encoder = new ExampleEncoder(tokenizer, config.MaxSeqLen, config.TrainOnInputs);
         var counts = new Counts();
+        if (config.Format == DataFormat.Preference) return BuildPairs(config, chat, encoder, counts, tokenizer.PadId, seed);
 
         var train = Encode(config, chat, config.Train, encoder, counts);
         IReadOnlyList<TokenizedExample> validation = config.Validation != null ? Encode(config, chat, [config.Validation], encoder, counts) : [];
-
-        var order = new Pcg32((ulong)seed, SplitStream).Permutation(train.Count);
-        var shuffled = order.Select(i => train[i]).ToArray();
-        if (config.ValFraction > 0)
-        {
-            if (shuffled.Length < 2)
-                throw new InvalidDataException($"data.val_fraction needs at least 2 examples; {string.Join(", ", config.Train)} gave {shuffled.Length}");
-            int nVal = Math.Clamp((int)Math.Round(config.ValFraction * shuffled.Length), 1, shuffled.Length - 1);
-            validation = shuffled[..nVal];
-            shuffled = shuffled[nVal..];
-        }
+        var (shuffled, held) = Split(config, train, validation, seed);
 
         var trainSeq = SequencePacker.Pack(shuffled, config.MaxSeqLen, config.Packing);
-        var valSeq = SequencePacker.Pack(validation, config.MaxSeqLen, config.Packing);
-        var stats = new DataStats(shuffled.Length, validation.Count, trainSeq.Count, valSeq.Count,
+        var valSeq = SequencePacker.Pack(held, config.MaxSeqLen, config.Packing);
+        var stats = new DataStats(shuffled.Count, held.Count, trainSeq.Count, valSeq.Count,
             shuffled.Sum(e => (long)e.Length), shuffled.Sum(e => (long)e.TrainedTokens), config.MaxSeqLen,
             counts.Truncated, counts.Dropped, counts.Skipped, counts.FirstSkipReason);
         return new TrainingData(trainSeq, valSeq, stats, tokenizer.PadId, seed);
+    }
+
+    /// <summary>
+    /// Preference data (<see cref="DataFormat.Preference"/>): each pair is one row, its chosen conversation then its
+    /// rejected one, as two documents of a packed row (positions restart, and the block-causal mask keeps the two
+    /// apart), so a micro-batch of rows is a micro-batch of pairs and shuffling, resuming and validation work on
+    /// pairs unchanged. Only each conversation's final answer is trained (an earlier assistant turn of the prompt is
+    /// context); the two conversations share the prompt's tokens. A pair of which either conversation keeps no
+    /// answer token within data.max_seq_len is dropped.
+    /// </summary>
+    static TrainingData BuildPairs(DataConfig config, IChatTemplate? chat, ExampleEncoder encoder, Counts counts, int padId, int seed)
+    {
+        var train = EncodePairs(config, chat, config.Train, encoder, counts);
+        IReadOnlyList<PackedSequence> validation = config.Validation != null ? EncodePairs(config, chat, [config.Validation], encoder, counts) : [];
+        var (shuffled, held) = Split(config, train, validation, seed);
+        var stats = new DataStats(shuffled.Count, held.Count, shuffled.Count, held.Count,
+            shuffled.Sum(p => (long)p.Length), shuffled.Sum(p => (long)p.Labels.Count(l => l != TokenizedExample.IgnoreIndex)),
+            config.MaxSeqLen, counts.Truncated, counts.Dropped, counts.Skipped, counts.FirstSkipReason) { Pairs = true };
+        return new TrainingData(shuffled, held, stats, padId, seed);
+    }
+
+    /// <summary>The training items in the seed's order, with val_fraction of them split off as validation when the
+    /// config asks (then <paramref name="validation"/>, the file's, is empty).</summary>
+    static (IReadOnlyList<T> Train, IReadOnlyList<T> Validation) Split<T>(DataConfig config, IReadOnlyList<T> train, IReadOnlyList<T> validation, int seed)
+    {
+        var order = new Pcg32((ulong)seed, SplitStream).Permutation(train.Count);
+        var shuffled = order.Select(i => train[i]).ToArray();
+        if (config.ValFraction <= 0) return (shuffled, validation);
+        if (shuffled.Length < 2)
+            throw new InvalidDataException($"data.val_fraction needs at least 2 examples; {string.Join(", ", config.Train)} gave {shuffled.Length}");
+        int nVal = Math.Clamp((int)Math.Round(config.ValFraction * shuffled.Length), 1, shuffled.Length - 1);
+        return (shuffled[nVal..], shuffled[..nVal]);
     }
 
     /// <summary>
@@ -72,6 +95,8 @@ public sealed class TrainingData
     /// </summary>
     public static TrainingData ForEvaluation(DataConfig config, ITextTokenizer tokenizer, IReadOnlyList<string> files, string? modelDir = null)
     {
+        if (config.Format == DataFormat.Preference)
+            throw new InvalidDataException($"{string.Join(", ", files)}: preference pairs have no next-token loss to score; a DPO run reports its preference loss on data.validation");
         var chat = ResolveTemplate(config, tokenizer, modelDir);
         var encoder = new ExampleEncoder(tokenizer, config.MaxSeqLen, config.TrainOnInputs);
         var counts = new Counts();
@@ -110,19 +135,25 @@ public sealed class TrainingData
             yield return Batch.Collate(Validation.Skip(start).Take(microBatchSize).ToArray(), PadId);
     }
 
-    static List<TokenizedExample> Encode(DataConfig config, IChatTemplate? chat, IReadOnlyList<string> files, ExampleEncoder encoder, Counts counts)
+    /// <summary>The rows of <paramref name="files"/>; bad ones skipped and counted when the config says so.</summary>
+    static IReadOnlyList<RawExample> Read(DataConfig config, IReadOnlyList<string> files, Counts counts)
     {
-        string names = string.Join(", ", files);
         var read = ExampleFiles.Read(files, config.Format, config.Columns, config.SkipBadRows);
         counts.Skipped += read.SkippedRows;
         counts.FirstSkipReason ??= read.FirstSkipReason;
         if (read.Examples.Count == 0)
             throw new InvalidDataException(read.SkippedRows > 0
-                ? $"{names}: every row was bad and skipped ({read.SkippedRows}); the first: {read.FirstSkipReason}"
-                : $"{names}: no examples (the file is empty)");
+                ? $"{string.Join(", ", files)}: every row was bad and skipped ({read.SkippedRows}); the first: {read.FirstSkipReason}"
+                : $"{string.Join(", ", files)}: no examples (the file is empty)");
+        return read.Examples;
+    }
 
-        var result = new List<TokenizedExample>(read.Examples.Count);
-        foreach (var raw in read.Examples)
+    static List<TokenizedExample> Encode(DataConfig config, IChatTemplate? chat, IReadOnlyList<string> files, ExampleEncoder encoder, Counts counts)
+    {
+        string names = string.Join(", ", files);
+        var read = Read(config, files, counts);
+        var result = new List<TokenizedExample>(read.Count);
+        foreach (var raw in read)
         {
             var rendered = PromptTemplates.Render(raw, chat, config.SystemPrompt, config.SystemRole);
             var (example, outcome) = encoder.Encode(rendered);
@@ -135,8 +166,42 @@ public sealed class TrainingData
             result.Add(example);
         }
         if (result.Count == 0)
-            throw new InvalidDataException($"{names}: all {read.Examples.Count} examples were dropped: none has a response token within data.max_seq_len={config.MaxSeqLen} tokens; raise max_seq_len");
+            throw new InvalidDataException($"{names}: all {read.Count} examples were dropped: none has a response token within data.max_seq_len={config.MaxSeqLen} tokens; raise max_seq_len");
         return result;
+    }
+
+    static List<PackedSequence> EncodePairs(DataConfig config, IChatTemplate? chat, IReadOnlyList<string> files, ExampleEncoder encoder, Counts counts)
+    {
+        var read = Read(config, files, counts);
+        var result = new List<PackedSequence>(read.Count);
+        foreach (var raw in read.Cast<PreferenceExample>())
+        {
+            var chosen = EncodeAnswer(config, chat, raw.With(raw.Chosen), encoder, counts);
+            var rejected = EncodeAnswer(config, chat, raw.With(raw.Rejected), encoder, counts);
+            if (chosen is null || rejected is null)
+            {
+                counts.Dropped++;
+                continue;
+            }
+            result.Add(PackedSequence.Of([chosen, rejected]));
+        }
+        if (result.Count == 0)
+            throw new InvalidDataException($"{string.Join(", ", files)}: all {read.Count} pairs were dropped: in none do both answers keep a token within data.max_seq_len={config.MaxSeqLen}; raise max_seq_len");
+        return result;
+    }
+
+    /// <summary>One conversation of a pair, with only its final answer trained (null when none of it survives truncation).</summary>
+    static TokenizedExample? EncodeAnswer(DataConfig config, IChatTemplate? chat, ChatExample conversation, ExampleEncoder encoder, Counts counts)
+    {
+        var (example, outcome) = encoder.Encode(PromptTemplates.Render(conversation, chat, config.SystemPrompt, config.SystemRole));
+        if (outcome == ExampleEncoder.Outcome.Truncated) counts.Truncated++;
+        if (example is null) return null;
+        var labels = example.Labels.ToArray();
+        int end = Array.FindLastIndex(labels, l => l != TokenizedExample.IgnoreIndex);
+        int start = end;
+        while (start > 0 && labels[start - 1] != TokenizedExample.IgnoreIndex) start--;
+        for (int i = 0; i < start; i++) labels[i] = TokenizedExample.IgnoreIndex;   // earlier answers are context
+        return example with { Labels = labels };
     }
 
     sealed class Counts

@@ -37,6 +37,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     readonly ITrainingObserver _observer;
     readonly string _outDir;
     readonly IReplicaGroup _replicas;
+    readonly Func<BuiltModel, ITrainingLoss> _lossOf;
 
     // Set up in order by Setup; the loop reads them.
     CheckpointStore _store = null!;
@@ -64,8 +65,9 @@ public sealed class LoraFinetuneRecipe : IDisposable
     int? _bestStep;
     int? _lastCheckpointStep;
 
-    LoraFinetuneRecipe(TrainConfig config, ITrainingObserver observer, IReplicaGroup? replicas)
+    LoraFinetuneRecipe(TrainConfig config, ITrainingObserver observer, IReplicaGroup? replicas, Func<BuiltModel, ITrainingLoss>? lossOf)
     {
+        _lossOf = lossOf ?? (built => new CausalLmTokenMeanLoss(built.Kernels.Fused.LogitsPerChunk));
         _config = config;
         _t = config.Training;
         _observer = observer;
@@ -77,9 +79,15 @@ public sealed class LoraFinetuneRecipe : IDisposable
     bool WritesFiles => _replicas.Rank == 0;
 
     /// <summary>Sets up and runs the whole job; returns how it ended.</summary>
-    public static TrainResult Run(TrainConfig config, TrainOptions options, ITrainingObserver observer, CancellationToken cancel)
+    public static TrainResult Run(TrainConfig config, TrainOptions options, ITrainingObserver observer, CancellationToken cancel) =>
+        Run(config, options, observer, cancel, null);
+
+    /// <summary>The same job minimising another objective's loss (a sibling recipe's, <see cref="DpoRecipe"/>), made
+    /// for the built model; its data comes from the config's data section as always. Null: next-token cross-entropy.</summary>
+    internal static TrainResult Run(TrainConfig config, TrainOptions options, ITrainingObserver observer, CancellationToken cancel,
+        Func<BuiltModel, ITrainingLoss>? lossOf)
     {
-        using var recipe = new LoraFinetuneRecipe(config, observer, options.Replicas);
+        using var recipe = new LoraFinetuneRecipe(config, observer, options.Replicas, lossOf);
         recipe.Setup(options);
         return recipe.Train(cancel);
     }
@@ -205,7 +213,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     /// <summary>The loss, the step that minimises it, the evaluator that measures it, the metrics log.</summary>
     void SetupStep()
     {
-        var loss = new CausalLmTokenMeanLoss(_built.Kernels.Fused.LogitsPerChunk);
+        var loss = _lossOf(_built);
         _step = new TrainStep(_model, _optimizer, loss,
             new TrainStepSettings(_t.GradientAccumulationSteps, _t.MaxGradNorm, _t.Seed), _dropoutRandom, _replicas);
         _evaluator = new Evaluator(_model, loss, _replicas);

@@ -1,0 +1,174 @@
+using QLoraNet.Models;
+using QLoraNet.Peft;
+using QLoraNet.Quant;
+using QLoraNet.Training.Config;
+using QLoraNet.Training.Data;
+using QLoraNet.Training.Losses;
+using QLoraNet.Training.Recipes;
+using QLoraNet.Training.Trainer;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Tests.Training;
+
+/// <summary>
+/// DPO (`training.objective: dpo`): preference rows (one pair per row, chosen then rejected, only the final answers
+/// trained), the loss against its definition computed the slow way (each conversation run alone, full logits,
+/// the reference as the model with its adapters off), and the config's rules.
+/// </summary>
+[Trait("tier", "unit")]
+public class DpoTests
+{
+    const string Pairs = """
+        {"prompt": "How much is the Traverse 65 pack?", "chosen": "The Traverse 65 costs $299.00.", "rejected": "The Traverse 65 costs $373.75."}
+        {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Do you ship to Canada?"}], "chosen": [{"role": "assistant", "content": "Yes, in 5-8 business days."}], "rejected": "No, we never ship abroad."}
+        """;
+
+    static DataConfig Data(string file, bool packing = false) =>
+        new([file], null, 0, DataFormat.Preference, TemplateKind.Llama2Chat, null, 256, packing, false, false, new ColumnMapping());
+
+    static (TrainingData Data, ITextTokenizer Tokenizer) Build(string text)
+    {
+        var tmp = Paths.Temp();
+        File.WriteAllText(tmp["pairs.jsonl"], text);
+        var tokenizer = TextTokenizers.Load(Paths.TinyModel);
+        return (TrainingData.Build(Data(tmp["pairs.jsonl"]), tokenizer, seed: 0), tokenizer);
+    }
+
+    [Fact]
+    public void A_pair_is_one_row_of_two_conversations_with_only_their_final_answers_trained()
+    {
+        var (data, tokenizer) = Build(Pairs);
+        Assert.Equal(2, data.Train.Count);
+        Assert.Equal(2, data.Stats.TrainExamples);
+        foreach (var row in data.Train)
+        {
+            Assert.Equal(2, row.Documents);
+            string Trained(int doc) => tokenizer.Decode(Enumerable.Range(0, row.Length)
+                .Where(i => row.DocumentIds[i] == doc && row.Labels[i] != TokenizedExample.IgnoreIndex).Select(i => row.InputIds[i])).Trim();
+            string chosen = Trained(1), rejected = Trained(2);
+            Assert.True(chosen is "The Traverse 65 costs $299.00." or "Yes, in 5-8 business days.", chosen);
+            Assert.True(rejected is "The Traverse 65 costs $373.75." or "No, we never ship abroad.", rejected);
+            Assert.DoesNotContain("Hello", chosen);   // an earlier assistant turn of the prompt is context, not trained
+            int second = Array.IndexOf(row.DocumentIds, 2);
+            Assert.Equal(0, row.PositionIds[second]);  // the rejected conversation starts afresh
+            Assert.Equal(row.InputIds[..second].Take(10), row.InputIds[second..].Take(10));   // the same prompt
+        }
+    }
+
+    [Fact]
+    public void Bad_preference_rows_are_named()
+    {
+        string ErrorOf(string line) => Assert.Throws<InvalidDataException>(() => Build(line)).Message;
+        Assert.Contains("pairs.jsonl:1: missing or empty field 'rejected'", ErrorOf("""{"prompt": "q", "chosen": "a"}"""));
+        Assert.Contains("'prompt' messages must end with the user message", ErrorOf("""{"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "chosen": "a", "rejected": "b"}"""));
+        Assert.Contains("'chosen' must be the answer's text or messages ending with the assistant's", ErrorOf("""{"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"}"""));
+    }
+
+    [Fact]
+    public void The_loss_is_its_definition_over_separately_run_conversations_and_log_2_for_a_fresh_adapter()
+    {
+        var (data, _) = Build(Pairs);
+        var batch = Batch.Collate(data.Train, data.PadId);
+        const double beta = 0.5;
+        using var built = ModelBuilder.Build(Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32, new DenseFormat(ScalarType.Float32),
+            NewAdapter: new LoraSettings(R: 4, Alpha: 8, Dropout: 0, TargetModules: ["q_proj", "v_proj", "o_proj"]), AdapterSeed: 5));
+        var model = built.Model;
+        var loss = new DpoLoss(beta);
+        Assert.Equal(2, loss.Count(batch));
+
+        using (no_grad()) Assert.Equal(2 * Math.Log(2), loss.Sum(model, batch).item<float>(), 6);   // B = 0: policy = reference
+
+        using (no_grad())
+        using (var g = new Generator(3))
+            foreach (var (_, lora) in AdapterFiles.LoraModules(model)) lora.B.normal_(0, 0.05, generator: g);
+        var adapters = AdapterFiles.LoraModules(model).SelectMany(l => new[] { l.lora.A, l.lora.B }).ToList();
+
+        var actual = loss.Sum(model, batch);
+        actual.backward();
+        var grads = adapters.Select(p => p.grad!.clone()).ToArray();
+        foreach (var p in adapters) p.grad = null;
+
+        var expected = ExplicitDpo(model, data.Train, beta);
+        expected.backward();
+        double a = actual.item<float>(), e = expected.item<float>();
+        Assert.True(Math.Abs(a - Math.Log(4)) > 0.01, $"the adapter should move the loss off log 2 per pair; got {a}");
+        // The same fp32 arithmetic but for the packed row's attention (the other conversation's keys are masked to
+        // exact zeros, summed in a different order): agreement to a few ulps of the log-probabilities' size.
+        Assert.True(Math.Abs(a - e) < 1e-4, $"DPO loss {a} vs its definition {e}");
+        // Gradients: the same bound relative to each factor's gradient norm (single elements near zero may differ more).
+        for (int i = 0; i < grads.Length; i++)
+        {
+            double error = (grads[i] - adapters[i].grad!).norm().item<float>(), size = adapters[i].grad!.norm().item<float>();
+            Assert.True(size > 0 && error <= 1e-3 * size, $"gradient {i}: |difference| {error:E2} vs |gradient| {size:E2}");
+        }
+    }
+
+    /// <summary>Σ -log σ(β((log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r)))), each conversation run alone.</summary>
+    static Tensor ExplicitDpo(LlamaForCausalLM model, IReadOnlyList<PackedSequence> rows, double beta)
+    {
+        Tensor LogP(PackedSequence row, int doc)
+        {
+            var at = Enumerable.Range(0, row.Length).Where(i => row.DocumentIds[i] == doc).ToArray();
+            using var ids = tensor(at.Select(i => (long)row.InputIds[i]).ToArray(), [1, at.Length]);
+            using var labels = tensor(at.Select(i => (long)row.Labels[i]).ToArray(), [1, at.Length]);
+            return -CausalLmLoss.Sum(model.forward(ids), labels);
+        }
+        var total = tensor(0f);
+        foreach (var row in rows)
+        {
+            Tensor refChosen, refRejected;
+            using (no_grad())
+            using (model.DisableAdapters()) (refChosen, refRejected) = (LogP(row, 1), LogP(row, 2));
+            var margin = (LogP(row, 1) - refChosen) - (LogP(row, 2) - refRejected);
+            total = total + nn.functional.softplus(-beta * margin);   // -log σ(x) = softplus(-x)
+        }
+        return total;
+    }
+
+    /// <summary>A config of the tiny model on the preference pairs, with extra data: and training: keys.</summary>
+    static TrainConfig Parse(string data = "", string training = "") => TrainConfig.Parse(
+        $"model:\n  path: {Paths.TinyModel}\ndata:\n  train: {Path.Combine(Paths.RepoRoot, "datasets", "sales", "preferences_train.jsonl")}\n{data}training:\n  max_steps: 1\n{training}", "x.yaml");
+
+    static string ErrorOf(string data = "", string training = "") => Assert.Throws<ConfigException>(() => Parse(data, training)).Message;
+
+    [Fact]
+    public void The_config_pairs_the_dpo_objective_with_preference_data_and_nothing_else()
+    {
+        Assert.Contains("'training.objective: dpo' trains on preference pairs: set 'data.format' to preference", ErrorOf(training: "  objective: dpo\n"));
+        Assert.Contains("'data.format: preference' holds chosen/rejected pairs, which only 'training.objective: dpo' trains on", ErrorOf("  format: preference\n"));
+        Assert.Contains("'data.packing' must be false with data.format preference", ErrorOf("  format: preference\n  packing: true\n", "  objective: dpo\n"));
+        Assert.Contains("'training.dpo_beta' applies to 'training.objective: dpo' only", ErrorOf(training: "  dpo_beta: 0.2\n"));
+        Assert.Contains("'training.objective'", ErrorOf("  format: preference\n", "  objective: ppo\n"));
+        var c = Parse("  format: preference\n", "  objective: dpo\n  dpo_beta: 0.25\n");
+        Assert.Equal(0.25, c.Training.DpoBeta);
+        Assert.Contains("objective: dpo", c.ToYaml());
+        // An SFT config writes neither key, so configs saved in older checkpoints still compare equal on --resume.
+        Assert.DoesNotContain("objective", Parse("  format: chat\n").ToYaml());
+    }
+}
+
+/// <summary>The DPO recipe on the tiny model: the validation loss starts at log 2 and falls; the adapter is peft's.</summary>
+[Collection("training runs")]
+[Trait("tier", "e2e")]
+public class DpoRecipeTests
+{
+    [Fact]
+    public void A_dpo_run_starts_at_log_2_and_learns_to_prefer_the_chosen_answers()
+    {
+        using var tmp = Paths.Temp();
+        var config = TrainConfig.Load(Path.Combine(Paths.RepoRoot, "configs", "quickstart-dpo.yaml"),
+        [
+            $"model.path={Paths.TinyModel}",
+            $"data.train={Path.Combine(Paths.RepoRoot, "datasets", "sales", "preferences_train.jsonl")}",
+            $"data.validation={Path.Combine(Paths.RepoRoot, "datasets", "sales", "preferences_validation.jsonl")}",
+            "training.max_steps=8", "training.eval_every=8", "training.save_every=100", "data.max_seq_len=128",
+            $"output.dir={tmp["run"]}",
+        ]);
+        var result = TrainingRecipes.Run(config, new TrainOptions(), NullObserver.Instance, CancellationToken.None);
+        Assert.Equal(TrainStop.Completed, result.Stop);
+        Assert.Equal(Math.Log(2), result.InitialValidationLoss!.Value, 5);
+        Assert.True(result.BestValidationLoss < Math.Log(2) - 0.05, $"validation DPO loss {result.BestValidationLoss} after 8 steps");
+        Assert.True(File.Exists(Path.Combine(result.FinalAdapter!, AdapterFiles.WeightsFileName)));
+    }
+}
