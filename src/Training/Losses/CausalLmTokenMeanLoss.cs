@@ -33,7 +33,7 @@ public sealed class CausalLmTokenMeanLoss(long logitsPerChunk = ChunkedCrossEntr
     }
 
     /// <summary>Whether the output head (an adapter on lm_head, or a trainable tied embedding) has parameters to train.</summary>
-    static bool HeadTrains(LlamaForCausalLM model) => model.HeadPath is { } head
+    internal static bool HeadTrains(LlamaForCausalLM model) => model.HeadPath is { } head
         ? model.GetLinear(head).parameters().Any(p => p.requires_grad)
         : model.Model.EmbedTokens.Weight.requires_grad;
 

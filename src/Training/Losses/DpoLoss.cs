@@ -51,9 +51,7 @@ public sealed class DpoLoss(double beta, long logitsPerChunk = ChunkedCrossEntro
         using var scope = NewDisposeScope();
         var hidden = model.HiddenStates(x.InputIds, x.PositionIds, x.AttentionMask);     // (B, T, H)
         long chunk = ChunkedCrossEntropy.TokensPerChunk(model.Architecture.VocabSize, logitsPerChunk);
-        bool headTrains = model.HeadPath is { } head
-            ? model.GetLinear(head).parameters().Any(p => p.requires_grad)
-            : model.Model.EmbedTokens.Weight.requires_grad;
+        bool headTrains = CausalLmTokenMeanLoss.HeadTrains(model);
         var rows = new List<Tensor>();
         for (int r = 0; r < spans.GetLength(0); r++)
         {
