@@ -90,16 +90,20 @@ public sealed class TrainingData
 
     /// <summary>
     /// The examples of <paramref name="files"/> as validation data (in file order, rendered, masked, truncated and
-    /// packed exactly as a run's <c>data.validation</c>), with no training split: what `eval --data` scores, so its
-    /// loss equals the validation loss a run reports on the same file.
+    /// packed exactly as a run's <c>data.validation</c>; preference pairs one per row), with no training split: what
+    /// `eval --data` scores, so its loss equals the validation loss a run reports on the same file.
     /// </summary>
     public static TrainingData ForEvaluation(DataConfig config, ITextTokenizer tokenizer, IReadOnlyList<string> files, string? modelDir = null)
     {
-        if (config.Format == DataFormat.Preference)
-            throw new InvalidDataException($"{string.Join(", ", files)}: preference pairs have no next-token loss to score; a DPO run reports its preference loss on data.validation");
         var chat = ResolveTemplate(config, tokenizer, modelDir);
         var encoder = new ExampleEncoder(tokenizer, config.MaxSeqLen, config.TrainOnInputs);
         var counts = new Counts();
+        if (config.Format == DataFormat.Preference)
+        {
+            var pairs = EncodePairs(config, chat, files, encoder, counts);
+            return new TrainingData([], pairs, new DataStats(0, pairs.Count, 0, pairs.Count, 0, 0, config.MaxSeqLen,
+                counts.Truncated, counts.Dropped, counts.Skipped, counts.FirstSkipReason) { Pairs = true }, tokenizer.PadId, 0);
+        }
         var examples = Encode(config, chat, files, encoder, counts);
         var sequences = SequencePacker.Pack(examples, config.MaxSeqLen, config.Packing);
         var stats = new DataStats(0, examples.Count, 0, sequences.Count, 0, 0, config.MaxSeqLen,

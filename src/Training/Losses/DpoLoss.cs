@@ -29,6 +29,17 @@ public sealed class DpoLoss(double beta, long logitsPerChunk = ChunkedCrossEntro
 
     public Tensor Sum(LlamaForCausalLM model, Batch batch)
     {
+        using var scope = NewDisposeScope();
+        return (-nn.functional.logsigmoid(Margins(model, batch) * beta)).sum().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Each pair's (log π(chosen) - log π_ref(chosen)) - (log π(rejected) - log π_ref(rejected)), (B) fp32, attached to
+    /// the graph when gradients are enabled. β times it is TRL's "rewards/margins"; a pair is ranked right when it is
+    /// positive ("rewards/accuracies").
+    /// </summary>
+    public Tensor Margins(LlamaForCausalLM model, Batch batch)
+    {
         var spans = AnswerSpans(batch);
         using var scope = NewDisposeScope();
         var x = batch.ToTensors(model.Device);
@@ -38,8 +49,7 @@ public sealed class DpoLoss(double beta, long logitsPerChunk = ChunkedCrossEntro
         using (model.DisableAdapters())
             reference = LogProbabilities(model, x, spans);                                // (B, 2), no graph
         var ratios = policy - reference;                                                  // (B, 2)
-        var margins = ratios.select(1, 0) - ratios.select(1, 1);                          // (B)
-        return (-nn.functional.logsigmoid(margins * beta)).sum().MoveToOuterDisposeScope();
+        return (ratios.select(1, 0) - ratios.select(1, 1)).MoveToOuterDisposeScope();    // (B)
     }
 
     /// <summary>

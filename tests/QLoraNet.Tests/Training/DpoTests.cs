@@ -170,5 +170,17 @@ public class DpoRecipeTests
         Assert.Equal(Math.Log(2), result.InitialValidationLoss!.Value, 5);
         Assert.True(result.BestValidationLoss < Math.Log(2) - 0.05, $"validation DPO loss {result.BestValidationLoss} after 8 steps");
         Assert.True(File.Exists(Path.Combine(result.FinalAdapter!, AdapterFiles.WeightsFileName)));
+
+        // `eval --data --format preference` scores the same pairs as the run's validation: the same DPO loss (a mean
+        // of per-pair values in fp64 there, of per-batch fp32 sums here), and more pairs ranked right than wrong.
+        var (code, stdout, stderr) = CliRunner.Run("eval", "--model", Paths.TinyModel, "--adapter", result.FinalAdapter!,
+            "--data", Path.Combine(Paths.RepoRoot, "datasets", "sales", "preferences_validation.jsonl"), "--format", "preference",
+            "--template", "llama2-chat", "--max-seq-len", "128", "--json");
+        Assert.True(code == 0, stderr);
+        var json = System.Text.Json.JsonDocument.Parse(stdout).RootElement;
+        Assert.Equal(result.BestValidationLoss!.Value, json.GetProperty("dpo_loss").GetDouble(), 4);
+        Assert.Equal(154, json.GetProperty("pairs").GetInt32());
+        Assert.True(json.GetProperty("preference_accuracy").GetDouble() > 0.6, stdout);
+        Assert.True(json.GetProperty("reward_margin").GetDouble() > 0, stdout);
     }
 }
