@@ -21,17 +21,24 @@ public static class DataPreviewPrinter
         stdout.WriteLine(colour
             ? "trained tokens in \u001b[32mgreen\u001b[0m, masked (prompt) tokens plain; <s> </s> are the BOS/EOS ids"
             : "trained tokens in {{ }}, masked (prompt) tokens plain; <s> </s> are the BOS/EOS ids");
+        var s = preview.Stats;
         foreach (var row in preview.Rows)
         {
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"--- row {row.Index}: {row.Tokens} tokens, {row.TrainedTokens} trained, {row.Examples} example(s)"));
+                $"--- row {row.Index}: {row.Tokens} tokens, {row.TrainedTokens} trained, {(s.Pairs ? "one preference pair (chosen, then rejected)" : $"{row.Examples} example(s)")}"));
             var text = new StringBuilder();
             foreach (var span in row.Spans)
                 text.Append(!span.Trained ? span.Text : colour ? $"\u001b[32m{span.Text}\u001b[0m" : "{{" + span.Text + "}}");
             stdout.WriteLine(text.ToString());
         }
-        var s = preview.Stats;
         stdout.WriteLine("---");
+        if (s.Pairs)
+        {
+            stdout.WriteLine(s.Describe());
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{preview.MicroBatches} micro-batches of {config.Training.MicroBatchSize} pairs per epoch, padding {preview.PaddingFraction * 100:F1}% of their token slots"));
+            return;
+        }
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"examples: {s.TrainExamples} train, {s.ValidationExamples} validation; truncated {s.Truncated}, dropped {s.Dropped} (no trained token within max_seq_len {s.MaxSeqLen}), skipped bad rows {s.SkippedRows}"));
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
