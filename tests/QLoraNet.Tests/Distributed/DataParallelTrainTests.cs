@@ -61,6 +61,29 @@ public class DataParallelTrainTests
         Assert.Equal((2, 2, 2), (state.WorldSize, state.MicroBatchSize, state.GradientAccumulationSteps));
     }
 
+    /// <summary>DPO through the same launcher and step: its loss sums over pairs like the fine-tuning loss over
+    /// tokens, so two ranks accumulating 2 pairs-batches each equal one process accumulating 4, bit for bit.</summary>
+    [Fact]
+    public void Dpo_on_two_ranks_equals_one_process_step_by_step()
+    {
+        using var tmp = Paths.Temp();
+        string[] Args(string dir, int accumulation) =>
+        [
+            "train", Path.Combine(Paths.RepoRoot, "configs", "quickstart-dpo.yaml"), $"model.path={Paths.TinyModel}",
+            $"data.train={Path.Combine(Paths.RepoRoot, "datasets", "sales", "preferences_train.jsonl")}",
+            "data.validation=null", "data.val_fraction=0.03", "data.max_seq_len=64", "training.micro_batch_size=2",
+            "training.max_steps=2", "training.warmup_steps=1", "training.eval_every=2", "training.save_every=0", "training.log_every=1",
+            "training.gradient_checkpointing=true", "lora.dropout=0.1", $"training.gradient_accumulation_steps={accumulation}", $"output.dir={dir}",
+        ];
+        var one = Cli.Run(Args(tmp["one"], 4));
+        Assert.True(one.Code == 0, $"exit {one.Code}\n{one.Out}\n{one.Err}");
+        var two = Cli.Run([.. Args(tmp["two"], 2), "--gpus", "2"]);
+        Assert.True(two.Code == 0, $"exit {two.Code}\n{two.Out}\n{two.Err}");
+        Assert.Equal(Metrics(tmp["one"]).Select(Numbers), Metrics(tmp["two"]).Select(Numbers));
+        Assert.NotNull(Metrics(tmp["two"])[^1].ValidationLoss);
+        Assert.Equal(Adapter(tmp["one"]), Adapter(tmp["two"]));
+    }
+
     /// <summary>
     /// Three ranks with accumulation 1; rank 2 is killed after the step-2 checkpoint. The others stop at once naming
     /// it, the launcher exits with its code, and every checkpoint left is complete. Resuming on 2 ranks is refused
