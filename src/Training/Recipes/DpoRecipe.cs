@@ -11,7 +11,9 @@ namespace QLoraNet.Training.Recipes;
 /// (`data.format: preference`, one pair per row, <see cref="QLoraNet.Training.Data.TrainingData"/>), and its loss is
 /// <see cref="DpoLoss"/>, whose reference model is the policy with its adapters switched off, so the frozen base
 /// (NF4 or any other) is held once. The validation loss it reports is the DPO loss of the validation pairs: log 2
-/// (0.6931) before the first step, lower as the adapter learns to prefer the chosen answers.
+/// (0.6931) before the first step, lower as the adapter learns to prefer the chosen answers. DPO after supervised
+/// fine-tuning starts from the merged SFT checkpoint (so the reference is the SFT model, as in the paper);
+/// <c>lora.init_from</c> would leave the reference at the model before that adapter, and says so.
 /// </summary>
 public static class DpoRecipe
 {
@@ -19,6 +21,9 @@ public static class DpoRecipe
     {
         if (config.Training.Objective != TrainingObjective.Dpo)
             throw new ArgumentException($"the DPO recipe runs 'training.objective: dpo'; this config's is {YamlNames.Of(config.Training.Objective)}");
+        if (config.LoraInitFrom is { } init)
+            observer.OnMessage($"lora.init_from with DPO: the reference is the model without any adapter, i.e. {config.Model.Path} before the adapter in {init}, "
+                + "not that adapter; for DPO after supervised fine-tuning, merge the SFT adapter into the model (`merge`) and start from the merged checkpoint");
         return LoraFinetuneRecipe.Run(config, options, observer, cancel,
             built => new DpoLoss(config.Training.DpoBeta, built.Kernels.Fused.LogitsPerChunk));
     }
