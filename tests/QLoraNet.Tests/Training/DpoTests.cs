@@ -65,13 +65,16 @@ public class DpoTests
         Assert.Contains("'chosen' must be the answer's text or messages ending with the assistant's", ErrorOf("""{"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"}"""));
     }
 
-    [Fact]
-    public void The_loss_is_its_definition_over_separately_run_conversations_and_log_2_for_a_fresh_adapter()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]   // the policy's layers recomputed in backward, after the reference pass ran in between
+    public void The_loss_is_its_definition_over_separately_run_conversations_and_log_2_for_a_fresh_adapter(bool checkpointing)
     {
         var (data, _) = Build(Pairs);
         var batch = Batch.Collate(data.Train, data.PadId);
         const double beta = 0.5;
         using var built = ModelBuilder.Build(Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32, new DenseFormat(ScalarType.Float32),
+            GradientCheckpointing: checkpointing,
             NewAdapter: new LoraSettings(R: 4, Alpha: 8, Dropout: 0, TargetModules: ["q_proj", "v_proj", "o_proj"]), AdapterSeed: 5));
         var model = built.Model;
         var loss = new DpoLoss(beta);
