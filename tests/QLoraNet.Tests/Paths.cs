@@ -18,6 +18,15 @@ public static class Paths
 
     /// <summary>A fresh empty temp directory, deleted when disposed.</summary>
     public static TempDir Temp() => new();
+
+    /// <summary>A temporary folder for files shared by a test class's cases (exports made once), deleted when the
+    /// test process exits.</summary>
+    public static TempDir TempForProcess()
+    {
+        var dir = Temp();
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => dir.Dispose();
+        return dir;
+    }
 }
 
 public sealed class TempDir : IDisposable

@@ -11,7 +11,7 @@ namespace QLoraNet.Tests.Cli;
 /// </summary>
 public static class TinyModelExports
 {
-    static readonly TempDir Dir = CreateDir();
+    static readonly TempDir Dir = Paths.TempForProcess();
     static readonly Dictionary<string, Lazy<(string Path, string Stdout)>> ByType =
         new[] { "f16", "q8_0", "q4_0" }.ToDictionary(t => t, t => new Lazy<(string, string)>(() => Export(t)));
 
@@ -23,13 +23,6 @@ public static class TinyModelExports
         var (code, stdout, stderr) = CliRunner.Run("export", "--model", Paths.TinyModel, "--format", "gguf", "--type", type, "--out", path);
         Assert.True(code == 0, stderr);
         return (path, stdout);
-    }
-
-    static TempDir CreateDir()
-    {
-        var dir = Paths.Temp();
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => dir.Dispose();
-        return dir;
     }
 }
 

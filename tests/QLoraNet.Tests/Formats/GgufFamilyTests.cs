@@ -14,7 +14,7 @@ namespace QLoraNet.Tests.Formats;
 /// <summary>One f16 GGUF export of each family fixture per test run, through the CLI.</summary>
 public static class FamilyExports
 {
-    static readonly TempDir Dir = CreateDir();
+    static readonly TempDir Dir = Paths.TempForProcess();
     static readonly Dictionary<string, Lazy<(string Path, string Stdout)>> ByFamily =
         FamilyReference.Names.ToDictionary(f => f, f => new Lazy<(string, string)>(() => Export(f)));
 
@@ -26,13 +26,6 @@ public static class FamilyExports
         var (code, stdout, stderr) = CliRunner.Run("export", "--model", FamilyReference.DirOf(family), "--format", "gguf", "--type", "f16", "--out", path);
         Assert.True(code == 0, stderr);
         return (path, stdout);
-    }
-
-    static TempDir CreateDir()
-    {
-        var dir = Paths.Temp();
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => dir.Dispose();
-        return dir;
     }
 }
 

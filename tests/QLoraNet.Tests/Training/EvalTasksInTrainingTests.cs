@@ -24,7 +24,7 @@ public class EvalTasksInTrainingTests
             $"output.dir={tmp["run"]}", "eval.tasks=[sales_mc]", "eval.limit=2", $"eval.task_data=[sales_mc={SalesData}]",
         ]);
         var messages = new List<string>();
-        var result = LoraFinetuneRecipe.Run(config, new TrainOptions(), new MessageRecorder(messages), CancellationToken.None);
+        var result = LoraFinetuneRecipe.Run(config, new TrainOptions(), new MessageObserver(messages), CancellationToken.None);
 
         Assert.Equal(TrainStop.Completed, result.Stop);
         Assert.Equal(["sales_mc/acc", "sales_mc/acc_norm"], result.TaskScores!.Keys.Order());
@@ -59,7 +59,7 @@ public class EvalTasksInTrainingTests
             "eval.tasks=[sales_mc]", "eval.limit=4", $"eval.task_data=[sales_mc={SalesData}]",
         ]);
         var messages = new List<string>();
-        var result = LoraFinetuneRecipe.Run(config, new TrainOptions(), new MessageRecorder(messages), CancellationToken.None);
+        var result = LoraFinetuneRecipe.Run(config, new TrainOptions(), new MessageObserver(messages), CancellationToken.None);
 
         Assert.Equal(TrainStop.Completed, result.Stop);
         Assert.Equal(["sales_mc/acc", "sales_mc/acc_norm"], result.InitialTaskScores!.Keys.Order());
@@ -67,14 +67,5 @@ public class EvalTasksInTrainingTests
         Assert.Contains(messages, m => m.StartsWith("tasks step") && m.Contains("sales_mc/acc"));
         var rows = MetricsLog.Read(Path.Combine(tmp["run"], RunOutput.MetricsFile));
         Assert.Equal(result.TaskScores["sales_mc/acc"], rows[^1].TaskScores!["sales_mc/acc"]);
-    }
-
-    sealed class MessageRecorder(List<string> messages) : ITrainingObserver
-    {
-        public void OnStart(RunSummary summary) { }
-        public void OnStep(StepMetrics m) { }
-        public void OnEvaluation(int step, double loss, bool best) { }
-        public void OnCheckpoint(int step, string directory) { }
-        public void OnMessage(string message) => messages.Add(message);
     }
 }

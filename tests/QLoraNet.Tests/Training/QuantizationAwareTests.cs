@@ -69,17 +69,6 @@ public class QuantizationAwareTests
 [Trait("tier", "e2e")]
 public class QuantizationAwareRecipeTests
 {
-    sealed class Quiet : ITrainingObserver
-    {
-        public readonly List<string> Messages = [];
-        public void OnStart(RunSummary summary) { }
-        public void OnStep(StepMetrics m) { }
-        public void OnEvaluation(int step, double loss, bool best) { }
-        public void OnCheckpoint(int step, string directory) { }
-        public void OnMessage(string message) => Messages.Add(message);
-        public void OnCheckpointFileWritten(string path) { }
-    }
-
     /// <param name="aware">the target format.</param>
     /// <param name="stored">true: `merge --quantization FORMAT` writes it; false (no checkpoint layout: q4_0) the merge
     /// is written dense in fp32 and quantized on load, as `eval --quantization q4_0-f16` does.</param>
@@ -98,7 +87,7 @@ public class QuantizationAwareRecipeTests
             "training.warmup_steps=0", "lora.dropout=0", "quantization.type=none", "quantization.double_quant=false",
             $"quantization.aware={aware}", $"output.dir={tmp["run"]}",
         ]);
-        var observer = new Quiet();
+        var observer = new MessageObserver();
         var result = LoraFinetuneRecipe.Run(config, new TrainOptions(), observer, CancellationToken.None);
         Assert.Equal(TrainStop.Completed, result.Stop);
         Assert.Contains(observer.Messages, m => m.StartsWith("quantization-aware training"));

@@ -14,16 +14,6 @@ namespace QLoraNet.Tests.Training;
 [Trait("tier", "e2e")]
 public class ResumeTests
 {
-    sealed class Messages : ITrainingObserver
-    {
-        public readonly List<string> Lines = [];
-        public void OnStart(RunSummary summary) { }
-        public void OnStep(StepMetrics metrics) { }
-        public void OnEvaluation(int step, double validationLoss, bool isBest) { }
-        public void OnCheckpoint(int step, string directory) { }
-        public void OnMessage(string message) => Lines.Add(message);
-    }
-
     static TrainResult Run(TinyRun run, string? resume, bool withChanges, params string[] overrides) =>
         LoraFinetuneRecipe.Run(TrainConfig.Load(run.ConfigPath, overrides), new TrainOptions(resume, ResumeWithChanges: withChanges), NullObserver.Instance, CancellationToken.None);
 
@@ -56,16 +46,16 @@ public class ResumeTests
         string original = Path.Combine(run.OutDir, RunOutput.ResolvedConfigFile);
         var originalBytes = File.ReadAllBytes(original);
 
-        var messages = new Messages();
+        var messages = new MessageObserver();
         var r = LoraFinetuneRecipe.Run(TrainConfig.Load(run.ConfigPath, ["training.max_steps=6"]),
             new TrainOptions("latest", ResumeWithChanges: true), messages, CancellationToken.None);
         Assert.Equal(TrainStop.Completed, r.Stop);
         Assert.Equal(6, r.StepsDone);
-        Assert.Contains("resuming with a changed config (--resume-with-changes): training.max_steps 4 -> 6", messages.Lines);
+        Assert.Contains("resuming with a changed config (--resume-with-changes): training.max_steps 4 -> 6", messages.Messages);
         Assert.Equal(originalBytes, File.ReadAllBytes(original));
         string recorded = Path.Combine(run.OutDir, RunOutput.ResumeConfigFile(4));
         Assert.Equal(6, TrainConfig.Load(recorded).Training.MaxSteps);
-        Assert.Contains($"the config of this resume is recorded in {recorded}", messages.Lines);
+        Assert.Contains($"the config of this resume is recorded in {recorded}", messages.Messages);
 
         // Checkpoints saved since carry the config they were trained under: resuming them again needs no flag.
         Assert.Equal(TrainStop.Completed, Run(run, "latest", false, "training.max_steps=6").Stop);
