@@ -35,6 +35,18 @@ internal static class FamilyLora
         using (no_grad()) return model.forward(input);
     }
 
+    /// <summary>The loss on <paramref name="ids"/> and every adapter factor's gradient (A, B per module), with each B
+    /// set to 0.01 first so that A gets a gradient too: what the checkpointing tests compare with and without.</summary>
+    public static (float Loss, Tensor[] Grads) LossAndAdapterGradients(LlamaForCausalLM model, long[] ids)
+    {
+        using (no_grad())
+            foreach (var (_, lora) in AdapterFiles.LoraModules(model)) lora.B.fill_(0.01);
+        using var input = tensor(ids, [1, ids.Length]);
+        var loss = CausalLmLoss.Compute(model.forward(input), input);
+        loss.backward();
+        return (loss.item<float>(), AdapterFiles.LoraModules(model).SelectMany(l => new[] { l.lora.A.grad!.clone(), l.lora.B.grad!.clone() }).ToArray());
+    }
+
     /// <summary>The trainable parameters (the adapter's A and B) by name.</summary>
     public static List<(string Name, Tensor Parameter)> Trainable(LlamaForCausalLM model) =>
         model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter)).ToList();

@@ -58,13 +58,7 @@ public class FamilyLoraTests
         (float Loss, Tensor[] Grads) Run(bool checkpointing)
         {
             using var built = Build(family, Dense, AllLinear, checkpointing: checkpointing);
-            var model = built.Model;
-            using (no_grad())
-                foreach (var (_, lora) in AdapterFiles.LoraModules(model)) lora.B.fill_(0.01);   // so A gets a gradient too
-            using var ids = tensor(FamilyReference.Of(family).HeldoutIds.Take(40).ToArray(), [1, 40]);
-            var loss = CausalLmLoss.Compute(model.forward(ids), ids);
-            loss.backward();
-            return (loss.item<float>(), AdapterFiles.LoraModules(model).SelectMany(l => new[] { l.lora.A.grad!.clone(), l.lora.B.grad!.clone() }).ToArray());
+            return FamilyLora.LossAndAdapterGradients(built.Model, FamilyReference.Of(family).HeldoutIds.Take(40).ToArray());
         }
         var plain = Run(false);
         var ckpt = Run(true);
