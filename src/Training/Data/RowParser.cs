@@ -36,7 +36,7 @@ public static class RowParser
         string? system = NullIfEmpty(row.String(columns.System));
         var context = new List<ChatTurn>();
         string prompt;
-        if (row.Json(columns.Prompt) is { ValueKind: JsonValueKind.Array } messages)
+        if (MessageList(row, columns.Prompt) is { } messages)
         {
             var list = Messages(row, messages);
             int i = 0;
@@ -58,7 +58,7 @@ public static class RowParser
     /// <summary>An answer of a preference row: text, or a list of messages whose last is the assistant's.</summary>
     static string Answer(Row row, string name)
     {
-        if (row.Json(name) is { ValueKind: JsonValueKind.Array } messages)
+        if (MessageList(row, name) is { } messages)
         {
             var list = Messages(row, messages);
             if (list.Count == 0 || list[^1].Role != "assistant")
@@ -66,6 +66,21 @@ public static class RowParser
             return list[^1].Content.Trim().Length > 0 ? list[^1].Content : throw Missing(row, name, "the answer's text");
         }
         return Required(row, name);
+    }
+
+    /// <summary>The field as a list of messages when it holds one (a JSON array; in CSV, a cell holding one), else
+    /// null: the field is text (a CSV cell such as "[INST] ..." that is not JSON stays text).</summary>
+    static JsonElement? MessageList(Row row, string name)
+    {
+        if (row.String(name) is { } text && !text.TrimStart().StartsWith('[')) return null;
+        try
+        {
+            return row.Json(name) is { ValueKind: JsonValueKind.Array } list ? list : null;
+        }
+        catch (BadRowException)
+        {
+            return null;
+        }
     }
 
     static List<(string Role, string Content)> Messages(Row row, JsonElement messages)

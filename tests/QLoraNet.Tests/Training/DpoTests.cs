@@ -57,6 +57,20 @@ public class DpoTests
     }
 
     [Fact]
+    public void Csv_rows_with_renamed_columns_give_the_same_pair_as_jsonl()
+    {
+        using var tmp = Paths.Temp();
+        File.WriteAllText(tmp["p.csv"], "question,good,bad\n\"How much is the Traverse 65 pack?\",\"The Traverse 65 costs $299.00.\",\"The Traverse 65 costs $373.75.\"\n");
+        File.WriteAllText(tmp["p.jsonl"], Pairs.Split('\n')[0] + "\n");
+        var tokenizer = TextTokenizers.Load(Paths.TinyModel);
+        var csv = TrainingData.Build(Data(tmp["p.csv"]) with { Columns = new ColumnMapping(Prompt: "question", Chosen: "good", Rejected: "bad") }, tokenizer, seed: 0);
+        var jsonl = TrainingData.Build(Data(tmp["p.jsonl"]), tokenizer, seed: 0);
+        Assert.Equal(jsonl.Train[0].InputIds, csv.Train[0].InputIds);
+        Assert.Equal(jsonl.Train[0].Labels, csv.Train[0].Labels);
+        Assert.Equal(jsonl.Train[0].DocumentIds, csv.Train[0].DocumentIds);
+    }
+
+    [Fact]
     public void Bad_preference_rows_are_named()
     {
         string ErrorOf(string line) => Assert.Throws<InvalidDataException>(() => Build(line)).Message;
