@@ -29,14 +29,17 @@ public sealed class DatasetEval
     public Option<string?> SystemPrompt { get; } = new("--system-prompt") { Description = "with --data: system prompt for rows without one (as data.system_prompt)" };
     public Option<int> MicroBatchSize { get; } = new("--micro-batch-size") { Description = "with --data: rows per forward (as training.micro_batch_size; the mean does not depend on it beyond rounding)", DefaultValueFactory = _ => 4 };
     public Option<double> DpoBeta { get; } = new("--dpo-beta") { Description = "with --format preference: DPO's beta (as training.dpo_beta)", DefaultValueFactory = _ => 0.1 };
+    public Option<string> DpoLossOption { get; } = new("--dpo-loss") { Description = "with --format preference: sigmoid | hinge | ipo (as training.dpo_loss)", DefaultValueFactory = _ => "sigmoid" };
+    public Option<double> DpoLabelSmoothing { get; } = new("--dpo-label-smoothing") { Description = "with --format preference and --dpo-loss sigmoid: cDPO's epsilon (as training.dpo_label_smoothing)", DefaultValueFactory = _ => 0.0 };
 
     public DatasetEval()
     {
         Format.AcceptOnlyFromAmong(YamlNames.Choices<DataFormat>().ToArray());
         Template.AcceptOnlyFromAmong(YamlNames.Choices<TemplateKind>().ToArray());
+        DpoLossOption.AcceptOnlyFromAmong(YamlNames.Choices<DpoLossKind>().ToArray());
     }
 
-    public IEnumerable<Option> Options => [Data, Format, Template, MaxSeqLen, Packing, SystemPrompt, MicroBatchSize, DpoBeta];
+    public IEnumerable<Option> Options => [Data, Format, Template, MaxSeqLen, Packing, SystemPrompt, MicroBatchSize, DpoBeta, DpoLossOption, DpoLabelSmoothing];
 
     /// <summary>The data settings of the options, checked as the config checks its data section.</summary>
     public DataConfig Config(ParseResult parsed)
@@ -55,6 +58,10 @@ public sealed class DatasetEval
         if (format == DataFormat.Preference && parsed.GetValue(Packing))
             throw new ArgumentException("--packing does not apply to --format preference: each row holds one pair");
         if (!(parsed.GetValue(DpoBeta) > 0)) throw new ArgumentException($"--dpo-beta must be positive, got {parsed.GetValue(DpoBeta)}");
+        double smoothing = parsed.GetValue(DpoLabelSmoothing);
+        if (!(smoothing >= 0 && smoothing < 0.5)) throw new ArgumentException($"--dpo-label-smoothing must be in [0, 0.5), got {smoothing}");
+        if (smoothing > 0 && parsed.GetValue(DpoLossOption) != "sigmoid")
+            throw new ArgumentException($"--dpo-label-smoothing applies to --dpo-loss sigmoid only, got {parsed.GetValue(DpoLossOption)}");
         return new DataConfig([file], file, 0, format, template, parsed.GetValue(SystemPrompt), maxSeqLen, parsed.GetValue(Packing),
             TrainOnInputs: false, SkipBadRows: false, new ColumnMapping());
     }
@@ -89,7 +96,8 @@ public sealed class DatasetEval
     int RunPreference(ParseResult parsed, ModelOptions.Loaded loaded, TrainingData data, DataConfig config, bool json, TextWriter stdout)
     {
         double beta = parsed.GetValue(DpoBeta);
-        var loss = new DpoLoss(beta);
+        YamlNames.TryParse<DpoLossKind>(parsed.GetValue(DpoLossOption)!, out var kind);
+        var loss = new DpoLoss(beta, kind, parsed.GetValue(DpoLabelSmoothing));
         var model = loaded.Model;
         var margins = new List<double>();
         bool wasTraining = model.training;
@@ -107,8 +115,10 @@ public sealed class DatasetEval
         {
             if (wasTraining) model.train();
         }
-        // -log σ(βm) = log(1 + e^(-βm)), in a form that neither overflows nor loses small values.
-        double mean = margins.Average(m => Math.Max(-beta * m, 0) + Math.Log(1 + Math.Exp(-Math.Abs(beta * m))));
+        double mean;
+        using (var all = TorchSharp.torch.tensor(margins.ToArray()))
+        using (var losses = loss.PairLosses(all))
+            mean = losses.mean().item<double>();
         int right = margins.Count(m => m > 0);
         double accuracy = (double)right / margins.Count, rewardMargin = beta * margins.Average();
         bool adapter = model.modules().OfType<QLoraNet.Peft.LoraLinear>().Any();
@@ -117,13 +127,14 @@ public sealed class DatasetEval
             stdout.WriteLine(JsonSerializer.Serialize(new
             {
                 dpo_loss = mean, preference_accuracy = accuracy, reward_margin = rewardMargin, pairs = margins.Count, beta,
+                loss_type = YamlNames.Of(kind),
                 truncated = data.Stats.Truncated, dropped = data.Stats.Dropped, quantization = loaded.Format.ToString(),
             }));
             return 0;
         }
         string note = adapter ? "" : ". No --adapter: the model is its own reference, so every margin is 0";
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"DPO loss {mean:F5} (beta {beta}), preference accuracy {accuracy:F4} ({right} of {margins.Count} pairs rank the chosen answer above the rejected one), "
+            $"DPO loss {mean:F5} ({YamlNames.Of(kind)}, beta {beta}), preference accuracy {accuracy:F4} ({right} of {margins.Count} pairs rank the chosen answer above the rejected one), "
             + $"mean reward margin {rewardMargin:F4}; template {YamlNames.Of(config.Template)}, max-seq-len {config.MaxSeqLen}; conversations truncated {data.Stats.Truncated}, pairs dropped {data.Stats.Dropped}; base {loaded.Format}{note}"));
         return 0;
     }

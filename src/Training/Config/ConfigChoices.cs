@@ -17,6 +17,11 @@ public enum DataFormat { Chat, Instruction, Completion, Preference }
 /// preference loss over chosen/rejected pairs (Rafailov et al. 2023).</summary>
 public enum TrainingObjective { Sft, Dpo }
 
+/// <summary>DPO's loss of a pair's margin, as TRL's loss_type: Sigmoid (the paper's -log σ(β·margin), with optional
+/// label smoothing, cDPO), Hinge (SLiC: max(0, 1 - β·margin)) or Ipo (Azar et al. 2023: (margin - 1/(2β))² over
+/// per-token mean log-probabilities).</summary>
+public enum DpoLossKind { Sigmoid, Hinge, Ipo }
+
 /// <summary>
 /// The prompt template that turns chat/instruction rows into text; completion rows never use one. Auto is the
 /// template the checkpoint ships (recognised by Training.Data.ChatTemplates), llama2-chat when it ships none.

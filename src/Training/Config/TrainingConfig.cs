@@ -37,7 +37,9 @@ public sealed record TrainingConfig(
     string? SamplePromptsFile = null,
     int SampleMaxNewTokens = 48,
     TrainingObjective Objective = TrainingObjective.Sft,
-    double DpoBeta = 0.1)
+    double DpoBeta = 0.1,
+    DpoLossKind DpoLoss = DpoLossKind.Sigmoid,
+    double DpoLabelSmoothing = 0)
 {
     /// <summary>Extensions a sample prompts file may have.</summary>
     public static readonly IReadOnlyList<string> SamplePromptExtensions = [".txt", ".jsonl"];
@@ -75,8 +77,14 @@ public sealed record TrainingConfig(
             EarlyStoppingPatience: s.OptionalInt("early_stopping_patience", 1));
         var (promptsFile, prompts) = s.OptionalStringOrList("sample_prompts");
         c = c with { SamplePrompts = prompts, SamplePromptsFile = promptsFile, SampleMaxNewTokens = s.Int("sample_max_new_tokens", d.SampleMaxNewTokens, 1, 4096) };
-        c = c with { Objective = s.Enum("objective", d.Objective), DpoBeta = s.Double("dpo_beta", d.DpoBeta, 0, 1000, minExclusive: true) };
-        bool betaGiven = s.OptionalDouble("dpo_beta") != null;
+        c = c with
+        {
+            Objective = s.Enum("objective", d.Objective), DpoBeta = s.Double("dpo_beta", d.DpoBeta, 0, 1000, minExclusive: true),
+            DpoLoss = s.Enum("dpo_loss", d.DpoLoss), DpoLabelSmoothing = s.Double("dpo_label_smoothing", d.DpoLabelSmoothing, 0, 0.5),
+        };
+        string? dpoKeyGiven = s.OptionalDouble("dpo_beta") != null ? "dpo_beta"
+            : s.OptionalString("dpo_loss") != null ? "dpo_loss"
+            : s.OptionalDouble("dpo_label_smoothing") != null ? "dpo_label_smoothing" : null;
         bool ratioGiven = s.OptionalDouble("warmup_ratio") != null;
         s.Finish();
         if (prompts is { Count: 0 } || (prompts?.Any(p => p.Trim().Length == 0) ?? false))
@@ -88,8 +96,12 @@ public sealed record TrainingConfig(
             if (!File.Exists(promptsFile))
                 throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' file '{promptsFile}' not found (relative paths resolve from the current directory {Environment.CurrentDirectory})");
         }
-        if (betaGiven && c.Objective != TrainingObjective.Dpo)
-            throw s.ErrorAt("dpo_beta", $"'{s.Full("dpo_beta")}' applies to '{s.Full("objective")}: dpo' only; this run's objective is {YamlNames.Of(c.Objective)}");
+        if (dpoKeyGiven is not null && c.Objective != TrainingObjective.Dpo)
+            throw s.ErrorAt(dpoKeyGiven, $"'{s.Full(dpoKeyGiven)}' applies to '{s.Full("objective")}: dpo' only; this run's objective is {YamlNames.Of(c.Objective)}");
+        if (c.DpoLabelSmoothing >= 0.5)
+            throw s.ErrorAt("dpo_label_smoothing", $"'{s.Full("dpo_label_smoothing")}' must be below 0.5 (the share of pairs assumed mislabelled); got {c.DpoLabelSmoothing}");
+        if (c.DpoLabelSmoothing > 0 && c.DpoLoss != DpoLossKind.Sigmoid)
+            throw s.ErrorAt("dpo_label_smoothing", $"'{s.Full("dpo_label_smoothing")}' applies to dpo_loss sigmoid only (cDPO); this run's is {YamlNames.Of(c.DpoLoss)}");
         if (c.WarmupSteps != null && ratioGiven)
             throw s.ErrorAt("warmup_ratio", $"set '{s.Full("warmup_steps")}' or '{s.Full("warmup_ratio")}', not both");
         return c;
@@ -115,5 +127,7 @@ public sealed record TrainingConfig(
         // Written for DPO only, so that the configs saved in checkpoints before the key existed still compare equal
         // (ResumeCompatibility treats an added key as a change).
         ("objective", Objective != TrainingObjective.Sft ? YamlOut.Scalar(Objective) : null),
-        ("dpo_beta", Objective == TrainingObjective.Dpo ? YamlOut.Scalar(DpoBeta) : null));
+        ("dpo_beta", Objective == TrainingObjective.Dpo ? YamlOut.Scalar(DpoBeta) : null),
+        ("dpo_loss", Objective == TrainingObjective.Dpo ? YamlOut.Scalar(DpoLoss) : null),
+        ("dpo_label_smoothing", Objective == TrainingObjective.Dpo ? YamlOut.Scalar(DpoLabelSmoothing) : null));
 }

@@ -1,6 +1,7 @@
 using QLoraNet.Kernels;
 using QLoraNet.Models;
 using QLoraNet.Peft;
+using QLoraNet.Training.Config;
 using QLoraNet.Training.Data;
 using static TorchSharp.torch;
 
@@ -18,10 +19,15 @@ namespace QLoraNet.Training.Losses;
 /// Each answer's log-probability comes from <see cref="ChunkedCrossEntropy"/> over the hidden states of its own
 /// document, so no (T, vocab) logits are kept and the head runs once per token, as in supervised fine-tuning; the
 /// reference pass runs without a graph.
+/// TRL's other loss types are here too (<see cref="DpoLossKind"/>): label smoothing of the sigmoid loss (cDPO), the
+/// hinge loss, and IPO, whose log-probabilities are per-token means (as TRL computes them for IPO).
 /// </summary>
 /// <param name="beta">β: how far from the reference the policy may move for a given preference (TRL's default 0.1).</param>
+/// <param name="kind">the loss of a pair's margin.</param>
+/// <param name="labelSmoothing">ε of cDPO (sigmoid only): the share of pairs assumed to be labelled the wrong way round.</param>
 /// <param name="logitsPerChunk">how many logits one chunk of the loss holds (<see cref="FusedKernels.LogitsPerChunk"/>).</param>
-public sealed class DpoLoss(double beta, long logitsPerChunk = ChunkedCrossEntropy.DefaultLogitsPerChunk) : ITrainingLoss
+public sealed class DpoLoss(double beta, DpoLossKind kind = DpoLossKind.Sigmoid, double labelSmoothing = 0,
+    long logitsPerChunk = ChunkedCrossEntropy.DefaultLogitsPerChunk) : ITrainingLoss
 {
     public double Beta => beta;
 
@@ -30,13 +36,25 @@ public sealed class DpoLoss(double beta, long logitsPerChunk = ChunkedCrossEntro
     public Tensor Sum(LlamaForCausalLM model, Batch batch)
     {
         using var scope = NewDisposeScope();
-        return (-nn.functional.logsigmoid(Margins(model, batch) * beta)).sum().MoveToOuterDisposeScope();
+        return PairLosses(Margins(model, batch)).sum().MoveToOuterDisposeScope();
     }
 
     /// <summary>
+    /// The loss of each pair from its margin m (TRL's dpo_loss): sigmoid -(1 - ε) log σ(βm) - ε log σ(-βm); hinge
+    /// max(0, 1 - βm); IPO (m - 1/(2β))². At m = 0, where every pair starts, they are log 2, 1 and 1/(4β²).
+    /// </summary>
+    /// <param name="margins">(B) in any float dtype.</param>
+    public Tensor PairLosses(Tensor margins) => kind switch
+    {
+        DpoLossKind.Hinge => nn.functional.relu(1 - beta * margins),
+        DpoLossKind.Ipo => (margins - 1 / (2 * beta)).square(),
+        _ => -nn.functional.logsigmoid(margins * beta) * (1 - labelSmoothing) - nn.functional.logsigmoid(margins * -beta) * labelSmoothing,
+    };
+
+    /// <summary>
     /// Each pair's (log π(chosen) - log π_ref(chosen)) - (log π(rejected) - log π_ref(rejected)), (B) fp32, attached to
-    /// the graph when gradients are enabled. β times it is TRL's "rewards/margins"; a pair is ranked right when it is
-    /// positive ("rewards/accuracies").
+    /// the graph when gradients are enabled (for IPO each log-probability is the mean over the answer's tokens). β times
+    /// it is TRL's "rewards/margins"; a pair is ranked right when it is positive ("rewards/accuracies").
     /// </summary>
     public Tensor Margins(LlamaForCausalLM model, Batch batch)
     {
@@ -49,6 +67,7 @@ public sealed class DpoLoss(double beta, long logitsPerChunk = ChunkedCrossEntro
         using (model.DisableAdapters())
             reference = LogProbabilities(model, x, spans);                                // (B, 2), no graph
         var ratios = policy - reference;                                                  // (B, 2)
+        if (kind == DpoLossKind.Ipo) ratios = ratios / AnswerTokens(batch, spans).to(ratios.device);
         return (ratios.select(1, 0) - ratios.select(1, 1)).MoveToOuterDisposeScope();    // (B)
     }
 
@@ -76,6 +95,21 @@ public sealed class DpoLoss(double beta, long logitsPerChunk = ChunkedCrossEntro
             rows.Add(stack(pair));
         }
         return stack(rows).MoveToOuterDisposeScope();                                     // (B, 2)
+    }
+
+    /// <summary>How many answer tokens each conversation's log-probability sums, (B, 2) fp32.</summary>
+    static Tensor AnswerTokens(Batch batch, (int Start, int Length)[,] spans)
+    {
+        var counts = new float[batch.Rows * 2];
+        for (int r = 0; r < batch.Rows; r++)
+            for (int d = 0; d < 2; d++)
+            {
+                var (start, length) = spans[r, d];
+                // The span's first label never counts (nothing of this conversation precedes it), as in the loss.
+                for (int i = start + 1; i < start + length; i++)
+                    if (batch.Labels[r * batch.Length + i] != TokenizedExample.IgnoreIndex) counts[r * 2 + d]++;
+            }
+        return tensor(counts, [batch.Rows, 2]);
     }
 
     /// <summary>Where each row's chosen (document 1) and rejected (document 2) conversation lies.</summary>

@@ -121,6 +121,55 @@ public class DpoTests
         }
     }
 
+    [Fact]
+    public void Each_loss_type_is_trls_formula_of_the_margin()
+    {
+        using var m = tensor(new double[] { 0, 2, 1, 3 });
+        double[] Losses(DpoLossKind kind, double beta, double smoothing = 0)
+        {
+            using var l = new DpoLoss(beta, kind, smoothing).PairLosses(m);
+            return l.data<double>().ToArray();
+        }
+        double LogSigmoid(double x) => -Math.Log(1 + Math.Exp(-x));
+        var sigmoid = Losses(DpoLossKind.Sigmoid, 0.5, 0.1);                  // cDPO: -(1-ε) log σ(βm) - ε log σ(-βm)
+        for (int i = 0; i < 4; i++)
+            Assert.Equal(-0.9 * LogSigmoid(0.5 * m[i].item<double>()) - 0.1 * LogSigmoid(-0.5 * m[i].item<double>()), sigmoid[i], 12);
+        Assert.Equal(Math.Log(2), Losses(DpoLossKind.Sigmoid, 0.5)[0], 12);
+        Assert.Equal(new[] { 1.0, 0.0, 0.5, 0.0 }, Losses(DpoLossKind.Hinge, 0.5));      // max(0, 1 - βm)
+        Assert.Equal(new[] { 1.0, 1.0, 0.0, 4.0 }, Losses(DpoLossKind.Ipo, 0.5));        // (m - 1/(2β))²
+    }
+
+    [Fact]
+    public void Ipo_margins_are_of_per_token_mean_log_probabilities()
+    {
+        var (data, _) = Build(Pairs);
+        var batch = Batch.Collate(data.Train, data.PadId);
+        using var built = ModelBuilder.Build(Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32, new DenseFormat(ScalarType.Float32),
+            NewAdapter: new LoraSettings(R: 4, Alpha: 8, Dropout: 0, TargetModules: ["q_proj", "v_proj"]), AdapterSeed: 5));
+        var model = built.Model;
+        using (no_grad())
+        using (var g = new Generator(4))
+            foreach (var (_, lora) in AdapterFiles.LoraModules(model)) lora.B.normal_(0, 0.05, generator: g);
+        using var noGrad = no_grad();
+        var ipo = new DpoLoss(0.1, DpoLossKind.Ipo).Margins(model, batch).data<float>().ToArray();
+        for (int r = 0; r < data.Train.Count; r++)
+        {
+            var row = data.Train[r];
+            double Ratio(int doc)
+            {
+                var at = Enumerable.Range(0, row.Length).Where(i => row.DocumentIds[i] == doc).ToArray();
+                using var ids = tensor(at.Select(i => (long)row.InputIds[i]).ToArray(), [1, at.Length]);
+                using var labels = tensor(at.Select(i => (long)row.Labels[i]).ToArray(), [1, at.Length]);
+                double policy = -CausalLmLoss.Sum(model.forward(ids), labels).item<float>();
+                double reference;
+                using (model.DisableAdapters()) reference = -CausalLmLoss.Sum(model.forward(ids), labels).item<float>();
+                return (policy - reference) / at.Count(i => row.Labels[i] != TokenizedExample.IgnoreIndex);
+            }
+            double expected = Ratio(1) - Ratio(2);
+            Assert.True(Math.Abs(expected - ipo[r]) < 1e-4 * (1 + Math.Abs(expected)), $"pair {r}: IPO margin {ipo[r]} vs {expected}");
+        }
+    }
+
     /// <summary>Σ -log σ(β((log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r)))), each conversation run alone.</summary>
     static Tensor ExplicitDpo(LlamaForCausalLM model, IReadOnlyList<PackedSequence> rows, double beta)
     {
@@ -157,6 +206,9 @@ public class DpoTests
         Assert.Contains("'data.packing' must be false with data.format preference", ErrorOf("  format: preference\n  packing: true\n", "  objective: dpo\n"));
         Assert.Contains("'training.dpo_beta' applies to 'training.objective: dpo' only", ErrorOf(training: "  dpo_beta: 0.2\n"));
         Assert.Contains("'training.objective'", ErrorOf("  format: preference\n", "  objective: ppo\n"));
+        Assert.Contains("'training.dpo_loss' applies to 'training.objective: dpo' only", ErrorOf(training: "  dpo_loss: ipo\n"));
+        Assert.Contains("'training.dpo_label_smoothing' applies to dpo_loss sigmoid only", ErrorOf("  format: preference\n", "  objective: dpo\n  dpo_loss: hinge\n  dpo_label_smoothing: 0.1\n"));
+        Assert.Contains("'training.dpo_label_smoothing' must be below 0.5", ErrorOf("  format: preference\n", "  objective: dpo\n  dpo_label_smoothing: 0.5\n"));
         var c = Parse("  format: preference\n", "  objective: dpo\n  dpo_beta: 0.25\n");
         Assert.Equal(0.25, c.Training.DpoBeta);
         Assert.Contains("objective: dpo", c.ToYaml());
