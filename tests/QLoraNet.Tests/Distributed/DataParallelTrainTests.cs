@@ -151,9 +151,10 @@ public class DataParallelTrainTests
         Assert.Equal(1, code);
         Assert.Matches(@"\[rank 0\] error: rank 0: [a-z_]+ #\d+: rank 1( \([^)]*\))? sent nothing within 8 s", stderr);
         Assert.Contains("launcher: rank 0 exited with code 1; stopping rank 1", stderr);
-        // 8 s timeout (healthy ranks on a loaded machine stay well within it), 2 s grace, SIGTERM (held while
-        // stopped), SIGKILL 3 s later: ~13 s; the bound leaves room for a loaded machine.
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(45), $"took {clock.Elapsed}");
+        // 8 s timeout, 2 s grace, SIGTERM (held while stopped), SIGKILL 3 s later: ~13 s alone. This is a hang guard,
+        // not a timing: without the 8 s setting the ranks would wait the default 10 minutes. Rank 0 first has to
+        // reach its next collective, which on a 2-core machine busy with the parallel test classes took up to 55 s.
+        Assert.True(clock.Elapsed < TimeSpan.FromMinutes(3), $"took {clock.Elapsed}");
         Cli.AssertAllExited(pids);
         Assert.All(new CheckpointStore(tmp["run"], 20).List(), c => Assert.True(File.Exists(Path.Combine(c.Path, TrainerState.FileName))));
     }
