@@ -39,7 +39,8 @@ public sealed record TrainingConfig(
     TrainingObjective Objective = TrainingObjective.Sft,
     double DpoBeta = 0.1,
     DpoLossKind DpoLoss = DpoLossKind.Sigmoid,
-    double DpoLabelSmoothing = 0)
+    double DpoLabelSmoothing = 0,
+    double DpoRpoAlpha = 0)
 {
     /// <summary>Extensions a sample prompts file may have.</summary>
     public static readonly IReadOnlyList<string> SamplePromptExtensions = [".txt", ".jsonl"];
@@ -81,10 +82,12 @@ public sealed record TrainingConfig(
         {
             Objective = s.Enum("objective", d.Objective), DpoBeta = s.Double("dpo_beta", d.DpoBeta, 0, 1000, minExclusive: true),
             DpoLoss = s.Enum("dpo_loss", d.DpoLoss), DpoLabelSmoothing = s.Double("dpo_label_smoothing", d.DpoLabelSmoothing, 0, 0.5),
+            DpoRpoAlpha = s.Double("dpo_rpo_alpha", d.DpoRpoAlpha, 0, 1000),
         };
         string? dpoKeyGiven = s.OptionalDouble("dpo_beta") != null ? "dpo_beta"
             : s.OptionalString("dpo_loss") != null ? "dpo_loss"
-            : s.OptionalDouble("dpo_label_smoothing") != null ? "dpo_label_smoothing" : null;
+            : s.OptionalDouble("dpo_label_smoothing") != null ? "dpo_label_smoothing"
+            : s.OptionalDouble("dpo_rpo_alpha") != null ? "dpo_rpo_alpha" : null;
         bool ratioGiven = s.OptionalDouble("warmup_ratio") != null;
         s.Finish();
         if (prompts is { Count: 0 } || (prompts?.Any(p => p.Trim().Length == 0) ?? false))
@@ -129,5 +132,6 @@ public sealed record TrainingConfig(
         ("objective", Objective != TrainingObjective.Sft ? YamlOut.Scalar(Objective) : null),
         ("dpo_beta", Objective == TrainingObjective.Dpo ? YamlOut.Scalar(DpoBeta) : null),
         ("dpo_loss", Objective == TrainingObjective.Dpo ? YamlOut.Scalar(DpoLoss) : null),
-        ("dpo_label_smoothing", Objective == TrainingObjective.Dpo ? YamlOut.Scalar(DpoLabelSmoothing) : null));
+        ("dpo_label_smoothing", Objective == TrainingObjective.Dpo ? YamlOut.Scalar(DpoLabelSmoothing) : null),
+        ("dpo_rpo_alpha", Objective == TrainingObjective.Dpo ? YamlOut.Scalar(DpoRpoAlpha) : null));
 }

@@ -25,8 +25,11 @@ namespace QLoraNet.Training.Losses;
 /// <param name="beta">β: how far from the reference the policy may move for a given preference (TRL's default 0.1).</param>
 /// <param name="kind">the loss of a pair's margin.</param>
 /// <param name="labelSmoothing">ε of cDPO (sigmoid only): the share of pairs assumed to be labelled the wrong way round.</param>
+/// <param name="rpoAlpha">α of RPO (Pang et al. 2024; TRL's rpo_alpha): adds α times the chosen answer's mean
+/// next-token cross-entropy to each pair's loss, which keeps DPO from lowering the chosen answers' likelihood along with
+/// the rejected ones' (on small models that drift ends in degenerate text). 0: plain DPO.</param>
 /// <param name="logitsPerChunk">how many logits one chunk of the loss holds (<see cref="FusedKernels.LogitsPerChunk"/>).</param>
-public sealed class DpoLoss(double beta, DpoLossKind kind = DpoLossKind.Sigmoid, double labelSmoothing = 0,
+public sealed class DpoLoss(double beta, DpoLossKind kind = DpoLossKind.Sigmoid, double labelSmoothing = 0, double rpoAlpha = 0,
     long logitsPerChunk = ChunkedCrossEntropy.DefaultLogitsPerChunk) : ITrainingLoss
 {
     public double Beta => beta;
@@ -36,7 +39,10 @@ public sealed class DpoLoss(double beta, DpoLossKind kind = DpoLossKind.Sigmoid,
     public Tensor Sum(LlamaForCausalLM model, Batch batch)
     {
         using var scope = NewDisposeScope();
-        return PairLosses(Margins(model, batch)).sum().MoveToOuterDisposeScope();
+        var (margins, chosenNll) = Pairs(model, batch);
+        var losses = PairLosses(margins);
+        if (rpoAlpha > 0) losses = losses + chosenNll * rpoAlpha;
+        return losses.sum().MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -58,6 +64,14 @@ public sealed class DpoLoss(double beta, DpoLossKind kind = DpoLossKind.Sigmoid,
     /// </summary>
     public Tensor Margins(LlamaForCausalLM model, Batch batch)
     {
+        using var scope = NewDisposeScope();
+        var (margins, _) = Pairs(model, batch);
+        return margins.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The margins, and each chosen answer's mean next-token cross-entropy under the policy (RPO's term), (B) each.</summary>
+    (Tensor Margins, Tensor ChosenNll) Pairs(LlamaForCausalLM model, Batch batch)
+    {
         var spans = AnswerSpans(batch);
         using var scope = NewDisposeScope();
         var x = batch.ToTensors(model.Device);
@@ -67,8 +81,11 @@ public sealed class DpoLoss(double beta, DpoLossKind kind = DpoLossKind.Sigmoid,
         using (model.DisableAdapters())
             reference = LogProbabilities(model, x, spans);                                // (B, 2), no graph
         var ratios = policy - reference;                                                  // (B, 2)
-        if (kind == DpoLossKind.Ipo) ratios = ratios / AnswerTokens(batch, spans).to(ratios.device);
-        return (ratios.select(1, 0) - ratios.select(1, 1)).MoveToOuterDisposeScope();    // (B)
+        var tokens = AnswerTokens(batch, spans).to(ratios.device);                        // (B, 2)
+        if (kind == DpoLossKind.Ipo) ratios = ratios / tokens;
+        var margins = ratios.select(1, 0) - ratios.select(1, 1);                          // (B)
+        var chosenNll = -policy.select(1, 0) / tokens.select(1, 0);                       // (B)
+        return (margins.MoveToOuterDisposeScope(), chosenNll.MoveToOuterDisposeScope());
     }
 
     /// <summary>

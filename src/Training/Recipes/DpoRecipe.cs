@@ -25,6 +25,7 @@ public static class DpoRecipe
             observer.OnMessage($"lora.init_from with DPO: the reference is the model without any adapter, i.e. {config.Model.Path} before the adapter in {init}, "
                 + "not that adapter; for DPO after supervised fine-tuning, merge the SFT adapter into the model (`merge`) and start from the merged checkpoint");
         return LoraFinetuneRecipe.Run(config, options, observer, cancel,
-            built => new DpoLoss(config.Training.DpoBeta, config.Training.DpoLoss, config.Training.DpoLabelSmoothing, built.Kernels.Fused.LogitsPerChunk));
+            built => new DpoLoss(config.Training.DpoBeta, config.Training.DpoLoss, config.Training.DpoLabelSmoothing, config.Training.DpoRpoAlpha,
+                built.Kernels.Fused.LogitsPerChunk));
     }
 }

@@ -170,6 +170,28 @@ public class DpoTests
         }
     }
 
+    [Fact]
+    public void Rpo_adds_alpha_times_each_chosen_answers_mean_cross_entropy()
+    {
+        var (data, _) = Build(Pairs);
+        var batch = Batch.Collate(data.Train, data.PadId);
+        using var built = ModelBuilder.Build(Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32, new DenseFormat(ScalarType.Float32),
+            NewAdapter: new LoraSettings(R: 4, Alpha: 8, Dropout: 0, TargetModules: ["q_proj", "v_proj"]), AdapterSeed: 5));
+        using var noGrad = no_grad();
+        double plain = new DpoLoss(0.1).Sum(built.Model, batch).item<float>();
+        double rpo = new DpoLoss(0.1, rpoAlpha: 0.5).Sum(built.Model, batch).item<float>();
+        double nll = 0;
+        foreach (var row in data.Train)
+        {
+            var at = Enumerable.Range(0, row.Length).Where(i => row.DocumentIds[i] == 1).ToArray();
+            using var ids = tensor(at.Select(i => (long)row.InputIds[i]).ToArray(), [1, at.Length]);
+            using var labels = tensor(at.Select(i => (long)row.Labels[i]).ToArray(), [1, at.Length]);
+            nll += CausalLmLoss.Compute(built.Model.forward(ids), labels).item<float>();   // mean over the chosen answer's tokens
+        }
+        Assert.True(nll > 1, $"chosen answers' cross-entropy {nll}");
+        Assert.True(Math.Abs(rpo - plain - 0.5 * nll) < 1e-4 * (1 + nll), $"RPO {rpo} - DPO {plain} vs 0.5 x {nll}");
+    }
+
     /// <summary>Σ -log σ(β((log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r)))), each conversation run alone.</summary>
     static Tensor ExplicitDpo(LlamaForCausalLM model, IReadOnlyList<PackedSequence> rows, double beta)
     {
@@ -209,6 +231,7 @@ public class DpoTests
         Assert.Contains("'training.dpo_loss' applies to 'training.objective: dpo' only", ErrorOf(training: "  dpo_loss: ipo\n"));
         Assert.Contains("'training.dpo_label_smoothing' applies to dpo_loss sigmoid only", ErrorOf("  format: preference\n", "  objective: dpo\n  dpo_loss: hinge\n  dpo_label_smoothing: 0.1\n"));
         Assert.Contains("'training.dpo_label_smoothing' must be below 0.5", ErrorOf("  format: preference\n", "  objective: dpo\n  dpo_label_smoothing: 0.5\n"));
+        Assert.Contains("'training.dpo_rpo_alpha' applies to 'training.objective: dpo' only", ErrorOf(training: "  dpo_rpo_alpha: 1\n"));
         var c = Parse("  format: preference\n", "  objective: dpo\n  dpo_beta: 0.25\n");
         Assert.Equal(0.25, c.Training.DpoBeta);
         Assert.Contains("objective: dpo", c.ToYaml());
