@@ -157,13 +157,10 @@ public class DpoTests
             var row = data.Train[r];
             double Ratio(int doc)
             {
-                var at = Enumerable.Range(0, row.Length).Where(i => row.DocumentIds[i] == doc).ToArray();
-                using var ids = tensor(at.Select(i => (long)row.InputIds[i]).ToArray(), [1, at.Length]);
-                using var labels = tensor(at.Select(i => (long)row.Labels[i]).ToArray(), [1, at.Length]);
-                double policy = -CausalLmLoss.Sum(model.forward(ids), labels).item<float>();
+                double policy = LogProbability(model, row, doc).item<float>();
                 double reference;
-                using (model.DisableAdapters()) reference = -CausalLmLoss.Sum(model.forward(ids), labels).item<float>();
-                return (policy - reference) / at.Count(i => row.Labels[i] != TokenizedExample.IgnoreIndex);
+                using (model.DisableAdapters()) reference = LogProbability(model, row, doc).item<float>();
+                return (policy - reference) / AnswerTokens(row, doc);
             }
             double expected = Ratio(1) - Ratio(2);
             Assert.True(Math.Abs(expected - ipo[r]) < 1e-4 * (1 + Math.Abs(expected)), $"pair {r}: IPO margin {ipo[r]} vs {expected}");
@@ -182,33 +179,35 @@ public class DpoTests
         double rpo = new DpoLoss(0.1, rpoAlpha: 0.5).Sum(built.Model, batch).item<float>();
         double nll = 0;
         foreach (var row in data.Train)
-        {
-            var at = Enumerable.Range(0, row.Length).Where(i => row.DocumentIds[i] == 1).ToArray();
-            using var ids = tensor(at.Select(i => (long)row.InputIds[i]).ToArray(), [1, at.Length]);
-            using var labels = tensor(at.Select(i => (long)row.Labels[i]).ToArray(), [1, at.Length]);
-            nll += CausalLmLoss.Compute(built.Model.forward(ids), labels).item<float>();   // mean over the chosen answer's tokens
-        }
+            nll -= LogProbability(built.Model, row, 1).item<float>() / AnswerTokens(row, 1);   // mean over the chosen answer's tokens
         Assert.True(nll > 1, $"chosen answers' cross-entropy {nll}");
         Assert.True(Math.Abs(rpo - plain - 0.5 * nll) < 1e-4 * (1 + nll), $"RPO {rpo} - DPO {plain} vs 0.5 x {nll}");
     }
 
+    /// <summary>log π of document <paramref name="doc"/> of a pair row (1 chosen, 2 rejected), the conversation run
+    /// alone through the full logits: the summed log-probability of its trained labels (a scalar with its graph).</summary>
+    static Tensor LogProbability(LlamaForCausalLM model, PackedSequence row, int doc)
+    {
+        var at = Enumerable.Range(0, row.Length).Where(i => row.DocumentIds[i] == doc).ToArray();
+        using var ids = tensor(at.Select(i => (long)row.InputIds[i]).ToArray(), [1, at.Length]);
+        using var labels = tensor(at.Select(i => (long)row.Labels[i]).ToArray(), [1, at.Length]);
+        return -CausalLmLoss.Sum(model.forward(ids), labels);
+    }
+
+    /// <summary>The trained labels of document <paramref name="doc"/> of a pair row.</summary>
+    static int AnswerTokens(PackedSequence row, int doc) =>
+        Enumerable.Range(0, row.Length).Count(i => row.DocumentIds[i] == doc && row.Labels[i] != TokenizedExample.IgnoreIndex);
+
     /// <summary>Σ -log σ(β((log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r)))), each conversation run alone.</summary>
     static Tensor ExplicitDpo(LlamaForCausalLM model, IReadOnlyList<PackedSequence> rows, double beta)
     {
-        Tensor LogP(PackedSequence row, int doc)
-        {
-            var at = Enumerable.Range(0, row.Length).Where(i => row.DocumentIds[i] == doc).ToArray();
-            using var ids = tensor(at.Select(i => (long)row.InputIds[i]).ToArray(), [1, at.Length]);
-            using var labels = tensor(at.Select(i => (long)row.Labels[i]).ToArray(), [1, at.Length]);
-            return -CausalLmLoss.Sum(model.forward(ids), labels);
-        }
         var total = tensor(0f);
         foreach (var row in rows)
         {
             Tensor refChosen, refRejected;
             using (no_grad())
-            using (model.DisableAdapters()) (refChosen, refRejected) = (LogP(row, 1), LogP(row, 2));
-            var margin = (LogP(row, 1) - refChosen) - (LogP(row, 2) - refRejected);
+            using (model.DisableAdapters()) (refChosen, refRejected) = (LogProbability(model, row, 1), LogProbability(model, row, 2));
+            var margin = (LogProbability(model, row, 1) - refChosen) - (LogProbability(model, row, 2) - refRejected);
             total = total + nn.functional.softplus(-beta * margin);   // -log σ(x) = softplus(-x)
         }
         return total;
