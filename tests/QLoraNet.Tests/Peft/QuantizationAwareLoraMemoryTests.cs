@@ -1,3 +1,4 @@
+using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Quant;
 using QLoraNet.Tests.Quant;
@@ -31,14 +32,14 @@ public class QuantizationAwareLoraMemoryTests
         var x = randn(1, n, generator: new Generator(4)).requires_grad_(true);
         lora.forward(x).sum().backward(); // warm up: allocator
 
-        long before = ResidentBytes();
+        long before = HostMemory.ResidentOrWorkingSet;
         var y = lora.forward(x);
-        long held = ResidentBytes() - before;
+        long held = HostMemory.ResidentOrWorkingSet - before;
         Assert.True(held < denseBytes / 4, $"forward left {held >> 20} MiB resident; the fake weight is {denseBytes >> 20} MiB");
         y.sum().backward();
         Assert.Equal(new long[] { 4, n }, lora.A.grad!.shape);
 
-        long beforeControl = ResidentBytes();
+        long beforeControl = HostMemory.ResidentOrWorkingSet;
         Tensor yControl;
         using (var control = NewDisposeScope())   // our handles go; what autograd saved stays
         {
@@ -47,14 +48,8 @@ public class QuantizationAwareLoraMemoryTests
             using (no_grad()) q = fake.Weight(merged.detach());
             yControl = nn.functional.linear(x, merged + (q - merged).detach()).MoveToOuterDisposeScope();
         }
-        long heldControl = ResidentBytes() - beforeControl;
+        long heldControl = HostMemory.ResidentOrWorkingSet - beforeControl;
         Assert.True(heldControl > denseBytes * 3 / 4, $"control held only {heldControl >> 20} MiB");
         yControl.sum().backward();
-    }
-
-    static long ResidentBytes()
-    {
-        var fields = File.ReadAllText("/proc/self/statm").Split(' ');
-        return long.Parse(fields[1]) * Environment.SystemPageSize;
     }
 }

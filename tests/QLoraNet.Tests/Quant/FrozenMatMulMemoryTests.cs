@@ -1,3 +1,4 @@
+using QLoraNet.Models;
 using QLoraNet.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -30,26 +31,20 @@ public class FrozenMatMulMemoryTests
         var x = randn(1, n, generator: new Generator(2)).requires_grad_(true);
         linear.forward(x).sum().backward(); // warm up: code tables, allocator
 
-        long before = ResidentBytes();
+        long before = HostMemory.ResidentOrWorkingSet;
         var y = linear.forward(x);
-        long held = ResidentBytes() - before;
+        long held = HostMemory.ResidentOrWorkingSet - before;
         Assert.True(held < denseBytes / 4, $"forward left {held >> 20} MiB resident; the dense weight is {denseBytes >> 20} MiB");
         y.sum().backward();
         Assert.Equal(new long[] { 1, n }, x.grad!.shape);
 
         // Control: autograd of a plain matmul keeps the dense weight alive after we drop our handle to it.
-        long beforeControl = ResidentBytes();
+        long beforeControl = HostMemory.ResidentOrWorkingSet;
         var dense = linear.DequantizeWeight(ScalarType.Float32);
         var yControl = x.matmul(dense.t());
         dense.Dispose();
-        long heldControl = ResidentBytes() - beforeControl;
+        long heldControl = HostMemory.ResidentOrWorkingSet - beforeControl;
         Assert.True(heldControl > denseBytes * 3 / 4, $"control held only {heldControl >> 20} MiB");
         yControl.sum().backward();
-    }
-
-    static long ResidentBytes()
-    {
-        var fields = File.ReadAllText("/proc/self/statm").Split(' ');
-        return long.Parse(fields[1]) * Environment.SystemPageSize;
     }
 }
