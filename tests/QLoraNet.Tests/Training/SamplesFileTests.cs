@@ -15,14 +15,7 @@ public class SamplesFileTests
         return ErrorOf(tmp);
     }
 
-    static string ErrorOf(TempDir tmp)
-    {
-        var e = Assert.Throws<InvalidDataException>(() => SamplesFile.Read(tmp[SamplesFile.FileName]));
-        Assert.StartsWith(tmp[SamplesFile.FileName], e.Message);
-        Assert.DoesNotContain("\n", e.Message);
-        Assert.False(e.Message.Any(char.IsControl), e.Message);
-        return e.Message;
-    }
+    static string ErrorOf(TempDir tmp) => OneLineError.Of(tmp[SamplesFile.FileName], () => SamplesFile.Read(tmp[SamplesFile.FileName]));
 
     [Fact]
     public void What_the_trainer_appends_reads_back_and_a_resume_keeps_the_steps_up_to_its_checkpoint()
