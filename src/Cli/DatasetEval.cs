@@ -92,7 +92,8 @@ public sealed class DatasetEval
         return 0;
     }
 
-    /// <summary>DPO's view of preference pairs: loss, accuracy and reward margin over all of them, in eval mode.</summary>
+    /// <summary>DPO's view of preference pairs: loss, accuracy and reward margin over all of them (the loaded model is
+    /// in eval mode, <see cref="ModelOptions"/>).</summary>
     int RunPreference(ParseResult parsed, ModelOptions.Loaded loaded, TrainingData data, DataConfig config, bool json, TextWriter stdout)
     {
         double beta = parsed.GetValue(DpoBeta);
@@ -100,21 +101,12 @@ public sealed class DatasetEval
         var loss = new DpoLoss(beta, kind, parsed.GetValue(DpoLabelSmoothing));
         var model = loaded.Model;
         var margins = new List<double>();
-        bool wasTraining = model.training;
-        model.eval();
-        try
-        {
-            using var noGrad = TorchSharp.torch.no_grad();
+        using (TorchSharp.torch.no_grad())
             foreach (var batch in data.ValidationBatches(parsed.GetValue(MicroBatchSize)))
             {
                 using var scope = TorchSharp.torch.NewDisposeScope();
                 margins.AddRange(loss.Margins(model, batch).to(TorchSharp.torch.ScalarType.Float64).cpu().data<double>().ToArray());
             }
-        }
-        finally
-        {
-            if (wasTraining) model.train();
-        }
         double mean;
         using (var all = TorchSharp.torch.tensor(margins.ToArray()))
         using (var losses = loss.PairLosses(all))
