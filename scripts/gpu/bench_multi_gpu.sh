@@ -24,8 +24,14 @@
 #                   2 micro-batches, so this ratio is the conservative one).
 #   bench-1-acc1    optional: 1 GPU, accumulation 1: the issue's "same per-GPU micro-batch" baseline (target >= 1.9x);
 #                   on the GPU with --profile (3 more steps after the timed ones: host and device ms by phase).
-#   profile-2       optional: the bench-2 step profiled by phase on rank 0 (--profile), against bench-1-acc1's: where
-#                   a 2-GPU step's extra time goes (host phases longer: CPU-side; optimizer phase: the collectives).
+#   bench-2 is profiled too (after its timed steps, on every rank: rank 0's in its JSON, the others' on stderr), so a
+#   2-GPU step's extra time over bench-1-acc1's shows by phase (host phases longer: CPU-side; optimizer phase: the
+#   collectives; one rank's phases longer than the other's: waiting for it).
+#   bench-1-omp1    optional: bench-1-acc1 with one OpenMP thread, as the launcher gives each rank: does that alone cost?
+#   pair-1gpu       optional: two independent 1-GPU runs at once (GPU 0 and GPU 1, one OpenMP thread each, no
+#                   collectives): what two processes on one host cost each other (CPU, memory, PCIe) without any
+#                   communication. Against bench-1-omp1 it separates contention from the collectives' cost.
+#   pair-1gpu-pinned  optional: the same, each process on its own half of the cores (taskset).
 #   selftest-torchrun  optional: the self test under torchrun (the other launch form).
 #   train-equiv     optional: the `train` verb on the tiny model on CUDA (bf16, LoRA dropout 0.05): 1 GPU with
 #                   accumulation 4 vs --gpus 2 with accumulation 2, metrics.csv compared step by step.
@@ -59,7 +65,7 @@ else
   if [[ ! -f $appdir/QLoraNet.dll ]]; then mkdir -p $appdir && tar -xJf "$carry/app.tar.xz" -C $appdir; fi
   app=(dotnet $appdir/QLoraNet.dll)
   backend=nccl; device=cuda; dtype=bf16; ckpt=/tmp/llama7b
-  shape=(--seq 512 --batch 4 --r 16 --steps 10 --warmup 2)
+  shape=(--seq 512 --batch 4 --r 16 --steps 20 --warmup 2)
   selftest_mb=256; slow=1
   prof=(--profile --profile-steps 3)
   nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader > "$res/gpu.txt" 2>&1
@@ -151,8 +157,17 @@ elif command -v torchrun >/dev/null; then torchrun=(torchrun); fi
 run_case selftest 60 "${app[@]}" dist-selftest --gpus 2 --backend $backend --bucket-kb 1024 --bench-mb $selftest_mb --bench-iters 20
 bench=("${app[@]}" bench train --model $ckpt --device $device "${shape[@]}" --hold-seconds 0)
 run_case bench-1 90 "${bench[@]}" --grad-accum 2
-run_case bench-2 90 "${bench[@]}" --grad-accum 1 --gpus 2
+run_case bench-2 100 "${bench[@]}" --grad-accum 1 --gpus 2 "${prof[@]}"
 optional bench-1-acc1 35 && run_case bench-1-acc1 60 "${bench[@]}" --grad-accum 1 "${prof[@]}"
+optional bench-1-omp1 35 && run_case bench-1-omp1 60 env OMP_NUM_THREADS=1 "${bench[@]}" --grad-accum 1
+if [[ $dry == 0 ]] && optional pair-1gpu 45; then
+  printf -v one '%q ' "${bench[@]}"
+  run_case pair-1gpu 70 bash -c "export OMP_NUM_THREADS=1; CUDA_VISIBLE_DEVICES=0 $one --grad-accum 1 & CUDA_VISIBLE_DEVICES=1 $one --grad-accum 1 & wait"
+  # The same with each process on its own half of the cores (taskset): does the scheduler moving threads cost?
+  half=$(( $(nproc) / 2 ))
+  optional pair-1gpu-pinned 45 && command -v taskset >/dev/null && run_case pair-1gpu-pinned 70 bash -c \
+    "export OMP_NUM_THREADS=1; CUDA_VISIBLE_DEVICES=0 taskset -c 0-$(( half - 1 )) $one --grad-accum 1 & CUDA_VISIBLE_DEVICES=1 taskset -c $half-$(( 2 * half - 1 )) $one --grad-accum 1 & wait"
+fi
 if [[ ${#torchrun[@]} -eq 0 ]]; then echo '{"skipped": "selftest-torchrun", "reason": "no torchrun"}' > "$res/cases/selftest-torchrun.log"
 elif optional selftest-torchrun 25; then
   run_case selftest-torchrun 45 "${torchrun[@]}" --standalone --nproc_per_node 2 --no_python "${app[@]}" dist-selftest --backend $backend --bucket-kb 1024 --bench-mb $selftest_mb --bench-iters 20
@@ -165,11 +180,6 @@ if optional train-equiv 40; then
   run_case eq-2 40 "${train[@]}" training.gradient_accumulation_steps=2 output.dir=$res/eq-2 --gpus 2
 fi
 
-# A case of its own, so that a failure of --profile under the launcher cannot cost bench-2's numbers.
-if [[ $dry == 0 ]] && optional profile-2 30; then
-  run_case profile-2 50 "${app[@]}" bench train --model $ckpt --device $device --seq 512 --batch 4 --r 16 --steps 1 --warmup 2 \
-    --hold-seconds 0 --grad-accum 1 --gpus 2 "${prof[@]}"
-fi
 
 # 4. The summary.
 python3 - "$res" "$(elapsed)" "$budget" "$dry" <<'PY' | tee "$res/summary.json"
@@ -210,11 +220,26 @@ if b1 and b2 and b1.get("losses") and b2.get("losses"):
           "first_losses_1gpu": [round(x, 5) for x in b1["losses"][:3]], "first_losses_2gpu": [round(x, 5) for x in b2["losses"][:3]]}
 for d in (b1, b2, b1a):
     if d and "losses" in d: d["loss_last"] = d.pop("losses")[-1]
+PROFILE_KEYS = ("phases", "step_device_ms", "step_host_ms", "step_wall_ms", "between_steps_device_ms")
 def profile(name):
     p = (case(name, ["profile"]) or {}).get("profile")
     if not p: return None
-    keys = ("phases", "step_device_ms", "step_host_ms", "step_wall_ms", "between_steps_device_ms")
-    return {k: p[k] for k in keys if k in p}
+    return {k: p[k] for k in PROFILE_KEYS if k in p}
+def rank_profiles(name):
+    # The other ranks' profiles, from the case's stderr ("[rank N] rank N profile: {...}").
+    out = {}
+    try:
+        for line in open(f"{res}/cases/{name}.err"):
+            i = line.find("profile: {")
+            if i >= 0 and "rank " in line:
+                p = json.loads(line[i + len("profile: "):])
+                r = line[:i].split("rank ")[-1].strip()
+                out[f"rank{r}"] = {k: p[k] for k in PROFILE_KEYS if k in p}
+    except (OSError, json.JSONDecodeError, ValueError): pass
+    return out or None
+def runs(name):
+    # Every JSON result line of a case that ran several benches at once.
+    return [{k: l.get(k) for k in ("tokens_per_s", "step_ms", "load_s")} for l in lines(name) if "tokens_per_s" in l and "measure" not in l]
 def metrics(name):
     try: return {int(r["step"]): r for r in csv.DictReader(open(f"{res}/{name}/metrics.csv"))}
     except OSError: return {}
@@ -240,7 +265,10 @@ s = {"summary": "issue-16 multi-gpu", "dry_cpu": dry, "seconds": seconds, "budge
      "bench_1gpu_acc2": b1, "bench_2gpu_acc1": b2, "bench_1gpu_acc1": b1a,
      "speedup_same_global_batch": speed(b2, b1), "speedup_same_per_gpu_work": speed(b2, b1a),
      "loss_equality_same_global_batch": eq, "train_equiv_tiny": te,
-     "profile_1gpu_acc1": profile("bench-1-acc1"), "profile_2gpu_acc1_rank0": profile("profile-2")}
+     "bench_1gpu_acc1_omp1": case("bench-1-omp1", bk), "pair_1gpu_independent": runs("pair-1gpu"),
+     "pair_1gpu_independent_pinned": runs("pair-1gpu-pinned"),
+     "profile_1gpu_acc1": profile("bench-1-acc1"), "profile_2gpu_acc1_rank0": profile("bench-2"),
+     "profile_2gpu_acc1_other_ranks": rank_profiles("bench-2")}
 v = s["speedup_same_per_gpu_work"]
 s["target_1_9x_met"] = None if v is None else v >= 1.9
 print(json.dumps(s, separators=(",", ":")))

@@ -90,6 +90,7 @@ public static class BenchTrainCommand
             var llama = built.Model;
             double loadS = loadClock.Elapsed.TotalSeconds;
             var (step, data) = NewStep(built, shape, dropoutRandom, group);
+            using var stepBuffers = step.Step;
             var callsBefore = built.Kernels.Fused.CallCounts();
             var (tokS, stepMs, losses) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
             var calls = CallsPerStep(callsBefore, built.Kernels.Fused.CallCounts(), pr.GetValue(warmup) + pr.GetValue(steps));
@@ -110,11 +111,15 @@ public static class BenchTrainCommand
                 "\"kernels\": " + JsonSerializer.Serialize(built.Kernels.Report()),
                 "\"fused_calls_per_step\": " + JsonSerializer.Serialize(calls),
             };
-            if (pr.GetValue(profile))
-                fields.Add("\"profile\": " + JsonSerializer.Serialize(Profile(step, data, built, shape, pr.GetValue(warmup) + pr.GetValue(steps), pr.GetValue(profileSteps))));
+            string? profiled = pr.GetValue(profile)
+                ? JsonSerializer.Serialize(Profile(step, data, built, shape, pr.GetValue(warmup) + pr.GetValue(steps), pr.GetValue(profileSteps)))
+                : null;
+            if (profiled is not null) fields.Add("\"profile\": " + profiled);
             Thread.Sleep(TimeSpan.FromSeconds(pr.GetValue(hold)));
             if (pr.GetValue(split)) fields.AddRange(Split(llama, pr.GetValue(model)!, shape, stepMs, pr.GetValue(steps)));
             if (group.Rank == 0) stdout.WriteLine("{" + string.Join(", ", fields) + "}");
+            // The other ranks' step profiles, so that a data-parallel step's phases can be compared across ranks.
+            else if (profiled is not null) pr.InvocationConfiguration.Error.WriteLine($"rank {group.Rank} profile: {profiled}");
             return 0;
         });
         return cmd;

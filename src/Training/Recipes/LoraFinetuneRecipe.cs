@@ -372,6 +372,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
 
     public void Dispose()
     {
+        _step?.Dispose();
         _built?.Dispose();
         _lock?.Dispose();
     }

@@ -29,7 +29,9 @@ public sealed record StepOutcome(double Loss, double GradNorm, long InputTokens,
 /// (<see cref="RankShard"/>); for each (in its own dispose scope), reseed the dropout stream from (seed, step,
 /// micro-batch), run the loss (forward included) and back-propagate its share of the step's mean, release the
 /// model's backward handles and take the gradient into the step's sum (<see cref="GradientAccumulator"/>); sum the
-/// gradients over replicas (once per optimizer step); clip on the global norm; AdamW; zero the gradients.
+/// gradients over replicas (once per optimizer step); clip on the global norm; AdamW; zero the gradients. The
+/// gradients live in the run's <see cref="FlatGradients"/> (each parameter's .grad a view of one buffer), so each of
+/// those is a kernel (or collective) per buffer, not per parameter; dispose the step at the end of the run.
 /// The loss is injected (<see cref="ITrainingLoss"/>), and so are the replicas (<see cref="IReplicaGroup"/>):
 /// a new objective or data-parallel training changes what is passed in, not this class.
 /// Every replica divides by the token count of the whole global step, so the replicas' sum is the gradient of the
@@ -38,7 +40,7 @@ public sealed record StepOutcome(double Loss, double GradNorm, long InputTokens,
 /// only on (seed, step, micro-batch) make a resumed run draw exactly what the uninterrupted one did, with no random
 /// state in the checkpoint, and make replicas draw what one replica draws.
 /// </summary>
-public sealed class TrainStep
+public sealed class TrainStep : IDisposable
 {
     readonly LlamaForCausalLM _model;
     readonly AdamW _optimizer;
@@ -48,6 +50,7 @@ public sealed class TrainStep
     readonly IReplicaGroup _replicas;
     readonly RankShard _shard;
     readonly IReadOnlyList<(string Name, Parameter Param)> _trainable;
+    readonly FlatGradients _gradients;
     IStepPhaseMarker? _phases;
 
     /// <param name="model">the model; its parameters that require grad are the ones <paramref name="optimizer"/> updates.</param>
@@ -66,6 +69,7 @@ public sealed class TrainStep
         _replicas = replicas ?? SingleReplica.Instance;
         _shard = new RankShard(_replicas.Rank, _replicas.Size, settings.GradientAccumulationSteps);
         _trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+        _gradients = new FlatGradients(_trainable);
     }
 
     /// <summary>Receives the step's phase boundaries (`bench train --profile`); null = none. Set on the model's backward
@@ -89,10 +93,12 @@ public sealed class TrainStep
         _optimizer.LearningRate = learningRate;
 
         var (mine, stepTerms, tokens) = DealMicroBatches(batches);
+        // Whatever ran between steps (an evaluation runs no backward, but a caller might) leaves nothing behind.
+        _gradients.Zero();
         // The step's mean divides by the terms of all its micro-batches on all replicas (at least 1: a step of
         // fully masked rows has loss 0, not NaN).
         double terms = Math.Max(1, stepTerms);
-        var gradients = new GradientAccumulator(_trainable, mine.Count);
+        var gradients = new GradientAccumulator(_gradients, mine.Count);
         var lossSums = new double[mine.Count];
         for (int k = 0; k < mine.Count; k++)
         {
@@ -113,19 +119,22 @@ public sealed class TrainStep
         var grads = gradients.Finish();
         if (!double.IsFinite(loss))
         {
-            _optimizer.ZeroGrad();
+            _gradients.Zero();
             _phases?.Enter(StepPhase.Done);
             return new StepOutcome(loss, double.NaN, tokens, (long)terms);
         }
 
+        // One collective per gradient buffer, in place (FlatGradients: nothing to pack or unpack).
         _replicas.SumInPlace(grads);
-        // clip_grad_norm_ with max_norm 0 would zero the gradients; infinity only measures.
-        double gradNorm = nn.utils.clip_grad_norm_(_trainable.Select(p => p.Param), _settings.MaxGradNorm > 0 ? _settings.MaxGradNorm : double.PositiveInfinity);
+        double gradNorm = _gradients.ClipToNorm(_settings.MaxGradNorm);
         _optimizer.StepOnce();
-        _optimizer.ZeroGrad();
+        _gradients.Zero();
         _phases?.Enter(StepPhase.Done);
         return new StepOutcome(loss, gradNorm, tokens, (long)terms);
     }
+
+    /// <summary>Releases the run's gradient buffers (every trainable parameter's .grad becomes undefined).</summary>
+    public void Dispose() => _gradients.Dispose();
 
     /// <summary>
     /// Draws the step's micro-batches for all replicas (so every replica's data position advances alike) and keeps

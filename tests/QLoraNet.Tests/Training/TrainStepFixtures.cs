@@ -46,6 +46,7 @@ sealed class SmallRun : IDisposable
 
     public void Dispose()
     {
+        Step.Dispose();
         Model.Dispose();
     }
 }

@@ -141,14 +141,17 @@ public class TrainStepTests
         var sequential = Enumerable.Range(0, trainable.Count).Select(i =>
             perBatch[0][i].add(perBatch[1][i]).add(perBatch[2][i]).add(perBatch[3][i])).ToList();
 
-        var gradients = new GradientAccumulator(run.Model.named_parameters().Where(p => p.parameter.requires_grad).ToList(), 4);
+        foreach (var p in trainable) p.grad = null;
+        using var buffers = new FlatGradients(run.Model.named_parameters().Where(p => p.parameter.requires_grad).ToList());
+        var gradients = new GradientAccumulator(buffers, 4);
         foreach (var b in batches)
         {
             (loss.Sum(run.Model, b) / terms).backward();
             run.Model.BackwardHandles.Release();
             gradients.TakeMicroBatch();
         }
-        var got = gradients.Finish();
+        gradients.Finish();
+        var got = buffers.Views;
         for (int i = 0; i < trainable.Count; i++)
         {
             // Equal values (a zero gradient's sign may differ: autograd writes -0 into a fresh .grad but +0 into a
