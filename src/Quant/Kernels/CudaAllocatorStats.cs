@@ -95,7 +95,7 @@ public sealed unsafe class CudaAllocatorStats
         {
             return OpenVerified(map, c10[0], dir, layout, version!, device);
         }
-        catch (Exception e) when (e is InvalidOperationException or DllNotFoundException)
+        catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or ExternalException) // ExternalException: libtorch's error (no memory for the self-check's tensor)
         {
             return new(null, e.Message, version);
         }
