@@ -3,14 +3,21 @@ using TorchSharp;
 
 namespace QLoraNet.Cli;
 
-/// <summary>`info`: versions, whether libtorch loads (and CUDA is visible), and which kernels a run would use.</summary>
+/// <summary>`info`: versions, whether libtorch loads (and CUDA is visible), and which kernels a run would use;
+/// `info --allocator` checks the CUDA allocator counters instead (<see cref="AllocatorCheck"/>).</summary>
 public static class InfoCommand
 {
     public static Command Create(TextWriter stdout)
     {
         var cmd = new Command("info", "print versions and the libtorch backend in use");
-        cmd.SetAction(_ =>
+        var allocator = new Option<bool>("--allocator")
         {
+            Description = "check the CUDA caching allocator's allocated/reserved counters instead (JSON: layout, self-check, a 1 GiB allocate/free/peak-reset; exit 1 when unavailable)",
+        };
+        cmd.Options.Add(allocator);
+        cmd.SetAction(pr =>
+        {
+            if (pr.GetValue(allocator)) return AllocatorCheck.Run(stdout);
             var libtorch = LibTorchProbe.EnsureLoaded();
             stdout.WriteLine($"QLoraNet {typeof(InfoCommand).Assembly.GetName().Version}");
             stdout.WriteLine($"libtorch loaded: {libtorch.Summary}");

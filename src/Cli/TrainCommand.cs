@@ -102,7 +102,7 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
     int logEvery = 1;
     readonly bool live = ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected;
     int liveWidth;
-    double? devicePeakSinceKept;
+    MemorySample? memorySinceKept;
 
     public void OnStart(RunSummary s)
     {
@@ -120,14 +120,13 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
 
     public void OnStep(StepMetrics m)
     {
-        if (m.Memory?.DeviceUsedPeakMb is { } d) devicePeakSinceKept = Math.Max(devicePeakSinceKept ?? 0, d);
-        string memory = m.Memory is { } mem
-            ? $"host peak {mem.HostPeakRssMb:F0} MiB" + (devicePeakSinceKept is { } dev ? $"  cuda used {dev / 1024:F2} GiB" : "")
-            : $"host rss {m.HostRssBytes / 1048576.0:F0} MiB";
+        // Kept lines show the peaks since the previous kept line (the metrics have one interval per step).
+        if (m.Memory is { } sample) memorySinceKept = memorySinceKept is null ? sample : memorySinceKept.Max(sample);
+        string memory = memorySinceKept is { } mem ? Memory(mem) : $"host rss {m.HostRssBytes / 1048576.0:F0} MiB";
         string line = string.Create(CultureInfo.InvariantCulture,
             $"step {m.Step,5}/{m.TotalSteps}  epoch {m.Epoch:F2}  loss {m.Loss:F4}  lr {m.LearningRate:E2}  |g| {m.GradNorm:F3}  {m.TokensPerSecond,7:F0} tok/s  ETA {Eta(m.EtaSeconds)}  {memory}");
         bool keep = m.Step % logEvery == 0 || m.Step == m.TotalSteps || m.Step == 1;
-        if (keep) devicePeakSinceKept = null;
+        if (keep) memorySinceKept = null;
         if (live)
         {
             // The status line is rewritten in place; kept lines end with a newline and the next status starts fresh.
@@ -135,6 +134,18 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
             liveWidth = keep ? 0 : line.Length;
         }
         else if (keep) stdout.WriteLine(line);
+    }
+
+    /// <summary>"host peak 1234 MiB  cuda alloc 6.10 / resv 7.02 / used 7.31 GiB": the allocator's allocated and
+    /// reserved peaks and the device's used memory, each shown when measured.</summary>
+    static string Memory(MemorySample m)
+    {
+        var cuda = new List<string>();
+        if (m.DeviceAllocatedPeakMb is { } a) cuda.Add($"alloc {a / 1024:F2}");
+        if (m.DeviceReservedPeakMb is { } r) cuda.Add($"resv {r / 1024:F2}");
+        if (m.DeviceUsedPeakMb is { } u) cuda.Add($"used {u / 1024:F2}");
+        return string.Create(CultureInfo.InvariantCulture, $"host peak {m.HostPeakRssMb:F0} MiB")
+            + (cuda.Count > 0 ? string.Create(CultureInfo.InvariantCulture, $"  cuda {string.Join(" / ", cuda)} GiB") : "");
     }
 
     void EndLive()
@@ -187,7 +198,10 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
                 $"{kv.Key} {kv.Value:F4}{(r.InitialTaskScores?.TryGetValue(kv.Key, out var before) == true ? $" (base model {before:F4})" : "")}"))));
         if (r.PeakMemory is { } p)
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"memory: host peak resident set {p.HostPeakRssMb:F0} MiB")
-                + (p.DeviceUsedPeakMb is { } d ? string.Create(CultureInfo.InvariantCulture, $", CUDA device used at peak {d / 1024:F2} GiB (device-wide: allocator cache, context, other processes)") : ""));
+                + (p.DeviceAllocatedPeakMb is { } a ? string.Create(CultureInfo.InvariantCulture, $", CUDA allocated peak {a / 1024:F2} GiB (in tensors)") : "")
+                + (p.DeviceReservedPeakMb is { } v ? string.Create(CultureInfo.InvariantCulture, $", reserved peak {v / 1024:F2} GiB (held by the caching allocator)") : "")
+                + (p.DeviceUsedPeakMb is { } d ? string.Create(CultureInfo.InvariantCulture, $", device used at peak {d / 1024:F2} GiB (device-wide: allocator cache, context, other processes)") : "")
+                + (r.DeviceAllocatorUnavailable is { } why ? $"; allocated/reserved not reported: {why}" : ""));
     }
 
     static string Eta(double seconds) => double.IsFinite(seconds) ? TimeSpan.FromSeconds(Math.Round(seconds)).ToString(@"h\:mm\:ss") : "-";

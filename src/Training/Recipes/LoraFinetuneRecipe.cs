@@ -219,6 +219,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
         _evaluator = new Evaluator(_model, loss, _replicas);
         _metrics = new MetricsLog(WritesFiles ? Path.Combine(_outDir, RunOutput.MetricsFile) : null, _state.Step);
         _memory = new MemoryMonitor(_device);
+        if (_memory.AllocatorUnavailable is { } why && WritesFiles)
+            _observer.OnMessage($"memory: the CUDA allocator's allocated/reserved peaks are not reported ({why}); the device figure is the driver's used memory");
         _reports = RunReports.Create(_config, WritesFiles, _state.Step, _model, _tokenizer, _built.Architecture, _observer);
     }
 
@@ -333,7 +335,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
         var memory = _memory.TakeInterval();
         double tokensPerSecond = o.InputTokens / Math.Max(1e-9, stepSeconds);
         var row = new MetricsLog.Row(step, _batches.Progress, o.Loss, null, lr, o.GradNorm, o.InputTokens,
-            tokensPerSecond, stepSeconds, elapsed, memory.HostRssMb, memory.HostPeakRssMb, memory.DeviceUsedPeakMb, o.LossTerms);
+            tokensPerSecond, stepSeconds, elapsed, memory.HostRssMb, memory.HostPeakRssMb, memory.DeviceUsedPeakMb,
+            memory.DeviceAllocatedPeakMb, memory.DeviceReservedPeakMb, o.LossTerms);
         _metrics.Append(row);
         _reports.Step(row);
         _observer.OnStep(new StepMetrics(step, _totalSteps, _batches.Progress, o.Loss, lr, o.GradNorm, o.InputTokens,
@@ -367,7 +370,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         if (stop == TrainStop.Interrupted)
             message = _state.Step == 0 ? "interrupted before the first step; nothing was saved" : $"interrupted at step {_state.Step}; resume with --resume";
         return new TrainResult(_outDir, finalAdapter, _state.Step, _state.LastLoss, _state.BestValidationLoss, stop, message, initialValidation,
-            _memory.RunPeak, _tasks?.Last, _tasks?.Initial);
+            _memory.RunPeak, _tasks?.Last, _tasks?.Initial, _memory.AllocatorUnavailable);
     }
 
     public void Dispose()

@@ -10,9 +10,11 @@ namespace QLoraNet.Training.Trainer;
 /// training columns empty). On resume, rows past the checkpoint's step are dropped first, so the file reads as one
 /// uninterrupted run. The rows also feed the loss curve and TensorBoard.
 /// Memory columns say what they measure (<see cref="MemorySample"/>): <c>host_rss_mb</c> the process's resident set
-/// on the host after the step, <c>host_peak_rss_mb</c> the process's peak resident set so far, <c>device_used_peak_mb</c>
-/// the peak of the CUDA device's used memory (device-wide, see <see cref="MemoryMonitor"/>) since the previous
-/// row, empty on CPU. <c>trained_tokens</c> are the step's loss terms, the denominator of its mean.
+/// on the host after the step, <c>host_peak_rss_mb</c> the process's peak resident set so far; on CUDA, since the
+/// previous row, <c>device_allocated_peak_mb</c> and <c>device_reserved_peak_mb</c> the caching allocator's peaks
+/// (bytes in tensors; bytes held from the driver), and <c>device_used_peak_mb</c> the peak of the device's used memory
+/// (device-wide, see <see cref="MemoryMonitor"/>); device columns are empty on CPU, the allocator's also where its
+/// counters cannot be read. <c>trained_tokens</c> are the step's loss terms, the denominator of its mean.
 /// Benchmark task scores (<c>eval:</c> section) are extra columns after the fixed ones, named "task/metric", filled on
 /// the rows of the steps that scored them.
 /// </summary>
@@ -21,13 +23,13 @@ public sealed class MetricsLog
     /// <summary>One row; NaN (a double) or null (device memory) is an empty cell.</summary>
     public sealed record Row(int Step, double Epoch, double Loss, double? ValidationLoss, double LearningRate,
         double GradNorm, long Tokens, double TokensPerSecond, double StepSeconds, double ElapsedSeconds, double HostRssMb,
-        double HostPeakRssMb = double.NaN, double? DeviceUsedPeakMb = null, long TrainedTokens = 0,
-        IReadOnlyDictionary<string, double>? TaskScores = null)
+        double HostPeakRssMb = double.NaN, double? DeviceUsedPeakMb = null, double? DeviceAllocatedPeakMb = null,
+        double? DeviceReservedPeakMb = null, long TrainedTokens = 0, IReadOnlyDictionary<string, double>? TaskScores = null)
     {
         /// <summary>The step-0 row: the base model's validation loss before any step, no training figures.</summary>
         public static Row BeforeTraining(double validationLoss, MemorySample memory) =>
             new(0, 0, double.NaN, validationLoss, double.NaN, double.NaN, 0, double.NaN, double.NaN, 0,
-                memory.HostRssMb, memory.HostPeakRssMb, memory.DeviceUsedPeakMb);
+                memory.HostRssMb, memory.HostPeakRssMb, memory.DeviceUsedPeakMb, memory.DeviceAllocatedPeakMb, memory.DeviceReservedPeakMb);
 
         /// <summary>True for a row of an optimizer step (false for the step-0 evaluation row).</summary>
         public bool IsStep => Step > 0;
@@ -36,7 +38,7 @@ public sealed class MetricsLog
     public static readonly IReadOnlyList<string> Header =
     [
         "step", "epoch", "loss", "val_loss", "learning_rate", "grad_norm", "tokens", "tokens_per_s", "step_s", "elapsed_s",
-        "host_rss_mb", "host_peak_rss_mb", "device_used_peak_mb", "trained_tokens",
+        "host_rss_mb", "host_peak_rss_mb", "device_used_peak_mb", "device_allocated_peak_mb", "device_reserved_peak_mb", "trained_tokens",
     ];
 
     readonly List<Row> _rows = new();
@@ -105,7 +107,7 @@ public sealed class MetricsLog
                  {
                      S(r.Step), S(r.Epoch), S(r.Loss), r.ValidationLoss is { } v ? S(v) : "", S(r.LearningRate), S(r.GradNorm),
                      S(r.Tokens), S(r.TokensPerSecond), S(r.StepSeconds), S(r.ElapsedSeconds), S(r.HostRssMb),
-                     S(r.HostPeakRssMb), r.DeviceUsedPeakMb is { } d ? S(d) : "", S(r.TrainedTokens),
+                     S(r.HostPeakRssMb), S(r.DeviceUsedPeakMb), S(r.DeviceAllocatedPeakMb), S(r.DeviceReservedPeakMb), S(r.TrainedTokens),
                  }.Concat(taskColumns.Select(c => r.TaskScores?.TryGetValue(c, out var t) == true ? S(t) : "")))
             csv.WriteField(f);
         csv.EndRecord();
@@ -114,6 +116,7 @@ public sealed class MetricsLog
 
     static string S(double x) => double.IsNaN(x) ? "" : x.ToString("G9", CultureInfo.InvariantCulture);
     static string S(long x) => x.ToString(CultureInfo.InvariantCulture);
+    static string S(double? x) => x is { } v ? S(v) : "";
 
     /// <summary>A metrics file larger than this is not one this trainer wrote (a row is ~150 bytes: 1.5 million steps).</summary>
     public const long MaxBytes = 256L << 20;
@@ -207,7 +210,8 @@ public sealed class MetricsLog
                 if (N(name) is { } t) tasks[name] = t;
             rows.Add(new Row((int)step, D("epoch"), D("loss"), N("val_loss"), D("learning_rate"), D("grad_norm"),
                 L("tokens"), D("tokens_per_s"), D("step_s"), D("elapsed_s"), D("host_rss_mb"), D("host_peak_rss_mb"),
-                N("device_used_peak_mb"), L("trained_tokens"), tasks.Count > 0 ? tasks : null));
+                N("device_used_peak_mb"), N("device_allocated_peak_mb"), N("device_reserved_peak_mb"), L("trained_tokens"),
+                tasks.Count > 0 ? tasks : null));
         }
     }
 }

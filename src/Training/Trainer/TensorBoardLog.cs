@@ -34,6 +34,8 @@ public sealed class TensorBoardLog
         Scalar("memory/host_rss_mb", row.HostRssMb, row.Step);
         Scalar("memory/host_peak_rss_mb", row.HostPeakRssMb, row.Step);
         if (row.DeviceUsedPeakMb is { } d) Scalar("memory/device_used_peak_mb", d, row.Step);
+        if (row.DeviceAllocatedPeakMb is { } a) Scalar("memory/device_allocated_peak_mb", a, row.Step);
+        if (row.DeviceReservedPeakMb is { } r) Scalar("memory/device_reserved_peak_mb", r, row.Step);
     }
 
     public void Validation(int step, double loss) => Scalar("eval/loss", loss, step);

@@ -43,7 +43,8 @@ public sealed record RunSummary(
 
 /// <summary>One optimizer step. Loss is the mean over the step's trained (unmasked) tokens (<see cref="TrainedTokens"/>
 /// of them); <see cref="HostRssBytes"/> is the process's resident memory on the host; <see cref="Memory"/> the step's
-/// memory figures, each named for what it measures (host peak RSS, CUDA device used memory).</summary>
+/// memory figures, each named for what it measures (host peak RSS; on CUDA the allocator's allocated and reserved
+/// peaks and the device's used memory).</summary>
 public sealed record StepMetrics(
     int Step,
     int TotalSteps,
@@ -60,7 +61,8 @@ public sealed record StepMetrics(
     MemorySample? Memory = null,
     long TrainedTokens = 0);
 
-/// <summary>How a run ended.</summary>
+/// <summary>How a run ended; <see cref="PeakMemory"/> the largest of each memory figure over the run, and on a CUDA run
+/// whose allocator counters could not be read, <see cref="DeviceAllocatorUnavailable"/> says why.</summary>
 public sealed record TrainResult(
     string OutputDir,
     string? FinalAdapter,
@@ -72,7 +74,8 @@ public sealed record TrainResult(
     double? InitialValidationLoss = null,
     MemorySample? PeakMemory = null,
     IReadOnlyDictionary<string, double>? TaskScores = null,
-    IReadOnlyDictionary<string, double>? InitialTaskScores = null);
+    IReadOnlyDictionary<string, double>? InitialTaskScores = null,
+    string? DeviceAllocatorUnavailable = null);
 
 public enum TrainStop { Completed, EarlyStopped, Interrupted, NonFiniteLoss }
 

@@ -69,6 +69,8 @@ public class RunReportsTests(ReportedRun run) : IClassFixture<ReportedRun>
         Assert.Contains("host_rss_mb", header);
         Assert.Contains("host_peak_rss_mb", header);
         Assert.Contains("device_used_peak_mb", header);
+        Assert.Contains("device_allocated_peak_mb", header);
+        Assert.Contains("device_reserved_peak_mb", header);
         var rows = MetricsLog.Read(Path.Combine(run.OutDir, RunOutput.MetricsFile));
         Assert.Equal([0, 1, 2, 3], rows.Select(r => r.Step));
         Assert.Equal(run.Validation[0], rows[0].ValidationLoss!.Value, Csv(run.Validation[0]));
@@ -77,7 +79,9 @@ public class RunReportsTests(ReportedRun run) : IClassFixture<ReportedRun>
         foreach (var r in rows.Skip(1))
         {
             Assert.True(r.HostRssMb > 0 && r.HostPeakRssMb >= r.HostRssMb, $"step {r.Step}: rss {r.HostRssMb}, peak {r.HostPeakRssMb}");
-            Assert.Null(r.DeviceUsedPeakMb); // a CPU run has no device figure
+            Assert.Null(r.DeviceUsedPeakMb); // a CPU run has no device figures
+            Assert.Null(r.DeviceAllocatedPeakMb);
+            Assert.Null(r.DeviceReservedPeakMb);
         }
         // The step's trained tokens are the denominator of its mean, as the step reported them.
         Assert.Equal(run.Steps.Select(s => s.TrainedTokens), rows.Skip(1).Select(r => r.TrainedTokens));

@@ -1,0 +1,182 @@
+using System.Runtime.InteropServices;
+using System.Text.RegularExpressions;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Quant.Kernels;
+
+/// <summary>
+/// The CUDA caching allocator's allocated and reserved bytes (current and peak) for one device, and its peak reset,
+/// read from the libtorch this process runs on: torch.cuda.memory_allocated / memory_reserved / max_* /
+/// reset_peak_memory_stats, which TorchSharp 0.107 does not expose. The allocator's accessors are inline in the C++
+/// headers (not exported), but <c>c10::GetAllocator(DeviceType const&amp;)</c> is: for CUDA it returns the caching
+/// allocator, a <c>c10::DeviceAllocator</c> (PyTorch 2.8+), whose virtual <c>getDeviceStats</c> and
+/// <c>resetPeakStats</c> are called through its vtable with the slots and offsets of <see cref="CudaAllocatorLayout"/>.
+/// Calling convention (Itanium C++ ABI, x86-64 System V): a class returned in memory has its buffer's address passed
+/// first and returned in rax, then <c>this</c>, then the int8 device index.
+///
+/// <see cref="Open"/> refuses rather than guesses: not Linux x86-64, no CUDA libtorch mapped, a version not in the
+/// layout table, an export missing, a vtable or function pointer outside libtorch's mapped files, or a self-check
+/// that fails (a 64 MiB tensor must raise allocated by exactly 64 MiB, freeing it must bring it back, and a peak
+/// reset must bring the peak down to the current value) each give a one-line reason instead of an instance.
+/// An instance is immutable and thread-safe (the allocator takes its own lock); whoever needs one opens it.
+/// </summary>
+public sealed unsafe class CudaAllocatorStats
+{
+    /// <summary><c>c10::GetAllocator(c10::DeviceType const&amp;)</c>, exported by libc10.so (C10_API).</summary>
+    public const string GetAllocatorSymbol = "_ZN3c1012GetAllocatorERKNS_10DeviceTypeE";
+
+    /// <summary>c10::DeviceType::CUDA (an int8 enum).</summary>
+    const sbyte CudaDeviceType = 1;
+
+    /// <summary>The size of the self-check's tensor: a multiple of the allocator's 512-byte rounding, so exact.</summary>
+    public const long SelfCheckBytes = 64L << 20;
+
+    /// <summary>Room past the table's sizeof(DeviceStats) in the return buffer, so a struct that grew in a patch
+    /// release cannot write past it before the self-check notices.</summary>
+    const int ReturnSlack = 1024;
+
+    readonly IntPtr _allocator;
+    readonly delegate* unmanaged<byte*, IntPtr, sbyte, byte*> _getDeviceStats;
+    readonly delegate* unmanaged<IntPtr, sbyte, void> _resetPeakStats;
+
+    /// <summary>The layout used (slots and offsets) and the libtorch version it was chosen for.</summary>
+    public CudaAllocatorLayout Layout { get; }
+
+    /// <summary>The version the loaded libtorch says it is ("2.11.0+cu130").</summary>
+    public string LibTorchVersion { get; }
+
+    /// <summary>The CUDA device index the counters are for.</summary>
+    public int DeviceIndex { get; }
+
+    CudaAllocatorStats(IntPtr allocator, IntPtr getDeviceStats, IntPtr resetPeakStats, CudaAllocatorLayout layout,
+        string version, int device)
+    {
+        _allocator = allocator;
+        _getDeviceStats = (delegate* unmanaged<byte*, IntPtr, sbyte, byte*>)getDeviceStats;
+        _resetPeakStats = (delegate* unmanaged<IntPtr, sbyte, void>)resetPeakStats;
+        Layout = layout;
+        LibTorchVersion = version;
+        DeviceIndex = device;
+    }
+
+    /// <summary>An opened reader, or the one-line reason there is none (<see cref="Stats"/> null); the self-check's
+    /// figures when it ran (allocated before, with and after the 64 MiB tensor, the peak before and after a reset).</summary>
+    public sealed record Opening(CudaAllocatorStats? Stats, string? Reason, string? LibTorchVersion, string? SelfCheck = null);
+
+    /// <summary>The counters now.</summary>
+    public CudaAllocatorCounters Read()
+    {
+        int bytes = Layout.DeviceStatsBytes + ReturnSlack;
+        long* buffer = stackalloc long[(bytes + 7) / 8]; // 8-aligned, as DeviceStats (int64 members) needs
+        byte* returned = _getDeviceStats((byte*)buffer, _allocator, (sbyte)DeviceIndex);
+        if (returned != (byte*)buffer) throw new InvalidOperationException("getDeviceStats returned another buffer than the one passed: the allocator layout is wrong");
+        return Layout.Read(new ReadOnlySpan<byte>(buffer, bytes));
+    }
+
+    /// <summary>Resets the allocator's peaks to their current values (torch.cuda.reset_peak_memory_stats).</summary>
+    public void ResetPeak() => _resetPeakStats(_allocator, (sbyte)DeviceIndex);
+
+    /// <summary>Opens the reader for <paramref name="device"/> (a CUDA device of the libtorch this process runs on).</summary>
+    public static Opening Open(Device device)
+    {
+        if (device.type != DeviceType.CUDA) return new(null, $"{device} is not a CUDA device", null);
+        if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture != Architecture.X64)
+            return new(null, "read only on Linux x86-64 (Itanium C++ ABI)", null);
+        var map = ProcessMemoryMap.Current();
+        var c10 = map.PathsNamed("libc10.so");
+        if (c10.Count != 1) return new(null, c10.Count == 0 ? "libc10.so is not loaded" : $"two copies of libc10.so are loaded ({string.Join(", ", c10)})", null);
+        string dir = Path.GetDirectoryName(c10[0])!;
+        if (!map.PathsNamed("libc10_cuda.so").Any(p => Path.GetDirectoryName(p) == dir))
+            return new(null, $"no CUDA libtorch loaded (no libc10_cuda.so beside {c10[0]})", null);
+        string? version = ReadVersion(dir);
+        if (CudaAllocatorLayout.For(version, out string why) is not { } layout) return new(null, why, version);
+        try
+        {
+            return OpenVerified(map, c10[0], dir, layout, version!, device);
+        }
+        catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or ExternalException) // ExternalException: libtorch's error (no memory for the self-check's tensor)
+        {
+            return new(null, e.Message, version);
+        }
+    }
+
+    static Opening OpenVerified(ProcessMemoryMap map, string c10, string dir, CudaAllocatorLayout layout, string version, Device device)
+    {
+        if (!NativeLibrary.TryLoad(c10, out IntPtr handle) || !NativeLibrary.TryGetExport(handle, GetAllocatorSymbol, out IntPtr getAllocator))
+            return new(null, $"{c10} does not export c10::GetAllocator", version);
+        // The allocator's per-device state exists once the device has had an allocation; the self-check's tensor
+        // also gives the concrete device index ("cuda" alone means the current device).
+        using var scope = torch.NewDisposeScope();
+        var warm = torch.empty(1, ScalarType.Byte, device);
+        int index = warm.device_index;
+        if (index < 0 || index >= Math.Min(cuda.device_count(), 128))
+            return new(null, $"device index {index} is outside the {cuda.device_count()} CUDA devices", version);
+
+        sbyte type = CudaDeviceType;
+        IntPtr allocator = ((delegate* unmanaged<sbyte*, IntPtr>)getAllocator)(&type);
+        if (allocator == IntPtr.Zero || allocator % 8 != 0) return new(null, $"c10::GetAllocator(CUDA) returned {allocator:x}", version);
+        ulong vtable = *(ulong*)allocator;
+        int lastSlot = Math.Max(layout.GetDeviceStatsSlot, layout.ResetPeakStatsSlot);
+        if (map.Find(vtable, (ulong)(lastSlot + 1) * 8) is not { Readable: true } table || Path.GetDirectoryName(table.Path) != dir)
+            return new(null, $"the CUDA allocator's vtable ({vtable:x}) is not in a library of {dir}", version);
+        IntPtr Slot(int slot, string name)
+        {
+            ulong fn = ((ulong*)vtable)[slot];
+            if (map.Find(fn) is not { Executable: true } code || Path.GetDirectoryName(code.Path) != dir)
+                throw new InvalidOperationException($"vtable slot {slot} ({name}) points outside libtorch's code ({fn:x}): allocator layout wrong for libtorch {version}");
+            return (IntPtr)(long)fn;
+        }
+        var stats = new CudaAllocatorStats(allocator, Slot(layout.GetDeviceStatsSlot, "getDeviceStats"),
+            Slot(layout.ResetPeakStatsSlot, "resetPeakStats"), layout, version, index);
+        string? failure = Check(stats, device, out string seen);
+        return failure is null ? new(stats, null, version, seen)
+            : new(null, $"allocator self-check failed for libtorch {version}: {failure}", version, seen);
+    }
+
+    /// <summary>Allocates and frees a <see cref="SelfCheckBytes"/> tensor and resets the peak; null when every figure moved
+    /// as it must, else what did not. <paramref name="seen"/> gets the figures.</summary>
+    static string? Check(CudaAllocatorStats stats, Device device, out string seen)
+    {
+        var before = stats.Read();
+        CudaAllocatorCounters with;
+        using (var scope = torch.NewDisposeScope())
+        {
+            torch.empty(SelfCheckBytes, ScalarType.Byte, device); // held by the scope until it ends
+            with = stats.Read();
+        }
+        var after = stats.Read();
+        stats.ResetPeak();
+        var reset = stats.Read();
+        seen = $"allocated {before.AllocatedCurrent} -> {with.AllocatedCurrent} with a {SelfCheckBytes}-byte tensor -> {after.AllocatedCurrent} freed; peak {after.AllocatedPeak} -> {reset.AllocatedPeak} after reset";
+        foreach (var c in new[] { before, with, after, reset })
+            if (c.Inconsistency() is { } bad) return bad;
+        if (with.AllocatedCurrent - before.AllocatedCurrent != SelfCheckBytes) return $"allocated rose by {with.AllocatedCurrent - before.AllocatedCurrent} bytes for a {SelfCheckBytes}-byte tensor";
+        if (after.AllocatedCurrent != before.AllocatedCurrent) return $"allocated {after.AllocatedCurrent} after freeing the tensor, {before.AllocatedCurrent} before it";
+        if (with.AllocatedPeak < with.AllocatedCurrent || after.AllocatedPeak < with.AllocatedCurrent) return $"peak {after.AllocatedPeak} below the {with.AllocatedCurrent} held with the tensor";
+        if (reset.AllocatedPeak != reset.AllocatedCurrent || reset.ReservedPeak != reset.ReservedCurrent) return $"the peak reset left allocated {reset.AllocatedCurrent}/{reset.AllocatedPeak}, reserved {reset.ReservedCurrent}/{reset.ReservedPeak}";
+        return null;
+    }
+
+    static readonly Regex PythonVersion = new(@"^__version__\s*=\s*['""]([^'""]+)['""]", RegexOptions.Multiline | RegexOptions.CultureInvariant);
+    static readonly Regex HeaderVersion = new(@"#define\s+TORCH_VERSION\s+""([^""]+)""", RegexOptions.CultureInvariant);
+
+    /// <summary>
+    /// The version of the libtorch whose libraries are in <paramref name="libDir"/>, from the files beside them that
+    /// QLoraNet.Native's loader reads too (torch/version.py of a PyTorch install, build-version of a libtorch download,
+    /// include/torch/version.h of both); read here again because this layer does not depend on the loader.
+    /// </summary>
+    public static string? ReadVersion(string libDir)
+    {
+        string parent = Path.GetDirectoryName(libDir.TrimEnd('/')) ?? libDir;
+        string? Read(string file, Regex? pattern)
+        {
+            string path = Path.Combine(parent, file);
+            if (!File.Exists(path) || new FileInfo(path).Length > 1 << 20) return null;
+            string text = File.ReadAllText(path);
+            if (pattern is null) return text.Trim().Split('\n')[0].Trim() is { Length: > 0 } line ? line : null;
+            return pattern.Match(text) is { Success: true } m ? m.Groups[1].Value : null;
+        }
+        return Read("version.py", PythonVersion) ?? Read("build-version", null) ?? Read(Path.Combine("include", "torch", "version.h"), HeaderVersion);
+    }
+}
