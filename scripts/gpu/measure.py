@@ -1,21 +1,27 @@
 """Run a command and report its wall time, host peak RSS and the device's peak memory in use.
 
-  python3 scripts/gpu/measure.py LABEL -- CMD ARGS...
+  python3 scripts/gpu/measure.py LABEL [--limit SECONDS] -- CMD ARGS...
 
 The command's output passes through; the last line printed is one JSON object:
 {"measure": LABEL, "rc", "wall_s", "host_peak_rss_gib" (the child's ru_maxrss), "device_peak_used_gib" (NVML,
 whole device 0, sampled every 20 ms: the same measure the peer benchmark uses), "device_peaks_used_gib" (the same
-for every device, in NVML's order: one entry per GPU of a multi-GPU run)}.
+for every device, in NVML's order: one entry per GPU of a multi-GPU run), "device_start_used_gib" (each device's
+use before the command started: another process's share)}.
+With --limit the command is stopped after SECONDS (SIGTERM, SIGKILL 5 s later) and the line still comes, with rc 124
+and "timed_out": true: the peaks of a run cut off are not lost, as they are under an outer `timeout`.
 """
 import json, resource, subprocess, sys, threading, time
 
 label, cmd = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
-peak, stop = [0], threading.Event()
+opts = sys.argv[2:sys.argv.index("--")]
+limit = float(opts[opts.index("--limit") + 1]) if "--limit" in opts else None
+peak, start, stop = [0], [0], threading.Event()
 try:
     import pynvml
     pynvml.nvmlInit()
     handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
     peak = [0] * max(1, len(handles))
+    start = [pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles] or [0]
 
     def sample():
         while not stop.is_set():
@@ -26,12 +32,27 @@ try:
 except Exception:  # no GPU: host figures only
     pass
 t = time.time()
-rc = subprocess.call(cmd)
+child, timed_out = subprocess.Popen(cmd), False
+try:
+    rc = child.wait(timeout=limit)
+except subprocess.TimeoutExpired:
+    timed_out = True
+    child.terminate()
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    rc = 124
 wall = time.time() - t
 stop.set()
 time.sleep(0.05)
-print(json.dumps({"measure": label, "rc": rc, "wall_s": round(wall, 1),
-                  "host_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
-                  "device_peak_used_gib": round(peak[0] / 2**30, 2),
-                  "device_peaks_used_gib": [round(p / 2**30, 2) for p in peak]}), flush=True)
+result = {"measure": label, "rc": rc, "wall_s": round(wall, 1),
+          "host_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
+          "device_peak_used_gib": round(peak[0] / 2**30, 2),
+          "device_peaks_used_gib": [round(p / 2**30, 2) for p in peak],
+          "device_start_used_gib": [round(p / 2**30, 2) for p in start]}
+if limit is not None:
+    result.update(timed_out=timed_out, limit_s=limit)
+print(json.dumps(result), flush=True)
 sys.exit(rc)

@@ -49,10 +49,6 @@ public sealed class CalibrationOptions
         return set;
     }
 
-    /// <summary>Prints one line per calibrated layer to stderr.</summary>
-    public static Action<CalibrationProgress> Reporter(ParseResult parsed) => p =>
-        parsed.InvocationConfiguration.Error.WriteLine($"calibrated layer {p.Layer + 1}/{p.Layers} in {p.Seconds:F1} s");
-
     static IEnumerable<string> CalibratedNames =>
         BaseFormats.Kinds.Where(k => k.Syntax.Contains("calibrated")).SelectMany(k => k.Names);
 }

@@ -53,7 +53,7 @@ public sealed class ModelOptions
         var calibration = Calibration.Build(parsed, format, tokenizer, dir);
         var built = ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, format, KernelChoice.For(device),
             AdapterDir: parsed.GetValue(Adapter), AllowNonFiniteWeights: parsed.GetValue(AllowNonFinite),
-            Calibration: calibration, CalibrationProgress: CalibrationOptions.Reporter(parsed)));
+            Calibration: calibration, CalibrationProgress: new CalibrationReporter(parsed.InvocationConfiguration.Error, device).Report));
         built.Model.eval();
         return new Loaded(built.Model, tokenizer, built.Architecture, device, compute, format, built.Adapter, built.Kernels, dir);
     }

@@ -61,23 +61,18 @@ public static class QuantizeCommand
                 zeros(1).Dispose();                     // map libtorch before the peak is reset
                 bool peakReset = HostMemory.ResetPeak();
                 long? before = HostMemory.ResidentBytes;
-                double? devicePeak = null;
-                void Observe(CalibrationProgress p)
-                {
-                    if (CudaDeviceMemory.Query() is { } m && onDevice.type == TorchSharp.DeviceType.CUDA) devicePeak = Math.Max(devicePeak ?? 0, m.Used / 1048576.0);
-                    CalibrationOptions.Reporter(parsed)(p);
-                }
+                var reporter = new CalibrationReporter(parsed.InvocationConfiguration.Error, onDevice);
                 var kernels = KernelChoice.For(onDevice);
                 var load = new LoadOptions(onDevice, compute,
                     LinearPolicies.Quantized(arch, new DenseFormat(null), compute, onDevice, ScalarType.Float32, kernels), ScalarType.Float32, kernels);
-                using (var quantized = CalibratedLoader.Load(dir, spec, set, load, Observe))
+                using (var quantized = CalibratedLoader.Load(dir, spec, set, load, reporter.Report))
                 {
                     double calibrationSeconds = clock.Elapsed.TotalSeconds;
                     summary = QuantizedCheckpoint.WriteModel(dir, outDir, spec, quantized, parsed.GetValue(overwrite));
                     string peak = peakReset && HostMemory.PeakResidentBytes is { } p && before is { } b
                         ? $"host peak RSS {p / 1048576.0:F0} MiB ({(p - b) / 1048576.0:F0} MiB above the start)" : "host peak not measured";
                     stdout.WriteLine($"calibrated {arch.NumLayers} layers in {calibrationSeconds:F1} s ({set.Samples} x {set.SequenceLength} tokens on {onDevice.type.ToString().ToLowerInvariant()}); {peak}"
-                        + (devicePeak is { } d ? $"; device used peak {d:F0} MiB" : ""));
+                        + (reporter.DeviceMaxMiB is { } d ? $"; device used peak {d:F0} MiB" : ""));
                 }
             }
             else summary = QuantizedCheckpoint.Write(dir, outDir, spec, parsed.GetValue(overwrite));

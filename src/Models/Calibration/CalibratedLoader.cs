@@ -8,9 +8,10 @@ namespace QLoraNet.Models.Calibration;
 
 /// <summary>What a calibrated load did, layer by layer (for the CLI's report).</summary>
 /// <param name="Layer">0-based layer index.</param>
-/// <param name="Seconds">wall time of the layer (read, calibrate, quantize, next input).</param>
+/// <param name="Seconds">wall time of the layer (read, calibrate, quantize, next input), its device work included.</param>
 /// <param name="Layers">the model's layer count.</param>
-public sealed record CalibrationProgress(int Layer, int Layers, double Seconds);
+/// <param name="TotalSeconds">wall time from the start of the first layer to the end of this one.</param>
+public sealed record CalibrationProgress(int Layer, int Layers, double Seconds, double TotalSeconds);
 
 /// <summary>
 /// Loads a float checkpoint into a model whose decoder linears are in a calibrated format (GPTQ, AWQ, SmoothQuant),
@@ -73,6 +74,7 @@ public static class CalibratedLoader
             using (cos)
             using (sin)
             {
+                var total = Stopwatch.StartNew();
                 for (int i = 0; i < arch.NumLayers; i++)
                 {
                     var clock = Stopwatch.StartNew();
@@ -84,7 +86,10 @@ public static class CalibratedLoader
                     var next = quantizer.Quantize(new CalibrationLayer(layer, arch, i, cos, sin, chunk, options.ComputeDType), hidden);
                     hidden.Dispose();
                     hidden = next;
-                    progress?.Invoke(new CalibrationProgress(i, arch.NumLayers, clock.Elapsed.TotalSeconds));
+                    // Kernels are queued, not finished, when the host gets here: without the wait a layer's seconds
+                    // would be its launch time and its device work would land in a later layer's.
+                    if (progress is not null && device.type == DeviceType.CUDA) cuda.synchronize(device);
+                    progress?.Invoke(new CalibrationProgress(i, arch.NumLayers, clock.Elapsed.TotalSeconds, total.Elapsed.TotalSeconds));
                 }
             }
             hidden.Dispose();

@@ -140,31 +140,63 @@ public static class GptqSolver
     }
 
     /// <summary>
-    /// The column steps of one lazy block in torch ops on the weight's device (about fifteen small ops a column; on
-    /// a GPU none waits for the host): column i is rounded to its grid, err = (w_i - Q(w_i)) / U_ii, and err · U[i, i:]
-    /// is subtracted from the block's columns i.. . Writes the block's codes; returns the errors (out, count).
+    /// The column steps of one lazy block in torch ops on the weight's device (eight small kernels a column, none
+    /// waiting for the host): column i is rounded to its grid, err = (w_i - Q(w_i)) / U_ii, and err · U[i, i+1:] is
+    /// subtracted from the block's later columns. Writes the block's codes; returns the errors (out, count).
+    /// On a GPU this loop is bound by the launches (one per op, ~5-10 us each from TorchSharp, against 2-3 us of work),
+    /// so it does no more ops than the arithmetic needs, in the same IEEE operations as <see cref="QuantizeBlockOnHost{T}"/>:
+    /// <list type="bullet">
+    /// <item>the block is held transposed (count, out): column i is a contiguous row, and the rows after it are one
+    /// contiguous slice for the rank-one update;</item>
+    /// <item>it keeps c = clamp(round(w / scale), -zero, maxq - zero), the code minus the zero point: with integer zero
+    /// points this equals clamp(round(w / scale) + zero, 0, maxq) - zero exactly (integers below 2^24 add exactly in
+    /// fp32; a value too large for that clamps to the same bound either way), so the dequantized value scale · c and
+    /// the codes c + zero (added once per block) are those of the per-column formula, with two ops fewer a column;</item>
+    /// <item>the update is the elementwise product err ⊗ U[i, i+1:] then a subtraction (each product rounded, then
+    /// subtracted, as the host loop does). Not addr_/addcmul_: their CUDA kernels compute self + alpha·a·b, which
+    /// the compiler contracts to one fused multiply-add (one rounding instead of two), so they would change the bits;</item>
+    /// <item>the codes and errors of the block's columns are stacked once per block, not copied column by column.</item>
+    /// </list>
     /// </summary>
     /// <param name="W1">the block's columns of W (out, count), not modified.</param>
     /// <param name="U1">the block's diagonal block of U (count, count).</param>
-    /// <param name="grids">the grid (scale, zero), each (out, 1), of each column of the block.</param>
+    /// <param name="grids">the grid (scale, zero), each (out, 1), of each column of the block; zero points are integers.</param>
     /// <param name="codes1">the block's columns of the codes (out, count) int64, written.</param>
     internal static Tensor QuantizeBlockWithTorchOps(Tensor W1, Tensor U1, (Tensor Scale, Tensor Zero)[] grids, Tensor codes1, int maxQ)
     {
-        long count = W1.shape[1];
-        W1 = W1.clone();
-        var Err1 = zeros_like(W1);
-        for (long i = 0; i < count; i++)
+        int count = (int)W1.shape[1];
+        using var scope = NewDisposeScope();
+        var Wt = W1.t().contiguous();                                                     // (count, out)
+        var Ut = U1.t();                                                                  // Ut[j, i] = U_ij: (count, count) view
+        var shifted = new Tensor[count];                                                  // code - zero of each column, (out)
+        var errors = new Tensor[count];
+        Tensor? current = null;
+        Tensor scale = null!, low = null!, high = null!;
+        for (int i = 0; i < count; i++)
         {
-            var (scale, zero) = grids[i];
-            var w = W1.select(1, i);                                                      // (out)
-            var q = (w.unsqueeze(1) / scale).round().add_(zero).clamp_(0, maxQ).squeeze(1);
-            codes1.select(1, i).copy_(q);
-            var dequantized = scale.squeeze(1) * (q - zero.squeeze(1));
-            var err = (w - dequantized).div_(U1[i, i]);
-            W1.narrow(1, i, count - i).sub_(err.unsqueeze(1).matmul(U1.narrow(0, i, 1).narrow(1, i, count - i)));
-            Err1.select(1, i).copy_(err);
+            if (!ReferenceEquals(grids[i].Scale, current))
+            {
+                current = grids[i].Scale;
+                scale = grids[i].Scale.reshape(-1);                                       // (out)
+                low = grids[i].Zero.reshape(-1).neg();
+                high = low + maxQ;
+            }
+            using var w = Wt.select(0, i);                                                // (out), final: only later rows change
+            var c = w.div(scale).round_().clamp_(low, high);                              // round: half to even
+            var err = w.sub(c.mul(scale)).div_(U1[i, i]);
+            if (i + 1 < count)
+            {
+                int rest = count - i - 1;
+                using var factors = Ut.narrow(0, i + 1, rest).narrow(1, i, 1);            // (rest, 1): U[i, i+1:]
+                using var products = factors.mul(err.unsqueeze(0));                       // (rest, out)
+                Wt.narrow(0, i + 1, rest).sub_(products);
+            }
+            shifted[i] = c;
+            errors[i] = err;
         }
-        return Err1;
+        var zeros = stack(grids.Select(g => g.Zero.reshape(-1)), 1);                      // (out, count)
+        codes1.copy_(stack(shifted, 1).add_(zeros));
+        return stack(errors, 1).MoveToOuterDisposeScope();                                 // (out, count)
     }
 
     /// <summary>

@@ -22,6 +22,10 @@ public class CalibratedQuantizeTests
         Assert.True(code == 0, stderr);
         Assert.Contains($"wrote {outDir}: 28 linears in gptq4-g16", stdout);
         Assert.Contains("calibration: 4 samples x 64 tokens", stderr);
+        // One progress line per layer, as it ends (scripts/gpu/calibrated_7b.sh reads them from a run cut off by its limit).
+        var progress = stderr.Split('\n').Where(l => l.StartsWith("calibrated layer ")).ToList();
+        Assert.Equal(4, progress.Count);
+        Assert.Matches(@"^calibrated layer 4/4 in [0-9.]+ s \([0-9.]+ s so far\); host peak RSS [0-9]+ MiB$", progress[3].TrimEnd());
         using (var ckpt = CheckpointReader.Open(outDir))
         {
             Assert.True(ckpt.Contains("model.layers.0.mlp.down_proj.qweight"));
