@@ -8,6 +8,7 @@ using QLoraNet.Models;
 using QLoraNet.Peft;
 using QLoraNet.Kernels;
 using QLoraNet.Quant;
+using QLoraNet.Quant.Kernels;
 using QLoraNet.Training.Data;
 using QLoraNet.Training.Losses;
 using QLoraNet.Training.Optim;
@@ -23,7 +24,9 @@ namespace QLoraNet.Cli;
 /// benchmark (random token batches, LoRA on the targets, AdamW, bf16 compute, per-layer checkpointing). The step is
 /// `train`'s own (<see cref="TrainStep.Run"/>: accumulation, the token-mean loss, clipping, AdamW) with only the data
 /// source swapped for random tokens (<see cref="RandomTokenBatches"/>). Prints one JSON line. Peak device memory is measured outside the process (nvidia-smi sampling, scripts/gpu/bench_7b.sh), the
-/// same way as the peer's NVML figure. With --split, the step is divided into dequantization (by ablation: the same
+/// same way as the peer's NVML figure; the line also has the caching allocator's allocated and reserved peaks over
+/// the warm-up and timed steps (model weights included; <see cref="CudaAllocatorStats"/>), as the peer's
+/// torch.cuda.max_memory_allocated / max_memory_reserved, or why they could not be read. With --split, the step is divided into dequantization (by ablation: the same
 /// step on a dense bf16 base), attention and matmuls (each timed alone at the step's shapes), and the rest. With
 /// --profile, a few more steps run with their phases marked (<see cref="StepProfiler"/>: device and host time of
 /// forward, recomputation, backward and optimizer from CUDA events), inside a profiler-API capture range for an
@@ -91,10 +94,12 @@ public static class BenchTrainCommand
             double loadS = loadClock.Elapsed.TotalSeconds;
             var (step, data) = NewStep(built, shape, dropoutRandom, group);
             using var stepBuffers = step.Step;
+            var allocator = dev.type == DeviceType.CUDA ? CudaAllocatorStats.Open(dev) : null; // resets the peak: loading is not counted
             var callsBefore = built.Kernels.Fused.CallCounts();
             var (tokS, stepMs, losses) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
             var calls = CallsPerStep(callsBefore, built.Kernels.Fused.CallCounts(), pr.GetValue(warmup) + pr.GetValue(steps));
             double loss = losses.Count > 0 ? losses[^1] : double.NaN;
+            var peaks = allocator?.Stats?.Read();
             var fields = new List<string>
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
@@ -111,6 +116,10 @@ public static class BenchTrainCommand
                 "\"kernels\": " + JsonSerializer.Serialize(built.Kernels.Report()),
                 "\"fused_calls_per_step\": " + JsonSerializer.Serialize(calls),
             };
+            if (peaks is { } p)
+                fields.AddRange([J("device_allocated_peak_gib", Math.Round(p.AllocatedPeak / Math.Pow(2, 30), 2)),
+                    J("device_reserved_peak_gib", Math.Round(p.ReservedPeak / Math.Pow(2, 30), 2))]);
+            else if (allocator?.Reason is { } why) fields.Add("\"device_allocator_unavailable\": " + JsonSerializer.Serialize(why));
             string? profiled = pr.GetValue(profile)
                 ? JsonSerializer.Serialize(Profile(step, data, built, shape, pr.GetValue(warmup) + pr.GetValue(steps), pr.GetValue(profileSteps)))
                 : null;
