@@ -10,7 +10,7 @@ import sys
 import torch
 
 # The C# table's numbers for 2.11 (CudaAllocatorLayout.cs), used only when layout.cpp could not be compiled.
-ASSUMED = {"get_device_stats_slot": 9, "reset_peak_stats_slot": 11, "device_stats_bytes": 952,
+ASSUMED = {"get_device_stats_slot": 9, "reset_peak_stats_slot": 11, "device_stats_bytes": 976,
            "allocated_bytes_offset": 384, "reserved_bytes_offset": 480, "source": "assumed (C# table)"}
 GET_ALLOCATOR = "_ZN3c1012GetAllocatorERKNS_10DeviceTypeE"  # c10::GetAllocator(c10::DeviceType const&)
 CUDA = 1  # c10::DeviceType::CUDA

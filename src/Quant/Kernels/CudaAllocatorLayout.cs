@@ -28,11 +28,12 @@ public sealed record CudaAllocatorLayout(string Version, int GetDeviceStatsSlot,
     /// 11 resetPeakStats, 12 getMemoryInfo. DeviceStats: nine StatArrays (allocation, segment, active,
     /// inactive_split, allocated_bytes, reserved_bytes, ...), each Stat[3] (aggregate, small pool, large pool) of
     /// Stat {int64 current, peak, allocated, freed} = 96 bytes, so allocated_bytes at 4 x 96 = 384 and
-    /// reserved_bytes at 480; then num_alloc_retries, num_ooms, two Stats and five int64s: 952 bytes in all.
+    /// reserved_bytes at 480; then num_alloc_retries, num_ooms, two Stats (oversize allocations and segments) and
+    /// four int64s (num_sync_all_streams, num_device_alloc, num_device_free, max_split_size): 976 bytes in all.
     /// </summary>
     public static readonly IReadOnlyDictionary<string, CudaAllocatorLayout> Known = new Dictionary<string, CudaAllocatorLayout>
     {
-        ["2.11"] = new("2.11", GetDeviceStatsSlot: 9, ResetPeakStatsSlot: 11, DeviceStatsBytes: 952, AllocatedBytesOffset: 384, ReservedBytesOffset: 480),
+        ["2.11"] = new("2.11", GetDeviceStatsSlot: 9, ResetPeakStatsSlot: 11, DeviceStatsBytes: 976, AllocatedBytesOffset: 384, ReservedBytesOffset: 480),
     };
 
     /// <summary>Within a Stat: current at 0, peak at 8; the aggregate (all pools) Stat is the array's first.</summary>
