@@ -28,8 +28,8 @@ public sealed record CudaAllocatorLayout(string Version, int GetDeviceStatsSlot,
     /// 11 resetPeakStats, 12 getMemoryInfo. DeviceStats: nine StatArrays (allocation, segment, active,
     /// inactive_split, allocated_bytes, reserved_bytes, ...), each Stat[3] (aggregate, small pool, large pool) of
     /// Stat {int64 current, peak, allocated, freed} = 96 bytes, so allocated_bytes at 4 x 96 = 384 and
-    /// reserved_bytes at 480; then num_alloc_retries, num_ooms, two Stats (oversize allocations and segments) and
-    /// four int64s (num_sync_all_streams, num_device_alloc, num_device_free, max_split_size): 976 bytes in all.
+    /// reserved_bytes at 480; then the counters after them: 976 bytes in all in 2.11 (sizeof, from its headers on the GPU
+    /// machine; the call is given 1 KiB more than that anyway).
     /// </summary>
     public static readonly IReadOnlyDictionary<string, CudaAllocatorLayout> Known = new Dictionary<string, CudaAllocatorLayout>
     {
