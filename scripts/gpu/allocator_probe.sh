@@ -6,11 +6,13 @@
 #   2. verify.py calls those slots with ctypes in a process that imported torch and compares allocated/reserved
 #      current/peak with torch.cuda.memory_stats() around a 1 GiB allocation, then resets the peak (verify.json);
 #   3. the published app's `info --allocator` (when the carry folder has app.tar.xz) does the same from C#
-#      (dotnet.json), so its figures and layout can be set beside Python's.
+#      (dotnet.json), so its figures and layout can be set beside Python's;
+#   4. then a 6-step `train` of the quickstart on cuda (train.log; metrics.csv's memory columns in train.json): the
+#      allocated/reserved peak columns filled, the progress line and the summary as a user sees them.
 # On the GPU machine, from the repository root:
 #   bash scripts/gpu/allocator_probe.sh [--carry .gpu-speed]
 # Writes $OUT/allocator/ (probe.log, layout.json, verify.json, dotnet.json, summary.json); the last line printed is
-# the compact summary. Each step runs under its own timeout; the whole takes well under 60 s.
+# the compact summary. Each step runs under its own timeout; the whole takes about a minute.
 set -uo pipefail
 carry=.gpu-speed
 while [[ $# -gt 0 ]]; do
@@ -60,6 +62,18 @@ if [[ -f $carry/app.tar.xz && -f $carry/env.sh ]]; then
     source "$carry/env.sh" >/dev/null 2>&1
     if timeout 60 dotnet "$appdir/QLoraNet.dll" info --allocator > "$dir/dotnet.json" 2>> "$log"; then dotnet_ok=true; else dotnet_ok=false; fi
     cat "$dir/dotnet.json" >> "$log"
+    say "4. train (quickstart, cuda, 6 steps)"
+    rm -rf /tmp/qln-allocator-run
+    timeout 60 dotnet "$appdir/QLoraNet.dll" train configs/quickstart.yaml model.device=cuda training.max_steps=6 \
+      training.log_every=2 training.eval_every=3 training.save_every=0 output.dir=/tmp/qln-allocator-run > "$dir/train.log" 2>&1
+    echo "train rc=$?" >> "$dir/train.log"
+    cat "$dir/train.log" >> "$log"
+    python3 - /tmp/qln-allocator-run/metrics.csv > "$dir/train.json" 2>> "$log" <<'PY'
+import csv, json, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+keep = ["step", "host_peak_rss_mb", "device_allocated_peak_mb", "device_reserved_peak_mb", "device_used_peak_mb"]
+print(json.dumps({"rows": [{k: r.get(k) for k in keep} for r in rows]}))
+PY
   else
     echo "unpacking $carry/app.tar.xz failed" >> "$log"; dotnet_ok=false
   fi
@@ -74,11 +88,13 @@ def load(name):
     try:
         with open(os.path.join(d, name)) as f: return json.loads(f.read().strip().splitlines()[-1])
     except Exception as e: return None
-layout, verify, dotnet = load("layout.json"), load("verify.json"), load("dotnet.json")
+layout, verify, dotnet, train = load("layout.json"), load("verify.json"), load("dotnet.json"), load("train.json")
+filled = None if train is None else all(r.get("device_allocated_peak_mb") and r.get("device_reserved_peak_mb") for r in train["rows"])
 print(json.dumps({"torch": version, "layout_compiled": layout_ok == "true", "layout": layout,
     "python_ok": verify_ok == "true", "python_checks": (verify or {}).get("checks"),
     "dotnet_ok": None if dotnet_ok == "null" else dotnet_ok == "true",
-    "dotnet": None if dotnet is None else {k: dotnet.get(k) for k in ("status", "layout", "self_check", "ok")}},
+    "dotnet": None if dotnet is None else {k: dotnet.get(k) for k in ("status", "reason", "layout", "self_check", "ok")},
+    "train_allocator_columns_filled": filled, "train_last_row": None if not train or not train["rows"] else train["rows"][-1]},
     separators=(",", ":")))
 PY
 cat "$dir/summary.json"

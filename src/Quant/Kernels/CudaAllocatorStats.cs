@@ -93,7 +93,7 @@ public sealed unsafe class CudaAllocatorStats
         if (CudaAllocatorLayout.For(version, out string why) is not { } layout) return new(null, why, version);
         try
         {
-            return OpenVerified(map, c10[0], dir, layout, version!, device);
+            return OpenVerified(c10[0], dir, layout, version!, device);
         }
         catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or ExternalException) // ExternalException: libtorch's error (no memory for the self-check's tensor)
         {
@@ -101,7 +101,7 @@ public sealed unsafe class CudaAllocatorStats
         }
     }
 
-    static Opening OpenVerified(ProcessMemoryMap map, string c10, string dir, CudaAllocatorLayout layout, string version, Device device)
+    static Opening OpenVerified(string c10, string dir, CudaAllocatorLayout layout, string version, Device device)
     {
         if (!NativeLibrary.TryLoad(c10, out IntPtr handle) || !NativeLibrary.TryGetExport(handle, GetAllocatorSymbol, out IntPtr getAllocator))
             return new(null, $"{c10} does not export c10::GetAllocator", version);
@@ -112,6 +112,7 @@ public sealed unsafe class CudaAllocatorStats
         int index = warm.device_index;
         if (index < 0 || index >= Math.Min(cuda.device_count(), 128))
             return new(null, $"device index {index} is outside the {cuda.device_count()} CUDA devices", version);
+        var map = ProcessMemoryMap.Current(); // after the device's first use, which may load more of libtorch's libraries
 
         sbyte type = CudaDeviceType;
         IntPtr allocator = ((delegate* unmanaged<sbyte*, IntPtr>)getAllocator)(&type);
