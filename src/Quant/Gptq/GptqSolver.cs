@@ -205,8 +205,11 @@ public static class GptqSolver
     /// every op large enough to run in parallel, which stalls whenever the machine's cores are busy), while the
     /// loop needs two copies per block. Bit for bit the same: each step is the same IEEE operation, in the same
     /// dtype, on the same operands as the torch op it replaces (division, round half to even, clamp, and for the
-    /// rank-one update the product err·U_ij rounded and then subtracted, as the k = 1 matmul and sub_ do; C# never
-    /// fuses a multiply and an add).
+    /// rank-one update the product err·U_ij rounded and then subtracted, as the elementwise product and sub_ do; C#
+    /// never fuses a multiply and an add, Vector&lt;T&gt; arithmetic included: only an explicit FusedMultiplyAdd does).
+    /// The rows of W never meet in these steps (only U, shared, couples the columns), so each row runs all the block's
+    /// columns in turn, rows spread over libtorch's thread count, and a row's update of its later columns is a
+    /// vector loop: the order in which rows run changes no operation on any element.
     /// </summary>
     internal static Tensor QuantizeBlockOnHost<T>(Tensor W1, Tensor U1, (Tensor Scale, Tensor Zero)[] grids, Tensor codes1, int maxQ)
         where T : unmanaged, IFloatingPointIeee754<T>
@@ -217,30 +220,38 @@ public static class GptqSolver
         var err = new T[rows * count];
         var q = new long[rows * count];
         T top = T.CreateChecked(maxQ);
-        T[] scale = [], zero = [];
+        var scales = new T[count][];                                                      // the grid of each column, (out)
+        var zeros = new T[count][];
         Tensor? current = null;
         for (int i = 0; i < count; i++)
         {
             if (!ReferenceEquals(grids[i].Scale, current))
             {
                 current = grids[i].Scale;
-                scale = grids[i].Scale.contiguous().data<T>().ToArray();
-                zero = grids[i].Zero.contiguous().data<T>().ToArray();
+                scales[i] = grids[i].Scale.contiguous().data<T>().ToArray();
+                zeros[i] = grids[i].Zero.contiguous().data<T>().ToArray();
             }
-            T pivot = u[i * count + i];
-            var uRow = u.AsSpan(i * count + i + 1, count - i - 1);
-            for (int r = 0; r < rows; r++)
+            else (scales[i], zeros[i]) = (scales[i - 1], zeros[i - 1]);
+        }
+        void Row(int r)
+        {
+            var wRow = w.AsSpan(r * count, count);
+            for (int i = 0; i < count; i++)
             {
-                var wRow = w.AsSpan(r * count, count);
-                T x = wRow[i];
-                T code = T.Clamp(T.Round(x / scale[r]) + zero[r], T.Zero, top);            // T.Round: half to even, as torch.round
+                T x = wRow[i], scale = scales[i][r], zero = zeros[i][r];
+                T code = T.Clamp(T.Round(x / scale) + zero, T.Zero, top);                  // T.Round: half to even, as torch.round
                 q[r * count + i] = long.CreateTruncating(code);
-                T e = (x - scale[r] * (code - zero[r])) / pivot;
+                T e = (x - scale * (code - zero)) / u[i * count + i];
                 err[r * count + i] = e;
-                var rest = wRow[(i + 1)..];
-                for (int j = 0; j < rest.Length; j++) rest[j] -= e * uRow[j];
+                SubtractProducts(wRow[(i + 1)..], e, u.AsSpan(i * count + i + 1, count - i - 1));
             }
         }
+        int threads = Math.Max(1, Math.Min(get_num_threads(), rows / RowsPerTask));
+        if (threads == 1) for (int r = 0; r < rows; r++) Row(r);
+        else Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+        {
+            for (int r = (int)((long)rows * t / threads), end = (int)((long)rows * (t + 1) / threads); r < end; r++) Row(r);
+        });
         codes1.copy_(tensor(q, [rows, count], ScalarType.Int64, codes1.device));
         return err switch
         {
@@ -248,6 +259,23 @@ public static class GptqSolver
             double[] d => tensor(d, [rows, count], ScalarType.Float64, W1.device),
             _ => throw new NotSupportedException($"GPTQ solves in fp32 or fp64, not {typeof(T).Name}"),
         };
+    }
+
+    /// <summary>Fewest rows worth a thread of their own in <see cref="QuantizeBlockOnHost{T}"/> (a row of a block of
+    /// 128 columns is ~8k multiply-subtracts, a few microseconds; a task's start costs about as much as a few rows).</summary>
+    const int RowsPerTask = 64;
+
+    /// <summary>target[j] -= e · factors[j], each product rounded and then subtracted (no fused multiply-add).</summary>
+    static void SubtractProducts<T>(Span<T> target, T e, ReadOnlySpan<T> factors) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        int j = 0;
+        if (Vector.IsHardwareAccelerated && Vector<T>.IsSupported)
+        {
+            var ve = new Vector<T>(e);
+            for (; j <= target.Length - Vector<T>.Count; j += Vector<T>.Count)
+                (new Vector<T>(target[j..]) - ve * new Vector<T>(factors[j..])).CopyTo(target[j..]);
+        }
+        for (; j < target.Length; j++) target[j] -= e * factors[j];
     }
 
     /// <summary>Solves and packs: the stored weight GPTQ makes of <paramref name="weight"/>.</summary>
