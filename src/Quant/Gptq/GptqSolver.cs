@@ -209,16 +209,17 @@ public static class GptqSolver
     /// never fuses a multiply and an add, Vector&lt;T&gt; arithmetic included: only an explicit FusedMultiplyAdd does).
     /// The rows of W never meet in these steps (only U, shared, couples the columns), so each row runs all the block's
     /// columns in turn, rows spread over libtorch's thread count, and a row's update of its later columns is a
-    /// vector loop: the order in which rows run changes no operation on any element.
+    /// vector loop: the order in which rows run changes no operation on any element. A block on a GPU is copied to the
+    /// host and its codes and errors back (bench quantize --gptq-columns host times that against the torch ops).
     /// </summary>
     internal static Tensor QuantizeBlockOnHost<T>(Tensor W1, Tensor U1, (Tensor Scale, Tensor Zero)[] grids, Tensor codes1, int maxQ)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         int rows = (int)W1.shape[0], count = (int)W1.shape[1];
-        var w = W1.contiguous().data<T>().ToArray();                                      // (out, count) row-major
-        var u = U1.contiguous().data<T>().ToArray();                                      // (count, count) row-major
+        var w = W1.cpu().contiguous().data<T>().ToArray();                                // (out, count) row-major
+        var u = U1.cpu().contiguous().data<T>().ToArray();                                // (count, count) row-major
         var err = new T[rows * count];
-        var q = new long[rows * count];
+        var q = new byte[rows * count];                                                   // codes <= maxq <= 255: an eighth of int64's transfer
         T top = T.CreateChecked(maxQ);
         var scales = new T[count][];                                                      // the grid of each column, (out)
         var zeros = new T[count][];
@@ -228,8 +229,8 @@ public static class GptqSolver
             if (!ReferenceEquals(grids[i].Scale, current))
             {
                 current = grids[i].Scale;
-                scales[i] = grids[i].Scale.contiguous().data<T>().ToArray();
-                zeros[i] = grids[i].Zero.contiguous().data<T>().ToArray();
+                scales[i] = grids[i].Scale.cpu().contiguous().data<T>().ToArray();
+                zeros[i] = grids[i].Zero.cpu().contiguous().data<T>().ToArray();
             }
             else (scales[i], zeros[i]) = (scales[i - 1], zeros[i - 1]);
         }
@@ -240,7 +241,7 @@ public static class GptqSolver
             {
                 T x = wRow[i], scale = scales[i][r], zero = zeros[i][r];
                 T code = T.Clamp(T.Round(x / scale) + zero, T.Zero, top);                  // T.Round: half to even, as torch.round
-                q[r * count + i] = long.CreateTruncating(code);
+                q[r * count + i] = byte.CreateTruncating(code);
                 T e = (x - scale * (code - zero)) / u[i * count + i];
                 err[r * count + i] = e;
                 SubtractProducts(wRow[(i + 1)..], e, u.AsSpan(i * count + i + 1, count - i - 1));
@@ -252,7 +253,9 @@ public static class GptqSolver
         {
             for (int r = (int)((long)rows * t / threads), end = (int)((long)rows * (t + 1) / threads); r < end; r++) Row(r);
         });
-        codes1.copy_(tensor(q, [rows, count], ScalarType.Int64, codes1.device));
+        using (var codes = tensor(q, [rows, count], ScalarType.Byte))
+        using (var onDevice = codes.to(codes1.device))
+            codes1.copy_(onDevice);
         return err switch
         {
             float[] f => tensor(f, [rows, count], ScalarType.Float32, W1.device),
