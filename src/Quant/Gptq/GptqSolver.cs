@@ -155,7 +155,8 @@ public static class GptqSolver
     /// <item>the update is the elementwise product err ⊗ U[i, i+1:] then a subtraction (each product rounded, then
     /// subtracted, as the host loop does). Not addr_/addcmul_: their CUDA kernels compute self + alpha·a·b, which
     /// the compiler contracts to one fused multiply-add (one rounding instead of two), so they would change the bits;</item>
-    /// <item>the codes and errors of the block's columns are stacked once per block, not copied column by column.</item>
+    /// <item>the codes and errors of the block's columns are stacked once per block, not copied column by column, and
+    /// the column and pivot views are made by one unbind each.</item>
     /// </list>
     /// </summary>
     /// <param name="W1">the block's columns of W (out, count), not modified.</param>
@@ -167,8 +168,12 @@ public static class GptqSolver
         int count = (int)W1.shape[1];
         using var scope = NewDisposeScope();
         var Wt = W1.t().contiguous();                                                     // (count, out)
-        var Ut = U1.t();                                                                  // Ut[j, i] = U_ij: (count, count) view
-        var shifted = new Tensor[count];                                                  // code - zero of each column, (out)
+        // Views made by one call each rather than one or two per column: column i as a (1, out) row, U_ii, and
+        // U[i, :] as a (count, 1) column for the products err ⊗ U[i, i+1:].
+        var columns = Wt.unsqueeze(1).unbind(0);
+        var pivots = U1.diagonal().unbind(0);
+        var factorColumns = U1.unsqueeze(2).unbind(0);
+        var shifted = new Tensor[count];                                                  // code - zero of each column, (1, out)
         var errors = new Tensor[count];
         Tensor? current = null;
         Tensor scale = null!, low = null!, high = null!;
@@ -177,26 +182,30 @@ public static class GptqSolver
             if (!ReferenceEquals(grids[i].Scale, current))
             {
                 current = grids[i].Scale;
-                scale = grids[i].Scale.reshape(-1);                                       // (out)
-                low = grids[i].Zero.reshape(-1).neg();
+                scale = grids[i].Scale.reshape(1, -1);                                    // (1, out)
+                low = grids[i].Zero.reshape(1, -1).neg();
                 high = low + maxQ;
             }
-            using var w = Wt.select(0, i);                                                // (out), final: only later rows change
+            var w = columns[i];                                                           // (1, out), final: only later rows change
             var c = w.div(scale).round_().clamp_(low, high);                              // round: half to even
-            var err = w.sub(c.mul(scale)).div_(U1[i, i]);
+            var err = w.sub(c.mul(scale)).div_(pivots[i]);
             if (i + 1 < count)
             {
                 int rest = count - i - 1;
-                using var factors = Ut.narrow(0, i + 1, rest).narrow(1, i, 1);            // (rest, 1): U[i, i+1:]
-                using var products = factors.mul(err.unsqueeze(0));                       // (rest, out)
+                using var products = factorColumns[i].narrow(0, i + 1, rest).mul(err);    // (rest, out): U_ij · err
                 Wt.narrow(0, i + 1, rest).sub_(products);
             }
             shifted[i] = c;
             errors[i] = err;
         }
-        var zeros = stack(grids.Select(g => g.Zero.reshape(-1)), 1);                      // (out, count)
-        codes1.copy_(stack(shifted, 1).add_(zeros));
-        return stack(errors, 1).MoveToOuterDisposeScope();                                 // (out, count)
+        var codes = cat(shifted, 0).t();                                                  // (out, count)
+        for (int a = 0, b; a < count; a = b)                                              // + zero, per run of columns of one grid
+        {
+            for (b = a + 1; b < count && ReferenceEquals(grids[b].Zero, grids[a].Zero); b++) { }
+            codes.narrow(1, a, b - a).add_(grids[a].Zero);
+        }
+        codes1.copy_(codes);
+        return cat(errors, 0).t().contiguous().MoveToOuterDisposeScope();                 // (out, count)
     }
 
     /// <summary>
