@@ -5,9 +5,12 @@
 # The app in the carry folder must be built from a tree that holds this script's commit (scripts/gpu/prepare_speed.sh):
 # an older app prints no "so far"/peak figures in its per-layer lines (the layer seconds are still read).
 #
-#   bash scripts/gpu/calibrated_7b.sh [--carry .gpu-speed] [--budget 330] [--gpu N]
+#   bash scripts/gpu/calibrated_7b.sh [--carry .gpu-speed] [--budget 330] [--gpu N] [--no-solver-bench]
 #   bash scripts/gpu/calibrated_7b.sh --dry-cpu      # this script's checks on a CPU: tiny model, 4 x 64 tokens, g16
 #
+# First (unless --no-solver-bench, at most 45 s each): gptq-solver-device and gptq-solver-host, GPTQ's solver alone on
+# one 7B layer shape with each in-block column loop (`bench quantize --gptq-columns`): the solver's share of a layer
+# and which loop this machine runs faster.
 # --budget bounds the whole script (making or waiting for the 7B checkpoint included); each case gets the time left
 # divided by the cases left, so a case that ends early leaves its share to the next ones. --gpu N pins everything to
 # GPU N (CUDA_VISIBLE_DEVICES=N, PCI bus order, the order NVML's peaks are in).
@@ -18,14 +21,15 @@
 # Writes $OUT/calibrated/<case>.log (the app's stdout and stderr, measure.py's line last) and prints one JSON line per
 # case (also $OUT/calibrated/summary.jsonl).
 set -uo pipefail
-carry=.gpu-speed; budget=330; gpu=""; dry=0
+carry=.gpu-speed; budget=330; gpu=""; dry=0; solver_bench=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --carry) carry=$2; shift 2 ;;
     --budget) budget=$2; shift 2 ;;
     --gpu) gpu=$2; shift 2 ;;
     --dry-cpu) dry=1; shift ;;
-    *) echo "unknown option $1 (--carry DIR, --budget SECONDS, --gpu N, --dry-cpu)" >&2; exit 2 ;;
+    --no-solver-bench) solver_bench=0; shift ;;
+    *) echo "unknown option $1 (--carry DIR, --budget SECONDS, --gpu N, --dry-cpu, --no-solver-bench)" >&2; exit 2 ;;
   esac
 done
 t_start=$(date +%s)
@@ -57,6 +61,33 @@ else
   fi
   [[ -f $ckpt/tokenizer_config.json ]] || { echo "{\"error\": \"$ckpt is incomplete (no tokenizer_config.json after waiting)\"}"; exit 1; }
   echo "checkpoint ready at $(elapsed) s" >&2
+fi
+
+# solver CASE COLUMNS: GPTQ's solver and packing alone on one 7B layer shape (bench quantize: random inputs' Hessian,
+# one warm-up layer, one timed), with the in-block column loop on the host or in torch ops on the device: how much of
+# a quantize case's layer time the solver is, and which loop is faster on this machine. At most 45 s each.
+solver() {
+  local name=$1 columns=$2 limit=45
+  local -a shape=()
+  [[ $dry == 1 ]] && shape=(--hidden 256 --intermediate 512)
+  python3 scripts/gpu/measure.py "$name" --limit $limit -- "${app[@]}" bench quantize --quantization gptq4-g$group \
+    --device $device --gptq-columns $columns "${shape[@]}" > "$out/$name.log" 2>&1
+  python3 - "$out/$name.log" "$name" <<'PY' | tee -a "$out/summary.jsonl"
+import json, sys
+text = open(sys.argv[1], errors="replace").read().splitlines()
+m = next((json.loads(x) for x in reversed(text) if x.startswith('{"measure"')), {})
+b = next((json.loads(x) for x in reversed(text) if x.startswith('{"quantization"')), {})
+r = {"case": sys.argv[2], "rc": m.get("rc"), "timed_out": m.get("timed_out"), "wall_s": m.get("wall_s"),
+     "solver_layer_s": b.get("layer_s"), "solver_model_s": b.get("model_s"), "gptq_columns": b.get("gptq_columns"),
+     "threads": b.get("threads")}
+if m.get("rc") not in (0, None) and not b:
+    r["error"] = next((x for x in reversed(text) if x.strip() and not x.startswith("{")), "")[:300]
+print(json.dumps(r), flush=True)
+PY
+}
+if [[ $solver_bench == 1 ]]; then
+  solver gptq-solver-device device
+  solver gptq-solver-host host
 fi
 
 cases=(gptq4-g$group awq4-g$group smoothquant)

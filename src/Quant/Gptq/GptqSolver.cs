@@ -155,7 +155,8 @@ public static class GptqSolver
     /// <item>the update is the elementwise product err ⊗ U[i, i+1:] then a subtraction (each product rounded, then
     /// subtracted, as the host loop does). Not addr_/addcmul_: their CUDA kernels compute self + alpha·a·b, which
     /// the compiler contracts to one fused multiply-add (one rounding instead of two), so they would change the bits;</item>
-    /// <item>the codes and errors of the block's columns are stacked once per block, not copied column by column.</item>
+    /// <item>the codes and errors of the block's columns are stacked once per block, not copied column by column, and
+    /// the column and pivot views are made by one unbind each.</item>
     /// </list>
     /// </summary>
     /// <param name="W1">the block's columns of W (out, count), not modified.</param>
@@ -167,8 +168,12 @@ public static class GptqSolver
         int count = (int)W1.shape[1];
         using var scope = NewDisposeScope();
         var Wt = W1.t().contiguous();                                                     // (count, out)
-        var Ut = U1.t();                                                                  // Ut[j, i] = U_ij: (count, count) view
-        var shifted = new Tensor[count];                                                  // code - zero of each column, (out)
+        // Views made by one call each rather than one or two per column: column i as a (1, out) row, U_ii, and
+        // U[i, :] as a (count, 1) column for the products err ⊗ U[i, i+1:].
+        var columns = Wt.unsqueeze(1).unbind(0);
+        var pivots = U1.diagonal().unbind(0);
+        var factorColumns = U1.unsqueeze(2).unbind(0);
+        var shifted = new Tensor[count];                                                  // code - zero of each column, (1, out)
         var errors = new Tensor[count];
         Tensor? current = null;
         Tensor scale = null!, low = null!, high = null!;
@@ -177,26 +182,30 @@ public static class GptqSolver
             if (!ReferenceEquals(grids[i].Scale, current))
             {
                 current = grids[i].Scale;
-                scale = grids[i].Scale.reshape(-1);                                       // (out)
-                low = grids[i].Zero.reshape(-1).neg();
+                scale = grids[i].Scale.reshape(1, -1);                                    // (1, out)
+                low = grids[i].Zero.reshape(1, -1).neg();
                 high = low + maxQ;
             }
-            using var w = Wt.select(0, i);                                                // (out), final: only later rows change
+            var w = columns[i];                                                           // (1, out), final: only later rows change
             var c = w.div(scale).round_().clamp_(low, high);                              // round: half to even
-            var err = w.sub(c.mul(scale)).div_(U1[i, i]);
+            var err = w.sub(c.mul(scale)).div_(pivots[i]);
             if (i + 1 < count)
             {
                 int rest = count - i - 1;
-                using var factors = Ut.narrow(0, i + 1, rest).narrow(1, i, 1);            // (rest, 1): U[i, i+1:]
-                using var products = factors.mul(err.unsqueeze(0));                       // (rest, out)
+                using var products = factorColumns[i].narrow(0, i + 1, rest).mul(err);    // (rest, out): U_ij · err
                 Wt.narrow(0, i + 1, rest).sub_(products);
             }
             shifted[i] = c;
             errors[i] = err;
         }
-        var zeros = stack(grids.Select(g => g.Zero.reshape(-1)), 1);                      // (out, count)
-        codes1.copy_(stack(shifted, 1).add_(zeros));
-        return stack(errors, 1).MoveToOuterDisposeScope();                                 // (out, count)
+        var codes = cat(shifted, 0).t();                                                  // (out, count)
+        for (int a = 0, b; a < count; a = b)                                              // + zero, per run of columns of one grid
+        {
+            for (b = a + 1; b < count && ReferenceEquals(grids[b].Zero, grids[a].Zero); b++) { }
+            codes.narrow(1, a, b - a).add_(grids[a].Zero);
+        }
+        codes1.copy_(codes);
+        return cat(errors, 0).t().contiguous().MoveToOuterDisposeScope();                 // (out, count)
     }
 
     /// <summary>
@@ -205,49 +214,80 @@ public static class GptqSolver
     /// every op large enough to run in parallel, which stalls whenever the machine's cores are busy), while the
     /// loop needs two copies per block. Bit for bit the same: each step is the same IEEE operation, in the same
     /// dtype, on the same operands as the torch op it replaces (division, round half to even, clamp, and for the
-    /// rank-one update the product err·U_ij rounded and then subtracted, as the k = 1 matmul and sub_ do; C# never
-    /// fuses a multiply and an add).
+    /// rank-one update the product err·U_ij rounded and then subtracted, as the elementwise product and sub_ do; C#
+    /// never fuses a multiply and an add, Vector&lt;T&gt; arithmetic included: only an explicit FusedMultiplyAdd does).
+    /// The rows of W never meet in these steps (only U, shared, couples the columns), so each row runs all the block's
+    /// columns in turn, rows spread over libtorch's thread count, and a row's update of its later columns is a
+    /// vector loop: the order in which rows run changes no operation on any element. A block on a GPU is copied to the
+    /// host and its codes and errors back (bench quantize --gptq-columns host times that against the torch ops).
     /// </summary>
     internal static Tensor QuantizeBlockOnHost<T>(Tensor W1, Tensor U1, (Tensor Scale, Tensor Zero)[] grids, Tensor codes1, int maxQ)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         int rows = (int)W1.shape[0], count = (int)W1.shape[1];
-        var w = W1.contiguous().data<T>().ToArray();                                      // (out, count) row-major
-        var u = U1.contiguous().data<T>().ToArray();                                      // (count, count) row-major
+        var w = W1.cpu().contiguous().data<T>().ToArray();                                // (out, count) row-major
+        var u = U1.cpu().contiguous().data<T>().ToArray();                                // (count, count) row-major
         var err = new T[rows * count];
-        var q = new long[rows * count];
+        var q = new byte[rows * count];                                                   // codes <= maxq <= 255: an eighth of int64's transfer
         T top = T.CreateChecked(maxQ);
-        T[] scale = [], zero = [];
+        var scales = new T[count][];                                                      // the grid of each column, (out)
+        var zeros = new T[count][];
         Tensor? current = null;
         for (int i = 0; i < count; i++)
         {
             if (!ReferenceEquals(grids[i].Scale, current))
             {
                 current = grids[i].Scale;
-                scale = grids[i].Scale.contiguous().data<T>().ToArray();
-                zero = grids[i].Zero.contiguous().data<T>().ToArray();
+                scales[i] = grids[i].Scale.cpu().contiguous().data<T>().ToArray();
+                zeros[i] = grids[i].Zero.cpu().contiguous().data<T>().ToArray();
             }
-            T pivot = u[i * count + i];
-            var uRow = u.AsSpan(i * count + i + 1, count - i - 1);
-            for (int r = 0; r < rows; r++)
+            else (scales[i], zeros[i]) = (scales[i - 1], zeros[i - 1]);
+        }
+        void Row(int r)
+        {
+            var wRow = w.AsSpan(r * count, count);
+            for (int i = 0; i < count; i++)
             {
-                var wRow = w.AsSpan(r * count, count);
-                T x = wRow[i];
-                T code = T.Clamp(T.Round(x / scale[r]) + zero[r], T.Zero, top);            // T.Round: half to even, as torch.round
-                q[r * count + i] = long.CreateTruncating(code);
-                T e = (x - scale[r] * (code - zero[r])) / pivot;
+                T x = wRow[i], scale = scales[i][r], zero = zeros[i][r];
+                T code = T.Clamp(T.Round(x / scale) + zero, T.Zero, top);                  // T.Round: half to even, as torch.round
+                q[r * count + i] = byte.CreateTruncating(code);
+                T e = (x - scale * (code - zero)) / u[i * count + i];
                 err[r * count + i] = e;
-                var rest = wRow[(i + 1)..];
-                for (int j = 0; j < rest.Length; j++) rest[j] -= e * uRow[j];
+                SubtractProducts(wRow[(i + 1)..], e, u.AsSpan(i * count + i + 1, count - i - 1));
             }
         }
-        codes1.copy_(tensor(q, [rows, count], ScalarType.Int64, codes1.device));
+        int threads = Math.Max(1, Math.Min(get_num_threads(), rows / RowsPerTask));
+        if (threads == 1) for (int r = 0; r < rows; r++) Row(r);
+        else Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+        {
+            for (int r = (int)((long)rows * t / threads), end = (int)((long)rows * (t + 1) / threads); r < end; r++) Row(r);
+        });
+        using (var codes = tensor(q, [rows, count], ScalarType.Byte))
+        using (var onDevice = codes.to(codes1.device))
+            codes1.copy_(onDevice);
         return err switch
         {
             float[] f => tensor(f, [rows, count], ScalarType.Float32, W1.device),
             double[] d => tensor(d, [rows, count], ScalarType.Float64, W1.device),
             _ => throw new NotSupportedException($"GPTQ solves in fp32 or fp64, not {typeof(T).Name}"),
         };
+    }
+
+    /// <summary>Fewest rows worth a thread of their own in <see cref="QuantizeBlockOnHost{T}"/> (a row of a block of
+    /// 128 columns is ~8k multiply-subtracts, a few microseconds; a task's start costs about as much as a few rows).</summary>
+    const int RowsPerTask = 64;
+
+    /// <summary>target[j] -= e · factors[j], each product rounded and then subtracted (no fused multiply-add).</summary>
+    static void SubtractProducts<T>(Span<T> target, T e, ReadOnlySpan<T> factors) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        int j = 0;
+        if (Vector.IsHardwareAccelerated && Vector<T>.IsSupported)
+        {
+            var ve = new Vector<T>(e);
+            for (; j <= target.Length - Vector<T>.Count; j += Vector<T>.Count)
+                (new Vector<T>(target[j..]) - ve * new Vector<T>(factors[j..])).CopyTo(target[j..]);
+        }
+        for (; j < target.Length; j++) target[j] -= e * factors[j];
     }
 
     /// <summary>Solves and packs: the stored weight GPTQ makes of <paramref name="weight"/>.</summary>
