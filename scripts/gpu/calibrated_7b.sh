@@ -11,6 +11,7 @@
 # First (unless --no-solver-bench, at most 45 s each): gptq-solver-device and gptq-solver-host, GPTQ's solver alone on
 # one 7B layer shape with each in-block column loop (`bench quantize --gptq-columns`): the solver's share of a layer
 # and which loop this machine runs faster.
+# --cases gptq,awq,smoothquant runs only those (by name before the bits).
 # --budget bounds the whole script (making or waiting for the 7B checkpoint included); each case gets the time left
 # divided by the cases left, so a case that ends early leaves its share to the next ones. --gpu N pins everything to
 # GPU N (CUDA_VISIBLE_DEVICES=N, PCI bus order, the order NVML's peaks are in).
@@ -29,7 +30,8 @@ while [[ $# -gt 0 ]]; do
     --gpu) gpu=$2; shift 2 ;;
     --dry-cpu) dry=1; shift ;;
     --no-solver-bench) solver_bench=0; shift ;;
-    *) echo "unknown option $1 (--carry DIR, --budget SECONDS, --gpu N, --dry-cpu, --no-solver-bench)" >&2; exit 2 ;;
+    --cases) only=$2; shift 2 ;;
+    *) echo "unknown option $1 (--carry DIR, --budget SECONDS, --gpu N, --dry-cpu, --no-solver-bench, --cases LIST)" >&2; exit 2 ;;
   esac
 done
 t_start=$(date +%s)
@@ -91,6 +93,10 @@ if [[ $solver_bench == 1 ]]; then
 fi
 
 cases=(gptq4-g$group awq4-g$group smoothquant)
+# --cases gptq,awq,smoothquant (any subset, by name prefix): only those, in the order above.
+if [[ -n ${only:-} ]]; then
+  kept=(); for c in "${cases[@]}"; do [[ ,$only, == *,${c%%[0-9]*},* ]] && kept+=("$c"); done; cases=("${kept[@]}")
+fi
 # case FORMAT CASES_LEFT: runs one quantization under measure.py with the fair share of the time left, then prints its JSON.
 run_case() {
   local fmt=$1 cases_left=$2
