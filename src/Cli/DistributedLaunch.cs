@@ -10,7 +10,8 @@ namespace QLoraNet.Cli;
 /// <summary>
 /// The CLI's side of multi-process runs. <see cref="Launch"/>: `train CONFIG --gpus N` starts N ranks of this same
 /// app (<see cref="ProcessLauncher"/>) and passes Ctrl-C and SIGTERM on to them. <see cref="AttachChild"/>: a rank
-/// started that way (or by torchrun) ties its lifetime to the launcher's.
+/// started that way (or by torchrun) ties its lifetime to the launcher's and binds itself to its share of the CPUs
+/// (<see cref="CoreBinding"/>).
 /// </summary>
 static class DistributedLaunch
 {
@@ -67,12 +68,16 @@ static class DistributedLaunch
     }
 
     /// <summary>In a rank: when our launcher started it, leave the terminal's process group and stop if the launcher dies.</summary>
-    public static void AttachChild(DistributedEnvironment env, TextWriter stderr) =>
+    public static void AttachChild(DistributedEnvironment env, TextWriter stderr)
+    {
         LauncherChild.Attach(() =>
         {
             stderr.WriteLine($"error: rank {env.Rank}: the launcher is gone; stopping");
             Environment.Exit(1);
         });
+        // Each rank on its own CPUs: ranks left to the scheduler slow each other's host-bound steps (CoreBinding).
+        if (CoreBinding.Apply(env) is { } binding) stderr.WriteLine(binding);
+    }
 
     /// <summary>How to start this app again: its own executable, or `dotnet app.dll` when run through the dotnet host.</summary>
     static (string File, string[] Prefix) SelfCommand()
