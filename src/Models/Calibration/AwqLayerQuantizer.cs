@@ -12,7 +12,7 @@ namespace QLoraNet.Models.Calibration;
 /// <list type="number">
 /// <item>the float layer runs over the calibration samples with every linear tapped, keeping each one's inputs; its
 /// output is the next layer's input;</item>
-/// <item>scales are searched (<see cref="AwqSearch.SearchScales"/>) for four groups, each on the unmodified layer:
+/// <item>scales are searched (<see cref="AwqSearch.SearchScales(Tensor, Tensor, Func{Tensor, Tensor}, bool, int)"/>) for four groups, each on the unmodified layer:
 /// [q, k, v] after the pre-attention norm, judged by the attention block's output; [o] after v, judged by o itself,
 /// only when v and o have the same shape (no grouped-query attention: llm-awq PR 67); [gate, up] after the pre-MLP
 /// norm, judged by the MLP's output; [down] after up, judged by down itself;</item>
@@ -23,7 +23,9 @@ namespace QLoraNet.Models.Calibration;
 /// </list>
 /// Memory: besides the layer's input and output activations, one input per scaling group (and o_proj's when it is in
 /// none) is kept for the N x L tokens (AutoAWQ keeps them too), the largest being down_proj's (N, L, intermediate);
-/// the clip search's temporaries are bounded by <see cref="AwqSearch.ClipBatchFloats"/>.
+/// the clip search's temporaries are bounded by <see cref="AwqSearch.ClipBatchFloats"/> (on CUDA
+/// <see cref="AwqSearch.ClipBatchFloatsCuda"/>, AutoAWQ's own size there: fewer, larger row batches, fewer launches).
+/// Speed: the scale search reads its 20 errors back once per group (no host sync per candidate or chunk).
 /// </summary>
 public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
 {
@@ -60,7 +62,8 @@ public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
                 long group = format.GroupLength(l.InFeatures, layer.WeightName(l));
                 if (format.Clip && l.Role is not (LinearRole.Query or LinearRole.Key))   // q·k products make clipping error hard to judge (AutoAWQ)
                 {
-                    using var bound = AwqSearch.SearchClip(weights[l], kept[source[l]], group, format.MaxQ);
+                    using var bound = AwqSearch.SearchClip(weights[l], kept[source[l]], group, format.MaxQ,
+                        batchFloats: AwqSearch.ClipBatchFloatsFor(weights[l].device));
                     var clipped = AwqSearch.Clip(weights[l], bound);
                     weights[l].Dispose();
                     weights[l] = clipped;
@@ -112,7 +115,9 @@ public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
         using var xMean = AwqSearch.InputMean(x);
         using var wMean = AwqSearch.WeightMean(g.Linears.Select(l => weights[l]).ToList(), group);
         using var reference = layer.Map(x, g.Block)!;
-        double ErrorOf(Tensor s)
+        // Each candidate's error stays on the device (a float64 scalar: the fp32 sum of every chunk, added in float64 as
+        // the host added them before); the search reads the 20 back at once, so the grid runs without host syncs.
+        Tensor ErrorOf(Tensor s)
         {
             var originals = new Dictionary<LayerLinear, nn.Module<Tensor, Tensor>>();
             try
@@ -122,16 +127,18 @@ public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
                     using var trial = AwqSearch.ScaledRoundTrip(weights[l], s, group, format.MaxQ);
                     originals[l] = layer.Replace(l, new DenseFrozenLinear(trial, layer.ComputeDType));   // holds its own handle
                 }
-                double sum = 0;
                 using var noGrad = no_grad();
+                using var scope = NewDisposeScope();
+                var sum = zeros([], ScalarType.Float64, x.device);
                 for (long i = 0; i < x.shape[0]; i += layer.ChunkSamples)
                 {
-                    using var scope = NewDisposeScope();
+                    using var chunkScope = NewDisposeScope();
                     long count = Math.Min(layer.ChunkSamples, x.shape[0] - i);
-                    var diff = g.Block(x.narrow(0, i, count)).to(ScalarType.Float32) - reference.narrow(0, i, count).to(ScalarType.Float32);
-                    sum += diff.pow(2).sum().to(ScalarType.Float64).item<double>();
+                    var diff = g.Block(x.narrow(0, i, count)).to(ScalarType.Float32).sub_(reference.narrow(0, i, count).to(ScalarType.Float32));
+                    sum.add_(diff.pow_(2).sum().to(ScalarType.Float64));
                 }
-                return sum / reference.numel();
+                // A tensor divisor, not a scalar: CUDA divides by a host scalar as a multiplication by its reciprocal.
+                return sum.div_(tensor((double)reference.numel(), ScalarType.Float64, x.device)).MoveToOuterDisposeScope();
             }
             finally
             {

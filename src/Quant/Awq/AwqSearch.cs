@@ -23,7 +23,7 @@ public sealed record AwqRounding(Tensor Codes, Tensor Scales, Tensor Zeros, Tens
 /// <list type="bullet">
 /// <item><see cref="Round"/>: pseudo_quantize_tensor with zero point: per group of the row, scale = max(max - min,
 /// 1e-5) / 15, zero = clamp(-round(min / scale), 0, 15), q = clamp(round(w / scale) + zero, 0, 15);</item>
-/// <item><see cref="SearchScales"/>: _search_best_scale / _compute_best_scale: for ratio r = k/20, k = 0..19, the
+/// <item><see cref="SearchScales(Tensor, Tensor, Func{Tensor, Tensor}, bool, int)"/>: _search_best_scale / _compute_best_scale: for ratio r = k/20, k = 0..19, the
 /// candidate s = clamp(mean|x|^r / (wmean^(1-r) + 1e-4), 1e-4) ("duo scaling"; wmean = the mean over rows of |w|
 /// normalised by its group's max), divided by sqrt(max(s)·min(s)); the caller measures the output error of the block
 /// with each weight replaced by Q(W·s)/s; the first smallest error wins;</item>
@@ -42,6 +42,14 @@ public static class AwqSearch
     /// are independent, so the batch decides memory, not results.</summary>
     public const long ClipBatchFloats = 1L << 24;
 
+    /// <summary>The same budget on a CUDA device: 2^28 floats (1 GiB in fp32), the size of AutoAWQ's own temporary
+    /// there (256 rows x 512 tokens x 4096 inputs in fp16). Each row batch costs ~250 small kernels whatever its size,
+    /// so 8 rows a batch (2^24 at 4096 inputs) made a 7B layer's clip search ~2.5 million launches: host-bound.</summary>
+    public const long ClipBatchFloatsCuda = 1L << 28;
+
+    /// <summary>The clip search's budget for a weight on <paramref name="device"/>.</summary>
+    public static long ClipBatchFloatsFor(Device device) => device.type == DeviceType.CUDA ? ClipBatchFloatsCuda : ClipBatchFloats;
+
     /// <summary>Rounds <paramref name="weight"/> (out, in) in groups of <paramref name="group"/> inputs to 4 bits with zero points.</summary>
     public static AwqRounding Round(Tensor weight, long group, int maxQ = 15)
     {
@@ -59,11 +67,25 @@ public static class AwqSearch
             dequantized.reshape(rows, cols).MoveToOuterDisposeScope());
     }
 
-    /// <summary>The dequantized weight <see cref="Round"/> gives, alone.</summary>
+    /// <summary>The dequantized weight <see cref="Round"/> gives, alone (same shape and bits as its Dequantized).</summary>
     public static Tensor PseudoQuantize(Tensor weight, long group, int maxQ = 15)
     {
-        using var r = Round(weight, group, maxQ);
-        return r.Dequantized.alias();
+        using var scope = NewDisposeScope();
+        var w = weight.detach().to(ScalarType.Float32).reshape(-1, group);              // (out*groups, group)
+        return FakeQuantizeGroups(w, maxQ).reshape(weight.shape).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// <see cref="Round"/>'s dequantized weight of fp32 groups (n, group), in 15 ops and without the integer codes:
+    /// the searches call it once per candidate, so it is their inner loop. Same operations in the same order as Round
+    /// (in place where Round allocates), hence the same bits.
+    /// </summary>
+    static Tensor FakeQuantizeGroups(Tensor w, int maxQ)
+    {
+        var min = w.amin([1], keepdim: true);
+        var scale = w.amax([1], keepdim: true).sub_(min).clamp_min_(1e-5).div_(maxQ);
+        var zero = min.div_(scale).round_().neg_().clamp_(0, maxQ);
+        return w.div(scale).round_().add_(zero).clamp_(0, maxQ).sub_(zero).mul_(scale);
     }
 
     /// <summary>mean |x| per input channel over all tokens of x (..., in), fp32 (in).</summary>
@@ -105,26 +127,43 @@ public static class AwqSearch
     /// Tries the 20 ratios; <paramref name="errorOf"/> gets candidate scales (in) and returns the block's output error
     /// with its weights replaced by <see cref="ScaledRoundTrip"/> (mean squared difference to the float output).
     /// </summary>
-    public static ScaleChoice SearchScales(Tensor xMean, Tensor wMean, Func<Tensor, double> errorOf, bool duoScaling = true, int grid = GridPoints)
+    public static ScaleChoice SearchScales(Tensor xMean, Tensor wMean, Func<Tensor, double> errorOf, bool duoScaling = true, int grid = GridPoints) =>
+        SearchScales(xMean, wMean, s => tensor(errorOf(s), ScalarType.Float64), duoScaling, grid);
+
+    /// <summary>
+    /// <see cref="SearchScales(Tensor, Tensor, Func{Tensor, double}, bool, int)"/> with each error a scalar tensor
+    /// (float64) left on its device: the 20 errors are read back together once the grid is done, so the host does not
+    /// wait for the device after every candidate. The choice is made on the host as AutoAWQ makes it (the first
+    /// strictly smaller error wins; NaN never does).
+    /// </summary>
+    public static ScaleChoice SearchScales(Tensor xMean, Tensor wMean, Func<Tensor, Tensor> errorOf, bool duoScaling = true, int grid = GridPoints)
     {
-        var errors = new List<double>();
-        Tensor? best = null;
-        double bestError = double.PositiveInfinity, bestRatio = -1;
-        for (int k = 0; k < grid; k++)
+        var candidates = new List<Tensor>();
+        var pending = new List<Tensor>();
+        try
         {
-            double ratio = (double)k / grid;
-            var s = CandidateScales(xMean, wMean, ratio, duoScaling);
-            double error = errorOf(s);
-            errors.Add(error);
-            if (error < bestError)
+            for (int k = 0; k < grid; k++)
             {
-                best?.Dispose();
-                (best, bestError, bestRatio) = (s, error, ratio);
+                var s = CandidateScales(xMean, wMean, (double)k / grid, duoScaling);
+                candidates.Add(s);
+                pending.Add(errorOf(s));
             }
-            else s.Dispose();
+            double[] errors;
+            using (var readScope = NewDisposeScope())
+                errors = stack(pending.Select(e => e.to(ScalarType.Float64).reshape([])).ToArray()).cpu().data<double>().ToArray();
+            int best = -1;
+            double bestError = double.PositiveInfinity;
+            for (int k = 0; k < grid; k++)
+                if (errors[k] < bestError) (best, bestError) = (k, errors[k]);
+            if (best < 0) throw new InvalidOperationException($"AWQ scale search found no finite error (errors: {string.Join(", ", errors)})");
+            var chosen = candidates[best];
+            candidates.RemoveAt(best);
+            return new ScaleChoice(chosen, (double)best / grid, errors);
         }
-        if (best is null) throw new InvalidOperationException($"AWQ scale search found no finite error (errors: {string.Join(", ", errors)})");
-        return new ScaleChoice(best, bestRatio, errors);
+        finally
+        {
+            foreach (var t in candidates.Concat(pending)) t.Dispose();
+        }
     }
 
     /// <summary>Q(W · s) / s: the weight as the block sees it when s is folded into its input.</summary>
@@ -132,8 +171,8 @@ public static class AwqSearch
     {
         using var scope = NewDisposeScope();
         var s = scales.to(ScalarType.Float32).unsqueeze(0);                              // (1, in)
-        var q = PseudoQuantize(weight.to(ScalarType.Float32) * s, group, maxQ);
-        return (q / s).MoveToOuterDisposeScope();
+        var q = FakeQuantizeGroups((weight.to(ScalarType.Float32) * s).reshape(-1, group), maxQ).reshape(weight.shape);
+        return q.div_(s).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -151,8 +190,18 @@ public static class AwqSearch
         x = x.slice(0, 0, x.shape[0], step).reshape(1, -1, groups, group);             // (1, tokens, groups, group)
         var w = weight.detach().to(ScalarType.Float32).reshape(rows, 1, groups, group);
         // Rows per pass: the (rows, tokens, in) product stays near batchFloats (AutoAWQ takes 256 or 64 rows). Each
-        // shrink step's temporaries are freed before the next, so a pass holds a few such products, not one per step.
+        // shrink step's temporaries are freed before the next, so a pass holds one such product, not one per step.
         long rowBatch = Math.Clamp(batchFloats / Math.Max(1, x.shape[1] * cols), 1, 256);
+        // On the host a temporary this large is fresh pages from the OS each time (malloc maps and unmaps it), and
+        // faulting them in cost more than the arithmetic: one buffer takes every product instead. CUDA's caching
+        // allocator reuses its blocks by itself, where the copy would only add a pass over memory.
+        var buffer = x.device.type == DeviceType.CPU ? empty([Math.Min(rowBatch, rows), x.shape[1], groups, group], ScalarType.Float32) : null;
+        Tensor GroupOutputs(Tensor wq)                                                  // (b, 1, groups, group) -> (b, tokens, groups)
+        {
+            if (buffer is null) return (x * wq).sum([-1]);
+            // x · w rounded once, as x * w: the same bits (IEEE multiplication commutes), summed over the same layout.
+            return buffer.narrow(0, 0, wq.shape[0]).copy_(x).mul_(wq).sum([-1]);
+        }
         var best = new List<Tensor>();
         for (long r0 = 0; r0 < rows; r0 += rowBatch)
         {
@@ -161,16 +210,14 @@ public static class AwqSearch
             var originalMax = wb.abs().amax([-1], keepdim: true);                         // (b, 1, groups, 1)
             var bestMax = originalMax.clone();
             var minError = full_like(originalMax, 1e9);
-            Tensor reference;
-            using (var productScope = NewDisposeScope())
-                reference = (x * wb).sum([-1]).MoveToOuterDisposeScope();                 // (b, tokens, groups)
+            var reference = GroupOutputs(wb);                                               // (b, tokens, groups)
             for (int i = 0; i < (int)(maxShrink * grid); i++)
             {
                 using var stepScope = NewDisposeScope();
                 var maxVal = originalMax * (1 - (double)i / grid);
-                var clipped = minimum(maximum(wb, -maxVal), maxVal);
-                var q = PseudoQuantize(clipped.reshape(-1, cols), group, maxQ).reshape(clipped.shape);
-                var error = (x * q).sum([-1]).sub_(reference).pow_(2).mean([1]).view(minError.shape);
+                var clipped = wb.clamp(-maxVal, maxVal);                                    // = min(max(w, -m), m)
+                var q = FakeQuantizeGroups(clipped.reshape(-1, group), maxQ).view(clipped.shape);
+                var error = GroupOutputs(q).sub_(reference).pow_(2).mean([1]).view(minError.shape);
                 var better = error.lt(minError);
                 var (nextError, nextMax) = (where(better, error, minError), where(better, maxVal, bestMax));
                 minError.Dispose();

@@ -73,6 +73,47 @@ public class AwqTests
     }
 
     [Fact]
+    public void Search_fake_quantization_is_the_rounding_bit_for_bit()
+    {
+        // The searches use a leaner fake-quantization than Round (no integer codes, in-place steps); it must give the
+        // very bits of Round's dequantized weight, or the chosen scales and bounds could change. Groups with a wide
+        // range, a constant group (range below 1e-5: scale clamped) and halfway cases (half to even) are included.
+        using var scope = NewDisposeScope();
+        var w = tensor(Normal(Out * In, 41)).reshape(Out, In);
+        w.narrow(0, 0, 1).narrow(1, 0, Group).fill_(0.3f);
+        w.narrow(0, 1, 1).narrow(1, 0, 4).copy_(tensor(new[] { -1f, 0f, 0.5f, 2f }));
+        w.select(1, Salient).mul_(100);
+        AssertTensorsIdentical(AwqSearch.Round(w, Group).Dequantized, AwqSearch.PseudoQuantize(w, Group), "pseudo-quantize");
+        // Q(W·s)/s as written before: Round of the scaled weight, divided by the scales.
+        var s = tensor(Normal(In, 42)).abs().add_(0.1f);
+        var expected = AwqSearch.Round(w * s.unsqueeze(0), Group).Dequantized / s.unsqueeze(0);
+        AssertTensorsIdentical(expected, AwqSearch.ScaledRoundTrip(w, s, Group), "scaled round trip");
+    }
+
+    [Fact]
+    public void Scale_search_takes_the_first_smallest_error_and_never_a_nan()
+    {
+        // AutoAWQ keeps a candidate when its loss is strictly below the best so far: of two equal minima the first
+        // wins, and a NaN loss (never below anything) never does. The device-tensor errors read back at once must
+        // choose as the per-candidate host doubles did.
+        using var scope = NewDisposeScope();
+        double[] losses = [5, double.NaN, 2, 3, 2, double.NaN, 4, 2, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9];
+        var xMean = tensor(Normal(In, 43)).abs().add_(0.1f);
+        var wMean = tensor(Normal(In, 44)).abs().add_(0.1f);
+        int calls = 0;
+        var onDevice = AwqSearch.SearchScales(xMean, wMean, _ => tensor(losses[calls++], ScalarType.Float64));
+        Assert.Equal(20, calls);
+        Assert.Equal(0.1, onDevice.Ratio);
+        Assert.Equal(losses, onDevice.Errors);
+        AssertTensorsIdentical(AwqSearch.CandidateScales(xMean, wMean, 0.1), onDevice.Scales, "chosen scales");
+        calls = 0;
+        var onHost = AwqSearch.SearchScales(xMean, wMean, (Tensor _) => losses[calls++]);
+        Assert.Equal(onDevice.Ratio, onHost.Ratio);
+        calls = 0;
+        Assert.Throws<InvalidOperationException>(() => AwqSearch.SearchScales(xMean, wMean, (Tensor _) => double.NaN));
+    }
+
+    [Fact]
     public void Rounding_follows_autoawq_zero_point_grid()
     {
         // One group [-1, 0, 0.5, 2]: scale = 3 / 15 = 0.2, zero = clamp(-round(-1 / 0.2), 0, 15) = 5,
