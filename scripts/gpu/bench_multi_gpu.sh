@@ -5,7 +5,8 @@
 # stderr); the last line printed is one compact JSON summary, also $OUT/multi-gpu/summary.json.
 #
 # On the GPU machine, from the repository root, with the carry folder of scripts/gpu/prepare_speed.sh:
-#   bash scripts/gpu/bench_multi_gpu.sh [--carry .gpu-speed] [--budget 200]
+#   bash scripts/gpu/bench_multi_gpu.sh [--carry .gpu-speed] [--budget 200] [--core]
+# --core: only selftest, bench-1, bench-2 and bench-1-acc1 (the speed-up and the equality; no diagnostics).
 # Checked on a CPU machine (loopback backend, the tiny model, the Debug build; no NCCL, no torchrun unless present):
 #   bash scripts/gpu/bench_multi_gpu.sh --dry-cpu
 #
@@ -36,13 +37,14 @@
 #   train-equiv     optional: the `train` verb on the tiny model on CUDA (bf16, LoRA dropout 0.05): 1 GPU with
 #                   accumulation 4 vs --gpus 2 with accumulation 2, metrics.csv compared step by step.
 set -uo pipefail
-carry=.gpu-speed; budget=200; dry=0
+carry=.gpu-speed; budget=200; dry=0; core=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --carry) carry=$2; shift 2 ;;
     --budget) budget=$2; shift 2 ;;
     --dry-cpu) dry=1; shift ;;
-    *) echo "unknown option $1 (--carry DIR, --budget SECONDS, --dry-cpu)" >&2; exit 2 ;;
+    --core) core=1; shift ;;
+    *) echo "unknown option $1 (--carry DIR, --budget SECONDS, --dry-cpu, --core)" >&2; exit 2 ;;
   esac
 done
 t_start=$(date +%s)
@@ -90,6 +92,7 @@ run_case() {
 }
 # optional NAME SECONDS_NEEDED: true while the budget leaves room, else records the skip.
 optional() {
+  if [[ $core == 1 && $1 != bench-1-acc1 ]]; then echo "{\"skipped\": \"$1\", \"reason\": \"--core\"}" > "$res/cases/$1.log"; echo "$1 skipped (--core)"; return 1; fi
   local left=$(( budget - 8 - $(elapsed) ))
   if (( left < $2 * slow )); then echo "{\"skipped\": \"$1\", \"seconds_left\": $left}" > "$res/cases/$1.log"; echo "$1 skipped ($left s left)"; return 1; fi
   return 0
