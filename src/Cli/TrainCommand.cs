@@ -192,7 +192,9 @@ sealed class ConsoleTrainingObserver(TextWriter stdout) : ITrainingObserver
         if (r.Message != null) stdout.WriteLine(r.Message);
         if (r.FinalAdapter != null)
             stdout.WriteLine($"done: {r.StepsDone} steps, last loss {r.LastLoss:F4}" + (r.BestValidationLoss is { } b ? $", best validation loss {b:F4}" + (r.InitialValidationLoss is { } v0 ? $" (base model {v0:F4})" : "") : "")
-                + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, RunOutput.MetricsFile)}, curve in {Path.Combine(r.OutputDir, RunOutput.LossCurveFile)}");
+                + $"; adapter in {r.FinalAdapter}, metrics in {Path.Combine(r.OutputDir, RunOutput.MetricsFile)}"
+                // The curve only when it was drawn (a server without the graphics library says why earlier; `plot` draws it elsewhere).
+                + (File.Exists(Path.Combine(r.OutputDir, RunOutput.LossCurveFile)) ? $", curve in {Path.Combine(r.OutputDir, RunOutput.LossCurveFile)}" : ""));
         if (r.TaskScores is { Count: > 0 } scores)
             stdout.WriteLine("tasks: " + string.Join(", ", scores.Select(kv => string.Create(CultureInfo.InvariantCulture,
                 $"{kv.Key} {kv.Value:F4}{(r.InitialTaskScores?.TryGetValue(kv.Key, out var before) == true ? $" (base model {before:F4})" : "")}"))));
