@@ -21,7 +21,11 @@
 # total is then extrapolated as mean layer seconds x layers, and the JSON says "extrapolated".
 # Writes $OUT/calibrated/<case>.log (the app's stdout and stderr, measure.py's line last) and prints one JSON line per
 # case (also $OUT/calibrated/summary.jsonl).
+# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, as bench_speed.sh sets it: the layer loop frees and reallocates
+# same-sized blocks every layer, and expandable segments keep that from fragmenting the caching allocator's reserve
+# (NVML's "device used" is that reserve, not the live tensors). Runs before 2026-11-30 18:00 UTC did not set it.
 set -uo pipefail
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 carry=.gpu-speed; budget=330; gpu=""; dry=0; solver_bench=1
 while [[ $# -gt 0 ]]; do
   case $1 in

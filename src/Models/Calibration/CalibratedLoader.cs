@@ -79,8 +79,15 @@ public static class CalibratedLoader
                 {
                     var clock = Stopwatch.StartNew();
                     string p = arch.LayerPrefix(i);
+                    // DenseFrozenLinear keeps its own handle (an alias) on the weight, so the read handle is disposed
+                    // here: left to the finalizer it would keep each layer's fp32 weights alive until a GC, which a
+                    // loop that allocates little managed memory (SmoothQuant) may not see for many layers.
                     var layer = LlamaLoader.BuildLayer(arch, i,
-                        l => new DenseFrozenLinear(Read(p + l.Path + ".weight", ScalarType.Float32), options.ComputeDType),
+                        l =>
+                        {
+                            using var weight = Read(p + l.Path + ".weight", ScalarType.Float32);
+                            return new DenseFrozenLinear(weight, options.ComputeDType);
+                        },
                         name => Read(p + name, frozenDType), fused);
                     layers.Add(layer);
                     var next = quantizer.Quantize(new CalibrationLayer(layer, arch, i, cos, sin, chunk, options.ComputeDType), hidden);

@@ -41,7 +41,8 @@ public sealed class SmoothQuantLayerQuantizer(SmoothQuantFormat format) : ILayer
                 if (layer.Find(g.Tapped) is not { } tapped || maxima[tapped] is not { } max) continue;
                 using var s = SmoothingScales.Compute(max, linears.Select(l => weights[l]).ToList(), format.Alpha);
                 layer.Norm(g.Norm).DivideOutput(s);
-                foreach (var l in linears) weights[l].mul_(s.unsqueeze(0));
+                using var columns = s.unsqueeze(0);                                      // (1, in)
+                foreach (var l in linears) weights[l].mul_(columns);
             }
             foreach (var l in layer.Linears)
                 layer.Replace(l, new W8A8Linear(W8A8Weight.Quantize(weights[l], layer.WeightName(l)), layer.ComputeDType, format.ToString())).Dispose();
