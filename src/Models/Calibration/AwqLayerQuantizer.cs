@@ -53,8 +53,10 @@ public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
             {
                 var (g, s) = (groups[i], scales[i]);
                 g.DivideInput(s);
-                foreach (var l in g.Linears) weights[l].mul_(s.unsqueeze(0));
-                kept[g.Input].div_(s.to(kept[g.Input].dtype));
+                // Each temporary disposed here: a layer's leftovers would otherwise wait for the GC (CalibrationMemoryTests).
+                using (var columns = s.unsqueeze(0))
+                    foreach (var l in g.Linears) weights[l].mul_(columns);
+                using (var inputScale = s.to(kept[g.Input].dtype)) kept[g.Input].div_(inputScale);
                 s.Dispose();
             }
             foreach (var l in layer.Linears)
@@ -92,8 +94,9 @@ public sealed class AwqLayerQuantizer(AwqFormat format) : ILayerQuantizer
         var (gate, up, down) = (Role(LinearRole.Gate), Role(LinearRole.Up), Role(LinearRole.Down));
         Action<Tensor> DivideLinearRows(LayerLinear previous) => s =>
         {
-            weights[previous].div_(s.unsqueeze(1));
-            layer.Slots(previous).Bias(previous.Name)?.div_(s.to(layer.Slots(previous).Bias(previous.Name)!.dtype));
+            using (var rows = s.unsqueeze(1)) weights[previous].div_(rows);
+            if (layer.Slots(previous).Bias(previous.Name) is { } bias)
+                using (var biasScale = s.to(bias.dtype)) bias.div_(biasScale);
         };
         var groups = new List<ScalingGroup>
         {

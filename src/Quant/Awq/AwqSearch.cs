@@ -244,7 +244,7 @@ public static class AwqSearch
     {
         QuantInputChecks.RequireFloat(weight, name);
         long group = format.GroupLength(weight.shape[1], name);
-        QuantInputChecks.RequireFinite(weight.abs().amax([1]), name);
+        using (var scope = NewDisposeScope()) QuantInputChecks.RequireFinite(weight.abs().amax([1]), name);   // temporaries freed now, not by the GC
         using var r = Round(weight, group, format.MaxQ);
         return AwqWeight.FromCodes(format, r.Codes, r.Scales, r.Zeros, weight.dtype);
     }

@@ -20,6 +20,7 @@ public class CalibrationMemoryTests
     [Trait("tier", "unit")]
     [InlineData("smoothquant")]
     [InlineData("gptq4-g16")]
+    [InlineData("awq4-g16")]
     public void Each_layer_leaves_only_its_quantized_tensors_alive(string spelling)
     {
         var format = BaseFormats.Parse(spelling);
