@@ -25,6 +25,15 @@ public class TernaryTests
         Assert.Equal(expected, TernaryMatMul.PathForTokens(selected, tokens, max));
 
     [Fact]
+    public void The_cuda_report_line_names_both_paths_and_the_threshold()
+    {
+        var line = KernelSelection.TernaryLine("cuda", TernaryMatMulPath.Cuda, "self-check passed");
+        Assert.Contains("add/subtract kernel up to 256 tokens", line);
+        Assert.Contains("unpack + tensor-core matmul above", line);
+        Assert.Equal("ternary matmul on cpu: cpu-simd (x)", KernelSelection.TernaryLine("cpu", TernaryMatMulPath.CpuSimd, "x"));
+    }
+
+    [Fact]
     public void Packing_puts_four_row_blocks_into_the_bit_pairs_of_a_byte()
     {
         // out = 8, in = 2: rows 0-1 in bits 0-1, rows 2-3 in bits 2-3, rows 4-5 in bits 4-5, rows 6-7 in bits 6-7; value + 1.
