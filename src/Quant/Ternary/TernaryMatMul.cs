@@ -47,23 +47,23 @@ public static class TernaryMatMul
 
     /// <summary>y (..., out) in <paramref name="computeDType"/>; <paramref name="cuda"/>: the loaded kernel, needed by
     /// <see cref="TernaryMatMulPath.Cuda"/> only.</summary>
-    public static Tensor Forward(Tensor x, TernaryWeight w, ScalarType computeDType, TernaryMatMulPath path, TernaryCudaKernel? cuda = null)
+    public static Tensor Forward(Tensor x, TernaryWeight w, ScalarType computeDType, TernaryMatMulPath path, TernaryCudaKernel? cuda = null, int maxTokens = CudaKernelMaxTokens)
     {
         using var scope = NewDisposeScope();
         long k = w.Shape[1], m = w.Shape[0];
         var leading = x.shape[..^1];
         var (codes, scale) = TernaryActivations.Quantize(x.reshape(-1, k));               // (n, k) fp32 integers, (n)
-        var sums = Sums(codes, w, path, cuda);                                           // (n, m) fp32 integers
+        var sums = Sums(codes, w, path, cuda, maxTokens);                                          // (n, m) fp32 integers
         var y = sums / scale.unsqueeze(1) * w.Scale.to(ScalarType.Float32);
         return y.to(computeDType).reshape([.. leading, m]).MoveToOuterDisposeScope();
     }
 
     /// <summary>C = codes @ W_ternary^T as fp32 integers, by <paramref name="path"/> (<paramref name="cuda"/>: the loaded
     /// kernel, needed by <see cref="TernaryMatMulPath.Cuda"/> only).</summary>
-    public static Tensor Sums(Tensor codes, TernaryWeight w, TernaryMatMulPath path, TernaryCudaKernel? cuda = null)
+    public static Tensor Sums(Tensor codes, TernaryWeight w, TernaryMatMulPath path, TernaryCudaKernel? cuda = null, int maxTokens = CudaKernelMaxTokens)
     {
         using var scope = NewDisposeScope();
-        path = PathForTokens(path, codes.shape[0]);                                      // the one place the token rule lives
+        path = PathForTokens(path, codes.shape[0], maxTokens);                                     // the one place the token rule lives
         Tensor sums = path switch
         {
             TernaryMatMulPath.CpuSimd => CpuTernaryKernel.Multiply(codes.to(ScalarType.Int8).contiguous(), w.Packed.contiguous()).to(ScalarType.Float32),
