@@ -638,19 +638,19 @@ public static class BenchKernelCommand
                 var w = TernaryWeight.Quantize(randn(m, k, ScalarType.Float32, _dev));
                 var x = randn(n, k, ScalarType.Float32, _dev).to(ScalarType.BFloat16);
                 var (codes, _) = TernaryActivations.Quantize(x.to(ScalarType.Float32));
-                var sums = Prefixed("sums", Exact(TernaryMatMul.Sums(codes, w, fast, kernel), TernaryMatMul.Sums(codes, w, TernaryMatMulPath.TorchOps)));
-                var forward = Prefixed("forward", Exact(TernaryMatMul.Forward(x, w, ScalarType.BFloat16, fast, kernel),
+                var sums = Prefixed("sums", Exact(TernaryMatMul.Sums(codes, w, fast, kernel, int.MaxValue), TernaryMatMul.Sums(codes, w, TernaryMatMulPath.TorchOps)));
+                var forward = Prefixed("forward", Exact(TernaryMatMul.Forward(x, w, ScalarType.BFloat16, fast, kernel, int.MaxValue),
                                                         TernaryMatMul.Forward(x, w, ScalarType.BFloat16, TernaryMatMulPath.TorchOps)));
                 var fields = new Dictionary<string, object?> { ["kernel"] = "ternary_matmul", ["path"] = KernelSelection.Spell(fast), ["shape"] = $"{n} tokens x {k} -> {m}", ["dtype"] = "bf16" };
                 foreach (var part in new[] { sums, forward }) foreach (var (key, v) in part) fields[key] = v;
                 if (timed)
                 {
-                    var t = Time(() => TernaryMatMul.Forward(x, w, ScalarType.BFloat16, fast, kernel));
+                    var t = Time(() => TernaryMatMul.Forward(x, w, ScalarType.BFloat16, fast, kernel, int.MaxValue));
                     var reference = Time(() => TernaryMatMul.Forward(x, w, ScalarType.BFloat16, TernaryMatMulPath.TorchOps));
                     foreach (var (key, v) in Speed("fwd", t, reference)) fields[key] = v;
                     fields["fwd_fused_gops"] = R(2.0 * n * m * k / (t.Device * 1e3));   // additions and subtractions counted as a multiply-add's two
                     // The sums alone: the kernel against unpack + fp32 matmul, without the activation quantization and scaling.
-                    var ts = Time(() => TernaryMatMul.Sums(codes, w, fast, kernel));
+                    var ts = Time(() => TernaryMatMul.Sums(codes, w, fast, kernel, int.MaxValue));
                     var tsRef = Time(() => TernaryMatMul.Sums(codes, w, TernaryMatMulPath.TorchOps));
                     foreach (var (key, v) in Speed("sums", ts, tsRef)) fields[key] = v;
                 }

@@ -226,9 +226,15 @@ public sealed class KernelSelection
         $"nf4/fp4 dequant on {Device.type.ToString().ToLowerInvariant()}: {Spell(FourBitDequant)} ({FourBitDequantReason})",
         $"nf4/fp4 quantize on {Device.type.ToString().ToLowerInvariant()}: {(Device.type == DeviceType.CPU ? "cpu-simd" : "torch-ops")}",
         $"llm-int8 int8 matmul on {Device.type.ToString().ToLowerInvariant()}: {Spell(Int8Path)} ({Int8Reason})",
-        $"ternary matmul on {Device.type.ToString().ToLowerInvariant()}: {Spell(TernaryPath)} ({TernaryReason})",
+        TernaryLine(Device.type.ToString().ToLowerInvariant(), TernaryPath, TernaryReason),
         .. Fused.Report(),
     ];
+
+    /// <summary>The ternary report line; on CUDA it names both paths of the per-call token rule (<see cref="TernaryMatMul.PathForTokens"/>).</summary>
+    internal static string TernaryLine(string device, TernaryMatMulPath path, string reason) => path == TernaryMatMulPath.Cuda
+        ? $"ternary matmul on {device}: {Spell(path)} add/subtract kernel up to {TernaryMatMul.CudaKernelMaxTokens} tokens a call, " +
+          $"unpack + tensor-core matmul above (6x faster at 2048 tokens on an H200) ({reason})"
+        : $"ternary matmul on {device}: {Spell(path)} ({reason})";
 
     /// <summary>"int-mm", "fp32-exact".</summary>
     public static string Spell(Int8MatMulPath path) => path == Int8MatMulPath.IntMm ? "int-mm" : "fp32-exact";

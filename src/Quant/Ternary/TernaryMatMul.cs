@@ -33,24 +33,37 @@ public enum TernaryMatMulPath
 /// </summary>
 public static class TernaryMatMul
 {
+    /// <summary>Most tokens (rows of x) a call sends to the add/subtract CUDA kernel; above it the product unpacks the
+    /// weight and runs the tensor-core matmul. Measured on an H200 (bench kernel, 2048 x 4096 -> 4096): kernel 10676 us,
+    /// unpack + matmul 1744 us (6x faster); the kernel costs ~5.2 us a token against ~1.7 ms flat, so the crossover is
+    /// estimated near 300 tokens. To be confirmed by the small-size rows of `bench kernel --only ternary`.</summary>
+    public const int CudaKernelMaxTokens = 256;
+
+    /// <summary>The path one call takes: <see cref="TernaryMatMulPath.Cuda"/> only up to <paramref name="maxTokens"/>
+    /// rows, <see cref="TernaryMatMulPath.TorchOps"/> above; other paths unchanged. Pure, for the dispatcher and tests.</summary>
+    public static TernaryMatMulPath PathForTokens(TernaryMatMulPath selected, long tokens, int maxTokens = CudaKernelMaxTokens) =>
+        selected == TernaryMatMulPath.Cuda && tokens > maxTokens ? TernaryMatMulPath.TorchOps : selected;
+
+
     /// <summary>y (..., out) in <paramref name="computeDType"/>; <paramref name="cuda"/>: the loaded kernel, needed by
     /// <see cref="TernaryMatMulPath.Cuda"/> only.</summary>
-    public static Tensor Forward(Tensor x, TernaryWeight w, ScalarType computeDType, TernaryMatMulPath path, TernaryCudaKernel? cuda = null)
+    public static Tensor Forward(Tensor x, TernaryWeight w, ScalarType computeDType, TernaryMatMulPath path, TernaryCudaKernel? cuda = null, int maxTokens = CudaKernelMaxTokens)
     {
         using var scope = NewDisposeScope();
         long k = w.Shape[1], m = w.Shape[0];
         var leading = x.shape[..^1];
         var (codes, scale) = TernaryActivations.Quantize(x.reshape(-1, k));               // (n, k) fp32 integers, (n)
-        var sums = Sums(codes, w, path, cuda);                                           // (n, m) fp32 integers
+        var sums = Sums(codes, w, path, cuda, maxTokens);                                          // (n, m) fp32 integers
         var y = sums / scale.unsqueeze(1) * w.Scale.to(ScalarType.Float32);
         return y.to(computeDType).reshape([.. leading, m]).MoveToOuterDisposeScope();
     }
 
     /// <summary>C = codes @ W_ternary^T as fp32 integers, by <paramref name="path"/> (<paramref name="cuda"/>: the loaded
     /// kernel, needed by <see cref="TernaryMatMulPath.Cuda"/> only).</summary>
-    public static Tensor Sums(Tensor codes, TernaryWeight w, TernaryMatMulPath path, TernaryCudaKernel? cuda = null)
+    public static Tensor Sums(Tensor codes, TernaryWeight w, TernaryMatMulPath path, TernaryCudaKernel? cuda = null, int maxTokens = CudaKernelMaxTokens)
     {
         using var scope = NewDisposeScope();
+        path = PathForTokens(path, codes.shape[0], maxTokens);                                     // the one place the token rule lives
         Tensor sums = path switch
         {
             TernaryMatMulPath.CpuSimd => CpuTernaryKernel.Multiply(codes.to(ScalarType.Int8).contiguous(), w.Packed.contiguous()).to(ScalarType.Float32),

@@ -14,6 +14,25 @@ public class TernaryTests
 {
     static string Fixture => Path.Combine(Paths.RepoRoot, "tests", "fixtures", "families", "bitnet");
 
+    [Theory]
+    [InlineData(TernaryMatMulPath.Cuda, 1, 256, TernaryMatMulPath.Cuda)]
+    [InlineData(TernaryMatMulPath.Cuda, 256, 256, TernaryMatMulPath.Cuda)]
+    [InlineData(TernaryMatMulPath.Cuda, 257, 256, TernaryMatMulPath.TorchOps)]
+    [InlineData(TernaryMatMulPath.Cuda, 2048, 256, TernaryMatMulPath.TorchOps)]
+    [InlineData(TernaryMatMulPath.CpuSimd, 2048, 256, TernaryMatMulPath.CpuSimd)]
+    [InlineData(TernaryMatMulPath.TorchOps, 1, 256, TernaryMatMulPath.TorchOps)]
+    public void The_cuda_kernel_takes_calls_up_to_the_token_threshold_and_the_matmul_above(TernaryMatMulPath selected, long tokens, int max, TernaryMatMulPath expected) =>
+        Assert.Equal(expected, TernaryMatMul.PathForTokens(selected, tokens, max));
+
+    [Fact]
+    public void The_cuda_report_line_names_both_paths_and_the_threshold()
+    {
+        var line = KernelSelection.TernaryLine("cuda", TernaryMatMulPath.Cuda, "self-check passed");
+        Assert.Contains("add/subtract kernel up to 256 tokens", line);
+        Assert.Contains("unpack + tensor-core matmul above", line);
+        Assert.Equal("ternary matmul on cpu: cpu-simd (x)", KernelSelection.TernaryLine("cpu", TernaryMatMulPath.CpuSimd, "x"));
+    }
+
     [Fact]
     public void Packing_puts_four_row_blocks_into_the_bit_pairs_of_a_byte()
     {
