@@ -620,7 +620,10 @@ public static class BenchKernelCommand
         /// <summary>
         /// The add/subtract CUDA kernel against torch ops (unpack, fp32 matmul of the integer codes): the int32 sums
         /// exactly, then the whole forward (activation quantization and scaling included) bit for bit, and timing of
-        /// the forward and of the sums alone on the 7B projections with 2048 tokens. A k not a multiple of 4 (the kernel's byte path) is
+        /// the forward and of the sums alone on the 7B projections with 2048 tokens, and on 4096 -> 4096 (and 4096 ->
+        /// 11008) at decoding sizes, 1 to 512 tokens: where the kernel, which reads 2-bit weights, beats unpacking them
+        /// for a tensor-core matmul. The last line names that crossover beside the threshold the product uses
+        /// (<see cref="TernaryMatMul.CudaKernelMaxTokens"/>). A k not a multiple of 4 (the kernel's byte path) is
         /// checked for parity only. On --smoke the CPU SIMD loop stands in for the kernel.
         /// </summary>
         void Ternary()
@@ -631,7 +634,10 @@ public static class BenchKernelCommand
             // (out, in, tokens, timed)
             (long M, long K, long N, bool Timed)[] shapes = small
                 ? [(48, 64, 13, true), (20, 37, 9, true)]
-                : [(4096, 4096, 2048, true), (11008, 4096, 2048, true), (4096, 11008, 2048, true), (1028, 4099, 37, false)];
+                : [(4096, 4096, 2048, true), (11008, 4096, 2048, true), (4096, 11008, 2048, true), (1028, 4099, 37, false),
+                   (4096, 4096, 1, true), (4096, 4096, 4, true), (4096, 4096, 16, true), (4096, 4096, 64, true),
+                   (4096, 4096, 256, true), (4096, 4096, 512, true), (11008, 4096, 1, true), (11008, 4096, 16, true)];
+            var square = new List<(long Tokens, bool KernelFaster)>();   // 4096 -> 4096: kernel vs unpack + matmul by tokens
             foreach (var (m, k, n, timed) in shapes)
             {
                 using var scope = NewDisposeScope();
@@ -649,12 +655,24 @@ public static class BenchKernelCommand
                     var reference = Time(() => TernaryMatMul.Forward(x, w, ScalarType.BFloat16, TernaryMatMulPath.TorchOps));
                     foreach (var (key, v) in Speed("fwd", t, reference)) fields[key] = v;
                     fields["fwd_fused_gops"] = R(2.0 * n * m * k / (t.Device * 1e3));   // additions and subtractions counted as a multiply-add's two
+                    if (m == 4096 && k == 4096) square.Add((n, t.Device < reference.Device));
                     // The sums alone: the kernel against unpack + fp32 matmul, without the activation quantization and scaling.
                     var ts = Time(() => TernaryMatMul.Sums(codes, w, fast, kernel, int.MaxValue));
                     var tsRef = Time(() => TernaryMatMul.Sums(codes, w, TernaryMatMulPath.TorchOps));
                     foreach (var (key, v) in Speed("sums", ts, tsRef)) fields[key] = v;
                 }
                 Emit(fields);
+            }
+            if (square.Count > 0)
+            {
+                var ordered = square.OrderBy(p => p.Tokens).ToList();
+                long? slowerFrom = ordered.FirstOrDefault(p => !p.KernelFaster) is { Tokens: > 0 } first ? first.Tokens : null;
+                Emit(new Dictionary<string, object?>
+                {
+                    ["kernel"] = "ternary_crossover", ["shape"] = "tokens x 4096 -> 4096", ["measured_tokens"] = ordered.Select(p => p.Tokens).ToArray(),
+                    ["kernel_faster_at"] = ordered.Where(p => p.KernelFaster).Select(p => p.Tokens).ToArray(),
+                    ["unpack_matmul_faster_from_tokens"] = slowerFrom, ["threshold_in_use"] = TernaryMatMul.CudaKernelMaxTokens,
+                });
             }
         }
 
