@@ -34,10 +34,12 @@ public enum TernaryMatMulPath
 public static class TernaryMatMul
 {
     /// <summary>Most tokens (rows of x) a call sends to the add/subtract CUDA kernel; above it the product unpacks the
-    /// weight and runs the tensor-core matmul. Measured on an H200 (bench kernel, 2048 x 4096 -> 4096): kernel 10676 us,
-    /// unpack + matmul 1744 us (6x faster); the kernel costs ~5.2 us a token against ~1.7 ms flat, so the crossover is
-    /// estimated near 300 tokens. To be confirmed by the small-size rows of `bench kernel --only ternary`.</summary>
-    public const int CudaKernelMaxTokens = 256;
+    /// weight and multiplies the integer codes with torch ops. Measured on an H200 (2026-11-30, `bench kernel --only
+    /// ternary`, x 4096 -> 4096, kernel vs unpack + matmul): 1 token 55 vs 193 us, 4: 83 vs 204, 16: 161 vs 233,
+    /// 64: 414 vs 247, 256: 1390 vs 374, 2048: 10678 vs 1742. The kernel, which reads the 2-bit weights, wins while
+    /// the unpacking dominates (decoding); from 64 tokens the matmul does. 4096 -> 11008 agrees (16 tokens: 301 vs
+    /// 465 us). The threshold sits between the last size the kernel won and the first it lost.</summary>
+    public const int CudaKernelMaxTokens = 32;
 
     /// <summary>The path one call takes: <see cref="TernaryMatMulPath.Cuda"/> only up to <paramref name="maxTokens"/>
     /// rows, <see cref="TernaryMatMulPath.TorchOps"/> above; other paths unchanged. Pure, for the dispatcher and tests.</summary>

@@ -28,8 +28,8 @@ public class TernaryTests
     public void The_cuda_report_line_names_both_paths_and_the_threshold()
     {
         var line = KernelSelection.TernaryLine("cuda", TernaryMatMulPath.Cuda, "self-check passed");
-        Assert.Contains("add/subtract kernel up to 256 tokens", line);
-        Assert.Contains("unpack + tensor-core matmul above", line);
+        Assert.Contains($"add/subtract kernel up to {TernaryMatMul.CudaKernelMaxTokens} tokens", line);
+        Assert.Contains("unpack + matmul above", line);
         Assert.Equal("ternary matmul on cpu: cpu-simd (x)", KernelSelection.TernaryLine("cpu", TernaryMatMulPath.CpuSimd, "x"));
     }
 
