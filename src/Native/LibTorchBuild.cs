@@ -13,8 +13,6 @@ public sealed record LibTorchBuild(LibTorchLocation Location, string? Version, b
     public static readonly string[] CpuLibraries = ["libc10.so", "libtorch_cpu.so", "libtorch.so"];
     public static readonly string[] CudaLibraries = ["libc10_cuda.so", "libtorch_cuda.so"];
 
-    static readonly Regex PythonVersion = new(@"^__version__\s*=\s*['""]([^'""]+)['""]", RegexOptions.Multiline | RegexOptions.CultureInvariant);
-    static readonly Regex HeaderVersion = new(@"#define\s+TORCH_VERSION\s+""([^""]+)""", RegexOptions.CultureInvariant);
 
     /// <summary>"2.11.0+cu130 (CUDA)" or "2.10.0 (CPU)"; "version unknown" when no version file was found.</summary>
     public string Describe() => $"{Version ?? "version unknown"} ({(IsCuda ? "CUDA" : "CPU")})";
@@ -41,23 +39,8 @@ public sealed record LibTorchBuild(LibTorchLocation Location, string? Version, b
     static ushort ExpectedMachine => System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture
         == System.Runtime.InteropServices.Architecture.Arm64 ? ElfLibrary.Aarch64 : ElfLibrary.X8664;
 
-    /// <summary>
-    /// The version the build says it is: torch/version.py (a PyTorch install), build-version (a libtorch download),
-    /// include/torch/version.h (both); null when none is there.
-    /// </summary>
-    public static string? ReadVersion(string libDir)
-    {
-        string parent = Path.GetDirectoryName(Path.GetFullPath(libDir).TrimEnd('/')) ?? libDir;
-        string? Read(string file, Regex? pattern)
-        {
-            string path = Path.Combine(parent, file);
-            if (!File.Exists(path) || new FileInfo(path).Length > 1 << 20) return null;
-            string text = File.ReadAllText(path);
-            if (pattern is null) return text.Trim().Split('\n')[0].Trim() is { Length: > 0 } line ? line : null;
-            return pattern.Match(text) is { Success: true } m ? m.Groups[1].Value : null;
-        }
-        return Read("version.py", PythonVersion) ?? Read("build-version", null) ?? Read(Path.Combine("include", "torch", "version.h"), HeaderVersion);
-    }
+    /// <summary>The version the build says it is (<see cref="LibTorchVersionFiles"/>); null when no file says.</summary>
+    public static string? ReadVersion(string libDir) => LibTorchVersionFiles.Read(libDir);
 
     /// <summary>(major, minor) of a version such as "2.11.0+cu130"; null when it does not start with two numbers.</summary>
     public static (int Major, int Minor)? MajorMinor(string version)

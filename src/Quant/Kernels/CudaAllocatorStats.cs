@@ -1,5 +1,4 @@
 using System.Runtime.InteropServices;
-using System.Text.RegularExpressions;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -159,25 +158,10 @@ public sealed unsafe class CudaAllocatorStats
         return null;
     }
 
-    static readonly Regex PythonVersion = new(@"^__version__\s*=\s*['""]([^'""]+)['""]", RegexOptions.Multiline | RegexOptions.CultureInvariant);
-    static readonly Regex HeaderVersion = new(@"#define\s+TORCH_VERSION\s+""([^""]+)""", RegexOptions.CultureInvariant);
-
     /// <summary>
-    /// The version of the libtorch whose libraries are in <paramref name="libDir"/>, from the files beside them that
-    /// QLoraNet.Native's loader reads too (torch/version.py of a PyTorch install, build-version of a libtorch download,
-    /// include/torch/version.h of both); read here again because this layer does not depend on the loader.
+    /// The version of the libtorch whose libraries are in <paramref name="libDir"/>, from the files beside them, read
+    /// by the loader's own code (<see cref="QLoraNet.Native.LibTorchVersionFiles"/>, a source file linked into this
+    /// assembly: this layer does not depend on the loader).
     /// </summary>
-    public static string? ReadVersion(string libDir)
-    {
-        string parent = Path.GetDirectoryName(libDir.TrimEnd('/')) ?? libDir;
-        string? Read(string file, Regex? pattern)
-        {
-            string path = Path.Combine(parent, file);
-            if (!File.Exists(path) || new FileInfo(path).Length > 1 << 20) return null;
-            string text = File.ReadAllText(path);
-            if (pattern is null) return text.Trim().Split('\n')[0].Trim() is { Length: > 0 } line ? line : null;
-            return pattern.Match(text) is { Success: true } m ? m.Groups[1].Value : null;
-        }
-        return Read("version.py", PythonVersion) ?? Read("build-version", null) ?? Read(Path.Combine("include", "torch", "version.h"), HeaderVersion);
-    }
+    public static string? ReadVersion(string libDir) => QLoraNet.Native.LibTorchVersionFiles.Read(libDir);
 }
