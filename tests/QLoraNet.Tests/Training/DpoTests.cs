@@ -27,6 +27,10 @@ public class DpoTests
     static DataConfig Data(string file, bool packing = false) =>
         new([file], null, 0, DataFormat.Preference, TemplateKind.Llama2Chat, null, 256, packing, false, false, new ColumnMapping());
 
+    /// <summary>The tiny model in fp32, no quantization, LoRA r 4 on q/v (B = 0 until a test sets it).</summary>
+    static BuiltModel DenseWithQvAdapter() => ModelBuilder.Build(Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32,
+        new DenseFormat(ScalarType.Float32), NewAdapter: new LoraSettings(R: 4, Alpha: 8, Dropout: 0, TargetModules: ["q_proj", "v_proj"]), AdapterSeed: 5));
+
     static (TrainingData Data, ITextTokenizer Tokenizer) Build(string text)
     {
         var tmp = Paths.Temp();
@@ -144,8 +148,7 @@ public class DpoTests
     {
         var (data, _) = Build(Pairs);
         var batch = Batch.Collate(data.Train, data.PadId);
-        using var built = ModelBuilder.Build(Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32, new DenseFormat(ScalarType.Float32),
-            NewAdapter: new LoraSettings(R: 4, Alpha: 8, Dropout: 0, TargetModules: ["q_proj", "v_proj"]), AdapterSeed: 5));
+        using var built = DenseWithQvAdapter();
         var model = built.Model;
         using (no_grad())
         using (var g = new Generator(4))
@@ -172,8 +175,7 @@ public class DpoTests
     {
         var (data, _) = Build(Pairs);
         var batch = Batch.Collate(data.Train, data.PadId);
-        using var built = ModelBuilder.Build(Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32, new DenseFormat(ScalarType.Float32),
-            NewAdapter: new LoraSettings(R: 4, Alpha: 8, Dropout: 0, TargetModules: ["q_proj", "v_proj"]), AdapterSeed: 5));
+        using var built = DenseWithQvAdapter();
         using var noGrad = no_grad();
         double plain = new DpoLoss(0.1).Sum(built.Model, batch).item<float>();
         double rpo = new DpoLoss(0.1, rpoAlpha: 0.5).Sum(built.Model, batch).item<float>();
