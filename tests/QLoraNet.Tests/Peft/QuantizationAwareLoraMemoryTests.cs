@@ -32,14 +32,14 @@ public class QuantizationAwareLoraMemoryTests
         var x = randn(1, n, generator: new Generator(4)).requires_grad_(true);
         lora.forward(x).sum().backward(); // warm up: allocator
 
-        long before = HostMemory.ResidentOrWorkingSet;
+        long before = LiveResidentSet.Bytes;
         var y = lora.forward(x);
-        long held = HostMemory.ResidentOrWorkingSet - before;
+        long held = LiveResidentSet.Bytes - before;
         Assert.True(held < denseBytes / 4, $"forward left {held >> 20} MiB resident; the fake weight is {denseBytes >> 20} MiB");
         y.sum().backward();
         Assert.Equal(new long[] { 4, n }, lora.A.grad!.shape);
 
-        long beforeControl = HostMemory.ResidentOrWorkingSet;
+        long beforeControl = LiveResidentSet.Bytes;
         Tensor yControl;
         using (var control = NewDisposeScope())   // our handles go; what autograd saved stays
         {
@@ -48,7 +48,7 @@ public class QuantizationAwareLoraMemoryTests
             using (no_grad()) q = fake.Weight(merged.detach());
             yControl = nn.functional.linear(x, merged + (q - merged).detach()).MoveToOuterDisposeScope();
         }
-        long heldControl = HostMemory.ResidentOrWorkingSet - beforeControl;
+        long heldControl = LiveResidentSet.Bytes - beforeControl;
         Assert.True(heldControl > denseBytes * 3 / 4, $"control held only {heldControl >> 20} MiB");
         yControl.sum().backward();
     }

@@ -31,19 +31,19 @@ public class FrozenMatMulMemoryTests
         var x = randn(1, n, generator: new Generator(2)).requires_grad_(true);
         linear.forward(x).sum().backward(); // warm up: code tables, allocator
 
-        long before = HostMemory.ResidentOrWorkingSet;
+        long before = LiveResidentSet.Bytes;
         var y = linear.forward(x);
-        long held = HostMemory.ResidentOrWorkingSet - before;
+        long held = LiveResidentSet.Bytes - before;
         Assert.True(held < denseBytes / 4, $"forward left {held >> 20} MiB resident; the dense weight is {denseBytes >> 20} MiB");
         y.sum().backward();
         Assert.Equal(new long[] { 1, n }, x.grad!.shape);
 
         // Control: autograd of a plain matmul keeps the dense weight alive after we drop our handle to it.
-        long beforeControl = HostMemory.ResidentOrWorkingSet;
+        long beforeControl = LiveResidentSet.Bytes;
         var dense = linear.DequantizeWeight(ScalarType.Float32);
         var yControl = x.matmul(dense.t());
         dense.Dispose();
-        long heldControl = HostMemory.ResidentOrWorkingSet - beforeControl;
+        long heldControl = LiveResidentSet.Bytes - beforeControl;
         Assert.True(heldControl > denseBytes * 3 / 4, $"control held only {heldControl >> 20} MiB");
         yControl.sum().backward();
     }
