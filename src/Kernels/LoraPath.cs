@@ -26,10 +26,10 @@ public static class LoraPath
         // addmm wants one dtype; a base whose output is in another (none of ours) takes the reference's casts.
         if (baseOutput.dtype != h.dtype) return Reference(baseOutput, h, a, b, scaling);
         using var scope = NewDisposeScope();
-        long outF = b.shape[0], r = b.shape[1];
+        long outF = b.size(0), r = b.size(1);                                        // one native call each; .shape allocates
         var down = F.linear(h, a).reshape(-1, r);                                    // (N, r)
         var y = torch.addmm(baseOutput.reshape(-1, outF), down, b.t(), beta: 1, alpha: (float)scaling); // (N, out)
-        return y.view(baseOutput.shape).MoveToOuterDisposeScope();
+        return y.view_as(baseOutput).MoveToOuterDisposeScope();
     }
 
     /// <summary>LoraLinear's ops: base + (scaling * (h A^T) B^T), each rounded to the dtype.</summary>

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using QLoraNet.Kernels.Cuda;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -18,6 +19,9 @@ public sealed unsafe class FourBitCudaKernel
 
     readonly PtxModule _module;
     readonly int _multiprocessors;
+    // Launch plans of the weights seen so far (below), by reference: a FourBitWeight is an immutable record whose
+    // tensors never change, and the table lets a dropped weight (and its plan) be collected.
+    readonly ConditionalWeakTable<FourBitWeight, LaunchPlan> _plans = new();
 
     FourBitCudaKernel(PtxModule module, int multiprocessors)
     {
@@ -91,6 +95,11 @@ public sealed unsafe class FourBitCudaKernel
     /// </summary>
     public Tensor Dequantize(FourBitWeight w, ScalarType dtype, Variant? variant = null)
     {
+        // A QLoRA step dequantizes every frozen weight three times (forward, recomputation, backward): 672 calls a
+        // step on a 7B model, on the host's critical path in backward. The plan made on a weight's first call holds
+        // what does not change between calls, so a later call is one allocation, one address and one launch.
+        if (variant is null && !w.Packed.IsInvalid && _plans.TryGetValue(w, out var plan) && plan.DType == dtype)
+            return Launch(plan);
         if (w.Packed.device_type != DeviceType.CUDA) throw new ArgumentException("the CUDA kernel dequantizes CUDA tensors only");
         if (Unsupported(w, dtype) is { } why) throw new ArgumentException($"the CUDA kernel cannot dequantize this weight: {why}");
         var v = variant ?? DefaultVariant;
@@ -102,8 +111,11 @@ public sealed unsafe class FourBitCudaKernel
         var device = w.Packed.device;
         bool dq = w.Scales is DoubleQuantizedScales;
         using var scope = torch.NewDisposeScope();
+        // direct: every tensor the kernel reads is the weight's own storage (no contiguous/aligned/converted copy),
+        // so its address is the weight's for as long as the weight lives and a plan may keep it.
+        bool direct = w.Packed.is_contiguous();
         var packed = w.Packed.contiguous();
-        if (!DeviceTensors.Aligned16(packed)) packed = packed.clone(); // the kernels read 16-byte vectors; a fresh allocation is aligned
+        if (!DeviceTensors.Aligned16(packed)) { packed = packed.clone(); direct = false; } // the kernels read 16-byte vectors; a fresh allocation is aligned
         var codebook = CodeTables.Float(FourBitCodebook.Name(w.Type) + "/values", device, () => FourBitCodebook.Values(w.Type));
         Tensor? absmax = null, absmaxQ = null, nestedAbsmax = null, nestedCode = null;
         float offset = 0f;
@@ -111,41 +123,61 @@ public sealed unsafe class FourBitCudaKernel
         switch (w.Scales)
         {
             case PlainScales p:
-                absmax = OnDevice(p.Absmax, ScalarType.Float32, device);
+                absmax = OnDevice(p.Absmax, ScalarType.Float32, device, ref direct);
                 break;
             case DoubleQuantizedScales d:
-                absmaxQ = OnDevice(d.Codes, ScalarType.Byte, device);
-                nestedAbsmax = OnDevice(d.NestedAbsmax, ScalarType.Float32, device);
-                nestedCode = CodeTables.Float("dynamic/values", device, DynamicMap.Values);
+                absmaxQ = OnDevice(d.Codes, ScalarType.Byte, device, ref direct);
+                nestedAbsmax = OnDevice(d.NestedAbsmax, ScalarType.Float32, device, ref direct);
+                nestedCode = CodeTables.Float("dynamic/values", device, DynamicMap.Values); // cached for the run: a stable address
                 offset = d.Offset;
                 log2Nested = System.Numerics.BitOperations.Log2((uint)d.NestedBlockSize);
                 break;
         }
-        var output = torch.empty([w.Numel], dtype, device);
-
-        IntPtr pPacked = DeviceTensors.Ptr(packed), pAbsmax = dq ? IntPtr.Zero : DeviceTensors.Ptr(absmax!);
-        IntPtr pAq = dq ? DeviceTensors.Ptr(absmaxQ!) : IntPtr.Zero, pNa = dq ? DeviceTensors.Ptr(nestedAbsmax!) : IntPtr.Zero;
-        IntPtr pNc = dq ? DeviceTensors.Ptr(nestedCode!) : IntPtr.Zero, pCb = DeviceTensors.Ptr(codebook), pOut = DeviceTensors.Ptr(output);
         // Work units: 4-byte words (8 weights) or 16-byte vectors (32 weights) of codes; a warp takes 128 words or 64
         // vectors per step (kWords, kVecs in nf4_dequant.cu).
         long units = v == Variant.Words ? w.Numel / 8 : w.Numel / 32;
         long unitsPerBlockStep = (Threads / 32) * (v == Variant.Words ? 128 : 64);
-        int log2Block = System.Numerics.BitOperations.Log2((uint)w.BlockSize);
         long wanted = (units + unitsPerBlockStep - 1) / unitsPerBlockStep;
-        uint grid = (uint)Math.Max(1, Math.Min(wanted, (long)_multiprocessors * BlocksPerMultiprocessor));
+        string name = "qln_dequant4_" + (v switch { Variant.Words => "w", Variant.Vectors => "v", _ => "t" })
+            + (dq ? "_dq" : "") + (dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
+        var made = new LaunchPlan(
+            Packed: DeviceTensors.Ptr(packed), Absmax: dq ? IntPtr.Zero : DeviceTensors.Ptr(absmax!),
+            AbsmaxCodes: dq ? DeviceTensors.Ptr(absmaxQ!) : IntPtr.Zero, NestedAbsmax: dq ? DeviceTensors.Ptr(nestedAbsmax!) : IntPtr.Zero,
+            NestedCode: dq ? DeviceTensors.Ptr(nestedCode!) : IntPtr.Zero, Codebook: DeviceTensors.Ptr(codebook), Offset: offset,
+            Units: units, Log2Block: System.Numerics.BitOperations.Log2((uint)w.BlockSize), Log2Nested: log2Nested,
+            Grid: (uint)Math.Max(1, Math.Min(wanted, (long)_multiprocessors * BlocksPerMultiprocessor)),
+            Function: _module.Function(name), Shape: w.Shape, DType: dtype, Device: device);
+        if (variant is null && direct) _plans.AddOrUpdate(w, made);
+        return Launch(made).MoveToOuterDisposeScope(); // the copies, if any, are read by the launch before they are freed (stream order)
+    }
+
+    /// <summary>Everything a launch for one weight needs but the output: the addresses of its codes, scales and the
+    /// code tables, the kernel and its grid.</summary>
+    sealed record LaunchPlan(IntPtr Packed, IntPtr Absmax, IntPtr AbsmaxCodes, IntPtr NestedAbsmax, IntPtr NestedCode,
+        IntPtr Codebook, float Offset, long Units, int Log2Block, int Log2Nested, uint Grid, IntPtr Function,
+        long[] Shape, ScalarType DType, Device Device);
+
+    /// <summary>A new dense weight (Shape, contiguous) written by one launch of the plan's kernel on stream 0.</summary>
+    Tensor Launch(LaunchPlan p)
+    {
+        var output = torch.empty(p.Shape, p.DType, p.Device);                      // (out, in)
+        IntPtr pPacked = p.Packed, pAbsmax = p.Absmax, pAq = p.AbsmaxCodes, pNa = p.NestedAbsmax, pNc = p.NestedCode;
+        IntPtr pCb = p.Codebook, pOut = DeviceTensors.Ptr(output);
+        float offset = p.Offset;
+        long units = p.Units;
+        int log2Block = p.Log2Block, log2Nested = p.Log2Nested;
         void** args = stackalloc void*[11];
         args[0] = &pPacked; args[1] = &pAbsmax; args[2] = &pAq; args[3] = &pNa; args[4] = &pNc; args[5] = &offset;
         args[6] = &pCb; args[7] = &pOut; args[8] = &units; args[9] = &log2Block; args[10] = &log2Nested;
-        string name = "qln_dequant4_" + (v switch { Variant.Words => "w", Variant.Vectors => "v", _ => "t" })
-            + (dq ? "_dq" : "") + (dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
-        CudaDriver.Launch(_module.Context, _module.Function(name), grid, 1, Threads, args);
-        return output.view(w.Shape).MoveToOuterDisposeScope();
+        CudaDriver.Launch(_module.Context, p.Function, p.Grid, 1, Threads, args);
+        return output;
     }
 
     /// <summary>The tensor itself when it already has the dtype/device and is contiguous (no copy), else a converted copy.</summary>
-    static Tensor OnDevice(Tensor t, ScalarType dtype, Device device)
+    static Tensor OnDevice(Tensor t, ScalarType dtype, Device device, ref bool direct)
     {
         if (t.dtype == dtype && t.device_type == device.type && t.device_index == device.index && t.is_contiguous()) return t.alias();
+        direct = false;
         return t.to(dtype, device).contiguous();
     }
 }
