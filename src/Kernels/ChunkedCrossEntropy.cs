@@ -162,7 +162,12 @@ public static class ChunkedCrossEntropy
             var saved = ctx.get_saved_variables();
             var handles = (BackwardHandles)ctx.get_data("handles");
             // The scaling in fp32 (the incoming gradient, 1 / terms for a step's mean, is no bf16 number), one rounding.
-            var gradHidden = saved[0].to(gradOutput.dtype).mul_(gradOutput).to(saved[0].dtype);
+            // In a scope of its own: on CUDA this runs on libtorch's device thread, outside every dispose scope, where
+            // the fp32 copy (tokens x hidden, 64 MB per micro-batch of 4 x 1024 tokens on a 7B model) would otherwise
+            // wait for the garbage collector.
+            Tensor gradHidden;
+            using (var scope = NewDisposeScope())
+                gradHidden = saved[0].to(gradOutput.dtype).mul_(gradOutput).to(saved[0].dtype).MoveToOuterDisposeScope();
             foreach (var t in saved) t.Dispose();
             gradOutput.Dispose(); // see BackwardHandles
             return [handles.Defer(gradHidden), null!, null!, null!, null!];

@@ -16,7 +16,10 @@ public sealed class LoraFactor : nn.Module
     /// <param name="initial">the starting value [outFeatures, inFeatures]; kept in fp32 whatever the compute dtype.</param>
     public LoraFactor(string name, Tensor initial) : base(name)
     {
-        weight = new Parameter(initial.to(ScalarType.Float32).detach().clone(), requires_grad: true);
+        // The cast and the detach are handles on the caller's storage: disposed here, or they would keep it until a GC.
+        using (var fp32 = initial.to(ScalarType.Float32))
+        using (var detached = fp32.detach())
+            weight = new Parameter(detached.clone(), requires_grad: true);
         (_deviceType, _deviceIndex) = LoraDevice.RecordFor(weight);
         RegisterComponents();
     }

@@ -25,6 +25,22 @@ public class LoraApplierTests
         Assert.IsType<DenseTestLinear>(modules["lm_head"]);
     }
 
+    /// <summary>
+    /// Wrapping leaves alive the adapters' factors and nothing else (live native tensor handles, TorchSharp's per-thread
+    /// count, no GC forced): each factor is one parameter; a handle on the initial value left undisposed would keep
+    /// that storage (on the device, for a CUDA model) until a garbage collection. Dropout gives each adapter a module
+    /// with no tensors.
+    /// </summary>
+    [Fact]
+    public void Wrapping_leaves_only_the_adapter_factors_alive()
+    {
+        using var model = new TinyTestModel(layers: 2);
+        long before = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        var wrapped = LoraApplier.Apply(model, new LoraSettings(R: 4, Dropout: 0.05), seed: 1);
+        long added = DisposeScopeManager.Statistics.ThreadTotalLiveCount - before;
+        Assert.Equal(2 * wrapped.Count, added);
+    }
+
     [Fact]
     public void OnlyLoraParametersRemainTrainable()
     {
