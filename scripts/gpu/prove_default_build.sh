@@ -14,8 +14,8 @@
 # python3), checks it, loads it ahead of the bundled copies, says so in its start line, and `train` runs on the GPU:
 # the tiny model, then configs/llama2-7b-sales.yaml itself on a Llama-2-7B-shaped random checkpoint
 # (models/Llama-2-7b-hf links to /tmp/llama7b, which bench_speed.sh makes; built here only if absent and time allows).
-# What it does not prove: the SDK's part of `dotnet run` (restore, build) on that machine, and the fallback to the real
-# bundled CPU libtorch there (CI runs that one on CPU: tests/QLoraNet.Tests/Cli/LibTorchStartupTests).
+# What it does not prove: the SDK's part of `dotnet run` (restore, build) on that machine (scripts/gpu/prove_dotnet_run.sh
+# does), and the fallback to the real bundled CPU libtorch there (CI runs that one on CPU: tests/QLoraNet.Tests/Cli/LibTorchStartupTests).
 #
 # On the GPU machine, from the repository root:  bash scripts/gpu/prove_default_build.sh [--carry .gpu-speed] [--budget 90]
 # Here, without a GPU (checks the carry and the script's plumbing, runs nothing heavy):
