@@ -58,8 +58,14 @@ public static class BenchTrainCommand
         var profile = new Option<bool>("--profile") { Description = "also profile a few steps by phase (CUDA events; capture range for nsys)" };
         var profileSteps = new Option<int>("--profile-steps") { Description = "steps --profile runs", DefaultValueFactory = _ => 3 };
         var chunkLogits = new Option<long>("--logits-per-chunk") { Description = "logits per chunk of the loss (less: lower peak memory)", DefaultValueFactory = _ => ChunkedCrossEntropy.DefaultLogitsPerChunk };
+        var layerBackward = new Option<string>("--layer-backward")
+        {
+            Description = "checkpointed layers' backward: explicit (no autograd graph in the recomputation, dense weights kept for backward), explicit-no-keep (dequantize again in backward), autograd (the reference)",
+            DefaultValueFactory = _ => "explicit",
+        };
+        layerBackward.AcceptOnlyFromAmong("explicit", "explicit-no-keep", "autograd");
         var cmd = new Command("train", "time QLoRA training steps (train's step, random tokens) on a real-size model (CUDA)");
-        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus })
+        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward })
             cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
@@ -92,12 +98,22 @@ public static class BenchTrainCommand
             using var built = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
             var llama = built.Model;
             double loadS = loadClock.Elapsed.TotalSeconds;
+            var layers = llama.modules().OfType<LlamaDecoderLayer>().ToList();
+            string layerMode = pr.GetValue(layerBackward)!;
+            foreach (var layer in layers)
+            {
+                layer.ExplicitBackward = layerMode != "autograd";
+                layer.KeepWeightsForBackward = layerMode == "explicit";
+            }
             var (step, data) = NewStep(built, shape, dropoutRandom, group);
             using var stepBuffers = step.Step;
             var allocator = dev.type == DeviceType.CUDA ? CudaAllocatorStats.Open(dev) : null; // resets the peak: loading is not counted
             var callsBefore = built.Kernels.Fused.CallCounts();
+            var backwardsBefore = LayerBackwards(layers);
             var (tokS, stepMs, losses) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
             var calls = CallsPerStep(callsBefore, built.Kernels.Fused.CallCounts(), pr.GetValue(warmup) + pr.GetValue(steps));
+            var backwardsAfter = LayerBackwards(layers);
+            double stepsRun = pr.GetValue(warmup) + pr.GetValue(steps);
             double loss = losses.Count > 0 ? losses[^1] : double.NaN;
             var peaks = allocator?.Stats?.Read();
             var fields = new List<string>
@@ -115,6 +131,10 @@ public static class BenchTrainCommand
                 // The kernel choice (as `train` prints it at the start) and the calls each path served: nothing fell back unseen.
                 "\"kernels\": " + JsonSerializer.Serialize(built.Kernels.Report()),
                 "\"fused_calls_per_step\": " + JsonSerializer.Serialize(calls),
+                // Which backward the checkpointed layers took (ExplicitLayerBackward or the autograd recomputation), per step.
+                J("layer_backward", layerMode),
+                J("layer_backwards_explicit_per_step", Math.Round((backwardsAfter.Explicit - backwardsBefore.Explicit) / stepsRun, 2)),
+                J("layer_backwards_autograd_per_step", Math.Round((backwardsAfter.Autograd - backwardsBefore.Autograd) / stepsRun, 2)),
             };
             if (peaks is { } p)
                 fields.AddRange([J("device_allocated_peak_gib", Math.Round(p.AllocatedPeak / Math.Pow(2, 30), 2)),
@@ -133,6 +153,9 @@ public static class BenchTrainCommand
         });
         return cmd;
     }
+
+    static (long Explicit, long Autograd) LayerBackwards(List<LlamaDecoderLayer> layers) =>
+        (layers.Sum(l => l.BackwardCounts.Explicit), layers.Sum(l => l.BackwardCounts.Autograd));
 
     sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing, int GradientAccumulation,
         double MaxGradNorm, double Dropout, long LogitsPerChunk);

@@ -47,6 +47,10 @@ public sealed unsafe class FusedDropout : FusedOp
         return DropoutFunction.apply(x, key, threshold, scale, this, handles);
     }
 
+    /// <summary>dx = dy * keep * scale for the mask of <see cref="Apply"/>'s draw (the kernel hashes the same key):
+    /// the autograd function's backward, for a backward written out by hand (the decoder layer's).</summary>
+    public Tensor Backward(Tensor dy, ulong key, long threshold, double scale) => Kernel(dy, key, threshold, scale, backward: true);
+
     /// <summary>The torch ops the kernel equals: x.mul(keep).mul_(scale) (LoraDropout's reference, any device).</summary>
     /// <param name="keep">bool mask of x's shape (RandomStream.KeepMask).</param>
     public Tensor ApplyReference(Tensor x, Tensor keep, double scale)

@@ -42,6 +42,11 @@ public sealed unsafe class FusedGlu : FusedOp
         return GluFunction.apply(gate, up, activation, this, handles);
     }
 
+    /// <summary>The gradients of gate and up from that of act(gate) * up, as the autograd function's backward computes
+    /// them: for a backward written out by hand (the decoder layer's).</summary>
+    public (Tensor DGate, Tensor DUp) Backward(Tensor dy, Tensor gate, Tensor up, GluActivation activation) =>
+        (KernelFits(gate, up) ? BackwardKernel(dy, gate, up, activation) : null) ?? GluReference.Backward(dy, gate, up, activation);
+
     /// <summary>The autograd function with the reference forward and backward (CPU tests of its plumbing).</summary>
     internal static Tensor ApplyWithReferenceFunction(Tensor gate, Tensor up, GluActivation activation, BackwardHandles handles) =>
         GluFunction.apply(gate, up, activation, null!, handles);

@@ -74,6 +74,46 @@ public sealed unsafe class FusedRmsNorm : FusedOp
         return (h, RmsNormReference.Forward(h, weight, eps, unitOffset));
     }
 
+    /// <summary>What <see cref="BackwardFromSaved"/> needs of a forward: h (the normalised input, the sum with a
+    /// residual), its per-row inverse RMS in fp32, and whether the kernel made them.</summary>
+    public sealed record Saved(Tensor H, Tensor InverseRms, bool ByKernel) : IDisposable
+    {
+        public void Dispose()
+        {
+            H.Dispose();
+            InverseRms.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Forward with no autograd, for a backward written out by hand (the decoder layer's): the same values as
+    /// <see cref="Apply"/> (no residual) or <see cref="ApplyWithResidual"/>, plus what <see cref="BackwardFromSaved"/>
+    /// needs. Counted like them.
+    /// </summary>
+    /// <returns>Y (..., H) the norm's output; Saved.H is the sum with a residual, the input (contiguous) without.</returns>
+    public (Tensor Y, Saved Saved) ForwardSaving(Tensor x, Tensor? residual, Tensor weight, double eps, bool unitOffset)
+    {
+        if (KernelFits(x, residual, weight))
+        {
+            CountKernel();
+            if (ForwardKernel(x, residual, weight, eps, unitOffset) is { } k)
+                return (k.Y, new Saved(k.H ?? x.contiguous(), k.InverseRms, true));
+        }
+        else CountReference();
+        var h = residual is null ? x.alias() : x + residual;
+        return (RmsNormReference.Forward(h, weight, eps, unitOffset), new Saved(h, RmsNormReference.InverseRms(h, eps), false));
+    }
+
+    /// <summary>dx from dy and a forward's <see cref="Saved"/>, plus <paramref name="dh"/> (the gradient of h's other
+    /// use, the residual stream) when given: the autograd functions' backward.</summary>
+    public Tensor BackwardFromSaved(Tensor dy, Saved saved, Tensor weight, Tensor? dh, bool unitOffset)
+    {
+        if (saved.ByKernel && BackwardKernel(dy, saved.H, saved.InverseRms, weight, dh, unitOffset) is { } dx) return dx;
+        using var scope = NewDisposeScope();
+        var norm = RmsNormReference.Backward(dy, saved.H, saved.InverseRms, weight, unitOffset);
+        return (dh is null ? norm : dh.to(saved.H.dtype) + norm).MoveToOuterDisposeScope();
+    }
+
     /// <summary>The autograd functions with the torch-op forward and closed-form backward instead of the kernels: what
     /// CPU tests run to check the functions' plumbing (saved tensors, gradient routing) against plain autograd.</summary>
     internal static Tensor ApplyWithReferenceFunction(Tensor x, Tensor weight, double eps, bool unitOffset, BackwardHandles handles) =>

@@ -56,6 +56,14 @@ public sealed unsafe class FusedRope : FusedOp
         return (outputs[0], outputs[1]);
     }
 
+    /// <summary>The gradients of q and k from those of their rotations (the inverse rotation), as the autograd
+    /// function's backward computes them: for a backward written out by hand (the decoder layer's).</summary>
+    public (Tensor DQ, Tensor DK) BackwardQk(Tensor dq, Tensor dk, Tensor cos, Tensor sin)
+    {
+        if (KernelFits(dq, dk, cos, sin) && Kernel(dq, dk, cos, sin, backward: true) is { K: { } gk } r) return (r.Q, gk);
+        return (RopeReference.Backward(dq, cos, sin), RopeReference.Backward(dk, cos, sin));
+    }
+
     /// <summary>The autograd function with the reference forward and backward (CPU tests of its plumbing).</summary>
     internal static (Tensor Q, Tensor K) ApplyQkWithReferenceFunction(Tensor q, Tensor k, Tensor cos, Tensor sin, BackwardHandles handles)
     {

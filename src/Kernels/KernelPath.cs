@@ -9,7 +9,7 @@ namespace QLoraNet.Kernels;
 /// The function's own cost per call (TorchSharp's node, output wrapping, saved tensors) is then avoided; `bench
 /// kernel` measured it at tens of microseconds of host time, several times the kernels' device time.
 /// </summary>
-internal static class KernelPath
+public static class KernelPath
 {
     public static bool NeedsGraph(params Tensor?[] inputs) =>
         torch.is_grad_enabled() && inputs.Any(t => t is not null && t.requires_grad);

@@ -14,6 +14,9 @@ namespace QLoraNet.Models;
 /// Randomness (LoRA dropout) must be the same in the recomputation: like PyTorch's checkpoint (preserve_rng_state),
 /// the positions of the layer's random streams (<see cref="IStochasticModule"/>) are saved before the forward, set
 /// again for the recomputation, and put back afterwards, so the draws of later layers and micro-batches are untouched.
+/// Backward takes the layer's explicit backward (<see cref="ExplicitLayerBackward"/>: no autograd graph in the
+/// recomputation) where the layer allows it and <see cref="LlamaDecoderLayer.ExplicitBackward"/> is on, else the
+/// autograd recomputation above; the layer counts which ran.
 /// Call: <c>LayerCheckpoint.apply(hidden, layer, cos, sin, mask, handles)</c>; hidden must require grad (the caller
 /// sets it on the embedding output, which is frozen) or backward never reaches this layer; handles is the model's
 /// <see cref="BackwardHandles"/>, where backward defers the gradient it returns.
@@ -53,11 +56,22 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         {
             using var scope = NewDisposeScope();
             handles.PhaseMarker?.Enter(StepPhase.Recompute);
-            var input = hidden.detach().requires_grad_(true);
-            var output = layer.forward(input, cos, sin, mask);
-            handles.PhaseMarker?.Enter(StepPhase.Backward);
-            torch.autograd.backward([output], [gradOutput]);
-            gradInput = (input.grad ?? torch.zeros_like(input)).MoveToOuterDisposeScope();
+            if (layer.ExplicitBackward && ExplicitLayerBackward.Supports(layer, hidden.dtype))
+            {
+                layer.CountBackward(explicitly: true);
+                using var noGrad = torch.no_grad();
+                gradInput = ExplicitLayerBackward.Run(layer, hidden, cos, sin, mask, gradOutput, layer.KeepWeightsForBackward,
+                    handles.PhaseMarker).MoveToOuterDisposeScope();
+            }
+            else
+            {
+                layer.CountBackward(explicitly: false);
+                var input = hidden.detach().requires_grad_(true);
+                var output = layer.forward(input, cos, sin, mask);
+                handles.PhaseMarker?.Enter(StepPhase.Backward);
+                torch.autograd.backward([output], [gradOutput]);
+                gradInput = (input.grad ?? torch.zeros_like(input)).MoveToOuterDisposeScope();
+            }
         }
         finally
         {

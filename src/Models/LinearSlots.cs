@@ -51,6 +51,24 @@ public sealed class LinearSlots
         using (y) return y + owner.get_buffer(buffer)!.to(y.dtype);
     }
 
+    /// <summary>Whether the slot holding <paramref name="role"/> can run on a tape (<see cref="Record"/>).</summary>
+    public bool SupportsTape(LinearRole role) =>
+        nameOf.TryGetValue(role, out var name) && byName[name] is ITapedLinear { SupportsTape: true };
+
+    /// <summary>The compute dtype of the slot holding <paramref name="role"/>, or null when it is not a taped linear.</summary>
+    public ScalarType? ComputeDType(LinearRole role) =>
+        nameOf.TryGetValue(role, out var name) && byName[name] is ITapedLinear taped ? taped.ComputeDType : null;
+
+    /// <summary><see cref="Call"/> without autograd, on a tape for a backward written out by hand
+    /// (<see cref="ITapedLinear.Record"/>); the tape's output includes the bias.</summary>
+    public LinearTape Record(LinearRole role, Tensor x, bool keepWeight, bool product = true)
+    {
+        string name = nameOf[role];
+        var tape = ((ITapedLinear)byName[name]).Record(x, keepWeight, product);
+        if (tape.Output is not null && biasBuffer.TryGetValue(name, out var buffer)) tape.AddToOutput(owner.get_buffer(buffer)!);
+        return tape;
+    }
+
     /// <summary>Puts <paramref name="module"/> in slot <paramref name="name"/>, in forward and in the owner's module registry alike.</summary>
     public void Replace(string name, nn.Module<Tensor, Tensor> module)
     {

@@ -90,7 +90,25 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         (q, k) = rope.ApplyQk(q, k, cos, sin, handles);                                 // same layouts, rotated
 
         if (cache is not null) (k, v) = cache.Append(layerIndex, k, v);               // (B, nKv, S, headDim)
-        long s = k.shape[2];
+        var merged = Attend(q, k, v, mask, hidden.device);                              // (B, T, nHeads*headDim)
+        if (subNorm is not null) merged = subNorm.call(merged);
+        return projections.Call(LinearRole.Output, merged).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The attention proper, from rotated queries and keys: scores, mask and softmax-weighted values, heads merged.
+    /// Differentiable by autograd (SDPA, or the explicit scores' torch ops): the explicit layer backward runs this
+    /// part alone under autograd.
+    /// </summary>
+    /// <param name="q">(B, nHeads, T, headDim) rotated.</param>
+    /// <param name="k">(B, nKv, S, headDim) rotated.</param>
+    /// <param name="v">(B, nKv, S, headDim)</param>
+    /// <param name="mask">as <see cref="forward"/>'s.</param>
+    /// <returns>(B, T, nHeads*headDim)</returns>
+    internal Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor? mask, Device device)
+    {
+        using var scope = NewDisposeScope();
+        long b = q.size(0), t = q.size(2), s = k.size(2);
         k = RepeatKv(k);                                                                // (B, nHeads, S, headDim)
         v = RepeatKv(v);
 
@@ -99,27 +117,33 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
         Tensor? allowed = mask;
         if (window is int w && s > w)
         {
-            var band = AttentionMask.Causal(t, s, hidden.device, w);                    // (T, S)
+            var band = AttentionMask.Causal(t, s, device, w);                           // (T, S)
             allowed = mask is null ? band : mask.logical_and(band);
         }
         Tensor attn;                                                                    // (B, nHeads, T, headDim)
         if (explicitScores)
         {
-            attn = ExplicitAttention.Compute(q, k, v, allowed ?? AttentionMask.Causal(t, s, hidden.device), scale, softCap);
+            attn = ExplicitAttention.Compute(q, k, v, allowed ?? AttentionMask.Causal(t, s, device), scale, softCap);
         }
         else
         {
             // SDPA's is_causal aligns the triangle top-left, right only when T == S; a single new token after a cache
             // sees everything; several new tokens after a cache need a shifted triangle. Its scale is 1/sqrt(headDim).
             bool isCausal = allowed is null && t == s && t > 1;
-            if (allowed is null && t != s && t > 1) allowed = AttentionMask.Causal(t, s, hidden.device);
+            if (allowed is null && t != s && t > 1) allowed = AttentionMask.Causal(t, s, device);
             attn = F.scaled_dot_product_attention(q, k, v, allowed, p: 0.0, is_casual: isCausal);
         }
-
-        var merged = attn.transpose(1, 2).reshape(b, t, numHeads * headDim);         // (B, T, nHeads*headDim)
-        if (subNorm is not null) merged = subNorm.call(merged);
-        return projections.Call(LinearRole.Output, merged).MoveToOuterDisposeScope();
+        return attn.transpose(1, 2).reshape(b, t, numHeads * headDim).MoveToOuterDisposeScope();
     }
+
+    /// <summary>The run's RoPE (the explicit layer backward rotates and un-rotates with it).</summary>
+    internal FusedRope Rope => rope;
+
+    /// <summary>BitNet's attn_sub_norm, or null.</summary>
+    internal RmsNorm? SubNorm => subNorm;
+
+    /// <summary>Where this attention's custom backwards defer their gradients.</summary>
+    internal BackwardHandles Handles => handles;
 
     /// <summary>(B, nKv, S, D) -> (B, nKv * rep, S, D), kv head j serving query heads j*rep .. j*rep+rep-1.</summary>
     Tensor RepeatKv(Tensor x)

@@ -61,5 +61,21 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor
     /// <summary>The layer as a function of (hidden, cos, sin, mask) alone: what a checkpointing wrapper recomputes.</summary>
     public Tensor forward(Tensor hidden, Tensor cos, Tensor sin, Tensor? mask) => forward(hidden, cos, sin, mask, null);
 
+    /// <summary>Whether a checkpointed recomputation may take <see cref="ExplicitLayerBackward"/> (when the layer's
+    /// structure allows it); off = always autograd, the reference.</summary>
+    public bool ExplicitBackward { get; set; } = true;
+
+    /// <summary>Whether the explicit backward keeps each dense weight from the recomputation for its backward (one
+    /// dequantization instead of two, the layer's dense weights held meanwhile).</summary>
+    public bool KeepWeightsForBackward { get; set; } = true;
+
+    long explicitBackwards, autogradBackwards;
+
+    /// <summary>How many checkpointed backwards of this layer ran explicitly and through autograd.</summary>
+    public (long Explicit, long Autograd) BackwardCounts => (Interlocked.Read(ref explicitBackwards), Interlocked.Read(ref autogradBackwards));
+
+    internal void CountBackward(bool explicitly) =>
+        Interlocked.Increment(ref explicitly ? ref explicitBackwards : ref autogradBackwards);
+
     Tensor Post(NormRole role, Tensor x) => norms.TryGetValue(role, out var norm) ? norm.call(x) : x;
 }

@@ -45,6 +45,18 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
 
     public void DeferBackwardHandlesTo(BackwardHandles owner) => handles = owner;
 
+    /// <summary>The activation's fused gated unit, or null when it has none (torch ops).</summary>
+    internal GluActivation? FusedActivation => fusedActivation;
+
+    /// <summary>The run's fused gated unit (the explicit layer backward runs its forward and backward).</summary>
+    internal FusedGlu Glu => glu;
+
+    /// <summary>BitNet's ffn_sub_norm, or null.</summary>
+    internal RmsNorm? SubNorm => subNorm;
+
+    /// <summary>Where this MLP's custom backwards defer their gradients.</summary>
+    internal BackwardHandles Handles => handles;
+
     /// <param name="x">(B, T, hidden)</param>
     /// <returns>(B, T, hidden)</returns>
     public override Tensor forward(Tensor x)

@@ -78,6 +78,17 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
     /// <returns>(..., hidden) in x's dtype.</returns>
     public override Tensor forward(Tensor x) => kernel.Apply(x, weight, eps, UnitOffset, handles);
 
+    /// <summary>For a backward written out by hand (<see cref="ExplicitLayerBackward"/>): <see cref="forward"/>'s value,
+    /// or with a residual <see cref="AddAndNorm"/>'s (Saved.H is then the sum), without autograd, plus what
+    /// <see cref="Backward"/> needs.</summary>
+    public (Tensor Y, FusedRmsNorm.Saved Saved) ForwardSaving(Tensor x, Tensor? residual = null) =>
+        kernel.ForwardSaving(x, residual, weight, eps, UnitOffset);
+
+    /// <summary>The gradient of the norm's input from that of its output, plus <paramref name="dh"/> when given (the
+    /// gradient the sum h also gets from the residual stream).</summary>
+    public Tensor Backward(Tensor dy, FusedRmsNorm.Saved saved, Tensor? dh = null) =>
+        kernel.BackwardFromSaved(dy, saved, weight, dh, UnitOffset);
+
     /// <summary>h = x + residual (rounded to the compute dtype, as a torch add) and norm(h), in one pass where the
     /// kernel runs: the same values as <c>h = residual + x; forward(h)</c>.</summary>
     /// <param name="x">(..., hidden) a sublayer's output.</param>

@@ -51,4 +51,45 @@ public sealed class LoraDropout : nn.Module<Tensor, Tensor>, IStochasticModule, 
         var keep = Random.KeepMask(x.shape, _p, x.device);        // bool, the only tensor kept for backward
         return _kernel.ApplyReference(x, keep, _scale).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// Forward with no autograd, for a backward written out by hand (the decoder layer's): the dropped input and the
+    /// way back through the same mask. Draws from the stream exactly as <see cref="forward"/> does, so a
+    /// recomputation replays the same masks either way.
+    /// </summary>
+    public Draw DrawFor(Tensor x)
+    {
+        if (!training) return new Draw(x.alias(), dy => dy.alias(), null);
+        if (_kernel.Fits(x))
+        {
+            ulong key = Random.NextKey();
+            long threshold = RandomStream.DropThreshold(_p);
+            double scale = _scale;
+            var kernel = _kernel;
+            return new Draw(kernel.Apply(x, key, threshold, scale, _handles), dy => kernel.Backward(dy, key, threshold, scale), null);
+        }
+        var keep = Random.KeepMask(x.shape, _p, x.device);        // bool, kept for the way back
+        var output = _kernel.ApplyReference(x, keep, _scale);
+        double s = _scale;
+        return new Draw(output, dy => dy.mul(keep).mul_(s), keep);
+    }
+
+    /// <summary>One draw of the mask: its output and the gradient's way back (the mask itself kept only on the reference path).</summary>
+    public sealed class Draw(Tensor output, Func<Tensor, Tensor> backward, Tensor? keep) : IDisposable
+    {
+        // The draw owns its tensors, whatever dispose scope it was made in.
+        readonly Tensor? keep = keep?.DetachFromDisposeScope();
+
+        /// <summary>(..., in) the dropped input.</summary>
+        public Tensor Output { get; } = output.DetachFromDisposeScope();
+
+        /// <summary>dx (..., in) from dy (..., in).</summary>
+        public Tensor Backward(Tensor dy) => backward(dy);
+
+        public void Dispose()
+        {
+            Output.Dispose();
+            keep?.Dispose();
+        }
+    }
 }

@@ -22,7 +22,7 @@ namespace QLoraNet.Peft;
 /// free, as DPO needs it (<see cref="AdapterSwitch.DisableAdapters"/>). Over a <see cref="QuantizationAwareLinear"/>
 /// base the update is trained inside the merged weight instead (quantization-aware training, see AwareForward).
 /// </summary>
-public sealed class LoraLinear : nn.Module<Tensor, Tensor>
+public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear
 {
     private readonly FrozenLinear base_layer;
     private readonly LoraFactor lora_A;
@@ -71,6 +71,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     public double Alpha { get; }
     public double Scaling { get; }
     public long InFeatures => base_layer.InFeatures;
+    public ScalarType ComputeDType => base_layer.ComputeDType;
     public long OutFeatures => base_layer.OutFeatures;
 
     /// <summary>A [r, in], the trainable down-projection (fp32).</summary>
@@ -92,6 +93,20 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         var h = lora_dropout.forward(x).to(dtype);                   // (..., in)
         var y = LoraPath.AddLowRank(result, h, A.to(dtype), B.to(dtype), Scaling);
         return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Whether <see cref="Record"/> can stand in for autograd here: a base with a plain frozen product
+    /// (not quantization-aware training's round trip, whose update lives inside the weight).</summary>
+    public bool SupportsTape => base_layer.SupportsTape && base_layer is not QuantizationAwareLinear;
+
+    /// <summary>Forward without autograd for a backward written out by hand (<see cref="LoraLinearTape"/>); the
+    /// arguments are <see cref="FrozenLinear.Record"/>'s. Disabled: the base's tape alone.</summary>
+    /// <param name="x">(..., in) in the compute dtype.</param>
+    public LinearTape Record(Tensor x, bool keepWeight, bool product = true)
+    {
+        var baseTape = base_layer.Record(x, keepWeight, product);
+        if (Disabled) return baseTape;
+        return new LoraLinearTape(baseTape, x, lora_dropout as LoraDropout, A, B, Scaling, base_layer.ComputeDType, product);
     }
 
     /// <summary>

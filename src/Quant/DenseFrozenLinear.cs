@@ -33,14 +33,18 @@ public sealed class DenseFrozenLinear : FrozenLinear
     public override Tensor forward(Tensor x) =>
         weight.dtype == ComputeDType
             ? nn.functional.linear(x.to(ComputeDType), weight)
-            : FrozenMatMul.apply(x, new DenseWeight(weight), ComputeDType, BackwardHandles);
+            : FrozenMatMul.Apply(x, MatMulWeight, ComputeDType, BackwardHandles);
 
-    /// <summary>The dense buffer seen as a stored weight whose "dequantization" is a cast.</summary>
+    /// <summary>The buffer as a stored weight; in the compute dtype already, its "dequantization" is the buffer itself.</summary>
+    public override IQuantizedWeight MatMulWeight => new DenseWeight(weight);
+
+    /// <summary>The dense buffer seen as a stored weight whose "dequantization" is a cast (a new handle on the
+    /// buffer itself when the dtype is already the one asked for: the caller disposes the handle, not the storage).</summary>
     sealed record DenseWeight(Tensor Weight) : IQuantizedWeight
     {
         public long[] Shape => Weight.shape;
         public string FormatName => new DenseFormat(Weight.dtype).ToString();
         public long StorageBytes => Weight.numel() * Weight.element_size();
-        public Tensor Dequantize(ScalarType dtype) => Weight.to(dtype, copy: true);
+        public Tensor Dequantize(ScalarType dtype) => Weight.dtype == dtype ? Weight.alias() : Weight.to(dtype);
     }
 }

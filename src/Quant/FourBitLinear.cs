@@ -71,8 +71,8 @@ public sealed class FourBitLinear : StoredWeightLinear<FourBitWeight>
 
     public override Tensor DequantizeWeight(ScalarType dtype) => kernels.Dequantize(Stored, dtype);
 
-    /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new Selected(Stored, kernels), ComputeDType, BackwardHandles);
+    /// <summary>The stored weight with the selected dequantization path; forward is the default frozen matmul over it.</summary>
+    public override IQuantizedWeight MatMulWeight => new Selected(Stored, kernels);
 
     /// <summary>The stored weight dequantized by the selected path, as the frozen matmul sees it.</summary>
     sealed record Selected(FourBitWeight Weight, KernelSelection Kernels) : IQuantizedWeight

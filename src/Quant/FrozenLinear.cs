@@ -11,7 +11,7 @@ namespace QLoraNet.Quant;
 /// compute dtype transiently (custom autograd keeps only the stored form for backward).
 /// LoRA and merge see nothing but this class.
 /// </summary>
-public abstract class FrozenLinear : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
+public abstract class FrozenLinear : nn.Module<Tensor, Tensor>, IDefersBackwardHandles, ITapedLinear
 {
     protected FrozenLinear(string name, long inFeatures, long outFeatures, ScalarType computeDType) : base(name)
     {
@@ -44,6 +44,36 @@ public abstract class FrozenLinear : nn.Module<Tensor, Tensor>, IDefersBackwardH
 
     /// <summary>The dense weight [OutFeatures, InFeatures] in <paramref name="dtype"/> (a new tensor; for merge/export).</summary>
     public abstract Tensor DequantizeWeight(ScalarType dtype);
+
+    /// <summary>
+    /// The weight as this linear's <see cref="FrozenMatMul"/> multiplies with it (its own product in forward, its
+    /// dense form in backward), or null when the linear's backward is something else (quantization-aware training's
+    /// round trip) and must go through autograd.
+    /// </summary>
+    public virtual IQuantizedWeight? MatMulWeight => null;
+
+    /// <summary>Whether <see cref="Record"/> can stand in for autograd through this linear.</summary>
+    public bool SupportsTape => MatMulWeight is not null;
+
+    /// <summary>
+    /// Forward without autograd, for a backward written out by hand (<see cref="LinearTape"/>): the tape's output is
+    /// forward(x), the same arithmetic; <paramref name="keepWeight"/> keeps the dense weight for backward (one
+    /// dequantization for both, the weight held until then); without <paramref name="product"/> nothing is computed
+    /// now (for a linear whose output backward never reads, like the last one of a checkpointed layer).
+    /// </summary>
+    /// <param name="x">(..., in)</param>
+    public LinearTape Record(Tensor x, bool keepWeight, bool product = true)
+    {
+        var weight = MatMulWeight ?? throw new InvalidOperationException($"{GetName()} ({FormatName}) has no explicit backward; check SupportsTape");
+        if (!product) return new FrozenLinearTape(weight, ComputeDType, null, null);
+        if (weight is IQuantizedMatMul || !keepWeight)
+        {
+            var y = FrozenMatMul.Product(x, weight, ComputeDType);                   // (..., out)
+            return new FrozenLinearTape(weight, ComputeDType, y, keepWeight ? weight.Dequantize(ComputeDType) : null);
+        }
+        var w = weight.Dequantize(ComputeDType);                                     // (out, in)
+        return new FrozenLinearTape(weight, ComputeDType, FrozenMatMul.DenseProduct(x, w, ComputeDType), w);
+    }
 
     /// <summary>
     /// The stored dtypes are part of the format (fp32 scales, uint8 codes), and the compute dtype is fixed at

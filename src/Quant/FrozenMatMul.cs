@@ -10,7 +10,7 @@ namespace QLoraNet.Quant;
 /// dx = dy @ W and returns no weight gradient (QLoRA section 3: gradients flow through the frozen 4-bit base to the
 /// adapters, the base itself gets none). The dense W lives only inside one forward or one backward call.
 /// A weight that computes its own product (<see cref="IQuantizedMatMul"/>) does so in forward; backward is the same.
-/// Call: <c>FrozenMatMul.apply(x, weight, computeDType, handles)</c> with weight an <see cref="IQuantizedWeight"/> and
+/// Call: <c>FrozenMatMul.Apply(x, weight, computeDType, handles)</c> with weight an <see cref="IQuantizedWeight"/> and
 /// handles the <see cref="BackwardHandles"/> of the model the weight belongs to (backward defers its result there).
 /// </summary>
 public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
@@ -26,6 +26,20 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
         ctx.save_data("dtype", computeDType);
         ctx.save_data("inputDType", x.dtype);
 
+        return Product(x, weight, computeDType);
+    }
+
+    /// <summary>
+    /// y = x @ W^T through this function when autograd needs the graph (x requires grad and grad mode is on), else
+    /// the same product with no autograd node: the checkpointed forward and inference run under no_grad, and a
+    /// custom function's node costs the host more than the product's launch (TorchSharp builds it even then).
+    /// </summary>
+    public static Tensor Apply(Tensor x, IQuantizedWeight weight, ScalarType computeDType, BackwardHandles handles) =>
+        KernelPath.NeedsGraph(x) ? apply(x, weight, computeDType, handles) : Product(x, weight, computeDType);
+
+    /// <summary>Forward's arithmetic: the weight's own product, or the dense weight's (..., out) in the compute dtype.</summary>
+    public static Tensor Product(Tensor x, IQuantizedWeight weight, ScalarType computeDType)
+    {
         if (weight is IQuantizedMatMul own)                                        // int8 x int8, add/subtract ternary
         {
             using var scope = NewDisposeScope();
@@ -34,6 +48,12 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
         // No dispose scope of its own: the product lands in the caller's scope, the two temporaries are disposed here
         // (a scope and an alias per call cost host time that a 7B step pays 224 times in forward and recomputation).
         using var w = weight.Dequantize(computeDType);                             // (out, in)
+        return DenseProduct(x, w, computeDType);
+    }
+
+    /// <summary>x @ w^T for a dense w (out, in) already in the compute dtype, x cast to it first.</summary>
+    internal static Tensor DenseProduct(Tensor x, Tensor w, ScalarType computeDType)
+    {
         if (x.dtype == computeDType) return nn.functional.linear(x, w);            // (..., out)
         using var xc = x.to(computeDType);
         return nn.functional.linear(xc, w);

@@ -52,7 +52,7 @@ public sealed class QuantizationAwareLinear : FrozenLinear
     public Tensor FakeInput(Tensor x) => fake.Input(x);
 
     /// <summary>x (..., in) -> (..., out) in the compute dtype, as the target format computes it from the base weight.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new FakeWeight(this), ComputeDType, BackwardHandles);
+    public override Tensor forward(Tensor x) => FrozenMatMul.Apply(x, new FakeWeight(this), ComputeDType, BackwardHandles);
 
     /// <summary>The base's round trip as the frozen matmul sees it: made anew in each forward and backward.</summary>
     sealed record FakeWeight(QuantizationAwareLinear Linear) : IQuantizedMatMul

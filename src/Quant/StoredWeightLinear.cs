@@ -25,6 +25,9 @@ public abstract class StoredWeightLinear<TWeight> : FrozenLinear where TWeight :
 
     public override Tensor DequantizeWeight(ScalarType dtype) => Stored.Dequantize(dtype);
 
+    /// <summary>The stored weight itself; linears that select a kernel for the product wrap it.</summary>
+    public override IQuantizedWeight MatMulWeight => Stored;
+
     /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, Stored, ComputeDType, BackwardHandles);
+    public override Tensor forward(Tensor x) => FrozenMatMul.Apply(x, MatMulWeight, ComputeDType, BackwardHandles);
 }

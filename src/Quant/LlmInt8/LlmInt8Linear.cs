@@ -40,9 +40,8 @@ public sealed class LlmInt8Linear : StoredWeightLinear<LlmInt8Weight>
     /// <summary>Outlier columns seen so far, over all forwards.</summary>
     public OutlierStatistics Outliers { get; } = new();
 
-    /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) =>
-        FrozenMatMul.apply(x, new Mixed(Stored, kernels.Int8MatMulFor(weight.device), Outliers), ComputeDType, BackwardHandles);
+    /// <summary>The mixed int8/16-bit product over the stored weight; forward is the default frozen matmul over it.</summary>
+    public override IQuantizedWeight MatMulWeight => new Mixed(Stored, kernels.Int8MatMulFor(weight.device), Outliers);
 
     /// <summary>The stored weight as the frozen matmul sees it: its own forward product, dequantized for backward.</summary>
     sealed record Mixed(LlmInt8Weight Weight, Int8MatMul Int8, OutlierStatistics Outliers) : IQuantizedMatMul

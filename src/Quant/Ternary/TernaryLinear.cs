@@ -40,8 +40,8 @@ public sealed class TernaryLinear : StoredWeightLinear<TernaryWeight>
 
     public override string FormatName => TernaryFormat.Name;
 
-    /// <summary>x (..., in) -> (..., out) in the compute dtype.</summary>
-    public override Tensor forward(Tensor x) => FrozenMatMul.apply(x, new Summed(Stored, MatMulPath, kernels.TernaryCuda), ComputeDType, BackwardHandles);
+    /// <summary>The add/subtract product over the stored weight; forward is the default frozen matmul over it.</summary>
+    public override IQuantizedWeight MatMulWeight => new Summed(Stored, MatMulPath, kernels.TernaryCuda);
 
     /// <summary>The stored weight as the frozen matmul sees it: its own add/subtract product, dequantized for backward.</summary>
     sealed record Summed(TernaryWeight Weight, TernaryMatMulPath Path, TernaryCudaKernel? Cuda) : IQuantizedMatMul

@@ -84,9 +84,11 @@ public class LoraDropoutTests
         var otherMasks = Run(false, 6);
         for (int i = 0; i < plain.Grads.Length; i++)
         {
-            // Same masks, same arithmetic: only the recomputation's summation order could differ (fp32, ~1e-7 relative).
-            Assert.True(plain.Grads[i].allclose(ckpt.Grads[i], rtol: 1e-5, atol: 1e-7),
-                $"gradient {i} differs by {(plain.Grads[i] - ckpt.Grads[i]).abs().max().item<float>()}");
+            // Same masks, same arithmetic: only the summation order differs (the checkpointed layers' explicit
+            // backward sums input gradients inside the GEMMs), a few fp32 roundings of the gradient's largest entries.
+            double scale = plain.Grads[i].abs().max().item<float>();
+            double diff = (plain.Grads[i] - ckpt.Grads[i]).abs().max().item<float>();
+            Assert.True(scale > 0 && diff <= 1e-5 * scale, $"gradient {i} differs by {diff:E2} (largest entry {scale:E2})");
         }
         Assert.Equal(plain.After, ckpt.After);
         Assert.Contains(Enumerable.Range(0, plain.Grads.Length), i => !plain.Grads[i].allclose(otherMasks.Grads[i], rtol: 1e-3, atol: 1e-6));

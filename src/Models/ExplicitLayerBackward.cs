@@ -1,0 +1,143 @@
+using QLoraNet.Formats;
+using QLoraNet.Kernels;
+using QLoraNet.Quant;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Models;
+
+/// <summary>
+/// The backward of a checkpointed decoder layer written out by hand: the recomputation runs without autograd,
+/// each linear on a <see cref="LinearTape"/> and each norm keeping its statistics, and the gradients are then taken
+/// op by op in reverse. Only the attention proper (SDPA, or the explicit scores) goes through autograd, as a graph
+/// of its own with q, k and v as leaves. Why: through autograd, the recomputation builds a graph of about a hundred
+/// nodes per layer, a dozen of them custom functions whose backward crosses from libtorch into managed code and
+/// back; on a 7B model on an H200 that host work (TorchSharp's node, handle and dispose-scope machinery) took longer
+/// than the GPU's, so the GPU waited (docs/BENCHMARKS.md, session 25's host profile). Here the host issues the
+/// ops and nothing else. It also does less arithmetic:
+/// <list type="bullet">
+/// <item>the down projection's frozen product is not recomputed: the layer's output feeds only the next layer,
+/// whose input the checkpoint kept, so backward never reads it (~1/7 of the recomputation's matmuls on Llama);</item>
+/// <item>with <c>keepWeights</c>, each frozen weight dequantized for the recomputation is kept for its backward
+/// (one dequantization instead of two; the layer's dense weights are held until then).</item>
+/// </list>
+/// Gradients equal autograd's up to rounding: sums of input gradients accumulate inside the GEMMs (addmm) and round
+/// once, where autograd rounds each product and then the sum. The pre-norm layer of Llama, Mistral, Qwen2 and Gemma
+/// (no post-norms, no sub-norms, frozen norms, a fused gated activation, every linear on a tape) takes this path; others keep the
+/// autograd recomputation (<see cref="Supports"/>). Reference: <see cref="LayerCheckpoint"/>'s autograd path, which
+/// the parity tests hold this to.
+/// </summary>
+public static class ExplicitLayerBackward
+{
+    static readonly LinearRole[] AttentionRoles = [LinearRole.Query, LinearRole.Key, LinearRole.Value, LinearRole.Output];
+    static readonly LinearRole[] MlpRoles = [LinearRole.Gate, LinearRole.Up, LinearRole.Down];
+
+    /// <summary>Whether <paramref name="layer"/> has the structure this backward writes out, every linear can run on
+    /// a tape in <paramref name="dtype"/> (the hidden states' dtype), and the norms are the pre-norms alone.</summary>
+    public static bool Supports(LlamaDecoderLayer layer, ScalarType dtype)
+    {
+        var (attention, mlp) = (layer.SelfAttn, layer.Mlp);
+        if (layer.Norm(NormRole.PreAttention) is not { } norm1 || layer.Norm(NormRole.PreMlp) is not { } norm2) return false;
+        if (norm1.Weight.requires_grad || norm2.Weight.requires_grad) return false;   // no norm gradients here
+        if (layer.Norm(NormRole.PostAttention) is not null || layer.Norm(NormRole.PostMlp) is not null) return false;
+        if (attention.SubNorm is not null || mlp.SubNorm is not null || mlp.FusedActivation is null) return false;
+        return AttentionRoles.All(r => attention.Projections.SupportsTape(r) && ComputesIn(attention.Projections, r, dtype))
+            && MlpRoles.All(r => mlp.Projections.SupportsTape(r) && ComputesIn(mlp.Projections, r, dtype));
+    }
+
+    static bool ComputesIn(LinearSlots slots, LinearRole role, ScalarType dtype) => slots.ComputeDType(role) == dtype;
+
+    /// <summary>
+    /// Recomputes the layer at <paramref name="hidden"/> and returns dL/dhidden for dL/doutput =
+    /// <paramref name="gradOutput"/>, adding the adapters' gradients into their <c>.grad</c>. Random streams must
+    /// already be where the layer's forward found them (the caller restores them, as for the autograd path).
+    /// </summary>
+    /// <param name="hidden">(B, T, hidden) the layer's input, as the checkpoint kept it.</param>
+    /// <param name="cos">(B, T, headDim)</param>
+    /// <param name="sin">(B, T, headDim)</param>
+    /// <param name="mask">the forward's attention mask, or null (causal).</param>
+    /// <param name="gradOutput">(B, T, hidden)</param>
+    /// <param name="keepWeights">keep each dense weight from the recomputation for its backward.</param>
+    /// <param name="marker">marks where the recomputation ends and the backward begins (a profiler), or null.</param>
+    public static Tensor Run(LlamaDecoderLayer layer, Tensor hidden, Tensor cos, Tensor sin, Tensor? mask, Tensor gradOutput,
+        bool keepWeights, IStepPhaseMarker? marker = null)
+    {
+        var (attention, mlp) = (layer.SelfAttn, layer.Mlp);
+        var (attnSlots, mlpSlots) = (attention.Projections, mlp.Projections);
+        var (norm1, norm2) = (layer.Norm(NormRole.PreAttention)!, layer.Norm(NormRole.PreMlp)!);
+        long b = hidden.size(0), t = hidden.size(1);
+        long nHeads = attention.NumHeads, nKv = attention.NumKvHeads, headDim = attention.HeadDim;
+        using var scope = NewDisposeScope();
+
+        // ---- Recomputation: forward's arithmetic, no graph but the attention's own.
+        LinearTape tq, tk, tv, to, tg, tu, td;
+        FusedRmsNorm.Saved saved1, saved2;
+        Tensor normed1, normed2, gated, merged, qLeaf, kLeaf, vLeaf;
+        using (no_grad())
+        {
+            (normed1, saved1) = norm1.ForwardSaving(hidden);                                     // (B, T, hidden)
+            tq = attnSlots.Record(LinearRole.Query, normed1, keepWeights);
+            tk = attnSlots.Record(LinearRole.Key, normed1, keepWeights);
+            tv = attnSlots.Record(LinearRole.Value, normed1, keepWeights);
+            var q = tq.Output!.view(b, t, nHeads, headDim).transpose(1, 2);                      // (B, nHeads, T, headDim)
+            var k = tk.Output!.view(b, t, nKv, headDim).transpose(1, 2);                         // (B, nKv, T, headDim)
+            var v = tv.Output!.view(b, t, nKv, headDim).transpose(1, 2);                         // (B, nKv, T, headDim)
+            var (qr, kr) = attention.Rope.ApplyQk(q, k, cos, sin, attention.Handles);             // same layouts, rotated
+            (qLeaf, kLeaf, vLeaf) = (qr.requires_grad_(true), kr.requires_grad_(true), v.detach().requires_grad_(true));
+            q.Dispose();                                                                          // the views, then the projections
+            k.Dispose();
+            tq.ReleaseOutput();
+            tk.ReleaseOutput();
+        }
+        using (enable_grad())
+            merged = attention.Attend(qLeaf, kLeaf, vLeaf, mask, hidden.device);               // (B, T, nHeads*headDim), a graph
+        using (no_grad())
+        {
+            using (var mergedValue = merged.detach())
+                to = attnSlots.Record(LinearRole.Output, mergedValue, keepWeights);
+            (normed2, saved2) = norm2.ForwardSaving(to.Output!, hidden);                         // h = hidden + o; norm(h)
+            to.ReleaseOutput();
+            tg = mlpSlots.Record(LinearRole.Gate, normed2, keepWeights);
+            tu = mlpSlots.Record(LinearRole.Up, normed2, keepWeights);
+            gated = mlp.Glu.Apply(tg.Output!, tu.Output!, mlp.FusedActivation!.Value, mlp.Handles); // (B, T, intermediate)
+            // The down projection's product feeds only the layer's output, which backward never reads.
+            td = mlpSlots.Record(LinearRole.Down, gated, keepWeight: false, product: false);
+        }
+        marker?.Enter(StepPhase.Backward);
+
+        // ---- Backward, in reverse.
+        Tensor dHidden;
+        using (no_grad())
+        {
+            var dGated = td.Backward(gradOutput, null);                                          // (B, T, intermediate)
+            td.Dispose();
+            gated.Dispose();
+            var (dGate, dUp) = mlp.Glu.Backward(dGated, tg.Output!, tu.Output!, mlp.FusedActivation!.Value);
+            dGated.Dispose();
+            tg.ReleaseOutput();
+            tu.ReleaseOutput();
+            var dNormed2 = tg.Backward(dGate, null);                                             // (B, T, hidden)
+            tu.Backward(dUp, dNormed2);
+            foreach (var d in new IDisposable[] { dGate, dUp, tg, tu, normed2 }) d.Dispose();
+            // h = hidden + o gets the output's gradient (the residual) and the norm's: both reach hidden and o.
+            dHidden = norm2.Backward(dNormed2, saved2, gradOutput);                              // (B, T, hidden)
+            dNormed2.Dispose();
+            saved2.Dispose();
+            var dMerged = to.Backward(dHidden, null);                                            // (B, T, nHeads*headDim)
+            to.Dispose();
+            List<Tensor> dqkv;
+            using (enable_grad())
+                dqkv = [.. autograd.grad([merged], [qLeaf, kLeaf, vLeaf], [dMerged])];
+            merged.Dispose();
+            dMerged.Dispose();
+            var (dq, dk) = attention.Rope.BackwardQk(dqkv[0], dqkv[1], cos, sin);                // (B, heads, T, headDim)
+            var dNormed1 = tq.Backward(dq.transpose(1, 2).reshape(b, t, nHeads * headDim), null); // (B, T, hidden)
+            tk.Backward(dk.transpose(1, 2).reshape(b, t, nKv * headDim), dNormed1);
+            tv.Backward(dqkv[2].transpose(1, 2).reshape(b, t, nKv * headDim), dNormed1);
+            foreach (var d in new IDisposable[] { tq, tk, tv, normed1 }) d.Dispose();
+            dHidden = norm1.Backward(dNormed1, saved1, dHidden);                                 // + the residual's
+            saved1.Dispose();
+        }
+        return dHidden.MoveToOuterDisposeScope();
+    }
+}

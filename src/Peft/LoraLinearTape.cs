@@ -1,0 +1,85 @@
+using QLoraNet.Quant;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace QLoraNet.Peft;
+
+/// <summary>
+/// A LoRA linear on a tape (<see cref="LinearTape"/>): y = base(x) + scaling · (h Aᵀ) Bᵀ with h = dropout(x), run
+/// without autograd as <see cref="LoraLinear"/>'s forward runs it (the same addmm, <see cref="Kernels.LoraPath"/>),
+/// keeping h, down = h Aᵀ (N, r) and the factors in the compute dtype for backward, which is written out:
+///
+///     dB += scaling · dyᵀ down        (out, r)
+///     dA += scaling · (dy B)ᵀ h       (r, in)
+///     dx += scaling · (dy B) A        (through dropout's mask when there is one), plus the base's dy W
+///
+/// The factors' gradients go into their fp32 <c>.grad</c>, as autograd's accumulation does (the flat gradient
+/// buffer's views in a training run).
+/// </summary>
+public sealed class LoraLinearTape : LinearTape
+{
+    readonly LinearTape baseTape;
+    readonly LoraDropout.Draw? draw;
+    readonly Parameter aParam, bParam;
+    readonly double scaling;
+    readonly Tensor h, a, b, down;   // (..., in), (r, in), (out, r), (N, r): compute dtype
+
+    internal LoraLinearTape(LinearTape baseTape, Tensor x, LoraDropout? dropout, Parameter a, Parameter b, double scaling,
+        ScalarType computeDType, bool product)
+    {
+        this.baseTape = baseTape;
+        aParam = a;
+        bParam = b;
+        this.scaling = scaling;
+        // The tape owns what it keeps, whatever dispose scope it is made in.
+        using var scope = NewDisposeScope();
+        draw = dropout?.DrawFor(x);
+        h = (draw?.Output ?? x).to(computeDType).DetachFromDisposeScope();
+        this.a = a.to(computeDType).DetachFromDisposeScope();
+        this.b = b.to(computeDType).DetachFromDisposeScope();
+        down = F.linear(h, this.a).reshape(-1, this.a.size(0)).DetachFromDisposeScope();  // (N, r)
+        if (!product) return;
+        var baseOutput = baseTape.Output!;                                                  // (..., out)
+        if (baseOutput.dtype != h.dtype)
+            throw new InvalidOperationException($"the base output is {baseOutput.dtype}, the adapter computes in {h.dtype}");
+        var y = torch.addmm(baseOutput.reshape(-1, this.b.size(0)), down, this.b.t(), beta: 1, alpha: (float)scaling);
+        Output = y.view_as(baseOutput).DetachFromDisposeScope();
+        baseTape.ReleaseOutput();
+    }
+
+    public override Tensor Backward(Tensor dy, Tensor? inputGrad)
+    {
+        var grad = baseTape.Backward(dy, inputGrad);                                        // (..., in)
+        using var scope = NewDisposeScope();
+        var rows = Rows(dy.dtype == h.dtype ? dy : dy.to(h.dtype));                         // (N, out)
+        using (no_grad())
+        {
+            if (bParam.requires_grad) GradOf(bParam).add_(rows.t().mm(down), alpha: scaling);   // (out, r)
+            var dyB = rows.mm(b);                                                           // (N, r)
+            if (aParam.requires_grad) GradOf(aParam).add_(dyB.t().mm(Rows(h)), alpha: scaling); // (r, in)
+            if (draw is null)
+                Rows(grad).addmm_(dyB, a, beta: 1, alpha: (float)scaling);
+            else
+                grad.add_(draw.Backward(dyB.mm(a).mul_(scaling).view(grad.shape)));
+        }
+        return grad;
+    }
+
+    /// <summary>The parameter's gradient, made (zeros) where autograd would have made it on its first accumulation.</summary>
+    static Tensor GradOf(Parameter p)
+    {
+        if (p.grad is { } g) return g;
+        p.grad = zeros_like(p).DetachFromDisposeScope();
+        return p.grad!;
+    }
+
+    public override void Dispose()
+    {
+        baseTape.Dispose();
+        draw?.Dispose();
+        foreach (var t in new[] { h, a, b, down }) t.Dispose();
+        base.Dispose();
+    }
+}

@@ -1,0 +1,58 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QLoraNet.Quant;
+
+/// <summary>
+/// A frozen linear on a tape (<see cref="LinearTape"/>): backward is dx = dy @ W with W the weight exactly as
+/// <see cref="FrozenMatMul"/>'s backward makes it, either kept from the recomputation (one dequantization for both
+/// passes, the dense weight held until this backward) or made again here. No weight gradient (QLoRA section 3).
+/// </summary>
+public sealed class FrozenLinearTape : LinearTape
+{
+    readonly IQuantizedWeight weight;
+    readonly ScalarType computeDType;
+    Tensor? dense;   // (out, in) in the compute dtype, or null until backward
+
+    internal FrozenLinearTape(IQuantizedWeight weight, ScalarType computeDType, Tensor? output, Tensor? dense)
+    {
+        this.weight = weight;
+        this.computeDType = computeDType;
+        Output = output?.DetachFromDisposeScope();     // the tape owns them, whatever scope it is made in
+        this.dense = dense?.DetachFromDisposeScope();
+    }
+
+    public override Tensor Backward(Tensor dy, Tensor? inputGrad)
+    {
+        using var scope = NewDisposeScope();
+        var w = dense ?? weight.Dequantize(computeDType);                           // (out, in)
+        var g = dy.dtype == computeDType ? dy : dy.to(computeDType);
+        var rows = Rows(g);                                                         // (N, out)
+        Tensor result;
+        if (inputGrad is null)
+            result = rows.mm(w).view(InputShape(dy, w)).MoveToOuterDisposeScope();  // (..., in)
+        else
+        {
+            // Accumulating inside the GEMM rounds the sum once, where autograd adds the rounded products.
+            Rows(inputGrad).addmm_(rows, w);
+            result = inputGrad;
+        }
+        dense?.Dispose();
+        dense = null;
+        return result;
+    }
+
+    static long[] InputShape(Tensor dy, Tensor w)
+    {
+        var shape = dy.shape;
+        shape[^1] = w.size(1);
+        return shape;
+    }
+
+    public override void Dispose()
+    {
+        dense?.Dispose();
+        dense = null;
+        base.Dispose();
+    }
+}
