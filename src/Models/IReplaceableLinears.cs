@@ -19,6 +19,9 @@ public interface IReplaceableLinears
     /// <summary>The module in slot <paramref name="path"/> (a frozen linear, or what replaced it).</summary>
     nn.Module<Tensor, Tensor> GetLinear(string path);
 
+    /// <summary>The model's forward-pass counter (what wrappers may key per-pass values on), or null when it has none.</summary>
+    ForwardPasses? Passes => null;
+
     /// <summary>Puts <paramref name="module"/> in slot <paramref name="path"/>; forward uses it from then on.</summary>
     void ReplaceLinear(string path, nn.Module<Tensor, Tensor> module);
 }

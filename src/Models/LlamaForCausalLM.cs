@@ -47,6 +47,8 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLi
 
     public LlamaModel Model => model;
 
+    public ForwardPasses Passes => model.Passes;
+
     /// <summary>Where backward through this model defers its gradient handles; release after each backward pass
     /// (<see cref="BackwardHandles.Release"/>).</summary>
     public BackwardHandles BackwardHandles => model.BackwardHandles;

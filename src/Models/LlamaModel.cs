@@ -54,6 +54,9 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     /// <see cref="LayerCheckpoint"/>). Only takes effect while gradients are enabled and no KV cache is used.</summary>
     public bool GradientCheckpointing { get; set; }
 
+    /// <summary>Counts this model's forward passes (each <see cref="forward(Tensor, Tensor?, Tensor?, KvCache?)"/> starts one).</summary>
+    public ForwardPasses Passes { get; } = new();
+
     /// <summary>Gemma's embedding normalizer: hidden**0.5 as a 0-dim tensor in <paramref name="dtype"/> (rounded to it, as transformers builds it).</summary>
     public static Tensor EmbeddingScale(long hidden, ScalarType dtype, Device device) => tensor(Math.Pow(hidden, 0.5), dtype, device);
 
@@ -67,6 +70,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     /// <returns>(B, T, hidden) final normed hidden states in the compute dtype.</returns>
     public Tensor forward(Tensor inputIds, Tensor? positionIds, Tensor? attentionMask, KvCache? cache)
     {
+        Passes.Next();
         using var scope = NewDisposeScope();
         long b = inputIds.shape[0], t = inputIds.shape[1];
         long past = cache?.Length ?? 0;

@@ -37,7 +37,10 @@ public static partial class LoraApplier
         using var generator = seed is long s ? new Generator((ulong)s) : null;
         foreach (var path in selected)
         {
-            var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom, dropoutKernel);
+            var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom, dropoutKernel)
+            {
+                Passes = model.Passes,
+            };
             model.ReplaceLinear(path, wrapped);
         }
 

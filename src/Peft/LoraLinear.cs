@@ -1,4 +1,5 @@
 using QLoraNet.Kernels;
+using QLoraNet.Models;
 using QLoraNet.Quant;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -83,6 +84,13 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear
     /// <summary>When set, forward is the base layer's alone.</summary>
     public bool Disabled { get; set; }
 
+    /// <summary>The forward-pass counter of the model this adapter sits in (<see cref="LoraApplier"/> sets it), or
+    /// null: then A and B are cast to the compute dtype on every call.</summary>
+    public ForwardPasses? Passes { get; init; }
+
+    long castPass = -1;
+    Tensor? aCast, bCast;   // A, B in the compute dtype, made in pass castPass, owned here
+
     public override Tensor forward(Tensor x)
     {
         if (Disabled) return base_layer.forward(x);
@@ -91,8 +99,45 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear
         var result = base_layer.forward(x);                          // (..., out), base output dtype
         var dtype = base_layer.ComputeDType;
         var h = lora_dropout.forward(x).to(dtype);                   // (..., in)
-        var y = LoraPath.AddLowRank(result, h, A.to(dtype), B.to(dtype), Scaling);
+        var (a, b) = Factors(dtype);
+        var y = LoraPath.AddLowRank(result, h, a, b, Scaling);
         return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// A and B in the compute dtype, as handles the caller's scope disposes. Where autograd needs the casts in its
+    /// graph (grad mode on, factors trainable) they are made here; otherwise (the checkpointed forward, its
+    /// recomputation, inference) once per forward pass of the model (<see cref="Passes"/>) and reused: on a 7B model
+    /// with LoRA on q/k/v/o that is 256 casts a pass instead of 512 a training step's forward and recomputation.
+    /// </summary>
+    internal (Tensor A, Tensor B) Factors(ScalarType dtype)
+    {
+        if (Passes is null || KernelPath.NeedsGraph(A, B)) return (A.to(dtype), B.to(dtype));
+        long pass = Passes.Current;
+        if (pass != castPass || aCast is null || bCast is null || aCast.dtype != dtype
+            || aCast.device_type != A.device_type || aCast.device_index != A.device_index)
+        {
+            aCast?.Dispose();
+            bCast?.Dispose();
+            using (torch.no_grad())
+            {
+                aCast = A.to(dtype).DetachFromDisposeScope();
+                bCast = B.to(dtype).DetachFromDisposeScope();
+            }
+            castPass = pass;
+        }
+        return (aCast.alias(), bCast.alias());
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            aCast?.Dispose();
+            bCast?.Dispose();
+            aCast = bCast = null;
+        }
+        base.Dispose(disposing);
     }
 
     /// <summary>Whether <see cref="Record"/> can stand in for autograd here: a base with a plain frozen product
@@ -106,7 +151,8 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear
     {
         var baseTape = base_layer.Record(x, keepWeight, product);
         if (Disabled) return baseTape;
-        return new LoraLinearTape(baseTape, x, lora_dropout as LoraDropout, A, B, Scaling, base_layer.ComputeDType, product);
+        var (a, b) = Factors(base_layer.ComputeDType);
+        return new LoraLinearTape(baseTape, x, lora_dropout as LoraDropout, A, B, a, b, Scaling, product);
     }
 
     /// <summary>

@@ -26,9 +26,12 @@ public sealed class LoraLinearTape : LinearTape
     readonly double scaling;
     readonly Tensor h, a, b, down;   // (..., in), (r, in), (out, r), (N, r): compute dtype
 
-    internal LoraLinearTape(LinearTape baseTape, Tensor x, LoraDropout? dropout, Parameter a, Parameter b, double scaling,
-        ScalarType computeDType, bool product)
+    /// <param name="aCompute">A in the compute dtype (r, in), a handle the tape takes over.</param>
+    /// <param name="bCompute">B in the compute dtype (out, r), a handle the tape takes over.</param>
+    internal LoraLinearTape(LinearTape baseTape, Tensor x, LoraDropout? dropout, Parameter a, Parameter b, Tensor aCompute, Tensor bCompute,
+        double scaling, bool product)
     {
+        var computeDType = aCompute.dtype;
         this.baseTape = baseTape;
         aParam = a;
         bParam = b;
@@ -37,8 +40,8 @@ public sealed class LoraLinearTape : LinearTape
         using var scope = NewDisposeScope();
         draw = dropout?.DrawFor(x);
         h = (draw?.Output ?? x).to(computeDType).DetachFromDisposeScope();
-        this.a = a.to(computeDType).DetachFromDisposeScope();
-        this.b = b.to(computeDType).DetachFromDisposeScope();
+        this.a = aCompute.DetachFromDisposeScope();
+        this.b = bCompute.DetachFromDisposeScope();
         down = F.linear(h, this.a).reshape(-1, this.a.size(0)).DetachFromDisposeScope();  // (N, r)
         if (!product) return;
         var baseOutput = baseTape.Output!;                                                  // (..., out)

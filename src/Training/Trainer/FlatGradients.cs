@@ -75,26 +75,47 @@ public sealed class FlatGradients : IDisposable
 
     /// <summary>
     /// Clips the gradients to a global L2 norm of at most <paramref name="maxNorm"/> and returns the norm before
-    /// clipping, as <c>torch.nn.utils.clip_grad_norm_</c> does: coefficient = maxNorm / (norm + 1e-6), applied when
-    /// below 1 (or not a number, so that non-finite gradients propagate as they would there). The norm is one
-    /// reduction per buffer (equal to torch's norm of the per-tensor norms up to rounding); reading it is the one host
-    /// synchronisation. <paramref name="maxNorm"/> 0 or infinity = measure only.
+    /// clipping, as <c>torch.nn.utils.clip_grad_norm_</c> does: <see cref="Norm"/>, read (the one host
+    /// synchronisation), then <see cref="ScaleToNorm"/>.
     /// </summary>
     public double ClipToNorm(double maxNorm)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        using var noGrad = torch.no_grad();
         if (_buffers.Count == 0) return 0;
+        double norm;
+        using (var total = Norm()) norm = total.item<float>();
+        ScaleToNorm(norm, maxNorm);
+        return norm;
+    }
+
+    /// <summary>The global L2 norm of the gradients as an fp32 scalar on their device, not read: one reduction per
+    /// buffer (equal to torch's norm of the per-tensor norms up to rounding). The caller reads it, with whatever else
+    /// it reads, in one transfer.</summary>
+    public Tensor Norm()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        using var noGrad = torch.no_grad();
+        if (_buffers.Count == 0) return torch.zeros(1, ScalarType.Float32).squeeze();
         using var scope = torch.NewDisposeScope();
         var norms = _buffers.Select(b => b.norm()).ToList();
-        var total = norms.Count == 1 ? norms[0] : torch.stack(norms.Select(n => n.to(ScalarType.Float32))).norm();
-        double norm = total.item<float>();
-        if (maxNorm > 0 && !double.IsPositiveInfinity(maxNorm))
-        {
-            double coefficient = maxNorm / (norm + 1e-6);
-            if (!(coefficient >= 1)) foreach (var b in _buffers) b.mul_(coefficient);
-        }
-        return norm;
+        var total = norms.Count == 1 ? norms[0].to(ScalarType.Float32) : torch.stack(norms.Select(n => n.to(ScalarType.Float32))).norm();
+        return total.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Scales the gradients to a global norm of at most <paramref name="maxNorm"/>, given their norm
+    /// <paramref name="norm"/> (read from <see cref="Norm"/>): coefficient = maxNorm / (norm + 1e-6), applied when
+    /// below 1 (or not a number, so that non-finite gradients propagate as they would in clip_grad_norm_).
+    /// <paramref name="maxNorm"/> 0 or infinity = leave them.
+    /// </summary>
+    public void ScaleToNorm(double norm, double maxNorm)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!(maxNorm > 0) || double.IsPositiveInfinity(maxNorm)) return;
+        double coefficient = maxNorm / (norm + 1e-6);
+        if (coefficient >= 1) return;
+        using var noGrad = torch.no_grad();
+        foreach (var b in _buffers) b.mul_(coefficient);
     }
 
     static string Key(Device d) => $"{d.type}:{d.index}";

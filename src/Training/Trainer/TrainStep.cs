@@ -99,7 +99,9 @@ public sealed class TrainStep : IDisposable
         // fully masked rows has loss 0, not NaN).
         double terms = Math.Max(1, stepTerms);
         var gradients = new GradientAccumulator(_gradients, mine.Count);
-        var lossSums = new double[mine.Count];
+        // Each micro-batch's loss sum stays on the device until the step's one read below: reading it here would make
+        // the host wait for every backward and leave the GPU idle while it issues the next micro-batch.
+        var lossSums = new Tensor[mine.Count];
         for (int k = 0; k < mine.Count; k++)
         {
             var (index, batch) = mine[k];
@@ -111,22 +113,28 @@ public sealed class TrainStep : IDisposable
             (sum / terms).backward();
             _model.BackwardHandles.Release();
             gradients.TakeMicroBatch();
-            lossSums[k] = sum.item<float>();
+            lossSums[k] = sum.detach().to(ScalarType.Float32).MoveToOuterDisposeScope();
         }
         _phases?.Enter(StepPhase.Optimizer);
-        // The one scalar collective of the step (every replica must agree on skipping a non-finite step).
-        double loss = _replicas.Sum(PairwiseOrder.Sum(lossSums)) / terms;
+        // One collective per gradient buffer, in place (FlatGradients: nothing to pack or unpack). Before the loss is
+        // known: a non-finite step throws the sum away below, on every replica alike.
         var grads = gradients.Finish();
+        _replicas.SumInPlace(grads);
+        // The step's one host read: the micro-batches' loss sums and the gradient norm, in one transfer.
+        float[] read;
+        using (var norm = _gradients.Norm())
+        using (var both = torch.stack([.. lossSums, norm]))
+            read = both.cpu().data<float>().ToArray();
+        // The one scalar collective of the step (every replica must agree on skipping a non-finite step).
+        double loss = _replicas.Sum(PairwiseOrder.Sum(read.Take(mine.Count).Select(v => (double)v).ToArray())) / terms;
         if (!double.IsFinite(loss))
         {
             _gradients.Zero();
             _phases?.Enter(StepPhase.Done);
             return new StepOutcome(loss, double.NaN, tokens, (long)terms);
         }
-
-        // One collective per gradient buffer, in place (FlatGradients: nothing to pack or unpack).
-        _replicas.SumInPlace(grads);
-        double gradNorm = _gradients.ClipToNorm(_settings.MaxGradNorm);
+        double gradNorm = read[^1];
+        _gradients.ScaleToNorm(gradNorm, _settings.MaxGradNorm);
         _optimizer.StepOnce();
         _gradients.Zero();
         _phases?.Enter(StepPhase.Done);
