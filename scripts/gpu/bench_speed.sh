@@ -79,7 +79,7 @@ done
 
 # 2. The headline case, ours with the split and the phase profile, then the peer eager and compiled.
 all=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
-run_case ours-512x4 120 35 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --split --profile --hold-seconds 0
+run_case ours-512x4 120 37 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --split --profile --check-layer-backward --hold-seconds 0
 run_case peer-512x4 120 30 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4
 run_case peer-512x4-compile 200 100 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --compile --warmup 5
 
@@ -156,7 +156,7 @@ print(json.dumps({"nsys": True, "steps": steps, "kernels_per_step": round(len(ke
 PY
   fi
 fi
-run_case ours-512x4-dropout 80 20 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --dropout 0.05 --hold-seconds 0
+run_case ours-512x4-dropout 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --dropout 0.05 --check-layer-backward --hold-seconds 0
 run_case peer-2048x1 80 30 python3 "$carry/hf_peft_lora_bench.py" --seq 2048 --batch 1
 run_case peer-4096x1 80 30 python3 "$carry/hf_peft_lora_bench.py" --seq 4096 --batch 1
 run_case peer-512x4-all 80 30 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --targets $all
@@ -188,6 +188,9 @@ def case(name):
     # The kernel choice (op: path) and the calls each fused op's kernel and reference served per step: [kernel, reference].
     if "kernels" in r: d["kernels"] = {k.split(" on ")[0]: k.split(": ", 1)[1].split(" ")[0] for k in r["kernels"] if ": " in k}
     if "fused_calls_per_step" in r: d["fused_calls_per_step"] = {op: [c["kernel"], c["reference"]] for op, c in r["fused_calls_per_step"].items()}
+    # Which backward the checkpointed layers took, per step, and the explicit one's gradients against autograd's.
+    for k in ("layer_backward", "layer_backwards_explicit_per_step", "layer_backwards_autograd_per_step", "layer_backward_check"):
+        if k in r: d[k] = r[k]
     if "profile" in r:
         p = r["profile"]
         d["profile"] = {k: p.get(k) for k in ("phases", "step_device_ms", "step_wall_ms", "between_steps_device_ms", "recomputed_layers_per_step", "fused_calls_per_step")}

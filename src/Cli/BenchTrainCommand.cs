@@ -64,8 +64,12 @@ public static class BenchTrainCommand
             DefaultValueFactory = _ => "explicit",
         };
         layerBackward.AcceptOnlyFromAmong("explicit", "explicit-no-keep", "autograd");
+        var checkLayers = new Option<bool>("--check-layer-backward")
+        {
+            Description = "before timing, compare the adapters' gradients of one micro-batch through the explicit layer backward with the autograd recomputation's (and autograd's with itself: the device's own run-to-run spread)",
+        };
         var cmd = new Command("train", "time QLoRA training steps (train's step, random tokens) on a real-size model (CUDA)");
-        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward })
+        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward, checkLayers })
             cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
@@ -107,6 +111,11 @@ public static class BenchTrainCommand
             }
             var (step, data) = NewStep(built, shape, dropoutRandom, group);
             using var stepBuffers = step.Step;
+            // Its own batch (seed 99): the timed steps see the same batches with and without the check.
+            string? layerCheck = pr.GetValue(checkLayers)
+                ? JsonSerializer.Serialize(CheckLayerBackward(llama, layers, dropoutRandom,
+                    new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq, seed: 99).Next(), shape, layerMode))
+                : null;
             var allocator = dev.type == DeviceType.CUDA ? CudaAllocatorStats.Open(dev) : null; // resets the peak: loading is not counted
             var callsBefore = built.Kernels.Fused.CallCounts();
             var backwardsBefore = LayerBackwards(layers);
@@ -136,6 +145,7 @@ public static class BenchTrainCommand
                 J("layer_backwards_explicit_per_step", Math.Round((backwardsAfter.Explicit - backwardsBefore.Explicit) / stepsRun, 2)),
                 J("layer_backwards_autograd_per_step", Math.Round((backwardsAfter.Autograd - backwardsBefore.Autograd) / stepsRun, 2)),
             };
+            if (layerCheck is not null) fields.Add("\"layer_backward_check\": " + layerCheck);
             if (peaks is { } p)
                 fields.AddRange([J("device_allocated_peak_gib", Math.Round(p.AllocatedPeak / Math.Pow(2, 30), 2)),
                     J("device_reserved_peak_gib", Math.Round(p.ReservedPeak / Math.Pow(2, 30), 2))]);
@@ -152,6 +162,72 @@ public static class BenchTrainCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>
+    /// The adapters' gradients of one micro-batch (this run's shape, random tokens) through the explicit layer
+    /// backward against the autograd recomputation, on the device and dtype of the run: per gradient tensor, the
+    /// largest difference over the tensor's largest entry, and the cosine of the two. Autograd against a second
+    /// autograd run gives the floor (cuDNN's attention backward and split-K GEMMs are not bitwise repeatable): the
+    /// explicit backward should differ from autograd about as much as autograd differs from itself, and a wrong term
+    /// would show as a cosine well below 1. Leaves the gradients zeroed and the layers as <paramref name="mode"/> says.
+    /// </summary>
+    static Dictionary<string, object?> CheckLayerBackward(LlamaForCausalLM model, List<LlamaDecoderLayer> layers, RandomStream dropout,
+        Batch batch, Shape shape, string mode)
+    {
+        var trainable = model.parameters().Where(p => p.requires_grad).ToList();
+        var loss = new CausalLmTokenMeanLoss(shape.LogitsPerChunk);
+        model.train();
+        // B starts at zero, where A gets no gradient: every factor gets small random values for the check (a fixed
+        // generator), and its starting values back afterwards.
+        var adapters = model.modules().OfType<LoraLinear>().ToList();
+        var startB = adapters.Select(l => l.B.detach().clone().DetachFromDisposeScope()).ToList();
+        using (no_grad())
+        using (var generator = new Generator(7))
+            foreach (var l in adapters) l.B.copy_(randn(l.B.shape, generator: generator).mul_(0.01));
+        List<Tensor> Gradients(bool explicitly)
+        {
+            foreach (var layer in layers) layer.ExplicitBackward = explicitly;
+            using (no_grad()) foreach (var p in trainable) p.grad?.zero_();
+            dropout.Reseed(99);                                    // the same masks in every run
+            using (var scope = NewDisposeScope())
+            {
+                loss.Sum(model, batch).backward();
+                model.BackwardHandles.Release();
+            }
+            using (no_grad()) return trainable.Select(p => p.grad!.to(ScalarType.Float64).DetachFromDisposeScope()).ToList();
+        }
+        var autograd1 = Gradients(false);
+        var autograd2 = Gradients(false);
+        var explicitly = Gradients(true);
+        (double MaxRel, double MinCos) Compare(List<Tensor> a, List<Tensor> b)
+        {
+            double maxRel = 0, minCos = 1;
+            for (int i = 0; i < a.Count; i++)
+            {
+                using var scope = NewDisposeScope();
+                double scale = b[i].abs().max().item<double>();
+                if (scale == 0) throw new InvalidOperationException($"gradient {i} of the check is zero: the check would compare nothing");
+                maxRel = Math.Max(maxRel, (a[i] - b[i]).abs().max().item<double>() / scale);
+                double cos = (a[i] * b[i]).sum().item<double>() / Math.Max(a[i].norm().item<double>() * b[i].norm().item<double>(), 1e-300);
+                minCos = Math.Min(minCos, cos);
+            }
+            return (maxRel, minCos);
+        }
+        var (exRel, exCos) = Compare(explicitly, autograd1);
+        var (agRel, agCos) = Compare(autograd2, autograd1);
+        foreach (var t in autograd1.Concat(autograd2).Concat(explicitly)) t.Dispose();
+        using (no_grad())
+            for (int i = 0; i < adapters.Count; i++) adapters[i].B.copy_(startB[i]);
+        foreach (var t in startB) t.Dispose();
+        using (no_grad()) foreach (var p in trainable) p.grad?.zero_();
+        foreach (var layer in layers) layer.ExplicitBackward = mode != "autograd";
+        return new()
+        {
+            ["tensors"] = trainable.Count,
+            ["explicit_vs_autograd_max_rel_diff"] = Math.Round(exRel, 6), ["explicit_vs_autograd_min_cosine"] = Math.Round(exCos, 8),
+            ["autograd_vs_autograd_max_rel_diff"] = Math.Round(agRel, 6), ["autograd_vs_autograd_min_cosine"] = Math.Round(agCos, 8),
+        };
     }
 
     static (long Explicit, long Autograd) LayerBackwards(List<LlamaDecoderLayer> layers) =>
