@@ -112,7 +112,7 @@ cp "$OUT/run/metrics.csv" "$OUT/train_metrics.csv" 2>/dev/null
 
 # 4. Low memory: micro-batches of 1 x 512 accumulated 4 times (the same 2048 tokens per optimizer step) and a
 # quarter-size loss chunk: the activations and the loss's transients shrink 4x, the frozen base does not.
-run_case ours-lowmem 90 25 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 6 --warmup 2 --hold-seconds 0
+run_case ours-lowmem 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --hold-seconds 0
 
 # 5. The other shapes: nothing may regress there.
 run_case ours-2048x1 80 20 "${app[@]}" bench train --model $ckpt --seq 2048 --batch 1 --hold-seconds 0
