@@ -33,6 +33,8 @@ public sealed class FrozenLinearTape : LinearTape
             result = rows.mm(w).view(InputShape(dy, w)).MoveToOuterDisposeScope();  // (..., in)
         else
         {
+            // In place through a view: a non-contiguous gradient would be reshaped into a copy and the sum lost.
+            if (!inputGrad.is_contiguous()) throw new ArgumentException("the input gradient to add into must be contiguous", nameof(inputGrad));
             // Accumulating inside the GEMM rounds the sum once, where autograd adds the rounded products.
             Rows(inputGrad).addmm_(rows, w);
             result = inputGrad;

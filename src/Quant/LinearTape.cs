@@ -19,7 +19,7 @@ public abstract class LinearTape : IDisposable
 
     /// <summary>
     /// The gradient with respect to the input, given <paramref name="dy"/> (..., out) = dL/dy, added into
-    /// <paramref name="inputGrad"/> (..., in) when given (in place, and returned) or returned as a new tensor; the
+    /// <paramref name="inputGrad"/> (..., in, contiguous) when given (in place, and returned) or returned as a new tensor; the
     /// gradients of trainable parameters are added into their <c>.grad</c>, as autograd would.
     /// </summary>
     public abstract Tensor Backward(Tensor dy, Tensor? inputGrad);
