@@ -122,9 +122,9 @@ public class TrainProcessTests(Xunit.Abstractions.ITestOutputHelper output)
             int afterStep = trial == 0 ? 0 : random.Next(1, 9), spin = random.Next(0, 3000);
             using var child = new LiveCliProcess(run.Dir.Path, "train", run.ConfigPath);
             if (afterStep == 0)
-                Assert.True(child.WaitForLine(_ => true, Patience), "printed nothing: " + string.Join(" | ", child.Stderr));
+                Assert.True(child.WaitForLine(_ => true, Patience), $"printed nothing (exit {child.ExitCode?.ToString() ?? "none yet"}): " + string.Join(" | ", child.AllStderr));
             else
-                Assert.True(child.WaitForLine(l => IsStepLine(l, afterStep), Patience), $"never reached step {afterStep}: " + string.Join(" | ", child.Stderr));
+                Assert.True(child.WaitForLine(l => IsStepLine(l, afterStep), Patience), $"never reached step {afterStep} (exit {child.ExitCode?.ToString() ?? "none yet"}): " + string.Join(" | ", child.AllStderr));
             var until = Stopwatch.GetTimestamp() + spin * Stopwatch.Frequency / 1_000_000;
             while (Stopwatch.GetTimestamp() < until) { }
             child.Signal(15);

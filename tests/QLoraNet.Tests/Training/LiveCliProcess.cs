@@ -44,6 +44,12 @@ public sealed class LiveCliProcess : IDisposable
     /// run prints: the tests here check that an error is one line and that a clean stop prints none.</summary>
     public IReadOnlyList<string> Stderr { get { lock (_stderr) return _stderr.Where(l => !l.StartsWith("libtorch ", StringComparison.Ordinal)).ToList(); } }
 
+    /// <summary>The exit code once it has exited, else null (for failure messages).</summary>
+    public int? ExitCode => _process.HasExited ? _process.ExitCode : null;
+
+    /// <summary>Everything it wrote to stderr, the libtorch start line included (for failure messages).</summary>
+    public IReadOnlyList<string> AllStderr { get { lock (_stderr) return _stderr.ToList(); } }
+
     /// <summary>Waits (at most <paramref name="timeout"/>) until stdout has a line matching <paramref name="predicate"/>.</summary>
     public bool WaitForLine(Func<string, bool> predicate, TimeSpan timeout)
     {
@@ -51,7 +57,11 @@ public sealed class LiveCliProcess : IDisposable
         while (clock.Elapsed < timeout)
         {
             if (Stdout.Any(predicate)) return true;
-            if (_process.HasExited) return Stdout.Any(predicate);
+            if (_process.HasExited)
+            {
+                _process.WaitForExit();   // the redirected output may still be on its way: drain it before deciding
+                return Stdout.Any(predicate);
+            }
             Thread.Sleep(20);
         }
         return false;
@@ -72,7 +82,10 @@ public sealed class LiveCliProcess : IDisposable
     /// <summary>Sends a POSIX signal (SIGTERM = 15); Kill() sends SIGKILL.</summary>
     public void Signal(int signal)
     {
-        if (SysKill(_process.Id, signal) != 0) throw new InvalidOperationException($"kill({_process.Id}, {signal}) failed: errno {Marshal.GetLastPInvokeError()}");
+        // A short run may already have ended on its own (the caller then sees its exit code): nothing to signal.
+        if (_process.HasExited) return;
+        if (SysKill(_process.Id, signal) != 0 && !_process.HasExited)
+            throw new InvalidOperationException($"kill({_process.Id}, {signal}) failed: errno {Marshal.GetLastPInvokeError()}");
     }
 
     public void Kill() => _process.Kill();
