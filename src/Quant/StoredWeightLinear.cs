@@ -9,7 +9,9 @@ namespace QLoraNet.Quant;
 /// another device it sees the moved tensors; the size, the dense weight and the default forward come from it. The
 /// default forward is <see cref="FrozenMatMul"/> (dequantize for the product, again for backward, nothing kept), which
 /// also runs a product of the format's own when the weight has one (<see cref="IQuantizedMatMul"/>: W8A8's weight);
-/// linears that pass the product a selected kernel (LLM.int8()'s int8 GEMM, ternary, NF4) override forward.
+/// linears that pass the product a selected kernel (LLM.int8()'s int8 GEMM, ternary, NF4) override
+/// <see cref="MatMulWeight"/> with the stored weight wrapped in that kernel, so forward, backward and the explicit layer
+/// backward's tape (<see cref="FrozenLinear.Record"/>) all multiply with the same thing.
 /// </summary>
 public abstract class StoredWeightLinear<TWeight> : FrozenLinear where TWeight : IQuantizedWeight
 {
