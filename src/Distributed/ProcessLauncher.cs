@@ -129,22 +129,25 @@ public sealed class ProcessLauncher : IDisposable
     public int Wait()
     {
         if (_children.Count == 0) throw new InvalidOperationException("not started");
-        var running = _children.ToDictionary(c => c.Process.WaitForExitAsync(), c => c);
+        // A list, not a dictionary keyed by task: WaitForExitAsync returns the one cached completed task for every rank
+        // that has already exited, so two such ranks would share a key.
+        var running = _children.Select(c => (Exit: c.Process.WaitForExitAsync(), Child: c)).ToList();
         (int Rank, int Code)? failure = null;
         Timer? killTimer = null;
         try
         {
             while (running.Count > 0)
             {
-                var done = Task.WhenAny(running.Keys).GetAwaiter().GetResult();
-                var child = running[done];
-                running.Remove(done);
+                var done = Task.WhenAny(running.Select(r => r.Exit)).GetAwaiter().GetResult();
+                int index = running.FindIndex(r => r.Exit == done);
+                var child = running[index].Child;
+                running.RemoveAt(index);
                 child.Pump.Wait(TimeSpan.FromSeconds(5)); // the rest of its output (the pipe closes when it exits)
                 int code = child.Process.ExitCode;
                 bool ok = code == 0 || (_interrupted && code == ExitInterrupted) || _terminated;
                 if (ok || failure != null) continue;
                 failure = (child.Rank, code);
-                var others = running.Values.ToList();
+                var others = running.Select(r => r.Child).ToList();
                 Say($"rank {child.Rank} {Describe(code)}"
                     + (others.Count > 0 ? $"; stopping rank{(others.Count > 1 ? "s" : "")} {string.Join(", ", others.Select(o => o.Rank))} "
                         + $"(SIGTERM after {_spec.FailureGrace.TotalSeconds:0.#} s, SIGKILL {_spec.StopTimeout.TotalSeconds:0.#} s later)" : ""));

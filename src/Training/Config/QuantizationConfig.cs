@@ -47,7 +47,8 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
             }
             string? option;
             try { option = kind.StructuredOption(optionKey, value); }
-            catch (FormatException e) { throw s.ErrorAt(optionKey, $"'{s.Full(optionKey)}' {e.Message}"); }
+            // The format's message echoes the value as read: shown escaped, like every value a config error quotes.
+            catch (FormatException e) { throw s.ErrorAt(optionKey, $"'{s.Full(optionKey)}' {QLoraNet.Formats.SafeText.Clip(e.Message, 300)}"); }
             if (option is null) continue;
             if (type is not null && split is { Options.Length: > 0 })
                 throw s.ErrorAt(optionKey, $"'{s.Full(TypeKey)}' is a whole spelling ({type}); give the options in it or as keys, not both");

@@ -36,6 +36,18 @@ public class LauncherTests
         AssertAllExited(pids);
     }
 
+    /// <summary>Ranks that have all exited before the launcher waits: Process.WaitForExitAsync then hands every one the
+    /// same cached completed task, which a wait keyed by task once took for one rank and threw on.</summary>
+    [Fact]
+    public void Ranks_that_ended_before_the_wait_are_all_collected()
+    {
+        if (OperatingSystem.IsWindows()) return;
+        using var launcher = new ProcessLauncher(new LaunchSpec("/bin/true", [], 3), TextWriter.Null, TextWriter.Null);
+        launcher.Start();
+        Thread.Sleep(1000);   // /bin/true is long gone by then
+        Assert.Equal(0, launcher.Wait());
+    }
+
     [Fact]
     public void A_rank_that_exits_mid_collective_stops_the_launch_naming_it()
     {
