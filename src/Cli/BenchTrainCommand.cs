@@ -104,11 +104,7 @@ public static class BenchTrainCommand
             double loadS = loadClock.Elapsed.TotalSeconds;
             var layers = llama.modules().OfType<LlamaDecoderLayer>().ToList();
             string layerMode = pr.GetValue(layerBackward)!;
-            foreach (var layer in layers)
-            {
-                layer.ExplicitBackward = layerMode != "autograd";
-                layer.KeepWeightsForBackward = layerMode == "explicit";
-            }
+            UseLayerBackward(layers, layerMode);
             var (step, data) = NewStep(built, shape, dropoutRandom, group);
             using var stepBuffers = step.Step;
             // Its own batch (seed 99): the timed steps see the same batches with and without the check.
@@ -224,13 +220,23 @@ public static class BenchTrainCommand
             for (int i = 0; i < adapters.Count; i++) adapters[i].B.copy_(startB[i]);
         foreach (var t in startB) t.Dispose();
         using (no_grad()) foreach (var p in trainable) p.grad?.zero_();
-        foreach (var layer in layers) layer.ExplicitBackward = mode != "autograd";
+        UseLayerBackward(layers, mode);
         return new()
         {
             ["tensors"] = trainable.Count,
             ["explicit_vs_autograd_max_rel_diff"] = Math.Round(exRel, 6), ["explicit_vs_autograd_min_cosine"] = Math.Round(exCos, 8),
             ["autograd_vs_autograd_max_rel_diff"] = Math.Round(agRel, 6), ["autograd_vs_autograd_min_cosine"] = Math.Round(agCos, 8),
         };
+    }
+
+    /// <summary>Sets every layer's checkpointed backward as --layer-backward names it.</summary>
+    static void UseLayerBackward(List<LlamaDecoderLayer> layers, string mode)
+    {
+        foreach (var layer in layers)
+        {
+            layer.ExplicitBackward = mode != "autograd";
+            layer.KeepWeightsForBackward = mode == "explicit";
+        }
     }
 
     static (long Explicit, long Autograd) LayerBackwards(List<LlamaDecoderLayer> layers) =>

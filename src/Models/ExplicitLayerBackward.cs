@@ -65,8 +65,7 @@ public static class ExplicitLayerBackward
         var (attention, mlp) = (layer.SelfAttn, layer.Mlp);
         var (attnSlots, mlpSlots) = (attention.Projections, mlp.Projections);
         var (norm1, norm2) = (layer.Norm(NormRole.PreAttention)!, layer.Norm(NormRole.PreMlp)!);
-        long b = hidden.size(0), t = hidden.size(1);
-        long nHeads = attention.NumHeads, nKv = attention.NumKvHeads, headDim = attention.HeadDim;
+        long nHeads = attention.NumHeads, nKv = attention.NumKvHeads;
         using var scope = NewDisposeScope();
 
         // ---- Recomputation: forward's arithmetic, no graph but the attention's own.
@@ -79,9 +78,9 @@ public static class ExplicitLayerBackward
             tq = attnSlots.Record(LinearRole.Query, normed1, keepWeights);
             tk = attnSlots.Record(LinearRole.Key, normed1, keepWeights);
             tv = attnSlots.Record(LinearRole.Value, normed1, keepWeights);
-            var q = tq.Output!.view(b, t, nHeads, headDim).transpose(1, 2);                      // (B, nHeads, T, headDim)
-            var k = tk.Output!.view(b, t, nKv, headDim).transpose(1, 2);                         // (B, nKv, T, headDim)
-            var v = tv.Output!.view(b, t, nKv, headDim).transpose(1, 2);                         // (B, nKv, T, headDim)
+            var q = attention.SplitHeads(tq.Output!, nHeads);                                    // (B, nHeads, T, headDim)
+            var k = attention.SplitHeads(tk.Output!, nKv);                                       // (B, nKv, T, headDim)
+            var v = attention.SplitHeads(tv.Output!, nKv);                                       // (B, nKv, T, headDim)
             var (qr, kr) = attention.Rope.ApplyQk(q, k, cos, sin, attention.Handles);             // same layouts, rotated
             (qLeaf, kLeaf, vLeaf) = (qr.requires_grad_(true), kr.requires_grad_(true), v.detach().requires_grad_(true));
             q.Dispose();                                                                          // the views, then the projections
@@ -131,9 +130,9 @@ public static class ExplicitLayerBackward
             merged.Dispose();
             dMerged.Dispose();
             var (dq, dk) = attention.Rope.BackwardQk(dqkv[0], dqkv[1], cos, sin);                // (B, heads, T, headDim)
-            var dNormed1 = tq.Backward(dq.transpose(1, 2).reshape(b, t, nHeads * headDim), null); // (B, T, hidden)
-            tk.Backward(dk.transpose(1, 2).reshape(b, t, nKv * headDim), dNormed1);
-            tv.Backward(dqkv[2].transpose(1, 2).reshape(b, t, nKv * headDim), dNormed1);
+            var dNormed1 = tq.Backward(attention.MergeHeads(dq), null);                         // (B, T, hidden)
+            tk.Backward(attention.MergeHeads(dk), dNormed1);
+            tv.Backward(attention.MergeHeads(dqkv[2]), dNormed1);
             foreach (var d in new IDisposable[] { tq, tk, tv, normed1 }) d.Dispose();
             dHidden = norm1.Backward(dNormed1, saved1, dHidden);                                 // + the residual's
             saved1.Dispose();

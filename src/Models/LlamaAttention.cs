@@ -82,11 +82,9 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
     public override Tensor forward(Tensor hidden, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        long b = hidden.shape[0], t = hidden.shape[1];
-
-        var q = projections.Call(LinearRole.Query, hidden).view(b, t, numHeads, headDim).transpose(1, 2);   // (B, nHeads, T, headDim)
-        var k = projections.Call(LinearRole.Key, hidden).view(b, t, numKvHeads, headDim).transpose(1, 2);   // (B, nKv, T, headDim)
-        var v = projections.Call(LinearRole.Value, hidden).view(b, t, numKvHeads, headDim).transpose(1, 2); // (B, nKv, T, headDim)
+        var q = SplitHeads(projections.Call(LinearRole.Query, hidden), numHeads);      // (B, nHeads, T, headDim)
+        var k = SplitHeads(projections.Call(LinearRole.Key, hidden), numKvHeads);      // (B, nKv, T, headDim)
+        var v = SplitHeads(projections.Call(LinearRole.Value, hidden), numKvHeads);    // (B, nKv, T, headDim)
         (q, k) = rope.ApplyQk(q, k, cos, sin, handles);                                 // same layouts, rotated
 
         if (cache is not null) (k, v) = cache.Append(layerIndex, k, v);               // (B, nKv, S, headDim)
@@ -108,7 +106,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
     internal Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor? mask, Device device)
     {
         using var scope = NewDisposeScope();
-        long b = q.size(0), t = q.size(2), s = k.size(2);
+        long t = q.size(2), s = k.size(2);
         k = RepeatKv(k);                                                                // (B, nHeads, S, headDim)
         v = RepeatKv(v);
 
@@ -133,7 +131,22 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
             if (allowed is null && t != s && t > 1) allowed = AttentionMask.Causal(t, s, device);
             attn = F.scaled_dot_product_attention(q, k, v, allowed, p: 0.0, is_casual: isCausal);
         }
-        return attn.transpose(1, 2).reshape(b, t, numHeads * headDim).MoveToOuterDisposeScope();
+        return MergeHeads(attn).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>(B, T, heads*headDim) -> (B, heads, T, headDim): a projection's output split into heads, a view of it
+    /// (the intermediate handle is released here, so disposing the result and the projection frees the storage).</summary>
+    internal Tensor SplitHeads(Tensor projected, long heads)
+    {
+        using var split = projected.view(projected.size(0), projected.size(1), heads, headDim);   // (B, T, heads, headDim)
+        return split.transpose(1, 2);
+    }
+
+    /// <summary>(B, heads, T, headDim) -> (B, T, heads*headDim): the heads merged back (a copy unless already laid out so).</summary>
+    internal Tensor MergeHeads(Tensor x)
+    {
+        using var perToken = x.transpose(1, 2);                                          // (B, T, heads, headDim)
+        return perToken.reshape(x.size(0), x.size(2), x.size(1) * headDim);
     }
 
     /// <summary>The run's RoPE (the explicit layer backward rotates and un-rotates with it).</summary>

@@ -26,29 +26,21 @@ public sealed class FrozenLinearTape : LinearTape
     {
         using var scope = NewDisposeScope();
         var w = dense ?? weight.Dequantize(computeDType);                           // (out, in)
-        var g = dy.dtype == computeDType ? dy : dy.to(computeDType);
-        var rows = Rows(g);                                                         // (N, out)
+        var g = dy.dtype == computeDType ? dy : dy.to(computeDType);                // (..., out)
         Tensor result;
         if (inputGrad is null)
-            result = rows.mm(w).view(InputShape(dy, w)).MoveToOuterDisposeScope();  // (..., in)
+            result = g.matmul(w).MoveToOuterDisposeScope();                         // (..., in), as FrozenMatMul's backward
         else
         {
             // In place through a view: a non-contiguous gradient would be reshaped into a copy and the sum lost.
             if (!inputGrad.is_contiguous()) throw new ArgumentException("the input gradient to add into must be contiguous", nameof(inputGrad));
             // Accumulating inside the GEMM rounds the sum once, where autograd adds the rounded products.
-            Rows(inputGrad).addmm_(rows, w);
+            Rows(inputGrad).addmm_(Rows(g), w);
             result = inputGrad;
         }
         dense?.Dispose();
         dense = null;
         return result;
-    }
-
-    static long[] InputShape(Tensor dy, Tensor w)
-    {
-        var shape = dy.shape;
-        shape[^1] = w.size(1);
-        return shape;
     }
 
     public override void Dispose()

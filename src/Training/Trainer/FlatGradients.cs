@@ -73,21 +73,6 @@ public sealed class FlatGradients : IDisposable
         foreach (var b in _buffers) b.zero_();
     }
 
-    /// <summary>
-    /// Clips the gradients to a global L2 norm of at most <paramref name="maxNorm"/> and returns the norm before
-    /// clipping, as <c>torch.nn.utils.clip_grad_norm_</c> does: <see cref="Norm"/>, read (the one host
-    /// synchronisation), then <see cref="ScaleToNorm"/>.
-    /// </summary>
-    public double ClipToNorm(double maxNorm)
-    {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_buffers.Count == 0) return 0;
-        double norm;
-        using (var total = Norm()) norm = total.item<float>();
-        ScaleToNorm(norm, maxNorm);
-        return norm;
-    }
-
     /// <summary>The global L2 norm of the gradients as an fp32 scalar on their device, not read: one reduction per
     /// buffer (equal to torch's norm of the per-tensor norms up to rounding). The caller reads it, with whatever else
     /// it reads, in one transfer.</summary>
@@ -95,7 +80,7 @@ public sealed class FlatGradients : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         using var noGrad = torch.no_grad();
-        if (_buffers.Count == 0) return torch.zeros(1, ScalarType.Float32).squeeze();
+        if (_buffers.Count == 0) return torch.tensor(0f);
         using var scope = torch.NewDisposeScope();
         var norms = _buffers.Select(b => b.norm()).ToList();
         var total = norms.Count == 1 ? norms[0].to(ScalarType.Float32) : torch.stack(norms.Select(n => n.to(ScalarType.Float32))).norm();
@@ -103,8 +88,9 @@ public sealed class FlatGradients : IDisposable
     }
 
     /// <summary>
-    /// Scales the gradients to a global norm of at most <paramref name="maxNorm"/>, given their norm
-    /// <paramref name="norm"/> (read from <see cref="Norm"/>): coefficient = maxNorm / (norm + 1e-6), applied when
+    /// Clips the gradients to a global L2 norm of at most <paramref name="maxNorm"/>, as
+    /// <c>torch.nn.utils.clip_grad_norm_</c> does, given their norm <paramref name="norm"/> (read from
+    /// <see cref="Norm"/>, with whatever else the step reads, its one host synchronisation): coefficient = maxNorm / (norm + 1e-6), applied when
     /// below 1 (or not a number, so that non-finite gradients propagate as they would in clip_grad_norm_).
     /// <paramref name="maxNorm"/> 0 or infinity = leave them.
     /// </summary>

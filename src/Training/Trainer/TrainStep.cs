@@ -123,8 +123,10 @@ public sealed class TrainStep : IDisposable
         // The step's one host read: the micro-batches' loss sums and the gradient norm, in one transfer.
         float[] read;
         using (var norm = _gradients.Norm())
-        using (var both = torch.stack([.. lossSums, norm]))
-            read = both.cpu().data<float>().ToArray();
+        using (var normThere = norm.to(lossSums[0].device))    // the same handle's storage when they share a device
+        using (var both = torch.stack([.. lossSums, normThere]))
+        using (var onHost = both.cpu())
+            read = onHost.data<float>().ToArray();
         // The one scalar collective of the step (every replica must agree on skipping a non-finite step).
         double loss = _replicas.Sum(PairwiseOrder.Sum(read.Take(mine.Count).Select(v => (double)v).ToArray())) / terms;
         if (!double.IsFinite(loss))
