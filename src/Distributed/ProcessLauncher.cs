@@ -105,15 +105,18 @@ public sealed class ProcessLauncher : IDisposable
         return new Child(rank, p, pump);
     }
 
-    async Task Pump(StreamReader from, TextWriter to, string prefix)
+    /// <summary>Forwards one of a rank's streams line by line on a thread of its own: a pooled continuation could wait
+    /// seconds for a thread in a host whose pool is busy (a test host running other tests), and a rank's lines would then
+    /// reach the launcher's output long after they were written.</summary>
+    Task Pump(StreamReader from, TextWriter to, string prefix) => Task.Factory.StartNew(() =>
     {
-        while (await from.ReadLineAsync().ConfigureAwait(false) is { } line)
+        while (from.ReadLine() is { } line)
             lock (_outputLock)
             {
                 to.WriteLine(prefix + line);
                 to.Flush();
             }
-    }
+    }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
     /// <summary>Passes a signal on to every rank still running (POSIX; elsewhere both mean kill).</summary>
     public void Forward(ForwardedSignal signal)

@@ -134,7 +134,9 @@ public class DataParallelTrainTests
     public void A_hung_rank_is_named_after_the_collective_timeout_and_the_launch_fails()
     {
         using var tmp = Paths.Temp();
-        var args = TrainArgs(tmp["run"], "training.max_steps=40", "training.save_every=2", "training.gradient_accumulation_steps=1");
+        // Far more steps than the run makes before it is stopped: had the stop come late (the test host busy), a short
+        // run could end first and exit 0 (seen once with 40 steps).
+        var args = TrainArgs(tmp["run"], "training.max_steps=5000", "training.save_every=2", "training.gradient_accumulation_steps=1");
         var spec = new LaunchSpec(Cli.Dotnet, [Cli.Dll, .. args], 2)
         {
             StopTimeout = TimeSpan.FromSeconds(3),
