@@ -107,6 +107,7 @@ public static class BenchTrainCommand
             UseLayerBackward(layers, layerMode);
             var (step, data) = NewStep(built, shape, dropoutRandom, group);
             using var stepBuffers = step.Step;
+            using var moments = step.Optimizer;
             // Its own batch (seed 99): the timed steps see the same batches with and without the check.
             string? layerCheck = pr.GetValue(checkLayers)
                 ? JsonSerializer.Serialize(CheckLayerBackward(llama, layers, dropoutRandom,

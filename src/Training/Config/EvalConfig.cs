@@ -36,11 +36,11 @@ public sealed record EvalConfig(
         s.Finish();
         foreach (string e in c.TaskData ?? [])
             if (e.IndexOf('=') is <= 0 || e.EndsWith('='))
-                throw s.ErrorAt("task_data", $"'{s.Full("task_data")}' entries must read NAME=PATH; got '{e}'");
+                throw s.ErrorAt("task_data", $"'{s.Full("task_data")}' entries must read NAME=PATH; got {QLoraNet.Formats.SafeText.Quote(e, 200)}");
         if (c.Tasks.Count > 0)
         {
             try { TaskCatalog.BuiltIn().Resolve(c.Tasks); }
-            catch (TaskException e) { throw s.ErrorAt("tasks", $"'{s.Full("tasks")}': {e.Message}"); }
+            catch (TaskException e) { throw s.ErrorAt("tasks", $"'{s.Full("tasks")}': {QLoraNet.Formats.SafeText.Clip(e.Message, 400)}"); }
         }
         return c;
     }

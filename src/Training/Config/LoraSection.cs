@@ -33,7 +33,7 @@ internal static class LoraSection
         initFrom = s.OptionalString("init_from");
         s.Finish();
         if (initFrom != null && !File.Exists(Path.Combine(initFrom, AdapterConfig.FileName)))
-            throw s.ErrorAt("init_from", $"'{s.Full("init_from")}' directory '{initFrom}' holds no {AdapterConfig.FileName}; name a peft adapter directory (e.g. runs/x/final)");
+            throw s.ErrorAt("init_from", $"'{s.Full("init_from")}' directory {QLoraNet.Formats.SafeText.Quote(initFrom, 200)} holds no {AdapterConfig.FileName}; name a peft adapter directory (e.g. runs/x/final)");
         if (dropout >= 1) throw s.ErrorAt("dropout", $"'{s.Full("dropout")}' must be in [0, 1); got {dropout}");
         return new LoraSettings(r, alpha, dropout, rslora, ResolveTargets(s, targets, linearNames), layers);
     }

@@ -58,7 +58,7 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
         var compute = s.Enum(ComputeKey, DType.Bf16);
         s.Finish();
         if (kind is null)
-            throw s.ErrorAt(TypeKey, $"'{s.Full(TypeKey)}' must be one of {string.Join(", ", BaseFormats.Names)} (or a whole spelling such as nf4-dq); got '{type}'");
+            throw s.ErrorAt(TypeKey, $"'{s.Full(TypeKey)}' must be one of {string.Join(", ", BaseFormats.Names)} (or a whole spelling such as nf4-dq); got {QLoraNet.Formats.SafeText.Quote(type)}");
         string spelling = string.Join('-', options.Prepend((type ?? kindName).Trim()));
         var format = Parse(spelling, problem => s.ErrorAt(TypeKey, $"'{s.Full(TypeKey)}': {problem}"));
         return new QuantizationConfig(format, compute, awareText is null ? null : AwareTarget(awareText, format, s));
@@ -70,7 +70,7 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
         string choices = string.Join(", ", BaseFormats.AwareNames);
         var aware = Parse(text, problem => s.ErrorAt(AwareKey, $"'{s.Full(AwareKey)}': {problem}"));
         if (aware.FakeQuantization is null)
-            throw s.ErrorAt(AwareKey, $"'{s.Full(AwareKey)}' must be a format quantization-aware training can target ({choices}); got '{text}'");
+            throw s.ErrorAt(AwareKey, $"'{s.Full(AwareKey)}' must be a format quantization-aware training can target ({choices}); got {QLoraNet.Formats.SafeText.Quote(text)}");
         if (format is not DenseFormat)
             throw s.ErrorAt(AwareKey, $"'{s.Full(AwareKey)}' trains a dense base toward {aware}: set '{s.Full(TypeKey)}' to none, bf16, fp16 or fp32 (got {format})");
         return aware;
@@ -91,7 +91,8 @@ public sealed record QuantizationConfig(BaseFormat Format, DType ComputeDtype = 
     static BaseFormat Parse(string spelling, Func<string, ConfigException> error)
     {
         try { return BaseFormat.Parse(spelling); }
-        catch (FormatException e) { throw error(e.Message); }
+        // The format's message echoes the spelling as read: shown escaped and clipped, like every value a config error quotes.
+        catch (FormatException e) { throw error(QLoraNet.Formats.SafeText.Clip(e.Message, 300)); }
     }
 
     internal YamlMappingNode ToYaml() => Aware is null

@@ -95,9 +95,9 @@ public sealed record TrainingConfig(
         if (promptsFile != null)
         {
             if (!SamplePromptExtensions.Contains(Path.GetExtension(promptsFile).ToLowerInvariant()))
-                throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' file '{promptsFile}' must be {string.Join(" or ", SamplePromptExtensions)} (or give a list of prompts)");
+                throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' file {QLoraNet.Formats.SafeText.Quote(promptsFile, 200)} must be {string.Join(" or ", SamplePromptExtensions)} (or give a list of prompts)");
             if (!File.Exists(promptsFile))
-                throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' file '{promptsFile}' not found (relative paths resolve from the current directory {Environment.CurrentDirectory})");
+                throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' file {QLoraNet.Formats.SafeText.Quote(promptsFile, 200)} not found (relative paths resolve from the current directory {Environment.CurrentDirectory})");
         }
         if (dpoKeyGiven is not null && c.Objective != TrainingObjective.Dpo)
             throw s.ErrorAt(dpoKeyGiven, $"'{s.Full(dpoKeyGiven)}' applies to '{s.Full("objective")}: dpo' only; this run's objective is {YamlNames.Of(c.Objective)}");

@@ -14,13 +14,15 @@ namespace QLoraNet.Training.Optim;
 /// The update itself is <see cref="MultiTensorAdamW"/>: on CUDA one kernel launch for every parameter of the step
 /// (Cuda/adamw.cu, bit for bit torch's arithmetic), elsewhere the per-tensor torch-op loop of those formulas
 /// (<see cref="MultiTensorAdamW.ReferenceStep"/>). Either way the state is the same tensors, so checkpoints do not
-/// depend on the path.
+/// depend on the path. The moments live on the parameters' device: dispose the optimizer when its run ends (a host
+/// that trains more than once would otherwise hold them until the finalizers run).
 /// </summary>
-public sealed class AdamW
+public sealed class AdamW : IDisposable
 {
     readonly IReadOnlyList<(string Name, Tensor Param)> _params;
     readonly Dictionary<string, (Tensor M, Tensor V)> _state = new();
     readonly MultiTensorAdamW _update;
+    bool _disposed;
 
     public double LearningRate { get; set; }
     public double Beta1 { get; }
@@ -48,6 +50,7 @@ public sealed class AdamW
     /// <summary>One update from the gradients currently in each parameter's .grad (parameters without a gradient are skipped).</summary>
     public void StepOnce()
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         using var _ = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         Step++;
@@ -80,6 +83,7 @@ public sealed class AdamW
     /// <summary>State as named CPU tensors ("{param}.exp_avg", "{param}.exp_avg_sq") plus the step, for a checkpoint.</summary>
     public (Dictionary<string, Tensor> Tensors, long Step) Save()
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         var d = new Dictionary<string, Tensor>();
         foreach (var (name, (m, v)) in _state)
         {
@@ -91,6 +95,7 @@ public sealed class AdamW
 
     public void Load(IReadOnlyDictionary<string, Tensor> tensors, long step)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         Step = step;
         foreach (var (name, p) in _params)
         {
@@ -103,5 +108,18 @@ public sealed class AdamW
             if (_state.TryGetValue(name, out var old)) { old.M.Dispose(); old.V.Dispose(); }
             _state[name] = (m.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope(), v.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope());
         }
+    }
+
+    /// <summary>Releases the moments (the parameters and their gradients are the caller's).</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var (m, v) in _state.Values)
+        {
+            m.Dispose();
+            v.Dispose();
+        }
+        _state.Clear();
     }
 }

@@ -376,6 +376,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
     public void Dispose()
     {
         _step?.Dispose();
+        _optimizer?.Dispose();
         _built?.Dispose();
         _lock?.Dispose();
     }

@@ -50,6 +50,25 @@ public class AdamWTests
         Assert.True(a.eq(b).all().item<bool>());
     }
 
+    /// <summary>The moments are the optimizer's: disposing it releases them (two per parameter) and a disposed
+    /// optimizer refuses to step rather than touch released tensors.</summary>
+    [Fact]
+    public void Dispose_releases_the_moments_and_a_disposed_optimizer_refuses_to_step()
+    {
+        var p = torch.ones(3).requires_grad_(true);
+        var q = torch.ones(2, 2).requires_grad_(true);
+        var opt = new AdamW(new[] { ("p", p), ("q", q) }, lr: 0.1);
+        p.grad = torch.ones(3);
+        q.grad = torch.ones(2, 2);
+        long before = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        opt.StepOnce();
+        Assert.Equal(4, DisposeScopeManager.Statistics.ThreadTotalLiveCount - before);
+        opt.Dispose();
+        Assert.Equal(0, DisposeScopeManager.Statistics.ThreadTotalLiveCount - before);
+        Assert.Throws<ObjectDisposedException>(opt.StepOnce);
+        opt.Dispose();   // twice is harmless
+    }
+
     [Theory]
     [InlineData("constant", 5, 1.0)]
     [InlineData("linear", 55, 0.5)]
