@@ -29,7 +29,7 @@ public static class PythonValues
         DateTime t => t.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture),
         DateTimeOffset t => t.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture),
         byte[] => throw new TaskException("a binary column; task data must be text, numbers, booleans, lists or structs"),
-        IDictionary d => d.Keys.Cast<object>().ToDictionary(k => k.ToString()!, k => Normalize(d[k])),
+        IDictionary d => LastWins(d.Keys.Cast<object>().Select(k => (k.ToString() ?? "", Normalize(d[k])))),
         IEnumerable list => list.Cast<object?>().Select(Normalize).ToList(),
         _ => value.ToString(),
     };
@@ -42,8 +42,16 @@ public static class PythonValues
         JsonValueKind.False => false,
         JsonValueKind.Null or JsonValueKind.Undefined => null,
         JsonValueKind.Array => e.EnumerateArray().Select(FromJson).ToList(),
-        _ => e.EnumerateObject().ToDictionary(p => p.Name, p => FromJson(p.Value)),
+        _ => LastWins(e.EnumerateObject().Select(p => (p.Name, FromJson(p.Value)))),
     };
+
+    /// <summary>A dict from pairs where a repeated key keeps its last value, as Python's json.loads and dict() do.</summary>
+    static Dictionary<string, object?> LastWins(IEnumerable<(string Key, object? Value)> pairs)
+    {
+        var d = new Dictionary<string, object?>();
+        foreach (var (k, v) in pairs) d[k] = v;
+        return d;
+    }
 
     /// <summary>Python's <c>str(value)</c>.</summary>
     public static string Str(object? value) => value is string s ? s : Repr(value);

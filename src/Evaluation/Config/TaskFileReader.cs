@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using System.Text.RegularExpressions;
 using QLoraNet.Evaluation.Processing;
 using QLoraNet.Evaluation.Templates;
@@ -45,7 +46,7 @@ public static class TaskFileReader
             throw new TaskException($"{YamlKeys.At(file.DisplayPath, inc.Value)}: 'include' must name one task file");
         if (depth > 8) throw new TaskException($"{YamlKeys.At(file.DisplayPath, inc.Value)}: includes nest more than 8 deep (a cycle?)");
         var included = file.Resolve(name)
-            ?? throw new TaskException($"{YamlKeys.At(file.DisplayPath, inc.Value)}: included file '{name}' not found beside {file.DisplayPath}");
+            ?? throw new TaskException($"{YamlKeys.At(file.DisplayPath, inc.Value)}: included file {SafeText.Quote(name)} not found beside {file.DisplayPath}");
         var merged = Merged(included, depth + 1);
         merged.Remove("include");
         foreach (var (k, v) in own)
@@ -55,18 +56,8 @@ public static class TaskFileReader
 
     static YamlMappingNode LoadRoot(TaskSourceFile file)
     {
-        var stream = new YamlStream();
-        try
-        {
-            stream.Load(new StringReader(file.Text));
-        }
-        catch (YamlException e)
-        {
-            string reason = e.InnerException?.Message ?? e.Message;
-            int dash = reason.LastIndexOf("): ", StringComparison.Ordinal);
-            if (dash >= 0) reason = reason[(dash + 3)..];
-            throw new TaskException($"{file.DisplayPath}:{e.Start.Line}: malformed YAML: {reason}");
-        }
+        // Bounded: nesting, aliases and size are checked on the event stream before the recursive node builder runs.
+        var stream = BoundedYaml.Load(file.Text, line => $"{file.DisplayPath}:{line}", m => new TaskException(m));
         if (stream.Documents.Count != 1 || stream.Documents[0].RootNode is not YamlMappingNode root)
             throw new TaskException($"{file.DisplayPath}: a task file is one YAML mapping (task:, dataset_path:, doc_to_text:, ...)");
         return root;
@@ -78,25 +69,25 @@ public static class TaskFileReader
         string outputName = k.String("output_type") ?? "generate_until";
         int typeIndex = Array.IndexOf(OutputTypes, outputName);
         if (typeIndex < 0)
-            throw k.Error("output_type", $"output_type '{outputName}' is not supported; choose one of {string.Join(", ", OutputTypes)}");
+            throw k.Error("output_type", $"output_type {SafeText.Quote(outputName)} is not supported; choose one of {string.Join(", ", OutputTypes)}");
         var outputType = (OutputType)typeIndex;
 
         var toText = DocSpecOf(k, "doc_to_text");
         var toTarget = DocSpecOf(k, "doc_to_target");
         var toChoice = DocSpecOf(k, "doc_to_choice");
-        if (!toText.IsSet) throw new TaskException($"{k.File}:1: task '{name}' needs 'doc_to_text'");
-        if (!toTarget.IsSet) throw new TaskException($"{k.File}:1: task '{name}' needs 'doc_to_target'");
+        if (!toText.IsSet) throw new TaskException($"{k.File}:1: task {SafeText.Quote(name)} needs 'doc_to_text'");
+        if (!toTarget.IsSet) throw new TaskException($"{k.File}:1: task {SafeText.Quote(name)} needs 'doc_to_target'");
         if (outputType == OutputType.MultipleChoice && !toChoice.IsSet)
             throw k.Error("output_type", $"output_type multiple_choice needs 'doc_to_choice' (the list of answers)");
 
         string? processDocs = k.String("process_docs");
         if (processDocs != null && !DocPreprocessors.Names.Contains(processDocs))
-            throw k.Error("process_docs", $"process_docs '{processDocs}' is not a built-in preprocessor; choose one of {string.Join(", ", DocPreprocessors.Names)}");
+            throw k.Error("process_docs", $"process_docs {SafeText.Quote(processDocs)} is not a built-in preprocessor; choose one of {string.Join(", ", DocPreprocessors.Names)}");
         string? processResults = k.String("process_results");
         if (processResults != null && !ResultProcessors.Names.Contains(processResults))
-            throw k.Error("process_results", $"process_results '{processResults}' is not a built-in result processor; choose one of {string.Join(", ", ResultProcessors.Names)}");
+            throw k.Error("process_results", $"process_results {SafeText.Quote(processResults)} is not a built-in result processor; choose one of {string.Join(", ", ResultProcessors.Names)}");
         if (processResults != null && outputType != OutputType.MultipleChoice)
-            throw k.Error("process_results", $"process_results '{processResults}' scores multiple_choice tasks only");
+            throw k.Error("process_results", $"process_results {SafeText.Quote(processResults)} scores multiple_choice tasks only");
 
         var (sampler, fewshotSplit) = FewshotConfig(k);
         int repeats = k.Int("repeats", 1) ?? 1;
@@ -136,9 +127,9 @@ public static class TaskFileReader
             Filters: FiltersOf(k));
         k.Finish(NotImplemented);
         if (config.EvalSplit is null)
-            throw new TaskException($"{k.File}:1: task '{name}' needs 'test_split' or 'validation_split' (the split to score)");
+            throw new TaskException($"{k.File}:1: task {SafeText.Quote(name)} needs 'test_split' or 'validation_split' (the split to score)");
         if (config.DatasetPath is null && config.DataFiles is null)
-            throw new TaskException($"{k.File}:1: task '{name}' needs 'dataset_path' (a local directory or the hub id, mapped with --task-data {name}=PATH) or 'dataset_kwargs.data_files'");
+            throw new TaskException($"{k.File}:1: task {SafeText.Quote(name)} needs 'dataset_path' (a local directory or the hub id, mapped with --task-data {name}=PATH) or 'dataset_kwargs.data_files'");
         return config;
     }
 
@@ -153,11 +144,11 @@ public static class TaskFileReader
             YamlScalarNode { Style: ScalarStyle.Plain, Value: var v } when long.TryParse(v, out long l) => new DocSpec(Integer: l),
             YamlScalarNode s => new DocSpec(Template: Template.Parse(s.Value ?? "", where)),
             YamlSequenceNode seq => new DocSpec(List: seq.Children.Select(c => c is YamlScalarNode s ? s.Value ?? ""
-                : throw k.Error(key, $"'{key}' as a list must hold strings")).ToList()),
+                : throw k.Error(key, $"{SafeText.Quote(key)} as a list must hold strings")).ToList()),
             // The harness takes a mapping's values in order.
             YamlMappingNode map => new DocSpec(List: map.Children.Select(c => c.Value is YamlScalarNode s ? s.Value ?? ""
-                : throw k.Error(key, $"'{key}' as a mapping must map to strings")).ToList()),
-            _ => throw k.Error(key, $"'{key}' must be a template, an integer or a list"),
+                : throw k.Error(key, $"{SafeText.Quote(key)} as a mapping must map to strings")).ToList()),
+            _ => throw k.Error(key, $"{SafeText.Quote(key)} must be a template, an integer or a list"),
         };
     }
 
@@ -184,7 +175,7 @@ public static class TaskFileReader
         if (fc is null) return ("default", null);
         string sampler = fc.String("sampler") ?? "default";
         if (sampler is not ("default" or "first_n"))
-            throw fc.Error("sampler", $"fewshot_config.sampler '{sampler}' is not supported; choose default (seeded random draw) or first_n");
+            throw fc.Error("sampler", $"fewshot_config.sampler {SafeText.Quote(sampler)} is not supported; choose default (seeded random draw) or first_n");
         string? split = fc.String("split");
         fc.Finish(new Dictionary<string, string> { ["samples"] = "put the examples in a split file", ["doc_to_text"] = "one doc_to_text serves both", ["doc_to_target"] = "one doc_to_target serves both", ["doc_to_choice"] = "one doc_to_choice serves both" });
         return (sampler, split);
@@ -199,14 +190,14 @@ public static class TaskFileReader
         {
             string name = m.String("metric") ?? throw new TaskException($"{m.File}: an entry of metric_list has no 'metric'");
             if (!MetricNames.Contains(name))
-                throw m.Error("metric", $"metric '{name}' is not implemented; metrics: {string.Join(", ", MetricNames)}");
+                throw m.Error("metric", $"metric {SafeText.Quote(name)} is not implemented; metrics: {string.Join(", ", MetricNames)}");
             bool forChoices = name != "exact_match";
             if (forChoices && type == OutputType.GenerateUntil)
-                throw m.Error("metric", $"metric '{name}' scores log-likelihoods; a generate_until task uses exact_match");
+                throw m.Error("metric", $"metric {SafeText.Quote(name)} scores log-likelihoods; a generate_until task uses exact_match");
             if (!forChoices && type == OutputType.Loglikelihood)
                 throw m.Error("metric", "a loglikelihood task scores acc (is the continuation the greedy one)");
             string agg = m.String("aggregation") ?? "mean";
-            if (agg != "mean") throw m.Error("aggregation", $"aggregation '{agg}' is not supported; every metric here is a mean over rows");
+            if (agg != "mean") throw m.Error("aggregation", $"aggregation {SafeText.Quote(agg)} is not supported; every metric here is a mean over rows");
             m.Bool("higher_is_better");
             var regexes = m.Strings("regexes_to_ignore");
             foreach (var r in regexes ?? []) CheckRegex(m, "regexes_to_ignore", r);
@@ -238,7 +229,7 @@ public static class TaskFileReader
         {
             string name = p.String("name") ?? throw new TaskException($"{p.File}: an entry of filter_list has no 'name'");
             var steps = new List<FilterStep>();
-            foreach (var s in p.MapList("filter") ?? throw p.Error("name", $"filter '{name}' has no 'filter' list of steps"))
+            foreach (var s in p.MapList("filter") ?? throw p.Error("name", $"filter {SafeText.Quote(name)} has no 'filter' list of steps"))
             {
                 string fn = s.String("function") ?? throw new TaskException($"{s.File}: a filter step has no 'function'");
                 if (fn == "regex")
@@ -248,7 +239,7 @@ public static class TaskFileReader
                     steps.Add(new FilterStep(fn, pattern, s.Int("group_select", int.MinValue) ?? 0, s.String("fallback") ?? "[invalid]"));
                 }
                 else if (fn == "take_first") steps.Add(new FilterStep(fn));
-                else throw s.Error("function", $"filter function '{fn}' is not implemented; functions: regex, take_first");
+                else throw s.Error("function", $"filter function {SafeText.Quote(fn)} is not implemented; functions: regex, take_first");
                 s.Finish();
             }
             p.Finish();
@@ -259,20 +250,19 @@ public static class TaskFileReader
 
     static void CheckRegex(YamlKeys k, string key, string pattern)
     {
-        try { _ = new Regex(pattern); }
-        catch (ArgumentException e) { throw k.Error(key, $"'{pattern}' is not a valid regular expression ({e.Message})"); }
+        if (TaskRegex.Invalid(pattern) is { } why) throw k.Error(key, why);
     }
 
     static GroupConfig BindGroup(YamlKeys k)
     {
         string name = k.String("group")!;
-        var members = k.Strings("task") ?? throw new TaskException($"{k.File}:1: group '{name}' needs 'task' (the list of its tasks)");
+        var members = k.Strings("task") ?? throw new TaskException($"{k.File}:1: group {SafeText.Quote(name)} needs 'task' (the list of its tasks)");
         var aggregates = new List<(string, bool)>();
         foreach (var a in k.MapList("aggregate_metric_list") ?? [])
         {
             string metric = a.String("metric") ?? throw new TaskException($"{a.File}: an entry of aggregate_metric_list has no 'metric'");
             string agg = a.String("aggregation") ?? "mean";
-            if (agg != "mean") throw a.Error("aggregation", $"aggregation '{agg}' is not supported; groups average their tasks");
+            if (agg != "mean") throw a.Error("aggregation", $"aggregation {SafeText.Quote(agg)} is not supported; groups average their tasks");
             aggregates.Add((metric, a.Bool("weight_by_size") ?? true));
             a.Node("filter_list");
             a.Finish();

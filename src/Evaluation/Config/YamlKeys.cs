@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using System.Globalization;
 using YamlDotNet.RepresentationModel;
 
@@ -46,7 +47,7 @@ internal sealed class YamlKeys
         var node = Node(key);
         if (node is null) return null;
         RefuseFunction(key, node);
-        return node is YamlScalarNode s ? s.Value ?? "" : throw Error(key, $"'{Full(key)}' must be a string; got {Show(node)}");
+        return node is YamlScalarNode s ? s.Value ?? "" : throw Error(key, $"{SafeText.Quote(Full(key))} must be a string; got {Show(node)}");
     }
 
     public int? Int(string key, int min)
@@ -54,7 +55,7 @@ internal sealed class YamlKeys
         var node = Node(key);
         if (node is null) return null;
         if (node is YamlScalarNode { Value: var v } && int.TryParse(v, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int i) && i >= min) return i;
-        throw Error(key, $"'{Full(key)}' must be an integer >= {min}; got {Show(node)}");
+        throw Error(key, $"{SafeText.Quote(Full(key))} must be an integer >= {min}; got {Show(node)}");
     }
 
     public double? Double(string key)
@@ -62,7 +63,7 @@ internal sealed class YamlKeys
         var node = Node(key);
         if (node is null) return null;
         if (node is YamlScalarNode { Value: var v } && double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double d)) return d;
-        throw Error(key, $"'{Full(key)}' must be a number; got {Show(node)}");
+        throw Error(key, $"{SafeText.Quote(Full(key))} must be a number; got {Show(node)}");
     }
 
     public bool? Bool(string key)
@@ -70,7 +71,7 @@ internal sealed class YamlKeys
         var node = Node(key);
         if (node is null) return null;
         if (node is YamlScalarNode { Value: var v } && bool.TryParse(v, out bool b)) return b;
-        throw Error(key, $"'{Full(key)}' must be true or false; got {Show(node)}");
+        throw Error(key, $"{SafeText.Quote(Full(key))} must be true or false; got {Show(node)}");
     }
 
     /// <summary>A string or a list of strings.</summary>
@@ -82,8 +83,8 @@ internal sealed class YamlKeys
             null => null,
             YamlScalarNode s => [s.Value ?? ""],
             YamlSequenceNode seq => seq.Children.Select(c => c is YamlScalarNode s ? s.Value ?? ""
-                : throw Error(key, $"'{Full(key)}' must be a list of strings; got {Show(c)}")).ToArray(),
-            _ => throw Error(key, $"'{Full(key)}' must be a string or a list of strings; got {Show(node)}"),
+                : throw Error(key, $"{SafeText.Quote(Full(key))} must be a list of strings; got {Show(c)}")).ToArray(),
+            _ => throw Error(key, $"{SafeText.Quote(Full(key))} must be a string or a list of strings; got {Show(node)}"),
         };
     }
 
@@ -92,7 +93,7 @@ internal sealed class YamlKeys
     {
         var node = Node(key);
         if (node is null) return null;
-        if (node is not YamlMappingNode m) throw Error(key, $"'{Full(key)}' must be a mapping; got {Show(node)}");
+        if (node is not YamlMappingNode m) throw Error(key, $"{SafeText.Quote(Full(key))} must be a mapping; got {Show(node)}");
         return new YamlKeys(Entries(m, entries[key].File), entries[key].File, Full(key));
     }
 
@@ -101,10 +102,10 @@ internal sealed class YamlKeys
     {
         var node = Node(key);
         if (node is null) return null;
-        if (node is not YamlSequenceNode seq) throw Error(key, $"'{Full(key)}' must be a list; got {Show(node)}");
+        if (node is not YamlSequenceNode seq) throw Error(key, $"{SafeText.Quote(Full(key))} must be a list; got {Show(node)}");
         string file = entries[key].File;
         return seq.Children.Select((c, i) => c is YamlMappingNode m ? new YamlKeys(Entries(m, file), file, $"{Full(key)}[{i}]")
-            : throw new TaskException($"{At(file, c)}: each entry of '{Full(key)}' must be a mapping; got {Show(c)}")).ToList();
+            : throw new TaskException($"{At(file, c)}: each entry of {SafeText.Quote(Full(key))} must be a mapping; got {Show(c)}")).ToList();
     }
 
     /// <summary>Rejects keys nobody read: unknown ones with the valid list, the harness's unimplemented ones by name.</summary>
@@ -114,9 +115,9 @@ internal sealed class YamlKeys
         {
             if (read.Contains(name)) continue;
             if (notImplemented != null && notImplemented.TryGetValue(name, out var why))
-                throw new TaskException($"{At(e.File, e.Key)}: '{Full(name)}' is lm-evaluation-harness's but not implemented here ({why})");
-            string where = Section.Length == 0 ? "" : $" in '{Section}'";
-            throw new TaskException($"{At(e.File, e.Key)}: unknown key '{Full(name)}'; valid keys{where}: {string.Join(", ", read)}");
+                throw new TaskException($"{At(e.File, e.Key)}: {SafeText.Quote(Full(name))} is lm-evaluation-harness's but not implemented here ({why})");
+            string where = Section.Length == 0 ? "" : $" in {SafeText.Quote(Section)}";
+            throw new TaskException($"{At(e.File, e.Key)}: unknown key {SafeText.Quote(Full(name))}; valid keys{where}: {string.Join(", ", read)}");
         }
     }
 
@@ -135,7 +136,7 @@ internal sealed class YamlKeys
         foreach (var (k, v) in map.Children)
         {
             string name = (k as YamlScalarNode)?.Value ?? k.ToString();
-            if (d.ContainsKey(name)) throw new TaskException($"{At(file, k)}: key '{name}' appears twice");
+            if (d.ContainsKey(name)) throw new TaskException($"{At(file, k)}: key {SafeText.Quote(name)} appears twice");
             d[name] = new Entry(k, v, file);
         }
         return d;
@@ -146,7 +147,7 @@ internal sealed class YamlKeys
 
     public static string Show(YamlNode node) => node switch
     {
-        YamlScalarNode s => $"'{s.Value}'",
+        YamlScalarNode s => SafeText.Quote(s.Value ?? ""),
         YamlSequenceNode => "a list",
         YamlMappingNode => "a mapping",
         _ => node.NodeType.ToString(),

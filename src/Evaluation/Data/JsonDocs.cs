@@ -37,7 +37,7 @@ internal static class JsonDocs
     static JsonDocument Parse(string text, string where)
     {
         try { return JsonDocument.Parse(text); }
-        catch (JsonException e) { throw new TaskException($"{where}: not valid JSON ({e.Message.Split('.')[0]})"); }
+        catch (JsonException e) { throw new TaskException($"{where}: not valid JSON ({QLoraNet.Formats.SafeText.Clip(e.Message.Split('.')[0], 160)})"); }
     }
 
     static Doc ToDoc(JsonDocument d, string where)

@@ -17,9 +17,11 @@ internal static class ParquetDocs
             using var stream = QLoraNet.Formats.UserFile.OpenRead(path, "task data file");   // a regular file (a FIFO would block)
             rows = ParquetSerializer.DeserializeUntypedAsync(stream).GetAwaiter().GetResult().Data;
         }
-        catch (Exception e) when (e is IOException or InvalidDataException or InvalidOperationException or NotSupportedException or ArgumentException or Parquet.ParquetException)
+        // A damaged file fails anywhere inside Parquet.Net (its Thrift reader, decoders, index arithmetic), with whatever
+        // exception that code meets: every one is the same user error. Only running out of memory is not.
+        catch (Exception e) when (e is not (OutOfMemoryException or TaskException))
         {
-            throw new TaskException($"{path}: not a readable Parquet file ({e.Message.Split('\n')[0]})");
+            throw new TaskException($"{path}: not a readable Parquet file ({QLoraNet.Formats.SafeText.Clip(e.Message.Split('\n')[0], 160)})");
         }
         return rows.Select((r, i) =>
         {

@@ -23,8 +23,8 @@ public static class AnswerFilters
 
     static string RegexExtract(FilterStep step, string response)
     {
-        var regex = new Regex(step.RegexPattern!);
-        var matches = regex.Matches(response);
+        var regex = TaskRegex.Parse(step.RegexPattern!, "filter 'regex_pattern'");
+        var matches = TaskRegex.Matches(regex, response);
         if (matches.Count == 0) return step.Fallback;
         int index = step.GroupSelect < 0 ? matches.Count + step.GroupSelect : step.GroupSelect;
         if (index < 0 || index >= matches.Count) return step.Fallback; // Python would raise IndexError; a miss is fairer

@@ -18,7 +18,7 @@ public static class ExactMatch
 
     static string Normalize(MetricSpec spec, string s)
     {
-        foreach (string pattern in spec.RegexesToIgnore ?? []) s = Regex.Replace(s, pattern, "");
+        foreach (string pattern in spec.RegexesToIgnore ?? []) s = TaskRegex.Replace(pattern, s, "", "'regexes_to_ignore'");
         if (spec.IgnoreCase) s = s.ToLowerInvariant();
         if (spec.IgnorePunctuation) s = new string(s.Where(c => !Punctuation.Contains(c)).ToArray());
         return s;

@@ -67,7 +67,7 @@ internal static class TemplateFunctions
             case ("join", IReadOnlyList<object?> l): return string.Join(args is [string sep] ? sep : "", l.Select(PythonValues.Str));
             case ("replace", _) when args is [string a, string b]: return PythonValues.Str(value).Replace(a, b, StringComparison.Ordinal);
             case ("regex_replace", _) when args is [string pattern, string repl]:
-                return new Regex(pattern).Replace(PythonValues.Str(value), PythonReplacement(repl));
+                return TaskRegex.Replace(pattern, PythonValues.Str(value), PythonReplacement(repl), "filter 'regex_replace'");
             default:
                 throw scope.RowError($"filter '{name}' with {args.Count} argument(s) does not apply to a {PythonValues.TypeName(value)}");
         }

@@ -17,9 +17,13 @@ namespace QLoraNet.Evaluation.Templates;
 /// </summary>
 internal sealed class TemplateParser
 {
+    /// <summary>Bounds that keep parsing and evaluation (both recursive) far from the stack's end whatever the input:
+    /// lm-evaluation-harness's templates have a few dozen tokens and nest a few levels.</summary>
+    public const int MaxTokens = 2000, MaxDepth = 64;
+
     readonly List<string> tokens;
     readonly string source, where;
-    int pos;
+    int pos, depth;
 
     TemplateParser(string source, string where)
     {
@@ -32,6 +36,7 @@ internal sealed class TemplateParser
     {
         var p = new TemplateParser(source, where);
         if (p.tokens.Count == 0) throw p.Error("empty expression");
+        if (p.tokens.Count > MaxTokens) throw p.Error($"{p.tokens.Count} tokens; an expression may have {MaxTokens}");
         var expr = p.Expression();
         if (p.pos < p.tokens.Count) throw p.Error($"unexpected '{p.tokens[p.pos]}'");
         return expr;
@@ -39,12 +44,14 @@ internal sealed class TemplateParser
 
     TemplateExpr Expression()
     {
+        if (++depth > MaxDepth) throw Error($"nested more than {MaxDepth} levels deep");
         var left = Filtered();
         while (Peek() is "+" or "~")
         {
             char op = Next()[0];
             left = new BinaryExpr(op, left, Filtered());
         }
+        depth--;
         return left;
     }
 
@@ -171,7 +178,8 @@ internal sealed class TemplateParser
     string? Peek() => pos < tokens.Count ? tokens[pos] : null;
     string Next() => tokens[pos++];
 
-    TaskException Error(string problem) => new($"{where}: in template expression '{source.Trim()}': {problem}");
+    TaskException Error(string problem) =>
+        new($"{where}: in template expression {QLoraNet.Formats.SafeText.Quote(source.Trim(), 120)}: {QLoraNet.Formats.SafeText.Line(problem, 300)}");
 
     /// <summary>Tokens; a string literal is kept as its quote character followed by its unescaped text.</summary>
     List<string> Tokenize(string s)

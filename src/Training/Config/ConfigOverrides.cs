@@ -1,3 +1,4 @@
+using QLoraNet.Formats;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
@@ -51,7 +52,7 @@ internal static class ConfigOverrides
     static YamlNode ParseValue(string text, string value)
     {
         if (value.Trim().Length == 0) return new YamlScalarNode("");
-        var stream = BoundedYaml.Load(value, _ => $"override '{text}'");
+        var stream = BoundedYaml.Load(value, _ => $"override '{text}'", m => new ConfigException(m));
         return stream.Documents.Count == 0 ? new YamlScalarNode("") : stream.Documents[0].RootNode;
     }
 

@@ -104,7 +104,7 @@ public sealed record TrainConfig(
     static YamlMappingNode ReadRoot(string yaml, ConfigSource source)
     {
         if (yaml.Length > MaxFileBytes) throw new ConfigException($"{source.File}: {yaml.Length} characters is more than a config file may hold ({MaxFileBytes})");
-        var stream = BoundedYaml.Load(yaml, line => $"{source.File}:{line}");
+        var stream = BoundedYaml.Load(yaml, line => $"{source.File}:{line}", m => new ConfigException(m));
         if (stream.Documents.Count == 0) return new YamlMappingNode();
         if (stream.Documents.Count > 1) throw new ConfigException($"{source.File}: holds {stream.Documents.Count} YAML documents; a config is one");
         return stream.Documents[0].RootNode as YamlMappingNode

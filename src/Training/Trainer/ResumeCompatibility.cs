@@ -125,8 +125,7 @@ public static class ResumeCompatibility
             foreach (var key in new[] { ModelFingerprintKey, DataFingerprintKey })
                 if (line.StartsWith($"# {key}: ", StringComparison.Ordinal)) values[key] = line[(key.Length + 4)..].Trim();
         YamlStream stream;
-        try { stream = BoundedYaml.Load(yaml, line => $"{source}:{line}"); }
-        catch (ConfigException e) { throw new InvalidDataException(e.Message); }
+        stream = BoundedYaml.Load(yaml, line => $"{source}:{line}", m => new InvalidDataException(m));
         if (stream.Documents.Count != 1 || stream.Documents[0].RootNode is not YamlMappingNode root)
             throw new InvalidDataException($"{source}: not a saved config (expected one YAML mapping)");
         Walk(root, "", values);

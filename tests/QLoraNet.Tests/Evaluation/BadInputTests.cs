@@ -126,6 +126,27 @@ public class BadInputTests
         Assert.Equal(["t"], TaskCatalog.BuiltIn().Resolve([dir["group.yaml"]]).Tasks.Select(t => t.Name));
     }
 
+    /// <summary>Found by the task file fuzz target: a task file nested a hundred thousand levels deep overflowed the
+    /// stack of YamlDotNet's recursive node builder (the process died); the bounded loader refuses it first. A data row
+    /// repeating a key keeps the last value, as Python's json does; a value is quoted escaped and clipped.</summary>
+    [Fact]
+    public void Deep_task_files_repeated_keys_and_long_values_end_cleanly()
+    {
+        Assert.Equal("DIR/task.yaml:8: YAML nested more than 64 levels deep; a config or task file needs a handful",
+            Error(Good + "\nmetadata: " + new string('[', 100_000)));
+        Assert.StartsWith("DIR/task.yaml:4: output_type '" + new string('x', 100) + "... (5000 characters)' is not supported",
+            Error(Good.Replace("output_type: multiple_choice", "output_type: " + new string('x', 5000))));
+
+        // The template parser recursed once per parenthesis: the same fuzz target overflowed the stack with a few thousand (and an expression of more than 2000 tokens is refused whole).
+        Assert.Contains("nested more than 64 levels deep",
+            Error(Good.Replace("doc_to_target: gold", "doc_to_target: \"{{" + new string('(', 100) + "gold" + new string(')', 100) + "}}\"")));
+
+        using var dir = Paths.Temp();
+        File.WriteAllText(dir["test.jsonl"], """{"q": "first", "q": "last", "gold": 0}""" + "\n");
+        Assert.Equal("last", QLoraNet.Evaluation.Data.DocFiles.Read(dir["test.jsonl"])[0]["q"]);
+
+    }
+
     [Fact]
     public async Task A_binary_parquet_column_names_the_file_and_row()
     {

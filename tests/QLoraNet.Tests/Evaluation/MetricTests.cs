@@ -97,6 +97,25 @@ public class MetricTests
         Assert.Equal("5", AnswerFilters.Apply(flexible, "10 apples, 5"));              // last match, group 2 (group 1 empty)
     }
 
+    /// <summary>A task's own pattern with nested quantifiers backtracks exponentially on a long answer: the evaluation
+    /// stops with an error naming the pattern instead of hanging (TaskRegex's time limit), and an invalid pattern in a
+    /// template's regex_replace is a task error, not a crash.</summary>
+    [Fact]
+    public void A_backtracking_pattern_fails_naming_it_and_a_bad_template_pattern_is_a_task_error()
+    {
+        string answer = new string('a', 40) + "!";   // (a+)+$ tries every split of the run of a's: 2^40 paths
+        var filter = new FilterPipeline("slow", [new FilterStep("regex", "(a+)+$")]);
+        var e = Assert.Throws<TaskException>(() => AnswerFilters.Apply(filter, answer));
+        Assert.Contains("'(a+)+$' ran longer than", e.Message);
+        var ignore = new MetricSpec("exact_match", RegexesToIgnore: ["(a|aa)+$"]);
+        Assert.Contains("'(a|aa)+$' ran longer than", Assert.Throws<TaskException>(() => ExactMatch.Score(ignore, answer, "x")).Message);
+
+        var bad = Assert.Throws<TaskException>(() => ExactMatch.Score(new MetricSpec("exact_match", RegexesToIgnore: ["(a"]), "a", "a"));
+        Assert.Contains("'(a' is not a valid regular expression", bad.Message);
+        Assert.Null(TaskRegex.Invalid(@"#### (\-?[0-9\.\,]+)"));
+        Assert.NotNull(TaskRegex.Invalid("[z-a]"));
+    }
+
     [Fact]
     public void A_group_file_aggregates_its_tasks_by_size()
     {

@@ -1,4 +1,6 @@
 using System.Text;
+using QLoraNet.Evaluation;
+using QLoraNet.Evaluation.Data;
 using QLoraNet.Formats;
 using QLoraNet.Models;
 using QLoraNet.Peft;
@@ -33,7 +35,8 @@ public sealed class FuzzTargets : IDisposable
         Directory.CreateDirectory(root);
         All = [SafeTensorsTarget(), IndexTarget(), ConfigJsonTarget(), AdapterConfigTarget(), TokenizerTarget(),
             YamlTarget(), OverrideTarget(), JsonlTarget(), CsvTarget(), GgufTarget(), MetricsTarget(),
-            TokenizerJsonTarget(), TokenizerConfigTarget(), ChatTemplateFileTarget(), ProvenanceTarget()];
+            TokenizerJsonTarget(), TokenizerConfigTarget(), ChatTemplateFileTarget(), ProvenanceTarget(), TrainerStateTarget(),
+            PreferencesTarget(), TaskDataTarget("jsonl"), TaskDataTarget("csv"), TaskDataTarget("parquet"), TaskFileTarget()];
     }
 
     public IReadOnlyList<FuzzTarget> All { get; }
@@ -49,7 +52,7 @@ public sealed class FuzzTargets : IDisposable
     public static bool IsCleanError(Exception e, out string why)
     {
         why = "";
-        if (e is not (InvalidDataException or NotSupportedException or FileNotFoundException or ConfigException))
+        if (e is not (InvalidDataException or NotSupportedException or FileNotFoundException or ConfigException or TaskException))
             why = $"unexpected exception type {e.GetType().FullName}";
         else if (e.Message.Contains('\n') || e.Message.Contains('\r')) why = "message spans several lines";
         else if (e.Message.Length > 1200) why = $"message of {e.Message.Length} characters";
@@ -343,6 +346,98 @@ public sealed class FuzzTargets : IDisposable
         {
             using var r = GgufReader.Open(path);
             foreach (var t in r.Tensors) r.ReadBytes(t);
+        });
+    }
+
+    /// <summary>trainer_state.json, as a resume reads a checkpoint's.</summary>
+    FuzzTarget TrainerStateTarget()
+    {
+        string dir = Dir("trainer-state");
+        var seed = new QLoraNet.Training.Trainer.TrainerState(12, 1, 7, 2.75, 1, 12345, 2.5, WorldSize: 2, MicroBatchSize: 4, GradientAccumulationSteps: 2);
+        seed.Save(dir);
+        var bytes = File.ReadAllBytes(Path.Combine(dir, QLoraNet.Training.Trainer.TrainerState.FileName));
+        return new("trainer_state.json", Path.Combine(dir, QLoraNet.Training.Trainer.TrainerState.FileName), () => [bytes],
+            _ => QLoraNet.Training.Trainer.TrainerState.Load(dir));
+    }
+
+    /// <summary>DPO's preference pairs (prompt messages or text, chosen, rejected).</summary>
+    FuzzTarget PreferencesTarget()
+    {
+        string dir = Dir("preferences");
+        var lines = File.ReadLines(Path.Combine(Paths.RepoRoot, "datasets", "sales", "preferences_train.jsonl")).Take(3);
+        const string plain = "{\"prompt\": \"Hi?\", \"chosen\": \"Hello.\", \"rejected\": \"No.\"}\n";
+        return new("preferences.jsonl", Path.Combine(dir, "preferences.jsonl"),
+            () => [Encoding.UTF8.GetBytes(string.Join("\n", lines) + "\n"), Encoding.UTF8.GetBytes(plain)],
+            path =>
+            {
+                ExampleFiles.Read([path], DataFormat.Preference, new ColumnMapping(), skipBadRows: true);
+                ExampleFiles.Read([path], DataFormat.Preference, new ColumnMapping(), skipBadRows: false);
+            });
+    }
+
+    /// <summary>An evaluation task's data file (--task-data), in each format the hub serves.</summary>
+    FuzzTarget TaskDataTarget(string extension)
+    {
+        string dir = Dir("task-data-" + extension);
+        var jsonl = File.ReadLines(Path.Combine(Paths.RepoRoot, "datasets", "sales", "mc_test.jsonl")).Take(3).ToList();
+        var arc = File.ReadLines(Path.Combine(Paths.RepoRoot, "tests", "fixtures", "eval", "arc", "ARC-Easy", "test.jsonl")).Take(2).ToList();
+        Func<IReadOnlyList<byte[]>> seeds = extension switch
+        {
+            "jsonl" => () => [Encoding.UTF8.GetBytes(string.Join("\n", jsonl) + "\n"), Encoding.UTF8.GetBytes(string.Join("\n", arc) + "\n")],
+            "csv" => () => [Encoding.UTF8.GetBytes("passage,question,label\n\"A, b\",is it,1\nC,is it not,0\n"),
+                            Encoding.UTF8.GetBytes(File.ReadAllText(Path.Combine(Paths.RepoRoot, "datasets", "sales", "validation_instruction.csv"))[..600])],
+            _ => () => [ParquetSeed(Path.Combine(dir, "seed.parquet"))],
+        };
+        return new("task-data." + extension, Path.Combine(dir, "test." + extension), seeds, path => DocFiles.Read(path));
+    }
+
+    /// <summary>A small hub-layout parquet file: flat columns and ARC's struct of lists.</summary>
+    static byte[] ParquetSeed(string path)
+    {
+        var rows = new[]
+        {
+            new ParquetRow { id = "q1", question = "Which is a gas?", answerKey = "B", choices = new() { text = ["ice", "steam"], label = ["A", "B"] } },
+            new ParquetRow { id = "q2", question = "2 + 2?", answerKey = "A", choices = new() { text = ["4", "5", "6"], label = ["A", "B", "C"] } },
+        };
+        Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, path).GetAwaiter().GetResult();
+        var bytes = File.ReadAllBytes(path);
+        File.Delete(path);
+        return bytes;
+    }
+
+    public sealed class ParquetChoices { public List<string> text { get; set; } = []; public List<string> label { get; set; } = []; }
+    public sealed class ParquetRow
+    {
+        public string id { get; set; } = "";
+        public string question { get; set; } = "";
+        public ParquetChoices choices { get; set; } = new();
+        public string answerKey { get; set; } = "";
+    }
+
+    /// <summary>The data directory of the task file target, by placeholder (substituted before reading, as the YAML target does).</summary>
+    public const string TaskDataPlaceholder = "@TASK_DATA@";
+
+    /// <summary>
+    /// An evaluation task file (lm-evaluation-harness's YAML), read and run end to end on a mock model: prompts from its
+    /// templates, filters and metrics (with their regular expressions) over three rows of the sales questions.
+    /// </summary>
+    FuzzTarget TaskFileTarget()
+    {
+        string dir = Dir("task-file"), data = Dir("task-file-data");
+        File.WriteAllLines(Path.Combine(data, "test.jsonl"), File.ReadLines(Path.Combine(Paths.RepoRoot, "datasets", "sales", "mc_test.jsonl")).Take(3));
+        string tasks = Path.Combine(Paths.RepoRoot, "src", "Evaluation", "Tasks");
+        string Seed(string file, params (string From, string To)[] edits) =>
+            edits.Aggregate(File.ReadAllText(Path.Combine(tasks, file)), (t, e) => t.Replace(e.From, e.To));
+        string sales = Seed("sales_mc.yaml", ("dataset_path: datasets/sales", "dataset_path: " + TaskDataPlaceholder), ("test_split: mc_test", "test_split: test"));
+        string gsm = Seed("gsm8k.yaml", ("dataset_path: openai/gsm8k", "dataset_path: " + TaskDataPlaceholder), ("dataset_name: main\n", ""),
+            ("num_fewshot: 5", "num_fewshot: 0"), ("training_split: train\n", ""), ("fewshot_split: train\n", ""));
+        string resolved = Path.Combine(dir, "resolved.yaml");
+        return new("task.yaml", Path.Combine(dir, "task.yaml"), () => [Encoding.UTF8.GetBytes(sales), Encoding.UTF8.GetBytes(gsm)], path =>
+        {
+            File.WriteAllBytes(resolved, Substitute(File.ReadAllBytes(path), TaskDataPlaceholder, data));
+            var selection = TaskCatalog.BuiltIn().Resolve([resolved]);
+            EvalRunner.Run(new QLoraNet.Tests.Evaluation.MockScoringModel(generate: p => "so #### 1,200 " + p[^Math.Min(p.Length, 200)..]), selection,
+                new EvalOptions(Limit: 3));
         });
     }
 }

@@ -29,7 +29,7 @@ public sealed class BoundedYamlTests : IDisposable
     public void Forty_thousand_levels_of_flow_nesting_in_the_file_are_one_line_not_a_stack_overflow()
     {
         string deep = "lora:\n  target_modules: " + new string('[', 40_000) + new string(']', 40_000) + "\n";
-        Assert.Equal("x.yaml:6: YAML nested more than 64 levels deep; a config needs a handful", ErrorOf(Minimal + deep));
+        Assert.Equal("x.yaml:6: YAML nested more than 64 levels deep; a config or task file needs a handful", ErrorOf(Minimal + deep));
     }
 
     [Fact]
@@ -61,6 +61,15 @@ public sealed class BoundedYamlTests : IDisposable
     {
         Assert.Equal("x.yaml:6: malformed YAML: unclosed '{' (no matching '}')", ErrorOf(Minimal + "lora:\n  r: {a: 8\n  alpha: 16\n"));
         Assert.StartsWith("override 'lora.target_modules=[q_proj': malformed YAML: ", ErrorOf(Minimal, "lora.target_modules=[q_proj"));
+    }
+
+    /// <summary>YamlDotNet's parser ends a mapping after a key with no value here, which its representation model then
+    /// refused with an ArgumentException and no position (yaml fuzz target, seed 0fikxUcaLOD1).</summary>
+    [Fact]
+    public void A_mapping_key_without_a_value_names_its_line()
+    {
+        Assert.Equal("x.yaml:6: malformed YAML: a mapping key without a value", ErrorOf(Minimal + "lora: {r: 8}*d:"));
+        Assert.StartsWith("override 'lora={r: 8}*d:': malformed YAML: ", ErrorOf(Minimal, "lora={r: 8}*d:"));
     }
 
     [Fact]
