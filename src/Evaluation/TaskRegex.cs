@@ -9,7 +9,6 @@ namespace QLoraNet.Evaluation;
 /// semantics (lookarounds, lazy loops, the leftmost alternative first), under a time limit per match: a pattern with
 /// nested quantifiers such as <c>(a+)+$</c> can take exponential time on a long generation, and an evaluation must
 /// stop with an error naming the pattern rather than hang. A bad pattern is a <see cref="TaskException"/> too.
-/// Regex's own cache (the static methods) keeps each pattern parsed once.
 /// </summary>
 public static class TaskRegex
 {

@@ -19,7 +19,7 @@ internal static class ParquetDocs
         }
         // A damaged file fails anywhere inside Parquet.Net (its Thrift reader, decoders, index arithmetic), with whatever
         // exception that code meets: every one is the same user error. Only running out of memory is not.
-        catch (Exception e) when (e is not (OutOfMemoryException or TaskException))
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
             throw new TaskException($"{path}: not a readable Parquet file ({QLoraNet.Formats.SafeText.Clip(e.Message.Split('\n')[0], 160)})");
         }

@@ -40,7 +40,7 @@ public sealed record EvalConfig(
         if (c.Tasks.Count > 0)
         {
             try { TaskCatalog.BuiltIn().Resolve(c.Tasks); }
-            catch (TaskException e) { throw s.ErrorAt("tasks", $"'{s.Full("tasks")}': {QLoraNet.Formats.SafeText.Clip(e.Message, 400)}"); }
+            catch (TaskException e) { throw s.ErrorAt("tasks", $"'{s.Full("tasks")}': {QLoraNet.Formats.SafeText.Line(e.Message, 400)}"); }
         }
         return c;
     }
