@@ -547,6 +547,20 @@ public static class BenchKernelCommand
                 Emit("adamw_multi_tensor", shape, ScalarType.Float32, new() { ["flags"] = flags },
                     Prefixed("param", pp), Prefixed("exp_avg", mm), Prefixed("exp_avg_sq", vv));
             }
+            // The train step's guard, read by the kernel on the device: a norm over the limit clips (the reference
+            // clips with the same fp32 coefficient), a NaN loss sum skips the update.
+            foreach (var (name, loss) in new[] { ("clip", 3.5f), ("skip", float.NaN) })
+            {
+                using var stats = tensor(new[] { loss, 40f }, ScalarType.Float32).to(_dev);
+                var guard = new MultiTensorAdamW.Guard(stats, 1.0);
+                var (gp, gm, gv) = (Clone(p0), Clone(m0), Clone(v0));
+                using var guarded = new MultiTensorAdamW(Fused.AdamW);
+                var result = guarded.Step(Slots(gp, gm, gv), hyper, guard);
+                var (ep, em, ev) = (Clone(p0), Clone(m0), Clone(v0));
+                if (name == "clip") MultiTensorAdamW.ReferenceStep(Slots(ep, em, ev), hyper, MultiTensorAdamW.ClipCoefficient(40f, 1.0));
+                Emit("adamw_guard", shape, ScalarType.Float32, new() { ["guard"] = name, ["result"] = result.ToString() },
+                    Prefixed("param", Exact(flat(gp), flat(ep))), Prefixed("exp_avg", Exact(flat(gm), flat(em))), Prefixed("exp_avg_sq", Exact(flat(gv), flat(ev))));
+            }
             var (tp, tm, tv) = (Clone(p0), Clone(m0), Clone(v0));
             using var timed = new MultiTensorAdamW(Fused.AdamW);
             var slots = Slots(tp, tm, tv);

@@ -271,7 +271,8 @@ public static class BenchTrainCommand
         return ((step, optimizer), new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq));
     }
 
-    /// <summary>Warm-up, then timed optimizer steps; tokens/s counts every replica's tokens.</summary>
+    /// <summary>Warm-up, then timed optimizer steps; tokens/s counts every replica's tokens. Each step's outcome is
+    /// read after the next one is launched, as `train` reads them (<see cref="StepInFlight"/>).</summary>
     static (double TokensPerSecond, double StepMs, List<double> Losses) TimeSteps((TrainStep Step, AdamW Optimizer) run, RandomTokenBatches data,
         Device device, IReplicaGroup replicas, int steps, int warmup)
     {
@@ -284,11 +285,17 @@ public static class BenchTrainCommand
         replicas.Barrier();
         var sw = Stopwatch.StartNew();
         long tokens = 0;
-        for (int i = 0; i < steps; i++)
+        StepInFlight? pending = null;
+        for (int i = 0; i <= steps; i++)
         {
-            var outcome = step.Run(warmup + i, learningRate, data);
-            losses.Add(outcome.Loss);
-            tokens += outcome.InputTokens;
+            var launched = i < steps ? step.Launch(warmup + i, learningRate, data) : null;
+            if (pending is not null)
+            {
+                var outcome = pending.Outcome;
+                losses.Add(outcome.Loss);
+                tokens += outcome.InputTokens;
+            }
+            pending = launched;
         }
         if (onCuda) cuda.synchronize();
         double s = sw.Elapsed.TotalSeconds;
@@ -297,7 +304,8 @@ public static class BenchTrainCommand
 
     /// <summary>
     /// <paramref name="count"/> more steps (numbered from <paramref name="first"/>) with their phases marked, inside a
-    /// profiler-API capture range; the per-step means by phase and the calls each fused op's paths served in them.
+    /// profiler-API capture range, each read after the next is launched as in <see cref="TimeSteps"/>; the per-step
+    /// means by phase and the calls each fused op's paths served in them.
     /// </summary>
     static Dictionary<string, object?> Profile((TrainStep Step, AdamW Optimizer) s, RandomTokenBatches data, BuiltModel built, Shape shape,
         int first, int count)
@@ -310,11 +318,16 @@ public static class BenchTrainCommand
         var clock = Stopwatch.StartNew();
         try
         {
+            StepInFlight? pending = null;
             for (int i = 0; i < count; i++)
             {
-                s.Step.Run(first + i, LearningRate, data);
-                profiler.EndStep();
+                var launched = s.Step.Launch(first + i, LearningRate, data);
+                profiler.EndStep(leaveInFlight: 1);
+                _ = pending?.Outcome;
+                pending = launched;
             }
+            _ = pending?.Outcome;
+            profiler.Flush();
         }
         finally
         {

@@ -19,6 +19,7 @@ internal sealed class StepProfiler : IStepPhaseMarker, IDisposable
     readonly object _gate = new();
     readonly Stopwatch _clock = Stopwatch.StartNew();
     readonly List<(StepPhase Phase, CudaDriver.Event Event, double HostMs)> _marks = [];
+    readonly Queue<List<(StepPhase Phase, CudaDriver.Event Event, double HostMs)>> _closed = new();
     readonly Dictionary<StepPhase, (double Device, double Host)> _totals = new();
     CudaDriver.Event? _lastDone;
     double _betweenMs, _stepDeviceMs, _stepHostMs;
@@ -43,16 +44,28 @@ internal sealed class StepProfiler : IStepPhaseMarker, IDisposable
         lock (_gate) _marks.Add((phase, e, _clock.Elapsed.TotalMilliseconds));
     }
 
-    /// <summary>Accounts the step whose marks were just made (waits for its last event).</summary>
-    public void EndStep()
+    /// <summary>Closes the step whose marks were just made, and accounts every closed step but the newest
+    /// <paramref name="leaveInFlight"/> (waiting for each one's last event): the train step's outcome is read one
+    /// step late, so the profiler must not wait for the step just launched either.</summary>
+    public void EndStep(int leaveInFlight = 0)
     {
-        List<(StepPhase Phase, CudaDriver.Event Event, double HostMs)> marks;
         lock (_gate)
         {
-            marks = [.. _marks];
+            if (_marks.Count < 2) throw new InvalidOperationException("the step marked no phases");
+            _closed.Enqueue([.. _marks]);
             _marks.Clear();
         }
-        if (marks.Count < 2) throw new InvalidOperationException("the step marked no phases");
+        while (_closed.Count > leaveInFlight) Account(_closed.Dequeue());
+    }
+
+    /// <summary>Accounts the steps still left in flight by <see cref="EndStep"/>.</summary>
+    public void Flush()
+    {
+        while (_closed.Count > 0) Account(_closed.Dequeue());
+    }
+
+    void Account(List<(StepPhase Phase, CudaDriver.Event Event, double HostMs)> marks)
+    {
         if (_lastDone is not null)
         {
             _betweenMs += marks[0].Event.MillisecondsSince(_lastDone);
@@ -96,8 +109,9 @@ internal sealed class StepProfiler : IStepPhaseMarker, IDisposable
     {
         lock (_gate)
         {
-            foreach (var m in _marks) m.Event.Dispose();
+            foreach (var m in _marks.Concat(_closed.SelectMany(c => c))) m.Event.Dispose();
             _marks.Clear();
+            _closed.Clear();
         }
         _lastDone?.Dispose();
     }

@@ -25,6 +25,19 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
     /// <summary>The step's hyper-parameters; <paramref name="Step"/> counts from 1 (bias corrections 1 - beta^step).</summary>
     public readonly record struct Hyper(double LearningRate, double Beta1, double Beta2, double Eps, double WeightDecay, long Step);
 
+    /// <summary>
+    /// What a training step decides from its own results, as values still on the device: <paramref name="Stats"/>
+    /// (n) fp32 holds the step's loss sums and, last, its global gradient norm. If any is not finite the update does
+    /// not happen; otherwise the gradients are clipped to <paramref name="MaxNorm"/> (0 or infinity: not clipped)
+    /// with <see cref="ClipCoefficient"/>. The kernel reads them where they are, so the host need not wait for the
+    /// step to finish before it launches the update (adamw.cu); the reference reads them on the host.
+    /// </summary>
+    public readonly record struct Guard(Tensor Stats, double MaxNorm);
+
+    /// <summary>What <see cref="Step"/> did: updated, skipped (a non-finite guard, seen on the host), or left the
+    /// decision to the kernel on the device (the caller learns it when it reads the guard's values).</summary>
+    public enum Result { Applied, Skipped, DecidedOnDevice }
+
     Tensor? _table;            // (count * 6) int64 on the device: adamw.cu's AdamWTensor records
     long[]? _tableHost;        // what _table holds, to see when pointers change
     long _blocks;
@@ -39,10 +52,14 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
     public FusedPath LastPath { get; private set; } = FusedPath.TorchOps;
 
     /// <summary>One update of every slot, in place: one kernel launch when all are fp32 contiguous CUDA tensors.</summary>
-    public void Step(IReadOnlyList<Slot> slots, Hyper h)
+    public Result Step(IReadOnlyList<Slot> slots, Hyper h, Guard? guard = null)
     {
-        if (slots.Count == 0) return;
-        if (_kernel.Path == FusedPath.CudaPtx && slots[0].Param.device_type == DeviceType.CUDA)
+        if (slots.Count == 0) return Result.Applied;
+        if (guard is { } g && (g.Stats.dtype != ScalarType.Float32 || g.Stats.dim() != 1 || g.Stats.numel() < 1))
+            throw new ArgumentException($"the guard's stats must be a 1-D fp32 tensor of loss sums and the norm, got {g.Stats.dtype} [{string.Join(", ", g.Stats.shape)}]");
+        if (_kernel.Path == FusedPath.CudaPtx && slots[0].Param.device_type == DeviceType.CUDA
+            && (guard is not { } onDevice || (onDevice.Stats.device_type == DeviceType.CUDA && onDevice.Stats.device_index == slots[0].Param.device_index
+                && onDevice.Stats.is_contiguous())))
         {
             var host = HostTable(slots, out long blocks);
             // The same addresses and sizes as the table already on the device: those tensors passed KernelFits when
@@ -50,20 +67,40 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
             // native queries per slot and the table's copy to the device are skipped.
             bool same = _table is not null && _tableHost is not null && _tableHost.AsSpan().SequenceEqual(host)
                 && _table.device_index == slots[0].Param.device_index;
-            if ((same || KernelFits(slots)) && Launch(slots[0].Param.device, host, blocks, same, h))
+            if ((same || KernelFits(slots)) && Launch(slots[0].Param.device, host, blocks, same, h, guard))
             {
                 LastPath = FusedPath.CudaPtx;
                 _kernel.Counted(kernel: true);
-                return;
+                return guard is null ? Result.Applied : Result.DecidedOnDevice;
             }
         }
-        ReferenceStep(slots, h);
         LastPath = FusedPath.TorchOps;
         _kernel.Counted(kernel: false);
+        float clip = 1f;
+        if (guard is { } check)
+        {
+            float[] stats;
+            using (var onHost = check.Stats.cpu()) stats = onHost.data<float>().ToArray();
+            if (!stats.All(float.IsFinite)) return Result.Skipped;
+            clip = ClipCoefficient(stats[^1], check.MaxNorm);
+        }
+        ReferenceStep(slots, h, clip);
+        return Result.Applied;
     }
 
-    /// <summary>AdamW.cs's update, tensor by tensor, in torch ops (the reference, and the CPU path).</summary>
-    public static void ReferenceStep(IReadOnlyList<Slot> slots, Hyper h)
+    /// <summary>torch.nn.utils.clip_grad_norm_'s coefficient for gradients of global norm <paramref name="norm"/>:
+    /// maxNorm / (norm + 1e-6) when below 1, else 1 (maxNorm 0 or infinity: 1). In fp32 with round-to-nearest at
+    /// each operation, as adamw.cu computes it, so both paths clip alike.</summary>
+    public static float ClipCoefficient(float norm, double maxNorm)
+    {
+        if (!(maxNorm > 0)) return 1f;
+        float c = (float)maxNorm / (norm + 1e-6f);
+        return c < 1f ? c : 1f;
+    }
+
+    /// <summary>AdamW.cs's update, tensor by tensor, in torch ops (the reference, and the CPU path); each gradient
+    /// times <paramref name="clip"/> first when it is not 1 (adamw.cu's guard).</summary>
+    public static void ReferenceStep(IReadOnlyList<Slot> slots, Hyper h, float clip = 1f)
     {
         using var _ = torch.no_grad();
         using var scope = torch.NewDisposeScope();
@@ -73,6 +110,7 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
         foreach (var (p, g, m, v) in slots)
         {
             var g32 = g.to(ScalarType.Float32);
+            if (clip != 1f) g32 = g32.mul(clip);   // not in place: g32 may be the gradient itself
             if (h.WeightDecay != 0) p.mul_(1 - h.LearningRate * h.WeightDecay);
             m.mul_(h.Beta1).add_(g32, alpha: 1 - h.Beta1);
             v.mul_(h.Beta2).addcmul_(g32, g32, value: 1 - h.Beta2);
@@ -113,7 +151,7 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
         return host;
     }
 
-    bool Launch(Device device, long[] host, long blocks, bool sameTable, Hyper h)
+    bool Launch(Device device, long[] host, long blocks, bool sameTable, Hyper h, Guard? guard)
     {
         if (blocks == 0) return true;
         if (blocks > int.MaxValue) return false;
@@ -133,7 +171,11 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
         float bc2 = (float)bc2Sqrt, invBc2 = 1f / bc2, eps = (float)h.Eps, stepSize = (float)(h.LearningRate / bc1);
         IntPtr table = DeviceTensors.Ptr(_table!);
         int count = host.Length / 6, flags = Flags;
-        void** args = stackalloc void*[] { &table, &count, &decay, &b1, &oneMinusB1, &b2, &oneMinusB2, &bc2, &invBc2, &eps, &stepSize, &flags };
+        IntPtr stats = guard is { } g ? DeviceTensors.Ptr(g.Stats) : IntPtr.Zero;
+        int nStats = guard is { } n ? (int)n.Stats.numel() : 0;
+        float maxNorm = guard is { } m && m.MaxNorm > 0 ? (float)m.MaxNorm : 0f;   // infinity stays infinity: never clips
+        void** args = stackalloc void*[] { &table, &count, &decay, &b1, &oneMinusB1, &b2, &oneMinusB2, &bc2, &invBc2, &eps, &stepSize, &flags,
+            &stats, &nStats, &maxNorm };
         _kernel.Launch((uint)_blocks, args);
         return true;
     }

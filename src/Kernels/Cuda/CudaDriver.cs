@@ -142,17 +142,24 @@ public static unsafe class CudaDriver
         return cuGetErrorString(rc, out var p) == 0 && p != IntPtr.Zero ? Marshal.PtrToStringAnsi(p) : $"error {rc}";
     }
 
-    /// <summary>Device time between two points of stream 0, for benchmarks: record, enqueue work, record, read.</summary>
+    /// <summary>A point in stream 0's work: device time between two of them (benchmarks: record, enqueue work,
+    /// record, read), or a wait for the work enqueued before it and no later work (<see cref="Synchronize"/>).</summary>
     public sealed class Event : IDisposable
     {
+        const uint DisableTiming = 0x2; // CU_EVENT_DISABLE_TIMING: cheaper to record and to wait on
+
         IntPtr _handle;
 
-        public Event()
+        /// <param name="timing">false: an event only waited on (<see cref="MillisecondsSince"/> then fails).</param>
+        public Event(bool timing = true)
         {
-            Check(cuEventCreate(out _handle, 0), "cuEventCreate");
+            Check(cuEventCreate(out _handle, timing ? 0 : DisableTiming), "cuEventCreate");
         }
 
         public void Record() => Check(cuEventRecord(_handle, IntPtr.Zero), "cuEventRecord");
+
+        /// <summary>Blocks until the work enqueued on stream 0 before the last <see cref="Record"/> has completed.</summary>
+        public void Synchronize() => Check(cuEventSynchronize(_handle), "cuEventSynchronize");
 
         /// <summary>Milliseconds from <paramref name="start"/> to this event, waiting for this one to complete.</summary>
         public float MillisecondsSince(Event start)

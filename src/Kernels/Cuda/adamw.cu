@@ -10,6 +10,13 @@
 // Scalars are rounded to fp32 on the host exactly as torch rounds a double Scalar for an fp32 tensor.
 // `flags` can turn each of the three torch-specific choices off (bit 1: separate mul and add for m, bit 2: for v,
 // bit 3: a true division by bc2) so `bench kernel` can show which combination torch's kernels match; 0 = as above.
+// The guard (`stats`, optional): the step's n_stats - 1 loss sums and its global gradient norm last, as the train
+// step left them on the device. The host does not read them before this launch (that read would drain the stream
+// and leave the GPU idle while the host prepares the next step), so the kernel decides what the host used to:
+//   any of them not finite   -> no update at all (parameters and moments keep their values: a skipped step);
+//   max_norm > 0             -> g = g * c with c = max_norm / (norm + 1e-6) when c < 1 (clip_grad_norm_'s
+//                               coefficient, computed in fp32 exactly as Training's reference path computes it).
+// stats == nullptr: no guard (the gradients are used as they are).
 #include "qln_cuda.h"
 
 constexpr int kThreads = 256;
@@ -27,8 +34,22 @@ struct AdamWTensor
 
 extern "C" __global__ void __launch_bounds__(kThreads)
 qln_adamw(const AdamWTensor* __restrict__ table, int count, float decay, float b1, float one_minus_b1, float b2,
-          float one_minus_b2, float bc2, float inv_bc2, float eps, float step_size, int flags)
+          float one_minus_b2, float bc2, float inv_bc2, float eps, float step_size, int flags,
+          const float* __restrict__ stats, int n_stats, float max_norm)
 {
+    float clip = 1.0f;
+    if (stats != nullptr)
+    {
+        // Uniform over the launch: every block reads the same few values and returns, or not, alike.
+        for (int i = 0; i < n_stats; i++)
+            if ((qln_as_u32(stats[i]) & 0x7f800000u) == 0x7f800000u) return;   // inf or NaN: exponent all ones
+        if (max_norm > 0.0f)
+        {
+            float c = max_norm / (stats[n_stats - 1] + 1e-6f);
+            if (c < 1.0f) clip = c;
+        }
+    }
+    const bool clip_on = clip != 1.0f;
     // The tensor this block works on: the last entry whose first_block <= blockIdx.x (binary search).
     int lo = 0, hi = count - 1;
     while (lo < hi)
@@ -43,6 +64,7 @@ qln_adamw(const AdamWTensor* __restrict__ table, int count, float decay, float b
     for (i64 i = start + threadIdx.x; i < end; i += kThreads)
     {
         float p = t.p[i], g = t.g[i], m = t.m[i], v = t.v[i];
+        if (clip_on) g = g * clip;
         if (decay_on) p = p * decay;
         m = (flags & 1) ? m * b1 + one_minus_b1 * g : qln_fma(one_minus_b1, g, m * b1);
         v = (flags & 2) ? v * b2 + one_minus_b2 * (g * g) : qln_fma(one_minus_b2, g * g, v * b2);

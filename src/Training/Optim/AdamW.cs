@@ -47,8 +47,13 @@ public sealed class AdamW : IDisposable
     /// <summary>The path the last <see cref="StepOnce"/> took (cuda-ptx: one launch; torch-ops: the loop).</summary>
     public FusedPath LastPath => _update.LastPath;
 
-    /// <summary>One update from the gradients currently in each parameter's .grad (parameters without a gradient are skipped).</summary>
-    public void StepOnce()
+    /// <summary>One update from the gradients currently in each parameter's .grad (parameters without a gradient are
+    /// skipped), counted in <see cref="Step"/> unless it was skipped. With a <paramref name="guard"/> (the train
+    /// step's loss sums and gradient norm, on the device) the update is skipped when any of them is not finite and
+    /// the gradients are clipped to its norm: on the host path that is decided here; on the kernel's it is decided on
+    /// the device and the step counts provisionally: the caller, once it has read the guard's values, calls
+    /// <see cref="Retract"/> if they were not finite.</summary>
+    public MultiTensorAdamW.Result StepOnce(MultiTensorAdamW.Guard? guard = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         using var _ = torch.no_grad();
@@ -67,7 +72,17 @@ public sealed class AdamW : IDisposable
             }
             slots.Add(new MultiTensorAdamW.Slot(p, g, s.M, s.V));
         }
-        _update.Step(slots, new MultiTensorAdamW.Hyper(LearningRate, Beta1, Beta2, Eps, WeightDecay, Step));
+        var result = _update.Step(slots, new MultiTensorAdamW.Hyper(LearningRate, Beta1, Beta2, Eps, WeightDecay, Step), guard);
+        if (result == MultiTensorAdamW.Result.Skipped) Step--;
+        return result;
+    }
+
+    /// <summary>Uncounts the last step, which the kernel skipped on the device (its guard was not finite): the next
+    /// update's bias corrections continue from the step before, as when the host skipped it.</summary>
+    public void Retract()
+    {
+        if (Step == 0) throw new InvalidOperationException("no step to retract");
+        Step--;
     }
 
     public void ZeroGrad()

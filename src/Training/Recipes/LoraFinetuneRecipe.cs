@@ -248,6 +248,34 @@ public sealed class LoraFinetuneRecipe : IDisposable
         var stop = TrainStop.Completed;
         string? message = null;
 
+        // Each step's outcome is read after the next step is launched (StepInFlight), so the GPU runs on while the
+        // host records one step and issues the next; only where something must see the model after a step
+        // (evaluation, samples, a checkpoint, the end) is that step read before anything else is launched.
+        Launched? pending = null;
+        double lastRead = clock.Elapsed.TotalSeconds;
+        bool Read(Launched l)
+        {
+            var outcome = l.Step.Outcome;
+            double now = clock.Elapsed.TotalSeconds;
+            double seconds = now - Math.Max(l.LaunchedAt, lastRead);
+            lastRead = now;
+            if (!outcome.IsFinite)
+            {
+                stop = TrainStop.NonFiniteLoss;
+                string what = double.IsFinite(outcome.Loss) ? $"the gradient norm is {outcome.GradNorm}" : $"loss is {outcome.Loss}";
+                message = $"{what} at step {l.Step.Step + 1}; stopped without saving it. Last good checkpoint: "
+                    + (_store.Latest() ?? "none") + ". Lower training.learning_rate or raise training.warmup_steps, then --resume";
+                return false;
+            }
+            _state = _state with
+            {
+                Step = l.Step.Step + 1, Epoch = l.Epoch, MicroBatch = l.MicroBatch,
+                TokensSeen = _state.TokensSeen + outcome.InputTokens, LastLoss = outcome.Loss,
+            };
+            RecordStep(outcome, l.LearningRate, seconds, elapsedBefore + now);
+            return true;
+        }
+
         for (int step = _state.Step; step < _totalSteps; step++)
         {
             // All replicas stop at the same step (one that ran on alone would wait forever in the step's sums).
@@ -256,30 +284,29 @@ public sealed class LoraFinetuneRecipe : IDisposable
                 stop = TrainStop.Interrupted;
                 break;
             }
-            var stepClock = Stopwatch.StartNew();
             double lr = _schedule.At(step);
-            var outcome = _step.Run(step, lr, _batches);
-            if (!outcome.IsFinite)
+            double launchedAt = clock.Elapsed.TotalSeconds;
+            var launched = new Launched(_step.Launch(step, lr, _batches), lr, _batches.Epoch, _batches.MicroBatch, launchedAt);
+            // The step before, read while the device runs this one. A non-finite one stops the run: this step's
+            // update has happened, but nothing after the last checkpoint is saved.
+            if (pending is { } before && !Read(before))
             {
-                stop = TrainStop.NonFiniteLoss;
-                message = $"loss is {outcome.Loss} at step {step + 1}; stopped without saving it. Last good checkpoint: "
-                    + (_store.Latest() ?? "none") + ". Lower training.learning_rate or raise training.warmup_steps, then --resume";
+                pending = null;
                 break;
             }
-            _state = _state with
-            {
-                Step = step + 1, Epoch = _batches.Epoch, MicroBatch = _batches.MicroBatch,
-                TokensSeen = _state.TokensSeen + outcome.InputTokens, LastLoss = outcome.Loss,
-            };
-            RecordStep(outcome, lr, stepClock.Elapsed.TotalSeconds, elapsedBefore + clock.Elapsed.TotalSeconds);
+            pending = launched;
 
             bool last = step + 1 == _totalSteps;
-            if (Every(_t.EvalEvery, step + 1) || last)
+            bool evaluates = Every(_t.EvalEvery, step + 1) || last;
+            if (!evaluates && !(Every(_t.SaveEvery, step + 1) && !last)) continue;
+            pending = null;
+            if (!Read(launched)) break;
+            if (evaluates)
             {
                 _reports.Sample(step + 1);
                 ScoreTasks(step + 1, cancel);
             }
-            if (_data.Validation.Count > 0 && (Every(_t.EvalEvery, step + 1) || last))
+            if (_data.Validation.Count > 0 && evaluates)
             {
                 Validate(step + 1);
                 if (_t.EarlyStoppingPatience is { } patience && _state.EvaluationsWithoutImprovement >= patience)
@@ -291,10 +318,16 @@ public sealed class LoraFinetuneRecipe : IDisposable
             }
             if (Every(_t.SaveEvery, step + 1) && !last) SaveCheckpoint();
         }
+        // An interrupted run saves the last step it launched: read it first.
+        if (pending is { } left) Read(left);
         return Finish(stop, message, initialValidation);
     }
 
     static bool Every(int interval, int step) => interval > 0 && step % interval == 0;
+
+    /// <summary>A launched step with what its record needs from the moment of launch: the learning rate and the data
+    /// position after its micro-batches (the stream has moved on by the time it is read).</summary>
+    sealed record Launched(StepInFlight Step, double LearningRate, int Epoch, int MicroBatch, double LaunchedAt);
 
     /// <summary>Validation loss at <paramref name="step"/> (0: the base model), recorded and reported; tracks the best.</summary>
     double Validate(int step)

@@ -12,7 +12,7 @@ namespace QLoraNet.Training.Trainer;
 /// <list type="bullet">
 /// <item>the replicas' sum is one collective per buffer on the buffer itself, with no packing into a bucket and no
 /// copying back into hundreds of LoRA tensors;</item>
-/// <item>zeroing, clipping and the global norm are one kernel per buffer instead of one or two per parameter (a 7B
+/// <item>zeroing and the global norm are one kernel per buffer instead of one or two per parameter (a 7B
 /// model with LoRA on q/k/v/o has 256 adapter tensors: each op per tensor costs the host a native call);</item>
 /// <item>the gradients keep their device addresses from step to step, so the fused AdamW's pointer table need not be
 /// rebuilt and copied to the device each step.</item>
@@ -74,8 +74,8 @@ public sealed class FlatGradients : IDisposable
     }
 
     /// <summary>The global L2 norm of the gradients as an fp32 scalar on their device, not read: one reduction per
-    /// buffer (equal to torch's norm of the per-tensor norms up to rounding). The caller reads it, with whatever else
-    /// it reads, in one transfer.</summary>
+    /// buffer (equal to torch's norm of the per-tensor norms up to rounding). The train step's update reads it where it
+    /// is (clipping and the non-finite check), and the host later with the step's loss sums (<see cref="StepInFlight"/>).</summary>
     public Tensor Norm()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -85,23 +85,6 @@ public sealed class FlatGradients : IDisposable
         var norms = _buffers.Select(b => b.norm()).ToList();
         var total = norms.Count == 1 ? norms[0].to(ScalarType.Float32) : torch.stack(norms.Select(n => n.to(ScalarType.Float32))).norm();
         return total.MoveToOuterDisposeScope();
-    }
-
-    /// <summary>
-    /// Clips the gradients to a global L2 norm of at most <paramref name="maxNorm"/>, as
-    /// <c>torch.nn.utils.clip_grad_norm_</c> does, given their norm <paramref name="norm"/> (read from
-    /// <see cref="Norm"/>, with whatever else the step reads, its one host synchronisation): coefficient = maxNorm / (norm + 1e-6), applied when
-    /// below 1 (or not a number, so that non-finite gradients propagate as they would in clip_grad_norm_).
-    /// <paramref name="maxNorm"/> 0 or infinity = leave them.
-    /// </summary>
-    public void ScaleToNorm(double norm, double maxNorm)
-    {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        if (!(maxNorm > 0) || double.IsPositiveInfinity(maxNorm)) return;
-        double coefficient = maxNorm / (norm + 1e-6);
-        if (coefficient >= 1) return;
-        using var noGrad = torch.no_grad();
-        foreach (var b in _buffers) b.mul_(coefficient);
     }
 
     static string Key(Device d) => $"{d.type}:{d.index}";

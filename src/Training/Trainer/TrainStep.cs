@@ -16,11 +16,15 @@ namespace QLoraNet.Training.Trainer;
 /// <param name="Seed">the run's seed: micro-batch i of step s draws its dropout masks from a stream seeded by (seed, s, i).</param>
 public sealed record TrainStepSettings(int GradientAccumulationSteps, double MaxGradNorm, long Seed);
 
-/// <summary>What one optimizer step did. <see cref="Loss"/> is the mean over the step's loss terms (trained tokens);
-/// when it is not finite the optimizer did not step.</summary>
+/// <summary>What one optimizer step did. <see cref="Loss"/> is the mean over the step's loss terms (trained tokens)
+/// and <see cref="GradNorm"/> the global gradient norm before clipping; when either is not finite the optimizer did
+/// not step (<see cref="Applied"/>: this replica's update; replicas agree unless only one replica's loss was not
+/// finite while the summed gradients were).</summary>
 public sealed record StepOutcome(double Loss, double GradNorm, long InputTokens, long LossTerms)
 {
-    public bool IsFinite => double.IsFinite(Loss);
+    public bool Applied { get; init; } = true;
+
+    public bool IsFinite => double.IsFinite(Loss) && double.IsFinite(GradNorm);
 }
 
 /// <summary>
@@ -29,7 +33,8 @@ public sealed record StepOutcome(double Loss, double GradNorm, long InputTokens,
 /// (<see cref="RankShard"/>); for each (in its own dispose scope), reseed the dropout stream from (seed, step,
 /// micro-batch), run the loss (forward included) and back-propagate its share of the step's mean, release the
 /// model's backward handles and take the gradient into the step's sum (<see cref="GradientAccumulator"/>); sum the
-/// gradients over replicas (once per optimizer step); clip on the global norm; AdamW; zero the gradients. The
+/// gradients over replicas (once per optimizer step); AdamW, which skips a non-finite step and clips on the global
+/// norm where the values are (on the GPU: no wait for the device, <see cref="StepInFlight"/>); zero the gradients. The
 /// gradients live in the run's <see cref="FlatGradients"/> (each parameter's .grad a view of one buffer), so each of
 /// those is a kernel (or collective) per buffer, not per parameter; dispose the step at the end of the run.
 /// The loss is injected (<see cref="ITrainingLoss"/>), and so are the replicas (<see cref="IReplicaGroup"/>):
@@ -52,6 +57,7 @@ public sealed class TrainStep : IDisposable
     readonly IReadOnlyList<(string Name, Parameter Param)> _trainable;
     readonly FlatGradients _gradients;
     IStepPhaseMarker? _phases;
+    StepInFlight? _previous;   // the last launched step, until the next launch has read it
 
     /// <param name="model">the model; its parameters that require grad are the ones <paramref name="optimizer"/> updates.</param>
     /// <param name="dropoutRandom">the stream the model's dropout draws from (null: the model draws no random numbers).</param>
@@ -85,8 +91,13 @@ public sealed class TrainStep : IDisposable
     }
 
     /// <summary>Runs optimizer step <paramref name="step"/> (0-based) at <paramref name="learningRate"/> on the next
-    /// micro-batches of <paramref name="batches"/>.</summary>
-    public StepOutcome Run(int step, double learningRate, IBatchSource batches)
+    /// micro-batches of <paramref name="batches"/> and waits for its outcome.</summary>
+    public StepOutcome Run(int step, double learningRate, IBatchSource batches) => Launch(step, learningRate, batches).Outcome;
+
+    /// <summary>Launches optimizer step <paramref name="step"/> (0-based) at <paramref name="learningRate"/> on the next
+    /// micro-batches of <paramref name="batches"/>, without waiting for the device: read its outcome after launching
+    /// the next step (<see cref="StepInFlight"/>) and the GPU never idles between steps.</summary>
+    public StepInFlight Launch(int step, double learningRate, IBatchSource batches)
     {
         using var scope = torch.NewDisposeScope();
         if (!_model.training) _model.train();
@@ -99,8 +110,8 @@ public sealed class TrainStep : IDisposable
         // fully masked rows has loss 0, not NaN).
         double terms = Math.Max(1, stepTerms);
         var gradients = new GradientAccumulator(_gradients, mine.Count);
-        // Each micro-batch's loss sum stays on the device until the step's one read below: reading it here would make
-        // the host wait for every backward and leave the GPU idle while it issues the next micro-batch.
+        // Each micro-batch's loss sum stays on the device: reading it here would make the host wait for every
+        // backward and leave the GPU idle while it issues the next micro-batch.
         var lossSums = new Tensor[mine.Count];
         for (int k = 0; k < mine.Count; k++)
         {
@@ -116,35 +127,40 @@ public sealed class TrainStep : IDisposable
             lossSums[k] = sum.detach().to(ScalarType.Float32).MoveToOuterDisposeScope();
         }
         _phases?.Enter(StepPhase.Optimizer);
-        // One collective per gradient buffer, in place (FlatGradients: nothing to pack or unpack). Before the loss is
-        // known: a non-finite step throws the sum away below, on every replica alike.
+        // One collective per gradient buffer, in place (FlatGradients: nothing to pack or unpack).
         var grads = gradients.Finish();
         _replicas.SumInPlace(grads);
-        // The step's one host read: the micro-batches' loss sums and the gradient norm, in one transfer.
-        float[] read;
+        // The step's results stay on the device: (micro-batches + 1) fp32, the loss sums then the global norm. The
+        // update reads them there (skips a non-finite step, clips to the norm), so nothing waits for the GPU here.
+        Tensor stats;
         using (var norm = _gradients.Norm())
         using (var normThere = norm.to(lossSums[0].device))    // the same handle's storage when they share a device
-        using (var both = torch.stack([.. lossSums, normThere]))
-        using (var onHost = both.cpu())
-            read = onHost.data<float>().ToArray();
-        // The one scalar collective of the step (every replica must agree on skipping a non-finite step).
-        double loss = _replicas.Sum(PairwiseOrder.Sum(read.Take(mine.Count).Select(v => (double)v).ToArray())) / terms;
-        if (!double.IsFinite(loss))
-        {
-            _gradients.Zero();
-            _phases?.Enter(StepPhase.Done);
-            return new StepOutcome(loss, double.NaN, tokens, (long)terms);
-        }
-        double gradNorm = read[^1];
-        _gradients.ScaleToNorm(gradNorm, _settings.MaxGradNorm);
-        _optimizer.StepOnce();
+            stats = torch.stack([.. lossSums, normThere]);
+        // The previous step finished on the device before this one's forward began, so its values are on the host
+        // without a wait: a step the device skipped leaves the count before this update's bias corrections use it.
+        _previous?.Settle();
+        var result = _optimizer.StepOnce(new MultiTensorAdamW.Guard(stats, _settings.MaxGradNorm));
         _gradients.Zero();
         _phases?.Enter(StepPhase.Done);
-        return new StepOutcome(loss, gradNorm, tokens, (long)terms);
+        _previous = new StepInFlight(step, stats, mine.Count, terms, tokens, _replicas,
+            result == MultiTensorAdamW.Result.DecidedOnDevice ? _optimizer.Retract : null);
+        return _previous;
     }
 
-    /// <summary>Releases the run's gradient buffers (every trainable parameter's .grad becomes undefined).</summary>
-    public void Dispose() => _gradients.Dispose();
+    /// <summary>Reads the last launched step (its pinned copy and event are released) and releases the run's gradient
+    /// buffers (every trainable parameter's .grad becomes undefined).</summary>
+    public void Dispose()
+    {
+        try
+        {
+            _previous?.Settle();
+        }
+        finally
+        {
+            _previous = null;
+            _gradients.Dispose();
+        }
+    }
 
     /// <summary>
     /// Draws the step's micro-batches for all replicas (so every replica's data position advances alike) and keeps

@@ -65,7 +65,7 @@ public class AdamWTests
         Assert.Equal(4, DisposeScopeManager.Statistics.ThreadTotalLiveCount - before);
         opt.Dispose();
         Assert.Equal(0, DisposeScopeManager.Statistics.ThreadTotalLiveCount - before);
-        Assert.Throws<ObjectDisposedException>(opt.StepOnce);
+        Assert.Throws<ObjectDisposedException>(() => opt.StepOnce());
         opt.Dispose();   // twice is harmless
     }
 

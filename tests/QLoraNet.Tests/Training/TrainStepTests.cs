@@ -186,6 +186,68 @@ public class TrainStepTests
         }
     }
 
+    /// <summary>A step whose loss is not finite updates nothing (adapters and moments keep their bits) and is not
+    /// counted by the optimizer (the next update's bias corrections continue from the last applied step); the run
+    /// then goes on as if it had not been tried.</summary>
+    [Fact]
+    public void A_non_finite_step_changes_nothing_and_is_not_counted()
+    {
+        bool poison = false;
+        using var run = new SmallRun(seed: 7, dropout: 0, loss: new PoisonableLoss(() => poison));
+        Assert.True(run.Step.Run(0, 1e-3, run.Data).Applied);
+        var adapters = run.Adapters();
+        var (moments, count) = run.Optimizer.Save();
+        poison = true;
+        var skipped = run.Step.Run(1, 1e-3, run.Data);
+        Assert.False(skipped.IsFinite);
+        Assert.False(skipped.Applied);
+        Assert.Equal(count, run.Optimizer.Step);
+        var after = run.Adapters();
+        for (int i = 0; i < adapters.Length; i++) Assert.True(Bits.Same(adapters[i], after[i]), $"adapter {i}");
+        var (momentsAfter, _) = run.Optimizer.Save();
+        foreach (var (name, m) in moments) Assert.True(Bits.Same(m, momentsAfter[name]), name);
+        poison = false;
+        Assert.True(run.Step.Run(2, 1e-3, run.Data).Applied);
+        Assert.Equal(count + 1, run.Optimizer.Step);
+    }
+
+    /// <summary>A step launched and read later (after the next launch, as `train` does) has the outcome and the
+    /// effect of the step run and read at once; and a step the device skipped is uncounted when it is read
+    /// (StepInFlight's retraction, the kernel path's counterpart of the host's skip).</summary>
+    [Fact]
+    public void Steps_read_one_late_equal_steps_read_at_once_and_a_skip_is_retracted_when_read()
+    {
+        double[] atOnce;
+        Tensor[] adaptersAtOnce;
+        using (var a = new SmallRun(seed: 9))
+        {
+            atOnce = a.Losses(3);
+            adaptersAtOnce = a.Adapters();
+        }
+        using var b = new SmallRun(seed: 9);
+        var launched = Enumerable.Range(0, 3).Select(s => b.Step.Launch(s, 1e-3, b.Data)).ToList();
+        Assert.Equal(atOnce, launched.Select(l => l.Outcome.Loss));
+        var adapters = b.Adapters();
+        for (int i = 0; i < adapters.Length; i++) Assert.True(Bits.Same(adaptersAtOnce[i], adapters[i]), $"adapter {i}");
+
+        int retracted = 0;
+        var skipped = new StepInFlight(4, tensor(new[] { 2f, float.NaN }), 1, 10, 40, SingleReplica.Instance, () => retracted++);
+        Assert.Equal(1, retracted);
+        Assert.False(skipped.Outcome.Applied);
+        Assert.Equal(1, retracted);
+        var fine = new StepInFlight(5, tensor(new[] { 20f, 3f }), 1, 10, 40, SingleReplica.Instance, () => retracted++);
+        Assert.Equal(new StepOutcome(2, 3, 40, 10), fine.Outcome);
+        Assert.Equal(1, retracted);
+    }
+
+    /// <summary>The causal-LM loss, times NaN while <paramref name="poisoned"/> says so.</summary>
+    sealed class PoisonableLoss(Func<bool> poisoned) : ITrainingLoss
+    {
+        readonly CausalLmTokenMeanLoss _inner = new();
+        public long Count(Batch batch) => _inner.Count(batch);
+        public Tensor Sum(LlamaForCausalLM model, Batch batch) => poisoned() ? _inner.Sum(model, batch) * float.NaN : _inner.Sum(model, batch);
+    }
+
     sealed class Replay(IReadOnlyList<Batch> batches) : IBatchSource
     {
         int _next;
