@@ -61,9 +61,19 @@ public sealed record Batch(int Rows, int Length, long[] InputIds, long[] Labels,
             mask);
     }
 
+    /// <summary>The host tensor on <paramref name="device"/>. To a GPU through pinned memory, without waiting: from
+    /// pageable memory the copy would wait for all the work queued before it (libtorch's stream is the legacy default
+    /// stream), so the host, ahead of the GPU by the previous step (Trainer.StepInFlight), would stop at every
+    /// step's first batch until the GPU had drained its queue. libtorch's pinned-memory cache keeps the staging block
+    /// until the copy has run.</summary>
     static Tensor On(Device device, Tensor cpu)
     {
         if (device.type == DeviceType.CPU) return cpu;
-        using (cpu) return cpu.to(device);
+        using (cpu)
+        {
+            if (device.type != DeviceType.CUDA) return cpu.to(device);
+            using var pinned = cpu.pin_memory();
+            return pinned.to(device, non_blocking: true);
+        }
     }
 }
