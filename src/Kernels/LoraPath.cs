@@ -26,9 +26,25 @@ public static class LoraPath
         // addmm wants one dtype; a base whose output is in another (none of ours) takes the reference's casts.
         if (baseOutput.dtype != h.dtype) return Reference(baseOutput, h, a, b, scaling);
         using var scope = NewDisposeScope();
+        var down = F.linear(h, a);                                                   // (..., r)
+        return AddUp(baseOutput, down, b, scaling).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// <see cref="AddLowRank"/> from the down projection already made: adapters reading one input make theirs as one
+    /// GEMM and pass each its columns (Peft.SharedLoraDown), a strided view that the GEMM reads in place.
+    /// </summary>
+    /// <param name="baseOutput">(..., out) the frozen layer's output.</param>
+    /// <param name="down">(..., r) or (N, r): h A^T in the compute dtype.</param>
+    /// <param name="b">(out, r) LoRA B in the compute dtype.</param>
+    /// <returns>(..., out) base + scaling * down B^T.</returns>
+    public static Tensor AddUp(Tensor baseOutput, Tensor down, Tensor b, double scaling)
+    {
+        using var scope = NewDisposeScope();
+        if (baseOutput.dtype != down.dtype)                                          // the reference's casts, as above
+            return (baseOutput + F.linear(down, b).mul(scaling).to(baseOutput.dtype).view_as(baseOutput)).MoveToOuterDisposeScope();
         long outF = b.size(0), r = b.size(1);                                        // one native call each; .shape allocates
-        var down = F.linear(h, a).reshape(-1, r);                                    // (N, r)
-        var y = torch.addmm(baseOutput.reshape(-1, outF), down, b.t(), beta: 1, alpha: (float)scaling); // (N, out)
+        var y = torch.addmm(baseOutput.reshape(-1, outF), down.reshape(-1, r), b.t(), beta: 1, alpha: (float)scaling); // (N, out)
         return y.view_as(baseOutput).MoveToOuterDisposeScope();
     }
 

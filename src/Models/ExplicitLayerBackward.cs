@@ -19,7 +19,10 @@ namespace QLoraNet.Models;
 /// <item>the down projection's frozen product is not recomputed: the layer's output feeds only the next layer,
 /// whose input the checkpoint kept, so backward never reads it (~1/7 of the recomputation's matmuls on Llama);</item>
 /// <item>with <c>keepWeights</c>, each frozen weight dequantized for the recomputation is kept for its backward
-/// (one dequantization instead of two; the layer's dense weights are held until then).</item>
+/// (one dequantization instead of two; the layer's dense weights are held until then);</item>
+/// <item>q, k and v read one input and are recorded as one group (<see cref="LinearSlots.RecordShared"/>): their
+/// LoRA adapters, when none drops its input, make their down projections one GEMM and, in backward, their dA one GEMM
+/// and their dx one addmm (Peft.SharedLoraDownTape), instead of three each, each reading (N, hidden).</item>
 /// </list>
 /// Gradients equal autograd's up to rounding: sums of input gradients accumulate inside the GEMMs (addmm) and round
 /// once, where autograd rounds each product and then the sum. The pre-norm layer of Llama, Mistral, Qwen2 and Gemma
@@ -30,6 +33,7 @@ namespace QLoraNet.Models;
 public static class ExplicitLayerBackward
 {
     static readonly LinearRole[] AttentionRoles = [LinearRole.Query, LinearRole.Key, LinearRole.Value, LinearRole.Output];
+    static readonly LinearRole[] QkvRoles = [LinearRole.Query, LinearRole.Key, LinearRole.Value];
     static readonly LinearRole[] MlpRoles = [LinearRole.Gate, LinearRole.Up, LinearRole.Down];
 
     /// <summary>Whether <paramref name="layer"/> has the structure this backward writes out, every linear can run on
@@ -69,15 +73,16 @@ public static class ExplicitLayerBackward
         using var scope = NewDisposeScope();
 
         // ---- Recomputation: forward's arithmetic, no graph but the attention's own.
+        LinearTapeGroup tqkv;
         LinearTape tq, tk, tv, to, tg, tu, td;
         FusedRmsNorm.Saved saved1, saved2;
         Tensor normed1, normed2, gated, merged, qLeaf, kLeaf, vLeaf;
         using (no_grad())
         {
             (normed1, saved1) = norm1.ForwardSaving(hidden);                                     // (B, T, hidden)
-            tq = attnSlots.Record(LinearRole.Query, normed1, keepWeights);
-            tk = attnSlots.Record(LinearRole.Key, normed1, keepWeights);
-            tv = attnSlots.Record(LinearRole.Value, normed1, keepWeights);
+            // q, k and v read normed1: one group, whose adapters may share their down projection (and A's side of backward).
+            tqkv = attnSlots.RecordShared(QkvRoles, normed1, keepWeights);
+            (tq, tk, tv) = (tqkv.Members[0], tqkv.Members[1], tqkv.Members[2]);
             var q = attention.SplitHeads(tq.Output!, nHeads);                                    // (B, nHeads, T, headDim)
             var k = attention.SplitHeads(tk.Output!, nKv);                                       // (B, nKv, T, headDim)
             var v = attention.SplitHeads(tv.Output!, nKv);                                       // (B, nKv, T, headDim)
@@ -130,10 +135,9 @@ public static class ExplicitLayerBackward
             merged.Dispose();
             dMerged.Dispose();
             var (dq, dk) = attention.Rope.BackwardQk(dqkv[0], dqkv[1], cos, sin);                // (B, heads, T, headDim)
-            var dNormed1 = tq.Backward(attention.MergeHeads(dq), null);                         // (B, T, hidden)
-            tk.Backward(attention.MergeHeads(dk), dNormed1);
-            tv.Backward(attention.MergeHeads(dqkv[2]), dNormed1);
-            foreach (var d in new IDisposable[] { tq, tk, tv, normed1 }) d.Dispose();
+            var dNormed1 = tqkv.Backward([attention.MergeHeads(dq), attention.MergeHeads(dk), attention.MergeHeads(dqkv[2])], null); // (B, T, hidden)
+            tqkv.Dispose();
+            normed1.Dispose();
             dHidden = norm1.Backward(dNormed1, saved1, dHidden);                                 // + the residual's
             saved1.Dispose();
         }

@@ -69,6 +69,48 @@ public sealed class LinearSlots
         return tape;
     }
 
+    /// <summary>
+    /// <see cref="Call"/> of each of <paramref name="roles"/> on one input (the attention's q/k/v): where the slots'
+    /// linears can share work on it without an autograd graph (<see cref="ISharedInputLinear"/>: LoRA adapters with no
+    /// dropout make their down projections one GEMM) they do; otherwise each is called in turn, as Call does.
+    /// </summary>
+    /// <param name="x">(..., in)</param>
+    /// <returns>(..., outᵢ) per role, biases included.</returns>
+    public Tensor[] CallShared(IReadOnlyList<LinearRole> roles, Tensor x)
+    {
+        if (SharingMembers(roles) is not { } members || members[0].ForwardShared(members, x) is not { } outputs)
+            return [.. roles.Select(r => Call(r, x))];
+        for (int i = 0; i < outputs.Length; i++)
+        {
+            if (Bias(nameOf[roles[i]]) is not { } bias) continue;
+            using var y = outputs[i];
+            outputs[i] = y + bias.to(y.dtype);
+        }
+        return outputs;
+    }
+
+    /// <summary>
+    /// <see cref="Record"/> of each of <paramref name="roles"/> on one input, as one group with one backward: shared
+    /// work where the linears can share it (<see cref="CallShared"/>), else each role's own tape. Each member's output
+    /// includes its bias.
+    /// </summary>
+    /// <param name="x">(..., in) in the compute dtype.</param>
+    public LinearTapeGroup RecordShared(IReadOnlyList<LinearRole> roles, Tensor x, bool keepWeight)
+    {
+        if (SharingMembers(roles) is not { } members || members[0].RecordShared(members, x, keepWeight) is not { } group)
+            return new LinearTapeGroup([.. roles.Select(r => Record(r, x, keepWeight))]);
+        for (int i = 0; i < roles.Count; i++)
+            if (Bias(nameOf[roles[i]]) is { } bias) group.Members[i].AddToOutput(bias);
+        return group;
+    }
+
+    /// <summary>The linears of <paramref name="roles"/> when each may share its input's work, else null.</summary>
+    ISharedInputLinear[]? SharingMembers(IReadOnlyList<LinearRole> roles)
+    {
+        var modules = roles.Select(r => byName[nameOf[r]]).ToArray();
+        return modules.All(m => m is ISharedInputLinear) ? [.. modules.Cast<ISharedInputLinear>()] : null;
+    }
+
     /// <summary>Puts <paramref name="module"/> in slot <paramref name="name"/>, in forward and in the owner's module registry alike.</summary>
     public void Replace(string name, nn.Module<Tensor, Tensor> module)
     {

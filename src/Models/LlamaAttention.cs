@@ -22,6 +22,8 @@ namespace QLoraNet.Models;
 /// </summary>
 public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, KvCache?, Tensor>, IDefersBackwardHandles
 {
+    static readonly LinearRole[] QkvRoles = [LinearRole.Query, LinearRole.Key, LinearRole.Value];
+
     readonly LinearSlots projections;
     readonly int layerIndex;
     readonly long numHeads;
@@ -82,9 +84,11 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor, Tensor, Tensor?, 
     public override Tensor forward(Tensor hidden, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        var q = SplitHeads(projections.Call(LinearRole.Query, hidden), numHeads);      // (B, nHeads, T, headDim)
-        var k = SplitHeads(projections.Call(LinearRole.Key, hidden), numKvHeads);      // (B, nKv, T, headDim)
-        var v = SplitHeads(projections.Call(LinearRole.Value, hidden), numKvHeads);    // (B, nKv, T, headDim)
+        // q, k and v read hidden: without a graph (a checkpointed forward, inference) their adapters may share work.
+        var qkv = projections.CallShared(QkvRoles, hidden);
+        var q = SplitHeads(qkv[0], numHeads);                                           // (B, nHeads, T, headDim)
+        var k = SplitHeads(qkv[1], numKvHeads);                                         // (B, nKv, T, headDim)
+        var v = SplitHeads(qkv[2], numKvHeads);                                         // (B, nKv, T, headDim)
         (q, k) = rope.ApplyQk(q, k, cos, sin, handles);                                 // same layouts, rotated
 
         if (cache is not null) (k, v) = cache.Append(layerIndex, k, v);               // (B, nKv, S, headDim)

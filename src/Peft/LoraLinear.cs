@@ -22,8 +22,10 @@ namespace QLoraNet.Peft;
 /// module computes base(x) alone (torchtune's LoRALinear.disabled; peft's disable_adapter): a reference model for
 /// free, as DPO needs it (<see cref="AdapterSwitch.DisableAdapters"/>). Over a <see cref="QuantizationAwareLinear"/>
 /// base the update is trained inside the merged weight instead (quantization-aware training, see AwareForward).
+/// Adapters reading one input (q/k/v) can run their down projections as one GEMM where no graph is needed
+/// (<see cref="ISharedInputLinear"/>, <see cref="SharedLoraDown"/>).
 /// </summary>
-public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear
+public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, ISharedInputLinear
 {
     private readonly FrozenLinear base_layer;
     private readonly LoraFactor lora_A;
@@ -88,8 +90,8 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear
     /// null: then A and B are cast to the compute dtype on every call.</summary>
     public ForwardPasses? Passes { get; init; }
 
-    long castPass = -1;
-    Tensor? aCast, bCast;   // A, B in the compute dtype, made in pass castPass, owned here
+    readonly PerPassTensor aCast = new(), bCast = new();   // A, B in the compute dtype for the current pass
+    SharedLoraDown? shared;                                 // the adapters this one leads in sharing its input, with their cache
 
     public override Tensor forward(Tensor x)
     {
@@ -110,32 +112,27 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear
     /// recomputation, inference) once per forward pass of the model (<see cref="Passes"/>) and reused: on a 7B model
     /// with LoRA on q/k/v/o that is 256 casts a pass instead of 512 a training step's forward and recomputation.
     /// </summary>
-    internal (Tensor A, Tensor B) Factors(ScalarType dtype)
-    {
-        if (Passes is null || KernelPath.NeedsGraph(A, B)) return (A.to(dtype), B.to(dtype));
-        long pass = Passes.Current;
-        if (pass != castPass || aCast is null || bCast is null || aCast.dtype != dtype
-            || aCast.device_type != A.device_type || aCast.device_index != A.device_index)
-        {
-            aCast?.Dispose();
-            bCast?.Dispose();
-            using (torch.no_grad())
-            {
-                aCast = A.to(dtype).DetachFromDisposeScope();
-                bCast = B.to(dtype).DetachFromDisposeScope();
-            }
-            castPass = pass;
-        }
-        return (aCast.alias(), bCast.alias());
-    }
+    internal (Tensor A, Tensor B) Factors(ScalarType dtype) => (Cast(A, aCast, dtype), UpFactor(dtype));
+
+    /// <summary>B alone in the compute dtype, as <see cref="Factors"/> makes it (adapters sharing their down
+    /// projection use a concatenated A instead of their own, <see cref="SharedLoraDown"/>).</summary>
+    internal Tensor UpFactor(ScalarType dtype) => Cast(B, bCast, dtype);
+
+    Tensor Cast(Parameter factor, PerPassTensor cache, ScalarType dtype) =>
+        Passes is null || KernelPath.NeedsGraph(A, B) ? factor.to(dtype) : cache.Get(Passes, dtype, factor, () => factor.to(dtype));
+
+    /// <summary>Whether the adapter's input goes through dropout now (a probability above 0, in training mode): then
+    /// its down projection reads an input of its own and cannot be shared.</summary>
+    internal bool DropsInput => lora_dropout is LoraDropout { training: true };
 
     protected override void Dispose(bool disposing)
     {
         if (disposing)
         {
-            aCast?.Dispose();
-            bCast?.Dispose();
-            aCast = bCast = null;
+            aCast.Dispose();
+            bCast.Dispose();
+            shared?.Dispose();
+            shared = null;
         }
         base.Dispose(disposing);
     }
@@ -153,6 +150,30 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear
         if (Disabled) return baseTape;
         var (a, b) = Factors(base_layer.ComputeDType);
         return new LoraLinearTape(baseTape, x, lora_dropout as LoraDropout, A, B, a, b, Scaling, product);
+    }
+
+    /// <summary>With every member a <see cref="LoraLinear"/> that can share its down projection
+    /// (<see cref="SharedLoraDown.CanShare"/>), their forward with one down GEMM, when no graph is needed.</summary>
+    public Tensor[]? ForwardShared(IReadOnlyList<ISharedInputLinear> members, Tensor x) => SharedWith(members)?.Forward(x);
+
+    /// <summary>With every member a <see cref="LoraLinear"/> that can share its down projection, their tapes with one
+    /// down GEMM and a backward that shares A's side (<see cref="SharedLoraDownTape"/>).</summary>
+    public LinearTapeGroup? RecordShared(IReadOnlyList<ISharedInputLinear> members, Tensor x, bool keepWeight) =>
+        SharedWith(members)?.Record(x, keepWeight);
+
+    /// <summary>The group of <paramref name="members"/>, led (and its concatenated A kept) by this adapter, the first
+    /// member; made again when the members change (a slot replaced). Null when they cannot share now.</summary>
+    SharedLoraDown? SharedWith(IReadOnlyList<ISharedInputLinear> members)
+    {
+        if (members.Count == 0 || !ReferenceEquals(members[0], this))
+            throw new ArgumentException("the group is asked of its first member", nameof(members));
+        if (shared is null || !shared.Is(members))
+        {
+            if (members.Any(m => m is not LoraLinear)) return null;
+            shared?.Dispose();
+            shared = new SharedLoraDown([.. members.Cast<LoraLinear>()]);
+        }
+        return shared.CanShare ? shared : null;
     }
 
     /// <summary>

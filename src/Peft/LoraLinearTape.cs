@@ -28,8 +28,10 @@ public sealed class LoraLinearTape : LinearTape
 
     /// <param name="aCompute">A in the compute dtype (r, in), a handle the tape takes over.</param>
     /// <param name="bCompute">B in the compute dtype (out, r), a handle the tape takes over.</param>
+    /// <param name="down">h Aᵀ (N, r) when already made (this adapter's columns of a down projection shared with
+    /// others, <see cref="SharedLoraDown"/>), a handle the tape takes over; null = made here.</param>
     internal LoraLinearTape(LinearTape baseTape, Tensor x, LoraDropout? dropout, Parameter a, Parameter b, Tensor aCompute, Tensor bCompute,
-        double scaling, bool product)
+        double scaling, bool product, Tensor? down = null)
     {
         var computeDType = aCompute.dtype;
         this.baseTape = baseTape;
@@ -42,12 +44,12 @@ public sealed class LoraLinearTape : LinearTape
         h = (draw?.Output ?? x).to(computeDType).DetachFromDisposeScope();
         this.a = aCompute.DetachFromDisposeScope();
         this.b = bCompute.DetachFromDisposeScope();
-        down = F.linear(h, this.a).reshape(-1, this.a.size(0)).DetachFromDisposeScope();  // (N, r)
+        this.down = (down ?? F.linear(h, this.a).reshape(-1, this.a.size(0))).DetachFromDisposeScope();  // (N, r)
         if (!product) return;
         var baseOutput = baseTape.Output!;                                                  // (..., out)
         if (baseOutput.dtype != h.dtype)
             throw new InvalidOperationException($"the base output is {baseOutput.dtype}, the adapter computes in {h.dtype}");
-        var y = torch.addmm(baseOutput.reshape(-1, this.b.size(0)), down, this.b.t(), beta: 1, alpha: (float)scaling);
+        var y = torch.addmm(baseOutput.reshape(-1, this.b.size(0)), this.down, this.b.t(), beta: 1, alpha: (float)scaling);
         Output = y.view_as(baseOutput).DetachFromDisposeScope();
         baseTape.ReleaseOutput();
     }
@@ -56,10 +58,9 @@ public sealed class LoraLinearTape : LinearTape
     {
         var grad = baseTape.Backward(dy, inputGrad);                                        // (..., in)
         using var scope = NewDisposeScope();
-        var rows = Rows(dy.dtype == h.dtype ? dy : dy.to(h.dtype));                         // (N, out)
         using (no_grad())
         {
-            if (bParam.requires_grad) GradOf(bParam).add_(rows.t().mm(down), alpha: scaling);   // (out, r)
+            var rows = UpBackward(dy);                                                      // (N, out)
             var dyB = rows.mm(b);                                                           // (N, r)
             if (aParam.requires_grad) GradOf(aParam).add_(dyB.t().mm(Rows(h)), alpha: scaling); // (r, in)
             if (draw is null)
@@ -70,8 +71,33 @@ public sealed class LoraLinearTape : LinearTape
         return grad;
     }
 
+    /// <summary>
+    /// This adapter's part of backward when its down projection is shared (<see cref="SharedLoraDownTape"/>, which
+    /// does A's side for the group): the base's input gradient, B's gradient, and scaling · dy B written into
+    /// <paramref name="scaledDyB"/> (N, r), the adapter's columns of the group's (N, Σr).
+    /// </summary>
+    internal Tensor BackwardSharingDown(Tensor dy, Tensor? inputGrad, Tensor scaledDyB)
+    {
+        var grad = baseTape.Backward(dy, inputGrad);                                        // (..., in)
+        using var scope = NewDisposeScope();
+        using (no_grad())
+        {
+            var rows = UpBackward(dy);                                                      // (N, out)
+            scaledDyB.addmm_(rows, b, beta: 0, alpha: (float)scaling);                      // (N, r), in place: beta 0 reads nothing
+        }
+        return grad;
+    }
+
+    /// <summary>B's gradient, dB += scaling · dyᵀ down; returns dy as rows (N, out) in the compute dtype.</summary>
+    Tensor UpBackward(Tensor dy)
+    {
+        var rows = Rows(dy.dtype == h.dtype ? dy : dy.to(h.dtype));                         // (N, out)
+        if (bParam.requires_grad) GradOf(bParam).add_(rows.t().mm(down), alpha: scaling);   // (out, r)
+        return rows;
+    }
+
     /// <summary>The parameter's gradient, made (zeros) where autograd would have made it on its first accumulation.</summary>
-    static Tensor GradOf(Parameter p)
+    internal static Tensor GradOf(Parameter p)
     {
         if (p.grad is { } g) return g;
         p.grad = zeros_like(p).DetachFromDisposeScope();
