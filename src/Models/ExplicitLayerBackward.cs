@@ -20,7 +20,7 @@ namespace QLoraNet.Models;
 /// whose input the checkpoint kept, so backward never reads it (~1/7 of the recomputation's matmuls on Llama);</item>
 /// <item>with <c>keepWeights</c>, each frozen weight dequantized for the recomputation is kept for its backward
 /// (one dequantization instead of two; the layer's dense weights are held until then);</item>
-/// <item>q, k and v read one input and are recorded as one group (<see cref="LinearSlots.RecordShared"/>): their
+/// <item>q, k and v read one input and are recorded as one group (and so are gate and up) (<see cref="LinearSlots.RecordShared"/>): their
 /// LoRA adapters, when none drops its input, make their down projections one GEMM and, in backward, their dA one GEMM
 /// and their dx one addmm (Peft.SharedLoraDownTape), instead of three each, each reading (N, hidden).</item>
 /// </list>
@@ -35,6 +35,7 @@ public static class ExplicitLayerBackward
     static readonly LinearRole[] AttentionRoles = [LinearRole.Query, LinearRole.Key, LinearRole.Value, LinearRole.Output];
     static readonly LinearRole[] QkvRoles = [LinearRole.Query, LinearRole.Key, LinearRole.Value];
     static readonly LinearRole[] MlpRoles = [LinearRole.Gate, LinearRole.Up, LinearRole.Down];
+    static readonly LinearRole[] GateUpRoles = [LinearRole.Gate, LinearRole.Up];
 
     /// <summary>Whether <paramref name="layer"/> has the structure this backward writes out, every linear can run on
     /// a tape in <paramref name="dtype"/> (the hidden states' dtype), and the norms are the pre-norms alone.</summary>
@@ -73,7 +74,7 @@ public static class ExplicitLayerBackward
         using var scope = NewDisposeScope();
 
         // ---- Recomputation: forward's arithmetic, no graph but the attention's own.
-        LinearTapeGroup tqkv;
+        LinearTapeGroup tqkv, tgu;
         LinearTape tq, tk, tv, to, tg, tu, td;
         FusedRmsNorm.Saved saved1, saved2;
         Tensor normed1, normed2, gated, merged, qLeaf, kLeaf, vLeaf;
@@ -101,8 +102,9 @@ public static class ExplicitLayerBackward
                 to = attnSlots.Record(LinearRole.Output, mergedValue, keepWeights);
             (normed2, saved2) = norm2.ForwardSaving(to.Output!, hidden);                         // h = hidden + o; norm(h)
             to.ReleaseOutput();
-            tg = mlpSlots.Record(LinearRole.Gate, normed2, keepWeights);
-            tu = mlpSlots.Record(LinearRole.Up, normed2, keepWeights);
+            // gate and up read normed2: one group, like q/k/v (with LoRA on them, e.g. all linear layers).
+            tgu = mlpSlots.RecordShared(GateUpRoles, normed2, keepWeights);
+            (tg, tu) = (tgu.Members[0], tgu.Members[1]);
             gated = mlp.Glu.Apply(tg.Output!, tu.Output!, mlp.FusedActivation!.Value, mlp.Handles); // (B, T, intermediate)
             // The down projection's product feeds only the layer's output, which backward never reads.
             td = mlpSlots.Record(LinearRole.Down, gated, keepWeight: false, product: false);
@@ -120,9 +122,8 @@ public static class ExplicitLayerBackward
             dGated.Dispose();
             tg.ReleaseOutput();
             tu.ReleaseOutput();
-            var dNormed2 = tg.Backward(dGate, null);                                             // (B, T, hidden)
-            tu.Backward(dUp, dNormed2);
-            foreach (var d in new IDisposable[] { dGate, dUp, tg, tu, normed2 }) d.Dispose();
+            var dNormed2 = tgu.Backward([dGate, dUp], null);                                     // (B, T, hidden)
+            foreach (var d in new IDisposable[] { dGate, dUp, tgu, normed2 }) d.Dispose();
             // h = hidden + o gets the output's gradient (the residual) and the norm's: both reach hidden and o.
             dHidden = norm2.Backward(dNormed2, saved2, gradOutput);                              // (B, T, hidden)
             dNormed2.Dispose();

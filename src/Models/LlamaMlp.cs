@@ -57,13 +57,16 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
     /// <summary>Where this MLP's custom backwards defer their gradients.</summary>
     internal BackwardHandles Handles => handles;
 
+    static readonly LinearRole[] GateUpRoles = [LinearRole.Gate, LinearRole.Up];
+
     /// <param name="x">(B, T, hidden)</param>
     /// <returns>(B, T, hidden)</returns>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var gate = projections.Call(LinearRole.Gate, x);                              // (B, T, intermediate)
-        var up = projections.Call(LinearRole.Up, x);                                  // (B, T, intermediate)
+        // gate and up read x: without a graph (a checkpointed forward, inference) their adapters may share work.
+        var gateUp = projections.CallShared(GateUpRoles, x);
+        var (gate, up) = (gateUp[0], gateUp[1]);                                      // (B, T, intermediate) each
         var gated = fusedActivation is GluActivation fused
             ? glu.Apply(gate, up, fused, handles)
             : Activate(gate) * up;                                                    // (B, T, intermediate)
