@@ -54,8 +54,9 @@ public static class ExplicitLayerBackward
 
     /// <summary>
     /// Recomputes the layer at <paramref name="hidden"/> and returns dL/dhidden for dL/doutput =
-    /// <paramref name="gradOutput"/>, adding the adapters' gradients into their <c>.grad</c>. Random streams must
-    /// already be where the layer's forward found them (the caller restores them, as for the autograd path).
+    /// <paramref name="gradOutput"/>, adding the adapters' gradients into their <c>.grad</c>: <see cref="Record"/>
+    /// then <see cref="Backward"/>. Random streams must already be where the layer's forward found them (the caller
+    /// restores them, as for the autograd path).
     /// </summary>
     /// <param name="hidden">(B, T, hidden) the layer's input, as the checkpoint kept it.</param>
     /// <param name="cos">(B, T, headDim)</param>
@@ -67,49 +68,115 @@ public static class ExplicitLayerBackward
     public static Tensor Run(LlamaDecoderLayer layer, Tensor hidden, Tensor cos, Tensor sin, Tensor? mask, Tensor gradOutput,
         bool keepWeights, IStepPhaseMarker? marker = null)
     {
+        using var tape = Record(layer, hidden, cos, sin, mask, keepWeights, output: false).Tape;
+        marker?.Enter(StepPhase.Backward);
+        return Backward(tape, gradOutput);
+    }
+
+    /// <summary>
+    /// The layer's forward at <paramref name="hidden"/> on a tape for <see cref="Backward"/>: forward's arithmetic, no
+    /// graph but the attention's own. With <paramref name="output"/> the layer's output is made too, as
+    /// <see cref="LlamaDecoderLayer.forward(Tensor, Tensor, Tensor, Tensor?, KvCache?)"/> makes it (the same ops on the
+    /// same values: a forward that keeps its record instead of being recomputed); without it the down projection's
+    /// frozen product is skipped, since a recomputation's output feeds only the next layer, whose input the
+    /// checkpoint kept, so backward never reads it (~1/7 of the recomputation's matmuls on Llama).
+    /// Draws the layer's LoRA dropout masks, as its forward does.
+    /// </summary>
+    /// <param name="hidden">(B, T, hidden)</param>
+    /// <param name="cos">(B, T, headDim)</param>
+    /// <param name="sin">(B, T, headDim)</param>
+    /// <param name="mask">the attention mask, or null (causal).</param>
+    /// <param name="keepWeights">keep each dense weight for its backward (one dequantization instead of two).</param>
+    /// <returns>The tape, owning what it keeps (dispose it); Output (B, T, hidden) in the caller's dispose scope with
+    /// <paramref name="output"/>, else null.</returns>
+    public static (ExplicitLayerTape Tape, Tensor? Output) Record(LlamaDecoderLayer layer, Tensor hidden, Tensor cos, Tensor sin,
+        Tensor? mask, bool keepWeights, bool output)
+    {
         var (attention, mlp) = (layer.SelfAttn, layer.Mlp);
         var (attnSlots, mlpSlots) = (attention.Projections, mlp.Projections);
         var (norm1, norm2) = (layer.Norm(NormRole.PreAttention)!, layer.Norm(NormRole.PreMlp)!);
         long nHeads = attention.NumHeads, nKv = attention.NumKvHeads;
+        var tape = new ExplicitLayerTape(layer);
+        Tensor? result = null;
         using var scope = NewDisposeScope();
+        try
+        {
+            tape.Cos = cos.alias();
+            tape.Sin = sin.alias();
+            using (no_grad())
+            {
+                (tape.Normed1, tape.Saved1) = norm1.ForwardSaving(hidden);                           // (B, T, hidden)
+                // q, k and v read normed1: one group, whose adapters may share their down projection (and A's side of backward).
+                tape.Qkv = attnSlots.RecordShared(QkvRoles, tape.Normed1, keepWeights);
+                var (tq, tk, tv) = (tape.Qkv.Members[0], tape.Qkv.Members[1], tape.Qkv.Members[2]);
+                var q = attention.SplitHeads(tq.Output!, nHeads);                                    // (B, nHeads, T, headDim)
+                var k = attention.SplitHeads(tk.Output!, nKv);                                       // (B, nKv, T, headDim)
+                var v = attention.SplitHeads(tv.Output!, nKv);                                       // (B, nKv, T, headDim)
+                var (qr, kr) = attention.Rope.ApplyQk(q, k, cos, sin, attention.Handles);             // same layouts, rotated
+                (tape.QLeaf, tape.KLeaf, tape.VLeaf) = (qr.requires_grad_(true), kr.requires_grad_(true), v.detach().requires_grad_(true));
+                q.Dispose();                                                                          // the views, then the projections
+                k.Dispose();
+                tq.ReleaseOutput();
+                tk.ReleaseOutput();
+            }
+            using (enable_grad())
+                tape.Merged = attention.Attend(tape.QLeaf, tape.KLeaf, tape.VLeaf, mask, hidden.device); // (B, T, nHeads*headDim), a graph
+            using (no_grad())
+            {
+                using (var mergedValue = tape.Merged.detach())
+                    tape.O = attnSlots.Record(LinearRole.Output, mergedValue, keepWeights);
+                (tape.Normed2, tape.Saved2) = norm2.ForwardSaving(tape.O.Output!, hidden);           // h = hidden + o; norm(h)
+                tape.O.ReleaseOutput();
+                // gate and up read normed2: one group, like q/k/v (with LoRA on them, e.g. all linear layers).
+                tape.GateUp = mlpSlots.RecordShared(GateUpRoles, tape.Normed2, keepWeights);
+                var (tg, tu) = (tape.GateUp.Members[0], tape.GateUp.Members[1]);
+                tape.Gated = mlp.Glu.Apply(tg.Output!, tu.Output!, mlp.FusedActivation!.Value, mlp.Handles); // (B, T, intermediate)
+                // Backward never reads the down projection's product; only a forward needs it, for the output.
+                tape.Down = mlpSlots.Record(LinearRole.Down, tape.Gated, keepWeight: false, product: output);
+                if (output)
+                {
+                    // The forward's "h + mlp(normed)": h is the residual stream the pre-MLP norm summed (Saved2.H).
+                    result = (tape.Saved2.H + tape.Down.Output!).MoveToOuterDisposeScope();            // (B, T, hidden)
+                    tape.Down.ReleaseOutput();
+                }
+            }
+            // The tape outlives this scope (and the caller's, when a forward keeps it): it owns its handles.
+            foreach (var t in new[] { tape.Cos, tape.Sin, tape.Normed1, tape.Normed2, tape.Gated, tape.Merged, tape.QLeaf, tape.KLeaf, tape.VLeaf })
+                t.DetachFromDisposeScope();
+            foreach (var saved in new[] { tape.Saved1, tape.Saved2 })
+            {
+                saved.H.DetachFromDisposeScope();
+                saved.InverseRms.DetachFromDisposeScope();
+            }
+            return (tape, result);
+        }
+        catch
+        {
+            tape.Dispose();
+            result?.Dispose();
+            throw;
+        }
+    }
 
-        // ---- Recomputation: forward's arithmetic, no graph but the attention's own.
-        LinearTapeGroup tqkv, tgu;
-        LinearTape tq, tk, tv, to, tg, tu, td;
-        FusedRmsNorm.Saved saved1, saved2;
-        Tensor normed1, normed2, gated, merged, qLeaf, kLeaf, vLeaf;
-        using (no_grad())
-        {
-            (normed1, saved1) = norm1.ForwardSaving(hidden);                                     // (B, T, hidden)
-            // q, k and v read normed1: one group, whose adapters may share their down projection (and A's side of backward).
-            tqkv = attnSlots.RecordShared(QkvRoles, normed1, keepWeights);
-            (tq, tk, tv) = (tqkv.Members[0], tqkv.Members[1], tqkv.Members[2]);
-            var q = attention.SplitHeads(tq.Output!, nHeads);                                    // (B, nHeads, T, headDim)
-            var k = attention.SplitHeads(tk.Output!, nKv);                                       // (B, nKv, T, headDim)
-            var v = attention.SplitHeads(tv.Output!, nKv);                                       // (B, nKv, T, headDim)
-            var (qr, kr) = attention.Rope.ApplyQk(q, k, cos, sin, attention.Handles);             // same layouts, rotated
-            (qLeaf, kLeaf, vLeaf) = (qr.requires_grad_(true), kr.requires_grad_(true), v.detach().requires_grad_(true));
-            q.Dispose();                                                                          // the views, then the projections
-            k.Dispose();
-            tq.ReleaseOutput();
-            tk.ReleaseOutput();
-        }
-        using (enable_grad())
-            merged = attention.Attend(qLeaf, kLeaf, vLeaf, mask, hidden.device);               // (B, T, nHeads*headDim), a graph
-        using (no_grad())
-        {
-            using (var mergedValue = merged.detach())
-                to = attnSlots.Record(LinearRole.Output, mergedValue, keepWeights);
-            (normed2, saved2) = norm2.ForwardSaving(to.Output!, hidden);                         // h = hidden + o; norm(h)
-            to.ReleaseOutput();
-            // gate and up read normed2: one group, like q/k/v (with LoRA on them, e.g. all linear layers).
-            tgu = mlpSlots.RecordShared(GateUpRoles, normed2, keepWeights);
-            (tg, tu) = (tgu.Members[0], tgu.Members[1]);
-            gated = mlp.Glu.Apply(tg.Output!, tu.Output!, mlp.FusedActivation!.Value, mlp.Handles); // (B, T, intermediate)
-            // The down projection's product feeds only the layer's output, which backward never reads.
-            td = mlpSlots.Record(LinearRole.Down, gated, keepWeight: false, product: false);
-        }
-        marker?.Enter(StepPhase.Backward);
+    /// <summary>
+    /// dL/dhidden of the layer <paramref name="tape"/> recorded, for dL/doutput = <paramref name="gradOutput"/>, adding
+    /// the adapters' gradients into their <c>.grad</c>; the gradients are taken op by op in reverse, releasing the
+    /// tape's holdings once read (the caller still disposes the tape: the attention's leaves and the rotary tables,
+    /// and everything on an exception).
+    /// </summary>
+    /// <param name="gradOutput">(B, T, hidden)</param>
+    /// <returns>(B, T, hidden) in the caller's dispose scope.</returns>
+    public static Tensor Backward(ExplicitLayerTape tape, Tensor gradOutput)
+    {
+        ObjectDisposedException.ThrowIf(tape.IsDisposed, tape);
+        var layer = tape.Layer;
+        var (attention, mlp) = (layer.SelfAttn, layer.Mlp);
+        var (norm1, norm2) = (layer.Norm(NormRole.PreAttention)!, layer.Norm(NormRole.PreMlp)!);
+        var (tqkv, tgu, to, td) = (tape.Qkv!, tape.GateUp!, tape.O!, tape.Down!);
+        var (tg, tu) = (tgu.Members[0], tgu.Members[1]);
+        var (saved1, saved2) = (tape.Saved1!, tape.Saved2!);
+        var (merged, qLeaf, kLeaf, vLeaf) = (tape.Merged!, tape.QLeaf!, tape.KLeaf!, tape.VLeaf!);
+        using var scope = NewDisposeScope();
 
         // ---- Backward, in reverse.
         Tensor dHidden;
@@ -117,30 +184,37 @@ public static class ExplicitLayerBackward
         {
             var dGated = td.Backward(gradOutput, null);                                          // (B, T, intermediate)
             td.Dispose();
-            gated.Dispose();
+            tape.Gated!.Dispose();
+            (tape.Down, tape.Gated) = (null, null);
             var (dGate, dUp) = mlp.Glu.Backward(dGated, tg.Output!, tu.Output!, mlp.FusedActivation!.Value);
             dGated.Dispose();
             tg.ReleaseOutput();
             tu.ReleaseOutput();
             var dNormed2 = tgu.Backward([dGate, dUp], null);                                     // (B, T, hidden)
-            foreach (var d in new IDisposable[] { dGate, dUp, tgu, normed2 }) d.Dispose();
+            foreach (var d in new IDisposable[] { dGate, dUp, tgu, tape.Normed2! }) d.Dispose();
+            (tape.GateUp, tape.Normed2) = (null, null);
             // h = hidden + o gets the output's gradient (the residual) and the norm's: both reach hidden and o.
             dHidden = norm2.Backward(dNormed2, saved2, gradOutput);                              // (B, T, hidden)
             dNormed2.Dispose();
             saved2.Dispose();
+            tape.Saved2 = null;
             var dMerged = to.Backward(dHidden, null);                                            // (B, T, nHeads*headDim)
             to.Dispose();
+            tape.O = null;
             List<Tensor> dqkv;
             using (enable_grad())
                 dqkv = [.. autograd.grad([merged], [qLeaf, kLeaf, vLeaf], [dMerged])];
             merged.Dispose();
+            tape.Merged = null;
             dMerged.Dispose();
-            var (dq, dk) = attention.Rope.BackwardQk(dqkv[0], dqkv[1], cos, sin);                // (B, heads, T, headDim)
+            var (dq, dk) = attention.Rope.BackwardQk(dqkv[0], dqkv[1], tape.Cos!, tape.Sin!);   // (B, heads, T, headDim)
             var dNormed1 = tqkv.Backward([attention.MergeHeads(dq), attention.MergeHeads(dk), attention.MergeHeads(dqkv[2])], null); // (B, T, hidden)
             tqkv.Dispose();
-            normed1.Dispose();
+            tape.Normed1!.Dispose();
+            (tape.Qkv, tape.Normed1) = (null, null);
             dHidden = norm1.Backward(dNormed1, saved1, dHidden);                                 // + the residual's
             saved1.Dispose();
+            tape.Saved1 = null;
         }
         return dHidden.MoveToOuterDisposeScope();
     }

@@ -17,9 +17,20 @@ namespace QLoraNet.Models;
 /// Backward takes the layer's explicit backward (<see cref="ExplicitLayerBackward"/>: no autograd graph in the
 /// recomputation) where the layer allows it and <see cref="LlamaDecoderLayer.ExplicitBackward"/> is on, else the
 /// autograd recomputation above; the layer counts which ran.
-/// Call: <c>LayerCheckpoint.apply(hidden, layer, cos, sin, mask, handles)</c>; hidden must require grad (the caller
-/// sets it on the embedding output, which is frozen) or backward never reaches this layer; handles is the model's
-/// <see cref="BackwardHandles"/>, where backward defers the gradient it returns.
+/// The last decoder layer is not recomputed: its backward is the first to run after the loss, so its recomputation
+/// would repeat the forward just done. With <c>keepRecord</c> (and the explicit backward applying) the forward itself
+/// runs <see cref="ExplicitLayerBackward.Record"/>, which also makes the output, and keeps that
+/// <see cref="ExplicitLayerTape"/> until backward, which then skips the recomputation (on a 7B model, 1/32 of the
+/// recomputation phase) for little extra peak memory: the record is what the recomputation would have allocated
+/// right after the loss anyway; it is only held earlier, across the final norm and the loss's own transient buffers
+/// (with <see cref="LlamaDecoderLayer.KeepWeightsForBackward"/>, the layer's dense weights too). The dropout masks are drawn once, by the forward, as without checkpointing, so the
+/// streams stand after it where they stood before. A record whose backward never runs (a forward under grad that is
+/// dropped, an exception before backward) is released by the layer's next recorded forward
+/// (<see cref="PendingRecord"/>): at most one per layer is ever held; a backward that then finds its record gone
+/// recomputes as the other layers do.
+/// Call: <c>LayerCheckpoint.apply(hidden, layer, cos, sin, mask, handles, keepRecord)</c>; hidden must require grad
+/// (the caller sets it on the embedding output, which is frozen) or backward never reaches this layer; handles is the
+/// model's <see cref="BackwardHandles"/>, where backward defers the gradient it returns.
 /// </summary>
 public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpoint>
 {
@@ -30,13 +41,22 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         var hidden = (Tensor)vars[0];
         var layer = (LlamaDecoderLayer)vars[1];
         var (cos, sin, mask, handles) = ((Tensor)vars[2], (Tensor)vars[3], (Tensor?)vars[4], (BackwardHandles)vars[5]);
+        bool keepRecord = vars.Length > 6 && (bool)vars[6];
         // Tensors go through save_for_backward (autograd keeps them alive after the caller's dispose scope ends);
         // the layer, the stream positions and the handle queue are plain data.
         ctx.save_for_backward(mask is null ? [hidden, cos, sin] : [hidden, cos, sin, mask]);
         ctx.save_data("layer", layer);
         ctx.save_data("handles", handles);
-        ctx.save_data("rng", StreamPositions(layer));
+        ctx.save_data("rng", StreamPositions(layer));   // for a recomputation (also a recorded layer's, if its record was released)
         using var noGrad = torch.no_grad();
+        if (keepRecord && layer.ExplicitBackward && ExplicitLayerBackward.Supports(layer, hidden.dtype))
+        {
+            var (tape, output) = ExplicitLayerBackward.Record(layer, hidden, cos, sin, mask, layer.KeepWeightsForBackward, output: true);
+            PendingRecord.Of(layer).Hold(tape);
+            ctx.save_data("tape", tape);
+            return output!;                                                                      // (B, T, hidden)
+        }
+        ctx.save_data("tape", null!);
         return layer.forward(hidden, cos, sin, mask);
     }
 
@@ -47,6 +67,8 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         var layer = (LlamaDecoderLayer)ctx.get_data("layer");
         var handles = (BackwardHandles)ctx.get_data("handles");
         var atForward = (List<(RandomStream Stream, RandomStream.Position State)>)ctx.get_data("rng");
+        if (ctx.get_data("tape") is ExplicitLayerTape tape && PendingRecord.Of(layer).Take(tape))
+            return [handles.Defer(BackwardFromRecord(layer, tape, gradOutput, handles.PhaseMarker, saved)), null!, null!, null!, null!, null!, null!];
 
         using var enableGrad = torch.enable_grad();
         var current = atForward.Select(s => (s.Stream, s.Stream.State)).ToList();
@@ -80,7 +102,32 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         // On CUDA this runs on libtorch's device thread, outside any dispose scope: release the handles now.
         foreach (var t in saved) t?.Dispose();
         gradOutput.Dispose();
-        return [handles.Defer(gradInput), null!, null!, null!, null!, null!];
+        return [handles.Defer(gradInput), null!, null!, null!, null!, null!, null!];
+    }
+
+    /// <summary>The explicit backward from the record the forward kept: nothing is recomputed and no stream is moved
+    /// (the forward drew the masks). Releases the record and the saved handles.</summary>
+    static Tensor BackwardFromRecord(LlamaDecoderLayer layer, ExplicitLayerTape tape, Tensor gradOutput, IStepPhaseMarker? marker,
+        List<Tensor> saved)
+    {
+        try
+        {
+            using var scope = NewDisposeScope();
+            // Both marks, as for every checkpointed layer: a profiler's phases stay per layer (this Recompute is empty).
+            marker?.Enter(StepPhase.Recompute);
+            layer.CountBackward(explicitly: true);
+            layer.CountRecordedBackward();
+            marker?.Enter(StepPhase.Backward);
+            using var noGrad = torch.no_grad();
+            return ExplicitLayerBackward.Backward(tape, gradOutput).MoveToOuterDisposeScope();   // (B, T, hidden)
+        }
+        finally
+        {
+            // On CUDA this runs on libtorch's device thread, outside any dispose scope: release the handles now.
+            tape.Dispose();
+            foreach (var t in saved) t?.Dispose();
+            gradOutput.Dispose();
+        }
     }
 
     /// <summary>The position of every distinct random stream the layer's modules draw from.</summary>

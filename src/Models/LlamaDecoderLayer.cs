@@ -69,13 +69,19 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor
     /// dequantization instead of two, the layer's dense weights held meanwhile).</summary>
     public bool KeepWeightsForBackward { get; set; } = true;
 
-    long explicitBackwards, autogradBackwards;
+    long explicitBackwards, autogradBackwards, recordedBackwards;
 
     /// <summary>How many checkpointed backwards of this layer ran explicitly and through autograd.</summary>
     public (long Explicit, long Autograd) BackwardCounts => (Interlocked.Read(ref explicitBackwards), Interlocked.Read(ref autogradBackwards));
 
+    /// <summary>How many of the explicit backwards read the record their forward kept instead of recomputing the layer
+    /// (the last layer's, <see cref="LayerCheckpoint"/>).</summary>
+    public long RecordedBackwards => Interlocked.Read(ref recordedBackwards);
+
     internal void CountBackward(bool explicitly) =>
         Interlocked.Increment(ref explicitly ? ref explicitBackwards : ref autogradBackwards);
+
+    internal void CountRecordedBackward() => Interlocked.Increment(ref recordedBackwards);
 
     Tensor Post(NormRole role, Tensor x) => norms.TryGetValue(role, out var norm) ? norm.call(x) : x;
 }

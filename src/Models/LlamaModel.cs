@@ -54,6 +54,11 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     /// <see cref="LayerCheckpoint"/>). Only takes effect while gradients are enabled and no KV cache is used.</summary>
     public bool GradientCheckpointing { get; set; }
 
+    /// <summary>With checkpointing, the last layer's forward keeps its record for its backward instead of being
+    /// recomputed (<see cref="LayerCheckpoint"/>); off, it is recomputed as the others: the reference the parity tests
+    /// hold the record to.</summary>
+    internal bool RecordLastLayer { get; set; } = true;
+
     /// <summary>Counts this model's forward passes (each <see cref="forward(Tensor, Tensor?, Tensor?, KvCache?)"/> starts one).</summary>
     public ForwardPasses Passes { get; } = new();
 
@@ -83,7 +88,11 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
             // The frozen embedding output does not require grad; the checkpoint function must see an input that
             // does, or autograd skips its backward and the first layers' adapters get no gradient.
             h.requires_grad_(true);
-            foreach (var layer in layers) h = LayerCheckpoint.apply(h, layer, cos, sin, attentionMask!, BackwardHandles);
+            // The last layer's backward runs first, right after the loss: its forward keeps its record instead of
+            // being recomputed (LayerCheckpoint).
+            for (int i = 0; i < layers.Count; i++)
+                h = LayerCheckpoint.apply(h, layers[i], cos, sin, attentionMask!, BackwardHandles,
+                    RecordLastLayer && i == layers.Count - 1);
         }
         else
         {
