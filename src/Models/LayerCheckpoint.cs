@@ -52,7 +52,7 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         if (keepRecord && layer.ExplicitBackward && ExplicitLayerBackward.Supports(layer, hidden.dtype))
         {
             var (tape, output) = ExplicitLayerBackward.Record(layer, hidden, cos, sin, mask, layer.KeepWeightsForBackward, output: true);
-            PendingRecord.Of(layer).Hold(tape);
+            layer.PendingRecord.Hold(tape);
             ctx.save_data("tape", tape);
             return output!;                                                                      // (B, T, hidden)
         }
@@ -67,7 +67,7 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         var layer = (LlamaDecoderLayer)ctx.get_data("layer");
         var handles = (BackwardHandles)ctx.get_data("handles");
         var atForward = (List<(RandomStream Stream, RandomStream.Position State)>)ctx.get_data("rng");
-        if (ctx.get_data("tape") is ExplicitLayerTape tape && PendingRecord.Of(layer).Take(tape))
+        if (ctx.get_data("tape") is ExplicitLayerTape tape && layer.PendingRecord.Take(tape))
             return [handles.Defer(BackwardFromRecord(layer, tape, gradOutput, handles.PhaseMarker, saved)), null!, null!, null!, null!, null!, null!];
 
         using var enableGrad = torch.enable_grad();

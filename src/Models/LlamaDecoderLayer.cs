@@ -83,5 +83,14 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor
 
     internal void CountRecordedBackward() => Interlocked.Increment(ref recordedBackwards);
 
+    /// <summary>The record this layer's forward kept for its backward, if any (<see cref="LayerCheckpoint"/>).</summary>
+    internal PendingRecord PendingRecord { get; } = new();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) PendingRecord.Dispose();
+        base.Dispose(disposing);
+    }
+
     Tensor Post(NormRole role, Tensor x) => norms.TryGetValue(role, out var norm) ? norm.call(x) : x;
 }

@@ -1,5 +1,3 @@
-using System.Runtime.CompilerServices;
-
 namespace QLoraNet.Models;
 
 /// <summary>
@@ -9,21 +7,17 @@ namespace QLoraNet.Models;
 /// TorchSharp lets go of a custom function's context when its graph is dropped unused is not ours to decide, and a
 /// finalizer would free CUDA memory at the collector's pace. A backward takes its record from here (<see cref="Take"/>);
 /// if it finds another there, its own was released and it recomputes instead. At most one record per layer is held.
-/// Thread-safe: on CUDA backward runs on libtorch's device thread.
+/// Thread-safe: on CUDA backward runs on libtorch's device thread. Each layer has its own
+/// (<see cref="LlamaDecoderLayer.PendingRecord"/>), released with the layer.
 /// </summary>
-sealed class PendingRecord
+sealed class PendingRecord : IDisposable
 {
-    static readonly ConditionalWeakTable<LlamaDecoderLayer, PendingRecord> ByLayer = new();
-
     readonly Lock gate = new();
     ExplicitLayerTape? held;
 
-    /// <summary>The slot of <paramref name="layer"/>.</summary>
-    public static PendingRecord Of(LlamaDecoderLayer layer) => ByLayer.GetValue(layer, _ => new PendingRecord());
-
     /// <summary>Holds <paramref name="tape"/> until its backward, disposing the one held before (its backward never
     /// ran, or will recompute).</summary>
-    public void Hold(ExplicitLayerTape tape)
+    public void Hold(ExplicitLayerTape? tape)
     {
         ExplicitLayerTape? previous;
         lock (gate) (previous, held) = (held, tape);
@@ -40,4 +34,7 @@ sealed class PendingRecord
             return true;
         }
     }
+
+    /// <summary>Releases the record still held (its backward never ran).</summary>
+    public void Dispose() => Hold(null);
 }
