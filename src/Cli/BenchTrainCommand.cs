@@ -22,7 +22,7 @@ namespace QLoraNet.Cli;
 /// <summary>
 /// `bench train`: QLoRA training steps on a real-size checkpoint, timed after warm-up, in the same shape as the peer
 /// benchmark (random token batches, LoRA on the targets, AdamW, bf16 compute, per-layer checkpointing). The step is
-/// `train`'s own (<see cref="TrainStep.Run"/>: accumulation, the token-mean loss, clipping, AdamW) with only the data
+/// `train`'s own (<see cref="TrainStep.Launch"/>: accumulation, the token-mean loss, clipping, AdamW) with only the data
 /// source swapped for random tokens (<see cref="RandomTokenBatches"/>). Prints one JSON line. Peak device memory is measured outside the process (nvidia-smi sampling, scripts/gpu/bench_7b.sh), the
 /// same way as the peer's NVML figure; the line also has the caching allocator's allocated and reserved peaks over
 /// the warm-up and timed steps (model weights included; <see cref="CudaAllocatorStats"/>), as the peer's
