@@ -251,14 +251,15 @@ public sealed class LoraFinetuneRecipe : IDisposable
         // Each step's outcome is read after the next step is launched (StepInFlight), so the GPU runs on while the
         // host records one step and issues the next; only where something must see the model after a step
         // (evaluation, samples, a checkpoint, the end) is that step read before anything else is launched.
+        // A step's time runs from its launch to the next launch (read one late, the host is throttled to the GPU's
+        // pace, so launches are a step apart; on the CPU a launch is the step's work), or to its read when it is
+        // read before anything else is launched.
         Launched? pending = null;
-        double lastRead = clock.Elapsed.TotalSeconds;
-        bool Read(Launched l)
+        bool Read(Launched l, double? nextLaunchedAt = null)
         {
             var outcome = l.Step.Outcome;
             double now = clock.Elapsed.TotalSeconds;
-            double seconds = now - Math.Max(l.LaunchedAt, lastRead);
-            lastRead = now;
+            double seconds = (nextLaunchedAt ?? now) - l.LaunchedAt;
             if (!outcome.IsFinite)
             {
                 stop = TrainStop.NonFiniteLoss;
@@ -289,7 +290,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
             var launched = new Launched(_step.Launch(step, lr, _batches), lr, _batches.Epoch, _batches.MicroBatch, launchedAt);
             // The step before, read while the device runs this one. A non-finite one stops the run: this step's
             // update has happened, but nothing after the last checkpoint is saved.
-            if (pending is { } before && !Read(before))
+            if (pending is { } before && !Read(before, launchedAt))
             {
                 pending = null;
                 break;

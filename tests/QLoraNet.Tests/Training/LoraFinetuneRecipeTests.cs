@@ -27,9 +27,10 @@ public class LoraFinetuneRecipeTests
     sealed class Recorder(Action<StepMetrics>? onStep = null, Action<string>? onCheckpointFile = null, Action<string>? onMessage = null) : ITrainingObserver
     {
         public readonly Dictionary<int, double> Losses = new();
+        public readonly Dictionary<int, double> StepSeconds = new();
         public readonly Dictionary<int, double> Validation = new();
         public void OnStart(RunSummary summary) { }
-        public void OnStep(StepMetrics m) { Losses[m.Step] = m.Loss; onStep?.Invoke(m); }
+        public void OnStep(StepMetrics m) { Losses[m.Step] = m.Loss; StepSeconds[m.Step] = m.StepSeconds; onStep?.Invoke(m); }
         public void OnEvaluation(int step, double loss, bool best) => Validation[step] = loss;
         public void OnCheckpoint(int step, string directory) { }
         public void OnMessage(string message) => onMessage?.Invoke(message);
@@ -44,6 +45,10 @@ public class LoraFinetuneRecipeTests
         var r1 = LoraFinetuneRecipe.Run(Config(tmp["whole"]), new TrainOptions(), whole, CancellationToken.None);
         Assert.Equal(TrainStop.Completed, r1.Stop);
         Assert.Equal(6, whole.Losses.Count);
+        // Each step is read one late, or at once before an evaluation or a checkpoint: either way a step's time is its
+        // own (steps of equal work; a step read right after the next launch once reported ~0 s).
+        double median = whole.StepSeconds.Values.Order().ElementAt(3);
+        Assert.All(whole.StepSeconds, kv => Assert.True(kv.Value > median / 20, $"step {kv.Key}: {kv.Value} s against a median of {median} s"));
 
         using var cts = new CancellationTokenSource();
         var first = new Recorder(m => { if (m.Step == 3) cts.Cancel(); });
