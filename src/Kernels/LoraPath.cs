@@ -23,8 +23,6 @@ public static class LoraPath
     /// <returns>(..., out) base + scaling * h A^T B^T.</returns>
     public static Tensor AddLowRank(Tensor baseOutput, Tensor h, Tensor a, Tensor b, double scaling)
     {
-        // addmm wants one dtype; a base whose output is in another (none of ours) takes the reference's casts.
-        if (baseOutput.dtype != h.dtype) return Reference(baseOutput, h, a, b, scaling);
         using var scope = NewDisposeScope();
         var down = F.linear(h, a);                                                   // (..., r)
         return AddUp(baseOutput, down, b, scaling).MoveToOuterDisposeScope();
@@ -40,9 +38,9 @@ public static class LoraPath
     /// <returns>(..., out) base + scaling * down B^T.</returns>
     public static Tensor AddUp(Tensor baseOutput, Tensor down, Tensor b, double scaling)
     {
+        // addmm wants one dtype; a base whose output is in another (none of ours) takes the reference's casts.
+        if (baseOutput.dtype != down.dtype) return ReferenceUp(baseOutput, down, b, scaling);
         using var scope = NewDisposeScope();
-        if (baseOutput.dtype != down.dtype)                                          // the reference's casts, as above
-            return (baseOutput + F.linear(down, b).mul(scaling).to(baseOutput.dtype).view_as(baseOutput)).MoveToOuterDisposeScope();
         long outF = b.size(0), r = b.size(1);                                        // one native call each; .shape allocates
         var y = torch.addmm(baseOutput.reshape(-1, outF), down.reshape(-1, r), b.t(), beta: 1, alpha: (float)scaling); // (N, out)
         return y.view_as(baseOutput).MoveToOuterDisposeScope();
@@ -52,7 +50,14 @@ public static class LoraPath
     public static Tensor Reference(Tensor baseOutput, Tensor h, Tensor a, Tensor b, double scaling)
     {
         using var scope = NewDisposeScope();
-        var up = F.linear(F.linear(h, a), b);
+        return ReferenceUp(baseOutput, F.linear(h, a), b, scaling).MoveToOuterDisposeScope();
+    }
+
+    /// <summary><see cref="Reference"/> from the down projection already made ((..., r) or (N, r)).</summary>
+    static Tensor ReferenceUp(Tensor baseOutput, Tensor down, Tensor b, double scaling)
+    {
+        using var scope = NewDisposeScope();
+        var up = F.linear(down, b).view_as(baseOutput);                              // (..., out)
         return (baseOutput + up.mul(scaling).to(baseOutput.dtype)).MoveToOuterDisposeScope();
     }
 }

@@ -81,12 +81,15 @@ public sealed unsafe class MultiTensorAdamW : IDisposable
         {
             float[] stats;
             using (var onHost = check.Stats.cpu()) stats = onHost.data<float>().ToArray();
-            if (!stats.All(float.IsFinite)) return Result.Skipped;
+            if (Skips(stats)) return Result.Skipped;
             clip = ClipCoefficient(stats[^1], check.MaxNorm);
         }
         ReferenceStep(slots, h, clip);
         return Result.Applied;
     }
+
+    /// <summary>The guard's test, as adamw.cu makes it: any loss sum or the norm not finite = no update.</summary>
+    public static bool Skips(IEnumerable<float> stats) => !stats.All(float.IsFinite);
 
     /// <summary>torch.nn.utils.clip_grad_norm_'s coefficient for gradients of global norm <paramref name="norm"/>:
     /// maxNorm / (norm + 1e-6) when below 1, else 1 (maxNorm 0 or infinity: 1). In fp32 with round-to-nearest at

@@ -80,8 +80,8 @@ public sealed class StepInFlight
         return _values;
     }
 
-    /// <summary>adamw.cu's guard and the reference's: any loss sum or the norm not finite = no update.</summary>
-    static bool Skipped(float[] values) => !values.All(float.IsFinite);
+    /// <summary>Whether the optimizer's guard skipped the step these values decided.</summary>
+    static bool Skipped(float[] values) => Kernels.MultiTensorAdamW.Skips(values);
 
     bool TryCopyBehind(Tensor stats)
     {
