@@ -395,21 +395,25 @@ public static class BenchKernelCommand
 
         void Glu()
         {
+            // strided: gate and up are the two halves of one (rows, 2 width) tensor, as one GEMM for both makes them.
             var gluShapes = small
-                ? new[] { (6L, 40L, ScalarType.BFloat16, GluActivation.Silu), (6L, 40L, ScalarType.BFloat16, GluActivation.GeluTanh), (3L, 16L, ScalarType.Float32, GluActivation.Silu) }
+                ? new[] { (6L, 40L, ScalarType.BFloat16, GluActivation.Silu, false), (6L, 40L, ScalarType.BFloat16, GluActivation.GeluTanh, false), (3L, 16L, ScalarType.Float32, GluActivation.Silu, false), (6L, 40L, ScalarType.BFloat16, GluActivation.Silu, true) }
                 : new[]
                 {
-                    (2048L, 11008L, ScalarType.BFloat16, GluActivation.Silu), (2048L, 13824L, ScalarType.BFloat16, GluActivation.Silu),
-                    (2048L, 11008L, ScalarType.BFloat16, GluActivation.GeluTanh), (2048L, 11008L, ScalarType.Float32, GluActivation.Silu),
+                    (2048L, 11008L, ScalarType.BFloat16, GluActivation.Silu, false), (2048L, 13824L, ScalarType.BFloat16, GluActivation.Silu, false),
+                    (2048L, 11008L, ScalarType.BFloat16, GluActivation.GeluTanh, false), (2048L, 11008L, ScalarType.Float32, GluActivation.Silu, false),
+                    (2048L, 11008L, ScalarType.BFloat16, GluActivation.Silu, true), (2048L, 11008L, ScalarType.BFloat16, GluActivation.GeluTanh, true),
                 };
-            foreach (var (rows, width, dtype, activation) in gluShapes)
+            foreach (var (rows, width, dtype, activation, strided) in gluShapes)
             {
                 using var scope = NewDisposeScope();
                 var g = (randn(rows, width, ScalarType.Float32, _dev) * 3).to(dtype).requires_grad_(true);
                 var u = randn(rows, width, ScalarType.Float32, _dev).to(dtype).requires_grad_(true);
                 var dy = randn(rows, width, ScalarType.Float32, _dev).to(dtype);
                 var reference = GluReference.Forward(g, u, activation);
-                var fused = Fused.Glu.Apply(g, u, activation, _handles);
+                var both2 = strided ? cat([g, u], 1) : null;                                      // (rows, 2 width)
+                var (gIn, uIn) = strided ? (both2!.narrow(1, 0, width), both2.narrow(1, width, width)) : (g, u);
+                var fused = Fused.Glu.Apply(gIn, uIn, activation, _handles);
                 var expected = autograd.grad([reference], [g, u], [dy]);
                 var actual = autograd.grad([fused], [g, u], [dy]);
                 _handles.Release();
@@ -426,13 +430,13 @@ public static class BenchKernelCommand
                 var pre = U32 * (D64(dy) * D64(u)).abs() * (1 + 2 * uu) * (16 + 4 * gAbs * (1 + 0.134145 * gAbs.pow(2)));
                 var dgBound = pre + 2 * uu * (D64(expected[0]).abs() + pre) + 1e-30;
                 const string note = "out, du: (2u |act| + e_act) |x| + 2u |ref|, e_act = 8 u32 |act| (+ 3 u32 |g| for gelu's 1 + tanh); dg: u32 |dy u| (16 + 4|g|(1 + 3 kappa g^2)) + 2u (|ref| + that)";
-                var fwdFused = Time(() => { using var _ = no_grad(); Fused.Glu.Apply(g, u, activation, _handles); });
+                var fwdFused = Time(() => { using var _ = no_grad(); Fused.Glu.Apply(gIn, uIn, activation, _handles); });
                 var fwd = Speed("fwd", fwdFused, Time(() => { using var _ = no_grad(); GluReference.Forward(g, u, activation); }));
                 var both = Speed("fwd_bwd",
-                    Time(() => { autograd.grad([Fused.Glu.Apply(g, u, activation, _handles)], [g, u], [dy]); _handles.Release(); }),
+                    Time(() => { autograd.grad([Fused.Glu.Apply(gIn, uIn, activation, _handles)], [g, u], [dy]); _handles.Release(); }),
                     Time(() => { autograd.grad([GluReference.Forward(g, u, activation)], [g, u], [dy]); }));
                 long bytes = rows * width * 3 * (dtype == ScalarType.BFloat16 ? 2 : 4);
-                Emit(activation == GluActivation.Silu ? "swiglu" : "geglu_tanh", $"{rows}x{width}", dtype,
+                Emit((activation == GluActivation.Silu ? "swiglu" : "geglu_tanh") + (strided ? "_strided" : ""), $"{rows}x{width}", dtype,
                     Prefixed("out", Within(fused, reference, outBound, note)), Prefixed("dgate", Within(actual[0], expected[0], dgBound, note)),
                     Prefixed("dup", Within(actual[1], expected[1], duBound, note)), fwd, both,
                     new() { ["fwd_gbs"] = R(Gbs(bytes, fwdFused)), ["fwd_pct_copy"] = R(100 * Gbs(bytes, fwdFused) / _timing.CopyGbs) });

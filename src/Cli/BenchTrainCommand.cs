@@ -64,12 +64,17 @@ public static class BenchTrainCommand
             DefaultValueFactory = _ => "explicit",
         };
         layerBackward.AcceptOnlyFromAmong("explicit", "explicit-no-keep", "autograd");
+        var kept = new Option<int>("--uncheckpointed-layers")
+        {
+            Description = "with checkpointing, the last layers that keep their activations instead of being recomputed (training.uncheckpointed_layers)",
+            DefaultValueFactory = _ => 1,
+        };
         var checkLayers = new Option<bool>("--check-layer-backward")
         {
             Description = "before timing, compare the adapters' gradients of one micro-batch through the explicit layer backward with the autograd recomputation's (and autograd's with itself: the device's own run-to-run spread)",
         };
         var cmd = new Command("train", "time QLoRA training steps (train's step, random tokens) on a real-size model (CUDA)");
-        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward, checkLayers })
+        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward, checkLayers, kept })
             cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
@@ -95,8 +100,9 @@ public static class BenchTrainCommand
             var spec = BaseFormat.Parse(pr.GetValue(format)!);
             if (pr.GetValue(profile) && dev.type != DeviceType.CUDA) throw new InvalidOperationException("--profile needs --device cuda");
             if (pr.GetValue(chunkLogits) < 1) throw new ArgumentException($"--logits-per-chunk {pr.GetValue(chunkLogits)}: must be at least 1");
+            if (pr.GetValue(kept) < 0) throw new ArgumentException($"--uncheckpointed-layers {pr.GetValue(kept)}: must be 0 or more");
             var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt),
-                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout), pr.GetValue(chunkLogits));
+                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout), pr.GetValue(chunkLogits), pr.GetValue(kept));
             var loadClock = Stopwatch.StartNew();
             var dropoutRandom = new RandomStream();
             using var built = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
@@ -126,7 +132,7 @@ public static class BenchTrainCommand
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
                 J("grad_accum", shape.GradientAccumulation), J("max_grad_norm", shape.MaxGradNorm), J("dropout", shape.Dropout),
-                J("ckpt", shape.Checkpointing), J("targets", string.Join(",", shape.Targets)), J("r", shape.R),
+                J("ckpt", shape.Checkpointing), J("uncheckpointed_layers", shape.UncheckpointedLayers), J("targets", string.Join(",", shape.Targets)), J("r", shape.R),
                 J("trainable", TrainableParameters.Count(llama).Trainable), J("load_s", Math.Round(loadS, 1)),
                 J("world_size", group.Size), J("tokens_per_s", Math.Round(tokS, 1)), J("tokens_per_s_per_gpu", Math.Round(tokS / group.Size, 1)),
                 J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
@@ -148,7 +154,7 @@ public static class BenchTrainCommand
                     J("device_reserved_peak_gib", Math.Round(p.ReservedPeak / Math.Pow(2, 30), 2))]);
             else if (allocator?.Reason is { } why) fields.Add("\"device_allocator_unavailable\": " + JsonSerializer.Serialize(why));
             string? profiled = pr.GetValue(profile)
-                ? JsonSerializer.Serialize(Profile(step, data, built, shape, pr.GetValue(warmup) + pr.GetValue(steps), pr.GetValue(profileSteps)))
+                ? JsonSerializer.Serialize(Profile(step, data, built, shape, pr.GetValue(warmup) + pr.GetValue(steps), pr.GetValue(profileSteps), allocator?.Stats))
                 : null;
             if (profiled is not null) fields.Add("\"profile\": " + profiled);
             Thread.Sleep(TimeSpan.FromSeconds(pr.GetValue(hold)));
@@ -244,7 +250,7 @@ public static class BenchTrainCommand
         (layers.Sum(l => l.BackwardCounts.Explicit), layers.Sum(l => l.BackwardCounts.Autograd));
 
     sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing, int GradientAccumulation,
-        double MaxGradNorm, double Dropout, long LogitsPerChunk);
+        double MaxGradNorm, double Dropout, long LogitsPerChunk, int UncheckpointedLayers);
 
     /// <summary>The model as `train` builds it (<see cref="ModelBuilder"/>), with adapters whose dropout draws from
     /// <paramref name="dropoutRandom"/>, the stream the step reseeds.</summary>
@@ -252,7 +258,7 @@ public static class BenchTrainCommand
     {
         var compute = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
         return ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, spec, KernelChoice.For(device),
-            GradientCheckpointing: shape.Checkpointing, NewAdapter: new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets),
+            GradientCheckpointing: shape.Checkpointing, UncheckpointedLayers: shape.UncheckpointedLayers, NewAdapter: new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets),
             AdapterSeed: 0, AdapterDropout: dropoutRandom));
     }
 
@@ -308,10 +314,10 @@ public static class BenchTrainCommand
     /// means by phase and the calls each fused op's paths served in them.
     /// </summary>
     static Dictionary<string, object?> Profile((TrainStep Step, AdamW Optimizer) s, RandomTokenBatches data, BuiltModel built, Shape shape,
-        int first, int count)
+        int first, int count, CudaAllocatorStats? allocator)
     {
         var before = built.Kernels.Fused.CallCounts();
-        using var profiler = new StepProfiler();
+        using var profiler = new StepProfiler(allocator);
         s.Step.Phases = profiler;
         cuda.synchronize();
         string? rangeError = CudaDriver.ProfilerRange(on: true);

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using QLoraNet.Kernels;
 using QLoraNet.Kernels.Cuda;
+using QLoraNet.Quant.Kernels;
 
 namespace QLoraNet.Cli;
 
@@ -13,8 +14,12 @@ namespace QLoraNet.Cli;
 /// spent issuing it; a phase whose host time reaches its device time is host-bound, its GPU idle part unknown from
 /// events alone (`nsys`, in scripts/gpu/bench_speed.sh, measures idle time and launches). The gap between one step's
 /// end and the next step's start on the device is reported as between-steps time.
+/// With the caching allocator's counters, each phase's allocated peak is kept too (the peak since the previous mark,
+/// read and reset at each mark): the allocator books an allocation and a free when the host issues them, so these
+/// are the peaks of the device memory the phases hold, whatever the GPU's lag. Which phase peaks says where memory
+/// could be traded for time (a kept layer's activations are held through the forward and the loss).
 /// </summary>
-internal sealed class StepProfiler : IStepPhaseMarker, IDisposable
+internal sealed class StepProfiler(CudaAllocatorStats? allocator = null) : IStepPhaseMarker, IDisposable
 {
     readonly object _gate = new();
     readonly Stopwatch _clock = Stopwatch.StartNew();
@@ -24,9 +29,19 @@ internal sealed class StepProfiler : IStepPhaseMarker, IDisposable
     CudaDriver.Event? _lastDone;
     double _betweenMs, _stepDeviceMs, _stepHostMs;
     int _steps, _recomputes, _betweenCount, _lostMarks;
+    readonly Dictionary<StepPhase, long> _allocatedPeaks = new();
+    StepPhase? _allocatorPhase;   // the phase the allocator's current peak belongs to
 
     public void Enter(StepPhase phase)
     {
+        if (allocator is not null)
+            lock (_gate)
+            {
+                if (_allocatorPhase is { } ended)
+                    _allocatedPeaks[ended] = Math.Max(_allocatedPeaks.GetValueOrDefault(ended), allocator.Read().AllocatedPeak);
+                allocator.ResetPeak();
+                _allocatorPhase = phase;
+            }
         CudaDriver.Event? e = null;
         try
         {
@@ -94,7 +109,9 @@ internal sealed class StepProfiler : IStepPhaseMarker, IDisposable
         foreach (var phase in new[] { StepPhase.Forward, StepPhase.Recompute, StepPhase.Backward, StepPhase.Optimizer })
         {
             var t = _totals.GetValueOrDefault(phase);
-            phases[phase.ToString().ToLowerInvariant()] = new Dictionary<string, object?> { ["device_ms"] = Per(t.Device), ["host_ms"] = Per(t.Host) };
+            var row = new Dictionary<string, object?> { ["device_ms"] = Per(t.Device), ["host_ms"] = Per(t.Host) };
+            if (_allocatedPeaks.TryGetValue(phase, out long peak)) row["allocated_peak_gib"] = Math.Round(peak / Math.Pow(2, 30), 3);
+            phases[phase.ToString().ToLowerInvariant()] = row;
         }
         return new()
         {

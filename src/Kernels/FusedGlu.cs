@@ -10,6 +10,9 @@ namespace QLoraNet.Kernels;
 /// reference keeps act(gate) as well). Same values as <see cref="GluReference"/> up to the last bit of e^x inside
 /// the activation (glu.cu states the bound); the reference runs wherever the kernel cannot (CPU, fp16, sizes not
 /// a multiple of 8, or an instance made without the kernel: <see cref="FusedKernels"/> decides).
+/// gate and up may be row-strided views, such as the two halves of one (..., 2I) product when the gate and up
+/// projections run as one GEMM (Quant.FrozenLinearGroup): the kernel reads them through their row strides instead
+/// of copying them contiguous first.
 /// Drop-in: LlamaMlp's <c>F.silu(gate) * up</c> is <c>kernels.Glu.Apply(gate, up, GluActivation.Silu, handles)</c>.
 /// </summary>
 public sealed unsafe class FusedGlu : FusedOp
@@ -21,7 +24,7 @@ public sealed unsafe class FusedGlu : FusedOp
 
     /// <summary>Every kernel this op may launch (a test holds them to the embedded PTX).</summary>
     internal static IEnumerable<string> KernelNames =>
-        from direction in new[] { "fwd", "bwd" }
+        from direction in new[] { "fwd", "bwd", "fwd_rows", "bwd_rows" }
         from activation in new[] { GluActivation.Silu, GluActivation.GeluTanh }
         from dtype in new[] { ScalarType.BFloat16, ScalarType.Float32 }
         select "qln_glu_" + direction + "_" + Suffix(activation, dtype);
@@ -59,34 +62,76 @@ public sealed unsafe class FusedGlu : FusedOp
     static string Suffix(GluActivation activation, ScalarType dtype) =>
         (activation == GluActivation.Silu ? "swiglu" : "geglu") + (dtype == ScalarType.BFloat16 ? "_bf16" : "_f32");
 
+    /// <summary>The stride between rows of <paramref name="t"/> (..., cols) read as (rows, cols), when its last
+    /// dimension is contiguous, the leading ones collapse into one and each row starts 16-byte aligned; else null
+    /// (the kernel then reads a contiguous copy).</summary>
+    internal static long? RowStride(Tensor t)
+    {
+        int d = (int)t.dim();
+        if (d == 0 || t.stride(-1) != 1) return null;
+        if (d == 1) return t.size(0);
+        for (int k = 0; k < d - 2; k++)
+            if (t.stride(k) != t.stride(k + 1) * t.size(k + 1)) return null;
+        long ld = t.stride(d - 2);
+        return ld >= t.size(-1) && ld % 8 == 0 ? ld : null;
+    }
+
+    const int RowThreads = 128;   // threads per block of the row kernels: 2% idle lanes on a 7B model's 1376 vectors a row
+
+    /// <summary>How the kernel reads gate and up: both contiguous (the flat kernel), both row-strided (the row
+    /// kernel, no copy), or else contiguous copies of both.</summary>
+    static (Tensor G, Tensor U, long? Ldg, long? Ldu) Readable(Tensor gate, Tensor up)
+    {
+        if (gate.is_contiguous() && up.is_contiguous()) return (gate, up, null, null);
+        if (gate.size(-1) % 8 == 0 && RowStride(gate) is { } ldg && RowStride(up) is { } ldu) return (gate, up, ldg, ldu);
+        return (gate.contiguous(), up.contiguous(), null, null);
+    }
+
+    /// <summary>The row kernel's grid: vectors of a row across x, rows across y (the kernel loops past 65535).</summary>
+    static (uint X, uint Y)? RowGrid(long rows, long cols8) =>
+        DeviceTensors.Blocks(cols8, RowThreads) is { } x && rows > 0 ? (x, (uint)Math.Min(rows, 65535)) : null;
+
     Tensor? ForwardKernel(Tensor gate, Tensor up, GluActivation activation)
     {
-        string fn = "qln_glu_fwd_" + Suffix(activation, gate.dtype);
         using var scope = NewDisposeScope();
-        var (g, u) = (gate.contiguous(), up.contiguous());
+        var (g, u, ldg, ldu) = Readable(gate, up);
         if (!DeviceTensors.Aligned16(g) || !DeviceTensors.Aligned16(u)) return null;
-        var output = empty_like(g);
-        long n8 = g.numel() / 8;
+        var output = empty(gate.shape, gate.dtype, gate.device);                          // (..., I) contiguous
+        long cols8 = gate.size(-1) / 8, n8 = gate.numel() / 8, rows = n8 / Math.Max(1, cols8);
         IntPtr pg = DeviceTensors.Ptr(g), pu = DeviceTensors.Ptr(u), po = DeviceTensors.Ptr(output);
+        if (ldg is long sg && ldu is long su)
+        {
+            if (RowGrid(rows, cols8) is not { } grid) return null;
+            void** rowArgs = stackalloc void*[] { &pg, &pu, &po, &rows, &cols8, &sg, &su };
+            Launch("qln_glu_fwd_rows_" + Suffix(activation, gate.dtype), grid.X, grid.Y, RowThreads, rowArgs);
+            return output.MoveToOuterDisposeScope();
+        }
         void** args = stackalloc void*[] { &pg, &pu, &po, &n8 };
         if (DeviceTensors.Blocks(n8, Threads) is not { } blocks) return null;
-        Launch(fn, blocks, 1, Threads, args);
+        Launch("qln_glu_fwd_" + Suffix(activation, gate.dtype), blocks, 1, Threads, args);
         return output.MoveToOuterDisposeScope();
     }
 
     (Tensor DGate, Tensor DUp)? BackwardKernel(Tensor dy, Tensor gate, Tensor up, GluActivation activation)
     {
-        string fn = "qln_glu_bwd_" + Suffix(activation, gate.dtype);
         using var scope = NewDisposeScope();
-        var (d, g, u) = (dy.to(gate.dtype).contiguous(), gate.contiguous(), up.contiguous());
+        var d = dy.to(gate.dtype).contiguous();
+        var (g, u, ldg, ldu) = Readable(gate, up);
         if (!DeviceTensors.Aligned16(d) || !DeviceTensors.Aligned16(g) || !DeviceTensors.Aligned16(u)) return null;
-        var (dg, du) = (empty_like(g), empty_like(u));
-        long n8 = g.numel() / 8;
+        var (dg, du) = (empty(gate.shape, gate.dtype, gate.device), empty(up.shape, up.dtype, up.device));   // contiguous
+        long cols8 = gate.size(-1) / 8, n8 = gate.numel() / 8, rows = n8 / Math.Max(1, cols8);
         IntPtr pd = DeviceTensors.Ptr(d), pg = DeviceTensors.Ptr(g), pu = DeviceTensors.Ptr(u);
         IntPtr pdg = DeviceTensors.Ptr(dg), pdu = DeviceTensors.Ptr(du);
+        if (ldg is long sg && ldu is long su)
+        {
+            if (RowGrid(rows, cols8) is not { } grid) return null;
+            void** rowArgs = stackalloc void*[] { &pd, &pg, &pu, &pdg, &pdu, &rows, &cols8, &sg, &su };
+            Launch("qln_glu_bwd_rows_" + Suffix(activation, gate.dtype), grid.X, grid.Y, RowThreads, rowArgs);
+            return (dg.MoveToOuterDisposeScope(), du.MoveToOuterDisposeScope());
+        }
         void** args = stackalloc void*[] { &pd, &pg, &pu, &pdg, &pdu, &n8 };
         if (DeviceTensors.Blocks(n8, Threads) is not { } blocks) return null;
-        Launch(fn, blocks, 1, Threads, args);
+        Launch("qln_glu_bwd_" + Suffix(activation, gate.dtype), blocks, 1, Threads, args);
         return (dg.MoveToOuterDisposeScope(), du.MoveToOuterDisposeScope());
     }
 

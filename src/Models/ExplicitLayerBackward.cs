@@ -105,9 +105,13 @@ public static class ExplicitLayerBackward
             tape.Sin = sin.alias();
             using (no_grad())
             {
-                (tape.Normed1, tape.Saved1) = norm1.ForwardSaving(hidden);                           // (B, T, hidden)
+                // The linears' inputs (normed1, normed2, gated) are released once recorded: an adapter's tape keeps
+                // its own handle of what its backward reads, and a frozen linear's reads none, so a frozen consumer's
+                // input is freed here instead of being held until backward.
+                (var normed1, tape.Saved1) = norm1.ForwardSaving(hidden);                           // (B, T, hidden)
                 // q, k and v read normed1: one group, whose adapters may share their down projection (and A's side of backward).
-                tape.Qkv = attnSlots.RecordShared(QkvRoles, tape.Normed1, keepWeights);
+                tape.Qkv = attnSlots.RecordShared(QkvRoles, normed1, keepWeights);
+                normed1.Dispose();
                 var (tq, tk, tv) = (tape.Qkv.Members[0], tape.Qkv.Members[1], tape.Qkv.Members[2]);
                 var q = attention.SplitHeads(tq.Output!, nHeads);                                    // (B, nHeads, T, headDim)
                 var k = attention.SplitHeads(tk.Output!, nKv);                                       // (B, nKv, T, headDim)
@@ -125,14 +129,17 @@ public static class ExplicitLayerBackward
             {
                 using (var mergedValue = tape.Merged.detach())
                     tape.O = attnSlots.Record(LinearRole.Output, mergedValue, keepWeights);
-                (tape.Normed2, tape.Saved2) = norm2.ForwardSaving(tape.O.Output!, hidden);           // h = hidden + o; norm(h)
+                (var normed2, tape.Saved2) = norm2.ForwardSaving(tape.O.Output!, hidden);           // h = hidden + o; norm(h)
                 tape.O.ReleaseOutput();
-                // gate and up read normed2: one group, like q/k/v (with LoRA on them, e.g. all linear layers).
-                tape.GateUp = mlpSlots.RecordShared(GateUpRoles, tape.Normed2, keepWeights);
+                // gate and up read normed2: one group, like q/k/v (with LoRA on them, e.g. all linear layers), or one
+                // GEMM when both are frozen (the fused gated unit reads the product's two halves as they are).
+                tape.GateUp = mlpSlots.RecordShared(GateUpRoles, normed2, keepWeights, stackFrozen: true);
+                normed2.Dispose();
                 var (tg, tu) = (tape.GateUp.Members[0], tape.GateUp.Members[1]);
-                tape.Gated = mlp.Glu.Apply(tg.Output!, tu.Output!, mlp.FusedActivation!.Value, mlp.Handles); // (B, T, intermediate)
+                var gated = mlp.Glu.Apply(tg.Output!, tu.Output!, mlp.FusedActivation!.Value, mlp.Handles); // (B, T, intermediate)
                 // Backward never reads the down projection's product; only a forward needs it, for the output.
-                tape.Down = mlpSlots.Record(LinearRole.Down, tape.Gated, keepWeight: false, product: output);
+                tape.Down = mlpSlots.Record(LinearRole.Down, gated, keepWeight: false, product: output);
+                gated.Dispose();
                 if (output)
                 {
                     // The forward's "h + mlp(normed)": h is the residual stream the pre-MLP norm summed (Saved2.H).
@@ -141,7 +148,7 @@ public static class ExplicitLayerBackward
                 }
             }
             // The tape outlives this scope (and the caller's, when a forward keeps it): it owns its handles.
-            foreach (var t in new[] { tape.Cos, tape.Sin, tape.Normed1, tape.Normed2, tape.Gated, tape.Merged, tape.QLeaf, tape.KLeaf, tape.VLeaf })
+            foreach (var t in new[] { tape.Cos, tape.Sin, tape.Merged, tape.QLeaf, tape.KLeaf, tape.VLeaf })
                 t.DetachFromDisposeScope();
             foreach (var saved in new[] { tape.Saved1, tape.Saved2 })
             {
@@ -184,15 +191,14 @@ public static class ExplicitLayerBackward
         {
             var dGated = td.Backward(gradOutput, null);                                          // (B, T, intermediate)
             td.Dispose();
-            tape.Gated!.Dispose();
-            (tape.Down, tape.Gated) = (null, null);
+            tape.Down = null;
             var (dGate, dUp) = mlp.Glu.Backward(dGated, tg.Output!, tu.Output!, mlp.FusedActivation!.Value);
             dGated.Dispose();
             tg.ReleaseOutput();
             tu.ReleaseOutput();
             var dNormed2 = tgu.Backward([dGate, dUp], null);                                     // (B, T, hidden)
-            foreach (var d in new IDisposable[] { dGate, dUp, tgu, tape.Normed2! }) d.Dispose();
-            (tape.GateUp, tape.Normed2) = (null, null);
+            foreach (var d in new IDisposable[] { dGate, dUp, tgu }) d.Dispose();
+            tape.GateUp = null;
             // h = hidden + o gets the output's gradient (the residual) and the norm's: both reach hidden and o.
             dHidden = norm2.Backward(dNormed2, saved2, gradOutput);                              // (B, T, hidden)
             dNormed2.Dispose();
@@ -210,8 +216,7 @@ public static class ExplicitLayerBackward
             var (dq, dk) = attention.Rope.BackwardQk(dqkv[0], dqkv[1], tape.Cos!, tape.Sin!);   // (B, heads, T, headDim)
             var dNormed1 = tqkv.Backward([attention.MergeHeads(dq), attention.MergeHeads(dk), attention.MergeHeads(dqkv[2])], null); // (B, T, hidden)
             tqkv.Dispose();
-            tape.Normed1!.Dispose();
-            (tape.Qkv, tape.Normed1) = (null, null);
+            tape.Qkv = null;
             dHidden = norm1.Backward(dNormed1, saved1, dHidden);                                 // + the residual's
             saved1.Dispose();
             tape.Saved1 = null;

@@ -6,8 +6,8 @@ namespace QLoraNet.Models;
 
 /// <summary>
 /// One decoder layer's forward as <see cref="ExplicitLayerBackward.Record"/> ran it, holding what
-/// <see cref="ExplicitLayerBackward.Backward"/> reads: the linears' tapes, the norms' statistics, the normed inputs,
-/// the gated activation and the attention's own small graph (q, k and v as its leaves, merged as its output).
+/// <see cref="ExplicitLayerBackward.Backward"/> reads: the linears' tapes (each keeping the input its backward reads,
+/// if any), the norms' statistics and the attention's own small graph (q, k and v as its leaves, merged as its output).
 /// Why a class of its own: the record is made either just before its backward (a checkpointed layer's
 /// recomputation, <see cref="ExplicitLayerBackward.Run"/>) or by the forward itself and kept until backward (the last
 /// decoder layer, whose backward is the first to run after the loss, so recomputing it would only repeat the forward:
@@ -30,8 +30,6 @@ public sealed class ExplicitLayerTape : IDisposable
     internal LinearTape? O, Down;
     // The norms' statistics: Saved1.H is the layer's input, Saved2.H the residual stream after attention.
     internal FusedRmsNorm.Saved? Saved1, Saved2;
-    internal Tensor? Normed1, Normed2;           // (B, T, hidden) the linears' inputs (their tapes do not own them)
-    internal Tensor? Gated;                      // (B, T, intermediate) the down projection's input
     internal Tensor? Merged;                     // (B, T, nHeads*headDim) the attention's output, with its graph
     internal Tensor? QLeaf, KLeaf, VLeaf;        // (B, heads, T, headDim) the attention graph's leaves
 
@@ -43,9 +41,9 @@ public sealed class ExplicitLayerTape : IDisposable
     {
         if (IsDisposed) return;
         IsDisposed = true;
-        IDisposable?[] held = [Qkv, GateUp, O, Down, Saved1, Saved2, Normed1, Normed2, Gated, Merged, QLeaf, KLeaf, VLeaf, Cos, Sin];
+        IDisposable?[] held = [Qkv, GateUp, O, Down, Saved1, Saved2, Merged, QLeaf, KLeaf, VLeaf, Cos, Sin];
         foreach (var d in held) d?.Dispose();
         (Qkv, GateUp, O, Down, Saved1, Saved2) = (null, null, null, null, null, null);
-        (Normed1, Normed2, Gated, Merged, QLeaf, KLeaf, VLeaf, Cos, Sin) = (null, null, null, null, null, null, null, null, null);
+        (Merged, QLeaf, KLeaf, VLeaf, Cos, Sin) = (null, null, null, null, null, null);
     }
 }

@@ -17,18 +17,20 @@ namespace QLoraNet.Models;
 /// Backward takes the layer's explicit backward (<see cref="ExplicitLayerBackward"/>: no autograd graph in the
 /// recomputation) where the layer allows it and <see cref="LlamaDecoderLayer.ExplicitBackward"/> is on, else the
 /// autograd recomputation above; the layer counts which ran.
-/// The last decoder layer is not recomputed: its backward is the first to run after the loss, so its recomputation
-/// would repeat the forward just done. With <c>keepRecord</c> (and the explicit backward applying) the forward itself
-/// runs <see cref="ExplicitLayerBackward.Record"/>, which also makes the output, and keeps that
-/// <see cref="ExplicitLayerTape"/> until backward, which then skips the recomputation (on a 7B model, 1/32 of the
-/// recomputation phase) for little extra peak memory: the record is what the recomputation would have allocated
-/// right after the loss anyway; it is only held earlier, across the final norm and the loss's own transient buffers
-/// (with <see cref="LlamaDecoderLayer.KeepWeightsForBackward"/>, the layer's dense weights too). The dropout masks are drawn once, by the forward, as without checkpointing, so the
+/// The last decoder layers need not be recomputed: the last one's backward is the first to run after the loss, so
+/// its recomputation would repeat the forward just done, and each layer before it that memory allows
+/// (<see cref="LlamaModel.UncheckpointedLayers"/>) trades its activations, held from forward to backward, for its
+/// recomputation. With <c>keepRecord</c> (and the explicit backward applying) the forward itself runs
+/// <see cref="ExplicitLayerBackward.Record"/>, which also makes the output, and keeps that
+/// <see cref="ExplicitLayerTape"/> until backward, which then skips the recomputation. The last layer's record is
+/// what its recomputation would have allocated right after the loss anyway, only held earlier, across the final norm
+/// and the loss's own transient buffers; with <c>recordWeights</c> (given for the last layer) and
+/// <see cref="LlamaDecoderLayer.KeepWeightsForBackward"/> it keeps the layer's dense weights too. The dropout masks are drawn once, by the forward, as without checkpointing, so the
 /// streams stand after it where they stood before. A record whose backward never runs (a forward under grad that is
 /// dropped, an exception before backward) is released by the layer's next recorded forward
 /// (<see cref="PendingRecord"/>): at most one per layer is ever held; a backward that then finds its record gone
 /// recomputes as the other layers do.
-/// Call: <c>LayerCheckpoint.apply(hidden, layer, cos, sin, mask, handles, keepRecord)</c>; hidden must require grad
+/// Call: <c>LayerCheckpoint.apply(hidden, layer, cos, sin, mask, handles, keepRecord, recordWeights)</c>; hidden must require grad
 /// (the caller sets it on the embedding output, which is frozen) or backward never reaches this layer; handles is the
 /// model's <see cref="BackwardHandles"/>, where backward defers the gradient it returns.
 /// </summary>
@@ -41,7 +43,7 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         var hidden = (Tensor)vars[0];
         var layer = (LlamaDecoderLayer)vars[1];
         var (cos, sin, mask, handles) = ((Tensor)vars[2], (Tensor)vars[3], (Tensor?)vars[4], (BackwardHandles)vars[5]);
-        bool keepRecord = vars.Length > 6 && (bool)vars[6];
+        var (keepRecord, recordWeights) = ((bool)vars[6], (bool)vars[7]);
         // Tensors go through save_for_backward (autograd keeps them alive after the caller's dispose scope ends);
         // the layer, the stream positions and the handle queue are plain data.
         ctx.save_for_backward(mask is null ? [hidden, cos, sin] : [hidden, cos, sin, mask]);
@@ -51,7 +53,8 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         using var noGrad = torch.no_grad();
         if (keepRecord && layer.ExplicitBackward && ExplicitLayerBackward.Supports(layer, hidden.dtype))
         {
-            var (tape, output) = ExplicitLayerBackward.Record(layer, hidden, cos, sin, mask, layer.KeepWeightsForBackward, output: true);
+            var (tape, output) = ExplicitLayerBackward.Record(layer, hidden, cos, sin, mask,
+                recordWeights && layer.KeepWeightsForBackward, output: true);
             layer.PendingRecord.Hold(tape);
             ctx.save_data("tape", tape);
             return output!;                                                                      // (B, T, hidden)
@@ -68,7 +71,7 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         var handles = (BackwardHandles)ctx.get_data("handles");
         var atForward = (List<(RandomStream Stream, RandomStream.Position State)>)ctx.get_data("rng");
         if (ctx.get_data("tape") is ExplicitLayerTape tape && layer.PendingRecord.Take(tape))
-            return [handles.Defer(BackwardFromRecord(layer, tape, gradOutput, handles.PhaseMarker, saved)), null!, null!, null!, null!, null!, null!];
+            return GradientOfHidden(handles.Defer(BackwardFromRecord(layer, tape, gradOutput, handles.PhaseMarker, saved)));
 
         using var enableGrad = torch.enable_grad();
         var current = atForward.Select(s => (s.Stream, s.Stream.State)).ToList();
@@ -102,8 +105,11 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         // On CUDA this runs on libtorch's device thread, outside any dispose scope: release the handles now.
         foreach (var t in saved) t?.Dispose();
         gradOutput.Dispose();
-        return [handles.Defer(gradInput), null!, null!, null!, null!, null!, null!];
+        return GradientOfHidden(handles.Defer(gradInput));
     }
+
+    /// <summary>One gradient per argument of apply: the hidden states' and none for the rest.</summary>
+    static List<Tensor> GradientOfHidden(Tensor gradHidden) => [gradHidden, null!, null!, null!, null!, null!, null!, null!];
 
     /// <summary>The explicit backward from the record the forward kept: nothing is recomputed and no stream is moved
     /// (the forward drew the masks). Releases the record and the saved handles.</summary>

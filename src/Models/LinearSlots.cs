@@ -73,13 +73,17 @@ public sealed class LinearSlots
     /// <see cref="Call"/> of each of <paramref name="roles"/> on one input (the attention's q/k/v): where the slots'
     /// linears can share work on it without an autograd graph (<see cref="ISharedInputLinear"/>: LoRA adapters with no
     /// dropout make their down projections one GEMM) they do; otherwise each is called in turn, as Call does.
+    /// With <paramref name="stackFrozen"/>, quantized frozen linears without adapters run as one GEMM
+    /// (<see cref="FrozenLinearGroup"/>; the MLP's gate and up, whose row-strided outputs the fused gated unit reads
+    /// as they are; q/k/v's would be copied contiguous for RoPE, which would cost what the GEMM saves).
     /// </summary>
     /// <param name="x">(..., in)</param>
     /// <returns>(..., outᵢ) per role, biases included.</returns>
-    public Tensor[] CallShared(IReadOnlyList<LinearRole> roles, Tensor x)
+    public Tensor[] CallShared(IReadOnlyList<LinearRole> roles, Tensor x, bool stackFrozen = false)
     {
-        if (SharingMembers(roles) is not { } members || members[0].ForwardShared(members, x) is not { } outputs)
-            return [.. roles.Select(r => Call(r, x))];
+        var outputs = stackFrozen && FrozenMembers(roles, x) is { } frozen ? FrozenLinearGroup.Forward(frozen, x)
+            : SharingMembers(roles) is { } members ? members[0].ForwardShared(members, x) : null;
+        if (outputs is null) return [.. roles.Select(r => Call(r, x))];
         for (int i = 0; i < outputs.Length; i++)
         {
             if (Bias(nameOf[roles[i]]) is not { } bias) continue;
@@ -95,14 +99,20 @@ public sealed class LinearSlots
     /// includes its bias.
     /// </summary>
     /// <param name="x">(..., in) in the compute dtype.</param>
-    public LinearTapeGroup RecordShared(IReadOnlyList<LinearRole> roles, Tensor x, bool keepWeight)
+    /// <param name="stackFrozen">as for <see cref="CallShared"/>.</param>
+    public LinearTapeGroup RecordShared(IReadOnlyList<LinearRole> roles, Tensor x, bool keepWeight, bool stackFrozen = false)
     {
-        if (SharingMembers(roles) is not { } members || members[0].RecordShared(members, x, keepWeight) is not { } group)
-            return new LinearTapeGroup([.. roles.Select(r => Record(r, x, keepWeight))]);
+        var group = stackFrozen && FrozenMembers(roles, x) is { } frozen ? FrozenLinearGroup.Record(frozen, x, keepWeight)
+            : SharingMembers(roles) is { } members ? members[0].RecordShared(members, x, keepWeight) : null;
+        if (group is null) return new LinearTapeGroup([.. roles.Select(r => Record(r, x, keepWeight))]);
         for (int i = 0; i < roles.Count; i++)
             if (Bias(nameOf[roles[i]]) is { } bias) group.Members[i].AddToOutput(bias);
         return group;
     }
+
+    /// <summary>The linears of <paramref name="roles"/> when they are quantized frozen linears that can run as one GEMM on x.</summary>
+    FrozenLinear[]? FrozenMembers(IReadOnlyList<LinearRole> roles, Tensor x) =>
+        FrozenLinearGroup.Members([.. roles.Select(r => (object)byName[nameOf[r]])], x);
 
     /// <summary>The linears of <paramref name="roles"/> when each may share its input's work, else null.</summary>
     ISharedInputLinear[]? SharingMembers(IReadOnlyList<LinearRole> roles)

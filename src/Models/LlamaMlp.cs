@@ -64,8 +64,9 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        // gate and up read x: without a graph (a checkpointed forward, inference) their adapters may share work.
-        var gateUp = projections.CallShared(GateUpRoles, x);
+        // gate and up read x: without a graph (a checkpointed forward, inference) their adapters may share work, and
+        // without adapters they are one GEMM.
+        var gateUp = projections.CallShared(GateUpRoles, x, stackFrozen: true);
         var (gate, up) = (gateUp[0], gateUp[1]);                                      // (B, T, intermediate) each
         var gated = fusedActivation is GluActivation fused
             ? glu.Apply(gate, up, fused, handles)

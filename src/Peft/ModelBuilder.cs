@@ -17,6 +17,8 @@ namespace QLoraNet.Peft;
 /// <param name="FrozenDType">dtype of every dense frozen tensor: embedding, norms, biases, the output head, and the
 /// linears under "none"; null = <paramref name="ComputeDType"/> for those (and "none" keeps the checkpoint's).</param>
 /// <param name="GradientCheckpointing">recompute each decoder layer in backward.</param>
+/// <param name="UncheckpointedLayers">with checkpointing, the last layers that keep their activations instead
+/// (Models.LlamaModel.UncheckpointedLayers).</param>
 /// <param name="NewAdapter">attach fresh LoRA adapters with these settings (training).</param>
 /// <param name="AdapterSeed">seed of the new adapters' A matrices.</param>
 /// <param name="AdapterDropout">where the new adapters draw their dropout masks (a training run's stream, which its
@@ -36,6 +38,7 @@ public sealed record ModelBuildOptions(
     KernelSelection? Kernels = null,
     ScalarType? FrozenDType = null,
     bool GradientCheckpointing = false,
+    int UncheckpointedLayers = 1,
     LoraSettings? NewAdapter = null,
     long? AdapterSeed = null,
     string? AdapterDir = null,
@@ -99,6 +102,7 @@ public static class ModelBuilder
         try
         {
             model.Model.GradientCheckpointing = o.GradientCheckpointing;
+            model.Model.UncheckpointedLayers = o.UncheckpointedLayers;
             AdapterConfig? adapter = null;
             if (o.NewAdapter is { } lora)
             {

@@ -81,5 +81,9 @@ public sealed class FourBitLinear : StoredWeightLinear<FourBitWeight>
         public string FormatName => Weight.FormatName;
         public long StorageBytes => Weight.StorageBytes;
         public Tensor Dequantize(ScalarType dtype) => Kernels.Dequantize(Weight, dtype);
+        public void DequantizeInto(Tensor destination) => Kernels.DequantizeInto(Weight, destination);
+        // The CUDA kernel writes in place; elsewhere a copy would cost what one GEMM saves (and the CPU keeps the
+        // reference arrangement: each linear its own product).
+        public bool StacksInto(ScalarType dtype) => Kernels.PathFor(Weight, dtype) == FourBitDequantPath.CudaPtx;
     }
 }

@@ -71,6 +71,9 @@ public sealed record FourBitWeight(
     /// </summary>
     public Tensor Dequantize(ScalarType dtype) => Dequantize(dtype, useTorchOps: false);
 
+    /// <summary>The dense weight written in place by the CUDA kernel where it applies (else made and copied).</summary>
+    public void DequantizeInto(Tensor destination) => KernelSelection.Portable.DequantizeInto(this, destination);
+
     /// <summary>Dequantizes to the dtype the weight had before quantization.</summary>
     public Tensor Dequantize() => Dequantize(DType);
 

@@ -93,13 +93,33 @@ public sealed unsafe class FourBitCudaKernel
     /// <see cref="Unsupported"/>. <paramref name="variant"/>: null = <see cref="DefaultVariant"/> where it applies,
     /// else <see cref="Variant.Words"/>; a variant asked for explicitly (`bench kernel`) must apply.
     /// </summary>
-    public Tensor Dequantize(FourBitWeight w, ScalarType dtype, Variant? variant = null)
+    public Tensor Dequantize(FourBitWeight w, ScalarType dtype, Variant? variant = null) => Run(w, dtype, variant, null)!;
+
+    /// <summary>
+    /// The dense weight of <paramref name="w"/> written into <paramref name="destination"/> (contiguous, 16-byte
+    /// aligned, <see cref="FourBitWeight.Numel"/> elements in bf16 or fp32 on the weight's device): a slice of a larger
+    /// matrix, so that weights one GEMM reads together (gate and up) are made in place, without a copy.
+    /// </summary>
+    public void DequantizeInto(FourBitWeight w, Tensor destination)
+    {
+        if (!Writable(w, destination)) throw new ArgumentException("the destination must be contiguous, 16-byte aligned, on the weight's CUDA device and hold the weight's elements");
+        Run(w, destination.dtype, null, destination);
+    }
+
+    /// <summary>Whether <see cref="DequantizeInto"/> can write <paramref name="destination"/>.</summary>
+    public static bool Writable(FourBitWeight w, Tensor destination) =>
+        destination.is_contiguous() && destination.numel() == w.Numel && destination.device_type == DeviceType.CUDA
+        && w.Packed.device_type == DeviceType.CUDA && destination.device_index == w.Packed.device_index
+        && DeviceTensors.Aligned16(destination) && Unsupported(w, destination.dtype) is null;
+
+    /// <summary>One launch writing <paramref name="into"/> (returning null), or a new tensor.</summary>
+    Tensor? Run(FourBitWeight w, ScalarType dtype, Variant? variant, Tensor? into)
     {
         // A QLoRA step dequantizes every frozen weight three times (forward, recomputation, backward): 672 calls a
         // step on a 7B model, on the host's critical path in backward. The plan made on a weight's first call holds
         // what does not change between calls, so a later call is one allocation, one address and one launch.
         if (variant is null && !w.Packed.IsInvalid && _plans.TryGetValue(w, out var plan) && plan.DType == dtype)
-            return Launch(plan);
+            return Launch(plan, into);
         if (w.Packed.device_type != DeviceType.CUDA) throw new ArgumentException("the CUDA kernel dequantizes CUDA tensors only");
         if (Unsupported(w, dtype) is { } why) throw new ArgumentException($"the CUDA kernel cannot dequantize this weight: {why}");
         var v = variant ?? DefaultVariant;
@@ -148,7 +168,8 @@ public sealed unsafe class FourBitCudaKernel
             Grid: (uint)Math.Max(1, Math.Min(wanted, (long)_multiprocessors * BlocksPerMultiprocessor)),
             Function: _module.Function(name), Shape: w.Shape, DType: dtype, Device: device);
         if (variant is null && direct) _plans.AddOrUpdate(w, made);
-        return Launch(made).MoveToOuterDisposeScope(); // the copies, if any, are read by the launch before they are freed (stream order)
+        // The copies, if any, are read by the launch before they are freed (stream order).
+        return into is null ? Launch(made, null)!.MoveToOuterDisposeScope() : Launch(made, into);
     }
 
     /// <summary>Everything a launch for one weight needs but the output: the addresses of its codes, scales and the
@@ -157,10 +178,11 @@ public sealed unsafe class FourBitCudaKernel
         IntPtr Codebook, float Offset, long Units, int Log2Block, int Log2Nested, uint Grid, IntPtr Function,
         long[] Shape, ScalarType DType, Device Device);
 
-    /// <summary>A new dense weight (Shape, contiguous) written by one launch of the plan's kernel on stream 0.</summary>
-    Tensor Launch(LaunchPlan p)
+    /// <summary>The dense weight written by one launch of the plan's kernel on stream 0: into
+    /// <paramref name="into"/> (returning null), or into a new tensor (Shape, contiguous) returned.</summary>
+    Tensor? Launch(LaunchPlan p, Tensor? into)
     {
-        var output = torch.empty(p.Shape, p.DType, p.Device);                      // (out, in)
+        var output = into ?? torch.empty(p.Shape, p.DType, p.Device);              // (out, in)
         IntPtr pPacked = p.Packed, pAbsmax = p.Absmax, pAq = p.AbsmaxCodes, pNa = p.NestedAbsmax, pNc = p.NestedCode;
         IntPtr pCb = p.Codebook, pOut = DeviceTensors.Ptr(output);
         float offset = p.Offset;
@@ -170,7 +192,7 @@ public sealed unsafe class FourBitCudaKernel
         args[0] = &pPacked; args[1] = &pAbsmax; args[2] = &pAq; args[3] = &pNa; args[4] = &pNc; args[5] = &offset;
         args[6] = &pCb; args[7] = &pOut; args[8] = &units; args[9] = &log2Block; args[10] = &log2Nested;
         CudaDriver.Launch(_module.Context, p.Function, p.Grid, 1, Threads, args);
-        return output;
+        return into is null ? output : null;
     }
 
     /// <summary>The tensor itself when it already has the dtype/device and is contiguous (no copy), else a converted copy.</summary>

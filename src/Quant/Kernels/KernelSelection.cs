@@ -263,6 +263,19 @@ public sealed class KernelSelection
         _ => FourBitDequantPath.TorchOps,
     };
 
+    /// <summary>The dense weight written into <paramref name="destination"/> (the weight's elements, in its dtype):
+    /// by the CUDA kernel in place where it can write there, else computed by the chosen path and copied.</summary>
+    public void DequantizeInto(FourBitWeight w, Tensor destination)
+    {
+        if (PathFor(w, destination.dtype) == FourBitDequantPath.CudaPtx && FourBitCudaKernel.Writable(w, destination))
+        {
+            _cuda!.DequantizeInto(w, destination);
+            return;
+        }
+        using var dense = Dequantize(w, destination.dtype);
+        destination.copy_(dense.view(destination.shape));
+    }
+
     /// <summary>The dense weight, computed by the chosen path.</summary>
     public Tensor Dequantize(FourBitWeight w, ScalarType dtype) => PathFor(w, dtype) switch
     {

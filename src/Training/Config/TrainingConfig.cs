@@ -12,6 +12,9 @@ namespace QLoraNet.Training.Config;
 /// validation loss and needs validation data. Sample prompts (<see cref="SamplePrompts"/> inline, or
 /// <see cref="SamplePromptsFile"/>: .txt one prompt a line, or .jsonl rows with "prompt" or chat "messages") are
 /// answered greedily (up to <see cref="SampleMaxNewTokens"/> tokens) before training and at every evaluation.
+/// With gradient checkpointing, the last <see cref="UncheckpointedLayers"/> decoder layers keep their activations
+/// instead of being recomputed (selective recomputation: the last one's is free, each other trades about
+/// B·T·(4·hidden + 2·intermediate) values of device memory for one layer's recomputation; results are unchanged).
 /// </summary>
 public sealed record TrainingConfig(
     int Epochs = 1,
@@ -28,6 +31,7 @@ public sealed record TrainingConfig(
     double AdamEpsilon = 1e-8,
     double MaxGradNorm = 0.3,
     bool GradientCheckpointing = true,
+    int UncheckpointedLayers = 1,
     int Seed = 42,
     int LogEvery = 10,
     int EvalEvery = 100,
@@ -71,6 +75,7 @@ public sealed record TrainingConfig(
             AdamEpsilon: s.Double("adam_epsilon", d.AdamEpsilon, 0, minExclusive: true),
             MaxGradNorm: s.Double("max_grad_norm", d.MaxGradNorm, 0),
             GradientCheckpointing: s.Bool("gradient_checkpointing", d.GradientCheckpointing),
+            UncheckpointedLayers: s.Int("uncheckpointed_layers", d.UncheckpointedLayers, 0, 100_000),
             Seed: s.Int("seed", d.Seed, 0),
             LogEvery: s.Int("log_every", d.LogEvery, 1),
             EvalEvery: s.Int("eval_every", d.EvalEvery, 0),
@@ -89,6 +94,7 @@ public sealed record TrainingConfig(
             : s.OptionalDouble("dpo_label_smoothing") != null ? "dpo_label_smoothing"
             : s.OptionalDouble("dpo_rpo_alpha") != null ? "dpo_rpo_alpha" : null;
         bool ratioGiven = s.OptionalDouble("warmup_ratio") != null;
+        bool keptGiven = s.OptionalInt("uncheckpointed_layers") != null;
         s.Finish();
         if (prompts is { Count: 0 } || (prompts?.Any(p => p.Trim().Length == 0) ?? false))
             throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' must be a file or a list of non-empty prompts");
@@ -105,6 +111,8 @@ public sealed record TrainingConfig(
             throw s.ErrorAt("dpo_label_smoothing", $"'{s.Full("dpo_label_smoothing")}' must be below 0.5 (the share of pairs assumed mislabelled); got {c.DpoLabelSmoothing}");
         if (c.DpoLabelSmoothing > 0 && c.DpoLoss != DpoLossKind.Sigmoid)
             throw s.ErrorAt("dpo_label_smoothing", $"'{s.Full("dpo_label_smoothing")}' applies to dpo_loss sigmoid only (cDPO); this run's is {YamlNames.Of(c.DpoLoss)}");
+        if (keptGiven && !c.GradientCheckpointing)
+            throw s.ErrorAt("uncheckpointed_layers", $"'{s.Full("uncheckpointed_layers")}' applies with '{s.Full("gradient_checkpointing")}: true' only (without checkpointing no layer is recomputed); drop one of the two");
         if (c.WarmupSteps != null && ratioGiven)
             throw s.ErrorAt("warmup_ratio", $"set '{s.Full("warmup_steps")}' or '{s.Full("warmup_ratio")}', not both");
         return c;
@@ -121,7 +129,10 @@ public sealed record TrainingConfig(
         ("weight_decay", YamlOut.Scalar(WeightDecay)),
         ("adam_beta1", YamlOut.Scalar(AdamBeta1)), ("adam_beta2", YamlOut.Scalar(AdamBeta2)),
         ("adam_epsilon", YamlOut.Scalar(AdamEpsilon)), ("max_grad_norm", YamlOut.Scalar(MaxGradNorm)),
-        ("gradient_checkpointing", YamlOut.Scalar(GradientCheckpointing)), ("seed", YamlOut.Scalar(Seed)),
+        ("gradient_checkpointing", YamlOut.Scalar(GradientCheckpointing)),
+        // Written when not the default, so that the configs saved in checkpoints before the key existed compare equal.
+        ("uncheckpointed_layers", UncheckpointedLayers != 1 ? YamlOut.Scalar(UncheckpointedLayers) : null),
+        ("seed", YamlOut.Scalar(Seed)),
         ("log_every", YamlOut.Scalar(LogEvery)), ("eval_every", YamlOut.Scalar(EvalEvery)),
         ("save_every", YamlOut.Scalar(SaveEvery)),
         ("early_stopping_patience", YamlOut.Scalar(EarlyStoppingPatience)),

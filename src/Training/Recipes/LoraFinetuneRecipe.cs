@@ -170,7 +170,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         var frozen = DTypes.ToScalar(_config.Model.Dtype);
         var clock = Stopwatch.StartNew();
         _built = ModelBuilder.Build(_config.Model.Path, new ModelBuildOptions(_device, compute, _config.Quantization.Format,
-            kernels ?? KernelSelection.For(_device), frozen, _t.GradientCheckpointing,
+            kernels ?? KernelSelection.For(_device), frozen, _t.GradientCheckpointing, _t.UncheckpointedLayers,
             NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom, AdapterInitDir: _config.LoraInitFrom,
             Aware: _config.Quantization.Aware, AllowNonFiniteWeights: _config.Model.AllowNonFiniteWeights));
         (_model, _adapterConfig) = (_built.Model, _built.Adapter!);

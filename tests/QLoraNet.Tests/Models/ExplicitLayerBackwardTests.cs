@@ -4,6 +4,7 @@ using QLoraNet.Peft;
 using QLoraNet.Quant;
 using QLoraNet.Tests.Models.Families;
 using QLoraNet.Tests.Peft;
+using QLoraNet.Tests.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -23,9 +24,10 @@ public class ExplicitLayerBackwardTests
     static readonly string[] Explicit = ["llama3", "mistral", "qwen2", "gemma"];
 
     static (float Loss, Tensor[] Grads, long Explicit, long Autograd) Run(string family, BaseFormat format, double dropout,
-        bool explicitBackward, bool keepWeights)
+        bool explicitBackward, bool keepWeights, LoraSettings? lora = null, bool stackGateUp = false)
     {
-        using var built = FamilyLora.Build(family, format, FamilyLora.AllLinear with { Dropout = dropout }, checkpointing: true);
+        using var built = FamilyLora.Build(family, format, (lora ?? FamilyLora.AllLinear) with { Dropout = dropout }, checkpointing: true);
+        if (stackGateUp) StackGateUp(built);
         var layers = built.Model.modules().OfType<LlamaDecoderLayer>().ToList();
         foreach (var layer in layers)
         {
@@ -74,6 +76,55 @@ public class ExplicitLayerBackwardTests
         Assert.Equal(reference.Loss, explicitRun.Loss);
         Assert.True(explicitRun.Explicit > 0 && explicitRun.Autograd == 0);
         AssertClose("llama3 nf4-dq, dropout 0.25", reference.Grads, explicitRun.Grads);
+    }
+
+    /// <summary>Every layer's frozen gate and up made to stack into one GEMM as the CUDA NF4 kernel lets them
+    /// (<see cref="StackingLinear"/>), pointed at the model's backward queue like the linears they wrap.</summary>
+    static void StackGateUp(BuiltModel built)
+    {
+        var decoder = built.Model.modules().OfType<LlamaModel>().Single();
+        foreach (var mlp in built.Model.modules().OfType<LlamaMlp>().ToList())
+            foreach (var name in new[] { "gate_proj", "up_proj" })
+            {
+                var wrapped = new StackingLinear((FrozenLinear)mlp.Projections[name]);
+                wrapped.DeferBackwardHandlesTo(decoder.BackwardHandles);
+                mlp.Projections.Replace(name, wrapped);
+            }
+    }
+
+    /// <summary>Adapters on the attention only over an NF4 base: the MLP's gate and up are frozen and run as one GEMM
+    /// (Quant.FrozenLinearGroup) in the forward and the recomputation, their outputs two views of its product, which the
+    /// gated unit and the explicit backward read as they are; the gradients are still autograd's (whose graph keeps
+    /// one product per linear).</summary>
+    [Theory]
+    [InlineData("llama3")]
+    [InlineData("gemma")]
+    public void With_frozen_gate_and_up_as_one_gemm_the_gradients_are_autograds(string family)
+    {
+        var format = BaseFormat.Parse("nf4-dq");
+        var attention = FamilyLora.AllLinear with { TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj"] };
+        var reference = Run(family, format, 0, explicitBackward: false, keepWeights: false, attention);
+        foreach (bool keep in new[] { true, false })
+        {
+            var explicitRun = Run(family, format, 0, explicitBackward: true, keepWeights: keep, attention, stackGateUp: true);
+            Assert.Equal(0, explicitRun.Autograd);
+            Assert.True(Math.Abs(reference.Loss - explicitRun.Loss) <= 1e-5 * Math.Abs(reference.Loss), $"loss {reference.Loss} against {explicitRun.Loss}");
+            AssertClose($"{family} nf4-dq, attention adapters, keep {keep}", reference.Grads, explicitRun.Grads);
+        }
+
+        using var built = FamilyLora.Build(family, format, attention, checkpointing: true);
+        StackGateUp(built);
+        var decoder = built.Model.modules().OfType<LlamaModel>().Single();
+        var layer = decoder.Layers.First();
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        long t = 12, hidden = decoder.EmbedTokens.Weight.shape[1];
+        var x = randn([1, t, hidden], generator: new Generator(7));                          // (1, T, hidden)
+        var (cos, sin) = decoder.Rotary.call(arange(t).unsqueeze(0));
+        using var tape = ExplicitLayerBackward.Record(layer, x, cos, sin, null, keepWeights: true, output: false).Tape;
+        var (gate, up) = (tape.GateUp!.Members[0].Output!, tape.GateUp.Members[1].Output!);
+        Assert.Equal(2 * gate.size(-1), gate.stride(1));                                     // halves of one (.., 2I) product
+        Assert.Equal(gate.size(-1), up.storage_offset() - gate.storage_offset());
     }
 
     [Fact]

@@ -107,6 +107,21 @@ public sealed class ConfigTests : IDisposable
     }
 
     [Fact]
+    public void Uncheckpointed_layers_default_to_one_apply_with_checkpointing_and_round_trip()
+    {
+        Assert.Equal(1, Parse(Minimal).Training.UncheckpointedLayers);
+        var c = Parse(Minimal + "training:\n  uncheckpointed_layers: 4\n");
+        Assert.Equal(4, c.Training.UncheckpointedLayers);
+        Assert.Contains("uncheckpointed_layers: 4", c.ToYaml());
+        Assert.Equal(4, Parse(c.ToYaml()).Training.UncheckpointedLayers);
+        Assert.DoesNotContain("uncheckpointed_layers", Parse(Minimal).ToYaml());      // the default is not written
+        Assert.Contains("'training.uncheckpointed_layers' must be", ErrorOf(Minimal + "training:\n  uncheckpointed_layers: -1\n"));
+        Assert.Contains("'training.uncheckpointed_layers' applies with 'training.gradient_checkpointing: true' only",
+            ErrorOf(Minimal + "training:\n  gradient_checkpointing: false\n  uncheckpointed_layers: 2\n"));
+        Assert.Equal(0, Parse(Minimal + "training:\n  uncheckpointed_layers: 0\n").Training.UncheckpointedLayers);
+    }
+
+    [Fact]
     public void Empty_required_value_and_chat_with_alpaca_are_errors()
     {
         Assert.Equal("x.yaml:2: 'model.path' must be a non-empty string; got ''", ErrorOf(Minimal.Replace(Paths.TinyModel, "\"\"")));

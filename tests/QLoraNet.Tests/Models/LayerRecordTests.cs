@@ -10,14 +10,15 @@ using static TorchSharp.torch;
 namespace QLoraNet.Tests.Models;
 
 /// <summary>
-/// The last decoder layer's forward keeps its record (<see cref="ExplicitLayerTape"/>) for its backward instead of
-/// being recomputed (<see cref="LayerCheckpoint"/>). The record runs the recomputation's ops on the forward's values
-/// and the backward reads them as it would have read the recomputation's, so on the CPU in fp32 the loss and every
-/// adapter gradient equal those of the path that recomputes every layer bit for bit (not merely to rounding), with
-/// and without dropout, and so do the next step's (the streams stand where they stood).
+/// The last decoder layers' forwards keep their records (<see cref="ExplicitLayerTape"/>) for their backwards instead
+/// of being recomputed (<see cref="LayerCheckpoint"/>, <see cref="LlamaModel.UncheckpointedLayers"/>). The record
+/// runs the recomputation's ops on the forward's values and the backward reads them as it would have read the
+/// recomputation's, so on the CPU in fp32 the loss and every adapter gradient equal those of the path that recomputes
+/// every layer bit for bit (not merely to rounding), with and without dropout, and so do the next step's (the
+/// streams stand where they stood), whether one layer keeps its record (the default) or every layer does.
 /// </summary>
 [Trait("tier", "unit")]
-public class LastLayerRecordTests
+public class LayerRecordTests
 {
     /// <summary>Families whose layers the explicit backward takes.</summary>
     public static TheoryData<string> Explicit => new(["llama3", "mistral", "qwen2", "gemma"]);
@@ -25,11 +26,11 @@ public class LastLayerRecordTests
     sealed record Outcome(float[] Losses, Tensor[] Grads, long[] Recorded, long Explicit, long Autograd);
 
     /// <summary>Two forward/backward passes (the gradients accumulate; the second draws its masks after the first's).</summary>
-    static Outcome Run(string family, BaseFormat format, double dropout, bool recordLastLayer, bool keepWeights = true)
+    static Outcome Run(string family, BaseFormat format, double dropout, int recorded, bool keepWeights = true)
     {
         using var built = FamilyLora.Build(family, format, FamilyLora.AllLinear with { Dropout = dropout }, checkpointing: true);
         var decoder = built.Model.modules().OfType<LlamaModel>().Single();
-        decoder.RecordLastLayer = recordLastLayer;
+        decoder.UncheckpointedLayers = recorded;
         var layers = decoder.Layers.ToList();
         foreach (var layer in layers) layer.KeepWeightsForBackward = keepWeights;
         built.Model.train();
@@ -55,13 +56,39 @@ public class LastLayerRecordTests
     [MemberData(nameof(Explicit))]
     public void Recording_the_last_layer_changes_no_bit_of_the_loss_or_the_gradients(string family)
     {
-        var recomputed = Run(family, FamilyLora.Dense, 0, recordLastLayer: false);
-        var recorded = Run(family, FamilyLora.Dense, 0, recordLastLayer: true);
+        var recomputed = Run(family, FamilyLora.Dense, 0, recorded: 0);
+        var recorded = Run(family, FamilyLora.Dense, 0, recorded: 1);
         AssertIdentical(recomputed, recorded);
         // Every backward is explicit either way; only the last layer's read its record (once per pass), none recomputed it.
         Assert.Equal((recomputed.Explicit, 0L), (recorded.Explicit, recorded.Autograd));
         Assert.All(recomputed.Recorded, n => Assert.Equal(0, n));
         Assert.Equal([.. Enumerable.Repeat(0L, recorded.Recorded.Length - 1), 2L], recorded.Recorded);
+    }
+
+    /// <summary>More layers than the model has: every layer keeps its record, the last with its dense weights and the
+    /// others without (their backward dequantizes again), and still no bit moves.</summary>
+    [Theory]
+    [InlineData("llama3", 0.0)]
+    [InlineData("gemma", 0.0)]
+    [InlineData("llama3", 0.25)]
+    public void Recording_every_layer_changes_no_bit_of_the_loss_or_the_gradients(string family, double dropout)
+    {
+        var format = BaseFormat.Parse("nf4-dq");
+        var recomputed = Run(family, format, dropout, recorded: 0);
+        var recorded = Run(family, format, dropout, recorded: 1000);
+        AssertIdentical(recomputed, recorded);
+        Assert.True(recorded.Recorded.Length >= 2, "the fixture needs two layers or more");
+        Assert.All(recorded.Recorded, n => Assert.Equal(2L, n));
+        Assert.Equal((recomputed.Explicit, 0L), (recorded.Explicit, recorded.Autograd));
+    }
+
+    [Fact]
+    public void A_negative_count_is_refused()
+    {
+        using var built = FamilyLora.Build("llama3", FamilyLora.Dense, FamilyLora.AllLinear, checkpointing: true);
+        var decoder = built.Model.modules().OfType<LlamaModel>().Single();
+        Assert.Throws<ArgumentOutOfRangeException>(() => decoder.UncheckpointedLayers = -1);
+        Assert.Equal(1, decoder.UncheckpointedLayers);
     }
 
     [Theory]
@@ -70,8 +97,8 @@ public class LastLayerRecordTests
     public void With_dropout_and_an_nf4_base_the_masks_and_the_next_steps_draws_are_unchanged(bool keepWeights)
     {
         var format = BaseFormat.Parse("nf4-dq");
-        var recomputed = Run("llama3", format, 0.25, recordLastLayer: false, keepWeights);
-        var recorded = Run("llama3", format, 0.25, recordLastLayer: true, keepWeights);
+        var recomputed = Run("llama3", format, 0.25, recorded: 0, keepWeights);
+        var recorded = Run("llama3", format, 0.25, recorded: 1, keepWeights);
         AssertIdentical(recomputed, recorded);
         Assert.Equal(2L, recorded.Recorded[^1]);
     }
@@ -114,11 +141,11 @@ public class LastLayerRecordTests
     [Fact]
     public void A_record_released_before_its_backward_falls_back_to_the_recomputation()
     {
-        (float[] Losses, Tensor[] Grads, long Recorded) Twice(bool recordLastLayer)
+        (float[] Losses, Tensor[] Grads, long Recorded) Twice(int recorded)
         {
             using var built = FamilyLora.Build("llama3", FamilyLora.Dense, FamilyLora.AllLinear with { Dropout = 0.25 }, checkpointing: true);
             var decoder = built.Model.modules().OfType<LlamaModel>().Single();
-            decoder.RecordLastLayer = recordLastLayer;
+            decoder.UncheckpointedLayers = recorded;
             built.Model.train();
             var adapters = AdapterFiles.LoraModules(built.Model).ToList();
             using (no_grad())
@@ -132,8 +159,8 @@ public class LastLayerRecordTests
                 [.. adapters.SelectMany(l => new[] { l.lora.A.grad!.clone().DetachFromDisposeScope(), l.lora.B.grad!.clone().DetachFromDisposeScope() })],
                 decoder.Layers.Last().RecordedBackwards);
         }
-        var recomputed = Twice(recordLastLayer: false);
-        var recorded = Twice(recordLastLayer: true);
+        var recomputed = Twice(0);
+        var recorded = Twice(1);
         Assert.Equal(recomputed.Losses, recorded.Losses);
         Assert.Equal(1L, recorded.Recorded);      // the second forward's record; the first's was released and recomputed
         for (int i = 0; i < recomputed.Grads.Length; i++)
