@@ -5,7 +5,10 @@
 # every 20 ms: scripts/gpu/measure.py). Prints one compact JSON summary as its last line (also $OUT/summary.json).
 #
 # On the GPU machine, from the repository root, with the carry folder made by scripts/gpu/prepare_speed.sh:
-#   bash scripts/gpu/bench_speed.sh [--carry .gpu-speed] [--with-13b] [--budget SECONDS] [--dry-run]
+#   bash scripts/gpu/bench_speed.sh [--carry .gpu-speed] [--with-13b] [--kept N] [--budget SECONDS] [--dry-run]
+# --kept N: the headline case, `train` and the other shapes keep the last N layers' activations instead of
+# recomputing them (training.uncheckpointed_layers; default 4, which fits the 7B under half the compiled peer's peak);
+# ours-512x4-k1 is the same step at the default of 1, the memory of full recomputation.
 # The whole script, checkpoint building included, ends within --budget seconds (default 470: a device call's 480 s
 # with room to spare). The cases run in order of importance; each runs under its own timeout, cut to what is left
 # of the budget, and a case that no longer fits is skipped and says so (in its log and in the summary). A case that
@@ -13,14 +16,15 @@
 # nothing, charging each case the seconds it typically takes (NEED_S below, from the H100/H200 runs so far), so it
 # shows which cases a normal run reaches within the budget.
 set -uo pipefail
-carry=.gpu-speed; with13=0; budget=470; dry=0
+carry=.gpu-speed; with13=0; budget=470; dry=0; kept=4
 while [[ $# -gt 0 ]]; do
   case $1 in
     --carry) carry=$2; shift 2 ;;
     --with-13b) with13=1; shift ;;
     --budget) budget=$2; shift 2 ;;
+    --kept) kept=$2; shift 2 ;;
     --dry-run) dry=1; shift ;;
-    *) echo "unknown option $1 (--carry DIR, --with-13b, --budget SECONDS, --dry-run)" >&2; exit 2 ;;
+    *) echo "unknown option $1 (--carry DIR, --with-13b, --kept N, --budget SECONDS, --dry-run)" >&2; exit 2 ;;
   esac
 done
 t_start=$(date +%s)
@@ -79,16 +83,18 @@ done
 
 # 2. The headline case, ours with the split and the phase profile, then the peer eager and compiled.
 all=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
-run_case ours-512x4 120 37 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --split --profile --check-layer-backward --hold-seconds 0
+# Warm-up as the peer's (5 steps); the same step at the default of one kept layer right after (equal memory).
+run_case ours-512x4 120 37 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $kept --split --profile --check-layer-backward --hold-seconds 0
+run_case ours-512x4-k1 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers 1 --profile --hold-seconds 0
 run_case peer-512x4 120 30 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4
 run_case peer-512x4-compile 200 100 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --compile --warmup 5
 
 # 3. `train` on real text against `bench train`: completion rows longer than 512 tokens, packed (one document per
 # row, so no attention mask, as in bench), same LoRA, optimizer, clipping and checkpointing as bench train;
 # evaluation and checkpoints on.
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$kept" <<'PY'
 import glob, json, sys
-out = sys.argv[1]
+out, kept = sys.argv[1], sys.argv[2]
 text = "\n\n".join(open(f, encoding="utf-8").read() for f in sorted(glob.glob("docs/*.md")) + ["README.md", "datasets/general/heldout.txt"])
 rows = [text[i:i + 3200] for i in range(0, max(1, len(text) - 3200), 600)]
 while len(rows) < 240: rows += rows
@@ -102,7 +108,7 @@ quantization: {{type: nf4, double_quant: true, blocksize: 64, compute_dtype: bf1
 lora: {{r: 16, alpha: 32, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj]}}
 data: {{train: {out}/train.jsonl, validation: {out}/val.jsonl, format: completion, max_seq_len: 512, packing: true, train_on_inputs: true}}
 training: {{max_steps: 40, micro_batch_size: 4, gradient_accumulation_steps: 1, learning_rate: 2.0e-4, scheduler: cosine, warmup_steps: 4,
-  weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, seed: 42, log_every: 10, eval_every: 20, save_every: 20}}
+  weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, uncheckpointed_layers: {kept}, seed: 42, log_every: 10, eval_every: 20, save_every: 20}}
 output: {{dir: {out}/run, keep_last: 1}}
 """)
 PY
@@ -115,9 +121,9 @@ cp "$OUT/run/metrics.csv" "$OUT/train_metrics.csv" 2>/dev/null
 run_case ours-lowmem 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --hold-seconds 0
 
 # 5. The other shapes: nothing may regress there.
-run_case ours-2048x1 80 20 "${app[@]}" bench train --model $ckpt --seq 2048 --batch 1 --hold-seconds 0
-run_case ours-4096x1 80 22 "${app[@]}" bench train --model $ckpt --seq 4096 --batch 1 --hold-seconds 0
-run_case ours-512x4-all 90 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --targets $all --hold-seconds 0
+run_case ours-2048x1 80 20 "${app[@]}" bench train --model $ckpt --seq 2048 --batch 1 --uncheckpointed-layers $kept --hold-seconds 0
+run_case ours-4096x1 80 22 "${app[@]}" bench train --model $ckpt --seq 4096 --batch 1 --uncheckpointed-layers $kept --hold-seconds 0
+run_case ours-512x4-all 90 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --targets $all --uncheckpointed-layers $kept --hold-seconds 0
 
 # 6. As time allows: the step with every fused kernel off (what they gain, and the loss they reach: the same up to
 #    bf16 rounding); launches and GPU idle time from an nsys trace of three profiled steps; LoRA dropout's cost; the
@@ -221,13 +227,15 @@ for f in sorted(glob.glob(f"{out}/cases/kernel-*.log")):
     kern["sections"][s] = sec
     if summ: kern["checks"] += summ["parity_checks"]; kern["failures"] += summ["failures"]
     else: kern["failures"] += 1
-cases = {n: case(n) for n in ["ours-512x4", "peer-512x4", "peer-512x4-compile", "ours-2048x1", "peer-2048x1", "ours-4096x1", "peer-4096x1",
+cases = {n: case(n) for n in ["ours-512x4", "ours-512x4-k1", "peer-512x4", "peer-512x4-compile", "ours-2048x1", "peer-2048x1", "ours-4096x1", "peer-4096x1",
                               "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-512x4-dropout", "ours-512x4-torchops", "ours-13b-512x4", "nsys-512x4"]}
 def ratio(a, b, k):
     try: return round(cases[a][k] / cases[b][k], 3)
     except (TypeError, KeyError, ZeroDivisionError): return None
 ratios = {"512x4 speed vs compiled": ratio("ours-512x4", "peer-512x4-compile", "tokens_per_s"),
           "512x4 memory vs compiled": ratio("ours-512x4", "peer-512x4-compile", "peak_gib"),
+          "512x4 one kept layer (full recomputation's memory) speed vs compiled": ratio("ours-512x4-k1", "peer-512x4-compile", "tokens_per_s"),
+          "512x4 one kept layer memory vs compiled": ratio("ours-512x4-k1", "peer-512x4-compile", "peak_gib"),
           "512x4 speed vs eager": ratio("ours-512x4", "peer-512x4", "tokens_per_s"),
           "512x4 memory vs eager": ratio("ours-512x4", "peer-512x4", "peak_gib"),
           "2048x1 speed vs eager": ratio("ours-2048x1", "peer-2048x1", "tokens_per_s"),
