@@ -22,7 +22,8 @@ namespace QLoraNet.Models;
 /// (one dequantization instead of two; the layer's dense weights are held until then);</item>
 /// <item>q, k and v read one input and are recorded as one group (and so are gate and up) (<see cref="LinearSlots.RecordShared"/>): their
 /// LoRA adapters, when none drops its input, make their down projections one GEMM and, in backward, their dA one GEMM
-/// and their dx one addmm (Peft.SharedLoraDownTape), instead of three each, each reading (N, hidden).</item>
+/// and their dx one addmm (Peft.SharedLoraDownTape), instead of three each, each reading (N, hidden); frozen NF4
+/// gate and up, with no adapters, are one GEMM where the CUDA kernel dequantizes in place (Quant.FrozenLinearGroup).</item>
 /// </list>
 /// Gradients equal autograd's up to rounding: sums of input gradients accumulate inside the GEMMs (addmm) and round
 /// once, where autograd rounds each product and then the sum. The pre-norm layer of Llama, Mistral, Qwen2 and Gemma
