@@ -9,8 +9,10 @@ namespace QLoraNet.Quant;
 /// (<see cref="IQuantizedWeight.DequantizeInto"/>, in place by the NF4 kernel), x is multiplied with it once, and
 /// member i's output is its block of columns of the (..., Σoutᵢ) product, a row-strided view (the fused gated unit
 /// reads such views as they are, Kernels.FusedGlu). Why: on an H200 at a 7B model's 2048 tokens, gate and up as one
-/// (22016 x 4096) GEMM take 499 µs against 550 µs as two (docs/BENCHMARKS.md, session 29), in every forward and
-/// every recomputation of every layer. Each output entry is the same dot product as a member's own forward, so the
+/// (22016 x 4096) GEMM take 499 µs against 550 µs as two in PyTorch; in the training step the GEMM gains ~20 µs a
+/// layer and pass, and the gated unit's strided reads of the halves give about as much back, so the step measured
+/// the same either way (docs/BENCHMARKS.md, session 29; a transposed product, whose halves are contiguous, would keep
+/// the gain). Each output entry is the same dot product as a member's own forward, so the
 /// outputs equal the members' up to the GEMM's summation order; on a tape (<see cref="Record"/>) each member's
 /// backward is its own (<see cref="FrozenLinearTape"/>, dx = dy W over its block of the dense matrix), unchanged.
 /// Only without an autograd graph (a checkpointed forward, a recomputation, inference), and only for weights that
