@@ -386,20 +386,23 @@ public sealed class FuzzTargets : IDisposable
             "jsonl" => () => [Encoding.UTF8.GetBytes(string.Join("\n", jsonl) + "\n"), Encoding.UTF8.GetBytes(string.Join("\n", arc) + "\n")],
             "csv" => () => [Encoding.UTF8.GetBytes("passage,question,label\n\"A, b\",is it,1\nC,is it not,0\n"),
                             Encoding.UTF8.GetBytes(File.ReadAllText(Path.Combine(Paths.RepoRoot, "datasets", "sales", "validation_instruction.csv"))[..600])],
-            _ => () => [ParquetSeed(Path.Combine(dir, "seed.parquet"))],
+            // Parquet.Net's own files (Snappy; uncompressed in several row groups) and parquet-mr's dictionary pages.
+            _ => () => [ParquetSeed(Path.Combine(dir, "seed.parquet")),
+                        ParquetSeed(Path.Combine(dir, "seed.parquet"), new Parquet.ParquetOptions { CompressionMethod = Parquet.CompressionMethod.None, RowGroupSize = 1 }),
+                        File.ReadAllBytes(Path.Combine(Paths.RepoRoot, "tests", "fixtures", "parquet", "nation.dict.parquet"))],
         };
         return new("task-data." + extension, Path.Combine(dir, "test." + extension), seeds, path => DocFiles.Read(path));
     }
 
     /// <summary>A small hub-layout parquet file: flat columns and ARC's struct of lists.</summary>
-    static byte[] ParquetSeed(string path)
+    static byte[] ParquetSeed(string path, Parquet.ParquetOptions? options = null)
     {
         var rows = new[]
         {
             new ParquetRow { id = "q1", question = "Which is a gas?", answerKey = "B", choices = new() { text = ["ice", "steam"], label = ["A", "B"] } },
             new ParquetRow { id = "q2", question = "2 + 2?", answerKey = "A", choices = new() { text = ["4", "5", "6"], label = ["A", "B", "C"] } },
         };
-        Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, path).GetAwaiter().GetResult();
+        Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, path, options).GetAwaiter().GetResult();
         var bytes = File.ReadAllBytes(path);
         File.Delete(path);
         return bytes;
