@@ -90,6 +90,10 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
     /// null: then A and B are cast to the compute dtype on every call.</summary>
     public ForwardPasses? Passes { get; init; }
 
+    /// <summary>How <see cref="Record"/>'s tapes accumulate A's and B's gradients (the run's kernel selection, set by
+    /// <see cref="LoraApplier"/>), or null: autograd's arithmetic.</summary>
+    public WeightGradientProduct? WeightGradients { get; init; }
+
     readonly PerPassTensor aCast = new(), bCast = new();   // A, B in the compute dtype for the current pass
     SharedLoraDown? shared;                                 // the adapters this one leads in sharing its input, with their cache
 
@@ -149,7 +153,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
         var baseTape = base_layer.Record(x, keepWeight, product);
         if (Disabled) return baseTape;
         var (a, b) = Factors(base_layer.ComputeDType);
-        return new LoraLinearTape(baseTape, x, lora_dropout as LoraDropout, A, B, a, b, Scaling, product);
+        return new LoraLinearTape(baseTape, x, lora_dropout as LoraDropout, A, B, a, b, Scaling, product, WeightGradients);
     }
 
     /// <summary>With every member a <see cref="LoraLinear"/> that can share its down projection

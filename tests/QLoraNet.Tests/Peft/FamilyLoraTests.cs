@@ -62,9 +62,19 @@ public class FamilyLoraTests
         }
         var plain = Run(false);
         var ckpt = Run(true);
-        Assert.Equal(plain.Loss, ckpt.Loss);
+        // The checkpointed forward runs without a graph, where q/k/v (and gate/up) share one down GEMM: a different
+        // summation order than three, so the losses agree to fp32 rounding (bit for bit only where a CPU's BLAS sums
+        // alike), as the gradients below do.
+        Assert.True(Math.Abs(plain.Loss - ckpt.Loss) <= 1e-5 * Math.Abs(plain.Loss), $"{family}: loss {plain.Loss} vs {ckpt.Loss}");
+        double largest = plain.Grads.Max(g => g.abs().max().item<float>());
         for (int i = 0; i < plain.Grads.Length; i++)
-            Assert.True(plain.Grads[i].allclose(ckpt.Grads[i], rtol: 1e-5, atol: 1e-7), $"{family}: gradient {i} differs by {MaxDiff(plain.Grads[i], ckpt.Grads[i]):E2}");
+        {
+            // Against the largest gradient entry of the pass: a small entry (a tensor of small gradients, or one near
+            // zero) is a difference of larger terms and carries their rounding, not its own (fp32, sums over the tiny
+            // models' widths: well under 1e-5 of the largest).
+            double bound = 1e-5 * largest;
+            Assert.True(MaxDiff(plain.Grads[i], ckpt.Grads[i]) <= bound, $"{family}: gradient {i} differs by {MaxDiff(plain.Grads[i], ckpt.Grads[i]):E2} (bound {bound:E2})");
+        }
     }
 
     [Theory]

@@ -101,8 +101,20 @@ public class QuantizationAwareRecipeTests
         using var a = MergeTestAdapter.Logits(merged.Model);
         using var b = MergeTestAdapter.Logits(trained.Model);
         // The same stored weights; ternary's integer sums differ from the fake forward's fp32 ones by summation order,
-        // the weight-only formats compute the same products (the head and norms are the same dense tensors).
-        if (aware == "ternary") Assert.True(MergeTestAdapter.MaxAbsDiff(a, b) < 1e-3, $"max abs diff {MergeTestAdapter.MaxAbsDiff(a, b)}");
+        // and each layer rounds its input to 8-bit codes (BitNet's per-token absmax), so a hidden state that lands on
+        // a code's boundary in one path and not the other moves by a whole code step there: how many do is a matter
+        // of the CPU's summation order (none on one machine, a few on another), so the bound is on the logits as a
+        // whole (cosine, and the mean difference against the logits' spread), not one rounding step.
+        // The weight-only formats compute the same products (the head and norms are the same dense tensors).
+        if (aware == "ternary")
+        {
+            using var fa = a.to(ScalarType.Float64).flatten();
+            using var fb = b.to(ScalarType.Float64).flatten();
+            double cosine = (fa.dot(fb) / (fa.norm() * fb.norm())).item<double>();
+            double meanDiff = (fa - fb).abs().mean().item<double>(), spread = fb.std().item<double>();
+            Assert.True(cosine > 0.9999 && meanDiff < 0.01 * spread,
+                $"cosine {cosine:F6}, mean abs diff {meanDiff:E2} against a spread of {spread:E2}, max abs diff {MergeTestAdapter.MaxAbsDiff(a, b)}");
+        }
         else Assert.True(Bits.Same(a, b), $"max abs diff {MergeTestAdapter.MaxAbsDiff(a, b)}");
     }
 }
