@@ -139,14 +139,17 @@ public static class ExplicitLayerBackward
                 var (tg, tu) = (tape.GateUp.Members[0], tape.GateUp.Members[1]);
                 var gated = mlp.Glu.Apply(tg.Output!, tu.Output!, mlp.FusedActivation!.Value, mlp.Handles); // (B, T, intermediate)
                 // Backward never reads the down projection's product; only a forward needs it, for the output.
-                tape.Down = mlpSlots.Record(LinearRole.Down, gated, keepWeight: false, product: output);
-                gated.Dispose();
                 if (output)
                 {
-                    // The forward's "h + mlp(normed)": h is the residual stream the pre-MLP norm summed (Saved2.H).
-                    result = (tape.Saved2.H + tape.Down.Output!).MoveToOuterDisposeScope();            // (B, T, hidden)
-                    tape.Down.ReleaseOutput();
+                    // The forward's "h + mlp(normed)", made as LlamaMlp.ForwardAdding makes it (in the down projection's
+                    // GEMM where it adds there, so that a kept record's output is the forward's bit for bit): h is the
+                    // residual stream the pre-MLP norm summed (Saved2.H).
+                    (tape.Down, var sum) = mlpSlots.RecordAdding(LinearRole.Down, gated, tape.Saved2.H, keepWeight: false);
+                    result = sum.MoveToOuterDisposeScope();                                             // (B, T, hidden)
                 }
+                else
+                    tape.Down = mlpSlots.Record(LinearRole.Down, gated, keepWeight: false, product: false);
+                gated.Dispose();
             }
             // The tape outlives this scope (and the caller's, when a forward keeps it): it owns its handles.
             foreach (var t in new[] { tape.Cos, tape.Sin, tape.Merged, tape.QLeaf, tape.KLeaf, tape.VLeaf })

@@ -70,6 +70,54 @@ public sealed class LinearSlots
     }
 
     /// <summary>
+    /// residual + <see cref="Call"/>(role, x): a decoder layer's h + down(gated). Where the slot holds a bare frozen
+    /// linear (no adapter, no bias, no wrapper) that can add the residual inside its product's GEMM
+    /// (<see cref="FrozenLinear.AddsInProduct"/>: no autograd graph, a dense-form weight), the add is the GEMM's
+    /// epilogue (<see cref="ResidualProduct"/>: one kernel fewer, rounded once); otherwise Call, then a plain add.
+    /// </summary>
+    /// <param name="x">(..., in)</param>
+    /// <param name="residual">(..., out)</param>
+    /// <returns>(..., out)</returns>
+    public Tensor CallAdding(LinearRole role, Tensor x, Tensor residual)
+    {
+        if (AddingLinear(role, x, residual) is { } frozen) return frozen.ForwardAdding(x, residual);
+        using var y = Call(role, x);
+        return residual + y;
+    }
+
+    /// <summary>
+    /// <see cref="CallAdding"/> on a tape (<see cref="Record"/>), the sum made as CallAdding makes it (the same op
+    /// on the same values): inside the frozen linear's GEMM where CallAdding adds there, else residual + the tape's
+    /// output, which is then released (a tape's backward never reads its output).
+    /// </summary>
+    /// <param name="x">(..., in) in the compute dtype.</param>
+    /// <param name="residual">(..., out)</param>
+    /// <returns>The tape (no output) and the sum (..., out) in the caller's dispose scope.</returns>
+    public (LinearTape Tape, Tensor Output) RecordAdding(LinearRole role, Tensor x, Tensor residual, bool keepWeight)
+    {
+        if (AddingLinear(role, x, residual) is { } frozen) return frozen.RecordAdding(x, residual, keepWeight);
+        var tape = Record(role, x, keepWeight);
+        try
+        {
+            var sum = residual + tape.Output!;
+            tape.ReleaseOutput();
+            return (tape, sum);
+        }
+        catch
+        {
+            tape.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The slot's linear when it can add <paramref name="residual"/> inside its product's GEMM, else null.</summary>
+    FrozenLinear? AddingLinear(LinearRole role, Tensor x, Tensor residual)
+    {
+        string name = nameOf[role];
+        return byName[name] is FrozenLinear frozen && !biasBuffer.ContainsKey(name) && frozen.AddsInProduct(x, residual) ? frozen : null;
+    }
+
+    /// <summary>
     /// <see cref="Call"/> of each of <paramref name="roles"/> on one input (the attention's q/k/v): where the slots'
     /// linears can share work on it without an autograd graph (<see cref="ISharedInputLinear"/>: LoRA adapters with no
     /// dropout make their down projections one GEMM) they do; otherwise each is called in turn, as Call does.

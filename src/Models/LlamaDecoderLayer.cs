@@ -10,8 +10,10 @@ namespace QLoraNet.Models;
 /// record's names ("input_layernorm", "post_attention_layernorm", ...).
 /// The residual add after attention goes into the pre-MLP norm (<see cref="RmsNorm.AddAndNorm"/>: one kernel on
 /// CUDA): h = hidden + post_attn?(attn) and pre_mlp(h) are the same arithmetic with or without Gemma 2's post-norm,
-/// which is applied to the attention output first. The add after the MLP stays a plain add: the next layer's
-/// input norm is another module's, and the layer must stay a function of its input for checkpointing.
+/// which is applied to the attention output first. The add after the MLP is not fused with the next layer's input
+/// norm (another module's; the layer must stay a function of its input for checkpointing); without a post-norm and
+/// without a graph it is the down projection's GEMM epilogue where down is a bare frozen linear
+/// (<see cref="LlamaMlp.ForwardAdding"/>), else a plain add.
 /// A pure function of (hidden, cos, sin, mask) when no cache is given, so gradient checkpointing can recompute it.
 /// </summary>
 public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor?, KvCache?, Tensor>
@@ -54,7 +56,10 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor
         using var scope = NewDisposeScope();
         var attended = self_attn.call(norms[NormRole.PreAttention].call(hidden), cos, sin, mask, cache);
         var (h, normed) = norms[NormRole.PreMlp].AddAndNorm(Post(NormRole.PostAttention, attended), hidden); // h = hidden + attn
-        var output = h + Post(NormRole.PostMlp, mlp.call(normed));
+        // h + mlp(normed): without a post-norm, the add may be the down projection's GEMM epilogue (LlamaMlp.ForwardAdding).
+        var output = norms.ContainsKey(NormRole.PostMlp)
+            ? h + Post(NormRole.PostMlp, mlp.call(normed))
+            : mlp.ForwardAdding(normed, h);                                                        // (B, T, hidden)
         return output.MoveToOuterDisposeScope();
     }
 

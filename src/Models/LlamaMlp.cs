@@ -64,6 +64,28 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
+        return projections.Call(LinearRole.Down, Gated(x)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// residual + forward(x): the decoder layer's h + mlp(normed), with the add inside the down projection's GEMM
+    /// where that is a bare frozen linear and no graph is built (<see cref="LinearSlots.CallAdding"/>; one kernel
+    /// fewer, the sum rounded once), else forward then a plain add, as before.
+    /// </summary>
+    /// <param name="x">(B, T, hidden)</param>
+    /// <param name="residual">(B, T, hidden)</param>
+    /// <returns>(B, T, hidden)</returns>
+    public Tensor ForwardAdding(Tensor x, Tensor residual)
+    {
+        using var scope = NewDisposeScope();
+        return projections.CallAdding(LinearRole.Down, Gated(x), residual).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The down projection's input: act(gate(x)) * up(x), sub-normed where the family has it.</summary>
+    /// <param name="x">(B, T, hidden)</param>
+    /// <returns>(B, T, intermediate) in the caller's dispose scope.</returns>
+    Tensor Gated(Tensor x)
+    {
         // gate and up read x: without a graph (a checkpointed forward, inference) their adapters may share work, and
         // without adapters they are one GEMM.
         var gateUp = projections.CallShared(GateUpRoles, x, stackFrozen: true);
@@ -71,8 +93,7 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
         var gated = fusedActivation is GluActivation fused
             ? glu.Apply(gate, up, fused, handles)
             : Activate(gate) * up;                                                    // (B, T, intermediate)
-        if (subNorm is not null) gated = subNorm.call(gated);
-        return projections.Call(LinearRole.Down, gated).MoveToOuterDisposeScope();
+        return subNorm is null ? gated : subNorm.call(gated);
     }
 
     /// <summary>The switch point for the families' activations (see <see cref="ArchitectureSupport"/>): those the

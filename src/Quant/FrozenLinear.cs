@@ -76,6 +76,61 @@ public abstract class FrozenLinear : nn.Module<Tensor, Tensor>, IDefersBackwardH
     }
 
     /// <summary>
+    /// Whether <see cref="ForwardAdding"/> folds the add into the product's GEMM for these operands
+    /// (<see cref="ResidualProduct.Applies"/>: no autograd graph, a weight multiplied in its dense form, the residual
+    /// in the compute dtype and of the output's shape).
+    /// </summary>
+    /// <param name="x">(..., in)</param>
+    /// <param name="residual">(..., out)</param>
+    public bool AddsInProduct(Tensor x, Tensor residual) => ResidualProduct.Applies(MatMulWeight, ComputeDType, x, residual);
+
+    /// <summary>
+    /// residual + forward(x), without autograd, the add inside the product's GEMM (C = alpha·A·B + beta·C, rounded
+    /// once; <see cref="ResidualProduct"/>): a decoder layer's h + down(gated). Only where
+    /// <see cref="AddsInProduct"/>; the caller adds after <see cref="nn.Module{T, TResult}.call"/> otherwise.
+    /// </summary>
+    /// <param name="x">(..., in)</param>
+    /// <param name="residual">(..., out)</param>
+    /// <returns>(..., out) in the compute dtype.</returns>
+    public Tensor ForwardAdding(Tensor x, Tensor residual)
+    {
+        var weight = CheckAdding(x, residual);
+        using var w = weight.Dequantize(ComputeDType);                              // (out, in)
+        return ResidualProduct.Dense(x, w, residual, ComputeDType);
+    }
+
+    /// <summary>
+    /// <see cref="ForwardAdding"/> on a tape: the sum exactly as ForwardAdding makes it (the same dense weight, the
+    /// same addmm) and the tape of <see cref="Record"/> for backward, which reads no product; with
+    /// <paramref name="keepWeight"/> the tape keeps the dense weight the sum was made with.
+    /// </summary>
+    /// <param name="x">(..., in)</param>
+    /// <param name="residual">(..., out)</param>
+    /// <returns>The tape (no output) and the sum (..., out) in the caller's dispose scope.</returns>
+    public (LinearTape Tape, Tensor Output) RecordAdding(Tensor x, Tensor residual, bool keepWeight)
+    {
+        var weight = CheckAdding(x, residual);
+        var w = weight.Dequantize(ComputeDType);                                     // (out, in)
+        Tensor sum;
+        try
+        {
+            sum = ResidualProduct.Dense(x, w, residual, ComputeDType);              // (..., out)
+        }
+        catch
+        {
+            w.Dispose();
+            throw;
+        }
+        if (keepWeight) return (new FrozenLinearTape(weight, ComputeDType, null, w), sum);
+        w.Dispose();
+        return (new FrozenLinearTape(weight, ComputeDType, null, null), sum);
+    }
+
+    IQuantizedWeight CheckAdding(Tensor x, Tensor residual) =>
+        AddsInProduct(x, residual) ? MatMulWeight!
+            : throw new InvalidOperationException($"{GetName()} ({FormatName}) cannot add the residual in its product here; check AddsInProduct");
+
+    /// <summary>
     /// The stored dtypes are part of the format (fp32 scales, uint8 codes), and the compute dtype is fixed at
     /// construction, so converting a frozen linear to another dtype changes nothing; only device moves apply.
     /// </summary>

@@ -35,7 +35,15 @@ public class FamilyLoraTests
         Assert.Equal(7 * plain.Architecture.NumLayers, AdapterFiles.LoraModules(adapted.Model).Count);
         using var expected = Logits(plain.Model, family);
         using var actual = Logits(adapted.Model, family);
-        Assert.Equal(0.0, MaxDiff(expected, actual));
+        // B = 0 adds exactly nothing to any linear; but without a graph the plain model adds each layer's MLP residual
+        // inside its bare down projection's GEMM (Quant.ResidualProduct: the fp32 sum rounded once) where the adapted
+        // one, with LoRA on down, adds after the product (rounded twice): a last-bit difference per layer, ~1e-5 on
+        // these logits (|logit| < 45, a few fp32 ulps), within the families' parity bound of 1e-4. A non-zero update
+        // moves them by more than 0.1 (Merged_logits_equal_the_unmerged_adapter_model). A family with post-MLP norms
+        // (Gemma 2) adds after the product in both, so its logits stay equal bit for bit.
+        if (plain.Model.modules().OfType<LlamaDecoderLayer>().All(l => l.Norm(NormRole.PostMlp) is not null))
+            Assert.Equal(0.0, MaxDiff(expected, actual));
+        Assert.True(MaxDiff(expected, actual) < 1e-4, $"{family}: max |Δ logit| {MaxDiff(expected, actual):E2}");
     }
 
     [Theory]

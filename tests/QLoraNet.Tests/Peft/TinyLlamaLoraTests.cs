@@ -21,13 +21,21 @@ public class TinyLlamaLoraTests
     {
         using var model = TinyLlamaFixture.Load();
         using var ids = torch.tensor(Prompt).unsqueeze(0);
-        using var before = model.forward(ids);
+        // Both forwards without a graph: each layer then adds its MLP residual in the (bare) down projection's GEMM
+        // (Quant.ResidualProduct). Under grad the adapted model would build a graph (its adapters require grad) and
+        // add after the product instead, which rounds the fp32 sum twice: equal only to a last bit.
+        Tensor Logits()
+        {
+            using var noGrad = torch.no_grad();
+            return model.forward(ids);
+        }
+        using var before = Logits();
 
         var wrapped = LoraApplier.Apply(model, new LoraSettings(R: 8, Alpha: 16, Dropout: 0.05), seed: 1);
         Assert.Equal(16, wrapped.Count);
         Assert.Contains("model.layers.3.self_attn.k_proj", wrapped);
         model.eval();
-        using var after = model.forward(ids);
+        using var after = Logits();
         Assert.True(Bits.Same(before, after));
 
         // 4 layers x r 8 x ((256+256) q + (256+128) k + (256+128) v + (256+256) o); 11,094,272 weights (README).

@@ -67,6 +67,10 @@ public class CausalLmTokenMeanLossTests
         using var noGrad = no_grad();
         using var evaluated = chunked.Sum(model, batch);
         Assert.False(evaluated.requires_grad);
-        Assert.Equal(sum, evaluated.item<float>());
+        // Without a graph each layer adds its MLP residual inside the (bare) down projection's GEMM, rounding the fp32
+        // sum once where the training forward above rounds the product and then the sum (Quant.ResidualProduct): each
+        // per-token loss moves by a few fp32 ulps of itself, so the sum of these positive terms by a few u |sum|,
+        // within the bound above.
+        Assert.True(Math.Abs(evaluated.item<float>() - sum) <= 2 * 48 * Math.Pow(2, -24) * Math.Abs(sum), $"{evaluated.item<float>():R} vs {sum:R}");
     }
 }

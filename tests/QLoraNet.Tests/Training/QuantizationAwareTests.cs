@@ -105,7 +105,10 @@ public class QuantizationAwareRecipeTests
         // a code's boundary in one path and not the other moves by a whole code step there: how many do is a matter
         // of the CPU's summation order (none on one machine, a few on another), so the bound is on the logits as a
         // whole (cosine, and the mean difference against the logits' spread), not one rounding step.
-        // The weight-only formats compute the same products (the head and norms are the same dense tensors).
+        // The weight-only formats compute the same products (the head and norms are the same dense tensors), but the
+        // merged model's bare down projections add each layer's MLP residual inside their GEMM (Quant.ResidualProduct:
+        // the fp32 sum rounded once) where the aware linears' fake product is added after (rounded twice): last-bit
+        // differences, ~1e-5 on these logits, within the families' parity bound of 1e-4.
         if (aware == "ternary")
         {
             using var fa = a.to(ScalarType.Float64).flatten();
@@ -115,6 +118,6 @@ public class QuantizationAwareRecipeTests
             Assert.True(cosine > 0.9999 && meanDiff < 0.01 * spread,
                 $"cosine {cosine:F6}, mean abs diff {meanDiff:E2} against a spread of {spread:E2}, max abs diff {MergeTestAdapter.MaxAbsDiff(a, b)}");
         }
-        else Assert.True(Bits.Same(a, b), $"max abs diff {MergeTestAdapter.MaxAbsDiff(a, b)}");
+        else Assert.True(MergeTestAdapter.MaxAbsDiff(a, b) < 1e-4, $"max abs diff {MergeTestAdapter.MaxAbsDiff(a, b)}");
     }
 }
