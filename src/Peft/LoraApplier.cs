@@ -37,11 +37,14 @@ public static partial class LoraApplier
         var selected = Select(linearPaths, model.HeadPath, settings);
 
         using var generator = seed is long s ? new Generator((ulong)s) : null;
+        // One batch of factor casts per model, its adapters joining in model order: q, k, v (and gate, up), which
+        // share their down projections, then have adjacent A's (LoraFactorCasts).
+        var casts = model.Passes is { } passes ? new LoraFactorCasts(passes) : null;
         foreach (var path in selected)
         {
             var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom, dropoutKernel)
             {
-                Passes = model.Passes,
+                Casts = casts,
                 WeightGradients = weightGradients,
             };
             model.ReplaceLinear(path, wrapped);

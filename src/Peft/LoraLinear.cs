@@ -86,16 +86,37 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
     /// <summary>When set, forward is the base layer's alone.</summary>
     public bool Disabled { get; set; }
 
-    /// <summary>The forward-pass counter of the model this adapter sits in (<see cref="LoraApplier"/> sets it), or
-    /// null: then A and B are cast to the compute dtype on every call.</summary>
-    public ForwardPasses? Passes { get; init; }
+    /// <summary>The forward-pass counter of the model this adapter sits in, or null: then A and B are cast to the
+    /// compute dtype on every call. Set alone (an adapter built outside <see cref="LoraApplier"/>), the adapter
+    /// batches its own two factors per pass; <see cref="Casts"/> shares the model's batch instead.</summary>
+    public ForwardPasses? Passes
+    {
+        get => casts?.Passes;
+        init => Join(value is null ? null : new LoraFactorCasts(value));
+    }
 
     /// <summary>How <see cref="Record"/>'s tapes accumulate A's and B's gradients (the run's kernel selection, set by
     /// <see cref="LoraApplier"/>), or null: autograd's arithmetic.</summary>
     public WeightGradientProduct? WeightGradients { get; init; }
 
-    readonly PerPassTensor aCast = new(), bCast = new();   // A, B in the compute dtype for the current pass
+    /// <summary>The model's factors in the compute dtype, one batch per forward pass for all its adapters
+    /// (<see cref="LoraApplier"/> makes one per model); this adapter joins it. Null: no pass counter, as
+    /// <see cref="Passes"/> null.</summary>
+    internal LoraFactorCasts? Casts
+    {
+        get => casts;
+        init => Join(value);
+    }
+
+    LoraFactorCasts? casts;
     SharedLoraDown? shared;                                 // the adapters this one leads in sharing its input, with their cache
+
+    void Join(LoraFactorCasts? batch)
+    {
+        if (casts is not null) throw new InvalidOperationException($"set {nameof(Passes)} or {nameof(Casts)}, once");
+        casts = batch;
+        casts?.Add(this);
+    }
 
     public override Tensor forward(Tensor x)
     {
@@ -113,17 +134,18 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
     /// <summary>
     /// A and B in the compute dtype, as handles the caller's scope disposes. Where autograd needs the casts in its
     /// graph (grad mode on, factors trainable) they are made here; otherwise (the checkpointed forward, its
-    /// recomputation, inference) once per forward pass of the model (<see cref="Passes"/>) and reused: on a 7B model
-    /// with LoRA on q/k/v/o that is 256 casts a pass instead of 512 a training step's forward and recomputation.
+    /// recomputation, inference) taken from the model's batch of casts, made once per forward pass for every
+    /// adapter by one cat and one cast (<see cref="Casts"/>) and reused by the pass's recomputation.
     /// </summary>
-    internal (Tensor A, Tensor B) Factors(ScalarType dtype) => (Cast(A, aCast, dtype), UpFactor(dtype));
+    internal (Tensor A, Tensor B) Factors(ScalarType dtype) => (Cast(isA: true, dtype), UpFactor(dtype));
 
     /// <summary>B alone in the compute dtype, as <see cref="Factors"/> makes it (adapters sharing their down
     /// projection use a concatenated A instead of their own, <see cref="SharedLoraDown"/>).</summary>
-    internal Tensor UpFactor(ScalarType dtype) => Cast(B, bCast, dtype);
+    internal Tensor UpFactor(ScalarType dtype) => Cast(isA: false, dtype);
 
-    Tensor Cast(Parameter factor, PerPassTensor cache, ScalarType dtype) =>
-        Passes is null || KernelPath.NeedsGraph(A, B) ? factor.to(dtype) : cache.Get(Passes, dtype, factor, () => factor.to(dtype));
+    Tensor Cast(bool isA, ScalarType dtype) =>
+        casts is null || KernelPath.NeedsGraph(A, B) ? (isA ? A : B).to(dtype)
+        : isA ? casts.A(this, dtype) : casts.B(this, dtype);
 
     /// <summary>Whether the adapter's input goes through dropout now (a probability above 0, in training mode): then
     /// its down projection reads an input of its own and cannot be shared.</summary>
@@ -133,8 +155,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
     {
         if (disposing)
         {
-            aCast.Dispose();
-            bCast.Dispose();
+            casts?.Remove(this);
             shared?.Dispose();
             shared = null;
         }

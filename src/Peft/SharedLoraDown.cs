@@ -15,8 +15,8 @@ namespace QLoraNet.Peft;
 ///
 /// Why: each down projection reads the whole (N, in) input for an (N, r) result, a GEMM bound by that read (and by
 /// its split-K reduction on a GPU); one GEMM for the group reads h once. Only where every adapter's input is the same
-/// h (<see cref="CanShare"/>): no dropout drawing a mask per adapter. The concatenated A is made once per forward pass
-/// of the model (one cat and one cast, like <see cref="LoraLinear.Factors"/>) and reused by the pass's recomputation.
+/// h (<see cref="CanShare"/>): no dropout drawing a mask per adapter. The concatenated A is a view of the model's batch
+/// of factor casts, made once per forward pass (<see cref="LoraFactorCasts"/>), where the adapters' A's lie adjacent.
 /// Arithmetic: each entry of down is the same dot product as in the adapter's own GEMM, perhaps summed in another
 /// order; the rest is the adapters' own (<see cref="LoraPath.AddUp"/>, <see cref="LoraLinearTape"/>).
 /// Led by its first adapter (<see cref="LoraLinear.RecordShared"/>), which owns it.
@@ -24,7 +24,7 @@ namespace QLoraNet.Peft;
 internal sealed class SharedLoraDown(LoraLinear[] adapters) : IDisposable
 {
     readonly long totalRank = adapters.Sum(a => (long)a.Rank);
-    readonly PerPassTensor concatenatedA = new();   // (Σr, in) in the compute dtype
+    LoraFactorCasts? ownCasts;   // the group's own batch, where its adapters are not in one model's (built apart)
 
     /// <summary>Whether the group is exactly <paramref name="members"/>, in that order.</summary>
     public bool Is(IReadOnlyList<ISharedInputLinear> members) => members.SequenceEqual(adapters);
@@ -98,17 +98,29 @@ internal sealed class SharedLoraDown(LoraLinear[] adapters) : IDisposable
         return (h, aCat, down);
     }
 
-    /// <summary>[A₀; A₁; ...] (Σr, in) in <paramref name="dtype"/>: concatenated in fp32 and cast once, kept for the
-    /// forward pass where the adapters count passes.</summary>
+    /// <summary>[A₀; A₁; ...] (Σr, in) in <paramref name="dtype"/>: where the adapters count passes, rows of the
+    /// batch of casts made once per forward pass (the model's, or the group's own when its adapters were built apart
+    /// from a model); otherwise concatenated in fp32 and cast on every call.</summary>
     Tensor ConcatenatedA(ScalarType dtype)
     {
-        Tensor Make()
+        if (adapters[0].Casts is not { } casts)
         {
             using (no_grad()) return torch.cat([.. adapters.Select(a => (Tensor)a.A)]).to(dtype);
         }
-        var passes = adapters[0].Passes;
-        return passes is null ? Make() : concatenatedA.Get(passes, dtype, adapters[0].A, Make);
+        if (!adapters.All(a => a.Casts == casts)) casts = ownCasts ??= GroupCasts(casts.Passes);
+        return casts.ConcatenatedA(adapters, dtype);
     }
 
-    public void Dispose() => concatenatedA.Dispose();
+    LoraFactorCasts GroupCasts(Models.ForwardPasses passes)
+    {
+        var casts = new LoraFactorCasts(passes);
+        foreach (var a in adapters) casts.Add(a);
+        return casts;
+    }
+
+    public void Dispose()
+    {
+        ownCasts?.Dispose();
+        ownCasts = null;
+    }
 }
