@@ -15,9 +15,8 @@ namespace QLoraNet.Kernels;
 public sealed class FusedKernels
 {
     FusedKernels(string device, FusedRmsNorm rmsNorm, FusedRope rope, FusedGlu glu, FusedDropout dropout, FusedAdamW adamW,
-        long logitsPerChunk, WeightGradientProduct weightGradients)
+        long logitsPerChunk)
     {
-        WeightGradients = weightGradients;
         Device = device;
         RmsNorm = rmsNorm;
         Rope = rope;
@@ -45,17 +44,13 @@ public sealed class FusedKernels
     /// <summary>One AdamW launch for every adapter parameter (a <see cref="MultiTensorAdamW"/> per optimizer uses it).</summary>
     public FusedAdamW AdamW { get; }
 
-    /// <summary>How LoRA's weight gradients are accumulated into their fp32 .grad (one GEMM with an fp32 epilogue on CUDA).</summary>
-    public WeightGradientProduct WeightGradients { get; }
-
     /// <summary>Logits per chunk of the training loss (<see cref="ChunkedCrossEntropy"/>): the full fp32 logits are never made.</summary>
     public long LogitsPerChunk { get; }
 
     /// <summary>Every op's torch-op reference, for tests and library callers that chose nothing.</summary>
     public static FusedKernels Reference(string reason = "no selection made: torch-op references") =>
         new("cpu", new FusedRmsNorm(null, reason), new FusedRope(null, reason), new FusedGlu(null, reason),
-            new FusedDropout(null, reason), new FusedAdamW(null, reason), ChunkedCrossEntropy.DefaultLogitsPerChunk,
-            WeightGradientProduct.Reference(reason));
+            new FusedDropout(null, reason), new FusedAdamW(null, reason), ChunkedCrossEntropy.DefaultLogitsPerChunk);
 
     /// <summary>
     /// The choices for <paramref name="device"/>: on CUDA, each op's kernel unless <paramref name="disableCuda"/>, the
@@ -68,11 +63,9 @@ public sealed class FusedKernels
     {
         string name = device.type.ToString().ToLowerInvariant();
         if (device.type != DeviceType.CUDA)
-            return Of(name, _ => (null, "CPU tensors: torch-op reference"), logitsPerChunk,
-                WeightGradientProduct.Reference("CPU tensors: torch-op reference"));
+            return Of(name, _ => (null, "CPU tensors: torch-op reference"), logitsPerChunk);
         if (disableCuda)
-            return Of(name, _ => (null, "CUDA kernels disabled by the caller"), logitsPerChunk,
-                WeightGradientProduct.Reference("CUDA kernels disabled by the caller"));
+            return Of(name, _ => (null, "CUDA kernels disabled by the caller"), logitsPerChunk);
         try
         {
             using (zeros(1, device: device)) { }   // libtorch makes its CUDA context current on first use
@@ -80,29 +73,15 @@ public sealed class FusedKernels
         catch (Exception e)
         {
             string why = $"no usable CUDA device: {FirstLine(e.Message)}";
-            return Of(name, _ => (null, why), logitsPerChunk, WeightGradientProduct.Reference(why));
+            return Of(name, _ => (null, why), logitsPerChunk);
         }
-        return Of(name, op => TryLoad(op.File, op.Kernels, ptxDir), logitsPerChunk, WeightGradientsOn(device));
-    }
-
-    /// <summary>The fp32-output GEMM, compiled and probed on <paramref name="device"/>, or the reference with the reason it is not.</summary>
-    static WeightGradientProduct WeightGradientsOn(Device device)
-    {
-        try
-        {
-            return WeightGradientProduct.CompileFor(device);
-        }
-        catch (Exception e)
-        {
-            return WeightGradientProduct.Reference($"aten::addmm.dtype_out unavailable ({FirstLine(e.Message)}): product in bf16, then added");
-        }
+        return Of(name, op => TryLoad(op.File, op.Kernels, ptxDir), logitsPerChunk);
     }
 
     /// <summary>The PTX file and kernels of each op, for <see cref="Load"/>.</summary>
     sealed record OpKernels(string File, IEnumerable<string> Kernels);
 
-    static FusedKernels Of(string device, Func<OpKernels, (PtxModule? Module, string Reason)> load, long logitsPerChunk,
-        WeightGradientProduct weightGradients)
+    static FusedKernels Of(string device, Func<OpKernels, (PtxModule? Module, string Reason)> load, long logitsPerChunk)
     {
         var rms = load(new(FusedRmsNorm.PtxFile, FusedRmsNorm.KernelNames));
         var rope = load(new(FusedRope.PtxFile, FusedRope.KernelNames));
@@ -111,7 +90,7 @@ public sealed class FusedKernels
         var adamW = load(new(FusedAdamW.PtxFile, FusedAdamW.KernelNames));
         return new FusedKernels(device,
             new FusedRmsNorm(rms.Module, rms.Reason), new FusedRope(rope.Module, rope.Reason), new FusedGlu(glu.Module, glu.Reason),
-            new FusedDropout(dropout.Module, dropout.Reason), new FusedAdamW(adamW.Module, adamW.Reason), logitsPerChunk, weightGradients);
+            new FusedDropout(dropout.Module, dropout.Reason), new FusedAdamW(adamW.Module, adamW.Reason), logitsPerChunk);
     }
 
     static (PtxModule?, string) TryLoad(string file, IEnumerable<string> kernels, string? ptxDir)
@@ -143,9 +122,6 @@ public sealed class FusedKernels
         Line("adamw", AdamW, "fp32 contiguous parameters, one launch per step"),
         $"cross-entropy on {Device}: chunked, {LogitsPerChunk} logits per chunk (torch-ops; the full fp32 logits are never made)",
         $"lora up-projection on {Device}: addmm (base + scaling * (x A^T) B^T in one GEMM epilogue)",
-        $"lora weight gradients on {Device}: " + (WeightGradients.Path == FusedPath.CudaPtx
-            ? $"{WeightGradients.Reason}: grad += scaling * left @ right in one GEMM, fp32 epilogue; torch-ops where operands are not bf16/fp16 with an fp32 contiguous grad"
-            : $"torch-ops ({WeightGradients.Reason})"),
     ];
 
     string Line(string op, FusedOp f, string kernelTakes) =>
@@ -155,6 +131,5 @@ public sealed class FusedKernels
     public IReadOnlyDictionary<string, (long Kernel, long Reference)> CallCounts() => new Dictionary<string, (long, long)>
     {
         ["rmsnorm"] = RmsNorm.Calls, ["rope"] = Rope.Calls, ["glu"] = Glu.Calls, ["lora_dropout"] = Dropout.Calls, ["adamw"] = AdamW.Calls,
-        ["lora_weight_gradients"] = WeightGradients.Calls,
     };
 }

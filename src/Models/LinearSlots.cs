@@ -114,7 +114,8 @@ public sealed class LinearSlots
     FrozenLinear? AddingLinear(LinearRole role, Tensor x, Tensor residual)
     {
         string name = nameOf[role];
-        return byName[name] is FrozenLinear frozen && !biasBuffer.ContainsKey(name) && frozen.AddsInProduct(x, residual) ? frozen : null;
+        var bare = byName[name] switch { FrozenLinear f => f, IBareFrozenLinear w => w.BareLinear, _ => null };   // a disabled adapter: its base
+        return bare is not null && !biasBuffer.ContainsKey(name) && bare.AddsInProduct(x, residual) ? bare : null;
     }
 
     /// <summary>

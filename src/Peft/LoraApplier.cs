@@ -21,11 +21,9 @@ public static partial class LoraApplier
     /// null draws from torch's default generator. <paramref name="dropoutRandom"/>: where every adapter draws its
     /// dropout masks (a training run's stream); null = each adapter its own (<see cref="LoraDropout"/>).
     /// <paramref name="dropoutKernel"/>: the fused dropout of the run's kernel selection; null = the torch-op reference.
-    /// <paramref name="weightGradients"/>: how the written-out backward accumulates A's and B's gradients (the run's
-    /// kernel selection); null = autograd's arithmetic (<see cref="WeightGradientProduct.AddProductReference"/>).
     /// </summary>
     public static IReadOnlyList<string> Apply<TModel>(TModel model, LoraSettings settings, long? seed = null, RandomStream? dropoutRandom = null,
-        FusedDropout? dropoutKernel = null, WeightGradientProduct? weightGradients = null)
+        FusedDropout? dropoutKernel = null)
         where TModel : nn.Module, IReplaceableLinears
     {
         if (model.modules().Any(m => m is LoraLinear))
@@ -45,7 +43,6 @@ public static partial class LoraApplier
             var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom, dropoutKernel)
             {
                 Casts = casts,
-                WeightGradients = weightGradients,
             };
             model.ReplaceLinear(path, wrapped);
         }

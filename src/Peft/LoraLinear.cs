@@ -25,7 +25,7 @@ namespace QLoraNet.Peft;
 /// Adapters reading one input (q/k/v) can run their down projections as one GEMM where no graph is needed
 /// (<see cref="ISharedInputLinear"/>, <see cref="SharedLoraDown"/>).
 /// </summary>
-public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, ISharedInputLinear
+public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, ISharedInputLinear, IBareFrozenLinear
 {
     private readonly FrozenLinear base_layer;
     private readonly LoraFactor lora_A;
@@ -86,6 +86,9 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
     /// <summary>When set, forward is the base layer's alone.</summary>
     public bool Disabled { get; set; }
 
+    /// <summary>The base layer while <see cref="Disabled"/> (this module then computes it exactly), else null.</summary>
+    public FrozenLinear? BareLinear => Disabled ? base_layer : null;
+
     /// <summary>The forward-pass counter of the model this adapter sits in, or null: then A and B are cast to the
     /// compute dtype on every call. Set alone (an adapter built outside <see cref="LoraApplier"/>), the adapter
     /// batches its own two factors per pass; <see cref="Casts"/> shares the model's batch instead.</summary>
@@ -94,10 +97,6 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
         get => casts?.Passes;
         init => Join(value is null ? null : new LoraFactorCasts(value));
     }
-
-    /// <summary>How <see cref="Record"/>'s tapes accumulate A's and B's gradients (the run's kernel selection, set by
-    /// <see cref="LoraApplier"/>), or null: autograd's arithmetic.</summary>
-    public WeightGradientProduct? WeightGradients { get; init; }
 
     /// <summary>The model's factors in the compute dtype, one batch per forward pass for all its adapters
     /// (<see cref="LoraApplier"/> makes one per model); this adapter joins it. Null: no pass counter, as
@@ -174,7 +173,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
         var baseTape = base_layer.Record(x, keepWeight, product);
         if (Disabled) return baseTape;
         var (a, b) = Factors(base_layer.ComputeDType);
-        return new LoraLinearTape(baseTape, x, lora_dropout as LoraDropout, A, B, a, b, Scaling, product, WeightGradients);
+        return new LoraLinearTape(baseTape, x, lora_dropout as LoraDropout, A, B, a, b, Scaling, product);
     }
 
     /// <summary>With every member a <see cref="LoraLinear"/> that can share its down projection

@@ -1,4 +1,3 @@
-using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -16,9 +15,8 @@ namespace QLoraNet.Peft;
 ///     dA += scaling · (dy B)ᵀ h       (r, in)
 ///     dx += scaling · (dy B) A        (through dropout's mask when there is one), plus the base's dy W
 ///
-/// The factors' gradients go into their fp32 <c>.grad</c> (the flat gradient buffer's views in a training run), as
-/// autograd's accumulation does, or, with a <see cref="WeightGradientProduct"/> that takes them, by one GEMM whose
-/// fp32 epilogue adds the product (not rounded to the compute dtype first).
+/// The factors' gradients go into their fp32 <c>.grad</c>, as autograd's accumulation does (the flat gradient
+/// buffer's views in a training run).
 /// </summary>
 public sealed class LoraLinearTape : LinearTape
 {
@@ -26,19 +24,16 @@ public sealed class LoraLinearTape : LinearTape
     readonly LoraDropout.Draw? draw;
     readonly Parameter aParam, bParam;
     readonly double scaling;
-    readonly WeightGradientProduct? weightGradients;   // null: autograd's arithmetic
     readonly Tensor h, a, b, down;   // (..., in), (r, in), (out, r), (N, r): compute dtype
 
     /// <param name="aCompute">A in the compute dtype (r, in), a handle the tape takes over.</param>
     /// <param name="bCompute">B in the compute dtype (out, r), a handle the tape takes over.</param>
-    /// <param name="weightGradients">how dA and dB are accumulated into the fp32 .grad; null = autograd's arithmetic.</param>
     /// <param name="down">h Aᵀ (N, r) when already made (this adapter's columns of a down projection shared with
     /// others, <see cref="SharedLoraDown"/>), a handle the tape takes over; null = made here.</param>
     internal LoraLinearTape(LinearTape baseTape, Tensor x, LoraDropout? dropout, Parameter a, Parameter b, Tensor aCompute, Tensor bCompute,
-        double scaling, bool product, WeightGradientProduct? weightGradients, Tensor? down = null)
+        double scaling, bool product, Tensor? down = null)
     {
         var computeDType = aCompute.dtype;
-        this.weightGradients = weightGradients;
         this.baseTape = baseTape;
         aParam = a;
         bParam = b;
@@ -67,7 +62,7 @@ public sealed class LoraLinearTape : LinearTape
         {
             var rows = UpBackward(dy);                                                      // (N, out)
             var dyB = rows.mm(b);                                                           // (N, r)
-            if (aParam.requires_grad) Accumulate(weightGradients, GradOf(aParam), dyB.t(), Rows(h), scaling); // (r, in)
+            if (aParam.requires_grad) GradOf(aParam).add_(dyB.t().mm(Rows(h)), alpha: scaling); // (r, in)
             if (draw is null)
                 Rows(grad).addmm_(dyB, a, beta: 1, alpha: (float)scaling);
             else
@@ -97,15 +92,8 @@ public sealed class LoraLinearTape : LinearTape
     Tensor UpBackward(Tensor dy)
     {
         var rows = Rows(dy.dtype == h.dtype ? dy : dy.to(h.dtype));                         // (N, out)
-        if (bParam.requires_grad) Accumulate(weightGradients, GradOf(bParam), rows.t(), down, scaling); // (out, r)
+        if (bParam.requires_grad) GradOf(bParam).add_(rows.t().mm(down), alpha: scaling);   // (out, r)
         return rows;
-    }
-
-    /// <summary>grad += alpha · left @ right by <paramref name="product"/>, or by autograd's arithmetic when it is null.</summary>
-    internal static void Accumulate(WeightGradientProduct? product, Tensor grad, Tensor left, Tensor right, double alpha)
-    {
-        if (product is null) WeightGradientProduct.AddProductReference(grad, left, right, alpha);
-        else product.AddProduct(grad, left, right, alpha);
     }
 
     /// <summary>The parameter's gradient, made (zeros) where autograd would have made it on its first accumulation.</summary>

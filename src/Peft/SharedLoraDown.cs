@@ -81,11 +81,11 @@ internal sealed class SharedLoraDown(LoraLinear[] adapters) : IDisposable
             long r = lora.Rank;
             // Adapter i's own tape over its rows of A and its columns of down: views, no copies.
             tapes[i] = new LoraLinearTape(lora.BaseLayer.Record(x, keepWeight), h, null, lora.A, lora.B,
-                aCat.narrow(0, offset, r), lora.UpFactor(lora.ComputeDType), lora.Scaling, product: true, lora.WeightGradients,
+                aCat.narrow(0, offset, r), lora.UpFactor(lora.ComputeDType), lora.Scaling, product: true,
                 down: down.narrow(1, offset, r));
             offset += r;
         }
-        return new SharedLoraDownTape(tapes, [.. adapters.Select(a => a.A)], h, aCat, adapters[0].WeightGradients);
+        return new SharedLoraDownTape(tapes, [.. adapters.Select(a => a.A)], h, aCat);
     }
 
     /// <summary>The input in the compute dtype, the concatenated A and the group's down projection, in the caller's scope.</summary>

@@ -1,4 +1,3 @@
-using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -12,12 +11,11 @@ namespace QLoraNet.Peft;
 /// alone is the per-adapter tape; the group's backward runs A's side once for all instead of once per adapter:
 ///
 ///     G = [scaling₀ · dy₀ B₀, scaling₁ · dy₁ B₁, ...]     (N, Σr)    each member writes its columns, its dB beside
-///     dAᵢ += Gᵢᵀ h                                       (rᵢ, in)   Gᵢ: member i's columns of G
+///     dA = Gᵀ h                                          (Σr, in)   row block i added into Aᵢ's .grad
 ///     dx += G A                                          (N, in)    one addmm with K = Σr
 ///
-/// Why: per adapter, dx += ... reads and writes the whole (N, in) gradient, for a product of rank r; together it
-/// happens once. dA stays one GEMM per member: with an fp32-epilogue GEMM (<see cref="WeightGradientProduct"/>) each
-/// accumulates straight into its parameter's .grad, where one GEMM for the group would need an add per member after it. Arithmetic: every entry is a sum of the same products as the
+/// Why: per adapter, dA reads the whole (N, in) input and dx += ... reads and writes the whole (N, in) gradient, for
+/// a product of rank r; together each happens once. Arithmetic: every entry is a sum of the same products as the
 /// adapters' own (<see cref="LoraLinearTape.Backward"/>), grouped and ordered differently and scaled before the GEMM
 /// instead of after, so the two agree up to rounding.
 /// </summary>
@@ -26,16 +24,13 @@ internal sealed class SharedLoraDownTape : LinearTapeGroup
     readonly LoraLinearTape[] adapters;
     readonly Parameter[] aParams;
     readonly Tensor h, aCat;   // (..., in) and (Σr, in) in the compute dtype
-    readonly WeightGradientProduct? weightGradients;   // null: autograd's arithmetic
 
     /// <param name="adapters">the members' tapes, taken over.</param>
     /// <param name="aParams">each member's A (rᵢ, in), the fp32 parameter whose .grad receives its rows of dA.</param>
     /// <param name="h">(..., in) the shared input in the compute dtype, a handle the group takes over.</param>
     /// <param name="aCat">(Σr, in) the concatenated A in the compute dtype, a handle the group takes over.</param>
-    /// <param name="weightGradients">how dA is accumulated into the fp32 .grad; null = autograd's arithmetic.</param>
-    public SharedLoraDownTape(LoraLinearTape[] adapters, Parameter[] aParams, Tensor h, Tensor aCat, WeightGradientProduct? weightGradients) : base(adapters)
+    public SharedLoraDownTape(LoraLinearTape[] adapters, Parameter[] aParams, Tensor h, Tensor aCat) : base(adapters)
     {
-        this.weightGradients = weightGradients;
         this.adapters = adapters;
         this.aParams = aParams;
         this.h = h.DetachFromDisposeScope();
@@ -58,14 +53,16 @@ internal sealed class SharedLoraDownTape : LinearTapeGroup
         }
         using (no_grad())
         {
-            var rows = h.reshape(n, -1);                                                   // (N, in)
-            offset = 0;
-            foreach (var a in aParams)
+            if (aParams.Any(a => a.requires_grad))
             {
-                long r = a.size(0);
-                if (a.requires_grad)
-                    LoraLinearTape.Accumulate(weightGradients, LoraLinearTape.GradOf(a), g.narrow(1, offset, r).t(), rows, 1.0); // (rᵢ, in)
-                offset += r;
+                var dA = g.t().mm(h.reshape(n, -1));                                       // (Σr, in)
+                offset = 0;
+                foreach (var a in aParams)
+                {
+                    long r = a.size(0);
+                    if (a.requires_grad) LoraLinearTape.GradOf(a).add_(dA.narrow(0, offset, r));   // (rᵢ, in)
+                    offset += r;
+                }
             }
             grad!.reshape(n, -1).addmm_(g, aCat);                                          // (N, in), in place: grad is contiguous
         }
