@@ -150,8 +150,19 @@ public sealed class ProcessLauncher : IDisposable
                 bool ok = code == 0 || (_interrupted && code == ExitInterrupted) || _terminated;
                 if (ok || failure != null) continue;
                 failure = (child.Rank, code);
+                // The order exits are observed in is not the order they happened in: a rank killed by a signal and a
+                // rank that then failed on the closed connection (exit 1) can be reaped in either order. A signal is
+                // never a reaction to another rank, an error exit can be: among the ranks already gone, the killed one
+                // is the cause and is named (its code is the launcher's).
+                if (code is <= 128 or >= 128 + 65 && KilledAmong(running, TimeSpan.FromMilliseconds(500)) is { } killed)
+                {
+                    running.RemoveAll(r => r.Child == killed);
+                    killed.Pump.Wait(TimeSpan.FromSeconds(5));
+                    Say($"rank {child.Rank} {Describe(code)}, after rank {killed.Rank} exited");
+                    failure = (killed.Rank, killed.Process.ExitCode);
+                }
                 var others = running.Select(r => r.Child).ToList();
-                Say($"rank {child.Rank} {Describe(code)}"
+                Say($"rank {failure.Value.Rank} {Describe(failure.Value.Code)}"
                     + (others.Count > 0 ? $"; stopping rank{(others.Count > 1 ? "s" : "")} {string.Join(", ", others.Select(o => o.Rank))} "
                         + $"(SIGTERM after {_spec.FailureGrace.TotalSeconds:0.#} s, SIGKILL {_spec.StopTimeout.TotalSeconds:0.#} s later)" : ""));
                 int stage = 0;
@@ -173,6 +184,20 @@ public sealed class ProcessLauncher : IDisposable
         }
         if (_terminated) return ExitTerminated;
         return _interrupted && _children.Any(c => c.Process.ExitCode == ExitInterrupted) ? ExitInterrupted : 0;
+    }
+
+    /// <summary>A rank among <paramref name="running"/> that has exited by a signal, waiting up to <paramref name="grace"/>
+    /// for one (a signal's exit can be reaped after the exits it caused), or null.</summary>
+    static Child? KilledAmong(List<(Task Exit, Child Child)> running, TimeSpan grace)
+    {
+        var deadline = DateTime.UtcNow + grace;
+        while (true)
+        {
+            foreach (var (_, c) in running)
+                if (c.Process.HasExited && c.Process.ExitCode is > 128 and < 128 + 65) return c;
+            if (DateTime.UtcNow >= deadline) return null;
+            Thread.Sleep(20);
+        }
     }
 
     /// <summary>Start, then wait (no signal forwarding).</summary>
