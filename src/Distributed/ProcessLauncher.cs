@@ -154,7 +154,7 @@ public sealed class ProcessLauncher : IDisposable
                 // rank that then failed on the closed connection (exit 1) can be reaped in either order. A signal is
                 // never a reaction to another rank, an error exit can be: among the ranks already gone, the killed one
                 // is the cause and is named (its code is the launcher's).
-                if (code is <= 128 or >= 128 + 65 && KilledAmong(running, TimeSpan.FromMilliseconds(500)) is { } killed)
+                if (!BySignal(code) && KilledAmong(running, TimeSpan.FromMilliseconds(500)) is { } killed)
                 {
                     running.RemoveAll(r => r.Child == killed);
                     killed.Pump.Wait(TimeSpan.FromSeconds(5));
@@ -194,7 +194,7 @@ public sealed class ProcessLauncher : IDisposable
         while (true)
         {
             foreach (var (_, c) in running)
-                if (c.Process.HasExited && c.Process.ExitCode is > 128 and < 128 + 65) return c;
+                if (c.Process.HasExited && BySignal(c.Process.ExitCode)) return c;
             if (DateTime.UtcNow >= deadline) return null;
             Thread.Sleep(20);
         }
@@ -208,7 +208,10 @@ public sealed class ProcessLauncher : IDisposable
         return launcher.Wait();
     }
 
-    static string Describe(int code) => code > 128 && code < 128 + 65
+    /// <summary>Whether an exit code is a death by signal: 128 + the signal's number, as a shell reports it.</summary>
+    static bool BySignal(int code) => code is > 128 and < 128 + 65;
+
+    static string Describe(int code) => BySignal(code)
         ? $"was killed by {PosixProcess.SignalName(code - 128)} (exit code {code})"
         : $"exited with code {code}";
 
