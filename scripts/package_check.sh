@@ -19,6 +19,7 @@ check() {   # check NAME CMD...: runs CMD (output in $work/NAME.log); prints ok/
   echo "FAIL  $name"; tail -15 "$work/$name.log" | sed 's/^/      /'; failed=$((failed + 1)); return 1
 }
 has() { grep -q -- "$2" "$work/$1.log" || { echo "FAIL  $1: no '$2' in its output"; passed=$((passed - 1)); failed=$((failed + 1)); }; }
+lacks() { ! grep -q -- "$2" "$work/$1.log" || { echo "FAIL  $1: '$(grep -m1 -- "$2" "$work/$1.log")'"; passed=$((passed - 1)); failed=$((failed + 1)); }; }
 
 # QLN_PACK_SUFFIX=S QLN_NO_PACK=1: reuse artifacts/ packed with that suffix (development only).
 [[ -z ${QLN_NO_PACK:-} ]] && rm -rf artifacts && check pack dotnet pack QLoraNet.sln -c Release -o artifacts --version-suffix "$suffix" -nologo -v q
@@ -38,14 +39,14 @@ tools=$work/tools
 check tool-install dotnet tool install QLoraNet.Cli --tool-path "$tools" --add-source artifacts --version "$version"
 check tool-help "$tools/qloranet" --help && has tool-help "train"
 check tool-train "$tools/qloranet" train configs/quickstart.yaml training.max_steps=1 training.eval_every=0 training.save_every=0 \
-  "output.dir=$work/tool-run" && has tool-train "libtorch"
+  "output.dir=$work/tool-run" && has tool-train "libtorch" && lacks tool-train "finalizer guard"
 
 export QLoraNetVersion=$version
 # The samples take libtorch from the NuGet cache like any app; hard links instead of two 600 MB copies keep the check
 # within a small CI disk (the repo's own projects get the same from Directory.Build.props).
 link=-p:CreateHardLinksForCopyLocalIfPossible=true
 check sample-finetune dotnet run --project samples/FineTuneFromCode -c Release -p:QLoraNetVersion=$version $link -- 2 "$work/sample-run" \
-  && has sample-finetune "adapter:"
+  && has sample-finetune "adapter:" && lacks sample-finetune "finalizer guard"
 check sample-chat dotnet run --project samples/ChatClient -c Release -p:QLoraNetVersion=$version $link -- "$work/sample-run/final" \
   && has sample-chat ">"
 echo "package check: $passed passed, $failed failed"

@@ -22,7 +22,8 @@ public static class LibTorchDiscovery
     /// <summary>The folder beside the app that holds the bundled CPU libtorch (QLoraNet's hosts).</summary>
     public const string BundledFolder = "libtorch";
 
-    static readonly Lazy<LibTorchLoadResult> ForProcess = new(() => Load(LibTorchEnvironment.Current, AppLayout.Current()));
+    static readonly Lazy<LibTorchLoadResult> ForProcess =
+        new(() => Load(LibTorchEnvironment.Current, AppLayout.Current()) with { FinalizerGuardProblem = FinalizerGuard.Problem });
 
     /// <summary>Loads libtorch on the first call (later calls return the same outcome, or rethrow the same failure).</summary>
     /// <exception cref="LibTorchLoadException">no libtorch could be loaded.</exception>
@@ -181,7 +182,7 @@ public static class LibTorchDiscovery
         {
             try
             {
-                NativeLibrary.Load(lts);
+                FinalizerGuard.Install(NativeLibrary.Load(lts));
                 return new LibTorchLoadResult(LibTorchSource.Bundled, dir, BundledVersion(), false, reason, skipped);
             }
             catch (DllNotFoundException e)

@@ -19,13 +19,16 @@ public sealed record LibTorchLoadResult(
     IReadOnlyList<string> Skipped,
     string Origin = "")
 {
-    /// <summary>One line: which libtorch, from where, and for the bundled one why.</summary>
+    /// <summary>Why TorchSharp's frees are not guarded against the finalizer (<see cref="FinalizerGuard"/>); null when they are.</summary>
+    public string? FinalizerGuardProblem { get; init; }
+
+    /// <summary>One line: which libtorch, from where, for the bundled one why, and a finalizer guard that is off.</summary>
     public string Summary => Source switch
     {
         LibTorchSource.Bundled => $"libtorch {Version ?? "2.10.0"} (CPU, bundled) from {Directory ?? "the system library path (TorchSharp's search)"}"
             + (FallbackReason is null ? "" : $": {FallbackReason}"),
         _ => $"libtorch {Version ?? "(version unknown)"} ({(IsCuda ? "CUDA" : "CPU")}) from {Directory} ({OriginText})",
-    };
+    } + (FinalizerGuardProblem is null ? "" : $"; finalizer guard: {FinalizerGuardProblem}");
 
     string OriginText => Source switch
     {

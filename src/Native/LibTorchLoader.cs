@@ -9,6 +9,7 @@ namespace QLoraNet.Native;
 /// matches a DT_NEEDED name against the SONAMEs already loaded, so the bridge binds to these libraries and not to
 /// any other copy; TorchSharp's own later loads by name ("torch_cpu", "LibTorchSharp") find the same ones, as long as
 /// no other libtorch_cpu.so lies in the app's native search directories (see <see cref="LibTorchDiscovery"/>).
+/// Last, TorchSharp's imports are routed through the <see cref="FinalizerGuard"/>, before its first native call.
 /// </summary>
 static class LibTorchLoader
 {
@@ -36,12 +37,14 @@ static class LibTorchLoader
                 throw new Failure($"loading {lib.Path} failed: {OneLine(e.Message)}", clean);
             }
         }
-        try { NativeLibrary.Load(libTorchSharp); }
+        IntPtr bridge;
+        try { bridge = NativeLibrary.Load(libTorchSharp); }
         catch (Exception e) when (e is DllNotFoundException or BadImageFormatException)
         {
             throw new Failure($"loading TorchSharp's {libTorchSharp} over {build.Location.Directory} failed: {OneLine(e.Message)}", false);
         }
         Verify(build);
+        FinalizerGuard.Install(bridge);
     }
 
     /// <summary>
