@@ -195,7 +195,7 @@ public static class BenchTrainCommand
             dropout.Reseed(99);                                    // the same masks in every run
             using (var scope = NewDisposeScope())
             {
-                loss.Sum(model, batch).backward();
+                BackwardFailure.Backward(loss.Sum(model, batch));
                 model.BackwardHandles.Release();
             }
             // Compared on the host, in fp64: copies on the device would stay in its allocator's cache and in the peak.

@@ -157,7 +157,12 @@ public static class ChunkedCrossEntropy
             return (total ?? zeros(Array.Empty<long>(), ScalarType.Float32, hidden.device)).MoveToOuterDisposeScope();
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+
+            BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
+
+
+        List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var saved = ctx.get_saved_variables();
             var handles = (BackwardHandles)ctx.get_data("handles");
@@ -191,7 +196,12 @@ public static class ChunkedCrossEntropy
             return total.MoveToOuterDisposeScope();
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+
+            BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
+
+
+        List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var saved = ctx.get_saved_variables();
             var (hidden, targets) = (saved[0], saved[1]);

@@ -93,7 +93,12 @@ public sealed unsafe class FusedDropout : FusedOp
             return op.Kernel(x, key, threshold, scale, backward: false);
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+
+            BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
+
+
+        List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var op = (FusedDropout)ctx.get_data("op");
             var handles = (BackwardHandles)ctx.get_data("handles");

@@ -151,7 +151,12 @@ public sealed unsafe class FusedGlu : FusedOp
             return op?.ForwardKernel(gate, up, activation) ?? GluReference.Forward(gate, up, activation);
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+
+            BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
+
+
+        List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var saved = ctx.get_saved_variables();
             var (gate, up) = (saved[0], saved[1]);

@@ -204,7 +204,12 @@ public sealed unsafe class FusedRmsNorm : FusedOp
             return y.MoveToOuterDisposeScope();
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+
+            BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
+
+
+        List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var saved = ctx.get_saved_variables();
             var (h, inverseRms, weight) = (saved[0], saved[1], saved[2]);
@@ -249,7 +254,12 @@ public sealed unsafe class FusedRmsNorm : FusedOp
             return [h.MoveToOuterDisposeScope(), y.MoveToOuterDisposeScope()];
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs)
+        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs) =>
+
+            BackwardFailure.Guard(() => Gradients(ctx, gradOutputs));   // a failure must not cross the native callback
+
+
+        List<Tensor> Gradients(autograd.AutogradContext ctx, List<Tensor> gradOutputs)
         {
             var saved = ctx.get_saved_variables();
             var (h, inverseRms, weight) = (saved[0], saved[1], saved[2]);

@@ -168,7 +168,12 @@ public sealed unsafe class FusedRope : FusedOp
             return k is null ? [qr] : [qr, RopeReference.Forward(k, cos, sin)];
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs)
+        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs) =>
+
+            BackwardFailure.Guard(() => Gradients(ctx, gradOutputs));   // a failure must not cross the native callback
+
+
+        List<Tensor> Gradients(autograd.AutogradContext ctx, List<Tensor> gradOutputs)
         {
             var saved = ctx.get_saved_variables();
             var (cos, sin) = (saved[0], saved[1]);

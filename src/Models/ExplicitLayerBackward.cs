@@ -214,6 +214,7 @@ public static class ExplicitLayerBackward
             List<Tensor> dqkv;
             using (enable_grad())
                 dqkv = [.. autograd.grad([merged], [qLeaf, kLeaf, vLeaf], [dMerged])];
+            BackwardFailure.ThrowIfFailed();
             merged.Dispose();
             tape.Merged = null;
             dMerged.Dispose();

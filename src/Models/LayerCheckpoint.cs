@@ -63,7 +63,12 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         return layer.forward(hidden, cos, sin, mask);
     }
 
-    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+
+        BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
+
+
+    List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
     {
         var saved = ctx.get_saved_variables();
         var (hidden, cos, sin, mask) = (saved[0], saved[1], saved[2], saved.Count > 3 ? saved[3] : null);
@@ -95,6 +100,7 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
                 var output = layer.forward(input, cos, sin, mask);
                 handles.PhaseMarker?.Enter(StepPhase.Backward);
                 torch.autograd.backward([output], [gradOutput]);
+                BackwardFailure.ThrowIfFailed();                 // a failure inside: stop here, not after the other layers
                 gradInput = (input.grad ?? torch.zeros_like(input)).MoveToOuterDisposeScope();
             }
         }

@@ -54,7 +54,12 @@ public sealed class QuantizationAwareLoraMatMul : autograd.SingleTensorFunction<
         return y.MoveToOuterDisposeScope();
     }
 
-    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+
+        BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
+
+
+    List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
     {
         var saved = ctx.get_saved_variables();
         var (xq, a, b) = (saved[0], saved[1], saved[2]);

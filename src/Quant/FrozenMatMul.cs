@@ -59,7 +59,12 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
         return nn.functional.linear(xc, w);
     }
 
-    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+
+        BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
+
+
+    List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
     {
         var weight = (IQuantizedWeight)ctx.get_data("weight");
         var computeDType = (ScalarType)ctx.get_data("dtype");

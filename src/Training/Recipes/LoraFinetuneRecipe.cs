@@ -287,7 +287,16 @@ public sealed class LoraFinetuneRecipe : IDisposable
             }
             double lr = _schedule.At(step);
             double launchedAt = clock.Elapsed.TotalSeconds;
-            var launched = new Launched(_step.Launch(step, lr, _batches), lr, _batches.Epoch, _batches.MicroBatch, launchedAt);
+            StepInFlight inFlight;
+            try
+            {
+                inFlight = _step.Launch(step, lr, _batches);
+            }
+            catch (Exception e) when (OutOfMemoryAdvice.IsOutOfMemory(e))
+            {
+                throw new InvalidOperationException(OutOfMemoryAdvice.For(e, step + 1, _t, _config.Data.MaxSeqLen), e);
+            }
+            var launched = new Launched(inFlight, lr, _batches.Epoch, _batches.MicroBatch, launchedAt);
             // The step before, read while the device runs this one. A non-finite one stops the run: this step's
             // update has happened, but nothing after the last checkpoint is saved.
             if (pending is { } before && !Read(before, launchedAt))

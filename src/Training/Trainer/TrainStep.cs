@@ -121,7 +121,7 @@ public sealed class TrainStep : IDisposable
             _phases?.Enter(StepPhase.Forward);
             var sum = _loss.Sum(_model, batch);
             _phases?.Enter(StepPhase.Backward);
-            (sum / terms).backward();
+            BackwardFailure.Backward(sum / terms);
             _model.BackwardHandles.Release();
             gradients.TakeMicroBatch();
             lossSums[k] = sum.detach().to(ScalarType.Float32).MoveToOuterDisposeScope();

@@ -1,0 +1,33 @@
+using System.Runtime.InteropServices;
+using System.Text.RegularExpressions;
+using QLoraNet.Training.Config;
+
+namespace QLoraNet.Training.Trainer;
+
+/// <summary>
+/// A step that ran out of memory, said as what to change in the config. libtorch names the allocation ("CUDA out of
+/// memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of ...", or the CPU allocator's "can't allocate
+/// memory"), not the settings that decide it; the error line names those, with the allocation that failed.
+/// </summary>
+public static partial class OutOfMemoryAdvice
+{
+    /// <summary>Whether <paramref name="e"/> is libtorch's out-of-memory error (CUDA's caching allocator or the CPU's).</summary>
+    public static bool IsOutOfMemory(Exception e) =>
+        e is ExternalException && (e.Message.Contains("out of memory", StringComparison.OrdinalIgnoreCase)
+                                   || e.Message.Contains("can't allocate memory", StringComparison.Ordinal));
+
+    /// <summary>The one-line error for an out-of-memory in step <paramref name="step"/> (1-based).</summary>
+    public static string For(Exception e, int step, TrainingConfig t, int maxSeqLen)
+    {
+        var asked = TriedToAllocate().Match(e.Message);
+        string what = asked.Success ? $" (tried to allocate {asked.Groups[1].Value})" : "";
+        string checkpointing = !t.GradientCheckpointing ? ", or turn on training.gradient_checkpointing"
+            : t.UncheckpointedLayers > 0 ? $", or keep fewer layers uncheckpointed (training.uncheckpointed_layers: {t.UncheckpointedLayers})" : "";
+        return $"out of memory in step {step}{what} with training.micro_batch_size {t.MicroBatchSize} x data.max_seq_len {maxSeqLen}: "
+            + "lower training.micro_batch_size (raise training.gradient_accumulation_steps to keep the batch), shorten data.max_seq_len"
+            + checkpointing;
+    }
+
+    [GeneratedRegex(@"[Tt]ried to allocate ([0-9.]+ ?[KMGT]?i?B)")]
+    private static partial Regex TriedToAllocate();
+}
