@@ -17,17 +17,28 @@ public static partial class OutOfMemoryAdvice
                                    || e.Message.Contains("can't allocate memory", StringComparison.Ordinal));
 
     /// <summary>The one-line error for an out-of-memory in step <paramref name="step"/> (1-based).</summary>
-    public static string For(Exception e, int step, TrainingConfig t, int maxSeqLen)
+    /// <param name="allocatorConfig">PYTORCH_CUDA_ALLOC_CONF as the process has it (null: unset).</param>
+    public static string For(Exception e, int step, TrainingConfig t, int maxSeqLen, string? allocatorConfig)
     {
         var asked = TriedToAllocate().Match(e.Message);
         string what = asked.Success ? $" (tried to allocate {asked.Groups[1].Value})" : "";
         string checkpointing = !t.GradientCheckpointing ? ", or turn on training.gradient_checkpointing"
             : t.UncheckpointedLayers > 0 ? $", or keep fewer layers uncheckpointed (training.uncheckpointed_layers: {t.UncheckpointedLayers})" : "";
+        // CUDA's caching allocator keeps freed blocks for reuse; blocks of the wrong sizes pile up as "reserved but
+        // unallocated" (fragmentation). Expandable segments map memory into growable segments instead (PyTorch's
+        // own advice in this message); the benchmarks in docs/BENCHMARKS.md run with them.
+        var idle = ReservedButUnallocated().Match(e.Message);
+        string fragmentation = idle.Success && double.TryParse(idle.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture, out double gib)
+            && gib >= 1 && !(allocatorConfig ?? "").Contains("expandable_segments:True", StringComparison.Ordinal)
+            ? $", or set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True ({idle.Groups[1].Value} GiB were reserved but unused)" : "";
         return $"out of memory in step {step}{what} with training.micro_batch_size {t.MicroBatchSize} x data.max_seq_len {maxSeqLen}: "
             + "lower training.micro_batch_size (raise training.gradient_accumulation_steps to keep the batch), shorten data.max_seq_len"
-            + checkpointing;
+            + checkpointing + fragmentation;
     }
 
     [GeneratedRegex(@"[Tt]ried to allocate ([0-9.]+ ?[KMGT]?i?B)")]
     private static partial Regex TriedToAllocate();
+
+    [GeneratedRegex(@"([0-9.]+) GiB is reserved by PyTorch but unallocated")]
+    private static partial Regex ReservedButUnallocated();
 }

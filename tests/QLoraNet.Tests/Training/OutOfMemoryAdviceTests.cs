@@ -20,14 +20,27 @@ public class OutOfMemoryAdviceTests
     }
 
     [Fact]
+    public void Fragmentation_libtorch_reports_brings_the_expandable_segments_advice_unless_they_are_on()
+    {
+        // The message of a run on the H200 (session 31, call 30), cut.
+        var e = new ExternalException("CUDA out of memory. Tried to allocate 14.78 GiB. GPU 0 has a total capacity of 139.80 GiB of which 3.26 GiB is free. "
+            + "Including non-PyTorch memory, this process has 136.53 GiB memory in use. Of the allocated memory 94.90 GiB is allocated by PyTorch, "
+            + "and 40.96 GiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True");
+        var t = new TrainingConfig();
+        Assert.EndsWith(", or set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (40.96 GiB were reserved but unused)", OutOfMemoryAdvice.For(e, 1, t, 4096, null));
+        Assert.DoesNotContain("expandable", OutOfMemoryAdvice.For(e, 1, t, 4096, "expandable_segments:True"));
+        Assert.DoesNotContain("expandable", OutOfMemoryAdvice.For(new ExternalException(Cuda), 1, t, 4096, null));   // no such figure: no advice
+    }
+
+    [Fact]
     public void The_line_names_the_step_the_allocation_and_the_settings_to_change()
     {
         var t = new TrainingConfig(MicroBatchSize: 8, UncheckpointedLayers: 4);
         Assert.Equal("out of memory in step 3 (tried to allocate 2.00 GiB) with training.micro_batch_size 8 x data.max_seq_len 2048: "
             + "lower training.micro_batch_size (raise training.gradient_accumulation_steps to keep the batch), shorten data.max_seq_len, "
             + "or keep fewer layers uncheckpointed (training.uncheckpointed_layers: 4)",
-            OutOfMemoryAdvice.For(new ExternalException(Cuda), 3, t, 2048));
+            OutOfMemoryAdvice.For(new ExternalException(Cuda), 3, t, 2048, null));
         Assert.EndsWith("shorten data.max_seq_len, or turn on training.gradient_checkpointing",
-            OutOfMemoryAdvice.For(new ExternalException("DefaultCPUAllocator: can't allocate memory"), 1, t with { GradientCheckpointing = false }, 512));
+            OutOfMemoryAdvice.For(new ExternalException("DefaultCPUAllocator: can't allocate memory"), 1, t with { GradientCheckpointing = false }, 512, null));
     }
 }
