@@ -23,6 +23,7 @@ public static class InfoCommand
             stdout.WriteLine($"libtorch loaded: {libtorch.Summary}");
             stdout.WriteLine($"TorchSharp {typeof(torch).Assembly.GetName().Version}, libtorch {torch.__version__}");
             stdout.WriteLine($"CUDA available: {torch.cuda.is_available()}" + (torch.cuda.is_available() ? $" ({torch.cuda.device_count()} devices)" : ""));
+            stdout.WriteLine($"CUDA allocator: {QLoraNet.Native.CudaAllocatorDefaults.Describe()}");
             var device = torch.cuda.is_available() ? torch.CUDA : torch.CPU;
             foreach (var line in KernelChoice.For(device).Report()) stdout.WriteLine($"kernel: {line}");
             // Where the process maps libtorch from: one copy of each library, from the directory named above.

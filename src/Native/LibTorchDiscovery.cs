@@ -22,8 +22,11 @@ public static class LibTorchDiscovery
     /// <summary>The folder beside the app that holds the bundled CPU libtorch (QLoraNet's hosts).</summary>
     public const string BundledFolder = "libtorch";
 
-    static readonly Lazy<LibTorchLoadResult> ForProcess =
-        new(() => Load(LibTorchEnvironment.Current, AppLayout.Current()) with { FinalizerGuardProblem = FinalizerGuard.Problem });
+    static readonly Lazy<LibTorchLoadResult> ForProcess = new(() =>
+    {
+        CudaAllocatorDefaults.Apply();   // before libtorch can start CUDA's allocator
+        return Load(LibTorchEnvironment.Current, AppLayout.Current()) with { FinalizerGuardProblem = FinalizerGuard.Problem };
+    });
 
     /// <summary>Loads libtorch on the first call (later calls return the same outcome, or rethrow the same failure).</summary>
     /// <exception cref="LibTorchLoadException">no libtorch could be loaded.</exception>
