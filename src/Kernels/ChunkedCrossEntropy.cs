@@ -158,9 +158,7 @@ public static class ChunkedCrossEntropy
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
-
             BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
-
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
         {
@@ -197,9 +195,7 @@ public static class ChunkedCrossEntropy
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
-
             BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
-
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
         {

@@ -94,9 +94,7 @@ public sealed unsafe class FusedDropout : FusedOp
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
-
             BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
-
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
         {

@@ -152,9 +152,7 @@ public sealed unsafe class FusedGlu : FusedOp
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
-
             BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
-
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
         {

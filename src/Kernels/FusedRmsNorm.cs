@@ -205,9 +205,7 @@ public sealed unsafe class FusedRmsNorm : FusedOp
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
-
             BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
-
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
         {
@@ -255,9 +253,7 @@ public sealed unsafe class FusedRmsNorm : FusedOp
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs) =>
-
             BackwardFailure.Guard(() => Gradients(ctx, gradOutputs));   // a failure must not cross the native callback
-
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, List<Tensor> gradOutputs)
         {

@@ -169,9 +169,7 @@ public sealed unsafe class FusedRope : FusedOp
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs) =>
-
             BackwardFailure.Guard(() => Gradients(ctx, gradOutputs));   // a failure must not cross the native callback
-
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, List<Tensor> gradOutputs)
         {

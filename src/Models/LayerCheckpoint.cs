@@ -64,9 +64,7 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
-
         BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
-
 
     List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
     {

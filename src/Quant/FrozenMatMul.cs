@@ -60,9 +60,7 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
-
         BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
-
 
     List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
     {
