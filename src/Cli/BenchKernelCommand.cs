@@ -654,6 +654,63 @@ public static class BenchKernelCommand
                 Time(() => autograd.grad([LoraPath.AddLowRank(baseOut, h, a32.to(ScalarType.BFloat16), b32.to(ScalarType.BFloat16), scaling)], [baseOut, h, a32, b32], [dy])),
                 Time(() => autograd.grad([LoraPath.Reference(baseOut, h, a32.to(ScalarType.BFloat16), b32.to(ScalarType.BFloat16), scaling)], [baseOut, h, a32, b32], [dy])));
             Emit("lora_addmm", $"{tokens}x{inF} -> r {r} -> {outF}", ScalarType.BFloat16, parity, fwd, both);
+            WeightGradients(tokens, inF, outF, r, scaling);
+        }
+
+        /// <summary>
+        /// LoRA's factor gradients added into fp32 .grad views of one flat buffer laid out as a run lays it out (three
+        /// adapters sharing an input, each A then B: Training's FlatGradients), from a nonzero start so the
+        /// accumulation is checked: dB = scaling · dyᵀ down per adapter, and the shared dA = Gᵀ h for all three (the
+        /// batched GEMM). The fused op against fp64 within fp32 accumulation's bound; the reference rounds the product to
+        /// bf16 first, its worst error is printed beside it.
+        /// </summary>
+        void WeightGradients(long tokens, long inF, long outF, long r, double scaling)
+        {
+            var op = Fused.WeightGradient;
+            const int adapters = 3;
+            using var scope = NewDisposeScope();
+            long aN = r * inF, bN = outF * r, each = aN + bN;
+            var start = randn(adapters * each, ScalarType.Float32, _dev) * 1e-3;
+            var flat = start.clone();
+            Tensor GradA(Tensor f, int i) => f.narrow(0, i * each, aN).view(r, inF);        // (r, in)
+            Tensor GradB(Tensor f, int i) => f.narrow(0, i * each + aN, bN).view(outF, r);  // (out, r)
+            var h = randn(tokens, inF, ScalarType.Float32, _dev).to(ScalarType.BFloat16);
+            var dy = randn(tokens, outF, ScalarType.Float32, _dev).to(ScalarType.BFloat16);
+            var down = randn(tokens, adapters * r, ScalarType.Float32, _dev).to(ScalarType.BFloat16);   // (N, Σr), the shared down
+            var g = randn(tokens, adapters * r, ScalarType.Float32, _dev).to(ScalarType.BFloat16);      // (N, Σr), scaled dy B's
+            var refFlat = start.clone();
+            for (int i = 0; i < adapters; i++)
+            {
+                op.AddProduct(GradB(flat, i), dy.t(), down.narrow(1, i * r, r), scaling);
+                FusedWeightGradient.AddProductReference(GradB(refFlat, i), dy.t(), down.narrow(1, i * r, r), scaling);
+            }
+            op.AddProducts([.. Enumerable.Range(0, adapters).Select(i => GradA(flat, i))], g.t(), h, 1.0);
+            FusedWeightGradient.AddProductsReference([.. Enumerable.Range(0, adapters).Select(i => GradA(refFlat, i))], g.t(), h, 1.0);
+            var exactB = stack(Enumerable.Range(0, adapters).Select(i => D64(GradB(start, i)) + scaling * D64(dy).t().matmul(D64(down.narrow(1, i * r, r)))));
+            var absB = stack(Enumerable.Range(0, adapters).Select(i => scaling * D64(dy).abs().t().matmul(D64(down.narrow(1, i * r, r)).abs())));
+            var prodA = D64(g).t().matmul(D64(h)).view(adapters, r, inF);                   // (3, r, in)
+            var exactA = stack(Enumerable.Range(0, adapters).Select(i => D64(GradA(start, i)) + prodA[i]));
+            var absA = D64(g).abs().t().matmul(D64(h).abs()).view(adapters, r, inF);
+            Tensor Stacked(Tensor f, Func<Tensor, int, Tensor> grad) => stack(Enumerable.Range(0, adapters).Select(i => grad(f, i)));
+            // Fused: fp32 accumulation of `tokens` products (gamma_K), the add into C and its rounding, within (K + 2) u32
+            // of |terms|. The reference (what runs where cuBLAS does not) also rounds the product to bf16: u_bf16 |product| more.
+            bool fused = op.Path == FusedPath.Cublas;
+            double productRounding = fused ? 0 : 1.01 * U(ScalarType.BFloat16);
+            string note = "fp32 accumulation: (K + 2) u32 of |terms|" + (fused ? "" : ", plus the product's bf16 rounding (reference path)");
+            var parityB = Prefixed("dB", Within(Stacked(flat, GradB), exactB, (tokens + 2) * U32 * (absB + exactB.abs()) + productRounding * absB + 1e-30, note));
+            var parityA = Prefixed("dA_shared", Within(Stacked(flat, GradA), exactA, (tokens + 2) * U32 * (absA + exactA.abs()) + productRounding * absA + 1e-30, note));
+            double RefErr(Tensor reference, Tensor exact, Tensor abs) => ((D64(reference) - exact).abs() / (abs + exact.abs() + 1e-30)).max().item<double>();
+            var referenceErrors = new Dictionary<string, object?>
+            {
+                ["dB_reference_max_rel_err"] = R(RefErr(Stacked(refFlat, GradB), exactB, absB)),
+                ["dA_reference_max_rel_err"] = R(RefErr(Stacked(refFlat, GradA), exactA, absA)),
+            };
+            var speedB = Speed("dB", Time(() => op.AddProduct(GradB(flat, 0), dy.t(), down.narrow(1, 0, r), scaling)),
+                Time(() => FusedWeightGradient.AddProductReference(GradB(refFlat, 0), dy.t(), down.narrow(1, 0, r), scaling)));
+            var speedA = Speed("dA_shared", Time(() => op.AddProducts([.. Enumerable.Range(0, adapters).Select(i => GradA(flat, i))], g.t(), h, 1.0)),
+                Time(() => FusedWeightGradient.AddProductsReference([.. Enumerable.Range(0, adapters).Select(i => GradA(refFlat, i))], g.t(), h, 1.0)));
+            Emit("lora_weight_gradient", $"{tokens} tokens, {adapters} adapters, in {inF}, out {outF}, r {r}", ScalarType.BFloat16,
+                new() { ["path"] = FusedOp.Spell(op.Path), ["reason"] = op.Reason }, parityB, parityA, referenceErrors, speedB, speedA);
         }
 
         // ---- Ternary (BitNet b1.58) product --------------------------------------------------------------------

@@ -15,8 +15,9 @@ namespace QLoraNet.Kernels;
 public sealed class FusedKernels
 {
     FusedKernels(string device, FusedRmsNorm rmsNorm, FusedRope rope, FusedGlu glu, FusedDropout dropout, FusedAdamW adamW,
-        long logitsPerChunk)
+        FusedWeightGradient weightGradient, long logitsPerChunk)
     {
+        WeightGradient = weightGradient;
         Device = device;
         RmsNorm = rmsNorm;
         Rope = rope;
@@ -44,13 +45,17 @@ public sealed class FusedKernels
     /// <summary>One AdamW launch for every adapter parameter (a <see cref="MultiTensorAdamW"/> per optimizer uses it).</summary>
     public FusedAdamW AdamW { get; }
 
+    /// <summary>LoRA's factor gradients accumulated into their fp32 .grad inside the GEMM (cuBLAS on CUDA).</summary>
+    public FusedWeightGradient WeightGradient { get; }
+
     /// <summary>Logits per chunk of the training loss (<see cref="ChunkedCrossEntropy"/>): the full fp32 logits are never made.</summary>
     public long LogitsPerChunk { get; }
 
     /// <summary>Every op's torch-op reference, for tests and library callers that chose nothing.</summary>
     public static FusedKernels Reference(string reason = "no selection made: torch-op references") =>
         new("cpu", new FusedRmsNorm(null, reason), new FusedRope(null, reason), new FusedGlu(null, reason),
-            new FusedDropout(null, reason), new FusedAdamW(null, reason), ChunkedCrossEntropy.DefaultLogitsPerChunk);
+            new FusedDropout(null, reason), new FusedAdamW(null, reason), new FusedWeightGradient(null, reason),
+            ChunkedCrossEntropy.DefaultLogitsPerChunk);
 
     /// <summary>
     /// The choices for <paramref name="device"/>: on CUDA, each op's kernel unless <paramref name="disableCuda"/>, the
@@ -58,14 +63,15 @@ public sealed class FusedKernels
     /// </summary>
     /// <param name="ptxDir">load NAME.ptx from this directory where it holds one instead of the embedded image (kernel development).</param>
     /// <param name="logitsPerChunk">the training loss's chunk (<see cref="ChunkedCrossEntropy.DefaultLogitsPerChunk"/>).</param>
+    /// <param name="torchWeightGradients">LoRA's factor gradients through their torch-op reference even where cuBLAS is there.</param>
     public static FusedKernels Load(Device device, bool disableCuda = false, string? ptxDir = null,
-        long logitsPerChunk = ChunkedCrossEntropy.DefaultLogitsPerChunk)
+        long logitsPerChunk = ChunkedCrossEntropy.DefaultLogitsPerChunk, bool torchWeightGradients = false)
     {
         string name = device.type.ToString().ToLowerInvariant();
         if (device.type != DeviceType.CUDA)
-            return Of(name, _ => (null, "CPU tensors: torch-op reference"), logitsPerChunk);
+            return Of(name, _ => (null, "CPU tensors: torch-op reference"), logitsPerChunk, new(null, "CPU tensors: torch-op reference"));
         if (disableCuda)
-            return Of(name, _ => (null, "CUDA kernels disabled by the caller"), logitsPerChunk);
+            return Of(name, _ => (null, "CUDA kernels disabled by the caller"), logitsPerChunk, new(null, "CUDA kernels disabled by the caller"));
         try
         {
             using (zeros(1, device: device)) { }   // libtorch makes its CUDA context current on first use
@@ -73,15 +79,27 @@ public sealed class FusedKernels
         catch (Exception e)
         {
             string why = $"no usable CUDA device: {FirstLine(e.Message)}";
-            return Of(name, _ => (null, why), logitsPerChunk);
+            return Of(name, _ => (null, why), logitsPerChunk, new(null, why));
         }
-        return Of(name, op => TryLoad(op.File, op.Kernels, ptxDir), logitsPerChunk);
+        return Of(name, op => TryLoad(op.File, op.Kernels, ptxDir), logitsPerChunk, WeightGradientFor(device, torchWeightGradients));
+    }
+
+    /// <summary>cuBLAS's GEMM for LoRA's factor gradients when it loads and passes its self-check on the device
+    /// (<see cref="FusedWeightGradient.SelfCheck"/>), else the reference with the reason.</summary>
+    static FusedWeightGradient WeightGradientFor(Device device, bool torchWeightGradients)
+    {
+        if (torchWeightGradients) return new(null, "torch-op reference chosen by the caller");
+        var (cublas, reason) = Cublas.TryLoad();
+        if (cublas is null) return new(null, reason);
+        var candidate = new FusedWeightGradient(cublas, $"GEMM with an fp32 C from {reason}, self-checked on the device");
+        return candidate.SelfCheck(device) is { } failed ? new(null, failed) : new(cublas, candidate.Reason);
     }
 
     /// <summary>The PTX file and kernels of each op, for <see cref="Load"/>.</summary>
     sealed record OpKernels(string File, IEnumerable<string> Kernels);
 
-    static FusedKernels Of(string device, Func<OpKernels, (PtxModule? Module, string Reason)> load, long logitsPerChunk)
+    static FusedKernels Of(string device, Func<OpKernels, (PtxModule? Module, string Reason)> load, long logitsPerChunk,
+        FusedWeightGradient weightGradient)
     {
         var rms = load(new(FusedRmsNorm.PtxFile, FusedRmsNorm.KernelNames));
         var rope = load(new(FusedRope.PtxFile, FusedRope.KernelNames));
@@ -90,7 +108,7 @@ public sealed class FusedKernels
         var adamW = load(new(FusedAdamW.PtxFile, FusedAdamW.KernelNames));
         return new FusedKernels(device,
             new FusedRmsNorm(rms.Module, rms.Reason), new FusedRope(rope.Module, rope.Reason), new FusedGlu(glu.Module, glu.Reason),
-            new FusedDropout(dropout.Module, dropout.Reason), new FusedAdamW(adamW.Module, adamW.Reason), logitsPerChunk);
+            new FusedDropout(dropout.Module, dropout.Reason), new FusedAdamW(adamW.Module, adamW.Reason), weightGradient, logitsPerChunk);
     }
 
     static (PtxModule?, string) TryLoad(string file, IEnumerable<string> kernels, string? ptxDir)
@@ -121,15 +139,17 @@ public sealed class FusedKernels
         Line("lora dropout", Dropout, "bf16/fp32, a multiple of 8 elements"),
         Line("adamw", AdamW, "fp32 contiguous parameters, one launch per step"),
         $"cross-entropy on {Device}: chunked, {LogitsPerChunk} logits per chunk (torch-ops; the full fp32 logits are never made)",
-        $"lora up-projection on {Device}: addmm (base + scaling * (x A^T) B^T in one GEMM epilogue)",
+        $"lora up-projection on {Device}: addmm (base + scaling * (x A^T) B^T in one GEMM epilogue, in place)",
+        Line("lora weight gradients", WeightGradient, "bf16/fp16 operands of an fp32 contiguous .grad"),
     ];
 
     string Line(string op, FusedOp f, string kernelTakes) =>
-        $"{op} on {Device}: {FusedOp.Spell(f.Path)} ({f.Reason}" + (f.Path == FusedPath.CudaPtx ? $"; torch-ops where a tensor is not {kernelTakes})" : ")");
+        $"{op} on {Device}: {FusedOp.Spell(f.Path)} ({f.Reason}" + (f.Path != FusedPath.TorchOps ? $"; torch-ops where a tensor is not {kernelTakes})" : ")");
 
     /// <summary>Calls each op's kernel and reference served so far (for `bench train --profile`).</summary>
     public IReadOnlyDictionary<string, (long Kernel, long Reference)> CallCounts() => new Dictionary<string, (long, long)>
     {
         ["rmsnorm"] = RmsNorm.Calls, ["rope"] = Rope.Calls, ["glu"] = Glu.Calls, ["lora_dropout"] = Dropout.Calls, ["adamw"] = AdamW.Calls,
+        ["lora_weight_gradient"] = WeightGradient.Calls,
     };
 }

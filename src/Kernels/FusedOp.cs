@@ -8,6 +8,9 @@ public enum FusedPath
     /// <summary>Our CUDA kernel (PTX loaded into the device's context).</summary>
     CudaPtx,
 
+    /// <summary>A cuBLAS entry point that torch has and TorchSharp does not bind (<see cref="Cuda.Cublas"/>).</summary>
+    Cublas,
+
     /// <summary>The op's torch-op reference (any device).</summary>
     TorchOps,
 }
@@ -32,7 +35,7 @@ public abstract class FusedOp
     private protected PtxModule? Module { get; }
 
     /// <summary>The path calls take where the tensors fit the kernel (CPU tensors always take the reference).</summary>
-    public FusedPath Path => Module is null ? FusedPath.TorchOps : FusedPath.CudaPtx;
+    public virtual FusedPath Path => Module is null ? FusedPath.TorchOps : FusedPath.CudaPtx;
 
     /// <summary>Why this path (for the report).</summary>
     public string Reason { get; }
@@ -48,6 +51,11 @@ public abstract class FusedOp
     private protected unsafe void Launch(string name, uint gridX, uint gridY, uint blockX, void** args, uint sharedBytes = 0) =>
         CudaDriver.Launch(Module!.Context, Module.Function(name), gridX, gridY, blockX, args, sharedBytes);
 
-    /// <summary>"cuda-ptx" or "torch-ops".</summary>
-    public static string Spell(FusedPath path) => path == FusedPath.CudaPtx ? "cuda-ptx" : "torch-ops";
+    /// <summary>"cuda-ptx", "cublas" or "torch-ops".</summary>
+    public static string Spell(FusedPath path) => path switch
+    {
+        FusedPath.CudaPtx => "cuda-ptx",
+        FusedPath.Cublas => "cublas",
+        _ => "torch-ops",
+    };
 }

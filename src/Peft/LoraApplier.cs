@@ -21,9 +21,11 @@ public static partial class LoraApplier
     /// null draws from torch's default generator. <paramref name="dropoutRandom"/>: where every adapter draws its
     /// dropout masks (a training run's stream); null = each adapter its own (<see cref="LoraDropout"/>).
     /// <paramref name="dropoutKernel"/>: the fused dropout of the run's kernel selection; null = the torch-op reference.
+    /// <paramref name="gradientKernel"/>: how the adapters' hand-written backward adds their gradients (the run's
+    /// <see cref="FusedWeightGradient"/>); null = the torch-op reference.
     /// </summary>
     public static IReadOnlyList<string> Apply<TModel>(TModel model, LoraSettings settings, long? seed = null, RandomStream? dropoutRandom = null,
-        FusedDropout? dropoutKernel = null)
+        FusedDropout? dropoutKernel = null, FusedWeightGradient? gradientKernel = null)
         where TModel : nn.Module, IReplaceableLinears
     {
         if (model.modules().Any(m => m is LoraLinear))
@@ -40,7 +42,7 @@ public static partial class LoraApplier
         var casts = model.Passes is { } passes ? new LoraFactorCasts(passes) : null;
         foreach (var path in selected)
         {
-            var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom, dropoutKernel)
+            var wrapped = new LoraLinear((FrozenLinear)model.GetLinear(path), settings.R, settings.Alpha, settings.Dropout, settings.UseRsLora, generator, dropoutRandom, dropoutKernel, gradientKernel)
             {
                 Casts = casts,
             };

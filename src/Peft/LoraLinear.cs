@@ -41,9 +41,13 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
     /// <param name="dropoutRandom">where the dropout masks come from (a training run passes the stream it reseeds per
     /// micro-batch), or null for a stream of the adapter's own (<see cref="LoraDropout"/>).</param>
     /// <param name="dropoutKernel">the fused dropout of the run's kernel selection; null = the torch-op reference.</param>
+    /// <param name="gradientKernel">how a hand-written backward (<see cref="Record"/>) adds A's and B's gradients into their
+    /// .grad, from the run's kernel selection (<see cref="FusedWeightGradient"/>); null = the torch-op reference.</param>
     public LoraLinear(FrozenLinear baseLayer, int r, double alpha, double dropout, bool useRsLora,
-        Generator? generator = null, Models.RandomStream? dropoutRandom = null, FusedDropout? dropoutKernel = null) : base(nameof(LoraLinear))
+        Generator? generator = null, Models.RandomStream? dropoutRandom = null, FusedDropout? dropoutKernel = null,
+        FusedWeightGradient? gradientKernel = null) : base(nameof(LoraLinear))
     {
+        GradientKernel = gradientKernel;
         if (dropout < 0 || dropout >= 1)
             throw new ArgumentException($"LoRA dropout {dropout} must be in [0, 1)");
         Rank = r;
@@ -82,6 +86,9 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
 
     /// <summary>B [out, r], the trainable up-projection (fp32).</summary>
     public Parameter B => lora_B.Weight;
+
+    /// <summary>How the tapes of <see cref="Record"/> add the factors' gradients (null: the torch-op reference).</summary>
+    internal FusedWeightGradient? GradientKernel { get; }
 
     /// <summary>When set, forward is the base layer's alone.</summary>
     public bool Disabled { get; set; }
@@ -126,7 +133,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
         var dtype = base_layer.ComputeDType;
         var h = lora_dropout.forward(x).to(dtype);                   // (..., in)
         var (a, b) = Factors(dtype);
-        var y = LoraPath.AddLowRank(result, h, a, b, Scaling);
+        var y = LoraPath.AddLowRank(result, h, a, b, Scaling, ownsBase: true);    // result is this call's own product
         return y.MoveToOuterDisposeScope();
     }
 
@@ -173,7 +180,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
         var baseTape = base_layer.Record(x, keepWeight, product);
         if (Disabled) return baseTape;
         var (a, b) = Factors(base_layer.ComputeDType);
-        return new LoraLinearTape(baseTape, x, lora_dropout as LoraDropout, A, B, a, b, Scaling, product);
+        return new LoraLinearTape(baseTape, x, lora_dropout as LoraDropout, A, B, a, b, Scaling, product, gradients: GradientKernel);
     }
 
     /// <summary>With every member a <see cref="LoraLinear"/> that can share its down projection

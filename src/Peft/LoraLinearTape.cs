@@ -1,4 +1,5 @@
 using QLoraNet.Quant;
+using QLoraNet.Kernels;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -11,8 +12,8 @@ namespace QLoraNet.Peft;
 /// without autograd as <see cref="LoraLinear"/>'s forward runs it (the same addmm, <see cref="Kernels.LoraPath"/>),
 /// keeping h, down = h Aᵀ (N, r) and the factors in the compute dtype for backward, which is written out:
 ///
-///     dB += scaling · dyᵀ down        (out, r)
-///     dA += scaling · (dy B)ᵀ h       (r, in)
+///     dB += scaling · dyᵀ down        (out, r)     each added into the fp32 .grad inside its GEMM where the
+///     dA += scaling · (dy B)ᵀ h       (r, in)      run's kernels allow (Kernels.FusedWeightGradient)
 ///     dx += scaling · (dy B) A        (through dropout's mask when there is one), plus the base's dy W
 ///
 /// The factors' gradients go into their fp32 <c>.grad</c>, as autograd's accumulation does (the flat gradient
@@ -24,15 +25,18 @@ public sealed class LoraLinearTape : LinearTape
     readonly LoraDropout.Draw? draw;
     readonly Parameter aParam, bParam;
     readonly double scaling;
+    readonly FusedWeightGradient? gradients;   // null: the reference (product, then add)
     readonly Tensor h, a, b, down;   // (..., in), (r, in), (out, r), (N, r): compute dtype
 
     /// <param name="aCompute">A in the compute dtype (r, in), a handle the tape takes over.</param>
     /// <param name="bCompute">B in the compute dtype (out, r), a handle the tape takes over.</param>
     /// <param name="down">h Aᵀ (N, r) when already made (this adapter's columns of a down projection shared with
     /// others, <see cref="SharedLoraDown"/>), a handle the tape takes over; null = made here.</param>
+    /// <param name="gradients">how A's and B's gradients are added into their .grad (<see cref="FusedWeightGradient"/>); null = the reference.</param>
     internal LoraLinearTape(LinearTape baseTape, Tensor x, LoraDropout? dropout, Parameter a, Parameter b, Tensor aCompute, Tensor bCompute,
-        double scaling, bool product, Tensor? down = null)
+        double scaling, bool product, Tensor? down = null, FusedWeightGradient? gradients = null)
     {
+        this.gradients = gradients;
         var computeDType = aCompute.dtype;
         this.baseTape = baseTape;
         aParam = a;
@@ -49,8 +53,8 @@ public sealed class LoraLinearTape : LinearTape
         var baseOutput = baseTape.Output!;                                                  // (..., out)
         if (baseOutput.dtype != h.dtype)
             throw new InvalidOperationException($"the base output is {baseOutput.dtype}, the adapter computes in {h.dtype}");
-        var y = torch.addmm(baseOutput.reshape(-1, this.b.size(0)), this.down, this.b.t(), beta: 1, alpha: (float)scaling);
-        Output = y.view_as(baseOutput).DetachFromDisposeScope();
+        // The base tape's product is read by nothing else: the sum is made in it (LoraPath.AddUp's ownsBase).
+        Output = LoraPath.AddUp(baseOutput, this.down, this.b, scaling, ownsBase: true).DetachFromDisposeScope();
         baseTape.ReleaseOutput();
     }
 
@@ -62,7 +66,7 @@ public sealed class LoraLinearTape : LinearTape
         {
             var rows = UpBackward(dy);                                                      // (N, out)
             var dyB = rows.mm(b);                                                           // (N, r)
-            if (aParam.requires_grad) GradOf(aParam).add_(dyB.t().mm(Rows(h)), alpha: scaling); // (r, in)
+            if (aParam.requires_grad) AddProduct(gradients, GradOf(aParam), dyB.t(), Rows(h), scaling); // (r, in)
             if (draw is null)
                 Rows(grad).addmm_(dyB, a, beta: 1, alpha: (float)scaling);
             else
@@ -92,8 +96,15 @@ public sealed class LoraLinearTape : LinearTape
     Tensor UpBackward(Tensor dy)
     {
         var rows = Rows(dy.dtype == h.dtype ? dy : dy.to(h.dtype));                         // (N, out)
-        if (bParam.requires_grad) GradOf(bParam).add_(rows.t().mm(down), alpha: scaling);   // (out, r)
+        if (bParam.requires_grad) AddProduct(gradients, GradOf(bParam), rows.t(), down, scaling);   // (out, r)
         return rows;
+    }
+
+    /// <summary>grad += alpha · p q through <paramref name="op"/>, or its reference where there is none.</summary>
+    internal static void AddProduct(FusedWeightGradient? op, Tensor grad, Tensor p, Tensor q, double alpha)
+    {
+        if (op is null) FusedWeightGradient.AddProductReference(grad, p, q, alpha);
+        else op.AddProduct(grad, p, q, alpha);
     }
 
     /// <summary>The parameter's gradient, made (zeros) where autograd would have made it on its first accumulation.</summary>

@@ -106,7 +106,7 @@ public static class ModelBuilder
             AdapterConfig? adapter = null;
             if (o.NewAdapter is { } lora)
             {
-                adapter = AdapterConfig.From(lora, LoraApplier.Apply(model, lora, o.AdapterSeed, o.AdapterDropout, kernels.Fused.Dropout), modelDir)
+                adapter = AdapterConfig.From(lora, LoraApplier.Apply(model, lora, o.AdapterSeed, o.AdapterDropout, kernels.Fused.Dropout, kernels.Fused.WeightGradient), modelDir)
                     with { Provenance = new AdapterProvenance(format) };
                 if (o.AdapterInitDir is { } init) AdapterInit.LoadInto(init, model, lora);
             }

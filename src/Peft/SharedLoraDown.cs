@@ -60,7 +60,7 @@ internal sealed class SharedLoraDown(LoraLinear[] adapters) : IDisposable
         {
             var lora = adapters[i];
             var b = lora.UpFactor(lora.ComputeDType);                                // (outᵢ, rᵢ)
-            var y = LoraPath.AddUp(lora.BaseLayer.forward(x), down.narrow(1, offset, lora.Rank), b, lora.Scaling);
+            var y = LoraPath.AddUp(lora.BaseLayer.forward(x), down.narrow(1, offset, lora.Rank), b, lora.Scaling, ownsBase: true);
             outputs[i] = y.MoveToOuterDisposeScope();                                // (..., outᵢ)
             offset += lora.Rank;
         }
@@ -82,10 +82,10 @@ internal sealed class SharedLoraDown(LoraLinear[] adapters) : IDisposable
             // Adapter i's own tape over its rows of A and its columns of down: views, no copies.
             tapes[i] = new LoraLinearTape(lora.BaseLayer.Record(x, keepWeight), h, null, lora.A, lora.B,
                 aCat.narrow(0, offset, r), lora.UpFactor(lora.ComputeDType), lora.Scaling, product: true,
-                down: down.narrow(1, offset, r));
+                down: down.narrow(1, offset, r), gradients: lora.GradientKernel);
             offset += r;
         }
-        return new SharedLoraDownTape(tapes, [.. adapters.Select(a => a.A)], h, aCat);
+        return new SharedLoraDownTape(tapes, [.. adapters.Select(a => a.A)], h, aCat, adapters[0].GradientKernel);
     }
 
     /// <summary>The input in the compute dtype, the concatenated A and the group's down projection, in the caller's scope.</summary>

@@ -1,3 +1,4 @@
+using QLoraNet.Kernels;
 using QLoraNet.Quant;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -24,13 +25,16 @@ internal sealed class SharedLoraDownTape : LinearTapeGroup
     readonly LoraLinearTape[] adapters;
     readonly Parameter[] aParams;
     readonly Tensor h, aCat;   // (..., in) and (Σr, in) in the compute dtype
+    readonly FusedWeightGradient? gradients;   // null: the reference (one product, then an add per A)
 
     /// <param name="adapters">the members' tapes, taken over.</param>
     /// <param name="aParams">each member's A (rᵢ, in), the fp32 parameter whose .grad receives its rows of dA.</param>
     /// <param name="h">(..., in) the shared input in the compute dtype, a handle the group takes over.</param>
     /// <param name="aCat">(Σr, in) the concatenated A in the compute dtype, a handle the group takes over.</param>
-    public SharedLoraDownTape(LoraLinearTape[] adapters, Parameter[] aParams, Tensor h, Tensor aCat) : base(adapters)
+    /// <param name="gradients">how dA's row blocks are added into the A's .grad; null = the reference.</param>
+    public SharedLoraDownTape(LoraLinearTape[] adapters, Parameter[] aParams, Tensor h, Tensor aCat, FusedWeightGradient? gradients = null) : base(adapters)
     {
+        this.gradients = gradients;
         this.adapters = adapters;
         this.aParams = aParams;
         this.h = h.DetachFromDisposeScope();
@@ -53,14 +57,22 @@ internal sealed class SharedLoraDownTape : LinearTapeGroup
         }
         using (no_grad())
         {
-            if (aParams.Any(a => a.requires_grad))
+            var rowsOfH = h.reshape(n, -1);                                                // (N, in)
+            if (aParams.All(a => a.requires_grad))
             {
-                var dA = g.t().mm(h.reshape(n, -1));                                       // (Σr, in)
+                // dA = Gᵀ h (Σr, in), row block i into Aᵢ's .grad: G was scaled already (alpha 1).
+                var grads = aParams.Select(LoraLinearTape.GradOf).ToArray();
+                if (gradients is null) FusedWeightGradient.AddProductsReference(grads, g.t(), rowsOfH, 1.0);
+                else gradients.AddProducts(grads, g.t(), rowsOfH, 1.0);
+            }
+            else
+            {
                 offset = 0;
                 foreach (var a in aParams)
                 {
                     long r = a.size(0);
-                    if (a.requires_grad) LoraLinearTape.GradOf(a).add_(dA.narrow(0, offset, r));   // (rᵢ, in)
+                    if (a.requires_grad)
+                        LoraLinearTape.AddProduct(gradients, LoraLinearTape.GradOf(a), g.narrow(1, offset, r).t(), rowsOfH, 1.0);  // (rᵢ, in)
                     offset += r;
                 }
             }

@@ -34,6 +34,7 @@ public static unsafe class CudaDriver
     [DllImport(Lib)] static extern int cuCtxPushCurrent_v2(IntPtr ctx);
     [DllImport(Lib)] static extern int cuCtxPopCurrent_v2(out IntPtr ctx);
     [DllImport(Lib)] static extern int cuDeviceGetAttribute(out int value, int attrib, int device);
+    [DllImport(Lib)] static extern int cuDevicePrimaryCtxRetain(out IntPtr ctx, int device);
     [DllImport(Lib)] static extern int cuModuleLoadData(out IntPtr module, byte* image);
     [DllImport(Lib)] static extern int cuModuleGetFunction(out IntPtr fn, IntPtr module, [MarshalAs(UnmanagedType.LPStr)] string name);
     [DllImport(Lib)] static extern int cuLaunchKernel(IntPtr f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz,
@@ -113,6 +114,28 @@ public static unsafe class CudaDriver
             if (push) cuCtxPopCurrent_v2(out _);
         }
     }
+
+    /// <summary>The primary context of CUDA device <paramref name="device"/> (the one libtorch and the runtime API use),
+    /// retained: call once per device and keep it.</summary>
+    public static IntPtr RetainPrimaryContext(int device)
+    {
+        Check(cuInit(0), "cuInit");
+        Check(cuDevicePrimaryCtxRetain(out var ctx, device), "cuDevicePrimaryCtxRetain");
+        return ctx;
+    }
+
+    /// <summary>Makes <paramref name="context"/> current on this thread when another one is; returns whether it pushed
+    /// (then <see cref="PopContext"/> restores the previous one), so libtorch's notion of the current device is kept.</summary>
+    public static bool PushContextIfOther(IntPtr context)
+    {
+        Check(cuCtxGetCurrent(out var current), "cuCtxGetCurrent");
+        if (current == context) return false;
+        Check(cuCtxPushCurrent_v2(context), "cuCtxPushCurrent");
+        return true;
+    }
+
+    /// <summary>Undoes a <see cref="PushContextIfOther"/> that pushed.</summary>
+    public static void PopContext() => cuCtxPopCurrent_v2(out _);
 
     /// <summary>Bytes of device memory in use on the current device (by every process and allocator cache), for benchmarks.</summary>
     public static long DeviceMemoryUsed()

@@ -21,7 +21,9 @@ public enum FourBitDequantPath
 /// <param name="DisableCuda">use torch ops instead of our CUDA kernels (to compare).</param>
 /// <param name="PtxDir">load each kernel's PTX (nf4_dequant.ptx, rms_norm.ptx, ...) from this directory where it holds
 /// one, instead of the embedded image (kernel development).</param>
-public sealed record KernelOptions(bool DisableCuda = false, string? PtxDir = null);
+/// <param name="TorchWeightGradients">LoRA's factor gradients through the torch-op reference (a bf16 product, then an
+/// fp32 add) instead of cuBLAS's GEMM into the fp32 .grad (Kernels.FusedWeightGradient): to compare the two.</param>
+public sealed record KernelOptions(bool DisableCuda = false, string? PtxDir = null, bool TorchWeightGradients = false);
 
 /// <summary>
 /// The one place that decides which kernels run on a device, made once by the caller (the CLI) and passed down
@@ -159,7 +161,7 @@ public sealed class KernelSelection
     public static KernelSelection For(Device device, KernelOptions? options = null)
     {
         options ??= new KernelOptions();
-        var fused = FusedKernels.Load(device, options.DisableCuda, options.PtxDir);
+        var fused = FusedKernels.Load(device, options.DisableCuda, options.PtxDir, torchWeightGradients: options.TorchWeightGradients);
         var int8 = Int8For(device, options);
         var ternary = TernaryFor(device, options);
         if (device.type != DeviceType.CUDA)

@@ -55,4 +55,45 @@ public class LoraPathTests
         var fusedBound = Scaling * R * u32 * absUp + u * exact.abs();
         AssertWithin(fused, reference, (refBound + fusedBound) * 1.01, "y");
     }
+
+    [Theory]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    public void A_handed_over_base_takes_the_same_sum_in_place(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var (b0, h0, a0, bb0) = Inputs(dtype);
+        var down = nn.functional.linear(h0, a0);                                             // (2, N/2, R)
+        var copied = LoraPath.AddUp(b0, down, bb0, Scaling);                                 // out of place: b0 untouched
+        var owned = b0.clone();
+        var inPlace = LoraPath.AddUp(owned, down, bb0, Scaling, ownsBase: true);
+        Assert.True(LoraPath.InPlace(owned, down, bb0));
+        Assert.True(inPlace.equal(copied).all().item<bool>(), "the same GEMM on the same operands: bit for bit");
+        Assert.True(owned.equal(copied).all().item<bool>(), "the sum was made in the handed-over tensor");
+        Assert.False(b0.equal(copied).all().item<bool>(), "the out-of-place sum left its base alone");
+        var viaLowRank = LoraPath.AddLowRank(b0.clone(), h0, a0, bb0, Scaling, ownsBase: true);
+        Assert.True(viaLowRank.equal(LoraPath.AddLowRank(b0, h0, a0, bb0, Scaling)).all().item<bool>());
+    }
+
+    [Fact]
+    public void A_handed_over_base_stays_untouched_where_a_graph_is_built_or_it_is_strided()
+    {
+        using var scope = NewDisposeScope();
+        var (b0, h0, a0, bb0) = Inputs(ScalarType.Float32);
+        var down = nn.functional.linear(h0, a0);
+        // Under autograd the sum must be a new node: the base keeps its value and its gradient is dy.
+        var leaf = b0.clone().requires_grad_(true);
+        Assert.False(LoraPath.InPlace(leaf, down, bb0));
+        var y = LoraPath.AddUp(leaf, down, bb0, Scaling, ownsBase: true);
+        Assert.True(leaf.detach().equal(b0).all().item<bool>());
+        var dy = Randn(y.shape, ScalarType.Float32, 6);
+        Assert.True(autograd.grad([y], [leaf], [dy])[0].equal(dy).all().item<bool>());
+        // A strided base (a transposed view) would be copied by torch: the out-of-place path runs instead.
+        var wide = b0.transpose(0, 1).contiguous().transpose(0, 1);                            // same values, strided
+        var before = wide.clone();
+        Assert.False(LoraPath.InPlace(wide, down, bb0));
+        var z = LoraPath.AddUp(wide, down, bb0, Scaling, ownsBase: true);
+        Assert.True(wide.equal(before).all().item<bool>());
+        Assert.True(z.equal(LoraPath.AddUp(b0, down, bb0, Scaling)).all().item<bool>());
+    }
 }
