@@ -294,7 +294,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
             }
             catch (Exception e) when (OutOfMemoryAdvice.IsOutOfMemory(e))
             {
-                throw new InvalidOperationException(OutOfMemoryAdvice.For(e, step + 1, _t, _config.Data.MaxSeqLen, Environment.GetEnvironmentVariable("PYTORCH_CUDA_ALLOC_CONF")), e);
+                throw new InvalidOperationException(OutOfMemoryAdvice.For(e, step + 1, _t, _config.Data.MaxSeqLen, OutOfMemoryAdvice.AllocatorConfigOfProcess()), e);
             }
             var launched = new Launched(inFlight, lr, _batches.Epoch, _batches.MicroBatch, launchedAt);
             // The step before, read while the device runs this one. A non-finite one stops the run: this step's

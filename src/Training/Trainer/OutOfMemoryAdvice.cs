@@ -16,8 +16,14 @@ public static partial class OutOfMemoryAdvice
         e is ExternalException && (e.Message.Contains("out of memory", StringComparison.OrdinalIgnoreCase)
                                    || e.Message.Contains("can't allocate memory", StringComparison.Ordinal));
 
+    /// <summary>The caching allocator's configuration as libtorch reads it from this process's environment:
+    /// PYTORCH_ALLOC_CONF (PyTorch 2.9's name), else PYTORCH_CUDA_ALLOC_CONF (the older one, still read); null when
+    /// neither is set. (The CLI sets the older one where the user set neither: Native's CudaAllocatorDefaults.)</summary>
+    public static string? AllocatorConfigOfProcess() =>
+        Environment.GetEnvironmentVariable("PYTORCH_ALLOC_CONF") ?? Environment.GetEnvironmentVariable("PYTORCH_CUDA_ALLOC_CONF");
+
     /// <summary>The one-line error for an out-of-memory in step <paramref name="step"/> (1-based).</summary>
-    /// <param name="allocatorConfig">PYTORCH_CUDA_ALLOC_CONF as the process has it (null: unset).</param>
+    /// <param name="allocatorConfig">the allocator's configuration (<see cref="AllocatorConfigOfProcess"/>; null: unset).</param>
     public static string For(Exception e, int step, TrainingConfig t, int maxSeqLen, string? allocatorConfig)
     {
         var asked = TriedToAllocate().Match(e.Message);
