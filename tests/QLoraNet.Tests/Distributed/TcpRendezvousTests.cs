@@ -6,6 +6,10 @@ namespace QLoraNet.Tests.Distributed;
 
 /// <summary>The rendezvous: mismatched ranks fail fast (well before the deadline, which is long here) on both sides,
 /// with a message naming both; missing ranks and an absent rank 0 are named at the deadline.</summary>
+// Never beside the multi-process launches: on a 2-core CI machine, up to four training processes starve these ranks'
+// socket completions and deadline timers (the leaver test once saw its 20 s deadline fire ~10 s late and naming the
+// wrong rank, and once no rank finished within 120 s, both in full-suite runs); the deadlines are what is tested.
+[Collection("processes")]
 [Trait("tier", "unit")]
 public class TcpRendezvousTests
 {
