@@ -53,9 +53,7 @@ public sealed class FusedKernels
 
     /// <summary>Every op's torch-op reference, for tests and library callers that chose nothing.</summary>
     public static FusedKernels Reference(string reason = "no selection made: torch-op references") =>
-        new("cpu", new FusedRmsNorm(null, reason), new FusedRope(null, reason), new FusedGlu(null, reason),
-            new FusedDropout(null, reason), new FusedAdamW(null, reason), new FusedWeightGradient(null, reason),
-            ChunkedCrossEntropy.DefaultLogitsPerChunk);
+        References("cpu", reason, ChunkedCrossEntropy.DefaultLogitsPerChunk);
 
     /// <summary>
     /// The choices for <paramref name="device"/>: on CUDA, each op's kernel unless <paramref name="disableCuda"/>, the
@@ -68,21 +66,22 @@ public sealed class FusedKernels
         long logitsPerChunk = ChunkedCrossEntropy.DefaultLogitsPerChunk, bool torchWeightGradients = false)
     {
         string name = device.type.ToString().ToLowerInvariant();
-        if (device.type != DeviceType.CUDA)
-            return Of(name, _ => (null, "CPU tensors: torch-op reference"), logitsPerChunk, new(null, "CPU tensors: torch-op reference"));
-        if (disableCuda)
-            return Of(name, _ => (null, "CUDA kernels disabled by the caller"), logitsPerChunk, new(null, "CUDA kernels disabled by the caller"));
+        if (device.type != DeviceType.CUDA) return References(name, "CPU tensors: torch-op reference", logitsPerChunk);
+        if (disableCuda) return References(name, "CUDA kernels disabled by the caller", logitsPerChunk);
         try
         {
             using (zeros(1, device: device)) { }   // libtorch makes its CUDA context current on first use
         }
         catch (Exception e)
         {
-            string why = $"no usable CUDA device: {FirstLine(e.Message)}";
-            return Of(name, _ => (null, why), logitsPerChunk, new(null, why));
+            return References(name, $"no usable CUDA device: {FirstLine(e.Message)}", logitsPerChunk);
         }
         return Of(name, op => TryLoad(op.File, op.Kernels, ptxDir), logitsPerChunk, WeightGradientFor(device, torchWeightGradients));
     }
+
+    /// <summary>Every op on its torch-op reference, for <paramref name="reason"/>.</summary>
+    static FusedKernels References(string device, string reason, long logitsPerChunk) =>
+        Of(device, _ => (null, reason), logitsPerChunk, new(null, reason));
 
     /// <summary>cuBLAS's GEMM for LoRA's factor gradients when it loads and passes its self-check on the device
     /// (<see cref="FusedWeightGradient.SelfCheck"/>), else the reference with the reason.</summary>

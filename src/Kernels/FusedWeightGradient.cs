@@ -164,8 +164,8 @@ public sealed class FusedWeightGradient : FusedOp
         long m = rows ?? p.size(0);
         if (grad.size(0) != m || p.size(1) != q.size(0) || grad.size(1) != q.size(1)) return null;
         if (Math.Max(Math.Max(p.size(0), p.size(1)), q.size(1)) > int.MaxValue) return null;
-        using var first = p.narrow(0, 0, m);                                              // the first block's operand
-        if (Cublas.AsTransposed(first) is not { } pOp || Cublas.AsTransposed(q) is not { } qOp) return null;
+        // p itself describes its first block (same first element, same strides): no view made per call on this hot path.
+        if (Cublas.AsTransposed(p) is not { } pOp || Cublas.AsTransposed(q) is not { } qOp) return null;
         return new Fit(device, pOp, qOp, inputType);
     }
 

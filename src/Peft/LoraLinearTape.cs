@@ -107,6 +107,13 @@ public sealed class LoraLinearTape : LinearTape
         else op.AddProduct(grad, p, q, alpha);
     }
 
+    /// <summary>grads[i] += alpha · (row block i of p) q through <paramref name="op"/>, or its reference where there is none.</summary>
+    internal static void AddProducts(FusedWeightGradient? op, IReadOnlyList<Tensor> grads, Tensor p, Tensor q, double alpha)
+    {
+        if (op is null) FusedWeightGradient.AddProductsReference(grads, p, q, alpha);
+        else op.AddProducts(grads, p, q, alpha);
+    }
+
     /// <summary>The parameter's gradient, made (zeros) where autograd would have made it on its first accumulation.</summary>
     internal static Tensor GradOf(Parameter p)
     {

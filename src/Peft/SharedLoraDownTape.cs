@@ -61,9 +61,7 @@ internal sealed class SharedLoraDownTape : LinearTapeGroup
             if (aParams.All(a => a.requires_grad))
             {
                 // dA = Gᵀ h (Σr, in), row block i into Aᵢ's .grad: G was scaled already (alpha 1).
-                var grads = aParams.Select(LoraLinearTape.GradOf).ToArray();
-                if (gradients is null) FusedWeightGradient.AddProductsReference(grads, g.t(), rowsOfH, 1.0);
-                else gradients.AddProducts(grads, g.t(), rowsOfH, 1.0);
+                LoraLinearTape.AddProducts(gradients, [.. aParams.Select(LoraLinearTape.GradOf)], g.t(), rowsOfH, 1.0);
             }
             else
             {

@@ -115,14 +115,14 @@ public sealed unsafe class Cublas
         int rc;
         try
         {
-        if (batch == 1)
-            rc = _gemmEx(handle, q.Transposed ? OpT : OpN, p.Transposed ? OpT : OpN, checked((int)n), checked((int)m), checked((int)k),
-                &alpha, (void*)q.Data, inputType, checked((int)q.Ld), (void*)p.Data, inputType, checked((int)p.Ld),
-                &beta, (void*)c, R32F, checked((int)ldc), Compute32F, GemmDefault);
-        else
-            rc = _gemmStridedBatchedEx(handle, q.Transposed ? OpT : OpN, p.Transposed ? OpT : OpN, checked((int)n), checked((int)m), checked((int)k),
-                &alpha, (void*)q.Data, inputType, checked((int)q.Ld), strideQ, (void*)p.Data, inputType, checked((int)p.Ld), strideP,
-                &beta, (void*)c, R32F, checked((int)ldc), strideC, batch, Compute32F, GemmDefault);
+            if (batch == 1)
+                rc = _gemmEx(handle, q.Transposed ? OpT : OpN, p.Transposed ? OpT : OpN, checked((int)n), checked((int)m), checked((int)k),
+                    &alpha, (void*)q.Data, inputType, checked((int)q.Ld), (void*)p.Data, inputType, checked((int)p.Ld),
+                    &beta, (void*)c, R32F, checked((int)ldc), Compute32F, GemmDefault);
+            else
+                rc = _gemmStridedBatchedEx(handle, q.Transposed ? OpT : OpN, p.Transposed ? OpT : OpN, checked((int)n), checked((int)m), checked((int)k),
+                    &alpha, (void*)q.Data, inputType, checked((int)q.Ld), strideQ, (void*)p.Data, inputType, checked((int)p.Ld), strideP,
+                    &beta, (void*)c, R32F, checked((int)ldc), strideC, batch, Compute32F, GemmDefault);
         }
         finally
         {

@@ -102,16 +102,14 @@ public static unsafe class CudaDriver
     /// </summary>
     public static void Launch(IntPtr context, IntPtr fn, uint gridX, uint gridY, uint blockX, void** args, uint sharedBytes = 0)
     {
-        Check(cuCtxGetCurrent(out var current), "cuCtxGetCurrent");
-        bool push = current != context;
-        if (push) Check(cuCtxPushCurrent_v2(context), "cuCtxPushCurrent");
+        bool pushed = PushContextIfOther(context);
         try
         {
             Check(cuLaunchKernel(fn, gridX, gridY, 1, blockX, 1, 1, sharedBytes, IntPtr.Zero, args, null), "cuLaunchKernel");
         }
         finally
         {
-            if (push) cuCtxPopCurrent_v2(out _);
+            if (pushed) PopContext();
         }
     }
 
