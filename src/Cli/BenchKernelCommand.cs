@@ -623,6 +623,71 @@ public static class BenchKernelCommand
                     ["device_mib_grown_by_chunked"] = (afterChunked - before) >> 20, ["device_mib_grown_by_full_after_it"] = (afterFull - afterChunked) >> 20,
                 },
                 speed);
+            FusedCrossEntropyParity(hidden, head, labels, chunk, vocab);
+        }
+
+        /// <summary>
+        /// The fused loss kernel against its torch-op reference on one chunk of logits (bf16 and fp32), and the whole
+        /// chunked loss taken in place against the torch-op way. Bounds, from the arithmetic of both sides (fp32 from
+        /// the same inputs): a row's loss lse - x_t, lse = m + ln s, s a sum of V terms each within 2 ulp (e^x),
+        /// differs by at most 2((V + 4) u32 + 2^-22 + u32 (|lse| + |loss|)); a gradient element e^(x - lse) - [j = t],
+        /// in fp32 relative error at most (V + 8) u32 + 2^-22 on each side, rounded once to the logits' dtype, by
+        /// at most one step of that dtype (2^-7 of its magnitude in bf16) plus twice that relative error.
+        /// </summary>
+        void FusedCrossEntropyParity(Tensor hidden, Tensor head, Tensor labels, long chunk, long vocab)
+        {
+            using var scope = NewDisposeScope();
+            var rows = hidden.reshape(-1, hidden.shape[^1]);
+            var targets = cat([labels.narrow(1, 1, labels.shape[1] - 1), full(new[] { labels.shape[0], 1L }, ChunkedCrossEntropy.IgnoreIndex, ScalarType.Int64, _dev)], 1)
+                .reshape(-1).narrow(0, 0, chunk);
+            double fp32Rel = (vocab + 8) * U32 + Math.Pow(2, -22);
+            foreach (var dtype in new[] { ScalarType.BFloat16, ScalarType.Float32 })
+            {
+                using var dtypeScope = NewDisposeScope();
+                var logits = F.linear(rows.narrow(0, 0, chunk), head).to(dtype);                        // (chunk, vocab)
+                var (viaKernel, viaReference) = (logits.clone(), logits.clone());
+                var lossKernel = Fused.CrossEntropy.LossAndGradientInPlace(viaKernel, targets, ChunkedCrossEntropy.IgnoreIndex);
+                var lossReference = FusedCrossEntropy.Reference(viaReference, targets, ChunkedCrossEntropy.IgnoreIndex);
+                var lse = D64(logits).logsumexp(1);
+                var lossBound = 2 * ((vocab + 4) * U32 + Math.Pow(2, -22) + U32 * (lse.abs() + D64(lossReference).abs()));
+                double step = dtype == ScalarType.BFloat16 ? Math.Pow(2, -7) : 0;
+                var gradBound = D64(viaReference).abs() * (step + 2 * fp32Rel) + 1e-30;
+                var time = Speed("chunk",
+                    Time(() => Fused.CrossEntropy.LossAndGradientInPlace(logits.clone(), targets, ChunkedCrossEntropy.IgnoreIndex)),
+                    Time(() => FusedCrossEntropy.Reference(logits.clone(), targets, ChunkedCrossEntropy.IgnoreIndex)));
+                Emit("fused_cross_entropy", $"{chunk} rows, vocab {vocab}", dtype,
+                    new() { ["path"] = FusedOp.Spell(Fused.CrossEntropy.Path), ["reason"] = Fused.CrossEntropy.Reason },
+                    Prefixed("loss", Within(lossKernel, lossReference, lossBound, "2((V + 4) u32 + 2^-22 + u32 (|lse| + |loss|)) per row")),
+                    Prefixed("grad", Within(viaKernel, viaReference, gradBound, "one step of the dtype + 2((V + 8) u32 + 2^-22), of each element")),
+                    time);
+            }
+            // The whole loss in place (the run's op) against the torch-op way, as `train` takes it.
+            var h1 = hidden.detach().requires_grad_(true);
+            var h2 = hidden.detach().requires_grad_(true);
+            var inPlace = new ChunkedCrossEntropy.InPlaceLoss(Fused.CrossEntropy, r => F.linear(r, head));
+            var a = ChunkedCrossEntropy.Sum(h1, ChunkedCrossEntropy.LinearHead(head), labels, chunk, _handles, inPlace: inPlace);
+            var ga = autograd.grad([a], [h1])[0];
+            _handles.Release();
+            var b = ChunkedCrossEntropy.Sum(h2, ChunkedCrossEntropy.LinearHead(head), labels, chunk, _handles);
+            var gb = autograd.grad([b], [h2])[0];
+            _handles.Release();
+            long tokens = rows.shape[0];
+            var speed = Speed("fwd_bwd",
+                Time(() => { var h = hidden.detach().requires_grad_(true); autograd.grad([ChunkedCrossEntropy.Sum(h, ChunkedCrossEntropy.LinearHead(head), labels, chunk, _handles, inPlace: inPlace)], [h]); _handles.Release(); }, Math.Max(3, iters / 2)),
+                Time(() => { var h = hidden.detach().requires_grad_(true); autograd.grad([ChunkedCrossEntropy.Sum(h, ChunkedCrossEntropy.LinearHead(head), labels, chunk, _handles)], [h]); _handles.Release(); }, Math.Max(3, iters / 2)));
+            double la = a.item<float>(), lb = b.item<float>();
+            var sumBound = tokens * 2 * ((vocab + 4) * U32 + Math.Pow(2, -22)) + 2 * tokens * U32 * Math.Abs(lb);
+            _checks++;
+            bool ok = Math.Abs(la - lb) <= sumBound;
+            if (!ok) _failures++;
+            Emit("fused_cross_entropy_loss", $"{tokens} tokens, vocab {vocab}, chunk {chunk}", ScalarType.BFloat16,
+                new()
+                {
+                    ["loss_in_place"] = la, ["loss_torch_ops"] = lb, ["loss_parity"] = ok ? "within_bound" : "FAIL", ["loss_bound"] = R(sumBound),
+                    ["grad_identical_fraction"] = ga.eq(gb).to(ScalarType.Float64).mean().item<double>(),
+                    ["grad_max_rel_diff"] = R((D64(ga) - D64(gb)).abs().max().item<double>() / D64(gb).abs().max().item<double>()),
+                },
+                speed);
         }
 
         // ---- LoRA addmm path -----------------------------------------------------------------------------------

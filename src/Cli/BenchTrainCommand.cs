@@ -55,6 +55,7 @@ public static class BenchTrainCommand
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout (lora.dropout; 0 as in the peer benchmark)", DefaultValueFactory = _ => 0.0 };
         var device = new Option<string>("--device") { Description = "cuda, or cpu for a quick check on a small model", DefaultValueFactory = _ => "cuda" };
         var gpus = new Option<int>("--gpus") { Description = "data-parallel ranks on this host (one per GPU; torchrun works too)", DefaultValueFactory = _ => 1 };
+        var torchCe = new Option<bool>("--torch-cross-entropy") { Description = "the loss's torch ops on fp32 logits instead of the fused in-place kernel (for comparisons)" };
         var profile = new Option<bool>("--profile") { Description = "also profile a few steps by phase (CUDA events; capture range for nsys)" };
         var profileSteps = new Option<int>("--profile-steps") { Description = "steps --profile runs", DefaultValueFactory = _ => 3 };
         var chunkLogits = new Option<long>("--logits-per-chunk") { Description = "logits per chunk of the loss (less: lower peak memory)", DefaultValueFactory = _ => ChunkedCrossEntropy.DefaultLogitsPerChunk };
@@ -74,7 +75,7 @@ public static class BenchTrainCommand
             Description = "before timing, compare the adapters' gradients of one micro-batch through the explicit layer backward with the autograd recomputation's (and autograd's with itself: the device's own run-to-run spread)",
         };
         var cmd = new Command("train", "time QLoRA training steps (train's step, random tokens) on a real-size model (CUDA)");
-        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward, checkLayers, kept })
+        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward, checkLayers, kept, torchCe })
             cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
@@ -102,7 +103,7 @@ public static class BenchTrainCommand
             if (pr.GetValue(chunkLogits) < 1) throw new ArgumentException($"--logits-per-chunk {pr.GetValue(chunkLogits)}: must be at least 1");
             if (pr.GetValue(kept) < 0) throw new ArgumentException($"--uncheckpointed-layers {pr.GetValue(kept)}: must be 0 or more");
             var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt),
-                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout), pr.GetValue(chunkLogits), pr.GetValue(kept));
+                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout), pr.GetValue(chunkLogits), pr.GetValue(kept), pr.GetValue(torchCe));
             var loadClock = Stopwatch.StartNew();
             var dropoutRandom = new RandomStream();
             using var built = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
@@ -122,7 +123,7 @@ public static class BenchTrainCommand
             var allocator = dev.type == DeviceType.CUDA ? CudaAllocatorStats.Open(dev) : null; // resets the peak: loading is not counted
             var callsBefore = built.Kernels.Fused.CallCounts();
             var backwardsBefore = LayerBackwards(layers);
-            var (tokS, stepMs, losses) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
+            var (tokS, stepMs, losses, each) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
             var calls = CallsPerStep(callsBefore, built.Kernels.Fused.CallCounts(), pr.GetValue(warmup) + pr.GetValue(steps));
             var backwardsAfter = LayerBackwards(layers);
             double stepsRun = pr.GetValue(warmup) + pr.GetValue(steps);
@@ -138,6 +139,9 @@ public static class BenchTrainCommand
                 J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
                 // Every step's loss, warm-up included, unrounded: runs with the same global batch compare step by step.
                 "\"losses\": [" + string.Join(", ", losses.Select(l => l.ToString("R", CultureInfo.InvariantCulture))) + "]",
+                // Each timed step's device time, start to next start (idle included), and the collections over them.
+                "\"step_device_ms_each\": [" + string.Join(", ", each.StepDeviceMs.Select(v => v.ToString("R", CultureInfo.InvariantCulture))) + "]",
+                "\"gc_timed\": " + each.Gc.Json(),
                 J("base_gib", Math.Round(llama.named_modules().Select(m => m.module).OfType<FrozenLinear>().Sum(f => f.StorageBytes) / Math.Pow(2, 30), 2)),
                 J("logits_per_chunk", shape.LogitsPerChunk), J("adamw_path", FusedOp.Spell(step.Optimizer.LastPath)),
                 // The kernel choice (as `train` prints it at the start) and the calls each path served: nothing fell back unseen.
@@ -250,7 +254,7 @@ public static class BenchTrainCommand
         (layers.Sum(l => l.BackwardCounts.Explicit), layers.Sum(l => l.BackwardCounts.Autograd));
 
     sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing, int GradientAccumulation,
-        double MaxGradNorm, double Dropout, long LogitsPerChunk, int UncheckpointedLayers);
+        double MaxGradNorm, double Dropout, long LogitsPerChunk, int UncheckpointedLayers, bool TorchCrossEntropy);
 
     /// <summary>The model as `train` builds it (<see cref="ModelBuilder"/>), with adapters whose dropout draws from
     /// <paramref name="dropoutRandom"/>, the stream the step reseeds.</summary>
@@ -272,14 +276,15 @@ public static class BenchTrainCommand
         var (llama, fused) = (built.Model, built.Kernels.Fused);
         var trainable = llama.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
         var optimizer = new AdamW(trainable, LearningRate, kernel: fused.AdamW);
-        var step = new TrainStep(llama, optimizer, new CausalLmTokenMeanLoss(shape.LogitsPerChunk),
+        var loss = new CausalLmTokenMeanLoss(shape.LogitsPerChunk, crossEntropy: shape.TorchCrossEntropy ? null : fused.CrossEntropy);
+        var step = new TrainStep(llama, optimizer, loss,
             new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutRandom, replicas);
         return ((step, optimizer), new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq));
     }
 
     /// <summary>Warm-up, then timed optimizer steps; tokens/s counts every replica's tokens. Each step's outcome is
     /// read after the next one is launched, as `train` reads them (<see cref="StepInFlight"/>).</summary>
-    static (double TokensPerSecond, double StepMs, List<double> Losses) TimeSteps((TrainStep Step, AdamW Optimizer) run, RandomTokenBatches data,
+    static (double TokensPerSecond, double StepMs, List<double> Losses, TimedSteps Each) TimeSteps((TrainStep Step, AdamW Optimizer) run, RandomTokenBatches data,
         Device device, IReplicaGroup replicas, int steps, int warmup)
     {
         const double learningRate = LearningRate;
@@ -289,11 +294,14 @@ public static class BenchTrainCommand
         for (int i = 0; i < warmup; i++) losses.Add(step.Run(i, learningRate, data).Loss);
         if (onCuda) cuda.synchronize();
         replicas.Barrier();
+        using var starts = onCuda ? StepStarts.TryOpen() : null;
+        var gc = GcTally.Now();
         var sw = Stopwatch.StartNew();
         long tokens = 0;
         StepInFlight? pending = null;
         for (int i = 0; i <= steps; i++)
         {
+            starts?.Mark();
             var launched = i < steps ? step.Launch(warmup + i, learningRate, data) : null;
             if (pending is not null)
             {
@@ -305,7 +313,66 @@ public static class BenchTrainCommand
         }
         if (onCuda) cuda.synchronize();
         double s = sw.Elapsed.TotalSeconds;
-        return (tokens / s, s / steps * 1000, losses);
+        return (tokens / s, s / steps * 1000, losses, new TimedSteps(starts?.IntervalsMs() ?? [], GcTally.Now() - gc));
+    }
+
+    /// <summary>What the timed steps were made of: each step's device time from its start to the next one's (idle
+    /// gaps included, so a slow step shows as one long interval rather than a higher mean) and the .NET collections
+    /// and pause time over them (the host issues a step's kernels; a pause it cannot hide shows on the device).</summary>
+    internal sealed record TimedSteps(IReadOnlyList<double> StepDeviceMs, GcTally Gc);
+
+    /// <summary>Garbage collections by generation and the runtime's total pause time, at a moment or between two.</summary>
+    internal readonly record struct GcTally(int Gen0, int Gen1, int Gen2, double PauseMs)
+    {
+        public static GcTally Now() =>
+            new(GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2), GC.GetTotalPauseDuration().TotalMilliseconds);
+
+        public static GcTally operator -(GcTally a, GcTally b) => new(a.Gen0 - b.Gen0, a.Gen1 - b.Gen1, a.Gen2 - b.Gen2, a.PauseMs - b.PauseMs);
+
+        public string Json() => $"{{\"gen0\": {Gen0}, \"gen1\": {Gen1}, \"gen2\": {Gen2}, \"pause_ms\": {Math.Round(PauseMs, 1).ToString(CultureInfo.InvariantCulture)}}}";
+    }
+
+    /// <summary>A timing event recorded on stream 0 as each step starts to be issued (and once after the last), so
+    /// the device's time per step can be read after the run without a wait inside it. Null where the driver API is
+    /// not reachable.</summary>
+    sealed class StepStarts : IDisposable
+    {
+        readonly List<CudaDriver.Event> _marks = [];
+
+        public static StepStarts? TryOpen()
+        {
+            var starts = new StepStarts();
+            try
+            {
+                starts.Mark();
+                starts._marks[0].Dispose();
+                starts._marks.Clear();
+                return starts;
+            }
+            catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or EntryPointNotFoundException)
+            {
+                starts.Dispose();
+                return null;
+            }
+        }
+
+        public void Mark()
+        {
+            var e = new CudaDriver.Event();
+            try { e.Record(); }
+            catch { e.Dispose(); throw; }
+            _marks.Add(e);
+        }
+
+        /// <summary>Milliseconds between consecutive marks; call after the device has passed the last one.</summary>
+        public List<double> IntervalsMs() =>
+            [.. Enumerable.Range(1, Math.Max(0, _marks.Count - 1)).Select(i => Math.Round(_marks[i].MillisecondsSince(_marks[i - 1]), 2))];
+
+        public void Dispose()
+        {
+            foreach (var e in _marks) e.Dispose();
+            _marks.Clear();
+        }
     }
 
     /// <summary>

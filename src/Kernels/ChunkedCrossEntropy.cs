@@ -17,7 +17,10 @@ namespace QLoraNet.Kernels;
 /// nothing but the hidden states and backward makes each chunk's logits again and back-propagates through them
 /// into the rows and the parameters. One head matmul more per token.</item>
 /// </list>
-/// Each chunk runs exactly the reference's ops on its rows (the head, the cast to fp32, an optional logit transform
+/// With a frozen head, no transform and a <see cref="InPlaceLoss"/>, each chunk's logits stay in the compute dtype
+/// and <see cref="FusedCrossEntropy"/> writes their gradient over them (one CUDA kernel for the loss and the gradient,
+/// its torch-op reference elsewhere): ~2 bytes a logit of the chunk instead of ~18, the same arithmetic in fp32.
+/// Otherwise each chunk runs exactly the reference's ops on its rows (the head, the cast to fp32, an optional logit transform
 /// such as Gemma 2's final soft-capping, F.cross_entropy with ignore_index, autograd's backward through them), so
 /// per-token losses equal those of the whole batch whenever the chunk's head matmul rounds like the big one's; the
 /// sum differs from one big reduction only in fp32 summation order, and the gradient of the frozen-head way by
@@ -56,12 +59,14 @@ public static class ChunkedCrossEntropy
     /// cap * tanh(logits / cap)); null = none. Autograd differentiates through it.</param>
     /// <param name="headTrains">the head holds parameters that require grad (LoRA on lm_head): backward recomputes
     /// the chunks to reach them. False: the head is frozen and forward takes the rows' gradient.</param>
+    /// <param name="inPlace">the fused loss and the head's logits in the compute dtype (before the cast to fp32 that
+    /// <paramref name="logitsOf"/> ends with): used for a frozen head without <paramref name="logitTransform"/>.</param>
     /// <returns>fp32 scalar (fp64 for fp64 logits): the sum over counted tokens of -log softmax(logits[t-1])[labels[t]].</returns>
     public static Tensor Sum(Tensor hidden, Func<Tensor, Tensor> logitsOf, Tensor labels, long chunkTokens, BackwardHandles handles,
-        Func<Tensor, Tensor>? logitTransform = null, bool headTrains = false)
+        Func<Tensor, Tensor>? logitTransform = null, bool headTrains = false, InPlaceLoss? inPlace = null)
     {
         if (chunkTokens < 1) throw new ArgumentException($"chunk of {chunkTokens} tokens: must be at least 1");
-        var head = new Head(logitsOf, logitTransform);
+        var head = new Head(logitsOf, logitTransform, logitTransform is null ? inPlace : null);
         if (!torch.is_grad_enabled() || (!headTrains && !hidden.requires_grad)) return SumWithoutGraph(hidden, head, labels, chunkTokens);
         if (!headTrains) return GradientInForwardFunction.apply(hidden, head, labels, chunkTokens, handles);
         // The head may close over trainable parameters (an adapter on lm_head) that only backward's recomputation
@@ -77,8 +82,13 @@ public static class ChunkedCrossEntropy
     /// <summary>The number of tokens that count: labels[:, 1:] != IgnoreIndex (int64 scalar).</summary>
     public static Tensor Count(Tensor labels) => labels.narrow(1, 1, labels.shape[1] - 1).ne(IgnoreIndex).sum();
 
-    /// <summary>The projection and the transform of one loss.</summary>
-    sealed record Head(Func<Tensor, Tensor> LogitsOf, Func<Tensor, Tensor>? Transform)
+    /// <summary>A chunk's loss and gradient written over its logits in the compute dtype: the op (kernel or reference,
+    /// <see cref="FusedKernels.CrossEntropy"/>) and the head's logits before their cast to fp32 (the model's
+    /// ComputeDTypeLogits).</summary>
+    public sealed record InPlaceLoss(FusedCrossEntropy Op, Func<Tensor, Tensor> ComputeDTypeLogitsOf);
+
+    /// <summary>The projection and the transform of one loss, and the in-place way where it applies.</summary>
+    sealed record Head(Func<Tensor, Tensor> LogitsOf, Func<Tensor, Tensor>? Transform, InPlaceLoss? InPlace)
     {
         public Tensor Logits(Tensor rows)
         {
@@ -147,8 +157,20 @@ public static class ChunkedCrossEntropy
                     long n = Math.Min(chunk, rows.shape[0] - start);
                     using var chunkScope = NewDisposeScope();
                     var leaf = rows.narrow(0, start, n).detach().requires_grad_(true);
-                    var loss = ChunkLoss(leaf, head, targets.narrow(0, start, n));
-                    grad.narrow(0, start, n).copy_(torch.autograd.grad([loss], [leaf])[0]);
+                    Tensor loss;
+                    if (head.InPlace is { } inPlace)
+                    {
+                        var logits = inPlace.ComputeDTypeLogitsOf(leaf);                     // (n, vocab) compute dtype
+                        var gradLogits = logits.detach();                                  // the same storage
+                        loss = inPlace.Op.LossAndGradientInPlace(gradLogits, targets.narrow(0, start, n), IgnoreIndex).sum();
+                        // The head's backward (g @ W for a linear head) reads the gradient, not its own output.
+                        grad.narrow(0, start, n).copy_(torch.autograd.grad([logits], [leaf], [gradLogits])[0]);
+                    }
+                    else
+                    {
+                        loss = ChunkLoss(leaf, head, targets.narrow(0, start, n));
+                        grad.narrow(0, start, n).copy_(torch.autograd.grad([loss], [leaf])[0]);
+                    }
                     if (total is null) total = loss.detach().MoveToOuterDisposeScope();
                     else total.add_(loss.detach());
                 }

@@ -15,8 +15,9 @@ namespace QLoraNet.Kernels;
 public sealed class FusedKernels
 {
     FusedKernels(string device, FusedRmsNorm rmsNorm, FusedRope rope, FusedGlu glu, FusedDropout dropout, FusedAdamW adamW,
-        FusedWeightGradient weightGradient, long logitsPerChunk)
+        FusedCrossEntropy crossEntropy, FusedWeightGradient weightGradient, long logitsPerChunk)
     {
+        CrossEntropy = crossEntropy;
         WeightGradient = weightGradient;
         Device = device;
         RmsNorm = rmsNorm;
@@ -44,6 +45,9 @@ public sealed class FusedKernels
 
     /// <summary>One AdamW launch for every adapter parameter (a <see cref="MultiTensorAdamW"/> per optimizer uses it).</summary>
     public FusedAdamW AdamW { get; }
+
+    /// <summary>The training loss's chunk: loss and gradient written over its logits in the compute dtype.</summary>
+    public FusedCrossEntropy CrossEntropy { get; }
 
     /// <summary>LoRA's factor gradients accumulated into their fp32 .grad inside the GEMM (cuBLAS on CUDA).</summary>
     public FusedWeightGradient WeightGradient { get; }
@@ -105,9 +109,11 @@ public sealed class FusedKernels
         var glu = load(new(FusedGlu.PtxFile, FusedGlu.KernelNames));
         var dropout = load(new(FusedDropout.PtxFile, FusedDropout.KernelNames));
         var adamW = load(new(FusedAdamW.PtxFile, FusedAdamW.KernelNames));
+        var crossEntropy = load(new(FusedCrossEntropy.PtxFile, FusedCrossEntropy.KernelNames));
         return new FusedKernels(device,
             new FusedRmsNorm(rms.Module, rms.Reason), new FusedRope(rope.Module, rope.Reason), new FusedGlu(glu.Module, glu.Reason),
-            new FusedDropout(dropout.Module, dropout.Reason), new FusedAdamW(adamW.Module, adamW.Reason), weightGradient, logitsPerChunk);
+            new FusedDropout(dropout.Module, dropout.Reason), new FusedAdamW(adamW.Module, adamW.Reason),
+            new FusedCrossEntropy(crossEntropy.Module, crossEntropy.Reason), weightGradient, logitsPerChunk);
     }
 
     static (PtxModule?, string) TryLoad(string file, IEnumerable<string> kernels, string? ptxDir)
@@ -137,7 +143,8 @@ public sealed class FusedKernels
         Line("glu", Glu, "bf16/fp32, a multiple of 8 elements"),
         Line("lora dropout", Dropout, "bf16/fp32, a multiple of 8 elements"),
         Line("adamw", AdamW, "fp32 contiguous parameters, one launch per step"),
-        $"cross-entropy on {Device}: chunked, {LogitsPerChunk} logits per chunk (torch-ops; the full fp32 logits are never made)",
+        Line("cross-entropy", CrossEntropy, "bf16/fp32 logits, vocabulary a multiple of 8")
+            + $"; chunked, {LogitsPerChunk} logits per chunk: the full fp32 logits are never made",
         $"lora up-projection on {Device}: addmm (base + scaling * (x A^T) B^T in one GEMM epilogue, in place)",
         Line("lora weight gradients", WeightGradient, "bf16/fp16 operands of an fp32 contiguous .grad"),
     ];
@@ -149,6 +156,6 @@ public sealed class FusedKernels
     public IReadOnlyDictionary<string, (long Kernel, long Reference)> CallCounts() => new Dictionary<string, (long, long)>
     {
         ["rmsnorm"] = RmsNorm.Calls, ["rope"] = Rope.Calls, ["glu"] = Glu.Calls, ["lora_dropout"] = Dropout.Calls, ["adamw"] = AdamW.Calls,
-        ["lora_weight_gradient"] = WeightGradient.Calls,
+        ["lora_weight_gradient"] = WeightGradient.Calls, ["cross_entropy"] = CrossEntropy.Calls,
     };
 }

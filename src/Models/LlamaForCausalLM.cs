@@ -97,9 +97,17 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLi
     public Tensor Logits(Tensor hidden)
     {
         using var scope = NewDisposeScope();
+        return ComputeDTypeLogits(hidden).to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>(..., hidden) -> (..., vocab) in the compute dtype: <see cref="Logits"/> before its cast to fp32, for a
+    /// loss that works on them without the fp32 copy (Kernels.FusedCrossEntropy).</summary>
+    public Tensor ComputeDTypeLogits(Tensor hidden)
+    {
+        using var scope = NewDisposeScope();
         var logits = HeadPath is null ? F.linear(hidden, model.EmbedTokens.Weight.to(hidden.dtype)) : head.Call(LinearRole.Output, hidden);
         if (Architecture.FinalLogitSoftCap is double cap) logits = (logits / cap).tanh() * cap;
-        return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
+        return logits.MoveToOuterDisposeScope();
     }
 
     /// <summary>An empty KV cache sized for this model, in the compute dtype on the model's device.</summary>

@@ -17,8 +17,10 @@ namespace QLoraNet.Training.Losses;
 /// <param name="logitsPerChunk">how many logits one chunk holds (<see cref="FusedKernels.LogitsPerChunk"/>).</param>
 /// <param name="logitTransform">applied to each chunk's fp32 logits before the loss (a family's final soft-capping);
 /// null = none.</param>
+/// <param name="crossEntropy">the chunk's loss and gradient over its logits in the compute dtype (the run's
+/// <see cref="FusedKernels.CrossEntropy"/>); null = the torch ops on fp32 logits.</param>
 public sealed class CausalLmTokenMeanLoss(long logitsPerChunk = ChunkedCrossEntropy.DefaultLogitsPerChunk,
-    Func<Tensor, Tensor>? logitTransform = null) : ITrainingLoss
+    Func<Tensor, Tensor>? logitTransform = null, FusedCrossEntropy? crossEntropy = null) : ITrainingLoss
 {
     public long Count(Batch batch) => CountedTokens(batch);
 
@@ -28,7 +30,8 @@ public sealed class CausalLmTokenMeanLoss(long logitsPerChunk = ChunkedCrossEntr
         var x = batch.ToTensors(model.Device);
         var hidden = model.HiddenStates(x.InputIds, x.PositionIds, x.AttentionMask);     // (B, T, H)
         long chunk = ChunkedCrossEntropy.TokensPerChunk(model.Architecture.VocabSize, logitsPerChunk);
-        return ChunkedCrossEntropy.Sum(hidden, model.Logits, x.Labels, chunk, model.BackwardHandles, logitTransform, HeadTrains(model))
+        var inPlace = crossEntropy is null ? null : new ChunkedCrossEntropy.InPlaceLoss(crossEntropy, model.ComputeDTypeLogits);
+        return ChunkedCrossEntropy.Sum(hidden, model.Logits, x.Labels, chunk, model.BackwardHandles, logitTransform, HeadTrains(model), inPlace)
             .MoveToOuterDisposeScope();
     }
 
