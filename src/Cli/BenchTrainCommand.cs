@@ -55,6 +55,7 @@ public static class BenchTrainCommand
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout (lora.dropout; 0 as in the peer benchmark)", DefaultValueFactory = _ => 0.0 };
         var device = new Option<string>("--device") { Description = "cuda, or cpu for a quick check on a small model", DefaultValueFactory = _ => "cuda" };
         var gpus = new Option<int>("--gpus") { Description = "data-parallel ranks on this host (one per GPU; torchrun works too)", DefaultValueFactory = _ => 1 };
+        var hostEmbedding = new Option<bool>("--embedding-on-host") { Description = "the token-embedding table in pinned host memory, rows gathered onto the GPU (training.embedding_on_host)" };
         var torchCe = new Option<bool>("--torch-cross-entropy") { Description = "the loss's torch ops on fp32 logits instead of the fused in-place kernel (for comparisons)" };
         var profile = new Option<bool>("--profile") { Description = "also profile a few steps by phase (CUDA events; capture range for nsys)" };
         var profileSteps = new Option<int>("--profile-steps") { Description = "steps --profile runs", DefaultValueFactory = _ => 3 };
@@ -75,7 +76,7 @@ public static class BenchTrainCommand
             Description = "before timing, compare the adapters' gradients of one micro-batch through the explicit layer backward with the autograd recomputation's (and autograd's with itself: the device's own run-to-run spread)",
         };
         var cmd = new Command("train", "time QLoRA training steps (train's step, random tokens) on a real-size model (CUDA)");
-        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward, checkLayers, kept, torchCe })
+        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward, checkLayers, kept, torchCe, hostEmbedding })
             cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
@@ -103,7 +104,7 @@ public static class BenchTrainCommand
             if (pr.GetValue(chunkLogits) < 1) throw new ArgumentException($"--logits-per-chunk {pr.GetValue(chunkLogits)}: must be at least 1");
             if (pr.GetValue(kept) < 0) throw new ArgumentException($"--uncheckpointed-layers {pr.GetValue(kept)}: must be 0 or more");
             var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt),
-                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout), pr.GetValue(chunkLogits), pr.GetValue(kept), pr.GetValue(torchCe));
+                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout), pr.GetValue(chunkLogits), pr.GetValue(kept), pr.GetValue(torchCe), pr.GetValue(hostEmbedding));
             var loadClock = Stopwatch.StartNew();
             var dropoutRandom = new RandomStream();
             using var built = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
@@ -118,7 +119,7 @@ public static class BenchTrainCommand
             // Its own batch (seed 99): the timed steps see the same batches with and without the check.
             string? layerCheck = pr.GetValue(checkLayers)
                 ? JsonSerializer.Serialize(CheckLayerBackward(llama, layers, dropoutRandom,
-                    new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq, seed: 99).Next(), shape, layerMode))
+                    new RandomTokenBatches((int)llama.Architecture.VocabSize, shape.Batch, shape.Seq, seed: 99).Next(), shape, layerMode))
                 : null;
             var allocator = dev.type == DeviceType.CUDA ? CudaAllocatorStats.Open(dev) : null; // resets the peak: loading is not counted
             var callsBefore = built.Kernels.Fused.CallCounts();
@@ -133,7 +134,7 @@ public static class BenchTrainCommand
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
                 J("grad_accum", shape.GradientAccumulation), J("max_grad_norm", shape.MaxGradNorm), J("dropout", shape.Dropout),
-                J("ckpt", shape.Checkpointing), J("uncheckpointed_layers", shape.UncheckpointedLayers), J("targets", string.Join(",", shape.Targets)), J("r", shape.R),
+                J("ckpt", shape.Checkpointing), J("uncheckpointed_layers", shape.UncheckpointedLayers), J("embedding_on_host", shape.EmbeddingOnHost), J("targets", string.Join(",", shape.Targets)), J("r", shape.R),
                 J("trainable", TrainableParameters.Count(llama).Trainable), J("load_s", Math.Round(loadS, 1)),
                 J("world_size", group.Size), J("tokens_per_s", Math.Round(tokS, 1)), J("tokens_per_s_per_gpu", Math.Round(tokS / group.Size, 1)),
                 J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
@@ -254,7 +255,7 @@ public static class BenchTrainCommand
         (layers.Sum(l => l.BackwardCounts.Explicit), layers.Sum(l => l.BackwardCounts.Autograd));
 
     sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing, int GradientAccumulation,
-        double MaxGradNorm, double Dropout, long LogitsPerChunk, int UncheckpointedLayers, bool TorchCrossEntropy);
+        double MaxGradNorm, double Dropout, long LogitsPerChunk, int UncheckpointedLayers, bool TorchCrossEntropy, bool EmbeddingOnHost);
 
     /// <summary>The model as `train` builds it (<see cref="ModelBuilder"/>), with adapters whose dropout draws from
     /// <paramref name="dropoutRandom"/>, the stream the step reseeds.</summary>
@@ -262,7 +263,7 @@ public static class BenchTrainCommand
     {
         var compute = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
         return ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, spec, KernelChoice.For(device),
-            GradientCheckpointing: shape.Checkpointing, UncheckpointedLayers: shape.UncheckpointedLayers, NewAdapter: new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets),
+            GradientCheckpointing: shape.Checkpointing, UncheckpointedLayers: shape.UncheckpointedLayers, EmbeddingOnHost: shape.EmbeddingOnHost, NewAdapter: new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets),
             AdapterSeed: 0, AdapterDropout: dropoutRandom));
     }
 
@@ -279,7 +280,7 @@ public static class BenchTrainCommand
         var loss = new CausalLmTokenMeanLoss(shape.LogitsPerChunk, crossEntropy: shape.TorchCrossEntropy ? null : fused.CrossEntropy);
         var step = new TrainStep(llama, optimizer, loss,
             new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutRandom, replicas);
-        return ((step, optimizer), new RandomTokenBatches((int)llama.Model.EmbedTokens.Weight.shape[0], shape.Batch, shape.Seq));
+        return ((step, optimizer), new RandomTokenBatches((int)llama.Architecture.VocabSize, shape.Batch, shape.Seq));
     }
 
     /// <summary>Warm-up, then timed optimizer steps; tokens/s counts every replica's tokens. Each step's outcome is

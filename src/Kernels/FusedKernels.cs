@@ -15,9 +15,10 @@ namespace QLoraNet.Kernels;
 public sealed class FusedKernels
 {
     FusedKernels(string device, FusedRmsNorm rmsNorm, FusedRope rope, FusedGlu glu, FusedDropout dropout, FusedAdamW adamW,
-        FusedCrossEntropy crossEntropy, FusedWeightGradient weightGradient, long logitsPerChunk)
+        FusedCrossEntropy crossEntropy, HostEmbeddingGather hostEmbedding, FusedWeightGradient weightGradient, long logitsPerChunk)
     {
         CrossEntropy = crossEntropy;
+        HostEmbedding = hostEmbedding;
         WeightGradient = weightGradient;
         Device = device;
         RmsNorm = rmsNorm;
@@ -48,6 +49,9 @@ public sealed class FusedKernels
 
     /// <summary>The training loss's chunk: loss and gradient written over its logits in the compute dtype.</summary>
     public FusedCrossEntropy CrossEntropy { get; }
+
+    /// <summary>Embedding rows gathered from a table in pinned host memory (training.embedding_on_host).</summary>
+    public HostEmbeddingGather HostEmbedding { get; }
 
     /// <summary>LoRA's factor gradients accumulated into their fp32 .grad inside the GEMM (cuBLAS on CUDA).</summary>
     public FusedWeightGradient WeightGradient { get; }
@@ -80,7 +84,11 @@ public sealed class FusedKernels
         {
             return References(name, $"no usable CUDA device: {FirstLine(e.Message)}", logitsPerChunk);
         }
-        return Of(name, op => TryLoad(op.File, op.Kernels, ptxDir), logitsPerChunk, WeightGradientFor(device, torchWeightGradients));
+        var kernels = Of(name, op => TryLoad(op.File, op.Kernels, ptxDir), logitsPerChunk, WeightGradientFor(device, torchWeightGradients));
+        // The host gather reads pinned memory from a kernel: checked on this machine before any run relies on it.
+        return kernels.HostEmbedding.SelfCheck(device) is { } failed && kernels.HostEmbedding.Path == FusedPath.CudaPtx
+            ? kernels.WithHostEmbedding(new HostEmbeddingGather(null, failed))
+            : kernels;
     }
 
     /// <summary>Every op on its torch-op reference, for <paramref name="reason"/>.</summary>
@@ -98,6 +106,9 @@ public sealed class FusedKernels
         return candidate.SelfCheck(device) is { } failed ? new(null, failed) : new(cublas, candidate.Reason);
     }
 
+    FusedKernels WithHostEmbedding(HostEmbeddingGather gather) =>
+        new(Device, RmsNorm, Rope, Glu, Dropout, AdamW, CrossEntropy, gather, WeightGradient, LogitsPerChunk);
+
     /// <summary>The PTX file and kernels of each op, for <see cref="Load"/>.</summary>
     sealed record OpKernels(string File, IEnumerable<string> Kernels);
 
@@ -110,10 +121,12 @@ public sealed class FusedKernels
         var dropout = load(new(FusedDropout.PtxFile, FusedDropout.KernelNames));
         var adamW = load(new(FusedAdamW.PtxFile, FusedAdamW.KernelNames));
         var crossEntropy = load(new(FusedCrossEntropy.PtxFile, FusedCrossEntropy.KernelNames));
+        var embedding = load(new(HostEmbeddingGather.PtxFile, HostEmbeddingGather.KernelNames));
         return new FusedKernels(device,
             new FusedRmsNorm(rms.Module, rms.Reason), new FusedRope(rope.Module, rope.Reason), new FusedGlu(glu.Module, glu.Reason),
             new FusedDropout(dropout.Module, dropout.Reason), new FusedAdamW(adamW.Module, adamW.Reason),
-            new FusedCrossEntropy(crossEntropy.Module, crossEntropy.Reason), weightGradient, logitsPerChunk);
+            new FusedCrossEntropy(crossEntropy.Module, crossEntropy.Reason), new HostEmbeddingGather(embedding.Module, embedding.Reason),
+            weightGradient, logitsPerChunk);
     }
 
     static (PtxModule?, string) TryLoad(string file, IEnumerable<string> kernels, string? ptxDir)
@@ -145,6 +158,7 @@ public sealed class FusedKernels
         Line("adamw", AdamW, "fp32 contiguous parameters, one launch per step"),
         Line("cross-entropy", CrossEntropy, "bf16/fp32 logits, vocabulary a multiple of 8")
             + $"; chunked, {LogitsPerChunk} logits per chunk: the full fp32 logits are never made",
+        Line("embedding on host (training.embedding_on_host)", HostEmbedding, "a pinned bf16/fp32 table, rows a multiple of 16 bytes"),
         $"lora up-projection on {Device}: addmm (base + scaling * (x A^T) B^T in one GEMM epilogue, in place)",
         Line("lora weight gradients", WeightGradient, "bf16/fp16 operands of an fp32 contiguous .grad"),
     ];
@@ -157,5 +171,6 @@ public sealed class FusedKernels
     {
         ["rmsnorm"] = RmsNorm.Calls, ["rope"] = Rope.Calls, ["glu"] = Glu.Calls, ["lora_dropout"] = Dropout.Calls, ["adamw"] = AdamW.Calls,
         ["lora_weight_gradient"] = WeightGradient.Calls, ["cross_entropy"] = CrossEntropy.Calls,
+        ["embedding_on_host"] = HostEmbedding.Calls,
     };
 }

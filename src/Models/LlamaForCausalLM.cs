@@ -58,7 +58,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, IReplaceableLi
     public FrozenLinear? LmHead => HeadPath is { } p ? GetLinear(p) as FrozenLinear : null;
 
     /// <summary>Where the model lives (the caller chose it at load time).</summary>
-    public Device Device => model.EmbedTokens.Weight.device;
+    public Device Device => model.EmbedTokens.OutputDevice;
 
     public IReadOnlyList<string> LinearPaths => linearPaths;
 

@@ -14,7 +14,7 @@ namespace QLoraNet.Models;
 /// </summary>
 public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 {
-    readonly FrozenEmbedding embed_tokens;
+    FrozenEmbedding embed_tokens;
     readonly ModuleList<LlamaDecoderLayer> layers;
     readonly RmsNorm norm;
     readonly RotaryEmbedding rotary_emb;
@@ -46,6 +46,21 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     public BackwardHandles BackwardHandles { get; } = new();
 
     public FrozenEmbedding EmbedTokens => embed_tokens;
+
+    /// <summary>
+    /// Moves the token-embedding table to pinned host memory (training.embedding_on_host): forward gathers the batch's
+    /// rows onto the device with <paramref name="gather"/> (<see cref="FrozenEmbedding.OnHost"/>). A head tied to the
+    /// embedding reads the whole table every step, so the caller keeps such a model's table on the device.
+    /// </summary>
+    public void MoveEmbeddingToHost(HostEmbeddingGather gather)
+    {
+        if (embed_tokens.IsOnHost) return;
+        var moved = FrozenEmbedding.OnHost("embed_tokens", embed_tokens.Weight, embed_tokens.OutputDevice, gather);
+        register_module("embed_tokens", null!);   // null unregisters; register_module refuses to overwrite a name
+        register_module("embed_tokens", moved);
+        embed_tokens.Dispose();
+        embed_tokens = moved;
+    }
     public ModuleList<LlamaDecoderLayer> Layers => layers;
     public RotaryEmbedding Rotary => rotary_emb;
     public ScalarType ComputeDType => computeDType;
@@ -94,7 +109,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         positionIds ??= arange(past, past + t, ScalarType.Int64, inputIds.device).unsqueeze(0).expand(b, t);
         var (cos, sin) = rotary_emb.call(positionIds);                                  // (B, T, headDim) each
 
-        var h = EmbedInput(embed_tokens.Weight, inputIds, computeDType, scaleEmbeddings); // (B, T, hidden)
+        var h = EmbedInput(embed_tokens, inputIds, computeDType, scaleEmbeddings);        // (B, T, hidden)
         if (GradientCheckpointing && cache is null && torch.is_grad_enabled())
         {
             // The frozen embedding output does not require grad; the checkpoint function must see an input that
@@ -129,9 +144,20 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var rows = embedding.index_select(0, inputIds.reshape(-1));                  // (N, hidden)
-        var h = rows.view([.. inputIds.shape, embedding.shape[1]]).to(computeDType);
-        if (scaleEmbeddings) h = h * EmbeddingScale(h.shape[^1], computeDType, h.device);
-        return h.MoveToOuterDisposeScope();
+        return Scaled(rows.view([.. inputIds.shape, embedding.shape[1]]), computeDType, scaleEmbeddings).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The same from the model's embedding module, wherever its table lives.</summary>
+    static Tensor EmbedInput(FrozenEmbedding embedding, Tensor inputIds, ScalarType computeDType, bool scaleEmbeddings)
+    {
+        using var scope = NewDisposeScope();
+        return Scaled(embedding.forward(inputIds), computeDType, scaleEmbeddings).MoveToOuterDisposeScope();   // (B, T, hidden)
+    }
+
+    static Tensor Scaled(Tensor rows, ScalarType computeDType, bool scaleEmbeddings)
+    {
+        var h = rows.to(computeDType);
+        return scaleEmbeddings ? h * EmbeddingScale(h.shape[^1], computeDType, h.device) : h;
     }
 
     /// <summary>The final norm (after the last decoder layer).</summary>

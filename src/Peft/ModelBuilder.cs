@@ -19,6 +19,8 @@ namespace QLoraNet.Peft;
 /// <param name="GradientCheckpointing">recompute each decoder layer in backward.</param>
 /// <param name="UncheckpointedLayers">with checkpointing, the last layers that keep their activations instead
 /// (Models.LlamaModel.UncheckpointedLayers).</param>
+/// <param name="EmbeddingOnHost">keep the token-embedding table in pinned host memory, gathering each batch's rows onto
+/// the GPU (training.embedding_on_host; Models.FrozenEmbedding.OnHost); refused for a head tied to the embedding.</param>
 /// <param name="NewAdapter">attach fresh LoRA adapters with these settings (training).</param>
 /// <param name="AdapterSeed">seed of the new adapters' A matrices.</param>
 /// <param name="AdapterDropout">where the new adapters draw their dropout masks (a training run's stream, which its
@@ -47,7 +49,8 @@ public sealed record ModelBuildOptions(
     string? AdapterInitDir = null,
     BaseFormat? Aware = null,
     CalibrationSet? Calibration = null,
-    Action<CalibrationProgress>? CalibrationProgress = null);
+    Action<CalibrationProgress>? CalibrationProgress = null,
+    bool EmbeddingOnHost = false);
 
 /// <summary>A built model with what was decided on the way; disposing it disposes the model.</summary>
 /// <param name="BaseFormat">the format the decoder linears were actually stored in (for "none" under a fixed frozen dtype, that dtype).</param>
@@ -103,6 +106,13 @@ public static class ModelBuilder
         {
             model.Model.GradientCheckpointing = o.GradientCheckpointing;
             model.Model.UncheckpointedLayers = o.UncheckpointedLayers;
+            if (o.EmbeddingOnHost)
+            {
+                // A tied head multiplies by the whole table every step: it must stay where the head computes.
+                if (model.HeadPath is null)
+                    throw new ArgumentException($"training.embedding_on_host: {modelDir} ties its output head to the embedding (tie_word_embeddings), which reads the whole table every step; set embedding_on_host: false for this model");
+                model.Model.MoveEmbeddingToHost(kernels.Fused.HostEmbedding);
+            }
             AdapterConfig? adapter = null;
             if (o.NewAdapter is { } lora)
             {

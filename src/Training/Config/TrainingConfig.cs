@@ -15,6 +15,9 @@ namespace QLoraNet.Training.Config;
 /// With gradient checkpointing, the last <see cref="UncheckpointedLayers"/> decoder layers keep their activations
 /// instead of being recomputed (selective recomputation: the last one's is free, each other trades about
 /// B·T·(4·hidden + 2·intermediate) values of device memory for one layer's recomputation; results are unchanged).
+/// <see cref="EmbeddingOnHost"/> keeps the frozen token-embedding table in pinned host memory on a GPU, copying only
+/// each batch's rows to the device (the same values; vocab·hidden values of device memory freed, for ~2·hidden bytes
+/// a token across PCIe); a head tied to the embedding keeps it on the device (an error names the key).
 /// </summary>
 public sealed record TrainingConfig(
     int Epochs = 1,
@@ -32,6 +35,7 @@ public sealed record TrainingConfig(
     double MaxGradNorm = 0.3,
     bool GradientCheckpointing = true,
     int UncheckpointedLayers = 1,
+    bool EmbeddingOnHost = false,
     int Seed = 42,
     int LogEvery = 10,
     int EvalEvery = 100,
@@ -76,6 +80,7 @@ public sealed record TrainingConfig(
             MaxGradNorm: s.Double("max_grad_norm", d.MaxGradNorm, 0),
             GradientCheckpointing: s.Bool("gradient_checkpointing", d.GradientCheckpointing),
             UncheckpointedLayers: s.Int("uncheckpointed_layers", d.UncheckpointedLayers, 0, 100_000),
+            EmbeddingOnHost: s.Bool("embedding_on_host", d.EmbeddingOnHost),
             Seed: s.Int("seed", d.Seed, 0),
             LogEvery: s.Int("log_every", d.LogEvery, 1),
             EvalEvery: s.Int("eval_every", d.EvalEvery, 0),
@@ -132,6 +137,7 @@ public sealed record TrainingConfig(
         ("gradient_checkpointing", YamlOut.Scalar(GradientCheckpointing)),
         // Written when not the default, so that the configs saved in checkpoints before the key existed compare equal.
         ("uncheckpointed_layers", UncheckpointedLayers != 1 ? YamlOut.Scalar(UncheckpointedLayers) : null),
+        ("embedding_on_host", EmbeddingOnHost ? YamlOut.Scalar(EmbeddingOnHost) : null),
         ("seed", YamlOut.Scalar(Seed)),
         ("log_every", YamlOut.Scalar(LogEvery)), ("eval_every", YamlOut.Scalar(EvalEvery)),
         ("save_every", YamlOut.Scalar(SaveEvery)),

@@ -172,7 +172,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
         _built = ModelBuilder.Build(_config.Model.Path, new ModelBuildOptions(_device, compute, _config.Quantization.Format,
             kernels ?? KernelSelection.For(_device), frozen, _t.GradientCheckpointing, _t.UncheckpointedLayers,
             NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom, AdapterInitDir: _config.LoraInitFrom,
-            Aware: _config.Quantization.Aware, AllowNonFiniteWeights: _config.Model.AllowNonFiniteWeights));
+            Aware: _config.Quantization.Aware, AllowNonFiniteWeights: _config.Model.AllowNonFiniteWeights, EmbeddingOnHost: _t.EmbeddingOnHost));
         (_model, _adapterConfig) = (_built.Model, _built.Adapter!);
         _loadSeconds = clock.Elapsed.TotalSeconds;
         if (_config.LoraInitFrom is { } init && _resumeFrom is null)

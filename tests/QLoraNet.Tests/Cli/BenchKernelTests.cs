@@ -15,7 +15,7 @@ public class BenchKernelTests
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         var objects = lines.Select(l => JsonDocument.Parse(l).RootElement).ToList();
         var kernels = objects.Where(o => o.TryGetProperty("kernel", out _)).Select(o => o.GetProperty("kernel").GetString()).Distinct().ToList();
-        Assert.Equal(["rmsnorm", "rmsnorm_residual", "rmsnorm_gemma", "rope_qk", "swiglu", "geglu_tanh", "swiglu_strided", "lora_dropout", "adamw_multi_tensor", "adamw_guard", "chunked_cross_entropy", "lora_addmm", "lora_weight_gradient"], kernels);
+        Assert.Equal(["rmsnorm", "rmsnorm_residual", "rmsnorm_gemma", "rope_qk", "swiglu", "geglu_tanh", "swiglu_strided", "lora_dropout", "adamw_multi_tensor", "adamw_guard", "chunked_cross_entropy", "fused_cross_entropy", "fused_cross_entropy_loss", "lora_addmm", "lora_weight_gradient"], kernels);
         var summary = objects[^1];
         Assert.Equal(0, summary.GetProperty("failures").GetInt32());
         Assert.True(summary.GetProperty("parity_checks").GetInt32() >= 30);

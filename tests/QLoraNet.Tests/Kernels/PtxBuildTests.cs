@@ -17,7 +17,7 @@ public class PtxBuildTests
     static readonly string[] Sources =
     [
         "src/Kernels/Cuda/rms_norm.cu", "src/Kernels/Cuda/rope.cu", "src/Kernels/Cuda/glu.cu", "src/Kernels/Cuda/adamw.cu",
-        "src/Kernels/Cuda/dropout.cu", "src/Kernels/Cuda/cross_entropy.cu",
+        "src/Kernels/Cuda/dropout.cu", "src/Kernels/Cuda/cross_entropy.cu", "src/Kernels/Cuda/embedding.cu",
         "src/Quant/Kernels/nf4_dequant.cu",
         "src/Quant/Kernels/ternary_matmul.cu",   // launched by TernaryCudaKernel once it passed its self-check on the device
     ];
@@ -49,6 +49,7 @@ public class PtxBuildTests
         { "src/Kernels/Cuda/adamw.ptx", string.Join(",", FusedAdamW.KernelNames) },
         { "src/Kernels/Cuda/dropout.ptx", string.Join(",", FusedDropout.KernelNames) },
         { "src/Kernels/Cuda/cross_entropy.ptx", string.Join(",", FusedCrossEntropy.KernelNames) },
+        { "src/Kernels/Cuda/embedding.ptx", string.Join(",", HostEmbeddingGather.KernelNames) },
         { "src/Quant/Kernels/nf4_dequant.ptx", string.Join(",", FourBitCudaKernel.KernelNames) },
         { "src/Quant/Kernels/ternary_matmul.ptx", string.Join(",", TernaryCudaKernel.KernelNames) },
     };
@@ -69,7 +70,7 @@ public class PtxBuildTests
     public void Every_ptx_is_embedded_in_the_assembly_that_loads_it()
     {
         var kernels = typeof(FusedKernels).Assembly;
-        foreach (var file in new[] { "rms_norm.ptx", "rope.ptx", "glu.ptx", "adamw.ptx", "dropout.ptx", "cross_entropy.ptx" })
+        foreach (var file in new[] { "rms_norm.ptx", "rope.ptx", "glu.ptx", "adamw.ptx", "dropout.ptx", "cross_entropy.ptx", "embedding.ptx" })
             Assert.True(QLoraNet.Kernels.Cuda.PtxModule.IsEmbedded(kernels, file), file);
         Assert.True(FourBitCudaKernel.IsEmbedded);
         Assert.True(TernaryCudaKernel.IsEmbedded);

@@ -122,6 +122,18 @@ public sealed class ConfigTests : IDisposable
     }
 
     [Fact]
+    public void Embedding_on_host_defaults_to_off_round_trips_and_is_free_on_resume()
+    {
+        Assert.False(Parse(Minimal).Training.EmbeddingOnHost);
+        var c = Parse(Minimal + "training:\n  embedding_on_host: true\n");
+        Assert.True(c.Training.EmbeddingOnHost);
+        Assert.True(Parse(c.ToYaml()).Training.EmbeddingOnHost);
+        Assert.DoesNotContain("embedding_on_host", Parse(Minimal).ToYaml());          // the default is not written
+        Assert.Contains("'training.embedding_on_host'", ErrorOf(Minimal + "training:\n  embedding_on_host: maybe\n"));
+        Assert.Contains("training.embedding_on_host", QLoraNet.Training.Trainer.ResumeCompatibility.FreeKeys);
+    }
+
+    [Fact]
     public void Empty_required_value_and_chat_with_alpaca_are_errors()
     {
         Assert.Equal("x.yaml:2: 'model.path' must be a non-empty string; got ''", ErrorOf(Minimal.Replace(Paths.TinyModel, "\"\"")));
