@@ -130,7 +130,11 @@ public static class ChunkedCrossEntropy
         {
             long n = Math.Min(chunk, rows.shape[0] - start);
             using var chunkScope = NewDisposeScope();
-            var loss = ChunkLoss(rows.narrow(0, start, n), head, targets.narrow(0, start, n));
+            // Evaluation takes the in-place way too where it applies: its gradient is not read, but the chunk costs a
+            // fraction of the fp32 logits' memory and time.
+            var loss = head.InPlace is { } inPlace
+                ? inPlace.Op.LossAndGradientInPlace(inPlace.ComputeDTypeLogitsOf(rows.narrow(0, start, n)), targets.narrow(0, start, n), IgnoreIndex).sum()
+                : ChunkLoss(rows.narrow(0, start, n), head, targets.narrow(0, start, n));
             if (total is null) total = loss.MoveToOuterDisposeScope();
             else total.add_(loss);
         }

@@ -51,7 +51,15 @@ public class FusedCrossEntropyTests
         (inPlace * 0.37).backward();
         Assert.True(RelativeError(h2.grad!, h1.grad!) < 1e-13, $"gradient {RelativeError(h2.grad!, h1.grad!):G3}");
         // Every chunk went through the op, on its reference (CPU tensors).
-        Assert.Equal((kernelBefore, referenceBefore + (B * T + chunk - 1) / chunk), Op.Calls);
+        long chunks = (B * T + chunk - 1) / chunk;
+        Assert.Equal((kernelBefore, referenceBefore + chunks), Op.Calls);
+        // Evaluation (no graph) takes the same way to the same sum.
+        using (no_grad())
+        {
+            var evaluated = ChunkedCrossEntropy.Sum(hidden, ChunkedCrossEntropy.LinearHead(weight), labels, chunk, new BackwardHandles(), inPlace: InPlace(weight));
+            Assert.True(RelativeError(evaluated, full) < 1e-14, $"evaluation {evaluated.item<double>():R} vs {full.item<double>():R}");
+        }
+        Assert.Equal((kernelBefore, referenceBefore + 2 * chunks), Op.Calls);
     }
 
     [Theory]
