@@ -86,6 +86,9 @@ all=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 # Warm-up as the peer's (5 steps); the same step at the default of one kept layer right after (equal memory).
 run_case ours-512x4 120 37 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $kept --split --profile --check-layer-backward --hold-seconds 0
 run_case ours-512x4-k1 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers 1 --profile --hold-seconds 0
+# One more kept layer with the embedding table in host memory (training.embedding_on_host: 0.29 GiB less at the peak
+# in session 33's call 43, room for the fifth layer under half the compiled peer's memory).
+run_case ours-512x4-host 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $((kept + 1)) --embedding-on-host --hold-seconds 0
 run_case peer-512x4 120 30 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4
 run_case peer-512x4-compile 200 100 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --compile --warmup 5
 
@@ -230,7 +233,7 @@ for f in sorted(glob.glob(f"{out}/cases/kernel-*.log")):
     kern["sections"][s] = sec
     if summ: kern["checks"] += summ["parity_checks"]; kern["failures"] += summ["failures"]
     else: kern["failures"] += 1
-cases = {n: case(n) for n in ["ours-512x4", "ours-512x4-k1", "peer-512x4", "peer-512x4-compile", "ours-2048x1", "peer-2048x1", "ours-4096x1", "peer-4096x1",
+cases = {n: case(n) for n in ["ours-512x4", "ours-512x4-k1", "ours-512x4-host", "peer-512x4", "peer-512x4-compile", "ours-2048x1", "peer-2048x1", "ours-4096x1", "peer-4096x1",
                               "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-512x4-torchce", "ours-512x4-dropout", "ours-512x4-torchops", "ours-13b-512x4", "nsys-512x4"]}
 def ratio(a, b, k):
     try: return round(cases[a][k] / cases[b][k], 3)
@@ -239,6 +242,8 @@ ratios = {"512x4 speed vs compiled": ratio("ours-512x4", "peer-512x4-compile", "
           "512x4 memory vs compiled": ratio("ours-512x4", "peer-512x4-compile", "peak_gib"),
           "512x4 one kept layer (full recomputation's memory) speed vs compiled": ratio("ours-512x4-k1", "peer-512x4-compile", "tokens_per_s"),
           "512x4 one kept layer memory vs compiled": ratio("ours-512x4-k1", "peer-512x4-compile", "peak_gib"),
+          "512x4 one more kept layer, embedding on host, speed vs compiled": ratio("ours-512x4-host", "peer-512x4-compile", "tokens_per_s"),
+          "512x4 one more kept layer, embedding on host, memory vs compiled": ratio("ours-512x4-host", "peer-512x4-compile", "peak_gib"),
           "512x4 speed vs eager": ratio("ours-512x4", "peer-512x4", "tokens_per_s"),
           "512x4 memory vs eager": ratio("ours-512x4", "peer-512x4", "peak_gib"),
           "2048x1 speed vs eager": ratio("ours-2048x1", "peer-2048x1", "tokens_per_s"),

@@ -10,7 +10,8 @@ namespace QLoraNet.Kernels;
 /// chunk's logits stay in the compute dtype and are overwritten by the gradient of the chunk's summed loss, so no
 /// (tokens, vocab) fp32 tensor is made. The torch-op way casts the logits to fp32, keeps their log-softmax for
 /// backward and makes an fp32 gradient before casting it back: ~18 bytes a logit against 2 here, which for a 16M-logit
-/// chunk is ~300 MiB less at the loss, the forward's memory peak. Same arithmetic as <see cref="Reference"/> (fp32
+/// chunk is ~300 MiB less while the loss runs (on a 7B Llama at 512 x 4 with kept layers the step's peak is elsewhere,
+/// in the last kept layer's MLP: docs/BENCHMARKS.md, session 33). Same arithmetic as <see cref="Reference"/> (fp32
 /// from the same inputs, the gradient rounded once to the logits' dtype) up to summation order and the last bits of
 /// e^x and ln (cross_entropy.cu states the bound; `bench kernel` measures it on the device). The reference runs
 /// wherever the kernel cannot: CPU, fp16, a vocabulary not a multiple of 8, or an instance made without the kernel
