@@ -72,7 +72,7 @@ public sealed class DatasetEval
         var config = Config(parsed);
         var data = TrainingData.ForEvaluation(config, loaded.Tokenizer, config.Train, loaded.ModelDir);
         if (config.Format == DataFormat.Preference) return RunPreference(parsed, loaded, data, config, json, stdout);
-        var loss = new CausalLmTokenMeanLoss(loaded.Kernels.Fused.LogitsPerChunk, crossEntropy: loaded.Kernels.Fused.CrossEntropy);
+        var loss = CausalLmTokenMeanLoss.With(loaded.Kernels.Fused);
         int batchSize = parsed.GetValue(MicroBatchSize);
         long terms = data.ValidationBatches(batchSize).Sum(b => (long)loss.Count(b));
         double mean = new Evaluator(loaded.Model, loss).MeanLoss(data.ValidationBatches(batchSize));

@@ -84,16 +84,12 @@ public sealed class FusedKernels
         {
             return References(name, $"no usable CUDA device: {FirstLine(e.Message)}", logitsPerChunk);
         }
-        var kernels = Of(name, op => TryLoad(op.File, op.Kernels, ptxDir), logitsPerChunk, WeightGradientFor(device, torchWeightGradients));
-        // The host gather reads pinned memory from a kernel: checked on this machine before any run relies on it.
-        return kernels.HostEmbedding.SelfCheck(device) is { } failed && kernels.HostEmbedding.Path == FusedPath.CudaPtx
-            ? kernels.WithHostEmbedding(new HostEmbeddingGather(null, failed))
-            : kernels;
+        return Of(name, op => TryLoad(op.File, op.Kernels, ptxDir), logitsPerChunk, WeightGradientFor(device, torchWeightGradients), device);
     }
 
     /// <summary>Every op on its torch-op reference, for <paramref name="reason"/>.</summary>
     static FusedKernels References(string device, string reason, long logitsPerChunk) =>
-        Of(device, _ => (null, reason), logitsPerChunk, new(null, reason));
+        Of(device, _ => (null, reason), logitsPerChunk, new(null, reason), selfCheckOn: null);
 
     /// <summary>cuBLAS's GEMM for LoRA's factor gradients when it loads and passes its self-check on the device
     /// (<see cref="FusedWeightGradient.SelfCheck"/>), else the reference with the reason.</summary>
@@ -106,14 +102,13 @@ public sealed class FusedKernels
         return candidate.SelfCheck(device) is { } failed ? new(null, failed) : new(cublas, candidate.Reason);
     }
 
-    FusedKernels WithHostEmbedding(HostEmbeddingGather gather) =>
-        new(Device, RmsNorm, Rope, Glu, Dropout, AdamW, CrossEntropy, gather, WeightGradient, LogitsPerChunk);
-
     /// <summary>The PTX file and kernels of each op, for <see cref="Load"/>.</summary>
     sealed record OpKernels(string File, IEnumerable<string> Kernels);
 
+    /// <param name="selfCheckOn">the device a loaded host gather checks itself on (it reads pinned memory from a
+    /// kernel: checked on this machine before any run relies on it); null where nothing is loaded.</param>
     static FusedKernels Of(string device, Func<OpKernels, (PtxModule? Module, string Reason)> load, long logitsPerChunk,
-        FusedWeightGradient weightGradient)
+        FusedWeightGradient weightGradient, Device? selfCheckOn)
     {
         var rms = load(new(FusedRmsNorm.PtxFile, FusedRmsNorm.KernelNames));
         var rope = load(new(FusedRope.PtxFile, FusedRope.KernelNames));
@@ -122,11 +117,12 @@ public sealed class FusedKernels
         var adamW = load(new(FusedAdamW.PtxFile, FusedAdamW.KernelNames));
         var crossEntropy = load(new(FusedCrossEntropy.PtxFile, FusedCrossEntropy.KernelNames));
         var embedding = load(new(HostEmbeddingGather.PtxFile, HostEmbeddingGather.KernelNames));
+        var gather = new HostEmbeddingGather(embedding.Module, embedding.Reason);
+        if (embedding.Module is not null && selfCheckOn is not null && gather.SelfCheck(selfCheckOn) is { } failed) gather = new(null, failed);
         return new FusedKernels(device,
             new FusedRmsNorm(rms.Module, rms.Reason), new FusedRope(rope.Module, rope.Reason), new FusedGlu(glu.Module, glu.Reason),
             new FusedDropout(dropout.Module, dropout.Reason), new FusedAdamW(adamW.Module, adamW.Reason),
-            new FusedCrossEntropy(crossEntropy.Module, crossEntropy.Reason), new HostEmbeddingGather(embedding.Module, embedding.Reason),
-            weightGradient, logitsPerChunk);
+            new FusedCrossEntropy(crossEntropy.Module, crossEntropy.Reason), gather, weightGradient, logitsPerChunk);
     }
 
     static (PtxModule?, string) TryLoad(string file, IEnumerable<string> kernels, string? ptxDir)

@@ -50,18 +50,16 @@ public sealed unsafe class HostEmbeddingGather : FusedOp
         return table.index_select(0, onHost).to(ids.device).MoveToOuterDisposeScope();
     }
 
-    static int ElementBytes(ScalarType t) => t == ScalarType.BFloat16 ? 2 : 4;
-
     bool KernelFits(Tensor table, Tensor ids) =>
         Module is not null && ids.device_type == DeviceType.CUDA && ids.dtype == ScalarType.Int64
         && table.device_type == DeviceType.CPU && DeviceTensors.IsKernelDType(table.dtype) && table.is_contiguous()
-        && table.shape[1] * ElementBytes(table.dtype) % 16 == 0 && table.is_pinned();
+        && table.shape[1] * table.ElementSize % 16 == 0 && table.is_pinned();
 
     Tensor? Kernel(Tensor table, Tensor ids)
     {
         using var scope = NewDisposeScope();
         var flat = ids.reshape(-1).contiguous();                                            // (N)
-        long rows = flat.shape[0], vocab = table.shape[0], vectors = table.shape[1] * ElementBytes(table.dtype) / 16;
+        long rows = flat.shape[0], vocab = table.shape[0], vectors = table.shape[1] * table.ElementSize / 16;
         var output = empty([rows, table.shape[1]], table.dtype, ids.device);               // (N, hidden)
         if (rows == 0) return output.MoveToOuterDisposeScope();
         if ((long)DeviceTensors.Ptr(table) % 16 != 0 || !DeviceTensors.Aligned16(output)) return null;
@@ -74,9 +72,9 @@ public sealed unsafe class HostEmbeddingGather : FusedOp
     }
 
     /// <summary>
-    /// Gathers four rows (one twice) of a small pinned bf16 table on <paramref name="device"/> and compares them with
-    /// the table bit for bit: null when equal, else why not (the pinned memory not readable from kernels here, a
-    /// launch failure). Runs once, where the kernels are loaded.
+    /// Gathers four rows (one twice) of a small pinned bf16 table on <paramref name="device"/> with the kernel itself
+    /// (not tallied, no fallback) and compares them with the table bit for bit: null when equal, else why not (the
+    /// pinned memory not readable from kernels here, a launch failure). Runs once, where the kernels are loaded.
     /// </summary>
     internal string? SelfCheck(Device device)
     {
@@ -84,12 +82,12 @@ public sealed unsafe class HostEmbeddingGather : FusedOp
         try
         {
             using var scope = NewDisposeScope();
-            var values = arange(16 * 64, ScalarType.Float32).reshape(16, 64).to(ScalarType.BFloat16);   // exact in bf16 up to 256
-            values = values.remainder(251);
+            var values = arange(16 * 64, ScalarType.Float32).remainder(251).reshape(16, 64).to(ScalarType.BFloat16);   // integers < 256: exact in bf16
             var table = values.pin_memory();
             if (!table.is_pinned()) return "pinned host memory not available (pin_memory gave pageable memory)";
             var ids = tensor(new long[] { 3, 0, 15, 3 }).to(device);
-            var gathered = Gather(table, ids).cpu();
+            if (!KernelFits(table, ids) || Kernel(table, ids) is not { } onDevice) return "the self-check's table does not fit the kernel";
+            var gathered = onDevice.cpu();
             var want = values.index_select(0, tensor(new long[] { 3, 0, 15, 3 }));
             return gathered.eq(want).all().item<bool>() ? null : "the self-check's rows differ from the table (pinned host memory not readable from kernels here?)";
         }

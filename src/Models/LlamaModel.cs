@@ -54,13 +54,15 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     /// </summary>
     public void MoveEmbeddingToHost(HostEmbeddingGather gather)
     {
-        if (embed_tokens.IsOnHost) return;
+        // On a CPU the host is the device: the table already is where it would go.
+        if (embed_tokens.IsOnHost || embed_tokens.OutputDevice.type != DeviceType.CUDA) return;
         var moved = FrozenEmbedding.OnHost("embed_tokens", embed_tokens.Weight, embed_tokens.OutputDevice, gather);
         register_module("embed_tokens", null!);   // null unregisters; register_module refuses to overwrite a name
         register_module("embed_tokens", moved);
         embed_tokens.Dispose();
         embed_tokens = moved;
     }
+
     public ModuleList<LlamaDecoderLayer> Layers => layers;
     public RotaryEmbedding Rotary => rotary_emb;
     public ScalarType ComputeDType => computeDType;

@@ -22,6 +22,9 @@ namespace QLoraNet.Training.Losses;
 public sealed class CausalLmTokenMeanLoss(long logitsPerChunk = ChunkedCrossEntropy.DefaultLogitsPerChunk,
     Func<Tensor, Tensor>? logitTransform = null, FusedCrossEntropy? crossEntropy = null) : ITrainingLoss
 {
+    /// <summary>The loss as a run's kernel selection makes it: its chunk, and its fused cross-entropy.</summary>
+    public static CausalLmTokenMeanLoss With(FusedKernels kernels) => new(kernels.LogitsPerChunk, crossEntropy: kernels.CrossEntropy);
+
     public long Count(Batch batch) => CountedTokens(batch);
 
     public Tensor Sum(LlamaForCausalLM model, Batch batch)

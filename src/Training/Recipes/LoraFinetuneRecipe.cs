@@ -67,7 +67,7 @@ public sealed class LoraFinetuneRecipe : IDisposable
 
     LoraFinetuneRecipe(TrainConfig config, ITrainingObserver observer, IReplicaGroup? replicas, Func<BuiltModel, ITrainingLoss>? lossOf)
     {
-        _lossOf = lossOf ?? (built => new CausalLmTokenMeanLoss(built.Kernels.Fused.LogitsPerChunk, crossEntropy: built.Kernels.Fused.CrossEntropy));
+        _lossOf = lossOf ?? (built => CausalLmTokenMeanLoss.With(built.Kernels.Fused));
         _config = config;
         _t = config.Training;
         _observer = observer;

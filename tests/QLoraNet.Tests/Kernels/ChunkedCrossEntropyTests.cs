@@ -13,9 +13,11 @@ namespace QLoraNet.Tests.Kernels;
 [Trait("tier", "unit")]
 public class ChunkedCrossEntropyTests
 {
-    const long B = 2, T = 7, H = 16, Vocab = 50;
+    internal const long B = 2, T = 7, H = 16, Vocab = 50;
 
-    static (Tensor Hidden, Tensor Weight, Tensor Labels) Inputs(ScalarType dtype)
+    /// <summary>(B, T, H) hidden states, a (Vocab, H) head and labels with a prompt token and padding ignored
+    /// (FusedCrossEntropyTests uses them too).</summary>
+    internal static (Tensor Hidden, Tensor Weight, Tensor Labels) Inputs(ScalarType dtype)
     {
         var hidden = Randn([B, T, H], dtype, 1);
         var weight = Randn([Vocab, H], dtype, 2, 0.5);

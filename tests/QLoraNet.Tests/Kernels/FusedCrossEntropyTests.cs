@@ -14,20 +14,11 @@ namespace QLoraNet.Tests.Kernels;
 [Trait("tier", "unit")]
 public class FusedCrossEntropyTests
 {
-    const long B = 2, T = 7, H = 16, Vocab = 48;
+    const long B = ChunkedCrossEntropyTests.B, T = ChunkedCrossEntropyTests.T, Vocab = ChunkedCrossEntropyTests.Vocab;
 
     static readonly FusedCrossEntropy Op = FusedKernels.Reference().CrossEntropy;
 
-    static (Tensor Hidden, Tensor Weight, Tensor Labels) Inputs(ScalarType dtype)
-    {
-        var hidden = Randn([B, T, H], dtype, 1);
-        var weight = Randn([Vocab, H], dtype, 2, 0.5);
-        using var g = new Generator(3);
-        var labels = randint(0, Vocab, [B, T], ScalarType.Int64, generator: g);
-        labels[0, 3] = tensor(ChunkedCrossEntropy.IgnoreIndex);
-        labels[1, 6] = tensor(ChunkedCrossEntropy.IgnoreIndex);
-        return (hidden, weight, labels);
-    }
+    static (Tensor Hidden, Tensor Weight, Tensor Labels) Inputs(ScalarType dtype) => ChunkedCrossEntropyTests.Inputs(dtype);
 
     static ChunkedCrossEntropy.InPlaceLoss InPlace(Tensor weight) => new(Op, rows => F.linear(rows, weight));
 
