@@ -1,5 +1,4 @@
 using QLoraNet.Models;
-using QLoraNet.Tests.Distributed;
 using QLoraNet.Tests.Peft;
 using QLoraNet.Training.Data;
 using QLoraNet.Training.Losses;
@@ -83,39 +82,6 @@ public class TrainStepTests
         Assert.True(Bits.Same(first, again));
         Assert.False(Bits.Same(first, other));
         Assert.NotEqual(TrainStep.MicroBatchSeed(3, 5, 0), TrainStep.MicroBatchSeed(3, 5, 1));
-    }
-
-    /// <summary>W replicas (threads of this process joined by the loopback TCP backend, as processes would be) of A
-    /// micro-batches each take exactly the steps of one replica accumulating W·A: same losses, same adapters, bit for
-    /// bit (dropout and checkpointing on). Exact whenever the replicas' blocks are subtrees of the step's summation
-    /// tree (PairwiseOrder): W a power of two, or A = 1.</summary>
-    [Theory]
-    [InlineData(2, 1)]
-    [InlineData(2, 2)]
-    [InlineData(3, 1)]
-    public void W_replicas_of_A_micro_batches_take_the_steps_of_one_replica_accumulating_W_times_A(int world, int accumulation)
-    {
-        double[] single;
-        Tensor[] singleAdapters;
-        using (var one = new SmallRun(seed: 5, accumulation: world * accumulation))
-        {
-            single = one.Losses(2);
-            singleAdapters = one.Adapters();
-        }
-
-        var replicas = InProcessRanks.Run(world, c =>
-        {
-            using var run = new SmallRun(seed: 5, accumulation: accumulation, replicas: new CollectiveReplicaGroup(c));
-            return (Losses: run.Losses(2), Adapters: run.Adapters());
-        });
-
-        for (int rank = 0; rank < world; rank++)
-        {
-            Assert.Equal(single, replicas[rank].Losses);
-            for (int i = 0; i < singleAdapters.Length; i++)
-                Assert.True(Bits.Same(singleAdapters[i], replicas[rank].Adapters[i]), $"replica {rank}, adapter {i}");
-        }
-        Assert.True(singleAdapters[0].abs().sum().item<float>() > 0, "the step must have trained the adapters");
     }
 
     /// <summary>The step adds its micro-batches' gradients along the pairwise tree, not in arrival order: with four
