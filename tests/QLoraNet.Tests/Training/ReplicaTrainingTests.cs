@@ -10,10 +10,10 @@ namespace QLoraNet.Tests.Training;
 
 /// <summary>Training on several replicas (threads of this process joined by the loopback TCP backend, as rank
 /// processes are) against one replica accumulating their micro-batches: the step, then the whole recipe.</summary>
-// In the multi-process tests' collection, never beside them (as LoopbackCollectivesTests): the ranks' socket
-// completions and deadline timers run on thread-pool threads, and a full-suite CI run with up to four training
-// processes beside them once left both ranks of the step test unfinished after 120 s (then the next case's rank 1 not
-// joined within 30 s), while the case takes 1-6 s on its own.
+// In the multi-process tests' collection, never beside them (as LoopbackCollectivesTests): a full-suite CI run left
+// both ranks of the step test unfinished after 120 s (then the next case's rank 1 unjoined after 30 s), while the case
+// takes 1-6 s alone. The ranks' socket completions and deadline timers run on pool threads, which the runtime adds
+// slowly while the CPU is busy (see ThreadPoolMinThreads in the test project).
 [Collection("processes")]
 [Trait("tier", "e2e")]
 public class ReplicaTrainingTests
