@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
 using TorchSharp;
@@ -18,11 +19,20 @@ namespace QLoraNet.Distributed;
 /// the culprit, reaches them first. Frame: u8 kind (1 data, 2 error), u8 operation (1 all_reduce, 2 broadcast, 3 barrier),
 /// u16 dtype, u32 call number, u64 byte length, then the bytes (error: i32 failed rank, UTF-8 message).
 /// </para>
+/// <para>
+/// All I/O runs on the calling thread: non-blocking sockets, and every wait a poll with the time left to the
+/// operation's deadline. Nothing waits for a thread-pool thread: with async I/O, a host whose pool threads are busy
+/// (a test runner, a server) and whose CPU is loaded delays the socket completions and the deadline timers for as
+/// long as the runtime takes to add pool threads (seconds to minutes), and a healthy peer was named as hung.
+/// </para>
 /// </summary>
 public sealed class LoopbackCollectives : BucketedCollectives
 {
     const byte Data = 1, Error = 2, OpAllReduce = 1, OpBroadcast = 2, OpBarrier = 3;
     const int HeaderBytes = 16;
+
+    /// <summary>An error frame's text is a one-line message; more is not ours.</summary>
+    const int MaxErrorBytes = 64 << 10;
 
     readonly PeerLinks _links;
 
@@ -31,6 +41,7 @@ public sealed class LoopbackCollectives : BucketedCollectives
         : base(links.Rank, links.WorldSize, CPU, timeout, bucketBytes)
     {
         _links = links;
+        foreach (int peer in links.Peers) links.Stream(peer).Socket.Blocking = false;
     }
 
     /// <summary>Rendezvous (per <paramref name="env"/>) and connect; rank 0's payload is empty.</summary>
@@ -43,8 +54,8 @@ public sealed class LoopbackCollectives : BucketedCollectives
         byte kind = operation.StartsWith("barrier", StringComparison.Ordinal) ? OpBarrier : OpAllReduce;
         foreach (var b in buffers)
         {
-            if (Rank == 0) RootAllReduce(b, kind, operation, call, timeout).GetAwaiter().GetResult();
-            else LeafExchange(b, kind, send: true, operation, call, timeout).GetAwaiter().GetResult();
+            if (Rank == 0) RootAllReduce(b, kind, operation, call, timeout);
+            else LeafExchange(b, kind, send: true, operation, call, timeout);
         }
     }
 
@@ -52,8 +63,8 @@ public sealed class LoopbackCollectives : BucketedCollectives
     {
         foreach (var b in buffers)
         {
-            if (Rank == 0) RootSend(b, OpBroadcast, operation, call, timeout).GetAwaiter().GetResult();
-            else LeafExchange(b, OpBroadcast, send: false, operation, call, timeout).GetAwaiter().GetResult();
+            if (Rank == 0) RootSend(b, OpBroadcast, operation, call, timeout);
+            else LeafExchange(b, OpBroadcast, send: false, operation, call, timeout);
         }
     }
 
@@ -61,132 +72,248 @@ public sealed class LoopbackCollectives : BucketedCollectives
 
     // ---- rank 0 ----
 
-    async Task RootAllReduce(Tensor buffer, byte opKind, string op, long call, TimeSpan timeout)
+    void RootAllReduce(Tensor buffer, byte opKind, string op, long call, TimeSpan timeout)
     {
         var own = TensorPointer.HostBytes(buffer).ToArray();
-        using var deadline = new CancellationTokenSource(timeout);
-        var receives = _links.Peers.ToDictionary(r => r, r => Receive(r, opKind, buffer.dtype, own.Length, op, call, deadline.Token));
-        var pending = receives.Values.ToList();
+        var deadline = Deadline.After(timeout);
+        // Every peer's frame is read as it arrives (a peer's large frame fills the socket's buffer and waits for us),
+        // and the first peer that fails is named at once (a closed connection is known at once), not after the slowest.
+        var frames = _links.Peers.Select(r => new Transfer(r, _links.Stream(r).Socket, new byte[HeaderBytes + own.Length])).ToList();
         try
         {
-            // Fail on the first peer that fails (a closed connection is known at once), not after the slowest.
-            while (pending.Count > 0)
+            Pump(frames, read: true, deadline, (t, headerDone) =>
             {
-                var done = await Task.WhenAny(pending);
-                pending.Remove(done);
-                await done;
-            }
+                if (headerDone) CheckHeader(t.Bytes, t.Peer, opKind, buffer.dtype, own.Length, op, call);
+            }, silent => $"{Names(silent)} sent nothing within {TcpRendezvous.Seconds(timeout)} (hung, or far slower than the others)", op);
         }
-        catch (Exception e)
+        catch (CollectiveException failure)
         {
-            var failure = Describe(e, op, timeout, receives);
-            await TellPeers(failure);
-            throw failure;
+            TellPeers(failure);
+            throw;
         }
-        ReductionOrder.SumInto(own, receives.OrderBy(kv => kv.Key).Select(kv => kv.Value.Result).ToList(), buffer.dtype);
+        ReductionOrder.SumInto(own, frames.OrderBy(t => t.Peer).Select(t => t.Bytes[HeaderBytes..]).ToList(), buffer.dtype);
         own.CopyTo(TensorPointer.HostBytes(buffer));
-        await RootSend(buffer, opKind, op, call, timeout);
+        RootSend(buffer, opKind, op, call, timeout);
     }
 
-    async Task RootSend(Tensor buffer, byte opKind, string op, long call, TimeSpan timeout)
+    void RootSend(Tensor buffer, byte opKind, string op, long call, TimeSpan timeout)
     {
         var frame = Frame(Data, opKind, buffer.dtype, call, TensorPointer.HostBytes(buffer));
-        using var deadline = new CancellationTokenSource(timeout);
-        var sends = _links.Peers.ToDictionary(r => r, r => Send(r, frame, deadline.Token));
-        try { await Task.WhenAll(sends.Values); }
-        catch (Exception e)
+        var sends = _links.Peers.Select(r => new Transfer(r, _links.Stream(r).Socket, frame)).ToList();
+        try
         {
-            var failure = Describe(e, op, timeout, sends);
-            await TellPeers(failure);
-            throw failure;
+            Pump(sends, read: false, Deadline.After(timeout), null,
+                silent => $"{Names(silent)} took nothing within {TcpRendezvous.Seconds(timeout)} (hung, or far slower than the others)", op);
+        }
+        catch (CollectiveException failure)
+        {
+            TellPeers(failure, sends);
+            throw;
         }
     }
 
-    async Task<byte[]> Receive(int peer, byte opKind, ScalarType dtype, int length, string op, long call, CancellationToken ct)
-    {
-        var s = _links.Stream(peer);
-        var head = new byte[HeaderBytes];
-        await s.ReadExactlyAsync(head, ct).ConfigureAwait(false);
-        CheckHeader(head, peer, opKind, dtype, length, op, call);
-        var body = new byte[length];
-        await s.ReadExactlyAsync(body, ct).ConfigureAwait(false);
-        return body;
-    }
-
-    async Task Send(int peer, byte[] frame, CancellationToken ct) => await _links.Stream(peer).WriteAsync(frame, ct).ConfigureAwait(false);
-
-    /// <summary>Turns the first failure among the peers' tasks into one message naming the peer.</summary>
-    CollectiveException Describe<T>(Exception e, string op, TimeSpan timeout, IReadOnlyDictionary<int, T> tasks) where T : Task
-    {
-        if (e is CollectiveException ce) return ce;
-        int? peer = tasks.Where(kv => kv.Value.IsFaulted && kv.Value.Exception!.InnerException is not OperationCanceledException).Select(kv => (int?)kv.Key).FirstOrDefault();
-        if (peer is { } p) return PeerFailure(p, op, tasks[p].Exception!.InnerException!);
-        var silent = tasks.Where(kv => !kv.Value.IsCompletedSuccessfully).Select(kv => kv.Key).Order().ToList();
-        if (silent.Count == 0) return new CollectiveException(Rank, op, e.Message, inner: e);
-        return new CollectiveException(Rank, op,
-            $"{string.Join(", ", silent.Select(_links.Name))} sent nothing within {TcpRendezvous.Seconds(timeout)} (hung, or far slower than the others)", silent[0], e);
-    }
-
-    CollectiveException PeerFailure(int peer, string op, Exception e) => e switch
-    {
-        CollectiveException ce => ce,
-        EndOfStreamException or IOException or SocketException or ObjectDisposedException =>
-            new CollectiveException(Rank, op, $"{_links.Name(peer)} closed its connection (its process exited or was killed)", peer, e),
-        _ => new CollectiveException(Rank, op, $"{_links.Name(peer)}: {e.Message}", peer, e),
-    };
-
-    /// <summary>Rank 0 passes its diagnosis to every peer still connected, so they stop with the same message.</summary>
-    async Task TellPeers(CollectiveException failure)
+    /// <summary>Rank 0 passes its diagnosis to every peer still connected, so they stop with the same message.
+    /// <paramref name="sending"/>: the frames of a send that failed; a peer reads whole frames, so one already begun
+    /// is finished first, and a peer whose frame cannot be finished is not told (it sees the connection close).</summary>
+    void TellPeers(CollectiveException failure, IReadOnlyList<Transfer>? sending = null)
     {
         var text = Encoding.UTF8.GetBytes(failure.Message);
+        if (text.Length > MaxErrorBytes) text = text[..MaxErrorBytes];
         var body = new byte[4 + text.Length];
         BinaryPrimitives.WriteInt32LittleEndian(body, failure.FailedRank ?? -1);
         text.CopyTo(body, 4);
         var frame = Frame(Error, 0, ScalarType.Byte, 0, body);
-        using var quick = new CancellationTokenSource(TimeSpan.FromSeconds(2));
-        await Task.WhenAll(_links.Peers.Select(async r =>
-        {
-            try { await _links.Stream(r).WriteAsync(frame, quick.Token).ConfigureAwait(false); }
-            catch (Exception) { } // that peer is gone too; it will not need the message
-        }));
+        var quick = Deadline.After(TimeSpan.FromSeconds(2));
+        var begun = (sending ?? []).Where(t => t.Done > 0 && !t.Finished).ToList();
+        foreach (var t in begun)
+            try { SendRest(t.Socket, t.Bytes, ref t.Done, quick); } catch (Exception) { }
+        // First what every socket takes at once, then the rest within the same short deadline: a peer that is stuck
+        // costs the others nothing.
+        var sends = _links.Peers.Where(r => begun.All(t => t.Peer != r || t.Finished))
+            .Select(r => new Transfer(r, _links.Stream(r).Socket, frame)).ToList();
+        foreach (var t in sends)
+            try { SendSome(t.Socket, t.Bytes, ref t.Done); } catch (Exception) { t.Done = t.Bytes.Length; } // gone: nothing to tell
+        foreach (var t in sends.Where(t => !t.Finished))
+            try { SendRest(t.Socket, t.Bytes, ref t.Done, quick); } catch (Exception) { } // stuck too; it will not need the message
     }
+
+    string Names(IEnumerable<int> ranks) => string.Join(", ", ranks.Order().Select(_links.Name));
 
     // ---- ranks 1..N-1 ----
 
-    async Task LeafExchange(Tensor buffer, byte opKind, bool send, string op, long call, TimeSpan timeout)
+    void LeafExchange(Tensor buffer, byte opKind, bool send, string op, long call, TimeSpan timeout)
     {
-        var s = _links.Stream(0);
+        var socket = _links.Stream(0).Socket;
         var bytes = TensorPointer.HostBytes(buffer);
         int length = bytes.Length;
-        using var deadline = new CancellationTokenSource(timeout + Grace(timeout));
+        var deadline = Deadline.After(timeout + Grace(timeout));
         try
         {
-            if (send) await s.WriteAsync(Frame(Data, opKind, buffer.dtype, call, bytes), deadline.Token).ConfigureAwait(false);
+            if (send) SendAll(socket, Frame(Data, opKind, buffer.dtype, call, bytes), deadline);
             var head = new byte[HeaderBytes];
-            await s.ReadExactlyAsync(head, deadline.Token).ConfigureAwait(false);
+            ReceiveAll(socket, head, deadline);
             if (head[0] == Error)
             {
-                var body = new byte[checked((int)BinaryPrimitives.ReadUInt64LittleEndian(head.AsSpan(8)))];
-                await s.ReadExactlyAsync(body, deadline.Token).ConfigureAwait(false);
+                ulong size = BinaryPrimitives.ReadUInt64LittleEndian(head.AsSpan(8));
+                if (size < 4 || size > 4 + MaxErrorBytes)
+                    throw new CollectiveException(Rank, op, $"rank 0 sent an error frame of {size} bytes (not the same program?)", 0);
+                var body = new byte[(int)size];
+                ReceiveAll(socket, body, deadline);
                 int failed = BinaryPrimitives.ReadInt32LittleEndian(body);
                 throw new CollectiveException(Rank, op, $"rank 0 reports: {Encoding.UTF8.GetString(body, 4, body.Length - 4)}", failed >= 0 ? failed : 0);
             }
             CheckHeader(head, 0, opKind, buffer.dtype, length, op, call);
             var result = new byte[length];
-            await s.ReadExactlyAsync(result, deadline.Token).ConfigureAwait(false);
+            ReceiveAll(socket, result, deadline);
             result.CopyTo(TensorPointer.HostBytes(buffer));
         }
-        catch (OperationCanceledException e)
+        catch (TimeoutException e)
         {
             throw new CollectiveException(Rank, op, $"no answer from rank 0 within {TcpRendezvous.Seconds(timeout + Grace(timeout))} (rank 0 or another rank is hung)", 0, e);
         }
-        catch (Exception e) when (e is not CollectiveException)
+        catch (Exception e) when (e is not CollectiveException and not ObjectDisposedException)
         {
             throw PeerFailure(0, op, e);
         }
     }
 
     static TimeSpan Grace(TimeSpan timeout) => TimeSpan.FromTicks(Math.Clamp(timeout.Ticks / 4, TimeSpan.FromSeconds(2).Ticks, TimeSpan.FromSeconds(10).Ticks));
+
+    CollectiveException PeerFailure(int peer, string op, Exception e) => e switch
+    {
+        CollectiveException ce => ce,
+        EndOfStreamException or IOException or SocketException =>
+            new CollectiveException(Rank, op, $"{_links.Name(peer)} closed its connection (its process exited or was killed)", peer, e),
+        _ => new CollectiveException(Rank, op, $"{_links.Name(peer)}: {e.Message}", peer, e),
+    };
+
+    // ---- sockets, on the calling thread ----
+
+    /// <summary>One frame moving between this rank and a peer: <see cref="Bytes"/> (header then body), <see cref="Done"/> of them so far.</summary>
+    sealed class Transfer(int peer, Socket socket, byte[] bytes)
+    {
+        public readonly int Peer = peer;
+        public readonly Socket Socket = socket;
+        public readonly byte[] Bytes = bytes;
+        public int Done;
+        public bool Finished => Done == Bytes.Length;
+    }
+
+    /// <summary>
+    /// Moves every transfer (all reads or all sends) to its end, polling their sockets together until the deadline.
+    /// <paramref name="onProgress"/> sees a read's header as soon as it is in (to refuse a wrong frame before its
+    /// body). A peer whose socket fails is named at once; at the deadline, the unfinished peers are named by
+    /// <paramref name="silentMessage"/>.
+    /// </summary>
+    void Pump(List<Transfer> transfers, bool read, Deadline deadline, Action<Transfer, bool>? onProgress, Func<IEnumerable<int>, string> silentMessage, string op)
+    {
+        var pending = transfers.Where(t => !t.Finished).ToList();
+        while (pending.Count > 0)
+        {
+            var ready = pending.Select(t => t.Socket).ToList();
+            int micros = deadline.RemainingMicroseconds();
+            if (micros > 0)
+            {
+                if (read) Socket.Select(ready, null, null, micros);
+                else Socket.Select(null, ready, null, micros);
+            }
+            else ready.Clear();
+            if (ready.Count == 0 && deadline.Passed)
+                throw new CollectiveException(Rank, op, silentMessage(pending.Select(t => t.Peer)), pending.Select(t => t.Peer).Min());
+            foreach (var t in pending.Where(t => ready.Contains(t.Socket)).ToList())
+            {
+                try
+                {
+                    bool headerBefore = t.Done >= HeaderBytes;
+                    if (read) ReceiveSome(t.Socket, t.Bytes, ref t.Done);
+                    else SendSome(t.Socket, t.Bytes, ref t.Done);
+                    if (read && !headerBefore && t.Done >= HeaderBytes) onProgress?.Invoke(t, true);
+                }
+                catch (Exception e) when (e is not CollectiveException and not ObjectDisposedException)
+                {
+                    throw PeerFailure(t.Peer, op, e);
+                }
+                if (t.Finished) pending.Remove(t);
+            }
+        }
+    }
+
+    /// <summary>Reads what has arrived into bytes[done..]; a closed connection is an <see cref="EndOfStreamException"/>.</summary>
+    static void ReceiveSome(Socket s, byte[] bytes, ref int done)
+    {
+        while (done < bytes.Length)
+        {
+            int n = s.Receive(bytes, done, bytes.Length - done, SocketFlags.None, out SocketError error);
+            if (error == SocketError.WouldBlock) return;
+            if (error != SocketError.Success) throw new SocketException((int)error);
+            if (n == 0) throw new EndOfStreamException("the connection was closed");
+            done += n;
+        }
+    }
+
+    /// <summary>Sends what the socket takes of bytes[done..].</summary>
+    static void SendSome(Socket s, byte[] bytes, ref int done)
+    {
+        while (done < bytes.Length)
+        {
+            int n = s.Send(bytes, done, bytes.Length - done, SocketFlags.None, out SocketError error);
+            if (error == SocketError.WouldBlock) return;
+            if (error != SocketError.Success) throw new SocketException((int)error);
+            done += n;
+        }
+    }
+
+    /// <summary>Reads exactly <paramref name="bytes"/>.Length bytes, or throws <see cref="TimeoutException"/> at the deadline.</summary>
+    static void ReceiveAll(Socket s, byte[] bytes, Deadline deadline)
+    {
+        int done = 0;
+        while (true)
+        {
+            ReceiveSome(s, bytes, ref done);
+            if (done == bytes.Length) return;
+            Wait(s, SelectMode.SelectRead, deadline);
+        }
+    }
+
+    /// <summary>Sends all of <paramref name="bytes"/>, or throws <see cref="TimeoutException"/> at the deadline.</summary>
+    static void SendAll(Socket s, byte[] bytes, Deadline deadline)
+    {
+        int done = 0;
+        SendRest(s, bytes, ref done, deadline);
+    }
+
+    static void SendRest(Socket s, byte[] bytes, ref int done, Deadline deadline)
+    {
+        while (true)
+        {
+            SendSome(s, bytes, ref done);
+            if (done == bytes.Length) return;
+            Wait(s, SelectMode.SelectWrite, deadline);
+        }
+    }
+
+    static void Wait(Socket s, SelectMode mode, Deadline deadline)
+    {
+        int micros = deadline.RemainingMicroseconds();
+        if (micros <= 0 || !s.Poll(micros, mode) && deadline.Passed) throw new TimeoutException();
+    }
+
+    /// <summary>A point in time on the monotonic clock.</summary>
+    readonly struct Deadline(long ticks)
+    {
+        /// <summary>Now plus <paramref name="span"/>; a span of years is as good as none (and cannot overflow).</summary>
+        public static Deadline After(TimeSpan span) =>
+            new(Stopwatch.GetTimestamp() + (long)(Math.Min(span.TotalSeconds, 1e8) * Stopwatch.Frequency));
+
+        public bool Passed => Stopwatch.GetTimestamp() >= ticks;
+
+        /// <summary>Time left, clamped to what one poll takes (int microseconds, ~35 min; the caller polls again).</summary>
+        public int RemainingMicroseconds()
+        {
+            double micros = (ticks - Stopwatch.GetTimestamp()) * 1e6 / Stopwatch.Frequency;
+            return micros <= 0 ? 0 : (int)Math.Min(int.MaxValue, Math.Ceiling(micros));
+        }
+    }
 
     // ---- frames ----
 

@@ -7,9 +7,10 @@ namespace QLoraNet.Tests.Distributed;
 
 /// <summary>The CPU backend with 2 and 3 ranks (threads over real TCP): results against a single-process
 /// computation along the same tree (PairwiseOrder), bit for bit; faults named within the timeout.</summary>
-// Never beside the multi-process launches: on a 2-core CI machine, up to four training processes starve these ranks'
-// socket completions and deadline timers (the leaver test once saw its 20 s deadline fire ~10 s late and naming the
-// wrong rank, and once no rank finished within 120 s, both in full-suite runs); the deadlines are what is tested.
+// Never beside the multi-process launches: the deadlines are what is tested, and on a 2-core CI machine up to four
+// training processes beside them made the leaver test's 20 s deadline fire ~10 s late naming the wrong rank, and no
+// rank finish within 120 s (the backend's I/O was async then, and waited for thread-pool threads; see
+// Collectives_need_no_thread_pool_thread).
 [Collection("processes")]
 [Trait("tier", "unit")]
 public class LoopbackCollectivesTests
@@ -182,5 +183,73 @@ public class LoopbackCollectivesTests
     {
         var outcomes = InProcessRanks.RunAll(2, c => { c.AllReduceSum([ones(3, ScalarType.Int64)]); return 0; }, TimeSpan.FromSeconds(5));
         Assert.Contains("cannot sum Int64 tensors; use float32, float64, bfloat16 or float16", outcomes[0].Error!.Message);
+    }
+
+    /// <summary>Frames far larger than a socket's buffers (16 MiB in one bucket, three ranks): every send and receive
+    /// is split over many polls, and the result is still the pairwise sum bit for bit, on every rank.</summary>
+    [Fact]
+    public void Frames_larger_than_the_socket_buffers_arrive_whole()
+    {
+        static Tensor Big(int rank) => randn(4L << 20, generator: new Generator((ulong)(900 + rank)));
+        var results = InProcessRanks.Run(3, c =>
+        {
+            var mine = new List<Tensor> { Big(c.Rank) };
+            c.AllReduceSum(mine);
+            c.Broadcast(mine);
+            return mine[0];
+        }, bucketBytes: 32L << 20);
+        var expected = PairwiseOrder.Sum(Enumerable.Range(0, 3).Select(Big).ToList(), (a, b) => a.add(b));
+        for (int r = 0; r < 3; r++) Assert.True(SameBits(expected, results[r]), $"rank {r}");
+    }
+
+    /// <summary>
+    /// The backend's I/O and deadlines run on the calling thread: with every thread-pool thread held (and 200 more
+    /// items queued behind them), two ranks still do 20 all-reduces at once. Async socket I/O would wait for a pool
+    /// thread for its completions and its deadline timers alike, and stall until the pool is released.
+    /// </summary>
+    [Fact]
+    public void Collectives_need_no_thread_pool_thread()
+    {
+        using var release = new ManualResetEventSlim();
+        bool released = false;
+        var safety = new Thread(() => { if (!release.Wait(TimeSpan.FromSeconds(30))) { released = true; release.Set(); } }) { IsBackground = true };
+        safety.Start();
+        var outcomes = InProcessRanks.RunAll(2, c =>
+        {
+            c.Barrier();                  // the rendezvous (async) is over
+            if (c.Rank == 0) HoldEveryPoolThread(release);
+            var sums = new List<float>();
+            try
+            {
+                for (int i = 0; i < 20; i++)
+                {
+                    var t = new List<Tensor> { full(1000, (float)(c.Rank + i)) };
+                    c.AllReduceSum(t);
+                    sums.Add(t[0][999].item<float>());
+                }
+            }
+            finally { if (c.Rank == 0) release.Set(); }
+            return sums;
+        }, TimeSpan.FromSeconds(10));
+        safety.Join();
+        Assert.False(released, "the ranks waited for the held pool (released by the 30 s safety)");
+        foreach (var o in outcomes)
+        {
+            Assert.Null(o.Error);
+            Assert.Equal(Enumerable.Range(0, 20).Select(i => (float)(2 * i + 1)), o.Result);
+        }
+    }
+
+    /// <summary>Queues blocking items until one waits for a thread: every pool thread is then held until release.</summary>
+    static void HoldEveryPoolThread(ManualResetEventSlim release)
+    {
+        int items = ThreadPool.ThreadCount + 200;
+        for (int i = 0; i < items; i++) ThreadPool.UnsafeQueueUserWorkItem(_ => release.Wait(), null);
+        var clock = Stopwatch.StartNew();
+        while (ThreadPool.PendingWorkItemCount == 0)
+        {
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), "the pool took every item: cannot hold it");
+            Thread.Sleep(1);
+        }
     }
 }

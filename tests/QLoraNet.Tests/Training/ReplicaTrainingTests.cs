@@ -12,8 +12,8 @@ namespace QLoraNet.Tests.Training;
 /// processes are) against one replica accumulating their micro-batches: the step, then the whole recipe.</summary>
 // In the multi-process tests' collection, never beside them (as LoopbackCollectivesTests): a full-suite CI run left
 // both ranks of the step test unfinished after 120 s (then the next case's rank 1 unjoined after 30 s), while the case
-// takes 1-6 s alone. The ranks' socket completions and deadline timers run on pool threads, which the runtime adds
-// slowly while the CPU is busy (see ThreadPoolMinThreads in the test project).
+// takes 1-6 s alone. The backend then waited for thread-pool threads, which the runtime adds slowly while the CPU is
+// busy (see ThreadPoolMinThreads in the test project); the rendezvous still does.
 [Collection("processes")]
 [Trait("tier", "e2e")]
 public class ReplicaTrainingTests
