@@ -210,7 +210,8 @@ public class LoopbackCollectivesTests
     [Fact]
     public void Collectives_need_no_thread_pool_thread()
     {
-        using var release = new ManualResetEventSlim();
+        // Not disposed: the items queued behind the held threads start after the test, and must find it set.
+        var release = new ManualResetEventSlim();
         bool released = false;
         var safety = new Thread(() => { if (!release.Wait(TimeSpan.FromSeconds(30))) { released = true; release.Set(); } }) { IsBackground = true };
         safety.Start();
@@ -240,7 +241,8 @@ public class LoopbackCollectivesTests
         }
     }
 
-    /// <summary>Queues blocking items until one waits for a thread: every pool thread is then held until release.</summary>
+    /// <summary>Queues blocking items until one waits for a thread: every pool thread is then held until release.
+    /// An item that runs once the event is set returns at once.</summary>
     static void HoldEveryPoolThread(ManualResetEventSlim release)
     {
         int items = ThreadPool.ThreadCount + 200;
