@@ -75,16 +75,12 @@ public sealed class LoopbackCollectives : BucketedCollectives
     void RootAllReduce(Tensor buffer, byte opKind, string op, long call, TimeSpan timeout)
     {
         var own = TensorPointer.HostBytes(buffer).ToArray();
-        var deadline = Deadline.After(timeout);
         // Every peer's frame is read as it arrives (a peer's large frame fills the socket's buffer and waits for us),
         // and the first peer that fails is named at once (a closed connection is known at once), not after the slowest.
         var frames = _links.Peers.Select(r => new Transfer(r, _links.Stream(r).Socket, new byte[HeaderBytes + own.Length])).ToList();
         try
         {
-            Pump(frames, read: true, deadline, (t, headerDone) =>
-            {
-                if (headerDone) CheckHeader(t.Bytes, t.Peer, opKind, buffer.dtype, own.Length, op, call);
-            }, silent => $"{Names(silent)} sent nothing within {TcpRendezvous.Seconds(timeout)} (hung, or far slower than the others)", op);
+            Pump(frames, read: true, timeout, op, onHeader: t => CheckHeader(t.Bytes, t.Peer, opKind, buffer.dtype, own.Length, op, call));
         }
         catch (CollectiveException failure)
         {
@@ -102,8 +98,7 @@ public sealed class LoopbackCollectives : BucketedCollectives
         var sends = _links.Peers.Select(r => new Transfer(r, _links.Stream(r).Socket, frame)).ToList();
         try
         {
-            Pump(sends, read: false, Deadline.After(timeout), null,
-                silent => $"{Names(silent)} took nothing within {TcpRendezvous.Seconds(timeout)} (hung, or far slower than the others)", op);
+            Pump(sends, read: false, timeout, op);
         }
         catch (CollectiveException failure)
         {
@@ -136,8 +131,6 @@ public sealed class LoopbackCollectives : BucketedCollectives
         foreach (var t in sends.Where(t => !t.Finished))
             try { SendRest(t.Socket, t.Bytes, ref t.Done, quick); } catch (Exception) { } // stuck too; it will not need the message
     }
-
-    string Names(IEnumerable<int> ranks) => string.Join(", ", ranks.Order().Select(_links.Name));
 
     // ---- ranks 1..N-1 ----
 
@@ -200,13 +193,13 @@ public sealed class LoopbackCollectives : BucketedCollectives
     }
 
     /// <summary>
-    /// Moves every transfer (all reads or all sends) to its end, polling their sockets together until the deadline.
-    /// <paramref name="onProgress"/> sees a read's header as soon as it is in (to refuse a wrong frame before its
-    /// body). A peer whose socket fails is named at once; at the deadline, the unfinished peers are named by
-    /// <paramref name="silentMessage"/>.
+    /// Moves every transfer (all reads or all sends) to its end, polling their sockets together until
+    /// <paramref name="timeout"/>. <paramref name="onHeader"/> sees a read's header as soon as it is in (to refuse a
+    /// wrong frame before its body). A peer whose socket fails is named at once; at the deadline, the unfinished ones.
     /// </summary>
-    void Pump(List<Transfer> transfers, bool read, Deadline deadline, Action<Transfer, bool>? onProgress, Func<IEnumerable<int>, string> silentMessage, string op)
+    void Pump(List<Transfer> transfers, bool read, TimeSpan timeout, string op, Action<Transfer>? onHeader = null)
     {
+        var deadline = Deadline.After(timeout);
         var pending = transfers.Where(t => !t.Finished).ToList();
         while (pending.Count > 0)
         {
@@ -219,7 +212,11 @@ public sealed class LoopbackCollectives : BucketedCollectives
             }
             else ready.Clear();
             if (ready.Count == 0 && deadline.Passed)
-                throw new CollectiveException(Rank, op, silentMessage(pending.Select(t => t.Peer)), pending.Select(t => t.Peer).Min());
+            {
+                var silent = pending.Select(t => t.Peer).Order().ToList();
+                throw new CollectiveException(Rank, op, $"{string.Join(", ", silent.Select(_links.Name))} {(read ? "sent" : "took")} nothing within "
+                    + $"{TcpRendezvous.Seconds(timeout)} (hung, or far slower than the others)", silent[0]);
+            }
             foreach (var t in pending.Where(t => ready.Contains(t.Socket)).ToList())
             {
                 try
@@ -227,7 +224,7 @@ public sealed class LoopbackCollectives : BucketedCollectives
                     bool headerBefore = t.Done >= HeaderBytes;
                     if (read) ReceiveSome(t.Socket, t.Bytes, ref t.Done);
                     else SendSome(t.Socket, t.Bytes, ref t.Done);
-                    if (read && !headerBefore && t.Done >= HeaderBytes) onProgress?.Invoke(t, true);
+                    if (read && !headerBefore && t.Done >= HeaderBytes) onHeader?.Invoke(t);
                 }
                 catch (Exception e) when (e is not CollectiveException and not ObjectDisposedException)
                 {

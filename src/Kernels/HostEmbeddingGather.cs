@@ -88,7 +88,7 @@ public sealed unsafe class HostEmbeddingGather : FusedOp
             var ids = tensor(new long[] { 3, 0, 15, 3 }).to(device);
             if (!KernelFits(table, ids) || Kernel(table, ids) is not { } onDevice) return "the self-check's table does not fit the kernel";
             var gathered = onDevice.cpu();
-            var want = values.index_select(0, tensor(new long[] { 3, 0, 15, 3 }));
+            var want = values.index_select(0, ids.cpu());
             return gathered.eq(want).all().item<bool>() ? null : "the self-check's rows differ from the table (pinned host memory not readable from kernels here?)";
         }
         catch (Exception e) when (e is InvalidOperationException or ExternalException or ArgumentException)

@@ -84,11 +84,12 @@ public static class InProcessRanks
             lock (_gate) _open = c;
         }
 
-        /// <summary>Closes the rank's connections if it has not finished (its next wait on them fails).</summary>
+        /// <summary>Closes the rank's connections (its next wait on them fails; a finished rank's are closed already,
+        /// and a second dispose does nothing).</summary>
         public void Abandon()
         {
             ICollectives? open;
-            lock (_gate) { open = _what is "done" || _what.StartsWith("failed", StringComparison.Ordinal) ? null : _open; _open = null; }
+            lock (_gate) (open, _open) = (_open, null);
             try { open?.Dispose(); } catch (Exception) { } // the rank's own dispose may race this one; either closes
         }
 
