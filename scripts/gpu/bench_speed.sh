@@ -7,7 +7,8 @@
 # On the GPU machine, from the repository root, with the carry folder made by scripts/gpu/prepare_speed.sh:
 #   bash scripts/gpu/bench_speed.sh [--carry .gpu-speed] [--with-13b] [--kept N] [--budget SECONDS] [--dry-run]
 # --kept N: the headline case, `train` and the other shapes keep the last N layers' activations instead of
-# recomputing them (training.uncheckpointed_layers; default 4, which fits the 7B under half the compiled peer's peak);
+# recomputing them (training.uncheckpointed_layers; default 7, which fits the 7B under half the compiled peer's peak
+# since custom functions stopped holding a copy of each output, session 35; 4 before);
 # ours-512x4-k1 is the same step at the default of 1, the memory of full recomputation.
 # The whole script, checkpoint building included, ends within --budget seconds (default 470: a device call's 480 s
 # with room to spare). The cases run in order of importance; each runs under its own timeout, cut to what is left
@@ -16,7 +17,7 @@
 # nothing, charging each case the seconds it typically takes (NEED_S below, from the H100/H200 runs so far), so it
 # shows which cases a normal run reaches within the budget.
 set -uo pipefail
-carry=.gpu-speed; with13=0; budget=470; dry=0; kept=4
+carry=.gpu-speed; with13=0; budget=470; dry=0; kept=7
 while [[ $# -gt 0 ]]; do
   case $1 in
     --carry) carry=$2; shift 2 ;;
@@ -86,8 +87,8 @@ all=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 # Warm-up as the peer's (5 steps); the same step at the default of one kept layer right after (equal memory).
 run_case ours-512x4 120 37 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $kept --split --profile --check-layer-backward --hold-seconds 0
 run_case ours-512x4-k1 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers 1 --profile --hold-seconds 0
-# One more kept layer with the embedding table in host memory (training.embedding_on_host: 0.29 GiB less at the peak
-# in session 33's call 43, room for the fifth layer under half the compiled peer's memory).
+# One more kept layer with the embedding table in host memory (training.embedding_on_host: 0.24 GiB less at the peak
+# in session 35's call 44, room for the eighth kept layer under half the compiled peer's memory).
 run_case ours-512x4-host 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $((kept + 1)) --embedding-on-host --hold-seconds 0
 run_case peer-512x4 120 30 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4
 run_case peer-512x4-compile 200 100 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --compile --warmup 5
@@ -122,9 +123,7 @@ cp "$OUT/run/metrics.csv" "$OUT/train_metrics.csv" 2>/dev/null
 # 4. Low memory: micro-batches of 1 x 512 accumulated 4 times (the same 2048 tokens per optimizer step) and a
 # quarter-size loss chunk: the activations and the loss's transients shrink 4x, the frozen base does not.
 run_case ours-lowmem 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --hold-seconds 0
-# The headline step with the loss's torch ops on fp32 logits instead of the fused cross-entropy kernel (the kernel's
-# gain, same call; session 33).
-run_case ours-512x4-torchce 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $kept --torch-cross-entropy --hold-seconds 0
+run_case ours-lowmem-host 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --embedding-on-host --hold-seconds 0
 
 # 5. The other shapes: nothing may regress there.
 run_case ours-2048x1 80 20 "${app[@]}" bench train --model $ckpt --seq 2048 --batch 1 --uncheckpointed-layers $kept --hold-seconds 0
@@ -134,6 +133,9 @@ run_case ours-512x4-all 90 22 "${app[@]}" bench train --model $ckpt --seq 512 --
 # 6. As time allows: the step with every fused kernel off (what they gain, and the loss they reach: the same up to
 #    bf16 rounding); launches and GPU idle time from an nsys trace of three profiled steps; LoRA dropout's cost; the
 #    peer's other shapes; the 13B shape.
+# The headline step with the loss's torch ops on fp32 logits instead of the fused cross-entropy kernel (the kernel's
+# gain, same call; session 33).
+run_case ours-512x4-torchce 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $kept --torch-cross-entropy --hold-seconds 0
 run_case ours-512x4-torchops 80 25 env QLORANET_DISABLE_CUDA_KERNELS=1 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --hold-seconds 0
 nsys_bin=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
 [[ -z "$nsys_bin" && $dry == 1 ]] && nsys_bin=nsys   # the plan shows the case anyway
@@ -234,7 +236,7 @@ for f in sorted(glob.glob(f"{out}/cases/kernel-*.log")):
     if summ: kern["checks"] += summ["parity_checks"]; kern["failures"] += summ["failures"]
     else: kern["failures"] += 1
 cases = {n: case(n) for n in ["ours-512x4", "ours-512x4-k1", "ours-512x4-host", "peer-512x4", "peer-512x4-compile", "ours-2048x1", "peer-2048x1", "ours-4096x1", "peer-4096x1",
-                              "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-512x4-torchce", "ours-512x4-dropout", "ours-512x4-torchops", "ours-13b-512x4", "nsys-512x4"]}
+                              "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-lowmem-host", "ours-512x4-torchce", "ours-512x4-dropout", "ours-512x4-torchops", "ours-13b-512x4", "nsys-512x4"]}
 def ratio(a, b, k):
     try: return round(cases[a][k] / cases[b][k], 3)
     except (TypeError, KeyError, ZeroDivisionError): return None

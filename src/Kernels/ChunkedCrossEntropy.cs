@@ -68,15 +68,15 @@ public static class ChunkedCrossEntropy
         if (chunkTokens < 1) throw new ArgumentException($"chunk of {chunkTokens} tokens: must be at least 1");
         var head = new Head(logitsOf, logitTransform, logitTransform is null ? inPlace : null);
         if (!torch.is_grad_enabled() || (!headTrains && !hidden.requires_grad)) return SumWithoutGraph(hidden, head, labels, chunkTokens);
-        if (!headTrains) return GradientInForwardFunction.apply(hidden, head, labels, chunkTokens, handles);
+        if (!headTrains) return GradientInForwardFunction.Call(hidden, head, labels, chunkTokens, handles);
         // The head may close over trainable parameters (an adapter on lm_head) that only backward's recomputation
         // reaches: the function's output must take part in the graph even when the hidden states do not.
         if (!hidden.requires_grad)
         {
             var leaf = hidden.detach().requires_grad_(true);
-            return LossFunction.apply(leaf, head, labels, chunkTokens, handles);
+            return LossFunction.Call(leaf, head, labels, chunkTokens, handles);
         }
-        return LossFunction.apply(hidden, head, labels, chunkTokens, handles);
+        return LossFunction.Call(hidden, head, labels, chunkTokens, handles);
     }
 
     /// <summary>The number of tokens that count: labels[:, 1:] != IgnoreIndex (int64 scalar).</summary>
@@ -143,11 +143,11 @@ public static class ChunkedCrossEntropy
 
     /// <summary>forward(hidden, head, labels, chunkTokens, handles) -> fp32 scalar sum; a frozen head: the gradient of
     /// the sum with respect to hidden is taken chunk by chunk in forward and scaled in backward.</summary>
-    sealed class GradientInForwardFunction : autograd.SingleTensorFunction<GradientInForwardFunction>
+    sealed class GradientInForwardFunction : CachelessFunction<GradientInForwardFunction>
     {
         public override string Name => "ChunkedCrossEntropyGradientInForward";
 
-        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        protected override Tensor Forward(autograd.AutogradContext ctx, object[] vars)
         {
             var (hidden, head, labels, chunk, handles) = ((Tensor)vars[0], (Head)vars[1], (Tensor)vars[2], (long)vars[3], (BackwardHandles)vars[4]);
             using var scope = NewDisposeScope();
@@ -183,7 +183,7 @@ public static class ChunkedCrossEntropy
             return (total ?? zeros(Array.Empty<long>(), ScalarType.Float32, hidden.device)).MoveToOuterDisposeScope();
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+        protected override List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
             BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
@@ -204,11 +204,11 @@ public static class ChunkedCrossEntropy
     }
 
     /// <summary>forward(hidden, head, labels, chunkTokens, handles) -> fp32 scalar sum; backward recomputes each chunk.</summary>
-    sealed class LossFunction : autograd.SingleTensorFunction<LossFunction>
+    sealed class LossFunction : CachelessFunction<LossFunction>
     {
         public override string Name => "ChunkedCrossEntropy";
 
-        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        protected override Tensor Forward(autograd.AutogradContext ctx, object[] vars)
         {
             var (hidden, head, labels, chunk, handles) = ((Tensor)vars[0], (Head)vars[1], (Tensor)vars[2], (long)vars[3], (BackwardHandles)vars[4]);
             using var scope = NewDisposeScope();
@@ -220,7 +220,7 @@ public static class ChunkedCrossEntropy
             return total.MoveToOuterDisposeScope();
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+        protected override List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
             BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)

@@ -44,7 +44,7 @@ public sealed unsafe class FusedDropout : FusedOp
         if (threshold is < 0 or > 65536) throw new ArgumentOutOfRangeException(nameof(threshold), threshold, "must be in [0, 65536]");
         CountKernel();
         if (!KernelPath.NeedsGraph(x)) return Kernel(x, key, threshold, scale, backward: false);
-        return DropoutFunction.apply(x, key, threshold, scale, this, handles);
+        return DropoutFunction.Call(x, key, threshold, scale, this, handles);
     }
 
     /// <summary>dx = dy * keep * scale for the mask of <see cref="Apply"/>'s draw (the kernel hashes the same key):
@@ -77,11 +77,11 @@ public sealed unsafe class FusedDropout : FusedOp
     }
 
     /// <summary>forward(x, key, threshold, scale, op, handles) -> dropped x; backward regenerates the mask.</summary>
-    sealed class DropoutFunction : autograd.SingleTensorFunction<DropoutFunction>
+    sealed class DropoutFunction : CachelessFunction<DropoutFunction>
     {
         public override string Name => "FusedDropout";
 
-        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        protected override Tensor Forward(autograd.AutogradContext ctx, object[] vars)
         {
             var (x, key, threshold, scale) = ((Tensor)vars[0], (ulong)vars[1], (long)vars[2], (double)vars[3]);
             var (op, handles) = ((FusedDropout)vars[4], (BackwardHandles)vars[5]);
@@ -93,7 +93,7 @@ public sealed unsafe class FusedDropout : FusedOp
             return op.Kernel(x, key, threshold, scale, backward: false);
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+        protected override List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
             BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)

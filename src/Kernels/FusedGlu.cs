@@ -42,7 +42,7 @@ public sealed unsafe class FusedGlu : FusedOp
         }
         CountKernel();
         if (!KernelPath.NeedsGraph(gate, up) && ForwardKernel(gate, up, activation) is { } output) return output;
-        return GluFunction.apply(gate, up, activation, this, handles);
+        return GluFunction.Call(gate, up, activation, this, handles);
     }
 
     /// <summary>The gradients of gate and up from that of act(gate) * up, as the autograd function's backward computes
@@ -52,7 +52,7 @@ public sealed unsafe class FusedGlu : FusedOp
 
     /// <summary>The autograd function with the reference forward and backward (CPU tests of its plumbing).</summary>
     internal static Tensor ApplyWithReferenceFunction(Tensor gate, Tensor up, GluActivation activation, BackwardHandles handles) =>
-        GluFunction.apply(gate, up, activation, null!, handles);
+        GluFunction.Call(gate, up, activation, null!, handles);
 
     bool KernelFits(Tensor gate, Tensor up) =>
         Module is not null && gate.device_type == DeviceType.CUDA && DeviceTensors.IsKernelDType(gate.dtype)
@@ -136,11 +136,11 @@ public sealed unsafe class FusedGlu : FusedOp
     }
 
     /// <summary>forward(gate, up, activation, op (null: the reference), handles) -> act(gate) * up.</summary>
-    sealed class GluFunction : autograd.SingleTensorFunction<GluFunction>
+    sealed class GluFunction : CachelessFunction<GluFunction>
     {
         public override string Name => "FusedGlu";
 
-        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        protected override Tensor Forward(autograd.AutogradContext ctx, object[] vars)
         {
             var (gate, up, activation) = ((Tensor)vars[0], (Tensor)vars[1], (GluActivation)vars[2]);
             var (op, handles) = (vars[3] as FusedGlu, (BackwardHandles)vars[4]);
@@ -151,7 +151,7 @@ public sealed unsafe class FusedGlu : FusedOp
             return op?.ForwardKernel(gate, up, activation) ?? GluReference.Forward(gate, up, activation);
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+        protected override List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
             BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)

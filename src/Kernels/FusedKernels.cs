@@ -157,6 +157,7 @@ public sealed class FusedKernels
         Line("embedding on host (training.embedding_on_host)", HostEmbedding, "a pinned bf16/fp32 table, rows a multiple of 16 bytes"),
         $"lora up-projection on {Device}: addmm (base + scaling * (x A^T) B^T in one GEMM epilogue, in place)",
         Line("lora weight gradients", WeightGradient, "bf16/fp16 operands of an fp32 contiguous .grad"),
+        FunctionOutputCache.Describe,
     ];
 
     string Line(string op, FusedOp f, string kernelTakes) =>

@@ -48,7 +48,7 @@ public sealed unsafe class FusedRmsNorm : FusedOp
             k.InverseRms.Dispose();
             return k.Y;
         }
-        return NormFunction.apply(x, weight, eps, unitOffset, this, handles);
+        return NormFunction.Call(x, weight, eps, unitOffset, this, handles);
     }
 
     /// <summary>h = x + residual (rounded to the compute dtype, as a torch add) and y = RMSNorm(h) * weight.</summary>
@@ -66,7 +66,7 @@ public sealed unsafe class FusedRmsNorm : FusedOp
                 k.InverseRms.Dispose();
                 return (kh, k.Y);
             }
-            var outputs = AddNormFunction.apply(x, residual, weight, eps, unitOffset, this, handles);
+            var outputs = AddNormFunction.Call(x, residual, weight, eps, unitOffset, this, handles);
             return (outputs[0], outputs[1]);
         }
         CountReference();
@@ -117,12 +117,12 @@ public sealed unsafe class FusedRmsNorm : FusedOp
     /// <summary>The autograd functions with the torch-op forward and closed-form backward instead of the kernels: what
     /// CPU tests run to check the functions' plumbing (saved tensors, gradient routing) against plain autograd.</summary>
     internal static Tensor ApplyWithReferenceFunction(Tensor x, Tensor weight, double eps, bool unitOffset, BackwardHandles handles) =>
-        NormFunction.apply(x, weight, eps, unitOffset, null!, handles);
+        NormFunction.Call(x, weight, eps, unitOffset, null!, handles);
 
     internal static (Tensor Sum, Tensor Normed) ApplyWithResidualReferenceFunction(Tensor x, Tensor residual, Tensor weight, double eps,
         bool unitOffset, BackwardHandles handles)
     {
-        var outputs = AddNormFunction.apply(x, residual, weight, eps, unitOffset, null!, handles);
+        var outputs = AddNormFunction.Call(x, residual, weight, eps, unitOffset, null!, handles);
         return (outputs[0], outputs[1]);
     }
 
@@ -182,11 +182,11 @@ public sealed unsafe class FusedRmsNorm : FusedOp
     }
 
     /// <summary>y = norm(x): forward(x, weight, eps, unitOffset, op (null: the reference), handles).</summary>
-    sealed class NormFunction : autograd.SingleTensorFunction<NormFunction>
+    sealed class NormFunction : CachelessFunction<NormFunction>
     {
         public override string Name => "FusedRmsNorm";
 
-        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        protected override Tensor Forward(autograd.AutogradContext ctx, object[] vars)
         {
             var (x, weight, eps, unitOffset) = ((Tensor)vars[0], (Tensor)vars[1], (double)vars[2], (bool)vars[3]);
             var (op, handles) = (vars[4] as FusedRmsNorm, (BackwardHandles)vars[5]);
@@ -204,7 +204,7 @@ public sealed unsafe class FusedRmsNorm : FusedOp
             return y.MoveToOuterDisposeScope();
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+        protected override List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
             BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
@@ -226,11 +226,11 @@ public sealed unsafe class FusedRmsNorm : FusedOp
     }
 
     /// <summary>(h, y) = (x + residual, norm(x + residual)): forward(x, residual, weight, eps, unitOffset, op, handles).</summary>
-    sealed class AddNormFunction : autograd.MultiTensorFunction<AddNormFunction>
+    sealed class AddNormFunction : CachelessMultiFunction<AddNormFunction>
     {
         public override string Name => "FusedAddRmsNorm";
 
-        public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
+        protected override List<Tensor> Forward(autograd.AutogradContext ctx, object[] vars)
         {
             var (x, residual, weight) = ((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2]);
             var (eps, unitOffset) = ((double)vars[3], (bool)vars[4]);
@@ -252,7 +252,7 @@ public sealed unsafe class FusedRmsNorm : FusedOp
             return [h.MoveToOuterDisposeScope(), y.MoveToOuterDisposeScope()];
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs) =>
+        protected override List<Tensor> Backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs) =>
             BackwardFailure.Guard(() => Gradients(ctx, gradOutputs));   // a failure must not cross the native callback
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, List<Tensor> gradOutputs)

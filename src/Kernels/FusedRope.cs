@@ -39,7 +39,7 @@ public sealed unsafe class FusedRope : FusedOp
         }
         CountKernel();
         if (!KernelPath.NeedsGraph(x) && Kernel(x, null, cos, sin, backward: false) is { } r) return r.Q;
-        return RopeFunction.apply(x, null!, cos, sin, this, handles)[0];
+        return RopeFunction.Call(x, null!, cos, sin, this, handles)[0];
     }
 
     /// <summary>Both q (B, heads, T, D) and k (B, kvHeads, T, D) in one launch.</summary>
@@ -52,7 +52,7 @@ public sealed unsafe class FusedRope : FusedOp
         }
         CountKernel();
         if (!KernelPath.NeedsGraph(q, k) && Kernel(q, k, cos, sin, backward: false) is { K: { } kr } r) return (r.Q, kr);
-        var outputs = RopeFunction.apply(q, k, cos, sin, this, handles);
+        var outputs = RopeFunction.Call(q, k, cos, sin, this, handles);
         return (outputs[0], outputs[1]);
     }
 
@@ -67,7 +67,7 @@ public sealed unsafe class FusedRope : FusedOp
     /// <summary>The autograd function with the reference forward and backward (CPU tests of its plumbing).</summary>
     internal static (Tensor Q, Tensor K) ApplyQkWithReferenceFunction(Tensor q, Tensor k, Tensor cos, Tensor sin, BackwardHandles handles)
     {
-        var outputs = RopeFunction.apply(q, k, cos, sin, null!, handles);
+        var outputs = RopeFunction.Call(q, k, cos, sin, null!, handles);
         return (outputs[0], outputs[1]);
     }
 
@@ -150,11 +150,11 @@ public sealed unsafe class FusedRope : FusedOp
     }
 
     /// <summary>forward(q, k or null, cos, sin, op (null: the reference), handles) -> [q rotated, k rotated (when given)].</summary>
-    sealed class RopeFunction : autograd.MultiTensorFunction<RopeFunction>
+    sealed class RopeFunction : CachelessMultiFunction<RopeFunction>
     {
         public override string Name => "FusedRope";
 
-        public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
+        protected override List<Tensor> Forward(autograd.AutogradContext ctx, object[] vars)
         {
             var (q, k, cos, sin) = ((Tensor)vars[0], vars[1] as Tensor, (Tensor)vars[2], (Tensor)vars[3]);
             var (op, handles) = (vars[4] as FusedRope, (BackwardHandles)vars[5]);
@@ -168,7 +168,7 @@ public sealed unsafe class FusedRope : FusedOp
             return k is null ? [qr] : [qr, RopeReference.Forward(k, cos, sin)];
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs) =>
+        protected override List<Tensor> Backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs) =>
             BackwardFailure.Guard(() => Gradients(ctx, gradOutputs));   // a failure must not cross the native callback
 
         List<Tensor> Gradients(autograd.AutogradContext ctx, List<Tensor> gradOutputs)

@@ -30,15 +30,15 @@ namespace QLoraNet.Models;
 /// dropped, an exception before backward) is released by the layer's next recorded forward
 /// (<see cref="PendingRecord"/>): at most one per layer is ever held; a backward that then finds its record gone
 /// recomputes as the other layers do.
-/// Call: <c>LayerCheckpoint.apply(hidden, layer, cos, sin, mask, handles, keepRecord, recordWeights)</c>; hidden must require grad
+/// Call: <c>LayerCheckpoint.Call(hidden, layer, cos, sin, mask, handles, keepRecord, recordWeights)</c>; hidden must require grad
 /// (the caller sets it on the embedding output, which is frozen) or backward never reaches this layer; handles is the
 /// model's <see cref="BackwardHandles"/>, where backward defers the gradient it returns.
 /// </summary>
-public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpoint>
+public sealed class LayerCheckpoint : CachelessFunction<LayerCheckpoint>
 {
     public override string Name => nameof(LayerCheckpoint);
 
-    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    protected override Tensor Forward(autograd.AutogradContext ctx, object[] vars)
     {
         var hidden = (Tensor)vars[0];
         var layer = (LlamaDecoderLayer)vars[1];
@@ -63,7 +63,7 @@ public sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpo
         return layer.forward(hidden, cos, sin, mask);
     }
 
-    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+    protected override List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
         BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
 
     List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)

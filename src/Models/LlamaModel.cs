@@ -125,7 +125,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
             int firstKept = layers.Count - Math.Min(UncheckpointedLayers, layers.Count);
             bool loneRecord = UncheckpointedLayers == 1;
             for (int i = 0; i < layers.Count; i++)
-                h = LayerCheckpoint.apply(h, layers[i], cos, sin, attentionMask!, BackwardHandles,
+                h = LayerCheckpoint.Call(h, layers[i], cos, sin, attentionMask!, BackwardHandles,
                     i >= firstKept, loneRecord && i == layers.Count - 1);
         }
         else

@@ -217,7 +217,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>, ITapedLinear, IShare
     {
         if (lora_dropout is LoraDropout)
             throw new InvalidOperationException("LoRA dropout does not apply to quantization-aware training of the merged weight; set lora.dropout to 0");
-        return QuantizationAwareLoraMatMul.apply(x, aware, A, B, Scaling);
+        return QuantizationAwareLoraMatMul.Call(x, aware, A, B, Scaling);
     }
 
     /// <summary>The device of the base's stored weight (a parameter or, for packed formats, a buffer).</summary>

@@ -22,9 +22,9 @@ namespace QLoraNet.Peft;
 /// Forward saves x~ (an alias of x for weight-only formats), A and B, and a reference to the frozen base: no
 /// (out, in) tensor lives between forward and backward, where autograd over fake(W + s·B·A) would keep the fp32
 /// merged weight and its rounding for every adapted linear until backward.
-/// Call: <c>QuantizationAwareLoraMatMul.apply(x, aware, A, B, scaling)</c>.
+/// Call: <c>QuantizationAwareLoraMatMul.Call(x, aware, A, B, scaling)</c>.
 /// </summary>
-public sealed class QuantizationAwareLoraMatMul : autograd.SingleTensorFunction<QuantizationAwareLoraMatMul>
+public sealed class QuantizationAwareLoraMatMul : CachelessFunction<QuantizationAwareLoraMatMul>
 {
     public override string Name => nameof(QuantizationAwareLoraMatMul);
 
@@ -38,7 +38,7 @@ public sealed class QuantizationAwareLoraMatMul : autograd.SingleTensorFunction<
         return aware.RoundTrip(merged).MoveToOuterDisposeScope();
     }
 
-    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    protected override Tensor Forward(autograd.AutogradContext ctx, object[] vars)
     {
         var (x, aware, a, b, scaling) = ((Tensor)vars[0], (QuantizationAwareLinear)vars[1], (Tensor)vars[2], (Tensor)vars[3], (double)vars[4]);
         var dtype = aware.ComputeDType;
@@ -54,7 +54,7 @@ public sealed class QuantizationAwareLoraMatMul : autograd.SingleTensorFunction<
         return y.MoveToOuterDisposeScope();
     }
 
-    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+    protected override List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
         BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
 
     List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)

@@ -13,11 +13,11 @@ namespace QLoraNet.Quant;
 /// Call: <c>FrozenMatMul.Apply(x, weight, computeDType, handles)</c> with weight an <see cref="IQuantizedWeight"/> and
 /// handles the <see cref="BackwardHandles"/> of the model the weight belongs to (backward defers its result there).
 /// </summary>
-public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
+public sealed class FrozenMatMul : CachelessFunction<FrozenMatMul>
 {
     public override string Name => nameof(FrozenMatMul);
 
-    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    protected override Tensor Forward(autograd.AutogradContext ctx, object[] vars)
     {
         var (x, weight, computeDType, handles) = ((Tensor)vars[0], (IQuantizedWeight)vars[1], (ScalarType)vars[2], (BackwardHandles)vars[3]);
         // Saved: a reference to the stored weight (already held by the module), the dtypes and the handle queue; no tensor.
@@ -35,7 +35,7 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
     /// custom function's node costs the host more than the product's launch (TorchSharp builds it even then).
     /// </summary>
     public static Tensor Apply(Tensor x, IQuantizedWeight weight, ScalarType computeDType, BackwardHandles handles) =>
-        KernelPath.NeedsGraph(x) ? apply(x, weight, computeDType, handles) : Product(x, weight, computeDType);
+        KernelPath.NeedsGraph(x) ? Call(x, weight, computeDType, handles) : Product(x, weight, computeDType);
 
     /// <summary>Forward's arithmetic: the weight's own product, or the dense weight's (..., out) in the compute dtype.</summary>
     public static Tensor Product(Tensor x, IQuantizedWeight weight, ScalarType computeDType)
@@ -59,7 +59,7 @@ public sealed class FrozenMatMul : autograd.SingleTensorFunction<FrozenMatMul>
         return nn.functional.linear(xc, w);
     }
 
-    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
+    protected override List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
         BackwardFailure.Guard(() => Gradients(ctx, gradOutput));   // a failure must not cross the native callback
 
     List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
