@@ -43,6 +43,7 @@ internal static class AllocatorCheck
         result["layout"] = new Dictionary<string, object>
         {
             ["version"] = l.Version, ["get_device_stats_slot"] = l.GetDeviceStatsSlot, ["reset_peak_stats_slot"] = l.ResetPeakStatsSlot,
+            ["empty_cache_slot"] = l.EmptyCacheSlot,
             ["device_stats_bytes"] = l.DeviceStatsBytes, ["allocated_bytes_offset"] = l.AllocatedBytesOffset, ["reserved_bytes_offset"] = l.ReservedBytesOffset,
         };
         result["device_index"] = stats.DeviceIndex;
@@ -64,6 +65,9 @@ internal static class AllocatorCheck
         }
         Phase("after freeing it");
         var freed = stats.Read();
+        stats.ReleaseCache();
+        Phase("after emptyCache");
+        var released = stats.Read();
         stats.ResetPeak();
         Phase("after resetPeakStats");
         var reset = stats.Read();
@@ -74,6 +78,7 @@ internal static class AllocatorCheck
             ["freed_back_to_start"] = freed.AllocatedCurrent == start.AllocatedCurrent,
             ["peak_kept_after_free"] = freed.AllocatedPeak >= held.AllocatedCurrent,
             ["reserved_covers_allocated"] = held.ReservedCurrent >= held.AllocatedCurrent,
+            ["empty_cache_gave_back_the_freed_gib"] = freed.ReservedCurrent - released.ReservedCurrent >= Gib && released.AllocatedCurrent == freed.AllocatedCurrent,
             ["peak_reset_to_current"] = reset.AllocatedPeak == reset.AllocatedCurrent && reset.ReservedPeak == reset.ReservedCurrent,
         };
         result["checks"] = checks;

@@ -121,7 +121,9 @@ public static class BenchTrainCommand
                 ? JsonSerializer.Serialize(CheckLayerBackward(llama, layers, dropoutRandom,
                     new RandomTokenBatches((int)llama.Architecture.VocabSize, shape.Batch, shape.Seq, seed: 99).Next(), shape, layerMode))
                 : null;
-            var allocator = dev.type == DeviceType.CUDA ? CudaAllocatorStats.Open(dev) : null; // resets the peak: loading is not counted
+            // Opening releases the cache loading left (its self-check's emptyCache, as `train`'s MemoryMonitor does) and
+            // resets the peak: loading is not counted.
+            var allocator = dev.type == DeviceType.CUDA ? CudaAllocatorStats.Open(dev) : null;
             var callsBefore = built.Kernels.Fused.CallCounts();
             var backwardsBefore = LayerBackwards(layers);
             var (tokS, stepMs, losses, each) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));

@@ -33,8 +33,9 @@ public abstract class CachelessFunction<T> : autograd.SingleTensorFunction<T> wh
         return Forward(ctx, vars[..^1]);
     }
 
+    // Guarded here as well as in each Backward: a failure must never cross the native callback (BackwardFailure).
     public sealed override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
-        [.. Backward(ctx, gradOutput), null!];
+        BackwardFailure.Guard(() => [.. Backward(ctx, gradOutput), null!]);
 
     /// <summary>The function's forward over the arguments given to <see cref="Call"/>.</summary>
     protected abstract Tensor Forward(autograd.AutogradContext ctx, object[] vars);
@@ -61,8 +62,9 @@ public abstract class CachelessMultiFunction<T> : autograd.MultiTensorFunction<T
         return Forward(ctx, vars[..^1]);
     }
 
+    // Guarded here as well as in each Backward: a failure must never cross the native callback (BackwardFailure).
     public sealed override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> gradOutputs) =>
-        [.. Backward(ctx, gradOutputs), null!];
+        BackwardFailure.Guard(() => [.. Backward(ctx, gradOutputs), null!]);
 
     /// <summary>The function's forward over the arguments given to <see cref="Call"/>.</summary>
     protected abstract List<Tensor> Forward(autograd.AutogradContext ctx, object[] vars);

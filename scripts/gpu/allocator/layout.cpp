@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <type_traits>
 
 namespace {
 struct MemberPointer {
@@ -29,10 +30,13 @@ int main() {
   using Stats = c10::CachingDeviceAllocator::DeviceStats;
   Stats s{};
   std::printf(
-      "{\"initialized_slot\": %ld, \"get_device_stats_slot\": %ld, \"reset_accumulated_stats_slot\": %ld, "
+      "{\"initialized_slot\": %ld, \"empty_cache_slot\": %ld, \"empty_cache_takes_mempool_id\": %d, "
+      "\"get_device_stats_slot\": %ld, \"reset_accumulated_stats_slot\": %ld, "
       "\"reset_peak_stats_slot\": %ld, \"device_stats_bytes\": %zu, \"stat_bytes\": %zu, "
       "\"allocated_bytes_offset\": %zu, \"reserved_bytes_offset\": %zu, \"device_index_bytes\": %zu}\n",
-      slot(&c10::DeviceAllocator::initialized), slot(&c10::DeviceAllocator::getDeviceStats),
+      slot(&c10::DeviceAllocator::initialized), slot(&c10::DeviceAllocator::emptyCache),
+      static_cast<int>(std::is_same_v<decltype(&c10::DeviceAllocator::emptyCache), void (c10::DeviceAllocator::*)(c10::MempoolId_t)>),
+      slot(&c10::DeviceAllocator::getDeviceStats),
       slot(&c10::DeviceAllocator::resetAccumulatedStats), slot(&c10::DeviceAllocator::resetPeakStats), sizeof(Stats),
       sizeof(s.allocated_bytes[0]), offsetof(Stats, allocated_bytes), offsetof(Stats, reserved_bytes),
       sizeof(c10::DeviceIndex));

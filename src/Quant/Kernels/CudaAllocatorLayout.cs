@@ -14,10 +14,11 @@ namespace QLoraNet.Quant.Kernels;
 /// </summary>
 /// <param name="GetDeviceStatsSlot">vtable index of <c>DeviceStats getDeviceStats(DeviceIndex)</c>.</param>
 /// <param name="ResetPeakStatsSlot">vtable index of <c>void resetPeakStats(DeviceIndex)</c>.</param>
+/// <param name="EmptyCacheSlot">vtable index of <c>void emptyCache(MempoolId_t)</c>.</param>
 /// <param name="DeviceStatsBytes">sizeof(DeviceStats): the return buffer's size.</param>
 /// <param name="AllocatedBytesOffset">offsetof(DeviceStats, allocated_bytes).</param>
 /// <param name="ReservedBytesOffset">offsetof(DeviceStats, reserved_bytes).</param>
-public sealed record CudaAllocatorLayout(string Version, int GetDeviceStatsSlot, int ResetPeakStatsSlot, int DeviceStatsBytes,
+public sealed record CudaAllocatorLayout(string Version, int GetDeviceStatsSlot, int ResetPeakStatsSlot, int EmptyCacheSlot, int DeviceStatsBytes,
     int AllocatedBytesOffset, int ReservedBytesOffset)
 {
     /// <summary>
@@ -33,7 +34,7 @@ public sealed record CudaAllocatorLayout(string Version, int GetDeviceStatsSlot,
     /// </summary>
     public static readonly IReadOnlyDictionary<string, CudaAllocatorLayout> Known = new Dictionary<string, CudaAllocatorLayout>
     {
-        ["2.11"] = new("2.11", GetDeviceStatsSlot: 9, ResetPeakStatsSlot: 11, DeviceStatsBytes: 976, AllocatedBytesOffset: 384, ReservedBytesOffset: 480),
+        ["2.11"] = new("2.11", GetDeviceStatsSlot: 9, ResetPeakStatsSlot: 11, EmptyCacheSlot: 7, DeviceStatsBytes: 976, AllocatedBytesOffset: 384, ReservedBytesOffset: 480),
     };
 
     /// <summary>Within a Stat: current at 0, peak at 8; the aggregate (all pools) Stat is the array's first.</summary>
@@ -66,7 +67,7 @@ public sealed record CudaAllocatorLayout(string Version, int GetDeviceStatsSlot,
     }
 
     /// <summary>Whether the offsets leave room for a whole Stat inside the buffer (a check on the table itself).</summary>
-    public bool IsConsistent => GetDeviceStatsSlot >= 0 && ResetPeakStatsSlot >= 0
+    public bool IsConsistent => GetDeviceStatsSlot >= 0 && ResetPeakStatsSlot >= 0 && EmptyCacheSlot >= 0
         && AllocatedBytesOffset % 8 == 0 && ReservedBytesOffset % 8 == 0
         && AllocatedBytesOffset + StatBytes <= DeviceStatsBytes && ReservedBytesOffset + StatBytes <= DeviceStatsBytes;
 }

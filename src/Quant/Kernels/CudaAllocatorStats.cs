@@ -7,17 +7,19 @@ namespace QLoraNet.Quant.Kernels;
 /// <summary>
 /// The CUDA caching allocator's allocated and reserved bytes (current and peak) for one device, and its peak reset,
 /// read from the libtorch this process runs on: torch.cuda.memory_allocated / memory_reserved / max_* /
-/// reset_peak_memory_stats, which TorchSharp 0.107 does not expose. The allocator's accessors are inline in the C++
+/// reset_peak_memory_stats, and its cache release (torch.cuda.empty_cache), which TorchSharp 0.107 does not expose. The allocator's accessors are inline in the C++
 /// headers (not exported), but <c>c10::GetAllocator(DeviceType const&amp;)</c> is: for CUDA it returns the caching
 /// allocator, a <c>c10::DeviceAllocator</c> (PyTorch 2.8+), whose virtual <c>getDeviceStats</c> and
 /// <c>resetPeakStats</c> are called through its vtable with the slots and offsets of <see cref="CudaAllocatorLayout"/>.
 /// Calling convention (Itanium C++ ABI, x86-64 System V): a class returned in memory has its buffer's address passed
-/// first and returned in rax, then <c>this</c>, then the int8 device index.
+/// first and returned in rax, then <c>this</c>, then the int8 device index; <c>emptyCache</c>'s MempoolId_t (a pair of
+/// two uint64, trivially copyable) travels in the two registers after <c>this</c>: (0, 0) is the default pool.
 ///
 /// <see cref="Open"/> refuses rather than guesses: not Linux x86-64, no CUDA libtorch mapped, a version not in the
 /// layout table, an export missing, a vtable or function pointer outside libtorch's mapped files, or a self-check
-/// that fails (a 64 MiB tensor must raise allocated by exactly 64 MiB, freeing it must bring it back, and a peak
-/// reset must bring the peak down to the current value) each give a one-line reason instead of an instance.
+/// that fails (a 64 MiB tensor must raise allocated by exactly 64 MiB, freeing it must bring it back, releasing the
+/// cache must leave allocated alone and not raise reserved, and a peak reset must bring the peak down to the current
+/// value) each give a one-line reason instead of an instance.
 /// An instance is immutable and thread-safe (the allocator takes its own lock); whoever needs one opens it.
 /// </summary>
 public sealed unsafe class CudaAllocatorStats
@@ -38,6 +40,7 @@ public sealed unsafe class CudaAllocatorStats
     readonly IntPtr _allocator;
     readonly delegate* unmanaged<byte*, IntPtr, sbyte, byte*> _getDeviceStats;
     readonly delegate* unmanaged<IntPtr, sbyte, void> _resetPeakStats;
+    readonly delegate* unmanaged<IntPtr, ulong, ulong, void> _emptyCache;
 
     /// <summary>The layout used (slots and offsets) and the libtorch version it was chosen for.</summary>
     public CudaAllocatorLayout Layout { get; }
@@ -48,9 +51,10 @@ public sealed unsafe class CudaAllocatorStats
     /// <summary>The CUDA device index the counters are for.</summary>
     public int DeviceIndex { get; }
 
-    CudaAllocatorStats(IntPtr allocator, IntPtr getDeviceStats, IntPtr resetPeakStats, CudaAllocatorLayout layout,
+    CudaAllocatorStats(IntPtr allocator, IntPtr getDeviceStats, IntPtr resetPeakStats, IntPtr emptyCache, CudaAllocatorLayout layout,
         string version, int device)
     {
+        _emptyCache = (delegate* unmanaged<IntPtr, ulong, ulong, void>)emptyCache;
         _allocator = allocator;
         _getDeviceStats = (delegate* unmanaged<byte*, IntPtr, sbyte, byte*>)getDeviceStats;
         _resetPeakStats = (delegate* unmanaged<IntPtr, sbyte, void>)resetPeakStats;
@@ -75,6 +79,13 @@ public sealed unsafe class CudaAllocatorStats
 
     /// <summary>Resets the allocator's peaks to their current values (torch.cuda.reset_peak_memory_stats).</summary>
     public void ResetPeak() => _resetPeakStats(_allocator, (sbyte)DeviceIndex);
+
+    /// <summary>
+    /// Gives the blocks the allocator caches but no tensor uses back to the driver (torch.cuda.empty_cache), on every
+    /// device, from the default pool. Called once after a model is built: quantize-on-load's transients leave
+    /// reserved memory that the training step may never need, and that the device (and nvidia-smi) counts as used.
+    /// </summary>
+    public void ReleaseCache() => _emptyCache(_allocator, 0, 0);
 
     /// <summary>Opens the reader for <paramref name="device"/> (a CUDA device of the libtorch this process runs on).</summary>
     public static Opening Open(Device device)
@@ -117,7 +128,7 @@ public sealed unsafe class CudaAllocatorStats
         IntPtr allocator = ((delegate* unmanaged<sbyte*, IntPtr>)getAllocator)(&type);
         if (allocator == IntPtr.Zero || allocator % 8 != 0) return new(null, $"c10::GetAllocator(CUDA) returned {allocator:x}", version);
         ulong vtable = *(ulong*)allocator;
-        int lastSlot = Math.Max(layout.GetDeviceStatsSlot, layout.ResetPeakStatsSlot);
+        int lastSlot = Math.Max(Math.Max(layout.GetDeviceStatsSlot, layout.ResetPeakStatsSlot), layout.EmptyCacheSlot);
         if (map.Find(vtable, (ulong)(lastSlot + 1) * 8) is not { Readable: true } table || Path.GetDirectoryName(table.Path) != dir)
             return new(null, $"the CUDA allocator's vtable ({vtable:x}) is not in a library of {dir}", version);
         IntPtr Slot(int slot, string name)
@@ -128,7 +139,7 @@ public sealed unsafe class CudaAllocatorStats
             return (IntPtr)(long)fn;
         }
         var stats = new CudaAllocatorStats(allocator, Slot(layout.GetDeviceStatsSlot, "getDeviceStats"),
-            Slot(layout.ResetPeakStatsSlot, "resetPeakStats"), layout, version, index);
+            Slot(layout.ResetPeakStatsSlot, "resetPeakStats"), Slot(layout.EmptyCacheSlot, "emptyCache"), layout, version, index);
         string? failure = Check(stats, device, out string seen);
         return failure is null ? new(stats, null, version, seen)
             : new(null, $"allocator self-check failed for libtorch {version}: {failure}", version, seen);
@@ -146,13 +157,17 @@ public sealed unsafe class CudaAllocatorStats
             with = stats.Read();
         }
         var after = stats.Read();
+        stats.ReleaseCache();
+        var released = stats.Read();
         stats.ResetPeak();
         var reset = stats.Read();
-        seen = $"allocated {before.AllocatedCurrent} -> {with.AllocatedCurrent} with a {SelfCheckBytes}-byte tensor -> {after.AllocatedCurrent} freed; peak {after.AllocatedPeak} -> {reset.AllocatedPeak} after reset";
+        seen = $"allocated {before.AllocatedCurrent} -> {with.AllocatedCurrent} with a {SelfCheckBytes}-byte tensor -> {after.AllocatedCurrent} freed; reserved {after.ReservedCurrent} -> {released.ReservedCurrent} after emptyCache; peak {after.AllocatedPeak} -> {reset.AllocatedPeak} after reset";
         foreach (var c in new[] { before, with, after, reset })
             if (c.Inconsistency() is { } bad) return bad;
         if (with.AllocatedCurrent - before.AllocatedCurrent != SelfCheckBytes) return $"allocated rose by {with.AllocatedCurrent - before.AllocatedCurrent} bytes for a {SelfCheckBytes}-byte tensor";
         if (after.AllocatedCurrent != before.AllocatedCurrent) return $"allocated {after.AllocatedCurrent} after freeing the tensor, {before.AllocatedCurrent} before it";
+        if (released.AllocatedCurrent != after.AllocatedCurrent || released.ReservedCurrent > after.ReservedCurrent)
+            return $"emptyCache changed allocated {after.AllocatedCurrent} -> {released.AllocatedCurrent} or raised reserved {after.ReservedCurrent} -> {released.ReservedCurrent}";
         if (with.AllocatedPeak < with.AllocatedCurrent || after.AllocatedPeak < with.AllocatedCurrent) return $"peak {after.AllocatedPeak} below the {with.AllocatedCurrent} held with the tensor";
         if (reset.AllocatedPeak != reset.AllocatedCurrent || reset.ReservedPeak != reset.ReservedCurrent) return $"the peak reset left allocated {reset.AllocatedCurrent}/{reset.AllocatedPeak}, reserved {reset.ReservedCurrent}/{reset.ReservedPeak}";
         return null;

@@ -11,8 +11,9 @@ namespace QLoraNet.Training.Trainer;
 /// would change what every other run or measurement in the process sees). Device (CUDA runs): the caching
 /// allocator's allocated and reserved peaks, read from its own counters (<see cref="CudaAllocatorStats"/>) and
 /// reset at the start of each interval, so each is the true peak within the interval (inside the step, not a sample
-/// after it); the allocator's peak is reset first when the monitor starts, after the model is loaded, so loading's
-/// transient peak is not counted. Beside them the driver's used memory, sampled by <see cref="Observe"/> (after
+/// after it); when the monitor starts, after the model is loaded, the blocks loading left cached go back to the
+/// driver (<see cref="CudaAllocatorStats.ReleaseCache"/>) and the allocator's peak is reset, so loading's transient
+/// peak is not counted. Beside them the driver's used memory, sampled by <see cref="Observe"/> (after
 /// each step and each evaluation) and kept as the interval's maximum (device-wide, <see cref="CudaDeviceMemory"/>).
 /// The run's overall peak is kept for the final summary.
 /// </summary>
@@ -31,6 +32,7 @@ public sealed class MemoryMonitor
         _cuda = device.type == DeviceType.CUDA;
         _allocator = allocator?.Stats;
         AllocatorUnavailable = _cuda && _allocator is null ? allocator?.Reason ?? "not opened" : null;
+        _allocator?.ReleaseCache();   // what loading left cached goes back to the driver (the device's used memory drops)
         _allocator?.ResetPeak();
     }
 
