@@ -5,12 +5,13 @@ using static TorchSharp.torch;
 namespace QLoraNet.Quant.Kernels;
 
 /// <summary>
-/// The CUDA caching allocator's allocated and reserved bytes (current and peak) for one device, and its peak reset,
-/// read from the libtorch this process runs on: torch.cuda.memory_allocated / memory_reserved / max_* /
-/// reset_peak_memory_stats, and its cache release (torch.cuda.empty_cache), which TorchSharp 0.107 does not expose. The allocator's accessors are inline in the C++
-/// headers (not exported), but <c>c10::GetAllocator(DeviceType const&amp;)</c> is: for CUDA it returns the caching
-/// allocator, a <c>c10::DeviceAllocator</c> (PyTorch 2.8+), whose virtual <c>getDeviceStats</c> and
-/// <c>resetPeakStats</c> are called through its vtable with the slots and offsets of <see cref="CudaAllocatorLayout"/>.
+/// The CUDA caching allocator's allocated and reserved bytes (current and peak) for one device, its peak reset and
+/// its cache release, read from the libtorch this process runs on: torch.cuda.memory_allocated / memory_reserved /
+/// max_* / reset_peak_memory_stats / empty_cache, which TorchSharp 0.107 does not expose. The allocator's accessors
+/// are inline in the C++ headers (not exported), but <c>c10::GetAllocator(DeviceType const&amp;)</c> is: for CUDA it
+/// returns the caching allocator, a <c>c10::DeviceAllocator</c> (PyTorch 2.8+), whose virtual <c>getDeviceStats</c>,
+/// <c>resetPeakStats</c> and <c>emptyCache</c> are called through its vtable with the slots and offsets of
+/// <see cref="CudaAllocatorLayout"/>.
 /// Calling convention (Itanium C++ ABI, x86-64 System V): a class returned in memory has its buffer's address passed
 /// first and returned in rax, then <c>this</c>, then the int8 device index; <c>emptyCache</c>'s MempoolId_t (a pair of
 /// two uint64, trivially copyable) travels in the two registers after <c>this</c>: (0, 0) is the default pool.
@@ -54,10 +55,10 @@ public sealed unsafe class CudaAllocatorStats
     CudaAllocatorStats(IntPtr allocator, IntPtr getDeviceStats, IntPtr resetPeakStats, IntPtr emptyCache, CudaAllocatorLayout layout,
         string version, int device)
     {
-        _emptyCache = (delegate* unmanaged<IntPtr, ulong, ulong, void>)emptyCache;
         _allocator = allocator;
         _getDeviceStats = (delegate* unmanaged<byte*, IntPtr, sbyte, byte*>)getDeviceStats;
         _resetPeakStats = (delegate* unmanaged<IntPtr, sbyte, void>)resetPeakStats;
+        _emptyCache = (delegate* unmanaged<IntPtr, ulong, ulong, void>)emptyCache;
         Layout = layout;
         LibTorchVersion = version;
         DeviceIndex = device;
@@ -82,8 +83,9 @@ public sealed unsafe class CudaAllocatorStats
 
     /// <summary>
     /// Gives the blocks the allocator caches but no tensor uses back to the driver (torch.cuda.empty_cache), on every
-    /// device, from the default pool. Called once after a model is built: quantize-on-load's transients leave
-    /// reserved memory that the training step may never need, and that the device (and nvidia-smi) counts as used.
+    /// device, from the default pool. The self-check runs it when the reader opens, and a training run once more after
+    /// the model is built: quantize-on-load's transients leave reserved memory that the step may never need, and that
+    /// the device (and nvidia-smi) counts as used.
     /// </summary>
     public void ReleaseCache() => _emptyCache(_allocator, 0, 0);
 
