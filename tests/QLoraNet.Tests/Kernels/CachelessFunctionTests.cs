@@ -19,34 +19,33 @@ public class CachelessFunctionTests
         public readonly List<autograd.AutogradContext> Seen = [];
     }
 
-    /// <summary>(y, z) = (2x, 3x) the plain TorchSharp way.</summary>
-    sealed class PlainPair : autograd.MultiTensorFunction<PlainPair>
+    /// <summary>(y, z) = (2x, 3x) over (x, contexts): the arithmetic both pair functions below share.</summary>
+    static class Pair
     {
-        public override string Name => nameof(PlainPair);
-
-        public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
+        public static List<Tensor> Forward(autograd.AutogradContext ctx, object[] vars)
         {
             ((Contexts)vars[1]).Seen.Add(ctx);
             var x = (Tensor)vars[0];
             return [x * 2, x * 3];
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> g) => [g[0] * 2 + g[1] * 3, null!];
+        public static List<Tensor> Backward(List<Tensor> g) => [g[0] * 2 + g[1] * 3, null!];
+    }
+
+    /// <summary>The pair the plain TorchSharp way.</summary>
+    sealed class PlainPair : autograd.MultiTensorFunction<PlainPair>
+    {
+        public override string Name => nameof(PlainPair);
+        public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars) => Pair.Forward(ctx, vars);
+        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> g) => Pair.Backward(g);
     }
 
     /// <summary>The same pair without the buffers.</summary>
     sealed class CachelessPair : CachelessMultiFunction<CachelessPair>
     {
         public override string Name => nameof(CachelessPair);
-
-        protected override List<Tensor> Forward(autograd.AutogradContext ctx, object[] vars)
-        {
-            ((Contexts)vars[1]).Seen.Add(ctx);
-            var x = (Tensor)vars[0];
-            return [x * 2, x * 3];
-        }
-
-        protected override List<Tensor> Backward(autograd.AutogradContext ctx, List<Tensor> g) => [g[0] * 2 + g[1] * 3, null!];
+        protected override List<Tensor> Forward(autograd.AutogradContext ctx, object[] vars) => Pair.Forward(ctx, vars);
+        protected override List<Tensor> Backward(autograd.AutogradContext ctx, List<Tensor> g) => Pair.Backward(g);
     }
 
     /// <summary>y = x^2 without the buffer.</summary>
