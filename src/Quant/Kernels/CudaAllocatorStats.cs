@@ -65,8 +65,11 @@ public sealed unsafe class CudaAllocatorStats
     }
 
     /// <summary>An opened reader, or the one-line reason there is none (<see cref="Stats"/> null); the self-check's
-    /// figures when it ran (allocated before, with and after the 64 MiB tensor, the peak before and after a reset).</summary>
-    public sealed record Opening(CudaAllocatorStats? Stats, string? Reason, string? LibTorchVersion, string? SelfCheck = null);
+    /// figures when it ran (allocated before, with and after the 64 MiB tensor, the peak before and after a reset), and
+    /// <paramref name="Before"/>, the counters as the reader found them: their peaks are everything the process did
+    /// until then (loading the model, when a run opens the reader after it, as `bench train` and `train` do).</summary>
+    public sealed record Opening(CudaAllocatorStats? Stats, string? Reason, string? LibTorchVersion, string? SelfCheck = null,
+        CudaAllocatorCounters? Before = null);
 
     /// <summary>The counters now.</summary>
     public CudaAllocatorCounters Read()
@@ -142,8 +145,9 @@ public sealed unsafe class CudaAllocatorStats
         }
         var stats = new CudaAllocatorStats(allocator, Slot(layout.GetDeviceStatsSlot, "getDeviceStats"),
             Slot(layout.ResetPeakStatsSlot, "resetPeakStats"), Slot(layout.EmptyCacheSlot, "emptyCache"), layout, version, index);
+        var before = stats.Read();
         string? failure = Check(stats, device, out string seen);
-        return failure is null ? new(stats, null, version, seen)
+        return failure is null ? new(stats, null, version, seen, before)
             : new(null, $"allocator self-check failed for libtorch {version}: {failure}", version, seen);
     }
 

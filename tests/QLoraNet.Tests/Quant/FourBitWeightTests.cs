@@ -81,7 +81,7 @@ public class FourBitWeightTests
         { FourBitType.Nf4, 4096, 128, true },
         { FourBitType.Fp4, 999, 32, false },
         { FourBitType.Nf4, 998, 4, false },            // blocks narrower than a SIMD vector
-        { FourBitType.Nf4, (1 << 22) + 64 * 3 + 1, 64, true }, // more than one CPU chunk, odd numel
+        { FourBitType.Nf4, (1 << 22) + 64 * 3 + 1, 64, true }, // more than one chunk (CPU kernel and torch ops), odd numel
 
     };
 
