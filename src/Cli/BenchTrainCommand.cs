@@ -56,6 +56,8 @@ public static class BenchTrainCommand
         var device = new Option<string>("--device") { Description = "cuda, or cpu for a quick check on a small model", DefaultValueFactory = _ => "cuda" };
         var gpus = new Option<int>("--gpus") { Description = "data-parallel ranks on this host (one per GPU; torchrun works too)", DefaultValueFactory = _ => 1 };
         var hostEmbedding = new Option<bool>("--embedding-on-host") { Description = "the token-embedding table in pinned host memory, rows gathered onto the GPU (training.embedding_on_host)" };
+        var hostOptimizer = new Option<bool>("--optimizer-on-host") { Description = "AdamW's moments in pinned host memory, paged through a small device window for each update (training.optimizer_on_host)" };
+        var hostCheckpoints = new Option<bool>("--checkpoints-on-host") { Description = "the recomputed layers' inputs in host memory from forward to backward (training.checkpoints_on_host)" };
         var torchCe = new Option<bool>("--torch-cross-entropy") { Description = "the loss's torch ops on fp32 logits instead of the fused in-place kernel (for comparisons)" };
         var profile = new Option<bool>("--profile") { Description = "also profile a few steps by phase (CUDA events; capture range for nsys)" };
         var profileSteps = new Option<int>("--profile-steps") { Description = "steps --profile runs", DefaultValueFactory = _ => 3 };
@@ -76,7 +78,7 @@ public static class BenchTrainCommand
             Description = "before timing, compare the adapters' gradients of one micro-batch through the explicit layer backward with the autograd recomputation's (and autograd's with itself: the device's own run-to-run spread)",
         };
         var cmd = new Command("train", "time QLoRA training steps (train's step, random tokens) on a real-size model (CUDA)");
-        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward, checkLayers, kept, torchCe, hostEmbedding })
+        foreach (var o in new Option[] { model, seq, batch, steps, warmup, r, targets, format, noCkpt, split, hold, accum, clip, dropout, device, profile, profileSteps, chunkLogits, gpus, layerBackward, checkLayers, kept, torchCe, hostEmbedding, hostOptimizer, hostCheckpoints })
             cmd.Options.Add(o);
         cmd.SetAction(pr =>
         {
@@ -104,7 +106,8 @@ public static class BenchTrainCommand
             if (pr.GetValue(chunkLogits) < 1) throw new ArgumentException($"--logits-per-chunk {pr.GetValue(chunkLogits)}: must be at least 1");
             if (pr.GetValue(kept) < 0) throw new ArgumentException($"--uncheckpointed-layers {pr.GetValue(kept)}: must be 0 or more");
             var shape = new Shape(pr.GetValue(seq), pr.GetValue(batch), pr.GetValue(r), pr.GetValue(targets)!.Split(','), !pr.GetValue(noCkpt),
-                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout), pr.GetValue(chunkLogits), pr.GetValue(kept), pr.GetValue(torchCe), pr.GetValue(hostEmbedding));
+                pr.GetValue(accum), pr.GetValue(clip), pr.GetValue(dropout), pr.GetValue(chunkLogits), pr.GetValue(kept), pr.GetValue(torchCe), pr.GetValue(hostEmbedding),
+                pr.GetValue(hostOptimizer), pr.GetValue(hostCheckpoints));
             var loadClock = Stopwatch.StartNew();
             var dropoutRandom = new RandomStream();
             using var built = Load(pr.GetValue(model)!, spec, shape, dev, dropoutRandom);
@@ -126,9 +129,11 @@ public static class BenchTrainCommand
             var allocator = dev.type == DeviceType.CUDA ? CudaAllocatorStats.Open(dev) : null;
             var callsBefore = built.Kernels.Fused.CallCounts();
             var backwardsBefore = LayerBackwards(layers);
+            long hostCheckpointsBefore = layers.Sum(l => l.HostCheckpoints);
             var (tokS, stepMs, losses, each) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
             var calls = CallsPerStep(callsBefore, built.Kernels.Fused.CallCounts(), pr.GetValue(warmup) + pr.GetValue(steps));
             var backwardsAfter = LayerBackwards(layers);
+            long hostCheckpointsAfter = layers.Sum(l => l.HostCheckpoints);
             double stepsRun = pr.GetValue(warmup) + pr.GetValue(steps);
             double loss = losses.Count > 0 ? losses[^1] : double.NaN;
             var peaks = allocator?.Stats?.Read();
@@ -136,7 +141,9 @@ public static class BenchTrainCommand
             {
                 J("ours", "QLoraNet QLoRA (TorchSharp)"), J("quantization", spec.ToString()), J("seq", shape.Seq), J("batch", shape.Batch),
                 J("grad_accum", shape.GradientAccumulation), J("max_grad_norm", shape.MaxGradNorm), J("dropout", shape.Dropout),
-                J("ckpt", shape.Checkpointing), J("uncheckpointed_layers", shape.UncheckpointedLayers), J("embedding_on_host", shape.EmbeddingOnHost), J("targets", string.Join(",", shape.Targets)), J("r", shape.R),
+                J("ckpt", shape.Checkpointing), J("uncheckpointed_layers", shape.UncheckpointedLayers), J("embedding_on_host", shape.EmbeddingOnHost),
+                J("optimizer_on_host", shape.OptimizerOnHost), J("optimizer_window_mib", Math.Round(moments.HostWindow.WindowBytes / 1048576.0, 1)),
+                J("optimizer_groups", moments.HostWindow.Groups), J("checkpoints_on_host", shape.CheckpointsOnHost), J("targets", string.Join(",", shape.Targets)), J("r", shape.R),
                 J("trainable", TrainableParameters.Count(llama).Trainable), J("load_s", Math.Round(loadS, 1)),
                 J("world_size", group.Size), J("tokens_per_s", Math.Round(tokS, 1)), J("tokens_per_s_per_gpu", Math.Round(tokS / group.Size, 1)),
                 J("step_ms", Math.Round(stepMs, 1)), J("loss", Math.Round(loss, 4)),
@@ -154,11 +161,17 @@ public static class BenchTrainCommand
                 J("layer_backward", layerMode),
                 J("layer_backwards_explicit_per_step", Math.Round((backwardsAfter.Explicit - backwardsBefore.Explicit) / stepsRun, 2)),
                 J("layer_backwards_autograd_per_step", Math.Round((backwardsAfter.Autograd - backwardsBefore.Autograd) / stepsRun, 2)),
+                J("host_checkpoints_per_step", Math.Round((hostCheckpointsAfter - hostCheckpointsBefore) / stepsRun, 2)),
             };
             if (layerCheck is not null) fields.Add("\"layer_backward_check\": " + layerCheck);
             if (peaks is { } p)
                 fields.AddRange([J("device_allocated_peak_gib", Math.Round(p.AllocatedPeak / Math.Pow(2, 30), 2)),
                     J("device_reserved_peak_gib", Math.Round(p.ReservedPeak / Math.Pow(2, 30), 2))]);
+            // The peaks before the reader opened: loading the model (and the layer check, when asked): an outside
+            // sampler's device peak may be this one, not the timed steps'.
+            if (allocator?.Before is { } b)
+                fields.AddRange([J("load_allocated_peak_gib", Math.Round(b.AllocatedPeak / Math.Pow(2, 30), 2)),
+                    J("load_reserved_peak_gib", Math.Round(b.ReservedPeak / Math.Pow(2, 30), 2))]);
             else if (allocator?.Reason is { } why) fields.Add("\"device_allocator_unavailable\": " + JsonSerializer.Serialize(why));
             string? profiled = pr.GetValue(profile)
                 ? JsonSerializer.Serialize(Profile(step, data, built, shape, pr.GetValue(warmup) + pr.GetValue(steps), pr.GetValue(profileSteps), allocator?.Stats))
@@ -257,7 +270,8 @@ public static class BenchTrainCommand
         (layers.Sum(l => l.BackwardCounts.Explicit), layers.Sum(l => l.BackwardCounts.Autograd));
 
     sealed record Shape(int Seq, int Batch, int R, string[] Targets, bool Checkpointing, int GradientAccumulation,
-        double MaxGradNorm, double Dropout, long LogitsPerChunk, int UncheckpointedLayers, bool TorchCrossEntropy, bool EmbeddingOnHost);
+        double MaxGradNorm, double Dropout, long LogitsPerChunk, int UncheckpointedLayers, bool TorchCrossEntropy, bool EmbeddingOnHost,
+        bool OptimizerOnHost, bool CheckpointsOnHost);
 
     /// <summary>The model as `train` builds it (<see cref="ModelBuilder"/>), with adapters whose dropout draws from
     /// <paramref name="dropoutRandom"/>, the stream the step reseeds.</summary>
@@ -265,7 +279,8 @@ public static class BenchTrainCommand
     {
         var compute = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
         return ModelBuilder.Build(dir, new ModelBuildOptions(device, compute, spec, KernelChoice.For(device),
-            GradientCheckpointing: shape.Checkpointing, UncheckpointedLayers: shape.UncheckpointedLayers, EmbeddingOnHost: shape.EmbeddingOnHost, NewAdapter: new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets),
+            GradientCheckpointing: shape.Checkpointing, UncheckpointedLayers: shape.UncheckpointedLayers, EmbeddingOnHost: shape.EmbeddingOnHost,
+            CheckpointsOnHost: shape.CheckpointsOnHost, NewAdapter: new LoraSettings(shape.R, 2 * shape.R, shape.Dropout, false, shape.Targets),
             AdapterSeed: 0, AdapterDropout: dropoutRandom));
     }
 
@@ -278,7 +293,7 @@ public static class BenchTrainCommand
     {
         var (llama, fused) = (built.Model, built.Kernels.Fused);
         var trainable = llama.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
-        var optimizer = new AdamW(trainable, LearningRate, kernel: fused.AdamW);
+        var optimizer = new AdamW(trainable, LearningRate, kernel: fused.AdamW, momentsOnHost: shape.OptimizerOnHost);
         var loss = new CausalLmTokenMeanLoss(shape.LogitsPerChunk, crossEntropy: shape.TorchCrossEntropy ? null : fused.CrossEntropy);
         var step = new TrainStep(llama, optimizer, loss,
             new TrainStepSettings(shape.GradientAccumulation, shape.MaxGradNorm, Seed: 0), dropoutRandom, replicas);

@@ -88,6 +88,11 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     }
     int uncheckpointedLayers = 1;
 
+    /// <summary>With checkpointing, the recomputed layers keep their inputs in host memory from forward to backward
+    /// (training.checkpoints_on_host; <see cref="LayerCheckpoint"/>): one (B, T, hidden) per layer off the device, for
+    /// two copies across the bus per layer and pass; the same gradients.</summary>
+    public bool CheckpointsOnHost { get; set; }
+
     /// <summary>Counts this model's forward passes (each <see cref="forward(Tensor, Tensor?, Tensor?, KvCache?)"/> starts one).</summary>
     public ForwardPasses Passes { get; } = new();
 
@@ -126,7 +131,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
             bool loneRecord = UncheckpointedLayers == 1;
             for (int i = 0; i < layers.Count; i++)
                 h = LayerCheckpoint.Call(h, layers[i], cos, sin, attentionMask!, BackwardHandles,
-                    i >= firstKept, loneRecord && i == layers.Count - 1);
+                    i >= firstKept, loneRecord && i == layers.Count - 1, CheckpointsOnHost && i < firstKept);
         }
         else
         {

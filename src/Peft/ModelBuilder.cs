@@ -21,6 +21,11 @@ namespace QLoraNet.Peft;
 /// (Models.LlamaModel.UncheckpointedLayers).</param>
 /// <param name="EmbeddingOnHost">keep the token-embedding table in pinned host memory, gathering each batch's rows onto
 /// the GPU (training.embedding_on_host; Models.FrozenEmbedding.OnHost); refused for a head tied to the embedding.</param>
+/// <param name="KeepDequantizedWeights">with checkpointing, a recomputed layer keeps its weights' dense copies from the
+/// recomputation for its backward (one dequantization each); false dequantizes them again in backward, so they are not
+/// held meanwhile (training.keep_dequantized_weights; Models.LlamaDecoderLayer.KeepWeightsForBackward).</param>
+/// <param name="CheckpointsOnHost">with checkpointing, the recomputed layers keep their inputs in host memory
+/// (training.checkpoints_on_host; Models.LlamaModel.CheckpointsOnHost).</param>
 /// <param name="NewAdapter">attach fresh LoRA adapters with these settings (training).</param>
 /// <param name="AdapterSeed">seed of the new adapters' A matrices.</param>
 /// <param name="AdapterDropout">where the new adapters draw their dropout masks (a training run's stream, which its
@@ -50,7 +55,9 @@ public sealed record ModelBuildOptions(
     BaseFormat? Aware = null,
     CalibrationSet? Calibration = null,
     Action<CalibrationProgress>? CalibrationProgress = null,
-    bool EmbeddingOnHost = false);
+    bool EmbeddingOnHost = false,
+    bool KeepDequantizedWeights = true,
+    bool CheckpointsOnHost = false);
 
 /// <summary>A built model with what was decided on the way; disposing it disposes the model.</summary>
 /// <param name="BaseFormat">the format the decoder linears were actually stored in (for "none" under a fixed frozen dtype, that dtype).</param>
@@ -106,6 +113,8 @@ public static class ModelBuilder
         {
             model.Model.GradientCheckpointing = o.GradientCheckpointing;
             model.Model.UncheckpointedLayers = o.UncheckpointedLayers;
+            model.Model.CheckpointsOnHost = o.CheckpointsOnHost;
+            foreach (var layer in model.Model.Layers) layer.KeepWeightsForBackward = o.KeepDequantizedWeights;
             if (o.EmbeddingOnHost)
             {
                 // A tied head multiplies by the whole table every step: it must stay where the head computes.

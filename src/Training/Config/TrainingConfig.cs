@@ -18,6 +18,15 @@ namespace QLoraNet.Training.Config;
 /// <see cref="EmbeddingOnHost"/> keeps the frozen token-embedding table in pinned host memory on a GPU, copying only
 /// each batch's rows to the device (the same values; vocab·hidden values of device memory freed, for ~2·hidden bytes
 /// a token across PCIe); a head tied to the embedding keeps it on the device (an error names the key).
+/// With checkpointing, <see cref="KeepDequantizedWeights"/> false makes a recomputed layer dequantize its weights again
+/// for its backward instead of keeping the dense copies its recomputation made (the same values; a layer's dense
+/// weights, ~0.4 GiB for a 7B layer, no longer held through its backward, for one more dequantization each).
+/// With checkpointing, <see cref="CheckpointsOnHost"/> keeps each recomputed layer's input in host memory between its
+/// forward and its backward (B·T·hidden values per layer off the device, for two copies across the bus per layer and
+/// micro-batch; the same gradients).
+/// <see cref="OptimizerOnHost"/> keeps AdamW's two moments in host memory, paged through a small device window for
+/// each update (the same update bit for bit; 8 bytes per trainable parameter off the device, for 16 bytes per
+/// parameter across PCIe each step; ZeRO-Offload's optimizer offload, for the state alone).
 /// </summary>
 public sealed record TrainingConfig(
     int Epochs = 1,
@@ -36,6 +45,9 @@ public sealed record TrainingConfig(
     bool GradientCheckpointing = true,
     int UncheckpointedLayers = 1,
     bool EmbeddingOnHost = false,
+    bool OptimizerOnHost = false,
+    bool KeepDequantizedWeights = true,
+    bool CheckpointsOnHost = false,
     int Seed = 42,
     int LogEvery = 10,
     int EvalEvery = 100,
@@ -81,6 +93,9 @@ public sealed record TrainingConfig(
             GradientCheckpointing: s.Bool("gradient_checkpointing", d.GradientCheckpointing),
             UncheckpointedLayers: s.Int("uncheckpointed_layers", d.UncheckpointedLayers, 0, 100_000),
             EmbeddingOnHost: s.Bool("embedding_on_host", d.EmbeddingOnHost),
+            OptimizerOnHost: s.Bool("optimizer_on_host", d.OptimizerOnHost),
+            KeepDequantizedWeights: s.Bool("keep_dequantized_weights", d.KeepDequantizedWeights),
+            CheckpointsOnHost: s.Bool("checkpoints_on_host", d.CheckpointsOnHost),
             Seed: s.Int("seed", d.Seed, 0),
             LogEvery: s.Int("log_every", d.LogEvery, 1),
             EvalEvery: s.Int("eval_every", d.EvalEvery, 0),
@@ -100,6 +115,8 @@ public sealed record TrainingConfig(
             : s.OptionalDouble("dpo_rpo_alpha") != null ? "dpo_rpo_alpha" : null;
         bool ratioGiven = s.OptionalDouble("warmup_ratio") != null;
         bool keptGiven = s.OptionalInt("uncheckpointed_layers") != null;
+        bool keepWeightsGiven = s.OptionalBool("keep_dequantized_weights") != null;
+        bool checkpointsOnHostGiven = s.OptionalBool("checkpoints_on_host") != null;
         s.Finish();
         if (prompts is { Count: 0 } || (prompts?.Any(p => p.Trim().Length == 0) ?? false))
             throw s.ErrorAt("sample_prompts", $"'{s.Full("sample_prompts")}' must be a file or a list of non-empty prompts");
@@ -118,6 +135,10 @@ public sealed record TrainingConfig(
             throw s.ErrorAt("dpo_label_smoothing", $"'{s.Full("dpo_label_smoothing")}' applies to dpo_loss sigmoid only (cDPO); this run's is {YamlNames.Of(c.DpoLoss)}");
         if (keptGiven && !c.GradientCheckpointing)
             throw s.ErrorAt("uncheckpointed_layers", $"'{s.Full("uncheckpointed_layers")}' applies with '{s.Full("gradient_checkpointing")}: true' only (without checkpointing no layer is recomputed); drop one of the two");
+        if (keepWeightsGiven && !c.GradientCheckpointing)
+            throw s.ErrorAt("keep_dequantized_weights", $"'{s.Full("keep_dequantized_weights")}' applies with '{s.Full("gradient_checkpointing")}: true' only (without checkpointing no layer is recomputed); drop one of the two");
+        if (checkpointsOnHostGiven && !c.GradientCheckpointing)
+            throw s.ErrorAt("checkpoints_on_host", $"'{s.Full("checkpoints_on_host")}' applies with '{s.Full("gradient_checkpointing")}: true' only (without checkpointing there are no checkpoints); drop one of the two");
         if (c.WarmupSteps != null && ratioGiven)
             throw s.ErrorAt("warmup_ratio", $"set '{s.Full("warmup_steps")}' or '{s.Full("warmup_ratio")}', not both");
         return c;
@@ -138,6 +159,9 @@ public sealed record TrainingConfig(
         // Written when not the default, so that the configs saved in checkpoints before the key existed compare equal.
         ("uncheckpointed_layers", UncheckpointedLayers != 1 ? YamlOut.Scalar(UncheckpointedLayers) : null),
         ("embedding_on_host", EmbeddingOnHost ? YamlOut.Scalar(EmbeddingOnHost) : null),
+        ("optimizer_on_host", OptimizerOnHost ? YamlOut.Scalar(OptimizerOnHost) : null),
+        ("keep_dequantized_weights", !KeepDequantizedWeights ? YamlOut.Scalar(KeepDequantizedWeights) : null),
+        ("checkpoints_on_host", CheckpointsOnHost ? YamlOut.Scalar(CheckpointsOnHost) : null),
         ("seed", YamlOut.Scalar(Seed)),
         ("log_every", YamlOut.Scalar(LogEvery)), ("eval_every", YamlOut.Scalar(EvalEvery)),
         ("save_every", YamlOut.Scalar(SaveEvery)),

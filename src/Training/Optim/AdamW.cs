@@ -14,14 +14,17 @@ namespace QLoraNet.Training.Optim;
 /// The update itself is <see cref="MultiTensorAdamW"/>: on CUDA one kernel launch for every parameter of the step
 /// (Cuda/adamw.cu, bit for bit torch's arithmetic), elsewhere the per-tensor torch-op loop of those formulas
 /// (<see cref="MultiTensorAdamW.ReferenceStep"/>). Either way the state is the same tensors, so checkpoints do not
-/// depend on the path. The moments live on the parameters' device: dispose the optimizer when its run ends (a host
-/// that trains more than once would otherwise hold them until the finalizers run).
+/// depend on the path. The moments live on the parameters' device, or with <c>momentsOnHost</c>
+/// (training.optimizer_on_host) in host memory, paged through a small device window for each update
+/// (<see cref="HostMoments"/>: the same update, the same bits, 2 x 4 bytes per parameter off the device). Dispose the
+/// optimizer when its run ends (a host that trains more than once would otherwise hold them until the finalizers run).
 /// </summary>
 public sealed class AdamW : IDisposable
 {
     readonly IReadOnlyList<(string Name, Tensor Param)> _params;
     readonly Dictionary<string, (Tensor M, Tensor V)> _state = new();
     readonly MultiTensorAdamW _update;
+    readonly HostMoments? _host;
     bool _disposed;
 
     public double LearningRate { get; set; }
@@ -32,11 +35,15 @@ public sealed class AdamW : IDisposable
     public long Step { get; private set; }
 
     /// <param name="kernel">the fused AdamW of the run's kernel selection (<see cref="FusedKernels.AdamW"/>); null = the torch-op loop.</param>
+    /// <param name="momentsOnHost">keep the moments in host memory (training.optimizer_on_host; <see cref="HostMoments"/>).</param>
+    /// <param name="hostWindowElements">values per moment the device window of <paramref name="momentsOnHost"/> holds.</param>
     public AdamW(IEnumerable<(string Name, Tensor Param)> parameters, double lr, double beta1 = 0.9, double beta2 = 0.999,
-        double eps = 1e-8, double weightDecay = 0.0, FusedAdamW? kernel = null)
+        double eps = 1e-8, double weightDecay = 0.0, FusedAdamW? kernel = null, bool momentsOnHost = false,
+        long hostWindowElements = HostMoments.DefaultWindowElements)
     {
         _params = parameters.ToList();
         _update = new MultiTensorAdamW(kernel ?? FusedKernels.Reference().AdamW);
+        _host = momentsOnHost ? new HostMoments(kernel ?? FusedKernels.Reference().AdamW, hostWindowElements) : null;
         LearningRate = lr;
         Beta1 = beta1;
         Beta2 = beta2;
@@ -44,8 +51,15 @@ public sealed class AdamW : IDisposable
         WeightDecay = weightDecay;
     }
 
-    /// <summary>The path the last <see cref="StepOnce"/> took (cuda-ptx: one launch; torch-ops: the loop).</summary>
-    public FusedPath LastPath => _update.LastPath;
+    /// <summary>The path the last <see cref="StepOnce"/> took (cuda-ptx: one launch, or one per group of the host
+    /// moments' window; torch-ops: the loop).</summary>
+    public FusedPath LastPath => _host?.LastPath ?? _update.LastPath;
+
+    /// <summary>Whether the moments live in host memory (training.optimizer_on_host).</summary>
+    public bool MomentsOnHost => _host is not null;
+
+    /// <summary>With the moments on the host: the device window's bytes and the last update's groups; else (0, 0).</summary>
+    public (long WindowBytes, int Groups) HostWindow => _host is null ? (0, 0) : (_host.WindowBytes, _host.Groups);
 
     /// <summary>One update from the gradients currently in each parameter's .grad (parameters without a gradient are
     /// skipped), counted in <see cref="Step"/> unless it was skipped. With a <paramref name="guard"/> (the train
@@ -66,13 +80,16 @@ public sealed class AdamW : IDisposable
             if (g is null) continue;
             if (!_state.TryGetValue(name, out var s))
             {
-                s = (torch.zeros_like(p, dtype: ScalarType.Float32).DetachFromDisposeScope(),
-                     torch.zeros_like(p, dtype: ScalarType.Float32).DetachFromDisposeScope());
+                s = _host is not null
+                    ? (HostMoments.Zeros(p).DetachFromDisposeScope(), HostMoments.Zeros(p).DetachFromDisposeScope())
+                    : (torch.zeros_like(p, dtype: ScalarType.Float32).DetachFromDisposeScope(),
+                       torch.zeros_like(p, dtype: ScalarType.Float32).DetachFromDisposeScope());
                 _state[name] = s;
             }
             slots.Add(new MultiTensorAdamW.Slot(p, g, s.M, s.V));
         }
-        var result = _update.Step(slots, new MultiTensorAdamW.Hyper(LearningRate, Beta1, Beta2, Eps, WeightDecay, Step), guard);
+        var hyper = new MultiTensorAdamW.Hyper(LearningRate, Beta1, Beta2, Eps, WeightDecay, Step);
+        var result = _host is not null ? _host.Step(slots, hyper, guard) : _update.Step(slots, hyper, guard);
         if (result == MultiTensorAdamW.Result.Skipped) Step--;
         return result;
     }
@@ -99,6 +116,9 @@ public sealed class AdamW : IDisposable
     public (Dictionary<string, Tensor> Tensors, long Step) Save()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        // Host moments are written by copies queued on the device's stream: wait for the last update's to land.
+        if (_host is not null && _params.Count > 0 && _params[0].Param.device_type == DeviceType.CUDA)
+            torch.cuda.synchronize(_params[0].Param.device);
         var d = new Dictionary<string, Tensor>();
         foreach (var (name, (m, v)) in _state)
         {
@@ -121,7 +141,9 @@ public sealed class AdamW : IDisposable
             }
             if (!m.shape.SequenceEqual(p.shape)) throw new InvalidDataException($"optimizer state for '{name}' has shape [{string.Join(", ", m.shape)}], parameter is [{string.Join(", ", p.shape)}]");
             if (_state.TryGetValue(name, out var old)) { old.M.Dispose(); old.V.Dispose(); }
-            _state[name] = (m.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope(), v.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope());
+            _state[name] = _host is not null
+                ? (HostMoments.ToHost(m, p).DetachFromDisposeScope(), HostMoments.ToHost(v, p).DetachFromDisposeScope())
+                : (m.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope(), v.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope());
         }
     }
 
@@ -136,5 +158,7 @@ public sealed class AdamW : IDisposable
             v.Dispose();
         }
         _state.Clear();
+        _host?.Dispose();
+        _update.Dispose();
     }
 }

@@ -172,7 +172,8 @@ public sealed class LoraFinetuneRecipe : IDisposable
         _built = ModelBuilder.Build(_config.Model.Path, new ModelBuildOptions(_device, compute, _config.Quantization.Format,
             kernels ?? KernelSelection.For(_device), frozen, _t.GradientCheckpointing, _t.UncheckpointedLayers,
             NewAdapter: _config.Lora, AdapterSeed: _t.Seed, AdapterDropout: _dropoutRandom, AdapterInitDir: _config.LoraInitFrom,
-            Aware: _config.Quantization.Aware, AllowNonFiniteWeights: _config.Model.AllowNonFiniteWeights, EmbeddingOnHost: _t.EmbeddingOnHost));
+            Aware: _config.Quantization.Aware, AllowNonFiniteWeights: _config.Model.AllowNonFiniteWeights, EmbeddingOnHost: _t.EmbeddingOnHost,
+            KeepDequantizedWeights: _t.KeepDequantizedWeights, CheckpointsOnHost: _t.CheckpointsOnHost));
         (_model, _adapterConfig) = (_built.Model, _built.Adapter!);
         _loadSeconds = clock.Elapsed.TotalSeconds;
         if (_config.LoraInitFrom is { } init && _resumeFrom is null)
@@ -183,7 +184,13 @@ public sealed class LoraFinetuneRecipe : IDisposable
     {
         var trainable = _model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter));
         _optimizer = new AdamW(trainable, _t.LearningRate, _t.AdamBeta1, _t.AdamBeta2, _t.AdamEpsilon, _t.WeightDecay,
-            _built.Kernels.Fused.AdamW);
+            _built.Kernels.Fused.AdamW, momentsOnHost: _t.OptimizerOnHost);
+        if (_t.OptimizerOnHost && _device.type == DeviceType.CUDA)
+        {
+            long n = trainable.Sum(p => p.Item2.numel());
+            _observer.OnMessage($"training.optimizer_on_host: AdamW's moments ({8.0 * n / (1 << 20):F0} MiB) in pinned host memory, paged through a "
+                + $"{8.0 * Math.Min(n, HostMoments.DefaultWindowElements) / (1 << 20):F0} MiB device window at each update");
+        }
     }
 
     /// <summary>Adapter, optimizer moments and trainer state (data position, best validation loss) of the checkpoint;

@@ -28,7 +28,7 @@ public static class ResumeCompatibility
     public static readonly IReadOnlySet<string> FreeKeys = new HashSet<string>(StringComparer.Ordinal)
     {
         "training.log_every", "training.eval_every", "training.save_every", "training.early_stopping_patience",
-        "training.gradient_checkpointing", "training.uncheckpointed_layers", "training.embedding_on_host", "output.keep_last", "output.dir", "model.device", "model.allow_non_finite_weights",
+        "training.gradient_checkpointing", "training.uncheckpointed_layers", "training.embedding_on_host", "training.optimizer_on_host", "training.keep_dequantized_weights", "training.checkpoints_on_host", "output.keep_last", "output.dir", "model.device", "model.allow_non_finite_weights",
     };
 
     /// <summary>Keys holding file paths, compared as full paths (a relative and an absolute spelling of one file agree).</summary>

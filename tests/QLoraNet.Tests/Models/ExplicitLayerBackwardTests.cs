@@ -78,6 +78,20 @@ public class ExplicitLayerBackwardTests
         AssertClose("llama3 nf4-dq, dropout 0.25", reference.Grads, explicitRun.Grads);
     }
 
+    /// <summary>training.keep_dequantized_weights reaches every decoder layer through the model builder (default: kept).</summary>
+    [Fact]
+    public void The_builder_sets_whether_each_layer_keeps_its_dequantized_weights()
+    {
+        var format = BaseFormat.Parse("nf4");
+        using var kept = ModelBuilder.Build(Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32, format, GradientCheckpointing: true));
+        using var again = ModelBuilder.Build(Paths.TinyModel, new ModelBuildOptions(CPU, ScalarType.Float32, format, GradientCheckpointing: true,
+            KeepDequantizedWeights: false));
+        Assert.All(kept.Model.modules().OfType<LlamaDecoderLayer>(), l => Assert.True(l.KeepWeightsForBackward));
+        var layers = again.Model.modules().OfType<LlamaDecoderLayer>().ToList();
+        Assert.NotEmpty(layers);
+        Assert.All(layers, l => Assert.False(l.KeepWeightsForBackward));
+    }
+
     /// <summary>Every layer's frozen gate and up made to stack into one GEMM as the CUDA NF4 kernel lets them
     /// (<see cref="StackingLinear"/>), pointed at the model's backward queue like the linears they wrap.</summary>
     static void StackGateUp(BuiltModel built)

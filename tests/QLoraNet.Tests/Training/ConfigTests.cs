@@ -134,6 +134,44 @@ public sealed class ConfigTests : IDisposable
     }
 
     [Fact]
+    public void Optimizer_on_host_defaults_to_off_round_trips_and_is_free_on_resume()
+    {
+        Assert.False(Parse(Minimal).Training.OptimizerOnHost);
+        var c = Parse(Minimal + "training:\n  optimizer_on_host: true\n");
+        Assert.True(c.Training.OptimizerOnHost);
+        Assert.True(Parse(c.ToYaml()).Training.OptimizerOnHost);
+        Assert.DoesNotContain("optimizer_on_host", Parse(Minimal).ToYaml());          // the default is not written
+        Assert.Contains("'training.optimizer_on_host'", ErrorOf(Minimal + "training:\n  optimizer_on_host: sometimes\n"));
+        Assert.Contains("training.optimizer_on_host", QLoraNet.Training.Trainer.ResumeCompatibility.FreeKeys);
+    }
+
+    [Fact]
+    public void Keep_dequantized_weights_defaults_to_on_needs_checkpointing_round_trips_and_is_free_on_resume()
+    {
+        Assert.True(Parse(Minimal).Training.KeepDequantizedWeights);
+        var c = Parse(Minimal + "training:\n  keep_dequantized_weights: false\n");
+        Assert.False(c.Training.KeepDequantizedWeights);
+        Assert.False(Parse(c.ToYaml()).Training.KeepDequantizedWeights);
+        Assert.DoesNotContain("keep_dequantized_weights", Parse(Minimal).ToYaml());   // the default is not written
+        Assert.Contains("'training.keep_dequantized_weights' applies with 'training.gradient_checkpointing: true' only",
+            ErrorOf(Minimal + "training:\n  gradient_checkpointing: false\n  keep_dequantized_weights: false\n"));
+        Assert.Contains("training.keep_dequantized_weights", QLoraNet.Training.Trainer.ResumeCompatibility.FreeKeys);
+    }
+
+    [Fact]
+    public void Checkpoints_on_host_defaults_to_off_needs_checkpointing_round_trips_and_is_free_on_resume()
+    {
+        Assert.False(Parse(Minimal).Training.CheckpointsOnHost);
+        var c = Parse(Minimal + "training:\n  checkpoints_on_host: true\n");
+        Assert.True(c.Training.CheckpointsOnHost);
+        Assert.True(Parse(c.ToYaml()).Training.CheckpointsOnHost);
+        Assert.DoesNotContain("checkpoints_on_host", Parse(Minimal).ToYaml());   // the default is not written
+        Assert.Contains("'training.checkpoints_on_host' applies with 'training.gradient_checkpointing: true' only",
+            ErrorOf(Minimal + "training:\n  gradient_checkpointing: false\n  checkpoints_on_host: true\n"));
+        Assert.Contains("training.checkpoints_on_host", QLoraNet.Training.Trainer.ResumeCompatibility.FreeKeys);
+    }
+
+    [Fact]
     public void Empty_required_value_and_chat_with_alpaca_are_errors()
     {
         Assert.Equal("x.yaml:2: 'model.path' must be a non-empty string; got ''", ErrorOf(Minimal.Replace(Paths.TinyModel, "\"\"")));
