@@ -115,6 +115,18 @@ training: {{max_steps: 40, micro_batch_size: 4, gradient_accumulation_steps: 1, 
   weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, uncheckpointed_layers: {kept}, seed: 42, log_every: 10, eval_every: 20, save_every: 20}}
 output: {{dir: {out}/run, keep_last: 1}}
 """)
+# The low-memory run as `train` makes it: micro-batches of 1 x 512 accumulated 4 times, the embedding table and
+# AdamW's moments in host memory; evaluation and checkpoints on.
+with open(f"{out}/train-lowmem.yaml", "w") as f:
+    f.write(f"""model: {{path: /tmp/llama7b, dtype: bf16, device: cuda}}
+quantization: {{type: nf4, double_quant: true, blocksize: 64, compute_dtype: bf16}}
+lora: {{r: 16, alpha: 32, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj]}}
+data: {{train: {out}/train.jsonl, validation: {out}/val.jsonl, format: completion, max_seq_len: 512, packing: true, train_on_inputs: true}}
+training: {{max_steps: 12, micro_batch_size: 1, gradient_accumulation_steps: 4, learning_rate: 2.0e-4, scheduler: cosine, warmup_steps: 2,
+  weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, embedding_on_host: true, optimizer_on_host: true, seed: 42,
+  log_every: 2, eval_every: 6, save_every: 6}}
+output: {{dir: {out}/run-lowmem, keep_last: 1}}
+""")
 PY
 rm -rf "$OUT/run"
 run_case train-512x4 150 45 "${app[@]}" train "$OUT/train.yaml"
@@ -122,8 +134,15 @@ cp "$OUT/run/metrics.csv" "$OUT/train_metrics.csv" 2>/dev/null
 
 # 4. Low memory: micro-batches of 1 x 512 accumulated 4 times (the same 2048 tokens per optimizer step) and a
 # quarter-size loss chunk: the activations and the loss's transients shrink 4x, the frozen base does not.
-run_case ours-lowmem 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --hold-seconds 0
 run_case ours-lowmem-host 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --embedding-on-host --hold-seconds 0
+# ... and AdamW's moments in host memory too (training.optimizer_on_host): the smallest footprint `train` can be asked for
+run_case ours-lowmem-offload 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --embedding-on-host --optimizer-on-host --hold-seconds 0
+# ... and everything else off the device that costs only time: the no-keep layer backward (training.keep_dequantized_weights:
+# false) and the checkpoints in host memory (training.checkpoints_on_host)
+run_case ours-lowmem-min 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --embedding-on-host --optimizer-on-host --checkpoints-on-host --layer-backward explicit-no-keep --hold-seconds 0
+rm -rf "$OUT/run-lowmem"
+run_case train-lowmem 120 50 "${app[@]}" train "$OUT/train-lowmem.yaml"
+cp "$OUT/run-lowmem/metrics.csv" "$OUT/train_lowmem_metrics.csv" 2>/dev/null
 
 # 5. The other shapes: nothing may regress there.
 run_case ours-2048x1 80 20 "${app[@]}" bench train --model $ckpt --seq 2048 --batch 1 --uncheckpointed-layers $kept --hold-seconds 0
@@ -171,6 +190,7 @@ PY
   fi
 fi
 run_case ours-512x4-dropout 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --dropout 0.05 --check-layer-backward --hold-seconds 0
+run_case ours-lowmem 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --hold-seconds 0
 run_case peer-2048x1 80 30 python3 "$carry/hf_peft_lora_bench.py" --seq 2048 --batch 1
 run_case peer-4096x1 80 30 python3 "$carry/hf_peft_lora_bench.py" --seq 4096 --batch 1
 run_case peer-512x4-all 80 30 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --targets $all
@@ -195,8 +215,12 @@ def case(name):
     if "skipped" in ls[0]: return {"skipped": True}
     m = next((l for l in ls if "measure" in l), {})
     r = next((l for l in reversed(ls) if "measure" not in l), {})
-    d = {"rc": m.get("rc"), "peak_gib": m.get("device_peak_used_gib"), "wall_s": m.get("wall_s")}
-    for k in ("tokens_per_s", "step_ms", "loss", "adamw_path", "base_gib", "split_dequant_ms", "split_attention_ms", "split_matmul_ms", "split_rest_ms"):
+    # peak_gib: NVML's whole-device peak (the driver's own share of an idle GPU, device_start_gib, included), the
+    # measure the peer comparisons use; process_peak_gib: what the run's process itself held (context included).
+    d = {"rc": m.get("rc"), "peak_gib": m.get("device_peak_used_gib"), "process_peak_gib": m.get("process_peak_used_gib"),
+         "device_start_gib": (m.get("device_start_used_gib") or [None])[0], "wall_s": m.get("wall_s")}
+    for k in ("tokens_per_s", "step_ms", "loss", "adamw_path", "base_gib", "host_checkpoints_per_step", "split_dequant_ms", "split_attention_ms", "split_matmul_ms", "split_rest_ms",
+              "device_allocated_peak_gib", "device_reserved_peak_gib", "load_allocated_peak_gib", "load_reserved_peak_gib"):
         if k in r: d[k] = r[k]
     if "peak_device_used_gib" in r: d["peer_own_peak_gib"] = r["peak_device_used_gib"]
     # The kernel choice (op: path) and the calls each fused op's kernel and reference served per step: [kernel, reference].
@@ -236,7 +260,7 @@ for f in sorted(glob.glob(f"{out}/cases/kernel-*.log")):
     if summ: kern["checks"] += summ["parity_checks"]; kern["failures"] += summ["failures"]
     else: kern["failures"] += 1
 cases = {n: case(n) for n in ["ours-512x4", "ours-512x4-k1", "ours-512x4-host", "peer-512x4", "peer-512x4-compile", "ours-2048x1", "peer-2048x1", "ours-4096x1", "peer-4096x1",
-                              "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-lowmem-host", "ours-512x4-torchce", "ours-512x4-dropout", "ours-512x4-torchops", "ours-13b-512x4", "nsys-512x4"]}
+                              "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-lowmem-host", "ours-lowmem-offload", "ours-lowmem-min", "ours-512x4-torchce", "ours-512x4-dropout", "ours-512x4-torchops", "ours-13b-512x4", "nsys-512x4"]}
 def ratio(a, b, k):
     try: return round(cases[a][k] / cases[b][k], 3)
     except (TypeError, KeyError, ZeroDivisionError): return None
@@ -252,6 +276,8 @@ ratios = {"512x4 speed vs compiled": ratio("ours-512x4", "peer-512x4-compile", "
           "4096x1 speed vs eager": ratio("ours-4096x1", "peer-4096x1", "tokens_per_s"),
           "all-linear speed vs eager": ratio("ours-512x4-all", "peer-512x4-all", "tokens_per_s"),
           "lowmem speed vs ours-512x4": ratio("ours-lowmem", "ours-512x4", "tokens_per_s"),
+          "lowmem with embedding and optimizer on host speed vs ours-512x4": ratio("ours-lowmem-offload", "ours-512x4", "tokens_per_s"),
+          "lowmem with everything off the device speed vs ours-512x4": ratio("ours-lowmem-min", "ours-512x4", "tokens_per_s"),
           "512x4 fused cross-entropy vs torch-ops loss": ratio("ours-512x4", "ours-512x4-torchce", "tokens_per_s"),
           "dropout 0.05 speed vs none": ratio("ours-512x4-dropout", "ours-512x4", "tokens_per_s"),
           "512x4 fused kernels vs torch-ops": ratio("ours-512x4", "ours-512x4-torchops", "tokens_per_s")}
@@ -274,6 +300,13 @@ try:
         train["ratio_to_bench_end_to_end"] = round(train["end_to_end_tokens_per_s"] / cases["ours-512x4"]["tokens_per_s"], 3)
 except Exception as e:
     train["metrics_error"] = f"{type(e).__name__}: {e}"
+lowmem_train = case("train-lowmem") or {}
+try:  # steps after the first 3 (warm-up): tokens over their step times
+    rows = [r for r in csv.DictReader(open(f"{out}/train_lowmem_metrics.csv")) if int(r["step"]) > 3]
+    lowmem_train["step_tokens_per_s"] = round(sum(float(r["tokens"]) for r in rows) / sum(float(r["step_s"]) for r in rows), 1)
+except Exception as e:
+    lowmem_train["metrics_error"] = f"{type(e).__name__}: {e}"
+train["lowmem"] = lowmem_train
 json.dump(details, open(f"{out}/kernel_details.json", "w"), indent=1)
 nsys = lines("nsys-summary")
 print(json.dumps({"gpu": open(f"{out}/gpu.txt").read().strip(), "seconds": seconds, "kernel_parity": kern, "cases": cases,
