@@ -64,7 +64,7 @@ public static class BenchTrainCommand
         var chunkLogits = new Option<long>("--logits-per-chunk") { Description = "logits per chunk of the loss (less: lower peak memory)", DefaultValueFactory = _ => ChunkedCrossEntropy.DefaultLogitsPerChunk };
         var layerBackward = new Option<string>("--layer-backward")
         {
-            Description = "checkpointed layers' backward: explicit (no autograd graph in the recomputation, dense weights kept for backward), explicit-no-keep (dequantize again in backward), autograd (the reference)",
+            Description = "checkpointed layers' backward: explicit (no autograd graph in the recomputation, dense weights kept for backward), explicit-no-keep (dequantize again in backward, gate and up one at a time), autograd (the reference)",
             DefaultValueFactory = _ => "explicit",
         };
         layerBackward.AcceptOnlyFromAmong("explicit", "explicit-no-keep", "autograd");
@@ -263,6 +263,7 @@ public static class BenchTrainCommand
         {
             layer.ExplicitBackward = mode != "autograd";
             layer.KeepWeightsForBackward = mode == "explicit";
+            layer.Mlp.StackFrozenGateUp = mode != "explicit-no-keep";   // as training.keep_dequantized_weights: false sets it
         }
     }
 

@@ -133,8 +133,9 @@ public static class ExplicitLayerBackward
                 (var normed2, tape.Saved2) = norm2.ForwardSaving(tape.O.Output!, hidden);           // h = hidden + o; norm(h)
                 tape.O.ReleaseOutput();
                 // gate and up read normed2: one group, like q/k/v (with LoRA on them, e.g. all linear layers), or one
-                // GEMM when both are frozen (the fused gated unit reads the product's two halves as they are).
-                tape.GateUp = mlpSlots.RecordShared(GateUpRoles, normed2, keepWeights, stackFrozen: true);
+                // GEMM when both are frozen and the MLP stacks them (the fused gated unit reads the product's two halves as
+                // they are).
+                tape.GateUp = mlpSlots.RecordShared(GateUpRoles, normed2, keepWeights, stackFrozen: mlp.StackFrozenGateUp);
                 normed2.Dispose();
                 var (tg, tu) = (tape.GateUp.Members[0], tape.GateUp.Members[1]);
                 var gated = mlp.Glu.Apply(tg.Output!, tu.Output!, mlp.FusedActivation!.Value, mlp.Handles); // (B, T, intermediate)

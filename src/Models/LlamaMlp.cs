@@ -59,6 +59,13 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
 
     static readonly LinearRole[] GateUpRoles = [LinearRole.Gate, LinearRole.Up];
 
+    /// <summary>Whether frozen quantized gate and up run as one GEMM over one stacked dense matrix
+    /// (<see cref="QLoraNet.Quant.FrozenLinearGroup"/>; speed-neutral in the training step, docs/BENCHMARKS.md session
+    /// 29) or one after the other, so that at most one of their dense weights exists at a time (half the stacked
+    /// matrix's memory: 86 MiB for a 7B layer; training.keep_dequantized_weights: false asks for it). The same values
+    /// either way, up to the GEMM's summation order.</summary>
+    public bool StackFrozenGateUp { get; set; } = true;
+
     /// <param name="x">(B, T, hidden)</param>
     /// <returns>(B, T, hidden)</returns>
     public override Tensor forward(Tensor x)
@@ -87,8 +94,8 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IDefersBackwardHandles
     Tensor Gated(Tensor x)
     {
         // gate and up read x: without a graph (a checkpointed forward, inference) their adapters may share work, and
-        // without adapters they are one GEMM.
-        var gateUp = projections.CallShared(GateUpRoles, x, stackFrozen: true);
+        // without adapters they are one GEMM (unless memory comes first: StackFrozenGateUp).
+        var gateUp = projections.CallShared(GateUpRoles, x, stackFrozen: StackFrozenGateUp);
         var (gate, up) = (gateUp[0], gateUp[1]);                                      // (B, T, intermediate) each
         var gated = fusedActivation is GluActivation fused
             ? glu.Apply(gate, up, fused, handles)

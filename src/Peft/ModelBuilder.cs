@@ -23,7 +23,8 @@ namespace QLoraNet.Peft;
 /// the GPU (training.embedding_on_host; Models.FrozenEmbedding.OnHost); refused for a head tied to the embedding.</param>
 /// <param name="KeepDequantizedWeights">with checkpointing, a recomputed layer keeps its weights' dense copies from the
 /// recomputation for its backward (one dequantization each); false dequantizes them again in backward, so they are not
-/// held meanwhile (training.keep_dequantized_weights; Models.LlamaDecoderLayer.KeepWeightsForBackward).</param>
+/// held meanwhile, and gate and up dequantize one at a time instead of into one stacked matrix
+/// (training.keep_dequantized_weights; Models.LlamaDecoderLayer.KeepWeightsForBackward, Models.LlamaMlp.StackFrozenGateUp).</param>
 /// <param name="CheckpointsOnHost">with checkpointing, the recomputed layers keep their inputs in host memory
 /// (training.checkpoints_on_host; Models.LlamaModel.CheckpointsOnHost).</param>
 /// <param name="NewAdapter">attach fresh LoRA adapters with these settings (training).</param>
@@ -114,7 +115,9 @@ public static class ModelBuilder
             model.Model.GradientCheckpointing = o.GradientCheckpointing;
             model.Model.UncheckpointedLayers = o.UncheckpointedLayers;
             model.Model.CheckpointsOnHost = o.CheckpointsOnHost;
-            foreach (var layer in model.Model.Layers) layer.KeepWeightsForBackward = o.KeepDequantizedWeights;
+            // Not keeping the dense weights is asking for memory over time: gate and up then dequantize one at a time too.
+            foreach (var layer in model.Model.Layers)
+                (layer.KeepWeightsForBackward, layer.Mlp.StackFrozenGateUp) = (o.KeepDequantizedWeights, o.KeepDequantizedWeights);
             if (o.EmbeddingOnHost)
             {
                 // A tied head multiplies by the whole table every step: it must stay where the head computes.

@@ -19,8 +19,9 @@ namespace QLoraNet.Training.Config;
 /// each batch's rows to the device (the same values; vocab·hidden values of device memory freed, for ~2·hidden bytes
 /// a token across PCIe); a head tied to the embedding keeps it on the device (an error names the key).
 /// With checkpointing, <see cref="KeepDequantizedWeights"/> false makes a recomputed layer dequantize its weights again
-/// for its backward instead of keeping the dense copies its recomputation made (the same values; a layer's dense
-/// weights, ~0.4 GiB for a 7B layer, no longer held through its backward, for one more dequantization each).
+/// for its backward instead of keeping the dense copies its recomputation made, and dequantizes gate and up one at a time
+/// instead of into one stacked matrix (the same values up to a GEMM's summation order; a layer's dense weights, ~0.4 GiB
+/// for a 7B layer, no longer held through its backward, for one more dequantization each).
 /// With checkpointing, <see cref="CheckpointsOnHost"/> keeps each recomputed layer's input in host memory between its
 /// forward and its backward (B·T·hidden values per layer off the device, for two copies across the bus per layer and
 /// micro-batch; the same gradients).

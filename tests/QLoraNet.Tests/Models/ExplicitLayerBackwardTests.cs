@@ -24,7 +24,7 @@ public class ExplicitLayerBackwardTests
     static readonly string[] Explicit = ["llama3", "mistral", "qwen2", "gemma"];
 
     static (float Loss, Tensor[] Grads, long Explicit, long Autograd) Run(string family, BaseFormat format, double dropout,
-        bool explicitBackward, bool keepWeights, LoraSettings? lora = null, bool stackGateUp = false)
+        bool explicitBackward, bool keepWeights, LoraSettings? lora = null, bool stackGateUp = false, bool mlpStacks = true)
     {
         using var built = FamilyLora.Build(family, format, (lora ?? FamilyLora.AllLinear) with { Dropout = dropout }, checkpointing: true);
         if (stackGateUp) StackGateUp(built);
@@ -33,6 +33,7 @@ public class ExplicitLayerBackwardTests
         {
             layer.ExplicitBackward = explicitBackward;
             layer.KeepWeightsForBackward = keepWeights;
+            layer.Mlp.StackFrozenGateUp = mlpStacks;
         }
         built.Model.train();
         var (loss, grads) = FamilyLora.LossAndAdapterGradients(built.Model, FamilyReference.Of(family).HeldoutIds.Take(40).ToArray());
@@ -125,6 +126,10 @@ public class ExplicitLayerBackwardTests
             Assert.True(Math.Abs(reference.Loss - explicitRun.Loss) <= 1e-5 * Math.Abs(reference.Loss), $"loss {reference.Loss} against {explicitRun.Loss}");
             AssertClose($"{family} nf4-dq, attention adapters, keep {keep}", reference.Grads, explicitRun.Grads);
         }
+        // Memory first (training.keep_dequantized_weights: false): gate and up one at a time, the same gradients.
+        var apartRun = Run(family, format, 0, explicitBackward: true, keepWeights: false, attention, stackGateUp: true, mlpStacks: false);
+        Assert.True(Math.Abs(reference.Loss - apartRun.Loss) <= 1e-5 * Math.Abs(reference.Loss), $"loss {reference.Loss} against {apartRun.Loss}");
+        AssertClose($"{family} nf4-dq, attention adapters, gate and up apart", reference.Grads, apartRun.Grads);
 
         using var built = FamilyLora.Build(family, format, attention, checkpointing: true);
         StackGateUp(built);
@@ -139,6 +144,11 @@ public class ExplicitLayerBackwardTests
         var (gate, up) = (tape.GateUp!.Members[0].Output!, tape.GateUp.Members[1].Output!);
         Assert.Equal(2 * gate.size(-1), gate.stride(1));                                     // halves of one (.., 2I) product
         Assert.Equal(gate.size(-1), up.storage_offset() - gate.storage_offset());
+
+        layer.Mlp.StackFrozenGateUp = false;                                                 // one at a time
+        using var apart = ExplicitLayerBackward.Record(layer, x, cos, sin, null, keepWeights: false, output: false).Tape;
+        var gateApart = apart.GateUp!.Members[0].Output!;
+        Assert.Equal(gateApart.size(-1), gateApart.stride(1));                               // a product of its own
     }
 
     [Fact]
