@@ -106,27 +106,23 @@ with open(f"{out}/train.jsonl", "w") as f:
     for r in rows[:224]: f.write(json.dumps({"text": r}) + "\n")
 with open(f"{out}/val.jsonl", "w") as f:
     for r in rows[224:240]: f.write(json.dumps({"text": r}) + "\n")
-with open(f"{out}/train.yaml", "w") as f:
-    f.write(f"""model: {{path: /tmp/llama7b, dtype: bf16, device: cuda}}
+def config(name, training, run):
+    """A train config on the random 7B and the text above: the same model, base format, LoRA and data for every run."""
+    with open(f"{out}/{name}", "w") as f:
+        f.write(f"""model: {{path: /tmp/llama7b, dtype: bf16, device: cuda}}
 quantization: {{type: nf4, double_quant: true, blocksize: 64, compute_dtype: bf16}}
 lora: {{r: 16, alpha: 32, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj]}}
 data: {{train: {out}/train.jsonl, validation: {out}/val.jsonl, format: completion, max_seq_len: 512, packing: true, train_on_inputs: true}}
-training: {{max_steps: 40, micro_batch_size: 4, gradient_accumulation_steps: 1, learning_rate: 2.0e-4, scheduler: cosine, warmup_steps: 4,
-  weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, uncheckpointed_layers: {kept}, seed: 42, log_every: 10, eval_every: 20, save_every: 20}}
-output: {{dir: {out}/run, keep_last: 1}}
+training: {{{training}}}
+output: {{dir: {out}/{run}, keep_last: 1}}
 """)
+config("train.yaml", f"""max_steps: 40, micro_batch_size: 4, gradient_accumulation_steps: 1, learning_rate: 2.0e-4, scheduler: cosine, warmup_steps: 4,
+  weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, uncheckpointed_layers: {kept}, seed: 42, log_every: 10, eval_every: 20, save_every: 20""", "run")
 # The low-memory run as `train` makes it: micro-batches of 1 x 512 accumulated 4 times, the embedding table and
 # AdamW's moments in host memory; evaluation and checkpoints on.
-with open(f"{out}/train-lowmem.yaml", "w") as f:
-    f.write(f"""model: {{path: /tmp/llama7b, dtype: bf16, device: cuda}}
-quantization: {{type: nf4, double_quant: true, blocksize: 64, compute_dtype: bf16}}
-lora: {{r: 16, alpha: 32, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj]}}
-data: {{train: {out}/train.jsonl, validation: {out}/val.jsonl, format: completion, max_seq_len: 512, packing: true, train_on_inputs: true}}
-training: {{max_steps: 12, micro_batch_size: 1, gradient_accumulation_steps: 4, learning_rate: 2.0e-4, scheduler: cosine, warmup_steps: 2,
+config("train-lowmem.yaml", """max_steps: 12, micro_batch_size: 1, gradient_accumulation_steps: 4, learning_rate: 2.0e-4, scheduler: cosine, warmup_steps: 2,
   weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, embedding_on_host: true, optimizer_on_host: true, seed: 42,
-  log_every: 2, eval_every: 6, save_every: 6}}
-output: {{dir: {out}/run-lowmem, keep_last: 1}}
-""")
+  log_every: 2, eval_every: 6, save_every: 6""", "run-lowmem")
 PY
 rm -rf "$OUT/run"
 run_case train-512x4 150 45 "${app[@]}" train "$OUT/train.yaml"

@@ -165,13 +165,15 @@ public static class BenchTrainCommand
             };
             if (layerCheck is not null) fields.Add("\"layer_backward_check\": " + layerCheck);
             if (peaks is { } p)
+            {
                 fields.AddRange([J("device_allocated_peak_gib", Math.Round(p.AllocatedPeak / Math.Pow(2, 30), 2)),
                     J("device_reserved_peak_gib", Math.Round(p.ReservedPeak / Math.Pow(2, 30), 2))]);
-            // The peaks before the reader opened: loading the model (and the layer check, when asked): an outside
-            // sampler's device peak may be this one, not the timed steps'.
-            if (allocator?.Before is { } b)
-                fields.AddRange([J("load_allocated_peak_gib", Math.Round(b.AllocatedPeak / Math.Pow(2, 30), 2)),
-                    J("load_reserved_peak_gib", Math.Round(b.ReservedPeak / Math.Pow(2, 30), 2))]);
+                // The peaks before the reader opened: loading the model (and the layer check, when asked): an outside
+                // sampler's device peak may be this one, not the timed steps'.
+                if (allocator!.Before is { } b)
+                    fields.AddRange([J("load_allocated_peak_gib", Math.Round(b.AllocatedPeak / Math.Pow(2, 30), 2)),
+                        J("load_reserved_peak_gib", Math.Round(b.ReservedPeak / Math.Pow(2, 30), 2))]);
+            }
             else if (allocator?.Reason is { } why) fields.Add("\"device_allocator_unavailable\": " + JsonSerializer.Serialize(why));
             string? profiled = pr.GetValue(profile)
                 ? JsonSerializer.Serialize(Profile(step, data, built, shape, pr.GetValue(warmup) + pr.GetValue(steps), pr.GetValue(profileSteps), allocator?.Stats))

@@ -112,41 +112,39 @@ public sealed record FourBitWeight(
     public string FormatName => FourBitFormat.Spell(Type, BlockSize, IsDoubleQuantized,
         (Scales as DoubleQuantizedScales)?.NestedBlockSize ?? DoubleQuantizedScales.DefaultNestedBlockSize);
 
-    /// <summary>Device-agnostic path: packed codes (ceil(n/2)) and absmax (nBlocks) from torch ops, in chunks of whole
-    /// blocks (every step is per block, so the chunks change no bit). A chunk's fp32 copy, |x|, scaled values and int32
-    /// codes are its only temporaries, ~17 bytes an element: for a whole 11008 x 4096 MLP weight of a 7B model they
-    /// were 0.75 GiB, the device's peak while loading (the training step's own is lower).</summary>
-    static (Tensor Packed, Tensor Absmax) QuantizeWithTorchOps(Tensor flat, FourBitType type, int blockSize)
+    /// <summary>Device-agnostic path: packed codes (ceil(n/2)) and absmax (nBlocks) from torch ops, chunk by chunk
+    /// (<see cref="InChunks"/>). A chunk's fp32 copy, |x|, scaled values and int32 codes are its only temporaries, ~17
+    /// bytes an element: for a whole 11008 x 4096 MLP weight of a 7B model they were 0.75 GiB, the device's peak while
+    /// loading (the training step's own is lower).</summary>
+    static (Tensor Packed, Tensor Absmax) QuantizeWithTorchOps(Tensor flat, FourBitType type, int blockSize) =>
+        InChunks(flat, blockSize, part =>
+        {
+            long len = part.shape[0];
+            var (scaled, absmax) = Blockwise.ScaleByAbsmax(Blockwise.ToBlocks(part.to(ScalarType.Float32), blockSize));
+            var codes = EncodeCodes(type, scaled).view(-1);                       // (nBlocks * blockSize) uint8
+            // An odd n keeps one padding code (the code of 0.0) in the last low nibble, as bitsandbytes does (only the
+            // last chunk can be odd: the others are whole blocks of a power of two).
+            return (PackNibbles(codes.narrow(0, 0, len + len % 2)), absmax);
+        });
+
+    /// <summary>CPU path: the fused kernel over fp32 chunks (bounds the fp32 copy of a bf16 weight).</summary>
+    static (Tensor Packed, Tensor Absmax) QuantizeWithCpuKernel(Tensor flat, FourBitType type, int blockSize) =>
+        InChunks(flat, blockSize, part => CpuFourBitKernel.Quantize(part.to(ScalarType.Float32).contiguous(), type, blockSize));
+
+    /// <summary>Both quantizers' loop: <paramref name="quantize"/> over chunks of whole blocks of <paramref name="flat"/>
+    /// (every step is per block, so chunks change no bit), each in its own dispose scope so its temporaries go before
+    /// the next; the packed codes and absmax concatenated.</summary>
+    static (Tensor Packed, Tensor Absmax) InChunks(Tensor flat, int blockSize, Func<Tensor, (Tensor Packed, Tensor Absmax)> quantize)
     {
         long n = flat.shape[0], chunk = Math.Max(blockSize, ChunkElements);   // powers of two: chunks hold whole blocks
         var packed = new List<Tensor>();
         var absmax = new List<Tensor>();
         for (long start = 0; start < n; start += chunk)
         {
-            long len = Math.Min(chunk, n - start);
             using var scope = NewDisposeScope();
-            var (scaled, a) = Blockwise.ScaleByAbsmax(Blockwise.ToBlocks(flat.narrow(0, start, len).to(ScalarType.Float32), blockSize));
-            var codes = EncodeCodes(type, scaled).view(-1);                       // (nBlocks * blockSize) uint8
-            // An odd n keeps one padding code (the code of 0.0) in the last low nibble, as bitsandbytes does (only the
-            // last chunk can be odd: the others are whole blocks of a power of two).
-            packed.Add(PackNibbles(codes.narrow(0, 0, len + len % 2)).MoveToOuterDisposeScope());
+            var (p, a) = quantize(flat.narrow(0, start, Math.Min(chunk, n - start)));
+            packed.Add(p.MoveToOuterDisposeScope());
             absmax.Add(a.MoveToOuterDisposeScope());
-        }
-        return packed.Count == 1 ? (packed[0], absmax[0]) : (cat(packed, 0), cat(absmax, 0));
-    }
-
-    /// <summary>CPU path: the fused kernel over fp32 chunks of whole blocks (bounds the fp32 copy of a bf16 weight).</summary>
-    static (Tensor Packed, Tensor Absmax) QuantizeWithCpuKernel(Tensor flat, FourBitType type, int blockSize)
-    {
-        long n = flat.shape[0], chunk = Math.Max(blockSize, ChunkElements);
-        var packed = new List<Tensor>();
-        var absmax = new List<Tensor>();
-        for (long start = 0; start < n; start += chunk)
-        {
-            var part = flat.narrow(0, start, Math.Min(chunk, n - start)).to(ScalarType.Float32).contiguous();
-            var (p, a) = CpuFourBitKernel.Quantize(part, type, blockSize);
-            packed.Add(p);
-            absmax.Add(a);
         }
         return packed.Count == 1 ? (packed[0], absmax[0]) : (cat(packed, 0), cat(absmax, 0));
     }

@@ -42,8 +42,9 @@ public sealed class AdamW : IDisposable
         long hostWindowElements = HostMoments.DefaultWindowElements)
     {
         _params = parameters.ToList();
-        _update = new MultiTensorAdamW(kernel ?? FusedKernels.Reference().AdamW);
-        _host = momentsOnHost ? new HostMoments(kernel ?? FusedKernels.Reference().AdamW, hostWindowElements) : null;
+        kernel ??= FusedKernels.Reference().AdamW;
+        _update = new MultiTensorAdamW(kernel);
+        _host = momentsOnHost ? new HostMoments(kernel, hostWindowElements) : null;
         LearningRate = lr;
         Beta1 = beta1;
         Beta2 = beta2;

@@ -121,54 +121,40 @@ public sealed class ConfigTests : IDisposable
         Assert.Equal(0, Parse(Minimal + "training:\n  uncheckpointed_layers: 0\n").Training.UncheckpointedLayers);
     }
 
-    [Fact]
-    public void Embedding_on_host_defaults_to_off_round_trips_and_is_free_on_resume()
+    /// <summary>The training keys that only move memory between the device and the host, or trade it for time:
+    /// (key, its default, whether it applies with checkpointing only).</summary>
+    public static TheoryData<string, bool, bool> MemoryKeys => new()
     {
-        Assert.False(Parse(Minimal).Training.EmbeddingOnHost);
-        var c = Parse(Minimal + "training:\n  embedding_on_host: true\n");
-        Assert.True(c.Training.EmbeddingOnHost);
-        Assert.True(Parse(c.ToYaml()).Training.EmbeddingOnHost);
-        Assert.DoesNotContain("embedding_on_host", Parse(Minimal).ToYaml());          // the default is not written
-        Assert.Contains("'training.embedding_on_host'", ErrorOf(Minimal + "training:\n  embedding_on_host: maybe\n"));
-        Assert.Contains("training.embedding_on_host", QLoraNet.Training.Trainer.ResumeCompatibility.FreeKeys);
-    }
+        { "embedding_on_host", false, false },
+        { "optimizer_on_host", false, false },
+        { "keep_dequantized_weights", true, true },
+        { "checkpoints_on_host", false, true },
+    };
 
-    [Fact]
-    public void Optimizer_on_host_defaults_to_off_round_trips_and_is_free_on_resume()
+    static readonly Dictionary<string, Func<TrainingConfig, bool>> MemoryKeyValue = new()
     {
-        Assert.False(Parse(Minimal).Training.OptimizerOnHost);
-        var c = Parse(Minimal + "training:\n  optimizer_on_host: true\n");
-        Assert.True(c.Training.OptimizerOnHost);
-        Assert.True(Parse(c.ToYaml()).Training.OptimizerOnHost);
-        Assert.DoesNotContain("optimizer_on_host", Parse(Minimal).ToYaml());          // the default is not written
-        Assert.Contains("'training.optimizer_on_host'", ErrorOf(Minimal + "training:\n  optimizer_on_host: sometimes\n"));
-        Assert.Contains("training.optimizer_on_host", QLoraNet.Training.Trainer.ResumeCompatibility.FreeKeys);
-    }
+        ["embedding_on_host"] = t => t.EmbeddingOnHost,
+        ["optimizer_on_host"] = t => t.OptimizerOnHost,
+        ["keep_dequantized_weights"] = t => t.KeepDequantizedWeights,
+        ["checkpoints_on_host"] = t => t.CheckpointsOnHost,
+    };
 
-    [Fact]
-    public void Keep_dequantized_weights_defaults_to_on_needs_checkpointing_round_trips_and_is_free_on_resume()
+    [Theory]
+    [MemberData(nameof(MemoryKeys))]
+    public void A_memory_key_has_its_default_round_trips_refuses_a_non_bool_and_is_free_on_resume(string key, bool byDefault, bool needsCheckpointing)
     {
-        Assert.True(Parse(Minimal).Training.KeepDequantizedWeights);
-        var c = Parse(Minimal + "training:\n  keep_dequantized_weights: false\n");
-        Assert.False(c.Training.KeepDequantizedWeights);
-        Assert.False(Parse(c.ToYaml()).Training.KeepDequantizedWeights);
-        Assert.DoesNotContain("keep_dequantized_weights", Parse(Minimal).ToYaml());   // the default is not written
-        Assert.Contains("'training.keep_dequantized_weights' applies with 'training.gradient_checkpointing: true' only",
-            ErrorOf(Minimal + "training:\n  gradient_checkpointing: false\n  keep_dequantized_weights: false\n"));
-        Assert.Contains("training.keep_dequantized_weights", QLoraNet.Training.Trainer.ResumeCompatibility.FreeKeys);
-    }
-
-    [Fact]
-    public void Checkpoints_on_host_defaults_to_off_needs_checkpointing_round_trips_and_is_free_on_resume()
-    {
-        Assert.False(Parse(Minimal).Training.CheckpointsOnHost);
-        var c = Parse(Minimal + "training:\n  checkpoints_on_host: true\n");
-        Assert.True(c.Training.CheckpointsOnHost);
-        Assert.True(Parse(c.ToYaml()).Training.CheckpointsOnHost);
-        Assert.DoesNotContain("checkpoints_on_host", Parse(Minimal).ToYaml());   // the default is not written
-        Assert.Contains("'training.checkpoints_on_host' applies with 'training.gradient_checkpointing: true' only",
-            ErrorOf(Minimal + "training:\n  gradient_checkpointing: false\n  checkpoints_on_host: true\n"));
-        Assert.Contains("training.checkpoints_on_host", QLoraNet.Training.Trainer.ResumeCompatibility.FreeKeys);
+        var value = MemoryKeyValue[key];
+        string other = (!byDefault).ToString().ToLowerInvariant();
+        Assert.Equal(byDefault, value(Parse(Minimal).Training));
+        var c = Parse(Minimal + $"training:\n  {key}: {other}\n");
+        Assert.Equal(!byDefault, value(c.Training));
+        Assert.Equal(!byDefault, value(Parse(c.ToYaml()).Training));
+        Assert.DoesNotContain(key, Parse(Minimal).ToYaml());                          // the default is not written
+        Assert.Contains($"'training.{key}'", ErrorOf(Minimal + $"training:\n  {key}: maybe\n"));
+        if (needsCheckpointing)
+            Assert.Contains($"'training.{key}' applies with 'training.gradient_checkpointing: true' only",
+                ErrorOf(Minimal + $"training:\n  gradient_checkpointing: false\n  {key}: {other}\n"));
+        Assert.Contains($"training.{key}", QLoraNet.Training.Trainer.ResumeCompatibility.FreeKeys);
     }
 
     [Fact]
