@@ -114,10 +114,13 @@ public sealed class HostMoments : IDisposable
         return result;
     }
 
+    /// <summary>Values per moment the window holds for parameters whose largest has <paramref name="largestNumel"/>
+    /// values: the budget, or that parameter if larger (a group holds whole parameters).</summary>
+    public static long Capacity(long largestNumel, long windowElements = DefaultWindowElements) => Math.Max(windowElements, largestNumel);
+
     void EnsureWindow(IReadOnlyList<MultiTensorAdamW.Slot> slots)
     {
-        // At least the largest parameter: a group holds whole parameters.
-        long need = Math.Max(_budget, slots.Max(s => s.Param.numel()));
+        long need = Capacity(slots.Max(s => s.Param.numel()), _budget);
         var p = slots[0].Param;
         if (_window is not null && _capacity >= need && _window.device_type == p.device_type && _window.device_index == p.device_index) return;
         _window?.Dispose();

@@ -187,9 +187,9 @@ public sealed class LoraFinetuneRecipe : IDisposable
             _built.Kernels.Fused.AdamW, momentsOnHost: _t.OptimizerOnHost);
         if (_t.OptimizerOnHost && _device.type == DeviceType.CUDA)
         {
-            long n = trainable.Sum(p => p.Item2.numel());
-            _observer.OnMessage($"training.optimizer_on_host: AdamW's moments ({8.0 * n / (1 << 20):F0} MiB) in pinned host memory, paged through a "
-                + $"{8.0 * Math.Min(n, HostMoments.DefaultWindowElements) / (1 << 20):F0} MiB device window at each update");
+            var sizes = trainable.Select(p => p.Item2.numel()).ToList();
+            _observer.OnMessage($"training.optimizer_on_host: AdamW's moments ({8.0 * sizes.Sum() / (1 << 20):F0} MiB) in pinned host memory, paged through a "
+                + $"{8.0 * HostMoments.Capacity(sizes.DefaultIfEmpty().Max()) / (1 << 20):F0} MiB device window at each update");
         }
     }
 
