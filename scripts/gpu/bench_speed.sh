@@ -5,11 +5,14 @@
 # every 20 ms: scripts/gpu/measure.py). Prints one compact JSON summary as its last line (also $OUT/summary.json).
 #
 # On the GPU machine, from the repository root, with the carry folder made by scripts/gpu/prepare_speed.sh:
-#   bash scripts/gpu/bench_speed.sh [--carry .gpu-speed] [--with-13b] [--kept N] [--budget SECONDS] [--dry-run]
-# --kept N: the headline case, `train` and the other shapes keep the last N layers' activations instead of
-# recomputing them (training.uncheckpointed_layers; default 7, which fits the 7B under half the compiled peer's peak
-# since custom functions stopped holding a copy of each output, session 35; 4 before);
-# ours-512x4-k1 is the same step at the default of 1, the memory of full recomputation.
+#   bash scripts/gpu/bench_speed.sh [--carry .gpu-speed] [--with-13b] [--kept N] [--skip-kernels] [--budget SECONDS] [--dry-run]
+# The headline case, `train` and the other shapes run the selective scheme: the last N layers keep their activations
+# instead of being recomputed (training.uncheckpointed_layers, --kept N, default 10), the memory for them coming from
+# the embedding table and the other layers' checkpoints in host memory (training.embedding_on_host,
+# training.checkpoints_on_host: session 37; 10 kept fit the 7B under half the compiled peer's peak). ours-512x4-more
+# keeps one layer more; ours-512x4-device is session 36's headline (7 kept, nothing in host memory);
+# ours-512x4-k1 the step at the default of 1 kept layer, the memory of full recomputation.
+# --skip-kernels leaves out the kernel parity cases (when no kernel changed since they last ran on the device).
 # The whole script, checkpoint building included, ends within --budget seconds (default 470: a device call's 480 s
 # with room to spare). The cases run in order of importance; each runs under its own timeout, cut to what is left
 # of the budget, and a case that no longer fits is skipped and says so (in its log and in the summary). A case that
@@ -17,15 +20,16 @@
 # nothing, charging each case the seconds it typically takes (NEED_S below, from the H100/H200 runs so far), so it
 # shows which cases a normal run reaches within the budget.
 set -uo pipefail
-carry=.gpu-speed; with13=0; budget=470; dry=0; kept=7
+carry=.gpu-speed; with13=0; budget=470; dry=0; kept=10; kernels=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --carry) carry=$2; shift 2 ;;
     --with-13b) with13=1; shift ;;
     --budget) budget=$2; shift 2 ;;
     --kept) kept=$2; shift 2 ;;
+    --skip-kernels) kernels=0; shift ;;
     --dry-run) dry=1; shift ;;
-    *) echo "unknown option $1 (--carry DIR, --with-13b, --kept N, --budget SECONDS, --dry-run)" >&2; exit 2 ;;
+    *) echo "unknown option $1 (--carry DIR, --with-13b, --kept N, --skip-kernels, --budget SECONDS, --dry-run)" >&2; exit 2 ;;
   esac
 done
 t_start=$(date +%s)
@@ -78,18 +82,20 @@ fi
 
 # 1. Kernel parity and timing on the device, one process per op (a kernel fault poisons only its own CUDA context);
 # the two integer products (ternary add/subtract kernel, int8 _int_mm) share one process to save a start-up.
-for s in rmsnorm rope glu dropout adamw ce lora nf4 ternary,int8; do
+[[ $kernels == 1 ]] && for s in rmsnorm rope glu dropout adamw ce lora nf4 ternary,int8; do
   run_case "kernel-${s//,/-}" 60 12 "${app[@]}" bench kernel --iters 10 --only $s
 done
 
 # 2. The headline case, ours with the split and the phase profile, then the peer eager and compiled.
 all=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 # Warm-up as the peer's (5 steps); the same step at the default of one kept layer right after (equal memory).
-run_case ours-512x4 120 37 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $kept --split --profile --check-layer-backward --hold-seconds 0
+offload=(--embedding-on-host --checkpoints-on-host)
+run_case ours-512x4 120 37 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $kept "${offload[@]}" --split --profile --check-layer-backward --hold-seconds 0
 run_case ours-512x4-k1 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers 1 --profile --hold-seconds 0
-# One more kept layer with the embedding table in host memory (training.embedding_on_host: 0.24 GiB less at the peak
-# in session 35's call 44, room for the eighth kept layer under half the compiled peer's memory).
-run_case ours-512x4-host 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $((kept + 1)) --embedding-on-host --hold-seconds 0
+# One kept layer more (does it still fit under half the compiled peer's memory?), and session 36's headline: 7 kept,
+# nothing in host memory.
+run_case ours-512x4-more 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $((kept + 1)) "${offload[@]}" --hold-seconds 0
+run_case ours-512x4-device 80 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers 7 --hold-seconds 0
 run_case peer-512x4 120 30 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4
 run_case peer-512x4-compile 200 100 python3 "$carry/hf_peft_lora_bench.py" --seq 512 --batch 4 --compile --warmup 5
 
@@ -117,11 +123,14 @@ training: {{{training}}}
 output: {{dir: {out}/{run}, keep_last: 1}}
 """)
 config("train.yaml", f"""max_steps: 40, micro_batch_size: 4, gradient_accumulation_steps: 1, learning_rate: 2.0e-4, scheduler: cosine, warmup_steps: 4,
-  weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, uncheckpointed_layers: {kept}, seed: 42, log_every: 10, eval_every: 20, save_every: 20""", "run")
-# The low-memory run as `train` makes it: micro-batches of 1 x 512 accumulated 4 times, the embedding table and
-# AdamW's moments in host memory; evaluation and checkpoints on.
+  weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, uncheckpointed_layers: {kept}, embedding_on_host: true,
+  checkpoints_on_host: true, seed: 42, log_every: 10, eval_every: 20, save_every: 20""", "run")
+# The low-memory run as `train` makes it: micro-batches of 1 x 512 accumulated 4 times, the embedding table,
+# AdamW's moments and the checkpoints in host memory, no dense weights kept for backward, every layer recomputed
+# (ours-lowmem-min's settings); evaluation and checkpoints on.
 config("train-lowmem.yaml", """max_steps: 12, micro_batch_size: 1, gradient_accumulation_steps: 4, learning_rate: 2.0e-4, scheduler: cosine, warmup_steps: 2,
-  weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, embedding_on_host: true, optimizer_on_host: true, seed: 42,
+  weight_decay: 0.0, max_grad_norm: 0.3, gradient_checkpointing: true, embedding_on_host: true, optimizer_on_host: true,
+  checkpoints_on_host: true, keep_dequantized_weights: false, uncheckpointed_layers: 0, seed: 42,
   log_every: 2, eval_every: 6, save_every: 6""", "run-lowmem")
 PY
 rm -rf "$OUT/run"
@@ -130,27 +139,29 @@ cp "$OUT/run/metrics.csv" "$OUT/train_metrics.csv" 2>/dev/null
 
 # 4. Low memory: micro-batches of 1 x 512 accumulated 4 times (the same 2048 tokens per optimizer step) and a
 # quarter-size loss chunk: the activations and the loss's transients shrink 4x, the frozen base does not.
-run_case ours-lowmem-host 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --embedding-on-host --hold-seconds 0
-# ... and AdamW's moments in host memory too (training.optimizer_on_host): the smallest footprint `train` can be asked for
+# The embedding table and AdamW's moments in host memory (training.embedding_on_host, training.optimizer_on_host)
 run_case ours-lowmem-offload 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --embedding-on-host --optimizer-on-host --hold-seconds 0
 # ... and everything else off the device that costs only time: the no-keep layer backward (training.keep_dequantized_weights:
-# false) and the checkpoints in host memory (training.checkpoints_on_host)
-run_case ours-lowmem-min 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --embedding-on-host --optimizer-on-host --checkpoints-on-host --layer-backward explicit-no-keep --hold-seconds 0
+# false), the checkpoints in host memory (training.checkpoints_on_host) and every layer recomputed (the last one's
+# record, free at 512 x 4, is held across the loss here): the smallest footprint `train` can be asked for
+run_case ours-lowmem-min 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --embedding-on-host --optimizer-on-host --checkpoints-on-host --layer-backward explicit-no-keep --uncheckpointed-layers 0 --hold-seconds 0
+# ... the same with the last layer's record (the default of 1 kept layer)
+run_case ours-lowmem-min-k1 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 1 --grad-accum 4 --logits-per-chunk 4194304 --steps 12 --warmup 4 --embedding-on-host --optimizer-on-host --checkpoints-on-host --layer-backward explicit-no-keep --hold-seconds 0
 rm -rf "$OUT/run-lowmem"
 run_case train-lowmem 120 50 "${app[@]}" train "$OUT/train-lowmem.yaml"
 cp "$OUT/run-lowmem/metrics.csv" "$OUT/train_lowmem_metrics.csv" 2>/dev/null
 
 # 5. The other shapes: nothing may regress there.
-run_case ours-2048x1 80 20 "${app[@]}" bench train --model $ckpt --seq 2048 --batch 1 --uncheckpointed-layers $kept --hold-seconds 0
-run_case ours-4096x1 80 22 "${app[@]}" bench train --model $ckpt --seq 4096 --batch 1 --uncheckpointed-layers $kept --hold-seconds 0
-run_case ours-512x4-all 90 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --targets $all --uncheckpointed-layers $kept --hold-seconds 0
+run_case ours-2048x1 80 20 "${app[@]}" bench train --model $ckpt --seq 2048 --batch 1 --uncheckpointed-layers $kept "${offload[@]}" --hold-seconds 0
+run_case ours-4096x1 80 22 "${app[@]}" bench train --model $ckpt --seq 4096 --batch 1 --uncheckpointed-layers $kept "${offload[@]}" --hold-seconds 0
+run_case ours-512x4-all 90 22 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --targets $all --uncheckpointed-layers $kept "${offload[@]}" --hold-seconds 0
 
 # 6. As time allows: the step with every fused kernel off (what they gain, and the loss they reach: the same up to
 #    bf16 rounding); launches and GPU idle time from an nsys trace of three profiled steps; LoRA dropout's cost; the
 #    peer's other shapes; the 13B shape.
 # The headline step with the loss's torch ops on fp32 logits instead of the fused cross-entropy kernel (the kernel's
 # gain, same call; session 33).
-run_case ours-512x4-torchce 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $kept --torch-cross-entropy --hold-seconds 0
+run_case ours-512x4-torchce 90 30 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --warmup 5 --uncheckpointed-layers $kept "${offload[@]}" --torch-cross-entropy --hold-seconds 0
 run_case ours-512x4-torchops 80 25 env QLORANET_DISABLE_CUDA_KERNELS=1 "${app[@]}" bench train --model $ckpt --seq 512 --batch 4 --hold-seconds 0
 nsys_bin=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
 [[ -z "$nsys_bin" && $dry == 1 ]] && nsys_bin=nsys   # the plan shows the case anyway
@@ -215,7 +226,7 @@ def case(name):
     # measure the peer comparisons use; process_peak_gib: what the run's process itself held (context included).
     d = {"rc": m.get("rc"), "peak_gib": m.get("device_peak_used_gib"), "process_peak_gib": m.get("process_peak_used_gib"),
          "device_start_gib": (m.get("device_start_used_gib") or [None])[0], "wall_s": m.get("wall_s")}
-    for k in ("tokens_per_s", "step_ms", "loss", "adamw_path", "base_gib", "host_checkpoints_per_step", "split_dequant_ms", "split_attention_ms", "split_matmul_ms", "split_rest_ms",
+    for k in ("tokens_per_s", "step_ms", "loss", "adamw_path", "base_gib", "host_checkpoints_per_step", "host_checkpoints_ahead_per_step", "host_checkpoints_on_demand_per_step", "host_checkpoint_pinned_mib", "split_dequant_ms", "split_attention_ms", "split_matmul_ms", "split_rest_ms",
               "device_allocated_peak_gib", "device_reserved_peak_gib", "load_allocated_peak_gib", "load_reserved_peak_gib"):
         if k in r: d[k] = r[k]
     if "peak_device_used_gib" in r: d["peer_own_peak_gib"] = r["peak_device_used_gib"]
@@ -255,8 +266,8 @@ for f in sorted(glob.glob(f"{out}/cases/kernel-*.log")):
     kern["sections"][s] = sec
     if summ: kern["checks"] += summ["parity_checks"]; kern["failures"] += summ["failures"]
     else: kern["failures"] += 1
-cases = {n: case(n) for n in ["ours-512x4", "ours-512x4-k1", "ours-512x4-host", "peer-512x4", "peer-512x4-compile", "ours-2048x1", "peer-2048x1", "ours-4096x1", "peer-4096x1",
-                              "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-lowmem-host", "ours-lowmem-offload", "ours-lowmem-min", "ours-512x4-torchce", "ours-512x4-dropout", "ours-512x4-torchops", "ours-13b-512x4", "nsys-512x4"]}
+cases = {n: case(n) for n in ["ours-512x4", "ours-512x4-k1", "ours-512x4-more", "ours-512x4-device", "peer-512x4", "peer-512x4-compile", "ours-2048x1", "peer-2048x1", "ours-4096x1", "peer-4096x1",
+                              "ours-512x4-all", "peer-512x4-all", "ours-lowmem", "ours-lowmem-offload", "ours-lowmem-min", "ours-lowmem-min-k1", "ours-512x4-torchce", "ours-512x4-dropout", "ours-512x4-torchops", "ours-13b-512x4", "nsys-512x4"]}
 def ratio(a, b, k):
     try: return round(cases[a][k] / cases[b][k], 3)
     except (TypeError, KeyError, ZeroDivisionError): return None
@@ -264,8 +275,10 @@ ratios = {"512x4 speed vs compiled": ratio("ours-512x4", "peer-512x4-compile", "
           "512x4 memory vs compiled": ratio("ours-512x4", "peer-512x4-compile", "peak_gib"),
           "512x4 one kept layer (full recomputation's memory) speed vs compiled": ratio("ours-512x4-k1", "peer-512x4-compile", "tokens_per_s"),
           "512x4 one kept layer memory vs compiled": ratio("ours-512x4-k1", "peer-512x4-compile", "peak_gib"),
-          "512x4 one more kept layer, embedding on host, speed vs compiled": ratio("ours-512x4-host", "peer-512x4-compile", "tokens_per_s"),
-          "512x4 one more kept layer, embedding on host, memory vs compiled": ratio("ours-512x4-host", "peer-512x4-compile", "peak_gib"),
+          "512x4 one more kept layer, speed vs compiled": ratio("ours-512x4-more", "peer-512x4-compile", "tokens_per_s"),
+          "512x4 one more kept layer, memory vs compiled": ratio("ours-512x4-more", "peer-512x4-compile", "peak_gib"),
+          "512x4 7 kept, nothing on host (session 36's headline), speed vs compiled": ratio("ours-512x4-device", "peer-512x4-compile", "tokens_per_s"),
+          "512x4 7 kept, nothing on host (session 36's headline), memory vs compiled": ratio("ours-512x4-device", "peer-512x4-compile", "peak_gib"),
           "512x4 speed vs eager": ratio("ours-512x4", "peer-512x4", "tokens_per_s"),
           "512x4 memory vs eager": ratio("ours-512x4", "peer-512x4", "peak_gib"),
           "2048x1 speed vs eager": ratio("ours-2048x1", "peer-2048x1", "tokens_per_s"),

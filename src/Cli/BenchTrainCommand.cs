@@ -130,6 +130,8 @@ public static class BenchTrainCommand
             var callsBefore = built.Kernels.Fused.CallCounts();
             var backwardsBefore = LayerBackwards(layers);
             long hostCheckpointsBefore = layers.Sum(l => l.HostCheckpoints);
+            var decoder = built.Model.modules().OfType<LlamaModel>().Single();
+            var (aheadBefore, onDemandBefore) = (decoder.HostCheckpointCopies?.AheadLoads ?? 0, decoder.HostCheckpointCopies?.OnDemandLoads ?? 0);
             var (tokS, stepMs, losses, each) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
             var calls = CallsPerStep(callsBefore, built.Kernels.Fused.CallCounts(), pr.GetValue(warmup) + pr.GetValue(steps));
             var backwardsAfter = LayerBackwards(layers);
@@ -162,6 +164,10 @@ public static class BenchTrainCommand
                 J("layer_backwards_explicit_per_step", Math.Round((backwardsAfter.Explicit - backwardsBefore.Explicit) / stepsRun, 2)),
                 J("layer_backwards_autograd_per_step", Math.Round((backwardsAfter.Autograd - backwardsBefore.Autograd) / stepsRun, 2)),
                 J("host_checkpoints_per_step", Math.Round((hostCheckpointsAfter - hostCheckpointsBefore) / stepsRun, 2)),
+                // Of those, brought back while the layer after them ran its backward, and on demand (the first of each pass).
+                J("host_checkpoints_ahead_per_step", Math.Round(((decoder.HostCheckpointCopies?.AheadLoads ?? 0) - aheadBefore) / stepsRun, 2)),
+                J("host_checkpoints_on_demand_per_step", Math.Round(((decoder.HostCheckpointCopies?.OnDemandLoads ?? 0) - onDemandBefore) / stepsRun, 2)),
+                J("host_checkpoint_pinned_mib", Math.Round((decoder.HostCheckpointCopies?.PinnedBytes ?? 0) / 1048576.0, 1)),
             };
             if (layerCheck is not null) fields.Add("\"layer_backward_check\": " + layerCheck);
             if (peaks is { } p)

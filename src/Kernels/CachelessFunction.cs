@@ -27,10 +27,28 @@ public abstract class CachelessFunction<T> : autograd.SingleTensorFunction<T> wh
         return output;
     }
 
+    /// <summary>
+    /// As <see cref="Call"/>, for a function whose <see cref="Forward"/> returns a tensor it made and holds nowhere
+    /// else: the forward's own handle of that tensor is released as well. apply returns a second handle of the same
+    /// tensor (TorchSharp wraps the output anew), and the first stays in the caller's dispose scope, so a caller that
+    /// disposes the returned handle early would not free the memory until the scope ends. A checkpointed layer stack
+    /// does (an input gone to host memory: the caller of Models.LayerCheckpoint).
+    /// </summary>
+    public static Tensor CallReleasingForwardHandle(params object[] vars)
+    {
+        var box = new ContextBox();
+        var output = apply([.. vars, box]);
+        FunctionOutputCache.Release(box.Context);
+        if (box.Output is { } made && !ReferenceEquals(made, output) && !vars.Any(v => ReferenceEquals(v, made)))
+            made.Dispose();
+        return output;
+    }
+
     public sealed override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
-        ((ContextBox)vars[^1]).Context = ctx;
-        return Forward(ctx, vars[..^1]);
+        var box = (ContextBox)vars[^1];
+        box.Context = ctx;
+        return box.Output = Forward(ctx, vars[..^1]);
     }
 
     // Guarded here as well as in each Backward: a failure must never cross the native callback (BackwardFailure).
@@ -78,6 +96,9 @@ public abstract class CachelessMultiFunction<T> : autograd.MultiTensorFunction<T
 public sealed class ContextBox
 {
     public autograd.AutogradContext? Context { get; set; }
+
+    /// <summary>The forward's own handle of its output (single-output functions).</summary>
+    public Tensor? Output { get; set; }
 }
 
 /// <summary>

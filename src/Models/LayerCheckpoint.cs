@@ -30,12 +30,12 @@ namespace QLoraNet.Models;
 /// dropped, an exception before backward) is released by the layer's next recorded forward
 /// (<see cref="PendingRecord"/>): at most one per layer is ever held; a backward that then finds its record gone
 /// recomputes as the other layers do.
-/// With <c>onHost</c> (training.checkpoints_on_host) the kept input is a copy in host memory (pinned, copied without the
-/// host waiting, where the input is on a GPU), brought back to the device for the layer's backward: the (B, T, hidden)
-/// per checkpointed layer leaves the device between its forward and its backward (torchtune's activation offloading,
-/// for the checkpoints alone), for two copies across the bus per layer and micro-batch. The values are the same, so
-/// the gradients are too. The embedding's output is not copied: the caller holds it anyway.
-/// Call: <c>LayerCheckpoint.Call(hidden, layer, cos, sin, mask, handles, keepRecord, recordWeights, onHost)</c>; hidden must require grad
+/// With a <c>pass</c> of <see cref="HostCheckpoints"/> (training.checkpoints_on_host) the kept input is a stash in host
+/// memory, brought back to the device for the layer's backward: the (B, T, hidden) per checkpointed layer leaves the
+/// device between its forward and its backward, once the caller frees it (the copies overlap the layers' work on a
+/// GPU; see there). The values are the same, so the gradients are too. The embedding's output is not stashed: the
+/// caller holds it anyway.
+/// Call: <c>LayerCheckpoint.CallReleasingForwardHandle(hidden, layer, cos, sin, mask, handles, keepRecord, recordWeights, pass)</c> (or Call); hidden must require grad
 /// (the caller sets it on the embedding output, which is frozen) or backward never reaches this layer; handles is the
 /// model's <see cref="BackwardHandles"/>, where backward defers the gradient it returns.
 /// </summary>
@@ -48,27 +48,36 @@ public sealed class LayerCheckpoint : CachelessFunction<LayerCheckpoint>
         var hidden = (Tensor)vars[0];
         var layer = (LlamaDecoderLayer)vars[1];
         var (cos, sin, mask, handles) = ((Tensor)vars[2], (Tensor)vars[3], (Tensor?)vars[4], (BackwardHandles)vars[5]);
-        var (keepRecord, recordWeights, onHost) = ((bool)vars[6], (bool)vars[7], (bool)vars[8]);
-        // (B, T, hidden): the input itself, or its copy in host memory
-        var kept = onHost && !hidden.is_leaf ? ToHost(hidden) : hidden;
-        if (!ReferenceEquals(kept, hidden)) layer.CountHostCheckpoint();
+        var (keepRecord, recordWeights, pass) = ((bool)vars[6], (bool)vars[7], (HostCheckpoints.Pass?)vars[8]);
+        // The input goes to host memory (its copy overlapping the layer's work on a GPU), or is kept as it is.
+        var stash = pass is not null && !hidden.is_leaf ? pass.Put(hidden) : null;
+        if (stash is not null) layer.CountHostCheckpoint();
         // Tensors go through save_for_backward (autograd keeps them alive after the caller's dispose scope ends);
-        // the layer, the stream positions and the handle queue are plain data.
-        ctx.save_for_backward(mask is null ? [kept, cos, sin] : [kept, cos, sin, mask]);
+        // the layer, the stash, the stream positions and the handle queue are plain data.
+        Tensor[] others = mask is null ? [cos, sin] : [cos, sin, mask];
+        ctx.save_for_backward(stash is null ? [hidden, .. others] : [.. others]);
+        ctx.save_data("stash", stash!);
         ctx.save_data("layer", layer);
         ctx.save_data("handles", handles);
         ctx.save_data("rng", StreamPositions(layer));   // for a recomputation (also a recorded layer's, if its record was released)
         using var noGrad = torch.no_grad();
-        if (keepRecord && layer.ExplicitBackward && ExplicitLayerBackward.Supports(layer, hidden.dtype))
+        try
         {
-            var (tape, output) = ExplicitLayerBackward.Record(layer, hidden, cos, sin, mask,
-                recordWeights && layer.KeepWeightsForBackward, output: true);
-            layer.PendingRecord.Hold(tape);
-            ctx.save_data("tape", tape);
-            return output!;                                                                      // (B, T, hidden)
+            if (keepRecord && layer.ExplicitBackward && ExplicitLayerBackward.Supports(layer, hidden.dtype))
+            {
+                var (tape, output) = ExplicitLayerBackward.Record(layer, hidden, cos, sin, mask,
+                    recordWeights && layer.KeepWeightsForBackward, output: true);
+                layer.PendingRecord.Hold(tape);
+                ctx.save_data("tape", tape);
+                return output!;                                                                  // (B, T, hidden)
+            }
+            ctx.save_data("tape", null!);
+            return layer.forward(hidden, cos, sin, mask);
         }
-        ctx.save_data("tape", null!);
-        return layer.forward(hidden, cos, sin, mask);
+        finally
+        {
+            stash?.AfterLayer();   // after the layer's work (or its failure): the caller may free the input then
+        }
     }
 
     protected override List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput) =>
@@ -76,17 +85,20 @@ public sealed class LayerCheckpoint : CachelessFunction<LayerCheckpoint>
 
     List<Tensor> Gradients(autograd.AutogradContext ctx, Tensor gradOutput)
     {
-        var saved = ctx.get_saved_variables();
-        var (kept, cos, sin, mask) = (saved[0], saved[1], saved[2], saved.Count > 3 ? saved[3] : null);
-        var layer = (LlamaDecoderLayer)ctx.get_data("layer");
         var handles = (BackwardHandles)ctx.get_data("handles");
+        handles.ReleaseReturned();   // the gradients earlier backward calls returned: the graph holds what it needs
+        var saved = ctx.get_saved_variables();
+        var stash = ctx.get_data("stash") as HostCheckpoints.Stash;
+        int first = stash is null ? 1 : 0;     // saved: [input,] cos, sin[, mask]
+        var (cos, sin, mask) = (saved[first], saved[first + 1], saved.Count > first + 2 ? saved[first + 2] : null);
+        var layer = (LlamaDecoderLayer)ctx.get_data("layer");
         var atForward = (List<(RandomStream Stream, RandomStream.Position State)>)ctx.get_data("rng");
         if (ctx.get_data("tape") is ExplicitLayerTape tape && layer.PendingRecord.Take(tape))
             return GradientOfHidden(handles.Defer(BackwardFromRecord(layer, tape, gradOutput, handles.PhaseMarker, saved)));
 
-        // A checkpoint kept in host memory comes back to the device (queued in order before the recomputation).
-        bool moved = kept.device_type != cos.device_type || kept.device_index != cos.device_index;
-        var hidden = moved ? kept.to(cos.device, non_blocking: true) : kept;                  // (B, T, hidden)
+        // A checkpoint kept in host memory comes back to the device (and the one before it starts coming back).
+        bool moved = stash is not null;
+        var hidden = stash?.Take() ?? saved[0];                                                  // (B, T, hidden)
         using var enableGrad = torch.enable_grad();
         var current = atForward.Select(s => (s.Stream, s.Stream.State)).ToList();
         Restore(atForward);
@@ -126,14 +138,6 @@ public sealed class LayerCheckpoint : CachelessFunction<LayerCheckpoint>
 
     /// <summary>One gradient per argument of apply: the hidden states' and none for the rest.</summary>
     static List<Tensor> GradientOfHidden(Tensor gradHidden) => [gradHidden, null!, null!, null!, null!, null!, null!, null!, null!];
-
-    /// <summary>A copy of <paramref name="hidden"/> in host memory: from a GPU, into pinned memory without the host
-    /// waiting (libtorch pins the destination of a non-blocking copy to the CPU), in order on the stream, so the
-    /// device tensor may be freed right after; on a CPU a plain copy (the host is the device: nothing is saved, the
-    /// path is the same).</summary>
-    static Tensor ToHost(Tensor hidden) => hidden.device_type == DeviceType.CPU
-        ? hidden.detach().clone()
-        : hidden.detach().to(torch.CPU, non_blocking: true);
 
     /// <summary>The explicit backward from the record the forward kept: nothing is recomputed and no stream is moved
     /// (the forward drew the masks). Releases the record and the saved handles.</summary>

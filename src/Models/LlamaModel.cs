@@ -89,9 +89,22 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     int uncheckpointedLayers = 1;
 
     /// <summary>With checkpointing, the recomputed layers keep their inputs in host memory from forward to backward
-    /// (training.checkpoints_on_host; <see cref="LayerCheckpoint"/>): one (B, T, hidden) per layer off the device, for
-    /// two copies across the bus per layer and pass; the same gradients.</summary>
+    /// (training.checkpoints_on_host; <see cref="LayerCheckpoint"/>, <see cref="HostCheckpoints"/>): one (B, T, hidden)
+    /// per layer off the device, for two copies across the bus per layer and pass, overlapping the layers' work on a
+    /// GPU; the same gradients.</summary>
     public bool CheckpointsOnHost { get; set; }
+
+    HostCheckpoints? hostCheckpoints;   // made at the first forward that stashes; owns the pinned buffers and copy stream
+
+    /// <summary>The stashes' copies so far (<see cref="HostCheckpoints"/>): brought back ahead of their backward, and
+    /// on demand; null before the first forward with <see cref="CheckpointsOnHost"/>.</summary>
+    public HostCheckpoints? HostCheckpointCopies => hostCheckpoints;
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) hostCheckpoints?.Dispose();
+        base.Dispose(disposing);
+    }
 
     /// <summary>Counts this model's forward passes (each <see cref="forward(Tensor, Tensor?, Tensor?, KvCache?)"/> starts one).</summary>
     public ForwardPasses Passes { get; } = new();
@@ -129,9 +142,17 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
             // on a 7B Llama at 2048 tokens) for less time (one layer's dequantization, ~0.15 ms on an H200).
             int firstKept = layers.Count - Math.Min(UncheckpointedLayers, layers.Count);
             bool loneRecord = UncheckpointedLayers == 1;
+            var pass = CheckpointsOnHost ? (hostCheckpoints ??= new HostCheckpoints()).BeginPass() : null;
             for (int i = 0; i < layers.Count; i++)
-                h = LayerCheckpoint.Call(h, layers[i], cos, sin, attentionMask!, BackwardHandles,
-                    i >= firstKept, loneRecord && i == layers.Count - 1, CheckpointsOnHost && i < firstKept);
+            {
+                bool stashed = pass is not null && i < firstKept && !h.is_leaf;
+                var next = LayerCheckpoint.CallReleasingForwardHandle(h, layers[i], cos, sin, attentionMask!, BackwardHandles,
+                    i >= firstKept, loneRecord && i == layers.Count - 1, i < firstKept ? pass! : null!);
+                // A stashed input is in host memory now: its device copy goes at once, not with the scope at the end
+                // of the forward (where every layer's would still be held at the loss, the forward's peak).
+                if (stashed) h.Dispose();
+                h = next;
+            }
         }
         else
         {

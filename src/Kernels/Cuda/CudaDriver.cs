@@ -46,6 +46,14 @@ public static unsafe class CudaDriver
     [DllImport(Lib)] static extern int cuEventElapsedTime(out float ms, IntPtr start, IntPtr end);
     [DllImport(Lib)] static extern int cuEventDestroy_v2(IntPtr ev);
     [DllImport(Lib)] static extern int cuMemGetInfo_v2(out ulong free, out ulong total);
+    [DllImport(Lib)] static extern int cuStreamCreate(out IntPtr stream, uint flags);
+    [DllImport(Lib)] static extern int cuStreamDestroy_v2(IntPtr stream);
+    [DllImport(Lib)] static extern int cuStreamSynchronize(IntPtr stream);
+    [DllImport(Lib)] static extern int cuStreamWaitEvent(IntPtr stream, IntPtr ev, uint flags);
+    [DllImport(Lib)] static extern int cuMemcpyDtoHAsync_v2(IntPtr dstHost, IntPtr srcDevice, nuint bytes, IntPtr stream);
+    [DllImport(Lib)] static extern int cuMemcpyHtoDAsync_v2(IntPtr dstDevice, IntPtr srcHost, nuint bytes, IntPtr stream);
+    [DllImport(Lib)] static extern int cuMemHostAlloc(out IntPtr p, nuint bytes, uint flags);
+    [DllImport(Lib)] static extern int cuMemFreeHost(IntPtr p);
     [DllImport(Lib)] static extern int cuProfilerStart();
     [DllImport(Lib)] static extern int cuProfilerStop();
 
@@ -163,6 +171,40 @@ public static unsafe class CudaDriver
         return cuGetErrorString(rc, out var p) == 0 && p != IntPtr.Zero ? Marshal.PtrToStringAnsi(p) : $"error {rc}";
     }
 
+    /// <summary>A new stream in the current context that does not synchronize with stream 0
+    /// (CU_STREAM_NON_BLOCKING): work on it overlaps stream 0's and is ordered against it by events alone.</summary>
+    public static IntPtr CreateNonBlockingStream()
+    {
+        Check(cuStreamCreate(out var stream, 1 /* CU_STREAM_NON_BLOCKING */), "cuStreamCreate");
+        return stream;
+    }
+
+    public static void DestroyStream(IntPtr stream) => cuStreamDestroy_v2(stream);
+
+    /// <summary>Blocks until the work enqueued on <paramref name="stream"/> has completed.</summary>
+    public static void SynchronizeStream(IntPtr stream) => Check(cuStreamSynchronize(stream), "cuStreamSynchronize");
+
+    /// <summary>Work enqueued on <paramref name="stream"/> (IntPtr.Zero: stream 0) after this call waits for the work
+    /// enqueued before <paramref name="ev"/>'s last record; the host does not wait.</summary>
+    public static void StreamWait(IntPtr stream, Event ev) => Check(cuStreamWaitEvent(stream, ev.Handle, 0), "cuStreamWaitEvent");
+
+    /// <summary>Enqueues a copy of <paramref name="bytes"/> from device to pinned host memory on <paramref name="stream"/>.</summary>
+    public static void CopyToHostAsync(IntPtr host, IntPtr device, long bytes, IntPtr stream) =>
+        Check(cuMemcpyDtoHAsync_v2(host, device, (nuint)bytes, stream), "cuMemcpyDtoHAsync");
+
+    /// <summary>Enqueues a copy of <paramref name="bytes"/> from pinned host memory to the device on <paramref name="stream"/>.</summary>
+    public static void CopyToDeviceAsync(IntPtr device, IntPtr host, long bytes, IntPtr stream) =>
+        Check(cuMemcpyHtoDAsync_v2(device, host, (nuint)bytes, stream), "cuMemcpyHtoDAsync");
+
+    /// <summary>Page-locked host memory of the current context (asynchronous copies need it), or a failure naming the size.</summary>
+    public static IntPtr AllocatePinned(long bytes)
+    {
+        Check(cuMemHostAlloc(out var p, (nuint)bytes, 0), $"cuMemHostAlloc({bytes} bytes)");
+        return p;
+    }
+
+    public static void FreePinned(IntPtr p) => cuMemFreeHost(p);
+
     /// <summary>A point in stream 0's work: device time between two of them (benchmarks: record, enqueue work,
     /// record, read), or a wait for the work enqueued before it and no later work (<see cref="Synchronize"/>).</summary>
     public sealed class Event : IDisposable
@@ -179,7 +221,12 @@ public static unsafe class CudaDriver
 
         public void Record() => Check(cuEventRecord(_handle, IntPtr.Zero), "cuEventRecord");
 
-        /// <summary>Blocks until the work enqueued on stream 0 before the last <see cref="Record"/> has completed.</summary>
+        /// <summary>Records on <paramref name="stream"/> instead of stream 0.</summary>
+        public void Record(IntPtr stream) => Check(cuEventRecord(_handle, stream), "cuEventRecord");
+
+        internal IntPtr Handle => _handle;
+
+        /// <summary>Blocks until the work enqueued on stream 0 before the last <see cref="Record()"/> has completed.</summary>
         public void Synchronize() => Check(cuEventSynchronize(_handle), "cuEventSynchronize");
 
         /// <summary>Milliseconds from <paramref name="start"/> to this event, waiting for this one to complete.</summary>

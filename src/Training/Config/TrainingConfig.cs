@@ -24,7 +24,7 @@ namespace QLoraNet.Training.Config;
 /// for a 7B layer, no longer held through its backward, for one more dequantization each).
 /// With checkpointing, <see cref="CheckpointsOnHost"/> keeps each recomputed layer's input in host memory between its
 /// forward and its backward (B·T·hidden values per layer off the device, for two copies across the bus per layer and
-/// micro-batch; the same gradients).
+/// micro-batch, overlapping the compute on a GPU: Models.HostCheckpoints; the same gradients).
 /// <see cref="OptimizerOnHost"/> keeps AdamW's two moments in host memory, paged through a small device window for
 /// each update (the same update bit for bit; 8 bytes per trainable parameter off the device, for 16 bytes per
 /// parameter across PCIe each step; ZeRO-Offload's optimizer offload, for the state alone).

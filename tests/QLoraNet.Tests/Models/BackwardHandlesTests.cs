@@ -1,4 +1,5 @@
 using QLoraNet.Formats;
+using QLoraNet.Kernels;
 using QLoraNet.Models;
 using QLoraNet.Quant;
 using TorchSharp;
@@ -36,8 +37,9 @@ public class BackwardHandlesTests
             CausalLmLoss.Compute(a.forward(ids), ids).backward();
         }
         int deferred = a.BackwardHandles.Count;
-        // 4 layers x 7 frozen linears on the plain path; one per layer checkpoint when checkpointing (the linears'
-        // own handles then die with the recomputation's scope).
+        // 4 layers x 7 frozen linears on the plain path; when checkpointing, each layer checkpoint's backward first
+        // releases what the backward calls before it returned (BackwardHandles.ReleaseReturned), so only the last
+        // ones are left (the linears' own handles die with the recomputation's scope).
         Assert.True(deferred >= 4, $"{deferred} handles deferred");
         Assert.Equal(0, b.BackwardHandles.Count);
 
@@ -45,6 +47,32 @@ public class BackwardHandlesTests
         Assert.Equal(deferred, a.BackwardHandles.Count);
         a.BackwardHandles.Release();
         Assert.Equal(0, a.BackwardHandles.Count);
+    }
+
+    /// <summary>
+    /// A backward function that starts releases the handles earlier calls on its own thread returned (they have
+    /// finished, and libtorch holds its own references), never another thread's: a call there may not have returned
+    /// its gradient to libtorch yet.
+    /// </summary>
+    [Fact]
+    public void Release_returned_disposes_the_calling_threads_handles_only()
+    {
+        var queue = new BackwardHandles();
+        var mine = queue.Defer(torch.ones(3));
+        Tensor? theirs = null;
+        var other = new Thread(() => theirs = queue.Defer(torch.ones(3)));
+        other.Start();
+        other.Join();
+        Assert.Equal(2, queue.Count);
+
+        queue.ReleaseReturned();
+        Assert.True(mine.IsInvalid);
+        Assert.False(theirs!.IsInvalid);
+        Assert.Equal(1, queue.Count);
+
+        queue.Release();
+        Assert.True(theirs.IsInvalid);
+        Assert.Equal(0, queue.Count);
     }
 
     /// <summary>A frozen linear that enters the model later through its slot seam (as an adapter's base does) defers

@@ -13,13 +13,14 @@ namespace QLoraNet.Tests.Models;
 /// of its input instead of the input itself and brings it back for its backward. On the CPU the copy is a plain one
 /// (the host is the device), so the path runs and these tests hold it to the same losses and adapter gradients, bit
 /// for bit, as the checkpoints kept in place, through the explicit backward and through autograd's recomputation,
-/// with dropout (the streams are restored from the forward's positions either way). The device run (pinned copies
-/// queued on the stream) is `bench train --checkpoints-on-host` on the GPU machine.
+/// with dropout (the streams are restored from the forward's positions either way), and to the order in which
+/// backward brings the stashes back (each one ahead of its layer's backward but the first). The device run (pinned
+/// copies on a stream of their own) is `bench train --checkpoints-on-host` on the GPU machine.
 /// </summary>
 [Trait("tier", "unit")]
 public class CheckpointsOnHostTests
 {
-    static (float[] Losses, Tensor[] Grads, long HostCheckpoints) Run(string family, double dropout, bool onHost, bool explicitBackward)
+    static (float[] Losses, Tensor[] Grads, long HostCheckpoints, long Ahead, long OnDemand, int Layers) Run(string family, double dropout, bool onHost, bool explicitBackward)
     {
         using var built = FamilyLora.Build(family, BaseFormat.Parse("nf4-dq"), FamilyLora.AllLinear with { Dropout = dropout }, checkpointing: true);
         var decoder = built.Model.modules().OfType<LlamaModel>().Single();
@@ -30,7 +31,10 @@ public class CheckpointsOnHostTests
         var ids = FamilyReference.Of(family).HeldoutIds.Take(40).ToArray();
         var (first, _) = FamilyLora.LossAndAdapterGradients(built.Model, ids);
         var (second, grads) = FamilyLora.LossAndAdapterGradients(built.Model, ids);
-        return ([first, second], grads, decoder.Layers.Sum(l => l.HostCheckpoints));
+        var copies = decoder.HostCheckpointCopies;
+        Assert.Equal(0, copies?.PinnedBytes ?? 0);   // the CPU path clones; nothing is pinned
+        return ([first, second], grads, decoder.Layers.Sum(l => l.HostCheckpoints), copies?.AheadLoads ?? 0, copies?.OnDemandLoads ?? 0,
+            decoder.Layers.Count);
     }
 
     [Theory]
@@ -44,7 +48,12 @@ public class CheckpointsOnHostTests
         var onHost = Run(family, dropout, onHost: true, explicitBackward);
         // Two passes; every layer but the first (its input is the embedding's output, which the caller holds anyway).
         Assert.Equal(0, inPlace.HostCheckpoints);
+        Assert.Equal(2 * (onHost.Layers - 1), onHost.HostCheckpoints);
         Assert.True(onHost.HostCheckpoints >= 2, $"{onHost.HostCheckpoints} checkpoints went to the host");
+        // Each pass's backward takes its first stash (the last layer's) on demand and brings every other one back
+        // while the layer after it runs its backward.
+        Assert.Equal(2, onHost.OnDemand);
+        Assert.Equal(onHost.HostCheckpoints - 2, onHost.Ahead);
         Assert.Equal(inPlace.Losses, onHost.Losses);
         Assert.Equal(inPlace.Grads.Length, onHost.Grads.Length);
         for (int i = 0; i < inPlace.Grads.Length; i++)
