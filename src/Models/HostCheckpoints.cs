@@ -186,11 +186,12 @@ public sealed class HostCheckpoints : IDisposable
             _host = IntPtr.Zero;
         }
 
-        /// <summary>A stash never taken (its backward never ran) gives its buffer back when collected; the events and
-        /// tensors have finalizers of their own or are released with the context.</summary>
+        /// <summary>A stash never taken (its backward never ran) gives its buffer back and destroys its event when
+        /// collected (its tensors have finalizers of their own).</summary>
         ~Stash()
         {
             if (_host != IntPtr.Zero) _owner.Return(_host, _bytes);
+            _copied?.Dispose();
         }
     }
 
