@@ -129,13 +129,12 @@ public static class BenchTrainCommand
             var allocator = dev.type == DeviceType.CUDA ? CudaAllocatorStats.Open(dev) : null;
             var callsBefore = built.Kernels.Fused.CallCounts();
             var backwardsBefore = LayerBackwards(layers);
-            long hostCheckpointsBefore = layers.Sum(l => l.HostCheckpoints);
             var decoder = built.Model.modules().OfType<LlamaModel>().Single();
-            var (aheadBefore, onDemandBefore) = (decoder.HostCheckpointCopies?.AheadLoads ?? 0, decoder.HostCheckpointCopies?.OnDemandLoads ?? 0);
+            var copiesBefore = decoder.HostCheckpointCopies?.Done ?? default;
             var (tokS, stepMs, losses, each) = TimeSteps(step, data, built.Model.Device, group, pr.GetValue(steps), pr.GetValue(warmup));
             var calls = CallsPerStep(callsBefore, built.Kernels.Fused.CallCounts(), pr.GetValue(warmup) + pr.GetValue(steps));
             var backwardsAfter = LayerBackwards(layers);
-            long hostCheckpointsAfter = layers.Sum(l => l.HostCheckpoints);
+            var copies = (decoder.HostCheckpointCopies?.Done ?? default) - copiesBefore;
             double stepsRun = pr.GetValue(warmup) + pr.GetValue(steps);
             double loss = losses.Count > 0 ? losses[^1] : double.NaN;
             var peaks = allocator?.Stats?.Read();
@@ -163,10 +162,10 @@ public static class BenchTrainCommand
                 J("layer_backward", layerMode),
                 J("layer_backwards_explicit_per_step", Math.Round((backwardsAfter.Explicit - backwardsBefore.Explicit) / stepsRun, 2)),
                 J("layer_backwards_autograd_per_step", Math.Round((backwardsAfter.Autograd - backwardsBefore.Autograd) / stepsRun, 2)),
-                J("host_checkpoints_per_step", Math.Round((hostCheckpointsAfter - hostCheckpointsBefore) / stepsRun, 2)),
+                J("host_checkpoints_per_step", Math.Round(copies.Stashed / stepsRun, 2)),
                 // Of those, brought back while the layer after them ran its backward, and on demand (the first of each pass).
-                J("host_checkpoints_ahead_per_step", Math.Round(((decoder.HostCheckpointCopies?.AheadLoads ?? 0) - aheadBefore) / stepsRun, 2)),
-                J("host_checkpoints_on_demand_per_step", Math.Round(((decoder.HostCheckpointCopies?.OnDemandLoads ?? 0) - onDemandBefore) / stepsRun, 2)),
+                J("host_checkpoints_ahead_per_step", Math.Round(copies.Ahead / stepsRun, 2)),
+                J("host_checkpoints_on_demand_per_step", Math.Round(copies.OnDemand / stepsRun, 2)),
                 J("host_checkpoint_pinned_mib", Math.Round((decoder.HostCheckpointCopies?.PinnedBytes ?? 0) / 1048576.0, 1)),
             };
             if (layerCheck is not null) fields.Add("\"layer_backward_check\": " + layerCheck);

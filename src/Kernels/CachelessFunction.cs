@@ -19,13 +19,7 @@ namespace QLoraNet.Kernels;
 public abstract class CachelessFunction<T> : autograd.SingleTensorFunction<T> where T : CachelessFunction<T>, new()
 {
     /// <summary>Applies the function (as <c>apply</c>) and releases the node's per-output buffer.</summary>
-    public static Tensor Call(params object[] vars)
-    {
-        var box = new ContextBox();
-        var output = apply([.. vars, box]);
-        FunctionOutputCache.Release(box.Context);
-        return output;
-    }
+    public static Tensor Call(params object[] vars) => Apply(vars).Output;
 
     /// <summary>
     /// As <see cref="Call"/>, for a function whose <see cref="Forward"/> returns a tensor it made and holds nowhere
@@ -36,12 +30,19 @@ public abstract class CachelessFunction<T> : autograd.SingleTensorFunction<T> wh
     /// </summary>
     public static Tensor CallReleasingForwardHandle(params object[] vars)
     {
+        var (output, made) = Apply(vars);
+        if (made is not null && !ReferenceEquals(made, output) && !vars.Any(v => ReferenceEquals(v, made)))
+            made.Dispose();
+        return output;
+    }
+
+    /// <summary>apply, then the node's per-output buffer released; the output, and the forward's own handle of it.</summary>
+    static (Tensor Output, Tensor? Made) Apply(object[] vars)
+    {
         var box = new ContextBox();
         var output = apply([.. vars, box]);
         FunctionOutputCache.Release(box.Context);
-        if (box.Output is { } made && !ReferenceEquals(made, output) && !vars.Any(v => ReferenceEquals(v, made)))
-            made.Dispose();
-        return output;
+        return (output, box.Output);
     }
 
     public sealed override Tensor forward(autograd.AutogradContext ctx, params object[] vars)

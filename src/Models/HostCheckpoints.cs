@@ -33,16 +33,21 @@ public sealed class HostCheckpoints : IDisposable
     readonly Dictionary<long, Stack<IntPtr>> _free = new();   // pinned buffers by size in bytes
     IntPtr _context, _stream;                                // the copy stream, in the context it was created in
     bool _disposed;
-    long _pinnedBytes, _aheadLoads, _onDemandLoads;
+    long _pinnedBytes, _stashed, _aheadLoads, _onDemandLoads;
 
     /// <summary>Pinned host memory this instance holds, in use or pooled, in bytes.</summary>
     public long PinnedBytes { get { lock (_lock) return _pinnedBytes; } }
 
-    /// <summary>Stashes brought back while the layer after them ran its backward (since construction).</summary>
-    public long AheadLoads => Interlocked.Read(ref _aheadLoads);
+    /// <summary>What this instance has done since construction: layer inputs stashed, and of those brought back,
+    /// how many while the layer after them ran its backward (ahead) and how many when their own backward began (on
+    /// demand: the first of each pass, or one out of order).</summary>
+    public readonly record struct Counts(long Stashed, long Ahead, long OnDemand)
+    {
+        public static Counts operator -(Counts a, Counts b) => new(a.Stashed - b.Stashed, a.Ahead - b.Ahead, a.OnDemand - b.OnDemand);
+    }
 
-    /// <summary>Stashes brought back when their own backward began (the first of each pass, or one out of order).</summary>
-    public long OnDemandLoads => Interlocked.Read(ref _onDemandLoads);
+    /// <summary>The counts so far.</summary>
+    public Counts Done => new(Interlocked.Read(ref _stashed), Interlocked.Read(ref _aheadLoads), Interlocked.Read(ref _onDemandLoads));
 
     /// <summary>A new forward pass: its stashes, in the order the layers run.</summary>
     public Pass BeginPass()
@@ -67,6 +72,7 @@ public sealed class HostCheckpoints : IDisposable
             {
                 var stash = new Stash(_owner, this, _stashes.Count, hidden);
                 _stashes.Add(stash);
+                Interlocked.Increment(ref _owner._stashed);
                 return stash;
             }
         }
@@ -200,8 +206,7 @@ public sealed class HostCheckpoints : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         EnsureStream();
-        bool pushed = CudaDriver.PushContextIfOther(_context);
-        try
+        return InContext(() =>
         {
             using var ready = new CudaDriver.Event(timing: false);
             ready.Record();                                  // stream 0: the input written / the destination allocated
@@ -211,19 +216,23 @@ public sealed class HostCheckpoints : IDisposable
             var done = new CudaDriver.Event(timing: false);
             done.Record(_stream);
             return done;
-        }
-        finally
-        {
-            if (pushed) CudaDriver.PopContext();
-        }
+        });
     }
 
-    void WaitOnStream0(CudaDriver.Event copied)
+    void WaitOnStream0(CudaDriver.Event copied) => InContext(() =>
+    {
+        CudaDriver.StreamWait(IntPtr.Zero, copied);
+        return 0;
+    });
+
+    /// <summary>Runs <paramref name="work"/> with the copy stream's context current (the caller's thread may have
+    /// another device's, or none: backward runs on libtorch's device thread), as <see cref="CudaDriver.Launch"/> does.</summary>
+    T InContext<T>(Func<T> work)
     {
         bool pushed = CudaDriver.PushContextIfOther(_context);
         try
         {
-            CudaDriver.StreamWait(IntPtr.Zero, copied);
+            return work();
         }
         finally
         {
@@ -250,15 +259,7 @@ public sealed class HostCheckpoints : IDisposable
             _pinnedBytes += bytes;
         }
         EnsureStream();
-        bool pushed = CudaDriver.PushContextIfOther(_context);
-        try
-        {
-            return CudaDriver.AllocatePinned(bytes);
-        }
-        finally
-        {
-            if (pushed) CudaDriver.PopContext();
-        }
+        return InContext(() => CudaDriver.AllocatePinned(bytes));
     }
 
     void Return(IntPtr host, long bytes)
@@ -286,8 +287,7 @@ public sealed class HostCheckpoints : IDisposable
             if (_disposed) return;
             _disposed = true;
             if (_stream == IntPtr.Zero) return;
-            bool pushed = CudaDriver.PushContextIfOther(_context);
-            try
+            InContext(() =>
             {
                 CudaDriver.SynchronizeStream(_stream);
                 foreach (var (bytes, pool) in _free)
@@ -298,12 +298,9 @@ public sealed class HostCheckpoints : IDisposable
                     }
                 _free.Clear();
                 CudaDriver.DestroyStream(_stream);
-                _stream = IntPtr.Zero;
-            }
-            finally
-            {
-                if (pushed) CudaDriver.PopContext();
-            }
+                return 0;
+            });
+            _stream = IntPtr.Zero;
         }
     }
 }

@@ -33,8 +33,8 @@ namespace QLoraNet.Models;
 /// With a <c>pass</c> of <see cref="HostCheckpoints"/> (training.checkpoints_on_host) the kept input is a stash in host
 /// memory, brought back to the device for the layer's backward: the (B, T, hidden) per checkpointed layer leaves the
 /// device between its forward and its backward, once the caller frees it (the copies overlap the layers' work on a
-/// GPU; see there). The values are the same, so the gradients are too. The embedding's output is not stashed: the
-/// caller holds it anyway.
+/// GPU; see there). The values are the same, so the gradients are too. The caller gives a pass for the layers it
+/// wants stashed (not the first: the embedding's output, which it holds anyway).
 /// Call: <c>LayerCheckpoint.CallReleasingForwardHandle(hidden, layer, cos, sin, mask, handles, keepRecord, recordWeights, pass)</c> (or Call); hidden must require grad
 /// (the caller sets it on the embedding output, which is frozen) or backward never reaches this layer; handles is the
 /// model's <see cref="BackwardHandles"/>, where backward defers the gradient it returns.
@@ -50,8 +50,7 @@ public sealed class LayerCheckpoint : CachelessFunction<LayerCheckpoint>
         var (cos, sin, mask, handles) = ((Tensor)vars[2], (Tensor)vars[3], (Tensor?)vars[4], (BackwardHandles)vars[5]);
         var (keepRecord, recordWeights, pass) = ((bool)vars[6], (bool)vars[7], (HostCheckpoints.Pass?)vars[8]);
         // The input goes to host memory (its copy overlapping the layer's work on a GPU), or is kept as it is.
-        var stash = pass is not null && !hidden.is_leaf ? pass.Put(hidden) : null;
-        if (stash is not null) layer.CountHostCheckpoint();
+        var stash = pass?.Put(hidden);
         // Tensors go through save_for_backward (autograd keeps them alive after the caller's dispose scope ends);
         // the layer, the stash, the stream positions and the handle queue are plain data.
         Tensor[] others = mask is null ? [cos, sin] : [cos, sin, mask];

@@ -74,7 +74,7 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor
     /// dequantization instead of two, the layer's dense weights held meanwhile).</summary>
     public bool KeepWeightsForBackward { get; set; } = true;
 
-    long explicitBackwards, autogradBackwards, recordedBackwards, hostCheckpoints;
+    long explicitBackwards, autogradBackwards, recordedBackwards;
 
     /// <summary>How many checkpointed backwards of this layer ran explicitly and through autograd.</summary>
     public (long Explicit, long Autograd) BackwardCounts => (Interlocked.Read(ref explicitBackwards), Interlocked.Read(ref autogradBackwards));
@@ -87,11 +87,6 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor, Tensor, Tensor
         Interlocked.Increment(ref explicitly ? ref explicitBackwards : ref autogradBackwards);
 
     internal void CountRecordedBackward() => Interlocked.Increment(ref recordedBackwards);
-
-    /// <summary>How many of this layer's checkpointed forwards kept their input in host memory (training.checkpoints_on_host).</summary>
-    public long HostCheckpoints => Interlocked.Read(ref hostCheckpoints);
-
-    internal void CountHostCheckpoint() => Interlocked.Increment(ref hostCheckpoints);
 
     /// <summary>The record this layer's forward kept for its backward, if any (<see cref="LayerCheckpoint"/>).</summary>
     internal PendingRecord PendingRecord { get; } = new();

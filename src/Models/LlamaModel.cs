@@ -145,12 +145,13 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
             var pass = CheckpointsOnHost ? (hostCheckpoints ??= new HostCheckpoints()).BeginPass() : null;
             for (int i = 0; i < layers.Count; i++)
             {
-                bool stashed = pass is not null && i < firstKept && !h.is_leaf;
+                // The recomputed layers' inputs, but the embedding's output (held here anyway), go to host memory.
+                var stashIn = i < firstKept && !h.is_leaf ? pass : null;
                 var next = LayerCheckpoint.CallReleasingForwardHandle(h, layers[i], cos, sin, attentionMask!, BackwardHandles,
-                    i >= firstKept, loneRecord && i == layers.Count - 1, i < firstKept ? pass! : null!);
+                    i >= firstKept, loneRecord && i == layers.Count - 1, stashIn!);
                 // A stashed input is in host memory now: its device copy goes at once, not with the scope at the end
                 // of the forward (where every layer's would still be held at the loss, the forward's peak).
-                if (stashed) h.Dispose();
+                if (stashIn is not null) h.Dispose();
                 h = next;
             }
         }

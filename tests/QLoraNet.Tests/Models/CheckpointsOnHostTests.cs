@@ -31,10 +31,9 @@ public class CheckpointsOnHostTests
         var ids = FamilyReference.Of(family).HeldoutIds.Take(40).ToArray();
         var (first, _) = FamilyLora.LossAndAdapterGradients(built.Model, ids);
         var (second, grads) = FamilyLora.LossAndAdapterGradients(built.Model, ids);
-        var copies = decoder.HostCheckpointCopies;
-        Assert.Equal(0, copies?.PinnedBytes ?? 0);   // the CPU path clones; nothing is pinned
-        return ([first, second], grads, decoder.Layers.Sum(l => l.HostCheckpoints), copies?.AheadLoads ?? 0, copies?.OnDemandLoads ?? 0,
-            decoder.Layers.Count);
+        Assert.Equal(0, decoder.HostCheckpointCopies?.PinnedBytes ?? 0);   // the CPU path clones; nothing is pinned
+        var done = decoder.HostCheckpointCopies?.Done ?? default;
+        return ([first, second], grads, done.Stashed, done.Ahead, done.OnDemand, decoder.Layers.Count);
     }
 
     [Theory]
